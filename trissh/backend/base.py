@@ -1,0 +1,183 @@
+"""The backend contract: where SSH sessions run, seen without any SSH in it.
+
+Theory of operation
+-------------------
+A *sandbox* is one container. A *process* is one program running in it, with stdio.
+The driver never sees podman; it sees these protocols, so the same session code runs
+against rootless podman in production and against :mod:`trissh.backend.memory` in fast
+tests.
+
+Ownership follows the nursery tree. ``Backend.open_sandbox`` and ``Sandbox.open_process``
+return async context managers, and leaving the context is the *only* way a container or
+process goes away: it always stops and removes what it created, even when cancelled, under
+a bounded shielded scope (trio's ``aclose`` contract: an error there means grace failed,
+never that something leaked). Two execution modes are built from the same two calls:
+
+* ``connection`` mode: the connection task owns one sandbox (opened at the first session)
+  and every session channel opens a process in it.
+* ``session`` mode: each session task opens its own sandbox and one process in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+#: Label keys put on every container so leftovers can be found and removed.
+LABEL_PREFIX = "trissh."
+LABEL_CONN_ID = "trissh.conn_id"
+LABEL_USER = "trissh.user"
+LABEL_REMOTE = "trissh.remote"
+LABEL_INSTANCE = "trissh.instance"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TerminalSize:
+    """A terminal's size as SSH reports it (RFC 4254 §6.2, §6.7)."""
+
+    columns: int
+    rows: int
+    width_px: int = 0
+    height_px: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PtySpec:
+    """A pseudo-terminal the client asked for with ``pty-req``."""
+
+    term: str
+    size: TerminalSize
+    #: Encoded terminal modes (RFC 4254 §8), passed through opaque.
+    modes: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerSettings:
+    """How a sandbox's container is built. Hardened by default; callers may loosen."""
+
+    image: str = "localhost/trissh-base:latest"
+    #: ``none`` by default: no network unless the operator says otherwise.
+    network: str = "none"
+    pids_limit: int = 256
+    #: Bytes; ``None`` means no limit (some hosts' cgroups cannot enforce one).
+    memory_limit: int | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    #: The shell used for ``shell`` sessions and to run ``exec`` command strings.
+    shell: Sequence[str] = ("/bin/sh",)
+    user: str | None = None
+    workdir: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SandboxSpec:
+    """Everything needed to create one container, including the labels that identify it."""
+
+    conn_id: str
+    username: str
+    remote: str
+    #: Identifies this trissh process; the startup sweep removes other instances' leftovers.
+    instance: str
+    settings: ContainerSettings = field(default_factory=ContainerSettings)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessSpec:
+    """One program to run in a sandbox.
+
+    ``argv`` is the full argument vector (the session layer turns ``shell``/``exec``/
+    ``subsystem`` into one), so backends never parse command strings.
+    """
+
+    argv: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    pty: PtySpec | None = None
+    #: For logs and labels only.
+    channel_id: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExitStatus:
+    """How a process ended: an exit code, or the signal that killed it."""
+
+    code: int | None = None
+    #: Signal name without ``SIG`` (RFC 4254 §6.10), e.g. ``"TERM"``.
+    signal: str | None = None
+    core_dumped: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheck:
+    """One line of ``trissh doctor``: what was checked, whether it passed, how to fix it."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+class Process(Protocol):
+    """A running program with stdio.
+
+    ``stdout`` and ``stderr`` end (``receive_some`` returns ``b""``) when the program has
+    exited and its output is drained. ``stderr`` is ``None`` with a pty: the terminal
+    merges it into ``stdout``. Closing ``stdin`` delivers EOF to the program.
+    """
+
+    @property
+    def stdin(self) -> trio.abc.SendStream: ...
+
+    @property
+    def stdout(self) -> trio.abc.ReceiveStream: ...
+
+    @property
+    def stderr(self) -> trio.abc.ReceiveStream | None: ...
+
+    async def resize(self, size: TerminalSize) -> None:
+        """Resize the pty. No-op without one."""
+
+    async def send_signal(self, signal: str) -> None:
+        """Deliver a signal (name without ``SIG``) to the program."""
+
+    async def wait(self) -> ExitStatus:
+        """Wait until the program has exited and return how it ended.
+
+        Cancellation: safe; the program keeps running until the context exits.
+        """
+
+
+class Sandbox(Protocol):
+    """One container that processes run in."""
+
+    @property
+    def container_id(self) -> str: ...
+
+    def open_process(self, spec: ProcessSpec) -> AbstractAsyncContextManager[Process]:
+        """Start a program; leaving the context kills it if still running.
+
+        Raises:
+            BackendError: the program could not be started.
+        """
+
+
+class Backend(Protocol):
+    """Creates sandboxes. One instance serves the whole server."""
+
+    def open_sandbox(self, spec: SandboxSpec) -> AbstractAsyncContextManager[Sandbox]:
+        """Create and start a container; leaving the context removes it (bounded, shielded).
+
+        Raises:
+            ImageNotFound: the configured image does not exist.
+            BackendUnavailable: the container service cannot be reached.
+            BackendError: anything else that stopped the container from starting.
+        """
+
+    async def sweep(self, *, keep_instance: str) -> int:
+        """Remove containers left by other (crashed) trissh instances; return how many."""
+
+    async def health(self, image: str) -> list[HealthCheck]:
+        """Check the service, runtime and image for ``trissh doctor`` and readiness."""
