@@ -1,0 +1,205 @@
+"""The ``trissh`` command: run the server, or ``trissh doctor`` to check the host.
+
+Exit codes: 0 clean stop, 1 start-up failure (host keys, ports, backend), 2 bad
+configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from trissh import __version__
+from trissh.authenticator import KeyListAuthenticator
+from trissh.authorized_keys import load_authorized_keys
+from trissh.backend import Backend, ContainerSettings
+from trissh.config import ConfigError, ServerConfig, load_config, parse_listen
+from trissh.driver import ServerContext
+from trissh.hostkeys import HostKeyError, load_or_create_host_key
+from trissh.log import configure_logging
+from trissh.protocol import HostKey, ProtocolConfig
+from trissh.server import open_listeners, serve
+
+log = structlog.get_logger("trissh")
+
+_DESCRIPTION = """\
+An SSH server that runs every session in a fresh rootless podman container.
+
+commands:
+  (none)    run the server
+  doctor    check the podman service, runtime, image and keys, and say how to fix each
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trissh",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "command", nargs="?", choices=["run", "doctor"], default="run", help=argparse.SUPPRESS
+    )
+    parser.add_argument("--version", action="version", version=f"trissh {__version__}")
+    parser.add_argument(
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="address to listen on; repeatable (default 0.0.0.0:2222)",
+    )
+    parser.add_argument(
+        "--host-key",
+        action="append",
+        type=Path,
+        metavar="PATH",
+        help="host key file; repeatable; an ed25519 key is generated if missing",
+    )
+    parser.add_argument(
+        "--authorized-keys",
+        type=Path,
+        metavar="PATH",
+        help="OpenSSH authorized_keys; these keys may log in as any user name",
+    )
+    parser.add_argument(
+        "--podman-url",
+        metavar="URL",
+        help="podman service (default $CONTAINER_HOST, else $XDG_RUNTIME_DIR/podman/podman.sock)",
+    )
+    parser.add_argument(
+        "--image", metavar="NAME", help="container image (default localhost/trissh-base:latest)"
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="PATH", help="TOML file with the same settings; flags win"
+    )
+    parser.add_argument(
+        "--log-format", choices=["json", "console"], help="json (default): one event per line"
+    )
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "listen": args.listen,
+        "host_keys": [str(p) for p in args.host_key] if args.host_key else None,
+        "authorized_keys": str(args.authorized_keys) if args.authorized_keys else None,
+        "podman.url": args.podman_url,
+        "container.image": args.image,
+        "log_format": args.log_format,
+        "log_level": args.log_level,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_config(args.config, _overrides(args))
+    except ConfigError as exc:
+        print(f"trissh: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    if args.command == "doctor":
+        from trissh.doctor import run_doctor
+
+        return trio.run(run_doctor, settings)
+    try:
+        return trio.run(_run_server, settings)
+    except StartupError as exc:
+        print(f"trissh: {exc}", file=sys.stderr)
+        return 1
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says why and what to do."""
+
+
+def make_backend(settings: ServerConfig) -> Backend:
+    from trissh.backend.podman import PodmanBackend
+
+    return PodmanBackend(
+        settings.podman_url(), limiter_capacity=settings.podman.max_concurrent_calls
+    )
+
+
+def load_host_keys(settings: ServerConfig) -> tuple[HostKey, ...]:
+    keys = []
+    for path in settings.host_key_paths():
+        try:
+            key, created = load_or_create_host_key(path)
+        except (HostKeyError, OSError) as exc:
+            raise StartupError(str(exc)) from None
+        if created:
+            log.info("host_key_created", path=str(path), fingerprint=key.fingerprint)
+        keys.append(key)
+    return tuple(keys)
+
+
+def build_context(settings: ServerConfig, backend: Backend) -> ServerContext:
+    if settings.authorized_keys is None:
+        raise StartupError("nobody could log in: give --authorized-keys FILE")
+    try:
+        keys, problems = load_authorized_keys(settings.authorized_keys)
+    except OSError as exc:
+        raise StartupError(f"{settings.authorized_keys}: {exc.strerror}") from None
+    for problem in problems:
+        log.warning(
+            "authorized_key_skipped",
+            path=str(settings.authorized_keys),
+            line=problem.line_number,
+            problem=problem.problem,
+        )
+    protocol = ProtocolConfig(
+        host_keys=load_host_keys(settings),
+        max_auth_attempts=settings.limits.max_auth_attempts,
+    )
+    container = settings.container
+    return ServerContext(
+        settings=settings,
+        protocol=protocol,
+        authenticator=KeyListAuthenticator(key.blob for key in keys),
+        backend=backend,
+        container=ContainerSettings(
+            image=container.image,
+            network=container.network,
+            pids_limit=container.pids_limit,
+            memory_limit=container.memory_limit_mb * 1024 * 1024
+            if container.memory_limit_mb
+            else None,
+            shell=container.shell,
+        ),
+        instance=secrets.token_hex(8),
+    )
+
+
+async def _run_server(settings: ServerConfig) -> int:
+    ctx = build_context(settings, make_backend(settings))
+    try:
+        listeners = await open_listeners([parse_listen(item) for item in settings.listen])
+    except OSError as exc:
+        raise StartupError(
+            f"cannot listen on {', '.join(settings.listen)}: {exc.strerror}"
+        ) from None
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
+        await serve(ctx, listeners, shutdown=shutdown)
+        nursery.cancel_scope.cancel()
+    return 0
+
+
+async def _watch_signals(shutdown: trio.Event, everything: trio.CancelScope) -> None:
+    """First SIGTERM/SIGINT: graceful stop. Second: cancel at once (cleanup still runs)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("signal_received", signal=signal.Signals(signum).name)
+            if shutdown.is_set():
+                everything.cancel()
+            shutdown.set()

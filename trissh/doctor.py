@@ -1,0 +1,95 @@
+"""``trissh doctor``: check what a working server needs, and say how to fix each problem."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import trio
+
+from trissh.authorized_keys import load_authorized_keys
+from trissh.backend import HealthCheck
+from trissh.config import ServerConfig
+from trissh.hostkeys import HostKeyError, load_or_create_host_key
+
+
+def _check_host_keys(settings: ServerConfig) -> list[HealthCheck]:
+    checks = []
+    for path in settings.host_key_paths():
+        if not path.exists():
+            writable = os.access(
+                path.parent if path.parent.exists() else path.parent.parent, os.W_OK
+            )
+            checks.append(
+                HealthCheck(
+                    name=f"host key {path}",
+                    ok=writable,
+                    detail="missing; will be generated at start"
+                    if writable
+                    else "missing and cannot be created",
+                    fix=""
+                    if writable
+                    else f"create {path.parent} writable for this user, or pass --host-key",
+                )
+            )
+            continue
+        try:
+            key, _ = load_or_create_host_key(path)
+        except HostKeyError as exc:
+            checks.append(
+                HealthCheck(
+                    name=f"host key {path}",
+                    ok=False,
+                    detail=str(exc),
+                    fix="point --host-key at an unencrypted ed25519 key",
+                )
+            )
+            continue
+        checks.append(HealthCheck(name=f"host key {path}", ok=True, detail=key.fingerprint))
+    return checks
+
+
+def _check_authorized_keys(settings: ServerConfig) -> HealthCheck:
+    path = settings.authorized_keys
+    if path is None:
+        return HealthCheck(
+            name="authorized keys",
+            ok=False,
+            detail="none configured",
+            fix="pass --authorized-keys FILE",
+        )
+    try:
+        keys, problems = load_authorized_keys(path)
+    except OSError as exc:
+        return HealthCheck(
+            name=f"authorized keys {path}",
+            ok=False,
+            detail=str(exc.strerror),
+            fix="create the file with one OpenSSH public key per line",
+        )
+    detail = f"{len(keys)} key(s)" + (f", {len(problems)} line(s) skipped" if problems else "")
+    return HealthCheck(
+        name=f"authorized keys {path}",
+        ok=bool(keys),
+        detail=detail,
+        fix="" if keys else "add an OpenSSH public key to the file",
+    )
+
+
+async def run_doctor(settings: ServerConfig) -> int:
+    from trissh.cli import make_backend
+
+    checks = [*_check_host_keys(settings), _check_authorized_keys(settings)]
+    checks.append(HealthCheck(name="podman url", ok=True, detail=settings.podman_url()))
+    with trio.move_on_after(30):
+        checks.extend(await make_backend(settings).health(settings.container.image))
+    failed = 0
+    for check in checks:
+        mark = "ok  " if check.ok else "FAIL"
+        print(f"[{mark}] {check.name}: {check.detail}")
+        if not check.ok:
+            failed += 1
+            if check.fix:
+                print(f"       fix: {check.fix}")
+    print("all checks passed" if not failed else f"{failed} check(s) failed", file=sys.stderr)
+    return 1 if failed else 0

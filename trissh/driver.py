@@ -1,0 +1,404 @@
+"""serve_connection: one nursery per TCP connection, one reader and one writer.
+
+Theory of operation
+-------------------
+``_receive_loop`` is the only task that reads the socket and ``_send_loop`` the only one
+that writes it; channel tasks only mutate the sans-IO core and ring the writer's doorbell.
+A ``send_all`` cancelled half-way leaves an encrypted stream unusable, so only the writer
+may ever be interrupted mid-write, and only when the whole connection is going down.
+
+The receive loop awaits the socket and the authenticator, nothing else: every other event
+is dispatched synchronously (start a task, feed a channel handle, wake senders), so a slow
+container never stalls key exchange or other channels.
+
+Nursery tree::
+
+    serve_connection            binds conn_id/remote for every log line below
+    └─ login-grace scope        deadline until authentication, then none
+       └─ connection nursery
+          ├─ _receive_loop      socket → core → events
+          ├─ _send_loop         doorbell → core.data_to_send() → socket
+          ├─ sandbox keeper     holds the connection's container (sandboxes.py)
+          └─ run_session (one each)    one per session channel (session.py)
+
+Leaving the nursery (EOF, DISCONNECT, protocol error, cancellation) cancels every session
+and the keeper; their ``finally`` blocks remove processes and the container, bounded and
+shielded. Then a last flush sends any queued DISCONNECT and the socket is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import socket
+import time
+from dataclasses import dataclass
+from typing import assert_never
+
+import structlog
+import trio
+
+from trissh.authenticator import Authenticator
+from trissh.backend import Backend, ContainerSettings, SandboxSpec
+from trissh.channel import ChannelHandle
+from trissh.config import ServerConfig
+from trissh.protocol import (
+    Authenticated,
+    AuthFailed,
+    ChannelCloseReceived,
+    ChannelDataReceived,
+    ChannelEOFReceived,
+    ChannelId,
+    ChannelOpenFailureReason,
+    ChannelOpenRequested,
+    ChannelWindowAdjusted,
+    ConnectionLost,
+    DisconnectReason,
+    DisconnectReceived,
+    Event,
+    KeyExchangeCompleted,
+    ProtocolConfig,
+    PublicKeyAuthRequested,
+    RemoteProtocolError,
+    ServerConnection,
+    SessionRequested,
+    SignalReceived,
+    VersionReceived,
+    WindowChanged,
+)
+from trissh.sandboxes import ConnectionSandbox
+from trissh.session import run_session
+
+log = structlog.get_logger("trissh.driver")
+
+#: Bytes asked of the socket per read.
+RECEIVE_SIZE = 256 * 1024
+#: Channel writers wait while this much output is queued in the core.
+OUTPUT_HIGH_WATER = 1024 * 1024
+#: Bound on the final flush of a DISCONNECT and on closing the socket.
+CLOSE_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerContext:
+    """What every connection of one server shares."""
+
+    settings: ServerConfig
+    protocol: ProtocolConfig
+    authenticator: Authenticator
+    backend: Backend
+    container: ContainerSettings
+    instance: str
+
+
+class _Doorbell:
+    """Wakes the writer; a ring between two waits is never lost."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def ring(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+class ConnectionDriver:
+    """Runs one connection: the core, its reader and writer, and its channel tasks."""
+
+    def __init__(
+        self, stream: trio.abc.Stream, ctx: ServerContext, *, conn_id: str, remote: str
+    ) -> None:
+        self.ctx = ctx
+        self.conn_id = conn_id
+        self.remote = remote
+        self.conn = ServerConnection(ctx.protocol)
+        self.username: str | None = None
+        self._sandbox: ConnectionSandbox | None = None
+        self.close_reason = "closed"
+        self._stream = stream
+        self._doorbell = _Doorbell()
+        self.space_changed = trio.Event()
+        self._handles: dict[ChannelId, ChannelHandle] = {}
+        self._nursery: trio.Nursery | None = None
+        self._writing = False
+        self._ended = False
+        self._quickack = True
+
+    # -- called by channel streams and sessions (sync, never touch the socket) ------------
+
+    def ring(self) -> None:
+        self._doorbell.ring()
+
+    def _space_changed(self) -> None:
+        self.space_changed.set()
+        self.space_changed = trio.Event()
+
+    def send_room(self, channel_id: ChannelId) -> int:
+        """Bytes a channel may write now; ``-1`` once it can never write again."""
+        window = self.conn.send_window(channel_id)
+        if window is None:
+            return -1
+        return max(0, min(window, OUTPUT_HIGH_WATER - self.conn.pending_output_size))
+
+    def send_channel_data(self, channel_id: ChannelId, data: memoryview, *, stderr: bool) -> int:
+        sent = self.conn.send_channel_data(channel_id, data, stderr=stderr)
+        self.ring()
+        return sent
+
+    def send_channel_eof(self, channel_id: ChannelId) -> None:
+        self.conn.send_channel_eof(channel_id)
+        self.ring()
+
+    def acknowledge(self, channel_id: ChannelId, amount: int) -> None:
+        self.conn.acknowledge_channel_data(channel_id, amount)
+        self.ring()
+
+    def reply_session_request(self, channel_id: ChannelId, ok: bool) -> None:
+        self.conn.reply_session_request(channel_id, ok)
+        self.ring()
+
+    def finish_channel(
+        self, handle: ChannelHandle, *, code: int | None, signal: str | None
+    ) -> None:
+        """EOF, exit status and CLOSE, in the order OpenSSH expects; then forget the handle."""
+        conn = self.conn
+        conn.send_channel_eof(handle.id)
+        if signal is not None:
+            conn.send_exit_signal(handle.id, signal)
+        elif code is not None:
+            conn.send_exit_status(handle.id, code)
+        conn.close_channel(handle.id)
+        self._handles.pop(handle.id, None)
+        self._space_changed()
+        self.ring()
+
+    # -- the connection's life ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until it ends; never raises except ``Cancelled``."""
+        grace = trio.CancelScope(
+            deadline=trio.current_time() + self.ctx.settings.limits.login_grace_time
+        )
+        self._grace = grace
+        try:
+            with grace:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._send_loop)
+                    await self._receive_loop()
+                    nursery.cancel_scope.cancel()
+            if grace.cancelled_caught:
+                self.close_reason = "login_grace_timeout"
+                log.info("login_grace_expired")
+                self.conn.disconnect(
+                    DisconnectReason.NO_MORE_AUTH_METHODS_AVAILABLE, "login grace time exceeded"
+                )
+        except* RemoteProtocolError as group:
+            error = group.exceptions[0]
+            assert isinstance(error, RemoteProtocolError)
+            self.close_reason = "protocol_error"
+            log.warning("protocol_error", reason=error.reason.name.lower(), description=str(error))
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.close_reason = "connection_reset"
+        except* Exception:
+            self.close_reason = "internal_error"
+            log.exception("connection_failed")
+            self.conn.disconnect(DisconnectReason.BY_APPLICATION, "internal server error")
+        finally:
+            await self._flush_and_close()
+
+    @property
+    def sandbox(self) -> ConnectionSandbox:
+        """The connection's container owner (``connection`` mode), made after authentication."""
+        if self._sandbox is None:
+            assert self._nursery is not None
+            assert self.username is not None
+            spec = SandboxSpec(
+                conn_id=self.conn_id,
+                username=self.username,
+                remote=self.remote,
+                instance=self.ctx.instance,
+                settings=self.ctx.container,
+            )
+            self._sandbox = ConnectionSandbox(self.ctx.backend, spec, self._nursery)
+        return self._sandbox
+
+    async def _flush_and_close(self) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            data = self.conn.data_to_send()
+            if data and not self._writing:
+                with contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, OSError
+                ):
+                    await self._stream.send_all(data)
+        await trio.aclose_forcefully(self._stream)
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._doorbell.wait()
+            data = self.conn.data_to_send()
+            if data:
+                self._writing = True
+                await self._stream.send_all(data)
+                self._writing = False
+                self._space_changed()
+
+    async def _receive_loop(self) -> None:
+        conn = self.conn
+        while True:
+            await self._process_events()
+            if self._ended or conn.closed:
+                return
+            try:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, OSError):
+                data = b""
+            if self._quickack and data:
+                self._rearm_quickack()
+            conn.receive_data(data)
+
+    def _rearm_quickack(self) -> None:
+        """Delayed ACKs stall handshake round trips by ~40 ms; ask for quick ones meanwhile."""
+        sock = getattr(self._stream, "socket", None)
+        if sock is None or not hasattr(socket, "TCP_QUICKACK"):
+            self._quickack = False
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            self._quickack = False
+
+    async def _process_events(self) -> None:
+        conn = self.conn
+        while (event := conn.next_event()) is not None:
+            if isinstance(event, PublicKeyAuthRequested):
+                ok = await self.ctx.authenticator.check_publickey(
+                    event.username, event.public_key, remote=self.remote
+                )
+                if ok:
+                    conn.accept_auth()
+                else:
+                    conn.reject_auth()
+            else:
+                self._dispatch(event)
+        self.ring()
+
+    def _dispatch(self, event: Event) -> None:
+        match event:
+            case ChannelDataReceived():
+                handle = self._handles.get(event.channel_id)
+                if handle is not None:
+                    handle.feed(event.data)
+            case ChannelWindowAdjusted():
+                self._space_changed()
+            case ChannelEOFReceived():
+                if (handle := self._handles.get(event.channel_id)) is not None:
+                    handle.feed_eof()
+            case ChannelCloseReceived():
+                self._on_channel_close(event.channel_id)
+            case WindowChanged():
+                if (handle := self._handles.get(event.channel_id)) is not None:
+                    handle.feed_control(event.size)
+            case SignalReceived():
+                if (handle := self._handles.get(event.channel_id)) is not None:
+                    handle.feed_control(event.signal)
+            case ChannelOpenRequested():
+                self._on_channel_open(event.channel_id)
+            case SessionRequested():
+                self._on_session_requested(event)
+            case VersionReceived():
+                structlog.contextvars.bind_contextvars(client_version=event.version)
+            case KeyExchangeCompleted():
+                algorithms = event.algorithms
+                log.info(
+                    "kex_completed",
+                    rekey=event.is_rekey,
+                    kex=algorithms.kex,
+                    host_key=algorithms.host_key,
+                    cipher_in=algorithms.cipher_client_to_server,
+                    cipher_out=algorithms.cipher_server_to_client,
+                    strict_kex=algorithms.strict_kex,
+                )
+            case AuthFailed():
+                log.info(
+                    "auth_failed",
+                    user=event.username,
+                    method=event.method,
+                    reason=event.reason,
+                    key_fingerprint=event.key_fingerprint,
+                )
+            case Authenticated():
+                self.username = event.username
+                self._grace.deadline = math.inf
+                structlog.contextvars.bind_contextvars(user=event.username)
+                log.info(
+                    "auth_succeeded", method=event.method, key_fingerprint=event.key_fingerprint
+                )
+            case DisconnectReceived():
+                self._ended = True
+                self.close_reason = "client_disconnected"
+            case ConnectionLost():
+                self._ended = True
+                self.close_reason = "connection_lost"
+            case PublicKeyAuthRequested():
+                raise AssertionError("handled by _process_events")
+            case _:
+                assert_never(event)
+
+    def _on_channel_open(self, channel_id: ChannelId) -> None:
+        limit = self.ctx.settings.limits.max_sessions_per_connection
+        if len(self._handles) >= limit:
+            self.conn.reject_channel(
+                channel_id,
+                ChannelOpenFailureReason.RESOURCE_SHORTAGE,
+                f"at most {limit} sessions per connection",
+            )
+            return
+        self.conn.accept_channel(channel_id)
+        self._handles[channel_id] = ChannelHandle(self, channel_id)
+
+    def _on_channel_close(self, channel_id: ChannelId) -> None:
+        handle = self._handles.get(channel_id)
+        if handle is None:
+            self.conn.close_channel(channel_id)
+            return
+        handle.peer_close()
+        if not handle.session_started:
+            self.finish_channel(handle, code=None, signal=None)
+
+    def _on_session_requested(self, event: SessionRequested) -> None:
+        handle = self._handles.get(event.channel_id)
+        assert self._nursery is not None
+        if handle is None:
+            self.conn.reply_session_request(event.channel_id, False)
+            return
+        handle.session_started = True
+        self._quickack = False
+        self._nursery.start_soon(run_session, self, handle, event)
+
+
+async def serve_connection(
+    stream: trio.abc.Stream, ctx: ServerContext, *, conn_id: str, remote: str
+) -> None:
+    """Serve one client until it leaves; log its life in ``connection_*`` events.
+
+    Cancellation: tears the connection down (sessions, container, socket) within bounds.
+    """
+    started = time.monotonic()
+    with structlog.contextvars.bound_contextvars(conn_id=conn_id, remote=remote):
+        log.info("connection_accepted")
+        driver = ConnectionDriver(stream, ctx, conn_id=conn_id, remote=remote)
+        try:
+            await driver.run()
+        finally:
+            stats = driver.conn.statistics()
+            log.info(
+                "connection_closed",
+                reason=driver.close_reason,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+                bytes_in=stats.bytes_received,
+                bytes_out=stats.bytes_sent,
+            )

@@ -1,0 +1,530 @@
+"""The ``ssh-connection`` service (RFC 4254): channels, windows, requests, replies.
+
+Theory of operation
+-------------------
+Each channel has a ``ChannelState``; ``_TRANSITIONS`` lists the legal moves. A channel
+is forgotten once CLOSE went both ways, and only then may its number be reused.
+
+Windows (RFC 4254 §5.2): the peer may send ``recv_window`` more bytes; the driver reports
+what it consumed through ``acknowledge``, and a WINDOW_ADJUST goes out once half the
+window is consumed (h2's heuristic), so a slow consumer throttles the client instead of
+growing our buffers. Sending is limited by the peer's window and maximum packet size.
+
+Replies to ``want_reply`` requests must leave in request order (RFC 4254 §5.4) even though
+the reply to a session request comes later, after the container started. Each channel
+keeps a queue of reply slots; a resolved slot is sent once every earlier slot is.
+
+Session requests: ``pty-req`` and ``env`` are collected; ``shell``/``exec``/``subsystem``
+turns them into one ``SessionRequested`` event. Only ``session`` channels exist here;
+every other channel type is refused with the proper reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from trissh.protocol.config import ProtocolConfig
+from trissh.protocol.constants import EXTENDED_DATA_STDERR, ChannelOpenFailureReason, MessageNumber
+from trissh.protocol.errors import DecodeError, LocalProtocolError, UnexpectedMessage
+from trissh.protocol.events import (
+    ChannelCloseReceived,
+    ChannelDataReceived,
+    ChannelEOFReceived,
+    ChannelId,
+    ChannelOpenRequested,
+    ChannelWindowAdjusted,
+    Event,
+    PtyRequest,
+    SessionKind,
+    SessionRequested,
+    SignalReceived,
+    TerminalSize,
+    WindowChanged,
+)
+from trissh.protocol.messages.connection import (
+    ChannelClose,
+    ChannelEof,
+    ChannelOpen,
+    ChannelOpenConfirmation,
+    ChannelOpenFailure,
+    ChannelRequest,
+    ChannelWindowAdjust,
+    EnvData,
+    ExecData,
+    ExitSignalData,
+    ExitStatusData,
+    PtyRequestData,
+    SignalData,
+    SubsystemData,
+    WindowChangeData,
+)
+from trissh.protocol.wire import Reader
+
+_DATA_HEADER: Final = struct.Struct(">BII")
+_EXTENDED_HEADER: Final = struct.Struct(">BIII")
+_UINT32_MAX: Final = 0xFFFFFFFF
+#: Smallest maximum packet size we accept from a peer; tiny packets only cost us CPU.
+MIN_PEER_MAX_PACKET: Final = 512
+#: Largest data chunk we put in one packet, whatever the peer allows (fits MAX_PACKET_LENGTH).
+MAX_SEND_CHUNK: Final = 128 * 1024
+#: Bound on unanswered want_reply requests per channel.
+MAX_PENDING_REPLIES: Final = 32
+
+#: Channel types a server might be asked for but that trissh refuses by policy.
+_PROHIBITED_TYPES: Final = frozenset(
+    (
+        "direct-tcpip",
+        "forwarded-tcpip",
+        "x11",
+        "auth-agent@openssh.com",
+        "direct-streamlocal@openssh.com",
+    )
+)
+
+
+class ChannelState(enum.Enum):
+    #: CHANNEL_OPEN received; waiting for the driver's decision.
+    OPENING = "opening"
+    OPEN = "open"
+    #: We sent CLOSE; waiting for the peer's.
+    CLOSE_SENT = "close_sent"
+    #: The peer sent CLOSE; waiting for the driver to finish and call ``close_channel``.
+    CLOSE_RECEIVED = "close_received"
+
+
+_TRANSITIONS: Final = {
+    (ChannelState.OPENING, "accept"): ChannelState.OPEN,
+    (ChannelState.OPENING, "recv_close"): ChannelState.CLOSE_RECEIVED,
+    (ChannelState.OPEN, "send_close"): ChannelState.CLOSE_SENT,
+    (ChannelState.OPEN, "recv_close"): ChannelState.CLOSE_RECEIVED,
+}
+
+
+@dataclass(slots=True)
+class _ReplySlot:
+    ok: bool | None = None
+
+
+@dataclass(slots=True)
+class Channel:
+    local_id: ChannelId
+    remote_id: int
+    channel_type: str
+    send_window: int
+    send_max_packet: int
+    recv_window: int
+    state: ChannelState = ChannelState.OPENING
+    recv_unacknowledged: int = 0
+    eof_sent: bool = False
+    eof_received: bool = False
+    session_started: bool = False
+    pty: PtyRequest | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    replies: deque[_ReplySlot] = field(default_factory=deque)
+    session_slot: _ReplySlot | None = None
+
+    def move(self, action: str) -> None:
+        try:
+            self.state = _TRANSITIONS[self.state, action]
+        except KeyError:
+            raise LocalProtocolError(f"channel cannot {action} in state {self.state}") from None
+
+
+class ChannelTable:
+    """All channels of one connection, plus the connection-level global requests."""
+
+    def __init__(
+        self,
+        config: ProtocolConfig,
+        send: Callable[[bytes], None],
+        emit: Callable[[Event], None],
+    ) -> None:
+        self._config = config
+        self._send = send
+        self._emit = emit
+        self._channels: dict[int, Channel] = {}
+        self.no_more_sessions = False
+        self.sessions_opened = 0
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def get(self, channel_id: int) -> Channel | None:
+        return self._channels.get(channel_id)
+
+    def _lookup(self, channel_id: int) -> Channel:
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            raise UnexpectedMessage(f"message for unknown channel {channel_id}")
+        return channel
+
+    def _command_target(self, channel_id: ChannelId) -> Channel:
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            raise LocalProtocolError(f"no channel {channel_id}")
+        return channel
+
+    # -- inbound --------------------------------------------------------------------------
+
+    def handle(self, payload: bytes) -> None:
+        number = payload[0]
+        if number == MessageNumber.CHANNEL_DATA:
+            self._on_data(payload)
+        elif number == MessageNumber.CHANNEL_EXTENDED_DATA:
+            self._on_extended_data(payload)
+        elif number == MessageNumber.CHANNEL_WINDOW_ADJUST:
+            self._on_window_adjust(ChannelWindowAdjust.decode(Reader(payload, 1)))
+        elif number == MessageNumber.CHANNEL_REQUEST:
+            self._on_request(ChannelRequest.decode(Reader(payload, 1)))
+        elif number == MessageNumber.CHANNEL_OPEN:
+            self._on_open(ChannelOpen.decode(Reader(payload, 1)))
+        elif number == MessageNumber.CHANNEL_EOF:
+            self._on_eof(ChannelEof.decode(Reader(payload, 1)).recipient_channel)
+        elif number == MessageNumber.CHANNEL_CLOSE:
+            self._on_close(ChannelClose.decode(Reader(payload, 1)).recipient_channel)
+        elif number in (MessageNumber.CHANNEL_SUCCESS, MessageNumber.CHANNEL_FAILURE):
+            self._lookup(Reader(payload, 1).uint32())  # replies to our (reply-less) requests
+        else:
+            raise UnexpectedMessage(f"message {number} is not accepted from a client")
+
+    def _on_open(self, message: ChannelOpen) -> None:
+        reason: ChannelOpenFailureReason | None = None
+        if message.channel_type != "session":
+            reason = (
+                ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED
+                if message.channel_type in _PROHIBITED_TYPES
+                else ChannelOpenFailureReason.UNKNOWN_CHANNEL_TYPE
+            )
+            text = f"channel type {message.channel_type} is not supported"
+        elif self.no_more_sessions:
+            reason = ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED
+            text = "no more sessions allowed on this connection"
+        elif len(self._channels) >= self._config.max_channels:
+            reason = ChannelOpenFailureReason.RESOURCE_SHORTAGE
+            text = "too many open channels"
+        elif message.max_packet < MIN_PEER_MAX_PACKET:
+            reason = ChannelOpenFailureReason.RESOURCE_SHORTAGE
+            text = "maximum packet size too small"
+        if reason is not None:
+            self._send(
+                ChannelOpenFailure(
+                    recipient_channel=message.sender_channel, reason=reason, description=text
+                ).encode()
+            )
+            return
+        local_id = ChannelId(
+            next(i for i in range(len(self._channels) + 1) if i not in self._channels)
+        )
+        self._channels[local_id] = Channel(
+            local_id=local_id,
+            remote_id=message.sender_channel,
+            channel_type=message.channel_type,
+            send_window=message.initial_window,
+            send_max_packet=min(message.max_packet, MAX_SEND_CHUNK),
+            recv_window=self._config.channel_window,
+        )
+        self.sessions_opened += 1
+        self._emit(ChannelOpenRequested(channel_id=local_id, channel_type=message.channel_type))
+
+    def _on_data(self, payload: bytes) -> None:
+        if len(payload) < 9:
+            raise DecodeError("message truncated")
+        _, channel_id, length = _DATA_HEADER.unpack_from(payload)
+        if length != len(payload) - 9:
+            raise DecodeError("channel data length does not match the packet")
+        channel = self._charge_window(channel_id, length)
+        if channel is None or channel.eof_received:
+            return
+        self._emit(ChannelDataReceived(channel_id=channel.local_id, data=payload[9:]))
+
+    def _on_extended_data(self, payload: bytes) -> None:
+        if len(payload) < 13:
+            raise DecodeError("message truncated")
+        _, channel_id, _, length = _EXTENDED_HEADER.unpack_from(payload)
+        if length != len(payload) - 13:
+            raise DecodeError("channel data length does not match the packet")
+        channel = self._charge_window(channel_id, length)
+        if channel is not None:
+            self.acknowledge(channel.local_id, length)  # clients' stderr has no meaning here
+
+    def _charge_window(self, channel_id: int, length: int) -> Channel | None:
+        channel = self._lookup(channel_id)
+        if channel.state is ChannelState.OPENING:
+            raise UnexpectedMessage("data on a channel that is not open yet")
+        if length > channel.recv_window:
+            raise UnexpectedMessage(f"channel {channel_id}: peer exceeded the window")
+        if length > self._config.channel_max_packet:
+            raise UnexpectedMessage(f"channel {channel_id}: data packet larger than allowed")
+        channel.recv_window -= length
+        if channel.state is not ChannelState.OPEN:
+            return None
+        return channel
+
+    def _on_window_adjust(self, message: ChannelWindowAdjust) -> None:
+        channel = self._lookup(message.recipient_channel)
+        channel.send_window += message.bytes_to_add
+        if channel.send_window > _UINT32_MAX:
+            raise UnexpectedMessage("window adjusted beyond 2^32-1")
+        if channel.state is ChannelState.OPEN:
+            self._emit(ChannelWindowAdjusted(channel_id=channel.local_id))
+
+    def _on_eof(self, channel_id: int) -> None:
+        channel = self._lookup(channel_id)
+        if channel.eof_received:
+            return
+        channel.eof_received = True
+        if channel.state is ChannelState.OPEN:
+            self._emit(ChannelEOFReceived(channel_id=channel.local_id))
+
+    def _on_close(self, channel_id: int) -> None:
+        channel = self._lookup(channel_id)
+        if channel.state is ChannelState.CLOSE_RECEIVED:
+            raise UnexpectedMessage(f"channel {channel_id} closed twice")
+        if channel.state is ChannelState.CLOSE_SENT:
+            del self._channels[channel.local_id]
+            return
+        channel.move("recv_close")
+        self._emit(ChannelCloseReceived(channel_id=channel.local_id))
+
+    def _on_request(self, message: ChannelRequest) -> None:
+        channel = self._lookup(message.recipient_channel)
+        if channel.state is ChannelState.OPENING:
+            raise UnexpectedMessage("request on a channel that is not open yet")
+        if channel.state is not ChannelState.OPEN:
+            return  # closing: the answer no longer matters to anyone
+        slot: _ReplySlot | None = None
+        if message.want_reply:
+            if len(channel.replies) >= MAX_PENDING_REPLIES:
+                raise UnexpectedMessage("too many unanswered channel requests")
+            slot = _ReplySlot()
+            channel.replies.append(slot)
+        ok = self._apply_request(channel, message.request_type, Reader(message.data), slot)
+        if ok is not None and slot is not None:
+            slot.ok = ok
+            self._flush_replies(channel)
+
+    def _apply_request(
+        self, channel: Channel, request_type: str, data: Reader, slot: _ReplySlot | None
+    ) -> bool | None:
+        """Apply one channel request; ``None`` means the driver answers later."""
+        if request_type == "pty-req":
+            if channel.session_started or channel.pty is not None:
+                return False
+            pty = PtyRequestData.decode(data)
+            channel.pty = PtyRequest(
+                term=pty.term,
+                size=TerminalSize(
+                    columns=pty.columns,
+                    rows=pty.rows,
+                    width_px=pty.width_px,
+                    height_px=pty.height_px,
+                ),
+                modes=pty.modes,
+            )
+            return True
+        if request_type == "env":
+            env = EnvData.decode(data)
+            if channel.session_started or len(channel.env) >= self._config.max_env_vars:
+                return False
+            if not any(fnmatch.fnmatchcase(env.name, p) for p in self._config.accept_env):
+                return False
+            channel.env[env.name] = env.value
+            return True
+        if request_type in ("shell", "exec", "subsystem"):
+            return self._start_session(channel, request_type, data, slot)
+        if request_type == "window-change":
+            size = WindowChangeData.decode(data)
+            if channel.pty is None:
+                return False
+            self._emit(
+                WindowChanged(
+                    channel_id=channel.local_id,
+                    size=TerminalSize(
+                        columns=size.columns,
+                        rows=size.rows,
+                        width_px=size.width_px,
+                        height_px=size.height_px,
+                    ),
+                )
+            )
+            return True
+        if request_type == "signal":
+            signal = SignalData.decode(data)
+            if not channel.session_started:
+                return False
+            self._emit(SignalReceived(channel_id=channel.local_id, signal=signal.name))
+            return True
+        return False
+
+    def _start_session(
+        self, channel: Channel, request_type: str, data: Reader, slot: _ReplySlot | None
+    ) -> bool | None:
+        kind = SessionKind(request_type)
+        command = subsystem = None
+        if kind is SessionKind.EXEC:
+            command = ExecData.decode(data).command
+        elif kind is SessionKind.SUBSYSTEM:
+            subsystem = SubsystemData.decode(data).name
+        else:
+            data.check_end()
+        if channel.session_started:
+            return False
+        channel.session_started = True
+        channel.session_slot = slot if slot is not None else _ReplySlot()
+        self._emit(
+            SessionRequested(
+                channel_id=channel.local_id,
+                kind=kind,
+                command=command,
+                subsystem=subsystem,
+                pty=channel.pty,
+                env=dict(channel.env),
+            )
+        )
+        return None
+
+    def _flush_replies(self, channel: Channel) -> None:
+        while channel.replies and channel.replies[0].ok is not None:
+            ok = channel.replies.popleft().ok
+            number = MessageNumber.CHANNEL_SUCCESS if ok else MessageNumber.CHANNEL_FAILURE
+            self._send(struct.pack(">BI", number, channel.remote_id))
+
+    def on_global_request(self, name: str, want_reply: bool) -> None:
+        """Global requests (RFC 4254 §4): none is granted yet, as sshd without forwarding."""
+        if name == "no-more-sessions@openssh.com":
+            self.no_more_sessions = True
+        if want_reply:
+            self._send(bytes((MessageNumber.REQUEST_FAILURE,)))
+
+    # -- commands from the driver ---------------------------------------------------------
+
+    def accept(self, channel_id: ChannelId) -> None:
+        channel = self._command_target(channel_id)
+        if channel.state is ChannelState.CLOSE_RECEIVED:
+            return  # the peer gave up first; close_channel will finish it
+        channel.move("accept")
+        self._send(
+            ChannelOpenConfirmation(
+                recipient_channel=channel.remote_id,
+                sender_channel=channel.local_id,
+                initial_window=channel.recv_window,
+                max_packet=self._config.channel_max_packet,
+            ).encode()
+        )
+
+    def reject(self, channel_id: ChannelId, reason: ChannelOpenFailureReason, text: str) -> None:
+        channel = self._command_target(channel_id)
+        if channel.state not in (ChannelState.OPENING, ChannelState.CLOSE_RECEIVED):
+            raise LocalProtocolError("only a channel being opened can be rejected")
+        del self._channels[channel_id]
+        self._send(
+            ChannelOpenFailure(
+                recipient_channel=channel.remote_id, reason=reason, description=text
+            ).encode()
+        )
+
+    def reply_session_request(self, channel_id: ChannelId, ok: bool) -> None:
+        channel = self._channels.get(channel_id)
+        if channel is None or channel.session_slot is None:
+            return  # already closed: nobody is waiting for the answer
+        slot, channel.session_slot = channel.session_slot, None
+        slot.ok = ok
+        if channel.state is ChannelState.OPEN:
+            self._flush_replies(channel)
+
+    def send_window(self, channel_id: ChannelId) -> int | None:
+        """The peer's remaining window, or ``None`` if the channel cannot carry data."""
+        channel = self._channels.get(channel_id)
+        if channel is None or channel.state is not ChannelState.OPEN or channel.eof_sent:
+            return None
+        return channel.send_window
+
+    def send_data(
+        self, channel_id: ChannelId, data: bytes | memoryview, *, stderr: bool = False
+    ) -> int:
+        """Send as much of ``data`` as the peer's window allows; return how much that was."""
+        channel = self._channels.get(channel_id)
+        if channel is None or channel.state is not ChannelState.OPEN or channel.eof_sent:
+            raise LocalProtocolError(f"channel {channel_id} cannot send data now")
+        total = min(len(data), channel.send_window)
+        chunk = channel.send_max_packet
+        remote = channel.remote_id
+        view = memoryview(data)
+        for start in range(0, total, chunk):
+            piece = view[start : min(start + chunk, total)]
+            if stderr:
+                header = _EXTENDED_HEADER.pack(
+                    MessageNumber.CHANNEL_EXTENDED_DATA, remote, EXTENDED_DATA_STDERR, len(piece)
+                )
+            else:
+                header = _DATA_HEADER.pack(MessageNumber.CHANNEL_DATA, remote, len(piece))
+            self._send(header + piece)
+        channel.send_window -= total
+        return total
+
+    def acknowledge(self, channel_id: ChannelId, amount: int) -> None:
+        """The driver consumed ``amount`` received bytes; maybe reopen the peer's window."""
+        channel = self._channels.get(channel_id)
+        if channel is None or channel.state is not ChannelState.OPEN:
+            return
+        channel.recv_unacknowledged += amount
+        if channel.recv_unacknowledged >= self._config.channel_window // 2:
+            increment, channel.recv_unacknowledged = channel.recv_unacknowledged, 0
+            channel.recv_window += increment
+            self._send(
+                ChannelWindowAdjust(
+                    recipient_channel=channel.remote_id, bytes_to_add=increment
+                ).encode()
+            )
+
+    def send_eof(self, channel_id: ChannelId) -> None:
+        channel = self._channels.get(channel_id)
+        if channel is None or channel.state is not ChannelState.OPEN or channel.eof_sent:
+            return
+        channel.eof_sent = True
+        self._send(ChannelEof(recipient_channel=channel.remote_id).encode())
+
+    def _send_request(self, channel_id: ChannelId, request_type: str, data: bytes) -> None:
+        channel = self._channels.get(channel_id)
+        if channel is None or channel.state is not ChannelState.OPEN:
+            return
+        self._send(
+            ChannelRequest(
+                recipient_channel=channel.remote_id,
+                request_type=request_type,
+                want_reply=False,
+                data=data,
+            ).encode()
+        )
+
+    def send_exit_status(self, channel_id: ChannelId, code: int) -> None:
+        self._send_request(
+            channel_id, "exit-status", ExitStatusData(code=code & _UINT32_MAX).encode()
+        )
+
+    def send_exit_signal(
+        self, channel_id: ChannelId, signal: str, core_dumped: bool, message: str
+    ) -> None:
+        data = ExitSignalData(signal=signal, core_dumped=core_dumped, message=message).encode()
+        self._send_request(channel_id, "exit-signal", data)
+
+    def close(self, channel_id: ChannelId) -> None:
+        """Send CLOSE (idempotent); forget the channel once both sides closed."""
+        channel = self._channels.get(channel_id)
+        if channel is None or channel.state is ChannelState.CLOSE_SENT:
+            return
+        if channel.state is ChannelState.OPENING:
+            raise LocalProtocolError("reject a channel being opened instead of closing it")
+        if channel.session_slot is not None and channel.state is ChannelState.OPEN:
+            self.reply_session_request(channel_id, False)
+        self._send(ChannelClose(recipient_channel=channel.remote_id).encode())
+        if channel.state is ChannelState.CLOSE_RECEIVED:
+            del self._channels[channel_id]
+        else:
+            channel.move("send_close")

@@ -1,0 +1,224 @@
+"""ServerConnection: the sans-IO SSH server the driver talks to.
+
+A façade that composes the layers (wsproto's ``WSConnection`` shape): ``Transport``
+(RFC 4253), ``UserAuthServer`` (RFC 4252) and ``ChannelTable`` (RFC 4254). It routes each
+payload by message-number range (RFC 4250 §4.1.2) and gates the upper layers: userauth
+only after the ``ssh-userauth`` service was requested, connection messages only after
+authentication.
+
+Contract for drivers: call ``receive_data`` with bytes read (``b""`` at EOF), then
+``next_event()`` until it returns ``None``, answering decision events with the commands
+named in their docstrings; after every call, write ``data_to_send()``. For any input,
+these calls either succeed or raise ``RemoteProtocolError`` with a DISCONNECT already
+queued in ``data_to_send()``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+from trissh.protocol.channels import ChannelTable
+from trissh.protocol.config import ProtocolConfig
+from trissh.protocol.constants import ChannelOpenFailureReason, DisconnectReason, MessageNumber
+from trissh.protocol.errors import LocalProtocolError, RemoteProtocolError, UnexpectedMessage
+from trissh.protocol.events import ChannelId, ConnectionLost, Event, NegotiatedAlgorithms
+from trissh.protocol.messages.connection import GlobalRequest
+from trissh.protocol.messages.transport import ServiceAccept, ServiceRequest, Unimplemented
+from trissh.protocol.transport import Transport
+from trissh.protocol.userauth import UserAuthServer
+from trissh.protocol.wire import Reader
+
+USERAUTH_SERVICE = "ssh-userauth"
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Statistics:
+    bytes_sent: int
+    bytes_received: int
+    open_channels: int
+    pending_output: int
+
+
+class ServerConnection:
+    """One SSH connection, server side, without I/O."""
+
+    def __init__(self, config: ProtocolConfig) -> None:
+        self._config = config
+        self._events: deque[Event] = deque()
+        self._transport = Transport(config, self._events.append)
+        self._auth = UserAuthServer(
+            config, self._transport.send, self._events.append, self._session_id
+        )
+        self._channels = ChannelTable(config, self._transport.send, self._events.append)
+        self._userauth_started = False
+        self._eof = False
+        self._lost_reported = False
+        self._failed: RemoteProtocolError | None = None
+
+    # -- I/O boundary ---------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        """Feed bytes read from the peer; ``b""`` means the stream ended."""
+        if not data:
+            self._eof = True
+            return
+        self._guard(self._transport.receive_data, data)
+
+    def next_event(self) -> Event | None:
+        """The next event, or ``None`` when more input (or a pending decision) is needed.
+
+        Raises:
+            RemoteProtocolError: the peer violated the protocol; DISCONNECT is queued.
+        """
+        return self._guard(self._next_event)
+
+    def data_to_send(self) -> bytes:
+        return self._transport.data_to_send()
+
+    @property
+    def pending_output_size(self) -> int:
+        return self._transport.pending_output_size
+
+    @property
+    def client_version(self) -> str | None:
+        version = self._transport.client_version
+        return version.decode("ascii") if version is not None else None
+
+    @property
+    def algorithms(self) -> NegotiatedAlgorithms | None:
+        return self._transport.algorithms
+
+    @property
+    def authenticated(self) -> bool:
+        return self._auth.username is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._transport.closed
+
+    def statistics(self) -> Statistics:
+        return Statistics(
+            bytes_sent=self._transport.bytes_sent,
+            bytes_received=self._transport.bytes_received,
+            open_channels=len(self._channels),
+            pending_output=self._transport.pending_output_size,
+        )
+
+    def _guard(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Queue DISCONNECT before a peer's violation leaves the core (h2's pattern)."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return fn(*args, **kwargs)
+        except RemoteProtocolError as exc:
+            self._failed = exc
+            self._transport.disconnect(exc.reason, exc.description)
+            raise
+
+    def _session_id(self) -> bytes:
+        session_id = self._transport.session_id
+        if session_id is None:
+            raise LocalProtocolError("no session id before the first key exchange")
+        return session_id
+
+    def _next_event(self) -> Event | None:
+        while not self._events:
+            if self._transport.closed or self._auth.decision_pending:
+                break
+            item = self._transport.next_payload()
+            if item is None:
+                break
+            self._dispatch(*item)
+        if self._events:
+            return self._events.popleft()
+        if self._eof and not self._lost_reported:
+            self._lost_reported = True
+            return ConnectionLost()
+        return None
+
+    def _dispatch(self, sequence: int, payload: bytes) -> None:
+        number = payload[0]
+        if number == MessageNumber.SERVICE_REQUEST:
+            service = ServiceRequest.decode(Reader(payload, 1)).service
+            if service != USERAUTH_SERVICE or self._userauth_started:
+                raise RemoteProtocolError(
+                    f"service {service!r} not available", DisconnectReason.SERVICE_NOT_AVAILABLE
+                )
+            self._userauth_started = True
+            self._transport.send(ServiceAccept(service=service).encode())
+        elif 50 <= number <= 79:
+            if not self._userauth_started:
+                raise UnexpectedMessage("authentication before the ssh-userauth service request")
+            self._auth.handle(payload)
+            self._auth.check_limit()
+        elif 80 <= number <= 127:
+            if not self.authenticated:
+                raise UnexpectedMessage(f"connection message {number} before authentication")
+            if number == MessageNumber.GLOBAL_REQUEST:
+                request = GlobalRequest.decode(Reader(payload, 1))
+                self._channels.on_global_request(request.name, request.want_reply)
+            elif number in (MessageNumber.REQUEST_SUCCESS, MessageNumber.REQUEST_FAILURE):
+                pass  # answers to our keepalives
+            else:
+                self._channels.handle(payload)
+        else:
+            self._transport.send(Unimplemented(sequence_number=sequence).encode())
+
+    # -- commands -------------------------------------------------------------------------
+
+    def accept_auth(self) -> None:
+        """Answer ``PublicKeyAuthRequested`` with yes."""
+        self._guard(self._auth.accept)
+
+    def reject_auth(self, reason: str = "key not authorized") -> None:
+        """Answer ``PublicKeyAuthRequested`` with no."""
+        self._guard(self._auth.reject, reason)
+
+    def accept_channel(self, channel_id: ChannelId) -> None:
+        self._channels.accept(channel_id)
+
+    def reject_channel(
+        self, channel_id: ChannelId, reason: ChannelOpenFailureReason, text: str
+    ) -> None:
+        self._channels.reject(channel_id, reason, text)
+
+    def reply_session_request(self, channel_id: ChannelId, ok: bool) -> None:
+        self._channels.reply_session_request(channel_id, ok)
+
+    def send_window(self, channel_id: ChannelId) -> int | None:
+        """Bytes ``send_channel_data`` would accept now; ``None`` once it accepts nothing."""
+        return self._channels.send_window(channel_id)
+
+    def send_channel_data(
+        self, channel_id: ChannelId, data: bytes | memoryview, *, stderr: bool = False
+    ) -> int:
+        return self._channels.send_data(channel_id, data, stderr=stderr)
+
+    def acknowledge_channel_data(self, channel_id: ChannelId, amount: int) -> None:
+        self._channels.acknowledge(channel_id, amount)
+
+    def send_channel_eof(self, channel_id: ChannelId) -> None:
+        self._channels.send_eof(channel_id)
+
+    def send_exit_status(self, channel_id: ChannelId, code: int) -> None:
+        self._channels.send_exit_status(channel_id, code)
+
+    def send_exit_signal(
+        self, channel_id: ChannelId, signal: str, *, core_dumped: bool = False, message: str = ""
+    ) -> None:
+        self._channels.send_exit_signal(channel_id, signal, core_dumped, message)
+
+    def close_channel(self, channel_id: ChannelId) -> None:
+        self._channels.close(channel_id)
+
+    def request_rekey(self) -> None:
+        self._transport.request_rekey()
+
+    def disconnect(self, reason: DisconnectReason, description: str) -> None:
+        self._transport.disconnect(reason, description)

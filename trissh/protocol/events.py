@@ -1,0 +1,187 @@
+"""Events the core hands to the driver.
+
+Past-tense names for things that happened; ``...Requested`` for decisions the driver must
+answer with the command named in the docstring. All frozen, slotted and keyword-only.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import NewType
+
+from trissh.protocol.keys import PublicKey
+
+#: Our local channel number (the peer's number stays inside the core).
+ChannelId = NewType("ChannelId", int)
+
+
+class SessionKind(enum.Enum):
+    SHELL = "shell"
+    EXEC = "exec"
+    SUBSYSTEM = "subsystem"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TerminalSize:
+    columns: int
+    rows: int
+    width_px: int = 0
+    height_px: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PtyRequest:
+    term: str
+    size: TerminalSize
+    modes: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NegotiatedAlgorithms:
+    kex: str
+    host_key: str
+    cipher_client_to_server: str
+    cipher_server_to_client: str
+    mac_client_to_server: str | None
+    mac_server_to_client: str | None
+    compression_client_to_server: str
+    compression_server_to_client: str
+    strict_kex: bool
+    ext_info: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionReceived:
+    """The client identified itself (RFC 4253 §4.2)."""
+
+    version: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyExchangeCompleted:
+    algorithms: NegotiatedAlgorithms
+    is_rekey: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PublicKeyAuthRequested:
+    """May ``username`` log in with ``public_key``? Answer ``accept_auth()``/``reject_auth()``.
+
+    With ``signed`` False this is a query and acceptance sends PK_OK; with ``signed`` True
+    the core verifies the signature after acceptance and only then sends SUCCESS.
+    """
+
+    username: str
+    public_key: PublicKey
+    signed: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthFailed:
+    """An authentication attempt failed (for logs and metrics)."""
+
+    username: str
+    method: str
+    reason: str
+    key_fingerprint: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Authenticated:
+    username: str
+    method: str
+    key_fingerprint: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelOpenRequested:
+    """Answer with ``accept_channel(id)`` or ``reject_channel(id, reason, text)``."""
+
+    channel_id: ChannelId
+    channel_type: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionRequested:
+    """The client asked to start a program; answer with ``reply_session_request(id, ok)``.
+
+    ``pty`` and ``env`` fold in the earlier ``pty-req`` and ``env`` requests; ``env`` is
+    already filtered through the configured allow-list.
+    """
+
+    channel_id: ChannelId
+    kind: SessionKind
+    command: str | None = None
+    subsystem: str | None = None
+    pty: PtyRequest | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowChanged:
+    channel_id: ChannelId
+    size: TerminalSize
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignalReceived:
+    channel_id: ChannelId
+    signal: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelDataReceived:
+    """Data for a channel; call ``acknowledge_channel_data(id, n)`` once it is consumed."""
+
+    channel_id: ChannelId
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelEOFReceived:
+    channel_id: ChannelId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelCloseReceived:
+    """The peer closed the channel; call ``close_channel(id)`` once local cleanup is done."""
+
+    channel_id: ChannelId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelWindowAdjusted:
+    """The peer granted more send window; senders may continue."""
+
+    channel_id: ChannelId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DisconnectReceived:
+    reason: int
+    description: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionLost:
+    """The byte stream ended (``receive_data(b"")``)."""
+
+
+Event = (
+    VersionReceived
+    | KeyExchangeCompleted
+    | PublicKeyAuthRequested
+    | AuthFailed
+    | Authenticated
+    | ChannelOpenRequested
+    | SessionRequested
+    | WindowChanged
+    | SignalReceived
+    | ChannelDataReceived
+    | ChannelEOFReceived
+    | ChannelCloseReceived
+    | ChannelWindowAdjusted
+    | DisconnectReceived
+    | ConnectionLost
+)

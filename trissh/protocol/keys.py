@@ -1,0 +1,167 @@
+"""Host keys (signing) and client public keys (parsing, verifying, fingerprints).
+
+Key blobs are the SSH wire encodings (RFC 4253 §6.6, RFC 8709 for ed25519, RFC 8332 for
+rsa-sha2-*, RFC 5656 for ecdsa). Signatures are checked against the exact blob the client
+sent, and the signature algorithm must match the key type.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from trissh.protocol import wire
+from trissh.protocol.errors import DecodeError
+from trissh.protocol.wire import Reader
+
+#: Smallest RSA modulus we accept from a client (OpenSSH's RequiredRSASize default).
+MIN_RSA_BITS = 2048
+
+_ECDSA_CURVES: dict[str, tuple[str, ec.EllipticCurve, hashes.HashAlgorithm]] = {
+    "ecdsa-sha2-nistp256": ("nistp256", ec.SECP256R1(), hashes.SHA256()),
+    "ecdsa-sha2-nistp384": ("nistp384", ec.SECP384R1(), hashes.SHA384()),
+    "ecdsa-sha2-nistp521": ("nistp521", ec.SECP521R1(), hashes.SHA512()),
+}
+_RSA_SIGNATURE_HASHES: dict[str, hashes.HashAlgorithm] = {
+    "rsa-sha2-256": hashes.SHA256(),
+    "rsa-sha2-512": hashes.SHA512(),
+}
+
+#: Signature algorithms we verify for client keys, in the order we announce them
+#: (RFC 8308 server-sig-algs). No SHA-1 ``ssh-rsa``.
+USER_SIGNATURE_ALGORITHMS: tuple[str, ...] = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+)
+
+
+def fingerprint(blob: bytes) -> str:
+    """OpenSSH's SHA256 fingerprint: ``SHA256:`` + unpadded base64 of the blob's digest."""
+    digest = hashlib.sha256(blob).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    """A parsed client public key; ``blob`` is exactly what the client sent."""
+
+    key_type: str
+    blob: bytes
+    _key: ed25519.Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurvePublicKey = field(
+        repr=False, compare=False
+    )
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.blob)
+
+    def signature_algorithms(self) -> tuple[str, ...]:
+        """Which signature algorithms may be used with this key type."""
+        if self.key_type == "ssh-rsa":
+            return ("rsa-sha2-512", "rsa-sha2-256")
+        return (self.key_type,)
+
+    def verify(self, algorithm: str, signature_blob: bytes, data: bytes) -> bool:
+        """Check an SSH signature blob over ``data``; never raises for bad input."""
+        if algorithm not in self.signature_algorithms():
+            return False
+        try:
+            r = Reader(signature_blob)
+            sig_algorithm = r.ascii(64)
+            raw = r.string(2048)
+            r.check_end()
+        except DecodeError:
+            return False
+        if sig_algorithm != algorithm:
+            return False
+        try:
+            return self._verify_raw(algorithm, raw, data)
+        except (InvalidSignature, DecodeError, ValueError):
+            return False
+
+    def _verify_raw(self, algorithm: str, raw: bytes, data: bytes) -> bool:
+        key = self._key
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            if len(raw) != 64:
+                return False
+            key.verify(raw, data)
+            return True
+        if isinstance(key, rsa.RSAPublicKey):
+            if len(raw) > (key.key_size + 7) // 8:
+                return False
+            key.verify(raw, data, padding.PKCS1v15(), _RSA_SIGNATURE_HASHES[algorithm])
+            return True
+        r = Reader(raw)
+        sig_r, sig_s = r.mpint(80), r.mpint(80)
+        r.check_end()
+        if sig_r <= 0 or sig_s <= 0:
+            return False
+        _, _, digest = _ECDSA_CURVES[algorithm]
+        key.verify(encode_dss_signature(sig_r, sig_s), data, ec.ECDSA(digest))
+        return True
+
+
+def parse_public_key(blob: bytes) -> PublicKey:
+    """Parse a public key blob.
+
+    Raises:
+        DecodeError: malformed blob, unsupported type or a weak key.
+    """
+    r = Reader(blob)
+    key_type = r.ascii(64)
+    key: ed25519.Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    try:
+        if key_type == "ssh-ed25519":
+            raw = r.string(64)
+            if len(raw) != 32:
+                raise DecodeError("ed25519 key is not 32 bytes")
+            key = ed25519.Ed25519PublicKey.from_public_bytes(raw)
+        elif key_type == "ssh-rsa":
+            e, n = r.mpint(16), r.mpint(2048)
+            if n.bit_length() < MIN_RSA_BITS or e < 3 or e % 2 == 0:
+                raise DecodeError("RSA key is too small or invalid")
+            key = rsa.RSAPublicNumbers(e, n).public_key()
+        elif key_type in _ECDSA_CURVES:
+            curve_name, curve, _ = _ECDSA_CURVES[key_type]
+            if r.ascii(64) != curve_name:
+                raise DecodeError("ECDSA curve does not match key type")
+            key = ec.EllipticCurvePublicKey.from_encoded_point(curve, r.string(256))
+        else:
+            raise DecodeError(f"unsupported key type {key_type!r}")
+    except ValueError as exc:
+        raise DecodeError(f"invalid {key_type} key") from exc
+    r.check_end()
+    return PublicKey(key_type, bytes(blob), key)
+
+
+class HostKey:
+    """A server host key that signs exchange hashes. ed25519 only for now (RFC 8709)."""
+
+    __slots__ = ("_private", "algorithm", "public_blob")
+
+    def __init__(self, private: ed25519.Ed25519PrivateKey) -> None:
+        self._private = private
+        self.algorithm = "ssh-ed25519"
+        raw = private.public_key().public_bytes_raw()
+        self.public_blob = wire.string(self.algorithm) + wire.string(raw)
+
+    def __repr__(self) -> str:
+        return f"HostKey({self.algorithm}, {self.fingerprint})"
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.public_blob)
+
+    def sign(self, data: bytes) -> bytes:
+        """Return an SSH signature blob over ``data``."""
+        return wire.string(self.algorithm) + wire.string(self._private.sign(data))

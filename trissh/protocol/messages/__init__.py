@@ -1,0 +1,1 @@
+"""SSH messages, one frozen dataclass per RFC message, grouped by protocol layer."""

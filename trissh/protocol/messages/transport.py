@@ -1,0 +1,258 @@
+"""Transport-layer messages (RFC 4253, RFC 8308, RFC 5656/8731 ECDH).
+
+One frozen dataclass per message with a symmetric ``encode()`` / ``decode(reader)``.
+``decode`` receives a reader positioned just after the message number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Self
+
+from trissh.protocol import wire
+from trissh.protocol.constants import MessageNumber
+from trissh.protocol.errors import DecodeError
+from trissh.protocol.wire import Reader
+
+#: Bound on free-text fields (disconnect descriptions, debug messages).
+MAX_TEXT = 4096
+#: Bound on the number of RFC 8308 extensions in one EXT_INFO.
+MAX_EXTENSIONS = 64
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Disconnect:
+    NUMBER: ClassVar = MessageNumber.DISCONNECT
+    reason: int
+    description: str
+    language: str = ""
+
+    def encode(self) -> bytes:
+        return b"".join(
+            (
+                wire.byte(self.NUMBER),
+                wire.uint32(self.reason),
+                wire.string(self.description),
+                wire.string(self.language),
+            )
+        )
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        reason = r.uint32()
+        description = r.string(MAX_TEXT).decode("utf-8", "replace")
+        language = r.string(MAX_TEXT).decode("ascii", "replace")
+        return cls(reason=reason, description=description, language=language)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ignore:
+    NUMBER: ClassVar = MessageNumber.IGNORE
+    data: bytes = b""
+
+    def encode(self) -> bytes:
+        return wire.byte(self.NUMBER) + wire.string(self.data)
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        return cls(data=r.string())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unimplemented:
+    NUMBER: ClassVar = MessageNumber.UNIMPLEMENTED
+    sequence_number: int
+
+    def encode(self) -> bytes:
+        return wire.byte(self.NUMBER) + wire.uint32(self.sequence_number)
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        return cls(sequence_number=r.uint32())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Debug:
+    NUMBER: ClassVar = MessageNumber.DEBUG
+    always_display: bool
+    message: str
+    language: str = ""
+
+    def encode(self) -> bytes:
+        return b"".join(
+            (
+                wire.byte(self.NUMBER),
+                wire.boolean(self.always_display),
+                wire.string(self.message),
+                wire.string(self.language),
+            )
+        )
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        always = r.boolean()
+        message = r.string(MAX_TEXT).decode("utf-8", "replace")
+        language = r.string(MAX_TEXT).decode("ascii", "replace")
+        return cls(always_display=always, message=message, language=language)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceRequest:
+    NUMBER: ClassVar = MessageNumber.SERVICE_REQUEST
+    service: str
+
+    def encode(self) -> bytes:
+        return wire.byte(self.NUMBER) + wire.string(self.service)
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        service = r.ascii(256)
+        r.check_end()
+        return cls(service=service)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceAccept:
+    NUMBER: ClassVar = MessageNumber.SERVICE_ACCEPT
+    service: str
+
+    def encode(self) -> bytes:
+        return wire.byte(self.NUMBER) + wire.string(self.service)
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        return cls(service=r.ascii(256))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExtInfo:
+    """SSH_MSG_EXT_INFO (RFC 8308 §2.3)."""
+
+    NUMBER: ClassVar = MessageNumber.EXT_INFO
+    extensions: tuple[tuple[str, bytes], ...]
+
+    def encode(self) -> bytes:
+        parts = [wire.byte(self.NUMBER), wire.uint32(len(self.extensions))]
+        for name, value in self.extensions:
+            parts += (wire.string(name), wire.string(value))
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        count = r.uint32()
+        if count > MAX_EXTENSIONS:
+            raise DecodeError("EXT_INFO has too many extensions")
+        extensions = tuple((r.ascii(256), r.string(MAX_TEXT * 4)) for _ in range(count))
+        return cls(extensions=extensions)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KexInit:
+    """SSH_MSG_KEXINIT (RFC 4253 §7.1)."""
+
+    NUMBER: ClassVar = MessageNumber.KEXINIT
+    cookie: bytes
+    kex_algorithms: tuple[str, ...]
+    server_host_key_algorithms: tuple[str, ...]
+    encryption_client_to_server: tuple[str, ...]
+    encryption_server_to_client: tuple[str, ...]
+    mac_client_to_server: tuple[str, ...]
+    mac_server_to_client: tuple[str, ...]
+    compression_client_to_server: tuple[str, ...]
+    compression_server_to_client: tuple[str, ...]
+    languages_client_to_server: tuple[str, ...] = ()
+    languages_server_to_client: tuple[str, ...] = ()
+    first_kex_packet_follows: bool = False
+
+    def encode(self) -> bytes:
+        return b"".join(
+            (
+                wire.byte(self.NUMBER),
+                self.cookie,
+                wire.name_list(self.kex_algorithms),
+                wire.name_list(self.server_host_key_algorithms),
+                wire.name_list(self.encryption_client_to_server),
+                wire.name_list(self.encryption_server_to_client),
+                wire.name_list(self.mac_client_to_server),
+                wire.name_list(self.mac_server_to_client),
+                wire.name_list(self.compression_client_to_server),
+                wire.name_list(self.compression_server_to_client),
+                wire.name_list(self.languages_client_to_server),
+                wire.name_list(self.languages_server_to_client),
+                wire.boolean(self.first_kex_packet_follows),
+                wire.uint32(0),
+            )
+        )
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        cookie = r.fixed(16)
+        lists = [r.name_list() for _ in range(10)]
+        follows = r.boolean()
+        r.uint32()  # reserved
+        return cls(
+            cookie=cookie,
+            kex_algorithms=lists[0],
+            server_host_key_algorithms=lists[1],
+            encryption_client_to_server=lists[2],
+            encryption_server_to_client=lists[3],
+            mac_client_to_server=lists[4],
+            mac_server_to_client=lists[5],
+            compression_client_to_server=lists[6],
+            compression_server_to_client=lists[7],
+            languages_client_to_server=lists[8],
+            languages_server_to_client=lists[9],
+            first_kex_packet_follows=follows,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewKeys:
+    NUMBER: ClassVar = MessageNumber.NEWKEYS
+
+    def encode(self) -> bytes:
+        return wire.byte(self.NUMBER)
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        r.check_end()
+        return cls()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KexEcdhInit:
+    """SSH_MSG_KEX_ECDH_INIT (RFC 5656 §4; also curve25519, RFC 8731)."""
+
+    NUMBER: ClassVar = MessageNumber.KEX_ECDH_INIT
+    client_public: bytes
+
+    def encode(self) -> bytes:
+        return wire.byte(self.NUMBER) + wire.string(self.client_public)
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        public = r.string(8192)
+        r.check_end()
+        return cls(client_public=public)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KexEcdhReply:
+    NUMBER: ClassVar = MessageNumber.KEX_ECDH_REPLY
+    host_key: bytes
+    server_public: bytes
+    signature: bytes
+
+    def encode(self) -> bytes:
+        return b"".join(
+            (
+                wire.byte(self.NUMBER),
+                wire.string(self.host_key),
+                wire.string(self.server_public),
+                wire.string(self.signature),
+            )
+        )
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        return cls(host_key=r.string(), server_public=r.string(), signature=r.string())

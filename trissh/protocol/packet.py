@@ -1,0 +1,131 @@
+"""The binary packet protocol (RFC 4253 §6): framing, padding, sequence numbers.
+
+``PacketDecoder`` owns the receive buffer (one ``bytearray``, trimmed in place) and
+``PacketEncoder`` the send side. Each holds the cipher of its direction; the transport
+swaps ciphers at NEWKEYS and may reset sequence numbers (strict kex).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Final
+
+from trissh.protocol.ciphers import PacketCipher, PlainCipher
+from trissh.protocol.constants import MAX_PACKET_LENGTH
+from trissh.protocol.errors import DecodeError
+
+_U32: Final = struct.Struct(">I")
+_PAD_POOL_SIZE: Final = 4096
+#: The receive buffer never holds more than this; a peer that outruns the parser is cut off.
+MAX_BUFFERED_INPUT: Final = 4 * MAX_PACKET_LENGTH
+
+
+class PacketDecoder:
+    """Turns received bytes into payloads, one packet at a time."""
+
+    __slots__ = ("_buffer", "_length", "cipher", "max_packet_length", "packets", "sequence")
+
+    def __init__(self, max_packet_length: int = MAX_PACKET_LENGTH) -> None:
+        self._buffer = bytearray()
+        self._length: int | None = None
+        self.cipher: PacketCipher = PlainCipher()
+        self.sequence = 0
+        self.packets = 0
+        self.max_packet_length = max_packet_length
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self._buffer += data
+        if len(self._buffer) > MAX_BUFFERED_INPUT:
+            raise DecodeError("peer sent more data than the server can buffer")
+
+    def take_raw(self, n: int) -> bytes:
+        """Hand buffered bytes to a layer below packets (the version exchange)."""
+        chunk = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return chunk
+
+    def find_line_end(self, limit: int) -> int:
+        """Index of the first LF in the first ``limit`` bytes, or -1."""
+        return self._buffer.find(b"\n", 0, limit)
+
+    def next_payload(self) -> bytes | None:
+        """Return the next payload, or ``None`` until a whole packet has arrived.
+
+        Raises:
+            DecodeError: bad length or padding.
+            MacError: the packet failed authentication.
+        """
+        buffer = self._buffer
+        cipher = self.cipher
+        length = self._length
+        if length is None:
+            if len(buffer) < 4:
+                return None
+            length = cipher.packet_length(self.sequence, bytes(buffer[:4]))
+            aligned = length + 4 if cipher.length_in_alignment else length
+            if length < 5 or length > self.max_packet_length or aligned % cipher.block_size:
+                raise DecodeError(f"bad packet length {length}")
+            self._length = length
+        total = 4 + length + cipher.tag_size
+        if len(buffer) < total:
+            return None
+        data = bytes(buffer[:total])
+        del buffer[:total]
+        self._length = None
+        plain = cipher.open(self.sequence, data)
+        padding_length = plain[0]
+        if padding_length < 4 or padding_length > length - 1:
+            raise DecodeError(f"bad padding length {padding_length}")
+        self.sequence = (self.sequence + 1) & 0xFFFFFFFF
+        self.packets += 1
+        return plain[1 : length - padding_length]
+
+
+class PacketEncoder:
+    """Turns payloads into wire packets with random padding."""
+
+    __slots__ = ("_pad_pool", "_pad_pos", "_rng", "bytes_sent", "cipher", "packets", "sequence")
+
+    def __init__(self, rng: Callable[[int], bytes]) -> None:
+        self._rng = rng
+        self._pad_pool = b""
+        self._pad_pos = 0
+        self.cipher: PacketCipher = PlainCipher()
+        self.sequence = 0
+        self.packets = 0
+        self.bytes_sent = 0
+
+    def _padding(self, n: int) -> bytes:
+        if self._pad_pos + n > len(self._pad_pool):
+            self._pad_pool = self._rng(_PAD_POOL_SIZE)
+            self._pad_pos = 0
+        start = self._pad_pos
+        self._pad_pos = start + n
+        return self._pad_pool[start : start + n]
+
+    def encode(self, payload: bytes) -> bytes:
+        cipher = self.cipher
+        block = cipher.block_size
+        aligned = len(payload) + (5 if cipher.length_in_alignment else 1)
+        padding_length = block - aligned % block
+        if padding_length < 4:
+            padding_length += block
+        packet_length = len(payload) + padding_length + 1
+        packet = b"".join(
+            (
+                _U32.pack(packet_length),
+                bytes((padding_length,)),
+                payload,
+                self._padding(padding_length),
+            )
+        )
+        sealed = cipher.seal(self.sequence, packet)
+        self.sequence = (self.sequence + 1) & 0xFFFFFFFF
+        self.packets += 1
+        self.bytes_sent += len(sealed)
+        return sealed

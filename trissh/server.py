@@ -1,0 +1,92 @@
+"""serve(): listeners, the connections nursery, start-up sweep and graceful shutdown.
+
+Nursery tree::
+
+    serve
+    └─ connections nursery      outlives listening so live connections can finish
+       ├─ listening scope       cancelled first on shutdown: stop accepting at once
+       │  └─ trio.serve_listeners(handler_nursery=connections)
+       └─ serve_connection (one each)  (driver.py)
+
+On ``shutdown`` the listening scope is cancelled and the connections nursery gets a
+deadline of now + ``limits.shutdown_grace``; cancelled connections remove their
+containers on the way out, so ``serve`` returns only when nothing is left running.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+
+import structlog
+import trio
+
+from trissh.driver import ServerContext, serve_connection
+
+log = structlog.get_logger("trissh.server")
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        return "unknown"
+    if stream.socket.family == socket.AF_INET6:
+        return f"[{address[0]}]:{address[1]}"
+    return f"{address[0]}:{address[1]}"
+
+
+async def serve(
+    ctx: ServerContext,
+    listeners: list[trio.SocketListener],
+    *,
+    shutdown: trio.Event,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept connections on ``listeners`` until ``shutdown`` is set.
+
+    Cancellation: cancels every connection; their cleanup is bounded and shielded.
+    """
+    try:
+        removed = await ctx.backend.sweep(keep_instance=ctx.instance)
+        if removed:
+            log.info("leftover_containers_removed", count=removed)
+    except Exception as exc:  # the server is still useful; sessions will report the cause
+        log.warning("sweep_failed", error=str(exc))
+
+    async def handle(stream: trio.SocketStream) -> None:
+        await serve_connection(stream, ctx, conn_id=secrets.token_hex(6), remote=_peer(stream))
+
+    async with trio.open_nursery() as connections:
+        listening = trio.CancelScope()
+
+        async def listen(*, task_status: trio.TaskStatus[object]) -> None:
+            with listening:
+                await trio.serve_listeners(
+                    handle, listeners, handler_nursery=connections, task_status=task_status
+                )
+
+        await connections.start(listen)
+        log.info(
+            "server_started",
+            listen=[_listener_address(item) for item in listeners],
+            instance=ctx.instance,
+        )
+        task_status.started()
+        await shutdown.wait()
+        log.info("server_stopping", grace_s=ctx.settings.limits.shutdown_grace)
+        listening.cancel()
+        connections.cancel_scope.deadline = trio.current_time() + ctx.settings.limits.shutdown_grace
+    log.info("server_stopped")
+
+
+def _listener_address(listener: trio.SocketListener) -> str:
+    host, port = listener.socket.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def open_listeners(addresses: list[tuple[str, int]]) -> list[trio.SocketListener]:
+    listeners: list[trio.SocketListener] = []
+    for host, port in addresses:
+        listeners.extend(await trio.open_tcp_listeners(port, host=host))
+    return listeners

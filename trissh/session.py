@@ -1,0 +1,179 @@
+"""run_session: one session channel ⇄ one process in a container.
+
+Theory of operation
+-------------------
+The task owns the process for the channel's life. It answers the session request only
+once the process runs (so a failure reaches the client as a refused request plus a
+one-line message on stderr), pumps stdio both ways with flow control, forwards resizes
+and signals, and ends the channel the way OpenSSH does: EOF after the last output, then
+``exit-status`` (or ``exit-signal``), then CLOSE.
+
+Nursery tree::
+
+    run_session                 binds channel; its cancel scope is the handle's
+    └─ process context          leaving it kills the process (backend, bounded)
+       └─ stdio nursery
+          ├─ _pump_input        channel → process stdin, then EOF
+          ├─ _forward_control   window-change → resize, signal → kill
+          └─ output nursery     process stdout/stderr → channel (ends at EOF)
+
+The peer closing the channel cancels the handle's scope; the connection ending cancels
+everything. Either way the ``finally`` sends what the channel still needs and closes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+
+from trissh.backend import BackendError, ExitStatus, Process, ProcessSpec, PtySpec
+from trissh.backend import TerminalSize as BackendTerminalSize
+from trissh.channel import ChannelHandle, ChannelStream
+from trissh.protocol import SessionKind, SessionRequested, TerminalSize
+
+if TYPE_CHECKING:
+    from trissh.driver import ConnectionDriver
+
+log = structlog.get_logger("trissh.session")
+
+#: Bytes moved per read on each stdio pump.
+PUMP_CHUNK = 256 * 1024
+#: Bound on writing the last error message to a client that may be gone.
+MESSAGE_TIMEOUT = 2.0
+
+
+class SessionRefused(Exception):
+    """The session cannot run; the message is for the user's stderr."""
+
+
+def _backend_size(size: TerminalSize) -> BackendTerminalSize:
+    return BackendTerminalSize(
+        columns=size.columns, rows=size.rows, width_px=size.width_px, height_px=size.height_px
+    )
+
+
+def build_process_spec(driver: ConnectionDriver, request: SessionRequested) -> ProcessSpec:
+    """Turn a shell/exec/subsystem request into the argv and environment to run."""
+    container = driver.ctx.settings.container
+    shell = list(container.shell)
+    if request.kind is SessionKind.SHELL:
+        argv = [*shell, "-l"]
+    elif request.kind is SessionKind.EXEC:
+        assert request.command is not None
+        argv = [*shell, "-c", request.command]
+    elif request.subsystem == "sftp":
+        argv = [container.sftp_server]
+    else:
+        raise SessionRefused(f"subsystem {request.subsystem!r} is not available")
+    env = dict(request.env)
+    pty = None
+    if request.pty is not None:
+        env["TERM"] = request.pty.term
+        pty = PtySpec(
+            term=request.pty.term, size=_backend_size(request.pty.size), modes=request.pty.modes
+        )
+    return ProcessSpec(argv=argv, env=env, pty=pty, channel_id=int(request.channel_id))
+
+
+async def run_session(
+    driver: ConnectionDriver, handle: ChannelHandle, request: SessionRequested
+) -> None:
+    """Run the requested program until it exits or the channel goes away.
+
+    Cancellation: kills the process and closes the channel; never raises otherwise.
+    """
+    code: int | None = None
+    signal: str | None = None
+    with structlog.contextvars.bound_contextvars(channel=int(handle.id)):
+        try:
+            with handle.cancel_scope:
+                status = await _run(driver, handle, request)
+                code, signal = status.code, status.signal
+        except (BackendError, SessionRefused) as exc:
+            log.warning("session_failed", kind=request.kind.value, error=str(exc))
+            await _tell_user(handle, f"trissh: {exc}\r\n" if request.pty else f"trissh: {exc}\n")
+            driver.reply_session_request(handle.id, False)
+        except Exception:
+            log.exception("session_crashed")
+        finally:
+            driver.finish_channel(handle, code=code, signal=signal)
+
+
+async def _tell_user(handle: ChannelHandle, message: str) -> None:
+    with trio.move_on_after(MESSAGE_TIMEOUT):
+        with contextlib.suppress(trio.BrokenResourceError):
+            await ChannelStream(handle, stderr=True).send_all(message.encode())
+
+
+async def _run(
+    driver: ConnectionDriver, handle: ChannelHandle, request: SessionRequested
+) -> ExitStatus:
+    spec = build_process_spec(driver, request)
+    started = time.monotonic()
+    timeout = driver.ctx.settings.container.start_timeout
+    try:
+        with trio.fail_after(timeout):
+            sandbox = await driver.sandbox.get()
+    except trio.TooSlowError:
+        raise SessionRefused(f"container did not start within {timeout:g} s") from None
+    structlog.contextvars.bind_contextvars(container=sandbox.container_id[:12])
+    async with sandbox.open_process(spec) as process:
+        driver.reply_session_request(handle.id, True)
+        log.info(
+            "session_started",
+            kind=request.kind.value,
+            command=request.command,
+            subsystem=request.subsystem,
+            pty=request.pty is not None,
+            start_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        channel = ChannelStream(handle)
+        async with trio.open_nursery() as stdio:
+            stdio.start_soon(_pump_input, channel, process.stdin)
+            stdio.start_soon(_forward_control, handle, process)
+            async with trio.open_nursery() as outputs:
+                outputs.start_soon(_pump_output, process.stdout, channel)
+                if process.stderr is not None:
+                    outputs.start_soon(
+                        _pump_output, process.stderr, ChannelStream(handle, stderr=True)
+                    )
+            status = await process.wait()
+            stdio.cancel_scope.cancel()
+    log.info("session_ended", exit_code=status.code, signal=status.signal)
+    return status
+
+
+async def _pump_input(channel: ChannelStream, stdin: trio.abc.SendStream) -> None:
+    try:
+        while data := await channel.receive_some(PUMP_CHUNK):
+            await stdin.send_all(data)
+        await stdin.aclose()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the process stopped reading; its exit ends the session
+
+
+async def _pump_output(source: trio.abc.ReceiveStream, channel: ChannelStream) -> None:
+    try:
+        while data := await source.receive_some(PUMP_CHUNK):
+            await channel.send_all(data)
+    except trio.BrokenResourceError:
+        pass  # the client closed the channel; nothing more can be delivered
+
+
+async def _forward_control(handle: ChannelHandle, proc: Process) -> None:
+    while True:
+        while handle.control:
+            item = handle.control.popleft()
+            try:
+                if isinstance(item, TerminalSize):
+                    await proc.resize(_backend_size(item))
+                else:
+                    await proc.send_signal(item)
+                    log.info("signal_forwarded", signal=item)
+            except BackendError as exc:
+                log.warning("control_failed", error=str(exc))
+        await handle.wait_changed()
