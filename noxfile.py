@@ -1,0 +1,85 @@
+"""Developer and CI sessions. Start them with `scripts/nox -s NAME` (it bootstraps nox).
+
+- ``ci``: what CI runs and what the README's test command runs: host set-up (as root), lint,
+  type check and the whole test suite against real podman and real OpenSSH clients.
+- ``tests``: the fast suite (protocol, driver, in-process backend); no podman needed.
+- ``lint``, ``typecheck``: ruff and mypy --strict.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+
+
+def _install(session: nox.Session) -> None:
+    session.install("-e", ".[test,lint]", silent=True)
+
+
+def _setup_host(session: nox.Session) -> dict[str, str]:
+    """Run the idempotent host set-up; return the environment pointing at its podman socket."""
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "setup-host.sh")], stdout=subprocess.PIPE, text=True, check=False
+    )
+    if result.returncode != 0:
+        session.error("scripts/setup-host.sh failed (see its messages above)")
+    line = result.stdout.strip().splitlines()[-1]
+    key, _, value = line.partition("=")
+    if key != "CONTAINER_HOST" or not value:
+        session.error(f"scripts/setup-host.sh printed {line!r}, expected CONTAINER_HOST=...")
+    return {"CONTAINER_HOST": value}
+
+
+@nox.session
+def ci(session: nox.Session) -> None:
+    """Everything, against real podman and real clients; fails if anything is skipped for lack of it."""
+    env = _setup_host(session)
+    _install(session)
+    session.run("ruff", "check", "trissh", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "trissh", "tests", "noxfile.py")
+    session.run("mypy")
+    session.run(
+        "pytest", "-p", "no:cacheprovider", *session.posargs,
+        env={**env, "TRISSH_REQUIRE_PODMAN": "1"},
+    )
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The fast suite: no podman, real OpenSSH client where installed."""
+    _install(session)
+    session.run("pytest", "-m", "not podman", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff", silent=True)
+    session.run("ruff", "check", "trissh", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "trissh", "tests", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    _install(session)
+    session.run("mypy")
+
+
+@nox.session
+def podman(session: nox.Session) -> None:
+    """Only the tests that need podman (host set-up included)."""
+    env = _setup_host(session)
+    _install(session)
+    session.run("pytest", "-m", "podman", *session.posargs, env={**env, "TRISSH_REQUIRE_PODMAN": "1"})
+
+
+if os.environ.get("CI") == "true":
+    nox.options.sessions = ["ci"]

@@ -1,0 +1,61 @@
+"""Fixtures shared by every test level: keys, a running server, an OpenSSH client.
+
+Test rules (trio-websocket's, written down): loopback only, port 0, one side closes first
+for determinism, and every wait is bounded so a hang fails instead of stalling CI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from trissh.backend.memory import MemoryBackend
+from trissh.log import configure_logging
+
+from .support import ClientKey, RunningServer, make_context, start_server, write_ed25519_key
+
+configure_logging("console", "warning")
+
+
+@pytest.fixture(scope="session")
+def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("keys")
+
+
+@pytest.fixture(scope="session")
+def client_key(keys_dir: Path) -> ClientKey:
+    return write_ed25519_key(keys_dir / "id_ed25519")
+
+
+@pytest.fixture(scope="session")
+def stranger_key(keys_dir: Path) -> ClientKey:
+    """A key that is not in authorized_keys."""
+    return write_ed25519_key(keys_dir / "id_stranger")
+
+
+@pytest.fixture(scope="session")
+def authorized_keys(keys_dir: Path, client_key: ClientKey) -> Path:
+    path = keys_dir / "authorized_keys"
+    path.write_text(client_key.public_line + "\n")
+    return path
+
+
+@pytest.fixture
+def memory_backend() -> MemoryBackend:
+    return MemoryBackend()
+
+
+@pytest.fixture
+async def memory_server(
+    nursery: trio.Nursery,
+    memory_backend: MemoryBackend,
+    authorized_keys: Path,
+    tmp_path: Path,
+) -> AsyncIterator[RunningServer]:
+    ctx = make_context(memory_backend, authorized_keys, tmp_path / "host_key")
+    server = await start_server(nursery, ctx)
+    yield server
+    await server.stop()

@@ -1,0 +1,141 @@
+"""Helpers shared by test modules: keys, an in-process server, the real OpenSSH client."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from trissh.backend import Backend
+from trissh.cli import build_context
+from trissh.config import load_config
+from trissh.driver import ServerContext
+from trissh.server import open_listeners, serve
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    path: Path
+    public_line: str
+
+
+def write_ed25519_key(path: Path) -> ClientKey:
+    """An OpenSSH private key file (0600) and its public line, made without ssh-keygen."""
+    private = ed25519.Ed25519PrivateKey.generate()
+    path.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+    public = private.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return ClientKey(path, public.decode() + " test@trissh")
+
+
+def make_context(
+    backend: Backend, authorized_keys: Path, host_key: Path, **overrides: Any
+) -> ServerContext:
+    settings = load_config(
+        None,
+        {
+            "listen": ["127.0.0.1:0"],
+            "authorized_keys": str(authorized_keys),
+            "host_keys": [str(host_key)],
+            **overrides,
+        },
+    )
+    return build_context(settings, backend)
+
+
+@dataclass
+class RunningServer:
+    port: int
+    ctx: ServerContext
+    shutdown: trio.Event
+    done: trio.Event = field(default_factory=trio.Event)
+
+    async def stop(self) -> None:
+        self.shutdown.set()
+        with trio.fail_after(30):
+            await self.done.wait()
+
+
+async def start_server(nursery: trio.Nursery, ctx: ServerContext) -> RunningServer:
+    listeners = await open_listeners([("127.0.0.1", 0)])
+    port = listeners[0].socket.getsockname()[1]
+    server = RunningServer(port=port, ctx=ctx, shutdown=trio.Event())
+
+    async def run(*, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            await serve(ctx, listeners, shutdown=server.shutdown, task_status=task_status)
+        finally:
+            server.done.set()
+
+    await nursery.start(run)
+    return server
+
+
+SSH = shutil.which("ssh")
+needs_ssh = pytest.mark.skipif(SSH is None, reason="OpenSSH client not installed")
+
+
+def ssh_argv(port: int, key: Path, *args: str, user: str = "alice") -> list[str]:
+    assert SSH is not None
+    return [
+        SSH,
+        "-F", "/dev/null",
+        "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "LogLevel=ERROR",
+        "-o", "IdentitiesOnly=yes",
+        "-o", "ConnectTimeout=10",
+        "-i", str(key),
+        "-p", str(port),
+        f"{user}@127.0.0.1",
+        *args,
+    ]  # fmt: skip
+
+
+async def run_ssh(
+    port: int,
+    key: Path,
+    *args: str,
+    stdin: bytes = b"",
+    user: str = "alice",
+    timeout: float = 60,
+) -> trio.CompletedProcess[bytes]:
+    """Run the real OpenSSH client; bounded, never raises on a non-zero exit."""
+    with trio.fail_after(timeout):
+        return await trio.run_process(
+            ssh_argv(port, key, *args, user=user),
+            stdin=stdin,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
+def podman_required() -> bool:
+    return (
+        os.environ.get("CI", "").lower() == "true" or os.environ.get("TRISSH_REQUIRE_PODMAN") == "1"
+    )
