@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2016  # single-quoted scripts for inner shells expand there, on purpose
+# Build trissh's base image without any container registry.
+#
+# The root filesystem is busybox-static (the binary plus a symlink for every applet in /bin,
+# /sbin, /usr/bin and /usr/sbin), OpenSSH's sftp-server with every library `ldd` lists for it
+# (and the dynamic loader), a minimal /etc and the usual mount points. It is written as a
+# deterministic tar archive and `podman import`ed as localhost/trissh-base:latest.
+#
+# The image carries the label trissh.recipe=<hash of this script and of every copied binary>;
+# `import` rebuilds only when that hash changed (or the image is missing).
+#
+# Usage:
+#   build-image.sh hash              print the recipe hash
+#   build-image.sh tar FILE|-        write the root filesystem as a tar archive
+#   build-image.sh import [IMAGE]    build + import with your own `podman` if the recipe changed
+#   build-image.sh selftest [IMAGE]  run the checks the backend relies on inside the image
+#
+# scripts/setup-host.sh sources this file; it then runs podman through its own `pod` function
+# (as the trissh-podman user). Run directly, `pod` is plain `podman`.
+set -euo pipefail
+
+TRISSH_IMAGE=${TRISSH_IMAGE:-localhost/trissh-base:latest}
+TRISSH_RECIPE_LABEL=trissh.recipe
+BUSYBOX=/bin/busybox
+SFTP_SERVER=/usr/lib/openssh/sftp-server
+BUILD_IMAGE_SH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
+
+declare -F pod >/dev/null || pod() { podman "$@"; }
+
+# Files copied from the host: busybox, sftp-server, its libraries and the dynamic loader.
+image_inputs() {
+    local f
+    for f in "$BUSYBOX" "$SFTP_SERVER"; do
+        [[ -x $f ]] || { echo "build-image: $f is missing (apt-get install busybox-static openssh-sftp-server)" >&2; return 1; }
+    done
+    if ldd "$SFTP_SERVER" | grep -q 'not found'; then
+        echo "build-image: ldd $SFTP_SERVER: unresolved libraries" >&2
+        return 1
+    fi
+    printf '%s\n' "$BUSYBOX" "$SFTP_SERVER"
+    # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and "/lib64/ld-linux-x86-64.so.2 (0x...)"
+    ldd "$SFTP_SERVER" | awk '$2 == "=>" && $3 ~ /^\// { print $3; next } $1 ~ /^\// { print $1 }'
+}
+
+image_recipe_hash() {
+    local inputs
+    inputs=$(image_inputs)
+    { sha256sum "$BUILD_IMAGE_SH"; xargs -d '\n' sha256sum <<<"$inputs"; } | sha256sum | cut -c1-32
+}
+
+# image_tar OUT: write the root filesystem as a tar archive to OUT (a path or "-" for stdout).
+image_tar() (
+    local out=$1 root inputs f applet d
+    inputs=$(image_inputs)
+    root=$(mktemp -d /tmp/trissh-rootfs.XXXXXX)
+    trap 'rm -rf "$root"' EXIT  # the function body is a subshell: this is its own EXIT
+    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,usr/lib/openssh,etc,root,home,tmp,var/tmp,run,dev,proc,sys}
+    chmod 0700 "$root/root"
+    chmod 1777 "$root/tmp" "$root/var/tmp"
+
+    install -m 0755 "$BUSYBOX" "$root/bin/busybox"
+    mkdir "$root/.applets"
+    while read -r applet; do
+        [[ $applet == busybox || -z $applet ]] && continue
+        ln -s /bin/busybox "$root/.applets/$applet"
+    done < <("$BUSYBOX" --list)
+    for d in bin sbin usr/bin usr/sbin; do
+        cp -an "$root/.applets/." "$root/$d/"
+    done
+    rm -rf "$root/.applets"
+
+    while read -r f; do
+        [[ $f == "$BUSYBOX" ]] && continue
+        mkdir -p "$root$(dirname "$f")"
+        cp -L "$f" "$root$f"
+    done <<<"$inputs"
+
+    cat >"$root/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+EOF
+    cat >"$root/etc/group" <<'EOF'
+root:x:0:
+nobody:x:65534:
+EOF
+    printf '/bin/sh\n/bin/ash\n' >"$root/etc/shells"
+    printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n' >"$root/etc/nsswitch.conf"
+    : >"$root/etc/hostname"
+    : >"$root/etc/hosts"
+    : >"$root/etc/resolv.conf"
+    chmod 0644 "$root"/etc/*
+
+    tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$root" -cf "$out" .
+)
+
+# image_import IMAGE: build and import if the image is missing or its recipe label differs.
+# Prints "unchanged" or "built" on stdout.
+image_import() {
+    local image=${1:-$TRISSH_IMAGE} want have
+    want=$(image_recipe_hash)
+    have=$(pod image inspect --format "{{index .Labels \"$TRISSH_RECIPE_LABEL\"}}" "$image" 2>/dev/null || true)
+    if [[ $have == "$want" ]]; then
+        echo unchanged
+        return 0
+    fi
+    local old
+    old=$(pod image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
+    image_tar - | pod import \
+        --change 'CMD ["/bin/sh"]' \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change "LABEL $TRISSH_RECIPE_LABEL=$want" \
+        --message "trissh base image (busybox-static + sftp-server), recipe $want" \
+        - "$image" >&2
+    # The previous build is now untagged; drop it unless a container still uses it.
+    [[ -n $old ]] && pod image rm "$old" >/dev/null 2>&1 || true
+    echo built
+}
+
+# image_selftest IMAGE: what the backend needs from the image. Fails loudly.
+image_selftest() {
+    local image=${1:-$TRISSH_IMAGE} out rc
+    local run=(run --rm --network none "$image")
+
+    rc=0; out=$(pod "${run[@]}" sh -c 'echo hi; exit 3' 2>&1) || rc=$?
+    [[ $out == hi && $rc == 3 ]] || { echo "selftest: sh -c 'echo hi; exit 3' gave rc=$rc out=$out" >&2; return 1; }
+
+    # cat, head -c, sleep, kill, and the sftp-server answering SSH_FXP_INIT with SSH_FXP_VERSION (type 2).
+    out=$(pod "${run[@]}" sh -c '
+        set -e
+        [ "$(echo abc | cat)" = abc ]
+        [ "$(head -c 100000 /dev/zero | wc -c)" = 100000 ]
+        sleep 2147483647 & pid=$!; kill -TERM $pid; rc=0; wait $pid 2>/dev/null || rc=$?; [ $rc = 143 ]
+        # (stdin must stay open a moment: sftp-server exits on EOF before flushing its answer)
+        { printf "\000\000\000\005\001\000\000\000\003"; sleep 0.3; } | /usr/lib/openssh/sftp-server | head -c 5 | od -An -tx1 | tr -d " \n"
+    ' 2>&1) || { echo "selftest: tools check failed: $out" >&2; return 1; }
+    [[ $out =~ ^[0-9a-f]{8}02$ ]] || { echo "selftest: sftp-server did not answer SSH_FXP_VERSION: $out" >&2; return 1; }
+
+    # A pty nobody has sized yet is 0x0 and busybox `stty size` refuses that, so size it first
+    # (trissh resizes the exec's tty from the client's pty-req before anything runs).
+    out=$(pod run --rm -t --network none "$image" sh -c 'stty rows 24 cols 80 && stty size' </dev/null 2>&1) \
+        || { echo "selftest: stty under a tty failed: $out" >&2; return 1; }
+    [[ $out == $'24 80\r' || $out == '24 80' ]] || { echo "selftest: stty size printed: $out" >&2; return 1; }
+}
+
+build_image_main() {
+    case ${1:-} in
+        hash) image_recipe_hash ;;
+        tar) image_tar "${2:?usage: build-image.sh tar FILE|-}" ;;
+        import) image_import "${2:-$TRISSH_IMAGE}" ;;
+        selftest) image_selftest "${2:-$TRISSH_IMAGE}" && echo "selftest ok" ;;
+        *) sed -n '2,/^set -euo/p' "$BUILD_IMAGE_SH" | sed '$d; s/^# \{0,1\}//' >&2; return 2 ;;
+    esac
+}
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    build_image_main "$@"
+fi
