@@ -89,6 +89,8 @@ class Reader:
 
     def mpint(self, max_length: int = 16384) -> int:
         raw = self.string(max_length)
+        if raw == b"\x00":
+            raise DecodeError("mpint zero must have no value bytes")
         if len(raw) > 1 and (
             (raw[0] == 0 and raw[1] < 0x80) or (raw[0] == 0xFF and raw[1] >= 0x80)
         ):
