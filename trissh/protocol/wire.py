@@ -144,7 +144,8 @@ def string(value: bytes | bytearray | memoryview | str) -> bytes:
 def mpint(value: int) -> bytes:
     if value == 0:
         return _U32.pack(0)
-    length = (value.bit_length() + 8) // 8  # one spare bit for the sign
+    magnitude = value if value > 0 else ~value  # ~v == -v - 1 fits the same bytes as v
+    length = (magnitude.bit_length() + 8) // 8  # one spare bit for the sign
     raw = value.to_bytes(length, "big", signed=True)
     return _U32.pack(len(raw)) + raw
 
