@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.poly1305 import Poly1305
@@ -108,7 +108,7 @@ class ChaCha20Poly1305:
         body = data[:-16]
         try:
             Poly1305.verify_tag(poly_key, body, data[-16:])
-        except InvalidTag:
+        except InvalidSignature:
             raise MacError("message authentication failed") from None
         return crypt(body[4:])
 
