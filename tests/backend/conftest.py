@@ -1,0 +1,168 @@
+"""Backend fixtures: the conformance ``harness`` over MemoryBackend and PodmanBackend.
+
+The podman service is found through ``$CONTAINER_HOST``, else the one
+``scripts/setup-host.sh`` starts. When it does not answer, podman tests are skipped, except
+under ``CI=true``: there they fail, because a CI job that silently skips cannot fail.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from trissh.backend import Backend, ContainerSettings
+from trissh.backend.base import LABEL_INSTANCE
+from trissh.backend.memory import MemoryBackend
+
+pytest.register_assert_rewrite(f"{__package__}.conformance")
+
+from .conformance import Harness  # noqa: E402
+
+DEFAULT_PODMAN_URL = "unix:///run/trissh-podman/podman.sock"
+#: Label that scopes the podman tests' containers (and their sweeps) to one test session.
+TEST_SCOPE_LABEL = "trissh.test-scope"
+
+
+def podman_url() -> str:
+    return os.environ.get("CONTAINER_HOST") or DEFAULT_PODMAN_URL
+
+
+def ping_podman(url: str) -> str | None:
+    """``None`` if the service answers ``_ping``, else why not."""
+    from trissh.backend.podman import socket_path
+
+    try:
+        path = socket_path(url)
+    except ValueError as exc:
+        return str(exc)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(3)
+            sock.connect(path)
+            sock.sendall(b"GET /v4.0.0/libpod/_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+            answer = sock.recv(64)
+    except OSError as exc:
+        return f"{path}: {exc}"
+    if not answer.startswith(b"HTTP/1.") or b" 200 " not in answer[:16]:
+        return f"{path}: unexpected answer {answer!r}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def podman_available() -> str:
+    url = podman_url()
+    problem = ping_podman(url)
+    if problem is not None:
+        message = f"podman service at {url} does not answer: {problem}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI=true: podman tests must run)")
+        pytest.skip(message)
+    return url
+
+
+class MemoryHarness(Harness):
+    name = "memory"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settings = ContainerSettings()
+        self.memory = MemoryBackend(images={self.settings.image})
+        self.backend = self.memory
+
+    def unavailable_backend(self) -> Backend:
+        backend = MemoryBackend()
+        backend.unavailable = True
+        return backend
+
+    async def containers(self, instance: str) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        return [
+            cid
+            for cid, labels in self.memory.containers.items()
+            if labels.get(LABEL_INSTANCE) == instance
+        ]
+
+    async def add_orphan(self, instance: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.memory.add_orphan(instance=instance)
+
+    def live_processes(self) -> int | None:
+        return self.memory.live_processes
+
+
+class PodmanHarness(Harness):
+    name = "podman"
+
+    def __init__(self, url: str) -> None:
+        from trissh.backend.podman import PodmanBackend
+
+        super().__init__()
+        self.url = url
+        self.settings = ContainerSettings()
+        self.scope = {TEST_SCOPE_LABEL: self.instance}
+        self.podman = PodmanBackend(url, scope_labels=self.scope)
+        self.backend = self.podman
+
+    def unavailable_backend(self) -> Backend:
+        from trissh.backend.podman import PodmanBackend
+
+        return PodmanBackend("unix:///nonexistent/trissh-test/podman.sock")
+
+    async def containers(self, instance: str) -> list[str]:
+        return await self.podman.list_container_ids(
+            {LABEL_INSTANCE: instance, TEST_SCOPE_LABEL: self.instance}
+        )
+
+    async def add_orphan(self, instance: str) -> None:
+        """Create and start a container behind the backend's back, as a crash leaves it."""
+        import podman
+
+        def create() -> None:
+            with podman.PodmanClient(base_url=self.url) as client:
+                container = client.containers.create(
+                    self.settings.image,
+                    entrypoint=["/run/podman-init", "-P"],
+                    init=True,
+                    network_mode="none",
+                    labels={LABEL_INSTANCE: instance, **self.scope},
+                )
+                container.start()
+
+        await trio.to_thread.run_sync(create)
+
+    async def remove_leftovers(self) -> list[str]:
+        ids = await self.podman.list_container_ids({TEST_SCOPE_LABEL: self.instance})
+        for container_id in ids:
+            await self.podman.remove_container(container_id)
+        return ids
+
+
+@pytest.fixture(params=["memory", pytest.param("podman", marks=pytest.mark.podman)])
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """Which backend; podman's availability is settled here, synchronously, so the skip
+    (or the CI failure) reaches pytest unwrapped."""
+    name: str = request.param
+    if name == "podman":
+        request.getfixturevalue("podman_available")
+    return name
+
+
+@pytest.fixture
+async def harness(backend_name: str) -> AsyncIterator[Harness]:
+    if backend_name == "memory":
+        memory = MemoryHarness()
+        yield memory
+        assert memory.memory.live_sandboxes == 0
+        assert memory.memory.live_processes == 0
+        return
+    podman = PodmanHarness(podman_url())
+    try:
+        yield podman
+    finally:
+        leaked = await podman.remove_leftovers()
+        podman.podman.close()
+    assert not leaked, f"containers leaked: {leaked}"

@@ -1,0 +1,273 @@
+"""The one place trissh talks to the podman service: threads, limits, errors, the upgrade.
+
+Theory of operation
+-------------------
+podman-py is synchronous (requests over a unix socket), so every call crosses to a worker
+thread through ``trio.to_thread.run_sync`` under one ``trio.CapacityLimiter``: a burst of
+logins cannot open more concurrent requests than the limiter allows. Calls that change
+state (create, start) keep ``abandon_on_cancel=False`` so their outcome is known; reads and
+the teardown's removal use ``abandon_on_cancel=True`` so a bounded cleanup scope really is
+bounded (an abandoned request still completes in its thread).
+
+podman-py cannot stream exec stdio, so :meth:`PodmanApi.upgrade` does that request itself
+with h11 on a trio unix socket: ``POST .../start`` with ``Connection: Upgrade``, read the
+``101``, keep the bytes h11 read past the response, and hand back the raw socket.
+
+Foreign exceptions (podman-py, requests, OSError, h11) become :mod:`trissh.backend.errors`
+in :func:`map_podman_errors`, the only place that knows their shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Final, TypeVar
+
+import h11
+import podman
+import podman.errors
+import requests
+import trio
+
+from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
+
+__all__ = ["API_VERSION", "PodmanApi", "map_podman_errors", "socket_path"]
+
+#: The libpod API version in every path; podman 4.0+ serves it.
+API_VERSION: Final = "4.0.0"
+_PREFIX: Final = f"/v{API_VERSION}/libpod"
+_MAX_ERROR_BODY: Final = 64 * 1024
+_IMAGE_MISSING: Final = re.compile(r"image not known|no such image", re.IGNORECASE)
+
+T = TypeVar("T")
+
+
+def socket_path(url: str) -> str:
+    """The socket path in ``unix:///p``, ``unix:/p`` or ``http+unix://%2Fp`` (CONTAINER_HOST).
+
+    Raises:
+        ValueError: not a unix-socket URL with an absolute path.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("unix", "http+unix"):
+        raise ValueError(f"unsupported podman URL {url!r}: only unix sockets are supported")
+    path = urllib.parse.unquote(parsed.netloc) + parsed.path
+    if not path.startswith("/"):
+        raise ValueError(f"podman URL {url!r} needs an absolute socket path")
+    return path
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    first = lines[0] if lines else "unknown error"
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+        todo += [a for a in current.args if isinstance(a, BaseException)]
+
+
+def _connect_failure(exc: BaseException) -> str | None:
+    """Why the socket could not be reached, if that is what ``exc`` is about."""
+    generic: BaseException | None = None
+    for link in _chain(exc):
+        if isinstance(link, FileNotFoundError | ConnectionRefusedError | PermissionError):
+            return link.strerror or type(link).__name__
+        if generic is None and isinstance(link, requests.ConnectionError | ConnectionError):
+            generic = link
+    return None if generic is None else _one_line(str(generic) or type(generic).__name__)
+
+
+@contextmanager
+def map_podman_errors(*, image: str | None = None, where: str = "") -> Iterator[None]:
+    """Translate podman-py/requests/OSError/h11 exceptions into backend errors.
+
+    ``image`` turns a 404 on create into :class:`ImageNotFound`; ``where`` names the
+    socket for messages. ``trio.Cancelled`` and our own errors pass through untouched.
+    """
+    try:
+        yield
+    except BackendError:
+        raise
+    except podman.errors.ImageNotFound as exc:
+        raise ImageNotFound(image or "?") from exc
+    except (podman.errors.APIError, requests.RequestException, OSError) as exc:
+        reason = _connect_failure(exc)
+        if reason is not None:
+            place = f" at {where}" if where else ""
+            raise BackendUnavailable(
+                f"container backend unavailable: cannot connect to podman{place}: {reason}"
+            ) from exc
+        if isinstance(exc, podman.errors.APIError):
+            explanation = str(exc.explanation or exc)
+            if image is not None and _IMAGE_MISSING.search(explanation):
+                # podman 4.3 answers a create with a missing image with 500, not 404.
+                raise ImageNotFound(image) from exc
+            raise BackendError(f"podman: {_one_line(explanation)}") from exc
+        if isinstance(exc, requests.Timeout):
+            raise BackendError("podman: request timed out") from exc
+        raise BackendError(f"podman: {_one_line(str(exc) or type(exc).__name__)}") from exc
+    except (h11.ProtocolError, podman.errors.PodmanError) as exc:
+        raise BackendError(f"podman: {_one_line(str(exc) or type(exc).__name__)}") from exc
+
+
+class PodmanApi:
+    """A podman-py client behind a thread limiter, plus the raw upgrade request."""
+
+    def __init__(self, url: str, *, limiter_capacity: int, request_timeout: float) -> None:
+        self.path = socket_path(url)
+        self.client = podman.PodmanClient(
+            base_url="unix://" + self.path,
+            version=API_VERSION,
+            timeout=request_timeout,
+            max_pool_size=max(10, limiter_capacity),
+        )
+        self.limiter = trio.CapacityLimiter(limiter_capacity)
+
+    def close(self) -> None:
+        """Drop pooled connections (sync: only closes sockets)."""
+        self.client.api.close()
+
+    async def call(
+        self,
+        fn: Callable[[], T],
+        *,
+        abandon_on_cancel: bool = False,
+        image: str | None = None,
+    ) -> T:
+        """Run one blocking podman-py call in a worker thread, errors mapped.
+
+        Cancellation: with ``abandon_on_cancel=False`` the call runs to completion and the
+        cancellation is delivered at the next checkpoint, so its outcome is never unknown.
+        """
+        with map_podman_errors(image=image, where=self.path):
+            return await trio.to_thread.run_sync(
+                fn, limiter=self.limiter, abandon_on_cancel=abandon_on_cancel
+            )
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        body: object = None,
+        abandon_on_cancel: bool = False,
+        missing_ok: bool = False,
+    ) -> Any:
+        """One libpod REST request; returns decoded JSON, ``{}`` for an empty body.
+
+        ``missing_ok`` turns a 404 into ``None`` (removing what is already gone).
+        """
+        api = self.client.api
+        data = None if body is None else json.dumps(body)
+
+        def run() -> Any:
+            # APIClient's get/post/delete put the /v4.0.0/libpod prefix in front of ``path``.
+            headers = {"Content-Type": "application/json"} if data else None
+            response: Any
+            if method == "POST":
+                response = api.post(path, params=params, data=data, headers=headers)
+            elif method == "DELETE":
+                response = api.delete(path, params=params)
+            else:
+                response = api.get(path, params=params)
+            if missing_ok and response.status_code == 404:
+                return None
+            if response.status_code >= 400:
+                raise podman.errors.APIError(
+                    response.reason, response=response, explanation=_error_message(response)
+                )
+            if not response.content.strip():
+                return {}
+            try:
+                return response.json()
+            except ValueError:
+                return {}  # e.g. a detached exec start answers with a bare newline
+
+        return await self.call(run, abandon_on_cancel=abandon_on_cancel)
+
+    async def upgrade(self, path: str, body: object) -> tuple[trio.SocketStream, bytes]:
+        """POST ``body`` to ``path`` asking for ``Upgrade: tcp``; return the raw stream.
+
+        Returns the socket and the bytes already read past the ``101`` response.
+
+        Raises:
+            BackendUnavailable: the socket cannot be reached.
+            BackendError: podman answered with an error instead of upgrading.
+
+        Cancellation: safe; the socket is closed.
+        """
+        with map_podman_errors(where=self.path):
+            sock = await trio.open_unix_socket(self.path)
+        try:
+            with map_podman_errors(where=self.path):
+                leftover = await _handshake(sock, _PREFIX + path, json.dumps(body).encode())
+        except BaseException:
+            await trio.aclose_forcefully(sock)
+            raise
+        return sock, leftover
+
+
+def _error_message(response: Any) -> str:
+    try:
+        payload = response.json()
+        return str(payload.get("message") or payload.get("cause") or response.text)
+    except ValueError:
+        return response.text or str(response.status_code)
+
+
+async def _handshake(sock: trio.SocketStream, target: str, body: bytes) -> bytes:
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method="POST",
+        target=target,
+        headers=[
+            ("Host", "podman"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "Upgrade"),
+            ("Upgrade", "tcp"),
+        ],
+    )
+    await sock.send_all(
+        conn.send(request) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+    )
+    status = 0
+    error_body = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await sock.receive_some(65536))
+        elif isinstance(event, h11.InformationalResponse):
+            if event.status_code == 101:
+                data, _closed = conn.trailing_data
+                return bytes(data)
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            if len(error_body) < _MAX_ERROR_BODY:
+                error_body += event.data
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            raise BackendError(f"podman: {_upgrade_error(status, bytes(error_body))}")
+
+
+def _upgrade_error(status: int, body: bytes) -> str:
+    try:
+        payload = json.loads(body)
+        message = str(payload.get("message") or payload.get("cause"))
+    except (ValueError, AttributeError):
+        message = body.decode(errors="replace") or "no upgrade"
+    return _one_line(f"{status or 'connection closed'}: {message}")

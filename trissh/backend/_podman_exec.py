@@ -1,0 +1,467 @@
+"""One program in a podman container: exec create, the stdio stream, signals, exit status.
+
+Theory of operation
+-------------------
+``open_exec`` creates an exec session through podman-py, then starts it over our own
+upgraded connection (:meth:`PodmanApi.upgrade`). The start body carries the initial pty
+size (``h``/``w``) so the program never sees a 0x0 terminal; later sizes go through
+``POST /exec/{id}/resize``.
+
+*Without a tty* the stream is framed (:mod:`trissh.backend.stdio_frames`). A demux task in
+the process context's nursery reads the socket and writes stdout/stderr into two bounded
+pipes; when a consumer lags its pipe fills and the demux task blocks, so the socket stops
+being read and podman stops reading the program's output (backpressure end to end). The
+stdin side half-closes the socket's write direction on ``aclose``, which podman turns into
+EOF on the program's stdin.
+
+*With a tty* the stream is raw: stdout reads the socket directly and stderr is ``None``.
+Closing stdin does **not** half-close the socket: on podman 4.3.1 that takes the whole API
+service down, and sshd does not deliver EOF to a pty either (it closes its dup of the
+master fd). A program on a pty sees EOF when the client types ^D, as in a real terminal.
+
+*Exit status.* The socket's EOF means the exec has ended; ``GET /exec/{id}/json`` then
+gives ``ExitCode`` (polled briefly while it still says ``Running``). If nobody reads stdout
+(so EOF is never seen), ``wait`` also polls the exec state with backoff. Podman reports a
+program killed by signal N as exit code 128+N; when that N is a signal *we* delivered, the
+status is reported as that signal (``ExitStatus(signal="TERM")``), otherwise as the code.
+
+*Signals.* Podman has no exec-kill. We take the exec's host PID from exec inspect, map it
+to the PID inside the container's PID namespace (``NSpid`` in ``/proc/PID/status``, or
+``podman top`` with ``hpid`` when /proc is not ours to read), and run a detached exec
+``SHELL -c "kill -N PID"`` in the container. The signal is sent from inside the sandbox,
+as the sandbox user, so a stale or wrong PID can never hit a host process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import Any, Final
+
+import structlog
+import trio
+
+from trissh.backend._common import process_env, signal_name, signal_number
+from trissh.backend._pipe import PipeSendStream, open_pipe, open_task_nursery
+from trissh.backend._podman_api import PodmanApi
+from trissh.backend.base import ExitStatus, ProcessSpec, TerminalSize
+from trissh.backend.errors import BackendError
+from trissh.backend.stdio_frames import FrameDecoder, FrameError, StreamType
+
+__all__ = ["PodmanProcess", "open_exec"]
+
+log = structlog.get_logger("trissh.backend.podman")
+
+#: Bytes asked of the socket per read, and buffered per output pipe before backpressure.
+READ_SIZE: Final = 256 * 1024
+PIPE_LIMIT: Final = 256 * 1024
+#: Teardown of a still-running process (kill, let the stream end, close).
+PROCESS_CLEANUP_BOUND: Final = 5.0
+#: How long the stream may take to end after a KILL during teardown.
+_DRAIN_AFTER_KILL: Final = 2.0
+#: After EOF, how long to wait for podman to stop reporting ``Running``.
+_EXIT_CODE_GRACE: Final = 5.0
+
+
+@asynccontextmanager
+async def open_exec(
+    api: PodmanApi,
+    container_id: str,
+    shell: Sequence[str],
+    spec: ProcessSpec,
+    *,
+    user: str | None = None,
+    workdir: str | None = None,
+) -> AsyncIterator[PodmanProcess]:
+    """Create and start an exec; leaving the context kills it if it still runs.
+
+    Cancellation: safe at any point; a started program is killed, the socket closed.
+    """
+    started = time.monotonic()
+    body: dict[str, Any] = {
+        "Cmd": list(spec.argv),
+        "Env": [f"{key}={value}" for key, value in process_env(spec).items()],
+        "AttachStdin": True,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "Tty": spec.pty is not None,
+    }
+    if user:
+        body["User"] = user
+    if workdir:
+        body["WorkingDir"] = workdir
+    created = await api.request("POST", f"/containers/{container_id}/exec", body=body)
+    process = PodmanProcess(api, container_id, str(created["Id"]), tuple(shell), spec)
+    async with open_task_nursery() as nursery:
+        try:
+            await process._attach(nursery)
+            log.debug(
+                "process_started",
+                container=container_id[:12],
+                channel=spec.channel_id,
+                duration_ms=_ms_since(started),
+            )
+            yield process
+        finally:
+            with trio.move_on_after(PROCESS_CLEANUP_BOUND, shield=True) as scope:
+                await process._shutdown()
+            if scope.cancelled_caught:
+                log.warning(
+                    "process_cleanup_timed_out",
+                    container=container_id[:12],
+                    channel=spec.channel_id,
+                )
+            process._close_now()
+
+
+class PodmanProcess:
+    """A podman exec session seen through the :class:`~trissh.backend.base.Process` protocol."""
+
+    def __init__(
+        self,
+        api: PodmanApi,
+        container_id: str,
+        exec_id: str,
+        shell: tuple[str, ...],
+        spec: ProcessSpec,
+    ) -> None:
+        self._api = api
+        self._container_id = container_id
+        self.exec_id = exec_id
+        self._shell = shell
+        self._spec = spec
+        self._tty = spec.pty is not None
+        self._sock: trio.SocketStream | None = None
+        #: Set when a start request went out: from then on the program may be running.
+        self._start_sent = False
+        self._stdin: _SocketStdin | None = None
+        self._stdout: trio.abc.ReceiveStream | None = None
+        self._stderr: trio.abc.ReceiveStream | None = None
+        self._pipes: list[PipeSendStream] = []
+        #: The output stream reached EOF: the exec has ended.
+        self._eof = trio.Event()
+        self._status: ExitStatus | None = None
+        self._signals_sent: set[int] = set()
+        self._container_pid: int | None = None
+
+    @property
+    def stdin(self) -> trio.abc.SendStream:
+        assert self._stdin is not None
+        return self._stdin
+
+    @property
+    def stdout(self) -> trio.abc.ReceiveStream:
+        assert self._stdout is not None
+        return self._stdout
+
+    @property
+    def stderr(self) -> trio.abc.ReceiveStream | None:
+        return self._stderr
+
+    async def resize(self, size: TerminalSize) -> None:
+        """Resize the exec's pty; ignored once the program has ended or without a pty.
+
+        Raises:
+            BackendError: podman refused while the program still runs.
+        """
+        if not self._tty:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            await self._api.request(
+                "POST",
+                f"/exec/{self.exec_id}/resize",
+                params={"h": size.rows, "w": size.columns},
+                abandon_on_cancel=True,
+            )
+        except BackendError:
+            if not (self._eof.is_set() or self._status is not None):
+                raise
+
+    async def send_signal(self, signal: str) -> None:
+        """Deliver ``signal`` from inside the container (see the module docstring).
+
+        Raises:
+            BackendError: unknown signal name, or podman refused the helper exec.
+        """
+        try:
+            number = signal_number(signal)
+        except ValueError as exc:
+            raise BackendError(f"cannot send signal {signal!r}: {exc}") from None
+        info = await self._inspect()
+        if not info.get("Running"):
+            return
+        pid = await self._resolve_container_pid(int(info.get("Pid") or 0))
+        self._signals_sent.add(number)
+        await self._run_detached([*self._shell, "-c", f"kill -{number} {pid}"])
+        log.debug(
+            "signal_sent",
+            container=self._container_id[:12],
+            channel=self._spec.channel_id,
+            signal=signal_name(number),
+        )
+
+    async def wait(self) -> ExitStatus:
+        """Wait for the exec to end and return its status.
+
+        Cancellation: safe; the program keeps running until the context exits.
+
+        Raises:
+            BackendError: podman could not tell how the exec ended.
+        """
+        if self._status is not None:
+            await trio.lowlevel.checkpoint()
+            return self._status
+        interval = 0.25
+        while not self._eof.is_set():
+            with trio.move_on_after(interval):
+                await self._eof.wait()
+            if self._eof.is_set():
+                break
+            info = await self._inspect()
+            if not info.get("Running"):
+                return self._set_status(info)
+            interval = min(interval * 2, 2.0)
+        with trio.move_on_after(_EXIT_CODE_GRACE):
+            delay = 0.005
+            while True:
+                info = await self._inspect()
+                if not info.get("Running"):
+                    return self._set_status(info)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        raise BackendError(f"podman still reports exec {self.exec_id[:12]} as running after EOF")
+
+    def _set_status(self, info: dict[str, Any]) -> ExitStatus:
+        if self._status is None:
+            code = int(info.get("ExitCode") or 0)
+            if code > 128 and code - 128 in self._signals_sent:
+                self._status = ExitStatus(signal=signal_name(code - 128))
+            else:
+                self._status = ExitStatus(code=code)
+            log.debug(
+                "process_exited",
+                container=self._container_id[:12],
+                channel=self._spec.channel_id,
+                code=self._status.code,
+                signal=self._status.signal,
+            )
+        return self._status
+
+    async def _inspect(self) -> dict[str, Any]:
+        info = await self._api.request("GET", f"/exec/{self.exec_id}/json", abandon_on_cancel=True)
+        return dict(info)
+
+    async def _attach(self, nursery: trio.Nursery) -> None:
+        body: dict[str, Any] = {"Detach": False, "Tty": self._tty}
+        if self._spec.pty is not None:
+            body["h"] = self._spec.pty.size.rows
+            body["w"] = self._spec.pty.size.columns
+        self._start_sent = True
+        sock, leftover = await self._api.upgrade(f"/exec/{self.exec_id}/start", body)
+        self._sock = sock
+        self._stdin = _SocketStdin(sock, half_close=not self._tty)
+        if self._tty:
+            self._stdout = _RawStdout(sock, leftover, self._eof)
+            return
+        out_w, out_r = open_pipe(PIPE_LIMIT)
+        err_w, err_r = open_pipe(PIPE_LIMIT)
+        self._pipes = [out_w, err_w]
+        self._stdout, self._stderr = out_r, err_r
+        nursery.start_soon(self._demux, sock, leftover, out_w, err_w)
+
+    async def _demux(
+        self,
+        sock: trio.SocketStream,
+        data: bytes,
+        out_w: PipeSendStream,
+        err_w: PipeSendStream,
+    ) -> None:
+        """Socket -> frames -> pipes. Never raises: errors reach the readers via the pipes."""
+        decoder = FrameDecoder()
+        error: BaseException | None = None
+        try:
+            while True:
+                for stream, chunk in decoder.feed(data):
+                    target = out_w if stream is StreamType.STDOUT else err_w
+                    if stream is StreamType.STDIN or target.receiver_closed:
+                        continue
+                    # A consumer that closed its end gets nothing more; the other stream goes on.
+                    with suppress(trio.BrokenResourceError):
+                        await target.send_all(chunk)
+                data = await sock.receive_some(READ_SIZE)
+                if not data:
+                    decoder.feed_eof()
+                    break
+        except trio.ClosedResourceError:
+            pass  # teardown closed the socket
+        except (FrameError, trio.BrokenResourceError, OSError) as exc:
+            error = exc
+            log.warning(
+                "exec_stream_failed",
+                container=self._container_id[:12],
+                channel=self._spec.channel_id,
+                error=str(exc),
+            )
+        finally:
+            out_w.close(error)
+            err_w.close(error)
+            self._eof.set()
+
+    async def _shutdown(self) -> None:
+        """Kill the program if it may still run, let the stream end, close the socket."""
+        try:
+            if self._start_sent and self._status is None and not self._eof.is_set():
+                await self.send_signal("KILL")
+                with trio.move_on_after(_DRAIN_AFTER_KILL):
+                    await self._wait_stream_end()
+        except BackendError as exc:
+            log.warning(
+                "process_kill_failed",
+                container=self._container_id[:12],
+                channel=self._spec.channel_id,
+                error=str(exc),
+            )
+        finally:
+            if self._sock is not None:
+                await trio.aclose_forcefully(self._sock)
+
+    async def _wait_stream_end(self) -> None:
+        """Until the exec's stream ends; with a tty nobody else reads now, so we drain it."""
+        if self._sock is None:
+            await trio.lowlevel.checkpoint()
+            return
+        if not self._tty:
+            await self._eof.wait()
+            return
+        # Closing a tty exec's socket while the program still runs is what we avoid here.
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while await self._sock.receive_some(READ_SIZE):
+                pass
+        self._eof.set()
+
+    def _close_now(self) -> None:
+        for pipe in self._pipes:
+            pipe.close()
+        if self._sock is not None:
+            self._sock.socket.close()
+        self._eof.set()
+
+    async def _resolve_container_pid(self, host_pid: int) -> int:
+        if self._container_pid is not None:
+            return self._container_pid
+        if host_pid <= 0:
+            raise BackendError("podman did not report the exec's PID")
+        pid = await _nspid_from_proc(host_pid)
+        if pid is None:
+            pid = await self._nspid_from_top(host_pid)
+        self._container_pid = pid
+        return pid
+
+    async def _nspid_from_top(self, host_pid: int) -> int:
+        top = await self._api.request(
+            "GET",
+            f"/containers/{self._container_id}/top",
+            params={"ps_args": "pid,hpid"},
+            abandon_on_cancel=True,
+        )
+        for row in top.get("Processes") or []:
+            if len(row) >= 2 and row[1].strip() == str(host_pid):
+                return int(row[0])
+        raise BackendError(f"exec PID {host_pid} not found in container")
+
+    async def _run_detached(self, argv: list[str]) -> None:
+        created = await self._api.request(
+            "POST",
+            f"/containers/{self._container_id}/exec",
+            body={"Cmd": argv, "AttachStdout": False, "AttachStderr": False},
+            abandon_on_cancel=True,
+        )
+        await self._api.request(
+            "POST",
+            f"/exec/{created['Id']}/start",
+            body={"Detach": True, "Tty": False},
+            abandon_on_cancel=True,
+        )
+
+
+async def _nspid_from_proc(host_pid: int) -> int | None:
+    """The innermost-namespace PID of ``host_pid``, or None if /proc cannot tell us."""
+    try:
+        status = await trio.Path(f"/proc/{host_pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            fields = line.split()[1:]
+            return int(fields[-1]) if fields else None
+    return None
+
+
+class _SocketStdin(trio.abc.SendStream):
+    """Writes go to the socket; ``aclose`` half-closes it (non-tty only, see module doc)."""
+
+    def __init__(self, sock: trio.SocketStream, *, half_close: bool) -> None:
+        self._sock = sock
+        self._half_close = half_close
+        self._closed = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("stdin already closed")
+        await self._sock.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._sock.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed or not self._half_close:
+            self._closed = True
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            await self._sock.send_eof()
+        except (trio.ClosedResourceError, trio.BrokenResourceError, OSError):
+            await trio.lowlevel.checkpoint()
+
+
+class _RawStdout(trio.abc.ReceiveStream):
+    """A tty exec's output: the socket itself, after the bytes h11 read past the 101."""
+
+    def __init__(self, sock: trio.SocketStream, leftover: bytes, eof: trio.Event) -> None:
+        self._sock = sock
+        self._leftover = leftover
+        self._eof = eof
+        self._closed = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("stdout already closed")
+        if self._leftover:
+            size = len(self._leftover) if max_bytes is None else max_bytes
+            data, self._leftover = self._leftover[:size], self._leftover[size:]
+            await trio.lowlevel.checkpoint()
+            return data
+        try:
+            data = await self._sock.receive_some(max_bytes or READ_SIZE)
+        except trio.BrokenResourceError:
+            self._eof.set()
+            raise
+        if not data:
+            self._eof.set()
+        return data
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await trio.lowlevel.checkpoint()
+
+
+def _ms_since(start: float) -> float:
+    return round((time.monotonic() - start) * 1000, 3)

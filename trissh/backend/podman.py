@@ -1,0 +1,378 @@
+"""PodmanBackend: every sandbox is a hardened container on a rootless podman service.
+
+Theory of operation
+-------------------
+Lifecycle calls (create, start, inspect, remove, exec create, list) go through podman-py in
+worker threads under one ``trio.CapacityLimiter`` (:mod:`trissh.backend._podman_api`);
+stdio streams are ours (:mod:`trissh.backend._podman_exec`).
+
+A sandbox container runs ``catatonit -P`` (pause mode) under podman's own init
+(``init=True`` bind-mounts catatonit at ``/run/podman-init``): PID 1 reaps and forwards
+signals, the "main process" just waits, and nothing of it has to exist in the image, so
+busybox, distro and distroless images all work. It is set as the *entrypoint*, so an image's
+ENTRYPOINT/CMD cannot replace it. Sessions are execs in that container.
+
+Leaving ``open_sandbox`` removes the container with ``force=true&timeout=0`` inside a
+bounded shielded scope. That includes a creation cancelled half-way: creation is not
+abandoned on cancel, so once podman has answered we know the id and remove it; if the
+create request itself failed ambiguously (timeout, dropped connection) we remove by the
+name we chose, ignoring "no such container".
+
+Resource limits need cgroup controllers delegated to the podman user (cgroup v2). Where
+``podman info`` lists no ``pids``/``memory`` controller (rootless on cgroup v1, as on the
+development hosts) podman would silently ignore them; we leave them out, log
+``resource_limit_unsupported`` once, and ``health`` reports it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+import trio
+
+from trissh.backend._common import sandbox_labels
+from trissh.backend._podman_api import PodmanApi, map_podman_errors, socket_path
+from trissh.backend._podman_exec import PodmanProcess, open_exec
+from trissh.backend.base import LABEL_INSTANCE, HealthCheck, ProcessSpec, SandboxSpec
+from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
+
+__all__ = ["PodmanBackend", "PodmanSandbox", "map_podman_errors", "socket_path"]
+
+log = structlog.get_logger("trissh.backend.podman")
+
+#: Bound on removing one container at teardown (forced removal takes ~0.1 s).
+REMOVE_BOUND: Final = 10.0
+#: The sandbox's main process: catatonit in pause mode, from podman's init mount.
+KEEPALIVE: Final = ("/run/podman-init", "-P")
+_SERVICE_FIX: Final = (
+    "run scripts/setup-host.sh as root, or `systemctl --user enable --now podman.socket`"
+    " and point CONTAINER_HOST at $XDG_RUNTIME_DIR/podman/podman.sock"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _HostCaps:
+    controllers: frozenset[str]
+    cgroup_version: str
+
+
+class PodmanBackend:
+    """A :class:`~trissh.backend.base.Backend` on a podman service's unix socket."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        limiter_capacity: int = 8,
+        request_timeout: float = 60.0,
+        scope_labels: Mapping[str, str] | None = None,
+    ) -> None:
+        """Args:
+        url: ``unix:///path.sock``, ``unix:/path.sock`` or ``http+unix://%2Fpath.sock``.
+        limiter_capacity: concurrent podman requests (worker threads).
+        request_timeout: per-request bound inside the worker thread, so none hangs forever.
+        scope_labels: put on every container *and* required by ``sweep``, so two
+            deployments (or test runs) sharing one podman user never sweep each other.
+        """
+        self._api = PodmanApi(
+            url, limiter_capacity=limiter_capacity, request_timeout=request_timeout
+        )
+        self._scope_labels = dict(scope_labels or {})
+        self._host: _HostCaps | None = None
+        self._host_lock = trio.Lock()
+        self._warned: set[str] = set()
+
+    @property
+    def socket_path(self) -> str:
+        return self._api.path
+
+    def close(self) -> None:
+        """Release pooled HTTP connections."""
+        self._api.close()
+
+    @asynccontextmanager
+    async def open_sandbox(self, spec: SandboxSpec) -> AsyncIterator[PodmanSandbox]:
+        """Create and start a hardened container; leaving the context removes it.
+
+        Raises:
+            ImageNotFound: the image does not exist locally.
+            BackendUnavailable: the podman socket does not answer.
+            BackendError: podman refused to create or start the container.
+
+        Cancellation: safe at any point; whatever was created is removed (bounded).
+        """
+        started = time.monotonic()
+        image = spec.settings.image
+        name = _container_name(spec.conn_id)
+        container_id: str | None = None
+        maybe_created = False
+        try:
+            kwargs = await self._create_kwargs(spec, name)
+            maybe_created = True
+            try:
+                container = await self._api.call(
+                    lambda: self._api.client.containers.create(image, **kwargs), image=image
+                )
+            except (ImageNotFound, BackendUnavailable):
+                maybe_created = False
+                raise
+            container_id = str(container.id)
+            await self._api.call(container.start)
+            log.info(
+                "container_created",
+                container=container_id[:12],
+                conn_id=spec.conn_id,
+                user=spec.username,
+                image=image,
+                duration_ms=_ms_since(started),
+            )
+            yield PodmanSandbox(self._api, container_id, spec)
+        finally:
+            if container_id is not None or maybe_created:
+                await self._remove_at_exit(container_id or name, spec)
+
+    async def sweep(self, *, keep_instance: str) -> int:
+        """Remove containers labelled with another ``trissh.instance`` (and our scope)."""
+        labels = {LABEL_INSTANCE: None, **self._scope_labels}
+        stale = [
+            container_id
+            for container_id, found in await self._list(labels)
+            if found.get(LABEL_INSTANCE) != keep_instance
+        ]
+        for container_id in stale:
+            await self.remove_container(container_id)
+        log.info("containers_swept", count=len(stale), keep_instance=keep_instance)
+        return len(stale)
+
+    async def list_container_ids(self, labels: Mapping[str, str | None]) -> list[str]:
+        """Ids of all containers carrying ``labels`` (``None`` value: key present)."""
+        return [container_id for container_id, _ in await self._list(labels)]
+
+    async def remove_container(self, container_id: str) -> bool:
+        """Force-remove now (``timeout=0``); False if it was already gone."""
+        result = await self._api.request(
+            "DELETE",
+            f"/containers/{container_id}",
+            params={"force": "true", "timeout": 0},
+            missing_ok=True,
+        )
+        return result is not None
+
+    async def health(self, image: str) -> list[HealthCheck]:
+        """Service, runtime, cgroups, storage and image checks for ``trissh doctor``."""
+        try:
+            version = await self._api.request("GET", "/version", abandon_on_cancel=True)
+            info = await self._api.request("GET", "/info", abandon_on_cancel=True)
+        except BackendError as exc:
+            return [HealthCheck(name="service", ok=False, detail=str(exc), fix=_SERVICE_FIX)]
+        checks = [
+            HealthCheck(
+                name="service",
+                ok=True,
+                detail=f"podman {version.get('Version', '?')} "
+                f"(API {version.get('ApiVersion', '?')}) at {self._api.path}",
+            ),
+            *_host_checks(info),
+        ]
+        try:
+            present = await self._api.request(
+                "GET", f"/images/{image}/exists", abandon_on_cancel=True, missing_ok=True
+            )  # 204 -> {}, 404 -> None
+        except BackendError as exc:
+            checks.append(HealthCheck(name="image", ok=False, detail=str(exc)))
+            return checks
+        found = present is not None
+        checks.append(
+            HealthCheck(
+                name="image",
+                ok=found,
+                detail=f"{image} {'present' if found else 'not found'}",
+                fix=""
+                if found
+                else "build it with scripts/setup-host.sh, or `podman pull` it as the podman user",
+            )
+        )
+        return checks
+
+    async def _create_kwargs(self, spec: SandboxSpec, name: str) -> dict[str, Any]:
+        settings = spec.settings
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "entrypoint": list(KEEPALIVE),
+            "command": [],
+            "init": True,
+            "cap_drop": ["ALL"],
+            "no_new_privileges": True,
+            "network_mode": settings.network,
+            "labels": {**self._scope_labels, **sandbox_labels(spec)},
+            "environment": dict(settings.env),
+        }
+        if settings.user:
+            kwargs["user"] = settings.user
+        if settings.workdir:
+            kwargs["workdir"] = settings.workdir
+        host = await self._host_caps()
+        if settings.pids_limit and self._supported(host, "pids", "pids_limit"):
+            kwargs["pids_limit"] = settings.pids_limit
+        if settings.memory_limit and self._supported(host, "memory", "memory_limit"):
+            kwargs["mem_limit"] = settings.memory_limit
+        return kwargs
+
+    def _supported(self, host: _HostCaps, controller: str, setting: str) -> bool:
+        if controller in host.controllers:
+            return True
+        if setting not in self._warned:
+            self._warned.add(setting)
+            log.warning(
+                "resource_limit_unsupported",
+                setting=setting,
+                cgroup_version=host.cgroup_version,
+                controllers=sorted(host.controllers),
+            )
+        return False
+
+    async def _host_caps(self) -> _HostCaps:
+        async with self._host_lock:
+            if self._host is None:
+                info = await self._api.request("GET", "/info", abandon_on_cancel=True)
+                host = info.get("host") or {}
+                self._host = _HostCaps(
+                    controllers=frozenset(host.get("cgroupControllers") or ()),
+                    cgroup_version=str(host.get("cgroupVersion", "?")),
+                )
+            return self._host
+
+    async def _list(self, labels: Mapping[str, str | None]) -> list[tuple[str, dict[str, str]]]:
+        # podman-py's containers.list(filters=...) finds nothing on podman 4.3, so this uses
+        # its APIClient with the filter JSON spelled out (label filters are ANDed).
+        wanted = [key if value is None else f"{key}={value}" for key, value in labels.items()]
+        found = await self._api.request(
+            "GET",
+            "/containers/json",
+            params={"all": "true", "filters": json.dumps({"label": wanted})},
+            abandon_on_cancel=True,
+        )
+        out = []
+        for container in found or ():
+            have = dict(container.get("Labels") or {})
+            if all(
+                key in have and (value is None or have[key] == value)
+                for key, value in labels.items()
+            ):
+                out.append((str(container["Id"]), have))
+        return out
+
+    async def _remove_at_exit(self, ref: str, spec: SandboxSpec) -> None:
+        """Remove ``ref`` (id or name) within :data:`REMOVE_BOUND`, even when cancelled."""
+        started = time.monotonic()
+        with trio.move_on_after(REMOVE_BOUND, shield=True) as scope:
+            try:
+                removed = await self._api.request(
+                    "DELETE",
+                    f"/containers/{ref}",
+                    params={"force": "true", "timeout": 0},
+                    abandon_on_cancel=True,
+                    missing_ok=True,
+                )
+            except BackendError as exc:
+                log.error(
+                    "container_remove_failed",
+                    container=_short(ref),
+                    conn_id=spec.conn_id,
+                    error=str(exc),
+                )
+                return
+            if removed is not None:
+                log.info(
+                    "container_removed",
+                    container=_short(ref),
+                    conn_id=spec.conn_id,
+                    duration_ms=_ms_since(started),
+                )
+        if scope.cancelled_caught:
+            log.error("container_remove_timed_out", container=_short(ref), conn_id=spec.conn_id)
+
+
+class PodmanSandbox:
+    """One running container; processes are execs in it."""
+
+    def __init__(self, api: PodmanApi, container_id: str, spec: SandboxSpec) -> None:
+        self._api = api
+        self._container_id = container_id
+        self._spec = spec
+
+    @property
+    def container_id(self) -> str:
+        return self._container_id
+
+    def open_process(self, spec: ProcessSpec) -> AbstractAsyncContextManager[PodmanProcess]:
+        """Start ``spec.argv`` as an exec; leaving the context kills it if still running."""
+        settings = self._spec.settings
+        return open_exec(
+            self._api,
+            self._container_id,
+            settings.shell,
+            spec,
+            user=settings.user,
+            workdir=settings.workdir,
+        )
+
+
+def _host_checks(info: dict[str, Any]) -> list[HealthCheck]:
+    host = info.get("host") or {}
+    runtime = host.get("ociRuntime") or {}
+    runtime_version = str(runtime.get("version", "")).splitlines()[:1]
+    controllers = sorted(host.get("cgroupControllers") or ())
+    rootless = bool((host.get("security") or {}).get("rootless"))
+    driver = str((info.get("store") or {}).get("graphDriverName", "?"))
+    limits_ok = "pids" in controllers
+    return [
+        HealthCheck(
+            name="runtime",
+            ok=bool(runtime.get("name")),
+            detail=f"{runtime.get('name', '?')} ({' '.join(runtime_version) or '?'}), "
+            f"{'rootless' if rootless else 'ROOTFUL'}",
+            fix="" if rootless else "run the podman service as an unprivileged user",
+        ),
+        HealthCheck(
+            name="cgroups",
+            ok=limits_ok,
+            detail=f"cgroup {host.get('cgroupVersion', '?')} ({host.get('cgroupManager', '?')}), "
+            f"delegated controllers: {', '.join(controllers) or 'none'}",
+            fix=""
+            if limits_ok
+            else "pids/memory limits cannot be enforced: use cgroup v2 with the systemd "
+            "cgroup manager and controller delegation for the podman user",
+        ),
+        HealthCheck(
+            name="storage",
+            ok=driver != "vfs",
+            detail=f"storage driver {driver}",
+            fix=""
+            if driver != "vfs"
+            else 'set driver = "overlay" in ~/.config/containers/storage.conf of the podman '
+            "user, then `podman system reset`",
+        ),
+    ]
+
+
+def _container_name(conn_id: str) -> str:
+    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", conn_id)[:40].strip("-.") or "conn"
+    return f"trissh-{safe}-{secrets.token_hex(4)}"
+
+
+def _short(ref: str) -> str:
+    """Container ids shortened as ``podman ps`` shows them; names left whole."""
+    return ref[:12] if re.fullmatch(r"[0-9a-f]{64}", ref) else ref
+
+
+def _ms_since(start: float) -> float:
+    return round((time.monotonic() - start) * 1000, 3)
