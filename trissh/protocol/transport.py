@@ -281,19 +281,21 @@ class Transport:
         if self.kex_state is KexState.IDLE:
             self._start_kex()  # the peer started a re-exchange
         client = KexInit.decode(Reader(payload, 1))
+        ours = KexInit.decode(Reader(self._our_kexinit, 1))
         initial = not self.established
-        negotiated = negotiate(
-            client, KexInit.decode(Reader(self._our_kexinit, 1)), initial=initial
-        )
+        negotiated = negotiate(client, ours, initial=initial)
         if initial:
             self.strict_kex = negotiated.strict_kex
             self.ext_info_requested = negotiated.ext_info
             if self.strict_kex and sequence != 0:
                 raise KeyExchangeFailed("strict kex: KEXINIT was not the first packet")
         if client.first_kex_packet_follows:
-            guessed_right = client.kex_algorithms[:1] == (
-                negotiated.kex,
-            ) and client.server_host_key_algorithms[:1] == (negotiated.host_key,)
+            # RFC 4253 §7: the guess is right only if both sides' first kex and host key
+            # algorithms agree (OpenSSH's proposals_match), not merely the negotiated ones.
+            guessed_right = (
+                client.kex_algorithms[:1] == ours.kex_algorithms[:1]
+                and client.server_host_key_algorithms[:1] == ours.server_host_key_algorithms[:1]
+            )
             self._ignore_guessed_packet = not guessed_right
         self._peer_kexinit = bytes(payload)
         self._negotiated = negotiated
