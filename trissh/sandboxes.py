@@ -9,6 +9,7 @@ missing), nothing is kept and the next session tries again.
 
 from __future__ import annotations
 
+import structlog
 import trio
 
 from trissh.backend import Backend, Sandbox, SandboxSpec
@@ -40,6 +41,8 @@ class ConnectionSandbox:
             return self._sandbox
 
     async def _keep(self, *, task_status: trio.TaskStatus[Sandbox]) -> None:
+        # Started from a session task: its channel is not this container's business.
+        structlog.contextvars.unbind_contextvars("channel", "container")
         try:
             async with self._backend.open_sandbox(self._spec) as sandbox:
                 task_status.started(sandbox)
