@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -117,7 +118,7 @@ class PodmanHarness(Harness):
             {LABEL_INSTANCE: instance, TEST_SCOPE_LABEL: self.instance}
         )
 
-    async def add_orphan(self, instance: str) -> None:
+    async def add_orphan(self, instance: str, labels: dict[str, str] | None = None) -> None:
         """Create and start a container behind the backend's back, as a crash leaves it."""
         import podman
 
@@ -128,7 +129,7 @@ class PodmanHarness(Harness):
                     entrypoint=["/run/podman-init", "-P"],
                     init=True,
                     network_mode="none",
-                    labels={LABEL_INSTANCE: instance, **self.scope},
+                    labels={LABEL_INSTANCE: instance, **self.scope, **(labels or {})},
                 )
                 container.start()
 
@@ -151,6 +152,24 @@ def backend_name(request: pytest.FixtureRequest) -> str:
     return name
 
 
+@asynccontextmanager
+async def open_podman_harness() -> AsyncIterator[PodmanHarness]:
+    """A PodmanHarness whose test-scoped containers are removed, and reported as leaks."""
+    podman = PodmanHarness(podman_url())
+    try:
+        yield podman
+    finally:
+        leaked = await podman.remove_leftovers()
+        podman.podman.close()
+    assert not leaked, f"containers leaked: {leaked}"
+
+
+@pytest.fixture
+async def podman_harness(podman_available: str) -> AsyncIterator[PodmanHarness]:
+    async with open_podman_harness() as podman:
+        yield podman
+
+
 @pytest.fixture
 async def harness(backend_name: str) -> AsyncIterator[Harness]:
     if backend_name == "memory":
@@ -159,10 +178,5 @@ async def harness(backend_name: str) -> AsyncIterator[Harness]:
         assert memory.memory.live_sandboxes == 0
         assert memory.memory.live_processes == 0
         return
-    podman = PodmanHarness(podman_url())
-    try:
+    async with open_podman_harness() as podman:
         yield podman
-    finally:
-        leaked = await podman.remove_leftovers()
-        podman.podman.close()
-    assert not leaked, f"containers leaked: {leaked}"

@@ -54,7 +54,7 @@ def socket_path(url: str) -> str:
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("unix", "http+unix"):
         raise ValueError(f"unsupported podman URL {url!r}: only unix sockets are supported")
-    path = urllib.parse.unquote(parsed.netloc) + parsed.path
+    path = urllib.parse.unquote(parsed.netloc + parsed.path)
     if not path.startswith("/"):
         raise ValueError(f"podman URL {url!r} needs an absolute socket path")
     return path

@@ -43,7 +43,7 @@ import structlog
 import trio
 
 from trissh.backend._common import process_env, signal_name, signal_number
-from trissh.backend._pipe import PipeSendStream, open_pipe, open_task_nursery
+from trissh.backend._pipe import PipeReceiveStream, PipeSendStream, open_pipe, open_task_nursery
 from trissh.backend._podman_api import PodmanApi
 from trissh.backend.base import ExitStatus, ProcessSpec, TerminalSize
 from trissh.backend.errors import BackendError
@@ -165,7 +165,7 @@ class PodmanProcess:
         Raises:
             BackendError: podman refused while the program still runs.
         """
-        if not self._tty:
+        if not self._tty or size.rows <= 0 or size.columns <= 0:
             await trio.lowlevel.checkpoint()
             return
         try:
@@ -255,9 +255,10 @@ class PodmanProcess:
 
     async def _attach(self, nursery: trio.Nursery) -> None:
         body: dict[str, Any] = {"Detach": False, "Tty": self._tty}
-        if self._spec.pty is not None:
-            body["h"] = self._spec.pty.size.rows
-            body["w"] = self._spec.pty.size.columns
+        size = None if self._spec.pty is None else self._spec.pty.size
+        if size is not None and size.rows > 0 and size.columns > 0:
+            body["h"] = size.rows
+            body["w"] = size.columns
         self._start_sent = True
         sock, leftover = await self._api.upgrade(f"/exec/{self.exec_id}/start", body)
         self._sock = sock
@@ -311,6 +312,10 @@ class PodmanProcess:
 
     async def _shutdown(self) -> None:
         """Kill the program if it may still run, let the stream end, close the socket."""
+        # Nobody reads any more: a demux task blocked on a full pipe must not hold us up.
+        for reader in (self._stdout, self._stderr):
+            if isinstance(reader, PipeReceiveStream):
+                reader.close()
         try:
             if self._start_sent and self._status is None and not self._eof.is_set():
                 await self.send_signal("KILL")
@@ -336,7 +341,7 @@ class PodmanProcess:
             await self._eof.wait()
             return
         # Closing a tty exec's socket while the program still runs is what we avoid here.
-        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
             while await self._sock.receive_some(READ_SIZE):
                 pass
         self._eof.set()

@@ -18,6 +18,13 @@ abandoned on cancel, so once podman has answered we know the id and remove it; i
 create request itself failed ambiguously (timeout, dropped connection) we remove by the
 name we chose, ignoring "no such container".
 
+``sweep`` removes containers of other ``trissh.instance`` values, except those whose owner
+is provably alive: each container carries ``trissh.owner`` = boot id, PID namespace, PID and
+process start time of the trissh process that created it. When all four match a running
+process on this host, that instance has not crashed (a second server, a test run) and its
+sessions are left alone; when they cannot be checked (another host or namespace, no label)
+the container is swept as the contract says.
+
 Resource limits need cgroup controllers delegated to the podman user (cgroup v2). Where
 ``podman info`` lists no ``pids``/``memory`` controller (rootless on cgroup v1, as on the
 development hosts) podman would silently ignore them; we leave them out, log
@@ -27,12 +34,14 @@ development hosts) podman would silently ignore them; we leave them out, log
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import structlog
@@ -48,6 +57,8 @@ __all__ = ["PodmanBackend", "PodmanSandbox", "map_podman_errors", "socket_path"]
 
 log = structlog.get_logger("trissh.backend.podman")
 
+#: Identifies the trissh process that created a container (see :func:`owner_token`).
+LABEL_OWNER: Final = "trissh.owner"
 #: Bound on removing one container at teardown (forced removal takes ~0.1 s).
 REMOVE_BOUND: Final = 10.0
 #: The sandbox's main process: catatonit in pause mode, from podman's init mount.
@@ -89,6 +100,7 @@ class PodmanBackend:
         self._host: _HostCaps | None = None
         self._host_lock = trio.Lock()
         self._warned: set[str] = set()
+        self._owner = owner_token()
 
     @property
     def socket_path(self) -> str:
@@ -142,14 +154,23 @@ class PodmanBackend:
     async def sweep(self, *, keep_instance: str) -> int:
         """Remove containers labelled with another ``trissh.instance`` (and our scope)."""
         labels = {LABEL_INSTANCE: None, **self._scope_labels}
-        stale = [
-            container_id
+        others = [
+            (container_id, found.get(LABEL_OWNER, ""))
             for container_id, found in await self._list(labels)
             if found.get(LABEL_INSTANCE) != keep_instance
         ]
+        alive = await trio.to_thread.run_sync(
+            lambda: {owner for _, owner in others if owner_alive(owner)}
+        )
+        stale = [container_id for container_id, owner in others if owner not in alive]
         for container_id in stale:
             await self.remove_container(container_id)
-        log.info("containers_swept", count=len(stale), keep_instance=keep_instance)
+        log.info(
+            "containers_swept",
+            count=len(stale),
+            kept_live_owners=len(others) - len(stale),
+            keep_instance=keep_instance,
+        )
         return len(stale)
 
     async def list_container_ids(self, labels: Mapping[str, str | None]) -> list[str]:
@@ -212,7 +233,11 @@ class PodmanBackend:
             "cap_drop": ["ALL"],
             "no_new_privileges": True,
             "network_mode": settings.network,
-            "labels": {**self._scope_labels, **sandbox_labels(spec)},
+            "labels": {
+                **self._scope_labels,
+                **sandbox_labels(spec),
+                **({LABEL_OWNER: self._owner} if self._owner else {}),
+            },
             "environment": dict(settings.env),
         }
         if settings.user:
@@ -362,6 +387,37 @@ def _host_checks(info: dict[str, Any]) -> list[HealthCheck]:
             "user, then `podman system reset`",
         ),
     ]
+
+
+def owner_token() -> str:
+    """``boot-id/pid-namespace/pid/start-time`` of this process; ``""`` if /proc cannot tell.
+
+    Start time and boot id make a recycled PID or a reboot look dead.
+    """
+    try:
+        return "/".join((*_here(), str(os.getpid()), _start_time(os.getpid())))
+    except (OSError, ValueError, IndexError):
+        return ""
+
+
+def owner_alive(token: str) -> bool:
+    """True only if ``token`` names a process running now in our boot and PID namespace."""
+    try:
+        boot, namespace, pid, start = token.split("/")
+        return (boot, namespace) == _here() and _start_time(int(pid)) == start
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _here() -> tuple[str, str]:
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return boot, os.readlink("/proc/self/ns/pid").strip("pid:[]")
+
+
+def _start_time(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Field 22 (starttime); the command name in field 2 may contain spaces and ")".
+    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def _container_name(conn_id: str) -> str:

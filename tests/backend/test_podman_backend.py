@@ -1,0 +1,280 @@
+"""PodmanBackend specifics: URL parsing and error mapping (no podman needed), then the
+container hardening, backpressure and teardown behaviour against a real service."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import podman.errors
+import pytest
+import requests
+import trio
+
+from trissh.backend import (
+    BackendError,
+    BackendUnavailable,
+    ContainerSettings,
+    ExitStatus,
+    ImageNotFound,
+    ProcessSpec,
+)
+from trissh.backend.podman import (
+    LABEL_OWNER,
+    PodmanBackend,
+    map_podman_errors,
+    owner_alive,
+    owner_token,
+    socket_path,
+)
+
+from .conformance import pty, read_all, read_until, run
+from .conftest import PodmanHarness
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("unix:///run/p/podman.sock", "/run/p/podman.sock"),
+        ("unix:/run/p/podman.sock", "/run/p/podman.sock"),
+        ("http+unix://%2Frun%2Fp%2Fpodman.sock", "/run/p/podman.sock"),
+        ("unix:///tmp/a%20b.sock", "/tmp/a b.sock"),
+    ],
+)
+def test_socket_path_accepts_container_host_spellings(url: str, path: str) -> None:
+    assert socket_path(url) == path
+
+
+@pytest.mark.parametrize("url", ["tcp://127.0.0.1:8080", "ssh://h/run/p.sock", "unix://rel.sock"])
+def test_socket_path_rejects_others(url: str) -> None:
+    with pytest.raises(ValueError, match="podman URL"):
+        socket_path(url)
+
+
+def _api_error(status: int, message: str) -> podman.errors.APIError:
+    response = requests.Response()
+    response.status_code = status
+    response.reason = "Internal Server Error"
+    return podman.errors.APIError(message, response=response, explanation=message)
+
+
+def test_connection_failures_map_to_unavailable() -> None:
+    cause = ConnectionRefusedError(111, "Connection refused")
+    wrapped = podman.errors.APIError("http://x/containers/create", explanation="POST failed")
+    wrapped.__cause__ = requests.ConnectionError(cause)
+    unavailable = r"^container backend unavailable: .*refused"
+    with pytest.raises(BackendUnavailable, match=unavailable), map_podman_errors(where="/p"):
+        raise wrapped
+    with pytest.raises(BackendUnavailable, match="No such file"), map_podman_errors():
+        raise FileNotFoundError(2, "No such file or directory")
+
+
+def test_missing_image_maps_from_404_and_from_podman_43s_500() -> None:
+    with pytest.raises(ImageNotFound) as info, map_podman_errors(image="x/y:z"):
+        raise podman.errors.ImageNotFound("no such image")
+    assert info.value.image == "x/y:z"
+    with pytest.raises(ImageNotFound), map_podman_errors(image="x/y:z"):
+        raise _api_error(500, "x/y:z: image not known")
+
+
+def test_other_errors_become_one_line_backend_errors() -> None:
+    with pytest.raises(BackendError) as info, map_podman_errors(image="img"):
+        raise _api_error(500, '/usr/bin/slirp4netns failed: "open(/dev/net/tun)"\nWARNING: x\n')
+    assert type(info.value) is BackendError
+    assert str(info.value) == 'podman: /usr/bin/slirp4netns failed: "open(/dev/net/tun)"'
+    with pytest.raises(BackendError, match="timed out"), map_podman_errors():
+        raise requests.ReadTimeout("read timed out")
+
+
+async def test_cancelled_passes_through_untouched() -> None:
+    with trio.move_on_after(0) as scope:
+        with map_podman_errors():
+            await trio.sleep(1)
+    assert scope.cancelled_caught
+
+
+def test_unreachable_backend_constructs_without_io() -> None:
+    backend = PodmanBackend("unix:///nonexistent/podman.sock")
+    assert backend.socket_path == "/nonexistent/podman.sock"
+    backend.close()
+
+
+@pytest.mark.podman
+async def test_container_is_hardened(podman_harness: PodmanHarness) -> None:
+    h = podman_harness
+    with trio.fail_after(30):
+        async with h.backend.open_sandbox(h.sandbox_spec()) as sandbox:
+            info = await h.podman._api.request("GET", f"/containers/{sandbox.container_id}/json")
+            spec = ProcessSpec(
+                argv=h.sh("grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; ip -o link")
+            )
+            async with sandbox.open_process(spec) as process:
+                out, _, status = await run(process)
+    assert status == ExitStatus(code=0)
+    assert b"CapEff:\t0000000000000000" in out
+    assert b"NoNewPrivs:\t1" in out
+    assert out.count(b": ") == 1 + out.count(b"lo:")  # only the loopback interface
+    host = info["HostConfig"]
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["NetworkMode"] == "none"
+    labels = info["Config"]["Labels"]
+    assert labels["trissh.instance"] == h.instance
+    assert labels["trissh.user"] == "alice"
+    assert labels["trissh.remote"] == "192.0.2.7:50000"
+    assert info["Path"] == "/run/podman-init"  # catatonit is PID 1
+
+
+@pytest.mark.podman
+async def test_lagging_consumer_stops_the_program(podman_harness: PodmanHarness) -> None:
+    h = podman_harness
+    spec = ProcessSpec(argv=h.sh("head -c 50000000 /dev/zero; echo done >&2"))
+    with trio.fail_after(30):
+        async with (
+            h.backend.open_sandbox(h.sandbox_spec()) as sandbox,
+            sandbox.open_process(spec) as process,
+        ):
+            await trio.sleep(1.0)  # nobody reads: pipes, socket and podman fill up
+            exec_id = process.exec_id  # type: ignore[attr-defined]
+            info = await h.podman._api.request("GET", f"/exec/{exec_id}/json")
+            assert info["Running"], "the program ran ahead of its consumer"
+            out, err, status = await run(process)
+    assert (len(out), err, status) == (50_000_000, b"done\n", ExitStatus(code=0))
+
+
+@pytest.mark.podman
+async def test_leaving_while_output_is_unread_is_quick(podman_harness: PodmanHarness) -> None:
+    h = podman_harness
+    with trio.fail_after(30):
+        async with h.backend.open_sandbox(h.sandbox_spec()) as sandbox:
+            started = time.monotonic()
+            async with sandbox.open_process(ProcessSpec(argv=h.sh("cat /dev/zero"))) as process:
+                await process.stdout.receive_some(10)
+            elapsed = time.monotonic() - started
+    assert elapsed < 1.5, f"teardown took {elapsed:.2f} s"
+
+
+@pytest.mark.podman
+async def test_pty_stdin_close_does_not_end_the_program(podman_harness: PodmanHarness) -> None:
+    """Like sshd: EOF on a pty session's stdin is not delivered (and half-closing a tty exec
+    socket crashes podman 4.3's service). ^D is how a terminal user ends input."""
+    h = podman_harness
+    with trio.fail_after(30):
+        async with (
+            h.backend.open_sandbox(h.sandbox_spec()) as sandbox,
+            sandbox.open_process(ProcessSpec(argv=h.sh("cat"), pty=pty())) as process,
+        ):
+            await process.stdin.send_all(b"line\n")
+            await read_until(process.stdout, b"line\r\nline\r\n")
+            await process.stdin.aclose()
+            with trio.move_on_after(0.5) as waiting:
+                await process.wait()
+            assert waiting.cancelled_caught
+            async with sandbox.open_process(ProcessSpec(argv=h.sh("cat"), pty=pty())) as process:
+                await process.stdin.send_all(b"x\n\x04")
+                assert await read_all(process.stdout) == b"x\r\nx\r\n"
+                assert await process.wait() == ExitStatus(code=0)
+
+
+@pytest.mark.podman
+async def test_signal_after_exit_is_a_no_op(podman_harness: PodmanHarness) -> None:
+    h = podman_harness
+    with trio.fail_after(30):
+        async with (
+            h.backend.open_sandbox(h.sandbox_spec()) as sandbox,
+            sandbox.open_process(ProcessSpec(argv=h.sh("exit 5"))) as process,
+        ):
+            assert (await run(process))[2] == ExitStatus(code=5)
+            await process.send_signal("TERM")
+            assert await process.wait() == ExitStatus(code=5)
+            with pytest.raises(BackendError, match="NOPE"):
+                await process.send_signal("NOPE")
+
+
+@pytest.mark.podman
+async def test_self_inflicted_signal_is_reported_as_a_code(podman_harness: PodmanHarness) -> None:
+    """Podman reports only codes; 128+N is mapped to a signal only when we sent N."""
+    h = podman_harness
+    with trio.fail_after(30):
+        async with (
+            h.backend.open_sandbox(h.sandbox_spec()) as sandbox,
+            sandbox.open_process(ProcessSpec(argv=h.sh("kill -TERM $$"))) as process,
+        ):
+            assert (await run(process))[2] == ExitStatus(code=143)
+
+
+@pytest.mark.podman
+async def test_exec_start_error_is_a_backend_error(podman_harness: PodmanHarness) -> None:
+    with pytest.raises(BackendError, match="podman: 404"):
+        await podman_harness.podman._api.upgrade(
+            "/exec/0000000000000000000000000000000000000000000000000000000000000000/start",
+            {"Detach": False, "Tty": False},
+        )
+
+
+@pytest.mark.podman
+async def test_missing_program_exits_127(podman_harness: PodmanHarness) -> None:
+    h = podman_harness
+    with trio.fail_after(30):
+        async with (
+            h.backend.open_sandbox(h.sandbox_spec()) as sandbox,
+            sandbox.open_process(ProcessSpec(argv=["/no/such/program"])) as process,
+        ):
+            _, err, status = await run(process)
+    assert status == ExitStatus(code=127)
+    assert b"/no/such/program" in err
+
+
+@pytest.mark.podman
+async def test_user_and_workdir_settings(podman_harness: PodmanHarness) -> None:
+    h = podman_harness
+    settings = ContainerSettings(user="1000:1000", workdir="/tmp")
+    with trio.fail_after(30):
+        async with h.backend.open_sandbox(h.sandbox_spec(settings=settings)) as sandbox:
+            async with sandbox.open_process(ProcessSpec(argv=h.sh("id -u; pwd"))) as process:
+                out, _, _ = await run(process)
+            # A signal sent as the unprivileged user reaches the user's own process.
+            async with sandbox.open_process(ProcessSpec(argv=h.sh("sleep 100"))) as process:
+                await process.send_signal("TERM")
+                assert await process.wait() == ExitStatus(signal="TERM")
+    assert out == b"1000\n/tmp\n"
+
+
+@pytest.mark.podman
+async def test_health_lists_every_check(podman_harness: PodmanHarness) -> None:
+    checks = await podman_harness.backend.health(podman_harness.settings.image)
+    assert [c.name for c in checks] == ["service", "runtime", "cgroups", "storage", "image"]
+    assert all(c.ok or c.fix for c in checks)
+    assert json.dumps([c.detail for c in checks])
+
+
+def test_owner_token_is_alive_only_for_a_running_process() -> None:
+    token = owner_token()
+    assert owner_alive(token)
+    boot, namespace, _pid, start = token.split("/")
+    assert not owner_alive(f"{boot}/{namespace}/1/{start}")  # PID 1 started earlier
+    assert not owner_alive(f"{boot}/{namespace}/999999999/{start}")
+    assert not owner_alive(f"other-boot/{namespace}/{os.getpid()}/{start}")
+    assert not owner_alive("")
+    assert not owner_alive("garbage")
+
+
+@pytest.mark.podman
+async def test_sweep_spares_live_instances_and_removes_dead_owners(
+    podman_harness: PodmanHarness,
+) -> None:
+    """Another trissh process sharing the podman user (a second server, a test run) must
+    not lose its sessions to our start-up sweep; a crashed one's containers go."""
+    h = podman_harness
+    boot, namespace, _pid, start = owner_token().split("/")
+    dead_owner = f"{boot}/{namespace}/999999999/{start}"
+    other = PodmanBackend(h.url, scope_labels=h.scope)
+    live_spec = dataclasses.replace(h.sandbox_spec(), instance="live-other")
+    with trio.fail_after(30):
+        await h.add_orphan("crashed-other", {LABEL_OWNER: dead_owner})
+        async with other.open_sandbox(live_spec) as live:
+            assert await h.backend.sweep(keep_instance=h.instance) == 1
+            assert await h.containers("live-other") == [live.container_id]
+            assert await h.containers("crashed-other") == []
+    other.close()
