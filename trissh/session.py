@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-The task owns the process for the channel's life. It answers the session request only
-once the process runs (so a failure reaches the client as a refused request plus a
-one-line message on stderr), pumps stdio both ways with flow control, forwards resizes
+The task owns the process for the channel's life. It answers the session request once
+the process runs; if it cannot run, the user gets a one-line reason on stderr and exit
+status 255. It pumps stdio both ways with flow control, forwards resizes
 and signals, and ends the channel the way OpenSSH does: EOF after the last output, then
 ``exit-status`` (or ``exit-signal``), then CLOSE.
 
@@ -42,6 +42,8 @@ log = structlog.get_logger("trissh.session")
 
 #: Bytes moved per read on each stdio pump.
 PUMP_CHUNK = 256 * 1024
+#: Exit status of a session whose program never started (what ssh uses for its own errors).
+SESSION_FAILED_EXIT_CODE = 255
 #: Bound on writing the last error message to a client that may be gone.
 MESSAGE_TIMEOUT = 2.0
 
@@ -94,9 +96,12 @@ async def run_session(
                 status = await _run(driver, handle, request)
                 code, signal = status.code, status.signal
         except (BackendError, SessionRefused) as exc:
+            # OpenSSH drops a channel's pending stderr when the request is refused, so the
+            # request is granted and the reason printed, with ssh's own "did not run" code.
             log.warning("session_failed", kind=request.kind.value, error=str(exc))
+            driver.reply_session_request(handle.id, True)
             await _tell_user(handle, f"trissh: {exc}\r\n" if request.pty else f"trissh: {exc}\n")
-            driver.reply_session_request(handle.id, False)
+            code = SESSION_FAILED_EXIT_CODE
         except Exception:
             log.exception("session_crashed")
         finally:
