@@ -1,0 +1,101 @@
+"""The command line: version, help, configuration errors, start-up errors, doctor."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trissh import __version__
+from trissh.cli import main
+from trissh.config import ConfigError, load_config
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trissh", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_version_via_python_dash_m() -> None:
+    """`python -m trissh --version` prints the version."""
+    result = run_module("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"trissh {__version__}"
+
+
+def test_help_documents_the_cli_contract() -> None:
+    """`--help` names every flag of the contract and the doctor command."""
+    result = run_module("--help")
+    for flag in ("--listen", "--host-key", "--authorized-keys", "--podman-url", "--image",
+                 "--config", "--log-format", "doctor"):  # fmt: skip
+        assert flag in result.stdout
+
+
+def test_unknown_config_key_names_its_path(tmp_path: Path) -> None:
+    """A typo in the TOML file is an error naming the key, not silently ignored."""
+    config = tmp_path / "trissh.toml"
+    config.write_text('[container]\nimgae = "x"\n')
+    with pytest.raises(ConfigError, match=r"container\.imgae: Extra inputs are not permitted"):
+        load_config(config, {})
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    """Flags win over the TOML file."""
+    config = tmp_path / "trissh.toml"
+    config.write_text('listen = ["127.0.0.1:1"]\n[container]\nimage = "from-file"\n')
+    settings = load_config(config, {"container.image": "from-flag"})
+    assert settings.container.image == "from-flag"
+    assert settings.listen == ("127.0.0.1:1",)
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [("nohost", "is not HOST:PORT"), ("host:99999", "out of range"), (":22", "has no host")],
+)
+def test_bad_listen_address(listen: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {"listen": [listen]})
+
+
+def test_bad_config_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """An invalid value is reported on stderr with exit status 2."""
+    assert main(["--listen", "nonsense"]) == 2
+    assert "listen" in capsys.readouterr().err
+
+
+def test_missing_authorized_keys_is_a_startup_error(tmp_path: Path) -> None:
+    """Without any way to log in the server refuses to start, and says what to pass."""
+    result = run_module("--listen", "127.0.0.1:0", "--host-key", str(tmp_path / "k"))
+    assert result.returncode == 1
+    assert "--authorized-keys" in result.stderr
+
+
+def test_host_key_is_generated_once(tmp_path: Path) -> None:
+    """A missing host key is created (mode 0600, .pub beside it) and reused afterwards."""
+    from trissh.hostkeys import load_or_create_host_key
+
+    path = tmp_path / "sub" / "host_key"
+    first, created = load_or_create_host_key(path)
+    assert created
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.with_name("host_key.pub").read_text().startswith("ssh-ed25519 ")
+    second, created_again = load_or_create_host_key(path)
+    assert not created_again
+    assert second.public_blob == first.public_blob
+
+
+def test_doctor_reports_an_unreachable_podman(tmp_path: Path, authorized_keys: Path) -> None:
+    """`trissh doctor` fails with a fix hint when the podman socket does not answer."""
+    result = run_module(
+        "doctor",
+        "--authorized-keys", str(authorized_keys),
+        "--host-key", str(tmp_path / "host_key"),
+        "--podman-url", f"unix://{tmp_path}/nothing.sock",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "[FAIL]" in result.stdout
+    assert "fix:" in result.stdout
+    assert "[ok  ] authorized keys" in result.stdout
