@@ -230,6 +230,24 @@ class BackendConformance:
                 status = await process.wait()
         assert status == ExitStatus(code=7)
 
+    async def test_pty_stdin_close_is_no_eof_but_ctrl_d_is(self, harness: Harness) -> None:
+        """As with sshd: EOF on a pty session's stdin is not delivered to the program (and
+        half-closing a tty exec socket takes podman 4.3's service down); ^D is."""
+        spec = ProcessSpec(argv=harness.sh("cat"), pty=pty())
+        with trio.fail_after(TEST_BOUND):
+            async with harness.backend.open_sandbox(harness.sandbox_spec()) as sandbox:
+                async with sandbox.open_process(spec) as process:
+                    await process.stdin.send_all(b"line\n")
+                    await read_until(process.stdout, b"line\r\n")
+                    await process.stdin.aclose()
+                    with trio.move_on_after(0.5) as waiting:
+                        await process.wait()
+                    assert waiting.cancelled_caught, "closing a pty's stdin ended the program"
+                async with sandbox.open_process(spec) as process:
+                    await process.stdin.send_all(b"x\n\x04")
+                    assert (await read_all(process.stdout)).endswith(b"x\r\n")
+                    assert await process.wait() == ExitStatus(code=0)
+
     async def test_signal_terminates(self, harness: Harness) -> None:
         """TERM to ``sleep``: an exit signal, or (podman reports only codes) 128 + 15."""
         with trio.fail_after(TEST_BOUND):

@@ -125,7 +125,8 @@ class Process(Protocol):
 
     ``stdout`` and ``stderr`` end (``receive_some`` returns ``b""``) when the program has
     exited and its output is drained. ``stderr`` is ``None`` with a pty: the terminal
-    merges it into ``stdout``. Closing ``stdin`` delivers EOF to the program.
+    merges it into ``stdout``. Closing ``stdin`` delivers EOF to the program, except on a
+    pty: there, as with sshd, it only stops input (the user ends input with ^D).
     """
 
     @property

@@ -18,7 +18,9 @@ tty's input echo). ``CMD`` is a ``;``- or newline-separated list of built-ins:
 ``kill [-SIG] $$``. ``$NAME``, ``${NAME}``, ``$$`` and ``$?`` are expanded. Anything else
 prints ``sh: CMD: not found`` and exits 127. Any other argv runs as one such command.
 With a pty, stderr is merged into stdout and ``\\n`` is written as ``\\r\\n`` (ONLCR), as a
-real terminal does.
+real terminal does; ^D in the input is a one-shot EOF (VEOF); closing ``stdin`` is *not* an
+EOF (as with sshd, and podman, whose service a tty half-close takes down); input is not
+echoed.
 
 Test hooks: ``fail_next_sandbox``, ``stall_sandbox_start``, ``stall_process_start``,
 ``unavailable``, ``images``, ``add_orphan()``; counters ``live_sandboxes`` and
@@ -31,6 +33,7 @@ import itertools
 import re
 import shlex
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,6 +45,7 @@ import trio
 from trissh.backend._common import process_env, sandbox_labels, signal_name, signal_number
 from trissh.backend._pipe import (
     PipeReceiveStream,
+    PipeSendStream,
     open_pipe,
     open_task_nursery,
 )
@@ -254,6 +258,9 @@ class MemoryProcess:
         self.pid = pid
         self._pty = None if spec.pty is None else _PtyState(spec.pty.size)
         self._stdin_w, self._stdin_r = open_pipe(limit)
+        self._stdin: trio.abc.SendStream = (
+            self._stdin_w if spec.pty is None else _PtyStdin(self._stdin_w)
+        )
         self._stdout_w, self._stdout_r = open_pipe(limit)
         if spec.pty is None:
             self._stderr_w, stderr_r = open_pipe(limit)
@@ -268,7 +275,7 @@ class MemoryProcess:
 
     @property
     def stdin(self) -> trio.abc.SendStream:
-        return self._stdin_w
+        return self._stdin
 
     @property
     def stdout(self) -> trio.abc.ReceiveStream:
@@ -350,6 +357,27 @@ class MemoryProcess:
         self._stderr_w.close()
 
 
+class _PtyStdin(trio.abc.SendStream):
+    """A pty's input: closing it stops writes but, as with sshd and podman, is no EOF."""
+
+    def __init__(self, pipe: PipeSendStream) -> None:
+        self._pipe = pipe
+        self._closed = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("stdin already closed")
+        await self._pipe.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._pipe.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await trio.lowlevel.checkpoint()
+
+
 class _Shell:
     """The fake shell: runs built-ins against the process's pipes."""
 
@@ -357,7 +385,8 @@ class _Shell:
         self.p = process
         self.shells = {*shell, "sh", "/bin/sh", "bash", "/bin/bash", "ash", "/bin/ash"}
         self.status = 0
-        self._inbuf = bytearray()
+        #: Input read but not consumed; ``None`` marks a one-shot EOF (^D on a pty).
+        self._pending: deque[bytes | None] = deque()
         self._stdin_eof = False
 
     async def run_argv(self, argv: list[str]) -> int:
@@ -443,39 +472,43 @@ class _Shell:
         await (self.p._stderr_w if err else self.p._stdout_w).send_all(data)
 
     async def _readline(self) -> bytes | None:
+        """One command line; ``None`` at EOF (^D on an empty pty line, or stdin closed)."""
         ends = b"\r\n" if self.p._pty is not None else b"\n"
+        line = bytearray()
         while True:
-            if self.p._pty is not None and self._inbuf.startswith(b"\x04"):
-                del self._inbuf[:1]
-                return None
-            cut = min((i for i in map(self._inbuf.find, ends) if i >= 0), default=-1)
-            if cut >= 0:
-                line = bytes(self._inbuf[:cut])
-                del self._inbuf[: cut + 1]
-                return line
-            if self._stdin_eof:
-                if not self._inbuf:
-                    return None
-                line = bytes(self._inbuf)
-                self._inbuf.clear()
-                return line
-            chunk = await self.p._stdin_r.receive_some()
-            if chunk:
-                self._inbuf += chunk
-            else:
-                self._stdin_eof = True
+            chunk = await self.read_stdin()
+            if not chunk:
+                return bytes(line) if line else None
+            cut = min((i for i in map(chunk.find, ends) if i >= 0), default=-1)
+            if cut < 0:
+                line += chunk
+                continue
+            line += chunk[:cut]
+            if chunk[cut + 1 :]:
+                self._pending.appendleft(chunk[cut + 1 :])
+            return bytes(line)
 
     async def read_stdin(self) -> bytes:
-        """The next stdin chunk (buffered bytes first); ``b""`` at EOF."""
-        if self._inbuf:
-            data = bytes(self._inbuf)
-            self._inbuf.clear()
-            return data
-        if self._stdin_eof:
-            return b""
-        data = await self.p._stdin_r.receive_some()
-        self._stdin_eof = not data
-        return data
+        """The next stdin chunk; ``b""`` for EOF.
+
+        On a pty, ^D is a one-shot EOF (the next read goes on), as a terminal's VEOF is.
+        """
+        if not self._pending:
+            if self._stdin_eof:
+                return b""
+            chunk = await self.p._stdin_r.receive_some()
+            if not chunk:
+                self._stdin_eof = True
+                return b""
+            if self.p._pty is None:
+                return chunk
+            for index, part in enumerate(chunk.split(b"\x04")):
+                if index:
+                    self._pending.append(None)
+                if part:
+                    self._pending.append(part)
+        item = self._pending.popleft()
+        return b"" if item is None else item
 
 
 class _Output:
