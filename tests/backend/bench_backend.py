@@ -17,9 +17,11 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 import structlog
+import structlog.testing
 import trio
 
 from trissh.backend import Backend, ContainerSettings, ProcessSpec, PtySpec, SandboxSpec
@@ -28,12 +30,22 @@ from trissh.backend.memory import MemoryBackend
 from trissh.backend.podman import PodmanBackend
 
 
+def _drop(logger: object, method: str, event: MutableMapping[str, Any]) -> str:
+    raise structlog.DropEvent
+
+
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
 
 async def lifecycle(backend: Backend, spec: SandboxSpec, rounds: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"create+start": [], "exec+first byte": [], "remove": []}
+    times: dict[str, list[float]] = {
+        "create+start": [],
+        "exec start (101)": [],
+        "exec+first byte": [],
+        "exit status": [],
+        "remove": [],
+    }
     for _ in range(rounds):
         start = time.perf_counter()
         manager = backend.open_sandbox(spec)
@@ -41,10 +53,18 @@ async def lifecycle(backend: Backend, spec: SandboxSpec, rounds: int) -> dict[st
         times["create+start"].append(_ms(start))
         try:
             start = time.perf_counter()
-            async with sandbox.open_process(ProcessSpec(argv=["/bin/sh", "-c", "echo x"])) as p:
-                await p.stdout.receive_some()
-                times["exec+first byte"].append(_ms(start))
-                await p.wait()
+            with structlog.testing.capture_logs() as logs:
+                async with sandbox.open_process(ProcessSpec(argv=["/bin/sh", "-c", "echo x"])) as p:
+                    started = [e for e in logs if e["event"] == "process_started"]
+                    if started:
+                        times["exec start (101)"].append(started[0]["duration_ms"])
+                    await p.stdout.receive_some()
+                    times["exec+first byte"].append(_ms(start))
+                    while await p.stdout.receive_some():
+                        pass
+                    start = time.perf_counter()
+                    await p.wait()
+                    times["exit status"].append(_ms(start))
         finally:
             start = time.perf_counter()
             await manager.__aexit__(None, None, None)
@@ -76,7 +96,8 @@ async def main() -> None:
     parser.add_argument("--image", default=ContainerSettings().image)
     parser.add_argument("--head", default="head", help="e.g. a GNU head in a bench image")
     args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    # Quiet, but let capture_logs() see the debug-level process_started event.
+    structlog.configure(processors=[_drop], wrapper_class=structlog.make_filtering_bound_logger(10))
     make: Callable[[], Backend] = MemoryBackend if args.memory else lambda: PodmanBackend(args.url)
     backend = make()
     spec = SandboxSpec(
@@ -88,6 +109,8 @@ async def main() -> None:
     )
     times = await lifecycle(backend, spec, args.rounds)
     for name, values in times.items():
+        if not values:
+            continue
         print(
             f"{name:>16}: median {statistics.median(values):7.1f} ms  (all: "
             + ", ".join(f"{v:.0f}" for v in values)

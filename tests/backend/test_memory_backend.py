@@ -235,3 +235,14 @@ async def test_pipe_error_reaches_the_reader_after_data() -> None:
     assert await receive.receive_some() == b"data"
     with pytest.raises(trio.BrokenResourceError, match="desync"):
         await receive.receive_some()
+
+
+async def test_exec_replaces_the_shell() -> None:
+    backend = MemoryBackend()
+    async with backend.open_sandbox(sandbox_spec()) as sandbox:
+        async with sandbox.open_process(sh("exec false; echo unreachable")) as process:
+            out, _, status = await run(process)
+        assert (out, status) == (b"", ExitStatus(code=1))
+        async with sandbox.open_process(sh("exec nope")) as process:
+            _, err, status = await run(process)
+        assert (err, status) == (b"sh: nope: not found\n", ExitStatus(code=127))

@@ -15,8 +15,9 @@ lines from stdin, writing the prompt ``"$ "`` before each; with a pty too, but w
 tty's input echo). ``CMD`` is a ``;``- or newline-separated list of built-ins:
 ``echo WORDS [>&2]``, ``exit N``, ``true``, ``false``, ``cat [> /dev/null]``,
 ``head -c N /dev/zero``, ``sleep N``, ``stty size``, ``printenv [NAME]``,
-``kill [-SIG] $$``. ``$NAME``, ``${NAME}``, ``$$`` and ``$?`` are expanded. Anything else
-prints ``sh: CMD: not found`` and exits 127. Any other argv runs as one such command.
+``kill [-SIG] $$``, each optionally after ``exec``. ``$NAME``, ``${NAME}``, ``$$`` and
+``$?`` are expanded. Anything else prints ``sh: CMD: not found`` and exits 127. Any other
+argv runs as one such command.
 With a pty, stderr is merged into stdout and ``\\n`` is written as ``\\r\\n`` (ONLCR), as a
 real terminal does; ^D in the input is a one-shot EOF (VEOF); closing ``stdin`` is *not* an
 EOF (as with sshd, and podman, whose service a tty half-close takes down); input is not
@@ -457,14 +458,21 @@ class _Shell:
                 out = None
             else:
                 args.append(word)
+        replace = args[:1] == ["exec"]
+        if replace:
+            args = args[1:]
         if not args:
             return
         builtin = _BUILTINS.get(args[0])
         if builtin is None:
             await self._write(f"sh: {args[0]}: not found\n".encode(), err=err is not None)
             self.status = 127
+            if replace:
+                raise _Exit(127)
             return
         self.status = await builtin(self, args[1:], _Output(self, out, err))
+        if replace:
+            raise _Exit(self.status)
 
     async def _write(self, data: bytes, *, err: bool = False) -> None:
         if self.p._pty is not None and b"\n" in data:
