@@ -1,0 +1,394 @@
+"""Property tests (h11's fuzz invariant as Hypothesis): whatever the peer sends, the core
+either succeeds or raises ``RemoteProtocolError`` with DISCONNECT queued; and how the byte
+stream is split into chunks never changes what the core does.
+
+``HYPOTHESIS_PROFILE=long`` runs many more examples than the fast default.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.sshpeer import (
+    ClientConnection,
+    ConnectionPair,
+    SeededRng,
+    auto_answer,
+    established_pair,
+    make_config,
+)
+from trissh.protocol import (
+    ChannelDataReceived,
+    ChannelId,
+    Event,
+    RemoteProtocolError,
+    ServerConnection,
+    wire,
+)
+from trissh.protocol.constants import MessageNumber
+from trissh.protocol.messages import connection as conn
+from trissh.protocol.messages import transport as tr
+from trissh.protocol.messages import userauth as ua
+
+LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
+FUZZ = settings(
+    max_examples=3000 if LONG else 100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+VERSION = b"SSH-2.0-fuzz\r\n"
+
+
+def _client_opening() -> bytes:
+    client = ClientConnection(rng=SeededRng(77))
+    return client.data_to_send()
+
+
+#: Identification line plus a valid KEXINIT.
+OPENING = _client_opening()
+
+
+def policy(server: ServerConnection, event: Event) -> None:
+    """auto_answer, plus consuming and echoing channel data so windows move."""
+    auto_answer(server, event)
+    if isinstance(event, ChannelDataReceived):
+        server.acknowledge_channel_data(event.channel_id, len(event.data))
+        window = server.send_window(event.channel_id)
+        if window:
+            server.send_channel_data(event.channel_id, event.data[:window])
+
+
+def drain(server: ServerConnection) -> list[Event]:
+    events: list[Event] = []
+    while (event := server.next_event()) is not None:
+        events.append(event)
+        policy(server, event)
+    return events
+
+
+def feed_all(data: bytes, *, bytewise: bool) -> None:
+    """Feed ``data``; only RemoteProtocolError may escape, and then DISCONNECT is queued."""
+    server = ServerConnection(make_config())
+    server.data_to_send()
+    chunks = [data[i : i + 1] for i in range(len(data))] if bytewise else [data]
+    try:
+        for chunk in chunks:
+            server.receive_data(chunk)
+            drain(server)
+        server.receive_data(b"")
+        drain(server)
+    except RemoteProtocolError:
+        assert server.data_to_send(), "no DISCONNECT queued"
+        with pytest.raises(RemoteProtocolError):
+            server.next_event()
+
+
+# -- raw bytes ---------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(data=st.binary(max_size=600), bytewise=st.booleans())
+def test_arbitrary_bytes_only_raise_remote_protocol_error(data: bytes, bytewise: bool) -> None:
+    """Raw garbage, whole or byte by byte: success or RemoteProtocolError, nothing else."""
+    feed_all(data, bytewise=bytewise)
+
+
+@FUZZ
+@given(data=st.binary(max_size=600), bytewise=st.booleans())
+def test_bytes_after_a_version_line_only_raise_remote_protocol_error(
+    data: bytes, bytewise: bool
+) -> None:
+    """Garbage where the first packet should be."""
+    feed_all(VERSION + data, bytewise=bytewise)
+
+
+@FUZZ
+@given(data=st.binary(max_size=600), bytewise=st.booleans())
+def test_bytes_after_kexinit_only_raise_remote_protocol_error(data: bytes, bytewise: bool) -> None:
+    """Garbage after a valid identification line and KEXINIT."""
+    feed_all(OPENING + data, bytewise=bytewise)
+
+
+@FUZZ
+@given(
+    prefix=st.integers(0, len(OPENING)),
+    flips=st.lists(st.tuples(st.integers(0, len(OPENING) - 1), st.integers(1, 255)), max_size=4),
+)
+def test_mutated_opening_only_raises_remote_protocol_error(
+    prefix: int, flips: list[tuple[int, int]]
+) -> None:
+    """A valid opening with a few bytes changed, cut at any point."""
+    data = bytearray(OPENING)
+    for index, mask in flips:
+        data[index] ^= mask
+    feed_all(bytes(data[:prefix]), bytewise=False)
+
+
+# -- encrypted payloads in each phase ------------------------------------------------------------
+
+_NUMBERS = st.one_of(
+    st.sampled_from([int(n) for n in MessageNumber]),
+    st.integers(0, 255),
+)
+_RAW_PAYLOAD = st.builds(lambda n, tail: bytes((n,)) + tail, _NUMBERS, st.binary(max_size=80))
+_UINT32 = st.one_of(st.integers(0, 3), st.integers(0, 2**32 - 1))
+_TEXT = st.text(max_size=20)
+_REQUEST_DATA = st.one_of(
+    st.binary(max_size=40),
+    st.builds(lambda c: conn.ExecData(command=c).encode(), _TEXT),
+    st.builds(lambda n, v: conn.EnvData(name=n, value=v).encode(), _TEXT, _TEXT),
+    st.builds(
+        lambda t, c, r: conn.PtyRequestData(
+            term=t, columns=c, rows=r, width_px=0, height_px=0, modes=b""
+        ).encode(),
+        st.text(alphabet="abcxterm-", max_size=10),
+        _UINT32,
+        _UINT32,
+    ),
+    st.builds(
+        lambda c, r: conn.WindowChangeData(columns=c, rows=r, width_px=0, height_px=0).encode(),
+        _UINT32,
+        _UINT32,
+    ),
+    st.builds(lambda s: conn.SignalData(name=s).encode(), st.sampled_from(["INT", "TERM", ""])),
+)
+_STRUCTURED = st.one_of(
+    st.builds(
+        lambda t, s, w, m: conn.ChannelOpen(
+            channel_type=t, sender_channel=s, initial_window=w, max_packet=m
+        ).encode(),
+        st.sampled_from(["session", "x11", "direct-tcpip", "bogus"]),
+        _UINT32,
+        _UINT32,
+        _UINT32,
+    ),
+    st.builds(
+        lambda c, t, w, d: conn.ChannelRequest(
+            recipient_channel=c, request_type=t, want_reply=w, data=d
+        ).encode(),
+        st.integers(0, 2),
+        st.sampled_from(
+            ["pty-req", "env", "exec", "shell", "subsystem", "window-change", "signal", "x"]
+        ),
+        st.booleans(),
+        _REQUEST_DATA,
+    ),
+    st.builds(
+        lambda c, d: conn.ChannelData(recipient_channel=c, data=d).encode(),
+        st.integers(0, 2),
+        st.binary(max_size=64),
+    ),
+    st.builds(
+        lambda c, t, d: conn.ChannelExtendedData(recipient_channel=c, data_type=t, data=d).encode(),
+        st.integers(0, 2),
+        _UINT32,
+        st.binary(max_size=64),
+    ),
+    st.builds(
+        lambda c, n: conn.ChannelWindowAdjust(recipient_channel=c, bytes_to_add=n).encode(),
+        st.integers(0, 2),
+        _UINT32,
+    ),
+    st.builds(lambda c: conn.ChannelEof(recipient_channel=c).encode(), st.integers(0, 2)),
+    st.builds(lambda c: conn.ChannelClose(recipient_channel=c).encode(), st.integers(0, 2)),
+    st.builds(
+        lambda n, w: conn.GlobalRequest(name=n, want_reply=w).encode(),
+        st.sampled_from(["no-more-sessions@openssh.com", "tcpip-forward", "x"]),
+        st.booleans(),
+    ),
+    st.builds(
+        lambda u, m, d: ua.UserauthRequest(
+            username=u, service="ssh-connection", method=m, method_data=d
+        ).encode(),
+        _TEXT,
+        st.sampled_from(["none", "publickey", "password"]),
+        st.one_of(
+            st.binary(max_size=40),
+            st.builds(
+                lambda a, b, s: ua.PublicKeyMethod(algorithm=a, key_blob=b, signature=s).encode(),
+                st.sampled_from(["ssh-ed25519", "ssh-rsa", "rsa-sha2-256", "ecdsa-sha2-nistp256"]),
+                st.one_of(
+                    st.binary(max_size=60),
+                    st.builds(
+                        lambda k: wire.string("ssh-ed25519") + wire.string(k),
+                        st.binary(min_size=32, max_size=32),
+                    ),
+                ),
+                st.one_of(st.none(), st.binary(max_size=80)),
+            ),
+        ),
+    ),
+    st.builds(
+        lambda s: tr.ServiceRequest(service=s).encode(), st.sampled_from(["ssh-userauth", "x"])
+    ),
+    st.builds(lambda d: tr.Ignore(data=d).encode(), st.binary(max_size=20)),
+    st.builds(lambda r, d: tr.Disconnect(reason=r, description=d).encode(), _UINT32, _TEXT),
+    st.builds(lambda k: tr.KexEcdhInit(client_public=k).encode(), st.binary(max_size=40)),
+    st.just(tr.NewKeys().encode()),
+)
+PAYLOADS = st.lists(st.one_of(_RAW_PAYLOAD, _STRUCTURED), min_size=1, max_size=12)
+
+
+def _phase_pair(phase: str) -> tuple[ConnectionPair, ChannelId | None]:
+    if phase == "keyed":
+        pair = ConnectionPair()
+        pair.handshake()
+        return pair, None
+    if phase == "userauth":
+        pair = ConnectionPair()
+        pair.handshake()
+        pair.client.request_service()
+        pair.transfer()
+        return pair, None
+    pair = established_pair()
+    return pair, pair.open_session()
+
+
+def feed_payloads(phase: str, payloads: list[bytes]) -> None:
+    pair, _ = _phase_pair(phase)
+    pair.client.take_all()
+    for payload in payloads:
+        pair.client.send(payload)
+    pair.server.receive_data(pair.client.data_to_send())
+    error: RemoteProtocolError | None = None
+    try:
+        drain(pair.server)
+    except RemoteProtocolError as exc:
+        error = exc
+    pair.client.receive_data(pair.server.data_to_send())  # whatever was sent decrypts
+    if error is not None:
+        last = pair.client.take_all()[-1]
+        assert isinstance(last, tr.Disconnect)
+        assert last.reason == error.reason
+
+
+@pytest.mark.parametrize("phase", ["keyed", "userauth", "connection"])
+@FUZZ
+@given(payloads=PAYLOADS)
+def test_encrypted_payloads_only_raise_remote_protocol_error(
+    phase: str, payloads: list[bytes]
+) -> None:
+    """Correctly encrypted but arbitrary messages, before auth, during it and after it."""
+    feed_payloads(phase, payloads)
+
+
+# -- chunking invariance --------------------------------------------------------------------------
+
+
+def _record_session() -> bytes:
+    """Every byte a scripted client sends in a full session, including a rekey mid-data."""
+    pair = ConnectionPair()
+    recorded = bytearray()
+    client = pair.client
+
+    def pump() -> None:
+        while True:
+            out = client.data_to_send()
+            recorded.extend(out)
+            if out:
+                pair.server.receive_data(out)
+            drain(pair.server)
+            back = pair.server.data_to_send()
+            if back:
+                client.receive_data(back)
+            if not out and not back:
+                return
+
+    pump()
+    client.request_service()
+    client.auth_none()
+    client.auth_publickey(sign=False)
+    client.auth_publickey()
+    pump()
+    client.open_channel(5, window=4096, max_packet=1024)
+    pump()
+    pty = conn.PtyRequestData(term="vt100", columns=80, rows=24, width_px=0, height_px=0, modes=b"")
+    client.channel_request(0, "pty-req", pty.encode())
+    client.channel_request(0, "env", conn.EnvData(name="LANG", value="C").encode())
+    client.channel_request(0, "exec", conn.ExecData(command="cat").encode())
+    client.channel_data(0, b"hello " * 50)
+    pump()
+    client.start_kex()
+    client.channel_data(0, b"during rekey")
+    pump()
+    client.window_adjust(0, 10_000)
+    size = conn.WindowChangeData(columns=100, rows=40, width_px=0, height_px=0)
+    client.channel_request(0, "window-change", size.encode())
+    client.channel_eof(0)
+    client.channel_close(0)
+    client.global_request("keepalive@openssh.com", want_reply=True)
+    pump()
+    return bytes(recorded)
+
+
+SESSION = _record_session()
+
+
+def replay(chunks: list[bytes]) -> tuple[list[Event], bytes]:
+    server = ServerConnection(make_config())
+    events: list[Event] = []
+    output = bytearray(server.data_to_send())
+    for chunk in chunks:
+        server.receive_data(chunk)
+        events += drain(server)
+        output += server.data_to_send()
+    return events, bytes(output)
+
+
+REFERENCE = replay([SESSION])
+
+
+def test_reference_session_covers_the_life_cycle() -> None:
+    """The recorded stream exercises kex, auth, channels and a rekey (not a vacuous check)."""
+    names = [type(event).__name__ for event in REFERENCE[0]]
+    for name in (
+        "VersionReceived",
+        "KeyExchangeCompleted",
+        "PublicKeyAuthRequested",
+        "Authenticated",
+        "ChannelOpenRequested",
+        "SessionRequested",
+        "ChannelDataReceived",
+        "WindowChanged",
+        "ChannelEOFReceived",
+        "ChannelCloseReceived",
+    ):
+        assert name in names
+    assert names.count("KeyExchangeCompleted") == 2
+
+
+def test_byte_by_byte_delivery_matches_whole_delivery() -> None:
+    """One byte per receive_data() gives the same events and the same output bytes."""
+    assert replay([SESSION[i : i + 1] for i in range(len(SESSION))]) == REFERENCE
+
+
+@FUZZ
+@given(cuts=st.lists(st.integers(0, len(SESSION)), max_size=40))
+def test_chunking_invariance(cuts: list[int]) -> None:
+    """Splitting the same client byte stream anywhere yields the same events and output."""
+    points = [0, *sorted(set(cuts)), len(SESSION)]
+    chunks = [SESSION[a:b] for a, b in itertools.pairwise(points) if b > a]
+    assert replay(chunks) == REFERENCE
+
+
+@FUZZ
+@given(
+    flips=st.lists(
+        st.tuples(st.integers(0, len(SESSION) - 1), st.integers(1, 255)), min_size=1, max_size=3
+    ),
+    bytewise=st.booleans(),
+)
+def test_mutated_session_only_raises_remote_protocol_error(
+    flips: list[tuple[int, int]], bytewise: bool
+) -> None:
+    """A whole recorded session with bytes changed, mostly inside encrypted packets."""
+    data = bytearray(SESSION)
+    for index, mask in flips:
+        data[index] ^= mask
+    feed_all(bytes(data), bytewise=bytewise)
