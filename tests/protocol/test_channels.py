@@ -605,17 +605,16 @@ def test_requests_on_a_closing_channel_get_no_answer() -> None:
     assert pair.client.take_all() == [conn.ChannelClose(recipient_channel=PEER)]
 
 
-def test_peer_close_before_our_decision_on_the_open() -> None:
-    """If the peer closes a channel we have not confirmed, accept_channel() sends nothing."""
+def test_peer_close_of_a_channel_never_confirmed_is_a_protocol_error() -> None:
+    """The peer cannot know our number before confirmation; a CLOSE for it is a violation."""
     pair = established_pair()
     pair.client.open_channel(PEER)
     [event] = pair.transfer()
     assert isinstance(event, ChannelOpenRequested)
     pair.client.channel_close(event.channel_id)
-    assert pair.transfer() == [ChannelCloseReceived(channel_id=event.channel_id)]
-    pair.server.accept_channel(event.channel_id)
-    pair.transfer()
-    assert pair.client.take_all() == []
+    with pytest.raises(UnexpectedMessage):
+        pair.transfer()
+    pair.expect_disconnect(DisconnectReason.PROTOCOL_ERROR)
 
 
 def test_reject_of_an_open_channel_is_a_local_error() -> None:

@@ -577,21 +577,19 @@ def test_upper_layer_message_after_client_kexinit_disconnects() -> None:
 
 def test_automatic_rekey_after_the_byte_limit() -> None:
     """RFC 4253 §9: the core re-keys by itself once enough bytes went either way."""
-    pair = established_pair()
+    pair = established_pair(make_config(rekey_bytes=1 << 16))
     cid = _exec_session(pair)
-    # ProtocolConfig has no knob for the limit (1 GiB), so lower the transport's directly.
-    pair.server._transport.rekey_bytes = 20_000
     sent = 0
-    for i in range(10):
+    for i in range(20):
         sent += pair.server.send_channel_data(cid, bytes([i]) * 4000)
         pair.transfer()
     received = b"".join(m.data for m in pair.client.take_all() if isinstance(m, conn.ChannelData))
-    assert received == b"".join(bytes([i]) * 4000 for i in range(10))
-    assert sent == 40_000
+    assert received == b"".join(bytes([i]) * 4000 for i in range(20))
+    assert sent == 80_000
     outbound_rekeys = pair.client.completed_kex - 1
     assert outbound_rekeys >= 1
     events: list[object] = []
-    for i in range(10):
+    for i in range(20):
         pair.client.channel_data(cid, bytes([i]) * 4000)
         events += pair.transfer()
         pair.server.acknowledge_channel_data(cid, 4000)
@@ -599,4 +597,25 @@ def test_automatic_rekey_after_the_byte_limit() -> None:
     assert rekeys
     assert all(e.is_rekey for e in rekeys)
     data = b"".join(e.data for e in events if isinstance(e, ChannelDataReceived))
-    assert data == b"".join(bytes([i]) * 4000 for i in range(10))
+    assert data == b"".join(bytes([i]) * 4000 for i in range(20))
+
+
+def test_rekey_reports_the_strict_kex_still_in_force() -> None:
+    """After a rekey the event still says strict kex and ext-info: they stay in force."""
+    pair = established_pair()
+    pair.client.start_kex()
+    events = pair.transfer()
+    [completed] = [e for e in events if isinstance(e, KeyExchangeCompleted)]
+    assert completed.is_rekey
+    assert completed.algorithms.strict_kex
+    assert completed.algorithms.ext_info
+
+
+def test_statistics_count_the_identification_line_both_ways() -> None:
+    """bytes_sent and bytes_received both include the version exchange."""
+    server = ConnectionPair(make_config()).server
+    first_flight = server.data_to_send()
+    assert first_flight.startswith(b"SSH-2.0-")
+    assert server.statistics().bytes_sent == len(first_flight)
+    server.receive_data(b"SSH-2.0-peer\r\n")
+    assert server.statistics().bytes_received == len(b"SSH-2.0-peer\r\n")

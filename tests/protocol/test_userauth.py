@@ -151,7 +151,7 @@ def test_rejected_signed_request_fails() -> None:
 
 
 def test_too_many_failures_disconnect() -> None:
-    """The max_auth_attempts-th failure raises TooManyAuthAttempts and queues DISCONNECT."""
+    """The max_auth_attempts-th failure ends the connection at once, like sshd."""
     pair = keyed_pair(max_auth_attempts=3)
     for _ in range(2):
         pair.client.auth_publickey(sign=False)
@@ -165,19 +165,31 @@ def test_too_many_failures_disconnect() -> None:
     with pytest.raises(TooManyAuthAttempts) as info:
         pair.transfer()
     assert info.value.reason == DisconnectReason.NO_MORE_AUTH_METHODS_AVAILABLE
+    disconnect = pair.expect_disconnect(DisconnectReason.NO_MORE_AUTH_METHODS_AVAILABLE)
+    assert pair.client.take_all() == []  # no FAILURE inviting another try before it
+    assert "too many" in disconnect.description
+
+
+def test_last_attempt_used_up_by_reject_auth_disconnects_at_once() -> None:
+    """When reject_auth() spends the last attempt, it raises and DISCONNECT is queued."""
+    pair = keyed_pair(max_auth_attempts=2)
+    pair.client.auth_publickey()
+    pair.transfer()
+    pair.server.reject_auth()
+    pair.client.auth_publickey()
+    pair.transfer()
+    with pytest.raises(TooManyAuthAttempts):
+        pair.server.reject_auth()
     pair.expect_disconnect(DisconnectReason.NO_MORE_AUTH_METHODS_AVAILABLE)
 
 
-def test_request_after_the_limit_reached_by_rejection_disconnects() -> None:
-    """When reject_auth() used up the attempts, the next request ends the connection."""
-    pair = keyed_pair(max_auth_attempts=2)
-    for _ in range(2):
-        pair.client.auth_publickey()
-        pair.transfer()
-        pair.server.reject_auth()
-    pair.client.auth_publickey()
+def test_last_attempt_used_up_by_a_bad_signature_disconnects_at_once() -> None:
+    """accept_auth() of a request whose signature fails counts, and may be the last one."""
+    pair = keyed_pair(max_auth_attempts=1)
+    pair.client.auth_publickey(session_id=b"not the session id")
+    pair.transfer()
     with pytest.raises(TooManyAuthAttempts):
-        pair.transfer()
+        pair.server.accept_auth()
     pair.expect_disconnect(DisconnectReason.NO_MORE_AUTH_METHODS_AVAILABLE)
 
 

@@ -201,7 +201,7 @@ class ChannelTable:
                 if message.channel_type in _PROHIBITED_TYPES
                 else ChannelOpenFailureReason.UNKNOWN_CHANNEL_TYPE
             )
-            text = f"channel type {message.channel_type} is not supported"
+            text = f"channel type {message.channel_type!r} is not supported"
         elif self.no_more_sessions:
             reason = ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED
             text = "no more sessions allowed on this connection"
@@ -284,6 +284,8 @@ class ChannelTable:
 
     def _on_close(self, channel_id: int) -> None:
         channel = self._lookup(channel_id)
+        if channel.state is ChannelState.OPENING:
+            raise UnexpectedMessage(f"close of channel {channel_id}, which is not open yet")
         if channel.state is ChannelState.CLOSE_RECEIVED:
             raise UnexpectedMessage(f"channel {channel_id} closed twice")
         if channel.state is ChannelState.CLOSE_SENT:

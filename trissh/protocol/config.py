@@ -38,6 +38,8 @@ class ProtocolConfig:
     channel_window: int = 2 * 1024 * 1024
     channel_max_packet: int = 64 * 1024
     max_channels: int = 16
+    #: Start a key re-exchange after this much traffic in either direction (RFC 4253 §9).
+    rekey_bytes: int = 1 << 30
     rng: Callable[[int], bytes] = field(default=os.urandom, repr=False)
 
     def __post_init__(self) -> None:
@@ -50,6 +52,8 @@ class ProtocolConfig:
             raise ValueError("max_auth_attempts must be at least 1")
         if not 1024 <= self.channel_max_packet <= 128 * 1024:
             raise ValueError("channel_max_packet must be between 1 KiB and 128 KiB")
+        if self.rekey_bytes < 1 << 16:
+            raise ValueError("rekey_bytes must be at least 64 KiB")
         if not self.channel_max_packet <= self.channel_window < 2**32:
             raise ValueError("channel_window must hold at least one packet and fit 32 bits")
 

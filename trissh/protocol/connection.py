@@ -173,12 +173,24 @@ class ServerConnection:
     # -- commands -------------------------------------------------------------------------
 
     def accept_auth(self) -> None:
-        """Answer ``PublicKeyAuthRequested`` with yes."""
-        self._guard(self._auth.accept)
+        """Answer ``PublicKeyAuthRequested`` with yes (a bad signature still fails).
+
+        Raises:
+            TooManyAuthAttempts: that was the last attempt allowed; DISCONNECT is queued.
+        """
+        self._guard(self._answer_auth, self._auth.accept)
 
     def reject_auth(self, reason: str = "key not authorized") -> None:
-        """Answer ``PublicKeyAuthRequested`` with no."""
-        self._guard(self._auth.reject, reason)
+        """Answer ``PublicKeyAuthRequested`` with no.
+
+        Raises:
+            TooManyAuthAttempts: that was the last attempt allowed; DISCONNECT is queued.
+        """
+        self._guard(self._answer_auth, lambda: self._auth.reject(reason))
+
+    def _answer_auth(self, answer: Callable[[], None]) -> None:
+        answer()
+        self._auth.check_limit()
 
     def accept_channel(self, channel_id: ChannelId) -> None:
         self._channels.accept(channel_id)

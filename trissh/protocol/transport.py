@@ -21,6 +21,7 @@ moves, and anything else is a bug (``LocalProtocolError``) or a peer violation.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable
 from typing import Final
@@ -90,9 +91,6 @@ _GENERIC = frozenset(
     )
 )
 
-#: Rekey after this much traffic in either direction (RFC 4253 §9 recommends 1 GB).
-DEFAULT_REKEY_BYTES: Final = 1 << 30
-
 
 class Transport:
     """Server side of RFC 4253; hands service-layer payloads up through ``next_payload``."""
@@ -114,7 +112,7 @@ class Transport:
         self.ext_info_requested = False
         self.algorithms: NegotiatedAlgorithms | None = None
         self.closed = False
-        self.rekey_bytes = DEFAULT_REKEY_BYTES
+        self.rekey_bytes = config.rekey_bytes
         self._sent_at_kex = 0
         self._received_at_kex = 0
         self._our_kexinit = b""
@@ -139,7 +137,7 @@ class Transport:
 
     @property
     def bytes_sent(self) -> int:
-        return self._encoder.bytes_sent
+        return self._encoder.bytes_sent + len(self._config.server_version) + 2
 
     @property
     def bytes_received(self) -> int:
@@ -381,8 +379,12 @@ class Transport:
         self._move("recv_newkeys")
         is_rekey = self.established
         self.established = True
-        self.algorithms = self._negotiated
-        self._emit(KeyExchangeCompleted(algorithms=self._negotiated, is_rekey=is_rekey))
+        # Strict kex and ext-info are decided once, by the first exchange, and stay in force.
+        algorithms = dataclasses.replace(
+            self._negotiated, strict_kex=self.strict_kex, ext_info=self.ext_info_requested
+        )
+        self.algorithms = algorithms
+        self._emit(KeyExchangeCompleted(algorithms=algorithms, is_rekey=is_rekey))
 
 
 def _server_sig_algs() -> bytes:

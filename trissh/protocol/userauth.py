@@ -178,4 +178,6 @@ class UserAuthServer:
                     key_fingerprint=key.fingerprint if key else None,
                 )
             )
+        if self.failures >= self._config.max_auth_attempts:
+            return  # the façade disconnects instead of inviting another try
         self._send(UserauthFailure(methods=self._config.auth_methods).encode())
