@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,7 +117,7 @@ async def run_ssh(
     stdin: bytes = b"",
     user: str = "alice",
     timeout: float = 60,
-) -> trio.CompletedProcess[bytes]:
+) -> subprocess.CompletedProcess[bytes]:
     """Run the real OpenSSH client; bounded, never raises on a non-zero exit."""
     with trio.fail_after(timeout):
         return await trio.run_process(

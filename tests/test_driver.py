@@ -1,0 +1,317 @@
+"""The trio driver over memory streams, with the sans-IO test client and the in-process backend.
+
+No sockets and no podman: these tests pin down the nursery tree's behaviour — how a
+session ends on the wire, flow control both ways, login grace on the mock clock, and that
+every way a connection or channel can end leaves no sandbox or process behind.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from tests.sshpeer import USER_KEY, ClientConnection, SeededRng, ed25519_blob
+from tests.sshpeer.client import SERVER_MESSAGES, M
+from trissh.backend import BackendUnavailable
+from trissh.backend.memory import MemoryBackend
+from trissh.driver import ServerContext, serve_connection
+from trissh.protocol import DisconnectReason
+from trissh.protocol.messages import connection as conn
+from trissh.protocol.messages import transport as tr
+from trissh.protocol.messages import userauth as ua
+from trissh.protocol.wire import Reader
+
+from .support import make_context
+
+StreamPair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
+STREAM_PAIRS: dict[str, StreamPair] = {
+    "buffered": trio.testing.memory_stream_pair,
+    "lockstep": trio.testing.lockstep_stream_pair,
+}
+
+
+class Peer:
+    """The test client on the far end of a memory stream."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.client = ClientConnection(rng=SeededRng(7))
+
+    async def flush(self) -> None:
+        if data := self.client.data_to_send():
+            await self.stream.send_all(data)
+
+    async def _read(self) -> bool:
+        await self.flush()
+        data = await self.stream.receive_some(65536)
+        if data:
+            self.client.receive_data(bytes(data))
+        return bool(data)
+
+    async def next_message(self) -> object | None:
+        """The next decoded message from the server; ``None`` once the stream ended."""
+        while not self.client.inbox:
+            if not await self._read():
+                return None
+        payload = self.client.inbox.popleft()
+        decode = SERVER_MESSAGES.get(payload[0])
+        return decode(Reader(payload, 1)) if decode else payload
+
+    async def expect(self, cls: type[M]) -> M:
+        message = await self.next_message()
+        assert isinstance(message, cls), f"expected {cls.__name__}, got {message!r}"
+        return message
+
+    async def login(self) -> None:
+        while not self.client.established:
+            assert await self._read(), "stream ended during key exchange"
+        self.client.request_service()
+        self.client.auth_publickey()
+        await self.expect(tr.ExtInfo)
+        await self.expect(tr.ServiceAccept)
+        await self.expect(ua.UserauthSuccess)
+
+    async def open_session(self, sender: int = 0, *, window: int = 1 << 20) -> int:
+        self.client.open_channel(sender, window=window)
+        return (await self.expect(conn.ChannelOpenConfirmation)).sender_channel
+
+    async def exec(self, channel: int, command: str, *, stdin: bytes = b"") -> None:
+        self.client.channel_request(channel, "exec", conn.ExecData(command=command).encode())
+        if stdin:
+            self.client.channel_data(channel, stdin)
+            self.client.channel_eof(channel)
+        await self.flush()
+
+    async def until_close(self, channel: int, *, adjust_window: bool = True) -> list[object]:
+        """What the server sends on a channel up to its CLOSE (which is answered)."""
+        messages: list[object] = []
+        while not isinstance(messages[-1:] and messages[-1], conn.ChannelClose):
+            message = await self.next_message()
+            assert message is not None, f"stream ended after {messages}"
+            if isinstance(message, conn.ChannelData) and adjust_window:
+                self.client.window_adjust(channel, len(message.data))
+            messages.append(message)
+        self.client.channel_close(channel)
+        await self.flush()
+        return messages
+
+
+def output_of(messages: list[object]) -> bytes:
+    return b"".join(m.data for m in messages if isinstance(m, conn.ChannelData))
+
+
+def exit_status_of(messages: list[object]) -> int | None:
+    for message in messages:
+        if isinstance(message, conn.ChannelRequest) and message.request_type == "exit-status":
+            return conn.ExitStatusData.decode(Reader(message.data)).code
+    return None
+
+
+@pytest.fixture
+def ctx(memory_backend: MemoryBackend, tmp_path: Path) -> ServerContext:
+    keys = tmp_path / "authorized_keys"
+    keys.write_text("ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode() + "\n")
+    return make_context(memory_backend, keys, tmp_path / "host_key")
+
+
+@asynccontextmanager
+async def connected(
+    ctx: ServerContext, pair: StreamPair = trio.testing.memory_stream_pair
+) -> AsyncIterator[Peer]:
+    """Serve one connection in the background; yield the client's end."""
+    server_end, client_end = pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: serve_connection(server_end, ctx, conn_id="test", remote="memory")
+        )
+        yield Peer(client_end)
+
+
+@pytest.mark.parametrize("pair", STREAM_PAIRS.values(), ids=STREAM_PAIRS.keys())
+async def test_exec_ends_with_data_eof_status_close(
+    ctx: ServerContext, memory_backend: MemoryBackend, pair: StreamPair
+) -> None:
+    """Output, then EOF, then exit-status, then CLOSE — the order OpenSSH expects."""
+    with trio.fail_after(10):
+        async with connected(ctx, pair) as peer:
+            await peer.login()
+            channel = await peer.open_session()
+            await peer.exec(channel, "echo hi; exit 3")
+            messages = await peer.until_close(channel)
+            kinds = [type(m).__name__ for m in messages]
+            assert kinds == [
+                "ChannelSuccess", "ChannelData", "ChannelEof", "ChannelRequest", "ChannelClose"
+            ]  # fmt: skip
+            assert output_of(messages) == b"hi\n"
+            assert exit_status_of(messages) == 3
+            await peer.stream.aclose()
+    assert (memory_backend.live_sandboxes, memory_backend.live_processes) == (0, 0)
+
+
+async def test_small_client_window_is_never_exceeded(ctx: ServerContext) -> None:
+    """With a 1000-byte window the server sends only what the client granted, and all of it."""
+    with trio.fail_after(20):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session(window=1000)
+            await peer.exec(channel, "head -c 300000 /dev/zero")
+            granted, received = 1000, 0
+            while True:
+                message = await peer.next_message()
+                if isinstance(message, conn.ChannelData):
+                    received += len(message.data)
+                    assert received <= granted, "server overran the client's window"
+                    peer.client.window_adjust(channel, len(message.data))
+                    granted += len(message.data)
+                if isinstance(message, conn.ChannelClose):
+                    break
+            assert received == 300_000
+            await peer.stream.aclose()
+
+
+async def test_upload_is_throttled_by_our_window_and_arrives_whole(ctx: ServerContext) -> None:
+    """5 MB of stdin (more than the 2 MiB window) flows through `cat` and back, exactly."""
+    data = bytes(range(256)) * (5_000_000 // 256)
+    with trio.fail_after(30):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session(window=1 << 30)
+            await peer.exec(channel, "cat")
+            window = 2 * 1024 * 1024
+            sent = 0
+            echoed = bytearray()
+            while sent < len(data) or len(echoed) < len(data):
+                if sent < len(data) and window > 0:
+                    chunk = data[sent : sent + min(32768, window)]
+                    peer.client.channel_data(channel, chunk)
+                    sent += len(chunk)
+                    window -= len(chunk)
+                    if sent == len(data):
+                        peer.client.channel_eof(channel)
+                    await peer.flush()
+                    continue
+                message = await peer.next_message()
+                if isinstance(message, conn.ChannelWindowAdjust):
+                    window += message.bytes_to_add
+                elif isinstance(message, conn.ChannelData):
+                    echoed += message.data
+            assert bytes(echoed) == data
+            await peer.stream.aclose()
+
+
+async def test_login_grace_time_disconnects_idle_clients(
+    ctx: ServerContext, autojump_clock: trio.testing.MockClock
+) -> None:
+    """No authentication within login_grace_time: DISCONNECT, then the stream closes."""
+    async with connected(ctx) as peer:
+        start = trio.current_time()
+        while not peer.client.established:
+            assert await peer._read()
+        await peer.expect(tr.ExtInfo)
+        message = await peer.next_message()
+        assert isinstance(message, tr.Disconnect)
+        assert message.reason == DisconnectReason.NO_MORE_AUTH_METHODS_AVAILABLE
+        assert "login grace" in message.description
+        assert await peer.next_message() is None
+        assert trio.current_time() - start == pytest.approx(120, abs=1)
+
+
+async def test_client_vanishing_mid_session_cleans_up(
+    ctx: ServerContext, memory_backend: MemoryBackend
+) -> None:
+    """The stream ending while a command runs cancels the session and removes everything."""
+    with trio.fail_after(10):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session()
+            await peer.exec(channel, "sleep 1000")
+            await peer.expect(conn.ChannelSuccess)
+            assert memory_backend.live_processes == 1
+            await peer.stream.aclose()
+    assert (memory_backend.live_sandboxes, memory_backend.live_processes) == (0, 0)
+
+
+async def test_peer_closing_a_channel_kills_only_that_session(
+    ctx: ServerContext, memory_backend: MemoryBackend
+) -> None:
+    """CLOSE from the client ends its process; the connection and its container live on."""
+    with trio.fail_after(10):
+        async with connected(ctx) as peer:
+            await peer.login()
+            first = await peer.open_session(0)
+            await peer.exec(first, "sleep 1000")
+            await peer.expect(conn.ChannelSuccess)
+            peer.client.channel_close(first)
+            await peer.flush()
+            assert isinstance(await peer.next_message(), conn.ChannelClose)
+            assert memory_backend.live_processes == 0
+            assert memory_backend.live_sandboxes == 1
+            second = await peer.open_session(1)
+            await peer.exec(second, "echo again")
+            messages = await peer.until_close(second)
+            assert output_of(messages) == b"again\n"
+            await peer.stream.aclose()
+    assert memory_backend.live_sandboxes == 0
+
+
+async def test_backend_failure_is_told_and_the_connection_stays_usable(
+    ctx: ServerContext, memory_backend: MemoryBackend
+) -> None:
+    """Podman down: a one-line reason on stderr and exit 255; the next session succeeds."""
+    memory_backend.fail_next_sandbox = BackendUnavailable("container backend unavailable")
+    with trio.fail_after(10):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session(0)
+            await peer.exec(channel, "true")
+            messages = await peer.until_close(channel)
+            stderr = b"".join(m.data for m in messages if isinstance(m, conn.ChannelExtendedData))
+            assert stderr == b"trissh: container backend unavailable\n"
+            assert exit_status_of(messages) == 255
+            retry = await peer.open_session(1)
+            await peer.exec(retry, "echo ok")
+            assert output_of(await peer.until_close(retry)) == b"ok\n"
+            await peer.stream.aclose()
+
+
+async def test_disconnect_while_the_container_is_starting_leaks_nothing(
+    ctx: ServerContext, memory_backend: MemoryBackend
+) -> None:
+    """Cancelled half-way through sandbox creation: the created container is still removed."""
+    memory_backend.stall_sandbox_start = True
+    with trio.fail_after(10):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session()
+            await peer.exec(channel, "true")
+            while not memory_backend.containers:
+                await trio.sleep(0.01)
+            await peer.stream.aclose()
+    assert memory_backend.containers == {}
+    assert memory_backend.live_sandboxes == 0
+
+
+async def test_protocol_violation_disconnects_and_cleans_up(
+    ctx: ServerContext, memory_backend: MemoryBackend
+) -> None:
+    """Data beyond our window mid-session: DISCONNECT(PROTOCOL_ERROR), nothing left behind."""
+    with trio.fail_after(10):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session()
+            await peer.exec(channel, "sleep 1000")
+            await peer.expect(conn.ChannelSuccess)
+            for _ in range(80):  # 80 x 64 KiB > the 2 MiB window, never acknowledged by `sleep`
+                peer.client.channel_data(channel, bytes(65536))
+            messages = []
+            while (message := await peer.next_message()) is not None:
+                messages.append(message)
+            [disconnect] = [m for m in messages if isinstance(m, tr.Disconnect)]
+            assert disconnect.reason == DisconnectReason.PROTOCOL_ERROR
+    assert (memory_backend.live_sandboxes, memory_backend.live_processes) == (0, 0)
