@@ -29,6 +29,11 @@ class ServerProcess:
         self.process = process
         self.port = int(started["listen"][0].rsplit(":", 1)[1])
         self.instance = str(started["instance"])
+        self.log = bytearray()
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every log line so far, parsed: each one must be a JSON object."""
+        return [json.loads(line) for line in self.log.splitlines()]
 
 
 @asynccontextmanager
@@ -59,11 +64,12 @@ async def trissh_process(
                     if line.startswith(b"{") and b'"server_started"' in line:
                         started = json.loads(line)
         server = ServerProcess(process, started)
+        server.log += buffer
 
         async def drain() -> None:
             assert process.stderr is not None
-            while await process.stderr.receive_some():
-                pass
+            while chunk := await process.stderr.receive_some():
+                server.log += chunk
 
         nursery.start_soon(drain)
         try:
@@ -119,3 +125,43 @@ async def test_startup_sweep_removes_leftovers_of_a_crashed_server(
         with trio.fail_after(20):
             await server.process.wait()
     assert leftover not in await containers.of("crashed-instance-for-test")
+
+
+async def test_json_logs_tell_a_connection_s_story(
+    podman_url: str, authorized_keys: Path, tmp_path: Path, client_key: ClientKey
+) -> None:
+    """One JSON object per line; every line of a connection carries its conn_id and remote."""
+    async with trissh_process(podman_url, authorized_keys, tmp_path) as server:
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                ssh_argv(server.port, client_key.path, "echo hi; exit 3"),
+                capture_stdout=True, capture_stderr=True, check=False,
+            )  # fmt: skip
+        assert done.returncode == 3
+        server.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            await server.process.wait()
+    events = server.events()
+    by_name = {event["event"]: event for event in events}
+    expected = (
+        "connection_accepted", "kex_completed", "auth_succeeded", "container_created",
+        "session_started", "session_ended", "container_removed", "connection_closed",
+    )  # fmt: skip
+    for name in expected:
+        assert name in by_name, f"no {name} in {[e['event'] for e in events]}"
+    conn_id = by_name["connection_accepted"]["conn_id"]
+    story = [event for event in events if event.get("conn_id") == conn_id]
+    assert all(event["remote"].startswith("127.0.0.1:") for event in story)
+    assert {"timestamp", "level"} <= set(by_name["connection_closed"])
+    assert by_name["kex_completed"]["kex"] == "curve25519-sha256"
+    assert by_name["auth_succeeded"]["key_fingerprint"].startswith("SHA256:")
+    assert by_name["auth_succeeded"]["user"] == "alice"
+    assert by_name["session_started"]["command"] == "echo hi; exit 3"
+    assert by_name["session_ended"]["exit_code"] == 3
+    assert by_name["container_created"]["container"] == by_name["container_removed"]["container"]
+    assert by_name["container_removed"]["duration_ms"] > 0
+    closed = by_name["connection_closed"]
+    assert closed["reason"] in ("client_disconnected", "connection_lost")
+    assert closed["bytes_in"] > 0
+    assert closed["bytes_out"] > 0
+    assert client_key.path.read_text() not in server.log.decode()
