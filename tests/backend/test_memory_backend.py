@@ -246,3 +246,11 @@ async def test_exec_replaces_the_shell() -> None:
         async with sandbox.open_process(sh("exec nope")) as process:
             _, err, status = await run(process)
         assert (err, status) == (b"sh: nope: not found\n", ExitStatus(code=127))
+
+
+async def test_pipe_passes_trios_one_way_stream_checks() -> None:
+    async def make() -> tuple[trio.abc.SendStream, trio.abc.ReceiveStream]:
+        await trio.lowlevel.checkpoint()
+        return open_pipe(4096)
+
+    await trio.testing.check_one_way_stream(make, None)

@@ -12,6 +12,7 @@ handing over ``bytes`` costs no copy until the consumer asks for less than a who
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -85,9 +86,14 @@ class PipeSendStream(trio.abc.SendStream):
     async def wait_send_all_might_not_block(self) -> None:
         st = self._state
         await trio.lowlevel.checkpoint_if_cancelled()
+        parked = False
         while st.size >= st.limit and not (st.sender_closed or st.receiver_closed):
+            parked = True
             await st.writable.park()
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        if not parked:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        if st.sender_closed:
+            raise trio.ClosedResourceError("pipe already closed for sending")
 
     def close(self, error: BaseException | None = None) -> None:
         """Close without a checkpoint (for ``finally`` blocks); ``error`` reaches the reader."""
@@ -120,8 +126,10 @@ class PipeReceiveStream(trio.abc.ReceiveStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         st = self._state
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
         if st.receiving:
             raise trio.BusyResourceError("another task is already receiving on this pipe")
         st.receiving = True

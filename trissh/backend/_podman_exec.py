@@ -419,6 +419,9 @@ class _SocketStdin(trio.abc.SendStream):
         await self._sock.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("stdin already closed")
         await self._sock.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:

@@ -372,6 +372,9 @@ class _PtyStdin(trio.abc.SendStream):
         await self._pipe.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("stdin already closed")
         await self._pipe.wait_send_all_might_not_block()
 
     async def aclose(self) -> None:

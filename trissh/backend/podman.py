@@ -163,15 +163,21 @@ class PodmanBackend:
             lambda: {owner for _, owner in others if owner_alive(owner)}
         )
         stale = [container_id for container_id, owner in others if owner not in alive]
+        removed = 0
         for container_id in stale:
-            await self.remove_container(container_id)
+            try:
+                removed += await self.remove_container(container_id)
+            except BackendUnavailable:
+                raise
+            except BackendError as exc:  # one stuck container must not stop the sweep
+                log.error("container_remove_failed", container=container_id[:12], error=str(exc))
         log.info(
             "containers_swept",
-            count=len(stale),
+            count=removed,
             kept_live_owners=len(others) - len(stale),
             keep_instance=keep_instance,
         )
-        return len(stale)
+        return removed
 
     async def list_container_ids(self, labels: Mapping[str, str | None]) -> list[str]:
         """Ids of all containers carrying ``labels`` (``None`` value: key present)."""
