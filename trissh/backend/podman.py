@@ -28,12 +28,11 @@ the container is swept as the contract says.
 Resource limits need cgroup controllers delegated to the podman user (cgroup v2). Where
 ``podman info`` lists no ``pids``/``memory`` controller (rootless on cgroup v1, as on the
 development hosts) podman would silently ignore them; we leave them out, log
-``resource_limit_unsupported`` once, and ``health`` reports it.
+``resource_limit_skipped`` once, and ``health`` reports it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -263,7 +262,7 @@ class PodmanBackend:
         if setting not in self._warned:
             self._warned.add(setting)
             log.warning(
-                "resource_limit_unsupported",
+                "resource_limit_skipped",
                 setting=setting,
                 cgroup_version=host.cgroup_version,
                 controllers=sorted(host.controllers),
@@ -282,23 +281,21 @@ class PodmanBackend:
             return self._host
 
     async def _list(self, labels: Mapping[str, str | None]) -> list[tuple[str, dict[str, str]]]:
-        # podman-py's containers.list(filters=...) finds nothing on podman 4.3, so this uses
-        # its APIClient with the filter JSON spelled out (label filters are ANDed).
-        wanted = [key if value is None else f"{key}={value}" for key, value in labels.items()]
-        found = await self._api.request(
-            "GET",
-            "/containers/json",
-            params={"all": "true", "filters": json.dumps({"label": wanted})},
+        # podman-py takes several label filters only in its list form ("label=k=v"); they are
+        # ANDed by podman. We check again here, so a looser server-side filter is harmless.
+        wanted = [f"label={k}" if v is None else f"label={k}={v}" for k, v in labels.items()]
+        found = await self._api.call(
+            lambda: self._api.client.containers.list(all=True, filters=wanted),
             abandon_on_cancel=True,
         )
         out = []
-        for container in found or ():
-            have = dict(container.get("Labels") or {})
+        for container in found:
+            have = dict(container.labels or {})
             if all(
                 key in have and (value is None or have[key] == value)
                 for key, value in labels.items()
             ):
-                out.append((str(container["Id"]), have))
+                out.append((str(container.id), have))
         return out
 
     async def _remove_at_exit(self, ref: str, spec: SandboxSpec) -> None:
