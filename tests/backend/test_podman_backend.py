@@ -4,7 +4,6 @@ container hardening, backpressure and teardown behaviour against a real service.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -224,7 +223,12 @@ async def test_health_lists_every_check(podman_harness: PodmanHarness) -> None:
     checks = await podman_harness.backend.health(podman_harness.settings.image)
     assert [c.name for c in checks] == ["service", "runtime", "cgroups", "storage", "image"]
     assert all(c.ok or c.fix for c in checks)
-    assert json.dumps([c.detail for c in checks])
+    by_name = {c.name: c for c in checks}
+    assert by_name["service"].detail.startswith("podman ")
+    # Limits the host cannot enforce are reported, not failed (DESIGN: "where allowed").
+    cgroups = by_name["cgroups"]
+    assert cgroups.ok
+    assert "controllers" in cgroups.detail
 
 
 def test_owner_token_is_alive_only_for_a_running_process() -> None:
