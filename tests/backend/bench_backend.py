@@ -8,6 +8,18 @@ Usage::
 Prints create+start / exec start / first byte / remove times (median of ``--rounds``) and
 MB/s of ``head -c N /dev/zero`` (and ``dd``) read through ``Process.stdout``, with and
 without a pty.
+
+busybox's ``head`` cannot produce more than ~100-230 MB/s here, so it measures itself, not
+the stream. For the stream, import an image with GNU head (as root, next to busybox)::
+
+    mkdir -p r/bin r/gnu && cp /bin/busybox r/bin/ && ln -s busybox r/bin/sh
+    cp /usr/bin/head r/gnu/ && for l in $(ldd /usr/bin/head | grep -o '/lib[^ ]*'); do
+        mkdir -p r$(dirname $l) && cp -L $l r$l; done
+    tar -C r -c . | curl -s --unix-socket /run/trissh-podman/podman.sock -X POST \
+        -H 'Content-Type: application/x-tar' --data-binary @- \
+        'http://d/v4.0.0/libpod/images/import?reference=localhost/trissh-bench-gnu:latest'
+
+and run with ``--image localhost/trissh-bench-gnu:latest --head /gnu/head``.
 """
 
 from __future__ import annotations
