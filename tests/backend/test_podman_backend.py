@@ -260,3 +260,25 @@ async def test_sweep_spares_live_instances_and_removes_dead_owners(
             assert await h.containers("live-other") == [live.container_id]
             assert await h.containers("crashed-other") == []
     other.close()
+
+
+@pytest.mark.podman
+async def test_pid_fallback_through_podman_top_agrees_with_nspid(
+    podman_harness: PodmanHarness,
+) -> None:
+    """Where /proc is not ours to read (trissh in another PID namespace), ``podman top``
+    with ``hpid`` must find the same in-container PID."""
+    from trissh.backend._podman_exec import PodmanProcess, _nspid_from_proc
+
+    h = podman_harness
+    with trio.fail_after(30):
+        async with (
+            h.backend.open_sandbox(h.sandbox_spec()) as sandbox,
+            sandbox.open_process(ProcessSpec(argv=h.sh("sleep 100"))) as process,
+        ):
+            assert isinstance(process, PodmanProcess)
+            host_pid = int((await process._inspect())["Pid"])
+            from_proc = await _nspid_from_proc(host_pid)
+            assert from_proc is not None
+            assert from_proc > 1
+            assert await process._nspid_from_top(host_pid) == from_proc

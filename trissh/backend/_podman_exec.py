@@ -30,6 +30,12 @@ to the PID inside the container's PID namespace (``NSpid`` in ``/proc/PID/status
 ``podman top`` with ``hpid`` when /proc is not ours to read), and run a detached exec
 ``SHELL -c "kill -N PID"`` in the container. The signal is sent from inside the sandbox,
 as the sandbox user, so a stale or wrong PID can never hit a host process.
+
+*Teardown.* Leaving the context while the program runs: close the output pipes nobody will
+read (so the demux task cannot block), send KILL as above, give the stream up to 2 s to end
+(draining a tty socket ourselves), then close the socket; all within
+:data:`PROCESS_CLEANUP_BOUND`, shielded. The kill comes before the close because tearing
+down a running tty exec's connection is what took podman 4.3's service down.
 """
 
 from __future__ import annotations
