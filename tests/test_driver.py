@@ -315,3 +315,30 @@ async def test_protocol_violation_disconnects_and_cleans_up(
             [disconnect] = [m for m in messages if isinstance(m, tr.Disconnect)]
             assert disconnect.reason == DisconnectReason.PROTOCOL_ERROR
     assert (memory_backend.live_sandboxes, memory_backend.live_processes) == (0, 0)
+
+
+async def test_pty_shell_sees_its_size_and_resizes(ctx: ServerContext) -> None:
+    """pty-req then shell: `stty size` shows the size, and a window-change updates it."""
+    with trio.fail_after(10):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session()
+            pty = conn.PtyRequestData(
+                term="xterm", columns=80, rows=24, width_px=0, height_px=0, modes=b"\x00"
+            )
+            peer.client.channel_request(channel, "pty-req", pty.encode())
+            peer.client.channel_request(channel, "shell")
+            peer.client.channel_data(channel, b"stty size\r")
+            await peer.flush()
+            screen = b""
+            while b"24 80" not in screen:
+                message = await peer.next_message()
+                if isinstance(message, conn.ChannelData):
+                    screen += message.data
+            size = conn.WindowChangeData(columns=120, rows=40, width_px=0, height_px=0)
+            peer.client.channel_request(channel, "window-change", size.encode(), want_reply=False)
+            peer.client.channel_data(channel, b"stty size\rexit 4\r")
+            messages = await peer.until_close(channel)
+            assert b"40 120" in output_of(messages)
+            assert exit_status_of(messages) == 4
+            await peer.stream.aclose()

@@ -85,11 +85,10 @@ async def run_doctor(settings: ServerConfig) -> int:
         checks.extend(await make_backend(settings).health(settings.container.image))
     failed = 0
     for check in checks:
-        mark = "ok  " if check.ok else "FAIL"
+        mark = "FAIL" if not check.ok else "warn" if check.warning else "ok  "
         print(f"[{mark}] {check.name}: {check.detail}")
-        if not check.ok:
-            failed += 1
-            if check.fix:
-                print(f"       fix: {check.fix}")
+        failed += not check.ok
+        if (not check.ok or check.warning) and check.fix:
+            print(f"       fix: {check.fix}")
     print("all checks passed" if not failed else f"{failed} check(s) failed", file=sys.stderr)
     return 1 if failed else 0

@@ -118,6 +118,8 @@ class HealthCheck:
     ok: bool
     detail: str
     fix: str = ""
+    #: Works, but short of what the operator asked for (for example limits not enforced).
+    warning: bool = False
 
 
 class Process(Protocol):

@@ -397,7 +397,7 @@ class _Shell:
         if argv and argv[0] in self.shells:
             if len(argv) >= 3 and argv[1] == "-c":
                 return await self._run_script(argv[2])
-            if len(argv) == 1:
+            if argv[1:] in ([], ["-l"]):  # a login shell is what sessions ask for
                 return await self._interactive()
         try:
             await self._run_words(argv)

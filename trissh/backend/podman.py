@@ -374,14 +374,14 @@ def _host_checks(info: dict[str, Any]) -> list[HealthCheck]:
         HealthCheck(
             name="cgroups",
             ok=True,
+            warning=not limits_ok,
             detail=f"cgroup {host.get('cgroupVersion', '?')} ({host.get('cgroupManager', '?')}), "
             f"delegated controllers: {', '.join(controllers) or 'none'}"
-            + (
-                ""
-                if limits_ok
-                else "; pids/memory limits are NOT enforced (needs cgroup v2 with the systemd "
-                "cgroup manager and controller delegation for the podman user)"
-            ),
+            + ("" if limits_ok else "; pids/memory limits are NOT enforced"),
+            fix=""
+            if limits_ok
+            else "use cgroup v2 with the systemd cgroup manager and delegate the pids and "
+            "memory controllers to the podman user",
         ),
         HealthCheck(
             name="storage",
