@@ -88,6 +88,15 @@ _PROHIBITED_TYPES: Final = frozenset(
 )
 
 
+def _terminal_size(request: PtyRequestData | WindowChangeData) -> TerminalSize:
+    return TerminalSize(
+        columns=request.columns,
+        rows=request.rows,
+        width_px=request.width_px,
+        height_px=request.height_px,
+    )
+
+
 class ChannelState(enum.Enum):
     #: CHANNEL_OPEN received; waiting for the driver's decision.
     OPENING = "opening"
@@ -100,7 +109,6 @@ class ChannelState(enum.Enum):
 
 _TRANSITIONS: Final = {
     (ChannelState.OPENING, "accept"): ChannelState.OPEN,
-    (ChannelState.OPENING, "recv_close"): ChannelState.CLOSE_RECEIVED,
     (ChannelState.OPEN, "send_close"): ChannelState.CLOSE_SENT,
     (ChannelState.OPEN, "recv_close"): ChannelState.CLOSE_RECEIVED,
 }
@@ -319,16 +327,7 @@ class ChannelTable:
             if channel.session_started or channel.pty is not None:
                 return False
             pty = PtyRequestData.decode(data)
-            channel.pty = PtyRequest(
-                term=pty.term,
-                size=TerminalSize(
-                    columns=pty.columns,
-                    rows=pty.rows,
-                    width_px=pty.width_px,
-                    height_px=pty.height_px,
-                ),
-                modes=pty.modes,
-            )
+            channel.pty = PtyRequest(term=pty.term, size=_terminal_size(pty), modes=pty.modes)
             return True
         if request_type == "env":
             env = EnvData.decode(data)
@@ -344,17 +343,7 @@ class ChannelTable:
             size = WindowChangeData.decode(data)
             if channel.pty is None:
                 return False
-            self._emit(
-                WindowChanged(
-                    channel_id=channel.local_id,
-                    size=TerminalSize(
-                        columns=size.columns,
-                        rows=size.rows,
-                        width_px=size.width_px,
-                        height_px=size.height_px,
-                    ),
-                )
-            )
+            self._emit(WindowChanged(channel_id=channel.local_id, size=_terminal_size(size)))
             return True
         if request_type == "signal":
             signal = SignalData.decode(data)
@@ -408,8 +397,6 @@ class ChannelTable:
 
     def accept(self, channel_id: ChannelId) -> None:
         channel = self._command_target(channel_id)
-        if channel.state is ChannelState.CLOSE_RECEIVED:
-            return  # the peer gave up first; close_channel will finish it
         channel.move("accept")
         self._send(
             ChannelOpenConfirmation(
@@ -422,7 +409,7 @@ class ChannelTable:
 
     def reject(self, channel_id: ChannelId, reason: ChannelOpenFailureReason, text: str) -> None:
         channel = self._command_target(channel_id)
-        if channel.state not in (ChannelState.OPENING, ChannelState.CLOSE_RECEIVED):
+        if channel.state is not ChannelState.OPENING:
             raise LocalProtocolError("only a channel being opened can be rejected")
         del self._channels[channel_id]
         self._send(
