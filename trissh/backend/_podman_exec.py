@@ -121,6 +121,10 @@ async def open_exec(
             process._close_now()
 
 
+#: podman's answers when an exec cannot be made because the container is stopping or gone.
+_CONTAINER_GONE = ("container state improper", "no such container")
+
+
 class PodmanProcess:
     """A podman exec session seen through the :class:`~trissh.backend.base.Process` protocol."""
 
@@ -328,7 +332,9 @@ class PodmanProcess:
                 with trio.move_on_after(_DRAIN_AFTER_KILL):
                     await self._wait_stream_end()
         except BackendError as exc:
-            log.warning(
+            # The container going away (connection teardown) ends the program anyway.
+            gone = any(text in str(exc) for text in _CONTAINER_GONE)
+            (log.debug if gone else log.warning)(
                 "process_kill_failed",
                 container=self._container_id[:12],
                 channel=self._spec.channel_id,
