@@ -20,7 +20,7 @@ import trio
 from trissh import __version__
 from trissh.authenticator import KeyListAuthenticator
 from trissh.authorized_keys import load_authorized_keys
-from trissh.backend import Backend, ContainerSettings
+from trissh.backend import Backend
 from trissh.config import ConfigError, ServerConfig, load_config, parse_listen
 from trissh.driver import ServerContext
 from trissh.hostkeys import HostKeyError, load_or_create_host_key
@@ -159,22 +159,13 @@ def build_context(settings: ServerConfig, backend: Backend) -> ServerContext:
     protocol = ProtocolConfig(
         host_keys=load_host_keys(settings),
         max_auth_attempts=settings.limits.max_auth_attempts,
+        accept_env=settings.session.accept_env,
     )
-    container = settings.container
     return ServerContext(
         settings=settings,
         protocol=protocol,
         authenticator=KeyListAuthenticator(key.blob for key in keys),
         backend=backend,
-        container=ContainerSettings(
-            image=container.image,
-            network=container.network,
-            pids_limit=container.pids_limit,
-            memory_limit=container.memory_limit_mb * 1024 * 1024
-            if container.memory_limit_mb
-            else None,
-            shell=container.shell,
-        ),
         instance=secrets.token_hex(8),
     )
 

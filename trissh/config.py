@@ -11,9 +11,18 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from trissh.backend.base import ContainerSettings, Volume
 
 DEFAULT_IMAGE = "localhost/trissh-base:latest"
 
@@ -34,22 +43,87 @@ class PodmanSettings(_Model):
 
 
 class ContainerSection(_Model):
+    """How session containers are built; ``[users.NAME.container]`` overrides any key."""
+
     image: str = DEFAULT_IMAGE
-    network: str = "none"
+    #: ``none`` (default: no network at all), or a rootless network mode.
+    network: Literal["none", "slirp4netns", "pasta"] = "none"
     pids_limit: int = Field(256, ge=8, le=1_000_000)
     memory_limit_mb: int | None = Field(None, ge=16)
+    cpu_shares: int | None = Field(None, ge=2, le=262_144)
+    #: Read-only root filesystem; ``/tmp`` then comes from ``tmp_size_mb``.
+    read_only: bool = False
+    #: Size of a tmpfs on /tmp; 0 for none (default: none unless ``read_only``).
+    tmp_size_mb: int | None = Field(None, ge=0, le=65_536)
+    user: str | None = None
+    workdir: str | None = None
+    env: dict[str, str] = {}
+    labels: dict[str, str] = {}
+    #: ``HOST_PATH:CONTAINER_PATH[:ro|rw]``; read-only unless ``:rw``.
+    volumes: tuple[str, ...] = ()
     shell: tuple[str, ...] = ("/bin/sh",)
     #: How a session's ``sftp`` subsystem is run inside the image.
     sftp_server: str = "/usr/lib/openssh/sftp-server"
     #: Seconds allowed for creating and starting a container.
     start_timeout: float = Field(60.0, gt=0)
 
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if key.startswith("trissh."):
+                raise ValueError(f"label {key!r}: the trissh. prefix is reserved")
+        return value
+
+    @field_validator("volumes")
+    @classmethod
+    def _check_volumes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            parse_volume(item)
+        return value
+
+    @field_validator("shell")
+    @classmethod
+    def _check_shell(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or not value[0].startswith("/"):
+            raise ValueError("shell must start with an absolute path")
+        return value
+
+
+class SessionSection(_Model):
+    """Session behaviour and limits; ``[users.NAME.session]`` overrides any key but
+    ``accept_env`` and ``execution_mode``."""
+
+    #: ``connection``: one container per connection, each session an exec in it.
+    #: ``session``: one container per session channel.
+    execution_mode: Literal["connection", "session"] = "connection"
+    #: Environment names accepted from clients (``fnmatch`` patterns, like sshd's AcceptEnv).
+    #: Names like LD_*, PATH or BASH_ENV are refused whatever this says.
+    accept_env: tuple[str, ...] = ("LANG", "LC_*")
+    max_sessions_per_connection: int = Field(10, ge=1, le=1000)
+    #: Concurrent connections one user may hold; ``None`` for no limit.
+    max_connections_per_user: int | None = Field(None, ge=1)
+    #: End a session after this many seconds without stdio either way; ``None``: never.
+    idle_timeout: float | None = Field(None, gt=0)
+    #: End a session after this many seconds whatever it does; ``None``: never.
+    max_session_duration: float | None = Field(None, gt=0)
+    #: Probe a silent client every N seconds (sshd's ClientAliveInterval); ``None``: never.
+    client_alive_interval: float | None = Field(15.0, gt=0)
+    #: Unanswered probes before the connection is dropped (ClientAliveCountMax).
+    client_alive_count_max: int = Field(3, ge=1, le=100)
+
+
+class UserSection(_Model):
+    """Settings of one user name; each table overrides the server-wide one key by key."""
+
+    container: dict[str, Any] = {}
+    session: dict[str, Any] = {}
+
 
 class LimitSettings(_Model):
     #: Seconds an unauthenticated connection may live (sshd's LoginGraceTime).
     login_grace_time: float = Field(120.0, gt=0)
     max_auth_attempts: int = Field(6, ge=1, le=100)
-    max_sessions_per_connection: int = Field(10, ge=1, le=1000)
     #: Seconds given to live sessions after SIGTERM before they are cancelled.
     shutdown_grace: float = Field(0.0, ge=0)
 
@@ -60,11 +134,11 @@ class ServerConfig(_Model):
     authorized_keys: Path | None = None
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    #: Where a connection's sessions run: one container per connection, or per session.
-    execution_mode: Literal["connection"] = "connection"
     podman: PodmanSettings = PodmanSettings()
     container: ContainerSection = ContainerSection()
+    session: SessionSection = SessionSection()
     limits: LimitSettings = LimitSettings()
+    users: dict[str, UserSection] = {}
 
     @field_validator("listen")
     @classmethod
@@ -74,6 +148,25 @@ class ServerConfig(_Model):
         for item in value:
             parse_listen(item)
         return value
+
+    @model_validator(mode="after")
+    def _check_users(self) -> ServerConfig:
+        for name in self.users:
+            self.container_for(name)
+            self.session_for(name)
+        return self
+
+    def container_for(self, username: str) -> ContainerSection:
+        """The container settings of ``username``: ``[container]`` with their overrides."""
+        override = self.users[username].container if username in self.users else {}
+        return _merged(self.container, override, f"users.{username}.container")
+
+    def session_for(self, username: str) -> SessionSection:
+        override = self.users[username].session if username in self.users else {}
+        for fixed in ("accept_env", "execution_mode"):
+            if fixed in override:
+                raise ValueError(f"users.{username}.session.{fixed}: cannot be set per user")
+        return _merged(self.session, override, f"users.{username}.session")
 
     def podman_url(self) -> str:
         """The podman service URL, following podman's own lookup order."""
@@ -88,6 +181,34 @@ class ServerConfig(_Model):
         if self.host_keys:
             return self.host_keys
         return (default_state_dir() / "ssh_host_ed25519_key",)
+
+
+_Section = TypeVar("_Section", ContainerSection, SessionSection)
+
+
+def _merged(base: _Section, override: Mapping[str, Any], where: str) -> _Section:
+    if not override:
+        return base
+    try:
+        return type(base).model_validate({**base.model_dump(), **override})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{where}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ValueError(problems) from None
+
+
+def parse_volume(value: str) -> tuple[str, str, bool]:
+    """``HOST:CONTAINER[:ro|rw]`` into (host, container, read_only)."""
+    parts = value.split(":")
+    if len(parts) == 2:
+        parts.append("ro")
+    if len(parts) != 3 or parts[2] not in ("ro", "rw"):
+        raise ValueError(f"volume {value!r} is not HOST_PATH:CONTAINER_PATH[:ro|rw]")
+    host, container, mode = parts
+    if not host.startswith("/") or not container.startswith("/"):
+        raise ValueError(f"volume {value!r}: both paths must be absolute")
+    return host, container, mode == "ro"
 
 
 def default_state_dir() -> Path:
@@ -139,8 +260,34 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> ServerConfig
         return ServerConfig.model_validate(data)
     except ValidationError as exc:
         where = f"{path}: " if path else ""
-        problems = [
-            f"{where}{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-            for err in exc.errors()
-        ]
+        problems = []
+        for err in exc.errors():
+            message = str(err["msg"]).removeprefix("Value error, ")
+            key = ".".join(str(part) for part in err["loc"])
+            problems.append(f"{where}{key}: {message}" if key else f"{where}{message}")
         raise ConfigError("\n".join(problems)) from None
+
+
+def container_settings(section: ContainerSection) -> ContainerSettings:
+    """The backend's view of a ``[container]`` section."""
+    tmpfs: dict[str, int] = {}
+    if section.tmp_size_mb or (section.read_only and section.tmp_size_mb is None):
+        tmpfs["/tmp"] = section.tmp_size_mb or 64  # noqa: S108 - inside the container
+    return ContainerSettings(
+        image=section.image,
+        network=section.network,
+        pids_limit=section.pids_limit,
+        memory_limit=section.memory_limit_mb * 1024 * 1024 if section.memory_limit_mb else None,
+        cpu_shares=section.cpu_shares,
+        read_only=section.read_only,
+        tmpfs=tmpfs,
+        volumes=tuple(
+            Volume(source=host, destination=container, read_only=read_only)
+            for host, container, read_only in map(parse_volume, section.volumes)
+        ),
+        env=dict(section.env),
+        labels=dict(section.labels),
+        shell=section.shell,
+        user=section.user,
+        workdir=section.workdir,
+    )

@@ -39,9 +39,9 @@ import structlog
 import trio
 
 from trissh.authenticator import Authenticator
-from trissh.backend import Backend, ContainerSettings, SandboxSpec
+from trissh.backend import Backend, SandboxSpec
 from trissh.channel import ChannelHandle
-from trissh.config import ServerConfig
+from trissh.config import ContainerSection, ServerConfig, SessionSection, container_settings
 from trissh.protocol import (
     Authenticated,
     AuthFailed,
@@ -87,7 +87,6 @@ class ServerContext:
     protocol: ProtocolConfig
     authenticator: Authenticator
     backend: Backend
-    container: ContainerSettings
     instance: str
 
 
@@ -116,6 +115,9 @@ class ConnectionDriver:
         self.remote = remote
         self.conn = ServerConnection(ctx.protocol)
         self.username: str | None = None
+        #: The authenticated user's effective settings (server-wide merged with theirs).
+        self.container_settings: ContainerSection = ctx.settings.container
+        self.session_settings: SessionSection = ctx.settings.session
         self._sandbox: ConnectionSandbox | None = None
         self.close_reason = "closed"
         self._stream = stream
@@ -221,7 +223,7 @@ class ConnectionDriver:
                 username=self.username,
                 remote=self.remote,
                 instance=self.ctx.instance,
-                settings=self.ctx.container,
+                settings=container_settings(self.container_settings),
             )
             self._sandbox = ConnectionSandbox(self.ctx.backend, spec, self._nursery)
         return self._sandbox
@@ -332,6 +334,8 @@ class ConnectionDriver:
                 )
             case Authenticated():
                 self.username = event.username
+                self.container_settings = self.ctx.settings.container_for(event.username)
+                self.session_settings = self.ctx.settings.session_for(event.username)
                 self._grace.deadline = math.inf
                 structlog.contextvars.bind_contextvars(user=event.username)
                 log.info(
@@ -349,7 +353,7 @@ class ConnectionDriver:
                 assert_never(event)
 
     def _on_channel_open(self, channel_id: ChannelId) -> None:
-        limit = self.ctx.settings.limits.max_sessions_per_connection
+        limit = self.session_settings.max_sessions_per_connection
         if len(self._handles) >= limit:
             self.conn.reject_channel(
                 channel_id,

@@ -60,7 +60,7 @@ def _backend_size(size: TerminalSize) -> BackendTerminalSize:
 
 def build_process_spec(driver: ConnectionDriver, request: SessionRequested) -> ProcessSpec:
     """Turn a shell/exec/subsystem request into the argv and environment to run."""
-    container = driver.ctx.settings.container
+    container = driver.container_settings
     shell = list(container.shell)
     if request.kind is SessionKind.SHELL:
         argv = [*shell, "-l"]
@@ -119,7 +119,7 @@ async def _run(
 ) -> ExitStatus:
     spec = build_process_spec(driver, request)
     started = time.monotonic()
-    timeout = driver.ctx.settings.container.start_timeout
+    timeout = driver.container_settings.start_timeout
     try:
         with trio.fail_after(timeout):
             sandbox = await driver.sandbox.get()

@@ -11,6 +11,7 @@ from trissh.backend.base import (
     Sandbox,
     SandboxSpec,
     TerminalSize,
+    Volume,
 )
 from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
 
@@ -28,4 +29,5 @@ __all__ = [
     "Sandbox",
     "SandboxSpec",
     "TerminalSize",
+    "Volume",
 ]

@@ -56,6 +56,15 @@ class PtySpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Volume:
+    """A host directory bind-mounted into the container."""
+
+    source: str
+    destination: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ContainerSettings:
     """How a sandbox's container is built. Hardened by default; callers may loosen."""
 
@@ -71,6 +80,13 @@ class ContainerSettings:
     shell: Sequence[str] = ("/bin/sh",)
     user: str | None = None
     workdir: str | None = None
+    #: Relative CPU weight (cgroup cpu.shares); ``None`` leaves podman's default.
+    cpu_shares: int | None = None
+    #: A read-only root filesystem; writable places come from ``tmpfs`` and ``volumes``.
+    read_only: bool = False
+    #: tmpfs mounts: destination -> size in MiB.
+    tmpfs: Mapping[str, int] = field(default_factory=dict)
+    volumes: Sequence[Volume] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -248,7 +248,27 @@ class PodmanBackend:
             kwargs["user"] = settings.user
         if settings.workdir:
             kwargs["workdir"] = settings.workdir
+        if settings.read_only:
+            kwargs["read_only"] = True
+        # podman-py builds mount options from these keys (size, read_only -> ro).
+        mounts: list[dict[str, Any]] = [
+            {"type": "tmpfs", "source": "tmpfs", "target": destination, "size": f"{size_mb}m"}
+            for destination, size_mb in settings.tmpfs.items()
+        ]
+        mounts += [
+            {
+                "type": "bind",
+                "source": volume.source,
+                "target": volume.destination,
+                "read_only": volume.read_only,
+            }
+            for volume in settings.volumes
+        ]
+        if mounts:
+            kwargs["mounts"] = mounts
         host = await self._host_caps()
+        if settings.cpu_shares and self._supported(host, "cpu", "cpu_shares"):
+            kwargs["cpu_shares"] = settings.cpu_shares
         if settings.pids_limit and self._supported(host, "pids", "pids_limit"):
             kwargs["pids_limit"] = settings.pids_limit
         if settings.memory_limit and self._supported(host, "memory", "memory_limit"):
