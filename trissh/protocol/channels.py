@@ -48,6 +48,7 @@ from trissh.protocol.events import (
     WindowChanged,
 )
 from trissh.protocol.messages.connection import (
+    BreakData,
     ChannelClose,
     ChannelEof,
     ChannelOpen,
@@ -75,6 +76,15 @@ MIN_PEER_MAX_PACKET: Final = 512
 MAX_SEND_CHUNK: Final = 128 * 1024
 #: Bound on unanswered want_reply requests per channel.
 MAX_PENDING_REPLIES: Final = 32
+
+#: Environment names refused whatever the allow-list says: they change how programs load,
+#: find binaries or run start-up code (sshd's AcceptEnv has no such guard).
+NEVER_ACCEPTED_ENV: Final = (
+    "LD_*", "DYLD_*", "PATH", "BASH_ENV", "ENV", "IFS", "SHELLOPTS", "BASHOPTS", "PS4",
+    "PROMPT_COMMAND", "HOME", "SHELL", "USER", "LOGNAME", "MAIL", "TMPDIR", "GCONV_PATH",
+    "LOCPATH", "MALLOC_*", "NODE_OPTIONS", "PYTHON*", "PERL5*", "PERLLIB", "RUBYOPT", "RUBYLIB",
+    "JAVA_TOOL_OPTIONS", "GIT_*", "TERMINFO*", "HOSTALIASES", "RES_OPTIONS", "LOCALDOMAIN",
+)  # fmt: skip
 
 #: Channel types a server might be asked for but that trissh refuses by policy.
 _PROHIBITED_TYPES: Final = frozenset(
@@ -335,6 +345,8 @@ class ChannelTable:
                 return False
             if not any(fnmatch.fnmatchcase(env.name, p) for p in self._config.accept_env):
                 return False
+            if any(fnmatch.fnmatchcase(env.name, p) for p in NEVER_ACCEPTED_ENV):
+                return False
             channel.env[env.name] = env.value
             return True
         if request_type in ("shell", "exec", "subsystem"):
@@ -344,6 +356,13 @@ class ChannelTable:
             if channel.pty is None:
                 return False
             self._emit(WindowChanged(channel_id=channel.local_id, size=_terminal_size(size)))
+            return True
+        if request_type == "break":
+            # RFC 4335: a BREAK on a terminal is an interrupt; without one there is nothing.
+            BreakData.decode(data)
+            if channel.pty is None or not channel.session_started:
+                return False
+            self._emit(SignalReceived(channel_id=channel.local_id, signal="INT"))
             return True
         if request_type == "signal":
             signal = SignalData.decode(data)

@@ -60,6 +60,8 @@ class ServerConnection:
         self._eof = False
         self._lost_reported = False
         self._failed: RemoteProtocolError | None = None
+        #: Keepalive probes sent since the peer last answered one (ClientAliveCountMax).
+        self.keepalives_unanswered = 0
 
     # -- I/O boundary ---------------------------------------------------------------------
 
@@ -164,7 +166,7 @@ class ServerConnection:
                 request = GlobalRequest.decode(Reader(payload, 1))
                 self._channels.on_global_request(request.name, request.want_reply)
             elif number in (MessageNumber.REQUEST_SUCCESS, MessageNumber.REQUEST_FAILURE):
-                pass  # answers to our keepalives
+                self.keepalives_unanswered = 0  # any answer to our probe proves the peer lives
             else:
                 self._channels.handle(payload)
         else:
@@ -228,6 +230,13 @@ class ServerConnection:
 
     def close_channel(self, channel_id: ChannelId) -> None:
         self._channels.close(channel_id)
+
+    def send_keepalive(self) -> None:
+        """Probe the client with ``keepalive@openssh.com``; every client answers it."""
+        if not self.authenticated or self.closed:
+            return
+        self.keepalives_unanswered += 1
+        self._transport.send(GlobalRequest(name="keepalive@openssh.com", want_reply=True).encode())
 
     def request_rekey(self) -> None:
         self._transport.request_rekey()

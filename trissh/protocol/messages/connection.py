@@ -393,6 +393,22 @@ class SubsystemData:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BreakData:
+    """RFC 4335: the requested break length in milliseconds."""
+
+    length_ms: int
+
+    def encode(self) -> bytes:
+        return wire.uint32(self.length_ms)
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        value = cls(length_ms=r.uint32())
+        r.check_end()
+        return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SignalData:
     name: str
 

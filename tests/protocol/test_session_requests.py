@@ -1,0 +1,87 @@
+"""Session-level requests the sessions issue relies on: env guard, break, server keepalives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.sshpeer import ConnectionPair, established_pair, make_config
+from trissh.protocol import ChannelId, SessionRequested, SignalReceived
+from trissh.protocol.messages import connection as conn
+from trissh.protocol.messages.connection import BreakData, EnvData, PtyRequestData
+
+PEER = 7
+
+
+def session(**config: Any) -> tuple[ConnectionPair, ChannelId]:
+    pair = established_pair(make_config(**config))
+    return pair, pair.open_session(PEER)
+
+
+def pty(pair: ConnectionPair, cid: ChannelId) -> None:
+    data = PtyRequestData(term="xterm", columns=80, rows=24, width_px=0, height_px=0, modes=b"\0")
+    pair.client.channel_request(cid, "pty-req", data.encode(), want_reply=False)
+
+
+@pytest.mark.parametrize(
+    "name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "PATH", "BASH_ENV", "PYTHONPATH"]
+)
+def test_dangerous_env_is_refused_even_when_everything_is_allowed(name: str) -> None:
+    """accept_env = ("*",) still never lets a client set how programs load or start."""
+    pair, cid = session(accept_env=("*",))
+    pair.client.channel_request(cid, "env", EnvData(name=name, value="x").encode())
+    pair.client.channel_request(cid, "env", EnvData(name="LANG", value="C.UTF-8").encode())
+    pair.client.channel_request(
+        cid, "exec", conn.ExecData(command="true").encode(), want_reply=False
+    )
+    [event] = pair.transfer()
+    assert isinstance(event, SessionRequested)
+    assert event.env == {"LANG": "C.UTF-8"}
+    assert pair.client.take_all() == [
+        conn.ChannelFailure(recipient_channel=PEER),
+        conn.ChannelSuccess(recipient_channel=PEER),
+    ]
+
+
+def test_break_on_a_pty_session_is_an_interrupt() -> None:
+    """RFC 4335: BREAK on a terminal session arrives as SIGINT, and is acknowledged."""
+    pair, cid = session()
+    pty(pair, cid)
+    pair.client.channel_request(cid, "shell", want_reply=False)
+    pair.transfer()
+    pair.client.channel_request(cid, "break", BreakData(length_ms=500).encode())
+    assert pair.transfer() == [SignalReceived(channel_id=cid, signal="INT")]
+    assert pair.client.take_all() == [conn.ChannelSuccess(recipient_channel=PEER)]
+
+
+def test_break_without_a_terminal_is_refused() -> None:
+    """Without a pty there is nothing to interrupt: CHANNEL_FAILURE, no event."""
+    pair, cid = session()
+    pair.client.channel_request(cid, "exec", conn.ExecData(command="x").encode(), want_reply=False)
+    pair.transfer()
+    pair.client.channel_request(cid, "break", BreakData(length_ms=0).encode())
+    assert pair.transfer() == []
+    assert pair.client.take_all() == [conn.ChannelFailure(recipient_channel=PEER)]
+
+
+def test_keepalive_probe_and_answer() -> None:
+    """send_keepalive() asks keepalive@openssh.com with want_reply; any answer resets the count."""
+    pair = established_pair()
+    pair.server.send_keepalive()
+    pair.server.send_keepalive()
+    assert pair.server.keepalives_unanswered == 2
+    pair.transfer()
+    probes = pair.client.take_all()
+    assert probes == [conn.GlobalRequest(name="keepalive@openssh.com", want_reply=True)] * 2
+    pair.client.send(conn.RequestFailure())
+    pair.transfer()
+    assert pair.server.keepalives_unanswered == 0
+
+
+def test_no_keepalive_before_authentication() -> None:
+    """Before authentication the connection protocol does not run: no probe is sent."""
+    pair = ConnectionPair(make_config())
+    pair.handshake()
+    pair.server.send_keepalive()
+    assert pair.server.keepalives_unanswered == 0
