@@ -92,6 +92,7 @@ SAMPLES: list[Any] = [
     conn.ExecData(command="echo 'héllo' | cat"),
     conn.SubsystemData(name="sftp"),
     conn.SignalData(name="TERM"),
+    conn.BreakData(length_ms=500),
     conn.ExitStatusData(code=255),
     conn.ExitSignalData(signal="KILL", core_dumped=True, message="killed", language="en"),
     ua.PublicKeyMethod(algorithm="ssh-ed25519", key_blob=ED25519_BLOB),
