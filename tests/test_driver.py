@@ -342,3 +342,115 @@ async def test_pty_shell_sees_its_size_and_resizes(ctx: ServerContext) -> None:
             assert b"40 120" in output_of(messages)
             assert exit_status_of(messages) == 4
             await peer.stream.aclose()
+
+
+def limited_ctx(memory_backend: MemoryBackend, tmp_path: Path, **session: object) -> ServerContext:
+    keys = tmp_path / "authorized_keys"
+    keys.write_text("ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode() + "\n")
+    overrides = {f"session.{key}": value for key, value in session.items()}
+    return make_context(memory_backend, keys, tmp_path / "host_key", **overrides)
+
+
+async def test_idle_session_is_told_and_closed(
+    memory_backend: MemoryBackend, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """No stdio for idle_timeout: a message on stderr, then the channel closes; activity
+    in between postpones it."""
+    ctx = limited_ctx(memory_backend, tmp_path, idle_timeout=600, client_alive_interval=0)
+    async with connected(ctx) as peer:
+        await peer.login()
+        channel = await peer.open_session()
+        start = trio.current_time()
+        await peer.exec(channel, "cat")
+        await trio.sleep(500)
+        peer.client.channel_data(channel, b"still here\n")
+        messages = await peer.until_close(channel)
+        assert output_of(messages) == b"still here\n"
+        stderr = b"".join(m.data for m in messages if isinstance(m, conn.ChannelExtendedData))
+        assert stderr == b"\ntrissh: session idle for 10 min, closing\n"
+        assert trio.current_time() - start == pytest.approx(1100, abs=2)
+        assert exit_status_of(messages) is None
+        await peer.stream.aclose()
+    assert memory_backend.live_processes == 0
+
+
+async def test_session_duration_limit(
+    memory_backend: MemoryBackend, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """max_session_duration ends even a busy session, with a message."""
+    ctx = limited_ctx(memory_backend, tmp_path, max_session_duration=3600, client_alive_interval=0)
+    async with connected(ctx) as peer:
+        await peer.login()
+        channel = await peer.open_session()
+        start = trio.current_time()
+        await peer.exec(channel, "sleep 100000")
+        messages = await peer.until_close(channel)
+        stderr = b"".join(m.data for m in messages if isinstance(m, conn.ChannelExtendedData))
+        assert b"session time limit of 1 h" in stderr
+        assert trio.current_time() - start == pytest.approx(3600, abs=2)
+        await peer.stream.aclose()
+
+
+async def test_silent_client_is_probed_then_dropped(
+    memory_backend: MemoryBackend, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """ClientAlive: probes every 15 s; three unanswered and the connection (and its
+    containers) are gone."""
+    ctx = limited_ctx(memory_backend, tmp_path)
+    async with connected(ctx) as peer:
+        await peer.login()
+        channel = await peer.open_session()
+        await peer.exec(channel, "sleep 100000")
+        await peer.expect(conn.ChannelSuccess)
+        start = trio.current_time()
+        probes = 0
+        while (message := await peer.next_message()) is not None:
+            if isinstance(message, conn.GlobalRequest):
+                assert message.name == "keepalive@openssh.com"
+                probes += 1
+            else:
+                assert isinstance(message, tr.Disconnect), message
+                assert "not responding" in message.description
+        assert probes == 3
+        assert trio.current_time() - start == pytest.approx(60, abs=2)
+    assert (memory_backend.live_sandboxes, memory_backend.live_processes) == (0, 0)
+
+
+async def test_client_answering_probes_stays(
+    memory_backend: MemoryBackend, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A client that answers keepalives is kept however long it stays quiet otherwise."""
+    ctx = limited_ctx(memory_backend, tmp_path)
+    async with connected(ctx) as peer:
+        await peer.login()
+        start = trio.current_time()
+        while trio.current_time() - start < 600:
+            message = await peer.next_message()
+            assert isinstance(message, conn.GlobalRequest), message
+            peer.client.send(conn.RequestFailure())
+        channel = await peer.open_session()
+        await peer.exec(channel, "echo alive")
+        assert output_of(await peer.until_close(channel)) == b"alive\n"
+        await peer.stream.aclose()
+
+
+async def test_connections_per_user_are_limited(
+    memory_backend: MemoryBackend, tmp_path: Path
+) -> None:
+    """max_connections_per_user = 1: a second login of the same user is disconnected with
+    TOO_MANY_CONNECTIONS; once the first leaves, logging in works again."""
+    ctx = limited_ctx(memory_backend, tmp_path, max_connections_per_user=1)
+    with trio.fail_after(10):
+        async with connected(ctx) as first:
+            await first.login()
+            async with connected(ctx) as second:
+                await second.login()
+                message = await second.next_message()
+                assert isinstance(message, tr.Disconnect)
+                assert message.reason == DisconnectReason.TOO_MANY_CONNECTIONS
+                assert "too many connections for user alice" in message.description
+            await first.stream.aclose()
+        assert ctx.user_connections == {}
+        async with connected(ctx) as third:
+            await third.login()
+            await third.stream.aclose()

@@ -36,6 +36,8 @@ class ChannelHandle:
         self.control: deque[TerminalSize | str] = deque(maxlen=MAX_CONTROL_ITEMS)
         self.cancel_scope = trio.CancelScope()
         self.session_started = False
+        #: When stdio last moved either way (idle timeout).
+        self.last_activity = trio.current_time()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -65,7 +67,11 @@ class ChannelHandle:
     async def wait_changed(self) -> None:
         await self._changed.wait()
 
+    def touch(self) -> None:
+        self.last_activity = trio.current_time()
+
     def take_data(self, max_bytes: int | None) -> bytes:
+        self.touch()
         chunk = self._inbound.popleft()
         if max_bytes is not None and len(chunk) > max_bytes:
             self._inbound.appendleft(chunk[max_bytes:])
@@ -106,6 +112,7 @@ class ChannelStream(trio.abc.HalfCloseableStream):
                     continue
                 sent = driver.send_channel_data(handle.id, view[:room], stderr=self._stderr)
                 view = view[sent:]
+                handle.touch()
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:

@@ -101,14 +101,15 @@ class SessionSection(_Model):
     #: Names like LD_*, PATH or BASH_ENV are refused whatever this says.
     accept_env: tuple[str, ...] = ("LANG", "LC_*")
     max_sessions_per_connection: int = Field(10, ge=1, le=1000)
-    #: Concurrent connections one user may hold; ``None`` for no limit.
-    max_connections_per_user: int | None = Field(None, ge=1)
-    #: End a session after this many seconds without stdio either way; ``None``: never.
-    idle_timeout: float | None = Field(None, gt=0)
-    #: End a session after this many seconds whatever it does; ``None``: never.
-    max_session_duration: float | None = Field(None, gt=0)
-    #: Probe a silent client every N seconds (sshd's ClientAliveInterval); ``None``: never.
-    client_alive_interval: float | None = Field(15.0, gt=0)
+    # As in sshd, 0 turns a limit or timer off (TOML has no null).
+    #: Concurrent connections one user may hold.
+    max_connections_per_user: int = Field(0, ge=0)
+    #: End a session after this many seconds without stdio either way.
+    idle_timeout: float = Field(0, ge=0)
+    #: End a session after this many seconds whatever it does.
+    max_session_duration: float = Field(0, ge=0)
+    #: Probe a client silent for this many seconds (sshd's ClientAliveInterval).
+    client_alive_interval: float = Field(15.0, ge=0)
     #: Unanswered probes before the connection is dropped (ClientAliveCountMax).
     client_alive_count_max: int = Field(3, ge=1, le=100)
 

@@ -32,7 +32,7 @@ import contextlib
 import math
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import assert_never
 
 import structlog
@@ -88,6 +88,8 @@ class ServerContext:
     authenticator: Authenticator
     backend: Backend
     instance: str
+    #: Live authenticated connections per user name (``max_connections_per_user``).
+    user_connections: dict[str, int] = field(default_factory=dict)
 
 
 class _Doorbell:
@@ -128,6 +130,8 @@ class ConnectionDriver:
         self._writing = False
         self._ended = False
         self._quickack = True
+        self._last_received = trio.current_time()
+        self._counted_user: str | None = None
 
     # -- called by channel streams and sessions (sync, never touch the socket) ------------
 
@@ -210,7 +214,54 @@ class ConnectionDriver:
             log.exception("connection_failed")
             self.conn.disconnect(DisconnectReason.BY_APPLICATION, "internal server error")
         finally:
+            self._release_user_slot()
             await self._flush_and_close()
+
+    def _claim_user_slot(self, username: str) -> bool:
+        """Count this connection against the user's limit; False if the limit is reached."""
+        limit = self.session_settings.max_connections_per_user
+        live = self.ctx.user_connections.get(username, 0)
+        if limit and live >= limit:
+            return False
+        self.ctx.user_connections[username] = live + 1
+        self._counted_user = username
+        return True
+
+    def _release_user_slot(self) -> None:
+        if self._counted_user is None:
+            return
+        left = self.ctx.user_connections[self._counted_user] - 1
+        if left:
+            self.ctx.user_connections[self._counted_user] = left
+        else:
+            del self.ctx.user_connections[self._counted_user]
+        self._counted_user = None
+
+    def _end(self, reason: DisconnectReason, description: str, close_reason: str) -> None:
+        """Disconnect on our own initiative: queue DISCONNECT, stop reading, cancel tasks."""
+        log.info("connection_ended_by_server", reason=close_reason, description=description)
+        self.close_reason = close_reason
+        self.conn.disconnect(reason, description)
+        self._ended = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _probe_client(self, interval: float, count_max: int) -> None:
+        """sshd's ClientAlive: a client silent for ``interval`` is asked to answer; one
+        that leaves ``count_max`` probes unanswered is gone, and its containers with it."""
+        while True:
+            await trio.sleep(interval)
+            if trio.current_time() - self._last_received < interval:
+                continue
+            if self.conn.keepalives_unanswered >= count_max:
+                self._end(
+                    DisconnectReason.CONNECTION_LOST,
+                    "timeout, client not responding",
+                    "client_alive_timeout",
+                )
+                return
+            self.conn.send_keepalive()
+            self.ring()
 
     @property
     def sandbox(self) -> ConnectionSandbox:
@@ -260,6 +311,7 @@ class ConnectionDriver:
                 data = b""
             if self._quickack and data:
                 self._rearm_quickack()
+            self._last_received = trio.current_time()
             conn.receive_data(data)
 
     def _rearm_quickack(self) -> None:
@@ -333,14 +385,7 @@ class ConnectionDriver:
                     key_fingerprint=event.key_fingerprint,
                 )
             case Authenticated():
-                self.username = event.username
-                self.container_settings = self.ctx.settings.container_for(event.username)
-                self.session_settings = self.ctx.settings.session_for(event.username)
-                self._grace.deadline = math.inf
-                structlog.contextvars.bind_contextvars(user=event.username)
-                log.info(
-                    "auth_succeeded", method=event.method, key_fingerprint=event.key_fingerprint
-                )
+                self._on_authenticated(event)
             case DisconnectReceived():
                 self._ended = True
                 self.close_reason = "client_disconnected"
@@ -351,6 +396,27 @@ class ConnectionDriver:
                 raise AssertionError("handled by _process_events")
             case _:
                 assert_never(event)
+
+    def _on_authenticated(self, event: Authenticated) -> None:
+        self.username = event.username
+        self.container_settings = self.ctx.settings.container_for(event.username)
+        self.session_settings = self.ctx.settings.session_for(event.username)
+        self._grace.deadline = math.inf
+        structlog.contextvars.bind_contextvars(user=event.username)
+        log.info("auth_succeeded", method=event.method, key_fingerprint=event.key_fingerprint)
+        if not self._claim_user_slot(event.username):
+            self._end(
+                DisconnectReason.TOO_MANY_CONNECTIONS,
+                f"too many connections for user {event.username}",
+                "user_connection_limit",
+            )
+            return
+        session = self.session_settings
+        if session.client_alive_interval:
+            assert self._nursery is not None
+            self._nursery.start_soon(
+                self._probe_client, session.client_alive_interval, session.client_alive_count_max
+            )
 
     def _on_channel_open(self, channel_id: ChannelId) -> None:
         limit = self.session_settings.max_sessions_per_connection

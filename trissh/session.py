@@ -24,6 +24,7 @@ everything. Either way the ``finally`` sends what the channel still needs and cl
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,9 @@ import trio
 from trissh.backend import BackendError, ExitStatus, Process, ProcessSpec, PtySpec
 from trissh.backend import TerminalSize as BackendTerminalSize
 from trissh.channel import ChannelHandle, ChannelStream
+from trissh.config import SessionSection
 from trissh.protocol import SessionKind, SessionRequested, TerminalSize
+from trissh.termmodes import with_terminal_modes
 
 if TYPE_CHECKING:
     from trissh.driver import ConnectionDriver
@@ -75,6 +78,7 @@ def build_process_spec(driver: ConnectionDriver, request: SessionRequested) -> P
     pty = None
     if request.pty is not None:
         env["TERM"] = request.pty.term
+        argv = with_terminal_modes(shell[0], argv, request.pty.modes)
         pty = PtySpec(
             term=request.pty.term, size=_backend_size(request.pty.size), modes=request.pty.modes
         )
@@ -140,6 +144,9 @@ async def _run(
         async with trio.open_nursery() as stdio:
             stdio.start_soon(_pump_input, channel, process.stdin)
             stdio.start_soon(_forward_control, handle, process)
+            stdio.start_soon(
+                _enforce_limits, handle, driver.session_settings, request.pty is not None
+            )
             async with trio.open_nursery() as outputs:
                 outputs.start_soon(_pump_output, process.stdout, channel)
                 if process.stderr is not None:
@@ -150,6 +157,37 @@ async def _run(
             stdio.cancel_scope.cancel()
     log.info("session_ended", exit_code=status.code, signal=status.signal)
     return status
+
+
+def _duration(seconds: float) -> str:
+    if seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+async def _enforce_limits(handle: ChannelHandle, settings: SessionSection, pty: bool) -> None:
+    """Idle timeout and maximum duration: say why on the user's terminal, then end."""
+    idle, longest = settings.idle_timeout, settings.max_session_duration
+    if not idle and not longest:
+        return
+    ends_at = trio.current_time() + longest if longest else math.inf
+    while True:
+        idle_at = handle.last_activity + idle if idle else math.inf
+        await trio.sleep_until(min(idle_at, ends_at))
+        now = trio.current_time()
+        if now >= ends_at:
+            limit, message = "max_session_duration", f"session time limit of {_duration(longest)}"
+        elif idle and now >= handle.last_activity + idle:
+            limit, message = "idle_timeout", f"session idle for {_duration(idle)}"
+        else:
+            continue  # there was activity meanwhile
+        log.info("session_limit_reached", limit=limit)
+        newline = "\r\n" if pty else "\n"
+        await _tell_user(handle, f"{newline}trissh: {message}, closing{newline}")
+        handle.cancel_scope.cancel()
+        return
 
 
 async def _pump_input(channel: ChannelStream, stdin: trio.abc.SendStream) -> None:

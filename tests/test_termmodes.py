@@ -1,0 +1,46 @@
+"""Terminal modes (RFC 4254 §8) to stty arguments."""
+
+from __future__ import annotations
+
+import struct
+
+from trissh.termmodes import stty_arguments, with_terminal_modes
+
+
+def encode(*pairs: tuple[int, int]) -> bytes:
+    return b"".join(struct.pack(">BI", op, value) for op, value in pairs) + b"\x00"
+
+
+def test_typical_openssh_modes() -> None:
+    """Control characters in caret notation, flags on and off, speeds ignored."""
+    modes = encode((1, 3), (3, 127), (4, 21), (53, 1), (36, 0), (128, 38400), (129, 38400))
+    assert stty_arguments(modes) == ["intr", "^C", "erase", "^?", "kill", "^U", "echo", "-icrnl"]
+
+
+def test_disabled_and_printable_characters() -> None:
+    assert stty_arguments(encode((2, 255), (5, ord("q")))) == ["quit", "undef", "eof", "q"]
+
+
+def test_parsing_stops_at_end_undefined_opcodes_and_truncation() -> None:
+    """TTY_OP_END, an opcode >= 160, or a truncated argument end the list without error."""
+    assert stty_arguments(encode((53, 1)) + struct.pack(">BI", 53, 0)) == ["echo"]
+    assert stty_arguments(struct.pack(">BI", 200, 1) + struct.pack(">BI", 53, 1)) == []
+    assert stty_arguments(struct.pack(">BI", 53, 1) + b"\x35\x00") == ["echo"]
+    assert stty_arguments(b"") == []
+
+
+def test_unknown_defined_opcodes_are_skipped() -> None:
+    assert stty_arguments(encode((11, 25), (53, 0))) == ["-echo"]
+
+
+def test_command_is_quoted_and_execs_the_program() -> None:
+    """The original argv is exec'd after stty, each word quoted."""
+    argv = ["/bin/sh", "-c", "echo 'it''s'; rm -rf $HOME"]
+    wrapped = with_terminal_modes("/bin/sh", argv, encode((53, 0)))
+    assert wrapped[:2] == ["/bin/sh", "-c"]
+    assert wrapped[2].startswith("stty -echo 2>/dev/null; exec /bin/sh -c ")
+    assert "'echo '\"'\"'it'\"'\"''\"'\"'s'\"'\"'; rm -rf $HOME'" in wrapped[2]
+
+
+def test_no_modes_leaves_argv_alone() -> None:
+    assert with_terminal_modes("/bin/sh", ["/bin/sh", "-l"], b"\x00") == ["/bin/sh", "-l"]

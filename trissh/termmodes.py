@@ -1,0 +1,72 @@
+"""Terminal modes from ``pty-req`` (RFC 4254 §8) turned into ``stty`` arguments.
+
+The container's pty is created by podman, so sshd's way (tcsetattr on the pty master)
+is not available; instead a pty session starts with ``stty <modes>`` in the container.
+Every argument comes from the fixed tables below or is a number we formatted, so nothing
+the client sends reaches the shell unquoted.
+"""
+
+from __future__ import annotations
+
+import shlex
+import struct
+from collections.abc import Sequence
+
+#: Control characters (opcode -> stty name).
+_CHARACTERS = {
+    1: "intr", 2: "quit", 3: "erase", 4: "kill", 5: "eof", 6: "eol", 7: "eol2", 8: "start",
+    9: "stop", 10: "susp", 12: "rprnt", 13: "werase", 14: "lnext", 18: "discard",
+}  # fmt: skip
+#: Boolean flags (opcode -> stty name).
+_FLAGS = {
+    30: "ignpar", 31: "parmrk", 32: "inpck", 33: "istrip", 34: "inlcr", 35: "igncr",
+    36: "icrnl", 37: "iuclc", 38: "ixon", 39: "ixany", 40: "ixoff", 41: "imaxbel", 42: "iutf8",
+    50: "isig", 51: "icanon", 52: "xcase", 53: "echo", 54: "echoe", 55: "echok", 56: "echonl",
+    57: "noflsh", 58: "tostop", 59: "iexten", 60: "echoctl", 61: "echoke", 62: "pendin",
+    70: "opost", 71: "olcuc", 72: "onlcr", 73: "ocrnl", 74: "onocr", 75: "onlret",
+    90: "cs7", 91: "cs8", 92: "parenb", 93: "parodd",
+}  # fmt: skip
+_TTY_OP_END = 0
+#: Opcodes 1..159 carry a uint32; 160 and above are undefined and end parsing (RFC 4254 §8).
+_LAST_DEFINED = 159
+#: POSIX's "disabled" control character value.
+_VDISABLE = 255
+
+
+def _character(value: int) -> str:
+    if value == _VDISABLE:
+        return "undef"
+    if value == 127:
+        return "^?"
+    if value < 32:
+        return "^" + chr(value + 64)
+    if 32 < value < 127:
+        return chr(value)
+    return "undef"
+
+
+def stty_arguments(modes: bytes) -> list[str]:
+    """The ``stty`` arguments for encoded terminal modes; unknown opcodes are skipped."""
+    arguments: list[str] = []
+    offset = 0
+    while offset < len(modes):
+        opcode = modes[offset]
+        if opcode == _TTY_OP_END or opcode > _LAST_DEFINED or offset + 5 > len(modes):
+            break
+        (value,) = struct.unpack_from(">I", modes, offset + 1)
+        offset += 5
+        if opcode in _CHARACTERS:
+            arguments += (_CHARACTERS[opcode], _character(value))
+        elif opcode in _FLAGS:
+            arguments.append(_FLAGS[opcode] if value else "-" + _FLAGS[opcode])
+    return arguments
+
+
+def with_terminal_modes(shell: str, argv: Sequence[str], modes: bytes) -> list[str]:
+    """``argv`` run after ``stty`` applies ``modes``; ``argv`` itself if there are none."""
+    arguments = stty_arguments(modes)
+    if not arguments:
+        return list(argv)
+    stty = " ".join(shlex.quote(item) for item in ("stty", *arguments))
+    program = " ".join(shlex.quote(item) for item in argv)
+    return [shell, "-c", f"{stty} 2>/dev/null; exec {program}"]
