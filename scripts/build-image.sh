@@ -29,18 +29,22 @@ BUILD_IMAGE_SH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_
 declare -F pod >/dev/null || pod() { podman "$@"; }
 
 # Files copied from the host: busybox, sftp-server, its libraries and the dynamic loader.
+# scp serves `scp -O` (the legacy protocol runs `scp -t`/`scp -f` on the server side).
+SCP=/usr/bin/scp
 image_inputs() {
     local f
-    for f in "$BUSYBOX" "$SFTP_SERVER"; do
-        [[ -x $f ]] || { echo "build-image: $f is missing (apt-get install busybox-static openssh-sftp-server)" >&2; return 1; }
+    for f in "$BUSYBOX" "$SFTP_SERVER" "$SCP"; do
+        [[ -x $f ]] || { echo "build-image: $f is missing (apt-get install busybox-static openssh-sftp-server openssh-client)" >&2; return 1; }
     done
-    if ldd "$SFTP_SERVER" | grep -q 'not found'; then
-        echo "build-image: ldd $SFTP_SERVER: unresolved libraries" >&2
-        return 1
-    fi
-    printf '%s\n' "$BUSYBOX" "$SFTP_SERVER"
+    for f in "$SFTP_SERVER" "$SCP"; do
+        if ldd "$f" | grep -q 'not found'; then
+            echo "build-image: ldd $f: unresolved libraries" >&2
+            return 1
+        fi
+    done
+    printf '%s\n' "$BUSYBOX" "$SFTP_SERVER" "$SCP"
     # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and "/lib64/ld-linux-x86-64.so.2 (0x...)"
-    ldd "$SFTP_SERVER" | awk '$2 == "=>" && $3 ~ /^\// { print $3; next } $1 ~ /^\// { print $1 }'
+    ldd "$SFTP_SERVER" "$SCP" | awk '$2 == "=>" && $3 ~ /^\// { print $3; next } $1 ~ /^\// { print $1 }' | sort -u
 }
 
 image_recipe_hash() {

@@ -34,7 +34,7 @@ PIDFILE=$RUNDIR/service.pid
 LOCKFILE=/run/lock/trissh-setup-host.lock
 SUBID_COUNT=65536
 PACKAGES=(podman runc crun uidmap slirp4netns fuse-overlayfs catatonit busybox-static
-          openssh-sftp-server openssh-client tmux python3-venv curl)
+          openssh-sftp-server openssh-client tmux python3-venv curl gcc libc6-dev)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 exec 3>&1 1>&2      # fd 3 is the real stdout, reserved for the final CONTAINER_HOST line
@@ -212,6 +212,23 @@ if [[ $image_result == built ]]; then
     log "built image $TRISSH_IMAGE (recipe $(image_recipe_hash))"
 else
     log "image $TRISSH_IMAGE is up to date"
+fi
+
+# ---------------------------------------------------------------------------- 4b. exec helper
+# trissh-exec (helper/trissh-exec.c) is bind-mounted into every container as the parent of each
+# session's program, so trissh can tell a death by signal from an exit code. Static, so it runs
+# in any image; rebuilt only when its source changes.
+HELPER_SRC=$HERE/../helper/trissh-exec.c
+HELPER_BIN=/usr/local/lib/trissh/trissh-exec
+helper_hash=$(sha256sum "$HELPER_SRC" | cut -c1-16)
+if [[ ! -x $HELPER_BIN || $(cat "$HELPER_BIN.source" 2>/dev/null) != "$helper_hash" ]]; then
+    install -d -m 0755 "$(dirname "$HELPER_BIN")"
+    cc -static -O2 -s -Wall -Wextra -Werror -o "$HELPER_BIN.new" "$HELPER_SRC" \
+        || die "cannot build $HELPER_BIN from $HELPER_SRC (needs gcc and libc6-dev)"
+    chmod 0755 "$HELPER_BIN.new"
+    mv -f "$HELPER_BIN.new" "$HELPER_BIN"
+    echo "$helper_hash" >"$HELPER_BIN.source"
+    log "built $HELPER_BIN"
 fi
 
 # ---------------------------------------------------------------------------- 3b. OCI runtime

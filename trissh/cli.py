@@ -125,7 +125,9 @@ def make_backend(settings: ServerConfig) -> Backend:
     from trissh.backend.podman import PodmanBackend
 
     return PodmanBackend(
-        settings.podman_url(), limiter_capacity=settings.podman.max_concurrent_calls
+        settings.podman_url(),
+        limiter_capacity=settings.podman.max_concurrent_calls,
+        exec_helper=settings.podman.exec_helper or None,
     )
 
 

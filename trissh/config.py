@@ -40,6 +40,9 @@ class PodmanSettings(_Model):
     url: str | None = None
     #: Concurrent lifecycle calls to the podman service.
     max_concurrent_calls: int = Field(8, ge=1, le=256)
+    #: The static ``trissh-exec`` helper (built by scripts/setup-host.sh), made the parent
+    #: of every session's program so deaths by signal are reported as such; "" to disable.
+    exec_helper: str = "/usr/local/lib/trissh/trissh-exec"
 
 
 class ContainerSection(_Model):

@@ -13,6 +13,7 @@ from podman import PodmanClient
 
 from trissh.backend.base import LABEL_INSTANCE
 from trissh.backend.podman import PodmanBackend
+from trissh.config import ServerConfig
 
 from ..support import RunningServer, make_context, podman_required, start_server
 
@@ -75,7 +76,15 @@ def containers(podman_url: str) -> Containers:
 async def podman_server(
     nursery: trio.Nursery, podman_url: str, authorized_keys: Path, tmp_path: Path
 ) -> AsyncIterator[RunningServer]:
-    ctx = make_context(PodmanBackend(podman_url), authorized_keys, tmp_path / "host_key")
+    ctx = make_context(podman_backend(podman_url), authorized_keys, tmp_path / "host_key")
     server = await start_server(nursery, ctx)
     yield server
     await server.stop()
+
+
+def podman_backend(url: str) -> PodmanBackend:
+    """The backend as `trissh` builds it, exec helper included (setup-host.sh builds it)."""
+    helper = ServerConfig().podman.exec_helper
+    if not os.access(helper, os.X_OK) and podman_required():
+        pytest.fail(f"{helper} is missing: run scripts/setup-host.sh")
+    return PodmanBackend(url, exec_helper=helper)

@@ -15,8 +15,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from ..support import ClientKey, RunningServer, needs_ssh, run_ssh, ssh_argv
-from .conftest import Containers
+from ..support import (
+    ClientKey,
+    RunningServer,
+    make_context,
+    needs_ssh,
+    run_ssh,
+    ssh_argv,
+    start_server,
+)
+from .conftest import Containers, podman_backend
 
 pytestmark = [pytest.mark.podman, pytest.mark.interop, needs_ssh]
 
@@ -129,12 +137,8 @@ async def test_missing_image_fails_with_a_clear_message(
     client_key: ClientKey,
 ) -> None:
     """An image that does not exist: the client sees one line naming it, and a failure."""
-    from trissh.backend.podman import PodmanBackend
-
-    from ..support import make_context, start_server
-
     ctx = make_context(
-        PodmanBackend(podman_url),
+        podman_backend(podman_url),
         authorized_keys,
         tmp_path / "host_key",
         **{"container.image": "localhost/does-not-exist:1"},

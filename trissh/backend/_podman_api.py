@@ -33,6 +33,7 @@ import requests
 import trio
 
 from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
+from trissh.backend.stdio_frames import FrameDecoder, FrameError, StreamType
 
 __all__ = ["API_VERSION", "PodmanApi", "map_podman_errors", "socket_path"]
 
@@ -198,6 +199,40 @@ class PodmanApi:
                 return {}  # e.g. a detached exec start answers with a bare newline
 
         return await self.call(run, abandon_on_cancel=abandon_on_cancel)
+
+    async def exec_output(self, container_id: str, argv: list[str]) -> bytes:
+        """Run ``argv`` in the container to completion and return its stdout (small outputs).
+
+        Cancellation: abandons the waiting thread; the short program finishes on its own.
+        """
+        created = await self.request(
+            "POST",
+            f"/containers/{container_id}/exec",
+            body={"Cmd": argv, "AttachStdout": True, "AttachStderr": False},
+            abandon_on_cancel=True,
+        )
+        api = self.client.api
+        body = json.dumps({"Detach": False, "Tty": False})
+
+        def run() -> bytes:
+            response = api.post(
+                f"/exec/{created['Id']}/start",
+                data=body,
+                headers={"Content-Type": "application/json"},
+            )
+            if response.status_code >= 400:
+                raise podman.errors.APIError(
+                    response.reason, response=response, explanation=_error_message(response)
+                )
+            return bytes(response.content)
+
+        raw = await self.call(run, abandon_on_cancel=True)
+        decoder = FrameDecoder()
+        try:
+            frames = decoder.feed(raw)
+        except FrameError as exc:
+            raise BackendError(f"podman: unreadable exec output: {exc}") from None
+        return b"".join(data for stream, data in frames if stream is StreamType.STDOUT)
 
     async def upgrade(self, path: str, body: object) -> tuple[trio.SocketStream, bytes]:
         """POST ``body`` to ``path`` asking for ``Upgrade: tcp``; return the raw stream.

@@ -40,6 +40,7 @@ down a running tty exec's connection is what took podman 4.3's service down.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -79,14 +80,23 @@ async def open_exec(
     *,
     user: str | None = None,
     workdir: str | None = None,
+    helper: bool = False,
 ) -> AsyncIterator[PodmanProcess]:
     """Create and start an exec; leaving the context kills it if it still runs.
+
+    With ``helper`` the program runs under the bind-mounted ``trissh-exec``, which
+    records a death by signal in a status file (see ``helper/trissh-exec.c``).
 
     Cancellation: safe at any point; a started program is killed, the socket closed.
     """
     started = time.monotonic()
+    argv = list(spec.argv)
+    status_path = None
+    if helper:
+        status_path = f"{HELPER_STATUS_DIR}/{secrets.token_hex(8)}"
+        argv = [HELPER_PATH, "--status", status_path, "--", *argv]
     body: dict[str, Any] = {
-        "Cmd": list(spec.argv),
+        "Cmd": argv,
         "Env": [f"{key}={value}" for key, value in process_env(spec).items()],
         "AttachStdin": True,
         "AttachStdout": True,
@@ -98,7 +108,9 @@ async def open_exec(
     if workdir:
         body["WorkingDir"] = workdir
     created = await api.request("POST", f"/containers/{container_id}/exec", body=body)
-    process = PodmanProcess(api, container_id, str(created["Id"]), tuple(shell), spec)
+    process = PodmanProcess(
+        api, container_id, str(created["Id"]), tuple(shell), spec, status_path=status_path
+    )
     async with open_task_nursery() as nursery:
         try:
             await process._attach(nursery)
@@ -121,6 +133,12 @@ async def open_exec(
             process._close_now()
 
 
+#: Where the helper is bind-mounted in every container, and its status files' tmpfs.
+HELPER_PATH = "/run/trissh-exec"
+HELPER_STATUS_DIR = "/run/trissh"
+#: Exit codes that may mean "killed by signal code-128" (signals 1..64).
+_MAYBE_SIGNAL = range(129, 193)
+
 #: podman's answers when an exec cannot be made because the container is stopping or gone.
 _CONTAINER_GONE = ("container state improper", "no such container")
 
@@ -135,8 +153,11 @@ class PodmanProcess:
         exec_id: str,
         shell: tuple[str, ...],
         spec: ProcessSpec,
+        *,
+        status_path: str | None = None,
     ) -> None:
         self._api = api
+        self._status_path = status_path
         self._container_id = container_id
         self.exec_id = exec_id
         self._shell = shell
@@ -231,25 +252,22 @@ class PodmanProcess:
                 break
             info = await self._inspect()
             if not info.get("Running"):
-                return self._set_status(info)
+                return await self._finish(info)
             interval = min(interval * 2, 2.0)
         with trio.move_on_after(_EXIT_CODE_GRACE):
             delay = 0.005
             while True:
                 info = await self._inspect()
                 if not info.get("Running"):
-                    return self._set_status(info)
+                    return await self._finish(info)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 0.2)
         raise BackendError(f"podman still reports exec {self.exec_id[:12]} as running after EOF")
 
-    def _set_status(self, info: dict[str, Any]) -> ExitStatus:
+    async def _finish(self, info: dict[str, Any]) -> ExitStatus:
         if self._status is None:
             code = int(info.get("ExitCode") or 0)
-            if code > 128 and code - 128 in self._signals_sent:
-                self._status = ExitStatus(signal=signal_name(code - 128))
-            else:
-                self._status = ExitStatus(code=code)
+            self._status = await self._classify(code)
             log.debug(
                 "process_exited",
                 container=self._container_id[:12],
@@ -258,6 +276,29 @@ class PodmanProcess:
                 signal=self._status.signal,
             )
         return self._status
+
+    async def _classify(self, code: int) -> ExitStatus:
+        """An exit code, or the signal behind an ambiguous 128+N."""
+        if not _MAYBE_SIGNAL.start <= code < _MAYBE_SIGNAL.stop:
+            return ExitStatus(code=code)
+        if self._status_path is not None:
+            try:
+                record = await self._api.exec_output(
+                    self._container_id, [HELPER_PATH, "--read-status", self._status_path]
+                )
+            except BackendError:
+                record = None  # the container is gone: killed from outside
+            if record is not None:
+                match record.split():
+                    case [b"signal", number, b"core", core] if number.isdigit():
+                        return ExitStatus(signal=signal_name(int(number)), core_dumped=core == b"1")
+                    case _:
+                        return ExitStatus(code=code)
+            if code == 128 + 9:
+                return ExitStatus(signal="KILL")
+        if code - 128 in self._signals_sent:
+            return ExitStatus(signal=signal_name(code - 128))
+        return ExitStatus(code=code)
 
     async def _inspect(self) -> dict[str, Any]:
         info = await self._api.request("GET", f"/exec/{self.exec_id}/json", abandon_on_cancel=True)

@@ -48,7 +48,7 @@ import trio
 
 from trissh.backend._common import sandbox_labels
 from trissh.backend._podman_api import PodmanApi, map_podman_errors, socket_path
-from trissh.backend._podman_exec import PodmanProcess, open_exec
+from trissh.backend._podman_exec import HELPER_PATH, HELPER_STATUS_DIR, PodmanProcess, open_exec
 from trissh.backend.base import LABEL_INSTANCE, HealthCheck, ProcessSpec, SandboxSpec
 from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
 
@@ -84,6 +84,7 @@ class PodmanBackend:
         limiter_capacity: int = 8,
         request_timeout: float = 60.0,
         scope_labels: Mapping[str, str] | None = None,
+        exec_helper: str | None = None,
     ) -> None:
         """Args:
         url: ``unix:///path.sock``, ``unix:/path.sock`` or ``http+unix://%2Fpath.sock``.
@@ -91,6 +92,9 @@ class PodmanBackend:
         request_timeout: per-request bound inside the worker thread, so none hangs forever.
         scope_labels: put on every container *and* required by ``sweep``, so two
             deployments (or test runs) sharing one podman user never sweep each other.
+        exec_helper: host path of the static ``trissh-exec`` (``helper/trissh-exec.c``),
+            bind-mounted into every container as each program's parent so a death by
+            signal can be told from an exit code; ``None`` or missing: exit codes only.
         """
         self._api = PodmanApi(
             url, limiter_capacity=limiter_capacity, request_timeout=request_timeout
@@ -100,6 +104,12 @@ class PodmanBackend:
         self._host_lock = trio.Lock()
         self._warned: set[str] = set()
         self._owner = owner_token()
+        self.exec_helper: str | None = None
+        if exec_helper is not None:
+            if os.access(exec_helper, os.X_OK):
+                self.exec_helper = exec_helper
+            else:
+                log.warning("exec_helper_missing", path=exec_helper)
 
     @property
     def socket_path(self) -> str:
@@ -145,7 +155,7 @@ class PodmanBackend:
                 image=image,
                 duration_ms=_ms_since(started),
             )
-            yield PodmanSandbox(self._api, container_id, spec)
+            yield PodmanSandbox(self._api, container_id, spec, helper=self.exec_helper is not None)
         finally:
             if container_id is not None or maybe_created:
                 await self._remove_at_exit(container_id or name, spec)
@@ -264,6 +274,16 @@ class PodmanBackend:
             }
             for volume in settings.volumes
         ]
+        if self.exec_helper is not None:
+            mounts += [
+                {
+                    "type": "bind",
+                    "source": self.exec_helper,
+                    "target": HELPER_PATH,
+                    "read_only": True,
+                },
+                {"type": "tmpfs", "source": "tmpfs", "target": HELPER_STATUS_DIR, "size": "1m"},
+            ]
         if mounts:
             kwargs["mounts"] = mounts
         host = await self._host_caps()
@@ -351,10 +371,13 @@ class PodmanBackend:
 class PodmanSandbox:
     """One running container; processes are execs in it."""
 
-    def __init__(self, api: PodmanApi, container_id: str, spec: SandboxSpec) -> None:
+    def __init__(
+        self, api: PodmanApi, container_id: str, spec: SandboxSpec, *, helper: bool
+    ) -> None:
         self._api = api
         self._container_id = container_id
         self._spec = spec
+        self._helper = helper
 
     @property
     def container_id(self) -> str:
@@ -370,6 +393,7 @@ class PodmanSandbox:
             spec,
             user=settings.user,
             workdir=settings.workdir,
+            helper=self._helper,
         )
 
 
