@@ -3,14 +3,23 @@
 
 from __future__ import annotations
 
+import hmac
 import struct
 
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tests.sshpeer import SeededRng, established_pair, transfer
+from tests.sshpeer import SeededRng, established_pair, make_config, transfer
 from trissh.protocol import DisconnectReason
-from trissh.protocol.ciphers import CIPHERS, AesGcm, ChaCha20Poly1305, PacketCipher
+from trissh.protocol.ciphers import (
+    CIPHERS,
+    MACS,
+    AesCtrHmac,
+    AesGcm,
+    ChaCha20Poly1305,
+    PacketCipher,
+)
 from trissh.protocol.errors import MacError
 from trissh.protocol.messages.connection import ChannelData
 from trissh.protocol.messages.transport import Disconnect
@@ -99,8 +108,9 @@ def test_reference_poly1305_matches_rfc8439_vector() -> None:
     assert tag.hex() == "a8061dc1305136c6c22b8baf0c0127a9"
 
 
-def _packet(payload: bytes, block: int, rng: SeededRng) -> bytes:
-    padding = block - (len(payload) + 1) % block
+def _packet(payload: bytes, block: int, rng: SeededRng, *, with_length: bool = False) -> bytes:
+    """A cleartext packet padded to ``block`` (counting the length field ``with_length``)."""
+    padding = block - (len(payload) + (5 if with_length else 1)) % block
     if padding < 4:
         padding += block
     return struct.pack(">IB", len(payload) + padding + 1, padding) + payload + rng(padding)
@@ -180,39 +190,56 @@ def test_aes_gcm_packets_must_be_opened_in_order() -> None:
         receiver.open(0, second)
 
 
-def _build(name: str, rng: SeededRng) -> tuple[PacketCipher, PacketCipher]:
+#: Every (cipher, MAC) pair a connection can negotiate: AEAD ciphers ignore the MAC list.
+SUITES = [(name, None) for name, spec in CIPHERS.items() if spec.aead] + [
+    (name, mac) for name, spec in CIPHERS.items() if not spec.aead for mac in MACS
+]
+SUITE_IDS = [f"{cipher}+{mac}" if mac else cipher for cipher, mac in SUITES]
+
+
+def _build(name: str, mac: str | None, rng: SeededRng) -> tuple[PacketCipher, PacketCipher]:
     spec = CIPHERS[name]
+    mac_spec = MACS[mac] if mac else None
     key, iv = rng(spec.key_size), rng(spec.iv_size)
-    return spec.build(key, iv), spec.build(key, iv)
+    mac_key = rng(mac_spec.key_size) if mac_spec else b""
+    return (
+        spec.build(key, iv, mac_spec, mac_key),
+        spec.build(key, iv, mac_spec, mac_key),
+    )
 
 
-@pytest.mark.parametrize("name", sorted(CIPHERS))
-def test_flipping_any_bit_raises_mac_error(name: str) -> None:
+@pytest.mark.parametrize(("name", "mac"), SUITES, ids=SUITE_IDS)
+def test_flipping_any_bit_raises_mac_error(name: str, mac: str | None) -> None:
     """Every single-bit change of a sealed packet (length, body or tag) is detected."""
     rng = SeededRng(8)
-    sender, _ = _build(name, rng)
-    sealed = sender.seal(3, _packet(b"important", sender.block_size, rng))
+    sender, _ = _build(name, mac, rng)
+    packet = _packet(b"important", sender.block_size, rng, with_length=sender.length_in_alignment)
+    sealed = sender.seal(3, packet)
     for bit in range(len(sealed) * 8):
         tampered = bytearray(sealed)
         tampered[bit // 8] ^= 1 << (bit % 8)
-        _, receiver = _build(name, SeededRng(8))
+        _, receiver = _build(name, mac, SeededRng(8))
+        receiver.packet_length(3, bytes(tampered[:4]))
         with pytest.raises(MacError):
             receiver.open(3, bytes(tampered))
 
 
-@pytest.mark.parametrize("name", sorted(CIPHERS))
-def test_packet_codec_round_trip_and_alignment(name: str) -> None:
+@pytest.mark.parametrize(("name", "mac"), SUITES, ids=SUITE_IDS)
+def test_packet_codec_round_trip_and_alignment(name: str, mac: str | None) -> None:
     """The encoder pads to the block size with ≥4 bytes; the decoder returns the payload."""
     rng = SeededRng(9)
-    sender, receiver = _build(name, rng)
+    sender, receiver = _build(name, mac, rng)
+    _, lengths = _build(name, mac, SeededRng(9))
     encoder = PacketEncoder(rng)
     decoder = PacketDecoder()
     encoder.cipher, decoder.cipher = sender, receiver
     payloads = [b"\x05", bytes(range(256)), b"\x5e" * 5000]
     for sequence, payload in enumerate(payloads):
         sealed = encoder.encode(payload)
-        length = receiver.packet_length(sequence, sealed[:4])
-        assert length % sender.block_size == 0
+        length = lengths.packet_length(sequence, sealed[:4])
+        lengths.open(sequence, sealed)  # keeps a CTR keystream in step
+        aligned = length if not sender.length_in_alignment else length + 4
+        assert aligned % sender.block_size == 0
         assert length - 1 - len(payload) >= 4
         decoder.feed(sealed)
     assert [decoder.next_payload() for _ in payloads] == payloads
@@ -220,13 +247,16 @@ def test_packet_codec_round_trip_and_alignment(name: str) -> None:
     assert decoder.sequence == encoder.sequence == 3
 
 
-@pytest.mark.parametrize("cipher", sorted(CIPHERS))
-def test_tampered_packet_disconnects_with_mac_error(cipher: str) -> None:
+@pytest.mark.parametrize(("cipher", "mac"), SUITES, ids=SUITE_IDS)
+def test_tampered_packet_disconnects_with_mac_error(cipher: str, mac: str | None) -> None:
     """A flipped bit in a live connection raises MacError with DISCONNECT(MAC_ERROR) queued."""
-    pair = established_pair(ciphers=(cipher,))
+    config = make_config(ciphers=(cipher,), macs=tuple(MACS))
+    pair = established_pair(config, ciphers=(cipher,), macs=(mac,) if mac else ())
+    assert pair.server.algorithms is not None
+    assert pair.server.algorithms.mac_client_to_server == mac
     pair.client.send(ChannelData(recipient_channel=0, data=b"x" * 40))
     wire_bytes = bytearray(pair.client.data_to_send())
-    wire_bytes[20] ^= 0x01
+    wire_bytes[-1 if mac and not MACS[mac].etm else 20] ^= 0x01
     pair.server.receive_data(bytes(wire_bytes))
     with pytest.raises(MacError) as info:
         pair.server.next_event()
@@ -235,3 +265,70 @@ def test_tampered_packet_disconnects_with_mac_error(cipher: str) -> None:
     [message] = pair.client.take_all()
     assert isinstance(message, Disconnect)
     assert message.reason == DisconnectReason.MAC_ERROR
+
+
+# -- AES-CTR and HMAC (RFC 4344 §4, RFC 6668, OpenSSH PROTOCOL §1.5) ------------------------
+
+#: NIST SP 800-38A F.5.1 CTR-AES128.Encrypt.
+SP800_38A_KEY = bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c")
+SP800_38A_COUNTER = bytes.fromhex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")
+SP800_38A_PLAIN = bytes.fromhex(
+    "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
+    "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710"
+)
+SP800_38A_CIPHER = bytes.fromhex(
+    "874d6191b620e3261bef6864990db6ce9806f66b7970fdff8617187bb9fffdff"
+    "5ae4df3edbd5d35e5b4f09020db03eab1e031dda2fbe03d1792170a0f3009cee"
+)
+
+
+def test_aes_ctr_matches_sp800_38a_across_packets() -> None:
+    """The keystream runs on across packets: two 32-byte packets give the NIST vector."""
+    mac_key = bytes(32)
+    cipher = AesCtrHmac(SP800_38A_KEY, SP800_38A_COUNTER, MACS["hmac-sha2-256"], mac_key)
+    first = cipher.seal(0, SP800_38A_PLAIN[:32])
+    second = cipher.seal(1, SP800_38A_PLAIN[32:])
+    assert first[:32] + second[:32] == SP800_38A_CIPHER
+
+
+def _hmac(name: str, key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, name).digest()
+
+
+@pytest.mark.parametrize("mac", sorted(MACS))
+def test_hmac_construction_matches_the_specification(mac: str) -> None:
+    """Encrypt-and-MAC: HMAC(seq || cleartext packet) after the ciphertext (RFC 4253 §6.4).
+    Encrypt-then-MAC: clear length, ciphertext, HMAC(seq || length || ciphertext)."""
+    spec = MACS[mac]
+    rng = SeededRng(11)
+    key, iv, mac_key = rng(16), rng(16), rng(spec.key_size)
+    packet = _packet(b"payload bytes", 16, rng, with_length=not spec.etm)
+    sealed = AesCtrHmac(key, iv, spec, mac_key).seal(77, packet)
+    stream = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+    seq = (77).to_bytes(4, "big")
+    if spec.etm:
+        body = packet[:4] + stream.update(packet[4:])
+        assert sealed == body + _hmac(spec.digest, mac_key, seq + body)
+    else:
+        assert sealed == stream.update(packet) + _hmac(spec.digest, mac_key, seq + packet)
+    assert len(sealed) - len(packet) == spec.tag_size == spec.key_size
+
+
+@pytest.mark.parametrize(("name", "mac"), [s for s in SUITES if s[1]], ids=SUITE_IDS[3:])
+def test_ctr_round_trip_over_many_packets(name: str, mac: str) -> None:
+    """Sequence numbers and one long-lived CTR context per direction stay in step."""
+    rng = SeededRng(12)
+    sender, receiver = _build(name, mac, rng)
+    for sequence in range(50):
+        packet = _packet(rng(sequence * 7 + 1), 16, rng, with_length=sender.length_in_alignment)
+        sealed = sender.seal(sequence, packet)
+        assert receiver.packet_length(sequence, sealed[:4]) == len(packet) - 4
+        assert receiver.open(sequence, sealed) == packet[4:]
+
+
+def test_rfc4344_rekey_limits() -> None:
+    """2**(L/4) blocks for L-bit blocks (AES: 2**32 blocks, 64 GiB); chacha (8-byte blocks)
+    1 GiB, as OpenSSH."""
+    assert CIPHERS["aes128-ctr"].max_bytes_per_key == 1 << 36
+    assert CIPHERS["aes256-gcm@openssh.com"].max_bytes_per_key == 1 << 36
+    assert CIPHERS["chacha20-poly1305@openssh.com"].max_bytes_per_key == 1 << 30

@@ -47,6 +47,10 @@ SAMPLES: list[Any] = [
     tr.NewKeys(),
     tr.KexEcdhInit(client_public=bytes(range(32))),
     tr.KexEcdhReply(host_key=ED25519_BLOB, server_public=bytes(32), signature=b"sig"),
+    tr.KexDhGexRequest(min_bits=2048, preferred_bits=3072, max_bits=8192),
+    tr.KexDhGexGroup(prime=(1 << 2047) + 1155, generator=2),
+    tr.KexDhGexInit(e=12345678901234567890),
+    tr.KexDhGexReply(host_key=ED25519_BLOB, f=(1 << 2040) - 1, signature=b"sig"),
     # userauth (RFC 4252)
     ua.UserauthRequest(username="ålice", service="ssh-connection", method="none"),
     ua.UserauthRequest(

@@ -13,22 +13,24 @@ that break the rules on purpose.
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Callable
 from typing import ClassVar, Protocol, Self, TypeVar
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from trissh.protocol import kex as kexmath
 from trissh.protocol import wire
-from trissh.protocol.ciphers import CIPHERS
+from trissh.protocol.ciphers import CIPHERS, MACS
 from trissh.protocol.constants import MessageNumber
+from trissh.protocol.keys import parse_public_key
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.messages import transport as tr
 from trissh.protocol.messages import userauth as ua
 from trissh.protocol.packet import PacketDecoder, PacketEncoder
 from trissh.protocol.wire import Reader
+
+from .kex import ClientKex, HashPrefix, KexOutcome, start_client_kex
 
 EXT_INFO_C = "ext-info-c"
 STRICT_KEX_C = "kex-strict-c-v00@openssh.com"
@@ -99,15 +101,13 @@ def _first_common(category: str, ours: tuple[str, ...], theirs: tuple[str, ...])
     raise PeerError(f"no common {category}")
 
 
-def _verify_host_signature(host_key: bytes, signature: bytes, exchange_hash: bytes) -> None:
-    key_reader, sig_reader = Reader(host_key), Reader(signature)
-    if key_reader.ascii() != "ssh-ed25519" or sig_reader.ascii() != "ssh-ed25519":
-        raise PeerError("host key is not ssh-ed25519")
-    public = ed25519.Ed25519PublicKey.from_public_bytes(key_reader.string())
-    try:
-        public.verify(sig_reader.string(), exchange_hash)
-    except InvalidSignature as exc:
-        raise PeerError("host key signature over H does not verify") from exc
+def _verify_host_signature(
+    algorithm: str, host_key: bytes, signature: bytes, exchange_hash: bytes
+) -> None:
+    """The negotiated algorithm's signature over H (RFC 8709, RFC 8332, RFC 5656)."""
+    key = parse_public_key(host_key)
+    if not key.verify(algorithm, signature, exchange_hash):
+        raise PeerError(f"{algorithm} host key signature over H does not verify")
 
 
 class ClientConnection:
@@ -124,6 +124,7 @@ class ClientConnection:
         host_key_algorithms: tuple[str, ...] = ("ssh-ed25519",),
         ciphers: tuple[str, ...] = DEFAULT_CIPHERS,
         server_to_client_ciphers: tuple[str, ...] | None = None,
+        macs: tuple[str, ...] = (),
         compression: tuple[str, ...] = ("none",),
         strict_kex: bool = True,
         ext_info: bool = True,
@@ -137,6 +138,7 @@ class ClientConnection:
         self.host_key_algorithms = host_key_algorithms
         self.ciphers = ciphers
         self.server_to_client_ciphers = server_to_client_ciphers or ciphers
+        self.macs = macs
         self.compression = compression
         self.offer_strict_kex = strict_kex
         self.offer_ext_info = ext_info
@@ -153,6 +155,11 @@ class ClientConnection:
         self.established = False
         self.completed_kex = 0
         self.cipher_names: tuple[str, str] | None = None
+        self.mac_names: tuple[str | None, str | None] = (None, None)
+        self.host_key_algorithm: str | None = None
+        #: The running client-side method, and the last one that completed.
+        self.kex: ClientKex | None = None
+        self.kex_name: str | None = None
         self.negotiation_error: str | None = None
         self._out = bytearray()
         self._held: list[bytes] = []
@@ -160,9 +167,8 @@ class ClientConnection:
         self._our_kexinit = b""
         self._server_kexinit = b""
         self._guessing = False
-        self._ephemeral: x25519.X25519PrivateKey | None = None
-        self._kex_name = ""
-        self._pending_in: tuple[str, bytes, bytes] | None = None
+        self._guess_sent = False
+        self._pending_in: tuple[str, str | None, bytes, bytes, bytes] | None = None
         if start:
             self.send_version()
             self.start_kex()
@@ -207,8 +213,8 @@ class ClientConnection:
             server_host_key_algorithms=self.host_key_algorithms,
             encryption_client_to_server=self.ciphers,
             encryption_server_to_client=self.server_to_client_ciphers,
-            mac_client_to_server=(),
-            mac_server_to_client=(),
+            mac_client_to_server=self.macs,
+            mac_server_to_client=self.macs,
             compression_client_to_server=self.compression,
             compression_server_to_client=self.compression,
             first_kex_packet_follows=first_kex_packet_follows,
@@ -220,14 +226,27 @@ class ClientConnection:
             raise PeerError("key exchange already running")
         self._our_kexinit = self.kexinit(first_kex_packet_follows=first_kex_packet_follows).encode()
         self._guessing = first_kex_packet_follows
-        self._ephemeral = None
+        self._guess_sent = False
+        self._server_kexinit = b""
+        self.kex = None
         self._in_kex = True
         self.send_now(self._our_kexinit)
 
-    def send_ecdh_init(self) -> None:
-        self._ephemeral = x25519.X25519PrivateKey.from_private_bytes(self.rng(32))
-        public = self._ephemeral.public_key().public_bytes_raw()
-        self.send_now(tr.KexEcdhInit(client_public=public).encode())
+    def send_ecdh_init(self, name: str | None = None) -> None:
+        """Start the client side of ``name`` (default: our first kex) and send its first
+        message; before the server's KEXINIT this is a guess (RFC 4253 §7)."""
+        name = name or self.kex_algorithms[0]
+        prefix = HashPrefix(
+            client_version=self.version,
+            server_version=self.server_version or b"",
+            client_kexinit=self._our_kexinit,
+            server_kexinit=self._server_kexinit,
+        )
+        self.kex = start_client_kex(name, prefix, self.rng)
+        if self._server_kexinit == b"":
+            self._guess_sent = True
+        for payload in self.kex.first_messages():
+            self.send_now(payload)
 
     def _on_kexinit(self, payload: bytes) -> None:
         if not self._in_kex:
@@ -237,8 +256,8 @@ class ClientConnection:
         self._server_kexinit = payload
         ours = tr.KexInit.decode(Reader(self._our_kexinit, 1))
         try:
-            self._kex_name = _first_common("kex", ours.kex_algorithms, server.kex_algorithms)
-            _first_common(
+            self.kex_name = _first_common("kex", ours.kex_algorithms, server.kex_algorithms)
+            self.host_key_algorithm = _first_common(
                 "host key", ours.server_host_key_algorithms, server.server_host_key_algorithms
             )
             self.cipher_names = (
@@ -256,6 +275,13 @@ class ClientConnection:
             self.strict_kex = (
                 STRICT_KEX_C in ours.kex_algorithms and STRICT_KEX_S in server.kex_algorithms
             )
+        if self.cipher_names is not None:
+            self.mac_names = tuple(  # type: ignore[assignment]
+                None
+                if CIPHERS[cipher].aead
+                else _first_common("MAC", ours.mac_client_to_server, server.mac_client_to_server)
+                for cipher in self.cipher_names
+            )
         if self._guessing:
             self._guessing = False
             # RFC 4253 §7: the guess is right only if both sides prefer the same kex and
@@ -264,55 +290,70 @@ class ClientConnection:
                 ours.kex_algorithms[0] == server.kex_algorithms[0]
                 and ours.server_host_key_algorithms[0] == server.server_host_key_algorithms[0]
             )
-            if right and self._ephemeral is not None:
+            if right and self._guess_sent and self.kex is not None:
+                # Our guess was computed before the server's KEXINIT: redo its hash prefix.
+                self.kex.prefix = HashPrefix(
+                    self.version, self.server_version or b"", self._our_kexinit, payload
+                )
                 return
-        self.send_ecdh_init()
+        self.send_ecdh_init(self.kex_name)
 
-    def _on_ecdh_reply(self, payload: bytes) -> None:
-        if self._ephemeral is None or self.server_version is None or self.cipher_names is None:
-            raise PeerError("KEX_ECDH_REPLY out of order")
-        reply = tr.KexEcdhReply.decode(Reader(payload, 1))
-        shared = self._ephemeral.exchange(
-            x25519.X25519PublicKey.from_public_bytes(reply.server_public)
+    def _on_kex_reply(self, number: int, payload: bytes) -> None:
+        if self.kex is None or self.server_version is None or self.cipher_names is None:
+            raise PeerError(f"kex message {number} out of order")
+        step = self.kex.receive(number, payload)
+        if isinstance(step, list):
+            for message in step:
+                self.send_now(message)
+            return
+        self._finish_kex(step)
+
+    def _finish_kex(self, outcome: KexOutcome) -> None:
+        assert self.kex is not None
+        assert self.cipher_names is not None
+        assert self.host_key_algorithm is not None
+        exchange_hash, secret, hash_name = (
+            outcome.exchange_hash,
+            outcome.shared_secret,
+            self.kex.hash_name,
         )
-        secret = wire.mpint_from_unsigned_bytes(shared)
-        method = kexmath.KEX_METHODS[self._kex_name]
-        exchange_hash = kexmath.exchange_hash(
-            method,
-            client_version=self.version,
-            server_version=self.server_version,
-            client_kexinit=self._our_kexinit,
-            server_kexinit=self._server_kexinit,
-            host_key=reply.host_key,
-            client_public=self._ephemeral.public_key().public_bytes_raw(),
-            server_public=reply.server_public,
-            shared_secret=secret,
+        _verify_host_signature(
+            self.host_key_algorithm, outcome.host_key, outcome.signature, exchange_hash
         )
-        _verify_host_signature(reply.host_key, reply.signature, exchange_hash)
-        self.host_key = reply.host_key
+        self.host_key = outcome.host_key
         self.exchange_hash = exchange_hash
         if self.session_id is None:
             self.session_id = exchange_hash
         session_id = self.session_id
 
         def derive(letter: bytes, size: int) -> bytes:
-            return kexmath.derive_key(method, secret, exchange_hash, letter, session_id, size)
+            """RFC 4253 §7.2, written out again here."""
+            key = hashlib.new(hash_name, secret + exchange_hash + letter + session_id).digest()
+            while len(key) < size:
+                key += hashlib.new(hash_name, secret + exchange_hash + key).digest()
+            return key[:size]
 
         out_name, in_name = self.cipher_names
+        out_mac, in_mac = self.mac_names
         out_spec, in_spec = CIPHERS[out_name], CIPHERS[in_name]
         self.send_now(tr.NewKeys().encode())
         self.encoder.cipher = out_spec.build(
-            derive(b"C", out_spec.key_size), derive(b"A", out_spec.iv_size)
+            derive(b"C", out_spec.key_size),
+            derive(b"A", out_spec.iv_size),
+            MACS[out_mac] if out_mac else None,
+            derive(b"E", MACS[out_mac].key_size) if out_mac else b"",
         )
         if self.strict_kex:
             self.encoder.sequence = 0
         self._pending_in = (
             in_name,
+            in_mac,
             derive(b"D", in_spec.key_size),
             derive(b"B", in_spec.iv_size),
+            derive(b"F", MACS[in_mac].key_size) if in_mac else b"",
         )
         self._in_kex = False
-        self._ephemeral = None
+        self.kex = None
         held, self._held = self._held, []
         for raw in held:
             self.send_now(raw)
@@ -320,9 +361,9 @@ class ClientConnection:
     def _on_newkeys(self) -> None:
         if self._pending_in is None:
             raise PeerError("NEWKEYS before KEX_ECDH_REPLY")
-        name, key, iv = self._pending_in
+        name, mac, key, iv, mac_key = self._pending_in
         self._pending_in = None
-        self.decoder.cipher = CIPHERS[name].build(key, iv)
+        self.decoder.cipher = CIPHERS[name].build(key, iv, MACS[mac] if mac else None, mac_key)
         if self.strict_kex:
             self.decoder.sequence = 0
         self.established = True
@@ -345,8 +386,8 @@ class ClientConnection:
             number = payload[0]
             if number == MessageNumber.KEXINIT:
                 self._on_kexinit(payload)
-            elif number == MessageNumber.KEX_ECDH_REPLY:
-                self._on_ecdh_reply(payload)
+            elif 30 <= number <= 49:
+                self._on_kex_reply(number, payload)
             elif number == MessageNumber.NEWKEYS:
                 self._on_newkeys()
             else:

@@ -21,7 +21,7 @@ def server_kexinit(config: ProtocolConfig, cookie: bytes, *, initial: bool) -> K
     return KexInit(
         cookie=cookie,
         kex_algorithms=kex,
-        server_host_key_algorithms=tuple(key.algorithm for key in config.host_keys),
+        server_host_key_algorithms=config.offered_host_key_algorithms,
         encryption_client_to_server=config.ciphers,
         encryption_server_to_client=config.ciphers,
         mac_client_to_server=config.macs,

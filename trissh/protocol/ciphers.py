@@ -3,21 +3,27 @@
 Every cipher seals a complete cleartext packet (``uint32 length || padding_length ||
 payload || padding``) into wire bytes and opens wire bytes back, verifying the tag
 *before* anything is parsed. The length field is readable before the rest arrives, either
-in the clear (AES-GCM, RFC 5647 as OpenSSH does it) or through its own key
-(chacha20-poly1305@openssh.com, OpenSSH PROTOCOL.chacha20poly1305).
+in the clear (AES-GCM, RFC 5647 as OpenSSH does it; AES-CTR with an encrypt-then-MAC
+``-etm@openssh.com`` MAC), through its own key (chacha20-poly1305@openssh.com, OpenSSH
+PROTOCOL.chacha20poly1305), or, for AES-CTR with a classic encrypt-and-MAC HMAC (RFC 4253
+§6.4, RFC 6668), by decrypting the first four bytes; the decoder bounds that length before it
+waits for the rest, and the MAC is still checked before any byte of the payload is used.
 
-Cipher objects are built once per key, never per packet.
+Cipher objects are built once per key, never per packet: AES-CTR keeps one long-lived
+keystream context per direction (RFC 4344 §4), HMAC one keyed template that is copied.
+MAC tags are compared in constant time (``hmac.compare_digest``).
 """
 
 from __future__ import annotations
 
+import hmac
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
@@ -147,22 +153,129 @@ class AesGcm:
 
 
 @dataclass(frozen=True, slots=True)
+class MacSpec:
+    """An HMAC for the non-AEAD ciphers (RFC 6668; OpenSSH PROTOCOL §1.5 for ``-etm``)."""
+
+    name: str
+    #: A ``hashlib`` algorithm name.
+    digest: str
+    key_size: int
+    #: Encrypt-then-MAC: the length travels in the clear and the MAC covers the ciphertext.
+    etm: bool
+
+    @property
+    def tag_size(self) -> int:
+        return self.key_size  # HMAC-SHA2-n: n-bit key, n-bit tag (RFC 6668 §2)
+
+
+MACS: Final[dict[str, MacSpec]] = {
+    spec.name: spec
+    for spec in (
+        MacSpec("hmac-sha2-256-etm@openssh.com", "sha256", 32, etm=True),
+        MacSpec("hmac-sha2-512-etm@openssh.com", "sha512", 64, etm=True),
+        MacSpec("hmac-sha2-256", "sha256", 32, etm=False),
+        MacSpec("hmac-sha2-512", "sha512", 64, etm=False),
+    )
+}
+
+
+class AesCtrHmac:
+    """aes128/192/256-ctr (RFC 4344 §4) with an HMAC, either encrypt-then-MAC or classic.
+
+    One object serves one direction, so a single CTR context is both encryptor and
+    decryptor: its counter runs on across packets, exactly as the RFC's stream does.
+    """
+
+    block_size = 16
+
+    def __init__(self, key: bytes, iv: bytes, mac: MacSpec, mac_key: bytes) -> None:
+        if len(iv) != 16:
+            raise ValueError("AES-CTR needs a 16-byte IV")
+        if len(mac_key) != mac.key_size:
+            raise ValueError(f"{mac.name} needs {mac.key_size} bytes of key")
+        self._ctr = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+        self._mac = hmac.new(mac_key, digestmod=mac.digest)
+        self._etm = mac.etm
+        self.tag_size = mac.tag_size
+        self.length_in_alignment = not mac.etm
+        self._header = b""
+
+    def _tag(self, sequence: int, data: bytes) -> bytes:
+        mac = self._mac.copy()
+        mac.update(_U32.pack(sequence))
+        mac.update(data)
+        return mac.digest()
+
+    def seal(self, sequence: int, packet: bytes) -> bytes:
+        if self._etm:
+            body = packet[:4] + self._ctr.update(packet[4:])
+            return body + self._tag(sequence, body)
+        return self._ctr.update(packet) + self._tag(sequence, packet)
+
+    def packet_length(self, sequence: int, header: bytes) -> int:
+        if self._etm:
+            return int(_U32.unpack_from(header)[0])
+        self._header = self._ctr.update(header[:4])
+        return int(_U32.unpack(self._header)[0])
+
+    def open(self, sequence: int, data: bytes) -> bytes:
+        size = self.tag_size
+        body, tag = data[:-size], data[-size:]
+        if self._etm:
+            if not hmac.compare_digest(self._tag(sequence, body), tag):
+                raise MacError("message authentication failed")
+            return self._ctr.update(body[4:])
+        plain = self._ctr.update(body[4:])
+        if not hmac.compare_digest(self._tag(sequence, self._header + plain), tag):
+            raise MacError("message authentication failed")
+        return plain
+
+
+def _chacha(key: bytes, iv: bytes, mac: MacSpec | None, mac_key: bytes) -> PacketCipher:
+    return ChaCha20Poly1305(key)
+
+
+def _gcm(key: bytes, iv: bytes, mac: MacSpec | None, mac_key: bytes) -> PacketCipher:
+    return AesGcm(key, iv)
+
+
+def _ctr(key: bytes, iv: bytes, mac: MacSpec | None, mac_key: bytes) -> PacketCipher:
+    if mac is None:
+        raise ValueError("AES-CTR needs a MAC")
+    return AesCtrHmac(key, iv, mac, mac_key)
+
+
+@dataclass(frozen=True, slots=True)
 class CipherSpec:
     """What the key derivation must produce for a cipher, and how to build it."""
 
     name: str
     key_size: int
     iv_size: int
-    build: Callable[[bytes, bytes], PacketCipher]
+    #: The cipher's block size in bytes (for padding and RFC 4344 §3.2 rekey limits).
+    block_size: int
+    #: ``build(key, iv, mac, mac_key)``; AEAD ciphers ignore the MAC arguments.
+    build: Callable[[bytes, bytes, MacSpec | None, bytes], PacketCipher]
     #: Authenticated encryption: no separate MAC is negotiated or used.
     aead: bool = True
+
+    @property
+    def max_bytes_per_key(self) -> int:
+        """RFC 4344 §3.2: rekey after 2**(L/4) blocks of L bits, as OpenSSH applies it
+        (ciphers with 8-byte blocks, like chacha20-poly1305: 2**30 bytes)."""
+        if self.block_size >= 16:
+            return (1 << (self.block_size * 2)) * self.block_size
+        return 1 << 30
 
 
 CIPHERS: Final[dict[str, CipherSpec]] = {
     spec.name: spec
     for spec in (
-        CipherSpec("chacha20-poly1305@openssh.com", 64, 0, lambda k, iv: ChaCha20Poly1305(k)),
-        CipherSpec("aes256-gcm@openssh.com", 32, 12, AesGcm),
-        CipherSpec("aes128-gcm@openssh.com", 16, 12, AesGcm),
+        CipherSpec("chacha20-poly1305@openssh.com", 64, 0, 8, _chacha),
+        CipherSpec("aes256-gcm@openssh.com", 32, 12, 16, _gcm),
+        CipherSpec("aes128-gcm@openssh.com", 16, 12, 16, _gcm),
+        CipherSpec("aes256-ctr", 32, 16, 16, _ctr, aead=False),
+        CipherSpec("aes192-ctr", 24, 16, 16, _ctr, aead=False),
+        CipherSpec("aes128-ctr", 16, 16, 16, _ctr, aead=False),
     )
 }

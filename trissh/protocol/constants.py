@@ -19,6 +19,10 @@ class MessageNumber(enum.IntEnum):
     NEWKEYS = 21
     KEX_ECDH_INIT = 30
     KEX_ECDH_REPLY = 31
+    #: RFC 4419 §5 (diffie-hellman-group-exchange-*); 30 and 31 are reused per method.
+    KEX_DH_GEX_INIT = 32
+    KEX_DH_GEX_REPLY = 33
+    KEX_DH_GEX_REQUEST = 34
     USERAUTH_REQUEST = 50
     USERAUTH_FAILURE = 51
     USERAUTH_SUCCESS = 52

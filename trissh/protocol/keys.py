@@ -11,10 +11,13 @@ import base64
 import hashlib
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 from trissh.protocol import wire
 from trissh.protocol.errors import DecodeError
@@ -144,24 +147,118 @@ def parse_public_key(blob: bytes) -> PublicKey:
     return PublicKey(key_type, bytes(blob), key)
 
 
+#: Smallest RSA host key we serve with (3072 bits: 128-bit strength, NIST SP 800-57).
+MIN_RSA_HOST_KEY_BITS = 3072
+
+#: Host key signature algorithms in our preference order (RFC 8709, RFC 8332, RFC 5656).
+HOST_KEY_ALGORITHMS: tuple[str, ...] = (
+    "ssh-ed25519",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+)
+
+HostPrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+_CURVE_KEY_TYPES: dict[str, str] = {
+    "secp256r1": "ecdsa-sha2-nistp256",
+    "secp384r1": "ecdsa-sha2-nistp384",
+    "secp521r1": "ecdsa-sha2-nistp521",
+}
+
+
+def _ecdsa_deterministic() -> bool:
+    """RFC 6979 nonces when the OpenSSL below cryptography has them (3.2+)."""
+    try:
+        probe = ec.derive_private_key(1, ec.SECP256R1())
+        probe.sign(b"", ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+    except UnsupportedAlgorithm:  # OpenSSL before 3.2
+        return False
+    return True
+
+
+_DETERMINISTIC_ECDSA = _ecdsa_deterministic()
+
+
 class HostKey:
-    """A server host key that signs exchange hashes. ed25519 only for now (RFC 8709)."""
+    """A server host key that signs exchange hashes.
 
-    __slots__ = ("_private", "algorithm", "public_blob")
+    ``ssh-ed25519`` (RFC 8709), RSA as ``rsa-sha2-512``/``rsa-sha2-256`` (RFC 8332; never
+    SHA-1 ``ssh-rsa``; at least ``MIN_RSA_HOST_KEY_BITS``), and ``ecdsa-sha2-nistp256/384/521``
+    (RFC 5656). ``algorithms`` lists the signature algorithms the key can serve.
 
-    def __init__(self, private: ed25519.Ed25519PrivateKey) -> None:
+    Raises:
+        ValueError: an RSA key that is too small, or an unsupported curve or key type.
+    """
+
+    __slots__ = ("_private", "algorithms", "key_type", "public_blob")
+
+    def __init__(self, private: HostPrivateKey) -> None:
         self._private = private
-        self.algorithm = "ssh-ed25519"
-        raw = private.public_key().public_bytes_raw()
-        self.public_blob = wire.string(self.algorithm) + wire.string(raw)
+        if isinstance(private, ed25519.Ed25519PrivateKey):
+            self.key_type = "ssh-ed25519"
+            self.algorithms: tuple[str, ...] = ("ssh-ed25519",)
+            raw = private.public_key().public_bytes_raw()
+            self.public_blob = wire.string(self.key_type) + wire.string(raw)
+        elif isinstance(private, rsa.RSAPrivateKey):
+            if private.key_size < MIN_RSA_HOST_KEY_BITS:
+                raise ValueError(
+                    f"RSA host key has {private.key_size} bits; "
+                    f"at least {MIN_RSA_HOST_KEY_BITS} are required"
+                )
+            self.key_type = "ssh-rsa"
+            self.algorithms = ("rsa-sha2-512", "rsa-sha2-256")
+            numbers = private.public_key().public_numbers()
+            self.public_blob = (
+                wire.string(self.key_type) + wire.mpint(numbers.e) + wire.mpint(numbers.n)
+            )
+        elif isinstance(private, ec.EllipticCurvePrivateKey):
+            key_type = _CURVE_KEY_TYPES.get(private.curve.name)
+            if key_type is None:
+                raise ValueError(f"ECDSA host keys on curve {private.curve.name} are not supported")
+            self.key_type = key_type
+            self.algorithms = (key_type,)
+            curve_name = _ECDSA_CURVES[key_type][0]
+            point = private.public_key().public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+            )
+            self.public_blob = wire.string(key_type) + wire.string(curve_name) + wire.string(point)
+        else:
+            raise ValueError(f"unsupported host key type {type(private).__name__}")
 
     def __repr__(self) -> str:
-        return f"HostKey({self.algorithm}, {self.fingerprint})"
+        return f"HostKey({self.key_type}, {self.fingerprint})"
 
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.public_blob)
 
-    def sign(self, data: bytes) -> bytes:
-        """Return an SSH signature blob over ``data``."""
-        return wire.string(self.algorithm) + wire.string(self._private.sign(data))
+    @property
+    def bits(self) -> int:
+        private = self._private
+        if isinstance(private, ed25519.Ed25519PrivateKey):
+            return 256
+        return private.key_size
+
+    def sign(self, data: bytes, algorithm: str | None = None) -> bytes:
+        """Return an SSH signature blob over ``data`` (default: the first of ``algorithms``)."""
+        algorithm = self.algorithms[0] if algorithm is None else algorithm
+        if algorithm not in self.algorithms:
+            raise ValueError(f"a {self.key_type} key cannot sign with {algorithm}")
+        private = self._private
+        if isinstance(private, ed25519.Ed25519PrivateKey):
+            raw = private.sign(data)
+        elif isinstance(private, rsa.RSAPrivateKey):
+            raw = private.sign(data, padding.PKCS1v15(), _RSA_SIGNATURE_HASHES[algorithm])
+        else:
+            digest = _ECDSA_CURVES[algorithm][2]
+            scheme = (
+                ec.ECDSA(digest, deterministic_signing=True)
+                if _DETERMINISTIC_ECDSA
+                else ec.ECDSA(digest)
+            )
+            r, s = decode_dss_signature(private.sign(data, scheme))
+            raw = wire.mpint(r) + wire.mpint(s)
+        return wire.string(algorithm) + wire.string(raw)

@@ -26,9 +26,8 @@ import enum
 from collections.abc import Callable
 from typing import Final
 
-from trissh.protocol import kex as kexmath
 from trissh.protocol.algorithms import negotiate, server_kexinit
-from trissh.protocol.ciphers import CIPHERS, PacketCipher
+from trissh.protocol.ciphers import CIPHERS, MACS, PacketCipher
 from trissh.protocol.config import ProtocolConfig
 from trissh.protocol.constants import (
     MAX_PRE_VERSION_LINES,
@@ -50,15 +49,18 @@ from trissh.protocol.events import (
     NegotiatedAlgorithms,
     VersionReceived,
 )
-from trissh.protocol.keys import USER_SIGNATURE_ALGORITHMS, HostKey
-from trissh.protocol.messages.transport import (
-    Disconnect,
-    ExtInfo,
-    KexEcdhInit,
-    KexEcdhReply,
-    KexInit,
-    NewKeys,
+from trissh.protocol.kex import (
+    KEX_METHODS,
+    KexContext,
+    KexExchange,
+    KexMethod,
+    KexReply,
+    KexResult,
+    KexTranscript,
+    derive_key,
 )
+from trissh.protocol.keys import USER_SIGNATURE_ALGORITHMS
+from trissh.protocol.messages.transport import Disconnect, ExtInfo, KexInit, NewKeys
 from trissh.protocol.packet import PacketDecoder, PacketEncoder
 from trissh.protocol.wire import Reader
 
@@ -68,18 +70,21 @@ class KexState(enum.Enum):
     IDLE = "idle"
     #: Our KEXINIT is out; the peer's has not arrived.
     AWAIT_KEXINIT = "await_kexinit"
-    #: Both KEXINITs exchanged; waiting for the client's ephemeral key.
-    AWAIT_KEX_INIT = "await_kex_init"
+    #: Both KEXINITs exchanged; the negotiated method's messages are running.
+    KEX_RUNNING = "kex_running"
     #: Our NEWKEYS is out; waiting for the peer's.
     AWAIT_NEWKEYS = "await_newkeys"
 
 
 _KEX_TRANSITIONS: Final = {
     (KexState.IDLE, "send_kexinit"): KexState.AWAIT_KEXINIT,
-    (KexState.AWAIT_KEXINIT, "recv_kexinit"): KexState.AWAIT_KEX_INIT,
-    (KexState.AWAIT_KEX_INIT, "recv_kex_init"): KexState.AWAIT_NEWKEYS,
+    (KexState.AWAIT_KEXINIT, "recv_kexinit"): KexState.KEX_RUNNING,
+    (KexState.KEX_RUNNING, "kex_done"): KexState.AWAIT_NEWKEYS,
     (KexState.AWAIT_NEWKEYS, "recv_newkeys"): KexState.IDLE,
 }
+
+#: Rekey before a sequence number could wrap (OpenSSH's MAX_PACKETS; strict kex relies on it).
+MAX_PACKETS_PER_KEY: Final = 1 << 31
 
 #: Messages allowed from the peer at any time (RFC 4253 §7.1), unless strict kex applies.
 _GENERIC = frozenset(
@@ -112,9 +117,14 @@ class Transport:
         self.ext_info_requested = False
         self.algorithms: NegotiatedAlgorithms | None = None
         self.closed = False
-        self.rekey_bytes = config.rekey_bytes
         self._sent_at_kex = 0
         self._received_at_kex = 0
+        self._packets_sent_at_kex = 0
+        self._packets_received_at_kex = 0
+        self._rekey_limit_out = config.rekey_bytes
+        self._rekey_limit_in = config.rekey_bytes
+        self._method: KexMethod | None = None
+        self._exchange: KexExchange | None = None
         self._our_kexinit = b""
         self._peer_kexinit = b""
         self._negotiated: NegotiatedAlgorithms | None = None
@@ -150,14 +160,14 @@ class Transport:
         """Send a service-layer payload, held back while our side of a kex is running."""
         if self.closed:
             return
-        if self.kex_state in (KexState.AWAIT_KEXINIT, KexState.AWAIT_KEX_INIT):
+        if self.kex_state in (KexState.AWAIT_KEXINIT, KexState.KEX_RUNNING):
             self._held.append(payload)
             self._held_size += len(payload)
             return
         self._send_now(payload)
-        if (
-            self.kex_state is KexState.IDLE
-            and self._encoder.bytes_sent - self._sent_at_kex > self.rekey_bytes
+        if self.kex_state is KexState.IDLE and (
+            self._encoder.bytes_sent - self._sent_at_kex > self._rekey_limit_out
+            or self._encoder.packets - self._packets_sent_at_kex > MAX_PACKETS_PER_KEY
         ):
             self._start_kex()
 
@@ -175,6 +185,10 @@ class Transport:
         if self.established and self.kex_state is KexState.IDLE and not self.closed:
             self._start_kex()
 
+    def _rekey_limit(self, cipher: str) -> int:
+        """Bytes under one key: ours, or the cipher's RFC 4344 §3.2 limit if that is lower."""
+        return min(self._config.rekey_bytes, CIPHERS[cipher].max_bytes_per_key)
+
     def _move(self, action: str) -> None:
         try:
             self.kex_state = _KEX_TRANSITIONS[self.kex_state, action]
@@ -183,8 +197,6 @@ class Transport:
 
     def _start_kex(self) -> None:
         self._move("send_kexinit")
-        self._sent_at_kex = self._encoder.bytes_sent
-        self._received_at_kex = self._bytes_received
         message = server_kexinit(self._config, self._config.rng(16), initial=not self.established)
         self._our_kexinit = message.encode()
         self._send_now(self._our_kexinit)
@@ -267,14 +279,17 @@ class Transport:
             raise UnexpectedMessage(f"unexpected key exchange message {number}")
         if not self.established:
             raise UnexpectedMessage(f"message {number} before key exchange completed")
-        if self.kex_state in (KexState.AWAIT_KEX_INIT, KexState.AWAIT_NEWKEYS):
+        if self.kex_state in (KexState.KEX_RUNNING, KexState.AWAIT_NEWKEYS):
             raise UnexpectedMessage(f"message {number} during key exchange")
-        if self._bytes_received - self._received_at_kex > self.rekey_bytes:
+        if (
+            self._bytes_received - self._received_at_kex > self._rekey_limit_in
+            or self._decoder.packets - self._packets_received_at_kex > MAX_PACKETS_PER_KEY
+        ):
             self.request_rekey()
         return False
 
     def _on_kexinit(self, payload: bytes, sequence: int) -> None:
-        if self.kex_state in (KexState.AWAIT_KEX_INIT, KexState.AWAIT_NEWKEYS):
+        if self.kex_state in (KexState.KEX_RUNNING, KexState.AWAIT_NEWKEYS):
             raise UnexpectedMessage("KEXINIT during key exchange")
         if self.kex_state is KexState.IDLE:
             self._start_kex()  # the peer started a re-exchange
@@ -298,68 +313,72 @@ class Transport:
         self._peer_kexinit = bytes(payload)
         self._negotiated = negotiated
         self._move("recv_kexinit")
+        self._begin_exchange(negotiated)
 
     def _on_kex_method_message(self, number: int, payload: bytes) -> None:
-        if self.kex_state is not KexState.AWAIT_KEX_INIT:
+        if self.kex_state is not KexState.KEX_RUNNING:
             raise UnexpectedMessage(f"key exchange message {number} out of order")
         if self._ignore_guessed_packet:
             self._ignore_guessed_packet = False  # RFC 4253 §7: a wrong guess is dropped
             return
-        if number != MessageNumber.KEX_ECDH_INIT:
-            raise UnexpectedMessage(f"unexpected key exchange message {number}")
-        assert self._negotiated is not None
-        self._reply_to_kex(KexEcdhInit.decode(Reader(payload, 1)).client_public, self._negotiated)
+        assert self._exchange is not None
+        step = self._exchange.receive(number, payload)
+        if isinstance(step, KexReply):
+            self._send_now(step.payload)
+            return
+        self._exchange = None
+        self._finish_kex(step)
 
-    def _host_key(self, algorithm: str) -> HostKey:
-        for key in self._config.host_keys:
-            if key.algorithm == algorithm:
-                return key
-        raise LocalProtocolError(f"negotiated host key {algorithm} is not configured")
-
-    def _reply_to_kex(self, client_public: bytes, negotiated: NegotiatedAlgorithms) -> None:
+    def _begin_exchange(self, negotiated: NegotiatedAlgorithms) -> None:
+        """Start the negotiated method's exchange with the negotiated host key."""
         assert self.client_version is not None
-        method = kexmath.KEX_METHODS[negotiated.kex]
-        reply = method.reply(client_public, self._config.rng)
-        host_key = self._host_key(negotiated.host_key)
-        exchange_hash = kexmath.exchange_hash(
-            method,
-            client_version=self.client_version,
-            server_version=self._config.server_version,
-            client_kexinit=self._peer_kexinit,
-            server_kexinit=self._our_kexinit,
-            host_key=host_key.public_blob,
-            client_public=client_public,
-            server_public=reply.server_public,
-            shared_secret=reply.shared_secret,
+        host_key = self._config.host_key_for(negotiated.host_key)
+        if host_key is None:
+            raise LocalProtocolError(f"negotiated host key {negotiated.host_key} is not configured")
+        algorithm = negotiated.host_key
+        self._method = KEX_METHODS[negotiated.kex]
+        self._exchange = self._method.start(
+            KexContext(
+                transcript=KexTranscript(
+                    client_version=self.client_version,
+                    server_version=self._config.server_version,
+                    client_kexinit=self._peer_kexinit,
+                    server_kexinit=self._our_kexinit,
+                    host_key=host_key.public_blob,
+                ),
+                sign=lambda data: host_key.sign(data, algorithm),
+                rng=self._config.rng,
+            )
         )
+
+    def _finish_kex(self, result: KexResult) -> None:
+        """Send the signed reply and NEWKEYS; switch our output to the new keys."""
+        negotiated, method = self._negotiated, self._method
+        assert negotiated is not None
+        assert method is not None
+        exchange_hash, shared_secret = result.exchange_hash, result.shared_secret
         if self.session_id is None:
             self.session_id = exchange_hash
         session_id = self.session_id
 
         def derive(letter: bytes, size: int) -> bytes:
-            return kexmath.derive_key(
-                method, reply.shared_secret, exchange_hash, letter, session_id, size
+            return derive_key(
+                method.hash_name, shared_secret, exchange_hash, letter, session_id, size
             )
 
-        self._send_now(
-            KexEcdhReply(
-                host_key=host_key.public_blob,
-                server_public=reply.server_public,
-                signature=host_key.sign(exchange_hash),
-            ).encode()
-        )
+        self._send_now(result.payload)
         self._send_now(NewKeys().encode())
-        out_spec = CIPHERS[negotiated.cipher_server_to_client]
-        self._encoder.cipher = out_spec.build(
-            derive(b"D", out_spec.key_size), derive(b"B", out_spec.iv_size)
+        self._encoder.cipher = _build_cipher(
+            negotiated.cipher_server_to_client, negotiated.mac_server_to_client, b"BDF", derive
         )
-        in_spec = CIPHERS[negotiated.cipher_client_to_server]
-        self._pending_input_cipher = in_spec.build(
-            derive(b"C", in_spec.key_size), derive(b"A", in_spec.iv_size)
+        self._pending_input_cipher = _build_cipher(
+            negotiated.cipher_client_to_server, negotiated.mac_client_to_server, b"ACE", derive
         )
         if self.strict_kex:
             self._encoder.sequence = 0
-        self._move("recv_kex_init")
+        self._sent_at_kex = self._encoder.bytes_sent
+        self._packets_sent_at_kex = self._encoder.packets
+        self._move("kex_done")
         if not self.established and self.ext_info_requested:
             self._send_now(_server_sig_algs())
         held, self._held, self._held_size = self._held, [], 0
@@ -376,6 +395,10 @@ class Transport:
         self._pending_input_cipher = None
         if self.strict_kex:
             self._decoder.sequence = 0
+        self._received_at_kex = self._bytes_received
+        self._packets_received_at_kex = self._decoder.packets
+        self._rekey_limit_out = self._rekey_limit(self._negotiated.cipher_server_to_client)
+        self._rekey_limit_in = self._rekey_limit(self._negotiated.cipher_client_to_server)
         self._move("recv_newkeys")
         is_rekey = self.established
         self.established = True
@@ -385,6 +408,21 @@ class Transport:
         )
         self.algorithms = algorithms
         self._emit(KeyExchangeCompleted(algorithms=algorithms, is_rekey=is_rekey))
+
+
+def _build_cipher(
+    name: str, mac_name: str | None, letters: bytes, derive: Callable[[bytes, int], bytes]
+) -> PacketCipher:
+    """One direction's cipher from IV, key and MAC key letters (RFC 4253 §7.2)."""
+    spec = CIPHERS[name]
+    mac = MACS[mac_name] if mac_name is not None else None
+    iv_letter, key_letter, mac_letter = (bytes((letter,)) for letter in letters)
+    return spec.build(
+        derive(key_letter, spec.key_size),
+        derive(iv_letter, spec.iv_size),
+        mac,
+        derive(mac_letter, mac.key_size) if mac is not None else b"",
+    )
 
 
 def _server_sig_algs() -> bytes:

@@ -1,4 +1,4 @@
-"""Transport-layer messages (RFC 4253, RFC 8308, RFC 5656/8731 ECDH).
+"""Transport-layer messages (RFC 4253, RFC 8308, RFC 5656/8731 ECDH, RFC 4419 group exchange).
 
 One frozen dataclass per message with a symmetric ``encode()`` / ``decode(reader)``.
 ``decode`` receives a reader positioned just after the message number.
@@ -219,9 +219,14 @@ class NewKeys:
         return cls()
 
 
+#: Bound on a kex public value (an 8192-bit DH e is 1025 bytes, an ML-KEM share 1216).
+MAX_KEX_VALUE = 8192
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KexEcdhInit:
-    """SSH_MSG_KEX_ECDH_INIT (RFC 5656 §4; also curve25519, RFC 8731)."""
+    """Message 30 of every one-round method: SSH_MSG_KEX_ECDH_INIT (RFC 5656 §4, RFC 8731),
+    SSH_MSG_KEXDH_INIT (RFC 4253 §8: its mpint e is a string too) and the hybrids' INIT."""
 
     NUMBER: ClassVar = MessageNumber.KEX_ECDH_INIT
     client_public: bytes
@@ -231,7 +236,7 @@ class KexEcdhInit:
 
     @classmethod
     def decode(cls, r: Reader) -> Self:
-        public = r.string(8192)
+        public = r.string(MAX_KEX_VALUE)
         r.check_end()
         return cls(client_public=public)
 
@@ -256,3 +261,86 @@ class KexEcdhReply:
     @classmethod
     def decode(cls, r: Reader) -> Self:
         return cls(host_key=r.string(), server_public=r.string(), signature=r.string())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KexDhGexRequest:
+    """SSH_MSG_KEX_DH_GEX_REQUEST (RFC 4419 §5): bounds on the group size, in bits."""
+
+    NUMBER: ClassVar = MessageNumber.KEX_DH_GEX_REQUEST
+    min_bits: int
+    preferred_bits: int
+    max_bits: int
+
+    def encode(self) -> bytes:
+        return b"".join(
+            (
+                wire.byte(self.NUMBER),
+                wire.uint32(self.min_bits),
+                wire.uint32(self.preferred_bits),
+                wire.uint32(self.max_bits),
+            )
+        )
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        minimum, preferred, maximum = r.uint32(), r.uint32(), r.uint32()
+        r.check_end()
+        return cls(min_bits=minimum, preferred_bits=preferred, max_bits=maximum)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KexDhGexGroup:
+    """SSH_MSG_KEX_DH_GEX_GROUP (RFC 4419 §5), number 31 within group exchange."""
+
+    NUMBER: ClassVar = MessageNumber.KEX_ECDH_REPLY
+    prime: int
+    generator: int
+
+    def encode(self) -> bytes:
+        return wire.byte(self.NUMBER) + wire.mpint(self.prime) + wire.mpint(self.generator)
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        return cls(prime=r.mpint(MAX_KEX_VALUE), generator=r.mpint(MAX_KEX_VALUE))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KexDhGexInit:
+    """SSH_MSG_KEX_DH_GEX_INIT (RFC 4419 §5)."""
+
+    NUMBER: ClassVar = MessageNumber.KEX_DH_GEX_INIT
+    e: int
+
+    def encode(self) -> bytes:
+        return wire.byte(self.NUMBER) + wire.mpint(self.e)
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        e = r.mpint(MAX_KEX_VALUE)
+        r.check_end()
+        return cls(e=e)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KexDhGexReply:
+    """SSH_MSG_KEX_DH_GEX_REPLY (RFC 4419 §5)."""
+
+    NUMBER: ClassVar = MessageNumber.KEX_DH_GEX_REPLY
+    host_key: bytes
+    f: int
+    signature: bytes
+
+    def encode(self) -> bytes:
+        return b"".join(
+            (
+                wire.byte(self.NUMBER),
+                wire.string(self.host_key),
+                wire.mpint(self.f),
+                wire.string(self.signature),
+            )
+        )
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        return cls(host_key=r.string(), f=r.mpint(MAX_KEX_VALUE), signature=r.string())
