@@ -86,5 +86,19 @@ def podman(session: nox.Session) -> None:
     )
 
 
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmark (never a test): trissh vs AsyncSSH vs OpenSSH sshd; writes BENCHMARKS.md.
+
+    As root (bench/prepare-host.sh): openssh-server if missing (its system service is never
+    started), a host user for the benchmark's own sshd, the podman set-up and the bench image
+    with GNU tools. ``-- --quick`` for a fast pass; ``-- --profile`` profiles trissh instead.
+    """
+    env = _setup_host(session)
+    session.run("bash", str(ROOT / "bench" / "prepare-host.sh"), external=True, env=env)
+    session.install("-e", ".", "asyncssh>=2.14", "matplotlib>=3.8", "py-spy", silent=True)
+    session.run("python", str(ROOT / "bench" / "run.py"), *session.posargs, env=env)
+
+
 if os.environ.get("CI") == "true":
     nox.options.sessions = ["ci"]

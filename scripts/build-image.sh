@@ -15,12 +15,17 @@
 #   build-image.sh tar FILE|-        write the root filesystem as a tar archive
 #   build-image.sh import [IMAGE]    build + import with your own `podman` if the recipe changed
 #   build-image.sh selftest [IMAGE]  run the checks the backend relies on inside the image
+#   build-image.sh import-bench [IMAGE]  the benchmark variant (default localhost/trissh-bench:latest):
+#                                    the base image plus GNU coreutils' head, cat, true, sleep and
+#                                    dd in /usr/local/bin and dash as /bin/sh (busybox sh runs its
+#                                    own applets before PATH, and busybox head manages ~100-230 MB/s)
 #
 # scripts/setup-host.sh sources this file; it then runs podman through its own `pod` function
 # (as the trissh-podman user). Run directly, `pod` is plain `podman`.
 set -euo pipefail
 
 TRISSH_IMAGE=${TRISSH_IMAGE:-localhost/trissh-base:latest}
+TRISSH_BENCH_IMAGE=${TRISSH_BENCH_IMAGE:-localhost/trissh-bench:latest}
 TRISSH_RECIPE_LABEL=trissh.recipe
 BUSYBOX=/bin/busybox
 SFTP_SERVER=/usr/lib/openssh/sftp-server
@@ -44,18 +49,32 @@ image_inputs() {
     done
     printf '%s\n' "$BUSYBOX" "$SFTP_SERVER" "$SCP"
     # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and "/lib64/ld-linux-x86-64.so.2 (0x...)"
-    ldd "$SFTP_SERVER" "$SCP" | awk '$2 == "=>" && $3 ~ /^\// { print $3; next } $1 ~ /^\// { print $1 }' | sort -u
+    # (with two files ldd prints a "/path:" header line before each file's list: not a library)
+    ldd "$SFTP_SERVER" "$SCP" | awk '$2 == "=>" && $3 ~ /^\// { print $3; next } $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | sort -u
 }
 
-image_recipe_hash() {
+# The bench variant's extra files: GNU tools, dash, and every library they need.
+BENCH_TOOLS=(/usr/bin/head /usr/bin/cat /usr/bin/true /usr/bin/sleep /usr/bin/dd /usr/bin/dash)
+bench_inputs() {
+    local f
+    image_inputs
+    for f in "${BENCH_TOOLS[@]}"; do
+        [[ -x $f ]] || { echo "build-image: $f is missing (coreutils, dash)" >&2; return 1; }
+        printf '%s\n' "$f"
+        ldd "$f" | awk '$2 == "=>" && $3 ~ /^\// { print $3; next } $1 ~ /^\// { print $1 }'
+    done | sort -u
+}
+
+image_recipe_hash() { # [VARIANT]: "" for the base image, "bench" for the benchmark variant
     local inputs
-    inputs=$(image_inputs)
+    if [[ ${1:-} == bench ]]; then inputs=$(bench_inputs); else inputs=$(image_inputs); fi
     { sha256sum "$BUILD_IMAGE_SH"; xargs -d '\n' sha256sum <<<"$inputs"; } | sha256sum | cut -c1-32
 }
 
-# image_tar OUT: write the root filesystem as a tar archive to OUT (a path or "-" for stdout).
+# image_tar OUT [VARIANT]: write the root filesystem as a tar archive to OUT (a path or "-"
+# for stdout); VARIANT "bench" adds the GNU tools and dash (see import-bench above).
 image_tar() (
-    local out=$1 root inputs f applet d
+    local out=$1 variant=${2:-} root inputs f applet d
     inputs=$(image_inputs)
     root=$(mktemp -d /tmp/trissh-rootfs.XXXXXX)
     trap 'rm -rf "$root"' EXIT  # the function body is a subshell: this is its own EXIT
@@ -95,14 +114,27 @@ EOF
     : >"$root/etc/resolv.conf"
     chmod 0644 "$root"/etc/*
 
+    if [[ $variant == bench ]]; then
+        mkdir -p "$root/usr/local/bin"
+        while read -r f; do
+            if [[ " ${BENCH_TOOLS[*]} " == *" $f "* ]]; then
+                install -m 0755 "$f" "$root/usr/local/bin/$(basename "$f")"
+            elif [[ ! -e $root$f ]]; then
+                mkdir -p "$root$(dirname "$f")"
+                cp -L "$f" "$root$f"
+            fi
+        done < <(bench_inputs)
+        ln -sfn /usr/local/bin/dash "$root/bin/sh"
+    fi
+
     tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$root" -cf "$out" .
 )
 
-# image_import IMAGE: build and import if the image is missing or its recipe label differs.
-# Prints "unchanged" or "built" on stdout.
+# image_import IMAGE [VARIANT]: build and import if the image is missing or its recipe label
+# differs. Prints "unchanged" or "built" on stdout.
 image_import() {
-    local image=${1:-$TRISSH_IMAGE} want have
-    want=$(image_recipe_hash)
+    local image=${1:-$TRISSH_IMAGE} variant=${2:-} want have
+    want=$(image_recipe_hash "$variant")
     have=$(pod image inspect --format "{{index .Labels \"$TRISSH_RECIPE_LABEL\"}}" "$image" 2>/dev/null || true)
     if [[ $have == "$want" ]]; then
         echo unchanged
@@ -110,11 +142,11 @@ image_import() {
     fi
     local old
     old=$(pod image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
-    image_tar - | pod import \
+    image_tar - "$variant" | pod import \
         --change 'CMD ["/bin/sh"]' \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change "LABEL $TRISSH_RECIPE_LABEL=$want" \
-        --message "trissh base image (busybox-static + sftp-server), recipe $want" \
+        --message "trissh ${variant:-base} image (busybox-static + sftp-server${variant:+ + GNU tools}), recipe $want" \
         - "$image" >&2
     # The previous build is now untagged; drop it unless a container still uses it.
     [[ -n $old ]] && pod image rm "$old" >/dev/null 2>&1 || true
@@ -152,6 +184,7 @@ build_image_main() {
         hash) image_recipe_hash ;;
         tar) image_tar "${2:?usage: build-image.sh tar FILE|-}" ;;
         import) image_import "${2:-$TRISSH_IMAGE}" ;;
+        import-bench) image_import "${2:-$TRISSH_BENCH_IMAGE}" bench ;;
         selftest) image_selftest "${2:-$TRISSH_IMAGE}" && echo "selftest ok" ;;
         *) sed -n '2,/^set -euo/p' "$BUILD_IMAGE_SH" | sed '$d; s/^# \{0,1\}//' >&2; return 2 ;;
     esac
