@@ -267,17 +267,39 @@ def test_small_encoding_round_trip() -> None:
 
 def test_inverses() -> None:
     rng = seeded(11)
-    g = sntrup761._small_random(rng)
-    ginv = sntrup761._recip([x - 1 for x in g], 3)
-    assert ginv is not None
     one = bytes([2] + [1] * 760)
-    assert sntrup761._r3_mult(g, bytes((x + 1) % 3 for x in ginv)) == one
+    inverted = 0
+    for _ in range(6):
+        g = sntrup761._small_random(rng)
+        ginv = sntrup761._recip3(g)
+        if ginv is not None:
+            inverted += 1
+            assert sntrup761._r3_mult(g, ginv) == one
+            assert sntrup761._r3_mult(ginv, g) == one
+    assert inverted >= 3
+    assert sntrup761._recip3(bytes([1] * 761)) is None  # 0
+    # x is a unit (x^p = x + 1, so x (x^(p-1) - 1) = 1): 1/x = x^760 - 1
+    x = bytes([1, 2] + [1] * 759)
+    assert sntrup761._recip3(x) == bytes([0] + [1] * 759 + [2])
+    # R3 is no field: x^p - x - 1 has an irreducible factor of degree 19 over F3, so
+    # x^(3^19) - x shares it and has no inverse, while x^(3^18) - x is a unit
+    power = x
+    for k in range(1, 20):
+        power = sntrup761._r3_mult(sntrup761._r3_mult(power, power), power)  # x^(3^k)
+        minus_x = bytearray(power)
+        minus_x[1] = (minus_x[1] - 1) % 3  # coefficient + 1 form: subtract 1 from x's
+        inverse = sntrup761._recip3(bytes(minus_x))
+        if k < 19:
+            assert inverse is not None
+            assert sntrup761._r3_mult(bytes(minus_x), inverse) == one
+        else:
+            assert inverse is None
     f = sntrup761._short_random(rng)
-    finv = sntrup761._recip([x - 1 for x in f], 4591)
-    assert finv is not None
+    finv = sntrup761._recip_q([x - 1 for x in f])
     packed = sntrup761._rq_int(sntrup761._U16_P.pack(*[(v + 2295) % 4591 for v in finv]))
     assert [v % 4591 for v in sntrup761._rq_mult_small(packed, f)] == [1] + [0] * 760
-    assert sntrup761._recip([0] * 761, 3) is None
+    with pytest.raises(ValueError, match="no inverse"):
+        sntrup761._recip_q([0] * 761)
 
 
 # ----- round trips, rejection, validation

@@ -10,10 +10,11 @@ implicit rejection of a bad ciphertext in decapsulation.
 
 Randomness comes in only through ``rng(n) -> n bytes``. The calls are, in order:
 ``keypair``: ``rng(4 * 761)`` for the small polynomial g (repeated, each call a fresh g,
-until g is invertible mod 3), ``rng(4 * 761)`` for the short polynomial f, then ``rng(191)``
+until g is invertible in R3), ``rng(4 * 761)`` for the short polynomial f, then ``rng(191)``
 for the implicit-rejection secret rho; ``encapsulate``: one ``rng(4 * 761)`` for the short
-input r. The reference draws the same bytes four at a time (``urandom32``); a 4-byte-call
-source such as the NIST KAT DRBG has to be adapted by the caller (the tests do).
+input r. These are the draws of the NIST round-3 submission code, whose KAT depends on the
+call boundaries (its DRBG starts every call on a fresh block); OpenSSH's copy reads the same
+bytes four at a time (``urandom32``), which from a real random source is the same thing.
 
 How it is fast in CPython
 -------------------------
@@ -23,17 +24,20 @@ happens inside CPython's C loops (extended-slice copies, ``bytes.translate``,
 ``int.from_bytes``/``to_bytes``, big-integer arithmetic):
 
 * multiplication by a small (-1/0/1) polynomial is one big-integer product (Kronecker
-  substitution, 32-bit slots; the small factor's digits are signed, which is fine for an
-  integer); an offset that is a multiple of q in every slot makes all product digits
-  non-negative, so ``x^p = x + 1`` folds the top half down with a shift, a mask and two adds;
+  substitution, 24-bit slots; both factors' digits are signed, centered representatives,
+  which is fine for integers); an offset that is a multiple of q in every slot makes all
+  product digits non-negative, so ``x^p = x + 1`` folds the top half down with a shift, a
+  mask and two adds; one pass of ``% q`` and a table lookup per coefficient remain;
 * ``Encode``/``Decode`` are done level by level, with all the equal pairs of a level as one
   big-integer computation (``Decode`` divides by the radix with a per-slot multiply-by-
   reciprocal and shift, exact for every value that can occur, checked when the plan is
   built); only the one irregular last pair or last element of a level is handled alone;
-* arithmetic in R3 uses 16-bit slots and reduces mod 3 bytewise (256 = 1 mod 3).
+* arithmetic in R3 uses 16-bit slots and reduces mod 3 bytewise (256 = 1 mod 3);
+* Short_random's sort is ``sorted()`` on the p words, the masking around it ``translate``.
 
-Only inversion (key generation: 1/g in R3, 1/(3f) in Rq) is a plain extended Euclid on
-lists; key generation is the client's job in SSH and is not on a server's hot path.
+Key generation needs 1/g in R3 (extended Euclid on bitsliced F3 polynomials, a few ms) and
+1/(3f) in Rq (extended Euclid on coefficient lists, some 150 ms: the one slow part). Key
+generation is the client's job in SSH, not on a server's path.
 
 This is not constant-time code (CPython cannot promise that); the one comparison that
 matters for the implicit rejection uses ``hmac.compare_digest``.
@@ -410,10 +414,11 @@ def _decode(data: bytes, plan: _Plan) -> bytearray:
 
 # ----- tables for the per-coefficient steps that need a true mod q
 
+_REPEAT_Q: Final = repeat(Q)  # endless and stateless; map() stops at its shortest input
+
 #: u (a residue mod q of h*r) -> Rounded_encode value of Round(h*r): (R + 1) // 3 where R
 #: is the centered representative plus q12.
 _ROUND_ENCODED: Final = tuple((((u + _Q12) % Q) + 1) // 3 for u in range(Q))
-_REPEAT_Q: Final = repeat(Q)  # endless; map() stops at its shortest input
 #: u (a residue mod q of c*f) -> F3_freeze(Fq_freeze(3 * c*f)) + 1.
 _THREE_TIMES_MOD3: Final = bytes(((((3 * u + _Q12) % Q) - _Q12 + 1) % 3) for u in range(Q))
 
@@ -483,40 +488,90 @@ def _small_random(rng: Rng) -> bytes:
 # ----- inversion (key generation only)
 
 
-def _recip(a: list[int], m: int) -> list[int] | None:
-    """1/a in (Z/m)[x]/(x^p - x - 1) for prime m, or None if a is not invertible.
+def _recip_q(a: list[int]) -> list[int]:
+    """1/a in Rq (a field, so any a != 0 is invertible), coefficients in 0..q-1.
 
     Extended Euclid, one leading term at a time; polynomials are lists, index = degree,
     without leading zeros. Invariant: s_i * a = r_i (mod x^p - x - 1).
     """
-    r0 = [m - 1, m - 1] + [0] * (P - 2) + [1]
-    r1 = [x % m for x in a]
+    r0 = [Q - 1, Q - 1] + [0] * (P - 2) + [1]
+    r1 = [x % Q for x in a]
     s0: list[int] = []
     s1 = [1]
     while r1 and r1[-1] == 0:
         r1.pop()
+    if not r1:
+        raise ValueError("0 has no inverse")
     while len(r1) > 1:
         d = len(r0) - len(r1)
-        c = r0[-1] * pow(r1[-1], -1, m) % m
-        r0[d:] = [(x - c * y) % m for x, y in zip(r0[d:], r1, strict=True)]
+        c = r0[-1] * pow(r1[-1], -1, Q) % Q
+        r0[d:] = [(x - c * y) % Q for x, y in zip(r0[d:], r1, strict=True)]
         while r0 and r0[-1] == 0:
             r0.pop()
         need = d + len(s1)
         if len(s0) < need:
             s0.extend([0] * (need - len(s0)))
-        s0[d:need] = [(x - c * y) % m for x, y in zip(s0[d:need], s1, strict=True)]
+        s0[d:need] = [(x - c * y) % Q for x, y in zip(s0[d:need], s1, strict=True)]
         while s0 and s0[-1] == 0:
             s0.pop()
         if len(r0) < len(r1):
             r0, r1 = r1, r0
             s0, s1 = s1, s0
-    if not r1:
+    scale = pow(r1[0], -1, Q)
+    out = [x * scale % Q for x in s1]
+    return out + [0] * (P - len(out))  # Euclid keeps deg s < p
+
+
+# Polynomials over F3 for R3_recip, bitsliced: (plus, minus) integers whose bit i says
+# coefficient i is +1 (resp. -1).
+
+_IS_PLUS_BIT: Final = bytes(0x31 if x == 2 else 0x30 for x in range(256))  # ASCII '1'/'0'
+_IS_MINUS_BIT: Final = bytes(0x31 if x == 0 else 0x30 for x in range(256))
+_ASCII_BIT: Final = bytes(1 if x == 0x31 else 0 for x in range(256))
+_ALL_ONE_BYTES: Final = int.from_bytes(b"\x01" * P, "little")
+
+
+def _add3(ap: int, an: int, bp: int, bn: int) -> tuple[int, int]:
+    """a + b over F3, bitsliced."""
+    za = ~(ap | an)
+    zb = ~(bp | bn)
+    return (ap & zb) | (bp & za) | (an & bn), (an & zb) | (bn & za) | (ap & bp)
+
+
+def _degree3(plus: int, minus: int) -> int:
+    return max(plus.bit_length(), minus.bit_length()) - 1
+
+
+def _recip3(g: bytes) -> bytes | None:
+    """1/g in R3 for small g (coefficient + 1 bytes), or None if g is not invertible."""
+    r0p, r0n = 1 << P, 0b11  # x^p - x - 1
+    r1p = int(g.translate(_IS_PLUS_BIT)[::-1], 2)
+    r1n = int(g.translate(_IS_MINUS_BIT)[::-1], 2)
+    s0p = s0n = 0
+    s1p, s1n = 1, 0
+    d0, d1 = P, _degree3(r1p, r1n)
+    while d1 > 0:
+        d = d0 - d1
+        # r0 -= (lc(r0) / lc(r1)) x^d r1, likewise s0; over F3, lc / lc = lc * lc
+        if (r0p >> d0 & 1) == (r1p >> d1 & 1):  # quotient +1: add -x^d r1
+            r0p, r0n = _add3(r0p, r0n, r1n << d, r1p << d)
+            s0p, s0n = _add3(s0p, s0n, s1n << d, s1p << d)
+        else:
+            r0p, r0n = _add3(r0p, r0n, r1p << d, r1n << d)
+            s0p, s0n = _add3(s0p, s0n, s1p << d, s1n << d)
+        d0 = _degree3(r0p, r0n)
+        if d0 < d1:
+            r0p, r0n, r1p, r1n = r1p, r1n, r0p, r0n
+            s0p, s0n, s1p, s1n = s1p, s1n, s0p, s0n
+            d0, d1 = d1, d0
+    if d1 < 0:
         return None
-    scale = pow(r1[0], -1, m)
-    out = [x * scale % m for x in s1]
-    if len(out) > P:  # never in Euclid's degree bounds; kept for safety
-        raise AssertionError("inverse has degree >= p")
-    return out + [0] * (P - len(out))
+    if r1n:  # r1 = -1: the inverse is -s1
+        s1p, s1n = s1n, s1p
+    plus = format(s1p, f"0{P}b")[::-1].encode().translate(_ASCII_BIT)
+    minus = format(s1n, f"0{P}b")[::-1].encode().translate(_ASCII_BIT)
+    digits = _ALL_ONE_BYTES + int.from_bytes(plus, "little") - int.from_bytes(minus, "little")
+    return digits.to_bytes(P, "little")
 
 
 # ----- the KEM
@@ -550,16 +605,13 @@ def keypair(rng: Rng) -> tuple[bytes, bytes]:
     """A fresh key pair: (public key, 1158 bytes; secret key, 1763 bytes)."""
     while True:
         g = _small_random(rng)
-        ginv = _recip([x - 1 for x in g], 3)
-        if ginv is not None:
+        ginv_small = _recip3(g)
+        if ginv_small is not None:
             break
     f = _short_random(rng)
-    finv = _recip([3 * (x - 1) for x in f], Q)
-    if finv is None:  # Rq is a field and 3f != 0
-        raise AssertionError("3f is not invertible in Rq")
+    finv = _recip_q([3 * (x - 1) for x in f])
     h = _rq_mult_small(_rq_int(_U16_P.pack(*[(v + _Q12) % Q for v in finv])), g)
     public_key = _encode(_U16_P.pack(*[(v + _Q12) % Q for v in h]), _RQ_PLAN)
-    ginv_small = bytes((x + 1) % 3 for x in ginv)
     rho = _draw(rng, _SMALL_BYTES)
     secret_key = b"".join(
         (_small_encode(f), _small_encode(ginv_small), public_key, rho, _hash(4, public_key)),
