@@ -158,11 +158,16 @@ def build_context(settings: ServerConfig, backend: Backend) -> ServerContext:
             line=problem.line_number,
             problem=problem.problem,
         )
-    protocol = ProtocolConfig(
-        host_keys=load_host_keys(settings),
-        max_auth_attempts=settings.limits.max_auth_attempts,
-        accept_env=settings.session.accept_env,
-    )
+    host_keys = load_host_keys(settings)
+    try:
+        protocol = ProtocolConfig(
+            host_keys=host_keys,
+            max_auth_attempts=settings.limits.max_auth_attempts,
+            accept_env=settings.session.accept_env,
+            **settings.ssh.protocol_options(),
+        )
+    except ValueError as exc:
+        raise StartupError(f"[ssh]: {exc}") from None
     return ServerContext(
         settings=settings,
         protocol=protocol,

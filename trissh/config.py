@@ -18,11 +18,16 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from trissh.backend.base import ContainerSettings, Volume
+from trissh.protocol.ciphers import CIPHERS, MACS
+from trissh.protocol.config import check_algorithm_names
+from trissh.protocol.kex import KEX_METHODS
+from trissh.protocol.keys import HOST_KEY_ALGORITHMS
 
 DEFAULT_IMAGE = "localhost/trissh-base:latest"
 
@@ -132,6 +137,57 @@ class LimitSettings(_Model):
     shutdown_grace: float = Field(0.0, ge=0)
 
 
+class SshSettings(_Model):
+    """``[ssh]``: transport algorithms and rekeying. A list left out keeps trissh's default
+    (``trissh.protocol.config``); a list given is the exact offer, in preference order.
+
+    Post-quantum only (no classical key exchange at all)::
+
+        [ssh]
+        kex = ["mlkem768x25519-sha256", "sntrup761x25519-sha512",
+               "sntrup761x25519-sha512@openssh.com"]
+    """
+
+    kex: tuple[str, ...] | None = None
+    ciphers: tuple[str, ...] | None = None
+    macs: tuple[str, ...] | None = None
+    host_key_algorithms: tuple[str, ...] | None = None
+    #: Bytes under one key in either direction before the server rekeys (RFC 4253 §9).
+    rekey_bytes: int = Field(1 << 30, ge=1 << 16)
+    #: Seconds under one key before the server rekeys; 0 turns the timer off.
+    rekey_interval: float = Field(3600.0, ge=0)
+
+    @field_validator("kex", "ciphers", "macs", "host_key_algorithms")
+    @classmethod
+    def _check_names(
+        cls, value: tuple[str, ...] | None, info: ValidationInfo
+    ) -> tuple[str, ...] | None:
+        known = {
+            "kex": ("kex algorithm", tuple(KEX_METHODS)),
+            "ciphers": ("cipher", tuple(CIPHERS)),
+            "macs": ("MAC", tuple(MACS)),
+            "host_key_algorithms": ("host key algorithm", HOST_KEY_ALGORITHMS),
+        }
+        if value is not None:
+            kind, names = known[str(info.field_name)]
+            check_algorithm_names(kind, value, names, allow_empty=kind == "MAC")
+        return value
+
+    def protocol_options(self) -> dict[str, Any]:
+        """The ``ProtocolConfig`` keyword arguments these settings override."""
+        options: dict[str, Any] = {"rekey_bytes": self.rekey_bytes}
+        for field, option in (
+            ("kex", "kex_algorithms"),
+            ("ciphers", "ciphers"),
+            ("macs", "macs"),
+            ("host_key_algorithms", "host_key_algorithms"),
+        ):
+            value = getattr(self, field)
+            if value is not None:
+                options[option] = value
+        return options
+
+
 class ServerConfig(_Model):
     listen: tuple[str, ...] = ("0.0.0.0:2222",)
     host_keys: tuple[Path, ...] = ()
@@ -143,6 +199,7 @@ class ServerConfig(_Model):
     session: SessionSection = SessionSection()
     limits: LimitSettings = LimitSettings()
     users: dict[str, UserSection] = {}
+    ssh: SshSettings = SshSettings()
 
     @field_validator("listen")
     @classmethod

@@ -1,4 +1,8 @@
-"""Host key files: load them, or create an ed25519 key where none exists yet (like sshd-keygen)."""
+"""Host key files: load them, or create an ed25519 key where none exists yet (like sshd-keygen).
+
+Accepted: unencrypted ed25519, RSA (at least 3072 bits) and ECDSA P-256/384/521 keys, in
+OpenSSH's own format (``ssh-keygen`` default) or PEM (PKCS#8 or the traditional forms).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from trissh.protocol import HostKey
 
@@ -34,11 +38,27 @@ def load_or_create_host_key(path: Path) -> tuple[HostKey, bool]:
         path.with_name(path.name + ".pub").write_bytes(public + b" trissh host key\n")
         return HostKey(private), True
     try:
-        loaded = serialization.load_ssh_private_key(path.read_bytes(), password=None)
+        data = path.read_bytes()
     except OSError as exc:
         raise HostKeyError(f"{path}: cannot read host key: {exc.strerror}") from None
+    loaded: object
+    try:
+        if data.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
+            loaded = serialization.load_ssh_private_key(data, password=None)
+        else:
+            loaded = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise HostKeyError(f"{path}: not an unencrypted OpenSSH private key ({exc})") from None
-    if not isinstance(loaded, ed25519.Ed25519PrivateKey):
-        raise HostKeyError(f"{path}: only ed25519 host keys are supported so far")
-    return HostKey(loaded), False
+        raise HostKeyError(
+            f"{path}: not an unencrypted OpenSSH or PEM private key ({exc})"
+        ) from None
+    if not isinstance(
+        loaded, ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    ):
+        raise HostKeyError(
+            f"{path}: {type(loaded).__name__} host keys are not supported "
+            "(use ed25519, RSA of at least 3072 bits, or ECDSA P-256/384/521)"
+        )
+    try:
+        return HostKey(loaded), False
+    except ValueError as exc:
+        raise HostKeyError(f"{path}: {exc}") from None

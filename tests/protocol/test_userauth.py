@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from tests.sshpeer import USER_KEY, ConnectionPair, ed25519_blob, make_config
+from tests.sshpeer import HOST_KEY, USER_KEY, ConnectionPair, ed25519_blob, make_config
 from trissh.protocol import (
     Authenticated,
     AuthFailed,
@@ -26,6 +26,10 @@ from trissh.protocol.messages import transport as tr
 from trissh.protocol.messages import userauth as ua
 
 FAILURE = ua.UserauthFailure(methods=("publickey",))
+#: OpenSSH PROTOCOL §2.5: the host keys follow every successful authentication.
+HOSTKEYS_ANNOUNCEMENT = conn.GlobalRequest(
+    name="hostkeys-00@openssh.com", want_reply=False, data=wire.string(HOST_KEY.public_blob)
+)
 KEY_BLOB = ed25519_blob(USER_KEY)
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -101,7 +105,7 @@ def test_signed_request_accepted_authenticates() -> None:
     assert pair.transfer() == [
         Authenticated(username="alice", method="publickey", key_fingerprint=fingerprint(KEY_BLOB))
     ]
-    assert pair.client.take_all() == [ua.UserauthSuccess()]
+    assert pair.client.take_all() == [ua.UserauthSuccess(), HOSTKEYS_ANNOUNCEMENT]
     assert pair.server.authenticated
 
 
@@ -278,6 +282,7 @@ def test_pipelined_requests_are_answered_in_order() -> None:
         FAILURE,
         FAILURE,
         ua.UserauthSuccess(),
+        HOSTKEYS_ANNOUNCEMENT,
     ]
 
 

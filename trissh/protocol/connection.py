@@ -20,18 +20,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
+from trissh.protocol import wire
 from trissh.protocol.channels import ChannelTable
 from trissh.protocol.config import ProtocolConfig
 from trissh.protocol.constants import ChannelOpenFailureReason, DisconnectReason, MessageNumber
 from trissh.protocol.errors import LocalProtocolError, RemoteProtocolError, UnexpectedMessage
 from trissh.protocol.events import ChannelId, ConnectionLost, Event, NegotiatedAlgorithms
-from trissh.protocol.messages.connection import GlobalRequest
+from trissh.protocol.messages.connection import GlobalRequest, RequestFailure, RequestSuccess
 from trissh.protocol.messages.transport import ServiceAccept, ServiceRequest, Unimplemented
 from trissh.protocol.transport import Transport
 from trissh.protocol.userauth import UserAuthServer
 from trissh.protocol.wire import Reader
 
 USERAUTH_SERVICE = "ssh-userauth"
+#: OpenSSH PROTOCOL §2.5: host key rotation.
+HOSTKEYS = "hostkeys-00@openssh.com"
+HOSTKEYS_PROVE = "hostkeys-prove-00@openssh.com"
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -60,6 +64,7 @@ class ServerConnection:
         self._eof = False
         self._lost_reported = False
         self._failed: RemoteProtocolError | None = None
+        self._host_keys_announced = False
         #: Keepalive probes sent since the peer last answered one (ClientAliveCountMax).
         self.keepalives_unanswered = 0
 
@@ -164,7 +169,10 @@ class ServerConnection:
                 raise UnexpectedMessage(f"connection message {number} before authentication")
             if number == MessageNumber.GLOBAL_REQUEST:
                 request = GlobalRequest.decode(Reader(payload, 1))
-                self._channels.on_global_request(request.name, request.want_reply)
+                if request.name == HOSTKEYS_PROVE:
+                    self._prove_host_keys(request)
+                else:
+                    self._channels.on_global_request(request.name, request.want_reply)
             elif number in (MessageNumber.REQUEST_SUCCESS, MessageNumber.REQUEST_FAILURE):
                 self.keepalives_unanswered = 0  # any answer to our probe proves the peer lives
             else:
@@ -193,6 +201,41 @@ class ServerConnection:
     def _answer_auth(self, answer: Callable[[], None]) -> None:
         answer()
         self._auth.check_limit()
+        if self.authenticated and not self._host_keys_announced:
+            self._host_keys_announced = True
+            if self._config.announce_host_keys:
+                self._announce_host_keys()
+
+    def _announce_host_keys(self) -> None:
+        """OpenSSH PROTOCOL §2.5: tell the client every host key after authentication."""
+        blobs = b"".join(wire.string(key.public_blob) for key in self._config.host_keys)
+        self._transport.send(GlobalRequest(name=HOSTKEYS, want_reply=False, data=blobs).encode())
+
+    def _prove_host_keys(self, request: GlobalRequest) -> None:
+        """Sign ``string "hostkeys-prove-00@openssh.com" || string session_id || string key``
+        with each requested host key; any key that is not ours fails the whole request."""
+        reader = Reader(request.data)
+        blobs: list[bytes] = []
+        while reader.remaining:
+            blobs.append(reader.string(4096))
+            if len(blobs) > len(self._config.host_keys):
+                break
+        keys = {key.public_blob: key for key in self._config.host_keys}
+        if not blobs or len(blobs) > len(keys) or any(blob not in keys for blob in blobs):
+            if request.want_reply:
+                self._transport.send(RequestFailure().encode())
+            return
+        negotiated = self._transport.algorithms
+        kex_algorithm = negotiated.host_key if negotiated is not None else ""
+        signatures = []
+        for blob in blobs:
+            key = keys[blob]
+            # Like sshd: an RSA key signs with the algorithm of the kex when that was RSA.
+            algorithm = kex_algorithm if kex_algorithm in key.algorithms else None
+            data = wire.string(HOSTKEYS_PROVE) + wire.string(self._session_id()) + wire.string(blob)
+            signatures.append(wire.string(key.sign(data, algorithm)))
+        if request.want_reply:
+            self._transport.send(RequestSuccess(data=b"".join(signatures)).encode())
 
     def accept_channel(self, channel_id: ChannelId) -> None:
         self._channels.accept(channel_id)
