@@ -16,17 +16,15 @@ import pytest
 import trio
 import trio.testing
 
-from tests.sshpeer import USER_KEY, ClientConnection, SeededRng, ed25519_blob
-from tests.sshpeer.client import SERVER_MESSAGES, M
+from tests.sshpeer import USER_KEY, ed25519_blob
 from trissh.backend import BackendUnavailable
 from trissh.backend.memory import MemoryBackend
 from trissh.driver import ServerContext, serve_connection
 from trissh.protocol import DisconnectReason
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.messages import transport as tr
-from trissh.protocol.messages import userauth as ua
-from trissh.protocol.wire import Reader
 
+from .peer import Peer, exit_status_of, output_of
 from .support import make_context
 
 StreamPair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
@@ -34,83 +32,6 @@ STREAM_PAIRS: dict[str, StreamPair] = {
     "buffered": trio.testing.memory_stream_pair,
     "lockstep": trio.testing.lockstep_stream_pair,
 }
-
-
-class Peer:
-    """The test client on the far end of a memory stream."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.client = ClientConnection(rng=SeededRng(7))
-
-    async def flush(self) -> None:
-        if data := self.client.data_to_send():
-            await self.stream.send_all(data)
-
-    async def _read(self) -> bool:
-        await self.flush()
-        data = await self.stream.receive_some(65536)
-        if data:
-            self.client.receive_data(bytes(data))
-        return bool(data)
-
-    async def next_message(self) -> object | None:
-        """The next decoded message from the server; ``None`` once the stream ended."""
-        while not self.client.inbox:
-            if not await self._read():
-                return None
-        payload = self.client.inbox.popleft()
-        decode = SERVER_MESSAGES.get(payload[0])
-        return decode(Reader(payload, 1)) if decode else payload
-
-    async def expect(self, cls: type[M]) -> M:
-        message = await self.next_message()
-        assert isinstance(message, cls), f"expected {cls.__name__}, got {message!r}"
-        return message
-
-    async def login(self) -> None:
-        while not self.client.established:
-            assert await self._read(), "stream ended during key exchange"
-        self.client.request_service()
-        self.client.auth_publickey()
-        await self.expect(tr.ExtInfo)
-        await self.expect(tr.ServiceAccept)
-        await self.expect(ua.UserauthSuccess)
-
-    async def open_session(self, sender: int = 0, *, window: int = 1 << 20) -> int:
-        self.client.open_channel(sender, window=window)
-        return (await self.expect(conn.ChannelOpenConfirmation)).sender_channel
-
-    async def exec(self, channel: int, command: str, *, stdin: bytes = b"") -> None:
-        self.client.channel_request(channel, "exec", conn.ExecData(command=command).encode())
-        if stdin:
-            self.client.channel_data(channel, stdin)
-            self.client.channel_eof(channel)
-        await self.flush()
-
-    async def until_close(self, channel: int, *, adjust_window: bool = True) -> list[object]:
-        """What the server sends on a channel up to its CLOSE (which is answered)."""
-        messages: list[object] = []
-        while not isinstance(messages[-1:] and messages[-1], conn.ChannelClose):
-            message = await self.next_message()
-            assert message is not None, f"stream ended after {messages}"
-            if isinstance(message, conn.ChannelData) and adjust_window:
-                self.client.window_adjust(channel, len(message.data))
-            messages.append(message)
-        self.client.channel_close(channel)
-        await self.flush()
-        return messages
-
-
-def output_of(messages: list[object]) -> bytes:
-    return b"".join(m.data for m in messages if isinstance(m, conn.ChannelData))
-
-
-def exit_status_of(messages: list[object]) -> int | None:
-    for message in messages:
-        if isinstance(message, conn.ChannelRequest) and message.request_type == "exit-status":
-            return conn.ExitStatusData.decode(Reader(message.data)).code
-    return None
 
 
 @pytest.fixture
@@ -454,3 +375,26 @@ async def test_connections_per_user_are_limited(
         async with connected(ctx) as third:
             await third.login()
             await third.stream.aclose()
+
+
+async def test_session_mode_gives_each_session_its_own_container(
+    memory_backend: MemoryBackend, tmp_path: Path
+) -> None:
+    """execution_mode = "session": two sessions, two sandboxes, each gone with its session."""
+    ctx = limited_ctx(memory_backend, tmp_path, execution_mode="session")
+    with trio.fail_after(10):
+        async with connected(ctx) as peer:
+            await peer.login()
+            first = await peer.open_session(0)
+            await peer.exec(first, "sleep 1000")
+            await peer.expect(conn.ChannelSuccess)
+            second = await peer.open_session(1)
+            await peer.exec(second, "echo two")
+            assert output_of(await peer.until_close(second)) == b"two\n"
+            assert memory_backend.live_sandboxes == 1  # the first session's, still running
+            assert len(memory_backend.sandbox_specs) == 2
+            peer.client.channel_close(first)
+            await peer.flush()
+            while memory_backend.live_sandboxes:
+                await trio.sleep(0.01)
+            await peer.stream.aclose()

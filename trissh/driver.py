@@ -79,6 +79,31 @@ OUTPUT_HIGH_WATER = 1024 * 1024
 CLOSE_TIMEOUT = 2.0
 
 
+@dataclass(slots=True)
+class ServerState:
+    """Live numbers of a running server, for the debug statistic and tests."""
+
+    live_connections: int = 0
+    #: The nursery that connections run in (set by ``serve``).
+    connections_nursery: trio.Nursery | None = None
+    #: The task running ``serve_listeners`` (its accept loops are not connection work).
+    listener_task: trio.lowlevel.Task | None = None
+
+    def statistics(self) -> dict[str, int]:
+        """``connections``, and ``tasks``: every task under the connections nursery but
+        the listener's. Both are 0 on an idle server: anything else is a leak."""
+        tasks = 0
+        pending = list(self.connections_nursery.child_tasks) if self.connections_nursery else []
+        while pending:
+            task = pending.pop()
+            if task is self.listener_task:
+                continue
+            tasks += 1
+            for nursery in task.child_nurseries:
+                pending.extend(nursery.child_tasks)
+        return {"connections": self.live_connections, "tasks": tasks}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerContext:
     """What every connection of one server shares."""
@@ -90,6 +115,7 @@ class ServerContext:
     instance: str
     #: Live authenticated connections per user name (``max_connections_per_user``).
     user_connections: dict[str, int] = field(default_factory=dict)
+    state: ServerState = field(default_factory=ServerState)
 
 
 class _Doorbell:
@@ -263,20 +289,23 @@ class ConnectionDriver:
             self.conn.send_keepalive()
             self.ring()
 
+    def sandbox_spec(self) -> SandboxSpec:
+        """What a container of this connection's user looks like, labels included."""
+        assert self.username is not None
+        return SandboxSpec(
+            conn_id=self.conn_id,
+            username=self.username,
+            remote=self.remote,
+            instance=self.ctx.instance,
+            settings=container_settings(self.container_settings),
+        )
+
     @property
     def sandbox(self) -> ConnectionSandbox:
         """The connection's container owner (``connection`` mode), made after authentication."""
         if self._sandbox is None:
             assert self._nursery is not None
-            assert self.username is not None
-            spec = SandboxSpec(
-                conn_id=self.conn_id,
-                username=self.username,
-                remote=self.remote,
-                instance=self.ctx.instance,
-                settings=container_settings(self.container_settings),
-            )
-            self._sandbox = ConnectionSandbox(self.ctx.backend, spec, self._nursery)
+            self._sandbox = ConnectionSandbox(self.ctx.backend, self.sandbox_spec(), self._nursery)
         return self._sandbox
 
     async def _flush_and_close(self) -> None:
@@ -461,9 +490,11 @@ async def serve_connection(
     with structlog.contextvars.bound_contextvars(conn_id=conn_id, remote=remote):
         log.info("connection_accepted")
         driver = ConnectionDriver(stream, ctx, conn_id=conn_id, remote=remote)
+        ctx.state.live_connections += 1
         try:
             await driver.run()
         finally:
+            ctx.state.live_connections -= 1
             stats = driver.conn.statistics()
             log.info(
                 "connection_closed",

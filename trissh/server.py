@@ -3,10 +3,11 @@
 Nursery tree::
 
     serve
-    └─ connections nursery      outlives listening so live connections can finish
-       ├─ listening scope       cancelled first on shutdown: stop accepting at once
-       │  └─ trio.serve_listeners(handler_nursery=connections)
-       └─ serve_connection (one each)  (driver.py)
+    └─ upkeep nursery           backend.run(): retries failed removals (outlives connections)
+       └─ connections nursery   outlives listening so live connections can finish
+          ├─ listening scope    cancelled first on shutdown: stop accepting at once
+          │  └─ trio.serve_listeners(handler_nursery=connections)
+          └─ serve_connection (one each)  (driver.py)
 
 On ``shutdown`` the listening scope is cancelled and the connections nursery gets a
 deadline of now + ``limits.shutdown_grace``; cancelled connections remove their
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 import socket
+from collections.abc import Awaitable, Callable
 
 import structlog
 import trio
@@ -57,10 +59,27 @@ async def serve(
     async def handle(stream: trio.SocketStream) -> None:
         await serve_connection(stream, ctx, conn_id=secrets.token_hex(6), remote=_peer(stream))
 
+    async with trio.open_nursery() as upkeep:
+        await upkeep.start(ctx.backend.run)
+        await _serve_connections(ctx, listeners, handle, shutdown, task_status)
+        upkeep.cancel_scope.cancel()
+    log.info("server_stopped")
+
+
+async def _serve_connections(
+    ctx: ServerContext,
+    listeners: list[trio.SocketListener],
+    handle: Callable[[trio.SocketStream], Awaitable[None]],
+    shutdown: trio.Event,
+    task_status: trio.TaskStatus[None],
+) -> None:
+    """Accept until ``shutdown``; then stop accepting and give connections their grace."""
     async with trio.open_nursery() as connections:
+        ctx.state.connections_nursery = connections
         listening = trio.CancelScope()
 
         async def listen(*, task_status: trio.TaskStatus[object]) -> None:
+            ctx.state.listener_task = trio.lowlevel.current_task()
             with listening:
                 await trio.serve_listeners(
                     handle, listeners, handler_nursery=connections, task_status=task_status
@@ -77,7 +96,6 @@ async def serve(
         log.info("server_stopping", grace_s=ctx.settings.limits.shutdown_grace)
         listening.cancel()
         connections.cancel_scope.deadline = trio.current_time() + ctx.settings.limits.shutdown_grace
-    log.info("server_stopped")
 
 
 def _listener_address(listener: trio.SocketListener) -> str:

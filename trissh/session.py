@@ -11,7 +11,8 @@ and signals, and ends the channel the way OpenSSH does: EOF after the last outpu
 Nursery tree::
 
     run_session                 binds channel; its cancel scope is the handle's
-    └─ process context          leaving it kills the process (backend, bounded)
+    └─ [sandbox context]        ``session`` mode only: this session's own container
+       └─ process context       leaving it kills the process (backend, bounded)
        └─ stdio nursery
           ├─ _pump_input        channel → process stdin, then EOF
           ├─ _forward_control   window-change → resize, signal → kill
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from trissh.backend import BackendError, ExitStatus, Process, ProcessSpec, PtySpec
+from trissh.backend import BackendError, ExitStatus, Process, ProcessSpec, PtySpec, Sandbox
 from trissh.backend import TerminalSize as BackendTerminalSize
 from trissh.channel import ChannelHandle, ChannelStream
 from trissh.config import SessionSection
@@ -99,17 +100,26 @@ async def run_session(
             with handle.cancel_scope:
                 status = await _run(driver, handle, request)
                 code, signal = status.code, status.signal
-        except (BackendError, SessionRefused) as exc:
+        except* (BackendError, SessionRefused) as group:
             # OpenSSH drops a channel's pending stderr when the request is refused, so the
             # request is granted and the reason printed, with ssh's own "did not run" code.
+            exc = _first(group)
             log.warning("session_failed", kind=request.kind.value, error=str(exc))
             driver.reply_session_request(handle.id, True)
             await _tell_user(handle, f"trissh: {exc}\r\n" if request.pty else f"trissh: {exc}\n")
             code = SESSION_FAILED_EXIT_CODE
-        except Exception:
+        except* Exception:
             log.exception("session_crashed")
         finally:
             driver.finish_channel(handle, code=code, signal=signal)
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf of an exception group (nurseries nest them)."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 async def _tell_user(handle: ChannelHandle, message: str) -> None:
@@ -123,38 +133,55 @@ async def _run(
 ) -> ExitStatus:
     spec = build_process_spec(driver, request)
     started = time.monotonic()
+    async with contextlib.AsyncExitStack() as owned:
+        sandbox = await _sandbox_for(driver, owned)
+        structlog.contextvars.bind_contextvars(container=sandbox.container_id[:12])
+        process = await owned.enter_async_context(sandbox.open_process(spec))
+        return await _serve(driver, handle, request, process, started)
+
+
+async def _sandbox_for(driver: ConnectionDriver, owned: contextlib.AsyncExitStack) -> Sandbox:
+    """The connection's container, or (``session`` mode) one this session owns."""
     timeout = driver.container_settings.start_timeout
     try:
         with trio.fail_after(timeout):
-            sandbox = await driver.sandbox.get()
+            if driver.session_settings.execution_mode == "session":
+                return await owned.enter_async_context(
+                    driver.ctx.backend.open_sandbox(driver.sandbox_spec())
+                )
+            return await driver.sandbox.get()
     except trio.TooSlowError:
         raise SessionRefused(f"container did not start within {timeout:g} s") from None
-    structlog.contextvars.bind_contextvars(container=sandbox.container_id[:12])
-    async with sandbox.open_process(spec) as process:
-        driver.reply_session_request(handle.id, True)
-        log.info(
-            "session_started",
-            kind=request.kind.value,
-            command=request.command,
-            subsystem=request.subsystem,
-            pty=request.pty is not None,
-            start_ms=round((time.monotonic() - started) * 1000, 1),
-        )
-        channel = ChannelStream(handle)
-        async with trio.open_nursery() as stdio:
-            stdio.start_soon(_pump_input, channel, process.stdin)
-            stdio.start_soon(_forward_control, handle, process)
-            stdio.start_soon(
-                _enforce_limits, handle, driver.session_settings, request.pty is not None
-            )
-            async with trio.open_nursery() as outputs:
-                outputs.start_soon(_pump_output, process.stdout, channel)
-                if process.stderr is not None:
-                    outputs.start_soon(
-                        _pump_output, process.stderr, ChannelStream(handle, stderr=True)
-                    )
-            status = await process.wait()
-            stdio.cancel_scope.cancel()
+
+
+async def _serve(
+    driver: ConnectionDriver,
+    handle: ChannelHandle,
+    request: SessionRequested,
+    process: Process,
+    started: float,
+) -> ExitStatus:
+    """Answer the request, pump stdio and control until the program ends; its status."""
+    driver.reply_session_request(handle.id, True)
+    log.info(
+        "session_started",
+        kind=request.kind.value,
+        command=request.command,
+        subsystem=request.subsystem,
+        pty=request.pty is not None,
+        start_ms=round((time.monotonic() - started) * 1000, 1),
+    )
+    channel = ChannelStream(handle)
+    async with trio.open_nursery() as stdio:
+        stdio.start_soon(_pump_input, channel, process.stdin)
+        stdio.start_soon(_forward_control, handle, process)
+        stdio.start_soon(_enforce_limits, handle, driver.session_settings, request.pty is not None)
+        async with trio.open_nursery() as outputs:
+            outputs.start_soon(_pump_output, process.stdout, channel)
+            if process.stderr is not None:
+                outputs.start_soon(_pump_output, process.stderr, ChannelStream(handle, stderr=True))
+        status = await process.wait()
+        stdio.cancel_scope.cancel()
     log.info("session_ended", exit_code=status.code, signal=status.signal)
     return status
 

@@ -195,6 +195,13 @@ class Backend(Protocol):
             BackendError: anything else that stopped the container from starting.
         """
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background upkeep for the server's lifetime (retrying removals that failed).
+
+        ``serve`` starts it before the first connection and cancels it after the last;
+        cancellation makes a last bounded attempt at anything still pending.
+        """
+
     async def sweep(self, *, keep_instance: str) -> int:
         """Remove containers left by other (crashed) trissh instances; return how many."""
 

@@ -161,6 +161,11 @@ class MemoryBackend:
                     duration_ms=_ms_since(removed),
                 )
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Nothing to maintain: removal in memory cannot fail."""
+        task_status.started()
+        await trio.sleep_forever()
+
     async def sweep(self, *, keep_instance: str) -> int:
         """Remove containers labelled with another instance (see :meth:`add_orphan`)."""
         await trio.lowlevel.checkpoint()

@@ -58,6 +58,9 @@ log = structlog.get_logger("trissh.backend.podman")
 
 #: Identifies the trissh process that created a container (see :func:`owner_token`).
 LABEL_OWNER: Final = "trissh.owner"
+#: Backoff for retrying removals that failed (podman restarting, say), in seconds.
+ORPHAN_RETRY_MIN = 0.5
+ORPHAN_RETRY_MAX = 15.0
 #: Bound on removing one container at teardown (forced removal takes ~0.1 s).
 REMOVE_BOUND: Final = 10.0
 #: The sandbox's main process: catatonit in pause mode, from podman's init mount.
@@ -105,6 +108,9 @@ class PodmanBackend:
         self._warned: set[str] = set()
         self._owner = owner_token()
         self.exec_helper: str | None = None
+        #: Containers whose removal failed, by id or name -> conn_id; ``run`` retries them.
+        self._orphans: dict[str, str] = {}
+        self._orphans_changed = trio.Event()
         if exec_helper is not None:
             if os.access(exec_helper, os.X_OK):
                 self.exec_helper = exec_helper
@@ -350,12 +356,7 @@ class PodmanBackend:
                     missing_ok=True,
                 )
             except BackendError as exc:
-                log.error(
-                    "container_remove_failed",
-                    container=_short(ref),
-                    conn_id=spec.conn_id,
-                    error=str(exc),
-                )
+                self._defer_removal(ref, spec.conn_id, str(exc))
                 return
             if removed is not None:
                 log.info(
@@ -365,7 +366,57 @@ class PodmanBackend:
                     duration_ms=_ms_since(started),
                 )
         if scope.cancelled_caught:
-            log.error("container_remove_timed_out", container=_short(ref), conn_id=spec.conn_id)
+            self._defer_removal(ref, spec.conn_id, "timed out")
+
+    def _defer_removal(self, ref: str, conn_id: str, error: str) -> None:
+        """Podman could not remove it now (service restarting?): ``run`` keeps trying."""
+        self._orphans[ref] = conn_id
+        log.warning(
+            "container_remove_deferred", container=_short(ref), conn_id=conn_id, error=error
+        )
+        self._orphans_changed.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Retry removals that failed, with backoff, for as long as the server runs.
+
+        Cancellation: one last bounded attempt; what is still left is logged as leaked (the
+        next start-up sweep removes it).
+        """
+        task_status.started()
+        try:
+            delay = ORPHAN_RETRY_MIN
+            while True:
+                with trio.move_on_after(delay):
+                    await self._orphans_changed.wait()
+                self._orphans_changed = trio.Event()
+                if not self._orphans:
+                    delay = ORPHAN_RETRY_MIN
+                    continue
+                await trio.sleep(delay)
+                removed_all = await self._remove_orphans()
+                delay = ORPHAN_RETRY_MIN if removed_all else min(delay * 2, ORPHAN_RETRY_MAX)
+        finally:
+            with trio.move_on_after(REMOVE_BOUND, shield=True):
+                await self._remove_orphans()
+            for ref, conn_id in self._orphans.items():
+                log.error("container_leaked", container=_short(ref), conn_id=conn_id)
+
+    async def _remove_orphans(self) -> bool:
+        """Try each deferred removal once; True when none is left."""
+        for ref, conn_id in list(self._orphans.items()):
+            try:
+                await self._api.request(
+                    "DELETE",
+                    f"/containers/{ref}",
+                    params={"force": "true", "timeout": 0},
+                    abandon_on_cancel=True,
+                    missing_ok=True,
+                )
+            except BackendError:
+                return False  # still unreachable: try the rest later too
+            del self._orphans[ref]
+            log.info("container_removed", container=_short(ref), conn_id=conn_id, deferred=True)
+        return True
 
 
 class PodmanSandbox:
