@@ -20,8 +20,14 @@ from tests.sshpeer import (
     make_config,
     parse_plaintext,
 )
-from tests.sshpeer.kex import CLIENT_KEX_NAMES
-from trissh.protocol import DisconnectReason, KeyExchangeCompleted, ServerConnection, wire
+from tests.sshpeer.kex import CLIENT_KEX_NAMES, sntrup761_keypair
+from trissh.protocol import (
+    DisconnectReason,
+    KeyExchangeCompleted,
+    ServerConnection,
+    sntrup761,
+    wire,
+)
 from trissh.protocol.errors import KeyExchangeFailed, UnexpectedMessage
 from trissh.protocol.kex import (
     DEFAULT_KEX,
@@ -47,7 +53,7 @@ from trissh.protocol.kex_dh import (
     choose_group,
 )
 from trissh.protocol.kex_ecdh import EcdhAgreement, X25519Agreement
-from trissh.protocol.kex_hybrid import KemHybridAgreement, MlKem768
+from trissh.protocol.kex_hybrid import KemHybridAgreement, MlKem768, Sntrup761
 from trissh.protocol.messages.transport import (
     Disconnect,
     KexDhGexInit,
@@ -503,6 +509,39 @@ def test_bad_mlkem_hybrid_share_is_refused(c_init: bytes) -> None:
     assert message.reason == DisconnectReason.KEY_EXCHANGE_FAILED
 
 
+# -- sntrup761 hybrid (draft-josefsson-ntruprime-ssh, OpenSSH kexsntrup761x25519.c) ----------
+
+
+@pytest.mark.parametrize("kex", ["sntrup761x25519-sha512", "sntrup761x25519-sha512@openssh.com"])
+def test_sntrup761_hybrid_k_is_a_string_of_sha512_over_both_secrets(kex: str) -> None:
+    """S_REPLY = ciphertext (1039) || X25519 key; K = string SHA-512(K_PQ || K_CL)."""
+    public_key, secret_key = sntrup761_keypair()
+    c_init = public_key + ALICE_PUBLIC
+    assert len(c_init) == 1190
+    method = KEX_METHODS[kex]
+    assert method.hash_name == "sha512"
+    agreement = KemHybridAgreement(Sntrup761(), "sha512")
+    s_reply, k = agreement.respond(c_init, fixed(SeededRng(5)(4 * 761), BOB_PRIVATE))
+    assert len(s_reply) == 1039 + 32
+    assert s_reply[1039:] == BOB_PUBLIC
+    kem_secret = sntrup761.decapsulate(s_reply[:1039], secret_key)
+    assert k == wire.string(hashlib.sha512(kem_secret + SHARED).digest())
+
+
+@pytest.mark.parametrize(
+    "c_init",
+    [b"", bytes(1189), bytes(1191), bytes(1158) + bytes(32)],
+    ids=["empty", "short", "long", "x25519-zero"],
+)
+def test_bad_sntrup761_hybrid_share_is_refused(c_init: bytes) -> None:
+    with pytest.raises(KeyExchangeFailed):
+        KemHybridAgreement(Sntrup761(), "sha512").respond(c_init, SeededRng(1))
+    message = _first_kex_message_fails(
+        "sntrup761x25519-sha512@openssh.com", KexEcdhInit(client_public=c_init).encode()
+    )
+    assert message.reason == DisconnectReason.KEY_EXCHANGE_FAILED
+
+
 # -- every method end to end, against the independent client --------------------------------
 
 
@@ -530,7 +569,11 @@ def test_every_implemented_method_has_a_client() -> None:
 
 
 def test_default_kex_is_post_quantum_first_and_sha1_free() -> None:
-    assert DEFAULT_KEX[0] == "mlkem768x25519-sha256"
+    assert DEFAULT_KEX[:3] == (
+        "mlkem768x25519-sha256",
+        "sntrup761x25519-sha512",
+        "sntrup761x25519-sha512@openssh.com",
+    )
     assert not any("sha1" in name for name in KEX_METHODS)
     assert "diffie-hellman-group14-sha256" not in DEFAULT_KEX  # 112-bit: on request only
     assert not any(
@@ -614,6 +657,9 @@ def test_server_config_rejects_unknown_kex() -> None:
     """ProtocolConfig validates names once, at construction."""
     with pytest.raises(ValueError, match="unknown kex algorithm"):
         make_config(kex_algorithms=("diffie-hellman-group1-sha1",))
-    with pytest.raises(ValueError, match="choose from: mlkem768x25519-sha256, curve25519"):
+    with pytest.raises(
+        ValueError,
+        match="choose from: mlkem768x25519-sha256, sntrup761x25519-sha512, ",
+    ):
         make_config(kex_algorithms=("nope",))
     assert isinstance(ServerConnection(make_config()), ServerConnection)

@@ -8,14 +8,16 @@ classes are shared with the server.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x25519
 
-from trissh.protocol import kex_dh
+from trissh.protocol import kex_dh, sntrup761
 from trissh.protocol.constants import MessageNumber
 from trissh.protocol.messages import transport as tr
 from trissh.protocol.wire import Reader
@@ -132,6 +134,27 @@ class MlKemShare(Share):
         return _string(hashlib.sha256(both).digest())
 
 
+@functools.cache
+def sntrup761_keypair() -> tuple[bytes, bytes]:
+    """Key generation is slow in pure Python; one client key pair serves every test."""
+    return sntrup761.keypair(random.Random(761).randbytes)
+
+
+class SntrupShare(Share):
+    """sntrup761x25519: C_INIT = pk || X25519; K = string SHA-512(K_PQ || K_CL)."""
+
+    def __init__(self, rng: Rng) -> None:
+        public_key, self._secret_key = sntrup761_keypair()
+        self._x25519 = X25519Share(rng)
+        self.value = public_key + self._x25519.value
+
+    def finish(self, server_value: bytes) -> bytes:
+        ciphertext, server_x25519 = server_value[:1039], server_value[1039:]
+        kem_secret = sntrup761.decapsulate(ciphertext, self._secret_key)
+        both = kem_secret + self._x25519.raw_secret(server_x25519)
+        return _string(hashlib.sha512(both).digest())
+
+
 # -- methods -----------------------------------------------------------------------------
 
 
@@ -230,6 +253,8 @@ ONE_ROUND: dict[str, tuple[str, Callable[[Rng], Share]]] = {
     "diffie-hellman-group16-sha512": ("sha512", lambda rng: DhShare(rng, kex_dh.MODP_4096)),
     "diffie-hellman-group18-sha512": ("sha512", lambda rng: DhShare(rng, kex_dh.MODP_8192)),
     "mlkem768x25519-sha256": ("sha256", MlKemShare),
+    "sntrup761x25519-sha512": ("sha512", SntrupShare),
+    "sntrup761x25519-sha512@openssh.com": ("sha512", SntrupShare),
 }
 GEX = "diffie-hellman-group-exchange-sha256"
 CLIENT_KEX_NAMES = (*ONE_ROUND, GEX)

@@ -23,7 +23,7 @@ from trissh.protocol.kex_base import (
 )
 from trissh.protocol.kex_dh import GROUP14, GROUP16, GROUP18, DhAgreement, GexMethod
 from trissh.protocol.kex_ecdh import EcdhAgreement, X25519Agreement
-from trissh.protocol.kex_hybrid import KemHybridAgreement, MlKem768
+from trissh.protocol.kex_hybrid import KemHybridAgreement, MlKem768, Sntrup761
 
 __all__ = [
     "DEFAULT_KEX",
@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 _x25519 = X25519Agreement()
+_sntrup761x25519 = KemHybridAgreement(Sntrup761(), "sha512")
 
 #: Every method, in our preference order (the order ``DEFAULT_KEX`` keeps).
 KEX_METHODS: Final[dict[str, KexMethod]] = {
@@ -48,6 +49,8 @@ KEX_METHODS: Final[dict[str, KexMethod]] = {
         SingleRoundMethod(
             "mlkem768x25519-sha256", "sha256", KemHybridAgreement(MlKem768(), "sha256")
         ),
+        SingleRoundMethod("sntrup761x25519-sha512", "sha512", _sntrup761x25519),
+        SingleRoundMethod("sntrup761x25519-sha512@openssh.com", "sha512", _sntrup761x25519),
         SingleRoundMethod("curve25519-sha256", "sha256", _x25519),
         SingleRoundMethod("curve25519-sha256@libssh.org", "sha256", _x25519),
         SingleRoundMethod("diffie-hellman-group16-sha512", "sha512", DhAgreement(GROUP16)),
@@ -61,13 +64,17 @@ KEX_METHODS: Final[dict[str, KexMethod]] = {
 }
 
 #: Hybrid methods that resist a future quantum computer.
-POST_QUANTUM_KEX: Final = ("mlkem768x25519-sha256",)
+POST_QUANTUM_KEX: Final = (
+    "mlkem768x25519-sha256",
+    "sntrup761x25519-sha512",
+    "sntrup761x25519-sha512@openssh.com",
+)
 
 #: On unless configured otherwise. Left out: the NIST curves and group exchange (on request
 #: only), and diffie-hellman-group14-sha256, whose 2048-bit group gives only 112-bit
 #: strength (ssh-audit warns); every client that lacks the others still has it by config.
 DEFAULT_KEX: Final = (
-    "mlkem768x25519-sha256",
+    *POST_QUANTUM_KEX,
     "curve25519-sha256",
     "curve25519-sha256@libssh.org",
     "diffie-hellman-group16-sha512",

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import mlkem
 
-from trissh.protocol import wire
+from trissh.protocol import sntrup761, wire
 from trissh.protocol.errors import KeyExchangeFailed
 from trissh.protocol.kex_ecdh import X25519_SIZE, x25519_respond
 
@@ -62,6 +62,21 @@ class MlKem768:
             raise KeyExchangeFailed("ML-KEM-768 public key is invalid") from None
         shared_secret, ciphertext = key.encapsulate()
         return ciphertext, shared_secret
+
+
+class Sntrup761:
+    """Streamlined NTRU Prime 761 (``trissh.protocol.sntrup761``): 1158-byte keys, 1039-byte
+    ciphertexts. Any 1158-byte string decodes to a public key, as in the reference code."""
+
+    name = "sntrup761"
+    public_key_size = sntrup761.PUBLIC_KEY_SIZE
+    ciphertext_size = sntrup761.CIPHERTEXT_SIZE
+
+    def encapsulate(self, public_key: bytes, rng: Callable[[int], bytes]) -> tuple[bytes, bytes]:
+        try:
+            return sntrup761.encapsulate(public_key, rng)
+        except ValueError:
+            raise KeyExchangeFailed("sntrup761 public key is invalid") from None
 
 
 class KemHybridAgreement:
