@@ -398,3 +398,22 @@ async def test_session_mode_gives_each_session_its_own_container(
             while memory_backend.live_sandboxes:
                 await trio.sleep(0.01)
             await peer.stream.aclose()
+
+
+async def test_keys_are_renewed_every_rekey_interval(
+    ctx: ServerContext, autojump_clock: trio.testing.MockClock
+) -> None:
+    """[ssh] rekey_interval: the server starts a key exchange each hour on its own."""
+    async with connected(ctx) as peer:
+        peer.answer_keepalives = True
+        await peer.login()
+        assert peer.client.completed_kex == 1
+        start = trio.current_time()
+        while peer.client.completed_kex < 3:
+            with trio.move_on_after(10):
+                await peer.next_message()
+        assert trio.current_time() - start == pytest.approx(7200, abs=15)
+        channel = await peer.open_session()
+        await peer.exec(channel, "echo fresh keys")
+        assert output_of(await peer.until_close(channel)) == b"fresh keys\n"
+        await peer.stream.aclose()

@@ -157,6 +157,7 @@ class ConnectionDriver:
         self._ended = False
         self._quickack = True
         self._last_received = trio.current_time()
+        self._keys_since = trio.current_time()
         self._counted_user: str | None = None
 
     # -- called by channel streams and sessions (sync, never touch the socket) ------------
@@ -271,6 +272,15 @@ class ConnectionDriver:
         self._ended = True
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+
+    async def _rekey_periodically(self, interval: float) -> None:
+        """Time-based rekeying (the core rekeys by volume itself): no key lives longer."""
+        while True:
+            await trio.sleep_until(self._keys_since + interval)
+            if trio.current_time() >= self._keys_since + interval:
+                self.conn.request_rekey()
+                self.ring()
+                self._keys_since = trio.current_time()  # until the exchange completes
 
     async def _probe_client(self, interval: float, count_max: int) -> None:
         """sshd's ClientAlive: a client silent for ``interval`` is asked to answer; one
@@ -395,6 +405,11 @@ class ConnectionDriver:
             case VersionReceived():
                 structlog.contextvars.bind_contextvars(client_version=event.version)
             case KeyExchangeCompleted():
+                self._keys_since = trio.current_time()
+                interval = self.ctx.settings.ssh.rekey_interval
+                if not event.is_rekey and interval:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._rekey_periodically, interval)
                 algorithms = event.algorithms
                 log.info(
                     "kex_completed",
