@@ -268,7 +268,13 @@ class PodmanBackend:
             kwargs["read_only"] = True
         # podman-py builds mount options from these keys (size, read_only -> ro).
         mounts: list[dict[str, Any]] = [
-            {"type": "tmpfs", "source": "tmpfs", "target": destination, "size": f"{size_mb}m"}
+            {
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "target": destination,
+                "size": f"{size_mb}m",
+                "mode": "1777",
+            }
             for destination, size_mb in settings.tmpfs.items()
         ]
         mounts += [
@@ -288,7 +294,13 @@ class PodmanBackend:
                     "target": HELPER_PATH,
                     "read_only": True,
                 },
-                {"type": "tmpfs", "source": "tmpfs", "target": HELPER_STATUS_DIR, "size": "1m"},
+                {  # any container user may be the one whose program dies
+                    "type": "tmpfs",
+                    "source": "tmpfs",
+                    "target": HELPER_STATUS_DIR,
+                    "size": "1m",
+                    "mode": "1777",
+                },
             ]
         if mounts:
             kwargs["mounts"] = mounts
