@@ -34,10 +34,12 @@ async def server(
     await running.stop()
 
 
-def signal_then_wait(port: int, key: Path, *, use_break: bool) -> tuple[object, int | None]:
+def signal_then_wait(
+    port: int, key: Path, *, use_break: bool
+) -> tuple[tuple[str, bool, str, str] | None, int | None]:
     """In asyncio (asyncssh's world): start `sleep`, interrupt it, return how it ended."""
 
-    async def main() -> tuple[object, int | None]:
+    async def main() -> tuple[tuple[str, bool, str, str] | None, int | None]:
         async with asyncssh.connect(
             "127.0.0.1", port, username="alice", client_keys=[str(key)], known_hosts=None
         ) as conn:
@@ -49,7 +51,9 @@ def signal_then_wait(port: int, key: Path, *, use_break: bool) -> tuple[object, 
             else:
                 process.send_signal("TERM")
             result = await asyncio.wait_for(process.wait(), 30)
-            return result.exit_signal, result.exit_status
+            exit_signal: tuple[str, bool, str, str] | None = result.exit_signal
+            exit_status: int | None = result.exit_status
+            return exit_signal, exit_status
 
     return asyncio.run(main())
 
