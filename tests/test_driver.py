@@ -55,10 +55,10 @@ async def connected(
 
 
 @pytest.mark.parametrize("pair", STREAM_PAIRS.values(), ids=STREAM_PAIRS.keys())
-async def test_exec_ends_with_data_eof_status_close(
+async def test_exec_ends_with_data_status_eof_close(
     ctx: ServerContext, memory_backend: MemoryBackend, pair: StreamPair
 ) -> None:
-    """Output, then EOF, then exit-status, then CLOSE — the order OpenSSH expects."""
+    """Output, then exit-status, then EOF, then CLOSE: sshd's order."""
     with trio.fail_after(10):
         async with connected(ctx, pair) as peer:
             await peer.login()
@@ -67,7 +67,7 @@ async def test_exec_ends_with_data_eof_status_close(
             messages = await peer.until_close(channel)
             kinds = [type(m).__name__ for m in messages]
             assert kinds == [
-                "ChannelSuccess", "ChannelData", "ChannelEof", "ChannelRequest", "ChannelClose"
+                "ChannelSuccess", "ChannelData", "ChannelRequest", "ChannelEof", "ChannelClose"
             ]  # fmt: skip
             assert output_of(messages) == b"hi\n"
             assert exit_status_of(messages) == 3

@@ -196,13 +196,17 @@ class ConnectionDriver:
     def finish_channel(
         self, handle: ChannelHandle, *, code: int | None, signal: str | None
     ) -> None:
-        """EOF, exit status and CLOSE, in the order OpenSSH expects; then forget the handle."""
+        """Exit status, EOF and CLOSE, in sshd's order; then forget the handle.
+
+        The output is already sent: sessions finish only after their program's stdout and
+        stderr reached EOF.
+        """
         conn = self.conn
-        conn.send_channel_eof(handle.id)
         if signal is not None:
             conn.send_exit_signal(handle.id, signal)
         elif code is not None:
             conn.send_exit_status(handle.id, code)
+        conn.send_channel_eof(handle.id)
         conn.close_channel(handle.id)
         self._handles.pop(handle.id, None)
         self._space_changed()

@@ -5,8 +5,8 @@ Theory of operation
 The task owns the process for the channel's life. It answers the session request once
 the process runs; if it cannot run, the user gets a one-line reason on stderr and exit
 status 255. It pumps stdio both ways with flow control, forwards resizes
-and signals, and ends the channel the way OpenSSH does: EOF after the last output, then
-``exit-status`` (or ``exit-signal``), then CLOSE.
+and signals, and ends the channel the way sshd does: after the last output,
+``exit-status`` (or ``exit-signal``), then EOF, then CLOSE.
 
 Nursery tree::
 
