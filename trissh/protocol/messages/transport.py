@@ -16,6 +16,8 @@ from trissh.protocol.wire import Reader
 
 #: Bound on free-text fields (disconnect descriptions, debug messages).
 MAX_TEXT = 4096
+#: RFC 4251 §6: algorithm names are at most 64 characters.
+MAX_ALGORITHM_NAME = 64
 #: Bound on the number of RFC 8308 extensions in one EXT_INFO.
 MAX_EXTENSIONS = 64
 
@@ -188,6 +190,8 @@ class KexInit:
     def decode(cls, r: Reader) -> Self:
         cookie = r.fixed(16)
         lists = [r.name_list() for _ in range(10)]
+        if any(len(name) > MAX_ALGORITHM_NAME for names in lists for name in names):
+            raise DecodeError(f"KEXINIT names an algorithm longer than {MAX_ALGORITHM_NAME} bytes")
         follows = r.boolean()
         r.uint32()  # reserved
         return cls(
