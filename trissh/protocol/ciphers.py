@@ -90,7 +90,7 @@ class ChaCha20Poly1305:
         self._main_key = key[:32]
         self._header_key = key[32:]
 
-    def _contexts(self, sequence: int) -> tuple[bytes, Callable[[bytes], bytes]]:
+    def _contexts(self, sequence: int) -> tuple[bytes, Callable[[bytes | memoryview], bytes]]:
         nonce = bytes(8) + sequence.to_bytes(8, "big")
         main = Cipher(algorithms.ChaCha20(self._main_key, nonce), mode=None).encryptor()
         poly_key = main.update(_ZERO_BLOCK)[:32]  # block 0; the payload starts at block 1
@@ -103,7 +103,7 @@ class ChaCha20Poly1305:
 
     def seal(self, sequence: int, packet: bytes) -> bytes:
         poly_key, crypt = self._contexts(sequence)
-        body = self._crypt_length(sequence, packet[:4]) + crypt(packet[4:])
+        body = self._crypt_length(sequence, packet[:4]) + crypt(memoryview(packet)[4:])
         return body + Poly1305.generate_tag(poly_key, body)
 
     def packet_length(self, sequence: int, header: bytes) -> int:
@@ -111,7 +111,7 @@ class ChaCha20Poly1305:
 
     def open(self, sequence: int, data: bytes) -> bytes:
         poly_key, crypt = self._contexts(sequence)
-        body = data[:-16]
+        body = memoryview(data)[:-16]
         try:
             Poly1305.verify_tag(poly_key, body, data[-16:])
         except InvalidSignature:
@@ -140,14 +140,14 @@ class AesGcm:
 
     def seal(self, sequence: int, packet: bytes) -> bytes:
         header = packet[:4]
-        return header + self._aead.encrypt(self._next_nonce(), packet[4:], header)
+        return header + self._aead.encrypt(self._next_nonce(), memoryview(packet)[4:], header)
 
     def packet_length(self, sequence: int, header: bytes) -> int:
         return int(_U32.unpack_from(header)[0])
 
     def open(self, sequence: int, data: bytes) -> bytes:
         try:
-            return self._aead.decrypt(self._next_nonce(), data[4:], data[:4])
+            return self._aead.decrypt(self._next_nonce(), memoryview(data)[4:], data[:4])
         except InvalidTag:
             raise MacError("message authentication failed") from None
 
@@ -200,15 +200,16 @@ class AesCtrHmac:
         self.length_in_alignment = not mac.etm
         self._header = b""
 
-    def _tag(self, sequence: int, data: bytes) -> bytes:
+    def _tag(self, sequence: int, *parts: bytes | memoryview) -> bytes:
         mac = self._mac.copy()
         mac.update(_U32.pack(sequence))
-        mac.update(data)
+        for part in parts:
+            mac.update(part)
         return mac.digest()
 
     def seal(self, sequence: int, packet: bytes) -> bytes:
         if self._etm:
-            body = packet[:4] + self._ctr.update(packet[4:])
+            body = packet[:4] + self._ctr.update(memoryview(packet)[4:])
             return body + self._tag(sequence, body)
         return self._ctr.update(packet) + self._tag(sequence, packet)
 
@@ -220,13 +221,13 @@ class AesCtrHmac:
 
     def open(self, sequence: int, data: bytes) -> bytes:
         size = self.tag_size
-        body, tag = data[:-size], data[-size:]
+        body, tag = memoryview(data)[:-size], data[-size:]
         if self._etm:
             if not hmac.compare_digest(self._tag(sequence, body), tag):
                 raise MacError("message authentication failed")
             return self._ctr.update(body[4:])
         plain = self._ctr.update(body[4:])
-        if not hmac.compare_digest(self._tag(sequence, self._header + plain), tag):
+        if not hmac.compare_digest(self._tag(sequence, self._header, plain), tag):
             raise MacError("message authentication failed")
         return plain
 
