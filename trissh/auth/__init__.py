@@ -1,0 +1,1 @@
+"""Authentication policy: who may log in, how, and with which restrictions."""
