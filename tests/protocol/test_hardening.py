@@ -4,14 +4,19 @@ sequence-number wrap)."""
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from tests.sshpeer import ConnectionPair, established_pair, make_config
-from trissh.protocol import DisconnectReason, KeyExchangeCompleted
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.sshpeer import HOST_KEY, ConnectionPair, SeededRng, established_pair, make_config
+from trissh.protocol import DisconnectReason, KeyExchangeCompleted, RemoteProtocolError, wire
 from trissh.protocol import transport as transport_module
 from trissh.protocol.ciphers import CIPHERS, MACS
 from trissh.protocol.constants import MAX_NAME_LIST_LENGTH, MAX_NAMES
 from trissh.protocol.errors import DecodeError, MacError
+from trissh.protocol.kex import KEX_METHODS, KexContext, KexTranscript
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.messages import transport as tr
 
@@ -137,3 +142,57 @@ def test_rekey_counters_restart_under_new_keys() -> None:
     pair.transfer()
     assert transport._encoder.bytes_sent - transport._sent_at_kex < 1024
     assert transport.bytes_received - transport._received_at_kex < 1024
+
+
+# -- every kex method, fuzzed ---------------------------------------------------------------
+
+_KEX_FUZZ = settings(
+    max_examples=1000 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def _near_valid(name: str) -> st.SearchStrategy[bytes]:
+    """Strings of the sizes each method expects, plus arbitrary ones."""
+    sizes = [32, 65, 97, 133, 257, 513, 1025, 1190, 1216, 2049]
+    return st.one_of(
+        st.binary(max_size=2100),
+        st.sampled_from(sizes).flatmap(lambda n: st.binary(min_size=n, max_size=n)),
+    ).map(lambda value: wire.string(value))
+
+
+@pytest.mark.parametrize("name", list(KEX_METHODS))
+@_KEX_FUZZ
+@given(data=st.data())
+def test_kex_methods_only_raise_remote_protocol_errors(name: str, data: st.DataObject) -> None:
+    """Whatever a client sends as its kex-method messages, a method answers or raises a
+    RemoteProtocolError; nothing else escapes (the fuzz invariant, per method)."""
+    exchange = KEX_METHODS[name].start(
+        KexContext(
+            transcript=KexTranscript(
+                client_version=b"c",
+                server_version=b"s",
+                client_kexinit=b"i",
+                server_kexinit=b"j",
+                host_key=HOST_KEY.public_blob,
+            ),
+            sign=HOST_KEY.sign,
+            rng=SeededRng(3),
+        )
+    )
+    for _ in range(2):
+        number = data.draw(st.sampled_from([30, 31, 32, 33, 34, 49]))
+        body = data.draw(
+            st.one_of(
+                _near_valid(name),
+                st.binary(max_size=64),
+                st.tuples(*[st.integers(0, 2**32 - 1)] * 3).map(
+                    lambda t: b"".join(wire.uint32(v) for v in t)
+                ),
+            )
+        )
+        try:
+            exchange.receive(number, bytes((number,)) + body)
+        except RemoteProtocolError:
+            return
