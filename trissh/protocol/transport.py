@@ -16,7 +16,15 @@ matter during an exchange:
   at zero after every NEWKEYS.
 
 ``KexState`` is the server's side of that life cycle; ``_KEX_TRANSITIONS`` lists the legal
-moves, and anything else is a bug (``LocalProtocolError``) or a peer violation.
+moves, and anything else is a bug (``LocalProtocolError``) or a peer violation. While the
+state is ``KEX_RUNNING`` every message numbered 30-49 goes to the negotiated method's
+exchange object (``kex_base.KexExchange``), which answers with an intermediate reply (group
+exchange) or the signed final reply plus K and H; the transport then derives the keys.
+
+Rekeying: either side may start one at any time; the server starts one itself when the
+bytes under the current keys pass ``rekey_bytes`` or the cipher's RFC 4344 §3.2 limit
+(whichever is lower), or the packets pass 2**31 (sequence numbers must never wrap; strict
+kex depends on it). Time-based rekeying is the driver's policy: it calls ``request_rekey``.
 """
 
 from __future__ import annotations
