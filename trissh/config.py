@@ -156,6 +156,8 @@ class SshSettings(_Model):
     rekey_bytes: int = Field(1 << 30, ge=1 << 16)
     #: Seconds under one key before the server rekeys; 0 turns the timer off.
     rekey_interval: float = Field(3600.0, ge=0)
+    #: Offer ``zlib@openssh.com`` (compression after authentication) besides ``none``.
+    compression: bool = False
 
     @field_validator("kex", "ciphers", "macs", "host_key_algorithms")
     @classmethod
@@ -176,6 +178,8 @@ class SshSettings(_Model):
     def protocol_options(self) -> dict[str, Any]:
         """The ``ProtocolConfig`` keyword arguments these settings override."""
         options: dict[str, Any] = {"rekey_bytes": self.rekey_bytes}
+        if self.compression:
+            options["compression"] = ("none", "zlib@openssh.com")
         for field, option in (
             ("kex", "kex_algorithms"),
             ("ciphers", "ciphers"),

@@ -90,7 +90,7 @@ def test_ssh_section_maps_to_protocol_options(tmp_path: Path) -> None:
         ('macs = ["umac-64@openssh.com"]', "ssh.macs: unknown MAC"),
         ('host_key_algorithms = ["ssh-dss"]', "ssh.host_key_algorithms: unknown host key"),
         ("rekey_bytes = 10", "ssh.rekey_bytes"),
-        ("compression = true", "ssh.compression"),
+        ("zlib = true", "ssh.zlib"),
     ],
 )
 def test_ssh_section_errors_name_the_key_and_choices(

@@ -14,6 +14,7 @@ that break the rules on purpose.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections import deque
 from collections.abc import Callable
 from typing import ClassVar, Protocol, Self, TypeVar
@@ -35,6 +36,7 @@ from .kex import ClientKex, HashPrefix, KexOutcome, start_client_kex
 EXT_INFO_C = "ext-info-c"
 STRICT_KEX_C = "kex-strict-c-v00@openssh.com"
 STRICT_KEX_S = "kex-strict-s-v00@openssh.com"
+ZLIB = "zlib@openssh.com"
 DEFAULT_CIPHERS = (
     "chacha20-poly1305@openssh.com",
     "aes256-gcm@openssh.com",
@@ -168,6 +170,11 @@ class ClientConnection:
         self._server_kexinit = b""
         self._guessing = False
         self._guess_sent = False
+        #: zlib@openssh.com state (OpenSSH PROTOCOL §1.3).
+        self.after_auth = False
+        self._next_compression = ("none", "none")
+        self._out_compression = "none"
+        self._in_compression = "none"
         self._pending_in: tuple[str, str | None, bytes, bytes, bytes] | None = None
         if start:
             self.send_version()
@@ -268,6 +275,18 @@ class ClientConnection:
                     "cipher", ours.encryption_server_to_client, server.encryption_server_to_client
                 ),
             )
+            self._next_compression = (
+                _first_common(
+                    "compression",
+                    ours.compression_client_to_server,
+                    server.compression_client_to_server,
+                ),
+                _first_common(
+                    "compression",
+                    ours.compression_server_to_client,
+                    server.compression_server_to_client,
+                ),
+            )
         except PeerError as exc:
             self.negotiation_error = str(exc)  # the server will say so too; keep reading
             return
@@ -345,6 +364,8 @@ class ClientConnection:
         )
         if self.strict_kex:
             self.encoder.sequence = 0
+        self._out_compression = self._next_compression[0]
+        self.encoder.compressor = self._compressor(self._out_compression)
         self._pending_in = (
             in_name,
             in_mac,
@@ -366,8 +387,17 @@ class ClientConnection:
         self.decoder.cipher = CIPHERS[name].build(key, iv, MACS[mac] if mac else None, mac_key)
         if self.strict_kex:
             self.decoder.sequence = 0
+        self._in_compression = self._next_compression[1]
+        self.decoder.decompressor = self._decompressor(self._in_compression)
         self.established = True
         self.completed_kex += 1
+
+    def _compressor(self, name: str) -> zlib._Compress | None:
+        """zlib@openssh.com: on after USERAUTH_SUCCESS, restarted at each NEWKEYS."""
+        return zlib.compressobj(6) if self.after_auth and name == ZLIB else None
+
+    def _decompressor(self, name: str) -> zlib._Decompress | None:
+        return zlib.decompressobj() if self.after_auth and name == ZLIB else None
 
     # -- input ----------------------------------------------------------------------------
 
@@ -391,6 +421,10 @@ class ClientConnection:
             elif number == MessageNumber.NEWKEYS:
                 self._on_newkeys()
             else:
+                if number == MessageNumber.USERAUTH_SUCCESS and not self.after_auth:
+                    self.after_auth = True
+                    self.encoder.compressor = self._compressor(self._out_compression)
+                    self.decoder.decompressor = self._decompressor(self._in_compression)
                 self.inbox.append(payload)
 
     def expect(self, cls: type[M]) -> M:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from trissh.protocol.ciphers import CIPHERS
 from trissh.protocol.config import ProtocolConfig
+from trissh.protocol.constants import ZLIB_OPENSSH
+
+__all__ = ["ZLIB_OPENSSH", "negotiate", "server_kexinit"]
 from trissh.protocol.errors import KeyExchangeFailed
 from trissh.protocol.events import NegotiatedAlgorithms
 from trissh.protocol.messages.transport import KexInit
@@ -17,7 +20,7 @@ STRICT_KEX_SERVER = "kex-strict-s-v00@openssh.com"
 def server_kexinit(config: ProtocolConfig, cookie: bytes, *, initial: bool) -> KexInit:
     """Our KEXINIT. The strict-kex marker is only meaningful in the first exchange."""
     kex = config.kex_algorithms + ((STRICT_KEX_SERVER,) if initial else ())
-    compression = ("none",)
+    compression = config.compression
     return KexInit(
         cookie=cookie,
         kex_algorithms=kex,

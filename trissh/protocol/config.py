@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from trissh.protocol.ciphers import CIPHERS, MACS
+from trissh.protocol.constants import COMPRESSION_METHODS
 from trissh.protocol.kex import DEFAULT_KEX, KEX_METHODS, POST_QUANTUM_KEX
 from trissh.protocol.keys import HOST_KEY_ALGORITHMS, HostKey
 
@@ -45,6 +46,8 @@ class ProtocolConfig:
     ciphers: tuple[str, ...] = DEFAULT_CIPHERS
     macs: tuple[str, ...] = DEFAULT_MACS
     host_key_algorithms: tuple[str, ...] = DEFAULT_HOST_KEY_ALGORITHMS
+    #: ``("none",)``, or with ``"zlib@openssh.com"`` (compression after authentication).
+    compression: tuple[str, ...] = ("none",)
     auth_methods: tuple[str, ...] = ("publickey",)
     max_auth_attempts: int = 6
     #: ``fnmatch`` patterns of environment names accepted from ``env`` requests.
@@ -68,6 +71,7 @@ class ProtocolConfig:
         check_algorithm_names("cipher", self.ciphers, CIPHERS)
         check_algorithm_names("MAC", self.macs, MACS, allow_empty=True)
         check_algorithm_names("host key algorithm", self.host_key_algorithms, HOST_KEY_ALGORITHMS)
+        check_algorithm_names("compression", self.compression, COMPRESSION_METHODS)
         if not self.macs and any(not CIPHERS[name].aead for name in self.ciphers):
             raise ValueError("ciphers without built-in authentication (aes*-ctr) need a MAC")
         key_types = [key.key_type for key in self.host_keys]

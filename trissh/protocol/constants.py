@@ -76,6 +76,10 @@ class ChannelOpenFailureReason(enum.IntEnum):
 #: SSH_EXTENDED_DATA_STDERR (RFC 4254 §5.2).
 EXTENDED_DATA_STDERR = 1
 
+#: Delayed compression: on only after authentication (OpenSSH PROTOCOL §1.3).
+ZLIB_OPENSSH = "zlib@openssh.com"
+COMPRESSION_METHODS = ("none", ZLIB_OPENSSH)
+
 #: RFC 4253 §4.2: the identification line is at most 255 bytes including CR LF.
 MAX_VERSION_LINE = 255
 #: Lines a server may send before its identification; we bound what we accept from clients.

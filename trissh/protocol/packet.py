@@ -3,16 +3,22 @@
 ``PacketDecoder`` owns the receive buffer (one ``bytearray``, trimmed in place) and
 ``PacketEncoder`` the send side. Each holds the cipher of its direction; the transport
 swaps ciphers at NEWKEYS and may reset sequence numbers (strict kex).
+
+Compression (``zlib@openssh.com``, OpenSSH PROTOCOL §1.3) sits between payload and packet:
+the encoder deflates each payload with a sync flush; the decoder inflates after the MAC has
+been verified, never beyond ``MAX_PAYLOAD_LENGTH`` bytes per packet (a decompression bomb
+ends the connection with COMPRESSION_ERROR). The transport decides when either is on.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Callable
 from typing import Final
 
 from trissh.protocol.ciphers import PacketCipher, PlainCipher
-from trissh.protocol.constants import MAX_PACKET_LENGTH
+from trissh.protocol.constants import MAX_PACKET_LENGTH, MAX_PAYLOAD_LENGTH, DisconnectReason
 from trissh.protocol.errors import DecodeError
 
 _U32: Final = struct.Struct(">I")
@@ -24,12 +30,22 @@ MAX_BUFFERED_INPUT: Final = 4 * MAX_PACKET_LENGTH
 class PacketDecoder:
     """Turns received bytes into payloads, one packet at a time."""
 
-    __slots__ = ("_buffer", "_length", "cipher", "max_packet_length", "packets", "sequence")
+    __slots__ = (
+        "_buffer",
+        "_length",
+        "cipher",
+        "decompressor",
+        "max_packet_length",
+        "packets",
+        "sequence",
+    )
 
     def __init__(self, max_packet_length: int = MAX_PACKET_LENGTH) -> None:
         self._buffer = bytearray()
         self._length: int | None = None
         self.cipher: PacketCipher = PlainCipher()
+        #: A zlib inflater while compression is on in this direction.
+        self.decompressor: zlib._Decompress | None = None
         self.sequence = 0
         self.packets = 0
         self.max_packet_length = max_packet_length
@@ -83,19 +99,47 @@ class PacketDecoder:
             raise DecodeError(f"bad padding length {padding_length}")
         self.sequence = (self.sequence + 1) & 0xFFFFFFFF
         self.packets += 1
-        return plain[1 : length - padding_length]
+        payload = plain[1 : length - padding_length]
+        if self.decompressor is not None:
+            return _inflate(self.decompressor, payload)
+        return payload
+
+
+def _inflate(decompressor: zlib._Decompress, data: bytes) -> bytes:
+    """Inflate one packet's payload, refusing more than ``MAX_PAYLOAD_LENGTH`` bytes."""
+    try:
+        payload = decompressor.decompress(data, MAX_PAYLOAD_LENGTH)
+    except zlib.error:
+        raise DecodeError("invalid compressed data", DisconnectReason.COMPRESSION_ERROR) from None
+    if decompressor.unconsumed_tail:
+        raise DecodeError(
+            f"compressed payload inflates beyond {MAX_PAYLOAD_LENGTH} bytes",
+            DisconnectReason.COMPRESSION_ERROR,
+        )
+    return payload
 
 
 class PacketEncoder:
     """Turns payloads into wire packets with random padding."""
 
-    __slots__ = ("_pad_pool", "_pad_pos", "_rng", "bytes_sent", "cipher", "packets", "sequence")
+    __slots__ = (
+        "_pad_pool",
+        "_pad_pos",
+        "_rng",
+        "bytes_sent",
+        "cipher",
+        "compressor",
+        "packets",
+        "sequence",
+    )
 
     def __init__(self, rng: Callable[[int], bytes]) -> None:
         self._rng = rng
         self._pad_pool = b""
         self._pad_pos = 0
         self.cipher: PacketCipher = PlainCipher()
+        #: A zlib deflater while compression is on in this direction.
+        self.compressor: zlib._Compress | None = None
         self.sequence = 0
         self.packets = 0
         self.bytes_sent = 0
@@ -109,6 +153,8 @@ class PacketEncoder:
         return self._pad_pool[start : start + n]
 
     def encode(self, payload: bytes) -> bytes:
+        if self.compressor is not None:
+            payload = self.compressor.compress(payload) + self.compressor.flush(zlib.Z_SYNC_FLUSH)
         cipher = self.cipher
         block = cipher.block_size
         aligned = len(payload) + (5 if cipher.length_in_alignment else 1)

@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import zlib
 from collections.abc import Callable
 from typing import Final
 
-from trissh.protocol.algorithms import negotiate, server_kexinit
+from trissh.protocol.algorithms import ZLIB_OPENSSH, negotiate, server_kexinit
 from trissh.protocol.ciphers import CIPHERS, MACS, PacketCipher
 from trissh.protocol.config import ProtocolConfig
 from trissh.protocol.constants import (
@@ -133,6 +134,9 @@ class Transport:
         self._rekey_limit_in = config.rekey_bytes
         self._method: KexMethod | None = None
         self._exchange: KexExchange | None = None
+        self._after_auth = False
+        self._out_compression = "none"
+        self._in_compression = "none"
         self._our_kexinit = b""
         self._peer_kexinit = b""
         self._negotiated: NegotiatedAlgorithms | None = None
@@ -163,6 +167,11 @@ class Transport:
 
     def _send_now(self, payload: bytes) -> None:
         self._out += self._encoder.encode(payload)
+        if not self._after_auth and payload[0] == MessageNumber.USERAUTH_SUCCESS:
+            # zlib@openssh.com starts right after SUCCESS, both ways (OpenSSH PROTOCOL §1.3).
+            self._after_auth = True
+            self._encoder.compressor = self._compressor(self._out_compression)
+            self._decoder.decompressor = self._decompressor(self._in_compression)
 
     def send(self, payload: bytes) -> None:
         """Send a service-layer payload, held back while our side of a kex is running."""
@@ -192,6 +201,14 @@ class Transport:
         """Start a key re-exchange now unless one is running (time-based policy, tests)."""
         if self.established and self.kex_state is KexState.IDLE and not self.closed:
             self._start_kex()
+
+    def _compressor(self, name: str) -> zlib._Compress | None:
+        """A fresh deflater if ``name`` is on now: OpenSSH restarts the stream at every
+        NEWKEYS once authenticated, so both sides start over at each key change."""
+        return zlib.compressobj(6) if self._after_auth and name == ZLIB_OPENSSH else None
+
+    def _decompressor(self, name: str) -> zlib._Decompress | None:
+        return zlib.decompressobj() if self._after_auth and name == ZLIB_OPENSSH else None
 
     def _rekey_limit(self, cipher: str) -> int:
         """Bytes under one key: ours, or the cipher's RFC 4344 §3.2 limit if that is lower."""
@@ -384,6 +401,8 @@ class Transport:
         )
         if self.strict_kex:
             self._encoder.sequence = 0
+        self._out_compression = negotiated.compression_server_to_client
+        self._encoder.compressor = self._compressor(self._out_compression)
         self._sent_at_kex = self._encoder.bytes_sent
         self._packets_sent_at_kex = self._encoder.packets
         self._move("kex_done")
@@ -403,6 +422,8 @@ class Transport:
         self._pending_input_cipher = None
         if self.strict_kex:
             self._decoder.sequence = 0
+        self._in_compression = self._negotiated.compression_client_to_server
+        self._decoder.decompressor = self._decompressor(self._in_compression)
         self._received_at_kex = self._bytes_received
         self._packets_received_at_kex = self._decoder.packets
         self._rekey_limit_out = self._rekey_limit(self._negotiated.cipher_server_to_client)

@@ -1,0 +1,95 @@
+"""zlib@openssh.com (OpenSSH PROTOCOL §1.3): off by default, on only after authentication,
+one stream per direction restarted at every NEWKEYS, and a hard cap on what one packet may
+inflate to."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+
+from tests.sshpeer import ConnectionPair, established_pair, make_config
+from trissh.protocol import ChannelDataReceived, DisconnectReason, KeyExchangeCompleted
+from trissh.protocol.constants import MAX_PAYLOAD_LENGTH
+from trissh.protocol.errors import DecodeError
+from trissh.protocol.messages import connection as conn
+
+ZLIB = ("zlib@openssh.com", "none")
+
+
+def _zlib_pair() -> ConnectionPair:
+    return established_pair(make_config(compression=ZLIB), compression=ZLIB)
+
+
+def _compressing(pair: ConnectionPair) -> bool:
+    transport = pair.server._transport
+    return transport._encoder.compressor is not None and transport._decoder.decompressor is not None
+
+
+def test_off_by_default_and_validated() -> None:
+    pair = ConnectionPair(compression=ZLIB)
+    completed = pair.handshake()[-1]
+    assert isinstance(completed, KeyExchangeCompleted)
+    assert completed.algorithms.compression_client_to_server == "none"
+    with pytest.raises(ValueError, match="unknown compression 'zlib'"):
+        make_config(compression=("zlib",))
+
+
+def test_compression_starts_after_authentication_and_shrinks_traffic() -> None:
+    pair = ConnectionPair(make_config(compression=ZLIB), compression=ZLIB)
+    completed = pair.handshake()[-1]
+    assert isinstance(completed, KeyExchangeCompleted)
+    assert completed.algorithms.compression_server_to_client == "zlib@openssh.com"
+    assert not _compressing(pair)  # not before authentication
+    pair.authenticate()
+    assert _compressing(pair)
+    cid = pair.open_session()
+    pair.client.channel_request(cid, "exec", b"\x00\x00\x00\x03cat", want_reply=False)
+    pair.transfer()
+    before = pair.server.statistics().bytes_received
+    pair.client.channel_data(cid, b"a" * 30_000)
+    events = pair.transfer()
+    assert events[-1] == ChannelDataReceived(channel_id=cid, data=b"a" * 30_000)
+    assert pair.server.statistics().bytes_received - before < 1_000
+    sent = pair.server.statistics().bytes_sent
+    assert pair.server.send_channel_data(cid, b"b" * 30_000) == 30_000
+    pair.transfer()
+    assert pair.server.statistics().bytes_sent - sent < 1_000
+    [data] = pair.client.take_all()
+    assert data == conn.ChannelData(recipient_channel=cid, data=b"b" * 30_000)
+
+
+def test_streams_restart_at_each_rekey() -> None:
+    """Both sides start a new zlib stream at every NEWKEYS; data keeps flowing."""
+    pair = _zlib_pair()
+    cid = pair.open_session()
+    for round_ in range(3):
+        pair.client.start_kex()
+        pair.transfer()
+        pair.client.channel_data(cid, bytes([round_]) * 5000)
+        events = pair.transfer()
+        assert events[-1] == ChannelDataReceived(channel_id=cid, data=bytes([round_]) * 5000)
+        pair.server.acknowledge_channel_data(cid, 5000)
+    assert pair.client.completed_kex == 4
+
+
+def test_decompression_bomb_is_refused() -> None:
+    """A payload inflating past the packet limit ends the connection: COMPRESSION_ERROR."""
+    pair = _zlib_pair()
+    bomb = conn.ChannelData(recipient_channel=0, data=bytes(MAX_PAYLOAD_LENGTH)).encode()
+    compressor = pair.client.encoder.compressor
+    assert compressor is not None
+    pair.client.encoder.compressor = None  # send our own deflate stream instead
+    pair.client.send_now(compressor.compress(bomb) + compressor.flush(zlib.Z_SYNC_FLUSH))
+    with pytest.raises(DecodeError, match="inflates beyond"):
+        pair.transfer()
+    pair.expect_disconnect(DisconnectReason.COMPRESSION_ERROR)
+
+
+def test_garbage_compressed_data_is_refused() -> None:
+    pair = _zlib_pair()
+    pair.client.encoder.compressor = None
+    pair.client.send_now(b"\xff\xfe not deflate")
+    with pytest.raises(DecodeError, match="invalid compressed data"):
+        pair.transfer()
+    pair.expect_disconnect(DisconnectReason.COMPRESSION_ERROR)
