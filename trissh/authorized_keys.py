@@ -1,16 +1,22 @@
-"""OpenSSH ``authorized_keys`` files: which public keys may log in.
+"""OpenSSH ``authorized_keys`` files: which keys may log in, with which restrictions.
 
 Format (sshd(8) AUTHORIZED_KEYS FILE FORMAT): ``[options] keytype base64-key [comment]``.
-Options are recognised so that lines carrying them still parse; honouring them belongs to
-the authentication issue, and a line with options is skipped with a warning until then
-rather than granting more than the operator wrote.
+The options trissh honours: ``from=``, ``command=``, ``no-pty``/``pty``, ``restrict``,
+``environment=``, ``cert-authority`` with ``principals=``, ``expiry-time=``. Options about
+forwarding, agents, X11, user rc files and FIDO touch are accepted and have nothing to
+restrict here (trissh forwards nothing). Any other option makes the line invalid: a
+restriction we do not understand must not silently grant more than the operator wrote.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+import calendar
+import fnmatch
+import ipaddress
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trissh.protocol import parse_public_key
@@ -25,6 +31,57 @@ _KEY_TYPES = frozenset(
         "ecdsa-sha2-nistp521",
     )
 )
+#: Options that restrict what trissh never offers anyway (forwarding, agent, X11, rc, FIDO).
+_NOTHING_TO_RESTRICT = frozenset(
+    (
+        "no-port-forwarding", "port-forwarding", "no-agent-forwarding", "agent-forwarding",
+        "no-X11-forwarding", "X11-forwarding", "no-user-rc", "user-rc", "no-touch-required",
+        "verify-required", "permitopen", "permitlisten", "tunnel",
+    )
+)  # fmt: skip
+
+
+class OptionError(ValueError):
+    """An option is malformed or unknown; the whole line is ignored."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOptions:
+    """The restrictions of one authorized key."""
+
+    from_patterns: tuple[str, ...] = ()
+    command: str | None = None
+    allow_pty: bool = True
+    environment: tuple[tuple[str, str], ...] = ()
+    cert_authority: bool = False
+    principals: tuple[str, ...] | None = None
+    #: Seconds since the epoch after which the key no longer works.
+    expires_at: int | None = None
+
+    def allows_source(self, address: str) -> bool:
+        """``from=``: the connecting IP matches a pattern and no negated one (IPs only)."""
+        if not self.from_patterns:
+            return True
+        allowed = False
+        for pattern in self.from_patterns:
+            negated = pattern.startswith("!")
+            if _address_matches(address, pattern.removeprefix("!")):
+                if negated:
+                    return False
+                allowed = True
+        return allowed
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+
+def _address_matches(address: str, pattern: str) -> bool:
+    if "/" in pattern:
+        try:
+            return ipaddress.ip_address(address) in ipaddress.ip_network(pattern, strict=False)
+        except ValueError:
+            return False
+    return fnmatch.fnmatchcase(address, pattern)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +89,128 @@ class AuthorizedKey:
     key_type: str
     blob: bytes
     comment: str
-    options: str
-    line_number: int
+    options: KeyOptions = field(default_factory=KeyOptions)
+    line_number: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class ParseProblem:
     line_number: int
     problem: str
+
+
+def _split_options(text: str) -> list[str]:
+    """Comma-separated options; double-quoted values may hold commas and \\" escapes."""
+    options: list[str] = []
+    current: list[str] = []
+    quoted = False
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\" and quoted and index + 1 < len(text) and text[index + 1] == '"':
+            current.append('"')
+            index += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            options.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+        index += 1
+    if quoted:
+        raise OptionError("unterminated quote")
+    options.append("".join(current))
+    return options
+
+
+def _expiry(value: str) -> int:
+    """``YYYYMMDD[HHMM[SS]]`` (UTC, as we read it; sshd uses local time) to epoch seconds."""
+    formats = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
+    if len(value) not in formats or not value.isdigit():
+        raise OptionError(f"expiry-time {value!r} is not YYYYMMDD[HHMM[SS]]")
+    return calendar.timegm(time.strptime(value, formats[len(value)]))
+
+
+def parse_options(text: str) -> KeyOptions:
+    """Parse the options field of one line.
+
+    Raises:
+        OptionError: malformed or unknown option.
+    """
+    from_patterns: list[str] = []
+    environment: list[tuple[str, str]] = []
+    command: str | None = None
+    principals: tuple[str, ...] | None = None
+    expires_at: int | None = None
+    allow_pty = True
+    cert_authority = False
+    for option in _split_options(text):
+        name, equals, value = option.partition("=")
+        match (name, bool(equals)):
+            case ("from", True):
+                from_patterns += [item for item in value.split(",") if item]
+            case ("command", True):
+                command = value
+            case ("environment", True):
+                key, _, env_value = value.partition("=")
+                if not key or not key.replace("_", "a").isalnum():
+                    raise OptionError(f"environment {value!r} is not NAME=value")
+                environment.append((key, env_value))
+            case ("principals", True):
+                principals = tuple(item for item in value.split(",") if item)
+            case ("expiry-time", True):
+                expires_at = _expiry(value)
+            case ("no-pty" | "restrict", False):
+                allow_pty = False  # restrict also forbids what trissh never offers
+            case ("pty", False):
+                allow_pty = True
+            case ("cert-authority", False):
+                cert_authority = True
+            case _ if name in _NOTHING_TO_RESTRICT:
+                continue
+            case _:
+                raise OptionError(f"unsupported option {name!r}")
+    return KeyOptions(
+        from_patterns=tuple(from_patterns),
+        command=command,
+        allow_pty=allow_pty,
+        environment=tuple(environment),
+        cert_authority=cert_authority,
+        principals=principals,
+        expires_at=expires_at,
+    )
+
+
+def _key_field_index(fields: list[str]) -> int | None:
+    """Where the key type is: options come first and may contain spaces inside quotes."""
+    for index, item in enumerate(fields):
+        if item in _KEY_TYPES:
+            return index
+    return None
+
+
+def parse_line(line: str, number: int = 0) -> AuthorizedKey:
+    """Parse one non-empty, non-comment line.
+
+    Raises:
+        OptionError: bad options, an unknown key type, or invalid key data.
+    """
+    fields = line.split()
+    index = _key_field_index(fields)
+    if index is None or index + 1 >= len(fields):
+        raise OptionError("no supported key type found")
+    options = parse_options(" ".join(fields[:index])) if index else KeyOptions()
+    try:
+        blob = base64.b64decode(fields[index + 1], validate=True)
+        key = parse_public_key(blob)
+    except (binascii.Error, DecodeError) as exc:
+        raise OptionError(f"invalid key: {exc}") from None
+    if key.key_type != fields[index]:
+        raise OptionError("key type does not match the key data")
+    comment = " ".join(fields[index + 2 :])
+    return AuthorizedKey(fields[index], blob, comment, options, number)
 
 
 def parse_authorized_keys(text: str) -> tuple[list[AuthorizedKey], list[ParseProblem]]:
@@ -50,26 +221,10 @@ def parse_authorized_keys(text: str) -> tuple[list[AuthorizedKey], list[ParsePro
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        fields = line.split()
-        index = next((i for i, f in enumerate(fields) if f in _KEY_TYPES), None)
-        if index is None or index + 1 >= len(fields):
-            problems.append(ParseProblem(number, "no supported key type found"))
-            continue
-        options = " ".join(fields[:index])
         try:
-            blob = base64.b64decode(fields[index + 1], validate=True)
-            key = parse_public_key(blob)
-        except (binascii.Error, DecodeError) as exc:
-            problems.append(ParseProblem(number, f"invalid key: {exc}"))
-            continue
-        if key.key_type != fields[index]:
-            problems.append(ParseProblem(number, "key type does not match the key data"))
-            continue
-        if options:
-            problems.append(ParseProblem(number, f"options not supported yet: {options}"))
-            continue
-        comment = " ".join(fields[index + 2 :])
-        keys.append(AuthorizedKey(fields[index], blob, comment, options, number))
+            keys.append(parse_line(line, number))
+        except OptionError as exc:
+            problems.append(ParseProblem(number, str(exc)))
     return keys, problems
 
 

@@ -7,6 +7,7 @@ configuration or usage.
 from __future__ import annotations
 
 import argparse
+import getpass
 import secrets
 import signal
 import sys
@@ -18,8 +19,8 @@ import structlog
 import trio
 
 from trissh import __version__
-from trissh.authenticator import KeyListAuthenticator
-from trissh.authorized_keys import load_authorized_keys
+from trissh.auth.policy import AuthPolicy, PolicyError
+from trissh.authorized_keys import AuthorizedKey, load_authorized_keys
 from trissh.backend import Backend
 from trissh.config import ConfigError, ServerConfig, load_config, parse_listen
 from trissh.driver import ServerContext
@@ -34,8 +35,9 @@ _DESCRIPTION = """\
 An SSH server that runs every session in a fresh rootless podman container.
 
 commands:
-  (none)    run the server
-  doctor    check the podman service, runtime, image and keys, and say how to fix each
+  (none)          run the server
+  doctor          check the podman service, runtime, image and keys, and say how to fix each
+  hash-password   read a password (stdin or prompt) and print the password_hash to configure
 """
 
 
@@ -46,7 +48,11 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "command", nargs="?", choices=["run", "doctor"], default="run", help=argparse.SUPPRESS
+        "command",
+        nargs="?",
+        choices=["run", "doctor", "hash-password"],
+        default="run",
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--version", action="version", version=f"trissh {__version__}")
     parser.add_argument(
@@ -98,8 +104,28 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def hash_password_command() -> int:
+    """Print an argon2id hash of a password read from stdin, or typed twice at a prompt."""
+    from trissh.auth.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("trissh: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("trissh: empty password", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "hash-password":
+        return hash_password_command()
     try:
         settings = load_config(args.config, _overrides(args))
     except ConfigError as exc:
@@ -145,25 +171,34 @@ def load_host_keys(settings: ServerConfig) -> tuple[HostKey, ...]:
 
 
 def build_context(settings: ServerConfig, backend: Backend) -> ServerContext:
-    if settings.authorized_keys is None:
-        raise StartupError("nobody could log in: give --authorized-keys FILE")
-    try:
-        keys, problems = load_authorized_keys(settings.authorized_keys)
-    except OSError as exc:
-        raise StartupError(f"{settings.authorized_keys}: {exc.strerror}") from None
-    for problem in problems:
-        log.warning(
-            "authorized_key_skipped",
-            path=str(settings.authorized_keys),
-            line=problem.line_number,
-            problem=problem.problem,
+    global_keys: list[AuthorizedKey] = []
+    if settings.authorized_keys is not None:
+        try:
+            global_keys, problems = load_authorized_keys(settings.authorized_keys)
+        except OSError as exc:
+            raise StartupError(f"{settings.authorized_keys}: {exc.strerror}") from None
+        for problem in problems:
+            log.warning(
+                "authorized_key_skipped",
+                path=str(settings.authorized_keys),
+                line=problem.line_number,
+                problem=problem.problem,
+            )
+    if not global_keys and not settings.users:
+        raise StartupError(
+            "nobody could log in: give --authorized-keys FILE or configure [users.NAME]"
         )
+    try:
+        policy = AuthPolicy(settings, global_keys)
+    except PolicyError as exc:
+        raise StartupError(str(exc)) from None
     host_keys = load_host_keys(settings)
     try:
         protocol = ProtocolConfig(
             host_keys=host_keys,
             max_auth_attempts=settings.limits.max_auth_attempts,
             accept_env=settings.session.accept_env,
+            auth_methods=policy.methods,
             **settings.ssh.protocol_options(),
         )
     except ValueError as exc:
@@ -171,7 +206,7 @@ def build_context(settings: ServerConfig, backend: Backend) -> ServerContext:
     return ServerContext(
         settings=settings,
         protocol=protocol,
-        authenticator=KeyListAuthenticator(key.blob for key in keys),
+        auth=policy,
         backend=backend,
         instance=secrets.token_hex(8),
     )

@@ -122,11 +122,67 @@ class SessionSection(_Model):
     client_alive_count_max: int = Field(3, ge=1, le=100)
 
 
-class UserSection(_Model):
-    """Settings of one user name; each table overrides the server-wide one key by key."""
+AUTH_METHODS = ("publickey", "password", "keyboard-interactive")
 
+
+def _check_chains(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    for chain in value or ():
+        methods = [part.strip() for part in chain.split(",")]
+        unknown = [m for m in methods if m not in AUTH_METHODS]
+        if unknown or not all(methods):
+            raise ValueError(
+                f"chain {chain!r}: methods are comma-separated, from {', '.join(AUTH_METHODS)}"
+            )
+    return value
+
+
+class UserSection(_Model):
+    """Settings of one user name: credentials, and tables that override the server-wide
+    ``[container]`` and ``[session]`` key by key."""
+
+    #: OpenSSH authorized_keys lines (options allowed), in addition to ``authorized_keys``.
+    authorized_keys: tuple[str, ...] = ()
+    authorized_keys_file: Path | None = None
+    #: argon2id hash from ``trissh hash-password``.
+    password_hash: str | None = None
+    #: File with the user's base32 TOTP secret; keyboard-interactive then asks for a code.
+    totp_secret_file: Path | None = None
+    #: sshd's AuthenticationMethods: chains like "publickey,keyboard-interactive".
+    authentication_methods: tuple[str, ...] | None = None
     container: dict[str, Any] = {}
     session: dict[str, Any] = {}
+
+    @field_validator("password_hash")
+    @classmethod
+    def _check_hash(cls, value: str | None) -> str | None:
+        from trissh.auth.passwords import check_hash
+
+        return None if value is None else check_hash(value)
+
+    @field_validator("authentication_methods")
+    @classmethod
+    def _check_methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _check_chains(value)
+
+
+class AuthSection(_Model):
+    """``[auth]``: server-wide authentication settings."""
+
+    #: CA public keys (OpenSSH format) whose user certificates are trusted, for any user
+    #: whose name is among the certificate's principals.
+    trusted_user_ca_keys: tuple[str, ...] = ()
+    trusted_user_ca_keys_file: Path | None = None
+    #: Seconds added (randomized between half and 1.5 times) before answering a failed
+    #: password, code or signature: guessing gets slower and timing tells nothing.
+    failure_delay: float = Field(0.3, ge=0, le=10)
+    #: AuthenticationMethods for users without their own; default: any one method the
+    #: user has credentials for.
+    authentication_methods: tuple[str, ...] | None = None
+
+    @field_validator("authentication_methods")
+    @classmethod
+    def _check_methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _check_chains(value)
 
 
 class LimitSettings(_Model):
@@ -202,6 +258,7 @@ class ServerConfig(_Model):
     container: ContainerSection = ContainerSection()
     session: SessionSection = SessionSection()
     limits: LimitSettings = LimitSettings()
+    auth: AuthSection = AuthSection()
     users: dict[str, UserSection] = {}
     ssh: SshSettings = SshSettings()
 

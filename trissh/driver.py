@@ -7,7 +7,7 @@ that writes it; channel tasks only mutate the sans-IO core and ring the writer's
 A ``send_all`` cancelled half-way leaves an encrypted stream unusable, so only the writer
 may ever be interrupted mid-write, and only when the whole connection is going down.
 
-The receive loop awaits the socket and the authenticator, nothing else: every other event
+The receive loop awaits the socket and authentication decisions, nothing else: every other event
 is dispatched synchronously (start a task, feed a channel handle, wake senders), so a slow
 container never stalls key exchange or other channels.
 
@@ -38,13 +38,15 @@ from typing import assert_never
 import structlog
 import trio
 
-from trissh.authenticator import Authenticator
+from trissh.auth.login import LoginConversation
+from trissh.auth.policy import AuthPolicy, Grant, LoginRequest
 from trissh.backend import Backend, SandboxSpec
 from trissh.channel import ChannelHandle
 from trissh.config import ContainerSection, ServerConfig, SessionSection, container_settings
 from trissh.protocol import (
     Authenticated,
     AuthFailed,
+    AuthPartiallySucceeded,
     ChannelCloseReceived,
     ChannelDataReceived,
     ChannelEOFReceived,
@@ -56,7 +58,10 @@ from trissh.protocol import (
     DisconnectReason,
     DisconnectReceived,
     Event,
+    KeyboardInteractiveAuthRequested,
+    KeyboardInteractiveResponsesReceived,
     KeyExchangeCompleted,
+    PasswordAuthRequested,
     ProtocolConfig,
     PublicKeyAuthRequested,
     RemoteProtocolError,
@@ -110,7 +115,7 @@ class ServerContext:
 
     settings: ServerConfig
     protocol: ProtocolConfig
-    authenticator: Authenticator
+    auth: AuthPolicy
     backend: Backend
     instance: str
     #: Live authenticated connections per user name (``max_connections_per_user``).
@@ -158,6 +163,12 @@ class ConnectionDriver:
         self._quickack = True
         self._last_received = trio.current_time()
         self._keys_since = trio.current_time()
+        remote_ip = remote.rsplit(":", 1)[0].strip("[]")
+        self._login = LoginConversation(
+            ctx.auth, self.conn, lambda username: LoginRequest(username, remote_ip, conn_id)
+        )
+        #: Restrictions of the login (forced command, no pty, environment) for sessions.
+        self.grant = Grant()
         self._counted_user: str | None = None
 
     # -- called by channel streams and sessions (sync, never touch the socket) ------------
@@ -371,14 +382,14 @@ class ConnectionDriver:
     async def _process_events(self) -> None:
         conn = self.conn
         while (event := conn.next_event()) is not None:
-            if isinstance(event, PublicKeyAuthRequested):
-                ok = await self.ctx.authenticator.check_publickey(
-                    event.username, event.public_key, remote=self.remote
-                )
-                if ok:
-                    conn.accept_auth()
-                else:
-                    conn.reject_auth()
+            if isinstance(
+                event,
+                PublicKeyAuthRequested
+                | PasswordAuthRequested
+                | KeyboardInteractiveAuthRequested
+                | KeyboardInteractiveResponsesReceived,
+            ):
+                await self._login.decide(event)
             else:
                 self._dispatch(event)
         self.ring()
@@ -440,12 +451,30 @@ class ConnectionDriver:
             case ConnectionLost():
                 self._ended = True
                 self.close_reason = "connection_lost"
-            case PublicKeyAuthRequested():
-                raise AssertionError("handled by _process_events")
+            case AuthPartiallySucceeded():
+                self._login.confirmed(event)
+                log.info(
+                    "auth_partially_succeeded",
+                    user=event.username,
+                    method=event.method,
+                    remaining=list(event.remaining),
+                    key_fingerprint=event.key_fingerprint,
+                )
+            case (
+                PublicKeyAuthRequested()
+                | PasswordAuthRequested()
+                | KeyboardInteractiveAuthRequested()
+                | KeyboardInteractiveResponsesReceived()
+            ):
+                raise AssertionError("decisions are answered by _process_events")
             case _:
                 assert_never(event)
 
     def _on_authenticated(self, event: Authenticated) -> None:
+        self._login.confirmed(event)
+        self.grant = self._login.grant
+        if not self.grant.allow_pty:
+            self.conn.forbid_pty()
         self.username = event.username
         self.container_settings = self.ctx.settings.container_for(event.username)
         self.session_settings = self.ctx.settings.session_for(event.username)

@@ -66,7 +66,14 @@ def build_process_spec(driver: ConnectionDriver, request: SessionRequested) -> P
     """Turn a shell/exec/subsystem request into the argv and environment to run."""
     container = driver.container_settings
     shell = list(container.shell)
-    if request.kind is SessionKind.SHELL:
+    grant = driver.grant
+    env = {**request.env, **grant.environment}
+    if grant.forced_command is not None:
+        # As sshd's command=: whatever was asked runs the forced command instead.
+        if request.command is not None:
+            env["SSH_ORIGINAL_COMMAND"] = request.command
+        argv = [*shell, "-c", grant.forced_command]
+    elif request.kind is SessionKind.SHELL:
         argv = [*shell, "-l"]
     elif request.kind is SessionKind.EXEC:
         assert request.command is not None
@@ -75,7 +82,6 @@ def build_process_spec(driver: ConnectionDriver, request: SessionRequested) -> P
         argv = [container.sftp_server]
     else:
         raise SessionRefused(f"subsystem {request.subsystem!r} is not available")
-    env = dict(request.env)
     pty = None
     if request.pty is not None:
         env["TERM"] = request.pty.term

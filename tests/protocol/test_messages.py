@@ -63,6 +63,13 @@ SAMPLES: list[Any] = [
     ua.UserauthSuccess(),
     ua.UserauthBanner(message="welcome\r\n", language="en"),
     ua.UserauthPkOk(algorithm="ssh-ed25519", key_blob=ED25519_BLOB),
+    ua.PasswordMethod(password="pässword"),
+    ua.PasswordMethod(password="old", new_password="new"),
+    ua.KeyboardInteractiveMethod(submethods="pam,totp"),
+    ua.UserauthInfoRequest(
+        name="trissh", instruction="two factors", prompts=(("Password: ", False), ("Code: ", True))
+    ),
+    ua.UserauthInfoResponse(responses=("secret", "123456")),
     # connection (RFC 4254)
     conn.GlobalRequest(name="keepalive@openssh.com", want_reply=True, data=b"\x00\x01"),
     conn.RequestSuccess(data=b"\x00\x00\x00\x16"),

@@ -171,7 +171,7 @@ def test_too_many_failures_disconnect() -> None:
     assert info.value.reason == DisconnectReason.NO_MORE_AUTH_METHODS_AVAILABLE
     disconnect = pair.expect_disconnect(DisconnectReason.NO_MORE_AUTH_METHODS_AVAILABLE)
     assert pair.client.take_all() == []  # no FAILURE inviting another try before it
-    assert "too many" in disconnect.description
+    assert disconnect.description == "Too many authentication failures"  # sshd's words
 
 
 def test_last_attempt_used_up_by_reject_auth_disconnects_at_once() -> None:
@@ -258,18 +258,18 @@ def test_pipelined_requests_are_answered_in_order() -> None:
     pair = keyed_pair()
     pair.client.auth_publickey(sign=False)
     pair.client.auth_none()
-    pair.client.auth_publickey(username="bob", sign=False)
+    pair.client.auth_publickey(sign=False)
     pair.client.auth_publickey()
     [first] = pair.transfer()
     assert isinstance(first, PublicKeyAuthRequested)
     assert not first.signed
     assert pair.client.take_all() == []
     pair.server.accept_auth()
-    none_failed, second = pair.transfer()  # none is answered in passing; bob's query waits
+    none_failed, second = pair.transfer()  # none is answered in passing; the query waits
     assert isinstance(none_failed, AuthFailed)
     assert none_failed.method == "none"
     assert isinstance(second, PublicKeyAuthRequested)
-    assert second.username == "bob"
+    assert not second.signed
     pair.server.reject_auth()
     events = pair.transfer()
     assert isinstance(events[0], AuthFailed)

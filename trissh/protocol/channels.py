@@ -168,6 +168,8 @@ class ChannelTable:
         self._emit = emit
         self._channels: dict[int, Channel] = {}
         self.no_more_sessions = False
+        #: False when the login's key said no-pty (authorized_keys, certificate).
+        self.pty_allowed = True
         self.sessions_opened = 0
 
     def __len__(self) -> int:
@@ -334,7 +336,7 @@ class ChannelTable:
     ) -> bool | None:
         """Apply one channel request; ``None`` means the driver answers later."""
         if request_type == "pty-req":
-            if channel.session_started or channel.pty is not None:
+            if channel.session_started or channel.pty is not None or not self.pty_allowed:
                 return False
             pty = PtyRequestData.decode(data)
             channel.pty = PtyRequest(term=pty.term, size=_terminal_size(pty), modes=pty.modes)

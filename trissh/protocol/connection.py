@@ -16,7 +16,7 @@ queued in ``data_to_send()``.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
@@ -182,13 +182,16 @@ class ServerConnection:
 
     # -- commands -------------------------------------------------------------------------
 
-    def accept_auth(self) -> None:
-        """Answer ``PublicKeyAuthRequested`` with yes (a bad signature still fails).
+    def accept_auth(self, *, remaining: Sequence[str] = ()) -> None:
+        """Answer an auth decision with yes (a bad signature still fails).
+
+        ``remaining``: the methods the user must still pass (a multi-factor chain); the
+        client is told of partial success and only these methods are accepted from then on.
 
         Raises:
             TooManyAuthAttempts: that was the last attempt allowed; DISCONNECT is queued.
         """
-        self._guard(self._answer_auth, self._auth.accept)
+        self._guard(self._answer_auth, lambda: self._auth.accept(remaining))
 
     def reject_auth(self, reason: str = "key not authorized") -> None:
         """Answer ``PublicKeyAuthRequested`` with no.
@@ -197,6 +200,12 @@ class ServerConnection:
             TooManyAuthAttempts: that was the last attempt allowed; DISCONNECT is queued.
         """
         self._guard(self._answer_auth, lambda: self._auth.reject(reason))
+
+    def send_auth_prompts(
+        self, name: str, instruction: str, prompts: Sequence[tuple[str, bool]]
+    ) -> None:
+        """Answer a keyboard-interactive decision with prompts: ``(text, echo)`` pairs."""
+        self._auth.prompt(name, instruction, prompts)
 
     def _answer_auth(self, answer: Callable[[], None]) -> None:
         answer()
@@ -273,6 +282,10 @@ class ServerConnection:
 
     def close_channel(self, channel_id: ChannelId) -> None:
         self._channels.close(channel_id)
+
+    def forbid_pty(self) -> None:
+        """Refuse every later ``pty-req`` (a ``no-pty`` restriction on the login)."""
+        self._channels.pty_allowed = False
 
     def send_keepalive(self) -> None:
         """Probe the client with ``keepalive@openssh.com``; every client answers it."""

@@ -28,6 +28,8 @@ class MessageNumber(enum.IntEnum):
     USERAUTH_SUCCESS = 52
     USERAUTH_BANNER = 53
     USERAUTH_PK_OK = 60
+    #: RFC 4256: the client's answers to USERAUTH_INFO_REQUEST (which reuses number 60).
+    USERAUTH_INFO_RESPONSE = 61
     GLOBAL_REQUEST = 80
     REQUEST_SUCCESS = 81
     REQUEST_FAILURE = 82

@@ -78,12 +78,47 @@ class PublicKeyAuthRequested:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PasswordAuthRequested:
+    """Is ``password`` right for ``username``? Answer ``accept_auth()``/``reject_auth()``."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyboardInteractiveAuthRequested:
+    """RFC 4256 started: answer ``send_auth_prompts(...)``, ``accept_auth()`` or
+    ``reject_auth()``. ``submethods`` are the client's hints, not a promise."""
+
+    username: str
+    submethods: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyboardInteractiveResponsesReceived:
+    """Answers to the last prompts, in order; answer as for the request."""
+
+    username: str
+    responses: tuple[str, ...] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuthFailed:
     """An authentication attempt failed (for logs and metrics)."""
 
     username: str
     method: str
     reason: str
+    key_fingerprint: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthPartiallySucceeded:
+    """A method succeeded but the user's chain needs more (RFC 4252 §5.1 partial success)."""
+
+    username: str
+    method: str
+    remaining: tuple[str, ...]
     key_fingerprint: str | None = None
 
 
@@ -172,7 +207,11 @@ Event = (
     VersionReceived
     | KeyExchangeCompleted
     | PublicKeyAuthRequested
+    | PasswordAuthRequested
+    | KeyboardInteractiveAuthRequested
+    | KeyboardInteractiveResponsesReceived
     | AuthFailed
+    | AuthPartiallySucceeded
     | Authenticated
     | ChannelOpenRequested
     | SessionRequested

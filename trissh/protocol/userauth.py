@@ -1,17 +1,31 @@
-"""The ``ssh-userauth`` service (RFC 4252), server side.
+"""The ``ssh-userauth`` service (RFC 4252, RFC 4256), server side.
 
+Theory of operation
+-------------------
 Requests are handled one at a time, in order: while a decision is pending the façade
 stops parsing, so pipelined requests wait in the receive buffer (RFC 4252 §5 allows
-pipelining; the order of answers must match). Whether a key may log in is the driver's
-decision; the signature check is ours and happens only after the driver said yes, so
-unknown keys never cost a signature verification.
+pipelining; the order of answers must match). Each method turns into a decision event
+for the driver: whether a key, password or set of answers is good is the driver's policy;
+proofs (signatures) are ours and are checked only after the driver said yes, so unknown
+keys never cost a signature verification.
+
+Multi-factor chains (sshd's ``AuthenticationMethods``) are the driver's policy too: it
+accepts a method with the methods still ``remaining``, and the core answers with a
+FAILURE carrying partial success and exactly those methods (RFC 4252 §5.1).
+
+Keyboard-interactive (RFC 4256) is a conversation: the driver answers the request (and
+each set of responses) with prompts, or with a verdict. A new USERAUTH_REQUEST abandons
+the conversation, as §3.3 allows.
+
+``AuthState`` (below) is the machine; ``_TRANSITIONS`` lists its legal moves.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from trissh.protocol.config import ProtocolConfig
 from trissh.protocol.constants import DisconnectReason, MessageNumber
@@ -25,13 +39,22 @@ from trissh.protocol.errors import (
 from trissh.protocol.events import (
     Authenticated,
     AuthFailed,
+    AuthPartiallySucceeded,
     Event,
+    KeyboardInteractiveAuthRequested,
+    KeyboardInteractiveResponsesReceived,
+    PasswordAuthRequested,
     PublicKeyAuthRequested,
 )
 from trissh.protocol.keys import USER_SIGNATURE_ALGORITHMS, PublicKey, parse_public_key
 from trissh.protocol.messages.userauth import (
+    MAX_PROMPTS,
+    KeyboardInteractiveMethod,
+    PasswordMethod,
     PublicKeyMethod,
     UserauthFailure,
+    UserauthInfoRequest,
+    UserauthInfoResponse,
     UserauthPkOk,
     UserauthRequest,
     UserauthSuccess,
@@ -40,23 +63,40 @@ from trissh.protocol.messages.userauth import (
 from trissh.protocol.wire import Reader
 
 CONNECTION_SERVICE = "ssh-connection"
+KEYBOARD_INTERACTIVE = "keyboard-interactive"
 
 
 class AuthState(enum.Enum):
     AWAITING_REQUEST = "awaiting_request"
+    #: A decision event is out; parsing stops until the driver answers.
     DECISION_PENDING = "decision_pending"
+    #: Keyboard-interactive prompts are out; the next message must answer them.
+    AWAITING_RESPONSES = "awaiting_responses"
     AUTHENTICATED = "authenticated"
 
 
+_TRANSITIONS: Final = {
+    (AuthState.AWAITING_REQUEST, "ask"): AuthState.DECISION_PENDING,
+    (AuthState.AWAITING_RESPONSES, "ask"): AuthState.DECISION_PENDING,
+    (AuthState.AWAITING_RESPONSES, "abandon"): AuthState.AWAITING_REQUEST,
+    (AuthState.DECISION_PENDING, "answer"): AuthState.AWAITING_REQUEST,
+    (AuthState.DECISION_PENDING, "prompt"): AuthState.AWAITING_RESPONSES,
+    (AuthState.AWAITING_REQUEST, "succeed"): AuthState.AUTHENTICATED,
+}
+
+
 @dataclass(frozen=True, slots=True)
-class _PendingPublicKey:
+class _Pending:
+    """The request a decision is pending for (publickey fields only for that method)."""
+
     request: UserauthRequest
-    method: PublicKeyMethod
-    key: PublicKey
+    key: PublicKey | None = None
+    method: PublicKeyMethod | None = None
+    prompts: int = 0
 
 
 class UserAuthServer:
-    """Decides nothing itself: asks the driver, verifies proofs, counts failures."""
+    """Asks the driver, verifies proofs, counts failures, tracks the methods left."""
 
     def __init__(
         self,
@@ -72,24 +112,47 @@ class UserAuthServer:
         self.state = AuthState.AWAITING_REQUEST
         self.failures = 0
         self._requests = 0
-        self._pending: _PendingPublicKey | None = None
+        self._pending: _Pending | None = None
+        #: Methods the client may still use: all of them, until a partial success.
+        self._methods: tuple[str, ...] = config.auth_methods
+        self._first_username: str | None = None
         self.username: str | None = None
 
     @property
     def decision_pending(self) -> bool:
         return self.state is AuthState.DECISION_PENDING
 
+    def _move(self, action: str) -> None:
+        try:
+            self.state = _TRANSITIONS[self.state, action]
+        except KeyError:
+            raise LocalProtocolError(f"userauth cannot {action} in state {self.state}") from None
+
     def check_limit(self) -> None:
         """Raise once the client has used up its attempts (the façade disconnects)."""
         if self.failures >= self._config.max_auth_attempts:
-            raise TooManyAuthAttempts("too many authentication failures")
+            raise TooManyAuthAttempts("Too many authentication failures")
+
+    # -- messages from the client -----------------------------------------------------------
 
     def handle(self, payload: bytes) -> None:
         if self.state is AuthState.AUTHENTICATED:
             return  # RFC 4252 §5.1: requests after success are ignored
-        if payload[0] != MessageNumber.USERAUTH_REQUEST:
-            raise UnexpectedMessage(f"message {payload[0]} is not a client userauth message")
+        number = payload[0]
+        if number == MessageNumber.USERAUTH_INFO_RESPONSE:
+            self._on_info_response(payload)
+            return
+        if number != MessageNumber.USERAUTH_REQUEST:
+            raise UnexpectedMessage(f"message {number} is not a client userauth message")
+        if self.state is AuthState.AWAITING_RESPONSES:
+            self._move("abandon")  # RFC 4256 §3.3: a new request ends the conversation
+            self._pending = None
         request = UserauthRequest.decode(Reader(payload, 1))
+        if self._first_username is None:
+            self._first_username = request.username
+        elif request.username != self._first_username:
+            # Like sshd: a factor passed as one user must never count for another.
+            raise RemoteProtocolError("change of user name during authentication")
         if request.service != CONNECTION_SERVICE:
             raise RemoteProtocolError(
                 f"service {request.service!r} not available", DisconnectReason.SERVICE_NOT_AVAILABLE
@@ -98,10 +161,26 @@ class UserAuthServer:
         if request.method == "none":
             # Like sshd, the customary first "none" probe is free; later ones count.
             self._fail(request, "method none", counted=self._requests > 1)
-        elif request.method == "publickey" and "publickey" in self._config.auth_methods:
+        elif request.method not in self._methods:
+            self._fail(request, f"method {request.method} not available")
+        elif request.method == "publickey":
             self._publickey(request)
+        elif request.method == "password":
+            self._password(request)
+        elif request.method == KEYBOARD_INTERACTIVE:
+            method = KeyboardInteractiveMethod.decode(Reader(request.method_data))
+            self._ask(_Pending(request))
+            self._emit(
+                KeyboardInteractiveAuthRequested(
+                    username=request.username, submethods=method.submethods
+                )
+            )
         else:
             self._fail(request, f"method {request.method} not available")
+
+    def _ask(self, pending: _Pending) -> None:
+        self._pending = pending
+        self._move("ask")
 
     def _publickey(self, request: UserauthRequest) -> None:
         method = PublicKeyMethod.decode(Reader(request.method_data))
@@ -116,48 +195,108 @@ class UserAuthServer:
         ):
             self._fail(request, f"signature algorithm {method.algorithm} not allowed", key)
             return
-        self._pending = _PendingPublicKey(request, method, key)
-        self.state = AuthState.DECISION_PENDING
+        self._ask(_Pending(request, key=key, method=method))
         self._emit(
             PublicKeyAuthRequested(
                 username=request.username, public_key=key, signed=method.signature is not None
             )
         )
 
-    def accept(self) -> None:
+    def _password(self, request: UserauthRequest) -> None:
+        method = PasswordMethod.decode(Reader(request.method_data))
+        if method.new_password is not None:
+            self._fail(request, "password change not supported")
+            return
+        self._ask(_Pending(request))
+        self._emit(PasswordAuthRequested(username=request.username, password=method.password))
+
+    def _on_info_response(self, payload: bytes) -> None:
+        if self.state is not AuthState.AWAITING_RESPONSES or self._pending is None:
+            raise UnexpectedMessage("USERAUTH_INFO_RESPONSE without prompts")
+        response = UserauthInfoResponse.decode(Reader(payload, 1))
+        if len(response.responses) != self._pending.prompts:
+            raise RemoteProtocolError(
+                f"{len(response.responses)} responses to {self._pending.prompts} prompts"
+            )
+        self._move("ask")
+        self._emit(
+            KeyboardInteractiveResponsesReceived(
+                username=self._pending.request.username, responses=response.responses
+            )
+        )
+
+    # -- the driver's answers -----------------------------------------------------------------
+
+    def accept(self, remaining: Sequence[str] = ()) -> None:
+        """Yes: PK_OK for a key query; else success, or partial success with ``remaining``."""
         pending = self._take_pending()
-        request, method, key = pending.request, pending.method, pending.key
-        if method.signature is None:
+        request, key, method = pending.request, pending.key, pending.method
+        if method is not None and method.signature is None:
             self._send(UserauthPkOk(algorithm=method.algorithm, key_blob=method.key_blob).encode())
             return
-        signed = publickey_signed_data(
-            self._session_id(),
-            request.username,
-            request.service,
-            method.algorithm,
-            method.key_blob,
-        )
-        if not key.verify(method.algorithm, method.signature, signed):
-            self._fail(request, "invalid signature", key)
+        if method is not None and key is not None:
+            assert method.signature is not None
+            signed = publickey_signed_data(
+                self._session_id(),
+                request.username,
+                request.service,
+                method.algorithm,
+                method.key_blob,
+            )
+            if not key.verify(method.algorithm, method.signature, signed):
+                self._fail(request, "invalid signature", key)
+                return
+        fingerprint = key.fingerprint if key is not None else None
+        if remaining:
+            unknown = set(remaining) - set(self._config.auth_methods)
+            if unknown:
+                raise LocalProtocolError(f"methods {sorted(unknown)} are not enabled")
+            self._methods = tuple(remaining)
+            self._send(UserauthFailure(methods=self._methods, partial_success=True).encode())
+            self._emit(
+                AuthPartiallySucceeded(
+                    username=request.username,
+                    method=request.method,
+                    remaining=self._methods,
+                    key_fingerprint=fingerprint,
+                )
+            )
             return
-        self.state = AuthState.AUTHENTICATED
+        self._move("succeed")
         self.username = request.username
         self._send(UserauthSuccess().encode())
         self._emit(
             Authenticated(
-                username=request.username, method="publickey", key_fingerprint=key.fingerprint
+                username=request.username, method=request.method, key_fingerprint=fingerprint
             )
         )
 
-    def reject(self, reason: str = "key not authorized") -> None:
+    def reject(self, reason: str) -> None:
         pending = self._take_pending()
         self._fail(pending.request, reason, pending.key)
 
-    def _take_pending(self) -> _PendingPublicKey:
-        if self._pending is None:
+    def prompt(self, name: str, instruction: str, prompts: Sequence[tuple[str, bool]]) -> None:
+        """Send keyboard-interactive prompts (``(text, echo)`` pairs) and await answers."""
+        pending = self._pending
+        if (
+            self.state is not AuthState.DECISION_PENDING
+            or pending is None
+            or pending.request.method != KEYBOARD_INTERACTIVE
+        ):
+            raise LocalProtocolError("prompts only answer a keyboard-interactive decision")
+        if len(prompts) > MAX_PROMPTS:
+            raise LocalProtocolError(f"at most {MAX_PROMPTS} prompts")
+        self._pending = _Pending(pending.request, prompts=len(prompts))
+        self._move("prompt")
+        self._send(
+            UserauthInfoRequest(name=name, instruction=instruction, prompts=tuple(prompts)).encode()
+        )
+
+    def _take_pending(self) -> _Pending:
+        if self.state is not AuthState.DECISION_PENDING or self._pending is None:
             raise LocalProtocolError("no authentication decision is pending")
         pending, self._pending = self._pending, None
-        self.state = AuthState.AWAITING_REQUEST
+        self._move("answer")
         return pending
 
     def _fail(
@@ -180,4 +319,4 @@ class UserAuthServer:
             )
         if self.failures >= self._config.max_auth_attempts:
             return  # the façade disconnects instead of inviting another try
-        self._send(UserauthFailure(methods=self._config.auth_methods).encode())
+        self._send(UserauthFailure(methods=self._methods).encode())

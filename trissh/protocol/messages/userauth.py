@@ -6,11 +6,12 @@ SSH_MSG_USERAUTH_REQUEST carries a method-specific tail; ``UserauthRequest`` kee
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
 from trissh.protocol import wire
 from trissh.protocol.constants import MessageNumber
+from trissh.protocol.errors import DecodeError
 from trissh.protocol.wire import Reader
 
 #: Bounds on fields a client controls before it is authenticated.
@@ -151,3 +152,107 @@ class UserauthPkOk:
     @classmethod
     def decode(cls, r: Reader) -> Self:
         return cls(algorithm=r.ascii(), key_blob=r.string())
+
+
+#: Bounds on the password and keyboard-interactive fields a client controls before auth.
+MAX_PASSWORD = 1024
+MAX_PROMPTS = 16
+MAX_RESPONSE = 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PasswordMethod:
+    """The password method's fields (RFC 4252 §8); a change request carries a new one."""
+
+    password: str = field(repr=False)
+    new_password: str | None = field(default=None, repr=False)
+
+    def encode(self) -> bytes:
+        parts = [wire.boolean(self.new_password is not None), wire.string(self.password)]
+        if self.new_password is not None:
+            parts.append(wire.string(self.new_password))
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        change = r.boolean()
+        password = r.text(MAX_PASSWORD)
+        new_password = r.text(MAX_PASSWORD) if change else None
+        r.check_end()
+        return cls(password=password, new_password=new_password)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyboardInteractiveMethod:
+    """RFC 4256 §3.1: a deprecated language tag and the client's submethod hints."""
+
+    submethods: str = ""
+    language: str = ""
+
+    def encode(self) -> bytes:
+        return wire.string(self.language) + wire.string(self.submethods)
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        language = r.ascii(MAX_NAME)
+        submethods = r.text(MAX_NAME * 4)
+        r.check_end()
+        return cls(submethods=submethods, language=language)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserauthInfoRequest:
+    """SSH_MSG_USERAUTH_INFO_REQUEST (RFC 4256 §3.2); shares number 60 with PK_OK."""
+
+    NUMBER: ClassVar = MessageNumber.USERAUTH_PK_OK
+    name: str
+    instruction: str
+    prompts: tuple[tuple[str, bool], ...]
+    language: str = ""
+
+    def encode(self) -> bytes:
+        parts = [
+            wire.byte(self.NUMBER),
+            wire.string(self.name),
+            wire.string(self.instruction),
+            wire.string(self.language),
+            wire.uint32(len(self.prompts)),
+        ]
+        for prompt, echo in self.prompts:
+            parts += (wire.string(prompt), wire.boolean(echo))
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        name, instruction, language = r.text(), r.text(), r.ascii()
+        count = r.uint32()
+        if count > MAX_PROMPTS:
+            raise DecodeError("too many prompts")
+        prompts = tuple((r.text(), r.boolean()) for _ in range(count))
+        return cls(name=name, instruction=instruction, prompts=prompts, language=language)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserauthInfoResponse:
+    """SSH_MSG_USERAUTH_INFO_RESPONSE (RFC 4256 §3.4)."""
+
+    NUMBER: ClassVar = MessageNumber.USERAUTH_INFO_RESPONSE
+    responses: tuple[str, ...] = field(repr=False)
+
+    def encode(self) -> bytes:
+        return b"".join(
+            (
+                wire.byte(self.NUMBER),
+                wire.uint32(len(self.responses)),
+                *(wire.string(response) for response in self.responses),
+            )
+        )
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        count = r.uint32()
+        if count > MAX_PROMPTS:
+            raise DecodeError("too many responses")
+        responses = tuple(r.text(MAX_RESPONSE) for _ in range(count))
+        r.check_end()
+        return cls(responses=responses)
