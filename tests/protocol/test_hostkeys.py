@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from tests.sshpeer import HOST_KEY, ConnectionPair, established_pair, make_config
 from trissh.hostkeys import HostKeyError, load_or_create_host_key
 from trissh.protocol import HostKey, KeyExchangeCompleted, parse_public_key, wire
+from trissh.protocol.errors import DecodeError
 from trissh.protocol.keys import HOST_KEY_ALGORITHMS, MIN_RSA_HOST_KEY_BITS
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.wire import Reader
@@ -266,3 +267,12 @@ def test_key_file_problems_name_the_file(tmp_path: Path) -> None:
     created, was_created = load_or_create_host_key(tmp_path / "new" / "key")
     assert was_created
     assert created.key_type == "ssh-ed25519"
+
+
+def test_negative_rsa_modulus_is_a_decode_error() -> None:
+    """A negative mpint n (found by the certificate fuzzer) is refused, not an OverflowError."""
+    modulus = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    n = modulus.public_numbers().n
+    blob = wire.string("ssh-rsa") + wire.mpint(65537) + wire.mpint(-n)
+    with pytest.raises(DecodeError, match="RSA modulus is not positive"):
+        parse_public_key(blob)

@@ -131,6 +131,8 @@ def parse_public_key(blob: bytes) -> PublicKey:
             key = ed25519.Ed25519PublicKey.from_public_bytes(raw)
         elif key_type == "ssh-rsa":
             e, n = r.mpint(16), r.mpint(2048)
+            if n <= 0:  # cryptography would raise OverflowError
+                raise DecodeError("RSA modulus is not positive")
             if n.bit_length() < MIN_RSA_BITS or e < 3 or e % 2 == 0:
                 raise DecodeError("RSA key is too small or invalid")
             key = rsa.RSAPublicNumbers(e, n).public_key()
