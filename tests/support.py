@@ -54,6 +54,7 @@ def make_context(
             "listen": ["127.0.0.1:0"],
             "authorized_keys": str(authorized_keys),
             "host_keys": [str(host_key)],
+            "limits.shutdown_grace": 0,  # tests that want a grace say so
             **overrides,
         },
     )

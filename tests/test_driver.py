@@ -417,3 +417,38 @@ async def test_keys_are_renewed_every_rekey_interval(
         await peer.exec(channel, "echo fresh keys")
         assert output_of(await peer.until_close(channel)) == b"fresh keys\n"
         await peer.stream.aclose()
+
+
+async def test_shutdown_ends_idle_connections_at_once(ctx: ServerContext) -> None:
+    """An idle connection gets DISCONNECT "server shutting down" at once."""
+    with trio.fail_after(10):
+        async with connected(ctx) as peer:
+            await peer.login()
+            while not ctx.state.drivers:
+                await trio.sleep(0.01)
+            ctx.state.shutting_down = True
+            for driver in list(ctx.state.drivers):
+                driver.shutting_down()
+            message = await peer.next_message()
+            assert isinstance(message, tr.Disconnect)
+            assert message.description == "server shutting down"
+
+
+async def test_shutdown_tells_running_sessions_and_refuses_new_ones(ctx: ServerContext) -> None:
+    """A connection with a running session: its user reads the notice on stderr, and no
+    new channel may open while the grace runs."""
+    with trio.fail_after(10):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session(0)
+            await peer.exec(channel, "sleep 1000")
+            await peer.expect(conn.ChannelSuccess)
+            ctx.state.shutting_down = True
+            for driver in list(ctx.state.drivers):
+                driver.shutting_down()
+            notice = await peer.expect(conn.ChannelExtendedData)
+            assert notice.data == b"\r\ntrissh: server shutting down\r\n"
+            peer.client.open_channel(1)
+            refused = await peer.expect(conn.ChannelOpenFailure)
+            assert refused.description == "server shutting down"
+            await peer.stream.aclose()

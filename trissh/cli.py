@@ -7,11 +7,12 @@ configuration or usage.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ An SSH server that runs every session in a fresh rootless podman container.
 commands:
   (none)          run the server
   doctor          check the podman service, runtime, image and keys, and say how to fix each
+  check-config    validate the configuration (and the files it names) without starting
   hash-password   read a password (stdin or prompt) and print the password_hash to configure
 """
 
@@ -50,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["run", "doctor", "hash-password"],
+        choices=["run", "doctor", "check-config", "hash-password"],
         default="run",
         help=argparse.SUPPRESS,
     )
@@ -104,6 +106,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def check_config(settings: ServerConfig) -> int:
+    """Everything a start would check but the ports and podman: keys, users, algorithms."""
+    from trissh.backend.memory import MemoryBackend
+
+    try:
+        build_context(settings, MemoryBackend())
+    except StartupError as exc:
+        print(f"trissh: {exc}", file=sys.stderr)
+        return 2
+    print("configuration OK")
+    return 0
+
+
 def hash_password_command() -> int:
     """Print an argon2id hash of a password read from stdin, or typed twice at a prompt."""
     from trissh.auth.passwords import hash_password
@@ -132,12 +147,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trissh: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    if args.command == "check-config":
+        return check_config(settings)
     if args.command == "doctor":
         from trissh.doctor import run_doctor
 
         return trio.run(run_doctor, settings)
+    overrides = _overrides(args)
     try:
-        return trio.run(_run_server, settings)
+        return trio.run(_run_server, settings, lambda: load_config(args.config, overrides))
     except StartupError as exc:
         print(f"trissh: {exc}", file=sys.stderr)
         return 1
@@ -170,7 +188,11 @@ def load_host_keys(settings: ServerConfig) -> tuple[HostKey, ...]:
     return tuple(keys)
 
 
-def build_context(settings: ServerConfig, backend: Backend) -> ServerContext:
+def build_context(
+    settings: ServerConfig, backend: Backend, *, previous: ServerContext | None = None
+) -> ServerContext:
+    """Everything connections share. With ``previous`` (a reload), the backend, instance
+    and live state carry over; only what the configuration says is rebuilt."""
     global_keys: list[AuthorizedKey] = []
     if settings.authorized_keys is not None:
         try:
@@ -203,6 +225,8 @@ def build_context(settings: ServerConfig, backend: Backend) -> ServerContext:
         )
     except ValueError as exc:
         raise StartupError(f"[ssh]: {exc}") from None
+    if previous is not None:
+        return dataclasses.replace(previous, settings=settings, protocol=protocol, auth=policy)
     return ServerContext(
         settings=settings,
         protocol=protocol,
@@ -212,7 +236,23 @@ def build_context(settings: ServerConfig, backend: Backend) -> ServerContext:
     )
 
 
-async def _run_server(settings: ServerConfig) -> int:
+def reload_context(ctx: ServerContext, load: Callable[[], ServerConfig]) -> None:
+    """SIGHUP: read the configuration again; new connections get it, live ones keep theirs.
+    A bad file changes nothing but a log line."""
+    try:
+        settings = load()
+        new = build_context(settings, ctx.backend, previous=ctx.state.context or ctx)
+    except (ConfigError, StartupError) as exc:
+        log.error("config_reload_failed", error=str(exc))
+        return
+    if settings.listen != ctx.settings.listen:
+        log.warning("config_reload_listen_ignored", detail="listen addresses change on restart")
+    configure_logging(settings.log_format, settings.log_level)
+    ctx.state.context = new
+    log.info("config_reloaded", users=len(settings.users))
+
+
+async def _run_server(settings: ServerConfig, load: Callable[[], ServerConfig]) -> int:
     ctx = build_context(settings, make_backend(settings))
     try:
         listeners = await open_listeners([parse_listen(item) for item in settings.listen])
@@ -222,17 +262,25 @@ async def _run_server(settings: ServerConfig) -> int:
         ) from None
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
+        nursery.start_soon(
+            _watch_signals, shutdown, nursery.cancel_scope, lambda: reload_context(ctx, load)
+        )
         await serve(ctx, listeners, shutdown=shutdown)
         nursery.cancel_scope.cancel()
     return 0
 
 
-async def _watch_signals(shutdown: trio.Event, everything: trio.CancelScope) -> None:
-    """First SIGTERM/SIGINT: graceful stop. Second: cancel at once (cleanup still runs)."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _watch_signals(
+    shutdown: trio.Event, everything: trio.CancelScope, reload: Callable[[], None]
+) -> None:
+    """SIGHUP: reload. First SIGTERM/SIGINT: graceful stop. Second: cancel at once (the
+    cleanup of every container still runs, bounded)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("signal_received", signal=signal.Signals(signum).name)
+            if signum == signal.SIGHUP:
+                reload()
+                continue
             if shutdown.is_set():
                 everything.cancel()
             shutdown.set()

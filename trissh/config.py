@@ -189,8 +189,9 @@ class LimitSettings(_Model):
     #: Seconds an unauthenticated connection may live (sshd's LoginGraceTime).
     login_grace_time: float = Field(120.0, gt=0)
     max_auth_attempts: int = Field(6, ge=1, le=100)
-    #: Seconds given to live sessions after SIGTERM before they are cancelled.
-    shutdown_grace: float = Field(0.0, ge=0)
+    #: Seconds running sessions get after SIGTERM/SIGINT before they are cancelled (a
+    #: second signal cancels at once). Connections without sessions end immediately.
+    shutdown_grace: float = Field(10.0, ge=0)
 
 
 class SshSettings(_Model):

@@ -41,7 +41,7 @@ import trio
 from trissh.auth.login import LoginConversation
 from trissh.auth.policy import AuthPolicy, Grant, LoginRequest
 from trissh.backend import Backend, SandboxSpec
-from trissh.channel import ChannelHandle
+from trissh.channel import ChannelHandle, ChannelStream
 from trissh.config import ContainerSection, ServerConfig, SessionSection, container_settings
 from trissh.protocol import (
     Authenticated,
@@ -82,6 +82,13 @@ RECEIVE_SIZE = 256 * 1024
 OUTPUT_HIGH_WATER = 1024 * 1024
 #: Bound on the final flush of a DISCONNECT and on closing the socket.
 CLOSE_TIMEOUT = 2.0
+SHUTDOWN_MESSAGE = "server shutting down"
+
+
+async def _tell(handle: ChannelHandle, message: str) -> None:
+    """Write a notice on a session's stderr, bounded; a closed channel just misses it."""
+    with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(trio.BrokenResourceError):
+        await ChannelStream(handle, stderr=True).send_all(message.encode())
 
 
 @dataclass(slots=True)
@@ -89,6 +96,11 @@ class ServerState:
     """Live numbers of a running server, for the debug statistic and tests."""
 
     live_connections: int = 0
+    #: The context new connections get; a reload (SIGHUP) replaces it, live ones keep theirs.
+    context: ServerContext | None = None
+    #: Live connections, so a shutdown can tell their users and end the idle ones.
+    drivers: set[ConnectionDriver] = field(default_factory=set)
+    shutting_down: bool = False
     #: The nursery that connections run in (set by ``serve``).
     connections_nursery: trio.Nursery | None = None
     #: The task running ``serve_listeners`` (its accept loops are not connection work).
@@ -257,6 +269,9 @@ class ConnectionDriver:
             self.conn.disconnect(DisconnectReason.BY_APPLICATION, "internal server error")
         finally:
             self._release_user_slot()
+            if self.ctx.state.shutting_down and not self._ended and not self.conn.closed:
+                self.close_reason = "server_shutdown"  # cut short, not ended on its own
+                self.conn.disconnect(DisconnectReason.BY_APPLICATION, SHUTDOWN_MESSAGE)
             await self._flush_and_close()
 
     def _claim_user_slot(self, username: str) -> bool:
@@ -278,6 +293,17 @@ class ConnectionDriver:
         else:
             del self.ctx.user_connections[self._counted_user]
         self._counted_user = None
+
+    def shutting_down(self) -> None:
+        """The server stops: idle connections end now; users of sessions are told, and
+        their sessions get the shutdown grace (the connections nursery's deadline)."""
+        busy = [handle for handle in self._handles.values() if handle.session_started]
+        if not busy:
+            self._end(DisconnectReason.BY_APPLICATION, SHUTDOWN_MESSAGE, "server_shutdown")
+            return
+        assert self._nursery is not None
+        for handle in busy:
+            self._nursery.start_soon(_tell, handle, f"\r\ntrissh: {SHUTDOWN_MESSAGE}\r\n")
 
     def _end(self, reason: DisconnectReason, description: str, close_reason: str) -> None:
         """Disconnect on our own initiative: queue DISCONNECT, stop reading, cancel tasks."""
@@ -496,6 +522,11 @@ class ConnectionDriver:
             )
 
     def _on_channel_open(self, channel_id: ChannelId) -> None:
+        if self.ctx.state.shutting_down:
+            self.conn.reject_channel(
+                channel_id, ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED, SHUTDOWN_MESSAGE
+            )
+            return
         limit = self.session_settings.max_sessions_per_connection
         if len(self._handles) >= limit:
             self.conn.reject_channel(
@@ -539,9 +570,11 @@ async def serve_connection(
         log.info("connection_accepted")
         driver = ConnectionDriver(stream, ctx, conn_id=conn_id, remote=remote)
         ctx.state.live_connections += 1
+        ctx.state.drivers.add(driver)
         try:
             await driver.run()
         finally:
+            ctx.state.drivers.discard(driver)
             ctx.state.live_connections -= 1
             stats = driver.conn.statistics()
             log.info(

@@ -9,7 +9,8 @@ Nursery tree::
           │  └─ trio.serve_listeners(handler_nursery=connections)
           └─ serve_connection (one each)  (driver.py)
 
-On ``shutdown`` the listening scope is cancelled and the connections nursery gets a
+On ``shutdown`` the listening scope is cancelled, idle connections end at once, users of
+running sessions are told ("server shutting down"), and the connections nursery gets a
 deadline of now + ``limits.shutdown_grace``; cancelled connections remove their
 containers on the way out, so ``serve`` returns only when nothing is left running.
 """
@@ -56,8 +57,11 @@ async def serve(
     except Exception as exc:  # the server is still useful; sessions will report the cause
         log.warning("sweep_failed", error=str(exc))
 
+    ctx.state.context = ctx
+
     async def handle(stream: trio.SocketStream) -> None:
-        await serve_connection(stream, ctx, conn_id=secrets.token_hex(6), remote=_peer(stream))
+        current = ctx.state.context or ctx  # the latest configuration (SIGHUP)
+        await serve_connection(stream, current, conn_id=secrets.token_hex(6), remote=_peer(stream))
 
     async with trio.open_nursery() as upkeep:
         await upkeep.start(ctx.backend.run)
@@ -93,9 +97,13 @@ async def _serve_connections(
         )
         task_status.started()
         await shutdown.wait()
-        log.info("server_stopping", grace_s=ctx.settings.limits.shutdown_grace)
+        grace = (ctx.state.context or ctx).settings.limits.shutdown_grace
+        log.info("server_stopping", grace_s=grace, connections=ctx.state.live_connections)
         listening.cancel()
-        connections.cancel_scope.deadline = trio.current_time() + ctx.settings.limits.shutdown_grace
+        ctx.state.shutting_down = True
+        for driver in list(ctx.state.drivers):
+            driver.shutting_down()
+        connections.cancel_scope.deadline = trio.current_time() + grace
 
 
 def _listener_address(listener: trio.SocketListener) -> str:

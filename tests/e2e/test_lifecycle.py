@@ -38,7 +38,7 @@ class ServerProcess:
 
 @asynccontextmanager
 async def trissh_process(
-    podman_url: str, authorized_keys: Path, tmp_path: Path
+    podman_url: str, authorized_keys: Path, tmp_path: Path, *, config: Path | None = None
 ) -> AsyncIterator[ServerProcess]:
     """Start `python -m trissh` on a free port; read its port and instance from its log."""
     argv = [
@@ -47,6 +47,7 @@ async def trissh_process(
         "--authorized-keys", str(authorized_keys),
         "--host-key", str(tmp_path / "host_key"),
         "--podman-url", podman_url,
+        *(["--config", str(config)] if config else []),
     ]  # fmt: skip
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
@@ -79,28 +80,109 @@ async def trissh_process(
                 process.kill()
 
 
-async def test_sigterm_mid_session_removes_containers_and_exits_zero(
+async def test_sigterm_tells_users_waits_the_grace_then_cleans_up(
     podman_url: str,
     authorized_keys: Path,
     tmp_path: Path,
     client_key: ClientKey,
     containers: Containers,
 ) -> None:
-    """SIGTERM while a session runs: the client is cut off, no container remains, exit 0."""
-    async with trissh_process(podman_url, authorized_keys, tmp_path) as server:
+    """SIGTERM while a session runs: the user reads "server shutting down", the session
+    gets shutdown_grace (2 s), then no container remains and the exit status is 0."""
+    config = tmp_path / "trissh.toml"
+    config.write_text("[limits]\nshutdown_grace = 2\n")
+    async with trissh_process(podman_url, authorized_keys, tmp_path, config=config) as server:
+        client: list[subprocess.CompletedProcess[bytes]] = []
         async with trio.open_nursery() as nursery:
-            client = await nursery.start(
+
+            async def run_client() -> None:
+                client.append(await run_ssh_process(server.port, client_key, "sleep 1000"))
+
+            nursery.start_soon(run_client)
+            await containers.wait_for(server.instance, 1)
+            stopping = trio.current_time()
+            server.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(20):
+                code = await server.process.wait()
+            assert code == 0
+            assert trio.current_time() - stopping >= 1.9  # the grace was given
+        assert await containers.of(server.instance) == []
+    assert b"trissh: server shutting down" in client[0].stderr
+    assert b"server shutting down" in client[0].stderr.splitlines()[-1]  # the DISCONNECT
+
+
+async def test_second_signal_skips_the_grace(
+    podman_url: str,
+    authorized_keys: Path,
+    tmp_path: Path,
+    client_key: ClientKey,
+    containers: Containers,
+) -> None:
+    """A long grace, then a second SIGTERM: the server stops at once, still cleaning up."""
+    config = tmp_path / "trissh.toml"
+    config.write_text("[limits]\nshutdown_grace = 600\n")
+    async with trissh_process(podman_url, authorized_keys, tmp_path, config=config) as server:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
                 partial(trio.run_process, check=False, capture_stdout=True, capture_stderr=True),
                 ssh_argv(server.port, client_key.path, "sleep 1000"),
             )
             await containers.wait_for(server.instance, 1)
             server.process.send_signal(signal.SIGTERM)
+            await trio.sleep(1)
+            server.process.send_signal(signal.SIGTERM)
             with trio.fail_after(20):
-                code = await server.process.wait()
-            assert code == 0
-            with trio.fail_after(10):
-                await client.wait()
+                assert await server.process.wait() == 0
         assert await containers.of(server.instance) == []
+
+
+async def test_sighup_reloads_users_and_rejects_a_bad_file(
+    podman_url: str,
+    authorized_keys: Path,
+    tmp_path: Path,
+    client_key: ClientKey,
+    stranger_key: ClientKey,
+) -> None:
+    """SIGHUP: a new key works for new connections; a broken file is refused with a log
+    line and the configuration in force stays."""
+    config = tmp_path / "trissh.toml"
+    config.write_text("")
+    async with trissh_process(podman_url, authorized_keys, tmp_path, config=config) as server:
+        before = await run_ssh_process(server.port, stranger_key, "echo hi", user="sam")
+        assert before.returncode == 255
+        config.write_text(f'[users.sam]\nauthorized_keys = ["{stranger_key.public_line}"]\n')
+        server.process.send_signal(signal.SIGHUP)
+        await wait_for_event(server, "config_reloaded")
+        after = await run_ssh_process(server.port, stranger_key, "echo hi", user="sam")
+        assert after.stdout == b"hi\n", after.stderr
+        config.write_text("[container]\nimgae = 'typo'\n")
+        server.process.send_signal(signal.SIGHUP)
+        failed = await wait_for_event(server, "config_reload_failed")
+        assert "container.imgae" in failed["error"]
+        still = await run_ssh_process(server.port, stranger_key, "echo still", user="sam")
+        assert still.stdout == b"still\n"
+        server.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await server.process.wait() == 0
+
+
+async def run_ssh_process(
+    port: int, key: ClientKey, command: str, *, user: str = "alice"
+) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(60):
+        return await trio.run_process(
+            ssh_argv(port, key.path, command, user=user),
+            capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+
+
+async def wait_for_event(server: ServerProcess, name: str) -> dict[str, Any]:
+    with trio.fail_after(15):
+        while True:
+            for event in server.events():
+                if event.get("event") == name:
+                    return event
+            await trio.sleep(0.1)
 
 
 async def test_startup_sweep_removes_leftovers_of_a_crashed_server(
@@ -138,6 +220,7 @@ async def test_json_logs_tell_a_connection_s_story(
                 capture_stdout=True, capture_stderr=True, check=False,
             )  # fmt: skip
         assert done.returncode == 3
+        await wait_for_event(server, "connection_closed")  # before we stop the server
         server.process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             await server.process.wait()
