@@ -41,7 +41,7 @@ def _check_host_keys(settings: ServerConfig) -> list[HealthCheck]:
                     name=f"host key {path}",
                     ok=False,
                     detail=str(exc),
-                    fix="point --host-key at an unencrypted ed25519, RSA (>= 3072 bits) or ECDSA key",
+                    fix="point --host-key at an unencrypted ed25519, RSA or ECDSA key",
                 )
             )
             continue
