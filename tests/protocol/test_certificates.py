@@ -434,6 +434,17 @@ def test_small_rsa_certified_key_is_refused(ca_key: HostKey) -> None:
         )
 
 
+def test_negative_rsa_modulus_is_a_decode_error(ca_key: HostKey) -> None:
+    """Found by the mutation fuzz (cryptography raised OverflowError), for the key and the CA."""
+    fields = wire.mpint(65537) + wire.mpint(-(1 << 3000) + 12345)
+    with pytest.raises(DecodeError, match="RSA modulus is not positive"):
+        parse_certificate(
+            _build(ca_key, key_type="ssh-rsa-cert-v01@openssh.com", key_fields=fields)
+        )
+    with pytest.raises(DecodeError, match="RSA modulus is not positive"):
+        parse_certificate(_build(ca_key, ca_blob=wire.string("ssh-rsa") + fields))
+
+
 def test_oversized_blob_is_refused() -> None:
     with pytest.raises(DecodeError, match="too large"):
         parse_certificate(b"\x00" * 40000)
