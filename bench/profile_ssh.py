@@ -108,7 +108,9 @@ def spy_summary(raw: Path, top: int = 18) -> tuple[int, list[tuple[str, float, f
     return total, rows
 
 
-def cprofile_summary(path: Path, top: int = 18) -> tuple[dict[str, int], str]:
+def cprofile_summary(
+    path: Path, top: int = 18, cumulative: bool = False
+) -> tuple[dict[str, int], str]:
     stats = pstats.Stats(str(path))
     calls: dict[str, int] = {}
     for (filename, _, name), (_, ncalls, _, _, _) in stats.stats.items():  # type: ignore[attr-defined]
@@ -119,6 +121,14 @@ def cprofile_summary(path: Path, top: int = 18) -> tuple[dict[str, int], str]:
     stats.strip_dirs().sort_stats("tottime").print_stats(top)
     text = out.getvalue()
     text = text[text.find("   ncalls") :] if "   ncalls" in text else text
+    if cumulative:
+        out = io.StringIO()
+        stats = pstats.Stats(str(path), stream=out)
+        stats.sort_stats("cumulative").print_stats(r"trissh/|structlog/|json/|cryptography/", top)
+        more = out.getvalue()
+        more = more[more.find("   ncalls") :] if "   ncalls" in more else more
+        more = re.sub(r"/\S*/(site-packages|work/main)/", "", more)
+        text += "\n\ncumulative, trissh + structlog + json + cryptography only:\n\n" + more
     return calls, text.rstrip()
 
 
@@ -169,7 +179,7 @@ def scenario_report(bench: run.Bench, scenario: str, size: int, repeat: int) -> 
         workload(bench, server, scenario, size, repeat)
     finally:
         bench.stop(server)
-    calls, table = cprofile_summary(pstats_path)
+    calls, table = cprofile_summary(pstats_path, cumulative=scenario == "ssh-true")
     if scenario.startswith("download"):
         seal = "AesGcm.seal" if "aes" in scenario else "ChaCha20Poly1305.seal"
         units = calls.get(f"ciphers.py:{seal.split('.')[1]}", 0)

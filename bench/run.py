@@ -33,6 +33,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import select
 import shutil
 import signal
@@ -531,41 +532,46 @@ def measure_throughput(bench: Bench, figures: dict[str, Figure]) -> None:
         figures["up_aes"].set(name, samples)
 
 
-def measure_logins(bench: Bench, figures: dict[str, Figure]) -> None:
-    runs = 8 if bench.quick else 25
-    names = [TRISSH, ASYNCSSH, OPENSSH]
-    cpu: dict[str, float] = {}
-    log(f"`ssh true` with {CURVE}, {runs} runs (server CPU in the same runs)")
-    servers = [bench.servers[n] for n in names]
+def timed_logins(
+    bench: Bench, servers: list[Server], runs: int, kex: str
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """``runs`` sequential `ssh true` per server: wall ms each, and server CPU ms per login."""
     for server in servers:  # warm-up
-        bench.timed(server, "true", kex=CURVE)
+        bench.timed(server, "true", kex=kex)
     samples: dict[str, list[float]] = {s.name: [] for s in servers}
+    cpu: dict[str, float] = {}
     for server in servers:
         assert server.accounting is not None
         before = server.accounting.cpu_seconds()
         for _ in range(runs):
-            samples[server.name].append(bench.timed(server, "true", kex=CURVE) * 1000)
+            samples[server.name].append(bench.timed(server, "true", kex=kex) * 1000)
         time.sleep(0.3)  # let forked children finish exiting
         cpu[server.name] = (server.accounting.cpu_seconds() - before) / runs * 1000
+    return samples, cpu
+
+
+def measure_logins(bench: Bench, figures: dict[str, Figure]) -> None:
+    runs = 8 if bench.quick else 25
+    servers = [bench.servers[n] for n in (TRISSH, ASYNCSSH, OPENSSH)]
+    log(f"`ssh true` with {CURVE}, {runs} runs (server CPU in the same runs)")
+    samples, cpu = timed_logins(bench, servers, runs, CURVE)
     for name, values in samples.items():
         figures["true_curve"].set(name, values)
         figures["cpu_true"].set(name, [cpu[name]])
-    figures["cpu_true"].note = f"over {runs} logins, {servers[0].accounting.method}"  # type: ignore[union-attr]
+    method = servers[0].accounting.method  # type: ignore[union-attr]
+    figures["cpu_true"].note = f"over {runs} logins, {method}"
 
     offered = [s for s in servers if SNTRUP in s.kex_offered]
     for server in servers:
         if server not in offered:
             figures["true_sntrup"].text[server.name] = "not offered"
+            figures["cpu_sntrup"].text[server.name] = "not offered"
     if offered:
         log(f"`ssh true` with {SNTRUP}, {runs} runs ({', '.join(s.name for s in offered)})")
-        got = interleaved(
-            bench,
-            [s.name for s in offered],
-            runs,
-            lambda s: bench.timed(s, "true", kex=SNTRUP) * 1000,
-        )
-        for name, values in got.items():
+        samples, cpu = timed_logins(bench, offered, runs, SNTRUP)
+        for name, values in samples.items():
             figures["true_sntrup"].set(name, values)
+            figures["cpu_sntrup"].set(name, [cpu[name]])
 
 
 def open_idle(bench: Bench, server: Server, count: int) -> list[subprocess.Popen[bytes]]:
@@ -674,10 +680,20 @@ def concurrent_sessions(
             outputs.add(out.strip())
         else:
             key = err.strip().splitlines()[-1][:120] if err.strip() else b"(no message)"
+            key = (
+                re.sub(rb"\b[0-9a-f]{12,64}\b", b"<id>", key)
+                + f" (exit {client.returncode})".encode()
+            )
             errors[key] = errors.get(key, 0) + 1
     wall = time.perf_counter() - start
     for message, n in errors.items():
         log(f"  {server.name}: {n} failed: {message.decode(errors='replace')}")
+    if errors:
+        top, n = max(errors.items(), key=lambda item: item[1])
+        bench.notes.append(
+            f"{server.name}, {count} concurrent sessions: {count - ok} failed; most often "
+            f"({n}x): {top.decode(errors='replace')}"
+        )
     return ok, wall, outputs
 
 
@@ -789,17 +805,23 @@ def measure_end_to_end(bench: Bench, figures: dict[str, Figure]) -> None:
 
     # download through a container next to the raw podman stream, same run
     size = 200_000_000 if bench.quick else 1_000_000_000
-    log(f"download {size / 1e6:.0f} MB end to end through a container, {runs // 2} runs")
+    runs_down = max(3, runs // 2)
+    log(f"download {size / 1e6:.0f} MB end to end through a container, {runs_down} runs")
     login = statistics.median(figures["e2e_true_curve"].samples[PODMAN]) / 1000
     got = interleaved(
         bench,
         [PODMAN, OPENSSH],
-        max(3, runs // 2),
+        runs_down,
         lambda s: size / 1e6 / bench.timed(s, f"head -c {size} /dev/zero", cipher=AES, kex=CURVE),
     )
     for name, values in got.items():
         figures["e2e_down"].set(name, values)
     net = [size / 1e6 / (size / 1e6 / v - login) for v in got[PODMAN]]
+    # where the CPU goes on the container path: trissh, the podman service with the conmon
+    # it starts for the exec, and the ssh client (this process's children)
+    split = cpu_split(bench, podman, size, runs_down)
+    if split:
+        figures["e2e_cpu_split"].text[PODMAN] = split
     log("raw podman exec stream (same image, same head)")
     result = subprocess.run(
         [
@@ -831,6 +853,38 @@ def measure_end_to_end(bench: Bench, figures: dict[str, Figure]) -> None:
         f"wall time incl. login + container start; without the login "
         f"({login * 1000:.0f} ms): {net_median:.0f} MB/s = {net_median / raw:.2f}x the raw "
         f"REST stream, {net_median / backend:.2f}x trissh's backend stream"
+    )
+
+
+def cpu_split(bench: Bench, podman: Server, size: int, runs: int) -> str:
+    """CPU seconds per GB of the trissh+podman download, by process group."""
+    import resource
+
+    service = podman_service_pid(bench.podman_url)
+    trissh = podman.accounting
+    if not service or trissh is None or trissh.group is None:
+        return ""
+    group = Accounting("podman-service")
+    if group.group is None:
+        return ""
+    original = Path(f"/proc/{service}/cgroup").read_text()
+    group.adopt(service)
+    try:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0, s0 = trissh.cpu_seconds(), group.cpu_seconds()
+        for _ in range(runs):
+            bench.timed(podman, f"head -c {size} /dev/zero", cipher=AES, kex=CURVE)
+        wait_containers_gone(bench, podman)
+        t1, s1 = trissh.cpu_seconds(), group.cpu_seconds()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    finally:
+        restore_cgroup(service, original)
+        group.release()
+    gb = size * runs / 1e9
+    client = (after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime) / gb
+    return (
+        f"trissh {(t1 - t0) / gb:.2f}, podman service + conmon + head "
+        f"{(s1 - s0) / gb:.2f}, ssh client {client:.2f}"
     )
 
 
@@ -871,6 +925,13 @@ def make_figures(count: int) -> dict[str, Figure]:
         Figure("true_curve", "`ssh true` ms, curve25519-sha256", "ms", False, "<= 25"),
         Figure("true_sntrup", "`ssh true` ms, sntrup761x25519-sha512", "ms", False, "<= 0.6x sshd"),
         Figure("cpu_true", "server CPU ms per `ssh true` (curve25519)", "ms", False, "<= 5"),
+        Figure(
+            "cpu_sntrup",
+            "server CPU ms per `ssh true` (sntrup761x25519)",
+            "ms",
+            False,
+            "server side of sntrup << 5 ms",
+        ),
         Figure("mem_idle", "server memory per idle connection, KiB", "KiB", False, "<= 40"),
         Figure(
             "concurrent",
@@ -900,6 +961,13 @@ def make_figures(count: int) -> dict[str, Figure]:
             "MB/s",
             True,
             ">= 1.0x sshd",
+        ),
+        Figure(
+            "e2e_cpu_split",
+            "  CPU seconds per GB on the container path (same run)",
+            "",
+            False,
+            "",
         ),
         Figure(
             "e2e_raw", "  podman REST exec stream, raw socket read (same run)", "MB/s", True, ""
@@ -1025,7 +1093,7 @@ def plot(figures: dict[str, Figure], out: Path) -> list[tuple[str, str]]:
     grouped(
         "login.png",
         "Login latency and server CPU per `ssh true` (lower is better)",
-        ["true_curve", "true_sntrup", "cpu_true"],
+        ["true_curve", "true_sntrup", "cpu_true", "cpu_sntrup"],
         [TRISSH, ASYNCSSH, OPENSSH],
         "ms",
     )
@@ -1116,7 +1184,7 @@ def environment(bench: Bench) -> dict[str, str]:
         if Path(SSHD).exists()
         else "?",
         "podman": run("podman", "--version"),
-        "loadavg": Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__(),
+        "load average before the run": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }
     for server in bench.servers.values():
         versions[f"{server.name} version line"] = server.version
@@ -1133,8 +1201,10 @@ def write_report(
     args: argparse.Namespace,
     loadavg_after: str,
     elapsed: float,
+    extra_notes: Sequence[str] = (),
 ) -> None:
     notes = [f"- **{f.title.strip()}**: {f.note}" for f in figures.values() if f.note]
+    notes += [f"- {note}" for note in extra_notes]
     samples = []
     for f in figures.values():
         for name, values in f.samples.items():
@@ -1218,6 +1288,27 @@ run rather than absolute figures across runs. Profiles of trissh's SSH layer:
 # ------------------------------------------------------------------------ main
 
 
+def cpu_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def wait_quiet(limit: float, longest: float) -> float:
+    """Wait until the machine's CPUs are less than ``limit`` busy over 3 s (other work on a
+    shared machine skews every figure), at most ``longest`` seconds; return the last level."""
+    deadline = time.monotonic() + longest
+    while True:
+        a = cpu_busy()
+        time.sleep(3)
+        b = cpu_busy()
+        busy = (b[0] - a[0]) / max(1, b[1] - a[1])
+        if busy < limit or time.monotonic() > deadline:
+            return busy
+        log(f"the machine is {busy:.0%} busy with other work; waiting for it to settle")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs, smaller transfers")
@@ -1249,7 +1340,10 @@ def main() -> int:
         )
         return 1
     only = set(args.only.split(","))
+    busy = wait_quiet(0.25, 0 if args.quick else 180)
+    log(f"other work keeps the CPUs {busy:.0%} busy at the start")
     started = time.monotonic()
+    busy_before = cpu_busy()
     bench = Bench(args)
     figures = make_figures(50 if args.quick else 200)
     try:
@@ -1262,12 +1356,14 @@ def main() -> int:
             else:
                 bench.start_trissh(PODMAN, "podman")
         versions = environment(bench)
+        versions["CPUs busy with other work at the start"] = f"{busy:.0%}"
+        # heaviest last: 200 containers leave podman busy cleaning up for a while
         steps = [
             ("throughput", measure_throughput),
             ("logins", measure_logins),
             ("memory", measure_memory),
-            ("concurrency", measure_concurrency),
             ("e2e", measure_end_to_end),
+            ("concurrency", measure_concurrency),
         ]
         for name, step in steps:
             if name in only:
@@ -1285,11 +1381,25 @@ def main() -> int:
     for f in figures.values():
         if f.note:
             print(f"- {f.title.strip()}: {f.note}")
-    loadavg_after = Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
+    for note in bench.notes:
+        print(f"- {note}")
+    busy_after = cpu_busy()
+    busy = (busy_after[0] - busy_before[0]) / max(1, busy_after[1] - busy_before[1])
+    loadavg = " ".join(Path("/proc/loadavg").read_text().split(" ", 3)[:3])
+    loadavg_after = f"{loadavg}; the machine's CPUs were {busy:.0%} busy on average during the run"
+    log(f"load average after the run {loadavg}; CPUs {busy:.0%} busy during the run")
     if not args.no_write:
         plots = plot(figures, BENCH / "plots")
         write_report(
-            ROOT / "BENCHMARKS.md", table, figures, versions, plots, args, loadavg_after, elapsed
+            ROOT / "BENCHMARKS.md",
+            table,
+            figures,
+            versions,
+            plots,
+            args,
+            loadavg_after,
+            elapsed,
+            bench.notes,
         )
         log("wrote BENCHMARKS.md and bench/plots/")
     log(f"done in {elapsed / 60:.1f} min")
