@@ -34,7 +34,7 @@ PIDFILE=$RUNDIR/service.pid
 LOCKFILE=/run/lock/trissh-setup-host.lock
 SUBID_COUNT=65536
 PACKAGES=(podman runc crun uidmap slirp4netns fuse-overlayfs catatonit busybox-static
-          openssh-sftp-server openssh-client tmux python3-venv curl gcc libc6-dev
+          openssh-sftp-server openssh-client tmux python3-venv curl gcc libc6-dev asciinema
           putty-tools dropbear-bin)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 

@@ -206,9 +206,18 @@ def build_context(
                 line=problem.line_number,
                 problem=problem.problem,
             )
-    if not global_keys and not settings.users:
+    auth = settings.auth
+    ways_in = (
+        global_keys,
+        settings.users,
+        auth.webhook,
+        auth.trusted_user_ca_keys,
+        auth.trusted_user_ca_keys_file,
+    )
+    if not any(ways_in):
         raise StartupError(
-            "nobody could log in: give --authorized-keys FILE or configure [users.NAME]"
+            "nobody could log in: give --authorized-keys FILE, or configure [users.NAME],"
+            " [auth] trusted_user_ca_keys or [auth.webhook]"
         )
     try:
         policy = AuthPolicy(settings, global_keys)

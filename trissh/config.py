@@ -165,8 +165,43 @@ class UserSection(_Model):
         return _check_chains(value)
 
 
+class WebhookSection(_Model):
+    """An HTTP service trissh asks (ContainerSSH's auth and configuration protocols)."""
+
+    url: str
+    #: Seconds per attempt; connection errors, timeouts and 5xx are retried.
+    timeout: float = Field(10.0, gt=0, le=300)
+    retries: int = Field(2, ge=0, le=10)
+    #: PEM file of the CA that signed the server's certificate (default: system CAs).
+    ca_file: Path | None = None
+    #: PEM client certificate and key, for mutual TLS.
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class AuthWebhookSection(WebhookSection):
+    """``[auth.webhook]``: ContainerSSH's auth webhook (``/password``, ``/pubkey``)."""
+
+    #: Ask ``/authz`` once a user has passed authentication.
+    authz: bool = False
+    #: Let ``/keyboard-interactive`` drive the prompts (trissh's extension; MFA services).
+    keyboard_interactive: bool = False
+
+
 class AuthSection(_Model):
     """``[auth]``: server-wide authentication settings."""
+
+    #: Asked for users and keys the local configuration does not accept.
+    webhook: AuthWebhookSection | None = None
+    #: ContainerSSH's configuration server: its answer overrides ``[container]`` per login.
+    config_webhook: WebhookSection | None = None
 
     #: CA public keys (OpenSSH format) whose user certificates are trusted, for any user
     #: whose name is among the certificate's principals.
@@ -283,6 +318,16 @@ class ServerConfig(_Model):
         """The container settings of ``username``: ``[container]`` with their overrides."""
         override = self.users[username].container if username in self.users else {}
         return _merged(self.container, override, f"users.{username}.container")
+
+    def with_container_overrides(
+        self, username: str, overrides: Mapping[str, Any]
+    ) -> ContainerSection:
+        """``container_for(username)`` with a configuration server's answer on top.
+
+        Raises:
+            ValueError: the result is not valid settings (the answer names bad keys).
+        """
+        return _merged(self.container_for(username), overrides, "config_webhook")
 
     def session_for(self, username: str) -> SessionSection:
         override = self.users[username].session if username in self.users else {}

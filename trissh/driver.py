@@ -177,7 +177,15 @@ class ConnectionDriver:
         self._keys_since = trio.current_time()
         remote_ip = remote.rsplit(":", 1)[0].strip("[]")
         self._login = LoginConversation(
-            ctx.auth, self.conn, lambda username: LoginRequest(username, remote_ip, conn_id)
+            ctx.auth,
+            self.conn,
+            lambda username: LoginRequest(
+                username,
+                remote_ip,
+                conn_id,
+                remote=remote,
+                client_version=self.conn.client_version or "",
+            ),
         )
         #: Restrictions of the login (forced command, no pty, environment) for sessions.
         self.grant = Grant()
@@ -501,16 +509,26 @@ class ConnectionDriver:
         self.grant = self._login.grant
         if not self.grant.allow_pty:
             self.conn.forbid_pty()
-        self.username = event.username
-        self.container_settings = self.ctx.settings.container_for(event.username)
-        self.session_settings = self.ctx.settings.session_for(event.username)
+        # A webhook may have verified another name (ContainerSSH's authenticatedUsername):
+        # that is who the containers, labels, limits and logs are for.
+        username = self.grant.username or event.username
+        self.username = username
+        self.container_settings = self.ctx.settings.with_container_overrides(
+            username, self.grant.container
+        )
+        self.session_settings = self.ctx.settings.session_for(username)
         self._grace.deadline = math.inf
-        structlog.contextvars.bind_contextvars(user=event.username)
-        log.info("auth_succeeded", method=event.method, key_fingerprint=event.key_fingerprint)
-        if not self._claim_user_slot(event.username):
+        structlog.contextvars.bind_contextvars(user=username)
+        log.info(
+            "auth_succeeded",
+            method=event.method,
+            key_fingerprint=event.key_fingerprint,
+            **self._login.log_fields,
+        )
+        if not self._claim_user_slot(username):
             self._end(
                 DisconnectReason.TOO_MANY_CONNECTIONS,
-                f"too many connections for user {event.username}",
+                f"too many connections for user {username}",
                 "user_connection_limit",
             )
             return

@@ -15,15 +15,28 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from trissh.auth.chains import MethodChains
 from trissh.auth.passwords import verify_password
 from trissh.auth.totp import TotpVerifier, load_secret
+from trissh.auth.webhook import (
+    AuthorizationRequest,
+    AuthResponse,
+    ConfigRequest,
+    KeyboardInteractiveRequest,
+    Metadata,
+    PasswordRequest,
+    PublicKeyRequest,
+    WebhookClient,
+    authorized_key,
+)
 from trissh.authorized_keys import AuthorizedKey, OptionError, load_authorized_keys, parse_line
-from trissh.config import ServerConfig, UserSection
+from trissh.config import ServerConfig, UserSection, WebhookSection
 from trissh.protocol import PublicKey
+from trissh.protocol.certificates import Certificate, check_user_certificate
 
 log = structlog.get_logger("trissh.auth")
 
@@ -37,18 +50,24 @@ class PolicyError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """Restrictions a login carries into its sessions."""
+    """What a login carries into its sessions: restrictions, and what webhooks decided."""
 
     forced_command: str | None = None
     allow_pty: bool = True
     environment: Mapping[str, str] = field(default_factory=dict)
+    #: The name an auth webhook verified (ContainerSSH's ``authenticatedUsername``).
+    username: str | None = None
+    #: ``[container]`` overrides from the configuration server, already validated.
+    container: Mapping[str, Any] = field(default_factory=dict)
 
     def merged(self, other: Grant) -> Grant:
-        """Both restrictions at once (a chain of methods narrows, never widens)."""
+        """Both at once: restrictions narrow, never widen; later facts add to earlier."""
         return Grant(
             forced_command=self.forced_command or other.forced_command,
             allow_pty=self.allow_pty and other.allow_pty,
-            environment={**other.environment, **self.environment},
+            environment={**self.environment, **other.environment},
+            username=other.username or self.username,
+            container={**self.container, **other.container},
         )
 
 
@@ -57,6 +76,19 @@ class Decision:
     ok: bool
     reason: str = ""
     grant: Grant = field(default_factory=Grant)
+    #: Extra fields for the auth_succeeded log line (certificate key id, CA).
+    log: Mapping[str, str] = field(default_factory=dict)
+    #: Webhook metadata to pass on to later webhook calls.
+    metadata: Metadata | None = None
+
+
+def _webhook_decision(response: AuthResponse, what: str) -> Decision:
+    """A webhook's answer as a decision; its environment reaches the sessions."""
+    if not response.success:
+        return Decision(False, f"{what} rejected by the auth webhook")
+    environment = {name: value.value for name, value in response.metadata.environment.items()}
+    grant = Grant(environment=environment, username=response.authenticated_username)
+    return Decision(True, grant=grant, log={"via": "webhook"}, metadata=response.metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +98,31 @@ class LoginRequest:
     username: str
     remote_ip: str
     conn_id: str = ""
+    #: ``host:port`` as webhooks want it, and the client's identification line.
+    remote: str = ""
+    client_version: str = ""
+    #: What earlier webhook answers said, passed on to the next (ContainerSSH metadata).
+    metadata: Metadata = field(default_factory=Metadata)
+
+    def connection(self) -> dict[str, Any]:
+        """The fields every webhook request carries."""
+        return {
+            "username": self.username,
+            "remote_address": self.remote or self.remote_ip,
+            "connection_id": self.conn_id,
+            "client_version": self.client_version,
+            "metadata": self.metadata,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Prompts:
+    """Keyboard-interactive wants answers to these; ``state`` comes back with them."""
+
+    prompts: list[tuple[str, bool]]
+    name: str = ""
+    instruction: str = ""
+    state: object = None
 
 
 @dataclass(slots=True)
@@ -105,9 +162,19 @@ class AuthPolicy:
         self._users: dict[str, _User] = {
             name: self._load_user(name, section) for name, section in settings.users.items()
         }
+        self._user_cas = _load_cas(settings)
+        self._settings = settings
+        self._webhook = _client(settings.auth.webhook)
+        self._config_webhook = _client(settings.auth.config_webhook)
+        self._webhook_kbdint = bool(
+            settings.auth.webhook and settings.auth.webhook.keyboard_interactive
+        )
+        self._webhook_authz = bool(settings.auth.webhook and settings.auth.webhook.authz)
         has_secrets = any(u.password_hash or u.totp for u in self._users.values())
         self.methods: tuple[str, ...] = (
-            ("publickey", "password", "keyboard-interactive") if has_secrets else ("publickey",)
+            ("publickey", "password", "keyboard-interactive")
+            if has_secrets or self._webhook is not None
+            else ("publickey",)
         )
 
     @property
@@ -147,15 +214,38 @@ class AuthPolicy:
             return user.chains
         if self._default_chains:
             return MethodChains.parse(self._default_chains)
+        if self._webhook is not None:
+            return MethodChains([[method] for method in self.methods])
         return MethodChains([["publickey"]])
 
     # -- publickey ------------------------------------------------------------------------
 
-    async def publickey(self, request: LoginRequest, key: PublicKey) -> Decision:
-        """Is ``key`` authorized for the user (global keys, then the user's own)?"""
+    async def publickey(
+        self, request: LoginRequest, key: PublicKey, certificate: Certificate | None = None
+    ) -> Decision:
+        """Is ``key`` (or the ``certificate`` for it) authorized for the user?"""
         user = self._users.get(request.username)
         candidates = self._global_keys + (user.keys if user else [])
         now = self._clock()
+        if certificate is not None:
+            decision = self._certificate(request, certificate, candidates, now)
+        else:
+            decision = self._local_key(request, key, candidates, now)
+        if decision.ok or self._webhook is None:
+            return decision
+        blob = certificate.blob if certificate is not None else key.blob
+        response = await self._webhook.pubkey(
+            PublicKeyRequest(public_key=authorized_key(blob), **request.connection())
+        )
+        return _webhook_decision(response, "key")
+
+    def _local_key(
+        self,
+        request: LoginRequest,
+        key: PublicKey,
+        candidates: Sequence[AuthorizedKey],
+        now: float,
+    ) -> Decision:
         for entry in candidates:
             if entry.blob != key.blob or entry.options.cert_authority:
                 continue
@@ -166,14 +256,138 @@ class AuthPolicy:
             return Decision(True, grant=_grant(entry))
         return Decision(False, "key not authorized")
 
+    def _certificate(
+        self,
+        request: LoginRequest,
+        cert: Certificate,
+        candidates: Sequence[AuthorizedKey],
+        now: float,
+    ) -> Decision:
+        """sshd's rules: a trusted CA ([auth] or a ``cert-authority`` line, whose
+        ``principals=`` then replace the user name), validity, principals, options."""
+        where = f"key id {cert.key_id!r}, CA {cert.signature_key.fingerprint}"
+        reason = check_user_certificate(
+            cert,
+            username=request.username,
+            now=int(now),
+            source_ip=request.remote_ip,
+            trusted_cas=self._user_cas,
+        )
+        entry: AuthorizedKey | None = None
+        if reason is not None:
+            for candidate in candidates:
+                options = candidate.options
+                if not options.cert_authority or candidate.blob != cert.signature_key.blob:
+                    continue
+                names = options.principals or (request.username,)
+                results = [
+                    check_user_certificate(
+                        cert, username=name, now=int(now), source_ip=request.remote_ip,
+                        trusted_cas=(candidate.blob,),
+                    )
+                    for name in names
+                ]  # fmt: skip
+                reason = next((r for r in results if r is None), results[0])
+                if reason is None:
+                    if not options.allows_source(request.remote_ip) or options.expired(now):
+                        reason = "CA key not allowed from this address or expired"
+                    entry = candidate
+                    break
+        if reason is not None:
+            return Decision(False, f"{reason} ({where})")
+        grant = Grant(
+            forced_command=cert.force_command,
+            allow_pty=cert.permits("permit-pty"),
+        )
+        if entry is not None:
+            grant = grant.merged(_grant(entry))
+        return Decision(
+            True,
+            grant=grant,
+            log={"certificate": cert.key_id, "ca": cert.signature_key.fingerprint},
+        )
+
     # -- password and keyboard-interactive -------------------------------------------------
 
     async def password(self, request: LoginRequest, password: str) -> Decision:
         user = self._users.get(request.username)
         stored = user.password_hash if user is not None else None
+        if stored is None and self._webhook is not None:
+            response = await self._webhook.password(
+                PasswordRequest(password=password, **request.connection())
+            )
+            return _webhook_decision(response, "password")
         if await verify_password(stored, password):
             return Decision(True)
         return Decision(False, "wrong password" if stored else "no password for this user")
+
+    async def keyboard_interactive(
+        self,
+        request: LoginRequest,
+        passed: Sequence[str],
+        submethods: str,
+        responses: Sequence[str] | None = None,
+        state: object = None,
+    ) -> Prompts | Decision:
+        """One step of keyboard-interactive: prompts to send, or the verdict.
+
+        Local users (password and/or TOTP) get one round of prompts; everyone else is
+        asked through the webhook, round by round, when ``keyboard_interactive`` is on.
+        """
+        user = self._users.get(request.username)
+        local = user is not None and (user.password_hash or user.totp)
+        if self._webhook is not None and self._webhook_kbdint and not local:
+            return await self._webhook_round(request, submethods, responses, state)
+        if responses is None:
+            return Prompts(self.prompts(request, passed))
+        return await self.answers(request, passed, responses)
+
+    async def _webhook_round(
+        self,
+        request: LoginRequest,
+        submethods: str,
+        responses: Sequence[str] | None,
+        state: object,
+    ) -> Prompts | Decision:
+        assert self._webhook is not None
+        if isinstance(state, tuple):
+            previous, last = state
+            asked = previous.next_round(last, tuple(responses or ()))
+        else:
+            asked = KeyboardInteractiveRequest(submethods=submethods, **request.connection())
+        answer = await self._webhook.keyboard_interactive(asked)
+        if answer.success is None:
+            prompts = [(prompt.prompt, prompt.echo) for prompt in answer.prompts]
+            return Prompts(prompts, answer.name, answer.instruction, (asked, answer))
+        verdict = AuthResponse(
+            success=answer.success,
+            authenticated_username=answer.authenticated_username,
+            metadata=answer.metadata,
+        )
+        return _webhook_decision(verdict, "answers")
+
+    async def finish(self, request: LoginRequest, grant: Grant) -> Decision:
+        """The chain is complete: ``/authz`` and the configuration server, if configured."""
+        username = grant.username or request.username
+        if self._webhook is not None and self._webhook_authz:
+            response = await self._webhook.authz(
+                AuthorizationRequest(authenticated_username=username, **request.connection())
+            )
+            if not response.success:
+                return Decision(False, "not authorized by the auth webhook")
+        if self._config_webhook is None:
+            return Decision(True)
+        config = await self._config_webhook.config(
+            ConfigRequest(authenticated_username=username, **request.connection())
+        )
+        for note in config.ignored:
+            log.warning("config_webhook_field_ignored", note=note)
+        try:
+            self._settings.with_container_overrides(username, config.container)
+        except ValueError as exc:
+            log.error("config_webhook_rejected", error=str(exc))
+            return Decision(False, "the configuration server sent invalid settings")
+        return Decision(True, grant=Grant(container=config.container))
 
     def prompts(self, request: LoginRequest, passed: Sequence[str]) -> list[tuple[str, bool]]:
         """What keyboard-interactive asks: the password unless already given, then a code
@@ -206,6 +420,40 @@ class AuthPolicy:
                 ok = False
                 reasons.append("wrong verification code")
         return Decision(ok, ", ".join(reasons))
+
+
+def _client(section: WebhookSection | None) -> WebhookClient | None:
+    if section is None:
+        return None
+    return WebhookClient(
+        section.url,
+        timeout=section.timeout,
+        retries=section.retries,
+        ca_file=str(section.ca_file) if section.ca_file else None,
+        client_cert=str(section.client_cert) if section.client_cert else None,
+        client_key=str(section.client_key) if section.client_key else None,
+    )
+
+
+def _load_cas(settings: ServerConfig) -> set[bytes]:
+    """Blobs of the CA keys in ``[auth] trusted_user_ca_keys`` and its file."""
+    lines = list(settings.auth.trusted_user_ca_keys)
+    path = settings.auth.trusted_user_ca_keys_file
+    if path is not None:
+        try:
+            lines += path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise PolicyError(f"{path}: {exc.strerror}") from None
+    cas: set[bytes] = set()
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            cas.add(parse_line(line, number).blob)
+        except OptionError as exc:
+            raise PolicyError(f"auth.trusted_user_ca_keys[{number}]: {exc}") from None
+    return cas
 
 
 def _load_key_file(path: Path) -> list[AuthorizedKey]:

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import NewType
 
+from trissh.protocol.certificates import Certificate
 from trissh.protocol.keys import PublicKey
 
 #: Our local channel number (the peer's number stays inside the core).
@@ -75,6 +76,9 @@ class PublicKeyAuthRequested:
     username: str
     public_key: PublicKey
     signed: bool
+    #: Set when the client offered an OpenSSH certificate; ``public_key`` is the key it
+    #: certifies. Whether its CA is trusted is the driver's decision.
+    certificate: Certificate | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

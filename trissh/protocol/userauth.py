@@ -27,6 +27,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from trissh.protocol.certificates import (
+    CERTIFICATE_ALGORITHMS,
+    Certificate,
+    is_certificate_type,
+    parse_certificate,
+)
 from trissh.protocol.config import ProtocolConfig
 from trissh.protocol.constants import DisconnectReason, MessageNumber
 from trissh.protocol.errors import (
@@ -92,6 +98,7 @@ class _Pending:
     request: UserauthRequest
     key: PublicKey | None = None
     method: PublicKeyMethod | None = None
+    certificate: Certificate | None = None
     prompts: int = 0
 
 
@@ -184,21 +191,34 @@ class UserAuthServer:
 
     def _publickey(self, request: UserauthRequest) -> None:
         method = PublicKeyMethod.decode(Reader(request.method_data))
+        certificate = None
         try:
-            key = parse_public_key(method.key_blob)
+            if is_certificate_type(method.algorithm):
+                certificate = parse_certificate(method.key_blob)
+                key = certificate.public_key
+            else:
+                key = parse_public_key(method.key_blob)
         except DecodeError as exc:
             self._fail(request, f"unusable key: {exc.description}")
             return
-        if (
-            method.algorithm not in key.signature_algorithms()
-            or method.algorithm not in USER_SIGNATURE_ALGORITHMS
-        ):
+        if certificate is not None:
+            allowed = CERTIFICATE_ALGORITHMS.get(method.algorithm, ("", ""))[0]
+            acceptable = allowed == certificate.key_type
+        else:
+            acceptable = (
+                method.algorithm in key.signature_algorithms()
+                and method.algorithm in USER_SIGNATURE_ALGORITHMS
+            )
+        if not acceptable:
             self._fail(request, f"signature algorithm {method.algorithm} not allowed", key)
             return
-        self._ask(_Pending(request, key=key, method=method))
+        self._ask(_Pending(request, key=key, method=method, certificate=certificate))
         self._emit(
             PublicKeyAuthRequested(
-                username=request.username, public_key=key, signed=method.signature is not None
+                username=request.username,
+                public_key=key,
+                signed=method.signature is not None,
+                certificate=certificate,
             )
         )
 
@@ -243,7 +263,8 @@ class UserAuthServer:
                 method.algorithm,
                 method.key_blob,
             )
-            if not key.verify(method.algorithm, method.signature, signed):
+            verifier = pending.certificate or key
+            if not verifier.verify(method.algorithm, method.signature, signed):
                 self._fail(request, "invalid signature", key)
                 return
         fingerprint = key.fingerprint if key is not None else None

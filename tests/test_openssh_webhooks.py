@@ -1,0 +1,193 @@
+"""The real OpenSSH client against trissh backed by ContainerSSH-style webhooks."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from trissh.backend.memory import MemoryBackend
+
+from .auth.http_server import Answer, Received, Server, start
+from .support import ClientKey, RunningServer, make_context, needs_ssh, start_server
+from .test_openssh_auth import ASKPASS, NO_KEYS, login
+
+pytestmark = [needs_ssh, pytest.mark.interop]
+
+PASSWORD = "webhook secret"
+
+
+class Hooks:
+    """A scriptable auth + config service; every request is kept for assertions."""
+
+    def __init__(self) -> None:
+        self.accept_password = True
+        self.accept_keys: set[str] = set()
+        self.authz = True
+        self.config: dict[str, Any] = {}
+        self.status = 200
+        self.kbd_rounds: list[dict[str, Any]] = []
+
+    async def __call__(self, request: Received) -> Answer:
+        if self.status != 200:
+            return self.status, b"{}"
+        body = request.body
+        path = request.path.removeprefix("/hooks")
+        if path == "/password":
+            password = base64.b64decode(body["passwordBase64"]).decode()
+            ok = self.accept_password and password == PASSWORD
+            return {"success": ok, "authenticatedUsername": "mapped" if ok else None}
+        if path == "/pubkey":
+            return {"success": body["publicKey"] in self.accept_keys}
+        if path == "/authz":
+            return {"success": self.authz}
+        if path == "/keyboard-interactive":
+            self.kbd_rounds.append(body)
+            if body["round"] == 0:
+                return {"success": None, "prompts": [{"prompt": "Password: ", "echo": False}],
+                        "state": "asked-password"}  # fmt: skip
+            ok = body["state"] == "asked-password" and body["answers"] == [PASSWORD]
+            return {"success": ok}
+        if path == "/config":
+            return {"config": self.config}
+        return 404, b"{}"
+
+
+@pytest.fixture
+def hooks() -> Hooks:
+    return Hooks()
+
+
+@pytest.fixture
+async def webhook(nursery: trio.Nursery, hooks: Hooks) -> Server:
+    return await start(nursery, hooks)
+
+
+ServerFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_server(
+    nursery: trio.Nursery, webhook: Server, tmp_path: Path
+) -> AsyncIterator[ServerFactory]:
+    servers: list[RunningServer] = []
+
+    async def make(**auth: Any) -> RunningServer:
+        ctx = make_context(
+            MemoryBackend(images={"localhost/trissh-base:latest"}), Path(os.devnull),
+            tmp_path / "host_key",
+            auth={"failure_delay": 0, "webhook": {"url": webhook.url, "retries": 0,
+                                                  "timeout": 2, **auth},
+                  "config_webhook": {"url": webhook.url + "/config"}},
+        )  # fmt: skip
+        server = await start_server(nursery, ctx)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+def askpass(tmp_path: Path) -> Path:
+    directory = tmp_path / "askpass"
+    directory.mkdir()
+    script = directory / "askpass.sh"
+    script.write_text(ASKPASS)
+    script.chmod(0o755)
+    (directory / "password").write_text(PASSWORD + "\n")
+    return script
+
+
+async def test_password_checked_by_the_webhook(
+    make_server: ServerFactory, askpass: Path, webhook: Server
+) -> None:
+    """/password gets passwordBase64 and the ContainerSSH connection fields."""
+    server = await make_server()
+    result = await login(
+        server, "alice", askpass, *NO_KEYS, "-o", "PreferredAuthentications=password"
+    )
+    assert (result.returncode, result.stdout) == (0, b"in\n"), result.stderr
+    [sent] = [r.body for r in webhook.received if r.path.endswith("/password")]
+    assert sent["username"] == "alice"
+    assert sent["remoteAddress"].startswith("127.0.0.1:")
+    assert sent["clientVersion"].startswith("SSH-2.0-OpenSSH_")
+    assert base64.b64decode(sent["passwordBase64"]).decode() == PASSWORD
+    [config] = [r.body for r in webhook.received if r.path.endswith("/config")]
+    assert config["authenticatedUsername"] == "mapped"  # the webhook's name for alice
+
+
+async def test_public_key_checked_by_the_webhook(
+    make_server: ServerFactory, askpass: Path, hooks: Hooks, client_key: ClientKey
+) -> None:
+    hooks.accept_keys = {" ".join(client_key.public_line.split()[:2])}
+    server = await make_server()
+    with_key = ("-o", "IdentitiesOnly=yes", "-i", str(client_key.path))
+    result = await login(server, "alice", askpass, *with_key)
+    assert result.stdout == b"in\n", result.stderr
+    hooks.accept_keys = set()
+    refused = await login(
+        server, "alice", askpass, *with_key, "-o", "PreferredAuthentications=publickey"
+    )
+    assert refused.returncode == 255
+
+
+async def test_authz_can_refuse_an_authenticated_user(
+    make_server: ServerFactory, askpass: Path, hooks: Hooks
+) -> None:
+    hooks.authz = False
+    server = await make_server(authz=True)
+    result = await login(
+        server, "alice", askpass, *NO_KEYS, "-o", "PreferredAuthentications=password"
+    )
+    assert result.returncode == 255
+    assert b"Permission denied" in result.stderr
+
+
+async def test_config_server_overrides_the_container(
+    make_server: ServerFactory, askpass: Path, hooks: Hooks
+) -> None:
+    """The configuration server's image wins: here one that does not exist, so the user
+    reads the image name in the failure message."""
+    hooks.config = {
+        "backend": "docker",
+        "docker": {"execution": {"container": {"image": "localhost/from-config-server:1"}}},
+    }
+    server = await make_server()
+    result = await login(
+        server, "alice", askpass, *NO_KEYS, "-o", "PreferredAuthentications=password"
+    )
+    assert b"localhost/from-config-server:1" in result.stderr, result.stderr
+
+
+async def test_failing_webhook_fails_the_login_and_the_server_goes_on(
+    make_server: ServerFactory, askpass: Path, hooks: Hooks
+) -> None:
+    hooks.status = 500
+    server = await make_server()
+    result = await login(
+        server, "alice", askpass, *NO_KEYS, "-o", "PreferredAuthentications=password"
+    )
+    assert result.returncode == 255
+    hooks.status = 200
+    again = await login(
+        server, "alice", askpass, *NO_KEYS, "-o", "PreferredAuthentications=password"
+    )
+    assert again.stdout == b"in\n", again.stderr
+
+
+async def test_keyboard_interactive_driven_by_the_webhook(
+    make_server: ServerFactory, askpass: Path, hooks: Hooks
+) -> None:
+    server = await make_server(keyboard_interactive=True)
+    result = await login(
+        server, "alice", askpass, *NO_KEYS, "-o", "PreferredAuthentications=keyboard-interactive"
+    )
+    assert (result.returncode, result.stdout) == (0, b"in\n"), result.stderr
+    assert [r["round"] for r in hooks.kbd_rounds] == [0, 1]
