@@ -99,3 +99,10 @@ def test_doctor_reports_an_unreachable_podman(tmp_path: Path, authorized_keys: P
     assert "[FAIL]" in result.stdout
     assert "fix:" in result.stdout
     assert "[ok  ] authorized keys" in result.stdout
+
+
+def test_user_image_shortcut() -> None:
+    """``[users.alice] image = ...`` (the issue's example) is ``container.image``."""
+    settings = load_config(None, {"users": {"alice": {"image": "alpine:3"}}})
+    assert settings.container_for("alice").image == "alpine:3"
+    assert settings.container_for("bob").image == settings.container.image

@@ -93,3 +93,12 @@ async def test_killed_client_leaves_nothing_running(
     await wait_until(
         lambda: memory_backend.live_processes == 0 and memory_backend.live_sandboxes == 0
     )
+
+
+async def test_openssh_binds_its_signature_to_our_host_key(
+    memory_server: RunningServer, client_key: ClientKey
+) -> None:
+    """We announce publickey-hostbound@openssh.com; OpenSSH then signs with it, and it works."""
+    result = await run_ssh(memory_server.port, client_key.path, "-vvv", "echo bound")
+    assert result.stdout == b"bound\n"
+    assert b"using publickey-hostbound-v00@openssh.com" in result.stderr

@@ -149,6 +149,8 @@ class UserSection(_Model):
     totp_secret_file: Path | None = None
     #: sshd's AuthenticationMethods: chains like "publickey,keyboard-interactive".
     authentication_methods: tuple[str, ...] | None = None
+    #: Shortcut for ``container.image``.
+    image: str | None = None
     container: dict[str, Any] = {}
     session: dict[str, Any] = {}
 
@@ -316,7 +318,10 @@ class ServerConfig(_Model):
 
     def container_for(self, username: str) -> ContainerSection:
         """The container settings of ``username``: ``[container]`` with their overrides."""
-        override = self.users[username].container if username in self.users else {}
+        user = self.users.get(username)
+        override = dict(user.container) if user is not None else {}
+        if user is not None and user.image is not None:
+            override.setdefault("image", user.image)
         return _merged(self.container, override, f"users.{username}.container")
 
     def with_container_overrides(

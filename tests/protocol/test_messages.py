@@ -63,6 +63,9 @@ SAMPLES: list[Any] = [
     ua.UserauthSuccess(),
     ua.UserauthBanner(message="welcome\r\n", language="en"),
     ua.UserauthPkOk(algorithm="ssh-ed25519", key_blob=ED25519_BLOB),
+    ua.HostboundPublicKeyMethod(
+        algorithm="ssh-ed25519", key_blob=ED25519_BLOB, host_key_blob=ED25519_BLOB, signature=b"s"
+    ),
     ua.PasswordMethod(password="pässword"),
     ua.PasswordMethod(password="old", new_password="new"),
     ua.KeyboardInteractiveMethod(submethods="pam,totp"),

@@ -102,7 +102,10 @@ def test_ext_info_follows_the_first_newkeys_only_when_requested() -> None:
     pair = ConnectionPair()
     pair.handshake()
     ext = pair.client.expect(tr.ExtInfo)
-    assert dict(ext.extensions) == {"server-sig-algs": ",".join(USER_SIGNATURE_ALGORITHMS).encode()}
+    assert dict(ext.extensions) == {
+        "server-sig-algs": ",".join(USER_SIGNATURE_ALGORITHMS).encode(),
+        "publickey-hostbound@openssh.com": b"0",
+    }
     assert b"ssh-rsa" not in ext.extensions[0][1].split(b",")
     pair.client.start_kex()
     pair.transfer()

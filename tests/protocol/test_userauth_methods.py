@@ -243,3 +243,62 @@ def test_user_name_cannot_change_between_attempts() -> None:
     with pytest.raises(RemoteProtocolError, match="change of user name"):
         pair.transfer()
     pair.expect_disconnect(DisconnectReason.PROTOCOL_ERROR)
+
+
+def hostbound(pair: ConnectionPair, host_key_blob: bytes) -> None:
+    """A signed publickey-hostbound-v00@openssh.com request (OpenSSH PROTOCOL §2.5)."""
+    from tests.sshpeer import USER_KEY, ed25519_blob
+    from trissh.protocol import wire
+
+    blob = ed25519_blob(USER_KEY)
+    assert pair.client.session_id is not None
+    signed = ua.publickey_signed_data(
+        pair.client.session_id, "alice", "ssh-connection", "ssh-ed25519", blob,
+        host_key_blob=host_key_blob,
+    )  # fmt: skip
+    signature = wire.string("ssh-ed25519") + wire.string(USER_KEY.sign(signed))
+    method = ua.HostboundPublicKeyMethod(
+        algorithm="ssh-ed25519", key_blob=blob, host_key_blob=host_key_blob, signature=signature
+    )
+    pair.client.send(
+        ua.UserauthRequest(
+            username="alice", service="ssh-connection", method=ua.PUBLICKEY_HOSTBOUND,
+            method_data=method.encode(),
+        )
+    )  # fmt: skip
+
+
+def test_hostbound_publickey_signs_our_host_key() -> None:
+    """A signature covering our host key authenticates, reported as method publickey."""
+    from tests.sshpeer import HOST_KEY
+
+    pair = pair_with()
+    hostbound(pair, HOST_KEY.public_blob)
+    [asked] = pair.transfer()
+    assert isinstance(asked, PublicKeyAuthRequested)
+    pair.server.accept_auth()
+    [done] = pair.transfer()
+    assert isinstance(done, Authenticated)
+    assert done.method == "publickey"
+
+
+def test_hostbound_to_another_server_is_refused() -> None:
+    """A signature bound to a different host key (a forwarded login) fails outright."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from tests.sshpeer import ed25519_blob
+
+    pair = pair_with()
+    hostbound(pair, ed25519_blob(ed25519.Ed25519PrivateKey.generate()))
+    [failed] = pair.transfer()
+    assert isinstance(failed, AuthFailed)
+    assert "another server" in failed.reason
+
+
+def test_client_sent_userauth_success_ends_the_connection() -> None:
+    """Only servers send USERAUTH_SUCCESS; from a client it is a protocol violation."""
+    pair = pair_with()
+    pair.client.send(ua.UserauthSuccess())
+    with pytest.raises(UnexpectedMessage):
+        pair.transfer()
+    pair.expect_disconnect(DisconnectReason.PROTOCOL_ERROR)

@@ -455,6 +455,12 @@ def _build_cipher(
 
 
 def _server_sig_algs() -> bytes:
-    """EXT_INFO with the signature algorithms we verify (RFC 8308 §3.1)."""
+    """EXT_INFO: the signature algorithms we verify (RFC 8308 §3.1), and that we accept
+    host-bound public key signatures (OpenSSH PROTOCOL §1.10)."""
     value = ",".join(USER_SIGNATURE_ALGORITHMS).encode("ascii")
-    return ExtInfo(extensions=(("server-sig-algs", value),)).encode()
+    return ExtInfo(
+        extensions=(
+            ("server-sig-algs", value),
+            ("publickey-hostbound@openssh.com", b"0"),
+        )
+    ).encode()

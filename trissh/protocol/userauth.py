@@ -55,6 +55,8 @@ from trissh.protocol.events import (
 from trissh.protocol.keys import USER_SIGNATURE_ALGORITHMS, PublicKey, parse_public_key
 from trissh.protocol.messages.userauth import (
     MAX_PROMPTS,
+    PUBLICKEY_HOSTBOUND,
+    HostboundPublicKeyMethod,
     KeyboardInteractiveMethod,
     PasswordMethod,
     PublicKeyMethod,
@@ -70,6 +72,11 @@ from trissh.protocol.wire import Reader
 
 CONNECTION_SERVICE = "ssh-connection"
 KEYBOARD_INTERACTIVE = "keyboard-interactive"
+
+
+def _chain_name(method: str) -> str:
+    """The name chains and FAILURE lists use: host-bound public key is still publickey."""
+    return "publickey" if method == PUBLICKEY_HOSTBOUND else method
 
 
 class AuthState(enum.Enum):
@@ -99,6 +106,8 @@ class _Pending:
     key: PublicKey | None = None
     method: PublicKeyMethod | None = None
     certificate: Certificate | None = None
+    #: The host key a publickey-hostbound signature must cover.
+    host_key: bytes | None = None
     prompts: int = 0
 
 
@@ -168,9 +177,9 @@ class UserAuthServer:
         if request.method == "none":
             # Like sshd, the customary first "none" probe is free; later ones count.
             self._fail(request, "method none", counted=self._requests > 1)
-        elif request.method not in self._methods:
+        elif _chain_name(request.method) not in self._methods:
             self._fail(request, f"method {request.method} not available")
-        elif request.method == "publickey":
+        elif _chain_name(request.method) == "publickey":
             self._publickey(request)
         elif request.method == "password":
             self._password(request)
@@ -190,7 +199,18 @@ class UserAuthServer:
         self._move("ask")
 
     def _publickey(self, request: UserauthRequest) -> None:
-        method = PublicKeyMethod.decode(Reader(request.method_data))
+        host_key_blob = None
+        if request.method == PUBLICKEY_HOSTBOUND:
+            bound = HostboundPublicKeyMethod.decode(Reader(request.method_data))
+            if bound.host_key_blob not in {key.public_blob for key in self._config.host_keys}:
+                self._fail(request, "signature bound to another server's host key")
+                return
+            host_key_blob = bound.host_key_blob
+            method = PublicKeyMethod(
+                algorithm=bound.algorithm, key_blob=bound.key_blob, signature=bound.signature
+            )
+        else:
+            method = PublicKeyMethod.decode(Reader(request.method_data))
         certificate = None
         try:
             if is_certificate_type(method.algorithm):
@@ -212,7 +232,11 @@ class UserAuthServer:
         if not acceptable:
             self._fail(request, f"signature algorithm {method.algorithm} not allowed", key)
             return
-        self._ask(_Pending(request, key=key, method=method, certificate=certificate))
+        self._ask(
+            _Pending(
+                request, key=key, method=method, certificate=certificate, host_key=host_key_blob
+            )
+        )
         self._emit(
             PublicKeyAuthRequested(
                 username=request.username,
@@ -262,12 +286,14 @@ class UserAuthServer:
                 request.service,
                 method.algorithm,
                 method.key_blob,
+                host_key_blob=pending.host_key,
             )
             verifier = pending.certificate or key
             if not verifier.verify(method.algorithm, method.signature, signed):
                 self._fail(request, "invalid signature", key)
                 return
         fingerprint = key.fingerprint if key is not None else None
+        method_name = _chain_name(request.method)
         if remaining:
             unknown = set(remaining) - set(self._config.auth_methods)
             if unknown:
@@ -277,7 +303,7 @@ class UserAuthServer:
             self._emit(
                 AuthPartiallySucceeded(
                     username=request.username,
-                    method=request.method,
+                    method=method_name,
                     remaining=self._methods,
                     key_fingerprint=fingerprint,
                 )
@@ -288,7 +314,7 @@ class UserAuthServer:
         self._send(UserauthSuccess().encode())
         self._emit(
             Authenticated(
-                username=request.username, method=request.method, key_fingerprint=fingerprint
+                username=request.username, method=method_name, key_fingerprint=fingerprint
             )
         )
 

@@ -76,22 +76,68 @@ class PublicKeyMethod:
         return cls(algorithm=algorithm, key_blob=key_blob, signature=signature)
 
 
-def publickey_signed_data(
-    session_id: bytes, username: str, service: str, algorithm: str, key_blob: bytes
-) -> bytes:
-    """What a publickey signature covers (RFC 4252 §7)."""
-    return b"".join(
-        (
-            wire.string(session_id),
-            wire.byte(MessageNumber.USERAUTH_REQUEST),
-            wire.string(username),
-            wire.string(service),
-            wire.string("publickey"),
-            wire.boolean(True),
-            wire.string(algorithm),
-            wire.string(key_blob),
+#: OpenSSH's host-bound public key method (PROTOCOL §2.5): the signature also covers the
+#: server's host key, so it cannot be forwarded to another server.
+PUBLICKEY_HOSTBOUND = "publickey-hostbound-v00@openssh.com"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostboundPublicKeyMethod:
+    """``publickey-hostbound-v00@openssh.com``'s fields: publickey's plus the host key."""
+
+    algorithm: str
+    key_blob: bytes
+    host_key_blob: bytes
+    signature: bytes | None = None
+
+    def encode(self) -> bytes:
+        parts = [
+            wire.boolean(self.signature is not None),
+            wire.string(self.algorithm),
+            wire.string(self.key_blob),
+            wire.string(self.host_key_blob),
+        ]
+        if self.signature is not None:
+            parts.append(wire.string(self.signature))
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, r: Reader) -> Self:
+        has_signature = r.boolean()
+        algorithm = r.ascii(MAX_NAME)
+        key_blob = r.string(MAX_KEY_BLOB)
+        host_key_blob = r.string(MAX_KEY_BLOB)
+        signature = r.string(MAX_SIGNATURE) if has_signature else None
+        r.check_end()
+        return cls(
+            algorithm=algorithm, key_blob=key_blob, host_key_blob=host_key_blob, signature=signature
         )
-    )
+
+
+def publickey_signed_data(
+    session_id: bytes,
+    username: str,
+    service: str,
+    algorithm: str,
+    key_blob: bytes,
+    *,
+    host_key_blob: bytes | None = None,
+) -> bytes:
+    """What a publickey signature covers (RFC 4252 §7; host-bound: OpenSSH PROTOCOL §2.5)."""
+    method = "publickey" if host_key_blob is None else PUBLICKEY_HOSTBOUND
+    parts = [
+        wire.string(session_id),
+        wire.byte(MessageNumber.USERAUTH_REQUEST),
+        wire.string(username),
+        wire.string(service),
+        wire.string(method),
+        wire.boolean(True),
+        wire.string(algorithm),
+        wire.string(key_blob),
+    ]
+    if host_key_blob is not None:
+        parts.append(wire.string(host_key_blob))
+    return b"".join(parts)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
