@@ -43,6 +43,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -1072,7 +1073,9 @@ def plot(figures: dict[str, Figure], out: Path) -> list[tuple[str, str]]:
             bars = ax.bar(xs, ys, width, label=name, color=colors.get(name))
             ax.bar_label(bars, fmt="%.0f" if max(ys or [0]) > 20 else "%.1f", fontsize=7)
         ax.set_xticks(range(len(keys)))
-        ax.set_xticklabels([figures[k].title.replace("`", "") for k in keys], fontsize=8)
+        ax.set_xticklabels(
+            [textwrap.fill(figures[k].title.replace("`", ""), 26) for k in keys], fontsize=8
+        )
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         if log_scale:
