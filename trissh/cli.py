@@ -27,7 +27,9 @@ from trissh.config import ConfigError, ServerConfig, load_config, parse_listen
 from trissh.driver import ServerContext
 from trissh.hostkeys import HostKeyError, load_or_create_host_key
 from trissh.log import configure_logging
+from trissh.metrics import Metrics
 from trissh.protocol import HostKey, ProtocolConfig
+from trissh.recording import Recorder
 from trissh.server import open_listeners, serve
 
 log = structlog.get_logger("trissh")
@@ -91,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
         "--log-format", choices=["json", "console"], help="json (default): one event per line"
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics, /healthz and /readyz there",
+    )
     return parser
 
 
@@ -103,6 +110,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "container.image": args.image,
         "log_format": args.log_format,
         "log_level": args.log_level,
+        "metrics.listen": args.metrics_listen,
     }
 
 
@@ -165,13 +173,26 @@ class StartupError(Exception):
     """The server cannot start; the message says why and what to do."""
 
 
-def make_backend(settings: ServerConfig) -> Backend:
+def make_backend(settings: ServerConfig, metrics: Metrics | None = None) -> Backend:
     from trissh.backend.podman import PodmanBackend
 
     return PodmanBackend(
         settings.podman_url(),
         limiter_capacity=settings.podman.max_concurrent_calls,
         exec_helper=settings.podman.exec_helper or None,
+        observe=metrics.container_operation if metrics is not None else None,
+    )
+
+
+def make_recorder(settings: ServerConfig, metrics: Metrics) -> Recorder | None:
+    section = settings.recording
+    if not section.enabled:
+        return None
+    return Recorder(
+        section.directory,
+        max_bytes=section.max_bytes,
+        record_input=section.record_input,
+        on_failure=metrics.recording_failed,
     )
 
 
@@ -189,7 +210,11 @@ def load_host_keys(settings: ServerConfig) -> tuple[HostKey, ...]:
 
 
 def build_context(
-    settings: ServerConfig, backend: Backend, *, previous: ServerContext | None = None
+    settings: ServerConfig,
+    backend: Backend,
+    *,
+    previous: ServerContext | None = None,
+    metrics: Metrics | None = None,
 ) -> ServerContext:
     """Everything connections share. With ``previous`` (a reload), the backend, instance
     and live state carry over; only what the configuration says is rebuilt."""
@@ -235,13 +260,22 @@ def build_context(
     except ValueError as exc:
         raise StartupError(f"[ssh]: {exc}") from None
     if previous is not None:
-        return dataclasses.replace(previous, settings=settings, protocol=protocol, auth=policy)
+        return dataclasses.replace(
+            previous,
+            settings=settings,
+            protocol=protocol,
+            auth=policy,
+            recorder=make_recorder(settings, previous.metrics),
+        )
+    metrics = metrics or Metrics()
     return ServerContext(
         settings=settings,
         protocol=protocol,
         auth=policy,
         backend=backend,
         instance=secrets.token_hex(8),
+        metrics=metrics,
+        recorder=make_recorder(settings, metrics),
     )
 
 
@@ -262,7 +296,8 @@ def reload_context(ctx: ServerContext, load: Callable[[], ServerConfig]) -> None
 
 
 async def _run_server(settings: ServerConfig, load: Callable[[], ServerConfig]) -> int:
-    ctx = build_context(settings, make_backend(settings))
+    metrics = Metrics()
+    ctx = build_context(settings, make_backend(settings, metrics), metrics=metrics)
     try:
         listeners = await open_listeners([parse_listen(item) for item in settings.listen])
     except OSError as exc:

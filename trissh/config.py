@@ -7,6 +7,7 @@ into the TOML data *before* validation, so both are checked by the same rules.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -225,10 +226,85 @@ class AuthSection(_Model):
 class LimitSettings(_Model):
     #: Seconds an unauthenticated connection may live (sshd's LoginGraceTime).
     login_grace_time: float = Field(120.0, gt=0)
+    #: sshd's MaxStartups "start:rate:full" for unauthenticated connections: from ``start``
+    #: on, new ones are dropped with probability ``rate`` %, rising to 100 % at ``full``.
+    max_startups: str = "10:30:100"
+    #: Unauthenticated connections one source address may hold; 0 for no limit.
+    max_startups_per_source: int = Field(10, ge=0)
     max_auth_attempts: int = Field(6, ge=1, le=100)
     #: Seconds running sessions get after SIGTERM/SIGINT before they are cancelled (a
     #: second signal cancels at once). Connections without sessions end immediately.
     shutdown_grace: float = Field(10.0, ge=0)
+
+    @field_validator("max_startups")
+    @classmethod
+    def _check_startups(cls, value: str) -> str:
+        parse_max_startups(value)
+        return value
+
+
+def parse_max_startups(value: str) -> tuple[int, int, int]:
+    """``"start:rate:full"`` (or a single number: a hard limit) as three integers."""
+    parts = value.split(":")
+    if len(parts) == 1 and parts[0].isdigit():
+        start = int(parts[0])
+        return start, 100, start
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        raise ValueError(f"max_startups {value!r} is not START:RATE:FULL")
+    start, rate, full = map(int, parts)
+    if not 0 < start <= full or rate > 100:
+        raise ValueError(f"max_startups {value!r}: need 0 < start <= full and rate <= 100")
+    return start, rate, full
+
+
+class MetricsSection(_Model):
+    """``[metrics]``: Prometheus exposition, /healthz and /readyz on their own address."""
+
+    #: ``HOST:PORT``; none by default (also ``--metrics-listen``).
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+
+class RecordingSection(_Model):
+    """``[recording]``: pty sessions as asciicast v2, others as timed transcripts."""
+
+    enabled: bool = False
+    directory: Path = Path("/var/lib/trissh/recordings")
+    #: A recording stops (cleanly, with a marker) at this size; 0 for no cap.
+    max_bytes: int = Field(100 * 1024 * 1024, ge=0)
+    #: Also record what users type (passwords typed at prompts included!).
+    record_input: bool = False
+    #: Only these users; empty: everyone.
+    users: tuple[str, ...] = ()
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _check_size(cls, value: int) -> int:
+        if 0 < value < 16384:
+            raise ValueError("max_bytes must be 0 (no cap) or at least 16384")
+        return value
+
+
+class ProxySection(_Model):
+    """``[proxy]``: HAProxy PROXY protocol v1/v2 from trusted balancers only."""
+
+    #: Networks (CIDR) whose connections must start with a PROXY header; others never may.
+    trusted_networks: tuple[str, ...] = ()
+    #: Seconds a trusted peer has to send its header.
+    header_timeout: float = Field(5.0, gt=0, le=60)
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)
+        return value
 
 
 class SshSettings(_Model):
@@ -297,6 +373,9 @@ class ServerConfig(_Model):
     session: SessionSection = SessionSection()
     limits: LimitSettings = LimitSettings()
     auth: AuthSection = AuthSection()
+    metrics: MetricsSection = MetricsSection()
+    recording: RecordingSection = RecordingSection()
+    proxy: ProxySection = ProxySection()
     users: dict[str, UserSection] = {}
     ssh: SshSettings = SshSettings()
 

@@ -43,6 +43,7 @@ from trissh.auth.policy import AuthPolicy, Grant, LoginRequest
 from trissh.backend import Backend, SandboxSpec
 from trissh.channel import ChannelHandle, ChannelStream
 from trissh.config import ContainerSection, ServerConfig, SessionSection, container_settings
+from trissh.metrics import Metrics
 from trissh.protocol import (
     Authenticated,
     AuthFailed,
@@ -71,6 +72,7 @@ from trissh.protocol import (
     VersionReceived,
     WindowChanged,
 )
+from trissh.recording import Recorder
 from trissh.sandboxes import ConnectionSandbox
 from trissh.session import run_session
 
@@ -96,6 +98,9 @@ class ServerState:
     """Live numbers of a running server, for the debug statistic and tests."""
 
     live_connections: int = 0
+    #: Connections not yet authenticated, in all and per source address (MaxStartups).
+    unauthenticated: int = 0
+    unauthenticated_by_source: dict[str, int] = field(default_factory=dict)
     #: The context new connections get; a reload (SIGHUP) replaces it, live ones keep theirs.
     context: ServerContext | None = None
     #: Live connections, so a shutdown can tell their users and end the idle ones.
@@ -105,6 +110,18 @@ class ServerState:
     connections_nursery: trio.Nursery | None = None
     #: The task running ``serve_listeners`` (its accept loops are not connection work).
     listener_task: trio.lowlevel.Task | None = None
+
+    def claim_startup(self, source: str) -> None:
+        self.unauthenticated += 1
+        self.unauthenticated_by_source[source] = self.unauthenticated_by_source.get(source, 0) + 1
+
+    def release_startup(self, source: str) -> None:
+        self.unauthenticated -= 1
+        left = self.unauthenticated_by_source[source] - 1
+        if left:
+            self.unauthenticated_by_source[source] = left
+        else:
+            del self.unauthenticated_by_source[source]
 
     def statistics(self) -> dict[str, int]:
         """``connections``, and ``tasks``: every task under the connections nursery but
@@ -130,6 +147,9 @@ class ServerContext:
     auth: AuthPolicy
     backend: Backend
     instance: str
+    metrics: Metrics = field(default_factory=Metrics)
+    #: Session recordings, when ``[recording] enabled``.
+    recorder: Recorder | None = None
     #: Live authenticated connections per user name (``max_connections_per_user``).
     user_connections: dict[str, int] = field(default_factory=dict)
     state: ServerState = field(default_factory=ServerState)
@@ -153,7 +173,13 @@ class ConnectionDriver:
     """Runs one connection: the core, its reader and writer, and its channel tasks."""
 
     def __init__(
-        self, stream: trio.abc.Stream, ctx: ServerContext, *, conn_id: str, remote: str
+        self,
+        stream: trio.abc.Stream,
+        ctx: ServerContext,
+        *,
+        conn_id: str,
+        remote: str,
+        initial_data: bytes = b"",
     ) -> None:
         self.ctx = ctx
         self.conn_id = conn_id
@@ -189,6 +215,14 @@ class ConnectionDriver:
         )
         #: Restrictions of the login (forced command, no pty, environment) for sessions.
         self.grant = Grant()
+        self.remote_ip = remote_ip
+        self._accepted_at = trio.current_time()
+        self._handshake_done = False
+        self._metrics = ctx.metrics.connection_opened()
+        ctx.state.claim_startup(remote_ip)
+        self._startup_claimed = True
+        if initial_data:  # bytes read past a PROXY header belong to SSH
+            self.conn.receive_data(initial_data)
         self._counted_user: str | None = None
 
     # -- called by channel streams and sessions (sync, never touch the socket) ------------
@@ -277,10 +311,22 @@ class ConnectionDriver:
             self.conn.disconnect(DisconnectReason.BY_APPLICATION, "internal server error")
         finally:
             self._release_user_slot()
+            self._release_startup()
+            if not self._handshake_done:
+                self.ctx.metrics.handshake_failed()
             if self.ctx.state.shutting_down and not self._ended and not self.conn.closed:
                 self.close_reason = "server_shutdown"  # cut short, not ended on its own
                 self.conn.disconnect(DisconnectReason.BY_APPLICATION, SHUTDOWN_MESSAGE)
             await self._flush_and_close()
+
+    def metrics_closed(self, bytes_in: int, bytes_out: int) -> None:
+        self._metrics.closed(self.close_reason, bytes_in, bytes_out)
+
+    def _release_startup(self) -> None:
+        """No longer an unauthenticated connection (MaxStartups counts only those)."""
+        if self._startup_claimed:
+            self._startup_claimed = False
+            self.ctx.state.release_startup(self.remote_ip)
 
     def _claim_user_slot(self, username: str) -> bool:
         """Count this connection against the user's limit; False if the limit is reached."""
@@ -455,6 +501,11 @@ class ConnectionDriver:
                 structlog.contextvars.bind_contextvars(client_version=event.version)
             case KeyExchangeCompleted():
                 self._keys_since = trio.current_time()
+                if not event.is_rekey:
+                    self._handshake_done = True
+                    self.ctx.metrics.handshake_done(
+                        event.algorithms.kex, trio.current_time() - self._accepted_at
+                    )
                 interval = self.ctx.settings.ssh.rekey_interval
                 if not event.is_rekey and interval:
                     assert self._nursery is not None
@@ -470,6 +521,7 @@ class ConnectionDriver:
                     strict_kex=algorithms.strict_kex,
                 )
             case AuthFailed():
+                self.ctx.metrics.auth_attempt(event.method, "failure")
                 log.info(
                     "auth_failed",
                     user=event.username,
@@ -487,6 +539,7 @@ class ConnectionDriver:
                 self.close_reason = "connection_lost"
             case AuthPartiallySucceeded():
                 self._login.confirmed(event)
+                self.ctx.metrics.auth_attempt(event.method, "partial")
                 log.info(
                     "auth_partially_succeeded",
                     user=event.username,
@@ -506,6 +559,8 @@ class ConnectionDriver:
 
     def _on_authenticated(self, event: Authenticated) -> None:
         self._login.confirmed(event)
+        self._release_startup()
+        self.ctx.metrics.auth_attempt(event.method, "success")
         self.grant = self._login.grant
         if not self.grant.allow_pty:
             self.conn.forbid_pty()
@@ -526,6 +581,7 @@ class ConnectionDriver:
             **self._login.log_fields,
         )
         if not self._claim_user_slot(username):
+            self.ctx.metrics.connection_rejected("rejected_limit")
             self._end(
                 DisconnectReason.TOO_MANY_CONNECTIONS,
                 f"too many connections for user {username}",
@@ -577,7 +633,12 @@ class ConnectionDriver:
 
 
 async def serve_connection(
-    stream: trio.abc.Stream, ctx: ServerContext, *, conn_id: str, remote: str
+    stream: trio.abc.Stream,
+    ctx: ServerContext,
+    *,
+    conn_id: str,
+    remote: str,
+    initial_data: bytes = b"",
 ) -> None:
     """Serve one client until it leaves; log its life in ``connection_*`` events.
 
@@ -586,7 +647,9 @@ async def serve_connection(
     started = time.monotonic()
     with structlog.contextvars.bound_contextvars(conn_id=conn_id, remote=remote):
         log.info("connection_accepted")
-        driver = ConnectionDriver(stream, ctx, conn_id=conn_id, remote=remote)
+        driver = ConnectionDriver(
+            stream, ctx, conn_id=conn_id, remote=remote, initial_data=initial_data
+        )
         ctx.state.live_connections += 1
         ctx.state.drivers.add(driver)
         try:
@@ -595,6 +658,7 @@ async def serve_connection(
             ctx.state.drivers.discard(driver)
             ctx.state.live_connections -= 1
             stats = driver.conn.statistics()
+            driver.metrics_closed(stats.bytes_received, stats.bytes_sent)
             log.info(
                 "connection_closed",
                 reason=driver.close_reason,

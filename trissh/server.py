@@ -17,6 +17,7 @@ containers on the way out, so ``serve`` returns only when nothing is left runnin
 
 from __future__ import annotations
 
+import random
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
@@ -24,9 +25,14 @@ from collections.abc import Awaitable, Callable
 import structlog
 import trio
 
+from trissh.config import parse_listen, parse_max_startups
 from trissh.driver import ServerContext, serve_connection
+from trissh.metrics import serve_http
+from trissh.proxy_protocol import ProxyProtocolError, TrustedNetworks, parse_proxy_header
 
 log = structlog.get_logger("trissh.server")
+#: For random early drop: unpredictable, so a flood cannot aim at the slots it frees.
+_random = random.SystemRandom()
 
 
 def _peer(stream: trio.SocketStream) -> str:
@@ -61,13 +67,96 @@ async def serve(
 
     async def handle(stream: trio.SocketStream) -> None:
         current = ctx.state.context or ctx  # the latest configuration (SIGHUP)
-        await serve_connection(stream, current, conn_id=secrets.token_hex(6), remote=_peer(stream))
+        conn_id = secrets.token_hex(6)
+        remote, leftover = _peer(stream), b""
+        trusted = TrustedNetworks(current.settings.proxy.trusted_networks)
+        if trusted and _peer_ip(stream) in trusted:
+            try:
+                remote, leftover = await _read_proxy_header(stream, current, remote)
+            except (ProxyProtocolError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+                log.warning("proxy_header_invalid", remote=remote, conn_id=conn_id, error=reason)
+                current.metrics.connection_rejected("rejected_proxy")
+                await trio.aclose_forcefully(stream)
+                return
+        refusal = _admission(current, remote.rsplit(":", 1)[0].strip("[]"))
+        if refusal is not None:
+            log.warning("connection_rejected", remote=remote, reason=refusal)
+            current.metrics.connection_rejected("rejected_limit")
+            await trio.aclose_forcefully(stream)  # like sshd past MaxStartups: no banner
+            return
+        await serve_connection(
+            stream, current, conn_id=conn_id, remote=remote, initial_data=leftover
+        )
 
     async with trio.open_nursery() as upkeep:
         await upkeep.start(ctx.backend.run)
+        if ctx.settings.metrics.listen:
+            await upkeep.start(_serve_metrics, ctx)
         await _serve_connections(ctx, listeners, handle, shutdown, task_status)
         upkeep.cancel_scope.cancel()
     log.info("server_stopped")
+
+
+def _peer_ip(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return ""
+
+
+async def _read_proxy_header(
+    stream: trio.SocketStream, ctx: ServerContext, peer: str
+) -> tuple[str, bytes]:
+    """A trusted balancer's PROXY header: the client it speaks for, and the bytes after it.
+
+    Raises:
+        ProxyProtocolError: malformed; trio.TooSlowError: not in time;
+        trio.BrokenResourceError: the balancer closed first.
+    """
+    buffer = bytearray()
+    with trio.fail_after(ctx.settings.proxy.header_timeout):
+        while (result := parse_proxy_header(buffer)) is None:
+            data = await stream.receive_some(4096)
+            if not data:
+                raise trio.BrokenResourceError("closed before the PROXY header ended")
+            buffer += data
+    remote = str(result.source) if result.source is not None else peer  # LOCAL: health check
+    return remote, bytes(buffer[result.consumed :])
+
+
+def _admission(ctx: ServerContext, source: str) -> str | None:
+    """sshd's MaxStartups with random early drop, and a per-source cap; None: admitted."""
+    limits = ctx.settings.limits
+    start, rate, full = parse_max_startups(limits.max_startups)
+    count = ctx.state.unauthenticated
+    if count >= full:
+        return "max_startups"
+    if count >= start:
+        chance = rate + (100 - rate) * (count - start) / max(full - start, 1)
+        if _random.uniform(0, 100) < chance:
+            return "max_startups"
+    per_source = limits.max_startups_per_source
+    if per_source and ctx.state.unauthenticated_by_source.get(source, 0) >= per_source:
+        return "max_startups_per_source"
+    return None
+
+
+async def _serve_metrics(
+    ctx: ServerContext, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
+) -> None:
+    """/metrics, /healthz and /readyz (ready: podman answers, the image exists)."""
+    assert ctx.settings.metrics.listen is not None
+    listeners = await open_listeners([parse_listen(ctx.settings.metrics.listen)])
+
+    async def ready() -> tuple[bool, str]:
+        current = ctx.state.context or ctx
+        checks = await current.backend.health(current.settings.container.image)
+        failed = [f"{check.name}: {check.detail}" for check in checks if not check.ok]
+        return (not failed, "; ".join(failed) or "ready")
+
+    log.info("metrics_listening", listen=[_listener_address(item) for item in listeners])
+    await serve_http(ctx.metrics, listeners, ready=ready, task_status=task_status)
 
 
 async def _serve_connections(

@@ -14,7 +14,7 @@ Nursery tree::
     └─ [sandbox context]        ``session`` mode only: this session's own container
        └─ process context       leaving it kills the process (backend, bounded)
        └─ stdio nursery
-          ├─ _pump_input        channel → process stdin, then EOF
+          ├─ _pump_input        channel → process stdin, then EOF (and the recording)
           ├─ _forward_control   window-change → resize, signal → kill
           └─ output nursery     process stdout/stderr → channel (ends at EOF)
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -37,6 +38,7 @@ from trissh.backend import TerminalSize as BackendTerminalSize
 from trissh.channel import ChannelHandle, ChannelStream
 from trissh.config import SessionSection
 from trissh.protocol import SessionKind, SessionRequested, TerminalSize
+from trissh.recording import SessionRecording
 from trissh.termmodes import with_terminal_modes
 
 if TYPE_CHECKING:
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("trissh.session")
 
+#: A recording's buffered bytes are written out (in a thread) beyond this.
+RECORDING_FLUSH_AT = 64 * 1024
 #: Bytes moved per read on each stdio pump.
 PUMP_CHUNK = 256 * 1024
 #: Exit status of a session whose program never started (what ssh uses for its own errors).
@@ -101,10 +105,12 @@ async def run_session(
     """
     code: int | None = None
     signal: str | None = None
+    tracked = driver.ctx.metrics.session_started(request.kind.value)
     with structlog.contextvars.bound_contextvars(channel=int(handle.id)):
+        tap = _Tap(_open_recording(driver, handle, request))
         try:
             with handle.cancel_scope:
-                status = await _run(driver, handle, request)
+                status = await _run(driver, handle, request, tap)
                 code, signal = status.code, status.signal
         except* (BackendError, SessionRefused) as group:
             # OpenSSH drops a channel's pending stderr when the request is refused, so the
@@ -118,6 +124,8 @@ async def run_session(
             log.exception("session_crashed")
         finally:
             driver.finish_channel(handle, code=code, signal=signal)
+            tracked.ended()
+            tap.close(code, signal)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -135,7 +143,7 @@ async def _tell_user(handle: ChannelHandle, message: str) -> None:
 
 
 async def _run(
-    driver: ConnectionDriver, handle: ChannelHandle, request: SessionRequested
+    driver: ConnectionDriver, handle: ChannelHandle, request: SessionRequested, tap: _Tap
 ) -> ExitStatus:
     spec = build_process_spec(driver, request)
     started = time.monotonic()
@@ -143,7 +151,7 @@ async def _run(
         sandbox = await _sandbox_for(driver, owned)
         structlog.contextvars.bind_contextvars(container=sandbox.container_id[:12])
         process = await owned.enter_async_context(sandbox.open_process(spec))
-        return await _serve(driver, handle, request, process, started)
+        return await _serve(driver, handle, request, process, started, tap)
 
 
 async def _sandbox_for(driver: ConnectionDriver, owned: contextlib.AsyncExitStack) -> Sandbox:
@@ -166,6 +174,7 @@ async def _serve(
     request: SessionRequested,
     process: Process,
     started: float,
+    tap: _Tap,
 ) -> ExitStatus:
     """Answer the request, pump stdio and control until the program ends; its status."""
     driver.reply_session_request(handle.id, True)
@@ -179,13 +188,14 @@ async def _serve(
     )
     channel = ChannelStream(handle)
     async with trio.open_nursery() as stdio:
-        stdio.start_soon(_pump_input, channel, process.stdin)
-        stdio.start_soon(_forward_control, handle, process)
+        stdio.start_soon(_pump_input, channel, process.stdin, tap)
+        stdio.start_soon(_forward_control, handle, process, tap)
         stdio.start_soon(_enforce_limits, handle, driver.session_settings, request.pty is not None)
         async with trio.open_nursery() as outputs:
-            outputs.start_soon(_pump_output, process.stdout, channel)
+            outputs.start_soon(_pump_output, process.stdout, channel, tap, tap.stdout)
             if process.stderr is not None:
-                outputs.start_soon(_pump_output, process.stderr, ChannelStream(handle, stderr=True))
+                stderr = ChannelStream(handle, stderr=True)
+                outputs.start_soon(_pump_output, process.stderr, stderr, tap, tap.stderr)
         status = await process.wait()
         stdio.cancel_scope.cancel()
     log.info("session_ended", exit_code=status.code, signal=status.signal)
@@ -223,29 +233,95 @@ async def _enforce_limits(handle: ChannelHandle, settings: SessionSection, pty: 
         return
 
 
-async def _pump_input(channel: ChannelStream, stdin: trio.abc.SendStream) -> None:
+class _Tap:
+    """Where a session's stdio is copied besides the channel: its recording, if any.
+
+    Recording calls are synchronous and never raise (recording.py); the buffered bytes
+    are written from a worker thread now and then, so a slow disk never stalls a pump.
+    """
+
+    def __init__(self, recording: SessionRecording | None) -> None:
+        self._recording = recording
+
+    def stdin(self, data: bytes | bytearray) -> None:
+        if self._recording is not None:
+            self._recording.stdin(bytes(data))
+
+    def stdout(self, data: bytes | bytearray) -> None:
+        if self._recording is not None:
+            self._recording.stdout(bytes(data))
+
+    def stderr(self, data: bytes | bytearray) -> None:
+        if self._recording is not None:
+            self._recording.stderr(bytes(data))
+
+    def resize(self, size: TerminalSize) -> None:
+        if self._recording is not None:
+            self._recording.resize(size.columns, size.rows)
+
+    async def flush_now_and_then(self) -> None:
+        if self._recording is not None and self._recording.pending_bytes > RECORDING_FLUSH_AT:
+            await self._recording.flush()
+
+    def close(self, code: int | None, signal: str | None) -> None:
+        if self._recording is not None:
+            self._recording.close(code, signal=signal)
+
+
+def _open_recording(
+    driver: ConnectionDriver, handle: ChannelHandle, request: SessionRequested
+) -> SessionRecording | None:
+    """A recording of this session when ``[recording]`` covers its user."""
+    recorder = driver.ctx.recorder
+    wanted = driver.ctx.settings.recording.users
+    if recorder is None or (wanted and driver.username not in wanted):
+        return None
+    command = request.command
+    if request.kind is SessionKind.SUBSYSTEM:
+        command = f"subsystem {request.subsystem}"
+    return recorder.open_session(
+        driver.conn_id,
+        int(handle.id),
+        user=driver.username or "",
+        pty=request.pty.size if request.pty is not None else None,
+        term=request.pty.term if request.pty is not None else "",
+        command=command,
+        shell=driver.container_settings.shell[0],
+    )
+
+
+async def _pump_input(channel: ChannelStream, stdin: trio.abc.SendStream, tap: _Tap) -> None:
     try:
         while data := await channel.receive_some(PUMP_CHUNK):
+            tap.stdin(data)
             await stdin.send_all(data)
         await stdin.aclose()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the process stopped reading; its exit ends the session
 
 
-async def _pump_output(source: trio.abc.ReceiveStream, channel: ChannelStream) -> None:
+async def _pump_output(
+    source: trio.abc.ReceiveStream,
+    channel: ChannelStream,
+    tap: _Tap,
+    record: Callable[[bytes | bytearray], None],
+) -> None:
     try:
         while data := await source.receive_some(PUMP_CHUNK):
+            record(data)
             await channel.send_all(data)
+            await tap.flush_now_and_then()
     except trio.BrokenResourceError:
         pass  # the client closed the channel; nothing more can be delivered
 
 
-async def _forward_control(handle: ChannelHandle, proc: Process) -> None:
+async def _forward_control(handle: ChannelHandle, proc: Process, tap: _Tap) -> None:
     while True:
         while handle.control:
             item = handle.control.popleft()
             try:
                 if isinstance(item, TerminalSize):
+                    tap.resize(item)
                     await proc.resize(_backend_size(item))
                 else:
                     await proc.send_signal(item)

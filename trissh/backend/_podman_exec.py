@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Final
 
@@ -81,6 +81,7 @@ async def open_exec(
     user: str | None = None,
     workdir: str | None = None,
     helper: bool = False,
+    observe: Callable[[str, float], None] | None = None,
 ) -> AsyncIterator[PodmanProcess]:
     """Create and start an exec; leaving the context kills it if it still runs.
 
@@ -114,6 +115,8 @@ async def open_exec(
     async with open_task_nursery() as nursery:
         try:
             await process._attach(nursery)
+            if observe is not None:
+                observe("exec", time.monotonic() - started)
             log.debug(
                 "process_started",
                 container=container_id[:12],

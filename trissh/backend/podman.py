@@ -37,7 +37,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +88,7 @@ class PodmanBackend:
         request_timeout: float = 60.0,
         scope_labels: Mapping[str, str] | None = None,
         exec_helper: str | None = None,
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
         """Args:
         url: ``unix:///path.sock``, ``unix:/path.sock`` or ``http+unix://%2Fpath.sock``.
@@ -98,6 +99,8 @@ class PodmanBackend:
         exec_helper: host path of the static ``trissh-exec`` (``helper/trissh-exec.c``),
             bind-mounted into every container as each program's parent so a death by
             signal can be told from an exit code; ``None`` or missing: exit codes only.
+        observe: called with ("start" | "exec" | "remove", seconds) after each such
+            operation (metrics).
         """
         self._api = PodmanApi(
             url, limiter_capacity=limiter_capacity, request_timeout=request_timeout
@@ -107,6 +110,7 @@ class PodmanBackend:
         self._host_lock = trio.Lock()
         self._warned: set[str] = set()
         self._owner = owner_token()
+        self._observe = observe or (lambda operation, seconds: None)
         self.exec_helper: str | None = None
         #: Containers whose removal failed, by id or name -> conn_id; ``run`` retries them.
         self._orphans: dict[str, str] = {}
@@ -153,6 +157,7 @@ class PodmanBackend:
                 raise
             container_id = str(container.id)
             await self._api.call(container.start)
+            self._observe("start", time.monotonic() - started)
             log.info(
                 "container_created",
                 container=container_id[:12],
@@ -161,7 +166,13 @@ class PodmanBackend:
                 image=image,
                 duration_ms=_ms_since(started),
             )
-            yield PodmanSandbox(self._api, container_id, spec, helper=self.exec_helper is not None)
+            yield PodmanSandbox(
+                self._api,
+                container_id,
+                spec,
+                helper=self.exec_helper is not None,
+                observe=self._observe,
+            )
         finally:
             if container_id is not None or maybe_created:
                 await self._remove_at_exit(container_id or name, spec)
@@ -371,6 +382,7 @@ class PodmanBackend:
                 self._defer_removal(ref, spec.conn_id, str(exc))
                 return
             if removed is not None:
+                self._observe("remove", time.monotonic() - started)
                 log.info(
                     "container_removed",
                     container=_short(ref),
@@ -435,12 +447,19 @@ class PodmanSandbox:
     """One running container; processes are execs in it."""
 
     def __init__(
-        self, api: PodmanApi, container_id: str, spec: SandboxSpec, *, helper: bool
+        self,
+        api: PodmanApi,
+        container_id: str,
+        spec: SandboxSpec,
+        *,
+        helper: bool,
+        observe: Callable[[str, float], None],
     ) -> None:
         self._api = api
         self._container_id = container_id
         self._spec = spec
         self._helper = helper
+        self._observe = observe
 
     @property
     def container_id(self) -> str:
@@ -457,6 +476,7 @@ class PodmanSandbox:
             user=settings.user,
             workdir=settings.workdir,
             helper=self._helper,
+            observe=self._observe,
         )
 
 
