@@ -15,6 +15,7 @@ from ..support import (
     make_context,
     needs_ssh,
     podman_required,
+    ssh_argv,
     start_server,
 )
 from .conftest import podman_backend
