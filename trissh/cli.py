@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import getpass
+import importlib.resources
 import secrets
 import signal
 import sys
@@ -41,6 +42,7 @@ commands:
   (none)          run the server
   doctor          check the podman service, runtime, image and keys, and say how to fix each
   check-config    validate the configuration (and the files it names) without starting
+  print-default-config  print a configuration file with every key and its default
   hash-password   read a password (stdin or prompt) and print the password_hash to configure
 """
 
@@ -54,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["run", "doctor", "check-config", "hash-password"],
+        choices=["run", "doctor", "check-config", "print-default-config", "hash-password"],
         default="run",
         help=argparse.SUPPRESS,
     )
@@ -114,6 +116,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def default_config_text() -> str:
+    """The documented example configuration shipped with the package."""
+    return (importlib.resources.files("trissh") / "default-config.toml").read_text()
+
+
 def check_config(settings: ServerConfig) -> int:
     """Everything a start would check but the ports and podman: keys, users, algorithms."""
     from trissh.backend.memory import MemoryBackend
@@ -149,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "hash-password":
         return hash_password_command()
+    if args.command == "print-default-config":
+        print(default_config_text(), end="")
+        return 0
     try:
         settings = load_config(args.config, _overrides(args))
     except ConfigError as exc:

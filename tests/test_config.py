@@ -1,0 +1,102 @@
+"""The configuration: the shipped example is the defaults, and bad input gets exact messages."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from trissh.cli import default_config_text
+from trissh.config import ConfigError, ServerConfig, load_config
+
+
+def test_example_config_is_exactly_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "trissh.toml"
+    path.write_text(default_config_text())
+    assert load_config(path, {}) == ServerConfig()
+
+
+def _fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+    names = []
+    for name, info in model.model_fields.items():
+        names.append(prefix + name)
+        annotation = info.annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        for candidate in candidates:
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                names += _fields(candidate, prefix + name + ".")
+    return names
+
+
+def test_example_config_names_every_key() -> None:
+    """A new setting without a line in the example fails here (docs never drift)."""
+    text = default_config_text()
+    keys = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, re.MULTILINE))
+    keys |= {name.rsplit(".", 1)[-1] for name in re.findall(r"^#?\s*\[([a-z_.]+)\]", text, re.M)}
+    missing = [name for name in _fields(ServerConfig) if name.rsplit(".", 1)[-1] not in keys]
+    missing = [name for name in missing if name.rsplit(".", 1)[-1] not in ("users",)]
+    assert missing == []
+
+
+BAD: list[tuple[str, str]] = [
+    ('listen = ["nohost"]', "listen: listen address 'nohost' is not HOST:PORT"),
+    ("log_format = \"xml\"", "log_format: Input should be 'json' or 'console'"),
+    ("surprise = 1", "surprise: Extra inputs are not permitted"),
+    ("[container]\nimgae = \"x\"", "container.imgae: Extra inputs are not permitted"),
+    ("[container]\npids_limit = 1", "container.pids_limit: Input should be greater than or equal to 8"),
+    ("[container]\nnetwork = \"host\"",
+     "container.network: Input should be 'none', 'slirp4netns' or 'pasta'"),
+    ("[container]\nvolumes = [\"relative:/data\"]",
+     "container.volumes: volume 'relative:/data': both paths must be absolute"),
+    ("[container]\nlabels = { \"trissh.user\" = \"x\" }",
+     "container.labels: label 'trissh.user': the trissh. prefix is reserved"),
+    ("[session]\nidle_timeout = -1", "session.idle_timeout: Input should be greater than or equal to 0"),
+    ("[limits]\nmax_startups = \"10:x\"",
+     "limits.max_startups: max_startups '10:x' is not START:RATE:FULL"),
+    ("[recording]\nmax_bytes = 10", "recording.max_bytes: max_bytes must be 0 (no cap) or at least 16384"),
+    ("[proxy]\ntrusted_networks = [\"not-a-net\"]",
+     "proxy.trusted_networks: 'not-a-net' does not appear to be an IPv4 or IPv6 network"),
+    ("[auth.webhook]\nurl = \"ftp://x\"", "auth.webhook.url: url must start with http:// or https://"),
+    ("[ssh]\nkex = [\"diffie-hellman-group1-sha1\"]", "ssh.kex: unknown kex algorithm 'diffie-hellman-group1-sha1'"),
+    ("[users.al]\npassword_hash = \"plain\"",
+     "users.al.password_hash: password_hash must be an argon2id hash (see `trissh hash-password`)"),
+    ("[users.al]\nauthentication_methods = [\"publickey,otp\"]",
+     "users.al.authentication_methods: chain 'publickey,otp': methods are comma-separated, "
+     "from publickey, password, keyboard-interactive"),
+    ("[users.al.container]\nimage = 5", "users.al.container.image: Input should be a valid string"),
+    ("[users.al.session]\naccept_env = [\"*\"]", "users.al.session.accept_env: cannot be set per user"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"), BAD, ids=[message.split(":")[0] for _, message in BAD]
+)
+def test_bad_configuration_gets_an_exact_message(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "trissh.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, {})
+    assert str(raised.value).splitlines()[0].startswith(f"{path}: {message}")
+
+
+def test_toml_syntax_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "trissh.toml"
+    path.write_text('log_level = "info"\nlisten = ["a" "b"]\n')
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(path))}: .*line 2"):
+        load_config(path, {})
+
+
+def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "trissh.toml"
+    path.write_text("a = 1\nb = 2\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, {})
+    assert len(str(raised.value).splitlines()) == 2
+
+
+def test_overrides_dict(tmp_path: Path) -> None:
+    settings: Any = load_config(None, {"container.image": "x", "log_level": None})
+    assert settings.container.image == "x"
