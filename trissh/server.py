@@ -155,7 +155,6 @@ async def _serve_metrics(
         failed = [f"{check.name}: {check.detail}" for check in checks if not check.ok]
         return (not failed, "; ".join(failed) or "ready")
 
-    log.info("metrics_listening", listen=[_listener_address(item) for item in listeners])
     await serve_http(ctx.metrics, listeners, ready=ready, task_status=task_status)
 
 
