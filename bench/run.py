@@ -1237,6 +1237,11 @@ a host shell (`/bin/sh` = dash, GNU coreutils). Medians; ratios are trissh/peer 
 
 ## How each figure is measured
 
+- **all servers**: the same ed25519 host key and client key, `HostKeyAlgorithms=ssh-ed25519`;
+  pre-auth connection limits lifted because the load comes from one address, many at a time
+  (sshd `MaxStartups 1000`, trissh `limits.max_startups = "1000:30:1000"` and
+  `max_startups_per_source = 0`; AsyncSSH has none; its listen backlog is 1024). trissh runs
+  at its default log level (info, JSON lines to a file).
 - **download**: `ssh -o Ciphers=C -o KexAlgorithms=curve25519-sha256 host 'head -c N
   /dev/zero' > /dev/null`, N = {"200 MB" if args.quick else "1 GB"}; MB/s = N / the client's
   wall time (login included: ~1-15 % of the time). One warm-up run per server, then

@@ -46,7 +46,7 @@ def _arguments() -> argparse.Namespace:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    overrides = {
+    overrides: dict[str, object] = {
         "listen": [args.listen],
         "authorized_keys": args.authorized_keys,
         "host_keys": [args.host_key],
@@ -54,6 +54,14 @@ async def _serve(args: argparse.Namespace) -> None:
         "podman.url": args.podman_url,
         "container.image": args.image,
     }
+    # The load generator connects from one address, many at a time: lift the pre-auth
+    # connection limits, as the benchmark's sshd does (MaxStartups 1000), where they exist.
+    from trissh.config import LimitSettings
+
+    lifted = {"max_startups": "1000:30:1000", "max_startups_per_source": 0}
+    for key, value in lifted.items():
+        if key in LimitSettings.model_fields:
+            overrides[f"limits.{key}"] = value
     settings = load_config(None, overrides)
     configure_logging(settings.log_format, settings.log_level)
     backend: Backend
