@@ -53,6 +53,7 @@ def start(bench: run.Bench, cprofile: Path | None = None) -> run.Server:
         acct.wrap(argv), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
     acct.pid = server.process.pid
+    bench.started.append(server)
     server.port = run.read_port_line(server.process)
     run.wait_port(server.port)
     return server

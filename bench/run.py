@@ -140,6 +140,7 @@ class Accounting:
                     (CGROUP_ROOT / "cgroup.procs").write_text(str(pid))
             try:
                 self.group.rmdir()
+                self.group = None
                 return
             except OSError:
                 time.sleep(0.1)
@@ -241,6 +242,8 @@ class Bench:
         self.work = Path(tempfile.mkdtemp(prefix="trissh-bench-"))
         self.work.chmod(0o755)  # sshd reads authorized_keys as the bench user
         self.servers: dict[str, Server] = {}
+        #: every server process started, registered or not, so close() stops them all
+        self.started: list[Server] = []
         self.podman_url = os.environ.get("CONTAINER_HOST", "")
         self.notes: list[str] = []
         self._make_keys()
@@ -290,6 +293,7 @@ class Bench:
                 acct.wrap(argv), stdout=subprocess.PIPE, stderr=errors
             )
         acct.pid = server.process.pid
+        self.started.append(server)
         server.port = read_port_line(server.process)
         wait_port(server.port)
         for line in log_path.read_text().splitlines():
@@ -320,6 +324,7 @@ class Bench:
                 acct.wrap(argv), stdout=subprocess.PIPE, stderr=errors
             )
         acct.pid = server.process.pid
+        self.started.append(server)
         server.port = read_port_line(server.process)
         wait_port(server.port)
         return self._register(server, register)
@@ -357,6 +362,7 @@ Subsystem sftp internal-sftp
                 acct.wrap([SSHD, "-D", "-e", "-f", str(config)]), stderr=errors
             )
         acct.pid = server.process.pid
+        self.started.append(server)
         wait_port(port)
         return self._register(server, register)
 
@@ -385,7 +391,7 @@ Subsystem sftp internal-sftp
             except subprocess.TimeoutExpired:
                 server.process.kill()
                 server.process.wait()
-        if server.name == OPENSSH and server.accounting is not None:
+        if server.name == OPENSSH and server.accounting and server.accounting.group:
             # forked session children of a stopped listener may linger a moment
             for pid in server.accounting.pids():
                 with contextlib.suppress(OSError):
@@ -394,7 +400,7 @@ Subsystem sftp internal-sftp
             server.accounting.release()
 
     def close(self) -> None:
-        for server in self.servers.values():
+        for server in self.started:
             with contextlib.suppress(Exception):
                 self.stop(server)
         shutil.rmtree(self.work, ignore_errors=True)
