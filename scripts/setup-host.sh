@@ -237,7 +237,7 @@ CONTAINERS_CONF=$PHOME/.config/containers/containers.conf
 # podman keeps an exec session's conmon (two processes) alive this long after the exec ends, so
 # the exit code can still be read (podman's default: 300 s, i.e. hundreds of idle conmons on a
 # busy server). trissh reads ExitCode right after the stream ends; at 0 that read races the cleanup.
-EXIT_COMMAND_DELAY=10
+EXIT_COMMAND_DELAY=30
 containers_conf() { # $1 = runtime
     cat <<EOF
 # written by trissh scripts/setup-host.sh; delete this file and rerun to detect the runtime again
@@ -246,6 +246,11 @@ containers_conf() { # $1 = runtime
 runtime = "$1"
 # seconds an exec session's conmon lingers after the exec ends (podman's default is 300)
 exit_command_delay = $EXIT_COMMAND_DELAY
+
+[containers]
+# no session keyring per container: the kernel allows a user only kernel.keys.maxkeys (200)
+# keys, and with one per container runc fails ("unable to join session keyring") past that
+keyring = false
 EOF
 }
 runtime=""

@@ -67,8 +67,9 @@ PIPE_LIMIT: Final = 256 * 1024
 PROCESS_CLEANUP_BOUND: Final = 5.0
 #: How long the stream may take to end after a KILL during teardown.
 _DRAIN_AFTER_KILL: Final = 2.0
-#: After EOF, how long to wait for podman to stop reporting ``Running``.
-_EXIT_CODE_GRACE: Final = 5.0
+#: After EOF, how long to wait for podman to stop reporting ``Running``: it records an
+#: exec's exit asynchronously, and a busy service (hundreds of execs) takes seconds.
+_EXIT_CODE_GRACE: Final = 60.0
 
 
 @asynccontextmanager
@@ -139,6 +140,8 @@ async def open_exec(
 #: Where the helper is bind-mounted in every container, and its status files' tmpfs.
 HELPER_PATH = "/run/trissh-exec"
 HELPER_STATUS_DIR = "/run/trissh"
+#: Marks an exec inspection that found no record any more.
+_GONE = "trissh-gone"
 #: Exit codes that may mean "killed by signal code-128" (signals 1..64).
 _MAYBE_SIGNAL = range(129, 193)
 
@@ -269,6 +272,15 @@ class PodmanProcess:
 
     async def _finish(self, info: dict[str, Any]) -> ExitStatus:
         if self._status is None:
+            if info.get(_GONE):
+                # podman already dropped the exec's record (exit_command_delay passed on a
+                # busy service): the program ran, but how it ended is unknown.
+                log.warning(
+                    "exit_status_lost", container=self._container_id[:12],
+                    channel=self._spec.channel_id,
+                )  # fmt: skip
+                self._status = ExitStatus()
+                return self._status
             code = int(info.get("ExitCode") or 0)
             self._status = await self._classify(code)
             log.debug(
@@ -304,7 +316,11 @@ class PodmanProcess:
         return ExitStatus(code=code)
 
     async def _inspect(self) -> dict[str, Any]:
-        info = await self._api.request("GET", f"/exec/{self.exec_id}/json", abandon_on_cancel=True)
+        info = await self._api.request(
+            "GET", f"/exec/{self.exec_id}/json", abandon_on_cancel=True, missing_ok=True
+        )
+        if info is None:
+            return {"Running": False, _GONE: True}
         return dict(info)
 
     async def _attach(self, nursery: trio.Nursery) -> None:
