@@ -108,11 +108,13 @@ class ChannelStream(trio.abc.HalfCloseableStream):
                 if room < 0 or handle.peer_closed:
                     raise trio.BrokenResourceError("channel closed")
                 if room == 0:
+                    driver.flush_now()
                     await space.wait()
                     continue
                 sent = driver.send_channel_data(handle.id, view[:room], stderr=self._stderr)
                 view = view[sent:]
                 handle.touch()
+            driver.flush_now()
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:

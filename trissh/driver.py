@@ -2,10 +2,14 @@
 
 Theory of operation
 -------------------
-``_receive_loop`` is the only task that reads the socket and ``_send_loop`` the only one
-that writes it; channel tasks only mutate the sans-IO core and ring the writer's doorbell.
-A ``send_all`` cancelled half-way leaves an encrypted stream unusable, so only the writer
-may ever be interrupted mid-write, and only when the whole connection is going down.
+``_receive_loop`` is the only task that reads the socket. Writes happen in two ways, in
+order: ``flush_now`` writes queued output synchronously from the channel task that produced
+it (a bulk pump) as far as the socket takes it without waiting, and ``_send_loop`` sends the
+rest once the socket is writable again. The reader only rings the doorbell, so the small
+replies of a batch of events (window adjusts, acks) leave in one write, not one each. Only
+``_send_loop`` ever awaits a write, so a write is never cancelled half-way except when the
+whole connection is going down (a half-written packet leaves an encrypted stream unusable).
+Channel tasks otherwise only mutate the sans-IO core and ring the writer's doorbell.
 
 The receive loop awaits the socket and authentication decisions, nothing else: every other event
 is dispatched synchronously (start a task, feed a channel handle, wake senders), so a slow
@@ -17,7 +21,7 @@ Nursery tree::
     └─ login-grace scope        deadline until authentication, then none
        └─ connection nursery
           ├─ _receive_loop      socket → core → events
-          ├─ _send_loop         doorbell → core.data_to_send() → socket
+          ├─ _send_loop         doorbell → what flush_now left → socket
           ├─ sandbox keeper     holds the connection's container (sandboxes.py)
           └─ run_session (one each)    one per session channel (session.py)
 
@@ -74,6 +78,7 @@ from trissh.protocol import (
 )
 from trissh.recording import Recorder
 from trissh.sandboxes import ConnectionSandbox
+from trissh.scatter_write import send_chunks, socket_fd, write_now
 from trissh.session import run_session
 
 log = structlog.get_logger("trissh.driver")
@@ -197,6 +202,10 @@ class ConnectionDriver:
         self._handles: dict[ChannelId, ChannelHandle] = {}
         self._nursery: trio.Nursery | None = None
         self._writing = False
+        self._fd = socket_fd(stream)
+        #: Output taken from the core that the socket did not accept yet (``flush_now``).
+        self._backlog: list[memoryview] = []
+        self._backlog_size = 0
         self._ended = False
         self._quickack = True
         self._last_received = trio.current_time()
@@ -239,12 +248,32 @@ class ConnectionDriver:
         window = self.conn.send_window(channel_id)
         if window is None:
             return -1
-        return max(0, min(window, OUTPUT_HIGH_WATER - self.conn.pending_output_size))
+        queued = self.conn.pending_output_size + self._backlog_size
+        return max(0, min(window, OUTPUT_HIGH_WATER - queued))
 
     def send_channel_data(self, channel_id: ChannelId, data: memoryview, *, stderr: bool) -> int:
-        sent = self.conn.send_channel_data(channel_id, data, stderr=stderr)
-        self.ring()
-        return sent
+        """Queue channel data; the caller then calls ``flush_now``."""
+        return self.conn.send_channel_data(channel_id, data, stderr=stderr)
+
+    def flush_now(self) -> None:
+        """Write queued output from the calling task as far as the socket takes it now.
+
+        Saves a hand-off to the writer task per chunk of bulk data. Whatever remains (a full
+        socket, a write in progress, a stream that is not a socket) is left to
+        ``_send_loop``, behind anything it already holds, so the order never changes.
+        """
+        if self._writing or self._backlog or self._fd is None:
+            self.ring()
+            return
+        chunks = self.conn.take_output()
+        if not chunks:
+            return
+        rest = write_now(self._fd, chunks)
+        if rest:
+            self._backlog = rest
+            self._backlog_size = sum(map(len, rest))
+            self.ring()
+        self._space_changed()
 
     def send_channel_eof(self, channel_id: ChannelId) -> None:
         self.conn.send_channel_eof(channel_id)
@@ -415,23 +444,29 @@ class ConnectionDriver:
 
     async def _flush_and_close(self) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-            data = self.conn.data_to_send()
-            if data and not self._writing:
+            chunks = self._take_unsent()
+            if chunks and not self._writing:
                 with contextlib.suppress(
                     trio.BrokenResourceError, trio.ClosedResourceError, OSError
                 ):
-                    await self._stream.send_all(data)
+                    await send_chunks(self._stream, chunks)
         await trio.aclose_forcefully(self._stream)
 
     async def _send_loop(self) -> None:
         while True:
             await self._doorbell.wait()
-            data = self.conn.data_to_send()
-            if data:
+            chunks = self._take_unsent()
+            if chunks:
                 self._writing = True
-                await self._stream.send_all(data)
+                await send_chunks(self._stream, chunks)
                 self._writing = False
                 self._space_changed()
+
+    def _take_unsent(self) -> list[bytes | bytearray | memoryview]:
+        """The backlog, then what the core queued since: everything not yet written."""
+        chunks: list[bytes | bytearray | memoryview] = [*self._backlog, *self.conn.take_output()]
+        self._backlog, self._backlog_size = [], 0
+        return chunks
 
     async def _receive_loop(self) -> None:
         conn = self.conn

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -47,7 +48,8 @@ def load_or_create_host_key(path: Path) -> tuple[HostKey, bool]:
             loaded = serialization.load_ssh_private_key(data, password=None)
         else:
             loaded = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        # an encrypted key raises UnsupportedAlgorithm when bcrypt is not installed
         raise HostKeyError(
             f"{path}: not an unencrypted OpenSSH or PEM private key ({exc})"
         ) from None

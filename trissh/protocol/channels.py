@@ -27,7 +27,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from trissh.protocol.config import ProtocolConfig
 from trissh.protocol.constants import EXTENDED_DATA_STDERR, ChannelOpenFailureReason, MessageNumber
@@ -154,13 +154,20 @@ class Channel:
             raise LocalProtocolError(f"channel cannot {action} in state {self.state}") from None
 
 
+class SendPayload(Protocol):
+    """The transport's ``send``: a payload, optionally in two parts so data is not joined
+    to its message header before the packet is framed."""
+
+    def __call__(self, payload: bytes, tail: bytes | memoryview = b"", /) -> None: ...
+
+
 class ChannelTable:
     """All channels of one connection, plus the connection-level global requests."""
 
     def __init__(
         self,
         config: ProtocolConfig,
-        send: Callable[[bytes], None],
+        send: SendPayload,
         emit: Callable[[Event], None],
     ) -> None:
         self._config = config
@@ -474,7 +481,7 @@ class ChannelTable:
                 )
             else:
                 header = _DATA_HEADER.pack(MessageNumber.CHANNEL_DATA, remote, len(piece))
-            self._send(header + piece)
+            self._send(header, piece)
         channel.send_window -= total
         return total
 

@@ -33,6 +33,10 @@ _U32: Final = struct.Struct(">I")
 _ZERO_BLOCK: Final = bytes(64)
 
 
+#: What a cipher reads: a whole packet from the encoder, or a slice of the receive buffer.
+Readable = bytes | bytearray | memoryview
+
+
 class PacketCipher(Protocol):
     """One direction of packet protection."""
 
@@ -43,16 +47,18 @@ class PacketCipher(Protocol):
     #: Whether the length field is part of the aligned region (only without AEAD).
     length_in_alignment: bool
 
-    def seal(self, sequence: int, packet: bytes) -> bytes:
-        """Encrypt and authenticate one cleartext packet."""
+    def seal(self, sequence: int, packet: bytes) -> bytes | bytearray:
+        """Encrypt and authenticate one cleartext packet into a new wire packet."""
         ...
 
-    def packet_length(self, sequence: int, header: bytes) -> int:
+    def packet_length(self, sequence: int, header: Readable) -> int:
         """Read ``packet_length`` from the first four wire bytes."""
         ...
 
-    def open(self, sequence: int, data: bytes) -> bytes:
+    def open(self, sequence: int, data: Readable) -> bytes:
         """Verify and decrypt a whole wire packet; return everything after the length.
+
+        ``data`` may be a view of the receive buffer: the result never refers to it.
 
         Raises:
             MacError: the tag does not match.
@@ -70,15 +76,25 @@ class PlainCipher:
     def seal(self, sequence: int, packet: bytes) -> bytes:
         return packet
 
-    def packet_length(self, sequence: int, header: bytes) -> int:
+    def packet_length(self, sequence: int, header: Readable) -> int:
         return int(_U32.unpack_from(header)[0])
 
-    def open(self, sequence: int, data: bytes) -> bytes:
-        return data[4:]
+    def open(self, sequence: int, data: Readable) -> bytes:
+        return bytes(data[4:])
+
+
+def _nonce(sequence: int) -> bytes:
+    """chacha20-poly1305@openssh.com's nonce is the sequence number; ``cryptography`` wants it
+    as 16 bytes with the block counter first (zero here)."""
+    return bytes(8) + sequence.to_bytes(8, "big")
 
 
 class ChaCha20Poly1305:
-    """chacha20-poly1305@openssh.com: K_2 (first 32 bytes) for the payload, K_1 for length."""
+    """chacha20-poly1305@openssh.com: K_2 (first 32 bytes) for the payload, K_1 for length.
+
+    Both ChaCha20 contexts live as long as the key; each packet only resets their nonce, and
+    the wire packet is written straight into one buffer (length, ciphertext, tag).
+    """
 
     block_size = 8
     tag_size = 16
@@ -87,36 +103,38 @@ class ChaCha20Poly1305:
     def __init__(self, key: bytes) -> None:
         if len(key) != 64:
             raise ValueError("chacha20-poly1305@openssh.com needs 64 bytes of key")
-        self._main_key = key[:32]
-        self._header_key = key[32:]
+        self._main = Cipher(algorithms.ChaCha20(key[:32], bytes(16)), mode=None).encryptor()
+        self._length = Cipher(algorithms.ChaCha20(key[32:], bytes(16)), mode=None).encryptor()
 
-    def _contexts(self, sequence: int) -> tuple[bytes, Callable[[bytes | memoryview], bytes]]:
-        nonce = bytes(8) + sequence.to_bytes(8, "big")
-        main = Cipher(algorithms.ChaCha20(self._main_key, nonce), mode=None).encryptor()
-        poly_key = main.update(_ZERO_BLOCK)[:32]  # block 0; the payload starts at block 1
-        return poly_key, main.update
+    def _start(self, sequence: int) -> bytes:
+        """Point both contexts at this packet; return its Poly1305 key (keystream block 0,
+        so the payload starts at block 1)."""
+        nonce = _nonce(sequence)
+        self._length.reset_nonce(nonce)
+        self._main.reset_nonce(nonce)
+        return self._main.update(_ZERO_BLOCK)[:32]
 
-    def _crypt_length(self, sequence: int, header: bytes) -> bytes:
-        nonce = bytes(8) + sequence.to_bytes(8, "big")
-        ctx = Cipher(algorithms.ChaCha20(self._header_key, nonce), mode=None).encryptor()
-        return ctx.update(header)
+    def seal(self, sequence: int, packet: bytes) -> bytearray:
+        poly_key = self._start(sequence)
+        out = bytearray(len(packet) + 16)
+        out[:4] = self._length.update(packet[:4])
+        with memoryview(out) as view:
+            self._main.update_into(memoryview(packet)[4:], view[4:-16])
+            out[-16:] = Poly1305.generate_tag(poly_key, view[:-16])
+        return out
 
-    def seal(self, sequence: int, packet: bytes) -> bytes:
-        poly_key, crypt = self._contexts(sequence)
-        body = self._crypt_length(sequence, packet[:4]) + crypt(memoryview(packet)[4:])
-        return body + Poly1305.generate_tag(poly_key, body)
+    def packet_length(self, sequence: int, header: Readable) -> int:
+        self._length.reset_nonce(_nonce(sequence))
+        return int(_U32.unpack(self._length.update(header[:4]))[0])
 
-    def packet_length(self, sequence: int, header: bytes) -> int:
-        return int(_U32.unpack(self._crypt_length(sequence, header[:4]))[0])
-
-    def open(self, sequence: int, data: bytes) -> bytes:
-        poly_key, crypt = self._contexts(sequence)
-        body = memoryview(data)[:-16]
+    def open(self, sequence: int, data: Readable) -> bytes:
+        poly_key = self._start(sequence)
+        view = memoryview(data)
         try:
-            Poly1305.verify_tag(poly_key, body, data[-16:])
+            Poly1305.verify_tag(poly_key, view[:-16], bytes(view[-16:]))
         except InvalidSignature:
             raise MacError("message authentication failed") from None
-        return crypt(body[4:])
+        return self._main.update(view[4:-16])
 
 
 class AesGcm:
@@ -138,16 +156,21 @@ class AesGcm:
         self._counter = (self._counter + 1) & 0xFFFF_FFFF_FFFF_FFFF
         return nonce
 
-    def seal(self, sequence: int, packet: bytes) -> bytes:
+    def seal(self, sequence: int, packet: bytes) -> bytearray:
         header = packet[:4]
-        return header + self._aead.encrypt(self._next_nonce(), memoryview(packet)[4:], header)
+        out = bytearray(len(packet) + 16)
+        out[:4] = header
+        with memoryview(out) as view:
+            self._aead.encrypt_into(self._next_nonce(), memoryview(packet)[4:], header, view[4:])
+        return out
 
-    def packet_length(self, sequence: int, header: bytes) -> int:
+    def packet_length(self, sequence: int, header: Readable) -> int:
         return int(_U32.unpack_from(header)[0])
 
-    def open(self, sequence: int, data: bytes) -> bytes:
+    def open(self, sequence: int, data: Readable) -> bytes:
+        view = memoryview(data)
         try:
-            return self._aead.decrypt(self._next_nonce(), memoryview(data)[4:], data[:4])
+            return self._aead.decrypt(self._next_nonce(), view[4:], view[:4])
         except InvalidTag:
             raise MacError("message authentication failed") from None
 
@@ -200,28 +223,36 @@ class AesCtrHmac:
         self.length_in_alignment = not mac.etm
         self._header = b""
 
-    def _tag(self, sequence: int, *parts: bytes | memoryview) -> bytes:
+    def _tag(self, sequence: int, *parts: Readable) -> bytes:
         mac = self._mac.copy()
         mac.update(_U32.pack(sequence))
         for part in parts:
             mac.update(part)
         return mac.digest()
 
-    def seal(self, sequence: int, packet: bytes) -> bytes:
-        if self._etm:
-            body = packet[:4] + self._ctr.update(memoryview(packet)[4:])
-            return body + self._tag(sequence, body)
-        return self._ctr.update(packet) + self._tag(sequence, packet)
+    def seal(self, sequence: int, packet: bytes) -> bytearray:
+        size = len(packet)
+        out = bytearray(size + self.tag_size)
+        with memoryview(out) as view:
+            if self._etm:
+                out[:4] = packet[:4]
+                self._ctr.update_into(memoryview(packet)[4:], view[4:])
+                out[size:] = self._tag(sequence, view[:size])
+            else:
+                self._ctr.update_into(packet, view)
+                out[size:] = self._tag(sequence, packet)
+        return out
 
-    def packet_length(self, sequence: int, header: bytes) -> int:
+    def packet_length(self, sequence: int, header: Readable) -> int:
         if self._etm:
             return int(_U32.unpack_from(header)[0])
         self._header = self._ctr.update(header[:4])
         return int(_U32.unpack(self._header)[0])
 
-    def open(self, sequence: int, data: bytes) -> bytes:
+    def open(self, sequence: int, data: Readable) -> bytes:
         size = self.tag_size
-        body, tag = memoryview(data)[:-size], data[-size:]
+        view = memoryview(data)
+        body, tag = view[:-size], view[-size:]
         if self._etm:
             if not hmac.compare_digest(self._tag(sequence, body), tag):
                 raise MacError("message authentication failed")

@@ -88,6 +88,10 @@ class ServerConnection:
     def data_to_send(self) -> bytes:
         return self._transport.data_to_send()
 
+    def take_output(self) -> list[bytes | bytearray]:
+        """``data_to_send`` as separate wire chunks, for a scatter-gather write."""
+        return self._transport.take_output()
+
     @property
     def pending_output_size(self) -> int:
         return self._transport.pending_output_size

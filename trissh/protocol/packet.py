@@ -21,18 +21,24 @@ from trissh.protocol.ciphers import PacketCipher, PlainCipher
 from trissh.protocol.constants import MAX_PACKET_LENGTH, MAX_PAYLOAD_LENGTH, DisconnectReason
 from trissh.protocol.errors import DecodeError
 
-_U32: Final = struct.Struct(">I")
+#: ``uint32 packet_length || byte padding_length``
+_PREFIX: Final = struct.Struct(">IB")
 _PAD_POOL_SIZE: Final = 4096
 #: The receive buffer never holds more than this; a peer that outruns the parser is cut off.
 MAX_BUFFERED_INPUT: Final = 4 * MAX_PACKET_LENGTH
 
 
 class PacketDecoder:
-    """Turns received bytes into payloads, one packet at a time."""
+    """Turns received bytes into payloads, one packet at a time.
+
+    Consumed packets only move a read offset; the buffer is compacted once per ``feed``
+    (moving at most the tail of one partial packet), not once per packet.
+    """
 
     __slots__ = (
         "_buffer",
         "_length",
+        "_start",
         "cipher",
         "decompressor",
         "max_packet_length",
@@ -42,6 +48,7 @@ class PacketDecoder:
 
     def __init__(self, max_packet_length: int = MAX_PACKET_LENGTH) -> None:
         self._buffer = bytearray()
+        self._start = 0
         self._length: int | None = None
         self.cipher: PacketCipher = PlainCipher()
         #: A zlib inflater while compression is on in this direction.
@@ -52,22 +59,28 @@ class PacketDecoder:
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) - self._start
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._start:
+            del self._buffer[: self._start]
+            self._start = 0
         self._buffer += data
         if len(self._buffer) > MAX_BUFFERED_INPUT:
             raise DecodeError("peer sent more data than the server can buffer")
 
     def take_raw(self, n: int) -> bytes:
         """Hand buffered bytes to a layer below packets (the version exchange)."""
-        chunk = bytes(self._buffer[:n])
-        del self._buffer[:n]
+        start = self._start
+        chunk = bytes(self._buffer[start : start + n])
+        self._start = start + len(chunk)
         return chunk
 
     def find_line_end(self, limit: int) -> int:
-        """Index of the first LF in the first ``limit`` bytes, or -1."""
-        return self._buffer.find(b"\n", 0, limit)
+        """Index of the first LF in the first ``limit`` buffered bytes, or -1."""
+        start = self._start
+        end = self._buffer.find(b"\n", start, start + limit)
+        return end if end < 0 else end - start
 
     def next_payload(self) -> bytes | None:
         """Return the next payload, or ``None`` until a whole packet has arrived.
@@ -77,23 +90,24 @@ class PacketDecoder:
             MacError: the packet failed authentication.
         """
         buffer = self._buffer
+        start = self._start
         cipher = self.cipher
         length = self._length
         if length is None:
-            if len(buffer) < 4:
+            if len(buffer) - start < 4:
                 return None
-            length = cipher.packet_length(self.sequence, bytes(buffer[:4]))
+            length = cipher.packet_length(self.sequence, bytes(buffer[start : start + 4]))
             aligned = length + 4 if cipher.length_in_alignment else length
             if length < 5 or length > self.max_packet_length or aligned % cipher.block_size:
                 raise DecodeError(f"bad packet length {length}")
             self._length = length
-        total = 4 + length + cipher.tag_size
-        if len(buffer) < total:
+        end = start + 4 + length + cipher.tag_size
+        if len(buffer) < end:
             return None
-        data = bytes(buffer[:total])
-        del buffer[:total]
+        with memoryview(buffer) as view:
+            plain = cipher.open(self.sequence, view[start:end])
+        self._start = end
         self._length = None
-        plain = cipher.open(self.sequence, data)
         padding_length = plain[0]
         if padding_length < 4 or padding_length > length - 1:
             raise DecodeError(f"bad padding length {padding_length}")
@@ -152,21 +166,25 @@ class PacketEncoder:
         self._pad_pos = start + n
         return self._pad_pool[start : start + n]
 
-    def encode(self, payload: bytes) -> bytes:
+    def encode(self, payload: bytes, tail: bytes | memoryview = b"") -> bytes | bytearray:
+        """Frame ``payload + tail`` into one wire packet; ``tail`` spares the caller a join
+        (channel data: the message header is ``payload``, the data ``tail``)."""
         if self.compressor is not None:
-            payload = self.compressor.compress(payload) + self.compressor.flush(zlib.Z_SYNC_FLUSH)
+            payload = self.compressor.compress(payload + tail)
+            payload += self.compressor.flush(zlib.Z_SYNC_FLUSH)
+            tail = b""
         cipher = self.cipher
         block = cipher.block_size
-        aligned = len(payload) + (5 if cipher.length_in_alignment else 1)
+        size = len(payload) + len(tail)
+        aligned = size + (5 if cipher.length_in_alignment else 1)
         padding_length = block - aligned % block
         if padding_length < 4:
             padding_length += block
-        packet_length = len(payload) + padding_length + 1
         packet = b"".join(
             (
-                _U32.pack(packet_length),
-                bytes((padding_length,)),
+                _PREFIX.pack(size + padding_length + 1, padding_length),
                 payload,
+                tail,
                 self._padding(padding_length),
             )
         )

@@ -114,7 +114,9 @@ class Transport:
         self._emit = emit
         self._decoder = PacketDecoder()
         self._encoder = PacketEncoder(config.rng)
-        self._out = bytearray()
+        #: Wire packets not yet taken by the driver, kept apart so nothing copies them again.
+        self._out: list[bytes | bytearray] = []
+        self._out_size = 0
         self._held: list[bytes] = []
         self._held_size = 0
         self.client_version: bytes | None = None
@@ -143,19 +145,22 @@ class Transport:
         self._pending_input_cipher: PacketCipher | None = None
         self._ignore_guessed_packet = False
         self._bytes_received = 0
-        self._out += config.server_version + b"\r\n"
+        self._queue(config.server_version + b"\r\n")
         self._start_kex()
 
     # -- output ---------------------------------------------------------------------------
 
     def data_to_send(self) -> bytes:
-        data = bytes(self._out)
-        self._out.clear()
-        return data
+        return b"".join(self.take_output())
+
+    def take_output(self) -> list[bytes | bytearray]:
+        """The queued wire bytes as separate chunks, for a scatter-gather write."""
+        chunks, self._out, self._out_size = self._out, [], 0
+        return chunks
 
     @property
     def pending_output_size(self) -> int:
-        return len(self._out) + self._held_size
+        return self._out_size + self._held_size
 
     @property
     def bytes_sent(self) -> int:
@@ -165,23 +170,28 @@ class Transport:
     def bytes_received(self) -> int:
         return self._bytes_received
 
-    def _send_now(self, payload: bytes) -> None:
-        self._out += self._encoder.encode(payload)
+    def _queue(self, wire: bytes | bytearray) -> None:
+        self._out.append(wire)
+        self._out_size += len(wire)
+
+    def _send_now(self, payload: bytes, tail: bytes | memoryview = b"") -> None:
+        self._queue(self._encoder.encode(payload, tail))
         if not self._after_auth and payload[0] == MessageNumber.USERAUTH_SUCCESS:
             # zlib@openssh.com starts right after SUCCESS, both ways (OpenSSH PROTOCOL §1.3).
             self._after_auth = True
             self._encoder.compressor = self._compressor(self._out_compression)
             self._decoder.decompressor = self._decompressor(self._in_compression)
 
-    def send(self, payload: bytes) -> None:
-        """Send a service-layer payload, held back while our side of a kex is running."""
+    def send(self, payload: bytes, tail: bytes | memoryview = b"") -> None:
+        """Send the service-layer payload ``payload + tail``, held back while our side of a
+        kex is running."""
         if self.closed:
             return
         if self.kex_state in (KexState.AWAIT_KEXINIT, KexState.KEX_RUNNING):
-            self._held.append(payload)
-            self._held_size += len(payload)
+            self._held.append(payload + tail if tail else payload)
+            self._held_size += len(payload) + len(tail)
             return
-        self._send_now(payload)
+        self._send_now(payload, tail)
         if self.kex_state is KexState.IDLE and (
             self._encoder.bytes_sent - self._sent_at_kex > self._rekey_limit_out
             or self._encoder.packets - self._packets_sent_at_kex > MAX_PACKETS_PER_KEY

@@ -1,0 +1,67 @@
+"""Write queued wire packets to the client with scatter-gather I/O.
+
+The core hands over each flight as a list of packets; joining them would copy every byte
+once more before the kernel copies it again. On a real socket ``sendmsg``/``writev`` take
+the list as it is; any other stream (tests, wrappers) gets one joined ``send_all``.
+
+``write_now`` is the synchronous half: it writes what the socket takes without waiting and
+returns the rest, so a task that just queued bulk data can send it itself instead of
+waking the writer task for every chunk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Final
+
+import trio
+
+#: Buffers per system call, well under Linux's IOV_MAX of 1024.
+MAX_BUFFERS_PER_CALL: Final = 256
+
+Chunk = bytes | bytearray | memoryview
+
+
+def socket_fd(stream: trio.abc.Stream) -> int | None:
+    """The file descriptor under ``stream`` if it is a plain socket stream."""
+    return stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+
+
+def _drop_sent(pending: list[memoryview], sent: int) -> list[memoryview]:
+    first = 0
+    while first < len(pending) and sent >= len(pending[first]):
+        sent -= len(pending[first])
+        first += 1
+    rest = pending[first:]
+    if sent:
+        rest[0] = rest[0][sent:]
+    return rest
+
+
+def write_now(fd: int, chunks: Sequence[Chunk]) -> list[memoryview]:
+    """Write as much of ``chunks`` as the (non-blocking) socket takes; return the rest.
+
+    An error is not raised here: everything stays unsent, and the writer task, which sends
+    the rest, meets the same error and ends the connection.
+    """
+    pending = [memoryview(chunk) for chunk in chunks if chunk]
+    while pending:
+        try:
+            sent = os.writev(fd, pending[:MAX_BUFFERS_PER_CALL])
+        except OSError:
+            return pending
+        pending = _drop_sent(pending, sent)
+    return pending
+
+
+async def send_chunks(stream: trio.abc.Stream, chunks: Sequence[Chunk]) -> None:
+    """Send every byte of ``chunks`` in order, as few system calls as the kernel allows."""
+    pending = [memoryview(chunk) for chunk in chunks if chunk]
+    sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+    if sock is None or len(pending) <= 1:
+        await stream.send_all(pending[0] if len(pending) == 1 else b"".join(pending))
+        return
+    while pending:
+        sent = await sock.sendmsg(pending[:MAX_BUFFERS_PER_CALL])
+        pending = _drop_sent(pending, sent)
