@@ -9,7 +9,7 @@ Servers (all on 127.0.0.1, all with the same ed25519 host key and client key):
 * ``trissh``: bench/trissh_server.py with the in-process MemoryBackend: the SSH layer alone;
 * ``trissh+podman``: the same runner with the podman backend and the bench image
   (localhost/trissh-bench:latest, GNU head/cat/true): end to end, one container per
-  connection;
+  connection, with a warm pool of ``WARM_POOL`` started containers;
 * ``AsyncSSH``: bench/asyncssh_server.py, stock AsyncSSH with the same synthetic commands;
 * ``sshd``: Debian's OpenSSH sshd started by hand on a free port with its own config
   (UsePAM no, user trissh-bench with /bin/sh, real GNU ``head``/``cat``), never the system
@@ -62,6 +62,8 @@ CURVE = "curve25519-sha256"
 SNTRUP = "sntrup761x25519-sha512@openssh.com"
 
 TRISSH, ASYNCSSH, OPENSSH, PODMAN = "trissh", "AsyncSSH", "sshd", "trissh+podman"
+#: Containers trissh+podman keeps started ahead of logins ([podman] warm_pool).
+WARM_POOL = 2
 
 
 def log(message: str) -> None:
@@ -287,6 +289,7 @@ class Bench:
         ]
         if backend == "podman":
             argv += ["--podman-url", self.podman_url, "--image", BENCH_IMAGE]
+            argv += ["--warm-pool", str(WARM_POOL)]
         server = Server(name, "bench", accounting=acct, log_path=log_path)
         with open(log_path, "wb") as errors:
             server.process = subprocess.Popen(
@@ -748,8 +751,9 @@ def live_containers(bench: Bench, server: Server) -> int:
     if status != 200:
         return -1
     text = body.decode(errors="replace")
-    # the answer may be chunked: count ids rather than parse
-    return text.count('"Id"')
+    # the answer may be chunked: count ids rather than parse; the warm pool's unassigned
+    # containers (label trissh.pool) stay for the server's lifetime and are not counted
+    return text.count('"Id"') - text.count('"trissh.pool"')
 
 
 def wait_containers_gone(bench: Bench, server: Server, timeout: float = 120) -> None:
@@ -1269,7 +1273,9 @@ a host shell (`/bin/sh` = dash, GNU coreutils). Medians; ratios are trissh/peer 
   success = exit status 0. For trissh+podman each connection gets its own container
   (`sleep 5 && hostname`; the distinct host names count the containers).
 - **end to end**: the same client commands against trissh+podman (fresh container per
-  connection; create + start + exec + remove are in the figure) and sshd's host shell. The
+  connection, taken from a warm pool of {WARM_POOL} started ones, `[podman] warm_pool`;
+  exec + remove are in the figure, and the pool's refill runs between logins) and sshd's
+  host shell. The
   raw stream rows read `head -c N /dev/zero` from a podman REST exec stream (hijacked
   unix socket, `Upgrade: tcp`) in a container of the same image, directly (raw socket,
   frames counted, not parsed) and through trissh's `PodmanBackend` (demultiplexed), in the

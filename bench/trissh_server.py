@@ -3,7 +3,7 @@
 Usage::
 
     python bench/trissh_server.py --authorized-keys FILE --host-key FILE
-        [--backend memory|podman] [--podman-url URL] [--image NAME]
+        [--backend memory|podman] [--podman-url URL] [--image NAME] [--warm-pool N]
         [--listen 127.0.0.1:0] [--cprofile OUT.pstats] [--log-level info]
 
 The server is built the way ``trissh`` itself builds it (``load_config`` → ``build_context``
@@ -40,6 +40,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--backend", choices=["memory", "podman"], default="memory")
     parser.add_argument("--podman-url")
     parser.add_argument("--image")
+    parser.add_argument("--warm-pool", type=int, default=0, help="containers kept started")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--cprofile", metavar="OUT", help="write a cProfile of the whole run")
     return parser.parse_args()
@@ -53,6 +54,7 @@ async def _serve(args: argparse.Namespace) -> None:
         "log_level": args.log_level,
         "podman.url": args.podman_url,
         "container.image": args.image,
+        "podman.warm_pool": args.warm_pool,
     }
     # The load generator connects from one address, many at a time: lift the pre-auth
     # connection limits, as the benchmark's sshd does (MaxStartups 1000), where they exist.

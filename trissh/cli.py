@@ -24,7 +24,7 @@ from trissh import __version__
 from trissh.auth.policy import AuthPolicy, PolicyError
 from trissh.authorized_keys import AuthorizedKey, load_authorized_keys
 from trissh.backend import Backend
-from trissh.config import ConfigError, ServerConfig, load_config, parse_listen
+from trissh.config import ConfigError, ServerConfig, container_settings, load_config, parse_listen
 from trissh.driver import ServerContext
 from trissh.hostkeys import HostKeyError, load_or_create_host_key
 from trissh.log import configure_logging
@@ -191,6 +191,7 @@ def make_backend(settings: ServerConfig, metrics: Metrics | None = None) -> Back
         limiter_capacity=settings.podman.max_concurrent_calls,
         exec_helper=settings.podman.exec_helper or None,
         observe=metrics.container_operation if metrics is not None else None,
+        warm_pool=settings.podman.warm_pool,
     )
 
 
@@ -301,6 +302,7 @@ def reload_context(ctx: ServerContext, load: Callable[[], ServerConfig]) -> None
     if settings.listen != ctx.settings.listen:
         log.warning("config_reload_listen_ignored", detail="listen addresses change on restart")
     configure_logging(settings.log_format, settings.log_level)
+    ctx.backend.keep_warm(container_settings(settings.container), ctx.instance)
     ctx.state.context = new
     log.info("config_reloaded", users=len(settings.users))
 

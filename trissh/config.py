@@ -49,6 +49,9 @@ class PodmanSettings(_Model):
     #: The static ``trissh-exec`` helper (built by scripts/setup-host.sh), made the parent
     #: of every session's program so deaths by signal are reported as such; "" to disable.
     exec_helper: str = "/usr/local/lib/trissh/trissh-exec"
+    #: Containers kept created and started from ``[container]``'s settings, each handed to
+    #: exactly one login whose settings match (never reused); 0 turns the pool off.
+    warm_pool: int = Field(0, ge=0, le=256)
 
 
 class ContainerSection(_Model):

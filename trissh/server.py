@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 import trio
 
-from trissh.config import parse_listen, parse_max_startups
+from trissh.config import container_settings, parse_listen, parse_max_startups
 from trissh.driver import ServerContext, serve_connection
 from trissh.metrics import serve_http
 from trissh.proxy_protocol import ProxyProtocolError, TrustedNetworks, parse_proxy_header
@@ -90,6 +90,7 @@ async def serve(
         )
 
     async with trio.open_nursery() as upkeep:
+        ctx.backend.keep_warm(container_settings(ctx.settings.container), ctx.instance)
         await upkeep.start(ctx.backend.run)
         if ctx.settings.metrics.listen:
             await upkeep.start(_serve_metrics, ctx)

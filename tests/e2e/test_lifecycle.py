@@ -248,3 +248,45 @@ async def test_json_logs_tell_a_connection_s_story(
     assert closed["bytes_in"] > 0
     assert closed["bytes_out"] > 0
     assert client_key.path.read_text() not in server.log.decode()
+
+
+async def test_warm_pool_serves_logins_follows_reload_and_drains_on_shutdown(
+    podman_url: str,
+    authorized_keys: Path,
+    tmp_path: Path,
+    client_key: ClientKey,
+    containers: Containers,
+) -> None:
+    """`[podman] warm_pool = 2`: two containers wait before anyone logs in, a login gets
+    one of them (never again), SIGHUP's new [container] settings replace the ready ones,
+    and SIGTERM leaves nothing behind."""
+    config = tmp_path / "trissh.toml"
+    config.write_text("[podman]\nwarm_pool = 2\n")
+    async with trissh_process(podman_url, authorized_keys, tmp_path, config=config) as server:
+        await containers.wait_for(server.instance, 2, timeout=60)
+        pooled = await containers.of(server.instance)
+        first = await run_ssh_process(server.port, client_key, "hostname")
+        assert first.returncode == 0, first.stderr
+        assigned = await wait_for_event(server, "container_assigned")
+        assert assigned["user"] == "alice"
+        assert assigned["container"] in [cid[:12] for cid in pooled]
+        assert first.stdout.strip().decode() == assigned["container"]  # podman's hostname
+        with trio.fail_after(30):  # the used one is removed with its connection
+            while assigned["container"] in [c[:12] for c in await containers.of(server.instance)]:
+                await trio.sleep(0.1)
+        await containers.wait_for(server.instance, 2, timeout=60)  # and the pool refilled
+
+        config.write_text('[podman]\nwarm_pool = 2\n[container]\nenv = { POOL_TEST = "v2" }\n')
+        server.process.send_signal(signal.SIGHUP)
+        await wait_for_event(server, "config_reloaded")
+        with trio.fail_after(60):  # the old ready containers are retired, new ones started
+            while set(await containers.of(server.instance)) & set(pooled):
+                await trio.sleep(0.1)
+        await containers.wait_for(server.instance, 2, timeout=60)
+        second = await run_ssh_process(server.port, client_key, "echo $POOL_TEST")
+        assert second.stdout == b"v2\n", second.stderr
+
+        server.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await server.process.wait() == 0
+        assert await containers.of(server.instance) == []

@@ -7,6 +7,7 @@ import signal as _signal
 from trissh.backend.base import (
     LABEL_CONN_ID,
     LABEL_INSTANCE,
+    LABEL_POOL,
     LABEL_REMOTE,
     LABEL_USER,
     ProcessSpec,
@@ -24,6 +25,7 @@ def sandbox_labels(spec: SandboxSpec) -> dict[str, str]:
         LABEL_USER: spec.username,
         LABEL_REMOTE: spec.remote,
         LABEL_INSTANCE: spec.instance,
+        **({LABEL_POOL: "true"} if spec.pooled else {}),
     }
 
 

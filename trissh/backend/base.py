@@ -33,6 +33,8 @@ LABEL_CONN_ID = "trissh.conn_id"
 LABEL_USER = "trissh.user"
 LABEL_REMOTE = "trissh.remote"
 LABEL_INSTANCE = "trissh.instance"
+#: On containers started ahead of any login (the warm pool), in place of a user.
+LABEL_POOL = "trissh.pool"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +101,8 @@ class SandboxSpec:
     #: Identifies this trissh process; the startup sweep removes other instances' leftovers.
     instance: str
     settings: ContainerSettings = field(default_factory=ContainerSettings)
+    #: Started ahead of any login for the warm pool: no user or remote yet.
+    pooled: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -193,6 +197,13 @@ class Backend(Protocol):
             ImageNotFound: the configured image does not exist.
             BackendUnavailable: the container service cannot be reached.
             BackendError: anything else that stopped the container from starting.
+        """
+
+    def keep_warm(self, settings: ContainerSettings, instance: str) -> None:
+        """Containers built from ``settings`` may be started ahead of logins (a hint).
+
+        Called before ``run`` and again on every configuration reload. A backend without a
+        warm pool ignores it.
         """
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

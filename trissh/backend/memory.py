@@ -52,6 +52,7 @@ from trissh.backend._pipe import (
 )
 from trissh.backend.base import (
     LABEL_INSTANCE,
+    ContainerSettings,
     ExitStatus,
     HealthCheck,
     ProcessSpec,
@@ -160,6 +161,9 @@ class MemoryBackend:
                     conn_id=spec.conn_id,
                     duration_ms=_ms_since(removed),
                 )
+
+    def keep_warm(self, settings: ContainerSettings, instance: str) -> None:
+        """Creating a sandbox in memory costs nothing: no pool."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Nothing to maintain: removal in memory cannot fail."""

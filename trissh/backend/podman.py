@@ -49,7 +49,14 @@ import trio
 from trissh.backend._common import sandbox_labels
 from trissh.backend._podman_api import PodmanApi, map_podman_errors, socket_path
 from trissh.backend._podman_exec import HELPER_PATH, HELPER_STATUS_DIR, PodmanProcess, open_exec
-from trissh.backend.base import LABEL_INSTANCE, HealthCheck, ProcessSpec, SandboxSpec
+from trissh.backend._warm_pool import WarmPool
+from trissh.backend.base import (
+    LABEL_INSTANCE,
+    ContainerSettings,
+    HealthCheck,
+    ProcessSpec,
+    SandboxSpec,
+)
 from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
 
 __all__ = ["PodmanBackend", "PodmanSandbox", "map_podman_errors", "socket_path"]
@@ -89,6 +96,7 @@ class PodmanBackend:
         scope_labels: Mapping[str, str] | None = None,
         exec_helper: str | None = None,
         observe: Callable[[str, float], None] | None = None,
+        warm_pool: int = 0,
     ) -> None:
         """Args:
         url: ``unix:///path.sock``, ``unix:/path.sock`` or ``http+unix://%2Fpath.sock``.
@@ -101,6 +109,7 @@ class PodmanBackend:
             signal can be told from an exit code; ``None`` or missing: exit codes only.
         observe: called with ("start" | "exec" | "remove", seconds) after each such
             operation (metrics).
+        warm_pool: containers to keep started ahead of logins (:mod:`._warm_pool`).
         """
         self._api = PodmanApi(
             url, limiter_capacity=limiter_capacity, request_timeout=request_timeout
@@ -115,6 +124,11 @@ class PodmanBackend:
         #: Containers whose removal failed, by id or name -> conn_id; ``run`` retries them.
         self._orphans: dict[str, str] = {}
         self._orphans_changed = trio.Event()
+        self._pool = (
+            WarmPool(warm_pool, start=self._start_container, remove=self._remove_at_exit)
+            if warm_pool > 0
+            else None
+        )
         if exec_helper is not None:
             if os.access(exec_helper, os.X_OK):
                 self.exec_helper = exec_helper
@@ -129,9 +143,19 @@ class PodmanBackend:
         """Release pooled HTTP connections."""
         self._api.close()
 
+    def keep_warm(self, settings: ContainerSettings, instance: str) -> None:
+        if self._pool is not None:
+            self._pool.set_template(settings, instance)
+
+    @property
+    def warm_containers(self) -> int:
+        """Started containers waiting for a login."""
+        return self._pool.ready if self._pool is not None else 0
+
     @asynccontextmanager
     async def open_sandbox(self, spec: SandboxSpec) -> AsyncIterator[PodmanSandbox]:
-        """Create and start a hardened container; leaving the context removes it.
+        """A hardened, started container (from the warm pool when it has one); leaving
+        the context removes it.
 
         Raises:
             ImageNotFound: the image does not exist locally.
@@ -139,6 +163,37 @@ class PodmanBackend:
             BackendError: podman refused to create or start the container.
 
         Cancellation: safe at any point; whatever was created is removed (bounded).
+        """
+        container_id = self._pool.take(spec.settings) if self._pool is not None else None
+        if container_id is not None:
+            self._observe("start", 0.0)
+            log.info(
+                "container_assigned",
+                container=container_id[:12],
+                conn_id=spec.conn_id,
+                user=spec.username,
+                remote=spec.remote,
+                image=spec.settings.image,
+            )
+        else:
+            container_id = await self._start_container(spec)
+        try:
+            yield PodmanSandbox(
+                self._api,
+                container_id,
+                spec,
+                helper=self.exec_helper is not None,
+                observe=self._observe,
+            )
+        finally:
+            await self._remove_at_exit(container_id, spec)
+
+    async def _start_container(self, spec: SandboxSpec) -> str:
+        """Create and start a container; return its id.
+
+        Cancellation and failure: whatever was created is removed (bounded). Creation is
+        not abandoned on cancel, so once podman has answered the id is known; if the create
+        request itself failed ambiguously we remove by the name we chose.
         """
         started = time.monotonic()
         image = spec.settings.image
@@ -157,25 +212,22 @@ class PodmanBackend:
                 raise
             container_id = str(container.id)
             await self._api.call(container.start)
-            self._observe("start", time.monotonic() - started)
-            log.info(
-                "container_created",
-                container=container_id[:12],
-                conn_id=spec.conn_id,
-                user=spec.username,
-                image=image,
-                duration_ms=_ms_since(started),
-            )
-            yield PodmanSandbox(
-                self._api,
-                container_id,
-                spec,
-                helper=self.exec_helper is not None,
-                observe=self._observe,
-            )
-        finally:
+        except BaseException:
             if container_id is not None or maybe_created:
                 await self._remove_at_exit(container_id or name, spec)
+            raise
+        if not spec.pooled:
+            self._observe("start", time.monotonic() - started)
+        log.info(
+            "container_created",
+            container=container_id[:12],
+            conn_id=spec.conn_id,
+            user=spec.username,
+            image=image,
+            pooled=spec.pooled,
+            duration_ms=_ms_since(started),
+        )
+        return container_id
 
     async def sweep(self, *, keep_instance: str) -> int:
         """Remove containers labelled with another ``trissh.instance`` (and our scope)."""
@@ -401,29 +453,37 @@ class PodmanBackend:
         self._orphans_changed.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Retry removals that failed, with backoff, for as long as the server runs.
+        """Keep the warm pool full and retry removals that failed, with backoff, for as
+        long as the server runs.
 
-        Cancellation: one last bounded attempt; what is still left is logged as leaked (the
-        next start-up sweep removes it).
+        Cancellation: the pool's unassigned containers are removed, then one last bounded
+        attempt at failed removals; what is still left is logged as leaked (the next
+        start-up sweep removes it).
         """
-        task_status.started()
         try:
-            delay = ORPHAN_RETRY_MIN
-            while True:
-                with trio.move_on_after(delay):
-                    await self._orphans_changed.wait()
-                self._orphans_changed = trio.Event()
-                if not self._orphans:
-                    delay = ORPHAN_RETRY_MIN
-                    continue
-                await trio.sleep(delay)
-                removed_all = await self._remove_orphans()
-                delay = ORPHAN_RETRY_MIN if removed_all else min(delay * 2, ORPHAN_RETRY_MAX)
+            async with trio.open_nursery() as nursery:
+                if self._pool is not None:
+                    nursery.start_soon(self._pool.run)
+                task_status.started()
+                await self._retry_removals()
         finally:
             with trio.move_on_after(REMOVE_BOUND, shield=True):
                 await self._remove_orphans()
             for ref, conn_id in self._orphans.items():
                 log.error("container_leaked", container=_short(ref), conn_id=conn_id)
+
+    async def _retry_removals(self) -> None:
+        delay = ORPHAN_RETRY_MIN
+        while True:
+            with trio.move_on_after(delay):
+                await self._orphans_changed.wait()
+            self._orphans_changed = trio.Event()
+            if not self._orphans:
+                delay = ORPHAN_RETRY_MIN
+                continue
+            await trio.sleep(delay)
+            removed_all = await self._remove_orphans()
+            delay = ORPHAN_RETRY_MIN if removed_all else min(delay * 2, ORPHAN_RETRY_MAX)
 
     async def _remove_orphans(self) -> bool:
         """Try each deferred removal once; True when none is left."""

@@ -1,0 +1,173 @@
+"""The warm pool: started containers handed to exactly one login each.
+
+The first tests drive :class:`WarmPool` with recording start/remove callables (the podman
+calls sit below the thing tested); the ``podman`` ones run it inside a real
+``PodmanBackend`` against the real service.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+import trio
+
+from trissh.backend import ContainerSettings, ProcessSpec, SandboxSpec
+from trissh.backend._warm_pool import WarmPool
+from trissh.backend.base import ExitStatus
+from trissh.backend.errors import BackendError
+from trissh.backend.podman import PodmanBackend
+
+from .conformance import run
+from .conftest import TEST_SCOPE_LABEL, PodmanHarness
+
+SETTINGS = ContainerSettings()
+OTHER = dataclasses.replace(SETTINGS, env={"TEAM": "blue"})
+
+
+class Recorder:
+    """Stands in for podman: names containers, records what was started and removed."""
+
+    def __init__(self, *, fail_first: int = 0) -> None:
+        self.started: list[str] = []
+        self.removed: list[str] = []
+        self.specs: list[SandboxSpec] = []
+        self._ids = itertools.count(1)
+        self._fail = fail_first
+
+    async def start(self, spec: SandboxSpec) -> str:
+        await trio.sleep(0.01)
+        if self._fail:
+            self._fail -= 1
+            raise BackendError("podman is restarting")
+        container_id = f"c{next(self._ids)}"
+        self.started.append(container_id)
+        self.specs.append(spec)
+        return container_id
+
+    async def remove(self, container_id: str, spec: SandboxSpec) -> None:
+        await trio.sleep(0.01)
+        self.removed.append(container_id)
+
+
+async def wait_ready(pool: WarmPool, count: int, timeout: float = 5) -> None:
+    with trio.fail_after(timeout):
+        while pool.ready < count:
+            await trio.sleep(0.005)
+
+
+async def test_fills_hands_out_once_and_refills() -> None:
+    podman = Recorder()
+    pool = WarmPool(2, start=podman.start, remove=podman.remove)
+    pool.set_template(SETTINGS, "inst")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.run)
+        await wait_ready(pool, 2)
+        first, second = pool.take(SETTINGS), pool.take(SETTINGS)
+        assert (first, second) == ("c1", "c2")
+        assert pool.take(SETTINGS) is None  # empty until refilled: never reused
+        await wait_ready(pool, 2)
+        assert podman.started == ["c1", "c2", "c3", "c4"]
+        nursery.cancel_scope.cancel()
+    # shutdown removes exactly the unassigned ones; taken ones belong to their sandboxes
+    assert sorted(podman.removed) == ["c3", "c4"]
+    assert all(spec.pooled and spec.instance == "inst" for spec in podman.specs)
+    assert len({spec.conn_id for spec in podman.specs}) == 4  # each its own name
+
+
+async def test_other_settings_are_not_served_from_the_pool() -> None:
+    podman = Recorder()
+    pool = WarmPool(1, start=podman.start, remove=podman.remove)
+    pool.set_template(SETTINGS, "inst")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.run)
+        await wait_ready(pool, 1)
+        assert pool.take(OTHER) is None
+        assert pool.take(SETTINGS) == "c1"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_new_template_retires_the_ready_containers() -> None:
+    podman = Recorder()
+    pool = WarmPool(2, start=podman.start, remove=podman.remove)
+    pool.set_template(SETTINGS, "inst")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.run)
+        await wait_ready(pool, 2)
+        pool.set_template(OTHER, "inst")  # SIGHUP changed [container]
+        assert pool.take(SETTINGS) is None
+        await wait_ready(pool, 2)
+        with trio.fail_after(5):
+            while len(podman.removed) < 2:
+                await trio.sleep(0.005)
+        assert sorted(podman.removed) == ["c1", "c2"]
+        assert pool.take(OTHER) == "c3"
+        nursery.cancel_scope.cancel()
+
+
+async def test_failed_refills_back_off_and_recover(autojump_clock: trio.abc.Clock) -> None:
+    podman = Recorder(fail_first=3)
+    pool = WarmPool(1, start=podman.start, remove=podman.remove)
+    pool.set_template(SETTINGS, "inst")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.run)
+        started = trio.current_time()
+        await wait_ready(pool, 1, timeout=60)
+        assert trio.current_time() - started >= 1 + 2 + 4  # doubling backoff
+        assert pool.take(SETTINGS) == "c1"
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_template_no_containers() -> None:
+    podman = Recorder()
+    pool = WarmPool(3, start=podman.start, remove=podman.remove)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.run)
+        await trio.sleep(0.1)
+        assert podman.started == []
+        assert pool.take(SETTINGS) is None
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.podman
+async def test_podman_login_gets_a_started_container_used_once(
+    podman_harness: PodmanHarness,
+) -> None:
+    h = podman_harness
+    backend = PodmanBackend(h.url, scope_labels=h.scope, warm_pool=2)
+    backend.keep_warm(h.settings, h.instance)
+    seen: list[str] = []
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(backend.run)
+                while backend.warm_containers < 2:
+                    await trio.sleep(0.05)
+                pooled = set(await h.containers(h.instance))
+                assert len(pooled) == 2
+                for _ in range(3):
+                    async with backend.open_sandbox(h.sandbox_spec()) as sandbox:
+                        seen.append(sandbox.container_id)
+                        spec = ProcessSpec(argv=h.sh("echo hi"))
+                        async with sandbox.open_process(spec) as process:
+                            out, _, status = await run(process)
+                        assert (out, status) == (b"hi\n", ExitStatus(code=0))
+                    assert sandbox.container_id not in await h.containers(h.instance)
+                assert seen[0] in pooled  # the first login skipped create + start
+                assert len(set(seen)) == 3  # never reused
+                # settings other than the template: a container of its own, created now
+                other = dataclasses.replace(h.settings, env={"TEAM": "blue"})
+                async with backend.open_sandbox(h.sandbox_spec(settings=other)) as sandbox:
+                    info = await backend._api.request(
+                        "GET", f"/containers/{sandbox.container_id}/json"
+                    )
+                    assert "trissh.pool" not in info["Config"]["Labels"]
+                    assert info["Config"]["Labels"]["trissh.user"] == "alice"
+                while backend.warm_containers < 2:
+                    await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+        # shutdown removed the unassigned ones: nothing of this scope is left
+        assert await backend.list_container_ids({TEST_SCOPE_LABEL: h.instance}) == []
+    finally:
+        backend.close()
