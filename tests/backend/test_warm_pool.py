@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -57,19 +59,29 @@ async def wait_ready(pool: WarmPool, count: int, timeout: float = 5) -> None:
             await trio.sleep(0.005)
 
 
-async def test_fills_hands_out_once_and_refills() -> None:
-    podman = Recorder()
-    pool = WarmPool(2, start=podman.start, remove=podman.remove)
-    pool.set_template(SETTINGS, "inst")
+@asynccontextmanager
+async def running_pool(
+    size: int, podman: Recorder, *, template: ContainerSettings | None = SETTINGS
+) -> AsyncIterator[WarmPool]:
+    """A pool whose ``run`` task lives as long as the block; leaving it shuts the pool down."""
+    pool = WarmPool(size, start=podman.start, remove=podman.remove)
+    if template is not None:
+        pool.set_template(template, "inst")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pool.run)
+        yield pool
+        nursery.cancel_scope.cancel()
+
+
+async def test_fills_hands_out_once_and_refills() -> None:
+    podman = Recorder()
+    async with running_pool(2, podman) as pool:
         await wait_ready(pool, 2)
         first, second = pool.take(SETTINGS), pool.take(SETTINGS)
         assert (first, second) == ("c1", "c2")
         assert pool.take(SETTINGS) is None  # empty until refilled: never reused
         await wait_ready(pool, 2)
         assert podman.started == ["c1", "c2", "c3", "c4"]
-        nursery.cancel_scope.cancel()
     # shutdown removes exactly the unassigned ones; taken ones belong to their sandboxes
     assert sorted(podman.removed) == ["c3", "c4"]
     assert all(spec.pooled and spec.instance == "inst" for spec in podman.specs)
@@ -78,22 +90,15 @@ async def test_fills_hands_out_once_and_refills() -> None:
 
 async def test_other_settings_are_not_served_from_the_pool() -> None:
     podman = Recorder()
-    pool = WarmPool(1, start=podman.start, remove=podman.remove)
-    pool.set_template(SETTINGS, "inst")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pool.run)
+    async with running_pool(1, podman) as pool:
         await wait_ready(pool, 1)
         assert pool.take(OTHER) is None
         assert pool.take(SETTINGS) == "c1"
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_new_template_retires_the_ready_containers() -> None:
     podman = Recorder()
-    pool = WarmPool(2, start=podman.start, remove=podman.remove)
-    pool.set_template(SETTINGS, "inst")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pool.run)
+    async with running_pool(2, podman) as pool:
         await wait_ready(pool, 2)
         pool.set_template(OTHER, "inst")  # SIGHUP changed [container]
         assert pool.take(SETTINGS) is None
@@ -103,31 +108,23 @@ async def test_a_new_template_retires_the_ready_containers() -> None:
                 await trio.sleep(0.005)
         assert sorted(podman.removed) == ["c1", "c2"]
         assert pool.take(OTHER) == "c3"
-        nursery.cancel_scope.cancel()
 
 
 async def test_failed_refills_back_off_and_recover(autojump_clock: trio.abc.Clock) -> None:
     podman = Recorder(fail_first=3)
-    pool = WarmPool(1, start=podman.start, remove=podman.remove)
-    pool.set_template(SETTINGS, "inst")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pool.run)
+    async with running_pool(1, podman) as pool:
         started = trio.current_time()
         await wait_ready(pool, 1, timeout=60)
         assert trio.current_time() - started >= 1 + 2 + 4  # doubling backoff
         assert pool.take(SETTINGS) == "c1"
-        nursery.cancel_scope.cancel()
 
 
 async def test_no_template_no_containers() -> None:
     podman = Recorder()
-    pool = WarmPool(3, start=podman.start, remove=podman.remove)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pool.run)
+    async with running_pool(3, podman, template=None) as pool:
         await trio.sleep(0.1)
         assert podman.started == []
         assert pool.take(SETTINGS) is None
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.podman
