@@ -186,13 +186,16 @@ class StartupError(Exception):
 def make_backend(settings: ServerConfig, metrics: Metrics | None = None) -> Backend:
     from trissh.backend.podman import PodmanBackend
 
-    return PodmanBackend(
+    backend = PodmanBackend(
         settings.podman_url(),
         limiter_capacity=settings.podman.max_concurrent_calls,
         exec_helper=settings.podman.exec_helper or None,
         observe=metrics.container_operation if metrics is not None else None,
         warm_pool=settings.podman.warm_pool,
     )
+    if metrics is not None:
+        metrics.warm_containers.set_function(lambda: backend.warm_containers)
+    return backend
 
 
 def make_recorder(settings: ServerConfig, metrics: Metrics) -> Recorder | None:

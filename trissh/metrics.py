@@ -154,6 +154,11 @@ class Metrics:
         self.sessions_active = Gauge(
             "trissh_sessions_active", "Session channels running now.", registry=reg
         )
+        self.warm_containers = Gauge(
+            "trissh_warm_containers",
+            "Started containers waiting in the warm pool for a login.",
+            registry=reg,
+        )
         self.sessions_total = Counter(
             "trissh_sessions_total",
             "Sessions started, by kind (shell, exec, subsystem).",

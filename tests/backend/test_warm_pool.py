@@ -17,9 +17,12 @@ import trio
 
 from trissh.backend import ContainerSettings, ProcessSpec, SandboxSpec
 from trissh.backend._warm_pool import WarmPool
-from trissh.backend.base import ExitStatus
+from trissh.backend.base import LABEL_INSTANCE, ExitStatus
 from trissh.backend.errors import BackendError
 from trissh.backend.podman import PodmanBackend
+from trissh.cli import make_backend
+from trissh.config import load_config
+from trissh.metrics import Metrics
 
 from .conformance import run
 from .conftest import TEST_SCOPE_LABEL, PodmanHarness
@@ -166,5 +169,28 @@ async def test_podman_login_gets_a_started_container_used_once(
                 nursery.cancel_scope.cancel()
         # shutdown removed the unassigned ones: nothing of this scope is left
         assert await backend.list_container_ids({TEST_SCOPE_LABEL: h.instance}) == []
+    finally:
+        backend.close()
+
+
+@pytest.mark.podman
+async def test_podman_pool_size_is_a_metric(podman_harness: PodmanHarness) -> None:
+    """`trissh` wires the pool's ready count to the trissh_warm_containers gauge."""
+    h = podman_harness
+    metrics = Metrics()
+    settings = load_config(None, {"podman.url": h.url, "podman.warm_pool": 1})
+    backend = make_backend(settings, metrics)
+    assert isinstance(backend, PodmanBackend)
+    instance = f"{h.instance}-metric"
+    backend.keep_warm(h.settings, instance)
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(backend.run)
+                while metrics.registry.get_sample_value("trissh_warm_containers") != 1:
+                    await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+        assert metrics.registry.get_sample_value("trissh_warm_containers") == 0
+        assert await backend.list_container_ids({LABEL_INSTANCE: instance}) == []
     finally:
         backend.close()

@@ -166,7 +166,6 @@ class PodmanBackend:
         """
         container_id = self._pool.take(spec.settings) if self._pool is not None else None
         if container_id is not None:
-            self._observe("start", 0.0)
             log.info(
                 "container_assigned",
                 container=container_id[:12],
@@ -216,8 +215,7 @@ class PodmanBackend:
             if container_id is not None or maybe_created:
                 await self._remove_at_exit(container_id or name, spec)
             raise
-        if not spec.pooled:
-            self._observe("start", time.monotonic() - started)
+        self._observe("start", time.monotonic() - started)
         log.info(
             "container_created",
             container=container_id[:12],
