@@ -166,6 +166,24 @@ async def test_podman_login_gets_a_started_container_used_once(
                     assert info["Config"]["Labels"]["trissh.user"] == "alice"
                 while backend.warm_containers < 2:
                     await trio.sleep(0.05)
+                # pooled containers killed while they wait are noticed, not handed out
+                dead = await backend.list_container_ids({**h.scope, "trissh.pool": "true"})
+                assert len(dead) == 2
+                for container_id in dead:
+                    await backend._api.request(
+                        "POST", f"/containers/{container_id}/kill", params={"signal": "KILL"}
+                    )
+                    while (await backend._api.request("GET", f"/containers/{container_id}/json"))[
+                        "State"
+                    ]["Running"]:
+                        await trio.sleep(0.05)
+                async with backend.open_sandbox(h.sandbox_spec()) as sandbox:
+                    assert sandbox.container_id not in dead
+                    spec = ProcessSpec(argv=h.sh("echo alive"))
+                    async with sandbox.open_process(spec) as process:
+                        out, _, status = await run(process)
+                    assert (out, status) == (b"alive\n", ExitStatus(code=0))
+                assert not set(dead) & set(await h.containers(h.instance))
                 nursery.cancel_scope.cancel()
         # shutdown removed the unassigned ones: nothing of this scope is left
         assert await backend.list_container_ids({TEST_SCOPE_LABEL: h.instance}) == []

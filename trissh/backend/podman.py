@@ -164,17 +164,8 @@ class PodmanBackend:
 
         Cancellation: safe at any point; whatever was created is removed (bounded).
         """
-        container_id = self._pool.take(spec.settings) if self._pool is not None else None
-        if container_id is not None:
-            log.info(
-                "container_assigned",
-                container=container_id[:12],
-                conn_id=spec.conn_id,
-                user=spec.username,
-                remote=spec.remote,
-                image=spec.settings.image,
-            )
-        else:
+        container_id = await self._take_warm(spec)
+        if container_id is None:
             container_id = await self._start_container(spec)
         try:
             yield PodmanSandbox(
@@ -186,6 +177,43 @@ class PodmanBackend:
             )
         finally:
             await self._remove_at_exit(container_id, spec)
+
+    async def _take_warm(self, spec: SandboxSpec) -> str | None:
+        """A running container from the warm pool, now owned by ``spec``'s connection.
+
+        A pooled container may have died while it waited (killed from outside, OOM): one
+        inspection (a few ms, far less than a start) makes sure, and a dead one is removed
+        and the next tried. Cancellation: a container already taken is removed.
+        """
+        while self._pool is not None:
+            container_id = self._pool.take(spec.settings)
+            if container_id is None:
+                return None
+            try:
+                info = await self._api.request(
+                    "GET", f"/containers/{container_id}/json", missing_ok=True
+                )
+            except BaseException:
+                await self._remove_at_exit(container_id, spec)
+                raise
+            state = (info or {}).get("State") or {}
+            if state.get("Running"):
+                log.info(
+                    "container_assigned",
+                    container=container_id[:12],
+                    conn_id=spec.conn_id,
+                    user=spec.username,
+                    remote=spec.remote,
+                    image=spec.settings.image,
+                )
+                return container_id
+            log.warning(
+                "warm_container_lost",
+                container=container_id[:12],
+                status=str(state.get("Status", "gone")),
+            )
+            await self._remove_at_exit(container_id, spec)
+        return None
 
     async def _start_container(self, spec: SandboxSpec) -> str:
         """Create and start a container; return its id.
