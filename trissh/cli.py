@@ -21,8 +21,8 @@ import structlog
 import trio
 
 from trissh import __version__
-from trissh.auth.policy import AuthPolicy, PolicyError
-from trissh.authorized_keys import AuthorizedKey, load_authorized_keys
+from trissh.auth.policy import AuthPolicy, PolicyError, load_key_file
+from trissh.authorized_keys import AuthorizedKey
 from trissh.backend import Backend
 from trissh.config import ConfigError, ServerConfig, container_settings, load_config, parse_listen
 from trissh.driver import ServerContext
@@ -159,8 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "print-default-config":
         print(default_config_text(), end="")
         return 0
+    overrides = _overrides(args)
     try:
-        settings = load_config(args.config, _overrides(args))
+        settings = load_config(args.config, overrides)
     except ConfigError as exc:
         print(f"trissh: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
@@ -171,7 +172,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trissh.doctor import run_doctor
 
         return trio.run(run_doctor, settings)
-    overrides = _overrides(args)
     try:
         return trio.run(_run_server, settings, lambda: load_config(args.config, overrides))
     except StartupError as exc:
@@ -235,16 +235,9 @@ def build_context(
     global_keys: list[AuthorizedKey] = []
     if settings.authorized_keys is not None:
         try:
-            global_keys, problems = load_authorized_keys(settings.authorized_keys)
-        except OSError as exc:
-            raise StartupError(f"{settings.authorized_keys}: {exc.strerror}") from None
-        for problem in problems:
-            log.warning(
-                "authorized_key_skipped",
-                path=str(settings.authorized_keys),
-                line=problem.line_number,
-                problem=problem.problem,
-            )
+            global_keys = load_key_file(settings.authorized_keys)
+        except PolicyError as exc:
+            raise StartupError(str(exc)) from None
     auth = settings.auth
     ways_in = (
         global_keys,

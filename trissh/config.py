@@ -489,6 +489,12 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, port
 
 
+def join_host_port(host: str, port: int) -> str:
+    """``HOST:PORT``, with an IPv6 host in brackets (Go's JoinHostPort; ``parse_listen``'s
+    inverse)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def load_config(path: Path | None, overrides: Mapping[str, Any]) -> ServerConfig:
     """Read ``path`` (TOML) if given, apply flag overrides (dotted keys), validate.
 

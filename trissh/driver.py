@@ -23,6 +23,9 @@ Nursery tree::
           ├─ _receive_loop      socket → core → events
           ├─ _send_loop         doorbell → what flush_now left → socket
           ├─ sandbox keeper     holds the connection's container (sandboxes.py)
+          ├─ _rekey_periodically   after the first kex, when ``rekey_interval`` is set
+          ├─ _probe_client      after authentication, when ``client_alive_interval`` is set
+          ├─ tell_user          shutdown notice to a busy session (bounded)
           └─ run_session (one each)    one per session channel (session.py)
 
 Leaving the nursery (EOF, DISCONNECT, protocol error, cancellation) cancels every session
@@ -45,7 +48,7 @@ import trio
 from trissh.auth.login import LoginConversation
 from trissh.auth.policy import AuthPolicy, Grant, LoginRequest
 from trissh.backend import Backend, SandboxSpec
-from trissh.channel import ChannelHandle, ChannelStream
+from trissh.channel import ChannelHandle
 from trissh.config import ContainerSection, ServerConfig, SessionSection, container_settings
 from trissh.metrics import Metrics
 from trissh.protocol import (
@@ -79,7 +82,7 @@ from trissh.protocol import (
 from trissh.recording import Recorder
 from trissh.sandboxes import ConnectionSandbox
 from trissh.scatter_write import send_chunks, socket_fd, write_now
-from trissh.session import run_session
+from trissh.session import run_session, tell_user
 
 log = structlog.get_logger("trissh.driver")
 
@@ -92,19 +95,20 @@ CLOSE_TIMEOUT = 2.0
 SHUTDOWN_MESSAGE = "server shutting down"
 
 
-async def _tell(handle: ChannelHandle, message: str) -> None:
-    """Write a notice on a session's stderr, bounded; a closed channel just misses it."""
-    with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(trio.BrokenResourceError):
-        await ChannelStream(handle, stderr=True).send_all(message.encode())
+def _count_down(counts: dict[str, int], key: str) -> None:
+    """Take one from ``counts[key]``, forgetting the key at zero."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 @dataclass(slots=True)
 class ServerState:
     """Live numbers of a running server, for the debug statistic and tests."""
 
-    live_connections: int = 0
-    #: Connections not yet authenticated, in all and per source address (MaxStartups).
-    unauthenticated: int = 0
+    #: Connections not yet authenticated, per source address (MaxStartups).
     unauthenticated_by_source: dict[str, int] = field(default_factory=dict)
     #: The context new connections get; a reload (SIGHUP) replaces it, live ones keep theirs.
     context: ServerContext | None = None
@@ -116,17 +120,20 @@ class ServerState:
     #: The task running ``serve_listeners`` (its accept loops are not connection work).
     listener_task: trio.lowlevel.Task | None = None
 
+    @property
+    def live_connections(self) -> int:
+        return len(self.drivers)
+
+    @property
+    def unauthenticated(self) -> int:
+        """Connections not yet authenticated, from every source."""
+        return sum(self.unauthenticated_by_source.values())
+
     def claim_startup(self, source: str) -> None:
-        self.unauthenticated += 1
         self.unauthenticated_by_source[source] = self.unauthenticated_by_source.get(source, 0) + 1
 
     def release_startup(self, source: str) -> None:
-        self.unauthenticated -= 1
-        left = self.unauthenticated_by_source[source] - 1
-        if left:
-            self.unauthenticated_by_source[source] = left
-        else:
-            del self.unauthenticated_by_source[source]
+        _count_down(self.unauthenticated_by_source, source)
 
     def statistics(self) -> dict[str, int]:
         """``connections``, and ``tasks``: every task under the connections nursery but
@@ -370,11 +377,7 @@ class ConnectionDriver:
     def _release_user_slot(self) -> None:
         if self._counted_user is None:
             return
-        left = self.ctx.user_connections[self._counted_user] - 1
-        if left:
-            self.ctx.user_connections[self._counted_user] = left
-        else:
-            del self.ctx.user_connections[self._counted_user]
+        _count_down(self.ctx.user_connections, self._counted_user)
         self._counted_user = None
 
     def shutting_down(self) -> None:
@@ -386,7 +389,7 @@ class ConnectionDriver:
             return
         assert self._nursery is not None
         for handle in busy:
-            self._nursery.start_soon(_tell, handle, f"\r\ntrissh: {SHUTDOWN_MESSAGE}\r\n")
+            self._nursery.start_soon(tell_user, handle, f"\r\ntrissh: {SHUTDOWN_MESSAGE}\r\n")
 
     def _end(self, reason: DisconnectReason, description: str, close_reason: str) -> None:
         """Disconnect on our own initiative: queue DISCONNECT, stop reading, cancel tasks."""
@@ -512,8 +515,7 @@ class ConnectionDriver:
     def _dispatch(self, event: Event) -> None:
         match event:
             case ChannelDataReceived():
-                handle = self._handles.get(event.channel_id)
-                if handle is not None:
+                if (handle := self._handles.get(event.channel_id)) is not None:
                     handle.feed(event.data)
             case ChannelWindowAdjusted():
                 self._space_changed()
@@ -685,13 +687,11 @@ async def serve_connection(
         driver = ConnectionDriver(
             stream, ctx, conn_id=conn_id, remote=remote, initial_data=initial_data
         )
-        ctx.state.live_connections += 1
         ctx.state.drivers.add(driver)
         try:
             await driver.run()
         finally:
             ctx.state.drivers.discard(driver)
-            ctx.state.live_connections -= 1
             stats = driver.conn.statistics()
             driver.metrics_closed(stats.bytes_received, stats.bytes_sent)
             log.info(

@@ -34,6 +34,8 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
+from trissh.config import join_host_port
+
 log = structlog.get_logger("trissh.metrics")
 
 #: Handshakes: from TCP accept to the first NEWKEYS (post-quantum kex can take ~100 ms).
@@ -317,14 +319,9 @@ async def serve_http(
         finally:
             limiter.release()
 
-    addresses = [_address(listener) for listener in listeners]
+    addresses = [join_host_port(*listener.socket.getsockname()[:2]) for listener in listeners]
     log.info("metrics_http_started", listen=addresses)
     await trio.serve_listeners(handler, list(listeners), task_status=task_status)
-
-
-def _address(listener: trio.SocketListener) -> str:
-    host, port = listener.socket.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _serve_client(

@@ -22,11 +22,11 @@ How the driver uses it
 ----------------------
 The spec forbids guessing whether a header is present (§2): the header is *required* from
 peers in :class:`TrustedNetworks` and *never parsed* from anyone else. So, in ``handle``
-(server.py), before ``serve_connection`` and before the SSH banner is sent::
+(server.py, in outline), before ``serve_connection`` and before the SSH banner is sent::
 
     peer_ip = stream.socket.getpeername()[0]
     leftover = b""
-    if settings.proxy.enabled and peer_ip in trusted:
+    if peer_ip in trusted:                                          # [proxy] trusted_networks
         buf = bytearray()
         with trio.move_on_after(settings.proxy.header_timeout):   # e.g. 5 s (spec: >= 3 s)
             while (result := parse_proxy_header(buf)) is None:      # raises ProxyProtocolError
@@ -34,14 +34,14 @@ peers in :class:`TrustedNetworks` and *never parsed* from anyone else. So, in ``
                 if not chunk:
                     break                                           # closed before a header
                 buf += chunk
-        if result is None: reject ("proxy_header_missing"); close without a banner
+        if result is None: reject ("proxy_header_invalid"); close without a banner
         remote = str(result.source) if result.source else real_peer
         leftover = bytes(buf[result.consumed:])                     # the client's SSH bytes
     # serve_connection(..., remote=remote); the driver feeds ``leftover`` to
     # conn.receive_data() before its first socket read.
 
-Why this costs normal clients nothing: untrusted peers (and every peer when the feature is
-off) skip the block entirely, so their banner is not delayed at all. For a trusted
+Why this costs normal clients nothing: untrusted peers (every peer when no network is
+trusted) skip the block entirely, so their banner is not delayed at all. For a trusted
 balancer the header is the first thing on the connection, sent at once in one segment
 (§2, §2.1), so the wait is normally zero; the SSH banner must wait for it anyway ("The
 receiver MUST NOT start processing the connection before it receives a complete and valid

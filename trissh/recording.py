@@ -437,9 +437,7 @@ class SessionRecording:
         with self._lock:
             if self._inflight or self._fd is None or not self._buffer:
                 return
-            data = b"".join(self._buffer)
-            self._buffer.clear()
-            self._buffered = 0
+            data = self._take_buffer()
         try:
             _write_all(self._fd, data)
         except OSError as exc:
@@ -454,15 +452,20 @@ class SessionRecording:
                     self._inflight = False
                     close = self._close_pending or self.state is RecordingState.FAILED
                     break
-                data = b"".join(self._buffer)
-                self._buffer.clear()
-                self._buffered = 0
+                data = self._take_buffer()
             try:
                 _write_all(fd, data)
             except OSError as exc:
                 self._fail(exc, self.path, closing=False)
         if close:
             self._close_fd()
+
+    def _take_buffer(self) -> bytes:
+        """Empty the buffer and return what it held; the caller holds ``_lock``."""
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        return data
 
     def _close_fd(self) -> None:
         with self._lock:

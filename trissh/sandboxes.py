@@ -23,10 +23,6 @@ class ConnectionSandbox:
         self._lock = trio.Lock()
         self._sandbox: Sandbox | None = None
 
-    @property
-    def container_id(self) -> str | None:
-        return self._sandbox.container_id if self._sandbox is not None else None
-
     async def get(self) -> Sandbox:
         """The connection's sandbox, created on first use.
 

@@ -17,15 +17,15 @@ containers on the way out, so ``serve`` returns only when nothing is left runnin
 
 from __future__ import annotations
 
+import functools
 import random
 import secrets
-import socket
 from collections.abc import Awaitable, Callable
 
 import structlog
 import trio
 
-from trissh.config import container_settings, parse_listen, parse_max_startups
+from trissh.config import container_settings, join_host_port, parse_listen, parse_max_startups
 from trissh.driver import ServerContext, serve_connection
 from trissh.metrics import serve_http
 from trissh.proxy_protocol import ProxyProtocolError, TrustedNetworks, parse_proxy_header
@@ -40,9 +40,7 @@ def _peer(stream: trio.SocketStream) -> str:
         address = stream.socket.getpeername()
     except OSError:
         return "unknown"
-    if stream.socket.family == socket.AF_INET6:
-        return f"[{address[0]}]:{address[1]}"
-    return f"{address[0]}:{address[1]}"
+    return join_host_port(address[0], address[1])
 
 
 async def serve(
@@ -69,7 +67,7 @@ async def serve(
         current = ctx.state.context or ctx  # the latest configuration (SIGHUP)
         conn_id = secrets.token_hex(6)
         remote, leftover = _peer(stream), b""
-        trusted = TrustedNetworks(current.settings.proxy.trusted_networks)
+        trusted = _trusted_networks(current.settings.proxy.trusted_networks)
         if trusted and _peer_ip(stream) in trusted:
             try:
                 remote, leftover = await _read_proxy_header(stream, current, remote)
@@ -97,6 +95,12 @@ async def serve(
         await _serve_connections(ctx, listeners, handle, shutdown, task_status)
         upkeep.cancel_scope.cancel()
     log.info("server_stopped")
+
+
+@functools.lru_cache(maxsize=4)
+def _trusted_networks(cidrs: tuple[str, ...]) -> TrustedNetworks:
+    """Parsed once per configuration, not per connection."""
+    return TrustedNetworks(cidrs)
 
 
 def _peer_ip(stream: trio.SocketStream) -> str:
@@ -181,7 +185,7 @@ async def _serve_connections(
         await connections.start(listen)
         log.info(
             "server_started",
-            listen=[_listener_address(item) for item in listeners],
+            listen=[join_host_port(*item.socket.getsockname()[:2]) for item in listeners],
             instance=ctx.instance,
         )
         task_status.started()
@@ -193,11 +197,6 @@ async def _serve_connections(
         for driver in list(ctx.state.drivers):
             driver.shutting_down()
         connections.cancel_scope.deadline = trio.current_time() + grace
-
-
-def _listener_address(listener: trio.SocketListener) -> str:
-    host, port = listener.socket.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def open_listeners(addresses: list[tuple[str, int]]) -> list[trio.SocketListener]:

@@ -16,6 +16,7 @@ Nursery tree::
        └─ stdio nursery
           ├─ _pump_input        channel → process stdin, then EOF (and the recording)
           ├─ _forward_control   window-change → resize, signal → kill
+          ├─ _enforce_limits    idle timeout, maximum duration
           └─ output nursery     process stdout/stderr → channel (ends at EOF)
 
 The peer closing the channel cancels the handle's scope; the connection ending cancels
@@ -118,7 +119,7 @@ async def run_session(
             exc = _first(group)
             log.warning("session_failed", kind=request.kind.value, error=str(exc))
             driver.reply_session_request(handle.id, True)
-            await _tell_user(handle, f"trissh: {exc}\r\n" if request.pty else f"trissh: {exc}\n")
+            await tell_user(handle, f"trissh: {exc}\r\n" if request.pty else f"trissh: {exc}\n")
             code = SESSION_FAILED_EXIT_CODE
         except* Exception:
             log.exception("session_crashed")
@@ -136,7 +137,8 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return first
 
 
-async def _tell_user(handle: ChannelHandle, message: str) -> None:
+async def tell_user(handle: ChannelHandle, message: str) -> None:
+    """Write a notice on a session's stderr, bounded; a closed channel just misses it."""
     with trio.move_on_after(MESSAGE_TIMEOUT):
         with contextlib.suppress(trio.BrokenResourceError):
             await ChannelStream(handle, stderr=True).send_all(message.encode())
@@ -228,7 +230,7 @@ async def _enforce_limits(handle: ChannelHandle, settings: SessionSection, pty: 
             continue  # there was activity meanwhile
         log.info("session_limit_reached", limit=limit)
         newline = "\r\n" if pty else "\n"
-        await _tell_user(handle, f"{newline}trissh: {message}, closing{newline}")
+        await tell_user(handle, f"{newline}trissh: {message}, closing{newline}")
         handle.cancel_scope.cancel()
         return
 

@@ -29,6 +29,3 @@ class MethodChains:
 
     def complete(self, passed: Sequence[str]) -> bool:
         return tuple(passed) in self.chains
-
-    def methods(self) -> set[str]:
-        return {method for chain in self.chains for method in chain}

@@ -158,7 +158,8 @@ class AuthPolicy:
         self._clock = clock
         self._global_keys = list(global_keys)
         self._failure_delay = settings.auth.failure_delay
-        self._default_chains = settings.auth.authentication_methods
+        default_methods = settings.auth.authentication_methods
+        self._default_chains = MethodChains.parse(default_methods) if default_methods else None
         self._users: dict[str, _User] = {
             name: self._load_user(name, section) for name, section in settings.users.items()
         }
@@ -176,6 +177,10 @@ class AuthPolicy:
             if has_secrets or self._webhook is not None
             else ("publickey",)
         )
+        #: Users without a ``[users.NAME]`` section.
+        self._unknown_chains = self._default_chains or MethodChains(
+            [method] for method in (self.methods if self._webhook is not None else ("publickey",))
+        )
 
     @property
     def failure_delay(self) -> float:
@@ -189,16 +194,17 @@ class AuthPolicy:
             except OptionError as exc:
                 raise PolicyError(f"users.{name}.authorized_keys[{number}]: {exc}") from None
         if section.authorized_keys_file is not None:
-            keys += _load_key_file(section.authorized_keys_file)
+            keys += load_key_file(section.authorized_keys_file)
         totp = None
         if section.totp_secret_file is not None:
             try:
                 totp = TotpVerifier(load_secret(section.totp_secret_file))
             except ValueError as exc:
                 raise PolicyError(f"users.{name}.totp_secret_file: {exc}") from None
-        chains_text = section.authentication_methods or self._default_chains
-        if chains_text:
-            chains = MethodChains.parse(chains_text)
+        if section.authentication_methods:
+            chains = MethodChains.parse(section.authentication_methods)
+        elif self._default_chains is not None:
+            chains = self._default_chains
         else:
             single = ["publickey"]
             if totp is not None:
@@ -210,13 +216,7 @@ class AuthPolicy:
 
     def chains_for(self, username: str) -> MethodChains:
         user = self._users.get(username)
-        if user is not None:
-            return user.chains
-        if self._default_chains:
-            return MethodChains.parse(self._default_chains)
-        if self._webhook is not None:
-            return MethodChains([[method] for method in self.methods])
-        return MethodChains([["publickey"]])
+        return user.chains if user is not None else self._unknown_chains
 
     # -- publickey ------------------------------------------------------------------------
 
@@ -456,7 +456,12 @@ def _load_cas(settings: ServerConfig) -> set[bytes]:
     return cas
 
 
-def _load_key_file(path: Path) -> list[AuthorizedKey]:
+def load_key_file(path: Path) -> list[AuthorizedKey]:
+    """The keys of an authorized_keys file; each skipped line is logged.
+
+    Raises:
+        PolicyError: the file cannot be read.
+    """
     try:
         keys, problems = load_authorized_keys(path)
     except OSError as exc:

@@ -98,6 +98,7 @@ import trio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trissh import __version__
+from trissh.config import join_host_port
 from trissh.protocol.wire import Reader
 
 MAX_RESPONSE_BYTES: Final = 1 << 20
@@ -155,19 +156,20 @@ class Metadata:
 
     def transmitted(self) -> dict[str, Any]:
         """The JSON fields a webhook receives: sensitive entries and empty maps left out."""
-        out: dict[str, Any] = {}
-        for name, values in (("metadata", self.metadata), ("environment", self.environment)):
-            sent = {k: {"value": v.value, "sensitive": False} for k, v in values.items()}
-            if sent := {k: v for k, v in sent.items() if not values[k].sensitive}:
-                out[name] = sent
-        files = {
-            path: {"value": base64.b64encode(f.value).decode("ascii"), "sensitive": False}
-            for path, f in self.files.items()
-            if not f.sensitive
+        sent = {
+            "metadata": {k: v.value for k, v in self.metadata.items() if not v.sensitive},
+            "environment": {k: v.value for k, v in self.environment.items() if not v.sensitive},
+            "files": {
+                path: base64.b64encode(f.value).decode("ascii")
+                for path, f in self.files.items()
+                if not f.sensitive
+            },
         }
-        if files:
-            out["files"] = files
-        return out
+        return {
+            name: {k: {"value": value, "sensitive": False} for k, value in entries.items()}
+            for name, entries in sent.items()
+            if entries
+        }
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -175,7 +177,7 @@ class Metadata:
 
 def remote_address(host: str, port: int) -> str:
     """``remoteAddress`` as ContainerSSH writes it (Go's JoinHostPort: IPv6 in brackets)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return join_host_port(host, port)
 
 
 def authorized_key(blob: bytes) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal as _signal
+import time
 
 from trissh.backend.base import (
     LABEL_CONN_ID,
@@ -14,7 +15,7 @@ from trissh.backend.base import (
     SandboxSpec,
 )
 
-__all__ = ["process_env", "sandbox_labels", "signal_name", "signal_number"]
+__all__ = ["ms_since", "process_env", "sandbox_labels", "signal_name", "signal_number"]
 
 
 def sandbox_labels(spec: SandboxSpec) -> dict[str, str]:
@@ -57,3 +58,8 @@ def signal_number(name: str) -> int:
 def signal_name(number: int) -> str:
     """15 -> ``"TERM"`` (RFC 4254 §6.10 names carry no ``SIG`` prefix)."""
     return _signal.Signals(number).name.removeprefix("SIG")
+
+
+def ms_since(start: float) -> float:
+    """Milliseconds since ``start`` (a ``time.monotonic()`` reading), for ``duration_ms`` logs."""
+    return round((time.monotonic() - start) * 1000, 3)

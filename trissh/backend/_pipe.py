@@ -1,4 +1,4 @@
-"""Bounded in-memory byte pipes and a nursery helper shared by the backends.
+"""Bounded in-memory byte pipes, a program's stdin and a nursery helper shared by the backends.
 
 Theory of operation
 -------------------
@@ -8,18 +8,27 @@ whole chunks in a deque and counts their bytes; ``send_all`` parks while the buf
 is at or above ``limit``, so a lagging consumer stops the producer (backpressure) and memory
 stays bounded by ``limit`` plus one chunk. Chunks are passed by reference, so a producer
 handing over ``bytes`` costs no copy until the consumer asks for less than a whole chunk.
+
+:class:`ProcessStdin` is what both backends hand out as a program's stdin, so that closing
+it means the same in both: writes stop, and EOF is delivered only without a pty.
 """
 
 from __future__ import annotations
 
 import operator
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import trio
 
-__all__ = ["PipeReceiveStream", "PipeSendStream", "open_pipe", "open_task_nursery"]
+__all__ = [
+    "PipeReceiveStream",
+    "PipeSendStream",
+    "ProcessStdin",
+    "open_pipe",
+    "open_task_nursery",
+]
 
 
 class _PipeState:
@@ -183,6 +192,48 @@ class PipeReceiveStream(trio.abc.ReceiveStream):
     async def aclose(self) -> None:
         self.close()
         await trio.lowlevel.checkpoint()
+
+
+class ProcessStdin(trio.abc.SendStream):
+    """Writes go to ``stream``; ``aclose`` stops them and, given ``eof``, calls it once.
+
+    Without ``eof`` (a pty: as with sshd and podman) closing is no EOF; the program sees
+    one when the user types ^D. An ``eof`` that finds the stream already gone is ignored.
+    """
+
+    def __init__(
+        self, stream: trio.abc.SendStream, *, eof: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self._stream = stream
+        self._eof = eof
+        self._closed = False
+
+    async def _check_open(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("stdin already closed")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._check_open()
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._check_open()
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        eof = None if self._closed else self._eof
+        self._closed = True
+        if eof is None:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            await eof()
+        except (trio.ClosedResourceError, trio.BrokenResourceError, OSError):
+            await trio.lowlevel.checkpoint()
 
 
 def open_pipe(limit: int = 65536) -> tuple[PipeSendStream, PipeReceiveStream]:

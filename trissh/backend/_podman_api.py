@@ -187,10 +187,7 @@ class PodmanApi:
                 response = api.get(path, params=params)
             if missing_ok and response.status_code == 404:
                 return None
-            if response.status_code >= 400:
-                raise podman.errors.APIError(
-                    response.reason, response=response, explanation=_error_message(response)
-                )
+            _raise_for_status(response)
             if not response.content.strip():
                 return {}
             try:
@@ -220,10 +217,7 @@ class PodmanApi:
                 data=body,
                 headers={"Content-Type": "application/json"},
             )
-            if response.status_code >= 400:
-                raise podman.errors.APIError(
-                    response.reason, response=response, explanation=_error_message(response)
-                )
+            _raise_for_status(response)
             return bytes(response.content)
 
         raw = await self.call(run, abandon_on_cancel=True)
@@ -254,6 +248,14 @@ class PodmanApi:
             await trio.aclose_forcefully(sock)
             raise
         return sock, leftover
+
+
+def _raise_for_status(response: Any) -> None:
+    """An error status as podman-py's ``APIError`` (which :func:`map_podman_errors` maps)."""
+    if response.status_code >= 400:
+        raise podman.errors.APIError(
+            response.reason, response=response, explanation=_error_message(response)
+        )
 
 
 def _error_message(response: Any) -> str:

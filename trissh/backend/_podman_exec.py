@@ -49,8 +49,14 @@ from typing import Any, Final
 import structlog
 import trio
 
-from trissh.backend._common import process_env, signal_name, signal_number
-from trissh.backend._pipe import PipeReceiveStream, PipeSendStream, open_pipe, open_task_nursery
+from trissh.backend._common import ms_since, process_env, signal_name, signal_number
+from trissh.backend._pipe import (
+    PipeReceiveStream,
+    PipeSendStream,
+    ProcessStdin,
+    open_pipe,
+    open_task_nursery,
+)
 from trissh.backend._podman_api import PodmanApi
 from trissh.backend.base import ExitStatus, ProcessSpec, TerminalSize
 from trissh.backend.errors import BackendError
@@ -122,7 +128,7 @@ async def open_exec(
                 "process_started",
                 container=container_id[:12],
                 channel=spec.channel_id,
-                duration_ms=_ms_since(started),
+                duration_ms=ms_since(started),
             )
             yield process
         finally:
@@ -172,7 +178,7 @@ class PodmanProcess:
         self._sock: trio.SocketStream | None = None
         #: Set when a start request went out: from then on the program may be running.
         self._start_sent = False
-        self._stdin: _SocketStdin | None = None
+        self._stdin: ProcessStdin | None = None
         self._stdout: trio.abc.ReceiveStream | None = None
         self._stderr: trio.abc.ReceiveStream | None = None
         self._pipes: list[PipeSendStream] = []
@@ -332,7 +338,8 @@ class PodmanProcess:
         self._start_sent = True
         sock, leftover = await self._api.upgrade(f"/exec/{self.exec_id}/start", body)
         self._sock = sock
-        self._stdin = _SocketStdin(sock, half_close=not self._tty)
+        # A tty exec gets no half-close: see the module docstring.
+        self._stdin = ProcessStdin(sock, eof=None if self._tty else sock.send_eof)
         if self._tty:
             self._stdout = _RawStdout(sock, leftover, self._eof)
             return
@@ -476,41 +483,6 @@ async def _nspid_from_proc(host_pid: int) -> int | None:
     return None
 
 
-class _SocketStdin(trio.abc.SendStream):
-    """Writes go to the socket; ``aclose`` half-closes it (non-tty only, see module doc)."""
-
-    def __init__(self, sock: trio.SocketStream, *, half_close: bool) -> None:
-        self._sock = sock
-        self._half_close = half_close
-        self._closed = False
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            raise trio.ClosedResourceError("stdin already closed")
-        await self._sock.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            raise trio.ClosedResourceError("stdin already closed")
-        await self._sock.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._closed or not self._half_close:
-            self._closed = True
-            await trio.lowlevel.checkpoint()
-            return
-        self._closed = True
-        try:
-            await self._sock.send_eof()
-        except (trio.ClosedResourceError, trio.BrokenResourceError, OSError):
-            await trio.lowlevel.checkpoint()
-
-
 class _RawStdout(trio.abc.ReceiveStream):
     """A tty exec's output: the socket itself, after the bytes h11 read past the 101."""
 
@@ -541,7 +513,3 @@ class _RawStdout(trio.abc.ReceiveStream):
     async def aclose(self) -> None:
         self._closed = True
         await trio.lowlevel.checkpoint()
-
-
-def _ms_since(start: float) -> float:
-    return round((time.monotonic() - start) * 1000, 3)

@@ -28,7 +28,6 @@ from typing import Protocol
 import trio
 
 #: Label keys put on every container so leftovers can be found and removed.
-LABEL_PREFIX = "trissh."
 LABEL_CONN_ID = "trissh.conn_id"
 LABEL_USER = "trissh.user"
 LABEL_REMOTE = "trissh.remote"

@@ -37,16 +37,21 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Final
 
 import structlog
 import trio
 
-from trissh.backend._common import process_env, sandbox_labels, signal_name, signal_number
+from trissh.backend._common import (
+    ms_since,
+    process_env,
+    sandbox_labels,
+    signal_name,
+    signal_number,
+)
 from trissh.backend._pipe import (
     PipeReceiveStream,
-    PipeSendStream,
+    ProcessStdin,
     open_pipe,
     open_task_nursery,
 )
@@ -145,7 +150,7 @@ class MemoryBackend:
                 container=container_id,
                 conn_id=spec.conn_id,
                 user=spec.username,
-                duration_ms=_ms_since(started),
+                duration_ms=ms_since(started),
             )
             yield sandbox
         finally:
@@ -159,7 +164,7 @@ class MemoryBackend:
                     "container_removed",
                     container=container_id,
                     conn_id=spec.conn_id,
-                    duration_ms=_ms_since(removed),
+                    duration_ms=ms_since(removed),
                 )
 
     def keep_warm(self, settings: ContainerSettings, instance: str) -> None:
@@ -254,11 +259,6 @@ class MemorySandbox:
             backend.live_processes -= 1
 
 
-@dataclass
-class _PtyState:
-    size: TerminalSize
-
-
 class MemoryProcess:
     """A fake program's handle: bounded pipes, a status, a cancel scope for signals."""
 
@@ -266,10 +266,10 @@ class MemoryProcess:
         self.spec = spec
         self.env = env
         self.pid = pid
-        self._pty = None if spec.pty is None else _PtyState(spec.pty.size)
+        self._pty_size = None if spec.pty is None else spec.pty.size
         self._stdin_w, self._stdin_r = open_pipe(limit)
         self._stdin: trio.abc.SendStream = (
-            self._stdin_w if spec.pty is None else _PtyStdin(self._stdin_w)
+            self._stdin_w if spec.pty is None else ProcessStdin(self._stdin_w)
         )
         self._stdout_w, self._stdout_r = open_pipe(limit)
         if spec.pty is None:
@@ -298,13 +298,13 @@ class MemoryProcess:
     @property
     def pty_size(self) -> TerminalSize | None:
         """The current terminal size, as ``stty size`` would report it."""
-        return None if self._pty is None else self._pty.size
+        return self._pty_size
 
     async def resize(self, size: TerminalSize) -> None:
         """Update the size ``stty size`` reports. No-op without a pty."""
         await trio.lowlevel.checkpoint()
-        if self._pty is not None:
-            self._pty.size = size
+        if self._pty_size is not None:
+            self._pty_size = size
 
     async def send_signal(self, signal: str) -> None:
         """Terminate the program with ``signal`` unless its default action is to ignore it.
@@ -365,30 +365,6 @@ class MemoryProcess:
         self._stdin_r.close()
         self._stdout_w.close()
         self._stderr_w.close()
-
-
-class _PtyStdin(trio.abc.SendStream):
-    """A pty's input: closing it stops writes but, as with sshd and podman, is no EOF."""
-
-    def __init__(self, pipe: PipeSendStream) -> None:
-        self._pipe = pipe
-        self._closed = False
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            raise trio.ClosedResourceError("stdin already closed")
-        await self._pipe.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            raise trio.ClosedResourceError("stdin already closed")
-        await self._pipe.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        self._closed = True
-        await trio.lowlevel.checkpoint()
 
 
 class _Shell:
@@ -487,13 +463,13 @@ class _Shell:
             raise _Exit(self.status)
 
     async def _write(self, data: bytes, *, err: bool = False) -> None:
-        if self.p._pty is not None and b"\n" in data:
+        if self.p._pty_size is not None and b"\n" in data:
             data = data.replace(b"\n", b"\r\n")
         await (self.p._stderr_w if err else self.p._stdout_w).send_all(data)
 
     async def _readline(self) -> bytes | None:
         """One command line; ``None`` at EOF (^D on an empty pty line, or stdin closed)."""
-        ends = b"\r\n" if self.p._pty is not None else b"\n"
+        ends = b"\r\n" if self.p._pty_size is not None else b"\n"
         line = bytearray()
         while True:
             chunk = await self.read_stdin()
@@ -520,7 +496,7 @@ class _Shell:
             if not chunk:
                 self._stdin_eof = True
                 return b""
-            if self.p._pty is None:
+            if self.p._pty_size is None:
                 return chunk
             for index, part in enumerate(chunk.split(b"\x04")):
                 if index:
@@ -672,7 +648,3 @@ _BUILTINS: Final[Mapping[str, _Builtin]] = {
     "printenv": _printenv,
     "kill": _kill,
 }
-
-
-def _ms_since(start: float) -> float:
-    return round((time.monotonic() - start) * 1000, 3)

@@ -46,7 +46,7 @@ from typing import Any, Final
 import structlog
 import trio
 
-from trissh.backend._common import sandbox_labels
+from trissh.backend._common import ms_since, sandbox_labels
 from trissh.backend._podman_api import PodmanApi, map_podman_errors, socket_path
 from trissh.backend._podman_exec import HELPER_PATH, HELPER_STATUS_DIR, PodmanProcess, open_exec
 from trissh.backend._warm_pool import WarmPool
@@ -251,7 +251,7 @@ class PodmanBackend:
             user=spec.username,
             image=image,
             pooled=spec.pooled,
-            duration_ms=_ms_since(started),
+            duration_ms=ms_since(started),
         )
         return container_id
 
@@ -289,10 +289,15 @@ class PodmanBackend:
 
     async def remove_container(self, container_id: str) -> bool:
         """Force-remove now (``timeout=0``); False if it was already gone."""
+        return await self._force_remove(container_id, abandon_on_cancel=False)
+
+    async def _force_remove(self, ref: str, *, abandon_on_cancel: bool = True) -> bool:
+        """Force-remove ``ref`` (id or name), no stop timeout; False if it was already gone."""
         result = await self._api.request(
             "DELETE",
-            f"/containers/{container_id}",
+            f"/containers/{ref}",
             params={"force": "true", "timeout": 0},
+            abandon_on_cancel=abandon_on_cancel,
             missing_ok=True,
         )
         return result is not None
@@ -449,23 +454,17 @@ class PodmanBackend:
         started = time.monotonic()
         with trio.move_on_after(REMOVE_BOUND, shield=True) as scope:
             try:
-                removed = await self._api.request(
-                    "DELETE",
-                    f"/containers/{ref}",
-                    params={"force": "true", "timeout": 0},
-                    abandon_on_cancel=True,
-                    missing_ok=True,
-                )
+                removed = await self._force_remove(ref)
             except BackendError as exc:
                 self._defer_removal(ref, spec.conn_id, str(exc))
                 return
-            if removed is not None:
+            if removed:
                 self._observe("remove", time.monotonic() - started)
                 log.info(
                     "container_removed",
                     container=_short(ref),
                     conn_id=spec.conn_id,
-                    duration_ms=_ms_since(started),
+                    duration_ms=ms_since(started),
                 )
         if scope.cancelled_caught:
             self._defer_removal(ref, spec.conn_id, "timed out")
@@ -515,13 +514,7 @@ class PodmanBackend:
         """Try each deferred removal once; True when none is left."""
         for ref, conn_id in list(self._orphans.items()):
             try:
-                await self._api.request(
-                    "DELETE",
-                    f"/containers/{ref}",
-                    params={"force": "true", "timeout": 0},
-                    abandon_on_cancel=True,
-                    missing_ok=True,
-                )
+                await self._force_remove(ref)
             except BackendError:
                 return False  # still unreachable: try the rest later too
             del self._orphans[ref]
@@ -647,7 +640,3 @@ def _container_name(conn_id: str) -> str:
 def _short(ref: str) -> str:
     """Container ids shortened as ``podman ps`` shows them; names left whole."""
     return ref[:12] if re.fullmatch(r"[0-9a-f]{64}", ref) else ref
-
-
-def _ms_since(start: float) -> float:
-    return round((time.monotonic() - start) * 1000, 3)

@@ -177,13 +177,9 @@ class ChannelTable:
         self.no_more_sessions = False
         #: False when the login's key said no-pty (authorized_keys, certificate).
         self.pty_allowed = True
-        self.sessions_opened = 0
 
     def __len__(self) -> int:
         return len(self._channels)
-
-    def get(self, channel_id: int) -> Channel | None:
-        return self._channels.get(channel_id)
 
     def _lookup(self, channel_id: int) -> Channel:
         channel = self._channels.get(channel_id)
@@ -256,7 +252,6 @@ class ChannelTable:
             send_max_packet=min(message.max_packet, MAX_SEND_CHUNK),
             recv_window=self._config.channel_window,
         )
-        self.sessions_opened += 1
         self._emit(ChannelOpenRequested(channel_id=local_id, channel_type=message.channel_type))
 
     def _on_data(self, payload: bytes) -> None:

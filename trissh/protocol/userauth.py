@@ -174,12 +174,13 @@ class UserAuthServer:
                 f"service {request.service!r} not available", DisconnectReason.SERVICE_NOT_AVAILABLE
             )
         self._requests += 1
+        chain_name = _chain_name(request.method)
         if request.method == "none":
             # Like sshd, the customary first "none" probe is free; later ones count.
             self._fail(request, "method none", counted=self._requests > 1)
-        elif _chain_name(request.method) not in self._methods:
+        elif chain_name not in self._methods:
             self._fail(request, f"method {request.method} not available")
-        elif _chain_name(request.method) == "publickey":
+        elif chain_name == "publickey":
             self._publickey(request)
         elif request.method == "password":
             self._password(request)
