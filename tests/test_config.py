@@ -59,6 +59,8 @@ BAD: list[tuple[str, str]] = [
     ("[recording]\nmax_bytes = 10", "recording.max_bytes: max_bytes must be 0 (no cap) or at least 16384"),
     ("[proxy]\ntrusted_networks = [\"not-a-net\"]",
      "proxy.trusted_networks: 'not-a-net' does not appear to be an IPv4 or IPv6 network"),
+    ("[proxy]\ntrusted_networks = [\"10.0.0.1/8\"]",
+     "proxy.trusted_networks: 10.0.0.1/8 has host bits set"),
     ("[auth.webhook]\nurl = \"ftp://x\"", "auth.webhook.url: url must start with http:// or https://"),
     ("[ssh]\nkex = [\"diffie-hellman-group1-sha1\"]", "ssh.kex: unknown kex algorithm 'diffie-hellman-group1-sha1'"),
     ("[users.al]\npassword_hash = \"plain\"",

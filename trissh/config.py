@@ -305,8 +305,8 @@ class ProxySection(_Model):
     @field_validator("trusted_networks")
     @classmethod
     def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for cidr in value:
-            ipaddress.ip_network(cidr, strict=False)
+        for cidr in value:  # as strict as TrustedNetworks: a typo is an error, not a guess
+            ipaddress.ip_network(cidr.strip(), strict=True)
         return value
 
 
