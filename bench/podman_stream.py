@@ -13,7 +13,10 @@ from the exec stream, per run, two ways, both in one container made by trissh's
   hijack, bytes counted as they arrive (the 8-byte stream frames included, not parsed):
   the ceiling of the REST path;
 * ``backend``: the same stream read through ``PodmanBackend``'s ``Process.stdout`` (frames
-  demultiplexed by trissh), i.e. exactly what a trissh session reads.
+  demultiplexed by trissh), i.e. what a trissh session read before direct stdio;
+* ``direct``: ``PodmanBackend`` with ``direct_stdio`` (the default): ``head`` writes into a
+  pipe handed into the container, ``Process.stdout`` is the pipe's other end — the raw path
+  a trissh session reads now (another container of the same image, with the exec helper).
 
 Timing starts at the exec-start request and ends at EOF; exec creation is not included.
 """
@@ -32,6 +35,7 @@ import trio
 
 from trissh.backend import ContainerSettings, ProcessSpec, SandboxSpec
 from trissh.backend.podman import PodmanBackend
+from trissh.config import ServerConfig
 
 API = "/v4.0.0/libpod"
 
@@ -127,10 +131,12 @@ async def main() -> None:
     parser.add_argument("--image", default="localhost/trissh-bench:latest")
     parser.add_argument("--bytes", type=int, default=1_000_000_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--helper", default=ServerConfig().podman.exec_helper)
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     path = _socket_path(args.url)
     backend = PodmanBackend(args.url)
+    direct = PodmanBackend(args.url, exec_helper=args.helper, direct_stdio=True)
     spec = SandboxSpec(
         conn_id="bench-stream",
         username="bench",
@@ -139,8 +145,8 @@ async def main() -> None:
         settings=ContainerSettings(image=args.image),
     )
     command = f"exec head -c {args.bytes} /dev/zero"
-    result: dict[str, list[float]] = {"raw": [], "backend": []}
-    async with backend.open_sandbox(spec) as sandbox:
+    result: dict[str, list[float]] = {"raw": [], "backend": [], "direct": []}
+    async with backend.open_sandbox(spec) as sandbox, direct.open_sandbox(spec) as piped:
         # warm-up: page cache, the exec path
         await trio.to_thread.run_sync(
             raw_exec_read, path, sandbox.container_id, "exec head -c 10000000 /dev/zero"
@@ -156,6 +162,11 @@ async def main() -> None:
             if n != args.bytes:
                 raise SystemExit(f"PodmanBackend stdout: {n} of {args.bytes} bytes")
             result["backend"].append(args.bytes / seconds / 1e6)
+            n, seconds = await backend_read(piped, command)
+            if n != args.bytes:
+                raise SystemExit(f"PodmanBackend direct stdout: {n} of {args.bytes} bytes")
+            result["direct"].append(args.bytes / seconds / 1e6)
+    direct.close()
     print(json.dumps(result))
 
 

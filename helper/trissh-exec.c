@@ -5,13 +5,21 @@
  * also return on purpose; only the program's parent can tell the two apart. This helper
  * is that parent. It runs
  *
- *     trissh-exec --status FILE -- PROGRAM [ARG...]
+ *     trissh-exec --status FILE [--stdio SOCKET TOKEN] -- PROGRAM [ARG...]
  *
  * forks PROGRAM, and exits with its exit code; when PROGRAM dies of a signal it first
  * writes "signal N core C\n" to FILE (normally on a tmpfs) and exits 128+N. trissh reads
  * FILE only when the code is ambiguous (129..192):
  *
  *     trissh-exec --read-status FILE      prints the record (if any) and removes it
+ *
+ * With --stdio, PROGRAM's stdin, stdout and stderr are not the helper's (podman's exec
+ * stream, which copies every byte through conmon and the API service) but three pipes
+ * trissh made: the helper connects to the unix socket SOCKET (bind-mounted from trissh's
+ * host), sends TOKEN (which proves it is the exec trissh started), receives the three
+ * pipe ends by SCM_RIGHTS and gives them to PROGRAM as fds 0, 1 and 2. The helper's own
+ * stdio stays podman's, so its error messages still reach the user, and its exit still
+ * ends the exec. Every wait is bounded (HANDOVER_TIMEOUT); no handover, no PROGRAM.
  *
  * Signals sent to the helper by another process (trissh's "signal" requests) are passed
  * on to PROGRAM; signals the terminal generates reach PROGRAM's process group directly,
@@ -27,11 +35,17 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t child_pid = 0;
+
+/* Seconds the helper waits for trissh at each step of the stdio handover. */
+#define HANDOVER_TIMEOUT 30
 
 static const int forwarded[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2,
                                 SIGALRM, SIGCONT, SIGTSTP, SIGWINCH, SIGPIPE};
@@ -45,7 +59,7 @@ static void forward(int sig, siginfo_t *info, void *context) {
 
 static int usage(void) {
     static const char text[] =
-        "usage: trissh-exec --status FILE -- PROGRAM [ARG...]\n"
+        "usage: trissh-exec --status FILE [--stdio SOCKET TOKEN] -- PROGRAM [ARG...]\n"
         "       trissh-exec --read-status FILE\n";
     if (write(2, text, sizeof text - 1) < 0) return 2;
     return 2;
@@ -71,12 +85,85 @@ static void write_status(const char *path, int sig, int core) {
     close(fd);
 }
 
+/* Connect to trissh's socket, prove who we are, receive PROGRAM's three stdio ends. */
+static int receive_stdio(const char *path, const char *token, int fds[3]) {
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof addr.sun_path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(addr.sun_path, path, strlen(path));
+    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (sock < 0) return -1;
+    struct timeval limit = {.tv_sec = HANDOVER_TIMEOUT, .tv_usec = 0};
+    setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+    setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+    size_t length = strlen(token);
+    if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0 ||
+        send(sock, token, length, MSG_NOSIGNAL) != (ssize_t)length) {
+        int saved = errno;
+        close(sock);
+        errno = saved;
+        return -1;
+    }
+    char byte;
+    struct iovec part = {.iov_base = &byte, .iov_len = 1};
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(3 * sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr message = {.msg_iov = &part, .msg_iovlen = 1,
+                             .msg_control = control.space,
+                             .msg_controllen = sizeof control.space};
+    ssize_t n;
+    do n = recvmsg(sock, &message, MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    int saved = errno;
+    close(sock);
+    struct cmsghdr *header = n == 1 ? CMSG_FIRSTHDR(&message) : NULL;
+    if (header == NULL || header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS ||
+        header->cmsg_len != CMSG_LEN(3 * sizeof(int)) || (message.msg_flags & MSG_CTRUNC)) {
+        if (header != NULL && header->cmsg_type == SCM_RIGHTS) { /* close what did arrive */
+            int *got = (int *)CMSG_DATA(header);
+            for (size_t i = 0; i < (header->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++)
+                close(got[i]);
+        }
+        errno = n < 0 ? saved : EPROTO;
+        return -1;
+    }
+    memcpy(fds, CMSG_DATA(header), 3 * sizeof(int));
+    for (int i = 0; i < 3; i++) {
+        if (fds[i] <= 2) { /* 0..2 are podman's stream: a new fd there means they were closed */
+            for (int j = 0; j < 3; j++) close(fds[j]);
+            errno = EBADF;
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "--read-status") == 0) return read_status(argv[2]);
-    if (argc < 5 || strcmp(argv[1], "--status") != 0 || strcmp(argv[3], "--") != 0)
-        return usage();
+    if (argc < 5 || strcmp(argv[1], "--status") != 0) return usage();
     const char *status_path = argv[2];
-    char **program = &argv[4];
+    const char *stdio_path = NULL, *stdio_token = NULL;
+    int next = 3;
+    if (argc >= 8 && strcmp(argv[3], "--stdio") == 0) {
+        stdio_path = argv[4];
+        stdio_token = argv[5];
+        next = 6;
+    }
+    if (strcmp(argv[next], "--") != 0 || argv[next + 1] == NULL) return usage();
+    char **program = &argv[next + 1];
+
+    int stdio[3] = {-1, -1, -1};
+    if (stdio_path != NULL && receive_stdio(stdio_path, stdio_token, stdio) < 0) {
+        dprintf(2, "trissh-exec: no stdio from trissh (%s): %s\n", stdio_path, strerror(errno));
+        return 126;
+    }
 
     sigset_t all, old;
     sigfillset(&all);
@@ -91,12 +178,21 @@ int main(int argc, char **argv) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent) _exit(137); /* the helper is already gone */
         sigprocmask(SIG_SETMASK, &old, NULL);
+        if (stdio[0] >= 0) { /* dup2 clears close-on-exec on 0..2; the originals close at exec */
+            for (int i = 0; i < 3; i++) {
+                if (dup2(stdio[i], i) < 0) _exit(126);
+            }
+        }
         execvp(program[0], program);
         int code = errno == ENOENT ? 127 : 126;
         dprintf(2, "%s: %s\n", program[0], strerror(errno));
         _exit(code);
     }
     child_pid = pid;
+    /* Only PROGRAM (and what it starts) holds the pipes, so its exit is their EOF. */
+    for (int i = 0; i < 3; i++) {
+        if (stdio[i] >= 0) close(stdio[i]);
+    }
     struct sigaction action;
     memset(&action, 0, sizeof action);
     action.sa_sigaction = forward;

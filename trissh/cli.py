@@ -192,6 +192,8 @@ def make_backend(settings: ServerConfig, metrics: Metrics | None = None) -> Back
         exec_helper=settings.podman.exec_helper or None,
         observe=metrics.container_operation if metrics is not None else None,
         warm_pool=settings.podman.warm_pool,
+        direct_stdio=settings.podman.direct_stdio,
+        stdio_dir=settings.podman.stdio_dir,
     )
     if metrics is not None:
         metrics.warm_containers.set_function(lambda: backend.warm_containers)

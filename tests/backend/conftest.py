@@ -98,15 +98,20 @@ class MemoryHarness(Harness):
 class PodmanHarness(Harness):
     name = "podman"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, direct_stdio: bool = False) -> None:
         from trissh.backend.podman import PodmanBackend
 
         super().__init__()
         self.url = url
         self.settings = ContainerSettings()
         self.scope = {TEST_SCOPE_LABEL: self.instance}
-        self.podman = PodmanBackend(url, scope_labels=self.scope)
+        helper = exec_helper() if direct_stdio else None
+        self.podman = PodmanBackend(
+            url, scope_labels=self.scope, exec_helper=helper, direct_stdio=direct_stdio
+        )
         self.backend = self.podman
+        if direct_stdio:
+            self.name = "podman-direct"
 
     def unavailable_backend(self) -> Backend:
         from trissh.backend.podman import PodmanBackend
@@ -142,20 +147,42 @@ class PodmanHarness(Harness):
         return ids
 
 
-@pytest.fixture(params=["memory", pytest.param("podman", marks=pytest.mark.podman)])
+def exec_helper() -> str:
+    """The static helper as setup-host.sh installs it (direct stdio needs it)."""
+    from trissh.config import ServerConfig
+
+    helper = ServerConfig().podman.exec_helper
+    if not os.access(helper, os.X_OK):
+        message = f"{helper} is missing: run scripts/setup-host.sh"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return helper
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("podman", marks=pytest.mark.podman),
+        pytest.param("podman-direct", marks=pytest.mark.podman),
+    ]
+)
 def backend_name(request: pytest.FixtureRequest) -> str:
-    """Which backend; podman's availability is settled here, synchronously, so the skip
-    (or the CI failure) reaches pytest unwrapped."""
+    """Which backend (``podman-direct``: with the exec helper and direct stdio); podman's
+    availability is settled here, synchronously, so the skip (or the CI failure) reaches
+    pytest unwrapped."""
     name: str = request.param
-    if name == "podman":
+    if name.startswith("podman"):
         request.getfixturevalue("podman_available")
+        if name == "podman-direct":
+            exec_helper()
     return name
 
 
 @asynccontextmanager
-async def open_podman_harness() -> AsyncIterator[PodmanHarness]:
+async def open_podman_harness(*, direct_stdio: bool = False) -> AsyncIterator[PodmanHarness]:
     """A PodmanHarness whose test-scoped containers are removed, and reported as leaks."""
-    podman = PodmanHarness(podman_url())
+    podman = PodmanHarness(podman_url(), direct_stdio=direct_stdio)
     try:
         yield podman
     finally:
@@ -178,5 +205,5 @@ async def harness(backend_name: str) -> AsyncIterator[Harness]:
         assert memory.memory.live_sandboxes == 0
         assert memory.memory.live_processes == 0
         return
-    async with open_podman_harness() as podman:
+    async with open_podman_harness(direct_stdio=backend_name == "podman-direct") as podman:
         yield podman

@@ -84,7 +84,8 @@ async def podman_server(
 
 def podman_backend(url: str) -> PodmanBackend:
     """The backend as `trissh` builds it, exec helper included (setup-host.sh builds it)."""
-    helper = ServerConfig().podman.exec_helper
+    settings = ServerConfig().podman
+    helper = settings.exec_helper
     if not os.access(helper, os.X_OK) and podman_required():
         pytest.fail(f"{helper} is missing: run scripts/setup-host.sh")
-    return PodmanBackend(url, exec_helper=helper)
+    return PodmanBackend(url, exec_helper=helper, direct_stdio=settings.direct_stdio)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -78,6 +79,45 @@ async def test_env_allow_list(podman_server: RunningServer, client_key: ClientKe
                  "TRISSH_SECRET": "s"},
         )  # fmt: skip
     assert result.stdout == b"C.UTF-8|C||\n", result.stderr
+
+
+def _our_pipes() -> set[str]:
+    """``pipe:[inode]`` of every pipe this process (the in-process server) holds."""
+    links = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            links.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return {link for link in links if link.startswith("pipe:")}
+
+
+async def test_exec_without_pty_gets_direct_pipes_and_a_pty_does_not(
+    podman_server: RunningServer, client_key: ClientKey
+) -> None:
+    """The server as shipped hands a no-pty program pipes it made itself (the other ends
+    are open in this process, not in conmon), end to end: stdin, stdout, stderr and the
+    exit status all arrive; with -tt the program has a terminal."""
+    script = "for fd in 0 1 2; do readlink /proc/self/fd/$fd; done; read go; wc -c; exit 4"
+    argv = ssh_argv(podman_server.port, client_key.path, script)
+    with trio.fail_after(60):
+        process = await trio.lowlevel.open_process(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert process.stdin is not None
+        assert process.stdout is not None
+        links = b""
+        while links.count(b"\n") < 3:
+            links += await process.stdout.receive_some(4096)
+        program_ends = links.decode().split()
+        assert set(program_ends) <= _our_pipes(), (program_ends, _our_pipes())
+        await process.stdin.send_all(b"go\n" + b"x" * 100_000)
+        await process.stdin.aclose()
+        rest = b""
+        while data := await process.stdout.receive_some(4096):
+            rest += data
+        assert await process.wait() == 4
+    assert rest.split() == [b"100000"]
+    tty = await run_ssh(podman_server.port, client_key.path, "-tt", "readlink /proc/self/fd/1")
+    assert tty.stdout.startswith(b"/dev/pts/"), tty.stdout
 
 
 async def test_sftp_put_get_ls_rename_rm_100_mb(

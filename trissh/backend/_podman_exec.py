@@ -14,6 +14,12 @@ being read and podman stops reading the program's output (backpressure end to en
 stdin side half-closes the socket's write direction on ``aclose``, which podman turns into
 EOF on the program's stdin.
 
+*Direct stdio* (``stdio_dir`` given, no tty, helper present): the program's stdio are
+pipes handed into the container (:mod:`trissh.backend._direct_stdio`), not the stream.
+stdout is our pipe end itself; stderr merges the program's stderr pipe with the exec
+stream, which now carries only the helper's own diagnostics. The stream's EOF still means
+the exec (the helper, hence the program) has ended.
+
 *With a tty* the stream is raw: stdout reads the socket directly and stderr is ``None``.
 Closing stdin does **not** half-close the socket: on podman 4.3.1 that takes the whole API
 service down, and sshd does not deliver EOF to a pty either (it closes its dup of the
@@ -44,12 +50,13 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
 import trio
 
 from trissh.backend._common import ms_since, process_env, signal_name, signal_number
+from trissh.backend._direct_stdio import DirectStdio
 from trissh.backend._pipe import (
     PipeReceiveStream,
     PipeSendStream,
@@ -88,21 +95,28 @@ async def open_exec(
     user: str | None = None,
     workdir: str | None = None,
     helper: bool = False,
+    stdio_dir: str | None = None,
     observe: Callable[[str, float], None] | None = None,
 ) -> AsyncIterator[PodmanProcess]:
     """Create and start an exec; leaving the context kills it if it still runs.
 
     With ``helper`` the program runs under the bind-mounted ``trissh-exec``, which
-    records a death by signal in a status file (see ``helper/trissh-exec.c``).
+    records a death by signal in a status file (see ``helper/trissh-exec.c``). With
+    ``stdio_dir`` too (the host side of the container's stdio directory) a program
+    without a tty gets direct stdio.
 
     Cancellation: safe at any point; a started program is killed, the socket closed.
     """
     started = time.monotonic()
     argv = list(spec.argv)
     status_path = None
+    direct = None
     if helper:
         status_path = f"{HELPER_STATUS_DIR}/{secrets.token_hex(8)}"
-        argv = [HELPER_PATH, "--status", status_path, "--", *argv]
+        if stdio_dir is not None and spec.pty is None:
+            direct = DirectStdio(stdio_dir, container=container_id[:12], channel=spec.channel_id)
+        options = direct.helper_args() if direct is not None else []
+        argv = [HELPER_PATH, "--status", status_path, *options, "--", *argv]
     body: dict[str, Any] = {
         "Cmd": argv,
         "Env": [f"{key}={value}" for key, value in process_env(spec).items()],
@@ -115,9 +129,20 @@ async def open_exec(
         body["User"] = user
     if workdir:
         body["WorkingDir"] = workdir
-    created = await api.request("POST", f"/containers/{container_id}/exec", body=body)
+    try:
+        created = await api.request("POST", f"/containers/{container_id}/exec", body=body)
+    except BaseException:
+        if direct is not None:
+            direct.close()
+        raise
     process = PodmanProcess(
-        api, container_id, str(created["Id"]), tuple(shell), spec, status_path=status_path
+        api,
+        container_id,
+        str(created["Id"]),
+        tuple(shell),
+        spec,
+        status_path=status_path,
+        direct=direct,
     )
     async with open_task_nursery() as nursery:
         try:
@@ -167,8 +192,10 @@ class PodmanProcess:
         spec: ProcessSpec,
         *,
         status_path: str | None = None,
+        direct: DirectStdio | None = None,
     ) -> None:
         self._api = api
+        self._direct = direct
         self._status_path = status_path
         self._container_id = container_id
         self.exec_id = exec_id
@@ -182,6 +209,8 @@ class PodmanProcess:
         self._stdout: trio.abc.ReceiveStream | None = None
         self._stderr: trio.abc.ReceiveStream | None = None
         self._pipes: list[PipeSendStream] = []
+        #: Whether the helper took the direct stdio pipes (None: not yet, or not direct).
+        self.handed_over: bool | None = None
         #: The output stream reached EOF: the exec has ended.
         self._eof = trio.Event()
         self._status: ExitStatus | None = None
@@ -343,18 +372,71 @@ class PodmanProcess:
         if self._tty:
             self._stdout = _RawStdout(sock, leftover, self._eof)
             return
+        if self._direct is not None:
+            self._attach_direct(nursery, self._direct, sock, leftover)
+            return
         out_w, out_r = open_pipe(PIPE_LIMIT)
         err_w, err_r = open_pipe(PIPE_LIMIT)
         self._pipes = [out_w, err_w]
         self._stdout, self._stderr = out_r, err_r
         nursery.start_soon(self._demux, sock, leftover, out_w, err_w)
 
+    def _attach_direct(
+        self, nursery: trio.Nursery, direct: DirectStdio, sock: trio.SocketStream, leftover: bytes
+    ) -> None:
+        """stdin/stdout are the pipes; stderr = program's stderr pipe + the helper's stream."""
+        self._stdin = ProcessStdin(direct.stdin, eof=direct.stdin.aclose)
+        self._stdout = direct.stdout
+        err_w, err_r = open_pipe(PIPE_LIMIT)
+        self._pipes = [err_w]
+        self._stderr = err_r
+        merged = _MergedSink(err_w, producers=2)
+        nursery.start_soon(self._demux, sock, leftover, merged, merged)
+        nursery.start_soon(self._copy_stderr, direct.stderr, merged)
+        nursery.start_soon(self._hand_over, direct)
+
+    async def _hand_over(self, direct: DirectStdio) -> None:
+        """Give the helper its pipes; give up if the exec ends first. Never raises."""
+        handed = False
+        async with trio.open_nursery() as race:
+
+            async def give_up_at_exec_end() -> None:
+                await self._eof.wait()
+                race.cancel_scope.cancel()
+
+            race.start_soon(give_up_at_exec_end)
+            handed = await direct.hand_over()
+            race.cancel_scope.cancel()
+        self.handed_over = handed
+        if not handed:
+            log.warning(
+                "stdio_handover_failed",
+                container=self._container_id[:12],
+                channel=self._spec.channel_id,
+                exec_ended=self._eof.is_set(),
+            )
+
+    async def _copy_stderr(self, source: trio.abc.ReceiveStream, sink: _MergedSink) -> None:
+        """The program's stderr pipe into the merged stderr. Never raises."""
+        error: BaseException | None = None
+        try:
+            while data := await source.receive_some(PIPE_LIMIT):
+                if not sink.receiver_closed:
+                    with suppress(trio.BrokenResourceError):
+                        await sink.send_all(data)
+        except trio.ClosedResourceError:
+            pass  # teardown closed the pipe
+        except (trio.BrokenResourceError, OSError) as exc:
+            error = exc
+        finally:
+            sink.close(error)
+
     async def _demux(
         self,
         sock: trio.SocketStream,
         data: bytes,
-        out_w: PipeSendStream,
-        err_w: PipeSendStream,
+        out_w: _Sink,
+        err_w: _Sink,
     ) -> None:
         """Socket -> frames -> pipes. Never raises: errors reach the readers via the pipes."""
         decoder = FrameDecoder()
@@ -384,7 +466,8 @@ class PodmanProcess:
             )
         finally:
             out_w.close(error)
-            err_w.close(error)
+            if err_w is not out_w:
+                err_w.close(error)
             self._eof.set()
 
     async def _shutdown(self) -> None:
@@ -428,6 +511,8 @@ class PodmanProcess:
     def _close_now(self) -> None:
         for pipe in self._pipes:
             pipe.close()
+        if self._direct is not None:
+            self._direct.close()
         if self._sock is not None:
             self._sock.socket.close()
         self._eof.set()
@@ -468,6 +553,41 @@ class PodmanProcess:
             body={"Detach": True, "Tty": False},
             abandon_on_cancel=True,
         )
+
+
+class _Sink(Protocol):
+    """Where the demux task writes one output stream."""
+
+    @property
+    def receiver_closed(self) -> bool: ...
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def close(self, error: BaseException | None = None) -> None: ...
+
+
+class _MergedSink:
+    """One pipe fed by several producers: sends take turns; the last ``close`` closes it."""
+
+    def __init__(self, pipe: PipeSendStream, *, producers: int) -> None:
+        self._pipe = pipe
+        self._left = producers
+        self._turn = trio.Lock()
+        self._error: BaseException | None = None
+
+    @property
+    def receiver_closed(self) -> bool:
+        return self._pipe.receiver_closed
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        async with self._turn:
+            await self._pipe.send_all(data)
+
+    def close(self, error: BaseException | None = None) -> None:
+        self._left -= 1
+        self._error = self._error or error
+        if self._left <= 0:
+            self._pipe.close(self._error)
 
 
 async def _nspid_from_proc(host_pid: int) -> int | None:

@@ -25,6 +25,11 @@ process on this host, that instance has not crashed (a second server, a test run
 sessions are left alone; when they cannot be checked (another host or namespace, no label)
 the container is swept as the contract says.
 
+With ``direct_stdio`` each container also gets its own host directory, bind-mounted
+read-only, through which programs without a pty receive their stdio as pipes
+(:mod:`trissh.backend._direct_stdio`); it is removed with the container, the root
+directory when ``run`` ends, and roots left by a crashed trissh by ``sweep``.
+
 Resource limits need cgroup controllers delegated to the podman user (cgroup v2). Where
 ``podman info`` lists no ``pids``/``memory`` controller (rootless on cgroup v1, as on the
 development hosts) podman would silently ignore them; we leave them out, log
@@ -47,6 +52,8 @@ import structlog
 import trio
 
 from trissh.backend._common import ms_since, sandbox_labels
+from trissh.backend._direct_stdio import CONTAINER_DIR as STDIO_DIR
+from trissh.backend._direct_stdio import StdioRoot
 from trissh.backend._podman_api import PodmanApi, map_podman_errors, socket_path
 from trissh.backend._podman_exec import HELPER_PATH, HELPER_STATUS_DIR, PodmanProcess, open_exec
 from trissh.backend._warm_pool import WarmPool
@@ -97,6 +104,8 @@ class PodmanBackend:
         exec_helper: str | None = None,
         observe: Callable[[str, float], None] | None = None,
         warm_pool: int = 0,
+        direct_stdio: bool = False,
+        stdio_dir: str = "",
     ) -> None:
         """Args:
         url: ``unix:///path.sock``, ``unix:/path.sock`` or ``http+unix://%2Fpath.sock``.
@@ -110,6 +119,11 @@ class PodmanBackend:
         observe: called with ("start" | "exec" | "remove", seconds) after each such
             operation (metrics).
         warm_pool: containers to keep started ahead of logins (:mod:`._warm_pool`).
+        direct_stdio: programs without a pty get pipes instead of podman's stream (needs
+            ``exec_helper``; :mod:`._direct_stdio`).
+        stdio_dir: where the per-container stdio directories go; ``""``: systemd's
+            RuntimeDirectory, else $XDG_RUNTIME_DIR, else the temp dir. The podman user
+            must be able to reach it.
         """
         self._api = PodmanApi(
             url, limiter_capacity=limiter_capacity, request_timeout=request_timeout
@@ -134,14 +148,23 @@ class PodmanBackend:
                 self.exec_helper = exec_helper
             else:
                 log.warning("exec_helper_missing", path=exec_helper)
+        self._stdio_root = (
+            StdioRoot(stdio_dir, owner=self._owner, alive=owner_alive)
+            if direct_stdio and self.exec_helper is not None
+            else None
+        )
+        #: Host stdio directory of each container we started, by container id.
+        self._stdio_dirs: dict[str, str] = {}
 
     @property
     def socket_path(self) -> str:
         return self._api.path
 
     def close(self) -> None:
-        """Release pooled HTTP connections."""
+        """Release pooled HTTP connections and the stdio directories."""
         self._api.close()
+        if self._stdio_root is not None:
+            self._stdio_root.close()
 
     def keep_warm(self, settings: ContainerSettings, instance: str) -> None:
         if self._pool is not None:
@@ -173,6 +196,7 @@ class PodmanBackend:
                 container_id,
                 spec,
                 helper=self.exec_helper is not None,
+                stdio_dir=self._stdio_dirs.get(container_id),
                 observe=self._observe,
             )
         finally:
@@ -227,8 +251,9 @@ class PodmanBackend:
         name = _container_name(spec.conn_id)
         container_id: str | None = None
         maybe_created = False
+        stdio_dir = self._stdio_root.make_dir() if self._stdio_root is not None else None
         try:
-            kwargs = await self._create_kwargs(spec, name)
+            kwargs = await self._create_kwargs(spec, name, stdio_dir)
             maybe_created = True
             try:
                 container = await self._api.call(
@@ -238,10 +263,15 @@ class PodmanBackend:
                 maybe_created = False
                 raise
             container_id = str(container.id)
+            if stdio_dir is not None:
+                self._stdio_dirs[container_id] = stdio_dir
+                stdio_dir = None  # now removed with the container
             await self._api.call(container.start)
         except BaseException:
             if container_id is not None or maybe_created:
                 await self._remove_at_exit(container_id or name, spec)
+            if stdio_dir is not None:
+                StdioRoot.remove_dir(stdio_dir)
             raise
         self._observe("start", time.monotonic() - started)
         log.info(
@@ -256,7 +286,10 @@ class PodmanBackend:
         return container_id
 
     async def sweep(self, *, keep_instance: str) -> int:
-        """Remove containers labelled with another ``trissh.instance`` (and our scope)."""
+        """Remove containers labelled with another ``trissh.instance`` (and our scope),
+        and stdio directories left by trissh processes that are gone."""
+        if self._stdio_root is not None and (swept := self._stdio_root.sweep()):
+            log.info("stdio_dirs_swept", count=swept)
         labels = {LABEL_INSTANCE: None, **self._scope_labels}
         others = [
             (container_id, found.get(LABEL_OWNER, ""))
@@ -337,7 +370,9 @@ class PodmanBackend:
         )
         return checks
 
-    async def _create_kwargs(self, spec: SandboxSpec, name: str) -> dict[str, Any]:
+    async def _create_kwargs(
+        self, spec: SandboxSpec, name: str, stdio_dir: str | None
+    ) -> dict[str, Any]:
         settings = spec.settings
         kwargs: dict[str, Any] = {
             "name": name,
@@ -396,6 +431,10 @@ class PodmanBackend:
                     "mode": "1777",
                 },
             ]
+        if stdio_dir is not None:
+            mounts.append(
+                {"type": "bind", "source": stdio_dir, "target": STDIO_DIR, "read_only": True}
+            )
         if mounts:
             kwargs["mounts"] = mounts
         host = await self._host_caps()
@@ -451,6 +490,9 @@ class PodmanBackend:
 
     async def _remove_at_exit(self, ref: str, spec: SandboxSpec) -> None:
         """Remove ``ref`` (id or name) within :data:`REMOVE_BOUND`, even when cancelled."""
+        stdio_dir = self._stdio_dirs.pop(ref, None)
+        if stdio_dir is not None:
+            StdioRoot.remove_dir(stdio_dir)
         started = time.monotonic()
         with trio.move_on_after(REMOVE_BOUND, shield=True) as scope:
             try:
@@ -496,6 +538,8 @@ class PodmanBackend:
                 await self._remove_orphans()
             for ref, conn_id in self._orphans.items():
                 log.error("container_leaked", container=_short(ref), conn_id=conn_id)
+            if self._stdio_root is not None:
+                self._stdio_root.close()
 
     async def _retry_removals(self) -> None:
         delay = ORPHAN_RETRY_MIN
@@ -532,12 +576,14 @@ class PodmanSandbox:
         spec: SandboxSpec,
         *,
         helper: bool,
+        stdio_dir: str | None = None,
         observe: Callable[[str, float], None],
     ) -> None:
         self._api = api
         self._container_id = container_id
         self._spec = spec
         self._helper = helper
+        self._stdio_dir = stdio_dir
         self._observe = observe
 
     @property
@@ -555,6 +601,7 @@ class PodmanSandbox:
             user=settings.user,
             workdir=settings.workdir,
             helper=self._helper,
+            stdio_dir=self._stdio_dir,
             observe=self._observe,
         )
 

@@ -1,0 +1,243 @@
+"""Direct stdio (``_direct_stdio.py`` + ``trissh-exec --stdio``).
+
+First without podman: the real static helper runs on the host against a real
+:class:`DirectStdio` socket (the handover, its bounds, its failure message, no fd left
+behind), and the stale-directory sweep. Then in real containers: the pipes are what the
+program gets, nobody in a container can list the socket directory, and every directory is
+gone with its container.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from trissh.backend import ExitStatus, ProcessSpec
+from trissh.backend._direct_stdio import (
+    CONTAINER_DIR,
+    MAX_ATTEMPTS,
+    TOKEN_BYTES,
+    DirectStdio,
+    StdioRoot,
+)
+
+from .conformance import read_all, run
+from .conftest import PodmanHarness, exec_helper, open_podman_harness
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _host_args(direct: DirectStdio) -> list[str]:
+    """The helper's options, with the socket as the host sees it (no container here)."""
+    option, container_path, token = direct.helper_args()
+    assert (option, container_path) == ("--stdio", direct.container_path)
+    assert container_path.startswith(CONTAINER_DIR + "/")
+    return [option, direct.host_path, token]
+
+
+async def _hand_over(direct: DirectStdio, into: list[bool]) -> None:
+    into.append(await direct.hand_over())
+
+
+async def _run_helper(
+    direct: DirectStdio, args: list[str], program: list[str], stdin: bytes, status: Path
+) -> tuple[subprocess.CompletedProcess[bytes], bytes, bytes]:
+    """The helper on the host; its process and what the program wrote to the pipes."""
+    helper = exec_helper()
+    out: dict[str, bytes] = {}
+    handed: list[bool] = []
+
+    async def collect(key: str, stream: trio.abc.ReceiveStream) -> None:
+        out[key] = await read_all(stream)
+
+    async def feed() -> None:
+        await direct.stdin.send_all(stdin)
+        await direct.stdin.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_hand_over, direct, handed)
+        nursery.start_soon(collect, "out", direct.stdout)
+        nursery.start_soon(collect, "err", direct.stderr)
+        nursery.start_soon(feed)
+        process = await trio.run_process(
+            [helper, "--status", str(status), *args, "--", *program],
+            stdin=b"",
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert handed == [True]
+    return process, out["out"], out["err"]
+
+
+async def test_program_gets_the_pipes_and_the_helper_keeps_its_own_stdio(tmp_path: Path) -> None:
+    before = _open_fds()
+    direct = DirectStdio(str(tmp_path))
+    try:
+        with trio.fail_after(20):
+            process, out, err = await _run_helper(
+                direct,
+                _host_args(direct),
+                ["sh", "-c", "cat; echo to-err >&2; readlink /proc/self/fd/1; exit 7"],
+                b"from stdin\n",
+                tmp_path / "status",
+            )
+    finally:
+        direct.close()
+    assert process.returncode == 7
+    assert (process.stdout, process.stderr) == (b"", b"")  # nothing through the helper's own
+    assert out.startswith(b"from stdin\npipe:[")
+    assert err == b"to-err\n"
+    assert not _exists(direct.host_path), "the socket outlived its handover"
+    assert _open_fds() == before
+
+
+async def test_helper_without_trissh_says_why_and_runs_nothing(tmp_path: Path) -> None:
+    helper = exec_helper()
+    marker = tmp_path / "ran"
+    with trio.fail_after(20):
+        process = await trio.run_process(
+            [helper, "--status", str(tmp_path / "st"), "--stdio", str(tmp_path / "none.sock"),
+             "0" * 32, "--", "touch", str(marker)],
+            capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+    assert process.returncode == 126
+    assert b"trissh-exec: no stdio from trissh" in process.stderr
+    assert not marker.exists()
+
+
+async def _connect_and_send(path: str, token: bytes) -> tuple[bytes, int]:
+    """A fake helper: send ``token``; what comes back and how many fds came with it."""
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with sock:
+        await sock.connect(path)
+        await sock.send(token)
+        data, ancdata, _, _ = await sock.recvmsg(1, socket.CMSG_SPACE(3 * 4))
+        fds: list[int] = []
+        for level, kind, payload in ancdata:
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                fds += memoryview(payload).cast("i").tolist()
+        for fd in fds:
+            os.close(fd)
+        return data, len(fds)
+
+
+async def test_a_wrong_token_gets_nothing_and_the_right_one_still_works(tmp_path: Path) -> None:
+    direct = DirectStdio(str(tmp_path))
+    token = direct.helper_args()[2].encode()
+    results: list[tuple[bytes, int]] = []
+    handed: list[bool] = []
+    try:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_hand_over, direct, handed)
+                results.append(await _connect_and_send(direct.host_path, b"f" * len(token)))
+                results.append(await _connect_and_send(direct.host_path, token))
+    finally:
+        direct.close()
+    assert results == [(b"", 0), (b"\0", 3)]
+    assert handed == [True]
+
+
+async def test_handover_gives_up_after_max_attempts(tmp_path: Path) -> None:
+    direct = DirectStdio(str(tmp_path))
+    handed: list[bool] = []
+    try:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_hand_over, direct, handed)
+                for _ in range(MAX_ATTEMPTS):
+                    assert await _connect_and_send(direct.host_path, b"x" * TOKEN_BYTES * 2) == (
+                        b"",
+                        0,
+                    )
+        with pytest.raises(FileNotFoundError):
+            await _connect_and_send(direct.host_path, b"x")
+        # Our copies of the program's ends are closed: the reader sees EOF at once.
+        assert await direct.stdout.receive_some(10) == b""
+    finally:
+        direct.close()
+    assert handed == [False]
+
+
+async def test_a_silent_client_is_dropped_after_the_token_timeout(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    direct = DirectStdio(str(tmp_path))
+    handed: list[bool] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_hand_over, direct, handed)
+            sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            with sock:
+                await sock.connect(direct.host_path)
+                started = trio.current_time()
+                assert await sock.recv(1) == b""  # we said nothing; trissh hung up
+                assert trio.current_time() - started < 6
+            nursery.cancel_scope.cancel()
+    finally:
+        direct.close()
+
+
+def test_sweep_removes_only_roots_of_dead_owners(tmp_path: Path) -> None:
+    dead = StdioRoot(str(tmp_path), owner="dead", alive=lambda owner: owner == "live")
+    live = StdioRoot(str(tmp_path), owner="live", alive=lambda owner: owner == "live")
+    dead_dir, live_dir = dead.make_dir(), live.make_dir()
+    (tmp_path / "trissh-stdio-not-a-root").write_text("")  # a file, not ours to judge
+    (tmp_path / "unrelated").mkdir()
+    assert live.sweep() == 1
+    assert not _exists(dead_dir)
+    assert os.path.isdir(live_dir)
+    assert stat.S_IMODE(os.stat(os.path.dirname(live_dir)).st_mode) == 0o711
+    assert stat.S_IMODE(os.stat(live_dir).st_mode) == 0o711
+    assert (tmp_path / "unrelated").is_dir()
+    live.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trissh-stdio-not-a-root", "unrelated"]
+
+
+@pytest.mark.podman
+async def test_in_a_container_stdio_are_pipes_and_the_directory_is_unlistable(
+    podman_available: str,
+) -> None:
+    async with open_podman_harness(direct_stdio=True) as h:
+        root = await _check_container(h)
+    assert not _exists(root), "the stdio root outlived close()"
+
+
+async def _check_container(h: PodmanHarness) -> str:
+    """Run the checks in one container; the stdio root directory, for the caller."""
+    script = (
+        "for fd in 0 1 2; do readlink /proc/self/fd/$fd; done; "
+        f"ls {CONTAINER_DIR} >/dev/null 2>&1 && echo listable || echo unlistable; "
+        f"touch {CONTAINER_DIR}/x 2>/dev/null && echo writable || echo read-only"
+    )
+    with trio.fail_after(60):
+        async with h.backend.open_sandbox(h.sandbox_spec()) as sandbox:
+            host_dir = h.podman._stdio_dirs[sandbox.container_id]
+            async with sandbox.open_process(ProcessSpec(argv=h.sh(script))) as process:
+                out, err, status = await run(process)
+            assert _exists(host_dir)
+            # Bulk output arrives whole through the pipe.
+            big = ProcessSpec(argv=h.sh("head -c 20000000 /dev/zero"))
+            async with sandbox.open_process(big) as process:
+                data, _, big_status = await run(process)
+    assert status == ExitStatus(code=0), err
+    lines = out.decode().split()
+    assert [line.split(":")[0] for line in lines[:3]] == ["pipe"] * 3, lines
+    assert lines[3:] == ["unlistable", "read-only"]
+    assert (len(data), data.count(0), big_status) == (20_000_000, 20_000_000, ExitStatus(code=0))
+    assert not _exists(host_dir), "the container's stdio directory outlived it"
+    return os.path.dirname(host_dir)

@@ -1,0 +1,231 @@
+"""Direct stdio: a program's stdin, stdout and stderr as pipes handed into its container.
+
+Theory of operation
+-------------------
+Through podman's REST exec stream every byte a program writes is copied by conmon, by the
+API service and by our frame decoder (~400 MB/s at best here, ~220 MB/s end to end over
+SSH). A pipe whose write end the program holds costs the kernel one copy. So, for programs
+without a pty (a pty is conmon's), trissh makes three pipes and passes the program's ends
+into the container:
+
+* each container gets its own host directory (:meth:`StdioRoot.make_dir`), bind-mounted
+  read-only at :data:`CONTAINER_DIR`; no container sees another's;
+* per program, :class:`DirectStdio` listens on a fresh unix socket in that directory and
+  starts the program under ``trissh-exec --stdio SOCKET TOKEN`` (``helper/trissh-exec.c``);
+* the helper connects, sends the 128-bit TOKEN, and receives the three pipe ends by
+  ``SCM_RIGHTS`` (:meth:`DirectStdio.hand_over`), which it makes the program's fds 0, 1, 2;
+* trissh then closes its copies of those ends, so the program's exit (and its children's)
+  is EOF on stdout and stderr, and closing our stdin end is EOF on the program's stdin.
+
+The socket is reachable from inside the container, so the handover is bounded before it
+trusts anything: at most :data:`MAX_ATTEMPTS` connections, :data:`TOKEN_TIMEOUT` each to
+send a token compared in constant time, :data:`HANDOVER_TIMEOUT` in all; then the socket
+is closed and unlinked. The podman exec (and its stream) still carries the helper's own
+stdio, lifecycle and exit status; the helper's diagnostics reach the user's stderr.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import fcntl
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable
+from typing import Final
+
+import structlog
+import trio
+
+__all__ = ["CONTAINER_DIR", "DirectStdio", "StdioRoot"]
+
+log = structlog.get_logger("trissh.backend.podman")
+
+#: Where a container sees its own stdio directory.
+CONTAINER_DIR: Final = "/run/trissh-stdio"
+#: Bounds on the handover (the helper waits the same 30 s on its side).
+HANDOVER_TIMEOUT: Final = 30.0
+TOKEN_TIMEOUT: Final = 5.0
+MAX_ATTEMPTS: Final = 8
+TOKEN_BYTES: Final = 16
+#: Pipe buffer asked for stdout (bulk output); best effort, the kernel may refuse.
+STDOUT_PIPE_SIZE: Final = 1024 * 1024
+_F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+class StdioRoot:
+    """A host directory holding one directory per container (created on first use).
+
+    Directories are mode 0711: the podman user and container users may pass through them
+    (to bind-mount, to connect), nobody but us may list them. The root holds an ``owner``
+    file (the creating process, as :func:`~trissh.backend.podman.owner_token` names it)
+    so :meth:`sweep` can tell a crashed trissh's root from a running one's.
+    """
+
+    PREFIX: Final = "trissh-stdio-"
+
+    def __init__(self, parent: str, *, owner: str, alive: Callable[[str], bool]) -> None:
+        self._parent = parent or _default_parent()
+        self._owner = owner
+        self._alive = alive
+        self._path: str | None = None
+
+    def make_dir(self) -> str:
+        """A new, empty directory for one container; its host path."""
+        if self._path is None:
+            self._path = tempfile.mkdtemp(prefix=self.PREFIX, dir=self._parent)
+            os.chmod(self._path, 0o711)  # noqa: S103 - pass-through only, no listing
+            with open(os.path.join(self._path, "owner"), "x") as file:
+                file.write(self._owner)
+        path = tempfile.mkdtemp(dir=self._path)
+        os.chmod(path, 0o711)  # noqa: S103 - pass-through only, no listing
+        return path
+
+    @staticmethod
+    def remove_dir(path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._path is not None:
+            shutil.rmtree(self._path, ignore_errors=True)
+            self._path = None
+
+    def sweep(self) -> int:
+        """Remove roots (ours by uid) whose owner is not running any more; how many."""
+        removed = 0
+        with contextlib.suppress(OSError), os.scandir(self._parent) as entries:
+            for entry in entries:
+                if (
+                    not entry.name.startswith(self.PREFIX)
+                    or entry.path == self._path
+                    or not entry.is_dir(follow_symlinks=False)
+                    or entry.stat(follow_symlinks=False).st_uid != os.getuid()
+                ):
+                    continue
+                try:
+                    with open(os.path.join(entry.path, "owner")) as file:
+                        owner = file.read(256)
+                except OSError:
+                    owner = ""
+                if not self._alive(owner):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed += 1
+        return removed
+
+
+def _default_parent() -> str:
+    """systemd's RuntimeDirectory, else the user's runtime directory, else the temp dir."""
+    for name in ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
+        value = os.environ.get(name, "").split(":")[0]
+        if value and os.path.isdir(value):
+            return value
+    return tempfile.gettempdir()
+
+
+class DirectStdio:
+    """One program's three pipes and the single-use socket that hands them over.
+
+    Our ends are :attr:`stdin`, :attr:`stdout` and :attr:`stderr` (trio streams, usable
+    at once: writes wait in the pipe until the program runs). :meth:`close` releases
+    everything; it is idempotent.
+    """
+
+    def __init__(self, host_dir: str, **log_fields: object) -> None:
+        """``log_fields`` (container, channel) go on this handover's log lines."""
+        self._log_fields = log_fields
+        name = f"{secrets.token_hex(8)}.sock"
+        self.host_path = os.path.join(host_dir, name)
+        self.container_path = f"{CONTAINER_DIR}/{name}"
+        self._token = secrets.token_hex(TOKEN_BYTES).encode()
+        self._listener: trio.socket.SocketType | None = None
+        made: list[int] = []
+        try:
+            for _ in range(3):
+                made += os.pipe2(os.O_CLOEXEC)
+        except BaseException:
+            for fd in made:
+                os.close(fd)
+            raise
+        stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w = made
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(stdout_w, _F_SETPIPE_SZ, STDOUT_PIPE_SIZE)
+        #: The program's ends, until the helper has them.
+        self._child_ends = [stdin_r, stdout_w, stderr_w]
+        self.stdin = trio.lowlevel.FdStream(stdin_w)
+        self.stdout = trio.lowlevel.FdStream(stdout_r)
+        self.stderr = trio.lowlevel.FdStream(stderr_r)
+        try:
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            self._listener = trio.socket.from_stdlib_socket(listener)
+            listener.bind(self.host_path)
+            # The container's user is not us; the token, not the mode, guards the pipes.
+            os.chmod(self.host_path, 0o666)  # noqa: S103
+            listener.listen(MAX_ATTEMPTS)
+        except BaseException:
+            self.close()
+            raise
+
+    def helper_args(self) -> list[str]:
+        """``trissh-exec`` options that make it fetch the pipes."""
+        return ["--stdio", self.container_path, self._token.decode()]
+
+    async def hand_over(self) -> bool:
+        """Serve the helper's connection: True once the pipes were passed.
+
+        Bounded as the module docstring says; the socket is gone afterwards either way, and
+        so are our copies of the program's ends (a failed handover is EOF on our side).
+        """
+        try:
+            with trio.move_on_after(HANDOVER_TIMEOUT):
+                for _ in range(MAX_ATTEMPTS):
+                    assert self._listener is not None
+                    conn, _ = await self._listener.accept()
+                    with conn:
+                        if await self._serve(conn):
+                            return True
+            return False
+        finally:
+            self._close_listener()
+            self._release_child_ends()
+
+    async def _serve(self, conn: trio.socket.SocketType) -> bool:
+        token = b""
+        with trio.move_on_after(TOKEN_TIMEOUT), contextlib.suppress(OSError):
+            while len(token) < len(self._token):
+                chunk = await conn.recv(len(self._token) - len(token))
+                if not chunk:
+                    break
+                token += chunk
+        if not secrets.compare_digest(token, self._token):
+            log.warning("stdio_handover_refused", reason="bad or missing token", **self._log_fields)
+            return False
+        try:
+            await conn.sendmsg(
+                [b"\0"],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", self._child_ends))],
+            )
+        except OSError:
+            return False  # the helper went away; it exits 126 and says why
+        return True
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.host_path)
+
+    def _release_child_ends(self) -> None:
+        for fd in self._child_ends:
+            os.close(fd)
+        self._child_ends = []
+
+    def close(self) -> None:
+        """Close the socket and every pipe end we still hold (no checkpoint)."""
+        self._close_listener()
+        self._release_child_ends()
+        for stream in (self.stdin, self.stdout, self.stderr):
+            stream.close()
