@@ -71,11 +71,21 @@ class ChannelHandle:
         self.last_activity = trio.current_time()
 
     def take_data(self, max_bytes: int | None) -> bytes:
+        """Queued data, up to ``max_bytes``: whole packets joined, so a reader gets all
+        that arrived in one go (one wakeup per socket read, not one per 32 KiB packet)."""
         self.touch()
-        chunk = self._inbound.popleft()
+        inbound = self._inbound
+        chunk = inbound.popleft()
         if max_bytes is not None and len(chunk) > max_bytes:
-            self._inbound.appendleft(chunk[max_bytes:])
+            inbound.appendleft(chunk[max_bytes:])
             chunk = chunk[:max_bytes]
+        elif inbound:
+            parts, size = [chunk], len(chunk)
+            while inbound and (max_bytes is None or size + len(inbound[0]) <= max_bytes):
+                parts.append(inbound.popleft())
+                size += len(parts[-1])
+            if len(parts) > 1:
+                chunk = b"".join(parts)
         self.driver.acknowledge(self.id, len(chunk))
         return chunk
 

@@ -1,0 +1,44 @@
+"""ChannelHandle: how queued channel data is handed to the session's reader."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from trissh.channel import ChannelHandle
+from trissh.protocol.events import ChannelId
+
+
+class _Driver:
+    """Records window acknowledgements; the handle needs nothing else of a driver here."""
+
+    def __init__(self) -> None:
+        self.acknowledged: list[int] = []
+
+    def acknowledge(self, channel_id: ChannelId, size: int) -> None:
+        self.acknowledged.append(size)
+
+
+def _handle(*chunks: bytes) -> tuple[ChannelHandle, _Driver]:
+    driver = _Driver()
+    handle = ChannelHandle(cast("Any", driver), ChannelId(0))
+    for chunk in chunks:
+        handle.feed(chunk)
+    return handle, driver
+
+
+async def test_queued_packets_come_out_joined_up_to_max_bytes() -> None:
+    """One read takes every whole packet that fits (one wakeup per socket read, not one
+    per packet), never more than asked, and acknowledges exactly what it took."""
+    handle, driver = _handle(b"a" * 10, b"b" * 10, b"c" * 10)
+    assert handle.take_data(25) == b"a" * 10 + b"b" * 10
+    assert handle.take_data(None) == b"c" * 10
+    assert not handle.has_data
+    assert driver.acknowledged == [20, 10]
+
+
+async def test_a_packet_larger_than_max_bytes_is_split() -> None:
+    handle, driver = _handle(b"x" * 10, b"y" * 4)
+    assert handle.take_data(6) == b"x" * 6
+    assert handle.take_data(6) == b"x" * 4  # the rest of x; y would exceed 6
+    assert handle.take_data(None) == b"y" * 4
+    assert driver.acknowledged == [6, 4, 4]
