@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from trissh.backend import ExitStatus, ProcessSpec
+from trissh.backend import BackendError, ExitStatus, ProcessSpec
 from trissh.backend._direct_stdio import (
     CONTAINER_DIR,
     MAX_ATTEMPTS,
@@ -234,6 +234,11 @@ async def _check_container(h: PodmanHarness) -> str:
             big = ProcessSpec(argv=h.sh("head -c 20000000 /dev/zero"))
             async with sandbox.open_process(big) as process:
                 data, _, big_status = await run(process)
+            # Its directory gone (from under us): a clear error, not an OSError.
+            StdioRoot.remove_dir(host_dir)
+            with pytest.raises(BackendError, match="cannot set up the program's stdio"):
+                async with sandbox.open_process(ProcessSpec(argv=h.sh("true"))):
+                    pass
     assert status == ExitStatus(code=0), err
     lines = out.decode().split()
     assert [line.split(":")[0] for line in lines[:3]] == ["pipe"] * 3, lines

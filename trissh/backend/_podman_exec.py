@@ -114,7 +114,12 @@ async def open_exec(
     if helper:
         status_path = f"{HELPER_STATUS_DIR}/{secrets.token_hex(8)}"
         if stdio_dir is not None and spec.pty is None:
-            direct = DirectStdio(stdio_dir, container=container_id[:12], channel=spec.channel_id)
+            try:
+                direct = DirectStdio(
+                    stdio_dir, container=container_id[:12], channel=spec.channel_id
+                )
+            except OSError as exc:  # the directory went away, or the path is too long
+                raise BackendError(f"cannot set up the program's stdio: {exc}") from exc
         options = direct.helper_args() if direct is not None else []
         argv = [HELPER_PATH, "--status", status_path, *options, "--", *argv]
     body: dict[str, Any] = {
