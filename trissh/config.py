@@ -57,7 +57,8 @@ class PodmanSettings(_Model):
     #: throughput. Needs ``exec_helper``.
     direct_stdio: bool = True
     #: Where those per-container directories go; "" picks $RUNTIME_DIRECTORY, else
-    #: $XDG_RUNTIME_DIR, else the temp dir. The podman user must be able to reach it.
+    #: $XDG_RUNTIME_DIR (if others may pass through it), else the temp dir. The podman
+    #: user must be able to reach it.
     stdio_dir: str = ""
 
 

@@ -13,6 +13,7 @@ import os
 import socket
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from trissh.backend._direct_stdio import (
     TOKEN_BYTES,
     DirectStdio,
     StdioRoot,
+    _default_parent,
 )
 
 from .conformance import read_all, run
@@ -246,3 +248,20 @@ async def _check_container(h: PodmanHarness) -> str:
     assert (len(data), data.count(0), big_status) == (20_000_000, 20_000_000, ExitStatus(code=0))
     assert not _exists(host_dir), "the container's stdio directory outlived it"
     return os.path.dirname(host_dir)
+
+
+def test_default_parent_skips_runtime_dirs_others_cannot_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root login's XDG_RUNTIME_DIR (/run/user/0, mode 0700) would make every bind mount
+    fail for a podman user that is not root: such a directory is passed over."""
+    private, shared = tmp_path / "private", tmp_path / "shared"
+    private.mkdir(mode=0o700)
+    shared.mkdir(mode=0o755)
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(private))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(shared))
+    assert _default_parent() == str(shared)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "missing"))
+    assert _default_parent() == tempfile.gettempdir()
+    monkeypatch.setenv("RUNTIME_DIRECTORY", f"{shared}:{private}")  # systemd lists several
+    assert _default_parent() == str(shared)

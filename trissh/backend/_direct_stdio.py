@@ -33,6 +33,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Callable
 from typing import Final
@@ -117,11 +118,16 @@ class StdioRoot:
 
 
 def _default_parent() -> str:
-    """systemd's RuntimeDirectory, else the user's runtime directory, else the temp dir."""
+    """systemd's RuntimeDirectory, else the user's runtime directory, else the temp dir.
+
+    Only a directory others may pass through will do: the podman user is often not us, and
+    /run/user/UID (what a root login session sets XDG_RUNTIME_DIR to) is mode 0700.
+    """
     for name in ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
         value = os.environ.get(name, "").split(":")[0]
-        if value and os.path.isdir(value):
-            return value
+        with contextlib.suppress(OSError):
+            if value and stat.S_ISDIR(mode := os.stat(value).st_mode) and mode & stat.S_IXOTH:
+                return value
     return tempfile.gettempdir()
 
 
