@@ -120,6 +120,17 @@ async def test_exec_without_pty_gets_direct_pipes_and_a_pty_does_not(
     assert tty.stdout.startswith(b"/dev/pts/"), tty.stdout
 
 
+async def test_output_of_a_background_child_is_delivered_as_sshd_does(
+    podman_server: RunningServer, client_key: ClientKey
+) -> None:
+    """The shell exits first; its child still holds stdout. As with OpenSSH's sshd, the
+    channel stays open until stdout reaches EOF, so the late line is not lost."""
+    result = await run_ssh(
+        podman_server.port, client_key.path, "(sleep 1; echo late) & echo early; exit 3"
+    )
+    assert (result.stdout, result.returncode) == (b"early\nlate\n", 3), result.stderr
+
+
 async def test_sftp_put_get_ls_rename_rm_100_mb(
     podman_server: RunningServer, client_key: ClientKey, tmp_path: Path
 ) -> None:
