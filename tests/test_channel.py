@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from trissh.channel import ChannelHandle
+import pytest
+import trio
+import trio.testing
+
+from trissh.channel import ChannelHandle, ChannelStream
 from trissh.protocol.events import ChannelId
 
 
@@ -42,3 +46,27 @@ async def test_a_packet_larger_than_max_bytes_is_split() -> None:
     assert handle.take_data(6) == b"x" * 4  # the rest of x; y would exceed 6
     assert handle.take_data(None) == b"y" * 4
     assert driver.acknowledged == [6, 4, 4]
+
+
+class _FullWindowDriver(_Driver):
+    """A peer whose window is shut: a sender waits for space that never comes."""
+
+    space_changed = trio.Event()
+
+    def send_room(self, channel_id: ChannelId) -> int:
+        return 0
+
+    def flush_now(self) -> None:
+        pass
+
+
+async def test_a_second_concurrent_sender_is_refused() -> None:
+    """One sender per stream (as trio's own streams): a second is a bug, and says so."""
+    handle = ChannelHandle(cast("Any", _FullWindowDriver()), ChannelId(0))
+    stream = ChannelStream(handle)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.send_all, b"first")
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.BusyResourceError):
+            await stream.send_all(b"second")
+        nursery.cancel_scope.cancel()

@@ -104,12 +104,17 @@ class ChannelStream(trio.abc.HalfCloseableStream):
     def __init__(self, handle: ChannelHandle, *, stderr: bool = False) -> None:
         self._handle = handle
         self._stderr = stderr
-        self._send_conflict = trio.StrictFIFOLock()
+        self._sending = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """One sender at a time (a second one is a bug: BusyResourceError, as trio's own
+        streams do); one scheduling point per call, at the end, not also on entry."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this channel")
         handle = self._handle
         driver = handle.driver
-        async with self._send_conflict:
+        self._sending = True
+        try:
             view = memoryview(data).cast("B")
             await trio.lowlevel.checkpoint_if_cancelled()
             while view:
@@ -126,6 +131,8 @@ class ChannelStream(trio.abc.HalfCloseableStream):
                 handle.touch()
             driver.flush_now()
             await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         driver = self._handle.driver

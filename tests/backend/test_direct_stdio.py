@@ -26,6 +26,7 @@ from trissh.backend._direct_stdio import (
     MAX_ATTEMPTS,
     TOKEN_BYTES,
     DirectStdio,
+    PipeReader,
     StdioRoot,
     _default_parent,
 )
@@ -265,3 +266,35 @@ def test_default_parent_skips_runtime_dirs_others_cannot_pass(
     assert _default_parent() == tempfile.gettempdir()
     monkeypatch.setenv("RUNTIME_DIRECTORY", f"{shared}:{private}")  # systemd lists several
     assert _default_parent() == str(shared)
+
+
+async def test_pipe_reader_reads_what_is_there_without_a_scheduling_round() -> None:
+    """The download hot path: data already in the pipe comes back with no checkpoint;
+    an empty pipe waits; a closed reader says so (and never reads a reused fd number)."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    reader = PipeReader(trio.lowlevel.FdStream(read_end))
+    try:
+        os.write(write_end, b"ready")
+        others_ran = False
+
+        async def other_task() -> None:
+            nonlocal others_ran
+            others_ran = True
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_task)  # runs at our next scheduling point, not before
+            assert await reader.receive_some(100) == b"ready"
+            assert not others_ran, "receive_some yielded although data was there"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.receive_some, 100)
+            await trio.testing.wait_all_tasks_blocked()  # parked on the empty pipe
+            os.write(write_end, b"late")
+        os.close(write_end)
+        write_end = -1
+        assert await reader.receive_some(100) == b""
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        reader.close()
+    with pytest.raises(trio.ClosedResourceError):
+        await reader.receive_some(100)

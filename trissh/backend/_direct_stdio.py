@@ -41,7 +41,7 @@ from typing import Final
 import structlog
 import trio
 
-__all__ = ["CONTAINER_DIR", "DirectStdio", "StdioRoot"]
+__all__ = ["CONTAINER_DIR", "DirectStdio", "PipeReader", "StdioRoot"]
 
 log = structlog.get_logger("trissh.backend.podman")
 
@@ -161,8 +161,8 @@ class DirectStdio:
         #: The program's ends, until the helper has them.
         self._child_ends = [stdin_r, stdout_w, stderr_w]
         self.stdin = trio.lowlevel.FdStream(stdin_w)
-        self.stdout = trio.lowlevel.FdStream(stdout_r)
-        self.stderr = trio.lowlevel.FdStream(stderr_r)
+        self.stdout = PipeReader(trio.lowlevel.FdStream(stdout_r))
+        self.stderr = PipeReader(trio.lowlevel.FdStream(stderr_r))
         try:
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             self._listener = trio.socket.from_stdlib_socket(listener)
@@ -235,3 +235,35 @@ class DirectStdio:
         self._release_child_ends()
         for stream in (self.stdin, self.stdout, self.stderr):
             stream.close()
+
+
+class PipeReader(trio.abc.ReceiveStream):
+    """Our end of a program's output pipe.
+
+    ``FdStream.receive_some`` yields to the scheduler before it even tries to read; in a
+    download that is one more scheduling round per chunk on top of the one the channel's
+    ``send_all`` makes anyway. This reads first and waits (through the ``FdStream``) only
+    when the pipe is empty. A closed stream reports ``fileno() == -1``, so a descriptor
+    number the kernel has reused is never read.
+    """
+
+    def __init__(self, stream: trio.lowlevel.FdStream) -> None:
+        self._stream = stream
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        fd = self._stream.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("pipe already closed")
+        try:
+            return os.read(fd, max_bytes or 65536)
+        except BlockingIOError:
+            return await self._stream.receive_some(max_bytes)
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+
+    def close(self) -> None:
+        self._stream.close()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
