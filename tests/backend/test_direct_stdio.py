@@ -27,6 +27,7 @@ from trissh.backend._direct_stdio import (
     TOKEN_BYTES,
     DirectStdio,
     PipeReader,
+    PipeWriter,
     StdioRoot,
     _default_parent,
 )
@@ -298,3 +299,34 @@ async def test_pipe_reader_reads_what_is_there_without_a_scheduling_round() -> N
         reader.close()
     with pytest.raises(trio.ClosedResourceError):
         await reader.receive_some(100)
+
+
+async def test_pipe_writer_writes_everything_in_order_and_reports_a_gone_reader() -> None:
+    """More than the pipe holds: what it does not take at once is waited for, in order;
+    a program that closed its stdin makes the next send BrokenResourceError."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    writer = PipeWriter(trio.lowlevel.FdStream(write_end))
+    reader = PipeReader(trio.lowlevel.FdStream(read_end))
+    data = bytes(range(256)) * 8192  # 2 MiB, far above any pipe buffer
+    received = bytearray()
+
+    async def drain() -> None:
+        while chunk := await reader.receive_some(65536):
+            received.extend(chunk)
+
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain)
+                await writer.send_all(data)
+                await writer.aclose()
+        assert bytes(received) == data
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        os.close(read_end)
+        gone = PipeWriter(trio.lowlevel.FdStream(write_end))
+        with pytest.raises(trio.BrokenResourceError):
+            await gone.send_all(b"x")
+        gone.close()
+    finally:
+        writer.close()
+        reader.close()

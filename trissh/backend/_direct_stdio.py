@@ -41,7 +41,7 @@ from typing import Final
 import structlog
 import trio
 
-__all__ = ["CONTAINER_DIR", "DirectStdio", "PipeReader", "StdioRoot"]
+__all__ = ["CONTAINER_DIR", "DirectStdio", "PipeReader", "PipeWriter", "StdioRoot"]
 
 log = structlog.get_logger("trissh.backend.podman")
 
@@ -52,8 +52,10 @@ HANDOVER_TIMEOUT: Final = 30.0
 TOKEN_TIMEOUT: Final = 5.0
 MAX_ATTEMPTS: Final = 8
 TOKEN_BYTES: Final = 16
-#: Pipe buffer asked for stdout (bulk output); best effort, the kernel may refuse.
-STDOUT_PIPE_SIZE: Final = 1024 * 1024
+#: Pipe buffer asked for stdin and stdout (bulk data, fewer wakeups per MB); best effort:
+#: above /proc/sys/fs/pipe-max-size, or past an unprivileged user's pipe quota, the kernel
+#: refuses and the pipe keeps its 64 KiB.
+BULK_PIPE_SIZE: Final = 256 * 1024
 _F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
@@ -156,11 +158,12 @@ class DirectStdio:
                 os.close(fd)
             raise
         stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w = made
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(stdout_w, _F_SETPIPE_SZ, STDOUT_PIPE_SIZE)
+        for bulk in (stdin_w, stdout_w):
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(bulk, _F_SETPIPE_SZ, BULK_PIPE_SIZE)
         #: The program's ends, until the helper has them.
         self._child_ends = [stdin_r, stdout_w, stderr_w]
-        self.stdin = trio.lowlevel.FdStream(stdin_w)
+        self.stdin = PipeWriter(trio.lowlevel.FdStream(stdin_w))
         self.stdout = PipeReader(trio.lowlevel.FdStream(stdout_r))
         self.stderr = PipeReader(trio.lowlevel.FdStream(stderr_r))
         try:
@@ -261,6 +264,38 @@ class PipeReader(trio.abc.ReceiveStream):
             return await self._stream.receive_some(max_bytes)
         except OSError as exc:
             raise trio.BrokenResourceError(str(exc)) from exc
+
+    def close(self) -> None:
+        self._stream.close()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class PipeWriter(trio.abc.SendStream):
+    """Our end of a program's stdin pipe: writes first, waits (through the ``FdStream``)
+    only for what the pipe did not take; the upload twin of :class:`PipeReader`."""
+
+    def __init__(self, stream: trio.lowlevel.FdStream) -> None:
+        self._stream = stream
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        fd = self._stream.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("pipe already closed")
+        with memoryview(data) as view:
+            try:
+                sent = os.write(fd, view) if view else 0
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:  # EPIPE: the program closed its stdin
+                raise trio.BrokenResourceError(str(exc)) from exc
+            if sent < len(view):
+                await self._stream.send_all(view[sent:])
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
 
     def close(self) -> None:
         self._stream.close()
