@@ -10,6 +10,7 @@ gone with its container.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -330,3 +331,19 @@ async def test_pipe_writer_writes_everything_in_order_and_reports_a_gone_reader(
     finally:
         writer.close()
         reader.close()
+
+
+def test_passable_by_others_looks_at_every_directory_on_the_path() -> None:
+    """What ``trissh doctor`` warns about: a 0700 directory anywhere above the stdio root.
+    (Not under pytest's tmp_path, whose pytest-of-USER parent is itself 0700.)"""
+    outer = Path(tempfile.mkdtemp())  # in the 1777 temp dir
+    try:
+        inner = outer / "inner"
+        inner.mkdir()
+        outer.chmod(0o711)
+        root = StdioRoot(str(inner), owner="me", alive=lambda owner: True)
+        assert root.passable_by_others()
+        outer.chmod(0o700)
+        assert not root.passable_by_others()
+    finally:
+        shutil.rmtree(outer)

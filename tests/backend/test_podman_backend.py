@@ -221,10 +221,13 @@ async def test_user_and_workdir_settings(podman_harness: PodmanHarness) -> None:
 @pytest.mark.podman
 async def test_health_lists_every_check(podman_harness: PodmanHarness) -> None:
     checks = await podman_harness.backend.health(podman_harness.settings.image)
-    assert [c.name for c in checks] == ["service", "runtime", "cgroups", "storage", "image"]
+    assert [c.name for c in checks] == [
+        "service", "runtime", "cgroups", "storage", "stdio", "image"
+    ]  # fmt: skip
     assert all(c.ok or c.fix for c in checks)
     by_name = {c.name: c for c in checks}
     assert by_name["service"].detail.startswith("podman ")
+    assert by_name["stdio"].detail.startswith("podman's exec stream (direct_stdio = false)")
     # Limits the host cannot enforce are reported, not failed (DESIGN: "where allowed").
     cgroups = by_name["cgroups"]
     assert cgroups.ok

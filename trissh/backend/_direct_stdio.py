@@ -76,6 +76,24 @@ class StdioRoot:
         self._alive = alive
         self._path: str | None = None
 
+    @property
+    def parent(self) -> str:
+        return self._parent
+
+    def passable_by_others(self) -> bool:
+        """Whether a user other than us (the podman user) can reach the parent: every
+        directory on its path searchable by others."""
+        path = os.path.realpath(self._parent)
+        while True:
+            try:
+                if not os.stat(path).st_mode & stat.S_IXOTH:
+                    return False
+            except OSError:
+                return False
+            if path == os.path.dirname(path):
+                return True
+            path = os.path.dirname(path)
+
     def make_dir(self) -> str:
         """A new, empty directory for one container; its host path."""
         if self._path is None:

@@ -148,6 +148,7 @@ class PodmanBackend:
                 self.exec_helper = exec_helper
             else:
                 log.warning("exec_helper_missing", path=exec_helper)
+        self._direct_stdio_wanted = direct_stdio
         self._stdio_root = (
             StdioRoot(stdio_dir, owner=self._owner, alive=owner_alive)
             if direct_stdio and self.exec_helper is not None
@@ -349,6 +350,7 @@ class PodmanBackend:
                 detail=f"podman {version.get('Version', '?')} at {self._api.path}",
             ),
             *_host_checks(info),
+            self._stdio_check(),
         ]
         try:
             present = await self._api.request(
@@ -369,6 +371,31 @@ class PodmanBackend:
             )
         )
         return checks
+
+    def _stdio_check(self) -> HealthCheck:
+        """How programs' stdio travel, and whether the podman user can reach its directory."""
+        root, wanted = self._stdio_root, self._direct_stdio_wanted
+        if root is None:
+            why = "exec helper missing" if wanted else "direct_stdio = false"
+            return HealthCheck(
+                name="stdio",
+                ok=True,
+                warning=wanted,
+                detail=f"podman's exec stream ({why}): bulk output ~2x slower",
+                fix="build the helper with scripts/setup-host.sh" if wanted else "",
+            )
+        if root.passable_by_others():
+            return HealthCheck(
+                name="stdio", ok=True, detail=f"pipes handed into containers via {root.parent}"
+            )
+        return HealthCheck(
+            name="stdio",
+            ok=True,
+            warning=True,
+            detail=f"pipes handed into containers via {root.parent}, which other users cannot"
+            " reach: fine only if podman runs as trissh's user",
+            fix="set [podman] stdio_dir to a directory every user may pass through (o+x)",
+        )
 
     async def _create_kwargs(
         self, spec: SandboxSpec, name: str, stdio_dir: str | None
