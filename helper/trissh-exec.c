@@ -20,6 +20,9 @@
  * pipe ends by SCM_RIGHTS and gives them to PROGRAM as fds 0, 1 and 2. The helper's own
  * stdio stays podman's, so its error messages still reach the user, and its exit still
  * ends the exec. Every wait is bounded (HANDOVER_TIMEOUT); no handover, no PROGRAM.
+ * The connection stays open (close-on-exec, PROGRAM never has it) and, when PROGRAM has
+ * ended, carries one line back: "exit N" or "signal N core C". trissh learns the status
+ * the moment it is known instead of polling podman, which records it tens of ms later.
  *
  * Signals sent to the helper by another process (trissh's "signal" requests) are passed
  * on to PROGRAM; signals the terminal generates reach PROGRAM's process group directly,
@@ -85,7 +88,8 @@ static void write_status(const char *path, int sig, int core) {
     close(fd);
 }
 
-/* Connect to trissh's socket, prove who we are, receive PROGRAM's three stdio ends. */
+/* Connect to trissh's socket, prove who we are, receive PROGRAM's three stdio ends.
+ * Returns the connection (kept for the status line), or -1 with errno set. */
 static int receive_stdio(const char *path, const char *token, int fds[3]) {
     struct sockaddr_un addr;
     memset(&addr, 0, sizeof addr);
@@ -122,7 +126,6 @@ static int receive_stdio(const char *path, const char *token, int fds[3]) {
     do n = recvmsg(sock, &message, MSG_CMSG_CLOEXEC);
     while (n < 0 && errno == EINTR);
     int saved = errno;
-    close(sock);
     struct cmsghdr *header = n == 1 ? CMSG_FIRSTHDR(&message) : NULL;
     if (header == NULL || header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS ||
         header->cmsg_len != CMSG_LEN(3 * sizeof(int)) || (message.msg_flags & MSG_CTRUNC)) {
@@ -131,6 +134,7 @@ static int receive_stdio(const char *path, const char *token, int fds[3]) {
             for (size_t i = 0; i < (header->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++)
                 close(got[i]);
         }
+        close(sock);
         errno = n < 0 ? saved : EPROTO;
         return -1;
     }
@@ -138,11 +142,23 @@ static int receive_stdio(const char *path, const char *token, int fds[3]) {
     for (int i = 0; i < 3; i++) {
         if (fds[i] <= 2) { /* 0..2 are podman's stream: a new fd there means they were closed */
             for (int j = 0; j < 3; j++) close(fds[j]);
+            close(sock);
             errno = EBADF;
             return -1;
         }
     }
-    return 0;
+    return sock;
+}
+
+/* Tell trissh how PROGRAM ended; if it is gone, podman's record still says. */
+static void report_status(int sock, int status) {
+    char line[64];
+    int length = WIFSIGNALED(status)
+        ? snprintf(line, sizeof line, "signal %d core %d\n", WTERMSIG(status),
+                   WCOREDUMP(status) ? 1 : 0)
+        : snprintf(line, sizeof line, "exit %d\n", WEXITSTATUS(status));
+    if (send(sock, line, (size_t)length, MSG_NOSIGNAL) != length) { /* trissh went away */ }
+    close(sock);
 }
 
 int main(int argc, char **argv) {
@@ -160,7 +176,9 @@ int main(int argc, char **argv) {
     char **program = &argv[next + 1];
 
     int stdio[3] = {-1, -1, -1};
-    if (stdio_path != NULL && receive_stdio(stdio_path, stdio_token, stdio) < 0) {
+    int status_sock = -1;
+    if (stdio_path != NULL &&
+        (status_sock = receive_stdio(stdio_path, stdio_token, stdio)) < 0) {
         dprintf(2, "trissh-exec: no stdio from trissh (%s): %s\n", stdio_path, strerror(errno));
         return 126;
     }
@@ -211,6 +229,7 @@ int main(int argc, char **argv) {
             return 126;
         }
     }
+    if (status_sock >= 0) report_status(status_sock, status);
     if (WIFSIGNALED(status)) {
         write_status(status_path, WTERMSIG(status), WCOREDUMP(status) ? 1 : 0);
         return 128 + WTERMSIG(status);

@@ -31,6 +31,7 @@ from trissh.backend._direct_stdio import (
     PipeWriter,
     StdioRoot,
     _default_parent,
+    parse_status_line,
 )
 
 from .conformance import read_all, run
@@ -59,11 +60,17 @@ async def _hand_over(direct: DirectStdio, into: list[bool]) -> None:
 
 async def _run_helper(
     direct: DirectStdio, args: list[str], program: list[str], stdin: bytes, status: Path
-) -> tuple[subprocess.CompletedProcess[bytes], bytes, bytes]:
-    """The helper on the host; its process and what the program wrote to the pipes."""
+) -> tuple[subprocess.CompletedProcess[bytes], bytes, bytes, ExitStatus | None]:
+    """The helper on the host; its process, what the program wrote to the pipes, and the
+    exit status the helper reported on the handover connection."""
     helper = exec_helper()
     out: dict[str, bytes] = {}
     handed: list[bool] = []
+    reported: list[ExitStatus | None] = []
+
+    async def hand_over_and_listen() -> None:
+        await _hand_over(direct, handed)
+        reported.append(await direct.exit_status())
 
     async def collect(key: str, stream: trio.abc.ReceiveStream) -> None:
         out[key] = await read_all(stream)
@@ -73,7 +80,7 @@ async def _run_helper(
         await direct.stdin.aclose()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_hand_over, direct, handed)
+        nursery.start_soon(hand_over_and_listen)
         nursery.start_soon(collect, "out", direct.stdout)
         nursery.start_soon(collect, "err", direct.stderr)
         nursery.start_soon(feed)
@@ -85,7 +92,7 @@ async def _run_helper(
             check=False,
         )
     assert handed == [True]
-    return process, out["out"], out["err"]
+    return process, out["out"], out["err"], reported[0]
 
 
 async def test_program_gets_the_pipes_and_the_helper_keeps_its_own_stdio(tmp_path: Path) -> None:
@@ -93,7 +100,7 @@ async def test_program_gets_the_pipes_and_the_helper_keeps_its_own_stdio(tmp_pat
     direct = DirectStdio(str(tmp_path))
     try:
         with trio.fail_after(20):
-            process, out, err = await _run_helper(
+            process, out, err, reported = await _run_helper(
                 direct,
                 _host_args(direct),
                 ["sh", "-c", "cat; echo to-err >&2; readlink /proc/self/fd/1; exit 7"],
@@ -103,11 +110,44 @@ async def test_program_gets_the_pipes_and_the_helper_keeps_its_own_stdio(tmp_pat
     finally:
         direct.close()
     assert process.returncode == 7
+    assert reported == ExitStatus(code=7)
     assert (process.stdout, process.stderr) == (b"", b"")  # nothing through the helper's own
     assert out.startswith(b"from stdin\npipe:[")
     assert err == b"to-err\n"
     assert not _exists(direct.host_path), "the socket outlived its handover"
     assert _open_fds() == before
+
+
+async def test_helper_reports_a_death_by_signal_on_the_connection(tmp_path: Path) -> None:
+    direct = DirectStdio(str(tmp_path))
+    try:
+        with trio.fail_after(20):
+            process, _, _, reported = await _run_helper(
+                direct, _host_args(direct), ["sh", "-c", "kill -TERM $$"], b"", tmp_path / "st"
+            )
+    finally:
+        direct.close()
+    assert process.returncode == 128 + 15
+    assert reported == ExitStatus(signal="TERM")
+
+
+@pytest.mark.parametrize(
+    ("line", "status"),
+    [
+        (b"exit 0\n", ExitStatus(code=0)),
+        (b"exit 255\n", ExitStatus(code=255)),
+        (b"signal 9 core 0\n", ExitStatus(signal="KILL")),
+        (b"signal 11 core 1\n", ExitStatus(signal="SEGV", core_dumped=True)),
+        (b"", None),  # the helper died without a word: podman's record decides
+        (b"exit 256\n", None),
+        (b"exit -1\n", None),
+        (b"signal 999 core 0\n", None),
+        (b"signal 9 core 2\n", None),
+        (b"bogus\n", None),
+    ],
+)
+def test_status_lines_are_parsed_strictly(line: bytes, status: ExitStatus | None) -> None:
+    assert parse_status_line(line) == status
 
 
 async def test_helper_without_trissh_says_why_and_runs_nothing(tmp_path: Path) -> None:
@@ -234,6 +274,8 @@ async def _check_container(h: PodmanHarness) -> str:
             host_dir = h.podman._stdio_dirs[sandbox.container_id]
             async with sandbox.open_process(ProcessSpec(argv=h.sh(script))) as process:
                 out, err, status = await run(process)
+                # The status came from the helper, not from polling podman's exec record.
+                assert process._helper_status == status  # type: ignore[attr-defined]
             assert _exists(host_dir)
             # Bulk output arrives whole through the pipe.
             big = ProcessSpec(argv=h.sh("head -c 20000000 /dev/zero"))

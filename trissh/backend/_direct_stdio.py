@@ -15,7 +15,9 @@ into the container:
 * the helper connects, sends the 128-bit TOKEN, and receives the three pipe ends by
   ``SCM_RIGHTS`` (:meth:`DirectStdio.hand_over`), which it makes the program's fds 0, 1, 2;
 * trissh then closes its copies of those ends, so the program's exit (and its children's)
-  is EOF on stdout and stderr, and closing our stdin end is EOF on the program's stdin.
+  is EOF on stdout and stderr, and closing our stdin end is EOF on the program's stdin;
+* the connection stays open, and the helper writes one line on it when the program ends
+  (:meth:`DirectStdio.exit_status`): the exit status without waiting for podman's record.
 
 The socket is reachable from inside the container, so the handover is bounded before it
 trusts anything: at most :data:`MAX_ATTEMPTS` connections, :data:`TOKEN_TIMEOUT` each to
@@ -41,6 +43,9 @@ from typing import Final
 import structlog
 import trio
 
+from trissh.backend._common import signal_name
+from trissh.backend.base import ExitStatus
+
 __all__ = ["CONTAINER_DIR", "DirectStdio", "PipeReader", "PipeWriter", "StdioRoot"]
 
 log = structlog.get_logger("trissh.backend.podman")
@@ -52,6 +57,8 @@ HANDOVER_TIMEOUT: Final = 30.0
 TOKEN_TIMEOUT: Final = 5.0
 MAX_ATTEMPTS: Final = 8
 TOKEN_BYTES: Final = 16
+#: The helper's exit line is ~20 bytes; more is not a status.
+STATUS_LINE_LIMIT: Final = 64
 #: Pipe buffer asked for stdin and stdout (bulk data, fewer wakeups per MB); best effort:
 #: above /proc/sys/fs/pipe-max-size, or past an unprivileged user's pipe quota, the kernel
 #: refuses and the pipe keeps its 64 KiB.
@@ -167,6 +174,7 @@ class DirectStdio:
         self.container_path = f"{CONTAINER_DIR}/{name}"
         self._token = secrets.token_hex(TOKEN_BYTES).encode()
         self._listener: trio.socket.SocketType | None = None
+        self._status_conn: trio.socket.SocketType | None = None
         made: list[int] = []
         try:
             for _ in range(3):
@@ -210,13 +218,34 @@ class DirectStdio:
                 for _ in range(MAX_ATTEMPTS):
                     assert self._listener is not None
                     conn, _ = await self._listener.accept()
-                    with conn:
-                        if await self._serve(conn):
-                            return True
+                    if await self._serve(conn):
+                        self._status_conn = conn  # the helper reports the exit here
+                        return True
+                    conn.close()
             return False
         finally:
             self._close_listener()
             self._release_child_ends()
+
+    async def exit_status(self) -> ExitStatus | None:
+        """How the program ended, as the helper reports it on the handover connection the
+        moment it knows; ``None`` if the helper went away without saying (killed), or said
+        something that is not a status line (then podman's record is the answer).
+
+        Waits as long as the program runs: call it from a task that teardown cancels.
+        """
+        conn = self._status_conn
+        if conn is None:
+            await trio.lowlevel.checkpoint()
+            return None
+        line = b""
+        with contextlib.suppress(OSError):
+            while b"\n" not in line and len(line) < STATUS_LINE_LIMIT:
+                chunk = await conn.recv(STATUS_LINE_LIMIT - len(line))
+                if not chunk:
+                    break
+                line += chunk
+        return parse_status_line(line)
 
     async def _serve(self, conn: trio.socket.SocketType) -> bool:
         token = b""
@@ -251,11 +280,27 @@ class DirectStdio:
         self._child_ends = []
 
     def close(self) -> None:
-        """Close the socket and every pipe end we still hold (no checkpoint)."""
+        """Close the sockets and every pipe end we still hold (no checkpoint)."""
         self._close_listener()
         self._release_child_ends()
+        if self._status_conn is not None:
+            self._status_conn.close()
         for stream in (self.stdin, self.stdout, self.stderr):
             stream.close()
+
+
+def parse_status_line(line: bytes) -> ExitStatus | None:
+    """``exit N`` or ``signal N core C`` (one line, as ``trissh-exec`` writes it)."""
+    match line.split():
+        case [b"exit", code] if code.isdigit() and int(code) <= 255:
+            return ExitStatus(code=int(code))
+        case [b"signal", number, b"core", core] if number.isdigit() and core in (b"0", b"1"):
+            try:
+                return ExitStatus(signal=signal_name(int(number)), core_dumped=core == b"1")
+            except ValueError:
+                return None
+        case _:
+            return None
 
 
 class PipeReader(trio.abc.ReceiveStream):

@@ -25,7 +25,10 @@ Closing stdin does **not** half-close the socket: on podman 4.3.1 that takes the
 service down, and sshd does not deliver EOF to a pty either (it closes its dup of the
 master fd). A program on a pty sees EOF when the client types ^D, as in a real terminal.
 
-*Exit status.* The socket's EOF means the exec has ended; ``GET /exec/{id}/json`` then
+*Exit status.* With direct stdio the helper reports it on the handover connection the
+moment the program ends (``exit N`` / ``signal N core C``); that is the answer, ~40 ms
+before podman's record has it. Otherwise (or if the helper died without a word): the
+socket's EOF means the exec has ended; ``GET /exec/{id}/json`` then
 gives ``ExitCode`` (polled briefly while it still says ``Running``). If nobody reads stdout
 (so EOF is never seen), ``wait`` also polls the exec state with backoff. Podman reports a
 program killed by signal N as exit code 128+N; when that N is a signal *we* delivered, the
@@ -216,6 +219,9 @@ class PodmanProcess:
         self._pipes: list[PipeSendStream] = []
         #: Whether the helper took the direct stdio pipes (None: not yet, or not direct).
         self.handed_over: bool | None = None
+        #: Direct stdio: the exit status the helper reported (set before ``_helper_done``).
+        self._helper_status: ExitStatus | None = None
+        self._helper_done = trio.Event()
         #: The output stream reached EOF: the exec has ended.
         self._eof = trio.Event()
         self._status: ExitStatus | None = None
@@ -290,6 +296,12 @@ class PodmanProcess:
         if self._status is not None:
             await trio.lowlevel.checkpoint()
             return self._status
+        if self._direct is not None:
+            # The helper says how the program ended as soon as it knows (podman's record
+            # lags by tens of ms); without its word, podman's record decides below.
+            await self._helper_done.wait()
+            if self._helper_status is not None:
+                return self._settle(self._helper_status)
         interval = 0.25
         while not self._eof.is_set():
             with trio.move_on_after(interval):
@@ -322,15 +334,19 @@ class PodmanProcess:
                 self._status = ExitStatus()
                 return self._status
             code = int(info.get("ExitCode") or 0)
-            self._status = await self._classify(code)
-            log.debug(
-                "process_exited",
-                container=self._container_id[:12],
-                channel=self._spec.channel_id,
-                code=self._status.code,
-                signal=self._status.signal,
-            )
+            return self._settle(await self._classify(code))
         return self._status
+
+    def _settle(self, status: ExitStatus) -> ExitStatus:
+        self._status = status
+        log.debug(
+            "process_exited",
+            container=self._container_id[:12],
+            channel=self._spec.channel_id,
+            code=status.code,
+            signal=status.signal,
+        )
+        return status
 
     async def _classify(self, code: int) -> ExitStatus:
         """An exit code, or the signal behind an ambiguous 128+N."""
@@ -401,25 +417,31 @@ class PodmanProcess:
         nursery.start_soon(self._hand_over, direct)
 
     async def _hand_over(self, direct: DirectStdio) -> None:
-        """Give the helper its pipes; give up if the exec ends first. Never raises."""
-        handed = False
-        async with trio.open_nursery() as race:
+        """Give the helper its pipes (giving up if the exec ends first), then wait for the
+        exit status it reports. Never raises; ``_helper_done`` is set however it ends."""
+        try:
+            handed = False
+            async with trio.open_nursery() as race:
 
-            async def give_up_at_exec_end() -> None:
-                await self._eof.wait()
+                async def give_up_at_exec_end() -> None:
+                    await self._eof.wait()
+                    race.cancel_scope.cancel()
+
+                race.start_soon(give_up_at_exec_end)
+                handed = await direct.hand_over()
                 race.cancel_scope.cancel()
-
-            race.start_soon(give_up_at_exec_end)
-            handed = await direct.hand_over()
-            race.cancel_scope.cancel()
-        self.handed_over = handed
-        if not handed:
-            log.warning(
-                "stdio_handover_failed",
-                container=self._container_id[:12],
-                channel=self._spec.channel_id,
-                exec_ended=self._eof.is_set(),
-            )
+            self.handed_over = handed
+            if not handed:
+                log.warning(
+                    "stdio_handover_failed",
+                    container=self._container_id[:12],
+                    channel=self._spec.channel_id,
+                    exec_ended=self._eof.is_set(),
+                )
+                return
+            self._helper_status = await direct.exit_status()
+        finally:
+            self._helper_done.set()
 
     async def _copy_stderr(self, source: trio.abc.ReceiveStream, sink: _MergedSink) -> None:
         """The program's stderr pipe into the merged stderr. Never raises."""
@@ -482,7 +504,8 @@ class PodmanProcess:
             if isinstance(reader, PipeReceiveStream):
                 reader.close()
         try:
-            if self._start_sent and self._status is None and not self._eof.is_set():
+            ended = self._status is not None or self._helper_status is not None
+            if self._start_sent and not ended and not self._eof.is_set():
                 await self.send_signal("KILL")
                 with trio.move_on_after(_DRAIN_AFTER_KILL):
                     await self._wait_stream_end()
