@@ -400,6 +400,28 @@ async def test_session_mode_gives_each_session_its_own_container(
             await peer.stream.aclose()
 
 
+async def test_session_mode_exit_status_does_not_wait_for_container_removal(
+    memory_backend: MemoryBackend, tmp_path: Path
+) -> None:
+    """The client gets exit status, EOF and CLOSE as soon as the program ended; removing
+    the session's own container (slow with podman) happens after, still owned."""
+    ctx = limited_ctx(memory_backend, tmp_path, execution_mode="session")
+    memory_backend.hold_removal = trio.Event()
+    with trio.fail_after(10):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session(0)
+            await peer.exec(channel, "echo done; exit 3")
+            events = await peer.until_close(channel)
+            assert output_of(events) == b"done\n"
+            assert exit_status_of(events) == 3
+            assert memory_backend.live_sandboxes == 1  # its removal is still under way
+            memory_backend.hold_removal.set()
+            while memory_backend.live_sandboxes:
+                await trio.sleep(0.01)
+            await peer.stream.aclose()
+
+
 async def test_keys_are_renewed_every_rekey_interval(
     ctx: ServerContext, autojump_clock: trio.testing.MockClock
 ) -> None:

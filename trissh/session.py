@@ -6,7 +6,9 @@ The task owns the process for the channel's life. It answers the session request
 the process runs; if it cannot run, the user gets a one-line reason on stderr and exit
 status 255. It pumps stdio both ways with flow control, forwards resizes
 and signals, and ends the channel the way sshd does: after the last output,
-``exit-status`` (or ``exit-signal``), then EOF, then CLOSE.
+``exit-status`` (or ``exit-signal``), then EOF, then CLOSE — sent as soon as the status
+is known, before the process context (and a ``session``-mode container) is torn down,
+so the client never waits for podman's clean-up; the task still owns that teardown.
 
 Nursery tree::
 
@@ -106,25 +108,36 @@ async def run_session(
     """
     code: int | None = None
     signal: str | None = None
+    finished = False
+
+    def finish(status: ExitStatus | None) -> None:
+        """Exit status, EOF, CLOSE: once, as soon as the outcome is known."""
+        nonlocal finished, code, signal
+        if status is not None:
+            code, signal = status.code, status.signal
+        if not finished:
+            finished = True
+            driver.finish_channel(handle, code=code, signal=signal)
+
     tracked = driver.ctx.metrics.session_started(request.kind.value)
     with structlog.contextvars.bound_contextvars(channel=int(handle.id)):
         tap = _Tap(_open_recording(driver, handle, request))
         try:
             with handle.cancel_scope:
-                status = await _run(driver, handle, request, tap)
-                code, signal = status.code, status.signal
+                await _run(driver, handle, request, tap, finish)
         except* (BackendError, SessionRefused) as group:
             # OpenSSH drops a channel's pending stderr when the request is refused, so the
             # request is granted and the reason printed, with ssh's own "did not run" code.
             exc = _first(group)
             log.warning("session_failed", kind=request.kind.value, error=str(exc))
-            driver.reply_session_request(handle.id, True)
-            await tell_user(handle, f"trissh: {exc}\r\n" if request.pty else f"trissh: {exc}\n")
-            code = SESSION_FAILED_EXIT_CODE
+            if not finished:
+                driver.reply_session_request(handle.id, True)
+                await tell_user(handle, f"trissh: {exc}\r\n" if request.pty else f"trissh: {exc}\n")
+                code = SESSION_FAILED_EXIT_CODE
         except* Exception:
             log.exception("session_crashed")
         finally:
-            driver.finish_channel(handle, code=code, signal=signal)
+            finish(None)
             tracked.ended()
             tap.close(code, signal)
 
@@ -145,15 +158,22 @@ async def tell_user(handle: ChannelHandle, message: str) -> None:
 
 
 async def _run(
-    driver: ConnectionDriver, handle: ChannelHandle, request: SessionRequested, tap: _Tap
-) -> ExitStatus:
+    driver: ConnectionDriver,
+    handle: ChannelHandle,
+    request: SessionRequested,
+    tap: _Tap,
+    finish: Callable[[ExitStatus], None],
+) -> None:
+    """Serve the session, then ``finish`` it *before* the process (and, in ``session``
+    mode, the container) is torn down: ``ssh host cmd`` does not wait for podman to
+    remove a container. The teardown still runs here, owned by this task."""
     spec = build_process_spec(driver, request)
     started = time.monotonic()
     async with contextlib.AsyncExitStack() as owned:
         sandbox = await _sandbox_for(driver, owned)
         structlog.contextvars.bind_contextvars(container=sandbox.container_id[:12])
         process = await owned.enter_async_context(sandbox.open_process(spec))
-        return await _serve(driver, handle, request, process, started, tap)
+        finish(await _serve(driver, handle, request, process, started, tap))
 
 
 async def _sandbox_for(driver: ConnectionDriver, owned: contextlib.AsyncExitStack) -> Sandbox:

@@ -24,7 +24,7 @@ EOF (as with sshd, and podman, whose service a tty half-close takes down); input
 echoed.
 
 Test hooks: ``fail_next_sandbox``, ``stall_sandbox_start``, ``stall_process_start``,
-``unavailable``, ``images``, ``add_orphan()``; counters ``live_sandboxes`` and
+``hold_removal``, ``unavailable``, ``images``, ``add_orphan()``; counters ``live_sandboxes`` and
 ``live_processes`` must return to 0 after every test.
 """
 
@@ -105,6 +105,9 @@ class MemoryBackend:
         self.stall_sandbox_start = False
         #: ``open_process`` blocks forever before the program starts.
         self.stall_process_start = False
+        #: When set, removing a sandbox first waits (bounded) until this event is set: a
+        #: slow container removal, for tests of what must not wait for one.
+        self.hold_removal: trio.Event | None = None
         #: Behave as if the container service cannot be reached.
         self.unavailable = False
         #: Labels of every existing container, by id (includes orphans).
@@ -154,6 +157,9 @@ class MemoryBackend:
             )
             yield sandbox
         finally:
+            if self.hold_removal is not None:
+                with trio.move_on_after(_CLEANUP_BOUND, shield=True):
+                    await self.hold_removal.wait()
             with trio.move_on_after(_CLEANUP_BOUND, shield=True):
                 removed = time.monotonic()
                 sandbox.closed = True
