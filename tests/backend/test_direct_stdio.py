@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from structlog.testing import capture_logs
 
 from trissh.backend import BackendError, ExitStatus, ProcessSpec
 from trissh.backend._direct_stdio import (
@@ -389,3 +390,30 @@ def test_passable_by_others_looks_at_every_directory_on_the_path() -> None:
         assert not root.passable_by_others()
     finally:
         shutil.rmtree(outer)
+
+
+@pytest.mark.podman
+async def test_a_stdio_dir_podman_cannot_reach_falls_back_to_the_stream(
+    podman_available: str,
+) -> None:
+    """A default that does not fit the host (here: a 0700 directory the podman user cannot
+    enter) must not fail logins: one warning, then podman's stream for new containers."""
+    unreachable = Path(tempfile.mkdtemp())  # 0700, ours
+    try:
+        async with open_podman_harness(direct_stdio=True) as h:
+            h.podman._stdio_root = StdioRoot(  # as if [podman] stdio_dir pointed there
+                str(unreachable), owner=h.podman._owner, alive=lambda owner: True
+            )
+            with trio.fail_after(60), capture_logs() as logs:
+                for _ in range(2):
+                    async with h.backend.open_sandbox(h.sandbox_spec()) as sandbox:
+                        spec = ProcessSpec(argv=h.sh("echo works"))
+                        async with sandbox.open_process(spec) as process:
+                            out, _, status = await run(process)
+                        assert (out, status) == (b"works\n", ExitStatus(code=0))
+                        assert process.handed_over is None  # type: ignore[attr-defined]
+        warnings = [e for e in logs if e["event"] == "direct_stdio_unavailable"]
+        assert len(warnings) == 1, logs
+        assert "permission denied" in warnings[0]["error"]
+    finally:
+        shutil.rmtree(unreachable)

@@ -87,6 +87,11 @@ class StdioRoot:
     def parent(self) -> str:
         return self._parent
 
+    @property
+    def path(self) -> str | None:
+        """The root itself, once the first directory was made."""
+        return self._path
+
     def passable_by_others(self) -> bool:
         """Whether a user other than us (the podman user) can reach the parent: every
         directory on its path searchable by others."""

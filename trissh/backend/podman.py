@@ -156,6 +156,8 @@ class PodmanBackend:
         )
         #: Host stdio directory of each container we started, by container id.
         self._stdio_dirs: dict[str, str] = {}
+        #: Cleared when podman turns out unable to mount the stdio directory.
+        self._stdio_for_new_containers = self._stdio_root is not None
 
     @property
     def socket_path(self) -> str:
@@ -243,6 +245,25 @@ class PodmanBackend:
     async def _start_container(self, spec: SandboxSpec) -> str:
         """Create and start a container; return its id.
 
+        If podman cannot bind-mount the direct-stdio directory (it runs as another user
+        who cannot reach it, in another mount namespace, on another machine), direct stdio
+        is turned off for new containers, once, with one log line, and the container is
+        made without it: a default that does not fit the host must not fail every login.
+        """
+        root = self._stdio_root if self._stdio_for_new_containers else None
+        try:
+            return await self._start_container_once(spec, root)
+        except BackendError as exc:
+            if root is None or root.path is None or root.path not in str(exc):
+                raise
+            if self._stdio_for_new_containers:
+                self._stdio_for_new_containers = False
+                log.warning("direct_stdio_unavailable", stdio_dir=root.parent, error=str(exc))
+        return await self._start_container_once(spec, None)
+
+    async def _start_container_once(self, spec: SandboxSpec, root: StdioRoot | None) -> str:
+        """One attempt of :meth:`_start_container`, with a stdio directory from ``root``.
+
         Cancellation and failure: whatever was created is removed (bounded). Creation is
         not abandoned on cancel, so once podman has answered the id is known; if the create
         request itself failed ambiguously we remove by the name we chose.
@@ -252,7 +273,7 @@ class PodmanBackend:
         name = _container_name(spec.conn_id)
         container_id: str | None = None
         maybe_created = False
-        stdio_dir = self._stdio_root.make_dir() if self._stdio_root is not None else None
+        stdio_dir = root.make_dir() if root is not None else None
         try:
             kwargs = await self._create_kwargs(spec, name, stdio_dir)
             maybe_created = True
