@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -1129,41 +1130,47 @@ def plot(figures: dict[str, Figure], out: Path) -> list[tuple[str, str]]:
     # end to end: container vs host
     if figures["e2e_down"].values:
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
-        labels, values, cols = [], [], []
-        for label, key, name in (
-            ("trissh+podman\n(ssh, container)", "e2e_down", PODMAN),
-            ("podman REST\nstream (raw)", "e2e_raw", PODMAN),
-            ("PodmanBackend\nstream", "e2e_backend", PODMAN),
-            ("direct stdio\npipe (raw)", "e2e_direct", PODMAN),
-            ("sshd\n(host head)", "e2e_down", OPENSSH),
-        ):
-            value = figures[key].values.get(name)
-            if value is not None:
-                labels.append(label)
-                values.append(value)
-                cols.append(colors[name] if key == "e2e_down" else colors["raw"])
-        bars = left.bar(labels, values, color=cols)
-        left.bar_label(bars, fmt="%.0f", fontsize=8)
-        left.set_ylabel("MB/s")
-        left.set_title("Download end to end, aes128-gcm", fontsize=10)
-        left.tick_params(axis="x", labelsize=8)
-        labels, values, cols = [], [], []
-        for label, key, name in (
-            ("trissh+podman\ndefault kex", "e2e_true", PODMAN),
-            ("sshd\ndefault kex", "e2e_true", OPENSSH),
-            ("trissh+podman\ncurve25519", "e2e_true_curve", PODMAN),
-            ("sshd\ncurve25519", "e2e_true_curve", OPENSSH),
-        ):
-            value = figures[key].values.get(name)
-            if value is not None:
-                labels.append(label)
-                values.append(value)
-                cols.append(colors[name])
-        bars = right.bar(labels, values, color=cols)
-        right.bar_label(bars, fmt="%.0f", fontsize=8)
-        right.set_ylabel("ms")
-        right.set_title("`ssh true`: fresh container vs host shell", fontsize=10)
-        right.tick_params(axis="x", labelsize=8)
+
+        def panel(axis: Any, rows: tuple[tuple[str, str, str], ...], unit: str, title: str) -> None:
+            """Bars for the (label, figure, server) rows that have a value; peers' raw
+            streams in the neutral colour."""
+            labels, values, cols = [], [], []
+            for label, key, name in rows:
+                value = figures[key].values.get(name)
+                if value is not None:
+                    labels.append(label)
+                    values.append(value)
+                    raw = key in ("e2e_raw", "e2e_backend", "e2e_direct")
+                    cols.append(colors["raw"] if raw else colors[name])
+            bars = axis.bar(labels, values, color=cols)
+            axis.bar_label(bars, fmt="%.0f", fontsize=8)
+            axis.set_ylabel(unit)
+            axis.set_title(title, fontsize=10)
+            axis.tick_params(axis="x", labelsize=8)
+
+        panel(
+            left,
+            (
+                ("trissh+podman\n(ssh, container)", "e2e_down", PODMAN),
+                ("podman REST\nstream (raw)", "e2e_raw", PODMAN),
+                ("PodmanBackend\nstream", "e2e_backend", PODMAN),
+                ("direct stdio\npipe (raw)", "e2e_direct", PODMAN),
+                ("sshd\n(host head)", "e2e_down", OPENSSH),
+            ),
+            "MB/s",
+            "Download end to end, aes128-gcm",
+        )
+        panel(
+            right,
+            (
+                ("trissh+podman\ndefault kex", "e2e_true", PODMAN),
+                ("sshd\ndefault kex", "e2e_true", OPENSSH),
+                ("trissh+podman\ncurve25519", "e2e_true_curve", PODMAN),
+                ("sshd\ncurve25519", "e2e_true_curve", OPENSSH),
+            ),
+            "ms",
+            "`ssh true`: fresh container vs host shell",
+        )
         fig.tight_layout()
         fig.savefig(out / "end-to-end.png")
         plt.close(fig)

@@ -79,9 +79,16 @@ static int read_status(const char *path) {
     return 0;
 }
 
-static void write_status(const char *path, int sig, int core) {
+/* How PROGRAM ended, as one line: "exit N" or "signal N core C". Returns its length. */
+static int status_line(char *buf, size_t size, int status) {
+    return WIFSIGNALED(status)
+        ? snprintf(buf, size, "signal %d core %d\n", WTERMSIG(status), WCOREDUMP(status) ? 1 : 0)
+        : snprintf(buf, size, "exit %d\n", WEXITSTATUS(status));
+}
+
+static void write_status(const char *path, int status) {
     char buf[64];
-    int len = snprintf(buf, sizeof buf, "signal %d core %d\n", sig, core);
+    int len = status_line(buf, sizeof buf, status);
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) return;
     if (write(fd, buf, (size_t)len) != len) { /* nothing better to do */ }
@@ -153,10 +160,7 @@ static int receive_stdio(const char *path, const char *token, int fds[3]) {
 /* Tell trissh how PROGRAM ended; if it is gone, podman's record still says. */
 static void report_status(int sock, int status) {
     char line[64];
-    int length = WIFSIGNALED(status)
-        ? snprintf(line, sizeof line, "signal %d core %d\n", WTERMSIG(status),
-                   WCOREDUMP(status) ? 1 : 0)
-        : snprintf(line, sizeof line, "exit %d\n", WEXITSTATUS(status));
+    int length = status_line(line, sizeof line, status);
     if (send(sock, line, (size_t)length, MSG_NOSIGNAL) != length) { /* trissh went away */ }
     close(sock);
 }
@@ -231,7 +235,7 @@ int main(int argc, char **argv) {
     }
     if (status_sock >= 0) report_status(status_sock, status);
     if (WIFSIGNALED(status)) {
-        write_status(status_path, WTERMSIG(status), WCOREDUMP(status) ? 1 : 0);
+        write_status(status_path, status);
         return 128 + WTERMSIG(status);
     }
     return WEXITSTATUS(status);

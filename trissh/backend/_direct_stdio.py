@@ -243,23 +243,12 @@ class DirectStdio:
         if conn is None:
             await trio.lowlevel.checkpoint()
             return None
-        line = b""
-        with contextlib.suppress(OSError):
-            while b"\n" not in line and len(line) < STATUS_LINE_LIMIT:
-                chunk = await conn.recv(STATUS_LINE_LIMIT - len(line))
-                if not chunk:
-                    break
-                line += chunk
-        return parse_status_line(line)
+        return parse_status_line(await _receive_bounded(conn, STATUS_LINE_LIMIT, until=b"\n"))
 
     async def _serve(self, conn: trio.socket.SocketType) -> bool:
         token = b""
-        with trio.move_on_after(TOKEN_TIMEOUT), contextlib.suppress(OSError):
-            while len(token) < len(self._token):
-                chunk = await conn.recv(len(self._token) - len(token))
-                if not chunk:
-                    break
-                token += chunk
+        with trio.move_on_after(TOKEN_TIMEOUT):
+            token = await _receive_bounded(conn, len(self._token))
         if not secrets.compare_digest(token, self._token):
             log.warning("stdio_handover_refused", reason="bad or missing token", **self._log_fields)
             return False
@@ -294,6 +283,21 @@ class DirectStdio:
             stream.close()
 
 
+async def _receive_bounded(
+    conn: trio.socket.SocketType, limit: int, *, until: bytes | None = None
+) -> bytes:
+    """Up to ``limit`` bytes from ``conn``: fewer at EOF, on an error, or once ``until``
+    has arrived. What a peer in a container sends us is never read without a bound."""
+    data = b""
+    with contextlib.suppress(OSError):
+        while len(data) < limit and (until is None or until not in data):
+            chunk = await conn.recv(limit - len(data))
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
 def parse_status_line(line: bytes) -> ExitStatus | None:
     """``exit N`` or ``signal N core C`` (one line, as ``trissh-exec`` writes it)."""
     match line.split():
@@ -308,30 +312,19 @@ def parse_status_line(line: bytes) -> ExitStatus | None:
             return None
 
 
-class PipeReader(trio.abc.ReceiveStream):
-    """Our end of a program's output pipe.
-
-    ``FdStream.receive_some`` yields to the scheduler before it even tries to read; in a
-    download that is one more scheduling round per chunk on top of the one the channel's
-    ``send_all`` makes anyway. This reads first and waits (through the ``FdStream``) only
-    when the pipe is empty. A closed stream reports ``fileno() == -1``, so a descriptor
-    number the kernel has reused is never read.
-    """
+class _PipeEnd:
+    """Our end of one of a program's pipes, over an ``FdStream`` (which does the waiting
+    and the closing). A closed stream reports ``fileno() == -1``, so a descriptor number
+    the kernel has reused is never touched."""
 
     def __init__(self, stream: trio.lowlevel.FdStream) -> None:
         self._stream = stream
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.lowlevel.checkpoint_if_cancelled()
+    def _fd(self) -> int:
         fd = self._stream.fileno()
         if fd < 0:
             raise trio.ClosedResourceError("pipe already closed")
-        try:
-            return os.read(fd, max_bytes or 65536)
-        except BlockingIOError:
-            return await self._stream.receive_some(max_bytes)
-        except OSError as exc:
-            raise trio.BrokenResourceError(str(exc)) from exc
+        return fd
 
     def close(self) -> None:
         self._stream.close()
@@ -340,18 +333,33 @@ class PipeReader(trio.abc.ReceiveStream):
         await self._stream.aclose()
 
 
-class PipeWriter(trio.abc.SendStream):
+class PipeReader(_PipeEnd, trio.abc.ReceiveStream):
+    """Our end of a program's output pipe.
+
+    ``FdStream.receive_some`` yields to the scheduler before it even tries to read; in a
+    download that is one more scheduling round per chunk on top of the one the channel's
+    ``send_all`` makes anyway. This reads first and waits (through the ``FdStream``) only
+    when the pipe is empty.
+    """
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        fd = self._fd()
+        try:
+            return os.read(fd, max_bytes or 65536)
+        except BlockingIOError:
+            return await self._stream.receive_some(max_bytes)
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+
+
+class PipeWriter(_PipeEnd, trio.abc.SendStream):
     """Our end of a program's stdin pipe: writes first, waits (through the ``FdStream``)
     only for what the pipe did not take; the upload twin of :class:`PipeReader`."""
 
-    def __init__(self, stream: trio.lowlevel.FdStream) -> None:
-        self._stream = stream
-
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        fd = self._stream.fileno()
-        if fd < 0:
-            raise trio.ClosedResourceError("pipe already closed")
+        fd = self._fd()
         with memoryview(data) as view:
             try:
                 sent = os.write(fd, view) if view else 0
@@ -364,9 +372,3 @@ class PipeWriter(trio.abc.SendStream):
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
-
-    def close(self) -> None:
-        self._stream.close()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()

@@ -18,7 +18,10 @@ EOF on the program's stdin.
 pipes handed into the container (:mod:`trissh.backend._direct_stdio`), not the stream.
 stdout is our pipe end itself; stderr merges the program's stderr pipe with the exec
 stream, which now carries only the helper's own diagnostics. The stream's EOF still means
-the exec (the helper, hence the program) has ended.
+the exec (the helper, hence the program) has ended. Beside the demux task, the process
+context's nursery runs ``_copy_stderr`` (stderr pipe -> merged stderr) and ``_hand_over``
+(serve the helper's connection, then wait for the exit line it sends; the stream's end
+cancels a handover still waiting).
 
 *With a tty* the stream is raw: stdout reads the socket directly and stderr is ``None``.
 Closing stdin does **not** half-close the socket: on podman 4.3.1 that takes the whole API
@@ -222,6 +225,8 @@ class PodmanProcess:
         #: Direct stdio: the exit status the helper reported (set before ``_helper_done``).
         self._helper_status: ExitStatus | None = None
         self._helper_done = trio.Event()
+        #: Cancelled when the exec's stream ends: a helper that never connected never will.
+        self._handover_scope = trio.CancelScope()
         #: The output stream reached EOF: the exec has ended.
         self._eof = trio.Event()
         self._status: ExitStatus | None = None
@@ -421,15 +426,8 @@ class PodmanProcess:
         exit status it reports. Never raises; ``_helper_done`` is set however it ends."""
         try:
             handed = False
-            async with trio.open_nursery() as race:
-
-                async def give_up_at_exec_end() -> None:
-                    await self._eof.wait()
-                    race.cancel_scope.cancel()
-
-                race.start_soon(give_up_at_exec_end)
+            with self._handover_scope:
                 handed = await direct.hand_over()
-                race.cancel_scope.cancel()
             self.handed_over = handed
             if not handed:
                 log.warning(
@@ -496,6 +494,7 @@ class PodmanProcess:
             if err_w is not out_w:
                 err_w.close(error)
             self._eof.set()
+            self._handover_scope.cancel()
 
     async def _shutdown(self) -> None:
         """Kill the program if it may still run, let the stream end, close the socket."""
