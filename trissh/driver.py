@@ -21,7 +21,8 @@ Nursery tree::
     └─ login-grace scope        deadline until authentication, then none
        └─ connection nursery
           ├─ _receive_loop      socket → core → events
-          ├─ _send_loop         doorbell → what flush_now left → socket
+          ├─ _send_loop         doorbell → what flush_now left → socket (started at the
+          │                     first ring: most connections never fill the socket)
           ├─ sandbox keeper     holds the connection's container (sandboxes.py)
           ├─ _rekey_periodically   after the first kex, when ``rekey_interval`` is set
           ├─ _probe_client      after authentication, when ``client_alive_interval`` is set
@@ -209,6 +210,7 @@ class ConnectionDriver:
         self._handles: dict[ChannelId, ChannelHandle] = {}
         self._nursery: trio.Nursery | None = None
         self._writing = False
+        self._writer_started = False
         self._fd = socket_fd(stream)
         #: Output taken from the core that the socket did not accept yet (``flush_now``).
         self._backlog: list[memoryview] = []
@@ -244,6 +246,10 @@ class ConnectionDriver:
     # -- called by channel streams and sessions (sync, never touch the socket) ------------
 
     def ring(self) -> None:
+        """Wake the writer task, starting it the first time it is needed."""
+        if not self._writer_started and self._nursery is not None:
+            self._writer_started = True
+            self._nursery.start_soon(self._send_loop)
         self._doorbell.ring()
 
     def _space_changed(self) -> None:
@@ -269,6 +275,8 @@ class ConnectionDriver:
         socket, a write in progress, a stream that is not a socket) is left to
         ``_send_loop``, behind anything it already holds, so the order never changes.
         """
+        if not self.conn.pending_output_size:
+            return  # nothing new; a backlog already has the writer's attention
         if self._writing or self._backlog or self._fd is None:
             self.ring()
             return
@@ -284,15 +292,15 @@ class ConnectionDriver:
 
     def send_channel_eof(self, channel_id: ChannelId) -> None:
         self.conn.send_channel_eof(channel_id)
-        self.ring()
+        self.flush_now()
 
     def acknowledge(self, channel_id: ChannelId, amount: int) -> None:
         self.conn.acknowledge_channel_data(channel_id, amount)
-        self.ring()
+        self.flush_now()
 
     def reply_session_request(self, channel_id: ChannelId, ok: bool) -> None:
         self.conn.reply_session_request(channel_id, ok)
-        self.ring()
+        self.flush_now()
 
     def finish_channel(
         self, handle: ChannelHandle, *, code: int | None, signal: str | None
@@ -311,7 +319,7 @@ class ConnectionDriver:
         conn.close_channel(handle.id)
         self._handles.pop(handle.id, None)
         self._space_changed()
-        self.ring()
+        self.flush_now()
 
     # -- the connection's life ------------------------------------------------------------
 
@@ -325,7 +333,6 @@ class ConnectionDriver:
             with grace:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    nursery.start_soon(self._send_loop)
                     await self._receive_loop()
                     nursery.cancel_scope.cancel()
             if grace.cancelled_caught:
@@ -346,6 +353,7 @@ class ConnectionDriver:
             log.exception("connection_failed")
             self.conn.disconnect(DisconnectReason.BY_APPLICATION, "internal server error")
         finally:
+            self._writer_started = True  # the nursery is closed; the last flush writes
             self._release_user_slot()
             self._release_startup()
             if not self._handshake_done:
@@ -406,7 +414,7 @@ class ConnectionDriver:
             await trio.sleep_until(self._keys_since + interval)
             if trio.current_time() >= self._keys_since + interval:
                 self.conn.request_rekey()
-                self.ring()
+                self.flush_now()
                 self._keys_since = trio.current_time()  # until the exchange completes
 
     async def _probe_client(self, interval: float, count_max: int) -> None:
@@ -424,7 +432,7 @@ class ConnectionDriver:
                 )
                 return
             self.conn.send_keepalive()
-            self.ring()
+            self.flush_now()
 
     def sandbox_spec(self) -> SandboxSpec:
         """What a container of this connection's user looks like, labels included."""
@@ -510,7 +518,7 @@ class ConnectionDriver:
                 await self._login.decide(event)
             else:
                 self._dispatch(event)
-        self.ring()
+        self.flush_now()
 
     def _dispatch(self, event: Event) -> None:
         match event:
