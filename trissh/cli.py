@@ -288,12 +288,17 @@ def build_context(
     )
 
 
-def reload_context(ctx: ServerContext, load: Callable[[], ServerConfig]) -> None:
+def reload_context(
+    ctx: ServerContext,
+    load: Callable[[], ServerConfig],
+    retire: Callable[[ServerContext], None] = lambda _: None,
+) -> None:
     """SIGHUP: read the configuration again; new connections get it, live ones keep theirs.
-    A bad file changes nothing but a log line."""
+    A bad file changes nothing but a log line. ``retire`` gets the replaced context."""
+    old = ctx.state.context or ctx
     try:
         settings = load()
-        new = build_context(settings, ctx.backend, previous=ctx.state.context or ctx)
+        new = build_context(settings, ctx.backend, previous=old)
     except (ConfigError, StartupError) as exc:
         log.error("config_reload_failed", error=str(exc))
         return
@@ -302,7 +307,17 @@ def reload_context(ctx: ServerContext, load: Callable[[], ServerConfig]) -> None
     configure_logging(settings.log_format, settings.log_level)
     ctx.backend.keep_warm(container_settings(settings.container), ctx.instance)
     ctx.state.context = new
+    retire(old)
     log.info("config_reloaded", users=len(settings.users))
+
+
+async def retire_context(old: ServerContext) -> None:
+    """Close a replaced context's webhook clients once its logins are over: connections
+    keep the context they started with, and each login ends within its grace time."""
+    try:
+        await trio.sleep(old.settings.limits.login_grace_time)
+    finally:
+        await old.auth.aclose()
 
 
 async def _run_server(settings: ServerConfig, load: Callable[[], ServerConfig]) -> int:
@@ -315,12 +330,22 @@ async def _run_server(settings: ServerConfig, load: Callable[[], ServerConfig]) 
             f"cannot listen on {', '.join(settings.listen)}: {exc.strerror}"
         ) from None
     shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            _watch_signals, shutdown, nursery.cancel_scope, lambda: reload_context(ctx, load)
-        )
-        await serve(ctx, listeners, shutdown=shutdown)
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+
+            def retire(old: ServerContext) -> None:
+                nursery.start_soon(retire_context, old)
+
+            nursery.start_soon(
+                _watch_signals,
+                shutdown,
+                nursery.cancel_scope,
+                lambda: reload_context(ctx, load, retire),
+            )
+            await serve(ctx, listeners, shutdown=shutdown)
+            nursery.cancel_scope.cancel()  # retired contexts close now, in their finally
+    finally:
+        await (ctx.state.context or ctx).auth.aclose()
     return 0
 
 

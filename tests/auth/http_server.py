@@ -35,6 +35,8 @@ class Server:
     ssl_context: ssl.SSLContext | None = None
     received: list[Received] = field(default_factory=list)
     connections: int = 0
+    #: Connections whose client went away (or that the server ended).
+    closed: int = 0
     url: str = ""
     #: Send bodies in 1 KiB chunks without Content-Length (chunked transfer encoding).
     chunked: bool = False
@@ -55,6 +57,7 @@ class Server:
         except (trio.BrokenResourceError, ssl.SSLError, h11.RemoteProtocolError):
             pass
         finally:
+            self.closed += 1
             await trio.aclose_forcefully(conn_stream)
 
     async def _requests(self, stream: trio.abc.Stream, client_cn: str | None) -> None:

@@ -186,6 +186,16 @@ class AuthPolicy:
     def failure_delay(self) -> float:
         return self._failure_delay
 
+    async def aclose(self) -> None:
+        """Close the webhook clients' pooled connections (shielded and bounded per client).
+
+        Only once no login can still ask them: a policy replaced by a reload serves the
+        logins of its older connections until their login grace time runs out.
+        """
+        for client in (self._webhook, self._config_webhook):
+            if client is not None:
+                await client.aclose()
+
     def _load_user(self, name: str, section: UserSection) -> _User:
         keys: list[AuthorizedKey] = []
         for number, line in enumerate(section.authorized_keys, start=1):

@@ -1,0 +1,89 @@
+"""SIGHUP's reload as the CLI wires it: what the replaced configuration held is released."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from trissh.auth.policy import LoginRequest
+from trissh.backend.memory import MemoryBackend
+from trissh.cli import build_context, reload_context, retire_context
+from trissh.config import ServerConfig, load_config
+from trissh.driver import ServerContext
+
+from .auth.http_server import Server, answer, start
+from .support import write_ed25519_key
+
+GRACE = 0.5
+
+
+def webhook_settings(url: str, host_key: Path) -> ServerConfig:
+    return load_config(
+        None,
+        {
+            "listen": ["127.0.0.1:0"],
+            "host_keys": [str(host_key)],
+            "auth": {"failure_delay": 0, "webhook": {"url": url, "retries": 0}},
+            "limits.login_grace_time": GRACE,
+        },
+    )
+
+
+async def ask_password(ctx: ServerContext) -> bool:
+    """One webhook round trip; httpx keeps the connection in its pool afterwards."""
+    request = LoginRequest("alice", "192.0.2.7", "c0ffee", remote="192.0.2.7:50022")
+    return (await ctx.auth.password(request, "pw")).ok
+
+
+async def until_closed(server: Server, count: int) -> None:
+    with trio.fail_after(5):
+        while server.closed < count:
+            await trio.sleep(0.01)
+
+
+async def test_reload_closes_the_old_webhook_connections_once_its_logins_are_over(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Live connections keep their context, so the replaced webhook client serves logins
+    that started before the reload until the login grace time ends; then its pooled
+    connection is closed instead of lingering for the life of the server."""
+    webhook = await start(nursery, answer({"success": True}))
+    host_key = tmp_path / "host_key"
+    write_ed25519_key(host_key)
+    ctx = build_context(webhook_settings(webhook.url, host_key), MemoryBackend())
+    assert await ask_password(ctx)
+    assert (webhook.connections, webhook.closed) == (1, 0)
+
+    async with trio.open_nursery() as retiring:
+        reload_context(
+            ctx,
+            lambda: webhook_settings(webhook.url, host_key),
+            lambda old: retiring.start_soon(retire_context, old),
+        )
+        assert ctx.state.context is not None
+        assert ctx.state.context is not ctx
+        assert await ask_password(ctx)  # a login that started before the reload
+        await trio.sleep(GRACE / 2)
+        assert webhook.closed == 0
+        await until_closed(webhook, 1)  # after the grace: the old pool's connection
+
+    new = ctx.state.context
+    assert await ask_password(new)
+    assert webhook.connections == 2  # the new context has its own client
+    await new.auth.aclose()
+    await until_closed(webhook, 2)
+
+
+async def test_shutdown_closes_a_retiring_context_at_once(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Cancelled while it waits (the server stops), the retirement still closes."""
+    webhook = await start(nursery, answer({"success": True}))
+    host_key = tmp_path / "host_key"
+    write_ed25519_key(host_key)
+    ctx = build_context(webhook_settings(webhook.url, host_key), MemoryBackend())
+    assert await ask_password(ctx)
+    with trio.move_on_after(GRACE / 5):
+        await retire_context(ctx)
+    await until_closed(webhook, 1)
