@@ -68,7 +68,8 @@ bench_inputs() {
 image_recipe_hash() { # [VARIANT]: "" for the base image, "bench" for the benchmark variant
     local inputs
     if [[ ${1:-} == bench ]]; then inputs=$(bench_inputs); else inputs=$(image_inputs); fi
-    { sha256sum "$BUILD_IMAGE_SH"; xargs -d '\n' sha256sum <<<"$inputs"; } | sha256sum | cut -c1-32
+    # The script by content only: a clone at another path builds the same image.
+    { sha256sum <"$BUILD_IMAGE_SH"; xargs -d '\n' sha256sum <<<"$inputs"; } | sha256sum | cut -c1-32
 }
 
 # image_tar OUT [VARIANT]: write the root filesystem as a tar archive to OUT (a path or "-"
@@ -140,16 +141,15 @@ image_import() {
         echo unchanged
         return 0
     fi
-    local old
-    old=$(pod image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
     image_tar - "$variant" | pod import \
         --change 'CMD ["/bin/sh"]' \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change "LABEL $TRISSH_RECIPE_LABEL=$want" \
         --message "trissh ${variant:-base} image (busybox-static + sftp-server${variant:+ + GNU tools}), recipe $want" \
         - "$image" >&2
-    # The previous build is now untagged; drop it unless a container still uses it.
-    [[ -n $old ]] && pod image rm "$old" >/dev/null 2>&1 || true
+    # Earlier builds are now untagged: drop every one no container still uses (one that
+    # was in use at the last import is caught now).
+    pod image prune --force --filter "label=$TRISSH_RECIPE_LABEL" >/dev/null 2>&1 || true
     echo built
 }
 
