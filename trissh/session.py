@@ -18,7 +18,7 @@ Nursery tree::
        └─ stdio nursery
           ├─ _pump_input        channel → process stdin, then EOF (and the recording)
           ├─ _forward_control   window-change → resize, signal → kill
-          ├─ _enforce_limits    idle timeout, maximum duration
+          ├─ _enforce_limits    idle timeout, maximum duration (when either is set)
           └─ output nursery     process stdout/stderr → channel (ends at EOF)
 
 The peer closing the channel cancels the handle's scope; the connection ending cancels
@@ -212,7 +212,9 @@ async def _serve(
     async with trio.open_nursery() as stdio:
         stdio.start_soon(_pump_input, channel, process.stdin, tap)
         stdio.start_soon(_forward_control, handle, process, tap)
-        stdio.start_soon(_enforce_limits, handle, driver.session_settings, request.pty is not None)
+        limits = driver.session_settings
+        if limits.idle_timeout or limits.max_session_duration:
+            stdio.start_soon(_enforce_limits, handle, limits, request.pty is not None)
         async with trio.open_nursery() as outputs:
             outputs.start_soon(_pump_output, process.stdout, channel, tap, tap.stdout)
             if process.stderr is not None:
@@ -235,8 +237,6 @@ def _duration(seconds: float) -> str:
 async def _enforce_limits(handle: ChannelHandle, settings: SessionSection, pty: bool) -> None:
     """Idle timeout and maximum duration: say why on the user's terminal, then end."""
     idle, longest = settings.idle_timeout, settings.max_session_duration
-    if not idle and not longest:
-        return
     ends_at = trio.current_time() + longest if longest else math.inf
     while True:
         idle_at = handle.last_activity + idle if idle else math.inf
