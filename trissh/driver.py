@@ -243,7 +243,7 @@ class ConnectionDriver:
             self.conn.receive_data(initial_data)
         self._counted_user: str | None = None
 
-    # -- called by channel streams and sessions (sync, never touch the socket) ------------
+    # -- called by channel streams and sessions (sync: write what the socket takes, never wait)
 
     def ring(self) -> None:
         """Wake the writer task, starting it the first time it is needed."""
