@@ -15,6 +15,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -296,18 +297,35 @@ async def _check_container(h: PodmanHarness) -> str:
     return os.path.dirname(host_dir)
 
 
+@pytest.fixture
+def passable_tmp() -> Iterator[Path]:
+    """A directory others may reach (in the 1777 temp dir; pytest's tmp_path is under a
+    0700 pytest-of-USER, which no other user can pass)."""
+    outer = Path(tempfile.mkdtemp())
+    outer.chmod(0o711)
+    try:
+        yield outer
+    finally:
+        shutil.rmtree(outer)
+
+
 def test_default_parent_skips_runtime_dirs_others_cannot_pass(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    passable_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A root login's XDG_RUNTIME_DIR (/run/user/0, mode 0700) would make every bind mount
-    fail for a podman user that is not root: such a directory is passed over."""
-    private, shared = tmp_path / "private", tmp_path / "shared"
+    fail for a podman user that is not root: such a directory is passed over, and so is
+    one below a directory others cannot pass."""
+    private, shared = passable_tmp / "private", passable_tmp / "shared"
     private.mkdir(mode=0o700)
     shared.mkdir(mode=0o755)
+    below_private = private / "open"
+    below_private.mkdir(mode=0o755)
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(private))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(shared))
     assert _default_parent() == str(shared)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "missing"))
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(below_private))
+    assert _default_parent() == str(shared)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(passable_tmp / "missing"))
     assert _default_parent() == tempfile.gettempdir()
     monkeypatch.setenv("RUNTIME_DIRECTORY", f"{shared}:{private}")  # systemd lists several
     assert _default_parent() == str(shared)
@@ -376,20 +394,14 @@ async def test_pipe_writer_writes_everything_in_order_and_reports_a_gone_reader(
         reader.close()
 
 
-def test_passable_by_others_looks_at_every_directory_on_the_path() -> None:
-    """What ``trissh doctor`` warns about: a 0700 directory anywhere above the stdio root.
-    (Not under pytest's tmp_path, whose pytest-of-USER parent is itself 0700.)"""
-    outer = Path(tempfile.mkdtemp())  # in the 1777 temp dir
-    try:
-        inner = outer / "inner"
-        inner.mkdir()
-        outer.chmod(0o711)
-        root = StdioRoot(str(inner), owner="me", alive=lambda owner: True)
-        assert root.passable_by_others()
-        outer.chmod(0o700)
-        assert not root.passable_by_others()
-    finally:
-        shutil.rmtree(outer)
+def test_passable_by_others_looks_at_every_directory_on_the_path(passable_tmp: Path) -> None:
+    """What ``trissh doctor`` warns about: a 0700 directory anywhere above the stdio root."""
+    inner = passable_tmp / "inner"
+    inner.mkdir()
+    root = StdioRoot(str(inner), owner="me", alive=lambda owner: True)
+    assert root.passable_by_others()
+    passable_tmp.chmod(0o700)
+    assert not root.passable_by_others()
 
 
 @pytest.mark.podman

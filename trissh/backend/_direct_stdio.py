@@ -93,18 +93,8 @@ class StdioRoot:
         return self._path
 
     def passable_by_others(self) -> bool:
-        """Whether a user other than us (the podman user) can reach the parent: every
-        directory on its path searchable by others."""
-        path = os.path.realpath(self._parent)
-        while True:
-            try:
-                if not os.stat(path).st_mode & stat.S_IXOTH:
-                    return False
-            except OSError:
-                return False
-            if path == os.path.dirname(path):
-                return True
-            path = os.path.dirname(path)
+        """Whether a user other than us (the podman user) can reach the parent."""
+        return passable_by_others(self._parent)
 
     def make_dir(self) -> str:
         """A new, empty directory for one container; its host path."""
@@ -149,17 +139,31 @@ class StdioRoot:
         return removed
 
 
+def passable_by_others(directory: str) -> bool:
+    """Whether a user other than us can reach ``directory``: it and every directory above
+    it searchable by others (a bind mount of it by the podman user needs exactly that)."""
+    path = os.path.realpath(directory)
+    while True:
+        try:
+            if not os.stat(path).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+        if path == os.path.dirname(path):
+            return True
+        path = os.path.dirname(path)
+
+
 def _default_parent() -> str:
     """systemd's RuntimeDirectory, else the user's runtime directory, else the temp dir.
 
-    Only a directory others may pass through will do: the podman user is often not us, and
+    Only a directory others may reach will do: the podman user is often not us, and
     /run/user/UID (what a root login session sets XDG_RUNTIME_DIR to) is mode 0700.
     """
     for name in ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
         value = os.environ.get(name, "").split(":")[0]
-        with contextlib.suppress(OSError):
-            if value and stat.S_ISDIR(mode := os.stat(value).st_mode) and mode & stat.S_IXOTH:
-                return value
+        if value and os.path.isdir(value) and passable_by_others(value):
+            return value
     return tempfile.gettempdir()
 
 
