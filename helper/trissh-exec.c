@@ -29,6 +29,23 @@
  * so the helper ignores those rather than deliver them twice. If the helper itself is
  * killed, PR_SET_PDEATHSIG kills PROGRAM too: nothing outlives its session.
  *
+ * Agent mode: as a container's main process,
+ *
+ *     trissh-exec --agent SOCKET TOKEN
+ *
+ * connects to trissh's SOCK_SEQPACKET socket SOCKET, sends TOKEN, and then starts programs
+ * on request, so a session needs no `podman exec` (tens of ms of runc and conmon each).
+ * Each request is one message: "spawn\0" ARG... "\0" ENV... (NUL-terminated strings, an
+ * empty one between argv and the extra environment) with four descriptors: the program's
+ * stdin, stdout and stderr, and a stream socket of its own. The program runs in a new
+ * session with those three as fds 0..2 and the agent's environment plus ENV; on its socket
+ * trissh may send "kill N\n", and the agent answers with the status line once the program
+ * has ended ("exit N" / "signal N core C"). trissh closing a program's socket kills it.
+ * When trissh closes the agent's socket (or cannot be reached at start), the agent kills
+ * what it started and stays, doing nothing, as the container's keepalive: `podman exec`
+ * still works. The agent acts on trissh's messages only; a program in the container may
+ * kill the agent (its own user), which ends the container, as killing the keepalive would.
+ *
  * Static, no allocation, a few hundred bytes of logic; builds with `cc -static -O2`.
  */
 #define _GNU_SOURCE
@@ -37,7 +54,10 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <poll.h>
+#include <stdlib.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/types.h>
@@ -63,7 +83,8 @@ static void forward(int sig, siginfo_t *info, void *context) {
 static int usage(void) {
     static const char text[] =
         "usage: trissh-exec --status FILE [--stdio SOCKET TOKEN] -- PROGRAM [ARG...]\n"
-        "       trissh-exec --read-status FILE\n";
+        "       trissh-exec --read-status FILE\n"
+        "       trissh-exec --agent SOCKET TOKEN\n";
     if (write(2, text, sizeof text - 1) < 0) return 2;
     return 2;
 }
@@ -95,9 +116,9 @@ static void write_status(const char *path, int status) {
     close(fd);
 }
 
-/* Connect to trissh's socket, prove who we are, receive PROGRAM's three stdio ends.
- * Returns the connection (kept for the status line), or -1 with errno set. */
-static int receive_stdio(const char *path, const char *token, int fds[3]) {
+/* Connect to trissh's unix socket of `type` and prove who we are with `token`.
+ * Returns the connection (its sends and receives bounded), or -1 with errno set. */
+static int connect_with_token(const char *path, const char *token, int type) {
     struct sockaddr_un addr;
     memset(&addr, 0, sizeof addr);
     addr.sun_family = AF_UNIX;
@@ -106,7 +127,7 @@ static int receive_stdio(const char *path, const char *token, int fds[3]) {
         return -1;
     }
     memcpy(addr.sun_path, path, strlen(path));
-    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int sock = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
     if (sock < 0) return -1;
     struct timeval limit = {.tv_sec = HANDOVER_TIMEOUT, .tv_usec = 0};
     setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
@@ -119,6 +140,14 @@ static int receive_stdio(const char *path, const char *token, int fds[3]) {
         errno = saved;
         return -1;
     }
+    return sock;
+}
+
+/* Connect to trissh's socket, prove who we are, receive PROGRAM's three stdio ends.
+ * Returns the connection (kept for the status line), or -1 with errno set. */
+static int receive_stdio(const char *path, const char *token, int fds[3]) {
+    int sock = connect_with_token(path, token, SOCK_STREAM);
+    if (sock < 0) return -1;
     char byte;
     struct iovec part = {.iov_base = &byte, .iov_len = 1};
     union {
@@ -165,8 +194,206 @@ static void report_status(int sock, int status) {
     close(sock);
 }
 
+/* ---------------------------------------------------------------------- agent mode */
+
+#define AGENT_MESSAGE 65536 /* the largest request; trissh refuses to send more */
+#define AGENT_PROGRAMS 1024 /* programs running at once (the container's pids limit first) */
+#define AGENT_ARGS 4096     /* argv + environment entries of one request */
+
+struct program {
+    pid_t pid;
+    int sock; /* -1 once trissh closed it (the program was killed) */
+};
+
+static struct program programs[AGENT_PROGRAMS];
+static int program_count = 0;
+
+__attribute__((noreturn)) static void idle_forever(void) {
+    for (;;) pause();
+}
+
+/* trissh is gone: nothing it started may go on; reap them, then just keep the container. */
+__attribute__((noreturn)) static void agent_stop(int control) {
+    close(control);
+    for (int i = 0; i < program_count; i++) {
+        kill(programs[i].pid, SIGKILL);
+        if (programs[i].sock >= 0) close(programs[i].sock);
+    }
+    while (waitpid(-1, NULL, 0) > 0 || errno == EINTR) {}
+    idle_forever();
+}
+
+static void close_all(const int *fds, size_t count) {
+    for (size_t i = 0; i < count; i++) close(fds[i]);
+}
+
+/* One "spawn" message: argv, then extra environment, and four descriptors. */
+static void agent_spawn(char *message, size_t length, const int fds[4], const sigset_t *mask) {
+    static char *args[AGENT_ARGS + 2];
+    size_t count = 0, argc = 0;
+    int in_env = 0;
+    char *word = message + sizeof "spawn";
+    if (length < sizeof "spawn" || memcmp(message, "spawn", sizeof "spawn") != 0 ||
+        message[length - 1] != '\0' || program_count == AGENT_PROGRAMS) {
+        close_all(fds, 4);
+        return;
+    }
+    while (word < message + length && count < AGENT_ARGS) {
+        size_t size = strlen(word);
+        if (size == 0 && !in_env) {
+            in_env = 1;
+            argc = count;
+            args[count++] = NULL;
+        } else {
+            args[count++] = word;
+        }
+        word += size + 1;
+    }
+    if (!in_env || argc == 0 || word < message + length) { /* malformed or too many */
+        close_all(fds, 4);
+        return;
+    }
+    args[count] = NULL;
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        dprintf(fds[2], "trissh-exec: fork: %s\n", strerror(errno));
+        close_all(fds, 4); /* EOF before a status line: trissh reports the failure */
+        return;
+    }
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(137);
+        sigprocmask(SIG_SETMASK, mask, NULL);
+        signal(SIGPIPE, SIG_DFL); /* the agent ignores it; an ignored signal survives exec */
+        setsid();
+        for (int i = 0; i < 3; i++) {
+            if (dup2(fds[i], i) < 0) _exit(126);
+        }
+        for (size_t i = argc + 1; i < count; i++) {
+            if (strchr(args[i], '=') != NULL) putenv(args[i]);
+        }
+        execvp(args[0], args);
+        int code = errno == ENOENT ? 127 : 126;
+        dprintf(2, "%s: %s\n", args[0], strerror(errno));
+        _exit(code);
+    }
+    close_all(fds, 3);
+    programs[program_count].pid = pid;
+    programs[program_count].sock = fds[3];
+    program_count++;
+}
+
+/* A request on one program's socket: "kill N"; EOF means kill it, trissh is done with it. */
+static void agent_program_message(struct program *program) {
+    char line[32];
+    ssize_t n = recv(program->sock, line, sizeof line - 1, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n <= 0) {
+        kill(program->pid, SIGKILL);
+        close(program->sock);
+        program->sock = -1;
+        return;
+    }
+    line[n] = '\0';
+    int number = 0;
+    if (sscanf(line, "kill %d", &number) == 1 && number > 0 && number < 65) {
+        kill(program->pid, number);
+    }
+}
+
+/* Reap what ended; each program's status goes to its socket, then the socket closes. */
+static void agent_reap(void) {
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (int i = 0; i < program_count; i++) {
+            if (programs[i].pid != pid) continue;
+            if (programs[i].sock >= 0) report_status(programs[i].sock, status);
+            programs[i] = programs[--program_count];
+            break;
+        }
+    }
+}
+
+static int agent(const char *path, const char *token) {
+    int control = connect_with_token(path, token, SOCK_SEQPACKET);
+    if (control < 0) {
+        dprintf(2, "trissh-exec: no agent connection to trissh (%s): %s\n", path,
+                strerror(errno));
+        idle_forever();
+    }
+    struct timeval forever = {0, 0};
+    setsockopt(control, SOL_SOCKET, SO_RCVTIMEO, &forever, sizeof forever);
+    sigset_t child, old;
+    sigemptyset(&child);
+    sigaddset(&child, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &child, &old);
+    int children = signalfd(-1, &child, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (children < 0) agent_stop(control);
+    signal(SIGPIPE, SIG_IGN);
+    static char message[AGENT_MESSAGE];
+    static struct pollfd watched[AGENT_PROGRAMS + 2];
+    for (;;) {
+        watched[0] = (struct pollfd){.fd = control, .events = POLLIN};
+        watched[1] = (struct pollfd){.fd = children, .events = POLLIN};
+        int count = 2;
+        for (int i = 0; i < program_count; i++) {
+            watched[count++] = (struct pollfd){.fd = programs[i].sock, .events = POLLIN};
+        }
+        if (poll(watched, (nfds_t)count, -1) < 0) {
+            if (errno == EINTR) continue;
+            agent_stop(control);
+        }
+        if (watched[1].revents) {
+            struct signalfd_siginfo info;
+            while (read(children, &info, sizeof info) > 0) {}
+            agent_reap();
+        }
+        /* Programs' sockets by pid: reaping above may have reordered the table. */
+        for (int i = 2; i < count; i++) {
+            if (!watched[i].revents || watched[i].fd < 0) continue;
+            for (int j = 0; j < program_count; j++) {
+                if (programs[j].sock == watched[i].fd) {
+                    agent_program_message(&programs[j]);
+                    break;
+                }
+            }
+        }
+        if (watched[0].revents) {
+            union {
+                struct cmsghdr header;
+                char space[CMSG_SPACE(4 * sizeof(int))];
+            } control_data;
+            memset(&control_data, 0, sizeof control_data);
+            struct iovec part = {.iov_base = message, .iov_len = sizeof message};
+            struct msghdr request = {.msg_iov = &part, .msg_iovlen = 1,
+                                     .msg_control = control_data.space,
+                                     .msg_controllen = sizeof control_data.space};
+            ssize_t n = recvmsg(control, &request, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+            if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+            if (n <= 0) agent_stop(control);
+            struct cmsghdr *header = CMSG_FIRSTHDR(&request);
+            int got = 0, fds[4];
+            if (header != NULL && header->cmsg_level == SOL_SOCKET &&
+                header->cmsg_type == SCM_RIGHTS) {
+                got = (int)((header->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+                if (got > 4) got = 4; /* cannot be (the buffer holds 4), but never overflow */
+                memcpy(fds, CMSG_DATA(header), (size_t)got * sizeof(int));
+            }
+            if (got != 4 || (request.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+                close_all(fds, (size_t)got);
+                continue;
+            }
+            agent_spawn(message, (size_t)n, fds, &old);
+        }
+    }
+    return 0; /* not reached */
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "--read-status") == 0) return read_status(argv[2]);
+    if (argc == 4 && strcmp(argv[1], "--agent") == 0) return agent(argv[2], argv[3]);
     if (argc < 5 || strcmp(argv[1], "--status") != 0) return usage();
     const char *status_path = argv[2];
     const char *stdio_path = NULL, *stdio_token = NULL;

@@ -193,6 +193,7 @@ def make_backend(settings: ServerConfig, metrics: Metrics | None = None) -> Back
         observe=metrics.container_operation if metrics is not None else None,
         warm_pool=settings.podman.warm_pool,
         direct_stdio=settings.podman.direct_stdio,
+        exec_agent=settings.podman.exec_agent,
         stdio_dir=settings.podman.stdio_dir,
     )
     if metrics is not None:

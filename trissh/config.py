@@ -56,6 +56,9 @@ class PodmanSettings(_Model):
     #: per-container directory of unix sockets) instead of podman's exec stream: ~2x the
     #: throughput. Needs ``exec_helper``.
     direct_stdio: bool = True
+    #: With direct stdio, each container's main process is ``trissh-exec --agent``, which
+    #: starts programs without a pty on trissh's request: no ``podman exec`` per session.
+    exec_agent: bool = True
     #: Where those per-container directories go; "" picks $RUNTIME_DIRECTORY, else
     #: $XDG_RUNTIME_DIR (if others may pass through it), else the temp dir. The podman
     #: user must be able to reach it.

@@ -98,19 +98,25 @@ class MemoryHarness(Harness):
 class PodmanHarness(Harness):
     name = "podman"
 
-    def __init__(self, url: str, *, direct_stdio: bool = False) -> None:
+    def __init__(self, url: str, *, direct_stdio: bool = False, agent: bool = False) -> None:
         from trissh.backend.podman import PodmanBackend
 
         super().__init__()
         self.url = url
         self.settings = ContainerSettings()
         self.scope = {TEST_SCOPE_LABEL: self.instance}
-        helper = exec_helper() if direct_stdio else None
+        helper = exec_helper() if direct_stdio or agent else None
         self.podman = PodmanBackend(
-            url, scope_labels=self.scope, exec_helper=helper, direct_stdio=direct_stdio
+            url,
+            scope_labels=self.scope,
+            exec_helper=helper,
+            direct_stdio=direct_stdio or agent,
+            exec_agent=agent,
         )
         self.backend = self.podman
-        if direct_stdio:
+        if agent:
+            self.name = "podman-agent"
+        elif direct_stdio:
             self.name = "podman-direct"
 
     def unavailable_backend(self) -> Backend:
@@ -165,24 +171,28 @@ def exec_helper() -> str:
         "memory",
         pytest.param("podman", marks=pytest.mark.podman),
         pytest.param("podman-direct", marks=pytest.mark.podman),
+        pytest.param("podman-agent", marks=pytest.mark.podman),
     ]
 )
 def backend_name(request: pytest.FixtureRequest) -> str:
-    """Which backend (``podman-direct``: with the exec helper and direct stdio); podman's
+    """Which backend (``podman-direct``: with the exec helper and direct stdio, programs
+    started by ``podman exec``; ``podman-agent``: by the in-container agent); podman's
     availability is settled here, synchronously, so the skip (or the CI failure) reaches
     pytest unwrapped."""
     name: str = request.param
     if name.startswith("podman"):
         request.getfixturevalue("podman_available")
-        if name == "podman-direct":
+        if name != "podman":
             exec_helper()
     return name
 
 
 @asynccontextmanager
-async def open_podman_harness(*, direct_stdio: bool = False) -> AsyncIterator[PodmanHarness]:
+async def open_podman_harness(
+    *, direct_stdio: bool = False, agent: bool = False
+) -> AsyncIterator[PodmanHarness]:
     """A PodmanHarness whose test-scoped containers are removed, and reported as leaks."""
-    podman = PodmanHarness(podman_url(), direct_stdio=direct_stdio)
+    podman = PodmanHarness(podman_url(), direct_stdio=direct_stdio, agent=agent)
     try:
         yield podman
     finally:
@@ -205,5 +215,7 @@ async def harness(backend_name: str) -> AsyncIterator[Harness]:
         assert memory.memory.live_sandboxes == 0
         assert memory.memory.live_processes == 0
         return
-    async with open_podman_harness(direct_stdio=backend_name == "podman-direct") as podman:
+    async with open_podman_harness(
+        direct_stdio=backend_name == "podman-direct", agent=backend_name == "podman-agent"
+    ) as podman:
         yield podman

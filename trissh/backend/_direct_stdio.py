@@ -46,7 +46,14 @@ import trio
 from trissh.backend._common import signal_name
 from trissh.backend.base import ExitStatus
 
-__all__ = ["CONTAINER_DIR", "DirectStdio", "PipeReader", "PipeWriter", "StdioRoot"]
+__all__ = [
+    "CONTAINER_DIR",
+    "DirectStdio",
+    "PipeReader",
+    "PipeWriter",
+    "ProgramPipes",
+    "StdioRoot",
+]
 
 log = structlog.get_logger("trissh.backend.podman")
 
@@ -167,23 +174,16 @@ def _default_parent() -> str:
     return tempfile.gettempdir()
 
 
-class DirectStdio:
-    """One program's three pipes and the single-use socket that hands them over.
+class ProgramPipes:
+    """A program's stdin, stdout and stderr pipes.
 
     Our ends are :attr:`stdin`, :attr:`stdout` and :attr:`stderr` (trio streams, usable
-    at once: writes wait in the pipe until the program runs). :meth:`close` releases
-    everything; it is idempotent.
+    at once: writes wait in the pipe until the program runs); :attr:`child_ends` are the
+    program's, to pass into the container and then :meth:`release_child_ends` (so the
+    program's exit is EOF here). :meth:`close` releases everything; it is idempotent.
     """
 
-    def __init__(self, host_dir: str, **log_fields: object) -> None:
-        """``log_fields`` (container, channel) go on this handover's log lines."""
-        self._log_fields = log_fields
-        name = f"{secrets.token_hex(8)}.sock"
-        self.host_path = os.path.join(host_dir, name)
-        self.container_path = f"{CONTAINER_DIR}/{name}"
-        self._token = secrets.token_hex(TOKEN_BYTES).encode()
-        self._listener: trio.socket.SocketType | None = None
-        self._status_conn: trio.socket.SocketType | None = None
+    def __init__(self) -> None:
         made: list[int] = []
         try:
             for _ in range(3):
@@ -196,11 +196,43 @@ class DirectStdio:
         for bulk in (stdin_w, stdout_w):
             with contextlib.suppress(OSError):
                 fcntl.fcntl(bulk, _F_SETPIPE_SZ, BULK_PIPE_SIZE)
-        #: The program's ends, until the helper has them.
-        self._child_ends = [stdin_r, stdout_w, stderr_w]
+        self.child_ends = [stdin_r, stdout_w, stderr_w]
         self.stdin = PipeWriter(trio.lowlevel.FdStream(stdin_w))
         self.stdout = PipeReader(trio.lowlevel.FdStream(stdout_r))
         self.stderr = PipeReader(trio.lowlevel.FdStream(stderr_r))
+
+    def release_child_ends(self) -> None:
+        for fd in self.child_ends:
+            os.close(fd)
+        self.child_ends = []
+
+    def close(self) -> None:
+        """Close every end we still hold (no checkpoint)."""
+        self.release_child_ends()
+        for stream in (self.stdin, self.stdout, self.stderr):
+            stream.close()
+
+
+class DirectStdio:
+    """One program's three pipes and the single-use socket that hands them over.
+
+    Our ends are :attr:`stdin`, :attr:`stdout` and :attr:`stderr` (see
+    :class:`ProgramPipes`). :meth:`close` releases everything; it is idempotent.
+    """
+
+    def __init__(self, host_dir: str, **log_fields: object) -> None:
+        """``log_fields`` (container, channel) go on this handover's log lines."""
+        self._log_fields = log_fields
+        name = f"{secrets.token_hex(8)}.sock"
+        self.host_path = os.path.join(host_dir, name)
+        self.container_path = f"{CONTAINER_DIR}/{name}"
+        self._token = secrets.token_hex(TOKEN_BYTES).encode()
+        self._listener: trio.socket.SocketType | None = None
+        self._status_conn: trio.socket.SocketType | None = None
+        self._pipes = ProgramPipes()
+        self.stdin = self._pipes.stdin
+        self.stdout = self._pipes.stdout
+        self.stderr = self._pipes.stderr
         try:
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             self._listener = trio.socket.from_stdlib_socket(listener)
@@ -234,7 +266,7 @@ class DirectStdio:
             return False
         finally:
             self._close_listener()
-            self._release_child_ends()
+            self._pipes.release_child_ends()
 
     async def exit_status(self) -> ExitStatus | None:
         """How the program ended, as the helper reports it on the handover connection the
@@ -247,19 +279,19 @@ class DirectStdio:
         if conn is None:
             await trio.lowlevel.checkpoint()
             return None
-        return parse_status_line(await _receive_bounded(conn, STATUS_LINE_LIMIT, until=b"\n"))
+        return parse_status_line(await receive_bounded(conn, STATUS_LINE_LIMIT, until=b"\n"))
 
     async def _serve(self, conn: trio.socket.SocketType) -> bool:
         token = b""
         with trio.move_on_after(TOKEN_TIMEOUT):
-            token = await _receive_bounded(conn, len(self._token))
+            token = await receive_bounded(conn, len(self._token))
         if not secrets.compare_digest(token, self._token):
             log.warning("stdio_handover_refused", reason="bad or missing token", **self._log_fields)
             return False
         try:
             await conn.sendmsg(
                 [b"\0"],
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", self._child_ends))],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", self._pipes.child_ends))],
             )
         except OSError:
             return False  # the helper went away; it exits 126 and says why
@@ -272,22 +304,15 @@ class DirectStdio:
             with contextlib.suppress(OSError):
                 os.unlink(self.host_path)
 
-    def _release_child_ends(self) -> None:
-        for fd in self._child_ends:
-            os.close(fd)
-        self._child_ends = []
-
     def close(self) -> None:
         """Close the sockets and every pipe end we still hold (no checkpoint)."""
         self._close_listener()
-        self._release_child_ends()
         if self._status_conn is not None:
             self._status_conn.close()
-        for stream in (self.stdin, self.stdout, self.stderr):
-            stream.close()
+        self._pipes.close()
 
 
-async def _receive_bounded(
+async def receive_bounded(
     conn: trio.socket.SocketType, limit: int, *, until: bytes | None = None
 ) -> bytes:
     """Up to ``limit`` bytes from ``conn``: fewer at EOF, on an error, or once ``until``

@@ -10,7 +10,9 @@ A sandbox container runs ``catatonit -P`` (pause mode) under podman's own init
 (``init=True`` bind-mounts catatonit at ``/run/podman-init``): PID 1 reaps and forwards
 signals, the "main process" just waits, and nothing of it has to exist in the image, so
 busybox, distro and distroless images all work. It is set as the *entrypoint*, so an image's
-ENTRYPOINT/CMD cannot replace it. Sessions are execs in that container.
+ENTRYPOINT/CMD cannot replace it. Sessions are execs in that container, except with direct
+stdio and ``exec_agent``: then the main process is the bind-mounted ``trissh-exec --agent``
+(:mod:`trissh.backend._agent`), which starts programs without a pty on trissh's request.
 
 Leaving ``open_sandbox`` removes the container with ``force=true&timeout=0`` inside a
 bounded shielded scope. That includes a creation cancelled half-way: creation is not
@@ -51,6 +53,7 @@ from typing import Any, Final
 import structlog
 import trio
 
+from trissh.backend._agent import Agent, AgentListener, AgentProcess, open_agent_process
 from trissh.backend._common import ms_since, sandbox_labels
 from trissh.backend._direct_stdio import CONTAINER_DIR as STDIO_DIR
 from trissh.backend._direct_stdio import StdioRoot
@@ -106,6 +109,7 @@ class PodmanBackend:
         warm_pool: int = 0,
         direct_stdio: bool = False,
         stdio_dir: str = "",
+        exec_agent: bool = False,
     ) -> None:
         """Args:
         url: ``unix:///path.sock``, ``unix:/path.sock`` or ``http+unix://%2Fpath.sock``.
@@ -124,6 +128,8 @@ class PodmanBackend:
         stdio_dir: where the per-container stdio directories go; ``""``: systemd's
             RuntimeDirectory, else $XDG_RUNTIME_DIR, else the temp dir. The podman user
             must be able to reach it.
+        exec_agent: with direct stdio, programs without a pty are started by the
+            container's agent instead of ``podman exec`` (:mod:`._agent`).
         """
         self._api = PodmanApi(
             url, limiter_capacity=limiter_capacity, request_timeout=request_timeout
@@ -158,14 +164,21 @@ class PodmanBackend:
         self._stdio_dirs: dict[str, str] = {}
         #: Cleared when podman turns out unable to mount the stdio directory.
         self._stdio_for_new_containers = self._stdio_root is not None
+        #: The in-container agent of each container we started whose agent connected.
+        self._agents: dict[str, Agent] = {}
+        #: Cleared when an agent did not connect: its containers would each wait for it.
+        self._agent_for_new_containers = exec_agent
 
     @property
     def socket_path(self) -> str:
         return self._api.path
 
     def close(self) -> None:
-        """Release pooled HTTP connections and the stdio directories."""
+        """Release pooled HTTP connections, the agents and the stdio directories."""
         self._api.close()
+        for agent in self._agents.values():
+            agent.close()
+        self._agents.clear()
         if self._stdio_root is not None:
             self._stdio_root.close()
 
@@ -200,6 +213,7 @@ class PodmanBackend:
                 spec,
                 helper=self.exec_helper is not None,
                 stdio_dir=self._stdio_dirs.get(container_id),
+                agent=self._agents.get(container_id),
                 observe=self._observe,
             )
         finally:
@@ -274,8 +288,13 @@ class PodmanBackend:
         container_id: str | None = None
         maybe_created = False
         stdio_dir = root.make_dir() if root is not None else None
+        listener = None
         try:
-            kwargs = await self._create_kwargs(spec, name, stdio_dir)
+            if stdio_dir is not None and self._agent_for_new_containers:
+                listener = AgentListener(stdio_dir, HELPER_PATH)
+            kwargs = await self._create_kwargs(
+                spec, name, stdio_dir, listener.entrypoint() if listener else None
+            )
             maybe_created = True
             try:
                 container = await self._api.call(
@@ -289,12 +308,17 @@ class PodmanBackend:
                 self._stdio_dirs[container_id] = stdio_dir
                 stdio_dir = None  # now removed with the container
             await self._api.call(container.start)
+            if listener is not None:
+                await self._accept_agent(listener, container_id)
         except BaseException:
             if container_id is not None or maybe_created:
                 await self._remove_at_exit(container_id or name, spec)
             if stdio_dir is not None:
                 StdioRoot.remove_dir(stdio_dir)
             raise
+        finally:
+            if listener is not None:
+                listener.close()
         self._observe("start", time.monotonic() - started)
         log.info(
             "container_created",
@@ -306,6 +330,16 @@ class PodmanBackend:
             duration_ms=ms_since(started),
         )
         return container_id
+
+    async def _accept_agent(self, listener: AgentListener, container_id: str) -> None:
+        """Keep the started container's agent; if none connects, give later containers
+        none (each would wait for it), once, with one log line: ``podman exec`` works."""
+        agent = await listener.accept(container=container_id[:12])
+        if agent is not None:
+            self._agents[container_id] = agent
+        elif self._agent_for_new_containers:
+            self._agent_for_new_containers = False
+            log.warning("agent_unavailable", container=container_id[:12])
 
     async def sweep(self, *, keep_instance: str) -> int:
         """Remove containers labelled with another ``trissh.instance`` (and our scope),
@@ -405,26 +439,31 @@ class PodmanBackend:
                 detail=f"podman's exec stream ({why}): bulk output ~2x slower",
                 fix="build the helper with scripts/setup-host.sh" if wanted else "",
             )
+        via = f"pipes handed into containers via {root.parent}" + (
+            ", programs started by each container's agent" if self._agent_for_new_containers else ""
+        )
         if root.passable_by_others():
-            return HealthCheck(
-                name="stdio", ok=True, detail=f"pipes handed into containers via {root.parent}"
-            )
+            return HealthCheck(name="stdio", ok=True, detail=via)
         return HealthCheck(
             name="stdio",
             ok=True,
             warning=True,
-            detail=f"pipes handed into containers via {root.parent}, which other users cannot"
-            " reach: fine only if podman runs as trissh's user",
+            detail=f"{via}; {root.parent} is out of other users' reach:"
+            " fine only if podman runs as trissh's user",
             fix="set [podman] stdio_dir to a directory every user may pass through (o+x)",
         )
 
     async def _create_kwargs(
-        self, spec: SandboxSpec, name: str, stdio_dir: str | None
+        self,
+        spec: SandboxSpec,
+        name: str,
+        stdio_dir: str | None,
+        entrypoint: list[str] | None = None,
     ) -> dict[str, Any]:
         settings = spec.settings
         kwargs: dict[str, Any] = {
             "name": name,
-            "entrypoint": list(KEEPALIVE),
+            "entrypoint": entrypoint or list(KEEPALIVE),
             "command": [],
             "init": True,
             "cap_drop": ["ALL"],
@@ -541,6 +580,9 @@ class PodmanBackend:
         stdio_dir = self._stdio_dirs.pop(ref, None)
         if stdio_dir is not None:
             StdioRoot.remove_dir(stdio_dir)
+        agent = self._agents.pop(ref, None)
+        if agent is not None:
+            agent.close()
         started = time.monotonic()
         with trio.move_on_after(REMOVE_BOUND, shield=True) as scope:
             try:
@@ -625,6 +667,7 @@ class PodmanSandbox:
         *,
         helper: bool,
         stdio_dir: str | None = None,
+        agent: Agent | None = None,
         observe: Callable[[str, float], None],
     ) -> None:
         self._api = api
@@ -632,15 +675,23 @@ class PodmanSandbox:
         self._spec = spec
         self._helper = helper
         self._stdio_dir = stdio_dir
+        self._agent = agent
         self._observe = observe
 
     @property
     def container_id(self) -> str:
         return self._container_id
 
-    def open_process(self, spec: ProcessSpec) -> AbstractAsyncContextManager[PodmanProcess]:
-        """Start ``spec.argv`` as an exec; leaving the context kills it if still running."""
+    def open_process(
+        self, spec: ProcessSpec
+    ) -> AbstractAsyncContextManager[PodmanProcess | AgentProcess]:
+        """Start ``spec.argv`` through the container's agent, or (a pty, no agent) as an
+        exec; leaving the context kills it if still running."""
         settings = self._spec.settings
+        if self._agent is not None and not self._agent.broken and spec.pty is None:
+            return open_agent_process(
+                self._agent, spec, container=self._container_id, observe=self._observe
+            )
         return open_exec(
             self._api,
             self._container_id,

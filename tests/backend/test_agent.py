@@ -1,0 +1,205 @@
+"""The in-container agent (``trissh-exec --agent``) and trissh's side of it.
+
+On the host: the real static helper as the agent, our AgentListener/Agent/AgentProcess as
+trissh. In real containers: programs run with no ``podman exec`` at all, teardown kills a
+running program, and a container whose agent does not connect falls back to execs. The
+stdio/exit/signal/environment contract itself is the conformance suite's
+(``podman-agent`` harness).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from structlog.testing import capture_logs
+
+from trissh.backend import BackendError, ExitStatus, ProcessSpec
+from trissh.backend._agent import SOCKET_NAME, Agent, AgentListener
+from trissh.backend._direct_stdio import CONTAINER_DIR
+
+from .conformance import run
+from .conftest import exec_helper, open_podman_harness
+
+
+@asynccontextmanager
+async def host_agent(tmp_path: Path) -> AsyncIterator[tuple[Agent, trio.Process]]:
+    """The static helper as an agent on the host, connected to a real AgentListener."""
+    helper = exec_helper()
+    listener = AgentListener(str(tmp_path), helper)
+    command = listener.entrypoint()
+    assert command[:3] == [helper, "--agent", f"{CONTAINER_DIR}/{SOCKET_NAME}"]
+    process = await trio.lowlevel.open_process([helper, "--agent", listener.host_path, command[3]])
+    try:
+        with trio.fail_after(10):
+            agent = await listener.accept()
+        assert agent is not None
+        assert not _exists(listener.host_path), "the listening socket outlived accept"
+        try:
+            yield agent, process
+        finally:
+            agent.close()
+    finally:
+        process.kill()
+        await process.wait()
+
+
+async def test_the_agent_runs_programs_with_their_pipes_environment_and_status(
+    tmp_path: Path,
+) -> None:
+    async with host_agent(tmp_path) as (agent, _):
+        process = await agent.spawn(
+            ["sh", "-c", 'read line; echo "out $line $GREETING"; echo err >&2; exit 3'],
+            {"GREETING": "hi"},
+        )
+        try:
+            out, err, status = await run(process, b"typed\n")
+        finally:
+            process.close()
+        assert (out, err, status) == (b"out typed hi\n", b"err\n", ExitStatus(code=3))
+        assert await process.wait() == status  # asked again: the same answer
+
+        # SIGPIPE is the default again in the program (the agent itself ignores it)
+        pipeline = await agent.spawn(["sh", "-c", "(yes; echo $? >&2) | head -c 1"], {})
+        try:
+            out, err, status = await run(pipeline)
+        finally:
+            pipeline.close()
+        assert (out, err, status) == (b"y", b"141\n", ExitStatus(code=0))
+
+        missing = await agent.spawn(["no-such-program-here"], {})
+        try:
+            out, err, status = await run(missing)
+        finally:
+            missing.close()
+        assert status == ExitStatus(code=127)
+        assert b"no-such-program-here" in err
+
+
+async def test_signals_reach_the_program_and_closing_its_line_kills_it(tmp_path: Path) -> None:
+    async with host_agent(tmp_path) as (agent, _):
+        process = await agent.spawn(["sh", "-c", "echo ready; exec sleep 1000"], {})
+        try:
+            assert await process.stdout.receive_some(100) == b"ready\n"
+            await process.send_signal("TERM")
+            with trio.fail_after(10):
+                assert await process.wait() == ExitStatus(signal="TERM")
+        finally:
+            process.close()
+
+        victim = await agent.spawn(["sh", "-c", "echo $$; exec sleep 1000"], {})
+        pid = int(await victim.stdout.receive_some(100))
+        assert _alive(pid)
+        victim.close()  # the session's teardown
+        await _gone(pid)
+
+
+async def test_the_agent_outlives_trissh_but_not_its_programs(tmp_path: Path) -> None:
+    """trissh gone: what the agent started is killed; the agent stays as the container's
+    keepalive (podman exec must keep working)."""
+    async with host_agent(tmp_path) as (agent, helper):
+        process = await agent.spawn(["sh", "-c", "echo $$; exec sleep 1000"], {})
+        pid = int(await process.stdout.receive_some(100))
+        agent.close()
+        await _gone(pid)
+        process.close()
+        assert helper.poll() is None, "the agent exited with its connection"
+        with pytest.raises(BackendError, match="agent went away"):
+            await agent.spawn(["true"], {})
+
+
+async def test_requests_are_checked_before_they_are_sent(tmp_path: Path) -> None:
+    async with host_agent(tmp_path) as (agent, _):
+        with pytest.raises(BackendError, match="NUL"):
+            await agent.spawn(["sh", "-c", "echo a\0b"], {})
+        with pytest.raises(BackendError, match="exceed"):
+            await agent.spawn(["true"], {"BIG": "x" * 70_000})
+        assert not agent.broken
+        process = await agent.spawn(["true"], {})
+        try:
+            assert (await run(process))[2] == ExitStatus(code=0)
+        finally:
+            process.close()
+
+
+async def test_a_wrong_token_gets_no_agent(tmp_path: Path) -> None:
+    listener = AgentListener(str(tmp_path), exec_helper())
+    helper = await trio.lowlevel.open_process(
+        [exec_helper(), "--agent", listener.host_path, "0" * 32]
+    )
+    try:
+        with capture_logs() as logs, trio.move_on_after(2):
+            assert await listener.accept() is None
+        assert any(entry["event"] == "agent_refused" for entry in logs)
+        assert helper.poll() is None, "an agent that trissh refused must stay as keepalive"
+    finally:
+        helper.kill()
+        await helper.wait()
+        listener.close()
+
+
+async def _gone(pid: int) -> None:
+    with trio.fail_after(10):
+        while _alive(pid):
+            await trio.sleep(0.02)
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has already died)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# -- in real containers ------------------------------------------------------------------------
+
+
+@pytest.mark.podman
+async def test_sessions_in_an_agent_container_make_no_podman_exec(podman_available: str) -> None:
+    async with open_podman_harness(agent=True) as h:
+        with trio.fail_after(60):
+            async with h.backend.open_sandbox(h.sandbox_spec()) as sandbox:
+                spec = ProcessSpec(argv=h.sh("readlink /proc/self/fd/1; echo $$; sleep 1000"))
+                async with sandbox.open_process(spec) as process:
+                    pipe = await process.stdout.receive_some(100)
+                    assert pipe.startswith(b"pipe:"), pipe
+                # left while it ran: the teardown killed it
+                check = ProcessSpec(argv=h.sh("ps -o args | grep -c '^sleep 1000' || true"))
+                async with sandbox.open_process(check) as process:
+                    out, _, status = await run(process)
+                assert (out, status) == (b"0\n", ExitStatus(code=0))
+                info = await h.podman._api.request(
+                    "GET", f"/containers/{sandbox.container_id}/json"
+                )
+                assert not info.get("ExecIDs"), info.get("ExecIDs")
+
+
+@pytest.mark.podman
+async def test_a_container_whose_agent_does_not_connect_uses_podman_exec(
+    podman_available: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent that cannot prove itself (here: a wrong token) costs one warning; that
+    container and later ones run their programs as execs, and nothing waits again."""
+    real = AgentListener.entrypoint
+    monkeypatch.setattr(AgentListener, "entrypoint", lambda self: [*real(self)[:3], "0" * 32])
+    monkeypatch.setattr("trissh.backend._agent.CONNECT_TIMEOUT", 2.0)
+    async with open_podman_harness(agent=True) as h:
+        with capture_logs() as logs, trio.fail_after(60):
+            for _ in range(2):
+                async with h.backend.open_sandbox(h.sandbox_spec()) as sandbox:
+                    spec = ProcessSpec(argv=h.sh("echo via exec"))
+                    async with sandbox.open_process(spec) as process:
+                        out, _, status = await run(process)
+                    assert (out, status) == (b"via exec\n", ExitStatus(code=0))
+    events = [entry["event"] for entry in logs]
+    assert events.count("agent_unavailable") == 1, events
+    assert events.count("agent_refused") == 1, events
