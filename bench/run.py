@@ -805,7 +805,8 @@ def measure_end_to_end(bench: Bench, figures: dict[str, Figure]) -> None:
             figures["e2e_cpu"].set(OPENSSH, [sshd_cpu])
         figures["e2e_cpu"].note = (
             f"trissh {ours:.0f} ms + podman service with conmon/runc/container "
-            f"{theirs:.0f} ms (the pooled container's create/start/remove; sessions start through the in-container agent, no exec); "
+            f"{theirs:.0f} ms (the pooled container's create/start/remove; sessions start "
+            "through the in-container agent, no exec); "
             "sshd: listener + forked children"
         )
 
