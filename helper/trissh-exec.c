@@ -41,6 +41,11 @@
  * session with those three as fds 0..2 and the agent's environment plus ENV; on its socket
  * trissh may send "kill N\n", and the agent answers with the status line once the program
  * has ended ("exit N" / "signal N core C"). trissh closing a program's socket kills it.
+ * "spawnpty\0" ROWS "\0" COLS "\0" ARG... "\0" ENV... with only the program's socket asks
+ * for a terminal instead of pipes: the agent opens a pty in the container (ROWS x COLS),
+ * makes its slave the program's controlling terminal and fds 0..2, and sends the master
+ * back on the program's socket (one byte "p" with SCM_RIGHTS) before any status line; if
+ * it cannot, it sends "error: ..." and closes the socket.
  * When trissh closes the agent's socket (or cannot be reached at start), the agent kills
  * what it started and stays, doing nothing, as the container's keepalive: `podman exec`
  * still works. The agent acts on trissh's messages only; a program in the container may
@@ -56,6 +61,7 @@
 #include <string.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -63,6 +69,7 @@
 #include <sys/types.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t child_pid = 0;
@@ -227,18 +234,68 @@ static void close_all(const int *fds, size_t count) {
     for (size_t i = 0; i < count; i++) close(fds[i]);
 }
 
-/* One "spawn" message: argv, then extra environment, and four descriptors. */
-static void agent_spawn(char *message, size_t length, const int fds[4], const sigset_t *mask) {
+/* Open a pty of rows x cols; its slave in *slave. Returns the master, or -1 with errno. */
+static int open_pty(unsigned rows, unsigned cols, int *slave) {
+    int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0) return -1;
+    struct winsize size = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+    if (grantpt(master) < 0 || unlockpt(master) < 0 ||
+        ioctl(master, TIOCSWINSZ, &size) < 0 ||
+        (*slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0) {
+        int saved = errno;
+        close(master);
+        errno = saved;
+        return -1;
+    }
+    return master;
+}
+
+/* Hand the pty master to trissh: one byte "p" carrying it. */
+static int send_master(int sock, int master) {
+    char byte = 'p';
+    struct iovec part = {.iov_base = &byte, .iov_len = 1};
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr message = {.msg_iov = &part, .msg_iovlen = 1,
+                             .msg_control = control.space, .msg_controllen = sizeof control.space};
+    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(header), &master, sizeof(int));
+    return sendmsg(sock, &message, MSG_NOSIGNAL) == 1 ? 0 : -1;
+}
+
+/* One "spawn" (four descriptors) or "spawnpty" (one) message: argv, then extra
+ * environment. A request that cannot be served gets its descriptors closed (EOF before
+ * any status line: trissh reports the failure). */
+static void agent_spawn(char *message, size_t length, int *fds, int nfds,
+                        const sigset_t *mask) {
     static char *args[AGENT_ARGS + 2];
     size_t count = 0, argc = 0;
-    int in_env = 0;
-    char *word = message + sizeof "spawn";
-    if (length < sizeof "spawn" || memcmp(message, "spawn", sizeof "spawn") != 0 ||
-        message[length - 1] != '\0' || program_count == AGENT_PROGRAMS) {
-        close_all(fds, 4);
+    int in_env = 0, pty = 0;
+    unsigned rows = 0, cols = 0;
+    char *end = message + length, *word = NULL;
+    if (length == 0 || message[length - 1] != '\0' || program_count == AGENT_PROGRAMS) {
+        close_all(fds, (size_t)nfds);
         return;
     }
-    while (word < message + length && count < AGENT_ARGS) {
+    if (strcmp(message, "spawn") == 0 && nfds == 4) {
+        word = message + sizeof "spawn";
+    } else if (strcmp(message, "spawnpty") == 0 && nfds == 1) {
+        pty = 1;
+        word = message + sizeof "spawnpty";
+        if (word < end && sscanf(word, "%5u", &rows) == 1) word += strlen(word) + 1;
+        if (word < end && sscanf(word, "%5u", &cols) == 1) word += strlen(word) + 1;
+        if (rows == 0 || cols == 0 || rows > 65535 || cols > 65535) word = end;
+    } else {
+        close_all(fds, (size_t)nfds);
+        return;
+    }
+    while (word < end && count < AGENT_ARGS) {
         size_t size = strlen(word);
         if (size == 0 && !in_env) {
             in_env = 1;
@@ -249,16 +306,34 @@ static void agent_spawn(char *message, size_t length, const int fds[4], const si
         }
         word += size + 1;
     }
-    if (!in_env || argc == 0 || word < message + length) { /* malformed or too many */
-        close_all(fds, 4);
+    if (!in_env || argc == 0 || word < end) { /* malformed or too many */
+        close_all(fds, (size_t)nfds);
         return;
     }
     args[count] = NULL;
+    int sock = fds[nfds - 1], stdio[3] = {-1, -1, -1}, master = -1;
+    if (pty) {
+        master = open_pty(rows, cols, &stdio[0]);
+        if (master < 0) {
+            dprintf(sock, "error: cannot open a pty: %s\n", strerror(errno));
+            close(sock);
+            return;
+        }
+        stdio[1] = stdio[2] = stdio[0];
+    } else {
+        memcpy(stdio, fds, sizeof stdio);
+    }
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
-        dprintf(fds[2], "trissh-exec: fork: %s\n", strerror(errno));
-        close_all(fds, 4); /* EOF before a status line: trissh reports the failure */
+        dprintf(pty ? sock : stdio[2], "trissh-exec: fork: %s\n", strerror(errno));
+        if (pty) {
+            close(master);
+            close(stdio[0]);
+            close(sock);
+        } else {
+            close_all(fds, 4);
+        }
         return;
     }
     if (pid == 0) {
@@ -268,8 +343,9 @@ static void agent_spawn(char *message, size_t length, const int fds[4], const si
         signal(SIGPIPE, SIG_DFL); /* the agent ignores it; an ignored signal survives exec */
         setsid();
         for (int i = 0; i < 3; i++) {
-            if (dup2(fds[i], i) < 0) _exit(126);
+            if (dup2(stdio[i], i) < 0) _exit(126);
         }
+        if (pty && ioctl(0, TIOCSCTTY, 0) < 0) _exit(126);
         for (size_t i = argc + 1; i < count; i++) {
             if (strchr(args[i], '=') != NULL) putenv(args[i]);
         }
@@ -278,9 +354,15 @@ static void agent_spawn(char *message, size_t length, const int fds[4], const si
         dprintf(2, "%s: %s\n", args[0], strerror(errno));
         _exit(code);
     }
-    close_all(fds, 3);
+    if (pty) {
+        close(stdio[0]); /* only the program holds the slave: its exit is EIO on the master */
+        if (send_master(sock, master) < 0) kill(pid, SIGKILL);
+        close(master);
+    } else {
+        close_all(fds, 3);
+    }
     programs[program_count].pid = pid;
-    programs[program_count].sock = fds[3];
+    programs[program_count].sock = sock;
     program_count++;
 }
 
@@ -381,11 +463,11 @@ static int agent(const char *path, const char *token) {
                 if (got > 4) got = 4; /* cannot be (the buffer holds 4), but never overflow */
                 memcpy(fds, CMSG_DATA(header), (size_t)got * sizeof(int));
             }
-            if (got != 4 || (request.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+            if (got == 0 || (request.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
                 close_all(fds, (size_t)got);
                 continue;
             }
-            agent_spawn(message, (size_t)n, fds, &old);
+            agent_spawn(message, (size_t)n, fds, got, &old);
         }
     }
     return 0; /* not reached */

@@ -57,7 +57,7 @@ class PodmanSettings(_Model):
     #: throughput. Needs ``exec_helper``.
     direct_stdio: bool = True
     #: With direct stdio, each container's main process is ``trissh-exec --agent``, which
-    #: starts programs without a pty on trissh's request: no ``podman exec`` per session.
+    #: starts session programs (pty or not) on trissh's request: no ``podman exec``.
     exec_agent: bool = True
     #: Where those per-container directories go; "" picks $RUNTIME_DIRECTORY, else
     #: $XDG_RUNTIME_DIR (if others may pass through it), else the temp dir. The podman

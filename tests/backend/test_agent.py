@@ -9,6 +9,7 @@ stdio/exit/signal/environment contract itself is the conformance suite's
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,11 +19,17 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from trissh.backend import BackendError, ExitStatus, ProcessSpec
-from trissh.backend._agent import SOCKET_NAME, Agent, AgentListener
+from trissh.backend import BackendError, ExitStatus, ProcessSpec, PtySpec, TerminalSize
+from trissh.backend._agent import (
+    SOCKET_NAME,
+    Agent,
+    AgentListener,
+    AgentProcess,
+    open_agent_process,
+)
 from trissh.backend._direct_stdio import CONTAINER_DIR
 
-from .conformance import run
+from .conformance import read_all, run
 from .conftest import exec_helper, open_podman_harness
 
 
@@ -48,65 +55,81 @@ async def host_agent(tmp_path: Path) -> AsyncIterator[tuple[Agent, trio.Process]
         await process.wait()
 
 
+def started(
+    agent: Agent, argv: list[str], env: dict[str, str] | None = None, pty: PtySpec | None = None
+) -> contextlib.AbstractAsyncContextManager[AgentProcess]:
+    """A program through the agent, as a session starts one (status watcher included)."""
+    spec = ProcessSpec(argv=argv, env=env or {}, pty=pty)
+    return open_agent_process(agent, spec, container="host")
+
+
 async def test_the_agent_runs_programs_with_their_pipes_environment_and_status(
     tmp_path: Path,
 ) -> None:
     async with host_agent(tmp_path) as (agent, _):
-        process = await agent.spawn(
-            ["sh", "-c", 'read line; echo "out $line $GREETING"; echo err >&2; exit 3'],
-            {"GREETING": "hi"},
-        )
-        try:
+        script = 'read line; echo "out $line $GREETING"; echo err >&2; exit 3'
+        async with started(agent, ["sh", "-c", script], {"GREETING": "hi"}) as process:
             out, err, status = await run(process, b"typed\n")
-        finally:
-            process.close()
+            assert await process.wait() == status  # asked again: the same answer
         assert (out, err, status) == (b"out typed hi\n", b"err\n", ExitStatus(code=3))
-        assert await process.wait() == status  # asked again: the same answer
 
         # SIGPIPE is the default again in the program (the agent itself ignores it)
-        pipeline = await agent.spawn(["sh", "-c", "(yes; echo $? >&2) | head -c 1"], {})
-        try:
-            out, err, status = await run(pipeline)
-        finally:
-            pipeline.close()
-        assert (out, err, status) == (b"y", b"141\n", ExitStatus(code=0))
+        async with started(agent, ["sh", "-c", "(yes; echo $? >&2) | head -c 1"]) as pipeline:
+            assert await run(pipeline) == (b"y", b"141\n", ExitStatus(code=0))
 
-        missing = await agent.spawn(["no-such-program-here"], {})
-        try:
+        async with started(agent, ["no-such-program-here"]) as missing:
             out, err, status = await run(missing)
-        finally:
-            missing.close()
         assert status == ExitStatus(code=127)
         assert b"no-such-program-here" in err
 
 
+async def test_a_terminal_from_the_agent(tmp_path: Path) -> None:
+    """A pty opened by the agent: the program's controlling terminal at the asked size,
+    resizable, its output ends with the program even if a child still holds it."""
+    pty = PtySpec(term="xterm", size=TerminalSize(columns=101, rows=33))
+    script = "tty; stty size; read line; stty size; echo got $line; (sleep 3 &); exit 4"
+    async with host_agent(tmp_path) as (agent, _):
+        async with started(agent, ["sh", "-c", script], pty=pty) as process:
+            assert process.stderr is None
+            first = b""
+            while b"33 101" not in first:
+                first += await process.stdout.receive_some(1000)
+            await process.resize(TerminalSize(columns=90, rows=20))
+            await process.stdin.send_all(b"hello\n")
+            with trio.fail_after(10):
+                rest = await read_all(process.stdout)
+                status = await process.wait()
+        lines = (first + rest).decode().splitlines()
+        assert lines[0].startswith("/dev/pts/"), lines
+        assert "20 90" in lines, lines
+        assert "got hello" in lines, lines
+        assert status == ExitStatus(code=4)
+
+
 async def test_signals_reach_the_program_and_closing_its_line_kills_it(tmp_path: Path) -> None:
     async with host_agent(tmp_path) as (agent, _):
-        process = await agent.spawn(["sh", "-c", "echo ready; exec sleep 1000"], {})
-        try:
+        async with started(agent, ["sh", "-c", "echo ready; exec sleep 1000"]) as process:
             assert await process.stdout.receive_some(100) == b"ready\n"
             await process.send_signal("TERM")
             with trio.fail_after(10):
                 assert await process.wait() == ExitStatus(signal="TERM")
-        finally:
-            process.close()
 
-        victim = await agent.spawn(["sh", "-c", "echo $$; exec sleep 1000"], {})
-        pid = int(await victim.stdout.receive_some(100))
-        assert _alive(pid)
-        victim.close()  # the session's teardown
-        await _gone(pid)
+        async with started(agent, ["sh", "-c", "echo $$; exec sleep 1000"]) as victim:
+            pid = int(await victim.stdout.receive_some(100))
+            assert _alive(pid)
+        await _gone(pid)  # left while it ran: the session's teardown killed it
 
 
 async def test_the_agent_outlives_trissh_but_not_its_programs(tmp_path: Path) -> None:
     """trissh gone: what the agent started is killed; the agent stays as the container's
     keepalive (podman exec must keep working)."""
     async with host_agent(tmp_path) as (agent, helper):
-        process = await agent.spawn(["sh", "-c", "echo $$; exec sleep 1000"], {})
-        pid = int(await process.stdout.receive_some(100))
-        agent.close()
-        await _gone(pid)
-        process.close()
+        async with started(agent, ["sh", "-c", "echo $$; exec sleep 1000"]) as process:
+            pid = int(await process.stdout.receive_some(100))
+            agent.close()
+            await _gone(pid)
+            with pytest.raises(BackendError, match="did not report"):
+                await process.wait()
         assert helper.poll() is None, "the agent exited with its connection"
         with pytest.raises(BackendError, match="agent went away"):
             await agent.spawn(["true"], {})
@@ -119,11 +142,8 @@ async def test_requests_are_checked_before_they_are_sent(tmp_path: Path) -> None
         with pytest.raises(BackendError, match="exceed"):
             await agent.spawn(["true"], {"BIG": "x" * 70_000})
         assert not agent.broken
-        process = await agent.spawn(["true"], {})
-        try:
+        async with started(agent, ["true"]) as process:
             assert (await run(process))[2] == ExitStatus(code=0)
-        finally:
-            process.close()
 
 
 async def test_a_wrong_token_gets_no_agent(tmp_path: Path) -> None:

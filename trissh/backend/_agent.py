@@ -1,4 +1,4 @@
-"""The in-container agent: programs without a pty started with no ``podman exec``.
+"""The in-container agent: session programs started with no ``podman exec``.
 
 Theory of operation
 -------------------
@@ -7,7 +7,7 @@ session (about 60 ms of a container login's latency and ~90 ms of CPU here). Wit
 stdio (:mod:`trissh.backend._direct_stdio`) every container already has a private host
 directory bind-mounted at ``/run/trissh-stdio``, and the static ``trissh-exec`` in it. So
 the container's main process, instead of a pause, is ``trissh-exec --agent SOCKET TOKEN``
-(``helper/trissh-exec.c``), and programs without a pty are its children:
+(``helper/trissh-exec.c``), and session programs are its children:
 
 * before creating the container, :class:`AgentListener` listens on a ``SOCK_SEQPACKET``
   socket in the container's directory; once the container runs, the agent connects and
@@ -21,21 +21,32 @@ the container's main process, instead of a pause, is ``trissh-exec --agent SOCKE
   directory, environment, capabilities and cgroup (its own, which are the container's);
   on the program's socket trissh sends ``kill N``; the agent answers with the status
   line when the program ends, and kills it when trissh closes the socket (teardown);
+* with a pty the request carries the size and only the program's socket: the agent opens
+  the pty in the container, makes it the program's terminal, and sends the master back
+  on that socket; trissh checks it is a pty master before using it. Its output ends at
+  EIO (nobody holds the terminal any more) or, as podman's stream does, once the program
+  has ended and the terminal stays quiet for :data:`PTY_DRAIN`;
 * a container whose agent did not connect (``agent_unavailable``), or whose agent went
-  away, gets ``podman exec`` as before; pty sessions always do (the pty is conmon's).
+  away, gets ``podman exec`` as before.
 
 Trust: the agent runs as the container's user and takes orders only from trissh; what it
-sends back (the token, status lines) is read with bounds and parsed strictly. Nothing is
-ever received *from* the container but bytes.
+sends back (the token, status lines, a pty master) is read with bounds and checked: the
+one descriptor ever taken from a container must be a pty master (a character device
+answering ``TIOCGPTN``), which a non-blocking read never stalls on.
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
+import errno
+import fcntl
 import os
 import secrets
 import socket
+import stat
+import struct
+import termios
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -51,12 +62,13 @@ from trissh.backend._direct_stdio import (
     STATUS_LINE_LIMIT,
     TOKEN_BYTES,
     TOKEN_TIMEOUT,
+    PipeWriter,
     ProgramPipes,
     parse_status_line,
     receive_bounded,
 )
-from trissh.backend._pipe import ProcessStdin
-from trissh.backend.base import ExitStatus, ProcessSpec, TerminalSize
+from trissh.backend._pipe import ProcessStdin, open_task_nursery
+from trissh.backend.base import ExitStatus, ProcessSpec, PtySpec, TerminalSize
 from trissh.backend.errors import BackendError
 
 __all__ = ["Agent", "AgentListener", "AgentProcess", "open_agent_process"]
@@ -69,6 +81,12 @@ SOCKET_NAME: Final = "agent.sock"
 CONNECT_TIMEOUT: Final = 10.0
 #: The largest spawn request (the agent's buffer is 64 KiB).
 MAX_REQUEST: Final = 60 * 1024
+#: How long the agent may take to open a pty and send its master.
+PTY_TIMEOUT: Final = 10.0
+#: After the program ended, a quiet terminal this long is the end of its output.
+PTY_DRAIN: Final = 0.2
+#: ``_IOR('T', 0x30, unsigned int)``: only a pty master answers it.
+_TIOCGPTN: Final = getattr(termios, "TIOCGPTN", 0x80045430)
 
 
 class AgentListener:
@@ -134,38 +152,51 @@ class Agent:
         #: Set once a request could not be sent: the container gets ``podman exec``.
         self.broken = False
 
-    async def spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> AgentProcess:
-        """Start ``argv`` with ``env`` added to the container's environment.
+    async def spawn(
+        self, argv: Sequence[str], env: Mapping[str, str], pty: PtySpec | None = None
+    ) -> AgentProcess:
+        """Start ``argv`` with ``env`` added to the container's environment, on pipes or
+        on a terminal of ``pty``'s size.
 
         Raises:
-            BackendError: a NUL in the request, a request too large, or the agent gone.
+            BackendError: a NUL in the request, a request too large, the agent gone, or
+                (a pty) no usable terminal from it.
         """
         words = [*argv, "", *(f"{key}={value}" for key, value in env.items())]
         if any("\0" in word for word in words):
             raise BackendError("the command or its environment contains a NUL byte")
-        request = b"\0".join([b"spawn", *(word.encode() for word in words)]) + b"\0"
+        head = [b"spawn"]
+        if pty is not None:
+            rows, columns = max(1, pty.size.rows), max(1, pty.size.columns)
+            head = [b"spawnpty", b"%d" % rows, b"%d" % columns]
+        request = b"\0".join([*head, *(word.encode() for word in words)]) + b"\0"
         if len(request) > MAX_REQUEST:
             raise BackendError(f"the command and its environment exceed {MAX_REQUEST} bytes")
-        pipes = ProgramPipes()
+        pipes = ProgramPipes() if pty is None else None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         line = trio.socket.from_stdlib_socket(ours)
         try:
-            fds = array.array("i", [*pipes.child_ends, theirs.fileno()])
-            async with self._sending:
-                await self._conn.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-        except OSError as exc:
-            self.broken = True
-            pipes.close()
-            line.close()
-            raise BackendError(f"the container's agent went away: {exc}") from exc
+            fds = array.array("i", [*(pipes.child_ends if pipes else []), theirs.fileno()])
+            try:
+                async with self._sending:
+                    await self._conn.sendmsg(
+                        [request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
+                    )
+            except OSError as exc:
+                self.broken = True
+                raise BackendError(f"the container's agent went away: {exc}") from exc
+            finally:
+                theirs.close()
+                if pipes is not None:
+                    pipes.release_child_ends()
+            if pipes is not None:
+                return AgentProcess(line, pipes=pipes)
+            return AgentProcess(line, master=await _receive_master(line))
         except BaseException:
-            pipes.close()
             line.close()
+            if pipes is not None:
+                pipes.close()
             raise
-        finally:
-            theirs.close()
-            pipes.release_child_ends()
-        return AgentProcess(pipes, line)
 
     def close(self) -> None:
         """The agent kills what it started and stays as the container's keepalive."""
@@ -173,15 +204,68 @@ class Agent:
         self._conn.close()
 
 
+async def _receive_master(line: trio.socket.SocketType) -> int:
+    """The pty master the agent sends for a ``spawnpty``, checked to be one.
+
+    Raises:
+        BackendError: none came in time, the agent said why not, or what came is not a
+            pty master.
+    """
+    data, flags = b"", 0
+    fds: list[int] = []
+    with trio.move_on_after(PTY_TIMEOUT):
+        data, ancillary, flags, _ = await line.recvmsg(
+            1, socket.CMSG_SPACE(4 * 4), socket.MSG_CMSG_CLOEXEC
+        )
+        for level, kind, payload in ancillary:
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                fds += array.array("i", payload[: len(payload) - len(payload) % 4])
+    master = fds.pop(0) if data == b"p" and len(fds) == 1 and not flags & socket.MSG_CTRUNC else -1
+    for extra in fds:
+        os.close(extra)
+    if master < 0:
+        why = data + await receive_bounded(line, 200, until=b"\n")
+        text = why.decode("utf-8", "replace").strip() or "no answer"
+        raise BackendError(f"the container's agent gave no terminal: {text}")
+    try:
+        if not stat.S_ISCHR(os.fstat(master).st_mode):
+            raise OSError(errno.ENOTTY, "not a character device")
+        fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4)
+    except OSError as exc:
+        os.close(master)
+        raise BackendError(f"the container's agent sent no pty master: {exc}") from None
+    return master
+
+
 class AgentProcess:
     """A program the agent started, seen through the
-    :class:`~trissh.backend.base.Process` protocol (never with a pty)."""
+    :class:`~trissh.backend.base.Process` protocol: on pipes, or on a pty (``master``)."""
 
-    def __init__(self, pipes: ProgramPipes, line: trio.socket.SocketType) -> None:
-        self._pipes = pipes
+    def __init__(
+        self,
+        line: trio.socket.SocketType,
+        *,
+        pipes: ProgramPipes | None = None,
+        master: int | None = None,
+    ) -> None:
         self._line = line
-        self._stdin = ProcessStdin(pipes.stdin, eof=pipes.stdin.aclose)
+        self._pipes = pipes
         self._status: ExitStatus | None = None
+        self._exited = trio.Event()
+        self._stdout: trio.abc.ReceiveStream
+        if pipes is not None:
+            self._stdin = ProcessStdin(pipes.stdin, eof=pipes.stdin.aclose)
+            self._stdout = pipes.stdout
+            self._stderr: trio.abc.ReceiveStream | None = pipes.stderr
+            self._terminal: _PtyOutput | None = None
+        else:
+            assert master is not None
+            writer = PipeWriter(trio.lowlevel.FdStream(os.dup(master)))
+            self._stdin = ProcessStdin(writer)  # a pty: closing is no EOF (^D is)
+            self._terminal = _PtyOutput(trio.lowlevel.FdStream(master), self._exited)
+            self._stdout = self._terminal
+            self._stderr = None
+            self._writer = writer
 
     @property
     def stdin(self) -> trio.abc.SendStream:
@@ -189,14 +273,20 @@ class AgentProcess:
 
     @property
     def stdout(self) -> trio.abc.ReceiveStream:
-        return self._pipes.stdout
+        return self._stdout
 
     @property
-    def stderr(self) -> trio.abc.ReceiveStream:
-        return self._pipes.stderr
+    def stderr(self) -> trio.abc.ReceiveStream | None:
+        return self._stderr
 
     async def resize(self, size: TerminalSize) -> None:
-        await trio.lowlevel.checkpoint()  # no pty
+        """Resize the pty (the kernel tells the program with SIGWINCH); no-op without."""
+        await trio.lowlevel.checkpoint()
+        if self._terminal is None or size.rows <= 0 or size.columns <= 0:
+            return
+        winsize = struct.pack("HHHH", size.rows, size.columns, size.width_px, size.height_px)
+        with contextlib.suppress(OSError):  # closed: the session is going
+            fcntl.ioctl(self._terminal.fileno(), termios.TIOCSWINSZ, winsize)
 
     async def send_signal(self, signal: str) -> None:
         """Raises: BackendError: unknown signal name."""
@@ -209,22 +299,78 @@ class AgentProcess:
 
     async def wait(self) -> ExitStatus:
         """Raises: BackendError: the agent went away without saying how it ended."""
+        await self._exited.wait()
         if self._status is None:
-            line = await receive_bounded(self._line, STATUS_LINE_LIMIT, until=b"\n")
-            status = parse_status_line(line)
-            if status is None:
-                await trio.lowlevel.checkpoint()
-                raise BackendError("the container's agent did not report how the program ended")
-            self._status = status
-        else:
-            await trio.lowlevel.checkpoint()
+            raise BackendError("the container's agent did not report how the program ended")
         return self._status
+
+    async def watch(self) -> None:
+        """Take the status line (the agent writes it when the program ends); run in a
+        task for the process's lifetime, so a terminal's output can end with it."""
+        try:
+            line = await receive_bounded(self._line, STATUS_LINE_LIMIT, until=b"\n")
+            self._status = parse_status_line(line)
+        finally:
+            self._exited.set()
 
     def close(self) -> None:
         """Kill the program if it still runs (the agent does, on our closing its line),
-        and release the pipes. No checkpoint."""
+        and release its stdio. No checkpoint."""
         self._line.close()
-        self._pipes.close()
+        if self._pipes is not None:
+            self._pipes.close()
+        if self._terminal is not None:
+            self._terminal.close()
+            self._writer.close()
+
+
+class _PtyOutput(trio.abc.ReceiveStream):
+    """A pty master's output. EIO (nobody holds the terminal any more) is EOF; so is a
+    quiet terminal :data:`PTY_DRAIN` after the program ended (something it left running
+    may hold the terminal; podman's exec stream, too, ends with the program)."""
+
+    def __init__(self, stream: trio.lowlevel.FdStream, exited: trio.Event) -> None:
+        self._stream = stream
+        self._exited = exited
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            fd = self._stream.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("terminal already closed")
+            try:
+                return os.read(fd, max_bytes or 65536)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    return b""
+                raise trio.BrokenResourceError(str(exc)) from exc
+            if self._exited.is_set():
+                with trio.move_on_after(PTY_DRAIN) as quiet:
+                    await trio.lowlevel.wait_readable(fd)
+                if quiet.cancelled_caught:
+                    return b""
+                continue
+            async with trio.open_nursery() as either:
+                either.start_soon(_cancel_when_set, self._exited, either.cancel_scope)
+                await trio.lowlevel.wait_readable(fd)
+                either.cancel_scope.cancel()
+
+    def close(self) -> None:
+        self._stream.close()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 @asynccontextmanager
@@ -243,17 +389,19 @@ async def open_agent_process(
     Cancellation: safe at any point; teardown is synchronous.
     """
     started = time.monotonic()
-    process = await agent.spawn(spec.argv, process_env(spec))
+    process = await agent.spawn(spec.argv, process_env(spec), spec.pty)
     try:
-        if observe is not None:
-            observe("exec", time.monotonic() - started)
-        log.debug(
-            "process_started",
-            container=container[:12],
-            channel=spec.channel_id,
-            via="agent",
-            duration_ms=ms_since(started),
-        )
-        yield process
+        async with open_task_nursery() as nursery:
+            nursery.start_soon(process.watch)
+            if observe is not None:
+                observe("exec", time.monotonic() - started)
+            log.debug(
+                "process_started",
+                container=container[:12],
+                channel=spec.channel_id,
+                via="agent",
+                duration_ms=ms_since(started),
+            )
+            yield process
     finally:
         process.close()

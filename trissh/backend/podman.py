@@ -12,7 +12,7 @@ signals, the "main process" just waits, and nothing of it has to exist in the im
 busybox, distro and distroless images all work. It is set as the *entrypoint*, so an image's
 ENTRYPOINT/CMD cannot replace it. Sessions are execs in that container, except with direct
 stdio and ``exec_agent``: then the main process is the bind-mounted ``trissh-exec --agent``
-(:mod:`trissh.backend._agent`), which starts programs without a pty on trissh's request.
+(:mod:`trissh.backend._agent`), which starts the programs on trissh's request.
 
 Leaving ``open_sandbox`` removes the container with ``force=true&timeout=0`` inside a
 bounded shielded scope. That includes a creation cancelled half-way: creation is not
@@ -128,7 +128,7 @@ class PodmanBackend:
         stdio_dir: where the per-container stdio directories go; ``""``: systemd's
             RuntimeDirectory, else $XDG_RUNTIME_DIR, else the temp dir. The podman user
             must be able to reach it.
-        exec_agent: with direct stdio, programs without a pty are started by the
+        exec_agent: with direct stdio, programs are started by the
             container's agent instead of ``podman exec`` (:mod:`._agent`).
         """
         self._api = PodmanApi(
@@ -685,10 +685,10 @@ class PodmanSandbox:
     def open_process(
         self, spec: ProcessSpec
     ) -> AbstractAsyncContextManager[PodmanProcess | AgentProcess]:
-        """Start ``spec.argv`` through the container's agent, or (a pty, no agent) as an
-        exec; leaving the context kills it if still running."""
+        """Start ``spec.argv`` through the container's agent, or (no agent) as an exec;
+        leaving the context kills it if still running."""
         settings = self._spec.settings
-        if self._agent is not None and not self._agent.broken and spec.pty is None:
+        if self._agent is not None and not self._agent.broken:
             return open_agent_process(
                 self._agent, spec, container=self._container_id, observe=self._observe
             )
