@@ -343,7 +343,7 @@ class _PtyOutput(trio.abc.ReceiveStream):
             if fd < 0:
                 raise trio.ClosedResourceError("terminal already closed")
             try:
-                return os.read(fd, max_bytes or 65536)
+                return _read_what_is_there(fd, max_bytes or 65536)
             except BlockingIOError:
                 pass
             except OSError as exc:
@@ -366,6 +366,21 @@ class _PtyOutput(trio.abc.ReceiveStream):
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+def _read_what_is_there(fd: int, limit: int) -> bytes:
+    """Everything the terminal has now, up to ``limit``: a pty master gives at most a few
+    KiB per read, and one SSH packet per read would cap bulk output far below the pty's
+    own speed. Raises what the first read raises (nothing there: BlockingIOError)."""
+    chunks = [os.read(fd, limit)]
+    size = len(chunks[0])
+    while chunks[-1] and size < limit:
+        try:
+            chunks.append(os.read(fd, limit - size))
+        except OSError:
+            break  # nothing more now (or EIO): the next call sees it
+        size += len(chunks[-1])
+    return b"".join(chunks)
 
 
 async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
