@@ -25,6 +25,7 @@ from trissh.backend._agent import (
     Agent,
     AgentListener,
     AgentProcess,
+    _PtyOutput,
     open_agent_process,
 )
 from trissh.backend._direct_stdio import CONTAINER_DIR
@@ -223,3 +224,29 @@ async def test_a_container_whose_agent_does_not_connect_uses_podman_exec(
     events = [entry["event"] for entry in logs]
     assert events.count("agent_unavailable") == 1, events
     assert events.count("agent_refused") == 1, events
+
+
+async def test_terminal_output_comes_in_one_piece_not_per_pty_read() -> None:
+    """A pty master hands out a few KiB per read; what is there is taken at once (one SSH
+    packet, not one per 4 KiB)."""
+    master, slave = os.openpty()
+    output = _PtyOutput(trio.lowlevel.FdStream(master), trio.Event())
+    try:
+        written = _fill(slave)
+        assert written > 8192
+        await trio.sleep(0.1)  # the kernel moves it to the master's side asynchronously
+        with trio.fail_after(5):
+            assert await output.receive_some(65536) == b"x" * written
+    finally:
+        output.close()
+        os.close(slave)
+
+
+def _fill(fd: int) -> int:
+    """Write to a pty slave what it takes without blocking (a few pty reads' worth)."""
+    os.set_blocking(fd, False)
+    written = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            written += os.write(fd, b"x" * 1000)
+    return written
