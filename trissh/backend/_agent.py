@@ -224,7 +224,9 @@ async def _receive_master(line: trio.socket.SocketType) -> int:
     for extra in fds:
         os.close(extra)
     if master < 0:
-        why = data + await receive_bounded(line, 200, until=b"\n")
+        why = data
+        with trio.move_on_after(1.0):  # the agent's reason, if it gave one
+            why += await receive_bounded(line, 200, until=b"\n")
         text = why.decode("utf-8", "replace").strip() or "no answer"
         raise BackendError(f"the container's agent gave no terminal: {text}")
     try:
