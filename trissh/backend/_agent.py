@@ -29,6 +29,10 @@ the container's main process, instead of a pause, is ``trissh-exec --agent SOCKE
 * a container whose agent did not connect (``agent_unavailable``), or whose agent went
   away, gets ``podman exec`` as before.
 
+Tasks: one per program, :meth:`AgentProcess.watch`, in the process context's nursery
+(:func:`open_agent_process`): it takes the status line, so ``wait`` and a terminal's end
+both know when the program ended. Teardown is synchronous (close the line and the fds).
+
 Trust: the agent runs as the container's user and takes orders only from trissh; what it
 sends back (the token, status lines, a pty master) is read with bounds and checked: the
 one descriptor ever taken from a container must be a pty master (a character device
