@@ -46,7 +46,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
 import socket
 import stat
 import struct
@@ -56,28 +55,25 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Final
 
-import structlog
 import trio
 
-from trissh.backend._common import ms_since, process_env, signal_number
+from trissh.backend._common import process_env, signal_number
 from trissh.backend._direct_stdio import (
     CONTAINER_DIR,
-    MAX_ATTEMPTS,
     STATUS_LINE_LIMIT,
-    TOKEN_BYTES,
-    TOKEN_TIMEOUT,
+    PipeEnd,
     PipeWriter,
     ProgramPipes,
+    TokenListener,
     parse_status_line,
     receive_bounded,
 )
 from trissh.backend._pipe import ProcessStdin, open_task_nursery
+from trissh.backend._podman_exec import note_started
 from trissh.backend.base import ExitStatus, ProcessSpec, PtySpec, TerminalSize
 from trissh.backend.errors import BackendError
 
 __all__ = ["Agent", "AgentListener", "AgentProcess", "open_agent_process"]
-
-log = structlog.get_logger("trissh.backend.podman")
 
 #: The agent's socket in each container's stdio directory.
 SOCKET_NAME: Final = "agent.sock"
@@ -98,18 +94,8 @@ class AgentListener:
 
     def __init__(self, host_dir: str, helper_path: str) -> None:
         self.host_path = os.path.join(host_dir, SOCKET_NAME)
-        self._token = secrets.token_hex(TOKEN_BYTES).encode()
         self._helper_path = helper_path
-        raw = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        self._listener: trio.socket.SocketType | None = trio.socket.from_stdlib_socket(raw)
-        try:
-            raw.bind(self.host_path)
-            # The container's user is not us; the token, not the mode, guards the agent.
-            os.chmod(self.host_path, 0o666)  # noqa: S103
-            raw.listen(MAX_ATTEMPTS)
-        except BaseException:
-            self.close()
-            raise
+        self._listener = TokenListener(self.host_path, socket.SOCK_SEQPACKET)
 
     def entrypoint(self) -> list[str]:
         """The container's main process."""
@@ -117,34 +103,19 @@ class AgentListener:
             self._helper_path,
             "--agent",
             f"{CONTAINER_DIR}/{SOCKET_NAME}",
-            self._token.decode(),
+            self._listener.token.decode(),
         ]
 
     async def accept(self, **log_fields: object) -> Agent | None:
         """The agent's connection once it proved itself; ``None`` if none did in time.
         The listening socket is gone afterwards either way."""
-        try:
-            with trio.move_on_after(CONNECT_TIMEOUT):
-                for _ in range(MAX_ATTEMPTS):
-                    assert self._listener is not None
-                    conn, _ = await self._listener.accept()
-                    token = b""
-                    with trio.move_on_after(TOKEN_TIMEOUT):
-                        token = await receive_bounded(conn, len(self._token))
-                    if secrets.compare_digest(token, self._token):
-                        return Agent(conn)
-                    log.warning("agent_refused", reason="bad or missing token", **log_fields)
-                    conn.close()
-            return None
-        finally:
-            self.close()
+        conn = None
+        with trio.move_on_after(CONNECT_TIMEOUT):
+            conn = await self._listener.accept("agent_refused", log_fields)
+        return Agent(conn) if conn is not None else None
 
     def close(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-            with contextlib.suppress(OSError):
-                os.unlink(self.host_path)
+        self._listener.close()
 
 
 class Agent:
@@ -255,7 +226,6 @@ class AgentProcess:
         master: int | None = None,
     ) -> None:
         self._line = line
-        self._pipes = pipes
         self._status: ExitStatus | None = None
         self._exited = trio.Event()
         self._stdout: trio.abc.ReceiveStream
@@ -264,6 +234,7 @@ class AgentProcess:
             self._stdout = pipes.stdout
             self._stderr: trio.abc.ReceiveStream | None = pipes.stderr
             self._terminal: _PtyOutput | None = None
+            self._closers = [pipes.close]
         else:
             assert master is not None
             writer = PipeWriter(trio.lowlevel.FdStream(os.dup(master)))
@@ -271,7 +242,7 @@ class AgentProcess:
             self._terminal = _PtyOutput(trio.lowlevel.FdStream(master), self._exited)
             self._stdout = self._terminal
             self._stderr = None
-            self._writer = writer
+            self._closers = [self._terminal.close, writer.close]
 
     @property
     def stdin(self) -> trio.abc.SendStream:
@@ -323,20 +294,17 @@ class AgentProcess:
         """Kill the program if it still runs (the agent does, on our closing its line),
         and release its stdio. No checkpoint."""
         self._line.close()
-        if self._pipes is not None:
-            self._pipes.close()
-        if self._terminal is not None:
-            self._terminal.close()
-            self._writer.close()
+        for close in self._closers:
+            close()
 
 
-class _PtyOutput(trio.abc.ReceiveStream):
+class _PtyOutput(PipeEnd, trio.abc.ReceiveStream):
     """A pty master's output. EIO (nobody holds the terminal any more) is EOF; so is a
     quiet terminal :data:`PTY_DRAIN` after the program ended (something it left running
     may hold the terminal; podman's exec stream, too, ends with the program)."""
 
     def __init__(self, stream: trio.lowlevel.FdStream, exited: trio.Event) -> None:
-        self._stream = stream
+        super().__init__(stream)
         self._exited = exited
 
     def fileno(self) -> int:
@@ -345,9 +313,7 @@ class _PtyOutput(trio.abc.ReceiveStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
-            fd = self._stream.fileno()
-            if fd < 0:
-                raise trio.ClosedResourceError("terminal already closed")
+            fd = self._fd()
             try:
                 return _read_what_is_there(fd, max_bytes or 65536)
             except BlockingIOError:
@@ -366,12 +332,6 @@ class _PtyOutput(trio.abc.ReceiveStream):
                 either.start_soon(_cancel_when_set, self._exited, either.cancel_scope)
                 await trio.lowlevel.wait_readable(fd)
                 either.cancel_scope.cancel()
-
-    def close(self) -> None:
-        self._stream.close()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 def _read_what_is_there(fd: int, limit: int) -> bytes:
@@ -414,15 +374,7 @@ async def open_agent_process(
     try:
         async with open_task_nursery() as nursery:
             nursery.start_soon(process.watch)
-            if observe is not None:
-                observe("exec", time.monotonic() - started)
-            log.debug(
-                "process_started",
-                container=container[:12],
-                channel=spec.channel_id,
-                via="agent",
-                duration_ms=ms_since(started),
-            )
+            note_started(observe, started, container, spec.channel_id, via="agent")
             yield process
     finally:
         process.close()

@@ -37,7 +37,7 @@ import shutil
 import socket
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 import structlog
@@ -49,10 +49,12 @@ from trissh.backend.base import ExitStatus
 __all__ = [
     "CONTAINER_DIR",
     "DirectStdio",
+    "PipeEnd",
     "PipeReader",
     "PipeWriter",
     "ProgramPipes",
     "StdioRoot",
+    "TokenListener",
 ]
 
 log = structlog.get_logger("trissh.backend.podman")
@@ -213,6 +215,61 @@ class ProgramPipes:
             stream.close()
 
 
+class TokenListener:
+    """A unix socket in a container's stdio directory that lets in only a peer sending
+    the right token: at most :data:`MAX_ATTEMPTS` connections, :data:`TOKEN_TIMEOUT` each
+    to send it (compared in constant time); afterwards the socket is closed and unlinked.
+    The direct-stdio handover and the agent's connection both come through one."""
+
+    def __init__(self, path: str, kind: int) -> None:
+        self.path = path
+        self.token = secrets.token_hex(TOKEN_BYTES).encode()
+        raw = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
+        self._listener: trio.socket.SocketType | None = trio.socket.from_stdlib_socket(raw)
+        try:
+            raw.bind(path)
+            # The container's user is not us; the token, not the mode, guards the socket.
+            os.chmod(path, 0o666)  # noqa: S103
+            raw.listen(MAX_ATTEMPTS)
+        except BaseException:
+            self.close()
+            raise
+
+    async def accept(
+        self,
+        refused: str,
+        log_fields: Mapping[str, object],
+        serve: Callable[[trio.socket.SocketType], Awaitable[bool]] | None = None,
+    ) -> trio.socket.SocketType | None:
+        """The first connection that sends the token (and that ``serve``, if given, is
+        done with); ``None`` once every attempt failed. A wrong token is logged as
+        ``refused``. The caller bounds the whole wait; the listening socket is gone
+        afterwards either way."""
+        try:
+            for _ in range(MAX_ATTEMPTS):
+                assert self._listener is not None
+                conn, _ = await self._listener.accept()
+                token = b""
+                with trio.move_on_after(TOKEN_TIMEOUT):
+                    token = await receive_bounded(conn, len(self.token))
+                if not secrets.compare_digest(token, self.token):
+                    log.warning(refused, reason="bad or missing token", **log_fields)
+                elif serve is None or await serve(conn):
+                    return conn
+                conn.close()
+            return None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Idempotent, no checkpoint."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+
 class DirectStdio:
     """One program's three pipes and the single-use socket that hands them over.
 
@@ -226,27 +283,20 @@ class DirectStdio:
         name = f"{secrets.token_hex(8)}.sock"
         self.host_path = os.path.join(host_dir, name)
         self.container_path = f"{CONTAINER_DIR}/{name}"
-        self._token = secrets.token_hex(TOKEN_BYTES).encode()
-        self._listener: trio.socket.SocketType | None = None
         self._status_conn: trio.socket.SocketType | None = None
         self._pipes = ProgramPipes()
         self.stdin = self._pipes.stdin
         self.stdout = self._pipes.stdout
         self.stderr = self._pipes.stderr
         try:
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            self._listener = trio.socket.from_stdlib_socket(listener)
-            listener.bind(self.host_path)
-            # The container's user is not us; the token, not the mode, guards the pipes.
-            os.chmod(self.host_path, 0o666)  # noqa: S103
-            listener.listen(MAX_ATTEMPTS)
+            self._listener = TokenListener(self.host_path, socket.SOCK_STREAM)
         except BaseException:
-            self.close()
+            self._pipes.close()
             raise
 
     def helper_args(self) -> list[str]:
         """``trissh-exec`` options that make it fetch the pipes."""
-        return ["--stdio", self.container_path, self._token.decode()]
+        return ["--stdio", self.container_path, self._listener.token.decode()]
 
     async def hand_over(self) -> bool:
         """Serve the helper's connection: True once the pipes were passed.
@@ -254,19 +304,16 @@ class DirectStdio:
         Bounded as the module docstring says; the socket is gone afterwards either way, and
         so are our copies of the program's ends (a failed handover is EOF on our side).
         """
+        conn = None
         try:
             with trio.move_on_after(HANDOVER_TIMEOUT):
-                for _ in range(MAX_ATTEMPTS):
-                    assert self._listener is not None
-                    conn, _ = await self._listener.accept()
-                    if await self._serve(conn):
-                        self._status_conn = conn  # the helper reports the exit here
-                        return True
-                    conn.close()
-            return False
+                conn = await self._listener.accept(
+                    "stdio_handover_refused", self._log_fields, self._send_pipes
+                )
         finally:
-            self._close_listener()
             self._pipes.release_child_ends()
+        self._status_conn = conn  # the helper reports the exit here
+        return conn is not None
 
     async def exit_status(self) -> ExitStatus | None:
         """How the program ended, as the helper reports it on the handover connection the
@@ -281,13 +328,7 @@ class DirectStdio:
             return None
         return parse_status_line(await receive_bounded(conn, STATUS_LINE_LIMIT, until=b"\n"))
 
-    async def _serve(self, conn: trio.socket.SocketType) -> bool:
-        token = b""
-        with trio.move_on_after(TOKEN_TIMEOUT):
-            token = await receive_bounded(conn, len(self._token))
-        if not secrets.compare_digest(token, self._token):
-            log.warning("stdio_handover_refused", reason="bad or missing token", **self._log_fields)
-            return False
+    async def _send_pipes(self, conn: trio.socket.SocketType) -> bool:
         try:
             await conn.sendmsg(
                 [b"\0"],
@@ -297,16 +338,9 @@ class DirectStdio:
             return False  # the helper went away; it exits 126 and says why
         return True
 
-    def _close_listener(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-            with contextlib.suppress(OSError):
-                os.unlink(self.host_path)
-
     def close(self) -> None:
         """Close the sockets and every pipe end we still hold (no checkpoint)."""
-        self._close_listener()
+        self._listener.close()
         if self._status_conn is not None:
             self._status_conn.close()
         self._pipes.close()
@@ -341,7 +375,7 @@ def parse_status_line(line: bytes) -> ExitStatus | None:
             return None
 
 
-class _PipeEnd:
+class PipeEnd:
     """Our end of one of a program's pipes, over an ``FdStream`` (which does the waiting
     and the closing). A closed stream reports ``fileno() == -1``, so a descriptor number
     the kernel has reused is never touched."""
@@ -362,7 +396,7 @@ class _PipeEnd:
         await self._stream.aclose()
 
 
-class PipeReader(_PipeEnd, trio.abc.ReceiveStream):
+class PipeReader(PipeEnd, trio.abc.ReceiveStream):
     """Our end of a program's output pipe.
 
     ``FdStream.receive_some`` yields to the scheduler before it even tries to read; in a
@@ -382,7 +416,7 @@ class PipeReader(_PipeEnd, trio.abc.ReceiveStream):
             raise trio.BrokenResourceError(str(exc)) from exc
 
 
-class PipeWriter(_PipeEnd, trio.abc.SendStream):
+class PipeWriter(PipeEnd, trio.abc.SendStream):
     """Our end of a program's stdin pipe: writes first, waits (through the ``FdStream``)
     only for what the pipe did not take; the upload twin of :class:`PipeReader`."""
 

@@ -75,7 +75,7 @@ from trissh.backend.base import ExitStatus, ProcessSpec, TerminalSize
 from trissh.backend.errors import BackendError
 from trissh.backend.stdio_frames import FrameDecoder, FrameError, StreamType
 
-__all__ = ["PodmanProcess", "open_exec"]
+__all__ = ["PodmanProcess", "note_started", "open_exec"]
 
 log = structlog.get_logger("trissh.backend.podman")
 
@@ -158,14 +158,7 @@ async def open_exec(
     async with open_task_nursery() as nursery:
         try:
             await process._attach(nursery)
-            if observe is not None:
-                observe("exec", time.monotonic() - started)
-            log.debug(
-                "process_started",
-                container=container_id[:12],
-                channel=spec.channel_id,
-                duration_ms=ms_since(started),
-            )
+            note_started(observe, started, container_id, spec.channel_id)
             yield process
         finally:
             with trio.move_on_after(PROCESS_CLEANUP_BOUND, shield=True) as scope:
@@ -177,6 +170,25 @@ async def open_exec(
                     channel=spec.channel_id,
                 )
             process._close_now()
+
+
+def note_started(
+    observe: Callable[[str, float], None] | None,
+    started: float,
+    container_id: str,
+    channel: int,
+    **fields: object,
+) -> None:
+    """A program is running (by exec or by the agent): the ``exec`` metric and one line."""
+    if observe is not None:
+        observe("exec", time.monotonic() - started)
+    log.debug(
+        "process_started",
+        container=container_id[:12],
+        channel=channel,
+        duration_ms=ms_since(started),
+        **fields,
+    )
 
 
 #: Where the helper is bind-mounted in every container, and its status files' tmpfs.
