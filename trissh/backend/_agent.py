@@ -55,6 +55,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Final
 
+import structlog
 import trio
 
 from trissh.backend._common import process_env, signal_number
@@ -74,6 +75,8 @@ from trissh.backend.base import ExitStatus, ProcessSpec, PtySpec, TerminalSize
 from trissh.backend.errors import BackendError
 
 __all__ = ["Agent", "AgentListener", "AgentProcess", "open_agent_process"]
+
+log = structlog.get_logger("trissh.backend.podman")
 
 #: The agent's socket in each container's stdio directory.
 SOCKET_NAME: Final = "agent.sock"
@@ -111,7 +114,9 @@ class AgentListener:
         The listening socket is gone afterwards either way."""
         conn = None
         with trio.move_on_after(CONNECT_TIMEOUT):
-            conn = await self._listener.accept("agent_refused", log_fields)
+            conn = await self._listener.accept(
+                lambda: log.warning("agent_refused", reason="bad or missing token", **log_fields)
+            )
         return Agent(conn) if conn is not None else None
 
     def close(self) -> None:

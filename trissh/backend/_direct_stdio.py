@@ -37,7 +37,7 @@ import shutil
 import socket
 import stat
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import structlog
@@ -237,14 +237,13 @@ class TokenListener:
 
     async def accept(
         self,
-        refused: str,
-        log_fields: Mapping[str, object],
+        refused: Callable[[], None],
         serve: Callable[[trio.socket.SocketType], Awaitable[bool]] | None = None,
     ) -> trio.socket.SocketType | None:
         """The first connection that sends the token (and that ``serve``, if given, is
-        done with); ``None`` once every attempt failed. A wrong token is logged as
-        ``refused``. The caller bounds the whole wait; the listening socket is gone
-        afterwards either way."""
+        done with); ``None`` once every attempt failed. ``refused`` is called for each
+        wrong or missing token (its log line). The caller bounds the whole wait; the
+        listening socket is gone afterwards either way."""
         try:
             for _ in range(MAX_ATTEMPTS):
                 assert self._listener is not None
@@ -253,7 +252,7 @@ class TokenListener:
                 with trio.move_on_after(TOKEN_TIMEOUT):
                     token = await receive_bounded(conn, len(self.token))
                 if not secrets.compare_digest(token, self.token):
-                    log.warning(refused, reason="bad or missing token", **log_fields)
+                    refused()
                 elif serve is None or await serve(conn):
                     return conn
                 conn.close()
@@ -307,9 +306,7 @@ class DirectStdio:
         conn = None
         try:
             with trio.move_on_after(HANDOVER_TIMEOUT):
-                conn = await self._listener.accept(
-                    "stdio_handover_refused", self._log_fields, self._send_pipes
-                )
+                conn = await self._listener.accept(self._refused, self._send_pipes)
         finally:
             self._pipes.release_child_ends()
         self._status_conn = conn  # the helper reports the exit here
@@ -327,6 +324,9 @@ class DirectStdio:
             await trio.lowlevel.checkpoint()
             return None
         return parse_status_line(await receive_bounded(conn, STATUS_LINE_LIMIT, until=b"\n"))
+
+    def _refused(self) -> None:
+        log.warning("stdio_handover_refused", reason="bad or missing token", **self._log_fields)
 
     async def _send_pipes(self, conn: trio.socket.SocketType) -> bool:
         try:
