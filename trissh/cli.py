@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -33,6 +33,9 @@ from trissh.protocol import HostKey, ProtocolConfig
 from trissh.recording import Recorder
 from trissh.server import open_listeners, serve
 
+if TYPE_CHECKING:
+    from trissh.backend.podman import PodmanBackend
+
 log = structlog.get_logger("trissh")
 
 _DESCRIPTION = """\
@@ -40,7 +43,8 @@ An SSH server that runs every session in a fresh rootless podman container.
 
 commands:
   (none)          run the server
-  doctor          check the podman service, runtime, image and keys, and say how to fix each
+  doctor          check keys, podman service, runtime and image, run a program in a
+                  container as a login would, and say how to fix each problem
   check-config    validate the configuration (and the files it names) without starting
   print-default-config  print a configuration file with every key and its default
   hash-password   read a password (stdin or prompt) and print the password_hash to configure
@@ -183,7 +187,7 @@ class StartupError(Exception):
     """The server cannot start; the message says why and what to do."""
 
 
-def make_backend(settings: ServerConfig, metrics: Metrics | None = None) -> Backend:
+def make_backend(settings: ServerConfig, metrics: Metrics | None = None) -> PodmanBackend:
     from trissh.backend.podman import PodmanBackend
 
     backend = PodmanBackend(

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 from trissh.authorized_keys import load_authorized_keys
 from trissh.backend import HealthCheck
-from trissh.config import ServerConfig
+from trissh.config import ServerConfig, container_settings
 from trissh.hostkeys import HostKeyError, load_or_create_host_key
+
+if TYPE_CHECKING:
+    from trissh.backend.podman import PodmanBackend
+
+#: On top of the container start timeout: the agent's wait, one program, the removal.
+TRIAL_SLACK: Final = 30.0
 
 
 def _check_host_keys(settings: ServerConfig) -> list[HealthCheck]:
@@ -76,13 +83,32 @@ def _check_authorized_keys(settings: ServerConfig) -> HealthCheck:
     )
 
 
+async def _try_session(backend: PodmanBackend, settings: ServerConfig) -> HealthCheck:
+    """Everything above passed: now a container and a program, as for a login (bounded)."""
+    bound = settings.container.start_timeout + TRIAL_SLACK
+    with trio.move_on_after(bound):
+        return await backend.try_session(container_settings(settings.container))
+    return HealthCheck(
+        name="session",
+        ok=False,
+        detail=f"no program ran in a container within {bound:g} s",
+        fix="look for podman's errors in its service log; raise [container] start_timeout",
+    )
+
+
 async def run_doctor(settings: ServerConfig) -> int:
     from trissh.cli import make_backend
 
     checks = [*_check_host_keys(settings), _check_authorized_keys(settings)]
     checks.append(HealthCheck(name="podman url", ok=True, detail=settings.podman_url()))
-    with trio.move_on_after(30):
-        checks.extend(await make_backend(settings).health(settings.container.image))
+    backend = make_backend(settings)
+    try:
+        with trio.move_on_after(30):
+            checks.extend(await backend.health(settings.container.image))
+        if checks and all(check.ok for check in checks):
+            checks.append(await _try_session(backend, settings))
+    finally:
+        backend.close()
     failed = 0
     for check in checks:
         mark = "FAIL" if not check.ok else "warn" if check.warning else "ok  "

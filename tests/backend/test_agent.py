@@ -10,6 +10,7 @@ stdio/exit/signal/environment contract itself is the conformance suite's
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -250,3 +251,45 @@ def _fill(fd: int) -> int:
         while True:
             written += os.write(fd, b"x" * 1000)
     return written
+
+
+@pytest.mark.podman
+async def test_doctor_runs_a_program_through_the_agent(podman_available: str) -> None:
+    """`trissh doctor`'s session check: a real container, a program via the agent and its
+    pipes, the container removed (the harness fails on a leftover)."""
+    async with open_podman_harness(agent=True) as h:
+        with trio.fail_after(60):
+            check = await h.podman.try_session(h.settings)
+    assert (check.name, check.ok, check.warning) == ("session", True, False), check
+    assert "ran `echo` (agent, pipes)" in check.detail, check.detail
+
+
+@pytest.mark.podman
+async def test_doctor_warns_when_the_agent_does_not_connect(
+    podman_available: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback a running server only logs is a warning in doctor, naming the cause."""
+    real = AgentListener.entrypoint
+    monkeypatch.setattr(AgentListener, "entrypoint", lambda self: [*real(self)[:3], "0" * 32])
+    monkeypatch.setattr("trissh.backend._agent.CONNECT_TIMEOUT", 2.0)
+    async with open_podman_harness(agent=True) as h:
+        with trio.fail_after(60):
+            check = await h.podman.try_session(h.settings)
+    assert (check.ok, check.warning) == (True, True), check
+    assert "(podman exec, pipes)" in check.detail, check.detail
+    assert "the container's agent did not connect" in check.detail, check.detail
+
+
+@pytest.mark.podman
+async def test_doctor_fails_on_a_shell_the_image_lacks(podman_available: str) -> None:
+    """A configuration that would fail every login fails doctor, with the program's own
+    error message."""
+    async with open_podman_harness(agent=True) as h:
+        with trio.fail_after(60):
+            check = await h.podman.try_session(
+                dataclasses.replace(h.settings, shell=("/bin/no-such-shell",))
+            )
+    assert not check.ok, check
+    assert "exit code 127" in check.detail, check.detail
+    assert "/bin/no-such-shell" in check.detail, check.detail
+    assert "shell" in check.fix

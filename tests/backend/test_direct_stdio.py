@@ -429,3 +429,21 @@ async def test_a_stdio_dir_podman_cannot_reach_falls_back_to_the_stream(
         assert "permission denied" in warnings[0]["error"]
     finally:
         shutil.rmtree(unreachable)
+
+
+@pytest.mark.podman
+async def test_doctor_warns_when_podman_cannot_mount_the_stdio_dir(podman_available: str) -> None:
+    """What the server only logs once is a warning in `trissh doctor`'s session check."""
+    unreachable = Path(tempfile.mkdtemp())  # 0700, ours
+    try:
+        async with open_podman_harness(direct_stdio=True) as h:
+            h.podman._stdio_root = StdioRoot(
+                str(unreachable), owner=h.podman._owner, alive=lambda owner: True
+            )
+            with trio.fail_after(60):
+                check = await h.podman.try_session(h.settings)
+        assert (check.ok, check.warning) == (True, True), check
+        assert "(podman exec, stream)" in check.detail, check.detail
+        assert "podman could not mount the stdio directory" in check.detail, check.detail
+    finally:
+        shutil.rmtree(unreachable)

@@ -63,6 +63,7 @@ from trissh.backend._warm_pool import WarmPool
 from trissh.backend.base import (
     LABEL_INSTANCE,
     ContainerSettings,
+    ExitStatus,
     HealthCheck,
     ProcessSpec,
     SandboxSpec,
@@ -168,6 +169,7 @@ class PodmanBackend:
         self._agents: dict[str, Agent] = {}
         #: Cleared when an agent did not connect: its containers would each wait for it.
         self._agent_for_new_containers = exec_agent
+        self._agent_wanted = exec_agent
 
     @property
     def socket_path(self) -> str:
@@ -426,6 +428,69 @@ class PodmanBackend:
             )
         )
         return checks
+
+    async def try_session(self, settings: ContainerSettings) -> HealthCheck:
+        """Start a container and run one program in it as a login would, for ``trissh
+        doctor``: the configuration, the runtime and the stdio path, proven end to end.
+
+        A fallback (stdio directory or agent unusable) is a warning that names it: logins
+        work, only slower. A BackendError becomes a failed check; the container is removed.
+        """
+        spec = SandboxSpec(
+            conn_id=f"doctor-{secrets.token_hex(4)}",
+            username="doctor",
+            remote="doctor",
+            instance=f"doctor-{secrets.token_hex(4)}",
+            settings=settings,
+        )
+        marker = "trissh-doctor"
+        program = ProcessSpec(argv=[*settings.shell, "-c", f"echo {marker}"])
+        started = time.monotonic()
+        try:
+            async with self.open_sandbox(spec) as sandbox:
+                start_ms, started = ms_since(started), time.monotonic()
+                via, fallbacks = self._stdio_path_of(sandbox.container_id)
+                async with sandbox.open_process(program) as process:
+                    output = await _read_bounded(process.stdout, 1024)
+                    errors = await _read_bounded(process.stderr, 1024) if process.stderr else b""
+                    status = await process.wait()
+                run_ms, started = ms_since(started), time.monotonic()
+        except BackendError as exc:
+            return HealthCheck(name="session", ok=False, detail=f"no program ran: {exc}")
+        if status != ExitStatus(code=0) or output.strip() != marker.encode():
+            return HealthCheck(
+                name="session",
+                ok=False,
+                detail=f"`echo {marker}` ended with {_outcome(status)};"
+                f" stdout {output[:80]!r}, stderr {errors[:200]!r}",
+                fix="check [container] shell and user: the shell must exist in the image",
+            )
+        detail = (
+            f"a container started in {start_ms:.0f} ms, ran `echo` ({via}) in {run_ms:.0f} ms"
+            f" and was removed in {ms_since(started):.0f} ms"
+        )
+        if not fallbacks:
+            return HealthCheck(name="session", ok=True, detail=detail)
+        return HealthCheck(
+            name="session",
+            ok=True,
+            warning=True,
+            detail=f"{detail}; slower than configured: {' and '.join(fallbacks)}",
+            fix="see docs/deployment.md (direct stdio, the agent) and the log of `trissh doctor`",
+        )
+
+    def _stdio_path_of(self, container_id: str) -> tuple[str, list[str]]:
+        """How programs of this container get their stdio, and what fell back on the way."""
+        pipes = container_id in self._stdio_dirs
+        agent = container_id in self._agents
+        fallbacks = []
+        if self._stdio_root is not None and not pipes:
+            fallbacks.append("podman could not mount the stdio directory")
+        elif self._agent_wanted and pipes and not agent:
+            fallbacks.append("the container's agent did not connect")
+        if agent:
+            return "agent, pipes", fallbacks
+        return ("podman exec, pipes" if pipes else "podman exec, stream"), fallbacks
 
     def _stdio_check(self) -> HealthCheck:
         """How programs' stdio travel, and whether the podman user can reach its directory."""
@@ -703,6 +768,18 @@ class PodmanSandbox:
             stdio_dir=self._stdio_dir,
             observe=self._observe,
         )
+
+
+def _outcome(status: ExitStatus) -> str:
+    return f"signal {status.signal}" if status.signal else f"exit code {status.code}"
+
+
+async def _read_bounded(stream: trio.abc.ReceiveStream, limit: int) -> bytes:
+    """A program's output up to EOF, or its first ``limit`` bytes."""
+    data = b""
+    while len(data) < limit and (chunk := await stream.receive_some(limit - len(data))):
+        data += chunk
+    return data
 
 
 def _host_checks(info: dict[str, Any]) -> list[HealthCheck]:

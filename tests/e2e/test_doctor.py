@@ -1,0 +1,38 @@
+"""`trissh doctor` against the real podman service, run as an operator runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from podman import PodmanClient
+
+
+def test_doctor_runs_a_program_in_a_container_and_removes_it(
+    podman_url: str, authorized_keys: Path, tmp_path: Path
+) -> None:
+    """Beyond the static checks, doctor starts a container and runs a program the way a
+    login does (the agent and pipes by default), and leaves nothing behind."""
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "trissh", "doctor", "--log-format", "json",
+            "--authorized-keys", str(authorized_keys),
+            "--host-key", str(tmp_path / "host_key"),
+            "--podman-url", podman_url,
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    session = [line for line in result.stdout.splitlines() if " session: " in line]
+    assert len(session) == 1, result.stdout
+    assert session[0].startswith("[ok  ] session: a container started in"), session
+    assert "ran `echo` (agent, pipes)" in session[0], session
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    created = [e["container"] for e in events if e["event"] == "container_created"]
+    removed = [e["container"] for e in events if e["event"] == "container_removed"]
+    assert len(created) == 1, events
+    assert removed == created, events
+    with PodmanClient(base_url=podman_url) as client:
+        assert not client.containers.exists(created[0])
