@@ -103,9 +103,11 @@ async def run_doctor(settings: ServerConfig) -> int:
     checks.append(HealthCheck(name="podman url", ok=True, detail=settings.podman_url()))
     backend = make_backend(settings)
     try:
+        podman = [HealthCheck(name="service", ok=False, detail="no answer within 30 s")]
         with trio.move_on_after(30):
-            checks.extend(await backend.health(settings.container.image))
-        if checks and all(check.ok for check in checks):
+            podman = await backend.health(settings.container.image)
+        checks.extend(podman)
+        if all(check.ok for check in podman):
             checks.append(await _try_session(backend, settings))
     finally:
         backend.close()
