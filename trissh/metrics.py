@@ -169,7 +169,7 @@ class Metrics:
         )
         self.container_operation_duration = Histogram(
             "trissh_container_operation_duration_seconds",
-            "Duration of podman operations (start, exec, remove).",
+            "Duration of container operations (start, exec, spawn by the agent, remove).",
             ["operation"],
             buckets=CONTAINER_BUCKETS,
             registry=reg,

@@ -188,6 +188,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.podman
 async def test_sessions_in_an_agent_container_make_no_podman_exec(podman_available: str) -> None:
     async with open_podman_harness(agent=True) as h:
+        operations: list[str] = []
+        h.podman._observe = lambda operation, seconds: operations.append(operation)
         with trio.fail_after(60):
             async with h.backend.open_sandbox(h.sandbox_spec()) as sandbox:
                 spec = ProcessSpec(argv=h.sh("readlink /proc/self/fd/1; echo $$; sleep 1000"))
@@ -203,6 +205,9 @@ async def test_sessions_in_an_agent_container_make_no_podman_exec(podman_availab
                     "GET", f"/containers/{sandbox.container_id}/json"
                 )
                 assert not info.get("ExecIDs"), info.get("ExecIDs")
+        # what an operator sees in trissh_container_operation_duration_seconds
+        assert operations[0] == "start", operations
+        assert set(operations[1:]) == {"spawn", "remove"}, operations
 
 
 @pytest.mark.podman
@@ -215,6 +220,8 @@ async def test_a_container_whose_agent_does_not_connect_uses_podman_exec(
     monkeypatch.setattr(AgentListener, "entrypoint", lambda self: [*real(self)[:3], "0" * 32])
     monkeypatch.setattr("trissh.backend._agent.CONNECT_TIMEOUT", 2.0)
     async with open_podman_harness(agent=True) as h:
+        operations: list[str] = []
+        h.podman._observe = lambda operation, seconds: operations.append(operation)
         with capture_logs() as logs, trio.fail_after(60):
             for _ in range(2):
                 async with h.backend.open_sandbox(h.sandbox_spec()) as sandbox:
@@ -225,6 +232,8 @@ async def test_a_container_whose_agent_does_not_connect_uses_podman_exec(
     events = [entry["event"] for entry in logs]
     assert events.count("agent_unavailable") == 1, events
     assert events.count("agent_refused") == 1, events
+    assert operations.count("exec") == 2, operations  # the metric shows the fallback
+    assert "spawn" not in operations, operations
 
 
 async def test_terminal_output_comes_in_one_piece_not_per_pty_read() -> None:

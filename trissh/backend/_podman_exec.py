@@ -179,9 +179,10 @@ def note_started(
     channel: int,
     **fields: object,
 ) -> None:
-    """A program is running (by exec or by the agent): the ``exec`` metric and one line."""
+    """A program is running: the ``exec`` metric (``spawn`` when the container's agent
+    started it, so an operator sees a fallback to execs) and one line."""
     if observe is not None:
-        observe("exec", time.monotonic() - started)
+        observe("spawn" if fields.get("via") == "agent" else "exec", time.monotonic() - started)
     log.debug(
         "process_started",
         container=container_id[:12],

@@ -121,8 +121,8 @@ class PodmanBackend:
         exec_helper: host path of the static ``trissh-exec`` (``helper/trissh-exec.c``),
             bind-mounted into every container as each program's parent so a death by
             signal can be told from an exit code; ``None`` or missing: exit codes only.
-        observe: called with ("start" | "exec" | "remove", seconds) after each such
-            operation (metrics).
+        observe: called with ("start" | "exec" | "spawn" | "remove", seconds) after each
+            such operation (metrics; ``spawn``: a program started by the agent).
         warm_pool: containers to keep started ahead of logins (:mod:`._warm_pool`).
         direct_stdio: programs without a pty get pipes instead of podman's stream (needs
             ``exec_helper``; :mod:`._direct_stdio`).
