@@ -70,3 +70,32 @@ async def test_a_second_concurrent_sender_is_refused() -> None:
         with pytest.raises(trio.BusyResourceError):
             await stream.send_all(b"second")
         nursery.cancel_scope.cancel()
+
+
+async def test_data_wakes_the_reader_and_control_wakes_the_control_task_only() -> None:
+    """An upload's packets must not wake the task that forwards resizes and signals (one
+    extra scheduling round per read), and a resize must not wake the reader; CLOSE wakes
+    both."""
+    handle, _ = _handle()
+    woken: list[str] = []
+
+    async def wait(name: str, waiter: Any) -> None:
+        while True:
+            await waiter()
+            woken.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait, "input", handle.wait_input)
+        nursery.start_soon(wait, "control", handle.wait_control)
+        await trio.testing.wait_all_tasks_blocked()
+        handle.feed(b"data")
+        handle.feed_eof()
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == ["input"]
+        handle.feed_control("TERM")
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == ["input", "control"]
+        handle.peer_close()
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(woken[2:]) == ["control", "input"]
+        nursery.cancel_scope.cancel()

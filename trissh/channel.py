@@ -30,7 +30,9 @@ class ChannelHandle:
         self.driver = driver
         self.id = channel_id
         self._inbound: deque[bytes] = deque()
-        self._changed = trio.Event()
+        #: Two wakeups, so that data does not also wake the control task, and vice versa.
+        self._input_changed = trio.Event()
+        self._control_changed = trio.Event()
         self.eof_received = False
         self.peer_closed = False
         self.control: deque[TerminalSize | str] = deque(maxlen=MAX_CONTROL_ITEMS)
@@ -39,33 +41,43 @@ class ChannelHandle:
         #: When stdio last moved either way (idle timeout).
         self.last_activity = trio.current_time()
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+    def _input_arrived(self) -> None:
+        self._input_changed.set()
+        self._input_changed = trio.Event()
+
+    def _control_arrived(self) -> None:
+        self._control_changed.set()
+        self._control_changed = trio.Event()
 
     # -- fed by the driver (sync, never blocks) --------------------------------------------
 
     def feed(self, data: bytes) -> None:
         self._inbound.append(data)
-        self._notify()
+        self._input_arrived()
 
     def feed_eof(self) -> None:
         self.eof_received = True
-        self._notify()
+        self._input_arrived()
 
     def feed_control(self, item: TerminalSize | str) -> None:
         self.control.append(item)
-        self._notify()
+        self._control_arrived()
 
     def peer_close(self) -> None:
         self.peer_closed = True
         self.cancel_scope.cancel()
-        self._notify()
+        self._input_arrived()
+        self._control_arrived()
 
     # -- used by the session task ----------------------------------------------------------
 
-    async def wait_changed(self) -> None:
-        await self._changed.wait()
+    async def wait_input(self) -> None:
+        """Until data, EOF or CLOSE arrives."""
+        await self._input_changed.wait()
+
+    async def wait_control(self) -> None:
+        """Until a resize or signal arrives (or CLOSE)."""
+        await self._control_changed.wait()
 
     def touch(self) -> None:
         self.last_activity = trio.current_time()
@@ -148,7 +160,7 @@ class ChannelStream(trio.abc.HalfCloseableStream):
         handle = self._handle
         await trio.lowlevel.checkpoint_if_cancelled()
         while not handle.has_data and not handle.eof_received and not handle.peer_closed:
-            await handle.wait_changed()
+            await handle.wait_input()
         if handle.has_data:
             chunk = handle.take_data(max_bytes)
             await trio.lowlevel.cancel_shielded_checkpoint()

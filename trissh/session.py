@@ -350,4 +350,4 @@ async def _forward_control(handle: ChannelHandle, proc: Process, tap: _Tap) -> N
                     log.info("signal_forwarded", signal=item)
             except BackendError as exc:
                 log.warning("control_failed", error=str(exc))
-        await handle.wait_changed()
+        await handle.wait_control()
