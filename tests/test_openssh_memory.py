@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import MutableMapping
 from functools import partial
+from logging import INFO
+from typing import Any
 
 import pytest
+import structlog.testing
 import trio
 
 from trissh.backend.memory import MemoryBackend
@@ -102,3 +106,58 @@ async def test_openssh_binds_its_signature_to_our_host_key(
     result = await run_ssh(memory_server.port, client_key.path, "-vvv", "echo bound")
     assert result.stdout == b"bound\n"
     assert b"using publickey-hostbound-v00@openssh.com" in result.stderr
+
+
+@pytest.fixture
+def driver_logs(monkeypatch: pytest.MonkeyPatch) -> list[MutableMapping[str, Any]]:
+    """The connection driver's lines from info up (the suite logs at warning, and a
+    structlog logger keeps the level it was first used with)."""
+    capture = structlog.testing.LogCapture()
+    logger = structlog.wrap_logger(
+        None, processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(INFO)
+    )
+    monkeypatch.setattr("trissh.driver.log", logger)
+    return capture.entries
+
+
+async def test_port_forwarding_is_refused_and_logged_with_its_target(
+    memory_server: RunningServer, client_key: ClientKey, driver_logs: list[MutableMapping[str, Any]]
+) -> None:
+    """`ssh -W` and `ssh -R` get OpenSSH's own refusal messages; the operator gets one
+    `request_refused` line each, naming where the client wanted to go."""
+    logs = driver_logs
+    stdio = await run_ssh(memory_server.port, client_key.path, "-W", "127.0.0.1:9")
+    remote = await run_ssh(
+        memory_server.port,
+        client_key.path,
+        "-o", "ExitOnForwardFailure=yes",
+        "-R", "0.0.0.0:18081:127.0.0.1:80",
+        "true",
+    )  # fmt: skip
+    assert stdio.returncode == 255
+    assert b"stdio forwarding failed" in stdio.stderr, stdio.stderr
+    assert remote.returncode == 255
+    assert b"remote port forwarding failed for listen port 18081" in remote.stderr
+    refusals = [
+        (e["request"], e["target"], e["reason"]) for e in logs if e["event"] == "request_refused"
+    ]
+    assert refusals == [
+        ("direct-tcpip", "127.0.0.1:9", "channel type 'direct-tcpip' is not supported"),
+        ("tcpip-forward", "0.0.0.0:18081", "not supported"),
+    ], logs
+
+
+async def test_a_flood_of_refused_requests_is_logged_only_up_to_a_bound(
+    memory_server: RunningServer, client_key: ClientKey, driver_logs: list[MutableMapping[str, Any]]
+) -> None:
+    """A client looping on refused requests cannot flood the log: ten lines per connection,
+    and `connection_closed` counts them all."""
+    forwards = [arg for port in range(18100, 18115) for arg in ("-R", f"{port}:127.0.0.1:80")]
+    logs = driver_logs
+    result = await run_ssh(memory_server.port, client_key.path, *forwards, "echo still works")
+    await wait_until(lambda: any(e["event"] == "connection_closed" for e in logs))
+    assert (result.returncode, result.stdout) == (0, b"still works\n"), result.stderr
+    refused = [e for e in logs if e["event"] == "request_refused"]
+    assert len(refused) == 10, refused
+    [closed] = [e for e in logs if e["event"] == "connection_closed"]
+    assert closed["requests_refused"] == 15, closed

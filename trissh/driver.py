@@ -74,6 +74,7 @@ from trissh.protocol import (
     ProtocolConfig,
     PublicKeyAuthRequested,
     RemoteProtocolError,
+    RequestRefused,
     ServerConnection,
     SessionRequested,
     SignalReceived,
@@ -94,6 +95,9 @@ OUTPUT_HIGH_WATER = 1024 * 1024
 #: Bound on the final flush of a DISCONNECT and on closing the socket.
 CLOSE_TIMEOUT = 2.0
 SHUTDOWN_MESSAGE = "server shutting down"
+#: Refused requests logged per connection: a client looping on them cannot flood the log
+#: (``connection_closed`` counts them all).
+MAX_REFUSALS_LOGGED = 10
 
 
 def _count_down(counts: dict[str, int], key: str) -> None:
@@ -242,6 +246,7 @@ class ConnectionDriver:
         if initial_data:  # bytes read past a PROXY header belong to SSH
             self.conn.receive_data(initial_data)
         self._counted_user: str | None = None
+        self.requests_refused = 0
 
     # -- called by channel streams and sessions (sync: write what the socket takes, never wait)
 
@@ -540,6 +545,8 @@ class ConnectionDriver:
                     handle.feed_control(event.signal)
             case ChannelOpenRequested():
                 self._on_channel_open(event.channel_id)
+            case RequestRefused():
+                self._note_refused(event.request, event.reason, event.channel_id, event.target)
             case SessionRequested():
                 self._on_session_requested(event)
             case VersionReceived():
@@ -640,19 +647,29 @@ class ConnectionDriver:
                 self._probe_client, session.client_alive_interval, session.client_alive_count_max
             )
 
+    def _note_refused(
+        self, request: str, reason: str, channel: int | None = None, target: str | None = None
+    ) -> None:
+        """One line per refused request (port forwarding is what operators look for), up to
+        a bound per connection."""
+        self.requests_refused += 1
+        if self.requests_refused <= MAX_REFUSALS_LOGGED:
+            log.info(
+                "request_refused", request=request, reason=reason, channel=channel, target=target
+            )
+
     def _on_channel_open(self, channel_id: ChannelId) -> None:
         if self.ctx.state.shutting_down:
             self.conn.reject_channel(
                 channel_id, ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED, SHUTDOWN_MESSAGE
             )
+            self._note_refused("session", SHUTDOWN_MESSAGE)
             return
         limit = self.session_settings.max_sessions_per_connection
         if len(self._handles) >= limit:
-            self.conn.reject_channel(
-                channel_id,
-                ChannelOpenFailureReason.RESOURCE_SHORTAGE,
-                f"at most {limit} sessions per connection",
-            )
+            reason = f"at most {limit} sessions per connection"
+            self.conn.reject_channel(channel_id, ChannelOpenFailureReason.RESOURCE_SHORTAGE, reason)
+            self._note_refused("session", reason)
             return
         self.conn.accept_channel(channel_id)
         self._handles[channel_id] = ChannelHandle(self, channel_id)
@@ -708,4 +725,5 @@ async def serve_connection(
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
                 bytes_in=stats.bytes_received,
                 bytes_out=stats.bytes_sent,
+                requests_refused=driver.requests_refused,
             )

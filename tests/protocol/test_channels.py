@@ -18,6 +18,7 @@ from trissh.protocol import (
     LocalProtocolError,
     PtyRequest,
     RemoteProtocolError,
+    RequestRefused,
     SessionKind,
     SessionRequested,
     SignalReceived,
@@ -25,6 +26,7 @@ from trissh.protocol import (
     WindowChanged,
     wire,
 )
+from trissh.protocol.channels import forwarding_target
 from trissh.protocol.errors import UnexpectedMessage
 from trissh.protocol.messages import connection as conn
 
@@ -47,6 +49,15 @@ def ok(recipient: int = PEER) -> conn.ChannelSuccess:
 
 def no(recipient: int = PEER) -> conn.ChannelFailure:
     return conn.ChannelFailure(recipient_channel=recipient)
+
+
+def refused(events: list[Any]) -> list[tuple[str, str]]:
+    """What the core refused on its own, for the operator's log: (request, reason)."""
+    return [(e.request, e.reason) for e in events if isinstance(e, RequestRefused)]
+
+
+def others(events: list[Any]) -> list[Any]:
+    return [e for e in events if not isinstance(e, RequestRefused)]
 
 
 # -- opening --------------------------------------------------------------------------------
@@ -89,7 +100,9 @@ def test_non_session_channel_types_are_refused(
     """Only "session" exists: known forwarding types are prohibited, others unknown."""
     pair = established_pair()
     pair.client.open_channel(PEER, channel_type=channel_type, data=wire.string("x"))
-    assert pair.transfer() == []
+    assert refused(pair.transfer()) == [
+        (channel_type, f"channel type {channel_type!r} is not supported")
+    ]
     [failure] = pair.client.take_all()
     assert isinstance(failure, conn.ChannelOpenFailure)
     assert (failure.recipient_channel, failure.reason) == (PEER, reason)
@@ -102,7 +115,7 @@ def test_channel_count_is_limited() -> None:
     first = pair.open_session(1)
     pair.open_session(2)
     pair.client.open_channel(3)
-    assert pair.transfer() == []
+    assert refused(pair.transfer()) == [("session", "too many open channels")]
     [failure] = pair.client.take_all()
     assert isinstance(failure, conn.ChannelOpenFailure)
     assert failure.reason == ChannelOpenFailureReason.RESOURCE_SHORTAGE
@@ -116,7 +129,7 @@ def test_tiny_peer_max_packet_is_refused() -> None:
     """A maximum packet below 512 bytes would only cost CPU: RESOURCE_SHORTAGE."""
     pair = established_pair()
     pair.client.open_channel(PEER, max_packet=511)
-    assert pair.transfer() == []
+    assert refused(pair.transfer()) == [("session", "maximum packet size too small")]
     [failure] = pair.client.take_all()
     assert isinstance(failure, conn.ChannelOpenFailure)
     assert failure.reason == ChannelOpenFailureReason.RESOURCE_SHORTAGE
@@ -306,10 +319,16 @@ def test_env_allow_list() -> None:
     for name in ("LANG", "LC_ALL", "LC_CTYPE", "LD_PRELOAD", "PATH", "lang"):
         pair.client.channel_request(cid, "env", conn.EnvData(name=name, value="v").encode())
     pair.client.channel_request(cid, "shell")
-    [event] = pair.transfer()
+    events = pair.transfer()
+    [event] = others(events)
     assert isinstance(event, SessionRequested)
     assert event.kind is SessionKind.SHELL
     assert event.env == {"LANG": "v", "LC_ALL": "v", "LC_CTYPE": "v"}
+    assert refused(events) == [
+        ("env", "LD_PRELOAD is not in accept_env"),
+        ("env", "PATH is not in accept_env"),
+        ("env", "lang is not in accept_env"),
+    ]
     assert pair.client.take_all() == [ok(), ok(), ok(), no(), no(), no()]
 
 
@@ -353,9 +372,13 @@ def test_second_session_request_is_refused() -> None:
     pair.client.channel_request(cid, "subsystem", conn.SubsystemData(name="sftp").encode())
     pair.client.channel_request(cid, "pty-req", PTY.encode())
     pair.client.channel_request(cid, "env", conn.EnvData(name="LANG", value="C").encode())
-    [event] = pair.transfer()
+    events = pair.transfer()
+    [event] = others(events)
     assert isinstance(event, SessionRequested)
     assert event.command == "true"
+    assert [request for request, _ in refused(events)] == [
+        "exec", "shell", "subsystem", "pty-req", "env"
+    ]  # fmt: skip
     pair.server.reply_session_request(cid, True)
     pair.transfer()
     assert pair.client.take_all() == [ok(), no(), no(), no(), no(), no()]
@@ -386,7 +409,10 @@ def test_window_change_needs_a_pty_and_signal_needs_a_session() -> None:
     size = conn.WindowChangeData(columns=1, rows=1, width_px=0, height_px=0).encode()
     pair.client.channel_request(cid, "window-change", size)
     pair.client.channel_request(cid, "signal", conn.SignalData(name="INT").encode())
-    assert pair.transfer() == []
+    assert refused(pair.transfer()) == [
+        ("window-change", "no terminal to resize"),
+        ("signal", "no program to signal yet"),
+    ]
     assert pair.client.take_all() == [no(), no()]
     pair.client.channel_request(cid, "shell", want_reply=False)
     pair.client.channel_request(
@@ -530,20 +556,21 @@ def test_no_more_sessions_refuses_later_session_opens() -> None:
     pair, _ = session()
     pair.client.global_request("no-more-sessions@openssh.com")
     pair.client.open_channel(8)
-    assert pair.transfer() == []
+    assert refused(pair.transfer()) == [("session", "no more sessions allowed on this connection")]
     [failure] = pair.client.take_all()
     assert isinstance(failure, conn.ChannelOpenFailure)
     assert failure.reason == ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED
 
 
 def test_global_requests_are_refused_in_order() -> None:
-    """No global request is granted; each want_reply gets REQUEST_FAILURE."""
+    """No global request is granted; each want_reply gets REQUEST_FAILURE. A keepalive
+    probe is answered without telling the operator."""
     pair = established_pair()
     pair.client.global_request("tcpip-forward", want_reply=True)
     pair.client.global_request("keepalive@openssh.com", want_reply=True)
     pair.client.global_request("hostkeys-prove-00@openssh.com", want_reply=False)
     pair.client.send(conn.RequestFailure())  # as if answering our keepalive
-    assert pair.transfer() == []
+    assert refused(pair.transfer()) == [("tcpip-forward", "not supported")]
     assert pair.client.take_all() == [conn.RequestFailure(), conn.RequestFailure()]
 
 
@@ -622,3 +649,65 @@ def test_reject_of_an_open_channel_is_a_local_error() -> None:
     pair, cid = session()
     with pytest.raises(LocalProtocolError):
         pair.server.reject_channel(cid, ChannelOpenFailureReason.CONNECT_FAILED, "no")
+
+
+# -- what the operator is told about refusals -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "target"),
+    [
+        ("direct-tcpip", wire.string("db.internal") + wire.uint32(5432)
+         + wire.string("10.0.0.9") + wire.uint32(40000), "db.internal:5432"),
+        ("tcpip-forward", wire.string("0.0.0.0") + wire.uint32(8080), "0.0.0.0:8080"),
+        ("cancel-tcpip-forward", wire.string("") + wire.uint32(8080), ":8080"),
+        ("direct-streamlocal@openssh.com", wire.string("/run/docker.sock") + wire.string("")
+         + wire.uint32(0), "/run/docker.sock"),
+        ("streamlocal-forward@openssh.com", wire.string("/tmp/s"), "/tmp/s"),
+        ("direct-tcpip", wire.string("host"), None),  # no port: malformed, no target
+        ("direct-tcpip", wire.string("h" * 300) + wire.uint32(1), None),  # over the bound
+        ("direct-tcpip", wire.string(b"\xff\xfe") + wire.uint32(1), "\ufffd\ufffd:1"),
+        ("x11", b"", None),
+    ],
+)  # fmt: skip
+def test_forwarding_targets_are_read_for_the_log(
+    name: str, data: bytes, target: str | None
+) -> None:
+    assert forwarding_target(name, data) == target
+
+
+def test_refused_forwarding_names_its_target() -> None:
+    pair = established_pair()
+    pair.client.open_channel(
+        PEER,
+        channel_type="direct-tcpip",
+        data=wire.string("10.1.2.3") + wire.uint32(22) + wire.string("::1") + wire.uint32(5),
+    )
+    pair.client.global_request(
+        "tcpip-forward", want_reply=True, data=wire.string("localhost") + wire.uint32(2222)
+    )
+    events = pair.transfer()
+    assert all(isinstance(e, RequestRefused) for e in events)
+    assert [(e.request, e.target) for e in events if isinstance(e, RequestRefused)] == [
+        ("direct-tcpip", "10.1.2.3:22"),
+        ("tcpip-forward", "localhost:2222"),
+    ]
+
+
+def test_probes_are_refused_without_telling_the_operator() -> None:
+    """PuTTY's window probe and keepalives expect a FAILURE; a log line each would flood."""
+    pair, cid = session()
+    pair.client.channel_request(cid, "winadj@putty.projects.tartarus.org")
+    pair.client.channel_request(cid, "keepalive@openssh.com")
+    pair.client.channel_request(cid, "x11-req")
+    assert refused(pair.transfer()) == [("x11-req", "not supported")]
+    assert pair.client.take_all() == [no(), no(), no()]
+
+
+def test_a_login_without_a_terminal_says_why_a_pty_is_refused() -> None:
+    pair, cid = session()
+    pair.server.forbid_pty()
+    pair.client.channel_request(cid, "pty-req", PTY.encode())
+    assert pair.transfer() == [
+        RequestRefused(request="pty-req", reason="no terminal for this login", channel_id=cid)
+    ]

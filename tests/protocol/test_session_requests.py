@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.sshpeer import ConnectionPair, established_pair, make_config
-from trissh.protocol import ChannelId, SessionRequested, SignalReceived
+from trissh.protocol import ChannelId, RequestRefused, SessionRequested, SignalReceived
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.messages.connection import BreakData, EnvData, PtyRequestData
 
@@ -35,7 +35,10 @@ def test_dangerous_env_is_refused_even_when_everything_is_allowed(name: str) -> 
     pair.client.channel_request(
         cid, "exec", conn.ExecData(command="true").encode(), want_reply=False
     )
-    [event] = pair.transfer()
+    refusal, event = pair.transfer()
+    assert refusal == RequestRefused(
+        request="env", reason=f"{name} is never accepted", channel_id=cid
+    )
     assert isinstance(event, SessionRequested)
     assert event.env == {"LANG": "C.UTF-8"}
     assert pair.client.take_all() == [
@@ -56,12 +59,14 @@ def test_break_on_a_pty_session_is_an_interrupt() -> None:
 
 
 def test_break_without_a_terminal_is_refused() -> None:
-    """Without a pty there is nothing to interrupt: CHANNEL_FAILURE, no event."""
+    """Without a pty there is nothing to interrupt: CHANNEL_FAILURE, no signal."""
     pair, cid = session()
     pair.client.channel_request(cid, "exec", conn.ExecData(command="x").encode(), want_reply=False)
     pair.transfer()
     pair.client.channel_request(cid, "break", BreakData(length_ms=0).encode())
-    assert pair.transfer() == []
+    assert pair.transfer() == [
+        RequestRefused(request="break", reason="no terminal session to interrupt", channel_id=cid)
+    ]
     assert pair.client.take_all() == [conn.ChannelFailure(recipient_channel=PEER)]
 
 

@@ -532,5 +532,5 @@ class ClientConnection:
     def window_adjust(self, recipient: int, amount: int) -> None:
         self.send(conn.ChannelWindowAdjust(recipient_channel=recipient, bytes_to_add=amount))
 
-    def global_request(self, name: str, *, want_reply: bool = False) -> None:
-        self.send(conn.GlobalRequest(name=name, want_reply=want_reply))
+    def global_request(self, name: str, *, want_reply: bool = False, data: bytes = b"") -> None:
+        self.send(conn.GlobalRequest(name=name, want_reply=want_reply, data=data))

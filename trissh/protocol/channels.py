@@ -41,6 +41,7 @@ from trissh.protocol.events import (
     ChannelWindowAdjusted,
     Event,
     PtyRequest,
+    RequestRefused,
     SessionKind,
     SessionRequested,
     SignalReceived,
@@ -85,6 +86,12 @@ NEVER_ACCEPTED_ENV: Final = (
     "LOCPATH", "MALLOC_*", "NODE_OPTIONS", "PYTHON*", "PERL5*", "PERLLIB", "RUBYOPT", "RUBYLIB",
     "JAVA_TOOL_OPTIONS", "GIT_*", "TERMINFO*", "HOSTALIASES", "RES_OPTIONS", "LOCALDOMAIN",
 )  # fmt: skip
+
+#: Requests clients send to see that the server is alive or to probe its window: refused
+#: by design (the failure is the answer), so not worth a log line each.
+_PROBES: Final = frozenset(("keepalive@openssh.com", "winadj@putty.projects.tartarus.org"))
+#: Longest forwarding target kept for the log.
+MAX_TARGET_LENGTH: Final = 255
 
 #: Channel types a server might be asked for but that trissh refuses by policy.
 _PROHIBITED_TYPES: Final = frozenset(
@@ -240,6 +247,8 @@ class ChannelTable:
                     recipient_channel=message.sender_channel, reason=reason, description=text
                 ).encode()
             )
+            target = forwarding_target(message.channel_type, message.data)
+            self._emit(RequestRefused(request=message.channel_type, reason=text, target=target))
             return
         local_id = ChannelId(
             next(i for i in range(len(self._channels) + 1) if i not in self._channels)
@@ -328,29 +337,40 @@ class ChannelTable:
                 raise UnexpectedMessage("too many unanswered channel requests")
             slot = _ReplySlot()
             channel.replies.append(slot)
-        ok = self._apply_request(channel, message.request_type, Reader(message.data), slot)
-        if ok is not None and slot is not None:
-            slot.ok = ok
+        outcome = self._apply_request(channel, message.request_type, Reader(message.data), slot)
+        if isinstance(outcome, str):
+            if message.request_type not in _PROBES:
+                self._emit(
+                    RequestRefused(
+                        request=message.request_type, reason=outcome, channel_id=channel.local_id
+                    )
+                )
+            outcome = False
+        if outcome is not None and slot is not None:
+            slot.ok = outcome
             self._flush_replies(channel)
 
     def _apply_request(
         self, channel: Channel, request_type: str, data: Reader, slot: _ReplySlot | None
-    ) -> bool | None:
-        """Apply one channel request; ``None`` means the driver answers later."""
+    ) -> bool | str | None:
+        """Apply one channel request: True when done, the reason when refused, ``None``
+        when the driver answers later."""
         if request_type == "pty-req":
-            if channel.session_started or channel.pty is not None or not self.pty_allowed:
-                return False
+            if not self.pty_allowed:
+                return "no terminal for this login"
+            if channel.session_started or channel.pty is not None:
+                return "a terminal only before the session starts, once"
             pty = PtyRequestData.decode(data)
             channel.pty = PtyRequest(term=pty.term, size=_terminal_size(pty), modes=pty.modes)
             return True
         if request_type == "env":
             env = EnvData.decode(data)
             if channel.session_started or len(channel.env) >= self._config.max_env_vars:
-                return False
+                return "too many variables, or the session has started"
             if not any(fnmatch.fnmatchcase(env.name, p) for p in self._config.accept_env):
-                return False
+                return f"{env.name} is not in accept_env"
             if any(fnmatch.fnmatchcase(env.name, p) for p in NEVER_ACCEPTED_ENV):
-                return False
+                return f"{env.name} is never accepted"
             channel.env[env.name] = env.value
             return True
         if request_type in ("shell", "exec", "subsystem"):
@@ -358,27 +378,27 @@ class ChannelTable:
         if request_type == "window-change":
             size = WindowChangeData.decode(data)
             if channel.pty is None:
-                return False
+                return "no terminal to resize"
             self._emit(WindowChanged(channel_id=channel.local_id, size=_terminal_size(size)))
             return True
         if request_type == "break":
             # RFC 4335: a BREAK on a terminal is an interrupt; without one there is nothing.
             BreakData.decode(data)
             if channel.pty is None or not channel.session_started:
-                return False
+                return "no terminal session to interrupt"
             self._emit(SignalReceived(channel_id=channel.local_id, signal="INT"))
             return True
         if request_type == "signal":
             signal = SignalData.decode(data)
             if not channel.session_started:
-                return False
+                return "no program to signal yet"
             self._emit(SignalReceived(channel_id=channel.local_id, signal=signal.name))
             return True
-        return False
+        return "not supported"
 
     def _start_session(
         self, channel: Channel, request_type: str, data: Reader, slot: _ReplySlot | None
-    ) -> bool | None:
+    ) -> str | None:
         kind = SessionKind(request_type)
         command = subsystem = None
         if kind is SessionKind.EXEC:
@@ -388,7 +408,7 @@ class ChannelTable:
         else:
             data.check_end()
         if channel.session_started:
-            return False
+            return "the channel already runs a session"
         channel.session_started = True
         channel.session_slot = slot if slot is not None else _ReplySlot()
         self._emit(
@@ -409,10 +429,13 @@ class ChannelTable:
             number = MessageNumber.CHANNEL_SUCCESS if ok else MessageNumber.CHANNEL_FAILURE
             self._send(struct.pack(">BI", number, channel.remote_id))
 
-    def on_global_request(self, name: str, want_reply: bool) -> None:
-        """Global requests (RFC 4254 §4): none is granted yet, as sshd without forwarding."""
+    def on_global_request(self, name: str, want_reply: bool, data: bytes = b"") -> None:
+        """Global requests (RFC 4254 §4): none is granted, as sshd without forwarding."""
         if name == "no-more-sessions@openssh.com":
             self.no_more_sessions = True
+        elif name not in _PROBES:
+            target = forwarding_target(name, data)
+            self._emit(RequestRefused(request=name, reason="not supported", target=target))
         if want_reply:
             self._send(bytes((MessageNumber.REQUEST_FAILURE,)))
 
@@ -540,3 +563,24 @@ class ChannelTable:
             del self._channels[channel_id]
         else:
             channel.move("send_close")
+
+
+def forwarding_target(request: str, data: bytes) -> str | None:
+    """Where a forwarding request points (RFC 4254 §7, OpenSSH PROTOCOL §2.4), for the
+    log: ``host:port`` or a socket path; ``None`` for other requests or malformed data."""
+    reader = Reader(data)
+    try:
+        if request in ("direct-tcpip", "tcpip-forward", "cancel-tcpip-forward"):
+            host = reader.string(MAX_TARGET_LENGTH)
+            target = f"{host.decode('utf-8', 'replace')}:{reader.uint32()}"
+        elif request in (
+            "direct-streamlocal@openssh.com",
+            "streamlocal-forward@openssh.com",
+            "cancel-streamlocal-forward@openssh.com",
+        ):
+            target = reader.string(MAX_TARGET_LENGTH).decode("utf-8", "replace")
+        else:
+            return None
+    except DecodeError:
+        return None
+    return target

@@ -176,7 +176,7 @@ class ServerConnection:
                 if request.name == HOSTKEYS_PROVE:
                     self._prove_host_keys(request)
                 else:
-                    self._channels.on_global_request(request.name, request.want_reply)
+                    self._channels.on_global_request(request.name, request.want_reply, request.data)
             elif number in (MessageNumber.REQUEST_SUCCESS, MessageNumber.REQUEST_FAILURE):
                 self.keepalives_unanswered = 0  # any answer to our probe proves the peer lives
             else:

@@ -142,6 +142,19 @@ class ChannelOpenRequested:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RequestRefused:
+    """The core refused a client request on its own and has answered the client already
+    (port, agent or X11 forwarding, a pty where none is allowed, an unknown request...).
+    Nothing to do but tell the operator: ``request`` is the channel type or request name,
+    ``target`` what a forwarding request pointed at (``host:port``, a socket path)."""
+
+    request: str
+    reason: str
+    channel_id: ChannelId | None = None
+    target: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SessionRequested:
     """The client asked to start a program; answer with ``reply_session_request(id, ok)``.
 
@@ -218,6 +231,7 @@ Event = (
     | AuthPartiallySucceeded
     | Authenticated
     | ChannelOpenRequested
+    | RequestRefused
     | SessionRequested
     | WindowChanged
     | SignalReceived
