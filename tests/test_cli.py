@@ -106,3 +106,29 @@ def test_user_image_shortcut() -> None:
     settings = load_config(None, {"users": {"alice": {"image": "alpine:3"}}})
     assert settings.container_for("alice").image == "alpine:3"
     assert settings.container_for("bob").image == settings.container.image
+
+
+def test_doctor_tries_each_distinct_per_user_container_once() -> None:
+    """Users whose tables change nothing about the container share the server-wide trial;
+    users with the same override share one."""
+    from trissh.doctor import _container_variants
+
+    settings = load_config(
+        None,
+        {
+            "users": {
+                "alice": {"image": "other:1"},
+                "bob": {"container": {"image": "other:1"}},
+                "carol": {"container": {"shell": ["/bin/bash"]}},
+                "dave": {"authorized_keys": []},
+            }
+        },
+    )
+    variants = _container_variants(settings)
+    assert [name for name, _ in variants] == [
+        "session",
+        "session of alice, bob",
+        "session of carol",
+    ]
+    assert [section.image for _, section in variants][1] == "other:1"
+    assert variants[2][1].shell == ("/bin/bash",)

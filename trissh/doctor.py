@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import TYPE_CHECKING, Final
@@ -10,7 +11,7 @@ import trio
 
 from trissh.authorized_keys import load_authorized_keys
 from trissh.backend import HealthCheck
-from trissh.config import ServerConfig, container_settings
+from trissh.config import ContainerSection, ServerConfig, container_settings
 from trissh.hostkeys import HostKeyError, load_or_create_host_key
 
 if TYPE_CHECKING:
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
 
 #: On top of the container start timeout: the agent's wait, one program, the removal.
 TRIAL_SLACK: Final = 30.0
+#: Containers tried: the server-wide settings and the first users' own.
+MAX_TRIALS: Final = 5
 
 
 def _check_host_keys(settings: ServerConfig) -> list[HealthCheck]:
@@ -83,13 +86,48 @@ def _check_authorized_keys(settings: ServerConfig) -> HealthCheck:
     )
 
 
-async def _try_session(backend: PodmanBackend, settings: ServerConfig) -> HealthCheck:
-    """Everything above passed: now a container and a program, as for a login (bounded)."""
-    bound = settings.container.start_timeout + TRIAL_SLACK
+def _container_variants(settings: ServerConfig) -> list[tuple[str, ContainerSection]]:
+    """``[container]``, then each different container a ``[users.NAME]`` table makes,
+    named after the users it serves."""
+    users_of: dict[str, list[str]] = {}
+    sections = {settings.container.model_dump_json(): settings.container}
+    for name in sorted(settings.users):
+        section = settings.container_for(name)
+        key = section.model_dump_json()
+        sections.setdefault(key, section)
+        users_of.setdefault(key, []).append(name)
+    default = settings.container.model_dump_json()
+    return [
+        ("session" if key == default else f"session of {', '.join(users_of[key])}", section)
+        for key, section in sections.items()
+    ]
+
+
+async def _try_sessions(backend: PodmanBackend, settings: ServerConfig) -> list[HealthCheck]:
+    """Everything above passed: now a container and a program, as for a login (bounded),
+    with the server-wide container settings and with each user's own."""
+    variants = _container_variants(settings)
+    checks = [await _try_session(backend, name, section) for name, section in variants[:MAX_TRIALS]]
+    if len(variants) > MAX_TRIALS:
+        checks.append(
+            HealthCheck(
+                name="session",
+                ok=True,
+                warning=True,
+                detail=f"{len(variants) - MAX_TRIALS} more per-user container settings not tried",
+            )
+        )
+    return checks
+
+
+async def _try_session(backend: PodmanBackend, name: str, section: ContainerSection) -> HealthCheck:
+    bound = section.start_timeout + TRIAL_SLACK
     with trio.move_on_after(bound):
-        return await backend.try_session(container_settings(settings.container))
+        return dataclasses.replace(
+            await backend.try_session(container_settings(section)), name=name
+        )
     return HealthCheck(
-        name="session",
+        name=name,
         ok=False,
         detail=f"no program ran in a container within {bound:g} s",
         fix="look for podman's errors in its service log; raise [container] start_timeout",
@@ -108,7 +146,7 @@ async def run_doctor(settings: ServerConfig) -> int:
             podman = await backend.health(settings.container.image)
         checks.extend(podman)
         if all(check.ok for check in podman):
-            checks.append(await _try_session(backend, settings))
+            checks.extend(await _try_sessions(backend, settings))
     finally:
         backend.close()
     failed = 0

@@ -36,3 +36,24 @@ def test_doctor_runs_a_program_in_a_container_and_removes_it(
     assert removed == created, events
     with PodmanClient(base_url=podman_url) as client:
         assert not client.containers.exists(created[0])
+
+
+def test_doctor_fails_on_a_users_container_that_cannot_run_a_program(
+    podman_url: str, authorized_keys: Path, tmp_path: Path
+) -> None:
+    """A `[users.NAME]` override that would break that user's every login fails doctor."""
+    config = tmp_path / "trissh.toml"
+    config.write_text('[users.carol.container]\nshell = ["/bin/no-such-shell"]\n')
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "trissh", "doctor", "--config", str(config),
+            "--authorized-keys", str(authorized_keys),
+            "--host-key", str(tmp_path / "host_key"),
+            "--podman-url", podman_url,
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "[ok  ] session: " in result.stdout, result.stdout
+    assert "[FAIL] session of carol: " in result.stdout, result.stdout
+    assert "/bin/no-such-shell" in result.stdout
