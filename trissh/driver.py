@@ -24,8 +24,7 @@ Nursery tree::
           ├─ _send_loop         doorbell → what flush_now left → socket (started at the
           │                     first ring: most connections never fill the socket)
           ├─ sandbox keeper     holds the connection's container (sandboxes.py)
-          ├─ _rekey_periodically   after the first kex, when ``rekey_interval`` is set
-          ├─ _probe_client      after authentication, when ``client_alive_interval`` is set
+          ├─ _keep_time         after authentication: time-based rekeying and ClientAlive
           ├─ tell_user          shutdown notice to a busy session (bounded)
           └─ run_session (one each)    one per session channel (session.py)
 
@@ -413,21 +412,29 @@ class ConnectionDriver:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
-    async def _rekey_periodically(self, interval: float) -> None:
-        """Time-based rekeying (the core rekeys by volume itself): no key lives longer."""
+    async def _keep_time(
+        self, rekey_interval: float, alive_interval: float, count_max: int
+    ) -> None:
+        """The connection's two timers in one sleeping task (0 turns either off).
+
+        Time-based rekeying (the core rekeys by volume itself): no key lives longer than
+        ``rekey_interval``. sshd's ClientAlive: a client silent for ``alive_interval`` is
+        asked to answer; one that leaves ``count_max`` probes unanswered is gone, and its
+        containers with it. Before authentication the login grace time bounds a connection.
+        """
+        next_probe = trio.current_time() + alive_interval if alive_interval else math.inf
         while True:
-            await trio.sleep_until(self._keys_since + interval)
-            if trio.current_time() >= self._keys_since + interval:
+            next_rekey = self._keys_since + rekey_interval if rekey_interval else math.inf
+            await trio.sleep_until(min(next_rekey, next_probe))
+            now = trio.current_time()
+            if now >= next_rekey:
                 self.conn.request_rekey()
                 self.flush_now()
-                self._keys_since = trio.current_time()  # until the exchange completes
-
-    async def _probe_client(self, interval: float, count_max: int) -> None:
-        """sshd's ClientAlive: a client silent for ``interval`` is asked to answer; one
-        that leaves ``count_max`` probes unanswered is gone, and its containers with it."""
-        while True:
-            await trio.sleep(interval)
-            if trio.current_time() - self._last_received < interval:
+                self._keys_since = now  # until the exchange completes
+            if now < next_probe:
+                continue
+            next_probe = now + alive_interval
+            if now - self._last_received < alive_interval:
                 continue
             if self.conn.keepalives_unanswered >= count_max:
                 self._end(
@@ -558,10 +565,6 @@ class ConnectionDriver:
                     self.ctx.metrics.handshake_done(
                         event.algorithms.kex, trio.current_time() - self._accepted_at
                     )
-                interval = self.ctx.settings.ssh.rekey_interval
-                if not event.is_rekey and interval:
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self._rekey_periodically, interval)
                 algorithms = event.algorithms
                 log.info(
                     "kex_completed",
@@ -640,12 +643,14 @@ class ConnectionDriver:
                 "user_connection_limit",
             )
             return
-        session = self.session_settings
-        if session.client_alive_interval:
+        rekey, alive = (
+            self.ctx.settings.ssh.rekey_interval,
+            self.session_settings.client_alive_interval,
+        )
+        if rekey or alive:
             assert self._nursery is not None
-            self._nursery.start_soon(
-                self._probe_client, session.client_alive_interval, session.client_alive_count_max
-            )
+            count_max = self.session_settings.client_alive_count_max
+            self._nursery.start_soon(self._keep_time, rekey, alive, count_max)
 
     def _note_refused(
         self, request: str, reason: str, channel: int | None = None, target: str | None = None
