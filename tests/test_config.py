@@ -102,3 +102,23 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
 def test_overrides_dict(tmp_path: Path) -> None:
     settings: Any = load_config(None, {"container.image": "x", "log_level": None})
     assert settings.container.image == "x"
+
+
+def test_podman_url_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$CONTAINER_HOST, else the user's own socket, else (only if the user's is missing)
+    the one scripts/setup-host.sh starts; with neither, the user's, so errors name it."""
+    settings = load_config(None, {})
+    setup_socket = tmp_path / "setup" / "podman.sock"
+    monkeypatch.setattr("trissh.config.SETUP_HOST_SOCKET", str(setup_socket))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    own = tmp_path / "run" / "podman" / "podman.sock"
+    monkeypatch.setenv("CONTAINER_HOST", "unix:///elsewhere.sock")
+    assert settings.podman_url() == "unix:///elsewhere.sock"
+    monkeypatch.delenv("CONTAINER_HOST")
+    assert settings.podman_url() == f"unix://{own}"
+    setup_socket.parent.mkdir()
+    setup_socket.touch()
+    assert settings.podman_url() == f"unix://{setup_socket}"
+    own.parent.mkdir(parents=True)
+    own.touch()
+    assert settings.podman_url() == f"unix://{own}"

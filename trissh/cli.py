@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--podman-url",
         metavar="URL",
-        help="podman service (default $CONTAINER_HOST, else $XDG_RUNTIME_DIR/podman/podman.sock)",
+        help="podman service (default $CONTAINER_HOST, else $XDG_RUNTIME_DIR/podman/podman.sock,"
+        " else /run/trissh-podman/podman.sock from scripts/setup-host.sh)",
     )
     parser.add_argument(
         "--image", metavar="NAME", help="container image (default localhost/trissh-base:latest)"

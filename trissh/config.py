@@ -31,6 +31,8 @@ from trissh.protocol.kex import KEX_METHODS
 from trissh.protocol.keys import HOST_KEY_ALGORITHMS
 
 DEFAULT_IMAGE = "localhost/trissh-base:latest"
+#: Where scripts/setup-host.sh runs the podman service (its rootless user's socket).
+SETUP_HOST_SOCKET = "/run/trissh-podman/podman.sock"
 
 
 class ConfigError(Exception):
@@ -435,13 +437,17 @@ class ServerConfig(_Model):
         return _merged(self.session, override, f"users.{username}.session")
 
     def podman_url(self) -> str:
-        """The podman service URL, following podman's own lookup order."""
+        """The podman service URL, following podman's own lookup order; when the user's
+        own socket does not exist, the one ``scripts/setup-host.sh`` starts, if it does."""
         if self.podman.url:
             return self.podman.url
         if os.environ.get("CONTAINER_HOST"):
             return os.environ["CONTAINER_HOST"]
         runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
-        return f"unix://{runtime_dir}/podman/podman.sock"
+        own = f"{runtime_dir}/podman/podman.sock"
+        if not os.path.exists(own) and os.path.exists(SETUP_HOST_SOCKET):
+            return f"unix://{SETUP_HOST_SOCKET}"
+        return f"unix://{own}"
 
     def host_key_paths(self) -> tuple[Path, ...]:
         if self.host_keys:
