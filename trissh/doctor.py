@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from typing import TYPE_CHECKING, Final
@@ -123,9 +122,7 @@ async def _try_sessions(backend: PodmanBackend, settings: ServerConfig) -> list[
 async def _try_session(backend: PodmanBackend, name: str, section: ContainerSection) -> HealthCheck:
     bound = section.start_timeout + TRIAL_SLACK
     with trio.move_on_after(bound):
-        return dataclasses.replace(
-            await backend.try_session(container_settings(section)), name=name
-        )
+        return await backend.try_session(container_settings(section), name)
     return HealthCheck(
         name=name,
         ok=False,

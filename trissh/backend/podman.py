@@ -429,7 +429,7 @@ class PodmanBackend:
         )
         return checks
 
-    async def try_session(self, settings: ContainerSettings) -> HealthCheck:
+    async def try_session(self, settings: ContainerSettings, name: str = "session") -> HealthCheck:
         """Start a container and run one program in it as a login would, for ``trissh
         doctor``: the configuration, the runtime and the stdio path, proven end to end.
 
@@ -456,10 +456,10 @@ class PodmanBackend:
                     status = await process.wait()
                 run_ms, started = ms_since(started), time.monotonic()
         except BackendError as exc:
-            return HealthCheck(name="session", ok=False, detail=f"no program ran: {exc}")
+            return HealthCheck(name=name, ok=False, detail=f"no program ran: {exc}")
         if status != ExitStatus(code=0) or output.strip() != marker.encode():
             return HealthCheck(
-                name="session",
+                name=name,
                 ok=False,
                 detail=f"`echo {marker}` ended with {_outcome(status)};"
                 f" stdout {output[:80]!r}, stderr {errors[:200]!r}",
@@ -470,9 +470,9 @@ class PodmanBackend:
             f" and was removed in {ms_since(started):.0f} ms"
         )
         if not fallbacks:
-            return HealthCheck(name="session", ok=True, detail=detail)
+            return HealthCheck(name=name, ok=True, detail=detail)
         return HealthCheck(
-            name="session",
+            name=name,
             ok=True,
             warning=True,
             detail=f"{detail}; slower than configured: {' and '.join(fallbacks)}",
