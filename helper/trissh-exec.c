@@ -38,7 +38,8 @@
  * Each request is one message: "spawn\0" ARG... "\0" ENV... (NUL-terminated strings, an
  * empty one between argv and the extra environment) with four descriptors: the program's
  * stdin, stdout and stderr, and a stream socket of its own. The program runs in a new
- * session with those three as fds 0..2 and the agent's environment plus ENV; on its socket
+ * session with those three as fds 0..2 and the agent's environment plus ENV (less the
+ * HOSTNAME podman gives only a main process, so both ways of starting agree); on its socket
  * trissh may send "kill N\n", and the agent answers with the status line once the program
  * has ended ("exit N" / "signal N core C"). trissh closing a program's socket kills it.
  * "spawnpty\0" ROWS "\0" COLS "\0" ARG... "\0" ENV... with only the program's socket asks
@@ -398,7 +399,18 @@ static void agent_reap(void) {
     }
 }
 
+/* Podman puts HOSTNAME=<hostname> into the main process's environment only; a program
+ * started by `podman exec` never sees it. Drop it when it is podman's (an image may set
+ * its own), so a session sees the same environment whichever way it started. */
+static void drop_podman_hostname(void) {
+    char name[256];
+    const char *value = getenv("HOSTNAME");
+    if (value != NULL && gethostname(name, sizeof name) == 0 && strcmp(value, name) == 0)
+        unsetenv("HOSTNAME");
+}
+
 static int agent(const char *path, const char *token) {
+    drop_podman_hostname();
     int control = connect_with_token(path, token, SOCK_SEQPACKET);
     if (control < 0) {
         dprintf(2, "trissh-exec: no agent connection to trissh (%s): %s\n", path,

@@ -302,3 +302,27 @@ async def test_doctor_fails_on_a_shell_the_image_lacks(podman_available: str) ->
     assert "exit code 127" in check.detail, check.detail
     assert "/bin/no-such-shell" in check.detail, check.detail
     assert "shell" in check.fix
+
+
+@pytest.mark.podman
+async def test_programs_see_the_same_environment_from_the_agent_as_from_podman_exec(
+    podman_available: str,
+) -> None:
+    """The agent is the container's main process, whose environment podman gives a
+    HOSTNAME that execs never see: a session must not depend on which way it started."""
+
+    async def environment(agent: bool) -> list[bytes]:
+        async with open_podman_harness(direct_stdio=True, agent=agent) as h:
+            spec = ProcessSpec(argv=h.sh("env"), env={"FROM_CLIENT": "1"})
+            async with (
+                h.backend.open_sandbox(h.sandbox_spec()) as sandbox,
+                sandbox.open_process(spec) as process,
+            ):
+                out, _, status = await run(process)
+        assert status == ExitStatus(code=0)
+        return sorted(out.splitlines())
+
+    with trio.fail_after(60):
+        via_agent, via_exec = await environment(agent=True), await environment(agent=False)
+    assert b"FROM_CLIENT=1" in via_agent
+    assert via_agent == via_exec
