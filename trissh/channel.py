@@ -29,7 +29,7 @@ class ChannelHandle:
     def __init__(self, driver: ConnectionDriver, channel_id: ChannelId) -> None:
         self.driver = driver
         self.id = channel_id
-        self._inbound: deque[bytes] = deque()
+        self._inbound: deque[bytes | memoryview] = deque()
         #: Two wakeups, so that data does not also wake the control task, and vice versa.
         self._input_changed = trio.Event()
         self._control_changed = trio.Event()
@@ -51,7 +51,7 @@ class ChannelHandle:
 
     # -- fed by the driver (sync, never blocks) --------------------------------------------
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         self._inbound.append(data)
         self._input_arrived()
 
@@ -99,7 +99,7 @@ class ChannelHandle:
             if len(parts) > 1:
                 chunk = b"".join(parts)
         self.driver.acknowledge(self.id, len(chunk))
-        return chunk
+        return chunk if isinstance(chunk, bytes) else bytes(chunk)  # the one copy
 
     @property
     def has_data(self) -> bool:

@@ -272,7 +272,7 @@ class ChannelTable:
         channel = self._charge_window(channel_id, length)
         if channel is None or channel.eof_received:
             return
-        self._emit(ChannelDataReceived(channel_id=channel.local_id, data=payload[9:]))
+        self._emit(ChannelDataReceived(channel_id=channel.local_id, data=memoryview(payload)[9:]))
 
     def _on_extended_data(self, payload: bytes) -> None:
         if len(payload) < 13:
