@@ -186,11 +186,12 @@ class SignalReceived:
 class ChannelDataReceived:
     """Data for a channel; call ``acknowledge_channel_data(id, n)`` once it is consumed.
 
-    ``data`` is a view into the decrypted packet (no copy per packet on the upload path).
+    The core passes a read-only view into the decrypted packet, not a copy: one copy
+    less per packet on the upload path.
     """
 
     channel_id: ChannelId
-    data: memoryview
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
