@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,4 +141,11 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None
 def podman_required() -> bool:
     return (
         os.environ.get("CI", "").lower() == "true" or os.environ.get("TRISSH_REQUIRE_PODMAN") == "1"
+    )
+
+
+def run_module(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m trissh ARGS`` as an operator types it, bounded."""
+    return subprocess.run(
+        [sys.executable, "-m", "trissh", *args], capture_output=True, text=True, timeout=timeout
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,11 +10,7 @@ from trissh import __version__
 from trissh.cli import main
 from trissh.config import ConfigError, load_config
 
-
-def run_module(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trissh", *args], capture_output=True, text=True, timeout=60
-    )
+from .support import run_module
 
 
 def test_version_via_python_dash_m() -> None:

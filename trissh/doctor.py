@@ -88,14 +88,14 @@ def _check_authorized_keys(settings: ServerConfig) -> HealthCheck:
 def _container_variants(settings: ServerConfig) -> list[tuple[str, ContainerSection]]:
     """``[container]``, then each different container a ``[users.NAME]`` table makes,
     named after the users it serves."""
+    default = settings.container.model_dump_json()
+    sections = {default: settings.container}
     users_of: dict[str, list[str]] = {}
-    sections = {settings.container.model_dump_json(): settings.container}
     for name in sorted(settings.users):
         section = settings.container_for(name)
         key = section.model_dump_json()
         sections.setdefault(key, section)
         users_of.setdefault(key, []).append(name)
-    default = settings.container.model_dump_json()
     return [
         ("session" if key == default else f"session of {', '.join(users_of[key])}", section)
         for key, section in sections.items()

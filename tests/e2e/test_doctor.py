@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 from podman import PodmanClient
+
+from ..support import run_module
+
+
+def _doctor(
+    podman_url: str, authorized_keys: Path, tmp_path: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return run_module(
+        "doctor", *args,
+        "--authorized-keys", str(authorized_keys),
+        "--host-key", str(tmp_path / "host_key"),
+        "--podman-url", podman_url,
+        timeout=120,
+    )  # fmt: skip
 
 
 def test_doctor_runs_a_program_in_a_container_and_removes_it(
@@ -15,15 +28,7 @@ def test_doctor_runs_a_program_in_a_container_and_removes_it(
 ) -> None:
     """Beyond the static checks, doctor starts a container and runs a program the way a
     login does (the agent and pipes by default), and leaves nothing behind."""
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "trissh", "doctor", "--log-format", "json",
-            "--authorized-keys", str(authorized_keys),
-            "--host-key", str(tmp_path / "host_key"),
-            "--podman-url", podman_url,
-        ],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = _doctor(podman_url, authorized_keys, tmp_path, "--log-format", "json")
     assert result.returncode == 0, result.stdout + result.stderr
     session = [line for line in result.stdout.splitlines() if " session: " in line]
     assert len(session) == 1, result.stdout
@@ -44,15 +49,7 @@ def test_doctor_fails_on_a_users_container_that_cannot_run_a_program(
     """A `[users.NAME]` override that would break that user's every login fails doctor."""
     config = tmp_path / "trissh.toml"
     config.write_text('[users.carol.container]\nshell = ["/bin/no-such-shell"]\n')
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "trissh", "doctor", "--config", str(config),
-            "--authorized-keys", str(authorized_keys),
-            "--host-key", str(tmp_path / "host_key"),
-            "--podman-url", podman_url,
-        ],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = _doctor(podman_url, authorized_keys, tmp_path, "--config", str(config))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "[ok  ] session: " in result.stdout, result.stdout
     assert "[FAIL] session of carol: " in result.stdout, result.stdout

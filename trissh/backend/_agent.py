@@ -379,7 +379,7 @@ async def open_agent_process(
     try:
         async with open_task_nursery() as nursery:
             nursery.start_soon(process.watch)
-            note_started(observe, started, container, spec.channel_id, via="agent")
+            note_started(observe, started, container, spec.channel_id, by_agent=True)
             yield process
     finally:
         process.close()

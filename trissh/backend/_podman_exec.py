@@ -177,18 +177,19 @@ def note_started(
     started: float,
     container_id: str,
     channel: int,
-    **fields: object,
+    *,
+    by_agent: bool = False,
 ) -> None:
     """A program is running: the ``exec`` metric (``spawn`` when the container's agent
     started it, so an operator sees a fallback to execs) and one line."""
     if observe is not None:
-        observe("spawn" if fields.get("via") == "agent" else "exec", time.monotonic() - started)
+        observe("spawn" if by_agent else "exec", time.monotonic() - started)
     log.debug(
         "process_started",
         container=container_id[:12],
         channel=channel,
         duration_ms=ms_since(started),
-        **fields,
+        **({"via": "agent"} if by_agent else {}),
     )
 
 

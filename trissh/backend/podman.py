@@ -449,7 +449,7 @@ class PodmanBackend:
         try:
             async with self.open_sandbox(spec) as sandbox:
                 start_ms, started = ms_since(started), time.monotonic()
-                via, fallbacks = self._stdio_path_of(sandbox.container_id)
+                via, fallback = self._stdio_path_of(sandbox.container_id)
                 async with sandbox.open_process(program) as process:
                     output = await _read_bounded(process.stdout, 1024)
                     errors = await _read_bounded(process.stderr, 1024) if process.stderr else b""
@@ -469,28 +469,26 @@ class PodmanBackend:
             f"a container started in {start_ms:.0f} ms, ran `echo` ({via}) in {run_ms:.0f} ms"
             f" and was removed in {ms_since(started):.0f} ms"
         )
-        if not fallbacks:
+        if fallback is None:
             return HealthCheck(name=name, ok=True, detail=detail)
         return HealthCheck(
             name=name,
             ok=True,
             warning=True,
-            detail=f"{detail}; slower than configured: {' and '.join(fallbacks)}",
+            detail=f"{detail}; slower than configured: {fallback}",
             fix="see docs/deployment.md (direct stdio, the agent) and the log of `trissh doctor`",
         )
 
-    def _stdio_path_of(self, container_id: str) -> tuple[str, list[str]]:
-        """How programs of this container get their stdio, and what fell back on the way."""
-        pipes = container_id in self._stdio_dirs
-        agent = container_id in self._agents
-        fallbacks = []
-        if self._stdio_root is not None and not pipes:
-            fallbacks.append("podman could not mount the stdio directory")
-        elif self._agent_wanted and pipes and not agent:
-            fallbacks.append("the container's agent did not connect")
-        if agent:
-            return "agent, pipes", fallbacks
-        return ("podman exec, pipes" if pipes else "podman exec, stream"), fallbacks
+    def _stdio_path_of(self, container_id: str) -> tuple[str, str | None]:
+        """How programs of this container get their stdio, and what fell back, if anything."""
+        if container_id in self._agents:
+            return "agent, pipes", None
+        if container_id in self._stdio_dirs:
+            fallback = "the container's agent did not connect" if self._agent_wanted else None
+            return "podman exec, pipes", fallback
+        unmounted = self._stdio_root is not None
+        fallback = "podman could not mount the stdio directory" if unmounted else None
+        return "podman exec, stream", fallback
 
     def _stdio_check(self) -> HealthCheck:
         """How programs' stdio travel, and whether the podman user can reach its directory."""
