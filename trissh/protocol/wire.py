@@ -106,7 +106,7 @@ class Reader:
         names = raw.decode("ascii").split(",")
         if len(names) > MAX_NAMES:
             raise DecodeError(f"name-list has more than {MAX_NAMES} names")
-        if any(not name for name in names):
+        if "" in names:
             raise DecodeError("name-list contains an empty name")
         return tuple(names)
 

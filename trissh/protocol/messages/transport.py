@@ -6,6 +6,7 @@ One frozen dataclass per message with a symmetric ``encode()`` / ``decode(reader
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
@@ -190,7 +191,7 @@ class KexInit:
     def decode(cls, r: Reader) -> Self:
         cookie = r.fixed(16)
         lists = [r.name_list() for _ in range(10)]
-        if any(len(name) > MAX_ALGORITHM_NAME for names in lists for name in names):
+        if max(map(len, itertools.chain.from_iterable(lists)), default=0) > MAX_ALGORITHM_NAME:
             raise DecodeError(f"KEXINIT names an algorithm longer than {MAX_ALGORITHM_NAME} bytes")
         follows = r.boolean()
         r.uint32()  # reserved
