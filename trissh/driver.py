@@ -84,6 +84,7 @@ from trissh.recording import Recorder
 from trissh.sandboxes import ConnectionSandbox
 from trissh.scatter_write import send_chunks, socket_fd, write_now
 from trissh.session import run_session, tell_user
+from trissh.socket_reads import SocketReader
 
 log = structlog.get_logger("trissh.driver")
 
@@ -208,6 +209,7 @@ class ConnectionDriver:
         self._sandbox: ConnectionSandbox | None = None
         self.close_reason = "closed"
         self._stream = stream
+        self._reader = SocketReader(stream)
         self._doorbell = _Doorbell()
         self.space_changed = trio.Event()
         self._handles: dict[ChannelId, ChannelHandle] = {}
@@ -226,12 +228,13 @@ class ConnectionDriver:
         self._login = LoginConversation(
             ctx.auth,
             self.conn,
-            lambda username: LoginRequest(
+            lambda username, metadata: LoginRequest(
                 username,
                 remote_ip,
                 conn_id,
                 remote=remote,
                 client_version=self.conn.client_version or "",
+                metadata=metadata,
             ),
         )
         #: Restrictions of the login (forced command, no pty, environment) for sessions.
@@ -498,7 +501,7 @@ class ConnectionDriver:
             if self._ended or conn.closed:
                 return
             try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
+                data = await self._reader.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, OSError):
                 data = b""
             if self._quickack and data:
