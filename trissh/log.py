@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 #: Keys that must never reach a log line, whatever a caller passes.
@@ -24,12 +25,31 @@ def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMap
     return event_dict
 
 
+def _json_output() -> tuple[Callable[..., str | bytes], Any]:
+    """The serializer and logger factory of JSON lines.
+
+    orjson renders a line ~15x quicker than ``json.dumps``, and its bytes go straight to
+    stderr's buffer (``print`` would encode them again); a stderr without one (some
+    embedders) gets text.
+    """
+    buffer = getattr(sys.stderr, "buffer", None)
+    if buffer is None:
+        return _json_text, structlog.PrintLoggerFactory(sys.stderr)
+    return orjson.dumps, structlog.BytesLoggerFactory(buffer)
+
+
+def _json_text(event_dict: Any, **options: Any) -> str:
+    return orjson.dumps(event_dict, **options).decode()
+
+
 def configure_logging(fmt: str = "json", level: str = "info") -> None:
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
+    renderer: Any
+    if fmt == "json":
+        serializer, factory = _json_output()
+        renderer = structlog.processors.JSONRenderer(serializer=serializer)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        factory = structlog.PrintLoggerFactory(sys.stderr)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -42,6 +62,6 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
