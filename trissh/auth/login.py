@@ -40,7 +40,7 @@ class LoginConversation:
         self,
         policy: AuthPolicy,
         conn: ServerConnection,
-        request: Callable[[str], LoginRequest],
+        request: Callable[[str, Metadata], LoginRequest],
         *,
         rng: random.Random | None = None,
     ) -> None:
@@ -65,7 +65,7 @@ class LoginConversation:
         Raises:
             TooManyAuthAttempts: the answer used up the client's attempts.
         """
-        request = dataclasses.replace(self._request(event.username), metadata=self.metadata)
+        request = self._request(event.username, self.metadata)
         method = _method_of(event)
         if method not in self._policy.chains_for(event.username).next_methods(self.passed):
             self._conn.reject_auth(f"{method} not allowed at this point for this user")
