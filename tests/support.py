@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -149,3 +151,19 @@ def run_module(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
     return subprocess.run(
         [sys.executable, "-m", "trissh", *args], capture_output=True, text=True, timeout=timeout
     )
+
+
+def capture_module_log(
+    monkeypatch: pytest.MonkeyPatch, module: str
+) -> list[MutableMapping[str, Any]]:
+    """A module's log lines from info up, as dicts. The suite logs at warning, and a
+    structlog logger keeps the configuration it was first used with, so ``capture_logs``
+    alone misses them: the module's ``log`` is swapped for a capturing one."""
+    capture = structlog.testing.LogCapture()
+    logger = structlog.wrap_logger(
+        None,
+        processors=[capture],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
+    monkeypatch.setattr(f"{module}.log", logger)
+    return capture.entries

@@ -72,21 +72,21 @@ async def test_a_second_concurrent_sender_is_refused() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_data_wakes_the_reader_and_control_wakes_the_control_task_only() -> None:
-    """An upload's packets must not wake the task that forwards resizes and signals (one
-    extra scheduling round per read), and a resize must not wake the reader; CLOSE wakes
-    both."""
+async def test_data_wakes_only_the_reader_and_control_only_calls_on_control() -> None:
+    """An upload's packets must not start the session's control forwarder, and a resize
+    or signal must not wake the reader; CLOSE wakes the reader."""
     handle, _ = _handle()
     woken: list[str] = []
 
-    async def wait(name: str, waiter: Any) -> None:
+    async def read_wakeups() -> None:
         while True:
-            await waiter()
-            woken.append(name)
+            await handle.wait_input()
+            woken.append("input")
 
+    handle.feed_control("HUP")  # before the session listens: queued only
+    handle.on_control = lambda: woken.append("control")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(wait, "input", handle.wait_input)
-        nursery.start_soon(wait, "control", handle.wait_control)
+        nursery.start_soon(read_wakeups)
         await trio.testing.wait_all_tasks_blocked()
         handle.feed(b"data")
         handle.feed_eof()
@@ -95,7 +95,8 @@ async def test_data_wakes_the_reader_and_control_wakes_the_control_task_only() -
         handle.feed_control("TERM")
         await trio.testing.wait_all_tasks_blocked()
         assert woken == ["input", "control"]
+        assert list(handle.control) == ["HUP", "TERM"]
         handle.peer_close()
         await trio.testing.wait_all_tasks_blocked()
-        assert sorted(woken[2:]) == ["control", "input"]
+        assert woken == ["input", "control", "input"]
         nursery.cancel_scope.cancel()

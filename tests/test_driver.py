@@ -23,9 +23,10 @@ from trissh.driver import ServerContext, serve_connection
 from trissh.protocol import DisconnectReason
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.messages import transport as tr
+from trissh.protocol.wire import Reader
 
 from .peer import Peer, exit_status_of, output_of
-from .support import make_context
+from .support import capture_module_log, make_context
 
 StreamPair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
 STREAM_PAIRS: dict[str, StreamPair] = {
@@ -263,6 +264,53 @@ async def test_pty_shell_sees_its_size_and_resizes(ctx: ServerContext) -> None:
             assert b"40 120" in output_of(messages)
             assert exit_status_of(messages) == 4
             await peer.stream.aclose()
+
+
+async def test_a_resize_before_the_shell_starts_is_applied(ctx: ServerContext) -> None:
+    """window-change between pty-req and shell: queued, and forwarded once the shell runs."""
+    with trio.fail_after(10):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session()
+            pty = conn.PtyRequestData(
+                term="xterm", columns=80, rows=24, width_px=0, height_px=0, modes=b"\x00"
+            )
+            peer.client.channel_request(channel, "pty-req", pty.encode())
+            size = conn.WindowChangeData(columns=132, rows=50, width_px=0, height_px=0)
+            peer.client.channel_request(channel, "window-change", size.encode(), want_reply=False)
+            peer.client.channel_request(channel, "shell")
+            peer.client.channel_data(channel, b"stty size\rexit\r")
+            messages = await peer.until_close(channel)
+            assert b"50 132" in output_of(messages)
+            await peer.stream.aclose()
+
+
+async def test_signals_are_forwarded_in_order_past_a_bad_one(
+    ctx: ServerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A harmless signal, one the backend refuses, then TERM: the session survives the
+    first two and TERM ends it with exit-signal (one forwarder, in arrival order)."""
+    logs = capture_module_log(monkeypatch, "trissh.session")
+    with trio.fail_after(10):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session()
+            await peer.exec(channel, "sleep 30")
+            for name in ("WINCH", "NOSUCH", "TERM"):
+                signal = conn.SignalData(name=name).encode()
+                peer.client.channel_request(channel, "signal", signal, want_reply=False)
+            await peer.flush()
+            messages = await peer.until_close(channel)
+            await peer.stream.aclose()
+    [exit_signal] = [
+        conn.ExitSignalData.decode(Reader(m.data))
+        for m in messages
+        if isinstance(m, conn.ChannelRequest) and m.request_type == "exit-signal"
+    ]
+    assert exit_signal.signal == "TERM"
+    forwarded = [e["signal"] for e in logs if e["event"] == "signal_forwarded"]
+    assert forwarded == ["WINCH", "TERM"]
+    assert [e["event"] for e in logs if e["event"] == "control_failed"] == ["control_failed"]
 
 
 def limited_ctx(memory_backend: MemoryBackend, tmp_path: Path, **session: object) -> ServerContext:

@@ -6,16 +6,22 @@ import hashlib
 import os
 from collections.abc import MutableMapping
 from functools import partial
-from logging import INFO
 from typing import Any
 
 import pytest
-import structlog.testing
 import trio
 
 from trissh.backend.memory import MemoryBackend
 
-from .support import ClientKey, RunningServer, needs_ssh, run_ssh, ssh_argv, wait_until
+from .support import (
+    ClientKey,
+    RunningServer,
+    capture_module_log,
+    needs_ssh,
+    run_ssh,
+    ssh_argv,
+    wait_until,
+)
 
 pytestmark = [needs_ssh, pytest.mark.interop]
 
@@ -110,14 +116,8 @@ async def test_openssh_binds_its_signature_to_our_host_key(
 
 @pytest.fixture
 def driver_logs(monkeypatch: pytest.MonkeyPatch) -> list[MutableMapping[str, Any]]:
-    """The connection driver's lines from info up (the suite logs at warning, and a
-    structlog logger keeps the level it was first used with)."""
-    capture = structlog.testing.LogCapture()
-    logger = structlog.wrap_logger(
-        None, processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(INFO)
-    )
-    monkeypatch.setattr("trissh.driver.log", logger)
-    return capture.entries
+    """The connection driver's lines from info up."""
+    return capture_module_log(monkeypatch, "trissh.driver")
 
 
 async def test_port_forwarding_is_refused_and_logged_with_its_target(

@@ -10,6 +10,7 @@ peer's window and from the connection's output high-water mark.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -30,12 +31,12 @@ class ChannelHandle:
         self.driver = driver
         self.id = channel_id
         self._inbound: deque[bytes | memoryview] = deque()
-        #: Two wakeups, so that data does not also wake the control task, and vice versa.
         self._input_changed = trio.Event()
-        self._control_changed = trio.Event()
         self.eof_received = False
         self.peer_closed = False
         self.control: deque[TerminalSize | str] = deque(maxlen=MAX_CONTROL_ITEMS)
+        #: Called after a resize or signal is queued: the session starts its forwarder.
+        self.on_control: Callable[[], None] | None = None
         self.cancel_scope = trio.CancelScope()
         self.session_started = False
         #: When stdio last moved either way (idle timeout).
@@ -44,10 +45,6 @@ class ChannelHandle:
     def _input_arrived(self) -> None:
         self._input_changed.set()
         self._input_changed = trio.Event()
-
-    def _control_arrived(self) -> None:
-        self._control_changed.set()
-        self._control_changed = trio.Event()
 
     # -- fed by the driver (sync, never blocks) --------------------------------------------
 
@@ -61,23 +58,19 @@ class ChannelHandle:
 
     def feed_control(self, item: TerminalSize | str) -> None:
         self.control.append(item)
-        self._control_arrived()
+        if self.on_control is not None:
+            self.on_control()
 
     def peer_close(self) -> None:
         self.peer_closed = True
         self.cancel_scope.cancel()
         self._input_arrived()
-        self._control_arrived()
 
     # -- used by the session task ----------------------------------------------------------
 
     async def wait_input(self) -> None:
         """Until data, EOF or CLOSE arrives."""
         await self._input_changed.wait()
-
-    async def wait_control(self) -> None:
-        """Until a resize or signal arrives (or CLOSE)."""
-        await self._control_changed.wait()
 
     def touch(self) -> None:
         self.last_activity = trio.current_time()

@@ -211,17 +211,22 @@ async def _serve(
     channel = ChannelStream(handle)
     async with trio.open_nursery() as stdio:
         stdio.start_soon(_pump_input, channel, process.stdin, tap)
-        stdio.start_soon(_forward_control, handle, process, tap)
-        limits = driver.session_settings
-        if limits.idle_timeout or limits.max_session_duration:
-            stdio.start_soon(_enforce_limits, handle, limits, request.pty is not None)
-        async with trio.open_nursery() as outputs:
-            outputs.start_soon(_pump_output, process.stdout, channel, tap, tap.stdout)
-            if process.stderr is not None:
-                stderr = ChannelStream(handle, stderr=True)
-                outputs.start_soon(_pump_output, process.stderr, stderr, tap, tap.stderr)
-        status = await process.wait()
-        stdio.cancel_scope.cancel()
+        handle.on_control = _ControlForwarder(handle, process, tap, stdio).wake
+        try:
+            if handle.control:  # a resize that came before the program started
+                handle.on_control()
+            limits = driver.session_settings
+            if limits.idle_timeout or limits.max_session_duration:
+                stdio.start_soon(_enforce_limits, handle, limits, request.pty is not None)
+            async with trio.open_nursery() as outputs:
+                outputs.start_soon(_pump_output, process.stdout, channel, tap, tap.stdout)
+                if process.stderr is not None:
+                    stderr = ChannelStream(handle, stderr=True)
+                    outputs.start_soon(_pump_output, process.stderr, stderr, tap, tap.stderr)
+            status = await process.wait()
+            stdio.cancel_scope.cancel()
+        finally:
+            handle.on_control = None  # the nursery is closing: nothing may start in it
     log.info("session_ended", exit_code=status.code, signal=status.signal)
     return status
 
@@ -337,17 +342,39 @@ async def _pump_output(
         pass  # the client closed the channel; nothing more can be delivered
 
 
-async def _forward_control(handle: ChannelHandle, proc: Process, tap: _Tap) -> None:
-    while True:
-        while handle.control:
-            item = handle.control.popleft()
-            try:
-                if isinstance(item, TerminalSize):
-                    tap.resize(item)
-                    await proc.resize(_backend_size(item))
-                else:
-                    await proc.send_signal(item)
-                    log.info("signal_forwarded", signal=item)
-            except BackendError as exc:
-                log.warning("control_failed", error=str(exc))
-        await handle.wait_control()
+class _ControlForwarder:
+    """Resizes and signals to the program, by a task that runs only while some are queued.
+
+    Most sessions never get one; a task waiting for them all along would cost every
+    session a spawn and a cancellation. One forwarder at a time keeps them in order.
+    """
+
+    def __init__(
+        self, handle: ChannelHandle, process: Process, tap: _Tap, nursery: trio.Nursery
+    ) -> None:
+        self._handle = handle
+        self._process = process
+        self._tap = tap
+        self._nursery = nursery
+        self._running = False
+
+    def wake(self) -> None:
+        if not self._running:
+            self._running = True
+            self._nursery.start_soon(self._forward)
+
+    async def _forward(self) -> None:
+        try:
+            while self._handle.control:
+                item = self._handle.control.popleft()
+                try:
+                    if isinstance(item, TerminalSize):
+                        self._tap.resize(item)
+                        await self._process.resize(_backend_size(item))
+                    else:
+                        await self._process.send_signal(item)
+                        log.info("signal_forwarded", signal=item)
+                except BackendError as exc:
+                    log.warning("control_failed", error=str(exc))
+        finally:
+            self._running = False
