@@ -15,11 +15,11 @@ Nursery tree::
     run_session                 binds channel; its cancel scope is the handle's
     └─ [sandbox context]        ``session`` mode only: this session's own container
        └─ process context       leaving it kills the process (backend, bounded)
-       └─ stdio nursery
+       └─ stdio nursery          its body pumps process stdout → channel until EOF
           ├─ _pump_input        channel → process stdin, then EOF (and the recording)
-          ├─ _forward_control   window-change → resize, signal → kill
-          ├─ _enforce_limits    idle timeout, maximum duration (when either is set)
-          └─ output nursery     process stdout/stderr → channel (ends at EOF)
+          ├─ _pump_stderr       process stderr → channel (no pty); the body waits for its EOF
+          ├─ _ControlForwarder  window-change → resize, signal → kill (while any are queued)
+          └─ _enforce_limits    idle timeout, maximum duration (when either is set)
 
 The peer closing the channel cancels the handle's scope; the connection ending cancels
 everything. Either way the ``finally`` sends what the channel still needs and closes it.
@@ -173,7 +173,7 @@ async def _run(
         sandbox = await _sandbox_for(driver, owned)
         structlog.contextvars.bind_contextvars(container=sandbox.container_id[:12])
         process = await owned.enter_async_context(sandbox.open_process(spec))
-        finish(await _serve(driver, handle, request, process, started, tap))
+        await _serve(driver, handle, request, process, started, tap, finish)
 
 
 async def _sandbox_for(driver: ConnectionDriver, owned: contextlib.AsyncExitStack) -> Sandbox:
@@ -197,8 +197,11 @@ async def _serve(
     process: Process,
     started: float,
     tap: _Tap,
-) -> ExitStatus:
-    """Answer the request, pump stdio and control until the program ends; its status."""
+    finish: Callable[[ExitStatus], None],
+) -> None:
+    """Answer the request, pump stdio and control until the program ends, then ``finish``
+    the channel at once: the client's wait ends there, not after this task's own
+    unwinding (stopping the input pump, the log line)."""
     driver.reply_session_request(handle.id, True)
     log.info(
         "session_started",
@@ -218,17 +221,20 @@ async def _serve(
             limits = driver.session_settings
             if limits.idle_timeout or limits.max_session_duration:
                 stdio.start_soon(_enforce_limits, handle, limits, request.pty is not None)
-            async with trio.open_nursery() as outputs:
-                outputs.start_soon(_pump_output, process.stdout, channel, tap, tap.stdout)
-                if process.stderr is not None:
-                    stderr = ChannelStream(handle, stderr=True)
-                    outputs.start_soon(_pump_output, process.stderr, stderr, tap, tap.stderr)
+            stderr_done = None
+            if process.stderr is not None:
+                stderr_done = trio.Event()
+                stderr = ChannelStream(handle, stderr=True)
+                stdio.start_soon(_pump_stderr, process.stderr, stderr, tap, stderr_done)
+            await _pump_output(process.stdout, channel, tap, tap.stdout)
+            if stderr_done is not None:
+                await stderr_done.wait()
             status = await process.wait()
+            finish(status)
             stdio.cancel_scope.cancel()
         finally:
             handle.on_control = None  # the nursery is closing: nothing may start in it
     log.info("session_ended", exit_code=status.code, signal=status.signal)
-    return status
 
 
 def _duration(seconds: float) -> str:
@@ -340,6 +346,16 @@ async def _pump_output(
             await tap.flush_now_and_then()
     except trio.BrokenResourceError:
         pass  # the client closed the channel; nothing more can be delivered
+
+
+async def _pump_stderr(
+    source: trio.abc.ReceiveStream, channel: ChannelStream, tap: _Tap, done: trio.Event
+) -> None:
+    """stderr's pump, a task beside the session's own stdout pump; ``done`` at its EOF."""
+    try:
+        await _pump_output(source, channel, tap, tap.stderr)
+    finally:
+        done.set()
 
 
 class _ControlForwarder:
