@@ -202,6 +202,58 @@ async def test_backend_failure_is_told_and_the_connection_stays_usable(
             await peer.stream.aclose()
 
 
+async def test_connection_container_starts_at_login(
+    ctx: ServerContext, memory_backend: MemoryBackend
+) -> None:
+    """connection mode: the container starts when the user has logged in, before any
+    session asks, so its start overlaps the client's next round trips; sessions use it."""
+    with trio.fail_after(10):
+        async with connected(ctx) as peer:
+            await peer.login()
+            while not memory_backend.live_sandboxes:
+                await trio.sleep(0.01)
+            assert [spec.username for spec in memory_backend.sandbox_specs] == ["alice"]
+            channel = await peer.open_session()
+            await peer.exec(channel, "echo ok")
+            assert output_of(await peer.until_close(channel)) == b"ok\n"
+            assert len(memory_backend.sandbox_specs) == 1
+            await peer.stream.aclose()
+    assert (memory_backend.live_sandboxes, memory_backend.containers) == (0, {})
+
+
+async def test_hung_container_start_at_login_is_bounded(
+    memory_backend: MemoryBackend, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The start begun at login hangs: the session waiting for it is told after
+    start_timeout, the container is removed, and the next session starts a new one."""
+    keys = tmp_path / "authorized_keys"
+    keys.write_text("ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode() + "\n")
+    ctx = make_context(
+        memory_backend, keys, tmp_path / "host_key", **{"container.start_timeout": 30}
+    )
+    memory_backend.stall_sandbox_start = True
+    async with connected(ctx) as peer:
+        await peer.login()
+        with trio.fail_after(1):  # virtual time: the start begins at login, not later
+            while not memory_backend.containers:
+                await trio.sleep(0.01)
+        first = await peer.open_session(0)
+        await peer.exec(first, "echo ok")
+        messages = await peer.until_close(first)
+        stderr = b"".join(m.data for m in messages if isinstance(m, conn.ChannelExtendedData))
+        assert stderr == b"trissh: container did not start within 30 s\n"
+        assert exit_status_of(messages) == 255
+        assert memory_backend.containers == {}
+        memory_backend.stall_sandbox_start = False
+        second = await peer.open_session(1)
+        await peer.exec(second, "echo ok")
+        messages = await peer.until_close(second)
+        assert output_of(messages) == b"ok\n"
+        assert len(memory_backend.sandbox_specs) == 2
+        await peer.stream.aclose()
+    assert (memory_backend.live_sandboxes, memory_backend.containers) == (0, {})
+
+
 async def test_disconnect_while_the_container_is_starting_leaks_nothing(
     ctx: ServerContext, memory_backend: MemoryBackend
 ) -> None:
@@ -445,6 +497,21 @@ async def test_session_mode_gives_each_session_its_own_container(
             await peer.flush()
             while memory_backend.live_sandboxes:
                 await trio.sleep(0.01)
+            await peer.stream.aclose()
+
+
+async def test_session_mode_starts_no_container_at_login(
+    memory_backend: MemoryBackend, tmp_path: Path
+) -> None:
+    """execution_mode = "session": a container per session, none for the login itself."""
+    ctx = limited_ctx(memory_backend, tmp_path, execution_mode="session")
+    with trio.fail_after(10):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session(0)
+            await peer.exec(channel, "true")
+            await peer.until_close(channel)
+            assert len(memory_backend.sandbox_specs) == 1
             await peer.stream.aclose()
 
 

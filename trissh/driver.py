@@ -23,7 +23,8 @@ Nursery tree::
           ├─ _receive_loop      socket → core → events
           ├─ _send_loop         doorbell → what flush_now left → socket (started at the
           │                     first ring: most connections never fill the socket)
-          ├─ sandbox keeper     holds the connection's container (sandboxes.py)
+          ├─ sandbox keeper     holds the connection's container (sandboxes.py), started
+          │                     at authentication by a short-lived prepare task
           ├─ _keep_time         after authentication: time-based rekeying and ClientAlive
           ├─ tell_user          shutdown notice to a busy session (bounded)
           └─ run_session (one each)    one per session channel (session.py)
@@ -646,6 +647,8 @@ class ConnectionDriver:
                 "user_connection_limit",
             )
             return
+        if self.session_settings.execution_mode == "connection":
+            self.sandbox.prepare(self.container_settings.start_timeout)
         rekey, alive = (
             self.ctx.settings.ssh.rekey_interval,
             self.session_settings.client_alive_interval,

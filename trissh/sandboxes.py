@@ -1,10 +1,12 @@
 """The connection's container in ``connection`` execution mode.
 
-The container is created when the first session asks for it and removed when the
-connection nursery exits: a keeper task in that nursery holds the backend's sandbox
-context open, so the owner is a nursery one can point to, and cancellation of the
-connection is what removes the container. If creation fails (podman down, image
-missing), nothing is kept and the next session tries again.
+The container is started as soon as the user has logged in (``prepare``), so that its
+start overlaps the client's next round trips (opening the session channel, sending the
+request) instead of following them; a keeper task in the connection nursery holds the
+backend's sandbox context open, so the owner is a nursery one can point to, and
+cancellation of the connection is what removes the container. If creation fails (podman
+down, image missing), nothing is kept: the first session to ask reports that failure, and
+the next one tries again.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import structlog
 import trio
 
-from trissh.backend import Backend, Sandbox, SandboxSpec
+from trissh.backend import Backend, BackendError, Sandbox, SandboxSpec
 
 
 class ConnectionSandbox:
@@ -22,6 +24,12 @@ class ConnectionSandbox:
         self._nursery = nursery
         self._lock = trio.Lock()
         self._sandbox: Sandbox | None = None
+        #: Why the container started by ``prepare`` failed, for the next session to report.
+        self._failure: BackendError | None = None
+
+    def prepare(self, start_timeout: float) -> None:
+        """Start the container now, in the background; ``get`` waits for it."""
+        self._nursery.start_soon(self._prepare, start_timeout)
 
     async def get(self) -> Sandbox:
         """The connection's sandbox, created on first use.
@@ -32,12 +40,24 @@ class ConnectionSandbox:
         Cancellation: safe; a half-created container is removed by the backend.
         """
         async with self._lock:
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                raise failure
             if self._sandbox is None:
                 self._sandbox = await self._nursery.start(self._keep)
             return self._sandbox
 
+    async def _prepare(self, start_timeout: float) -> None:
+        # Bounded like a session's wait: a start that hangs gives the lock back, and the
+        # session waiting for it tries once more within its own bound.
+        with trio.move_on_after(start_timeout):
+            try:
+                await self.get()
+            except BackendError as exc:
+                self._failure = exc
+
     async def _keep(self, *, task_status: trio.TaskStatus[Sandbox]) -> None:
-        # Started from a session task: its channel is not this container's business.
+        # Started from a session task or the login's: a channel is not the container's business.
         structlog.contextvars.unbind_contextvars("channel", "container")
         try:
             async with self._backend.open_sandbox(self._spec) as sandbox:
