@@ -18,6 +18,7 @@ containers on the way out, so ``serve`` returns only when nothing is left runnin
 from __future__ import annotations
 
 import functools
+import gc
 import random
 import secrets
 from collections.abc import Awaitable, Callable
@@ -183,6 +184,11 @@ async def _serve_connections(
                 )
 
         await connections.start(listen)
+        # What start-up made (modules, configuration, keys, the backend) lives as long as
+        # the server: out of the collector's way, a full collection walks only what
+        # connections made (CPython's gc.freeze, as long-lived servers use it).
+        gc.collect()
+        gc.freeze()
         log.info(
             "server_started",
             listen=[join_host_port(*item.socket.getsockname()[:2]) for item in listeners],

@@ -63,8 +63,17 @@ class ProtocolConfig:
     #: Send ``hostkeys-00@openssh.com`` after authentication (OpenSSH PROTOCOL §2.5).
     announce_host_keys: bool = True
     rng: Callable[[int], bytes] = field(default=os.urandom, repr=False)
+    #: The configured host key algorithms that some configured key can serve (derived).
+    offered_host_key_algorithms: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        # Derived once here, not per connection (every KEXINIT lists it).
+        offered = tuple(
+            name
+            for name in self.host_key_algorithms
+            if any(name in key.algorithms for key in self.host_keys)
+        )
+        object.__setattr__(self, "offered_host_key_algorithms", offered)
         if not self.host_keys:
             raise ValueError("at least one host key is required")
         check_algorithm_names("kex algorithm", self.kex_algorithms, KEX_METHODS)
@@ -96,15 +105,6 @@ class ProtocolConfig:
     @property
     def server_version(self) -> bytes:
         return f"SSH-2.0-{self.software_version}".encode("ascii")
-
-    @property
-    def offered_host_key_algorithms(self) -> tuple[str, ...]:
-        """The configured host key algorithms that some configured key can serve."""
-        return tuple(
-            name
-            for name in self.host_key_algorithms
-            if any(name in key.algorithms for key in self.host_keys)
-        )
 
     def host_key_for(self, algorithm: str) -> HostKey | None:
         for key in self.host_keys:

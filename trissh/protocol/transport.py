@@ -140,6 +140,7 @@ class Transport:
         self._out_compression = "none"
         self._in_compression = "none"
         self._our_kexinit = b""
+        self._our_kexinit_message: KexInit | None = None
         self._peer_kexinit = b""
         self._negotiated: NegotiatedAlgorithms | None = None
         self._pending_input_cipher: PacketCipher | None = None
@@ -233,6 +234,7 @@ class Transport:
     def _start_kex(self) -> None:
         self._move("send_kexinit")
         message = server_kexinit(self._config, self._config.rng(16), initial=not self.established)
+        self._our_kexinit_message = message
         self._our_kexinit = message.encode()
         self._send_now(self._our_kexinit)
 
@@ -329,7 +331,8 @@ class Transport:
         if self.kex_state is KexState.IDLE:
             self._start_kex()  # the peer started a re-exchange
         client = KexInit.decode(Reader(payload, 1))
-        ours = KexInit.decode(Reader(self._our_kexinit, 1))
+        ours = self._our_kexinit_message
+        assert ours is not None  # _start_kex ran: the state is AWAIT_KEXINIT
         initial = not self.established
         negotiated = negotiate(client, ours, initial=initial)
         if initial:

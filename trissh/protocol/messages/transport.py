@@ -6,6 +6,7 @@ One frozen dataclass per message with a symmetric ``encode()`` / ``decode(reader
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import ClassVar, Self
@@ -149,6 +150,12 @@ class ExtInfo:
         return cls(extensions=extensions)
 
 
+@functools.lru_cache(maxsize=16)
+def _encoded_name_lists(lists: tuple[tuple[str, ...], ...]) -> bytes:
+    """A server's KEXINITs differ only in their cookie: the ten lists are encoded once."""
+    return b"".join(map(wire.name_list, lists))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KexInit:
     """SSH_MSG_KEXINIT (RFC 4253 §7.1)."""
@@ -168,20 +175,25 @@ class KexInit:
     first_kex_packet_follows: bool = False
 
     def encode(self) -> bytes:
+        lists = _encoded_name_lists(
+            (
+                self.kex_algorithms,
+                self.server_host_key_algorithms,
+                self.encryption_client_to_server,
+                self.encryption_server_to_client,
+                self.mac_client_to_server,
+                self.mac_server_to_client,
+                self.compression_client_to_server,
+                self.compression_server_to_client,
+                self.languages_client_to_server,
+                self.languages_server_to_client,
+            )
+        )
         return b"".join(
             (
                 wire.byte(self.NUMBER),
                 self.cookie,
-                wire.name_list(self.kex_algorithms),
-                wire.name_list(self.server_host_key_algorithms),
-                wire.name_list(self.encryption_client_to_server),
-                wire.name_list(self.encryption_server_to_client),
-                wire.name_list(self.mac_client_to_server),
-                wire.name_list(self.mac_server_to_client),
-                wire.name_list(self.compression_client_to_server),
-                wire.name_list(self.compression_server_to_client),
-                wire.name_list(self.languages_client_to_server),
-                wire.name_list(self.languages_server_to_client),
+                lists,
                 wire.boolean(self.first_kex_packet_follows),
                 wire.uint32(0),
             )
