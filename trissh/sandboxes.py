@@ -39,6 +39,8 @@ class ConnectionSandbox:
 
         Cancellation: safe; a half-created container is removed by the backend.
         """
+        if self._sandbox is not None:
+            return self._sandbox  # running (a failure is recorded only while there is none)
         async with self._lock:
             if self._failure is not None:
                 failure, self._failure = self._failure, None
