@@ -183,9 +183,11 @@ async def test_peer_closing_a_channel_kills_only_that_session(
 
 
 async def test_backend_failure_is_told_and_the_connection_stays_usable(
-    ctx: ServerContext, memory_backend: MemoryBackend
+    ctx: ServerContext, memory_backend: MemoryBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Podman down: a one-line reason on stderr and exit 255; the next session succeeds."""
+    """Podman down: a one-line reason on stderr and exit 255; the next session succeeds.
+    The operator's line comes when the start at login fails, session or not."""
+    logs = capture_module_log(monkeypatch, "trissh.sandboxes")
     memory_backend.fail_next_sandbox = BackendUnavailable("container backend unavailable")
     with trio.fail_after(10):
         async with connected(ctx) as peer:
@@ -200,6 +202,9 @@ async def test_backend_failure_is_told_and_the_connection_stays_usable(
             await peer.exec(retry, "echo ok")
             assert output_of(await peer.until_close(retry)) == b"ok\n"
             await peer.stream.aclose()
+    assert [(e["event"], e["error"]) for e in logs] == [
+        ("container_start_failed", "container backend unavailable")
+    ]
 
 
 async def test_connection_container_starts_at_login(
@@ -222,10 +227,14 @@ async def test_connection_container_starts_at_login(
 
 
 async def test_hung_container_start_at_login_is_bounded(
-    memory_backend: MemoryBackend, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    memory_backend: MemoryBackend,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The start begun at login hangs: the session waiting for it is told after
     start_timeout, the container is removed, and the next session starts a new one."""
+    logs = capture_module_log(monkeypatch, "trissh.sandboxes")
     keys = tmp_path / "authorized_keys"
     keys.write_text("ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode() + "\n")
     ctx = make_context(
@@ -252,6 +261,9 @@ async def test_hung_container_start_at_login_is_bounded(
         assert memory_backend.live_sandboxes == 1  # the second session's; the hung ones gone
         await peer.stream.aclose()
     assert (memory_backend.live_sandboxes, memory_backend.containers) == (0, {})
+    assert [(e["event"], e["error"]) for e in logs] == [
+        ("container_start_failed", "did not start within 30 s")
+    ]
 
 
 async def test_disconnect_while_the_container_is_starting_leaks_nothing(

@@ -16,6 +16,8 @@ import trio
 
 from trissh.backend import Backend, BackendError, Sandbox, SandboxSpec
 
+log = structlog.get_logger("trissh.sandboxes")
+
 
 class ConnectionSandbox:
     def __init__(self, backend: Backend, spec: SandboxSpec, nursery: trio.Nursery) -> None:
@@ -52,11 +54,14 @@ class ConnectionSandbox:
     async def _prepare(self, start_timeout: float) -> None:
         # Bounded like a session's wait: a start that hangs gives the lock back, and the
         # session waiting for it tries once more within its own bound.
-        with trio.move_on_after(start_timeout):
+        with trio.move_on_after(start_timeout) as bound:
             try:
                 await self.get()
             except BackendError as exc:
                 self._failure = exc
+                log.warning("container_start_failed", error=str(exc))
+        if bound.cancelled_caught:
+            log.warning("container_start_failed", error=f"did not start within {start_timeout:g} s")
 
     async def _keep(self, *, task_status: trio.TaskStatus[Sandbox]) -> None:
         # Started from a session task or the login's: a channel is not the container's business.
