@@ -207,33 +207,38 @@ async def test_backend_failure_is_told_and_the_connection_stays_usable(
     ]
 
 
-async def test_connection_container_starts_at_login(
+async def test_connection_container_starts_with_the_first_session_channel(
     ctx: ServerContext, memory_backend: MemoryBackend
 ) -> None:
-    """connection mode: the container starts when the user has logged in, before any
-    session asks, so its start overlaps the client's next round trips; sessions use it."""
+    """connection mode: no container for a login alone; it starts when the first session
+    channel opens, before the client's request arrives, and every session uses it."""
     with trio.fail_after(10):
         async with connected(ctx) as peer:
             await peer.login()
+            await trio.sleep(0.05)
+            assert memory_backend.sandbox_specs == []
+            channel = await peer.open_session(0)
             while not memory_backend.live_sandboxes:
                 await trio.sleep(0.01)
             assert [spec.username for spec in memory_backend.sandbox_specs] == ["alice"]
-            channel = await peer.open_session()
             await peer.exec(channel, "echo ok")
             assert output_of(await peer.until_close(channel)) == b"ok\n"
+            second = await peer.open_session(1)
+            await peer.exec(second, "echo again")
+            assert output_of(await peer.until_close(second)) == b"again\n"
             assert len(memory_backend.sandbox_specs) == 1
             await peer.stream.aclose()
     assert (memory_backend.live_sandboxes, memory_backend.containers) == (0, {})
 
 
-async def test_hung_container_start_at_login_is_bounded(
+async def test_hung_container_start_is_bounded(
     memory_backend: MemoryBackend,
     tmp_path: Path,
     autojump_clock: trio.testing.MockClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The start begun at login hangs: the session waiting for it is told after
-    start_timeout, the container is removed, and the next session starts a new one."""
+    """The start begun when the channel opened hangs: the session waiting for it is told
+    after start_timeout, the container is removed, and the next session starts a new one."""
     logs = capture_module_log(monkeypatch, "trissh.sandboxes")
     keys = tmp_path / "authorized_keys"
     keys.write_text("ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode() + "\n")
@@ -243,10 +248,10 @@ async def test_hung_container_start_at_login_is_bounded(
     memory_backend.stall_sandbox_start = True
     async with connected(ctx) as peer:
         await peer.login()
-        with trio.fail_after(1):  # virtual time: the start begins at login, not later
+        first = await peer.open_session(0)
+        with trio.fail_after(1):  # virtual time: the start begins before the request
             while not memory_backend.containers:
                 await trio.sleep(0.01)
-        first = await peer.open_session(0)
         await peer.exec(first, "echo ok")
         messages = await peer.until_close(first)
         stderr = b"".join(m.data for m in messages if isinstance(m, conn.ChannelExtendedData))
@@ -512,15 +517,17 @@ async def test_session_mode_gives_each_session_its_own_container(
             await peer.stream.aclose()
 
 
-async def test_session_mode_starts_no_container_at_login(
+async def test_session_mode_starts_no_container_for_the_channel(
     memory_backend: MemoryBackend, tmp_path: Path
 ) -> None:
-    """execution_mode = "session": a container per session, none for the login itself."""
+    """execution_mode = "session": a container per session request, none for the channel."""
     ctx = limited_ctx(memory_backend, tmp_path, execution_mode="session")
     with trio.fail_after(10):
         async with connected(ctx) as peer:
             await peer.login()
             channel = await peer.open_session(0)
+            await trio.sleep(0.05)
+            assert memory_backend.sandbox_specs == []
             await peer.exec(channel, "true")
             await peer.until_close(channel)
             assert len(memory_backend.sandbox_specs) == 1

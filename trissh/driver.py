@@ -24,7 +24,7 @@ Nursery tree::
           ├─ _send_loop         doorbell → what flush_now left → socket (started at the
           │                     first ring: most connections never fill the socket)
           ├─ sandbox keeper     holds the connection's container (sandboxes.py), started
-          │                     at authentication by a short-lived prepare task
+          │                     when the first session channel opens (a prepare task)
           ├─ _keep_time         after authentication: time-based rekeying and ClientAlive
           ├─ tell_user          shutdown notice to a busy session (bounded)
           └─ run_session (one each)    one per session channel (session.py)
@@ -647,8 +647,6 @@ class ConnectionDriver:
                 "user_connection_limit",
             )
             return
-        if self.session_settings.execution_mode == "connection":
-            self.sandbox.prepare(self.container_settings.start_timeout)
         rekey, alive = (
             self.ctx.settings.ssh.rekey_interval,
             self.session_settings.client_alive_interval,
@@ -684,6 +682,10 @@ class ConnectionDriver:
             return
         self.conn.accept_channel(channel_id)
         self._handles[channel_id] = ChannelHandle(self, channel_id)
+        if self.session_settings.execution_mode == "connection":
+            # The client sends its request only after our confirmation: start the
+            # container now and that round trip hides part of its start.
+            self.sandbox.prepare(self.container_settings.start_timeout)
 
     def _on_channel_close(self, channel_id: ChannelId) -> None:
         handle = self._handles.get(channel_id)

@@ -1,9 +1,9 @@
 """The connection's container in ``connection`` execution mode.
 
-The container is started as soon as the user has logged in (``prepare``), so that its
-start overlaps the client's next round trips (opening the session channel, sending the
-request) instead of following them; a keeper task in the connection nursery holds the
-backend's sandbox context open, so the owner is a nursery one can point to, and
+The container is started when the first session channel opens (``prepare``), so that its
+start overlaps the client's round trip to its request instead of following it; a
+connection that never opens a session gets none. A keeper task in the connection nursery
+holds the backend's sandbox context open, so the owner is a nursery one can point to, and
 cancellation of the connection is what removes the container. If creation fails (podman
 down, image missing), nothing is kept: the first session to ask reports that failure, and
 the next one tries again.
@@ -28,10 +28,13 @@ class ConnectionSandbox:
         self._sandbox: Sandbox | None = None
         #: Why the container started by ``prepare`` failed, for the next session to report.
         self._failure: BackendError | None = None
+        self._preparing = False
 
     def prepare(self, start_timeout: float) -> None:
         """Start the container now, in the background; ``get`` waits for it."""
-        self._nursery.start_soon(self._prepare, start_timeout)
+        if self._sandbox is None and not self._preparing:
+            self._preparing = True
+            self._nursery.start_soon(self._prepare, start_timeout)
 
     async def get(self) -> Sandbox:
         """The connection's sandbox, created on first use.
@@ -54,17 +57,20 @@ class ConnectionSandbox:
     async def _prepare(self, start_timeout: float) -> None:
         # Bounded like a session's wait: a start that hangs gives the lock back, and the
         # session waiting for it tries once more within its own bound.
-        with trio.move_on_after(start_timeout) as bound:
-            try:
-                await self.get()
-            except BackendError as exc:
-                self._failure = exc
-                log.warning("container_start_failed", error=str(exc))
+        try:
+            with trio.move_on_after(start_timeout) as bound:
+                try:
+                    await self.get()
+                except BackendError as exc:
+                    self._failure = exc
+                    log.warning("container_start_failed", error=str(exc))
+        finally:
+            self._preparing = False
         if bound.cancelled_caught:
             log.warning("container_start_failed", error=f"did not start within {start_timeout:g} s")
 
     async def _keep(self, *, task_status: trio.TaskStatus[Sandbox]) -> None:
-        # Started from a session task or the login's: a channel is not the container's business.
+        # Started from a session or prepare task: a channel is not the container's business.
         structlog.contextvars.unbind_contextvars("channel", "container")
         try:
             async with self._backend.open_sandbox(self._spec) as sandbox:

@@ -13,7 +13,7 @@ process goes away: it always stops and removes what it created, even when cancel
 a bounded shielded scope (trio's ``aclose`` contract: an error there means grace failed,
 never that something leaked). Two execution modes are built from the same two calls:
 
-* ``connection`` mode: the connection task owns one sandbox (opened at authentication)
+* ``connection`` mode: the connection task owns one sandbox (opened with its first session channel)
   and every session channel opens a process in it.
 * ``session`` mode: each session task opens its own sandbox and one process in it.
 """
