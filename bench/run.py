@@ -521,14 +521,27 @@ def measure_throughput(bench: Bench, figures: dict[str, Figure]) -> None:
     command = f"head -c {size} /dev/zero"
     for key, cipher in (("down_aes", AES), ("down_chacha", CHACHA)):
         log(f"download {size / 1e6:.0f} MB, {cipher}, {runs} runs")
-        got = interleaved(
-            bench,
-            names,
-            runs,
-            lambda s, c=cipher: size / 1e6 / bench.timed(s, command, cipher=c, kex=CURVE),
-        )
+        cpu: dict[str, list[float]] = {}
+
+        def download(server: Server, c: str = cipher, cpu: dict[str, list[float]] = cpu) -> float:
+            """MB/s of one download; the server's CPU seconds per GB noted on the side."""
+            assert server.accounting is not None
+            before = server.accounting.cpu_seconds()
+            rate = size / 1e6 / bench.timed(server, command, cipher=c, kex=CURVE)
+            spent = server.accounting.cpu_seconds() - before
+            cpu.setdefault(server.name, []).append(spent / (size / 1e9))
+            return rate
+
+        got = interleaved(bench, names, runs, download)
         for name, samples in got.items():
             figures[key].set(name, samples)
+        per_gb = ", ".join(
+            f"{name} {statistics.median(cpu[name][1:]):.2f}" for name in got if name in cpu
+        )
+        figures[key].note = (
+            f"server CPU seconds per GB (median, the data source it runs included: trissh's "
+            f"and AsyncSSH's in-process `head`, sshd's forked `head`): {per_gb}"
+        )
     log(f"upload {size / 1e6:.0f} MB, {AES}, {runs} runs")
     source = bench.upload_source(size)
     got = interleaved(
