@@ -72,7 +72,9 @@ log = structlog.get_logger(__name__)
 
 #: Teardown bound; nothing in the fake blocks, but the contract says bounded.
 _CLEANUP_BOUND: Final = 5.0
-_ZERO_CHUNK: Final = bytes(128 * 1024)
+#: What the fake ``head`` writes at a time: what a session's pump reads at a time from a
+#: real program's pipe (256 KiB, direct stdio) when the program is ahead of it.
+_ZERO_CHUNK: Final = bytes(256 * 1024)
 #: Signals whose default action is not to terminate; the fake ignores them.
 _HARMLESS_SIGNALS: Final = frozenset({"CHLD", "CONT", "URG", "WINCH", "STOP", "TSTP"})
 
