@@ -535,7 +535,7 @@ def measure_throughput(bench: Bench, figures: dict[str, Figure]) -> None:
         got = interleaved(bench, names, runs, download)
         for name, samples in got.items():
             figures[key].set(name, samples)
-        per_gb = ", ".join(
+        per_gb = ", ".join(  # [1:]: interleaved's warm-up run is each list's first
             f"{name} {statistics.median(cpu[name][1:]):.2f}" for name in got if name in cpu
         )
         figures[key].note = (

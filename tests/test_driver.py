@@ -35,11 +35,16 @@ STREAM_PAIRS: dict[str, StreamPair] = {
 }
 
 
-@pytest.fixture
-def ctx(memory_backend: MemoryBackend, tmp_path: Path) -> ServerContext:
+def user_keys(tmp_path: Path) -> Path:
+    """An authorized_keys file with the test client's key."""
     keys = tmp_path / "authorized_keys"
     keys.write_text("ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode() + "\n")
-    return make_context(memory_backend, keys, tmp_path / "host_key")
+    return keys
+
+
+@pytest.fixture
+def ctx(memory_backend: MemoryBackend, tmp_path: Path) -> ServerContext:
+    return make_context(memory_backend, user_keys(tmp_path), tmp_path / "host_key")
 
 
 @asynccontextmanager
@@ -240,10 +245,11 @@ async def test_hung_container_start_is_bounded(
     """The start begun when the channel opened hangs: the session waiting for it is told
     after start_timeout, the container is removed, and the next session starts a new one."""
     logs = capture_module_log(monkeypatch, "trissh.sandboxes")
-    keys = tmp_path / "authorized_keys"
-    keys.write_text("ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode() + "\n")
     ctx = make_context(
-        memory_backend, keys, tmp_path / "host_key", **{"container.start_timeout": 30}
+        memory_backend,
+        user_keys(tmp_path),
+        tmp_path / "host_key",
+        **{"container.start_timeout": 30},
     )
     memory_backend.stall_sandbox_start = True
     async with connected(ctx) as peer:
@@ -383,10 +389,8 @@ async def test_signals_are_forwarded_in_order_past_a_bad_one(
 
 
 def limited_ctx(memory_backend: MemoryBackend, tmp_path: Path, **session: object) -> ServerContext:
-    keys = tmp_path / "authorized_keys"
-    keys.write_text("ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode() + "\n")
     overrides = {f"session.{key}": value for key, value in session.items()}
-    return make_context(memory_backend, keys, tmp_path / "host_key", **overrides)
+    return make_context(memory_backend, user_keys(tmp_path), tmp_path / "host_key", **overrides)
 
 
 async def test_idle_session_is_told_and_closed(
@@ -497,12 +501,15 @@ async def test_connections_per_user_are_limited(
 async def test_session_mode_gives_each_session_its_own_container(
     memory_backend: MemoryBackend, tmp_path: Path
 ) -> None:
-    """execution_mode = "session": two sessions, two sandboxes, each gone with its session."""
+    """execution_mode = "session": two sessions, two sandboxes, each gone with its session
+    (none for a channel before its request)."""
     ctx = limited_ctx(memory_backend, tmp_path, execution_mode="session")
     with trio.fail_after(10):
         async with connected(ctx) as peer:
             await peer.login()
             first = await peer.open_session(0)
+            await trio.sleep(0.05)
+            assert memory_backend.sandbox_specs == []  # none for the channel alone
             await peer.exec(first, "sleep 1000")
             await peer.expect(conn.ChannelSuccess)
             second = await peer.open_session(1)
@@ -514,23 +521,6 @@ async def test_session_mode_gives_each_session_its_own_container(
             await peer.flush()
             while memory_backend.live_sandboxes:
                 await trio.sleep(0.01)
-            await peer.stream.aclose()
-
-
-async def test_session_mode_starts_no_container_for_the_channel(
-    memory_backend: MemoryBackend, tmp_path: Path
-) -> None:
-    """execution_mode = "session": a container per session request, none for the channel."""
-    ctx = limited_ctx(memory_backend, tmp_path, execution_mode="session")
-    with trio.fail_after(10):
-        async with connected(ctx) as peer:
-            await peer.login()
-            channel = await peer.open_session(0)
-            await trio.sleep(0.05)
-            assert memory_backend.sandbox_specs == []
-            await peer.exec(channel, "true")
-            await peer.until_close(channel)
-            assert len(memory_backend.sandbox_specs) == 1
             await peer.stream.aclose()
 
 

@@ -32,7 +32,7 @@ class ConnectionSandbox:
 
     def prepare(self, start_timeout: float) -> None:
         """Start the container now, in the background; ``get`` waits for it."""
-        if self._sandbox is None and not self._preparing:
+        if self._sandbox is None and self._failure is None and not self._preparing:
             self._preparing = True
             self._nursery.start_soon(self._prepare, start_timeout)
 
@@ -59,11 +59,10 @@ class ConnectionSandbox:
         # session waiting for it tries once more within its own bound.
         try:
             with trio.move_on_after(start_timeout) as bound:
-                try:
-                    await self.get()
-                except BackendError as exc:
-                    self._failure = exc
-                    log.warning("container_start_failed", error=str(exc))
+                await self.get()
+        except BackendError as exc:
+            self._failure = exc
+            log.warning("container_start_failed", error=str(exc))
         finally:
             self._preparing = False
         if bound.cancelled_caught:
