@@ -11,6 +11,7 @@ import base64
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -19,7 +20,7 @@ import trio.testing
 from tests.sshpeer import USER_KEY, ed25519_blob
 from trissh.backend import BackendUnavailable
 from trissh.backend.memory import MemoryBackend
-from trissh.driver import ServerContext, serve_connection
+from trissh.driver import ConnectionDriver, ServerContext, serve_connection
 from trissh.protocol import DisconnectReason
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.messages import transport as tr
@@ -62,9 +63,21 @@ async def connected(
 
 @pytest.mark.parametrize("pair", STREAM_PAIRS.values(), ids=STREAM_PAIRS.keys())
 async def test_exec_ends_with_data_status_eof_close(
-    ctx: ServerContext, memory_backend: MemoryBackend, pair: StreamPair
+    ctx: ServerContext,
+    memory_backend: MemoryBackend,
+    pair: StreamPair,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Output, then exit-status, then EOF, then CLOSE: sshd's order."""
+    """Output, then exit-status, then EOF, then CLOSE: sshd's order. A client that hangs
+    up at CLOSE (as ``ssh`` does) still gets its session's end logged."""
+    logs = capture_module_log(monkeypatch, "trissh.session")
+    finish_channel = ConnectionDriver.finish_channel
+
+    def noting_finish(driver: ConnectionDriver, *args: Any, **kwargs: Any) -> None:
+        logs.append({"event": "(channel finished)"})
+        finish_channel(driver, *args, **kwargs)
+
+    monkeypatch.setattr(ConnectionDriver, "finish_channel", noting_finish)
     with trio.fail_after(10):
         async with connected(ctx, pair) as peer:
             await peer.login()
@@ -79,6 +92,10 @@ async def test_exec_ends_with_data_status_eof_close(
             assert exit_status_of(messages) == 3
             await peer.stream.aclose()
     assert (memory_backend.live_sandboxes, memory_backend.live_processes) == (0, 0)
+    # Logged before the channel's end is sent, so a cancel after it cannot lose the line.
+    events = [e["event"] for e in logs]
+    assert events[-2:] == ["session_ended", "(channel finished)"]
+    assert [e["exit_code"] for e in logs if e["event"] == "session_ended"] == [3]
 
 
 async def test_small_client_window_is_never_exceeded(ctx: ServerContext) -> None:

@@ -201,7 +201,7 @@ async def _serve(
 ) -> None:
     """Answer the request, pump stdio and control until the program ends, then ``finish``
     the channel at once: the client's wait ends there, not after this task's own
-    unwinding (stopping the input pump, the log line)."""
+    unwinding (stopping the input pump)."""
     driver.reply_session_request(handle.id, True)
     log.info(
         "session_started",
@@ -230,11 +230,13 @@ async def _serve(
             if stderr_done is not None:
                 await stderr_done.wait()
             status = await process.wait()
+            # Logged before the client is told: an ``ssh`` that hangs up at CLOSE
+            # cancels this task, and a line after the unwinding would be lost.
+            log.info("session_ended", exit_code=status.code, signal=status.signal)
             finish(status)
             stdio.cancel_scope.cancel()
         finally:
             handle.on_control = None  # the nursery is closing: nothing may start in it
-    log.info("session_ended", exit_code=status.code, signal=status.signal)
 
 
 def _duration(seconds: float) -> str:
