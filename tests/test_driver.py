@@ -208,7 +208,7 @@ async def test_backend_failure_is_told_and_the_connection_stays_usable(
     ctx: ServerContext, memory_backend: MemoryBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Podman down: a one-line reason on stderr and exit 255; the next session succeeds.
-    The operator's line comes when the start at login fails, session or not."""
+    The operator's line comes when the start begun at the channel's opening fails."""
     logs = capture_module_log(monkeypatch, "trissh.sandboxes")
     memory_backend.fail_next_sandbox = BackendUnavailable("container backend unavailable")
     with trio.fail_after(10):

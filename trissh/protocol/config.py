@@ -67,13 +67,6 @@ class ProtocolConfig:
     offered_host_key_algorithms: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Derived once here, not per connection (every KEXINIT lists it).
-        offered = tuple(
-            name
-            for name in self.host_key_algorithms
-            if any(name in key.algorithms for key in self.host_keys)
-        )
-        object.__setattr__(self, "offered_host_key_algorithms", offered)
         if not self.host_keys:
             raise ValueError("at least one host key is required")
         check_algorithm_names("kex algorithm", self.kex_algorithms, KEX_METHODS)
@@ -87,7 +80,14 @@ class ProtocolConfig:
         for key_type in key_types:
             if key_types.count(key_type) > 1:
                 raise ValueError(f"more than one {key_type} host key")
-        if not self.offered_host_key_algorithms:
+        # Derived once here, not per connection (every KEXINIT lists it).
+        offered = tuple(
+            name
+            for name in self.host_key_algorithms
+            if any(name in key.algorithms for key in self.host_keys)
+        )
+        object.__setattr__(self, "offered_host_key_algorithms", offered)
+        if not offered:
             raise ValueError(
                 "no host key serves any configured host key algorithm "
                 f"({', '.join(self.host_key_algorithms)}); keys: "
