@@ -247,6 +247,26 @@ def test_packet_codec_round_trip_and_alignment(name: str, mac: str | None) -> No
     assert decoder.sequence == encoder.sequence == 3
 
 
+@pytest.mark.parametrize(("name", "mac"), SUITES, ids=SUITE_IDS)
+def test_encoder_seals_in_place_what_sealing_a_copy_gives(name: str, mac: str | None) -> None:
+    """The encoder assembles each packet once and seals it where it lies: the wire bytes are
+    those of ``seal`` on a separate copy of the cleartext (checked against references
+    above), and the caller's data, a view into a larger buffer, is left as it was."""
+    sender, _ = _build(name, mac, SeededRng(10))
+    copier, receiver = _build(name, mac, SeededRng(10))
+    encoder = PacketEncoder(SeededRng(11))
+    encoder.cipher = sender
+    source = bytes(SeededRng(12)(40_000))
+    for sequence, (start, end) in enumerate([(0, 32_768), (5, 6), (32_768, 40_000)]):
+        header = struct.pack(">BII", 94, 0, end - start)  # CHANNEL_DATA's fields before the data
+        sealed = encoder.encode(header, memoryview(source)[start:end])
+        length = receiver.packet_length(sequence, sealed[:4])
+        cleartext = struct.pack(">I", length) + receiver.open(sequence, sealed)
+        assert cleartext[5 : 5 + 9 + end - start] == header + source[start:end]
+        assert sealed == copier.seal(sequence, cleartext)
+    assert source == bytes(SeededRng(12)(40_000))
+
+
 @pytest.mark.parametrize(("cipher", "mac"), SUITES, ids=SUITE_IDS)
 def test_tampered_packet_disconnects_with_mac_error(cipher: str, mac: str | None) -> None:
     """A flipped bit in a live connection raises MacError with DISCONNECT(MAC_ERROR) queued."""

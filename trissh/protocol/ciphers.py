@@ -1,8 +1,9 @@
 """Per-direction packet protection: the only module touching symmetric primitives.
 
 Every cipher seals a complete cleartext packet (``uint32 length || padding_length ||
-payload || padding``) into wire bytes and opens wire bytes back, verifying the tag
-*before* anything is parsed. The length field is readable before the rest arrives, either
+payload || padding``) into wire bytes where it lies, in the encoder's buffer (the tag goes
+into room left after it), and opens wire bytes back, verifying the tag *before* anything is
+parsed. The length field is readable before the rest arrives, either
 in the clear (AES-GCM, RFC 5647 as OpenSSH does it; AES-CTR with an encrypt-then-MAC
 ``-etm@openssh.com`` MAC), through its own key (chacha20-poly1305@openssh.com, OpenSSH
 PROTOCOL.chacha20poly1305), or, for AES-CTR with a classic encrypt-and-MAC HMAC (RFC 4253
@@ -11,7 +12,10 @@ waits for the rest, and the MAC is still checked before any byte of the payload 
 
 Cipher objects are built once per key, never per packet: AES-CTR keeps one long-lived
 keystream context per direction (RFC 4344 §4), HMAC one keyed template that is copied.
-MAC tags are compared in constant time (``hmac.compare_digest``).
+MAC tags are compared in constant time (``hmac.compare_digest``). Sealing in place spares a
+bulk packet two passes over its bytes: a copy into a separate output buffer and that
+buffer's zeroing. OpenSSL encrypts in place when input and output start at the same byte
+(``EVP_EncryptUpdate``); every call here passes them so.
 """
 
 from __future__ import annotations
@@ -44,11 +48,18 @@ class PacketCipher(Protocol):
     block_size: int
     #: Bytes of authentication tag after the packet.
     tag_size: int
+    #: ``tag_size`` zero bytes: the room the encoder leaves after a packet for its tag.
+    tag_room: bytes
     #: Whether the length field is part of the aligned region (only without AEAD).
     length_in_alignment: bool
 
-    def seal(self, sequence: int, packet: bytes) -> bytes | bytearray:
-        """Encrypt and authenticate one cleartext packet into a new wire packet."""
+    def seal_into(self, sequence: int, wire: bytearray) -> None:
+        """Encrypt the cleartext packet at the start of ``wire`` where it lies and write its
+        tag into the ``tag_size`` bytes of room after it."""
+        ...
+
+    def seal(self, sequence: int, packet: Readable) -> bytearray:
+        """``packet`` sealed into a new wire packet (``seal_into`` on a copy)."""
         ...
 
     def packet_length(self, sequence: int, header: Readable) -> int:
@@ -66,15 +77,31 @@ class PacketCipher(Protocol):
         ...
 
 
-class PlainCipher:
+class _SealsCopies:
+    """``seal`` for callers that hold a packet without room for its tag."""
+
+    tag_room: bytes
+
+    def seal_into(self, sequence: int, wire: bytearray) -> None:
+        raise NotImplementedError
+
+    def seal(self, sequence: int, packet: Readable) -> bytearray:
+        wire = bytearray(packet)
+        wire += self.tag_room
+        self.seal_into(sequence, wire)
+        return wire
+
+
+class PlainCipher(_SealsCopies):
     """The null cipher in force until the first NEWKEYS (RFC 4253 §6)."""
 
     block_size = 8
     tag_size = 0
+    tag_room = b""
     length_in_alignment = True
 
-    def seal(self, sequence: int, packet: bytes) -> bytes:
-        return packet
+    def seal_into(self, sequence: int, wire: bytearray) -> None:
+        pass
 
     def packet_length(self, sequence: int, header: Readable) -> int:
         return int(_U32.unpack_from(header)[0])
@@ -89,15 +116,15 @@ def _nonce(sequence: int) -> bytes:
     return bytes(8) + sequence.to_bytes(8, "big")
 
 
-class ChaCha20Poly1305:
+class ChaCha20Poly1305(_SealsCopies):
     """chacha20-poly1305@openssh.com: K_2 (first 32 bytes) for the payload, K_1 for length.
 
-    Both ChaCha20 contexts live as long as the key; each packet only resets their nonce, and
-    the wire packet is written straight into one buffer (length, ciphertext, tag).
+    Both ChaCha20 contexts live as long as the key; each packet only resets their nonce.
     """
 
     block_size = 8
     tag_size = 16
+    tag_room = bytes(16)
     length_in_alignment = False
 
     def __init__(self, key: bytes) -> None:
@@ -114,14 +141,12 @@ class ChaCha20Poly1305:
         self._main.reset_nonce(nonce)
         return self._main.update(_ZERO_BLOCK)[:32]
 
-    def seal(self, sequence: int, packet: bytes) -> bytearray:
+    def seal_into(self, sequence: int, wire: bytearray) -> None:
         poly_key = self._start(sequence)
-        out = bytearray(len(packet) + 16)
-        out[:4] = self._length.update(packet[:4])
-        with memoryview(out) as view:
-            self._main.update_into(memoryview(packet)[4:], view[4:-16])
-            out[-16:] = Poly1305.generate_tag(poly_key, view[:-16])
-        return out
+        with memoryview(wire) as view:
+            view[:4] = self._length.update(view[:4])
+            self._main.update_into(view[4:-16], view[4:])
+            view[-16:] = Poly1305.generate_tag(poly_key, view[:-16])
 
     def packet_length(self, sequence: int, header: Readable) -> int:
         self._length.reset_nonce(_nonce(sequence))
@@ -137,11 +162,12 @@ class ChaCha20Poly1305:
         return self._main.update(view[4:-16])
 
 
-class AesGcm:
+class AesGcm(_SealsCopies):
     """aes128-gcm@openssh.com / aes256-gcm@openssh.com (RFC 5647 §7 with OpenSSH naming)."""
 
     block_size = 16
     tag_size = 16
+    tag_room = bytes(16)
     length_in_alignment = False
 
     def __init__(self, key: bytes, iv: bytes) -> None:
@@ -156,13 +182,13 @@ class AesGcm:
         self._counter = (self._counter + 1) & 0xFFFF_FFFF_FFFF_FFFF
         return nonce
 
-    def seal(self, sequence: int, packet: bytes) -> bytearray:
-        header = packet[:4]
-        out = bytearray(len(packet) + 16)
-        out[:4] = header
-        with memoryview(out) as view:
-            self._aead.encrypt_into(self._next_nonce(), memoryview(packet)[4:], header, view[4:])
-        return out
+    def seal_into(self, sequence: int, wire: bytearray) -> None:
+        counter = self._counter  # _next_nonce's steps, without its call on the bulk path
+        self._counter = (counter + 1) & 0xFFFF_FFFF_FFFF_FFFF
+        with memoryview(wire) as view:
+            self._aead.encrypt_into(
+                self._fixed + counter.to_bytes(8, "big"), view[4:-16], wire[:4], view[4:]
+            )
 
     def packet_length(self, sequence: int, header: Readable) -> int:
         return int(_U32.unpack_from(header)[0])
@@ -202,7 +228,7 @@ MACS: Final[dict[str, MacSpec]] = {
 }
 
 
-class AesCtrHmac:
+class AesCtrHmac(_SealsCopies):
     """aes128/192/256-ctr (RFC 4344 §4) with an HMAC, either encrypt-then-MAC or classic.
 
     One object serves one direction, so a single CTR context is both encryptor and
@@ -220,6 +246,7 @@ class AesCtrHmac:
         self._mac = hmac.new(mac_key, digestmod=mac.digest)
         self._etm = mac.etm
         self.tag_size = mac.tag_size
+        self.tag_room = bytes(mac.tag_size)
         self.length_in_alignment = not mac.etm
         self._header = b""
 
@@ -230,18 +257,16 @@ class AesCtrHmac:
             mac.update(part)
         return mac.digest()
 
-    def seal(self, sequence: int, packet: bytes) -> bytearray:
-        size = len(packet)
-        out = bytearray(size + self.tag_size)
-        with memoryview(out) as view:
+    def seal_into(self, sequence: int, wire: bytearray) -> None:
+        # update_into wants block_size - 1 bytes of slack in its output: the tag's room.
+        size = len(wire) - self.tag_size
+        with memoryview(wire) as view:
             if self._etm:
-                out[:4] = packet[:4]
-                self._ctr.update_into(memoryview(packet)[4:], view[4:])
-                out[size:] = self._tag(sequence, view[:size])
+                self._ctr.update_into(view[4:size], view[4:])
+                view[size:] = self._tag(sequence, view[:size])
             else:
-                self._ctr.update_into(packet, view)
-                out[size:] = self._tag(sequence, packet)
-        return out
+                view[size:] = self._tag(sequence, view[:size])  # over the cleartext
+                self._ctr.update_into(view[:size], view)
 
     def packet_length(self, sequence: int, header: Readable) -> int:
         if self._etm:

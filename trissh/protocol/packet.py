@@ -24,6 +24,8 @@ from trissh.protocol.errors import DecodeError
 #: ``uint32 packet_length || byte padding_length``
 _PREFIX: Final = struct.Struct(">IB")
 _PAD_POOL_SIZE: Final = 4096
+#: ``bytearray.join`` copies each part once into a buffer it does not zero first.
+_assemble: Final = bytearray().join
 #: The receive buffer never holds more than this; a peer that outruns the parser is cut off.
 MAX_BUFFERED_INPUT: Final = 4 * MAX_PACKET_LENGTH
 
@@ -158,17 +160,12 @@ class PacketEncoder:
         self.packets = 0
         self.bytes_sent = 0
 
-    def _padding(self, n: int) -> bytes:
-        if self._pad_pos + n > len(self._pad_pool):
-            self._pad_pool = self._rng(_PAD_POOL_SIZE)
-            self._pad_pos = 0
-        start = self._pad_pos
-        self._pad_pos = start + n
-        return self._pad_pool[start : start + n]
-
-    def encode(self, payload: bytes, tail: bytes | memoryview = b"") -> bytes | bytearray:
+    def encode(self, payload: bytes, tail: bytes | memoryview = b"") -> bytearray:
         """Frame ``payload + tail`` into one wire packet; ``tail`` spares the caller a join
-        (channel data: the message header is ``payload``, the data ``tail``)."""
+        (channel data: the message header is ``payload``, the data ``tail``).
+
+        The packet is assembled once, with room for its tag, and sealed where it lies.
+        """
         if self.compressor is not None:
             payload = self.compressor.compress(payload + tail)
             payload += self.compressor.flush(zlib.Z_SYNC_FLUSH)
@@ -180,16 +177,22 @@ class PacketEncoder:
         padding_length = block - aligned % block
         if padding_length < 4:
             padding_length += block
-        packet = b"".join(
+        start = self._pad_pos
+        if start + padding_length > len(self._pad_pool):
+            self._pad_pool = self._rng(_PAD_POOL_SIZE)
+            start = 0
+        self._pad_pos = start + padding_length
+        wire = _assemble(
             (
                 _PREFIX.pack(size + padding_length + 1, padding_length),
                 payload,
                 tail,
-                self._padding(padding_length),
+                self._pad_pool[start : start + padding_length],
+                cipher.tag_room,
             )
         )
-        sealed = cipher.seal(self.sequence, packet)
+        cipher.seal_into(self.sequence, wire)
         self.sequence = (self.sequence + 1) & 0xFFFFFFFF
         self.packets += 1
-        self.bytes_sent += len(sealed)
-        return sealed
+        self.bytes_sent += len(wire)
+        return wire

@@ -186,6 +186,19 @@ class Transport:
     def send(self, payload: bytes, tail: bytes | memoryview = b"") -> None:
         """Send the service-layer payload ``payload + tail``, held back while our side of a
         kex is running."""
+        if self.kex_state is KexState.IDLE and self._after_auth and not self.closed:
+            # The bulk of all packets (channel data): no kex to wait for, no compression
+            # to switch on; the steps of _send_now and _queue, without their calls.
+            encoder = self._encoder
+            wire = encoder.encode(payload, tail)
+            self._out.append(wire)
+            self._out_size += len(wire)
+            if (
+                encoder.bytes_sent - self._sent_at_kex > self._rekey_limit_out
+                or encoder.packets - self._packets_sent_at_kex > MAX_PACKETS_PER_KEY
+            ):
+                self._start_kex()
+            return
         if self.closed:
             return
         if self.kex_state in (KexState.AWAIT_KEXINIT, KexState.KEX_RUNNING):
