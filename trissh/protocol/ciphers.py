@@ -183,12 +183,8 @@ class AesGcm(_SealsCopies):
         return nonce
 
     def seal_into(self, sequence: int, wire: bytearray) -> None:
-        counter = self._counter  # _next_nonce's steps, without its call on the bulk path
-        self._counter = (counter + 1) & 0xFFFF_FFFF_FFFF_FFFF
         with memoryview(wire) as view:
-            self._aead.encrypt_into(
-                self._fixed + counter.to_bytes(8, "big"), view[4:-16], wire[:4], view[4:]
-            )
+            self._aead.encrypt_into(self._next_nonce(), view[4:-16], wire[:4], view[4:])
 
     def packet_length(self, sequence: int, header: Readable) -> int:
         return int(_U32.unpack_from(header)[0])

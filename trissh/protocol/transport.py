@@ -187,25 +187,17 @@ class Transport:
         """Send the service-layer payload ``payload + tail``, held back while our side of a
         kex is running."""
         if self.kex_state is KexState.IDLE and self._after_auth and not self.closed:
-            # The bulk of all packets (channel data): no kex to wait for, no compression
-            # to switch on; the steps of _send_now and _queue, without their calls.
-            encoder = self._encoder
-            wire = encoder.encode(payload, tail)
-            self._out.append(wire)
-            self._out_size += len(wire)
-            if (
-                encoder.bytes_sent - self._sent_at_kex > self._rekey_limit_out
-                or encoder.packets - self._packets_sent_at_kex > MAX_PACKETS_PER_KEY
-            ):
-                self._start_kex()
+            # Channel data, the bulk of all packets: nothing to hold back and no compression
+            # to switch on, so not _send_now's check for USERAUTH_SUCCESS.
+            self._queue(self._encoder.encode(payload, tail))
+        elif self.closed:
             return
-        if self.closed:
-            return
-        if self.kex_state in (KexState.AWAIT_KEXINIT, KexState.KEX_RUNNING):
+        elif self.kex_state in (KexState.AWAIT_KEXINIT, KexState.KEX_RUNNING):
             self._held.append(payload + tail if tail else payload)
             self._held_size += len(payload) + len(tail)
             return
-        self._send_now(payload, tail)
+        else:
+            self._send_now(payload, tail)
         if self.kex_state is KexState.IDLE and (
             self._encoder.bytes_sent - self._sent_at_kex > self._rekey_limit_out
             or self._encoder.packets - self._packets_sent_at_kex > MAX_PACKETS_PER_KEY
