@@ -83,7 +83,7 @@ from trissh.protocol import (
 )
 from trissh.recording import Recorder
 from trissh.sandboxes import ConnectionSandbox
-from trissh.scatter_write import send_chunks, socket_fd, write_now
+from trissh.scatter_write import Chunk, send_chunks, socket_fd, write_now
 from trissh.session import run_session, tell_user
 from trissh.socket_reads import SocketReader
 
@@ -219,7 +219,7 @@ class ConnectionDriver:
         self._writer_started = False
         self._fd = socket_fd(stream)
         #: Output taken from the core that the socket did not accept yet (``flush_now``).
-        self._backlog: list[memoryview] = []
+        self._backlog: list[Chunk] = []
         self._backlog_size = 0
         self._ended = False
         self._quickack = True
@@ -489,9 +489,9 @@ class ConnectionDriver:
                 self._writing = False
                 self._space_changed()
 
-    def _take_unsent(self) -> list[bytes | bytearray | memoryview]:
+    def _take_unsent(self) -> list[Chunk]:
         """The backlog, then what the core queued since: everything not yet written."""
-        chunks: list[bytes | bytearray | memoryview] = [*self._backlog, *self.conn.take_output()]
+        chunks: list[Chunk] = [*self._backlog, *self.conn.take_output()]
         self._backlog, self._backlog_size = [], 0
         return chunks
 

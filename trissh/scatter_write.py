@@ -28,36 +28,41 @@ def socket_fd(stream: trio.abc.Stream) -> int | None:
     return stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
 
 
-def _drop_sent(pending: list[memoryview], sent: int) -> list[memoryview]:
+def _drop_sent(pending: Sequence[Chunk], sent: int) -> list[Chunk]:
+    """What is left of ``pending`` after a write of ``sent`` bytes; only a chunk written in
+    part is wrapped in a view (the rest go to the kernel as they are)."""
     first = 0
     while first < len(pending) and sent >= len(pending[first]):
         sent -= len(pending[first])
         first += 1
-    rest = pending[first:]
+    rest = list(pending[first:])
     if sent:
-        rest[0] = rest[0][sent:]
+        rest[0] = memoryview(rest[0])[sent:]
     return rest
 
 
-def write_now(fd: int, chunks: Sequence[Chunk]) -> list[memoryview]:
+def write_now(fd: int, chunks: Sequence[Chunk]) -> list[Chunk]:
     """Write as much of ``chunks`` as the (non-blocking) socket takes; return the rest.
 
     An error is not raised here: everything stays unsent, and the writer task, which sends
     the rest, meets the same error and ends the connection.
     """
-    pending = [memoryview(chunk) for chunk in chunks if chunk]
+    pending = list(chunks)
     while pending:
+        batch = pending[:MAX_BUFFERS_PER_CALL]
         try:
-            sent = os.writev(fd, pending[:MAX_BUFFERS_PER_CALL])
+            sent = os.writev(fd, batch)
         except OSError:
             return pending
+        if len(batch) == len(pending) and sent == sum(map(len, batch)):
+            return []
         pending = _drop_sent(pending, sent)
     return pending
 
 
 async def send_chunks(stream: trio.abc.Stream, chunks: Sequence[Chunk]) -> None:
     """Send every byte of ``chunks`` in order, as few system calls as the kernel allows."""
-    pending = [memoryview(chunk) for chunk in chunks if chunk]
+    pending = [chunk for chunk in chunks if chunk]
     sock = stream.socket if isinstance(stream, trio.SocketStream) else None
     if sock is None or len(pending) <= 1:
         await stream.send_all(pending[0] if len(pending) == 1 else b"".join(pending))

@@ -108,6 +108,11 @@ def test_reference_poly1305_matches_rfc8439_vector() -> None:
     assert tag.hex() == "a8061dc1305136c6c22b8baf0c0127a9"
 
 
+def _seal(cipher: PacketCipher, sequence: int, packet: bytes) -> bytes:
+    """The wire bytes of the cleartext ``packet`` (length field included)."""
+    return b"".join(cipher.seal(sequence, packet[:4], packet[4:]))
+
+
 def _packet(payload: bytes, block: int, rng: SeededRng, *, with_length: bool = False) -> bytes:
     """A cleartext packet padded to ``block`` (counting the length field ``with_length``)."""
     padding = block - (len(payload) + (5 if with_length else 1)) % block
@@ -124,7 +129,7 @@ def test_chacha20_poly1305_matches_reference(sequence: int, size: int) -> None:
     key = rng(64)
     packet = _packet(rng(size), 8, rng)
     cipher = ChaCha20Poly1305(key)
-    sealed = cipher.seal(sequence, packet)
+    sealed = _seal(cipher, sequence, packet)
     assert sealed == reference_chacha20_poly1305_seal(key, sequence, packet)
     assert cipher.packet_length(sequence, sealed[:4]) == len(packet) - 4
     assert cipher.open(sequence, sealed) == packet[4:]
@@ -135,8 +140,8 @@ def test_chacha20_poly1305_depends_on_sequence_number() -> None:
     rng = SeededRng(3)
     cipher = ChaCha20Poly1305(rng(64))
     packet = _packet(b"payload", 8, rng)
-    sealed = cipher.seal(5, packet)
-    assert sealed != cipher.seal(6, packet)
+    sealed = _seal(cipher, 5, packet)
+    assert sealed != _seal(cipher, 6, packet)
     assert cipher.packet_length(6, sealed[:4]) != len(packet) - 4
     with pytest.raises(MacError):
         cipher.open(6, sealed)
@@ -148,8 +153,8 @@ def test_chacha20_poly1305_halves_of_the_key_have_separate_roles() -> None:
     rng = SeededRng(4)
     key = rng(64)
     packet = _packet(b"payload", 8, rng)
-    changed_header_key = ChaCha20Poly1305(key[:32] + bytes(32)).seal(0, packet)
-    original = ChaCha20Poly1305(key).seal(0, packet)
+    changed_header_key = _seal(ChaCha20Poly1305(key[:32] + bytes(32)), 0, packet)
+    original = _seal(ChaCha20Poly1305(key), 0, packet)
     assert changed_header_key[4:-16] == original[4:-16]
     assert changed_header_key[:4] != original[:4]
 
@@ -162,7 +167,7 @@ def test_aes_gcm_nonce_is_fixed_field_and_invocation_counter() -> None:
     reference = AESGCM(key)
     for i in range(3):
         packet = _packet(rng(20 + i), 16, rng)
-        sealed = cipher.seal(999, packet)
+        sealed = _seal(cipher, 999, packet)
         nonce = iv[:4] + (0xFF + i).to_bytes(8, "big")
         assert sealed[:4] == packet[:4], "the length travels in the clear"
         assert sealed[4:] == reference.encrypt(nonce, packet[4:], packet[:4])
@@ -174,8 +179,8 @@ def test_aes_gcm_invocation_counter_wraps_at_64_bits() -> None:
     key, iv = rng(32), bytes.fromhex("deadbeefffffffffffffffff")
     cipher = AesGcm(key, iv)
     packet = _packet(b"x", 16, rng)
-    cipher.seal(0, packet)
-    sealed = cipher.seal(1, packet)
+    _seal(cipher, 0, packet)
+    sealed = _seal(cipher, 1, packet)
     nonce = bytes.fromhex("deadbeef0000000000000000")
     assert sealed[4:] == AESGCM(key).encrypt(nonce, packet[4:], packet[:4])
 
@@ -185,7 +190,7 @@ def test_aes_gcm_packets_must_be_opened_in_order() -> None:
     rng = SeededRng(7)
     key, iv = rng(16), rng(12)
     sender, receiver = AesGcm(key, iv), AesGcm(key, iv)
-    _first, second = (sender.seal(0, _packet(p, 16, rng)) for p in (b"one", b"two"))
+    _first, second = (_seal(sender, 0, _packet(p, 16, rng)) for p in (b"one", b"two"))
     with pytest.raises(MacError):
         receiver.open(0, second)
 
@@ -214,7 +219,7 @@ def test_flipping_any_bit_raises_mac_error(name: str, mac: str | None) -> None:
     rng = SeededRng(8)
     sender, _ = _build(name, mac, rng)
     packet = _packet(b"important", sender.block_size, rng, with_length=sender.length_in_alignment)
-    sealed = sender.seal(3, packet)
+    sealed = _seal(sender, 3, packet)
     for bit in range(len(sealed) * 8):
         tampered = bytearray(sealed)
         tampered[bit // 8] ^= 1 << (bit % 8)
@@ -235,7 +240,7 @@ def test_packet_codec_round_trip_and_alignment(name: str, mac: str | None) -> No
     encoder.cipher, decoder.cipher = sender, receiver
     payloads = [b"\x05", bytes(range(256)), b"\x5e" * 5000]
     for sequence, payload in enumerate(payloads):
-        sealed = encoder.encode(payload)
+        sealed = b"".join(encoder.encode(payload))
         length = lengths.packet_length(sequence, sealed[:4])
         lengths.open(sequence, sealed)  # keeps a CTR keystream in step
         aligned = length if not sender.length_in_alignment else length + 4
@@ -248,22 +253,28 @@ def test_packet_codec_round_trip_and_alignment(name: str, mac: str | None) -> No
 
 
 @pytest.mark.parametrize(("name", "mac"), SUITES, ids=SUITE_IDS)
-def test_encoder_seals_in_place_what_sealing_a_copy_gives(name: str, mac: str | None) -> None:
-    """The encoder assembles each packet once and seals it where it lies: the wire bytes are
-    those of ``seal`` on a separate copy of the cleartext (checked against references
-    above), and the caller's data, a view into a larger buffer, is left as it was."""
+def test_encoder_pieces_are_what_the_cipher_seals(name: str, mac: str | None) -> None:
+    """The encoder's pieces, written in order, are the wire bytes of ``seal`` on the
+    cleartext (checked against references above). They are bytes of their own, never views
+    of the caller's data: the queue holds them until the socket takes them, and the caller's
+    buffer (here a view into a larger one) is left as it was."""
     sender, _ = _build(name, mac, SeededRng(10))
     copier, receiver = _build(name, mac, SeededRng(10))
     encoder = PacketEncoder(SeededRng(11))
     encoder.cipher = sender
     source = bytes(SeededRng(12)(40_000))
+    total = 0
     for sequence, (start, end) in enumerate([(0, 32_768), (5, 6), (32_768, 40_000)]):
         header = struct.pack(">BII", 94, 0, end - start)  # CHANNEL_DATA's fields before the data
-        sealed = encoder.encode(header, memoryview(source)[start:end])
+        pieces = encoder.encode(header, memoryview(source)[start:end])
+        assert all(type(piece) is bytes for piece in pieces)
+        sealed = b"".join(pieces)
+        total += len(sealed)
+        assert encoder.bytes_sent == total
         length = receiver.packet_length(sequence, sealed[:4])
         cleartext = struct.pack(">I", length) + receiver.open(sequence, sealed)
         assert cleartext[5 : 5 + 9 + end - start] == header + source[start:end]
-        assert sealed == copier.seal(sequence, cleartext)
+        assert sealed == _seal(copier, sequence, cleartext)
     assert source == bytes(SeededRng(12)(40_000))
 
 
@@ -306,8 +317,8 @@ def test_aes_ctr_matches_sp800_38a_across_packets() -> None:
     """The keystream runs on across packets: two 32-byte packets give the NIST vector."""
     mac_key = bytes(32)
     cipher = AesCtrHmac(SP800_38A_KEY, SP800_38A_COUNTER, MACS["hmac-sha2-256"], mac_key)
-    first = cipher.seal(0, SP800_38A_PLAIN[:32])
-    second = cipher.seal(1, SP800_38A_PLAIN[32:])
+    first = _seal(cipher, 0, SP800_38A_PLAIN[:32])
+    second = _seal(cipher, 1, SP800_38A_PLAIN[32:])
     assert first[:32] + second[:32] == SP800_38A_CIPHER
 
 
@@ -323,7 +334,7 @@ def test_hmac_construction_matches_the_specification(mac: str) -> None:
     rng = SeededRng(11)
     key, iv, mac_key = rng(16), rng(16), rng(spec.key_size)
     packet = _packet(b"payload bytes", 16, rng, with_length=not spec.etm)
-    sealed = AesCtrHmac(key, iv, spec, mac_key).seal(77, packet)
+    sealed = _seal(AesCtrHmac(key, iv, spec, mac_key), 77, packet)
     stream = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
     seq = (77).to_bytes(4, "big")
     if spec.etm:
@@ -341,7 +352,7 @@ def test_ctr_round_trip_over_many_packets(name: str, mac: str) -> None:
     sender, receiver = _build(name, mac, rng)
     for sequence in range(50):
         packet = _packet(rng(sequence * 7 + 1), 16, rng, with_length=sender.length_in_alignment)
-        sealed = sender.seal(sequence, packet)
+        sealed = _seal(sender, sequence, packet)
         assert receiver.packet_length(sequence, sealed[:4]) == len(packet) - 4
         assert receiver.open(sequence, sealed) == packet[4:]
 

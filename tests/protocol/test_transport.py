@@ -265,7 +265,7 @@ def test_unknown_kex_method_message_disconnects() -> None:
         pair = ConnectionPair()
         transfer(pair.client, pair.server)
         events_of(pair.server)
-        pair.server.receive_data(pair.client.encoder.encode(bytes((number,))))
+        pair.server.receive_data(b"".join(pair.client.encoder.encode(bytes((number,)))))
         with pytest.raises(UnexpectedMessage):
             events_of(pair.server)
         pair.expect_disconnect(DisconnectReason.PROTOCOL_ERROR)

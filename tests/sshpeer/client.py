@@ -196,7 +196,8 @@ class ClientConnection:
 
     def send_now(self, payload: bytes) -> None:
         """Encode a packet now, even during our key exchange."""
-        self._out += self.encoder.encode(payload)
+        for piece in self.encoder.encode(payload):
+            self._out += piece
 
     def send(self, payload: bytes | Message) -> None:
         """Send a payload, held back between our KEXINIT and our NEWKEYS."""

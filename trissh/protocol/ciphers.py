@@ -1,21 +1,24 @@
 """Per-direction packet protection: the only module touching symmetric primitives.
 
-Every cipher seals a complete cleartext packet (``uint32 length || padding_length ||
-payload || padding``) into wire bytes where it lies, in the encoder's buffer (the tag goes
-into room left after it), and opens wire bytes back, verifying the tag *before* anything is
-parsed. The length field is readable before the rest arrives, either
-in the clear (AES-GCM, RFC 5647 as OpenSSH does it; AES-CTR with an encrypt-then-MAC
-``-etm@openssh.com`` MAC), through its own key (chacha20-poly1305@openssh.com, OpenSSH
-PROTOCOL.chacha20poly1305), or, for AES-CTR with a classic encrypt-and-MAC HMAC (RFC 4253
-§6.4, RFC 6668), by decrypting the first four bytes; the decoder bounds that length before it
-waits for the rest, and the MAC is still checked before any byte of the payload is used.
+Every cipher seals a cleartext packet, given as its ``uint32 packet_length`` field and the
+body after it (``padding_length || payload || padding``), into the pieces that make the wire
+packet, and opens wire bytes back, verifying the tag *before* anything is parsed. The length
+field is readable before the rest arrives, either in the clear (AES-GCM, RFC 5647 as OpenSSH
+does it; AES-CTR with an encrypt-then-MAC ``-etm@openssh.com`` MAC), through its own key
+(chacha20-poly1305@openssh.com, OpenSSH PROTOCOL.chacha20poly1305), or, for AES-CTR with a
+classic encrypt-and-MAC HMAC (RFC 4253 §6.4, RFC 6668), by decrypting the first four bytes;
+the decoder bounds that length before it waits for the rest, and the MAC is still checked
+before any byte of the payload is used.
 
 Cipher objects are built once per key, never per packet: AES-CTR keeps one long-lived
 keystream context per direction (RFC 4344 §4), HMAC one keyed template that is copied.
-MAC tags are compared in constant time (``hmac.compare_digest``). Sealing in place spares a
-bulk packet two passes over its bytes: a copy into a separate output buffer and that
-buffer's zeroing. OpenSSL encrypts in place when input and output start at the same byte
-(``EVP_EncryptUpdate``); every call here passes them so.
+MAC tags are compared in constant time (``hmac.compare_digest``).
+
+Sealing returns pieces rather than one buffer because the writer hands them to ``writev``
+as they are: joining the clear length, the ciphertext the primitive returns and the tag
+would copy every byte once more, and encrypting into a pre-made buffer would zero it
+first. Nothing here encrypts in place: ``cryptography`` (from 51) rejects input and output
+buffers that overlap.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ _ZERO_BLOCK: Final = bytes(64)
 
 #: What a cipher reads: a whole packet from the encoder, or a slice of the receive buffer.
 Readable = bytes | bytearray | memoryview
+#: A sealed packet: the pieces that, written in order, make its wire bytes.
+WirePieces = tuple[bytes, ...]
 
 
 class PacketCipher(Protocol):
@@ -48,18 +53,12 @@ class PacketCipher(Protocol):
     block_size: int
     #: Bytes of authentication tag after the packet.
     tag_size: int
-    #: ``tag_size`` zero bytes: the room the encoder leaves after a packet for its tag.
-    tag_room: bytes
     #: Whether the length field is part of the aligned region (only without AEAD).
     length_in_alignment: bool
 
-    def seal_into(self, sequence: int, wire: bytearray) -> None:
-        """Encrypt the cleartext packet at the start of ``wire`` where it lies and write its
-        tag into the ``tag_size`` bytes of room after it."""
-        ...
-
-    def seal(self, sequence: int, packet: Readable) -> bytearray:
-        """``packet`` sealed into a new wire packet (``seal_into`` on a copy)."""
+    def seal(self, sequence: int, length: bytes, body: Readable) -> WirePieces:
+        """Seal one packet: ``length`` is its four-byte ``packet_length`` field, ``body``
+        the rest of it in the clear. ``body`` is only read, never kept."""
         ...
 
     def packet_length(self, sequence: int, header: Readable) -> int:
@@ -77,31 +76,15 @@ class PacketCipher(Protocol):
         ...
 
 
-class _SealsCopies:
-    """``seal`` for callers that hold a packet without room for its tag."""
-
-    tag_room: bytes
-
-    def seal_into(self, sequence: int, wire: bytearray) -> None:
-        raise NotImplementedError
-
-    def seal(self, sequence: int, packet: Readable) -> bytearray:
-        wire = bytearray(packet)
-        wire += self.tag_room
-        self.seal_into(sequence, wire)
-        return wire
-
-
-class PlainCipher(_SealsCopies):
+class PlainCipher:
     """The null cipher in force until the first NEWKEYS (RFC 4253 §6)."""
 
     block_size = 8
     tag_size = 0
-    tag_room = b""
     length_in_alignment = True
 
-    def seal_into(self, sequence: int, wire: bytearray) -> None:
-        pass
+    def seal(self, sequence: int, length: bytes, body: Readable) -> WirePieces:
+        return length, bytes(body)
 
     def packet_length(self, sequence: int, header: Readable) -> int:
         return int(_U32.unpack_from(header)[0])
@@ -116,7 +99,7 @@ def _nonce(sequence: int) -> bytes:
     return bytes(8) + sequence.to_bytes(8, "big")
 
 
-class ChaCha20Poly1305(_SealsCopies):
+class ChaCha20Poly1305:
     """chacha20-poly1305@openssh.com: K_2 (first 32 bytes) for the payload, K_1 for length.
 
     Both ChaCha20 contexts live as long as the key; each packet only resets their nonce.
@@ -124,7 +107,6 @@ class ChaCha20Poly1305(_SealsCopies):
 
     block_size = 8
     tag_size = 16
-    tag_room = bytes(16)
     length_in_alignment = False
 
     def __init__(self, key: bytes) -> None:
@@ -141,12 +123,13 @@ class ChaCha20Poly1305(_SealsCopies):
         self._main.reset_nonce(nonce)
         return self._main.update(_ZERO_BLOCK)[:32]
 
-    def seal_into(self, sequence: int, wire: bytearray) -> None:
-        poly_key = self._start(sequence)
-        with memoryview(wire) as view:
-            view[:4] = self._length.update(view[:4])
-            self._main.update_into(view[4:-16], view[4:])
-            view[-16:] = Poly1305.generate_tag(poly_key, view[:-16])
+    def seal(self, sequence: int, length: bytes, body: Readable) -> WirePieces:
+        mac = Poly1305(self._start(sequence))
+        sealed_length = self._length.update(length)
+        ciphertext = self._main.update(body)
+        mac.update(sealed_length)
+        mac.update(ciphertext)
+        return sealed_length, ciphertext, mac.finalize()
 
     def packet_length(self, sequence: int, header: Readable) -> int:
         self._length.reset_nonce(_nonce(sequence))
@@ -162,12 +145,11 @@ class ChaCha20Poly1305(_SealsCopies):
         return self._main.update(view[4:-16])
 
 
-class AesGcm(_SealsCopies):
+class AesGcm:
     """aes128-gcm@openssh.com / aes256-gcm@openssh.com (RFC 5647 §7 with OpenSSH naming)."""
 
     block_size = 16
     tag_size = 16
-    tag_room = bytes(16)
     length_in_alignment = False
 
     def __init__(self, key: bytes, iv: bytes) -> None:
@@ -182,9 +164,9 @@ class AesGcm(_SealsCopies):
         self._counter = (self._counter + 1) & 0xFFFF_FFFF_FFFF_FFFF
         return nonce
 
-    def seal_into(self, sequence: int, wire: bytearray) -> None:
-        with memoryview(wire) as view:
-            self._aead.encrypt_into(self._next_nonce(), view[4:-16], wire[:4], view[4:])
+    def seal(self, sequence: int, length: bytes, body: Readable) -> WirePieces:
+        # The length is associated data: in the clear, covered by the tag.
+        return length, self._aead.encrypt(self._next_nonce(), body, length)
 
     def packet_length(self, sequence: int, header: Readable) -> int:
         return int(_U32.unpack_from(header)[0])
@@ -224,7 +206,7 @@ MACS: Final[dict[str, MacSpec]] = {
 }
 
 
-class AesCtrHmac(_SealsCopies):
+class AesCtrHmac:
     """aes128/192/256-ctr (RFC 4344 §4) with an HMAC, either encrypt-then-MAC or classic.
 
     One object serves one direction, so a single CTR context is both encryptor and
@@ -242,7 +224,6 @@ class AesCtrHmac(_SealsCopies):
         self._mac = hmac.new(mac_key, digestmod=mac.digest)
         self._etm = mac.etm
         self.tag_size = mac.tag_size
-        self.tag_room = bytes(mac.tag_size)
         self.length_in_alignment = not mac.etm
         self._header = b""
 
@@ -253,16 +234,12 @@ class AesCtrHmac(_SealsCopies):
             mac.update(part)
         return mac.digest()
 
-    def seal_into(self, sequence: int, wire: bytearray) -> None:
-        # update_into wants block_size - 1 bytes of slack in its output: the tag's room.
-        size = len(wire) - self.tag_size
-        with memoryview(wire) as view:
-            if self._etm:
-                self._ctr.update_into(view[4:size], view[4:])
-                view[size:] = self._tag(sequence, view[:size])
-            else:
-                view[size:] = self._tag(sequence, view[:size])  # over the cleartext
-                self._ctr.update_into(view[:size], view)
+    def seal(self, sequence: int, length: bytes, body: Readable) -> WirePieces:
+        if self._etm:
+            ciphertext = self._ctr.update(body)
+            return length, ciphertext, self._tag(sequence, length, ciphertext)
+        tag = self._tag(sequence, length, body)  # over the cleartext
+        return self._ctr.update(length), self._ctr.update(body), tag
 
     def packet_length(self, sequence: int, header: Readable) -> int:
         if self._etm:

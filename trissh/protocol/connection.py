@@ -88,7 +88,7 @@ class ServerConnection:
     def data_to_send(self) -> bytes:
         return self._transport.data_to_send()
 
-    def take_output(self) -> list[bytes | bytearray]:
+    def take_output(self) -> list[bytes]:
         """``data_to_send`` as separate wire chunks, for a scatter-gather write."""
         return self._transport.take_output()
 

@@ -17,15 +17,14 @@ import zlib
 from collections.abc import Callable
 from typing import Final
 
-from trissh.protocol.ciphers import PacketCipher, PlainCipher
+from trissh.protocol.ciphers import PacketCipher, PlainCipher, WirePieces
 from trissh.protocol.constants import MAX_PACKET_LENGTH, MAX_PAYLOAD_LENGTH, DisconnectReason
 from trissh.protocol.errors import DecodeError
 
-#: ``uint32 packet_length || byte padding_length``
-_PREFIX: Final = struct.Struct(">IB")
+_U32: Final = struct.Struct(">I")
+#: ``byte padding_length`` for each length, made once.
+_PADDING_LENGTH_BYTES: Final = tuple(bytes((n,)) for n in range(256))
 _PAD_POOL_SIZE: Final = 4096
-#: ``bytearray.join`` copies each part once into a buffer it does not zero first.
-_assemble: Final = bytearray().join
 #: The receive buffer never holds more than this; a peer that outruns the parser is cut off.
 MAX_BUFFERED_INPUT: Final = 4 * MAX_PACKET_LENGTH
 
@@ -160,11 +159,11 @@ class PacketEncoder:
         self.packets = 0
         self.bytes_sent = 0
 
-    def encode(self, payload: bytes, tail: bytes | memoryview = b"") -> bytearray:
-        """Frame ``payload + tail`` into one wire packet; ``tail`` spares the caller a join
-        (channel data: the message header is ``payload``, the data ``tail``).
-
-        The packet is assembled once, with room for its tag, and sealed where it lies.
+    def encode(self, payload: bytes, tail: bytes | memoryview = b"") -> WirePieces:
+        """Frame ``payload + tail`` into one wire packet, as the pieces the cipher seals it
+        into (a scatter-gather write takes them as they are; ``b"".join`` makes the packet).
+        ``tail`` spares the caller a join: for channel data the message header is
+        ``payload`` and the data ``tail``, joined once here with the padding.
         """
         if self.compressor is not None:
             payload = self.compressor.compress(payload + tail)
@@ -182,17 +181,16 @@ class PacketEncoder:
             self._pad_pool = self._rng(_PAD_POOL_SIZE)
             start = 0
         self._pad_pos = start + padding_length
-        wire = _assemble(
+        body = b"".join(
             (
-                _PREFIX.pack(size + padding_length + 1, padding_length),
+                _PADDING_LENGTH_BYTES[padding_length],
                 payload,
                 tail,
                 self._pad_pool[start : start + padding_length],
-                cipher.tag_room,
             )
         )
-        cipher.seal_into(self.sequence, wire)
+        pieces = cipher.seal(self.sequence, _U32.pack(len(body)), body)
         self.sequence = (self.sequence + 1) & 0xFFFFFFFF
         self.packets += 1
-        self.bytes_sent += len(wire)
-        return wire
+        self.bytes_sent += 4 + len(body) + cipher.tag_size
+        return pieces

@@ -115,7 +115,7 @@ class Transport:
         self._decoder = PacketDecoder()
         self._encoder = PacketEncoder(config.rng)
         #: Wire packets not yet taken by the driver, kept apart so nothing copies them again.
-        self._out: list[bytes | bytearray] = []
+        self._out: list[bytes] = []
         self._out_size = 0
         self._held: list[bytes] = []
         self._held_size = 0
@@ -154,7 +154,7 @@ class Transport:
     def data_to_send(self) -> bytes:
         return b"".join(self.take_output())
 
-    def take_output(self) -> list[bytes | bytearray]:
+    def take_output(self) -> list[bytes]:
         """The queued wire bytes as separate chunks, for a scatter-gather write."""
         chunks, self._out, self._out_size = self._out, [], 0
         return chunks
@@ -171,12 +171,17 @@ class Transport:
     def bytes_received(self) -> int:
         return self._bytes_received
 
-    def _queue(self, wire: bytes | bytearray) -> None:
+    def _queue(self, wire: bytes) -> None:
         self._out.append(wire)
         self._out_size += len(wire)
 
+    def _queue_packet(self, payload: bytes, tail: bytes | memoryview) -> None:
+        pieces = self._encoder.encode(payload, tail)
+        self._out += pieces
+        self._out_size += sum(map(len, pieces))
+
     def _send_now(self, payload: bytes, tail: bytes | memoryview = b"") -> None:
-        self._queue(self._encoder.encode(payload, tail))
+        self._queue_packet(payload, tail)
         if not self._after_auth and payload[0] == MessageNumber.USERAUTH_SUCCESS:
             # zlib@openssh.com starts right after SUCCESS, both ways (OpenSSH PROTOCOL §1.3).
             self._after_auth = True
@@ -189,7 +194,7 @@ class Transport:
         if self.kex_state is KexState.IDLE and self._after_auth and not self.closed:
             # Channel data, the bulk of all packets: nothing to hold back and no compression
             # to switch on, so not _send_now's check for USERAUTH_SUCCESS.
-            self._queue(self._encoder.encode(payload, tail))
+            self._queue_packet(payload, tail)
         elif self.closed:
             return
         elif self.kex_state in (KexState.AWAIT_KEXINIT, KexState.KEX_RUNNING):
