@@ -19,10 +19,12 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
+# The tested versions of every dependency (see the file's header for why and how to move on).
+PINNED = ("-c", str(ROOT / "constraints.txt"))
 
 
 def _install(session: nox.Session) -> None:
-    session.install("-e", ".[test,lint]", silent=True)
+    session.install(*PINNED, "-e", ".[test,lint]", silent=True)
 
 
 def _setup_host(session: nox.Session) -> dict[str, str]:
@@ -65,7 +67,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff", silent=True)
+    session.install(*PINNED, "ruff", silent=True)
     session.run("ruff", "check", "trissh", "tests", "noxfile.py")
     session.run("ruff", "format", "--check", "trissh", "tests", "noxfile.py")
 
@@ -96,7 +98,9 @@ def bench(session: nox.Session) -> None:
     """
     env = _setup_host(session)
     session.run("bash", str(ROOT / "bench" / "prepare-host.sh"), external=True, env=env)
-    session.install("-e", ".", "asyncssh>=2.14", "matplotlib>=3.8", "py-spy", silent=True)
+    session.install(
+        *PINNED, "-e", ".", "asyncssh>=2.14", "matplotlib>=3.8", "py-spy", silent=True
+    )
     session.run("python", str(ROOT / "bench" / "run.py"), *session.posargs, env=env)
 
 
