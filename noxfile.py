@@ -98,9 +98,7 @@ def bench(session: nox.Session) -> None:
     """
     env = _setup_host(session)
     session.run("bash", str(ROOT / "bench" / "prepare-host.sh"), external=True, env=env)
-    session.install(
-        *PINNED, "-e", ".", "asyncssh>=2.14", "matplotlib>=3.8", "py-spy", silent=True
-    )
+    session.install(*PINNED, "-e", ".", "asyncssh>=2.14", "matplotlib>=3.8", "py-spy", silent=True)
     session.run("python", str(ROOT / "bench" / "run.py"), *session.posargs, env=env)
 
 
