@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import struct
+import zlib
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -276,6 +277,30 @@ def test_encoder_pieces_are_what_the_cipher_seals(name: str, mac: str | None) ->
         assert cleartext[5 : 5 + 9 + end - start] == header + source[start:end]
         assert sealed == _seal(copier, sequence, cleartext)
     assert source == bytes(SeededRng(12)(40_000))
+
+
+@pytest.mark.parametrize(("name", "mac"), SUITES, ids=SUITE_IDS)
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "zlib"])
+def test_encoding_a_batch_is_encoding_each_packet(
+    name: str, mac: str | None, compressed: bool
+) -> None:
+    """encode_each (the bulk path) gives the bytes, sequence numbers and counters of one
+    encode per packet, and returns the wire bytes it appended."""
+    parts = [(struct.pack(">BII", 94, 0, n), bytes(SeededRng(n)(n))) for n in (1, 300, 32_768, 7)]
+    one_by_one, batched = PacketEncoder(SeededRng(13)), PacketEncoder(SeededRng(13))
+    for encoder in (one_by_one, batched):
+        encoder.cipher = _build(name, mac, SeededRng(14))[0]
+        encoder.compressor = zlib.compressobj(6) if compressed else None
+    expected = b"".join(b"".join(one_by_one.encode(header, data)) for header, data in parts)
+    out: list[bytes] = [b"queued before"]
+    assert batched.encode_each(parts, out) == len(expected)
+    assert out[0] == b"queued before"
+    assert b"".join(out[1:]) == expected
+    assert (batched.sequence, batched.packets, batched.bytes_sent) == (
+        one_by_one.sequence,
+        one_by_one.packets,
+        one_by_one.bytes_sent,
+    )
 
 
 @pytest.mark.parametrize(("cipher", "mac"), SUITES, ids=SUITE_IDS)

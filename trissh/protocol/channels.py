@@ -25,7 +25,7 @@ import enum
 import fnmatch
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -168,6 +168,10 @@ class SendPayload(Protocol):
     def __call__(self, payload: bytes, tail: bytes | memoryview = b"", /) -> None: ...
 
 
+#: The transport's ``send_each``: ``SendPayload`` for each (header, data) pair, in one call.
+SendEach = Callable[[Sequence[tuple[bytes, bytes | memoryview]]], None]
+
+
 class ChannelTable:
     """All channels of one connection, plus the connection-level global requests."""
 
@@ -175,10 +179,12 @@ class ChannelTable:
         self,
         config: ProtocolConfig,
         send: SendPayload,
+        send_each: SendEach,
         emit: Callable[[Event], None],
     ) -> None:
         self._config = config
         self._send = send
+        self._send_each = send_each
         self._emit = emit
         self._channels: dict[int, Channel] = {}
         self.no_more_sessions = False
@@ -490,16 +496,15 @@ class ChannelTable:
         total = min(len(data), channel.send_window)
         chunk = channel.send_max_packet
         remote = channel.remote_id
-        view = memoryview(data)
-        for start in range(0, total, chunk):
-            piece = view[start : min(start + chunk, total)]
-            if stderr:
-                header = _EXTENDED_HEADER.pack(
-                    MessageNumber.CHANNEL_EXTENDED_DATA, remote, EXTENDED_DATA_STDERR, len(piece)
-                )
-            else:
-                header = _DATA_HEADER.pack(MessageNumber.CHANNEL_DATA, remote, len(piece))
-            self._send(header, piece)
+        view = memoryview(data)[:total]
+        pieces = [view[start : start + chunk] for start in range(0, total, chunk)]
+        if stderr:
+            number, stream = MessageNumber.CHANNEL_EXTENDED_DATA, EXTENDED_DATA_STDERR
+            headers = [_EXTENDED_HEADER.pack(number, remote, stream, len(p)) for p in pieces]
+        else:
+            number = MessageNumber.CHANNEL_DATA
+            headers = [_DATA_HEADER.pack(number, remote, len(p)) for p in pieces]
+        self._send_each(list(zip(headers, pieces, strict=True)))
         channel.send_window -= total
         return total
 

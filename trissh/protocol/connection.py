@@ -59,7 +59,9 @@ class ServerConnection:
         self._auth = UserAuthServer(
             config, self._transport.send, self._events.append, self._session_id
         )
-        self._channels = ChannelTable(config, self._transport.send, self._events.append)
+        self._channels = ChannelTable(
+            config, self._transport.send, self._transport.send_each, self._events.append
+        )
         self._userauth_started = False
         self._eof = False
         self._lost_reported = False

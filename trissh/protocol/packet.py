@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from trissh.protocol.ciphers import PacketCipher, PlainCipher, WirePieces
@@ -162,35 +162,58 @@ class PacketEncoder:
     def encode(self, payload: bytes, tail: bytes | memoryview = b"") -> WirePieces:
         """Frame ``payload + tail`` into one wire packet, as the pieces the cipher seals it
         into (a scatter-gather write takes them as they are; ``b"".join`` makes the packet).
-        ``tail`` spares the caller a join: for channel data the message header is
-        ``payload`` and the data ``tail``, joined once here with the padding.
         """
-        if self.compressor is not None:
-            payload = self.compressor.compress(payload + tail)
-            payload += self.compressor.flush(zlib.Z_SYNC_FLUSH)
-            tail = b""
+        pieces: list[bytes] = []
+        self.encode_each(((payload, tail),), pieces)
+        return tuple(pieces)
+
+    def encode_each(
+        self, parts: Iterable[tuple[bytes, bytes | memoryview]], out: list[bytes]
+    ) -> int:
+        """Frame each ``payload + tail`` of ``parts`` into a wire packet, appending its pieces
+        to ``out``; return how many bytes that added.
+
+        ``tail`` spares the caller a join: for channel data the message header is
+        ``payload`` and the data ``tail``, joined once here with the padding. One loop for
+        many packets, with what it needs in locals, because bulk transfer is bound by the
+        Python work per packet.
+        """
         cipher = self.cipher
+        seal = cipher.seal
         block = cipher.block_size
-        size = len(payload) + len(tail)
-        aligned = size + (5 if cipher.length_in_alignment else 1)
-        padding_length = block - aligned % block
-        if padding_length < 4:
-            padding_length += block
-        start = self._pad_pos
-        if start + padding_length > len(self._pad_pool):
-            self._pad_pool = self._rng(_PAD_POOL_SIZE)
-            start = 0
-        self._pad_pos = start + padding_length
-        body = b"".join(
-            (
-                _PADDING_LENGTH_BYTES[padding_length],
-                payload,
-                tail,
-                self._pad_pool[start : start + padding_length],
+        # What the padding aligns besides the payload: padding_length, and packet_length
+        # unless the cipher keeps it out (AEAD, -etm MACs).
+        framing = 5 if cipher.length_in_alignment else 1
+        compressor = self.compressor
+        pool, position = self._pad_pool, self._pad_pos
+        sequence = self.sequence
+        packets = body_bytes = 0
+        for payload, tail in parts:
+            if compressor is not None:
+                payload = compressor.compress(payload + tail)
+                payload += compressor.flush(zlib.Z_SYNC_FLUSH)
+                tail = b""
+            padding_length = block - (len(payload) + len(tail) + framing) % block
+            if padding_length < 4:
+                padding_length += block
+            if position + padding_length > len(pool):
+                pool, position = self._rng(_PAD_POOL_SIZE), 0
+            body = b"".join(
+                (
+                    _PADDING_LENGTH_BYTES[padding_length],
+                    payload,
+                    tail,
+                    pool[position : position + padding_length],
+                )
             )
-        )
-        pieces = cipher.seal(self.sequence, _U32.pack(len(body)), body)
-        self.sequence = (self.sequence + 1) & 0xFFFFFFFF
-        self.packets += 1
-        self.bytes_sent += 4 + len(body) + cipher.tag_size
-        return pieces
+            position += padding_length
+            out += seal(sequence, _U32.pack(len(body)), body)
+            sequence = (sequence + 1) & 0xFFFFFFFF
+            packets += 1
+            body_bytes += len(body)
+        self._pad_pool, self._pad_pos = pool, position
+        self.sequence = sequence
+        self.packets += packets
+        wire_bytes = body_bytes + packets * (4 + cipher.tag_size)
+        self.bytes_sent += wire_bytes
+        return wire_bytes

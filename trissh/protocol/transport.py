@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from trissh.protocol.algorithms import ZLIB_OPENSSH, negotiate, server_kexinit
@@ -175,13 +175,11 @@ class Transport:
         self._out.append(wire)
         self._out_size += len(wire)
 
-    def _queue_packet(self, payload: bytes, tail: bytes | memoryview) -> None:
-        pieces = self._encoder.encode(payload, tail)
-        self._out += pieces
-        self._out_size += sum(map(len, pieces))
+    def _queue_packets(self, parts: Iterable[tuple[bytes, bytes | memoryview]]) -> None:
+        self._out_size += self._encoder.encode_each(parts, self._out)
 
     def _send_now(self, payload: bytes, tail: bytes | memoryview = b"") -> None:
-        self._queue_packet(payload, tail)
+        self._queue_packets(((payload, tail),))
         if not self._after_auth and payload[0] == MessageNumber.USERAUTH_SUCCESS:
             # zlib@openssh.com starts right after SUCCESS, both ways (OpenSSH PROTOCOL §1.3).
             self._after_auth = True
@@ -191,18 +189,31 @@ class Transport:
     def send(self, payload: bytes, tail: bytes | memoryview = b"") -> None:
         """Send the service-layer payload ``payload + tail``, held back while our side of a
         kex is running."""
-        if self.kex_state is KexState.IDLE and self._after_auth and not self.closed:
-            # Channel data, the bulk of all packets: nothing to hold back and no compression
-            # to switch on, so not _send_now's check for USERAUTH_SUCCESS.
-            self._queue_packet(payload, tail)
-        elif self.closed:
+        if self.closed:
             return
-        elif self.kex_state in (KexState.AWAIT_KEXINIT, KexState.KEX_RUNNING):
+        if self.kex_state in (KexState.AWAIT_KEXINIT, KexState.KEX_RUNNING):
             self._held.append(payload + tail if tail else payload)
             self._held_size += len(payload) + len(tail)
             return
-        else:
-            self._send_now(payload, tail)
+        self._send_now(payload, tail)
+        self._rekey_if_due()
+
+    def send_each(self, parts: Sequence[tuple[bytes, bytes | memoryview]]) -> None:
+        """``send(payload, tail)`` for each part, in order: the path of channel data.
+
+        Bulk transfer is bound by Python work per packet, so once authenticated and between
+        key exchanges (nothing to hold back, no compression to switch on) the packets are
+        framed in one loop, counted once and checked for a rekey once per call (a call is at
+        most one channel window, far below any key's limit).
+        """
+        if self.kex_state is not KexState.IDLE or not self._after_auth or self.closed:
+            for payload, tail in parts:
+                self.send(payload, tail)
+            return
+        self._queue_packets(parts)
+        self._rekey_if_due()
+
+    def _rekey_if_due(self) -> None:
         if self.kex_state is KexState.IDLE and (
             self._encoder.bytes_sent - self._sent_at_kex > self._rekey_limit_out
             or self._encoder.packets - self._packets_sent_at_kex > MAX_PACKETS_PER_KEY
