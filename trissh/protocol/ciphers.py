@@ -93,10 +93,9 @@ class PlainCipher:
         return bytes(data[4:])
 
 
-def _nonce(sequence: int) -> bytes:
-    """chacha20-poly1305@openssh.com's nonce is the sequence number; ``cryptography`` wants it
-    as 16 bytes with the block counter first (zero here)."""
-    return bytes(8) + sequence.to_bytes(8, "big")
+#: chacha20-poly1305@openssh.com's nonce is the sequence number; ``cryptography`` wants it
+#: as 16 bytes with the block counter first (zero here).
+_CHACHA_NONCE: Final = struct.Struct(">8xQ")
 
 
 class ChaCha20Poly1305:
@@ -118,7 +117,7 @@ class ChaCha20Poly1305:
     def _start(self, sequence: int) -> bytes:
         """Point both contexts at this packet; return its Poly1305 key (keystream block 0,
         so the payload starts at block 1)."""
-        nonce = _nonce(sequence)
+        nonce = _CHACHA_NONCE.pack(sequence)
         self._length.reset_nonce(nonce)
         self._main.reset_nonce(nonce)
         return self._main.update(_ZERO_BLOCK)[:32]
@@ -132,7 +131,7 @@ class ChaCha20Poly1305:
         return sealed_length, ciphertext, mac.finalize()
 
     def packet_length(self, sequence: int, header: Readable) -> int:
-        self._length.reset_nonce(_nonce(sequence))
+        self._length.reset_nonce(_CHACHA_NONCE.pack(sequence))
         return int(_U32.unpack(self._length.update(header[:4]))[0])
 
     def open(self, sequence: int, data: Readable) -> bytes:
