@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import functools
 import struct
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -169,7 +170,7 @@ class SendPayload(Protocol):
 
 
 #: The transport's ``send_each``: ``SendPayload`` for each (header, data) pair, in one call.
-SendEach = Callable[[Sequence[tuple[bytes, bytes | memoryview]]], None]
+SendEach = Callable[[Iterable[tuple[bytes, bytes | memoryview]]], None]
 
 
 class ChannelTable:
@@ -497,14 +498,17 @@ class ChannelTable:
         chunk = channel.send_max_packet
         remote = channel.remote_id
         view = memoryview(data)[:total]
-        pieces = [view[start : start + chunk] for start in range(0, total, chunk)]
         if stderr:
-            number, stream = MessageNumber.CHANNEL_EXTENDED_DATA, EXTENDED_DATA_STDERR
-            headers = [_EXTENDED_HEADER.pack(number, remote, stream, len(p)) for p in pieces]
+            header = functools.partial(
+                _EXTENDED_HEADER.pack,
+                MessageNumber.CHANNEL_EXTENDED_DATA,
+                remote,
+                EXTENDED_DATA_STDERR,
+            )
         else:
-            number = MessageNumber.CHANNEL_DATA
-            headers = [_DATA_HEADER.pack(number, remote, len(p)) for p in pieces]
-        self._send_each(list(zip(headers, pieces, strict=True)))
+            header = functools.partial(_DATA_HEADER.pack, MessageNumber.CHANNEL_DATA, remote)
+        pieces = [view[start : start + chunk] for start in range(0, total, chunk)]
+        self._send_each([(header(len(piece)), piece) for piece in pieces])
         channel.send_window -= total
         return total
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from trissh.protocol.algorithms import ZLIB_OPENSSH, negotiate, server_kexinit
@@ -198,13 +198,13 @@ class Transport:
         self._send_now(payload, tail)
         self._rekey_if_due()
 
-    def send_each(self, parts: Sequence[tuple[bytes, bytes | memoryview]]) -> None:
+    def send_each(self, parts: Iterable[tuple[bytes, bytes | memoryview]]) -> None:
         """``send(payload, tail)`` for each part, in order: the path of channel data.
 
         Bulk transfer is bound by Python work per packet, so once authenticated and between
         key exchanges (nothing to hold back, no compression to switch on) the packets are
-        framed in one loop, counted once and checked for a rekey once per call (a call is at
-        most one channel window, far below any key's limit).
+        framed in one loop, counted once and checked for a rekey once per call (a call is one
+        ``send_data``: at most one pump chunk, so a limit is overshot by that much at most).
         """
         if self.kex_state is not KexState.IDLE or not self._after_auth or self.closed:
             for payload, tail in parts:
