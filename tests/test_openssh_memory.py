@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import MutableMapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +18,11 @@ from .support import (
     ClientKey,
     RunningServer,
     capture_module_log,
+    make_context,
     needs_ssh,
     run_ssh,
     ssh_argv,
+    start_server,
     wait_until,
 )
 
@@ -58,6 +61,30 @@ async def test_upload_round_trip_is_exact(
     result = await run_ssh(memory_server.port, client_key.path, "cat", stdin=data)
     assert result.returncode == 0, result.stderr
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
+
+
+async def test_upload_is_exact_while_the_server_clock_keeps_firing(
+    nursery: trio.Nursery,
+    memory_backend: MemoryBackend,
+    authorized_keys: Path,
+    tmp_path: Path,
+    client_key: ClientKey,
+) -> None:
+    """The connection's timers cancel its socket reads when due (driver.py): with a
+    keepalive interval of a millisecond they fire all through a 20 MB round trip, which
+    must still arrive byte for byte, keepalives answered."""
+    ctx = make_context(
+        memory_backend,
+        authorized_keys,
+        tmp_path / "host_key",
+        **{"session.client_alive_interval": 0.001, "session.client_alive_count_max": 100},
+    )
+    server = await start_server(nursery, ctx)
+    data = os.urandom(20_000_000)
+    result = await run_ssh(server.port, client_key.path, "cat", stdin=data)
+    assert result.returncode == 0, result.stderr
+    assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
+    await server.stop()
 
 
 async def test_download_with_forced_rekeys(

@@ -55,6 +55,28 @@ async def test_waiting_read_is_cancellable() -> None:
     await stream.aclose()
 
 
+async def test_a_cancelled_read_consumes_nothing() -> None:
+    """The driver's clock cancels reads and the connection goes on: a read cancelled on
+    either path (recv first after a bulk read, or wait first) must leave the bytes queued."""
+    stream, peer = _pair()
+    reader = SocketReader(stream)
+    bulk = bytes(range(256)) * (BULK_READ // 256)
+    peer.sendall(bulk + b"next")
+    received = bytearray()
+    while len(received) < len(bulk):  # a bulk read: the next read tries recv first
+        received += await reader.receive_some(len(bulk) - len(received))
+    for _ in range(2):  # recv first, then (after a small read) wait first
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await reader.receive_some(100)
+        assert scope.cancelled_caught
+        with trio.fail_after(5):  # dropped bytes would leave this read waiting
+            assert await reader.receive_some(100) == b"next"
+        peer.sendall(b"next")
+    peer.close()
+    await stream.aclose()
+
+
 async def test_other_streams_use_their_own_receive() -> None:
     sender, receiver = trio.testing.memory_stream_pair()
     reader = SocketReader(receiver)

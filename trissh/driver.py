@@ -13,19 +13,24 @@ Channel tasks otherwise only mutate the sans-IO core and ring the writer's doorb
 
 The receive loop awaits the socket and authentication decisions, nothing else: every other event
 is dispatched synchronously (start a task, feed a channel handle, wake senders), so a slow
-container never stalls key exchange or other channels.
+container never stalls key exchange or other channels. Its wait for the socket is also the
+connection's clock: once authenticated it reads under a cancel scope whose deadline is the
+next timer (time-based rekey, ClientAlive probe), runs the timer at that deadline and goes
+back to reading. A task per connection for two timers that rarely fire cost ~2 % of a short
+login's CPU; a read cancelled by the clock consumes nothing (``SocketReader``), and no
+authentication decision is awaited once the clock runs.
 
 Nursery tree::
 
     serve_connection            binds conn_id/remote for every log line below
     └─ login-grace scope        deadline until authentication, then none
        └─ connection nursery
-          ├─ _receive_loop      socket → core → events
+          ├─ _receive_loop      socket → core → events; after authentication also the
+          │                     timers (time-based rekeying, ClientAlive)
           ├─ _send_loop         doorbell → what flush_now left → socket (started at the
           │                     first ring: most connections never fill the socket)
           ├─ sandbox keeper     holds the connection's container (sandboxes.py), started
           │                     when the first session channel opens (a prepare task)
-          ├─ _keep_time         after authentication: time-based rekeying and ClientAlive
           ├─ tell_user          shutdown notice to a busy session (bounded)
           └─ run_session (one each)    one per session channel (session.py)
 
@@ -225,6 +230,13 @@ class ConnectionDriver:
         self._quickack = True
         self._last_received = trio.current_time()
         self._keys_since = trio.current_time()
+        #: The connection's timers (0 turns one off), set at authentication (``_arm_clock``).
+        self._rekey_interval = 0.0
+        self._alive_interval = 0.0
+        self._alive_count_max = 0
+        self._probe_at = math.inf
+        #: The cancel scope the receive loop reads under; its deadline is the next timer.
+        self._clock: trio.CancelScope | None = None
         remote_ip = remote.rsplit(":", 1)[0].strip("[]")
         self._login = LoginConversation(
             ctx.auth,
@@ -416,39 +428,46 @@ class ConnectionDriver:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
-    async def _keep_time(
-        self, rekey_interval: float, alive_interval: float, count_max: int
-    ) -> None:
-        """The connection's two timers in one sleeping task (0 turns either off).
+    def _next_timer(self) -> float:
+        rekey = self._keys_since + self._rekey_interval if self._rekey_interval else math.inf
+        return min(rekey, self._probe_at)
+
+    def _arm_clock(self, rekey_interval: float, alive_interval: float, count_max: int) -> None:
+        """Start the connection's two timers (0 turns either off).
 
         Time-based rekeying (the core rekeys by volume itself): no key lives longer than
         ``rekey_interval``. sshd's ClientAlive: a client silent for ``alive_interval`` is
         asked to answer; one that leaves ``count_max`` probes unanswered is gone, and its
         containers with it. Before authentication the login grace time bounds a connection.
         """
-        next_probe = trio.current_time() + alive_interval if alive_interval else math.inf
-        while True:
-            next_rekey = self._keys_since + rekey_interval if rekey_interval else math.inf
-            await trio.sleep_until(min(next_rekey, next_probe))
-            now = trio.current_time()
-            if now >= next_rekey:
-                self.conn.request_rekey()
-                self.flush_now()
-                self._keys_since = now  # until the exchange completes
-            if now < next_probe:
-                continue
-            next_probe = now + alive_interval
-            if now - self._last_received < alive_interval:
-                continue
-            if self.conn.keepalives_unanswered >= count_max:
-                self._end(
-                    DisconnectReason.CONNECTION_LOST,
-                    "timeout, client not responding",
-                    "client_alive_timeout",
-                )
-                return
-            self.conn.send_keepalive()
+        self._rekey_interval = rekey_interval
+        self._alive_interval = alive_interval
+        self._alive_count_max = count_max
+        self._probe_at = trio.current_time() + alive_interval if alive_interval else math.inf
+        if self._clock is not None:
+            self._clock.deadline = self._next_timer()
+
+    def _on_timer(self) -> None:
+        """The clock's deadline passed: rekey, probe or give up on the client, as due."""
+        now = trio.current_time()
+        if self._rekey_interval and now >= self._keys_since + self._rekey_interval:
+            self.conn.request_rekey()
             self.flush_now()
+            self._keys_since = now  # until the exchange completes
+        if now < self._probe_at:
+            return
+        self._probe_at = now + self._alive_interval
+        if now - self._last_received < self._alive_interval:
+            return
+        if self.conn.keepalives_unanswered >= self._alive_count_max:
+            self._end(
+                DisconnectReason.CONNECTION_LOST,
+                "timeout, client not responding",
+                "client_alive_timeout",
+            )
+            return
+        self.conn.send_keepalive()
+        self.flush_now()
 
     def sandbox_spec(self) -> SandboxSpec:
         """What a container of this connection's user looks like, labels included."""
@@ -501,6 +520,16 @@ class ConnectionDriver:
         return chunks
 
     async def _receive_loop(self) -> None:
+        """Read and process until the connection ends, running its timers when they are due
+        (the module docstring says why here)."""
+        while not self._ended:
+            with trio.CancelScope(deadline=self._next_timer()) as clock:
+                self._clock = clock
+                await self._receive_until_end()
+                return
+            self._on_timer()
+
+    async def _receive_until_end(self) -> None:
         conn = self.conn
         while True:
             await self._process_events()
@@ -569,6 +598,8 @@ class ConnectionDriver:
                 structlog.contextvars.bind_contextvars(client_version=event.version)
             case KeyExchangeCompleted():
                 self._keys_since = trio.current_time()
+                if self._clock is not None:
+                    self._clock.deadline = self._next_timer()
                 if not event.is_rekey:
                     self._handshake_done = True
                     self.ctx.metrics.handshake_done(
@@ -652,14 +683,11 @@ class ConnectionDriver:
                 "user_connection_limit",
             )
             return
-        rekey, alive = (
+        self._arm_clock(
             self.ctx.settings.ssh.rekey_interval,
             self.session_settings.client_alive_interval,
+            self.session_settings.client_alive_count_max,
         )
-        if rekey or alive:
-            assert self._nursery is not None
-            count_max = self.session_settings.client_alive_count_max
-            self._nursery.start_soon(self._keep_time, rekey, alive, count_max)
 
     def _note_refused(
         self, request: str, reason: str, channel: int | None = None, target: str | None = None

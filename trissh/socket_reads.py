@@ -5,7 +5,8 @@ fails, through two context managers and an exception. That suits bulk uploads, w
 next data is usually there already, and wastes a system call and an exception on every
 read of a login, where the client is always still answering. ``SocketReader`` guesses
 from the last read: after a large one it tries ``recv`` first, after a small one it waits
-for readability first. Either way each read is a trio checkpoint, as ``receive_some`` is.
+for readability first. Either way each read is a trio checkpoint, as ``receive_some`` is,
+and a cancelled read has read nothing, as with trio's own streams.
 """
 
 from __future__ import annotations
@@ -38,12 +39,15 @@ class SocketReader:
         if sock is None:
             return await self._stream.receive_some(max_bytes)
         if self._try_first:
+            # Cancelled before the read or not at all: bytes read are never dropped (the
+            # connection's clock cancels reads and the connection goes on).
+            await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 data = sock.recv(max_bytes)
             except BlockingIOError:
                 pass
             else:
-                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 self._try_first = len(data) >= BULK_READ
                 return data
         while True:
