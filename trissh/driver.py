@@ -29,8 +29,8 @@ Nursery tree::
           │                     timers (time-based rekeying, ClientAlive)
           ├─ _send_loop         doorbell → what flush_now left → socket (started at the
           │                     first ring: most connections never fill the socket)
-          ├─ sandbox keeper     holds the connection's container (sandboxes.py), started
-          │                     when the first session channel opens (a prepare task)
+          ├─ sandbox keeper     starts and holds the connection's container (sandboxes.py)
+          │                     from the first session channel's opening
           ├─ tell_user          shutdown notice to a busy session (bounded)
           └─ run_session (one each)    one per session channel (session.py)
 

@@ -3,13 +3,15 @@
 The container is started when the first session channel opens (``prepare``), so that its
 start overlaps the client's round trip to its request instead of following it; a
 connection that never opens a session gets none. A keeper task in the connection nursery
-holds the backend's sandbox context open, so the owner is a nursery one can point to, and
-cancellation of the connection is what removes the container. If creation fails (podman
-down, image missing), nothing is kept: the first session to ask reports that failure, and
-the next one tries again.
+starts it and then holds the backend's sandbox context open, so the owner is a nursery one
+can point to, and cancellation of the connection is what removes the container. If
+creation fails (podman down, image missing), nothing is kept: the first session to ask
+reports that failure, and the next one starts a container itself, under its own bound.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import structlog
 import trio
@@ -28,13 +30,14 @@ class ConnectionSandbox:
         self._sandbox: Sandbox | None = None
         #: Why the container started by ``prepare`` failed, for the next session to report.
         self._failure: BackendError | None = None
-        self._preparing = False
+        #: Set when the start ``prepare`` began has the container running or gave up.
+        self._prepared: trio.Event | None = None
 
     def prepare(self, start_timeout: float) -> None:
         """Start the container now, in the background; ``get`` waits for it."""
-        if self._sandbox is None and self._failure is None and not self._preparing:
-            self._preparing = True
-            self._nursery.start_soon(self._prepare, start_timeout)
+        if self._sandbox is None and self._failure is None and self._prepared is None:
+            self._prepared = trio.Event()
+            self._nursery.start_soon(self._keep_prepared, start_timeout, self._prepared)
 
     async def get(self) -> Sandbox:
         """The connection's sandbox, created on first use.
@@ -46,30 +49,49 @@ class ConnectionSandbox:
         """
         if self._sandbox is not None:
             return self._sandbox  # running (a failure is recorded only while there is none)
+        if self._prepared is not None:
+            await self._prepared.wait()  # the start begun by prepare, bounded there
         async with self._lock:
             if self._failure is not None:
                 failure, self._failure = self._failure, None
                 raise failure
             if self._sandbox is None:
+                # The caller's own start: cancelling the caller (its bound) cancels it.
                 self._sandbox = await self._nursery.start(self._keep)
             return self._sandbox
 
-    async def _prepare(self, start_timeout: float) -> None:
-        # Bounded like a session's wait: a start that hangs gives the lock back, and the
-        # session waiting for it tries once more within its own bound.
+    async def _keep_prepared(self, start_timeout: float, prepared: trio.Event) -> None:
+        """``prepare``'s keeper: starts the container with its own bound (a start that hangs
+        lets the waiting session try once more within its own), then holds it as
+        ``_keep`` does. One task, where a task waiting on ``get`` would be two."""
+        structlog.contextvars.unbind_contextvars("channel", "container")
         try:
-            with trio.move_on_after(start_timeout) as bound:
-                await self.get()
-        except BackendError as exc:
-            self._failure = exc
-            log.warning("container_start_failed", error=str(exc))
+            async with contextlib.AsyncExitStack() as held:
+                with trio.move_on_after(start_timeout) as bound:
+                    try:
+                        sandbox = await held.enter_async_context(
+                            self._backend.open_sandbox(self._spec)
+                        )
+                    except BackendError as exc:
+                        self._failure = exc
+                        log.warning("container_start_failed", error=str(exc))
+                        return
+                if bound.cancelled_caught:
+                    error = f"did not start within {start_timeout:g} s"
+                    log.warning("container_start_failed", error=error)
+                    return
+                self._sandbox = sandbox
+                prepared.set()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._sandbox = None
         finally:
-            self._preparing = False
-        if bound.cancelled_caught:
-            log.warning("container_start_failed", error=f"did not start within {start_timeout:g} s")
+            self._prepared = None
+            prepared.set()
 
     async def _keep(self, *, task_status: trio.TaskStatus[Sandbox]) -> None:
-        # Started from a session or prepare task: a channel is not the container's business.
+        # Started from a session task: a channel is not the container's business.
         structlog.contextvars.unbind_contextvars("channel", "container")
         try:
             async with self._backend.open_sandbox(self._spec) as sandbox:
