@@ -521,7 +521,7 @@ class ConnectionDriver:
 
     async def _receive_loop(self) -> None:
         """Read and process until the connection ends, running its timers when they are due
-        (the module docstring says why here)."""
+        (why here: the module docstring)."""
         while not self._ended:
             with trio.CancelScope(deadline=self._next_timer()) as clock:
                 self._clock = clock
