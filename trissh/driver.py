@@ -444,6 +444,10 @@ class ConnectionDriver:
         self._alive_interval = alive_interval
         self._alive_count_max = count_max
         self._probe_at = trio.current_time() + alive_interval if alive_interval else math.inf
+        self._reset_clock()
+
+    def _reset_clock(self) -> None:
+        """The timers changed: the receive loop's clock wakes at the next one."""
         if self._clock is not None:
             self._clock.deadline = self._next_timer()
 
@@ -598,8 +602,7 @@ class ConnectionDriver:
                 structlog.contextvars.bind_contextvars(client_version=event.version)
             case KeyExchangeCompleted():
                 self._keys_since = trio.current_time()
-                if self._clock is not None:
-                    self._clock.deadline = self._next_timer()
+                self._reset_clock()
                 if not event.is_rekey:
                     self._handshake_done = True
                     self.ctx.metrics.handshake_done(

@@ -507,8 +507,8 @@ class ChannelTable:
             )
         else:
             header = functools.partial(_DATA_HEADER.pack, MessageNumber.CHANNEL_DATA, remote)
-        pieces = [view[start : start + chunk] for start in range(0, total, chunk)]
-        self._send_each([(header(len(piece)), piece) for piece in pieces])
+        pieces = (view[start : start + chunk] for start in range(0, total, chunk))
+        self._send_each((header(len(piece)), piece) for piece in pieces)
         channel.send_window -= total
         return total
 
