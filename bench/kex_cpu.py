@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from tests.sshpeer.kex import HashPrefix, start_client_kex  # noqa: E402
 from tests.support import make_context, start_server, write_ed25519_key  # noqa: E402
 from trissh.backend.memory import MemoryBackend  # noqa: E402
-from trissh.log import configure_logging  # noqa: E402
+from trissh.ops.log import configure_logging  # noqa: E402
 from trissh.protocol.ciphers import CIPHERS, MACS  # noqa: E402
 from trissh.protocol.kex import KEX_METHODS, KexContext, KexReply, KexTranscript  # noqa: E402
 from trissh.protocol.keys import HostKey  # noqa: E402

@@ -28,8 +28,8 @@ import trio
 from trissh.backend import Backend
 from trissh.cli import build_context, make_backend
 from trissh.config import load_config, parse_listen
-from trissh.log import configure_logging
-from trissh.server import open_listeners, serve
+from trissh.ops.log import configure_logging
+from trissh.server.listener import open_listeners, serve
 
 
 def _arguments() -> argparse.Namespace:

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from trissh.backend.memory import MemoryBackend
-from trissh.log import configure_logging
+from trissh.ops.log import configure_logging
 
 from .support import ClientKey, RunningServer, make_context, start_server, write_ed25519_key
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from trissh.authorized_keys import OptionError, parse_authorized_keys, parse_line, parse_options
+from trissh.auth.authorized_keys import (
+    OptionError,
+    parse_authorized_keys,
+    parse_line,
+    parse_options,
+)
 
 from .support import ClientKey
 

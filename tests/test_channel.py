@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from trissh.channel import ChannelHandle, ChannelStream
+from trissh.connection.channel import ChannelHandle, ChannelStream
 from trissh.protocol.events import ChannelId
 
 

@@ -69,7 +69,7 @@ def test_missing_authorized_keys_is_a_startup_error(tmp_path: Path) -> None:
 
 def test_host_key_is_generated_once(tmp_path: Path) -> None:
     """A missing host key is created (mode 0600, .pub beside it) and reused afterwards."""
-    from trissh.hostkeys import load_or_create_host_key
+    from trissh.server.hostkeys import load_or_create_host_key
 
     path = tmp_path / "sub" / "host_key"
     first, created = load_or_create_host_key(path)
@@ -105,7 +105,7 @@ def test_user_image_shortcut() -> None:
 def test_doctor_tries_each_distinct_per_user_container_once() -> None:
     """Users whose tables change nothing about the container share the server-wide trial;
     users with the same override share one."""
-    from trissh.doctor import _container_variants
+    from trissh.ops.doctor import _container_variants
 
     settings = load_config(
         None,

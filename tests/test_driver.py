@@ -20,7 +20,7 @@ import trio.testing
 from tests.sshpeer import USER_KEY, ed25519_blob
 from trissh.backend import BackendUnavailable
 from trissh.backend.memory import MemoryBackend
-from trissh.driver import ConnectionDriver, ServerContext, serve_connection
+from trissh.connection.driver import ConnectionDriver, ServerContext, serve_connection
 from trissh.protocol import DisconnectReason
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.messages import transport as tr
@@ -70,7 +70,7 @@ async def test_exec_ends_with_data_status_eof_close(
 ) -> None:
     """Output, then exit-status, then EOF, then CLOSE: sshd's order. A client that hangs
     up at CLOSE (as ``ssh`` does) still gets its session's end logged."""
-    logs = capture_module_log(monkeypatch, "trissh.session")
+    logs = capture_module_log(monkeypatch, "trissh.channels.session")
     finish_channel = ConnectionDriver.finish_channel
 
     def noting_finish(driver: ConnectionDriver, *args: Any, **kwargs: Any) -> None:
@@ -209,7 +209,7 @@ async def test_backend_failure_is_told_and_the_connection_stays_usable(
 ) -> None:
     """Podman down: a one-line reason on stderr and exit 255; the next session succeeds.
     The operator's line comes when the start begun at the channel's opening fails."""
-    logs = capture_module_log(monkeypatch, "trissh.sandboxes")
+    logs = capture_module_log(monkeypatch, "trissh.connection.sandboxes")
     memory_backend.fail_next_sandbox = BackendUnavailable("container backend unavailable")
     with trio.fail_after(10):
         async with connected(ctx) as peer:
@@ -261,7 +261,7 @@ async def test_hung_container_start_is_bounded(
 ) -> None:
     """The start begun when the channel opened hangs: the session waiting for it is told
     after start_timeout, the container is removed, and the next session starts a new one."""
-    logs = capture_module_log(monkeypatch, "trissh.sandboxes")
+    logs = capture_module_log(monkeypatch, "trissh.connection.sandboxes")
     ctx = make_context(
         memory_backend,
         user_keys(tmp_path),
@@ -382,7 +382,7 @@ async def test_signals_are_forwarded_in_order_past_a_bad_one(
 ) -> None:
     """A harmless signal, one the backend refuses, then TERM: the session survives the
     first two and TERM ends it with exit-signal (one forwarder, in arrival order)."""
-    logs = capture_module_log(monkeypatch, "trissh.session")
+    logs = capture_module_log(monkeypatch, "trissh.channels.session")
     with trio.fail_after(10):
         async with connected(ctx) as peer:
             await peer.login()

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import structlog
 
-from trissh.log import configure_logging
+from trissh.ops.log import configure_logging
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from trissh.metrics import OTHER, HttpLimits, Metrics, serve_http
+from trissh.ops.metrics import OTHER, HttpLimits, Metrics, serve_http
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -11,7 +11,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trissh.proxy_protocol import (
+from trissh.server.proxy_protocol import (
     MAX_V2_LENGTH,
     TLV,
     V2_SIGNATURE,

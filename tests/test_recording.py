@@ -16,9 +16,9 @@ import pytest
 import structlog
 import trio
 
-import trissh.recording
+import trissh.ops.recording
 from trissh.backend.base import TerminalSize
-from trissh.recording import MIN_MAX_BYTES, Recorder, RecordingState, SessionRecording
+from trissh.ops.recording import MIN_MAX_BYTES, Recorder, RecordingState, SessionRecording
 
 ASCIINEMA = shutil.which("asciinema")
 needs_asciinema = pytest.mark.skipif(
@@ -271,7 +271,7 @@ def test_large_chunks_become_bounded_events(tmp_path: Path) -> None:
     _, events = read_cast(rec.path)
     out = [e[2] for e in events if e[1] == "o"]
     assert "".join(out) == "\u00e9" * 50_000
-    assert max(len(piece.encode()) for piece in out) <= trissh.recording.CHUNK
+    assert max(len(piece.encode()) for piece in out) <= trissh.ops.recording.CHUNK
 
 
 def test_buffered_until_threshold_or_interval(tmp_path: Path) -> None:
@@ -352,7 +352,7 @@ def test_disk_failing_mid_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     def full(fd: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(trissh.recording, "_write_all", full)
+    monkeypatch.setattr(trissh.ops.recording, "_write_all", full)
     with structlog.testing.capture_logs() as logs:
         for _ in range(10):
             rec.stdout(b"z" * 500)
@@ -384,7 +384,7 @@ async def test_close_during_a_stalled_threaded_flush(
 ) -> None:
     """The session finishes while the disk is stuck; the worker completes the file later."""
     rec = make_recorder(tmp_path, FakeClock()).open_session("c", 0, user="u", pty=None)
-    real = trissh.recording._write_all
+    real = trissh.ops.recording._write_all
     entered, release = threading.Event(), threading.Event()
 
     def stalled(fd: int, data: bytes) -> None:
@@ -392,7 +392,7 @@ async def test_close_during_a_stalled_threaded_flush(
         release.wait(10)
         real(fd, data)
 
-    monkeypatch.setattr(trissh.recording, "_write_all", stalled)
+    monkeypatch.setattr(trissh.ops.recording, "_write_all", stalled)
     rec.stdout(b"first ")  # below buffer_bytes: buffered for the threaded flush
     async with trio.open_nursery() as nursery:
         with trio.CancelScope() as scope:
@@ -420,14 +420,14 @@ async def test_buffer_bound_while_the_worker_is_stuck(
         "c", 0, user="u", pty=None
     )
     entered, release = threading.Event(), threading.Event()
-    real = trissh.recording._write_all
+    real = trissh.ops.recording._write_all
 
     def stalled(fd: int, data: bytes) -> None:
         entered.set()
         release.wait(10)
         real(fd, data)
 
-    monkeypatch.setattr(trissh.recording, "_write_all", stalled)
+    monkeypatch.setattr(trissh.ops.recording, "_write_all", stalled)
     rec.stdout(b"a")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(rec.flush)

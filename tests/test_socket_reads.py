@@ -7,7 +7,7 @@ import socket
 import trio
 import trio.testing
 
-from trissh.socket_reads import BULK_READ, SocketReader
+from trissh.connection.socket_reads import BULK_READ, SocketReader
 
 
 def _pair() -> tuple[trio.SocketStream, socket.socket]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from trissh.termmodes import stty_arguments, with_terminal_modes
+from trissh.channels.termmodes import stty_arguments, with_terminal_modes
 
 
 def encode(*pairs: tuple[int, int]) -> bytes:

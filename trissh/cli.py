@@ -21,17 +21,17 @@ import structlog
 import trio
 
 from trissh import __version__
+from trissh.auth.authorized_keys import AuthorizedKey
 from trissh.auth.policy import AuthPolicy, PolicyError, load_key_file
-from trissh.authorized_keys import AuthorizedKey
 from trissh.backend import Backend
 from trissh.config import ConfigError, ServerConfig, container_settings, load_config, parse_listen
-from trissh.driver import ServerContext
-from trissh.hostkeys import HostKeyError, load_or_create_host_key
-from trissh.log import configure_logging
-from trissh.metrics import Metrics
+from trissh.connection.driver import ServerContext
+from trissh.ops.log import configure_logging
+from trissh.ops.metrics import Metrics
+from trissh.ops.recording import Recorder
 from trissh.protocol import HostKey, ProtocolConfig
-from trissh.recording import Recorder
-from trissh.server import open_listeners, serve
+from trissh.server.hostkeys import HostKeyError, load_or_create_host_key
+from trissh.server.listener import open_listeners, serve
 
 if TYPE_CHECKING:
     from trissh.backend.podman import PodmanBackend
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         return check_config(settings)
     if args.command == "doctor":
-        from trissh.doctor import run_doctor
+        from trissh.ops.doctor import run_doctor
 
         return trio.run(run_doctor, settings)
     try:

@@ -22,7 +22,7 @@ from trissh.backend.errors import BackendError
 from trissh.backend.podman import PodmanBackend
 from trissh.cli import make_backend
 from trissh.config import load_config
-from trissh.metrics import Metrics
+from trissh.ops.metrics import Metrics
 
 from .conformance import run
 from .conftest import TEST_SCOPE_LABEL, PodmanHarness

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from trissh.backend.memory import MemoryBackend
-from trissh.hostkeys import load_or_create_host_key
+from trissh.server.hostkeys import load_or_create_host_key
 
 from ..support import ClientKey, RunningServer, run_ssh
 from .conftest import HostKeyFiles, require, require_binary, start_interop_server

@@ -17,10 +17,10 @@ import pytest
 import trio
 
 from trissh.backend.memory import MemoryBackend
-from trissh.hostkeys import load_or_create_host_key
 from trissh.protocol.ciphers import CIPHERS, MACS
 from trissh.protocol.kex import KEX_METHODS
 from trissh.protocol.keys import HOST_KEY_ALGORITHMS
+from trissh.server.hostkeys import load_or_create_host_key
 
 from ..support import ClientKey
 from .conftest import HostKeyFiles, require_binary, start_interop_server

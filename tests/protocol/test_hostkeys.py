@@ -12,12 +12,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from tests.sshpeer import HOST_KEY, ConnectionPair, established_pair, make_config
-from trissh.hostkeys import HostKeyError, load_or_create_host_key
 from trissh.protocol import HostKey, KeyExchangeCompleted, parse_public_key, wire
 from trissh.protocol.errors import DecodeError
 from trissh.protocol.keys import HOST_KEY_ALGORITHMS, MIN_RSA_HOST_KEY_BITS
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.wire import Reader
+from trissh.server.hostkeys import HostKeyError, load_or_create_host_key
 
 
 @functools.cache

@@ -123,7 +123,7 @@ def test_no_io_or_hidden_input_imports(path: Path) -> None:
 
 @pytest.mark.parametrize("path", FILES, ids=_rel)
 def test_no_trissh_imports_outside_the_protocol_package(path: Path) -> None:
-    """trissh.backend, trissh.driver and every other trissh module stay out of the core."""
+    """trissh.backend, the connection driver and every other trissh module stay out of the core."""
     tree = ast.parse(path.read_text(), str(path))
     offending = [
         f"{_rel(path)}:{line}: {module}"

@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from trissh.auth.authorized_keys import AuthorizedKey, OptionError, load_authorized_keys, parse_line
 from trissh.auth.chains import MethodChains
 from trissh.auth.passwords import verify_password
 from trissh.auth.totp import TotpVerifier, load_secret
@@ -33,7 +34,6 @@ from trissh.auth.webhook import (
     WebhookClient,
     authorized_key,
 )
-from trissh.authorized_keys import AuthorizedKey, OptionError, load_authorized_keys, parse_line
 from trissh.config import ServerConfig, UserSection, WebhookSection
 from trissh.protocol import PublicKey
 from trissh.protocol.certificates import Certificate, check_user_certificate

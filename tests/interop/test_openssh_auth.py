@@ -15,7 +15,7 @@ import trio
 from trissh.auth.passwords import hash_password
 from trissh.backend.memory import MemoryBackend
 
-from .support import (
+from ..support import (
     SSH,
     ClientKey,
     RunningServer,

@@ -54,9 +54,14 @@ import trio
 from trissh.auth.login import LoginConversation
 from trissh.auth.policy import AuthPolicy, Grant, LoginRequest
 from trissh.backend import Backend, SandboxSpec
-from trissh.channel import ChannelHandle
+from trissh.channels.session import run_session, tell_user
 from trissh.config import ContainerSection, ServerConfig, SessionSection, container_settings
-from trissh.metrics import Metrics
+from trissh.connection.channel import ChannelHandle
+from trissh.connection.sandboxes import ConnectionSandbox
+from trissh.connection.scatter_write import Chunk, send_chunks, socket_fd, write_now
+from trissh.connection.socket_reads import SocketReader
+from trissh.ops.metrics import Metrics
+from trissh.ops.recording import Recorder
 from trissh.protocol import (
     Authenticated,
     AuthFailed,
@@ -86,13 +91,8 @@ from trissh.protocol import (
     VersionReceived,
     WindowChanged,
 )
-from trissh.recording import Recorder
-from trissh.sandboxes import ConnectionSandbox
-from trissh.scatter_write import Chunk, send_chunks, socket_fd, write_now
-from trissh.session import run_session, tell_user
-from trissh.socket_reads import SocketReader
 
-log = structlog.get_logger("trissh.driver")
+log = structlog.get_logger("trissh.connection.driver")
 
 #: Bytes asked of the socket per read.
 RECEIVE_SIZE = 256 * 1024

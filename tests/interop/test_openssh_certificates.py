@@ -13,7 +13,7 @@ import trio
 
 from trissh.backend.memory import MemoryBackend
 
-from .support import RunningServer, make_context, needs_ssh, run_ssh, start_server
+from ..support import RunningServer, make_context, needs_ssh, run_ssh, start_server
 
 pytestmark = [
     needs_ssh,

@@ -18,7 +18,7 @@ import trio
 
 from trissh.backend import Backend, BackendError, Sandbox, SandboxSpec
 
-log = structlog.get_logger("trissh.sandboxes")
+log = structlog.get_logger("trissh.connection.sandboxes")
 
 
 class ConnectionSandbox:

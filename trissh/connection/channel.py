@@ -18,7 +18,7 @@ import trio
 from trissh.protocol import ChannelId, TerminalSize
 
 if TYPE_CHECKING:
-    from trissh.driver import ConnectionDriver
+    from trissh.connection.driver import ConnectionDriver
 
 #: Control items (resizes, signals) a handle queues before dropping the oldest.
 MAX_CONTROL_ITEMS = 16

@@ -69,7 +69,7 @@ from typing import Final, Protocol, final
 import structlog
 import trio
 
-log = structlog.get_logger("trissh.recording")
+log = structlog.get_logger("trissh.ops.recording")
 
 #: Bytes of input turned into one event at most (bounds the size of one JSON line).
 CHUNK: Final = 16384

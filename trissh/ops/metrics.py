@@ -36,7 +36,7 @@ from prometheus_client.exposition import choose_encoder
 
 from trissh.config import join_host_port
 
-log = structlog.get_logger("trissh.metrics")
+log = structlog.get_logger("trissh.ops.metrics")
 
 #: Handshakes: from TCP accept to the first NEWKEYS (post-quantum kex can take ~100 ms).
 HANDSHAKE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -13,7 +13,7 @@ import trio
 from trissh.auth.passwords import hash_password
 from trissh.backend.memory import MemoryBackend
 
-from .support import ClientKey, RunningServer, make_context, start_server
+from ..support import ClientKey, RunningServer, make_context, start_server
 
 paramiko = pytest.importorskip("paramiko")
 pytestmark = [pytest.mark.interop]

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from trissh.authorized_keys import load_authorized_keys
+from trissh.auth.authorized_keys import load_authorized_keys
 from trissh.backend import HealthCheck
 from trissh.config import ContainerSection, ServerConfig, container_settings
-from trissh.hostkeys import HostKeyError, load_or_create_host_key
+from trissh.server.hostkeys import HostKeyError, load_or_create_host_key
 
 if TYPE_CHECKING:
     from trissh.backend.podman import PodmanBackend

@@ -27,11 +27,11 @@ import structlog
 import trio
 
 from trissh.config import container_settings, join_host_port, parse_listen, parse_max_startups
-from trissh.driver import ServerContext, serve_connection
-from trissh.metrics import serve_http
-from trissh.proxy_protocol import ProxyProtocolError, TrustedNetworks, parse_proxy_header
+from trissh.connection.driver import ServerContext, serve_connection
+from trissh.ops.metrics import serve_http
+from trissh.server.proxy_protocol import ProxyProtocolError, TrustedNetworks, parse_proxy_header
 
-log = structlog.get_logger("trissh.server")
+log = structlog.get_logger("trissh.server.listener")
 #: For random early drop: unpredictable, so a flood cannot aim at the slots it frees.
 _random = random.SystemRandom()
 

@@ -38,16 +38,16 @@ import trio
 
 from trissh.backend import BackendError, ExitStatus, Process, ProcessSpec, PtySpec, Sandbox
 from trissh.backend import TerminalSize as BackendTerminalSize
-from trissh.channel import ChannelHandle, ChannelStream
+from trissh.channels.termmodes import with_terminal_modes
 from trissh.config import SessionSection
+from trissh.connection.channel import ChannelHandle, ChannelStream
+from trissh.ops.recording import SessionRecording
 from trissh.protocol import SessionKind, SessionRequested, TerminalSize
-from trissh.recording import SessionRecording
-from trissh.termmodes import with_terminal_modes
 
 if TYPE_CHECKING:
-    from trissh.driver import ConnectionDriver
+    from trissh.connection.driver import ConnectionDriver
 
-log = structlog.get_logger("trissh.session")
+log = structlog.get_logger("trissh.channels.session")
 
 #: A recording's buffered bytes are written out (in a thread) beyond this.
 RECORDING_FLUSH_AT = 64 * 1024

@@ -13,8 +13,8 @@ import trio
 
 from trissh.backend.memory import MemoryBackend
 
-from .auth.http_server import Answer, Received, Server, start
-from .support import ClientKey, RunningServer, make_context, needs_ssh, start_server
+from ..auth.http_server import Answer, Received, Server, start
+from ..support import ClientKey, RunningServer, make_context, needs_ssh, start_server
 from .test_openssh_auth import ASKPASS, NO_KEYS, login
 
 pytestmark = [needs_ssh, pytest.mark.interop]

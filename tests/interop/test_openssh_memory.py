@@ -14,7 +14,7 @@ import trio
 
 from trissh.backend.memory import MemoryBackend
 
-from .support import (
+from ..support import (
     ClientKey,
     RunningServer,
     capture_module_log,
@@ -144,7 +144,7 @@ async def test_openssh_binds_its_signature_to_our_host_key(
 @pytest.fixture
 def driver_logs(monkeypatch: pytest.MonkeyPatch) -> list[MutableMapping[str, Any]]:
     """The connection driver's lines from info up."""
-    return capture_module_log(monkeypatch, "trissh.driver")
+    return capture_module_log(monkeypatch, "trissh.connection.driver")
 
 
 async def test_port_forwarding_is_refused_and_logged_with_its_target(

@@ -1,0 +1,1 @@
+"""Operations: logging, metrics, session recordings and ``trissh doctor``."""
