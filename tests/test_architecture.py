@@ -28,7 +28,6 @@ KNOWN_CYCLES = {
     frozenset({"trissh.cli", "trissh.ops.doctor"}),
 }
 KNOWN_BIG_MODULES = {
-    "trissh.auth.webhook",
     "trissh.backend._podman_exec",
     "trissh.backend.memory",
     "trissh.backend.podman",

@@ -28,6 +28,7 @@ from trissh.auth.webhook import (
     AuthResponse,
     ConfigRequest,
     KeyboardInteractiveRequest,
+    KeyboardInteractiveResponse,
     Metadata,
     PasswordRequest,
     PublicKeyRequest,
@@ -82,7 +83,7 @@ class Decision:
     metadata: Metadata | None = None
 
 
-def _webhook_decision(response: AuthResponse, what: str) -> Decision:
+def _webhook_decision(response: AuthResponse | KeyboardInteractiveResponse, what: str) -> Decision:
     """A webhook's answer as a decision; its environment reaches the sessions."""
     if not response.success:
         return Decision(False, f"{what} rejected by the auth webhook")
@@ -369,12 +370,7 @@ class AuthPolicy:
         if answer.success is None:
             prompts = [(prompt.prompt, prompt.echo) for prompt in answer.prompts]
             return Prompts(prompts, answer.name, answer.instruction, (asked, answer))
-        verdict = AuthResponse(
-            success=answer.success,
-            authenticated_username=answer.authenticated_username,
-            metadata=answer.metadata,
-        )
-        return _webhook_decision(verdict, "answers")
+        return _webhook_decision(answer, "answers")
 
     async def finish(self, request: LoginRequest, grant: Grant) -> Decision:
         """The chain is complete: ``/authz`` and the configuration server, if configured."""
