@@ -198,6 +198,7 @@ class WebhookClient:
             raise WebhookError(f"{self._shown}: {exc}") from None
 
     async def _ask(self, path: str, request: ConnectionInfo, model: type[_AnswerT]) -> _AnswerT:
+        """POST ``request`` to ``path`` and validate the answer as a ``model``."""
         body = await self._post(path, request.body())
         try:
             return parse(model, body)

@@ -43,6 +43,8 @@ _OMITTED_WHEN_EMPTY: Final = frozenset({"authenticatedUsername"})
 
 
 class _Message(BaseModel):
+    """Frozen; strict types; unknown fields are errors."""
+
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
@@ -222,6 +224,11 @@ class Answer(_Message):
     @model_validator(mode="before")
     @classmethod
     def _gather(cls, data: Any, info: ValidationInfo) -> Any:
+        """The wire's inline maps into ``metadata`` (a null map counts as absent).
+
+        What this returns is validated as Python objects (still strictly): a JSON array
+        arrives as a ``list``. ``parse`` names the maps' errors as the wire does.
+        """
         if info.mode != "json" or not isinstance(data, dict):
             return data
         rest = {key: value for key, value in data.items() if key not in _MAPS}
@@ -247,6 +254,8 @@ class AuthResponse(Answer):
 
 @dataclass(frozen=True, config=_STRICT)
 class Prompt:
+    """One keyboard-interactive prompt (RFC 4256 §3.2)."""
+
     prompt: str = Field(max_length=1024)
     echo: bool = False
 
