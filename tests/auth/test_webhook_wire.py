@@ -16,7 +16,14 @@ from trissh.auth.webhook.wire import (
     parse,
 )
 
-INFO = {"username": "alice", "remote_address": "192.0.2.7:50022", "connection_id": "c0ffee"}
+
+def authz(name: str = "") -> AuthorizationRequest:
+    return AuthorizationRequest(
+        username="alice",
+        remote_address="192.0.2.7:50022",
+        connection_id="c0ffee",
+        authenticated_username=name,
+    )
 
 
 @pytest.mark.parametrize(
@@ -41,9 +48,8 @@ def test_null_maps_count_as_absent() -> None:
 
 
 def test_authenticated_username_is_left_out_when_empty() -> None:
-    assert "authenticatedUsername" not in json.loads(AuthorizationRequest(**INFO).body())
-    named = AuthorizationRequest(**INFO, authenticated_username="alice.smith")
-    assert json.loads(named.body())["authenticatedUsername"] == "alice.smith"
+    assert "authenticatedUsername" not in json.loads(authz().body())
+    assert json.loads(authz("alice.smith").body())["authenticatedUsername"] == "alice.smith"
 
 
 def test_a_login_may_gather_more_entries_than_one_answer_may_send() -> None:
