@@ -26,7 +26,8 @@ import sys
 import trio
 
 from trissh.backend import Backend
-from trissh.cli import build_context, make_backend
+from trissh.backend.registry import make_backend
+from trissh.cli import build_context
 from trissh.config import load_config, parse_listen
 from trissh.ops.log import configure_logging
 from trissh.server.listener import open_listeners, serve

@@ -45,6 +45,7 @@ BAD: list[tuple[str, str]] = [
     ('listen = ["nohost"]', "listen: listen address 'nohost' is not HOST:PORT"),
     ("log_format = \"xml\"", "log_format: Input should be 'json' or 'console'"),
     ("surprise = 1", "surprise: Extra inputs are not permitted"),
+    ("[backend]\nkind = \"kubernetes\"", "backend.kind: Input should be 'podman'"),
     ("[container]\nimgae = \"x\"", "container.imgae: Extra inputs are not permitted"),
     ("[container]\npids_limit = 1", "container.pids_limit: Input should be greater than or equal to 8"),
     ("[container]\nnetwork = \"host\"",

@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 import trio
@@ -23,7 +23,8 @@ import trio
 from trissh import __version__
 from trissh.auth.authorized_keys import AuthorizedKey
 from trissh.auth.policy import AuthPolicy, PolicyError, load_key_file
-from trissh.backend import Backend
+from trissh.backend import DEFAULT_IMAGE, Backend
+from trissh.backend.registry import make_backend
 from trissh.config import ConfigError, ServerConfig, container_settings, load_config, parse_listen
 from trissh.connection.driver import ServerContext
 from trissh.ops.log import configure_logging
@@ -32,9 +33,6 @@ from trissh.ops.recording import Recorder
 from trissh.protocol import HostKey, ProtocolConfig
 from trissh.server.hostkeys import HostKeyError, load_or_create_host_key
 from trissh.server.listener import open_listeners, serve
-
-if TYPE_CHECKING:
-    from trissh.backend.podman import PodmanBackend
 
 log = structlog.get_logger("trissh")
 
@@ -91,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         " else /run/trissh-podman/podman.sock from scripts/setup-host.sh)",
     )
     parser.add_argument(
-        "--image", metavar="NAME", help="container image (default localhost/trissh-base:latest)"
+        "--image", metavar="NAME", help=f"container image (default {DEFAULT_IMAGE})"
     )
     parser.add_argument(
         "--config", type=Path, metavar="PATH", help="TOML file with the same settings; flags win"
@@ -188,21 +186,10 @@ class StartupError(Exception):
     """The server cannot start; the message says why and what to do."""
 
 
-def make_backend(settings: ServerConfig, metrics: Metrics | None = None) -> PodmanBackend:
-    from trissh.backend.podman import PodmanBackend
-
-    backend = PodmanBackend(
-        settings.podman_url(),
-        limiter_capacity=settings.podman.max_concurrent_calls,
-        exec_helper=settings.podman.exec_helper or None,
-        observe=metrics.container_operation if metrics is not None else None,
-        warm_pool=settings.podman.warm_pool,
-        direct_stdio=settings.podman.direct_stdio,
-        exec_agent=settings.podman.exec_agent,
-        stdio_dir=settings.podman.stdio_dir,
-    )
-    if metrics is not None:
-        metrics.warm_containers.set_function(lambda: backend.warm_containers)
+def metered_backend(settings: ServerConfig, metrics: Metrics) -> Backend:
+    """The configured backend, its container operations timed and its warm pool counted."""
+    backend = make_backend(settings, metrics.container_operation)
+    metrics.warm_containers.set_function(lambda: backend.warm_containers)
     return backend
 
 
@@ -328,7 +315,7 @@ async def retire_context(old: ServerContext) -> None:
 
 async def _run_server(settings: ServerConfig, load: Callable[[], ServerConfig]) -> int:
     metrics = Metrics()
-    ctx = build_context(settings, make_backend(settings, metrics), metrics=metrics)
+    ctx = build_context(settings, metered_backend(settings, metrics), metrics=metrics)
     try:
         listeners = await open_listeners([parse_listen(item) for item in settings.listen])
     except OSError as exc:

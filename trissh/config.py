@@ -24,13 +24,12 @@ from pydantic import (
     model_validator,
 )
 
-from trissh.backend.base import ContainerSettings, Volume
+from trissh.backend.base import DEFAULT_IMAGE, ContainerSettings, Volume
 from trissh.protocol.ciphers import CIPHERS, MACS
 from trissh.protocol.config import check_algorithm_names
 from trissh.protocol.kex import KEX_METHODS
 from trissh.protocol.keys import HOST_KEY_ALGORITHMS
 
-DEFAULT_IMAGE = "localhost/trissh-base:latest"
 #: Where scripts/setup-host.sh runs the podman service (its rootless user's socket).
 SETUP_HOST_SOCKET = "/run/trissh-podman/podman.sock"
 
@@ -41,6 +40,15 @@ class ConfigError(Exception):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackendSection(_Model):
+    """``[backend]``: what runs the sessions (:mod:`trissh.backend.registry`); that
+    backend's own section (``[podman]``) configures it."""
+
+    #: Only podman for now. The in-memory fake of the tests is deliberately not a choice:
+    #: a typo must never give users a pretend shell.
+    kind: Literal["podman"] = "podman"
 
 
 class PodmanSettings(_Model):
@@ -384,6 +392,7 @@ class ServerConfig(_Model):
     authorized_keys: Path | None = None
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    backend: BackendSection = BackendSection()
     podman: PodmanSettings = PodmanSettings()
     container: ContainerSection = ContainerSection()
     session: SessionSection = SessionSection()

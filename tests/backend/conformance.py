@@ -22,6 +22,7 @@ from trissh.backend import (
     ContainerSettings,
     ExitStatus,
     ImageNotFound,
+    LaunchPath,
     Process,
     ProcessSpec,
     PtySpec,
@@ -39,6 +40,8 @@ class Harness(abc.ABC):
     name: str
     backend: Backend
     settings: ContainerSettings
+    #: How the backend's sandboxes start programs, as ``Sandbox.launch_path`` says it.
+    launch_via: str
 
     def __init__(self) -> None:
         self.instance = f"conformance-{uuid.uuid4().hex[:12]}"
@@ -341,3 +344,18 @@ class BackendConformance:
         assert by_name["service"].ok
         assert by_name["image"].ok, by_name["image"]
         assert not {check.name: check for check in missing}["image"].ok
+
+    async def test_doctor_runs_a_program_as_a_login_would(self, harness: Harness) -> None:
+        """``trissh doctor``'s trial needs nothing beyond the contract, and a sandbox says
+        how its programs start: the way its configuration asked for, nothing fell back."""
+        from trissh.ops.doctor import try_session
+
+        with trio.fail_after(TEST_BOUND):
+            async with harness.backend.open_sandbox(harness.sandbox_spec()) as sandbox:
+                path = sandbox.launch_path
+            check = await try_session(harness.backend, harness.settings)
+        assert path == LaunchPath(via=harness.launch_via)
+        assert (check.name, check.ok, check.warning) == ("session", True, False), check
+        assert f"ran `echo` ({harness.launch_via})" in check.detail, check.detail
+        assert harness.backend.warm_containers == 0  # none asked for
+        assert harness.backend.url

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from trissh.backend import Backend, ContainerSettings
+from trissh.backend import Backend, ContainerSettings, Observe
 from trissh.backend.base import LABEL_INSTANCE
 from trissh.backend.memory import MemoryBackend
 
@@ -67,6 +67,7 @@ def podman_available() -> str:
 
 class MemoryHarness(Harness):
     name = "memory"
+    launch_via = "in-memory fake shell"
 
     def __init__(self) -> None:
         super().__init__()
@@ -95,10 +96,35 @@ class MemoryHarness(Harness):
         return self.memory.live_processes
 
 
+def list_containers(url: str, labels: dict[str, str]) -> list[str]:
+    """Ids of the containers carrying all ``labels``, asked of podman directly (as
+    ``podman ps -a --filter label=K=V`` would), not through the backend under test."""
+    import podman
+
+    with podman.PodmanClient(base_url=url) as client:
+        found = client.containers.list(
+            all=True, filters=[f"label={key}={value}" for key, value in labels.items()]
+        )
+        return [str(container.id) for container in found]
+
+
+async def podman_containers(url: str, labels: dict[str, str]) -> list[str]:
+    return await trio.to_thread.run_sync(list_containers, url, labels)
+
+
 class PodmanHarness(Harness):
     name = "podman"
+    launch_via = "podman exec, stream"
 
-    def __init__(self, url: str, *, direct_stdio: bool = False, agent: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        direct_stdio: bool = False,
+        agent: bool = False,
+        observe: Observe | None = None,
+        stdio_dir: str = "",
+    ) -> None:
         from trissh.backend.podman import PodmanBackend
 
         super().__init__()
@@ -112,12 +138,14 @@ class PodmanHarness(Harness):
             exec_helper=helper,
             direct_stdio=direct_stdio or agent,
             exec_agent=agent,
+            observe=observe,
+            stdio_dir=stdio_dir,
         )
         self.backend = self.podman
         if agent:
-            self.name = "podman-agent"
+            self.name, self.launch_via = "podman-agent", "agent, pipes"
         elif direct_stdio:
-            self.name = "podman-direct"
+            self.name, self.launch_via = "podman-direct", "podman exec, pipes"
 
     def unavailable_backend(self) -> Backend:
         from trissh.backend.podman import PodmanBackend
@@ -125,8 +153,8 @@ class PodmanHarness(Harness):
         return PodmanBackend("unix:///nonexistent/trissh-test/podman.sock")
 
     async def containers(self, instance: str) -> list[str]:
-        return await self.podman.list_container_ids(
-            {LABEL_INSTANCE: instance, TEST_SCOPE_LABEL: self.instance}
+        return await podman_containers(
+            self.url, {LABEL_INSTANCE: instance, TEST_SCOPE_LABEL: self.instance}
         )
 
     async def add_orphan(self, instance: str, labels: dict[str, str] | None = None) -> None:
@@ -147,10 +175,20 @@ class PodmanHarness(Harness):
         await trio.to_thread.run_sync(create)
 
     async def remove_leftovers(self) -> list[str]:
-        ids = await self.podman.list_container_ids({TEST_SCOPE_LABEL: self.instance})
-        for container_id in ids:
-            await self.podman.remove_container(container_id)
-        return ids
+        """Remove this harness's containers behind the backend's back; their ids."""
+        import podman
+
+        def remove() -> list[str]:
+            ids = list_containers(self.url, {TEST_SCOPE_LABEL: self.instance})
+            with podman.PodmanClient(base_url=self.url) as client:
+                for container_id in ids:  # as the backend does: no stop timeout
+                    response = client.api.delete(
+                        f"/containers/{container_id}", params={"force": "true", "timeout": 0}
+                    )
+                    assert response.status_code in (200, 204, 404), response.text
+            return ids
+
+        return await trio.to_thread.run_sync(remove)
 
 
 def exec_helper() -> str:
@@ -189,10 +227,16 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 
 @asynccontextmanager
 async def open_podman_harness(
-    *, direct_stdio: bool = False, agent: bool = False
+    *,
+    direct_stdio: bool = False,
+    agent: bool = False,
+    observe: Observe | None = None,
+    stdio_dir: str = "",
 ) -> AsyncIterator[PodmanHarness]:
     """A PodmanHarness whose test-scoped containers are removed, and reported as leaks."""
-    podman = PodmanHarness(podman_url(), direct_stdio=direct_stdio, agent=agent)
+    podman = PodmanHarness(
+        podman_url(), direct_stdio=direct_stdio, agent=agent, observe=observe, stdio_dir=stdio_dir
+    )
     try:
         yield podman
     finally:

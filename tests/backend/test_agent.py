@@ -21,7 +21,7 @@ import trio
 from structlog.testing import capture_logs
 
 from trissh.backend import BackendError, ExitStatus, ProcessSpec, PtySpec, TerminalSize
-from trissh.backend._agent import (
+from trissh.backend.podman.agent import (
     SOCKET_NAME,
     Agent,
     AgentListener,
@@ -29,7 +29,8 @@ from trissh.backend._agent import (
     _PtyOutput,
     open_agent_process,
 )
-from trissh.backend._direct_stdio import CONTAINER_DIR
+from trissh.backend.podman.direct_stdio import CONTAINER_DIR
+from trissh.ops.doctor import try_session
 
 from .conformance import read_all, run
 from .conftest import exec_helper, open_podman_harness
@@ -187,9 +188,10 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.podman
 async def test_sessions_in_an_agent_container_make_no_podman_exec(podman_available: str) -> None:
-    async with open_podman_harness(agent=True) as h:
-        operations: list[str] = []
-        h.podman._observe = lambda operation, seconds: operations.append(operation)
+    operations: list[str] = []
+    async with open_podman_harness(
+        agent=True, observe=lambda operation, seconds: operations.append(operation)
+    ) as h:
         with trio.fail_after(60):
             async with h.backend.open_sandbox(h.sandbox_spec()) as sandbox:
                 spec = ProcessSpec(argv=h.sh("readlink /proc/self/fd/1; echo $$; sleep 1000"))
@@ -218,10 +220,11 @@ async def test_a_container_whose_agent_does_not_connect_uses_podman_exec(
     container and later ones run their programs as execs, and nothing waits again."""
     real = AgentListener.entrypoint
     monkeypatch.setattr(AgentListener, "entrypoint", lambda self: [*real(self)[:3], "0" * 32])
-    monkeypatch.setattr("trissh.backend._agent.CONNECT_TIMEOUT", 2.0)
-    async with open_podman_harness(agent=True) as h:
-        operations: list[str] = []
-        h.podman._observe = lambda operation, seconds: operations.append(operation)
+    monkeypatch.setattr("trissh.backend.podman.agent.CONNECT_TIMEOUT", 2.0)
+    operations: list[str] = []
+    async with open_podman_harness(
+        agent=True, observe=lambda operation, seconds: operations.append(operation)
+    ) as h:
         with capture_logs() as logs, trio.fail_after(60):
             for _ in range(2):
                 async with h.backend.open_sandbox(h.sandbox_spec()) as sandbox:
@@ -268,7 +271,7 @@ async def test_doctor_runs_a_program_through_the_agent(podman_available: str) ->
     pipes, the container removed (the harness fails on a leftover)."""
     async with open_podman_harness(agent=True) as h:
         with trio.fail_after(60):
-            check = await h.podman.try_session(h.settings)
+            check = await try_session(h.podman, h.settings)
     assert (check.name, check.ok, check.warning) == ("session", True, False), check
     assert "ran `echo` (agent, pipes)" in check.detail, check.detail
 
@@ -280,10 +283,10 @@ async def test_doctor_warns_when_the_agent_does_not_connect(
     """The fallback a running server only logs is a warning in doctor, naming the cause."""
     real = AgentListener.entrypoint
     monkeypatch.setattr(AgentListener, "entrypoint", lambda self: [*real(self)[:3], "0" * 32])
-    monkeypatch.setattr("trissh.backend._agent.CONNECT_TIMEOUT", 2.0)
+    monkeypatch.setattr("trissh.backend.podman.agent.CONNECT_TIMEOUT", 2.0)
     async with open_podman_harness(agent=True) as h:
         with trio.fail_after(60):
-            check = await h.podman.try_session(h.settings)
+            check = await try_session(h.podman, h.settings)
     assert (check.ok, check.warning) == (True, True), check
     assert "(podman exec, pipes)" in check.detail, check.detail
     assert "the container's agent did not connect" in check.detail, check.detail
@@ -295,8 +298,8 @@ async def test_doctor_fails_on_a_shell_the_image_lacks(podman_available: str) ->
     error message."""
     async with open_podman_harness(agent=True) as h:
         with trio.fail_after(60):
-            check = await h.podman.try_session(
-                dataclasses.replace(h.settings, shell=("/bin/no-such-shell",))
+            check = await try_session(
+                h.podman, dataclasses.replace(h.settings, shell=("/bin/no-such-shell",))
             )
     assert not check.ok, check
     assert "exit code 127" in check.detail, check.detail

@@ -24,17 +24,19 @@ import trio.testing
 from structlog.testing import capture_logs
 
 from trissh.backend import BackendError, ExitStatus, ProcessSpec
-from trissh.backend._direct_stdio import (
+from trissh.backend.podman.direct_stdio import (
     CONTAINER_DIR,
     MAX_ATTEMPTS,
     TOKEN_BYTES,
     DirectStdio,
-    PipeReader,
-    PipeWriter,
     StdioRoot,
     _default_parent,
     parse_status_line,
 )
+from trissh.backend.podman.exec import PodmanProcess
+from trissh.backend.podman.fd_pipes import FdPipeReader, FdPipeWriter
+from trissh.backend.podman.launch import PipeLauncher
+from trissh.ops.doctor import try_session
 
 from .conformance import read_all, run
 from .conftest import PodmanHarness, exec_helper, open_podman_harness
@@ -272,12 +274,15 @@ async def _check_container(h: PodmanHarness) -> str:
         f"touch {CONTAINER_DIR}/x 2>/dev/null && echo writable || echo read-only"
     )
     with trio.fail_after(60):
-        async with h.backend.open_sandbox(h.sandbox_spec()) as sandbox:
-            host_dir = h.podman._stdio_dirs[sandbox.container_id]
+        async with h.podman.open_sandbox(h.sandbox_spec()) as sandbox:
+            launcher = sandbox.launcher
+            assert isinstance(launcher, PipeLauncher), launcher
+            host_dir = launcher.stdio_dir
             async with sandbox.open_process(ProcessSpec(argv=h.sh(script))) as process:
                 out, err, status = await run(process)
                 # The status came from the helper, not from polling podman's exec record.
-                assert process._helper_status == status  # type: ignore[attr-defined]
+                assert isinstance(process, PodmanProcess)
+                assert process.helper_status == status
             assert _exists(host_dir)
             # Bulk output arrives whole through the pipe.
             big = ProcessSpec(argv=h.sh("head -c 20000000 /dev/zero"))
@@ -335,7 +340,7 @@ async def test_pipe_reader_reads_what_is_there_without_a_scheduling_round() -> N
     """The download hot path: data already in the pipe comes back with no checkpoint;
     an empty pipe waits; a closed reader says so (and never reads a reused fd number)."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    reader = PipeReader(trio.lowlevel.FdStream(read_end))
+    reader = FdPipeReader(trio.lowlevel.FdStream(read_end))
     try:
         os.write(write_end, b"ready")
         others_ran = False
@@ -367,8 +372,8 @@ async def test_pipe_writer_writes_everything_in_order_and_reports_a_gone_reader(
     """More than the pipe holds: what it does not take at once is waited for, in order;
     a program that closed its stdin makes the next send BrokenResourceError."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    writer = PipeWriter(trio.lowlevel.FdStream(write_end))
-    reader = PipeReader(trio.lowlevel.FdStream(read_end))
+    writer = FdPipeWriter(trio.lowlevel.FdStream(write_end))
+    reader = FdPipeReader(trio.lowlevel.FdStream(read_end))
     data = bytes(range(256)) * 8192  # 2 MiB, far above any pipe buffer
     received = bytearray()
 
@@ -385,7 +390,7 @@ async def test_pipe_writer_writes_everything_in_order_and_reports_a_gone_reader(
         assert bytes(received) == data
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         os.close(read_end)
-        gone = PipeWriter(trio.lowlevel.FdStream(write_end))
+        gone = FdPipeWriter(trio.lowlevel.FdStream(write_end))
         with pytest.raises(trio.BrokenResourceError):
             await gone.send_all(b"x")
         gone.close()
@@ -412,10 +417,7 @@ async def test_a_stdio_dir_podman_cannot_reach_falls_back_to_the_stream(
     enter) must not fail logins: one warning, then podman's stream for new containers."""
     unreachable = Path(tempfile.mkdtemp())  # 0700, ours
     try:
-        async with open_podman_harness(direct_stdio=True) as h:
-            h.podman._stdio_root = StdioRoot(  # as if [podman] stdio_dir pointed there
-                str(unreachable), owner=h.podman._owner, alive=lambda owner: True
-            )
+        async with open_podman_harness(direct_stdio=True, stdio_dir=str(unreachable)) as h:
             with trio.fail_after(60), capture_logs() as logs:
                 for _ in range(2):
                     async with h.backend.open_sandbox(h.sandbox_spec()) as sandbox:
@@ -423,7 +425,8 @@ async def test_a_stdio_dir_podman_cannot_reach_falls_back_to_the_stream(
                         async with sandbox.open_process(spec) as process:
                             out, _, status = await run(process)
                         assert (out, status) == (b"works\n", ExitStatus(code=0))
-                        assert process.handed_over is None  # type: ignore[attr-defined]
+                        assert isinstance(process, PodmanProcess)
+                        assert process.handed_over is None
         warnings = [e for e in logs if e["event"] == "direct_stdio_unavailable"]
         assert len(warnings) == 1, logs
         assert "permission denied" in warnings[0]["error"]
@@ -436,12 +439,9 @@ async def test_doctor_warns_when_podman_cannot_mount_the_stdio_dir(podman_availa
     """What the server only logs once is a warning in `trissh doctor`'s session check."""
     unreachable = Path(tempfile.mkdtemp())  # 0700, ours
     try:
-        async with open_podman_harness(direct_stdio=True) as h:
-            h.podman._stdio_root = StdioRoot(
-                str(unreachable), owner=h.podman._owner, alive=lambda owner: True
-            )
+        async with open_podman_harness(direct_stdio=True, stdio_dir=str(unreachable)) as h:
             with trio.fail_after(60):
-                check = await h.podman.try_session(h.settings)
+                check = await try_session(h.podman, h.settings)
         assert (check.ok, check.warning) == (True, True), check
         assert "(podman exec, stream)" in check.detail, check.detail
         assert "podman could not mount the stdio directory" in check.detail, check.detail

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from trissh.backend import BackendError, ExitStatus, ProcessSpec, SandboxSpec
-from trissh.backend._pipe import open_pipe
+from trissh.backend._pipe import open_memory_pipe
 from trissh.backend.memory import MemoryBackend
 
 from .conformance import pty, read_all, read_until, run
@@ -208,7 +208,7 @@ async def test_closed_sandbox_refuses_processes() -> None:
 
 
 async def test_read_until_helper_and_pipe_limits() -> None:
-    send, receive = open_pipe(4)
+    send, receive = open_memory_pipe(4)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(send.send_all, b"abcdefgh")
         assert await read_until(receive, b"h") == b"abcdefgh"
@@ -217,7 +217,7 @@ async def test_read_until_helper_and_pipe_limits() -> None:
 
 
 async def test_pipe_honours_max_bytes_and_broken_reader() -> None:
-    send, receive = open_pipe(100)
+    send, receive = open_memory_pipe(100)
     await send.send_all(b"0123456789")
     assert await receive.receive_some(3) == b"012"
     assert await receive.receive_some(100) == b"3456789"
@@ -229,7 +229,7 @@ async def test_pipe_honours_max_bytes_and_broken_reader() -> None:
 
 
 async def test_pipe_error_reaches_the_reader_after_data() -> None:
-    send, receive = open_pipe(100)
+    send, receive = open_memory_pipe(100)
     await send.send_all(b"data")
     send.close(error=ValueError("desync"))
     assert await receive.receive_some() == b"data"
@@ -251,6 +251,6 @@ async def test_exec_replaces_the_shell() -> None:
 async def test_pipe_passes_trios_one_way_stream_checks() -> None:
     async def make() -> tuple[trio.abc.SendStream, trio.abc.ReceiveStream]:
         await trio.lowlevel.checkpoint()
-        return open_pipe(4096)
+        return open_memory_pipe(4096)
 
     await trio.testing.check_one_way_stream(make, None)

@@ -20,14 +20,9 @@ from trissh.backend import (
     ImageNotFound,
     ProcessSpec,
 )
-from trissh.backend.podman import (
-    LABEL_OWNER,
-    PodmanBackend,
-    map_podman_errors,
-    owner_alive,
-    owner_token,
-    socket_path,
-)
+from trissh.backend.podman import PodmanBackend
+from trissh.backend.podman.api import map_podman_errors, socket_path
+from trissh.backend.podman.owner import LABEL_OWNER, owner_alive, owner_token
 
 from .conformance import run
 from .conftest import PodmanHarness
@@ -271,7 +266,7 @@ async def test_pid_fallback_through_podman_top_agrees_with_nspid(
 ) -> None:
     """Where /proc is not ours to read (trissh in another PID namespace), ``podman top``
     with ``hpid`` must find the same in-container PID."""
-    from trissh.backend._podman_exec import PodmanProcess, _nspid_from_proc
+    from trissh.backend.podman.exec import PodmanProcess, _nspid_from_proc
 
     h = podman_harness
     with trio.fail_after(30):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trissh.backend.stdio_frames import (
+from trissh.backend.podman.stdio_frames import (
     FrameDecoder,
     FrameError,
     StreamType,

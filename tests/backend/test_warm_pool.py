@@ -16,16 +16,16 @@ import pytest
 import trio
 
 from trissh.backend import ContainerSettings, ProcessSpec, SandboxSpec
-from trissh.backend._warm_pool import WarmPool
 from trissh.backend.base import LABEL_INSTANCE, ExitStatus
 from trissh.backend.errors import BackendError
 from trissh.backend.podman import PodmanBackend
-from trissh.cli import make_backend
+from trissh.backend.podman.warm_pool import WarmPool
+from trissh.cli import metered_backend
 from trissh.config import load_config
 from trissh.ops.metrics import Metrics
 
 from .conformance import run
-from .conftest import TEST_SCOPE_LABEL, PodmanHarness
+from .conftest import TEST_SCOPE_LABEL, PodmanHarness, podman_containers
 
 SETTINGS = ContainerSettings()
 OTHER = dataclasses.replace(SETTINGS, env={"TEAM": "blue"})
@@ -167,7 +167,7 @@ async def test_podman_login_gets_a_started_container_used_once(
                 while backend.warm_containers < 2:
                     await trio.sleep(0.05)
                 # pooled containers killed while they wait are noticed, not handed out
-                dead = await backend.list_container_ids({**h.scope, "trissh.pool": "true"})
+                dead = await podman_containers(h.url, {**h.scope, "trissh.pool": "true"})
                 assert len(dead) == 2
                 for container_id in dead:
                     await backend._api.request(
@@ -186,7 +186,7 @@ async def test_podman_login_gets_a_started_container_used_once(
                 assert not set(dead) & set(await h.containers(h.instance))
                 nursery.cancel_scope.cancel()
         # shutdown removed the unassigned ones: nothing of this scope is left
-        assert await backend.list_container_ids({TEST_SCOPE_LABEL: h.instance}) == []
+        assert await podman_containers(h.url, {TEST_SCOPE_LABEL: h.instance}) == []
     finally:
         backend.close()
 
@@ -197,7 +197,7 @@ async def test_podman_pool_size_is_a_metric(podman_harness: PodmanHarness) -> No
     h = podman_harness
     metrics = Metrics()
     settings = load_config(None, {"podman.url": h.url, "podman.warm_pool": 1})
-    backend = make_backend(settings, metrics)
+    backend = metered_backend(settings, metrics)
     assert isinstance(backend, PodmanBackend)
     instance = f"{h.instance}-metric"
     backend.keep_warm(h.settings, instance)
@@ -209,6 +209,6 @@ async def test_podman_pool_size_is_a_metric(podman_harness: PodmanHarness) -> No
                     await trio.sleep(0.05)
                 nursery.cancel_scope.cancel()
         assert metrics.registry.get_sample_value("trissh_warm_containers") == 0
-        assert await backend.list_container_ids({LABEL_INSTANCE: instance}) == []
+        assert await podman_containers(h.url, {LABEL_INSTANCE: instance}) == []
     finally:
         backend.close()

@@ -1,10 +1,19 @@
-"""Where sessions run: the backend contract and its implementations."""
+"""Where sessions run: the backend contract and its implementations.
+
+:mod:`.base` is the contract, :mod:`.registry` builds the configured backend, and each
+backend is a package: :mod:`.podman` (rootless podman) and :mod:`.memory` (the in-process
+fake of the tests). Nothing here imports a backend package, so the contract costs no
+podman client to import.
+"""
 
 from trissh.backend.base import (
+    DEFAULT_IMAGE,
     Backend,
     ContainerSettings,
     ExitStatus,
     HealthCheck,
+    LaunchPath,
+    Observe,
     Process,
     ProcessSpec,
     PtySpec,
@@ -16,6 +25,7 @@ from trissh.backend.base import (
 from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
 
 __all__ = [
+    "DEFAULT_IMAGE",
     "Backend",
     "BackendError",
     "BackendUnavailable",
@@ -23,6 +33,8 @@ __all__ = [
     "ExitStatus",
     "HealthCheck",
     "ImageNotFound",
+    "LaunchPath",
+    "Observe",
     "Process",
     "ProcessSpec",
     "PtySpec",

@@ -2,12 +2,14 @@
 
 Theory of operation
 -------------------
-A pipe is a one-way byte stream between two tasks in the same process: a producer (the
-podman demux task, or a MemoryBackend program) and a consumer (the session's pump). It holds
-whole chunks in a deque and counts their bytes; ``send_all`` parks while the buffered total
-is at or above ``limit``, so a lagging consumer stops the producer (backpressure) and memory
-stays bounded by ``limit`` plus one chunk. Chunks are passed by reference, so a producer
-handing over ``bytes`` costs no copy until the consumer asks for less than a whole chunk.
+A memory pipe is a one-way byte stream between two tasks in the same process (the
+file-descriptor pipes that reach a program are :mod:`trissh.backend.podman.fd_pipes`): a
+producer (the podman demux task, or a MemoryBackend program) and a consumer (the session's
+pump). It holds whole chunks in a deque and counts their bytes; ``send_all`` parks while
+the buffered total is at or above ``limit``, so a lagging consumer stops the producer
+(backpressure) and memory stays bounded by ``limit`` plus one chunk. Chunks are passed by
+reference, so a producer handing over ``bytes`` costs no copy until the consumer asks for
+less than a whole chunk.
 
 :class:`ProcessStdin` is what both backends hand out as a program's stdin, so that closing
 it means the same in both: writes stop, and EOF is delivered only without a pty.
@@ -23,10 +25,10 @@ from contextlib import asynccontextmanager
 import trio
 
 __all__ = [
-    "PipeReceiveStream",
-    "PipeSendStream",
+    "MemoryPipeReceiveStream",
+    "MemoryPipeSendStream",
     "ProcessStdin",
-    "open_pipe",
+    "open_memory_pipe",
     "open_task_nursery",
 ]
 
@@ -59,7 +61,7 @@ class _PipeState:
         self.writable = trio.lowlevel.ParkingLot()
 
 
-class PipeSendStream(trio.abc.SendStream):
+class MemoryPipeSendStream(trio.abc.SendStream):
     """The producer's end. ``aclose``/``send_eof`` mean EOF for the reader."""
 
     def __init__(self, state: _PipeState) -> None:
@@ -127,7 +129,7 @@ class PipeSendStream(trio.abc.SendStream):
         return self._state.receiver_closed
 
 
-class PipeReceiveStream(trio.abc.ReceiveStream):
+class MemoryPipeReceiveStream(trio.abc.ReceiveStream):
     """The consumer's end. ``receive_some`` returns ``b""`` after the producer's EOF."""
 
     def __init__(self, state: _PipeState) -> None:
@@ -236,12 +238,12 @@ class ProcessStdin(trio.abc.SendStream):
             await trio.lowlevel.checkpoint()
 
 
-def open_pipe(limit: int = 65536) -> tuple[PipeSendStream, PipeReceiveStream]:
+def open_memory_pipe(limit: int = 65536) -> tuple[MemoryPipeSendStream, MemoryPipeReceiveStream]:
     """A bounded one-way byte pipe; ``limit`` is the buffered bytes at which sends park."""
     if limit < 1:
         raise ValueError("limit must be >= 1")
     state = _PipeState(limit)
-    return PipeSendStream(state), PipeReceiveStream(state)
+    return MemoryPipeSendStream(state), MemoryPipeReceiveStream(state)
 
 
 @asynccontextmanager

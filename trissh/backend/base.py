@@ -20,12 +20,20 @@ never that something leaked). Two execution modes are built from the same two ca
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
+
+#: The image sessions run in unless the configuration names another (scripts/build-image.sh
+#: builds it without a registry).
+DEFAULT_IMAGE = "localhost/trissh-base:latest"
+
+#: Called with (operation, seconds) after each container operation, for metrics:
+#: ``start``, ``exec``, ``spawn`` (a program its container's agent started) or ``remove``.
+Observe = Callable[[str, float], None]
 
 #: Label keys put on every container so leftovers can be found and removed.
 LABEL_CONN_ID = "trissh.conn_id"
@@ -69,7 +77,7 @@ class Volume:
 class ContainerSettings:
     """How a sandbox's container is built. Hardened by default; callers may loosen."""
 
-    image: str = "localhost/trissh-base:latest"
+    image: str = DEFAULT_IMAGE
     #: ``none`` by default: no network unless the operator says otherwise.
     network: str = "none"
     pids_limit: int = 256
@@ -141,6 +149,18 @@ class HealthCheck:
     warning: bool = False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LaunchPath:
+    """How a sandbox's programs start and how their stdio travel, for ``trissh doctor``."""
+
+    #: e.g. ``"agent, pipes"``.
+    via: str
+    #: What the configuration asked for but this sandbox could not have, and why.
+    fallback: str | None = None
+    #: Where to look when there was a fallback.
+    fix: str = ""
+
+
 class Process(Protocol):
     """A running program with stdio.
 
@@ -178,6 +198,10 @@ class Sandbox(Protocol):
     @property
     def container_id(self) -> str: ...
 
+    @property
+    def launch_path(self) -> LaunchPath:
+        """How this sandbox's programs start (chosen when its container was made)."""
+
     def open_process(self, spec: ProcessSpec) -> AbstractAsyncContextManager[Process]:
         """Start a program; leaving the context kills it if still running.
 
@@ -187,7 +211,19 @@ class Sandbox(Protocol):
 
 
 class Backend(Protocol):
-    """Creates sandboxes. One instance serves the whole server."""
+    """Creates sandboxes. One instance serves the whole server.
+
+    A new kind of backend is a package beside :mod:`trissh.backend.podman` and one entry in
+    :mod:`trissh.backend.registry`; ``tests/backend/conformance.py`` checks it.
+    """
+
+    @property
+    def url(self) -> str:
+        """Where the container service is, as ``trissh doctor`` reports it."""
+
+    @property
+    def warm_containers(self) -> int:
+        """Started containers waiting for a login (see :meth:`keep_warm`); a gauge."""
 
     def open_sandbox(self, spec: SandboxSpec) -> AbstractAsyncContextManager[Sandbox]:
         """Create and start a container; leaving the context removes it (bounded, shielded).
@@ -217,3 +253,7 @@ class Backend(Protocol):
 
     async def health(self, image: str) -> list[HealthCheck]:
         """Check the service, runtime and image for ``trissh doctor`` and readiness."""
+
+    def close(self) -> None:
+        """Release connections and host resources (no checkpoint) once the backend is no
+        longer used; its containers are gone by then (``run`` ended, or never ran)."""

@@ -1,20 +1,34 @@
-"""``trissh doctor``: check what a working server needs, and say how to fix each problem."""
+"""``trissh doctor``: check what a working server needs, and say how to fix each problem.
+
+Everything it asks of the backend is the :class:`~trissh.backend.base.Backend` contract:
+``health`` for the host, then (all healthy) :func:`try_session` opens a sandbox and runs one
+program in it as a login would, and reports how the sandbox's programs start
+(``launch_path``) when that is short of what the configuration asked for.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import sys
-from typing import TYPE_CHECKING, Final
+import time
+from typing import Final
 
 import trio
 
 from trissh.auth.authorized_keys import load_authorized_keys
-from trissh.backend import HealthCheck
+from trissh.backend import (
+    Backend,
+    BackendError,
+    ContainerSettings,
+    ExitStatus,
+    HealthCheck,
+    ProcessSpec,
+    SandboxSpec,
+)
+from trissh.backend.registry import make_backend
 from trissh.config import ContainerSection, ServerConfig, container_settings
 from trissh.server.hostkeys import HostKeyError, load_or_create_host_key
-
-if TYPE_CHECKING:
-    from trissh.backend.podman import PodmanBackend
 
 #: On top of the container start timeout: the agent's wait, one program, the removal.
 TRIAL_SLACK: Final = 30.0
@@ -102,7 +116,7 @@ def _container_variants(settings: ServerConfig) -> list[tuple[str, ContainerSect
     ]
 
 
-async def _try_sessions(backend: PodmanBackend, settings: ServerConfig) -> list[HealthCheck]:
+async def _try_sessions(backend: Backend, settings: ServerConfig) -> list[HealthCheck]:
     """Everything above passed: now a container and a program, as for a login (bounded),
     with the server-wide container settings and with each user's own."""
     variants = _container_variants(settings)
@@ -119,10 +133,10 @@ async def _try_sessions(backend: PodmanBackend, settings: ServerConfig) -> list[
     return checks
 
 
-async def _try_session(backend: PodmanBackend, name: str, section: ContainerSection) -> HealthCheck:
+async def _try_session(backend: Backend, name: str, section: ContainerSection) -> HealthCheck:
     bound = section.start_timeout + TRIAL_SLACK
     with trio.move_on_after(bound):
-        return await backend.try_session(container_settings(section), name)
+        return await try_session(backend, container_settings(section), name)
     return HealthCheck(
         name=name,
         ok=False,
@@ -131,18 +145,86 @@ async def _try_session(backend: PodmanBackend, name: str, section: ContainerSect
     )
 
 
-async def run_doctor(settings: ServerConfig) -> int:
-    from trissh.cli import make_backend
+async def try_session(
+    backend: Backend, settings: ContainerSettings, name: str = "session"
+) -> HealthCheck:
+    """Open a sandbox and run one program in it as a login would: the configuration, the
+    runtime and the way programs start, proven end to end.
 
-    checks = [*_check_host_keys(settings), _check_authorized_keys(settings)]
-    checks.append(HealthCheck(name="podman url", ok=True, detail=settings.podman_url()))
-    backend = make_backend(settings)
+    A fallback (the sandbox's programs start in a slower way than configured) is a warning
+    that names it: logins work, only slower. A BackendError becomes a failed check; the
+    sandbox is removed either way.
+    """
+    spec = SandboxSpec(
+        conn_id=f"doctor-{secrets.token_hex(4)}",
+        username="doctor",
+        remote="doctor",
+        instance=f"doctor-{secrets.token_hex(4)}",
+        settings=settings,
+    )
+    marker = "trissh-doctor"
+    program = ProcessSpec(argv=[*settings.shell, "-c", f"echo {marker}"])
+    started = time.monotonic()
     try:
-        podman = [HealthCheck(name="service", ok=False, detail="no answer within 30 s")]
+        async with backend.open_sandbox(spec) as sandbox:
+            start_ms, started = ms_since(started), time.monotonic()
+            path = sandbox.launch_path
+            async with sandbox.open_process(program) as process:
+                output = await _read_bounded(process.stdout, 1024)
+                errors = await _read_bounded(process.stderr, 1024) if process.stderr else b""
+                status = await process.wait()
+            run_ms, started = ms_since(started), time.monotonic()
+    except BackendError as exc:
+        return HealthCheck(name=name, ok=False, detail=f"no program ran: {exc}")
+    if status != ExitStatus(code=0) or output.strip() != marker.encode():
+        return HealthCheck(
+            name=name,
+            ok=False,
+            detail=f"`echo {marker}` ended with {_outcome(status)};"
+            f" stdout {output[:80]!r}, stderr {errors[:200]!r}",
+            fix="check [container] shell and user: the shell must exist in the image",
+        )
+    detail = (
+        f"a container started in {start_ms:.0f} ms, ran `echo` ({path.via}) in {run_ms:.0f} ms"
+        f" and was removed in {ms_since(started):.0f} ms"
+    )
+    if path.fallback is None:
+        return HealthCheck(name=name, ok=True, detail=detail)
+    return HealthCheck(
+        name=name,
+        ok=True,
+        warning=True,
+        detail=f"{detail}; slower than configured: {path.fallback}",
+        fix=path.fix,
+    )
+
+
+def ms_since(start: float) -> float:
+    return round((time.monotonic() - start) * 1000, 3)
+
+
+def _outcome(status: ExitStatus) -> str:
+    return f"signal {status.signal}" if status.signal else f"exit code {status.code}"
+
+
+async def _read_bounded(stream: trio.abc.ReceiveStream, limit: int) -> bytes:
+    """A program's output up to EOF, or its first ``limit`` bytes."""
+    data = b""
+    while len(data) < limit and (chunk := await stream.receive_some(limit - len(data))):
+        data += chunk
+    return data
+
+
+async def run_doctor(settings: ServerConfig) -> int:
+    checks = [*_check_host_keys(settings), _check_authorized_keys(settings)]
+    backend = make_backend(settings)
+    checks.append(HealthCheck(name=f"{settings.backend.kind} url", ok=True, detail=backend.url))
+    try:
+        health = [HealthCheck(name="service", ok=False, detail="no answer within 30 s")]
         with trio.move_on_after(30):
-            podman = await backend.health(settings.container.image)
-        checks.extend(podman)
-        if all(check.ok for check in podman):
+            health = await backend.health(settings.container.image)
+        checks.extend(health)
+        if all(check.ok for check in health):
             checks.extend(await _try_sessions(backend, settings))
     finally:
         backend.close()

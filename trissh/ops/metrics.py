@@ -22,9 +22,7 @@ is cut off), and ``Connection: close``. A ``CapacityLimiter`` bounds concurrent 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, final
 
@@ -239,15 +237,6 @@ class Metrics:
                 operation=self._guard_operation(operation)
             )
             labels.observe(seconds)
-
-    @contextmanager
-    def time_container_operation(self, operation: str) -> Iterator[None]:
-        """Time the block as ``operation``, whether it succeeds, fails or is cancelled."""
-        start = time.monotonic()
-        try:
-            yield
-        finally:
-            self.container_operation(operation, time.monotonic() - start)
 
     def recording_failed(self) -> None:
         """A recording hit a storage error (``Recorder(on_failure=...)``)."""

@@ -6,22 +6,12 @@ Fast driver tests and benchmarks need sandboxes and processes that start in micr
 and behave like a container's shell in the ways the SSH layer can observe: stdout/stderr
 separation, exit codes, signals, stdin EOF, pty size, backpressure. A "sandbox" here is a
 dict entry with labels; a "process" is a task running a tiny shell interpreter
-(:class:`_Shell`) in a nursery owned by the process context, talking to the session through
-bounded pipes (:mod:`trissh.backend._pipe`), so a lagging consumer really stops the
+(:mod:`.shell`) in a nursery owned by the process context, talking to the session through
+bounded memory pipes (:mod:`trissh.backend._pipe`), so a lagging consumer really stops the
 producer.
 
-The interpreter understands ``[shell, "-c", CMD]`` and a bare ``[shell]`` (reads command
-lines from stdin, writing the prompt ``"$ "`` before each; with a pty too, but without a
-tty's input echo). ``CMD`` is a ``;``- or newline-separated list of built-ins:
-``echo WORDS [>&2]``, ``exit N``, ``true``, ``false``, ``cat [> /dev/null]``,
-``head -c N /dev/zero``, ``sleep N``, ``stty size``, ``printenv [NAME]``,
-``kill [-SIG] $$``, each optionally after ``exec``. ``$NAME``, ``${NAME}``, ``$$`` and
-``$?`` are expanded. Anything else prints ``sh: CMD: not found`` and exits 127. Any other
-argv runs as one such command.
-With a pty, stderr is merged into stdout and ``\\n`` is written as ``\\r\\n`` (ONLCR), as a
-real terminal does; ^D in the input is a one-shot EOF (VEOF); closing ``stdin`` is *not* an
-EOF (as with sshd, and podman, whose service a tty half-close takes down); input is not
-echoed.
+With a pty, stderr is merged into stdout; closing ``stdin`` is *not* an EOF (as with sshd,
+and podman, whose service a tty half-close takes down); input is not echoed.
 
 Test hooks: ``fail_next_sandbox``, ``stall_sandbox_start``, ``stall_process_start``,
 ``hold_removal``, ``unavailable``, ``images``, ``add_orphan()``; counters ``live_sandboxes`` and
@@ -31,11 +21,8 @@ Test hooks: ``fail_next_sandbox``, ``stall_sandbox_start``, ``stall_process_star
 from __future__ import annotations
 
 import itertools
-import re
-import shlex
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -50,9 +37,9 @@ from trissh.backend._common import (
     signal_number,
 )
 from trissh.backend._pipe import (
-    PipeReceiveStream,
+    MemoryPipeReceiveStream,
     ProcessStdin,
-    open_pipe,
+    open_memory_pipe,
     open_task_nursery,
 )
 from trissh.backend.base import (
@@ -60,11 +47,13 @@ from trissh.backend.base import (
     ContainerSettings,
     ExitStatus,
     HealthCheck,
+    LaunchPath,
     ProcessSpec,
     SandboxSpec,
     TerminalSize,
 )
 from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
+from trissh.backend.memory.shell import HARMLESS_SIGNALS, FakeShell, Killed
 
 __all__ = ["MemoryBackend", "MemoryProcess", "MemorySandbox"]
 
@@ -72,21 +61,6 @@ log = structlog.get_logger(__name__)
 
 #: Teardown bound; nothing in the fake blocks, but the contract says bounded.
 _CLEANUP_BOUND: Final = 5.0
-#: What the fake ``head`` writes at a time: what a session's pump reads at a time from a
-#: real program's pipe (256 KiB, direct stdio) when the program is ahead of it.
-_ZERO_CHUNK: Final = bytes(256 * 1024)
-#: Signals whose default action is not to terminate; the fake ignores them.
-_HARMLESS_SIGNALS: Final = frozenset({"CHLD", "CONT", "URG", "WINCH", "STOP", "TSTP"})
-
-
-class _Exit(Exception):
-    def __init__(self, code: int) -> None:
-        self.code = code
-
-
-class _Killed(Exception):
-    def __init__(self, signal: str) -> None:
-        self.signal = signal
 
 
 class MemoryBackend:
@@ -120,6 +94,17 @@ class MemoryBackend:
         self.live_sandboxes = 0
         self.live_processes = 0
         self._ids = itertools.count(1)
+
+    @property
+    def url(self) -> str:
+        return "memory:"
+
+    @property
+    def warm_containers(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     def add_orphan(self, *, instance: str) -> str:
         """Pretend a crashed trissh ``instance`` left a container behind; return its id."""
@@ -239,6 +224,10 @@ class MemorySandbox:
     def container_id(self) -> str:
         return self._container_id
 
+    @property
+    def launch_path(self) -> LaunchPath:
+        return LaunchPath(via="in-memory fake shell")
+
     @asynccontextmanager
     async def open_process(self, spec: ProcessSpec) -> AsyncIterator[MemoryProcess]:
         """Run ``spec.argv`` through the fake shell; leaving the context kills it.
@@ -275,14 +264,14 @@ class MemoryProcess:
         self.env = env
         self.pid = pid
         self._pty_size = None if spec.pty is None else spec.pty.size
-        self._stdin_w, self._stdin_r = open_pipe(limit)
+        self._stdin_w, self._stdin_r = open_memory_pipe(limit)
         self._stdin: trio.abc.SendStream = (
             self._stdin_w if spec.pty is None else ProcessStdin(self._stdin_w)
         )
-        self._stdout_w, self._stdout_r = open_pipe(limit)
+        self._stdout_w, self._stdout_r = open_memory_pipe(limit)
         if spec.pty is None:
-            self._stderr_w, stderr_r = open_pipe(limit)
-            self._stderr_r: PipeReceiveStream | None = stderr_r
+            self._stderr_w, stderr_r = open_memory_pipe(limit)
+            self._stderr_r: MemoryPipeReceiveStream | None = stderr_r
         else:
             self._stderr_w, self._stderr_r = self._stdout_w, None
         self._scope = trio.CancelScope()
@@ -308,6 +297,20 @@ class MemoryProcess:
         """The current terminal size, as ``stty size`` would report it."""
         return self._pty_size
 
+    @property
+    def program_stdin(self) -> MemoryPipeReceiveStream:
+        """The program's end of stdin (what the fake shell reads)."""
+        return self._stdin_r
+
+    @property
+    def program_stdout(self) -> trio.abc.SendStream:
+        return self._stdout_w
+
+    @property
+    def program_stderr(self) -> trio.abc.SendStream:
+        """The program's stderr; with a pty, its stdout."""
+        return self._stderr_w
+
     async def resize(self, size: TerminalSize) -> None:
         """Update the size ``stty size`` reports. No-op without a pty."""
         await trio.lowlevel.checkpoint()
@@ -325,7 +328,7 @@ class MemoryProcess:
             name = signal_name(signal_number(signal))
         except ValueError as exc:
             raise BackendError(f"cannot send signal {signal!r}: {exc}") from None
-        if self._done.is_set() or name in _HARMLESS_SIGNALS:
+        if self._done.is_set() or name in HARMLESS_SIGNALS:
             return
         self._signal = name
         self._scope.cancel()
@@ -345,12 +348,12 @@ class MemoryProcess:
         return self._status
 
     async def _run(self, shell: Collection[str]) -> None:
-        shell_io = _Shell(self, tuple(shell))
+        shell_io = FakeShell(self, tuple(shell))
         status: ExitStatus | None = None
         try:
             with self._scope:
                 status = ExitStatus(code=await shell_io.run_argv(list(self.spec.argv)))
-        except _Killed as killed:
+        except Killed as killed:
             status = ExitStatus(signal=killed.signal)
         except trio.BrokenResourceError:
             status = ExitStatus(signal="PIPE")
@@ -373,286 +376,3 @@ class MemoryProcess:
         self._stdin_r.close()
         self._stdout_w.close()
         self._stderr_w.close()
-
-
-class _Shell:
-    """The fake shell: runs built-ins against the process's pipes."""
-
-    def __init__(self, process: MemoryProcess, shell: tuple[str, ...]) -> None:
-        self.p = process
-        self.shells = {*shell, "sh", "/bin/sh", "bash", "/bin/bash", "ash", "/bin/ash"}
-        self.status = 0
-        #: Input read but not consumed; ``None`` marks a one-shot EOF (^D on a pty).
-        self._pending: deque[bytes | None] = deque()
-        self._stdin_eof = False
-
-    async def run_argv(self, argv: list[str]) -> int:
-        if argv and argv[0] in self.shells:
-            if len(argv) >= 3 and argv[1] == "-c":
-                return await self._run_script(argv[2])
-            if argv[1:] in ([], ["-l"]):  # a login shell is what sessions ask for
-                return await self._interactive()
-        try:
-            await self._run_words(argv)
-        except _Exit as exit_:
-            return exit_.code
-        return self.status
-
-    async def _run_script(self, script: str) -> int:
-        try:
-            await self._run_line(script)
-        except _Exit as exit_:
-            return exit_.code
-        return self.status
-
-    async def _interactive(self) -> int:
-        try:
-            while True:
-                await self._write(b"$ ")
-                line = await self._readline()
-                if line is None:
-                    return self.status
-                await self._run_line(line.decode(errors="replace"))
-        except _Exit as exit_:
-            return exit_.code
-
-    async def _run_line(self, line: str) -> None:
-        for command in re.split(r"[;\n]", line):
-            if command.strip():
-                try:
-                    words = shlex.split(command)
-                except ValueError:
-                    await self._write(b"sh: syntax error\n", err=True)
-                    self.status = 2
-                    continue
-                await self._run_words([self._expand(w) for w in words])
-
-    def _expand(self, word: str) -> str:
-        def sub(match: re.Match[str]) -> str:
-            name = match.group(1).strip("{}")
-            if name == "$":
-                return str(self.p.pid)
-            if name == "?":
-                return str(self.status)
-            return self.p.env.get(name, "")
-
-        return re.sub(r"\$(\$|\?|[A-Za-z_]\w*|\{[A-Za-z_]\w*\})", sub, word)
-
-    async def _run_words(self, words: list[str]) -> None:
-        out: str | None = "out"
-        err: str | None = "err"
-        args: list[str] = []
-        it = iter(words)
-        for word in it:
-            if word in (">&2", "1>&2"):
-                out = "err"
-            elif word in (">/dev/null", "1>/dev/null"):
-                out = None
-            elif word == "2>/dev/null":
-                err = None
-            elif word in (">", "1>") and next(it, None) == "/dev/null":
-                out = None
-            else:
-                args.append(word)
-        replace = args[:1] == ["exec"]
-        if replace:
-            args = args[1:]
-        if not args:
-            return
-        builtin = _BUILTINS.get(args[0])
-        if builtin is None:
-            await self._write(f"sh: {args[0]}: not found\n".encode(), err=err is not None)
-            self.status = 127
-            if replace:
-                raise _Exit(127)
-            return
-        self.status = await builtin(self, args[1:], _Output(self, out, err))
-        if replace:
-            raise _Exit(self.status)
-
-    async def _write(self, data: bytes, *, err: bool = False) -> None:
-        if self.p._pty_size is not None and b"\n" in data:
-            data = data.replace(b"\n", b"\r\n")
-        await (self.p._stderr_w if err else self.p._stdout_w).send_all(data)
-
-    async def _readline(self) -> bytes | None:
-        """One command line; ``None`` at EOF (^D on an empty pty line, or stdin closed)."""
-        ends = b"\r\n" if self.p._pty_size is not None else b"\n"
-        line = bytearray()
-        while True:
-            chunk = await self.read_stdin()
-            if not chunk:
-                return bytes(line) if line else None
-            cut = min((i for i in map(chunk.find, ends) if i >= 0), default=-1)
-            if cut < 0:
-                line += chunk
-                continue
-            line += chunk[:cut]
-            if chunk[cut + 1 :]:
-                self._pending.appendleft(chunk[cut + 1 :])
-            return bytes(line)
-
-    async def read_stdin(self) -> bytes:
-        """The next stdin chunk; ``b""`` for EOF.
-
-        On a pty, ^D is a one-shot EOF (the next read goes on), as a terminal's VEOF is.
-        """
-        if not self._pending:
-            if self._stdin_eof:
-                return b""
-            chunk = await self.p._stdin_r.receive_some()
-            if not chunk:
-                self._stdin_eof = True
-                return b""
-            if self.p._pty_size is None:
-                return chunk
-            for index, part in enumerate(chunk.split(b"\x04")):
-                if index:
-                    self._pending.append(None)
-                if part:
-                    self._pending.append(part)
-        item = self._pending.popleft()
-        return b"" if item is None else item
-
-
-class _Output:
-    """Where a built-in's stdout/stderr go after redirections (``None`` = /dev/null)."""
-
-    def __init__(self, shell: _Shell, out: str | None, err: str | None) -> None:
-        self._shell = shell
-        self._out = out
-        self._err = err
-
-    @property
-    def discard_out(self) -> bool:
-        return self._out is None
-
-    async def out(self, data: bytes) -> None:
-        if self._out is not None:
-            await self._shell._write(data, err=self._out == "err")
-
-    async def err(self, data: bytes) -> None:
-        if self._err is not None:
-            await self._shell._write(data, err=True)
-
-
-async def _echo(sh: _Shell, args: list[str], io: _Output) -> int:
-    newline = True
-    if args[:1] == ["-n"]:
-        newline, args = False, args[1:]
-    await io.out(" ".join(args).encode() + (b"\n" if newline else b""))
-    return 0
-
-
-async def _exit(sh: _Shell, args: list[str], io: _Output) -> int:
-    try:
-        code = int(args[0]) if args else sh.status
-    except ValueError:
-        await io.err(f"sh: exit: Illegal number: {args[0]}\n".encode())
-        code = 2
-    raise _Exit(code % 256)
-
-
-async def _true(sh: _Shell, args: list[str], io: _Output) -> int:
-    await trio.lowlevel.checkpoint()
-    return 0
-
-
-async def _false(sh: _Shell, args: list[str], io: _Output) -> int:
-    await trio.lowlevel.checkpoint()
-    return 1
-
-
-async def _cat(sh: _Shell, args: list[str], io: _Output) -> int:
-    if args:
-        await io.err(b"cat: only stdin is supported by the fake\n")
-        return 1
-    while chunk := await sh.read_stdin():
-        if not io.discard_out:
-            await io.out(chunk)
-    return 0
-
-
-async def _head(sh: _Shell, args: list[str], io: _Output) -> int:
-    if len(args) != 3 or args[0] != "-c" or args[2] != "/dev/zero" or not args[1].isdigit():
-        await io.err(b"head: only 'head -c N /dev/zero' is supported by the fake\n")
-        return 1
-    remaining = int(args[1])
-    while remaining > 0:
-        size = min(remaining, len(_ZERO_CHUNK))
-        await io.out(_ZERO_CHUNK if size == len(_ZERO_CHUNK) else _ZERO_CHUNK[:size])
-        remaining -= size
-    return 0
-
-
-async def _sleep(sh: _Shell, args: list[str], io: _Output) -> int:
-    if args == ["infinity"]:
-        await trio.sleep_forever()
-    try:
-        seconds = float(args[0])
-    except (IndexError, ValueError):
-        await io.err(b"sleep: invalid number\n")
-        return 1
-    await trio.sleep(seconds)
-    return 0
-
-
-async def _stty(sh: _Shell, args: list[str], io: _Output) -> int:
-    size = sh.p.pty_size
-    if size is None:
-        await io.err(b"stty: standard input: Not a tty\n")
-        return 1
-    if args != ["size"]:
-        await io.err(b"stty: only 'stty size' is supported by the fake\n")
-        return 1
-    await io.out(f"{size.rows} {size.columns}\n".encode())
-    return 0
-
-
-async def _printenv(sh: _Shell, args: list[str], io: _Output) -> int:
-    if not args:
-        await io.out("".join(f"{k}={v}\n" for k, v in sh.p.env.items()).encode())
-        return 0
-    values = [sh.p.env[name] for name in args if name in sh.p.env]
-    if values:
-        await io.out("".join(f"{v}\n" for v in values).encode())
-    else:
-        await trio.lowlevel.checkpoint()
-    return 0 if len(values) == len(args) else 1
-
-
-async def _kill(sh: _Shell, args: list[str], io: _Output) -> int:
-    signal = "TERM"
-    if args and args[0].startswith("-"):
-        signal, args = args[0][1:], args[1:]
-    if args[:1] == ["-s"] and len(args) > 1:
-        signal, args = args[1], args[2:]
-    try:
-        name = signal_name(signal_number(signal))
-    except ValueError:
-        await io.err(f"kill: invalid signal {signal}\n".encode())
-        return 1
-    for pid in args:
-        if pid != str(sh.p.pid):
-            await io.err(f"kill: can't kill pid {pid}: No such process\n".encode())
-            return 1
-    if args and name not in _HARMLESS_SIGNALS:
-        raise _Killed(name)
-    await trio.lowlevel.checkpoint()
-    return 0
-
-
-_Builtin = Callable[[_Shell, list[str], _Output], Awaitable[int]]
-_BUILTINS: Final[Mapping[str, _Builtin]] = {
-    "echo": _echo,
-    "exit": _exit,
-    "true": _true,
-    ":": _true,
-    "false": _false,
-    "cat": _cat,
-    "head": _head,
-    "sleep": _sleep,
-    "stty": _stty,
-    "printenv": _printenv,
-    "kill": _kill,
-}

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A ``podman exec`` costs tens of milliseconds of the API service, conmon and runc per
 session (about 60 ms of a container login's latency and ~90 ms of CPU here). With direct
-stdio (:mod:`trissh.backend._direct_stdio`) every container already has a private host
+stdio (:mod:`.direct_stdio`) every container already has a private host
 directory bind-mounted at ``/run/trissh-stdio``, and the static ``trissh-exec`` in it. So
 the container's main process, instead of a pause, is ``trissh-exec --agent SOCKET TOKEN``
 (``helper/trissh-exec.c``), and session programs are its children:
@@ -51,7 +51,7 @@ import stat
 import struct
 import termios
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -59,20 +59,18 @@ import structlog
 import trio
 
 from trissh.backend._common import process_env, signal_number
-from trissh.backend._direct_stdio import (
+from trissh.backend._pipe import ProcessStdin, open_task_nursery
+from trissh.backend.base import ExitStatus, Observe, ProcessSpec, PtySpec, TerminalSize
+from trissh.backend.errors import BackendError
+from trissh.backend.podman.direct_stdio import (
     CONTAINER_DIR,
     STATUS_LINE_LIMIT,
-    PipeEnd,
-    PipeWriter,
-    ProgramPipes,
     TokenListener,
     parse_status_line,
     receive_bounded,
 )
-from trissh.backend._pipe import ProcessStdin, open_task_nursery
-from trissh.backend._podman_exec import note_started
-from trissh.backend.base import ExitStatus, ProcessSpec, PtySpec, TerminalSize
-from trissh.backend.errors import BackendError
+from trissh.backend.podman.exec import note_started
+from trissh.backend.podman.fd_pipes import FdPipeEnd, FdPipeWriter, ProgramPipes
 
 __all__ = ["Agent", "AgentListener", "AgentProcess", "open_agent_process"]
 
@@ -242,7 +240,7 @@ class AgentProcess:
             self._closers = [pipes.close]
         else:
             assert master is not None
-            writer = PipeWriter(trio.lowlevel.FdStream(os.dup(master)))
+            writer = FdPipeWriter(trio.lowlevel.FdStream(os.dup(master)))
             self._stdin = ProcessStdin(writer)  # a pty: closing is no EOF (^D is)
             self._terminal = _PtyOutput(trio.lowlevel.FdStream(master), self._exited)
             self._stdout = self._terminal
@@ -303,7 +301,7 @@ class AgentProcess:
             close()
 
 
-class _PtyOutput(PipeEnd, trio.abc.ReceiveStream):
+class _PtyOutput(FdPipeEnd, trio.abc.ReceiveStream):
     """A pty master's output. EIO (nobody holds the terminal any more) is EOF; so is a
     quiet terminal :data:`PTY_DRAIN` after the program ended (something it left running
     may hold the terminal; podman's exec stream, too, ends with the program)."""
@@ -365,7 +363,7 @@ async def open_agent_process(
     spec: ProcessSpec,
     *,
     container: str,
-    observe: Callable[[str, float], None] | None = None,
+    observe: Observe | None = None,
 ) -> AsyncIterator[AgentProcess]:
     """Start ``spec`` through ``agent``; leaving the context kills it if it still runs.
 

@@ -33,7 +33,7 @@ import requests
 import trio
 
 from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
-from trissh.backend.stdio_frames import FrameDecoder, FrameError, StreamType
+from trissh.backend.podman.stdio_frames import FrameDecoder, FrameError, StreamType
 
 __all__ = ["API_VERSION", "PodmanApi", "map_podman_errors", "socket_path"]
 

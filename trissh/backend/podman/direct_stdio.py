@@ -5,8 +5,8 @@ Theory of operation
 Through podman's REST exec stream every byte a program writes is copied by conmon, by the
 API service and by our frame decoder (~400 MB/s at best here, ~220 MB/s end to end over
 SSH). A pipe whose write end the program holds costs the kernel one copy. So, for programs
-without a pty (a pty is conmon's), trissh makes three pipes and passes the program's ends
-into the container:
+without a pty (a pty is conmon's), trissh makes three pipes (:mod:`.fd_pipes`) and passes
+the program's ends into the container:
 
 * each container gets its own host directory (:meth:`StdioRoot.make_dir`), bind-mounted
   read-only at :data:`CONTAINER_DIR`; no container sees another's;
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import fcntl
 import os
 import secrets
 import shutil
@@ -45,16 +44,15 @@ import trio
 
 from trissh.backend._common import signal_name
 from trissh.backend.base import ExitStatus
+from trissh.backend.podman.fd_pipes import ProgramPipes
 
 __all__ = [
     "CONTAINER_DIR",
     "DirectStdio",
-    "PipeEnd",
-    "PipeReader",
-    "PipeWriter",
-    "ProgramPipes",
     "StdioRoot",
     "TokenListener",
+    "parse_status_line",
+    "receive_bounded",
 ]
 
 log = structlog.get_logger("trissh.backend.podman")
@@ -68,11 +66,6 @@ MAX_ATTEMPTS: Final = 8
 TOKEN_BYTES: Final = 16
 #: The helper's exit line is ~20 bytes; more is not a status.
 STATUS_LINE_LIMIT: Final = 64
-#: Pipe buffer asked for stdin and stdout (bulk data, fewer wakeups per MB); best effort:
-#: above /proc/sys/fs/pipe-max-size, or past an unprivileged user's pipe quota, the kernel
-#: refuses and the pipe keeps its 64 KiB.
-BULK_PIPE_SIZE: Final = 256 * 1024
-_F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 class StdioRoot:
@@ -80,7 +73,7 @@ class StdioRoot:
 
     Directories are mode 0711: the podman user and container users may pass through them
     (to bind-mount, to connect), nobody but us may list them. The root holds an ``owner``
-    file (the creating process, as :func:`~trissh.backend.podman.owner_token` names it)
+    file (the creating process, as :func:`~trissh.backend.podman.owner.owner_token` names it)
     so :meth:`sweep` can tell a crashed trissh's root from a running one's.
     """
 
@@ -174,45 +167,6 @@ def _default_parent() -> str:
         if value and os.path.isdir(value) and passable_by_others(value):
             return value
     return tempfile.gettempdir()
-
-
-class ProgramPipes:
-    """A program's stdin, stdout and stderr pipes.
-
-    Our ends are :attr:`stdin`, :attr:`stdout` and :attr:`stderr` (trio streams, usable
-    at once: writes wait in the pipe until the program runs); :attr:`child_ends` are the
-    program's, to pass into the container and then :meth:`release_child_ends` (so the
-    program's exit is EOF here). :meth:`close` releases everything; it is idempotent.
-    """
-
-    def __init__(self) -> None:
-        made: list[int] = []
-        try:
-            for _ in range(3):
-                made += os.pipe2(os.O_CLOEXEC)
-        except BaseException:
-            for fd in made:
-                os.close(fd)
-            raise
-        stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w = made
-        for bulk in (stdin_w, stdout_w):
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(bulk, _F_SETPIPE_SZ, BULK_PIPE_SIZE)
-        self.child_ends = [stdin_r, stdout_w, stderr_w]
-        self.stdin = PipeWriter(trio.lowlevel.FdStream(stdin_w))
-        self.stdout = PipeReader(trio.lowlevel.FdStream(stdout_r))
-        self.stderr = PipeReader(trio.lowlevel.FdStream(stderr_r))
-
-    def release_child_ends(self) -> None:
-        for fd in self.child_ends:
-            os.close(fd)
-        self.child_ends = []
-
-    def close(self) -> None:
-        """Close every end we still hold (no checkpoint)."""
-        self.release_child_ends()
-        for stream in (self.stdin, self.stdout, self.stderr):
-            stream.close()
 
 
 class TokenListener:
@@ -373,65 +327,3 @@ def parse_status_line(line: bytes) -> ExitStatus | None:
                 return None
         case _:
             return None
-
-
-class PipeEnd:
-    """Our end of one of a program's pipes, over an ``FdStream`` (which does the waiting
-    and the closing). A closed stream reports ``fileno() == -1``, so a descriptor number
-    the kernel has reused is never touched."""
-
-    def __init__(self, stream: trio.lowlevel.FdStream) -> None:
-        self._stream = stream
-
-    def _fd(self) -> int:
-        fd = self._stream.fileno()
-        if fd < 0:
-            raise trio.ClosedResourceError("pipe already closed")
-        return fd
-
-    def close(self) -> None:
-        self._stream.close()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-class PipeReader(PipeEnd, trio.abc.ReceiveStream):
-    """Our end of a program's output pipe.
-
-    ``FdStream.receive_some`` yields to the scheduler before it even tries to read; in a
-    download that is one more scheduling round per chunk on top of the one the channel's
-    ``send_all`` makes anyway. This reads first and waits (through the ``FdStream``) only
-    when the pipe is empty.
-    """
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        fd = self._fd()
-        try:
-            return os.read(fd, max_bytes or 65536)
-        except BlockingIOError:
-            return await self._stream.receive_some(max_bytes)
-        except OSError as exc:
-            raise trio.BrokenResourceError(str(exc)) from exc
-
-
-class PipeWriter(PipeEnd, trio.abc.SendStream):
-    """Our end of a program's stdin pipe: writes first, waits (through the ``FdStream``)
-    only for what the pipe did not take; the upload twin of :class:`PipeReader`."""
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        fd = self._fd()
-        with memoryview(data) as view:
-            try:
-                sent = os.write(fd, view) if view else 0
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:  # EPIPE: the program closed its stdin
-                raise trio.BrokenResourceError(str(exc)) from exc
-            if sent < len(view):
-                await self._stream.send_all(view[sent:])
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()

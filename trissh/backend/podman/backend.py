@@ -1,0 +1,335 @@
+"""PodmanBackend: every sandbox is a hardened container on a rootless podman service.
+
+Theory of operation
+-------------------
+``open_sandbox`` takes a started container from the warm pool (:mod:`.warm_pool`) or
+creates one: :class:`~.launch.NewContainers` says how its programs will start, its
+:class:`~.launch.LaunchSetup` adds what that needs to the create arguments
+(:mod:`.spec`), and once the container runs the setup yields the container's
+:class:`~.launch.Launcher`, which the :class:`PodmanSandbox` uses for every program.
+
+Leaving ``open_sandbox`` removes the container with ``force=true&timeout=0`` inside a
+bounded shielded scope (:mod:`.removal`), and releases its launcher (agent, stdio
+directory). That includes a creation cancelled half-way: creation is not abandoned on
+cancel, so once podman has answered we know the id and remove it; if the create request
+itself failed ambiguously (timeout, dropped connection) we remove by the name we chose,
+ignoring "no such container".
+
+Nursery tree: ``run`` (the server's upkeep task) holds the warm pool's refill task and the
+retry loop of deferred removals; every other call runs in its caller's task.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import structlog
+import trio
+
+from trissh.backend._common import ms_since
+from trissh.backend.base import (
+    ContainerSettings,
+    HealthCheck,
+    LaunchPath,
+    Observe,
+    Process,
+    ProcessSpec,
+    SandboxSpec,
+)
+from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
+from trissh.backend.podman.api import PodmanApi
+from trissh.backend.podman.exec import ExecTarget
+from trissh.backend.podman.health import check_podman
+from trissh.backend.podman.launch import Launcher, LaunchSetup, NewContainers
+from trissh.backend.podman.owner import owner_token, sweep
+from trissh.backend.podman.removal import Removals
+from trissh.backend.podman.spec import ContainerSpecs, container_name
+from trissh.backend.podman.warm_pool import WarmPool
+
+__all__ = ["PodmanBackend", "PodmanSandbox"]
+
+log = structlog.get_logger("trissh.backend.podman")
+
+
+class PodmanBackend:
+    """A :class:`~trissh.backend.base.Backend` on a podman service's unix socket."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        limiter_capacity: int = 8,
+        request_timeout: float = 60.0,
+        scope_labels: Mapping[str, str] | None = None,
+        exec_helper: str | None = None,
+        observe: Observe | None = None,
+        warm_pool: int = 0,
+        direct_stdio: bool = False,
+        stdio_dir: str = "",
+        exec_agent: bool = False,
+    ) -> None:
+        """Args:
+        url: ``unix:///path.sock``, ``unix:/path.sock`` or ``http+unix://%2Fpath.sock``.
+        limiter_capacity: concurrent podman requests (worker threads).
+        request_timeout: per-request bound inside the worker thread, so none hangs forever.
+        scope_labels: put on every container *and* required by ``sweep``, so two
+            deployments (or test runs) sharing one podman user never sweep each other.
+        exec_helper: host path of the static ``trissh-exec`` (``helper/trissh-exec.c``),
+            bind-mounted into every container as each program's parent so a death by
+            signal can be told from an exit code; ``None`` or missing: exit codes only.
+        observe: told how long each container operation took (metrics).
+        warm_pool: containers to keep started ahead of logins (:mod:`.warm_pool`).
+        direct_stdio: programs without a pty get pipes instead of podman's stream (needs
+            ``exec_helper``; :mod:`.direct_stdio`).
+        stdio_dir: where the per-container stdio directories go; ``""``: systemd's
+            RuntimeDirectory, else $XDG_RUNTIME_DIR, else the temp dir. The podman user
+            must be able to reach it.
+        exec_agent: with direct stdio, programs are started by the container's agent
+            instead of ``podman exec`` (:mod:`.agent`).
+        """
+        self._url = url
+        self._api = PodmanApi(
+            url, limiter_capacity=limiter_capacity, request_timeout=request_timeout
+        )
+        self._scope_labels = dict(scope_labels or {})
+        self._owner = owner_token()
+        self._observe: Observe = observe or (lambda operation, seconds: None)
+        self._specs = ContainerSpecs(self._api, scope_labels=self._scope_labels, owner=self._owner)
+        self._removals = Removals(self._api, self._observe)
+        self._launch = NewContainers.configure(
+            exec_helper=exec_helper,
+            direct_stdio=direct_stdio,
+            stdio_dir=stdio_dir,
+            exec_agent=exec_agent,
+            owner=self._owner,
+        )
+        #: How programs start in each container we started, by container id.
+        self._launchers: dict[str, Launcher] = {}
+        self._pool = (
+            WarmPool(warm_pool, start=self._start_container, remove=self._remove_at_exit)
+            if warm_pool > 0
+            else None
+        )
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def socket_path(self) -> str:
+        return self._api.path
+
+    @property
+    def warm_containers(self) -> int:
+        """Started containers waiting for a login."""
+        return self._pool.ready if self._pool is not None else 0
+
+    def close(self) -> None:
+        """Release pooled HTTP connections, the agents and the stdio directories."""
+        self._api.close()
+        for launcher in self._launchers.values():
+            launcher.close()
+        self._launchers.clear()
+        self._launch.close()
+
+    def keep_warm(self, settings: ContainerSettings, instance: str) -> None:
+        if self._pool is not None:
+            self._pool.set_template(settings, instance)
+
+    @asynccontextmanager
+    async def open_sandbox(self, spec: SandboxSpec) -> AsyncIterator[PodmanSandbox]:
+        """A hardened, started container (from the warm pool when it has one); leaving
+        the context removes it.
+
+        Raises:
+            ImageNotFound: the image does not exist locally.
+            BackendUnavailable: the podman socket does not answer.
+            BackendError: podman refused to create or start the container.
+
+        Cancellation: safe at any point; whatever was created is removed (bounded).
+        """
+        container_id = await self._take_warm(spec)
+        if container_id is None:
+            container_id = await self._start_container(spec)
+        try:
+            yield PodmanSandbox(container_id, self._launchers[container_id])
+        finally:
+            await self._remove_at_exit(container_id, spec)
+
+    async def _take_warm(self, spec: SandboxSpec) -> str | None:
+        """A running container from the warm pool, now owned by ``spec``'s connection.
+
+        A pooled container may have died while it waited (killed from outside, OOM): one
+        inspection (a few ms, far less than a start) makes sure, and a dead one is removed
+        and the next tried. Cancellation: a container already taken is removed.
+        """
+        while self._pool is not None:
+            container_id = self._pool.take(spec.settings)
+            if container_id is None:
+                return None
+            try:
+                info = await self._api.request(
+                    "GET", f"/containers/{container_id}/json", missing_ok=True
+                )
+            except BaseException:
+                await self._remove_at_exit(container_id, spec)
+                raise
+            state = (info or {}).get("State") or {}
+            if state.get("Running"):
+                log.info(
+                    "container_assigned",
+                    container=container_id[:12],
+                    conn_id=spec.conn_id,
+                    user=spec.username,
+                    remote=spec.remote,
+                    image=spec.settings.image,
+                )
+                return container_id
+            log.warning(
+                "warm_container_lost",
+                container=container_id[:12],
+                status=str(state.get("Status", "gone")),
+            )
+            await self._remove_at_exit(container_id, spec)
+        return None
+
+    async def _start_container(self, spec: SandboxSpec) -> str:
+        """Create and start a container; return its id.
+
+        If podman cannot bind-mount the stdio directory, new containers get none from now
+        on (:meth:`NewContainers.cannot_mount`) and this one is made again without it: a
+        default that does not fit the host must not fail every login.
+        """
+        pipes = self._launch.pipes
+        try:
+            return await self._start_container_once(spec, self._launch.setup(pipes=pipes))
+        except BackendError as exc:
+            if not (pipes and self._launch.cannot_mount(exc)):
+                raise
+        return await self._start_container_once(spec, self._launch.setup(pipes=False))
+
+    async def _start_container_once(self, spec: SandboxSpec, launch: LaunchSetup) -> str:
+        """One attempt of :meth:`_start_container`; ``launch`` is released either way.
+
+        Cancellation and failure: whatever was created is removed (bounded). Creation is
+        not abandoned on cancel, so once podman has answered the id is known; if the create
+        request itself failed ambiguously we remove by the name we chose.
+        """
+        started = time.monotonic()
+        image = spec.settings.image
+        name = container_name(spec.conn_id)
+        container_id: str | None = None
+        maybe_created = False
+        try:
+            kwargs = await self._specs.create_kwargs(
+                spec, name, entrypoint=launch.entrypoint(), mounts=launch.mounts()
+            )
+            maybe_created = True
+            try:
+                container = await self._api.call(
+                    lambda: self._api.client.containers.create(image, **kwargs), image=image
+                )
+            except (ImageNotFound, BackendUnavailable):
+                maybe_created = False
+                raise
+            container_id = str(container.id)
+            await self._api.call(container.start)
+            self._launchers[container_id] = await launch.launcher(self._target(container_id, spec))
+        except BaseException:
+            if container_id is not None or maybe_created:
+                await self._remove_at_exit(container_id or name, spec)
+            raise
+        finally:
+            launch.close()
+        self._observe("start", time.monotonic() - started)
+        log.info(
+            "container_created",
+            container=container_id[:12],
+            conn_id=spec.conn_id,
+            user=spec.username,
+            image=image,
+            pooled=spec.pooled,
+            duration_ms=ms_since(started),
+        )
+        return container_id
+
+    def _target(self, container_id: str, spec: SandboxSpec) -> ExecTarget:
+        settings = spec.settings
+        return ExecTarget(
+            api=self._api,
+            container_id=container_id,
+            shell=tuple(settings.shell),
+            user=settings.user,
+            workdir=settings.workdir,
+            observe=self._observe,
+        )
+
+    async def _remove_at_exit(self, ref: str, spec: SandboxSpec) -> None:
+        """Release ``ref``'s launcher, remove it (bounded, shielded; deferred on failure)."""
+        launcher = self._launchers.pop(ref, None)
+        if launcher is not None:
+            launcher.close()
+        await self._removals.remove_at_exit(ref, spec.conn_id)
+
+    async def sweep(self, *, keep_instance: str) -> int:
+        """Remove containers labelled with another ``trissh.instance`` (and our scope)
+        whose owner is gone (:mod:`.owner`), and stdio directories of trissh processes
+        that are gone."""
+        root = self._launch.stdio_root
+        if root is not None and (swept := root.sweep()):
+            log.info("stdio_dirs_swept", count=swept)
+        return await sweep(
+            self._api,
+            self._scope_labels,
+            keep_instance=keep_instance,
+            remove=self._removals.remove_now,
+        )
+
+    async def health(self, image: str) -> list[HealthCheck]:
+        """Service, runtime, cgroups, storage, stdio and image checks for ``trissh doctor``."""
+        return await check_podman(self._api, image, self._launch.health_check())
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the warm pool full and retry removals that failed, with backoff, for as
+        long as the server runs.
+
+        Cancellation: the pool's unassigned containers are removed, then one last bounded
+        attempt at failed removals; what is still left is logged as leaked (the next
+        start-up sweep removes it).
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                if self._pool is not None:
+                    nursery.start_soon(self._pool.run)
+                task_status.started()
+                await self._removals.retry()
+        finally:
+            await self._removals.finish()
+            self._launch.close()
+
+
+class PodmanSandbox:
+    """One running container; its launcher starts the programs."""
+
+    def __init__(self, container_id: str, launcher: Launcher) -> None:
+        self._container_id = container_id
+        self._launcher = launcher
+
+    @property
+    def container_id(self) -> str:
+        return self._container_id
+
+    @property
+    def launch_path(self) -> LaunchPath:
+        return self._launcher.path
+
+    @property
+    def launcher(self) -> Launcher:
+        return self._launcher
+
+    def open_process(self, spec: ProcessSpec) -> AbstractAsyncContextManager[Process]:
+        """Start ``spec.argv`` as the container's launcher does; leaving the context kills
+        it if still running."""
+        return self._launcher.open_process(spec)

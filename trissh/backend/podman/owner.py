@@ -1,0 +1,122 @@
+"""Which trissh process made a container, whether it still runs, and the start-up sweep.
+
+Theory of operation
+-------------------
+Every container carries ``trissh.owner`` = boot id, PID namespace, PID and process start
+time of the trissh process that created it (:func:`owner_token`). ``sweep`` removes
+containers of other ``trissh.instance`` values, except those whose owner is provably alive
+(:func:`owner_alive`): when all four match a running process on this host, that instance
+has not crashed (a second server, a test run) and its sessions are left alone; when they
+cannot be checked (another host or namespace, no label) the container is swept as the
+contract says. Start time and boot id make a recycled PID or a reboot look dead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Final
+
+import structlog
+import trio
+
+from trissh.backend.base import LABEL_INSTANCE
+from trissh.backend.errors import BackendError, BackendUnavailable
+from trissh.backend.podman.api import PodmanApi
+
+__all__ = ["LABEL_OWNER", "list_containers", "owner_alive", "owner_token", "sweep"]
+
+log = structlog.get_logger("trissh.backend.podman")
+
+#: Identifies the trissh process that created a container (see :func:`owner_token`).
+LABEL_OWNER: Final = "trissh.owner"
+
+
+def owner_token() -> str:
+    """``boot-id/pid-namespace/pid/start-time`` of this process; ``""`` if /proc cannot tell."""
+    try:
+        return "/".join((*_here(), str(os.getpid()), _start_time(os.getpid())))
+    except (OSError, ValueError, IndexError):
+        return ""
+
+
+def owner_alive(token: str) -> bool:
+    """True only if ``token`` names a process running now in our boot and PID namespace."""
+    try:
+        boot, namespace, pid, start = token.split("/")
+        return (boot, namespace) == _here() and _start_time(int(pid)) == start
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _here() -> tuple[str, str]:
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return boot, os.readlink("/proc/self/ns/pid").strip("pid:[]")
+
+
+def _start_time(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Field 22 (starttime); the command name in field 2 may contain spaces and ")".
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+async def list_containers(
+    api: PodmanApi, labels: Mapping[str, str | None]
+) -> list[tuple[str, dict[str, str]]]:
+    """Id and labels of every container carrying ``labels`` (``None`` value: key present)."""
+    # podman-py takes several label filters only in its list form ("label=k=v"); they are
+    # ANDed by podman. We check again here, so a looser server-side filter is harmless.
+    wanted = [f"label={k}" if v is None else f"label={k}={v}" for k, v in labels.items()]
+    found = await api.call(
+        lambda: api.client.containers.list(all=True, filters=wanted),
+        abandon_on_cancel=True,
+    )
+    out = []
+    for container in found:
+        have = dict(container.labels or {})
+        if all(
+            key in have and (value is None or have[key] == value) for key, value in labels.items()
+        ):
+            out.append((str(container.id), have))
+    return out
+
+
+async def sweep(
+    api: PodmanApi,
+    scope_labels: Mapping[str, str],
+    *,
+    keep_instance: str,
+    remove: Callable[[str], Awaitable[bool]],
+) -> int:
+    """Remove (with ``remove``) containers labelled with another ``trissh.instance`` and
+    ``scope_labels``, except those whose owner is alive; return how many went.
+
+    Raises:
+        BackendUnavailable: podman cannot be reached (one stuck container is only logged).
+    """
+    labels = {LABEL_INSTANCE: None, **scope_labels}
+    others = [
+        (container_id, found.get(LABEL_OWNER, ""))
+        for container_id, found in await list_containers(api, labels)
+        if found.get(LABEL_INSTANCE) != keep_instance
+    ]
+    alive = await trio.to_thread.run_sync(
+        lambda: {owner for _, owner in others if owner_alive(owner)}
+    )
+    stale = [container_id for container_id, owner in others if owner not in alive]
+    removed = 0
+    for container_id in stale:
+        try:
+            removed += await remove(container_id)
+        except BackendUnavailable:
+            raise
+        except BackendError as exc:  # one stuck container must not stop the sweep
+            log.error("container_remove_failed", container=container_id[:12], error=str(exc))
+    log.info(
+        "containers_swept",
+        count=removed,
+        kept_live_owners=len(others) - len(stale),
+        keep_instance=keep_instance,
+    )
+    return removed

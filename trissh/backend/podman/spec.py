@@ -1,0 +1,163 @@
+"""What a sandbox container is made of: podman-py's create arguments, its name, its labels.
+
+Theory of operation
+-------------------
+Every container is hardened the same way: no capabilities, ``no-new-privileges``, the
+configured network (``none`` by default), podman's init as PID 1 (``init=True``
+bind-mounts catatonit at ``/run/podman-init``), and as main process either
+:data:`KEEPALIVE` (catatonit in pause mode: nothing of it has to exist in the image, so
+busybox, distro and distroless images all work) or the container's agent
+(:mod:`.launch` decides). It is set as the *entrypoint*, so an image's ENTRYPOINT/CMD
+cannot replace it. The labels name the connection, user, remote and instance, plus the
+owner (:mod:`.owner`) and the backend's scope labels, so a sweep finds exactly its own.
+
+Resource limits need cgroup controllers delegated to the podman user (cgroup v2). Where
+``podman info`` lists no ``pids``/``memory`` controller (rootless on cgroup v1, as on the
+development hosts) podman would silently ignore them; we leave them out, log
+``resource_limit_skipped`` once per setting, and ``health`` reports it.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+import trio
+
+from trissh.backend._common import sandbox_labels
+from trissh.backend.base import ContainerSettings, SandboxSpec
+from trissh.backend.podman.api import PodmanApi
+from trissh.backend.podman.owner import LABEL_OWNER
+
+__all__ = ["KEEPALIVE", "ContainerSpecs", "container_name", "tmpfs_mount"]
+
+log = structlog.get_logger("trissh.backend.podman")
+
+#: The sandbox's main process: catatonit in pause mode, from podman's init mount.
+KEEPALIVE: Final = ("/run/podman-init", "-P")
+
+
+@dataclass(frozen=True, slots=True)
+class _HostCaps:
+    controllers: frozenset[str]
+    cgroup_version: str
+
+
+class ContainerSpecs:
+    """Builds the create arguments of this backend's containers; learns once (from
+    ``podman info``) which resource limits the host can enforce."""
+
+    def __init__(self, api: PodmanApi, *, scope_labels: Mapping[str, str], owner: str) -> None:
+        self._api = api
+        self._scope_labels = dict(scope_labels)
+        self._owner = owner
+        self._host: _HostCaps | None = None
+        self._host_lock = trio.Lock()
+        self._warned: set[str] = set()
+
+    async def create_kwargs(
+        self,
+        spec: SandboxSpec,
+        name: str,
+        *,
+        entrypoint: Sequence[str],
+        mounts: Sequence[dict[str, Any]] = (),
+    ) -> dict[str, Any]:
+        """podman-py's ``containers.create`` keyword arguments (the image aside);
+        ``mounts`` come on top of the settings' own (the launch's helper and stdio)."""
+        settings = spec.settings
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "entrypoint": list(entrypoint),
+            "command": [],
+            "init": True,
+            "cap_drop": ["ALL"],
+            "no_new_privileges": True,
+            "network_mode": settings.network,
+            "labels": {
+                **self._scope_labels,
+                **sandbox_labels(spec),
+                **({LABEL_OWNER: self._owner} if self._owner else {}),
+            },
+            "environment": dict(settings.env),
+        }
+        if settings.user:
+            kwargs["user"] = settings.user
+        if settings.workdir:
+            kwargs["workdir"] = settings.workdir
+        if settings.read_only:
+            kwargs["read_only"] = True
+        all_mounts = [*_settings_mounts(settings), *mounts]
+        if all_mounts:
+            kwargs["mounts"] = all_mounts
+        kwargs.update(await self._limits(settings))
+        return kwargs
+
+    async def _limits(self, settings: ContainerSettings) -> dict[str, Any]:
+        """The resource limits the host can enforce (see the module docstring)."""
+        host = await self._host_caps()
+        limits: dict[str, Any] = {}
+        if settings.cpu_shares and self._supported(host, "cpu", "cpu_shares"):
+            limits["cpu_shares"] = settings.cpu_shares
+        if settings.pids_limit and self._supported(host, "pids", "pids_limit"):
+            limits["pids_limit"] = settings.pids_limit
+        if settings.memory_limit and self._supported(host, "memory", "memory_limit"):
+            limits["mem_limit"] = settings.memory_limit
+        return limits
+
+    def _supported(self, host: _HostCaps, controller: str, setting: str) -> bool:
+        if controller in host.controllers:
+            return True
+        if setting not in self._warned:
+            self._warned.add(setting)
+            log.warning(
+                "resource_limit_skipped",
+                setting=setting,
+                cgroup_version=host.cgroup_version,
+                controllers=sorted(host.controllers),
+            )
+        return False
+
+    async def _host_caps(self) -> _HostCaps:
+        async with self._host_lock:
+            if self._host is None:
+                info = await self._api.request("GET", "/info", abandon_on_cancel=True)
+                host = info.get("host") or {}
+                self._host = _HostCaps(
+                    controllers=frozenset(host.get("cgroupControllers") or ()),
+                    cgroup_version=str(host.get("cgroupVersion", "?")),
+                )
+            return self._host
+
+
+def _settings_mounts(settings: ContainerSettings) -> list[dict[str, Any]]:
+    """The operator's tmpfs mounts and volumes; podman-py builds mount options from these
+    keys (size, read_only -> ro)."""
+    mounts = [
+        tmpfs_mount(destination, f"{size_mb}m") for destination, size_mb in settings.tmpfs.items()
+    ]
+    mounts += [
+        {
+            "type": "bind",
+            "source": volume.source,
+            "target": volume.destination,
+            "read_only": volume.read_only,
+        }
+        for volume in settings.volumes
+    ]
+    return mounts
+
+
+def tmpfs_mount(target: str, size: str) -> dict[str, Any]:
+    """A tmpfs any container user may write (mode 1777)."""
+    return {"type": "tmpfs", "source": "tmpfs", "target": target, "size": size, "mode": "1777"}
+
+
+def container_name(conn_id: str) -> str:
+    """``trissh-CONN-RANDOM``: readable in ``podman ps``, unique however conn ids repeat."""
+    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", conn_id)[:40].strip("-.") or "conn"
+    return f"trissh-{safe}-{secrets.token_hex(4)}"
