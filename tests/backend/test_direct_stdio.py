@@ -1,4 +1,4 @@
-"""Direct stdio (``_direct_stdio.py`` + ``trissh-exec --stdio``).
+"""Direct stdio (``trissh/backend/podman/direct_stdio.py`` + ``trissh-exec --stdio``).
 
 First without podman: the real static helper runs on the host against a real
 :class:`DirectStdio` socket (the handover, its bounds, its failure message, no fd left

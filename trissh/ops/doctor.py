@@ -167,13 +167,13 @@ async def try_session(
     started = time.monotonic()
     try:
         async with backend.open_sandbox(spec) as sandbox:
-            start_ms, started = ms_since(started), time.monotonic()
+            start_ms, started = _ms_since(started), time.monotonic()
             path = sandbox.launch_path
             async with sandbox.open_process(program) as process:
                 output = await _read_bounded(process.stdout, 1024)
                 errors = await _read_bounded(process.stderr, 1024) if process.stderr else b""
                 status = await process.wait()
-            run_ms, started = ms_since(started), time.monotonic()
+            run_ms, started = _ms_since(started), time.monotonic()
     except BackendError as exc:
         return HealthCheck(name=name, ok=False, detail=f"no program ran: {exc}")
     if status != ExitStatus(code=0) or output.strip() != marker.encode():
@@ -186,7 +186,7 @@ async def try_session(
         )
     detail = (
         f"a container started in {start_ms:.0f} ms, ran `echo` ({path.via}) in {run_ms:.0f} ms"
-        f" and was removed in {ms_since(started):.0f} ms"
+        f" and was removed in {_ms_since(started):.0f} ms"
     )
     if path.fallback is None:
         return HealthCheck(name=name, ok=True, detail=detail)
@@ -199,7 +199,7 @@ async def try_session(
     )
 
 
-def ms_since(start: float) -> float:
+def _ms_since(start: float) -> float:
     return round((time.monotonic() - start) * 1000, 3)
 
 
