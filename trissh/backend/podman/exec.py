@@ -5,10 +5,11 @@ Theory of operation
 ``open_exec`` creates an exec session through podman's REST API, then starts it over our
 own upgraded connection (:meth:`PodmanApi.upgrade`), whose stream
 :class:`~.exec_stdio.ExecStdio` turns into the program's stdio (framed, raw with a tty, or
-direct stdio pipes beside it). The start body carries the initial pty size (``h``/``w``) so the program never
-sees a 0x0 terminal; later sizes go through ``POST /exec/{id}/resize``. With the exec
-helper (``trissh-exec``, bind-mounted at :data:`HELPER_PATH`) the program runs as the
-helper's child, so a death by signal can be told from an exit code.
+direct stdio pipes beside it). The start body carries the initial pty size (``h``/``w``)
+so the program never sees a 0x0 terminal; later sizes go through
+``POST /exec/{id}/resize``. With the exec helper (``trissh-exec``, bind-mounted at
+:data:`HELPER_PATH`) the program runs as the helper's child, so a death by signal can be
+told from an exit code.
 
 *Exit status.* With direct stdio the helper reports it on the handover connection the
 moment the program ends (``exit N`` / ``signal N core C``); that is the answer, ~40 ms
