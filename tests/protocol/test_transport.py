@@ -69,7 +69,7 @@ def test_full_session_life_cycle_with_each_cipher(cipher: str) -> None:
     assert pair.transfer() == [
         SessionRequested(channel_id=cid, kind=SessionKind.EXEC, command="cat")
     ]
-    pair.server.reply_session_request(cid, True)
+    pair.server.reply_channel_request(cid, True)
     pair.client.channel_data(cid, b"ping")
     pair.client.channel_eof(cid)
     assert pair.transfer() == [
@@ -278,7 +278,7 @@ def _exec_session(pair: ConnectionPair) -> ChannelId:
     cid = pair.open_session()
     pair.client.channel_request(0, "exec", ExecData(command="cat").encode(), want_reply=False)
     pair.transfer()
-    pair.server.reply_session_request(cid, True)
+    pair.server.reply_channel_request(cid, True)
     return cid
 
 

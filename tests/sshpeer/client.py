@@ -78,6 +78,7 @@ SERVER_MESSAGES: dict[int, Callable[[Reader], object]] = {
         conn.GlobalRequest,
         conn.RequestSuccess,
         conn.RequestFailure,
+        conn.ChannelOpen,
         conn.ChannelOpenConfirmation,
         conn.ChannelOpenFailure,
         conn.ChannelWindowAdjust,

@@ -148,7 +148,7 @@ def auto_answer(server: ServerConnection, event: Event) -> None:
     elif isinstance(event, ChannelOpenRequested):
         server.accept_channel(event.channel_id)
     elif isinstance(event, SessionRequested):
-        server.reply_session_request(event.channel_id, True)
+        server.reply_channel_request(event.channel_id, True)
 
 
 def parse_plaintext(data: bytes) -> tuple[bytes, list[bytes]]:

@@ -9,6 +9,7 @@ from trissh.protocol.connection import ServerConnection, Statistics
 from trissh.protocol.constants import ChannelOpenFailureReason, DisconnectReason
 from trissh.protocol.errors import LocalProtocolError, RemoteProtocolError, SSHError
 from trissh.protocol.events import (
+    AuthDecisionRequested,
     Authenticated,
     AuthFailed,
     AuthPartiallySucceeded,
@@ -16,11 +17,15 @@ from trissh.protocol.events import (
     ChannelDataReceived,
     ChannelEOFReceived,
     ChannelId,
+    ChannelOpenConfirmed,
+    ChannelOpenFailed,
     ChannelOpenRequested,
     ChannelWindowAdjusted,
     ConnectionLost,
     DisconnectReceived,
     Event,
+    ForwardTarget,
+    GlobalRequestReceived,
     KeyboardInteractiveAuthRequested,
     KeyboardInteractiveResponsesReceived,
     KeyExchangeCompleted,
@@ -32,6 +37,8 @@ from trissh.protocol.events import (
     SessionKind,
     SessionRequested,
     SignalReceived,
+    SocketPath,
+    TcpAddress,
     TerminalSize,
     VersionReceived,
     WindowChanged,
@@ -39,6 +46,7 @@ from trissh.protocol.events import (
 from trissh.protocol.keys import HostKey, PublicKey, fingerprint, parse_public_key
 
 __all__ = [
+    "AuthDecisionRequested",
     "AuthFailed",
     "AuthPartiallySucceeded",
     "Authenticated",
@@ -46,6 +54,8 @@ __all__ = [
     "ChannelDataReceived",
     "ChannelEOFReceived",
     "ChannelId",
+    "ChannelOpenConfirmed",
+    "ChannelOpenFailed",
     "ChannelOpenFailureReason",
     "ChannelOpenRequested",
     "ChannelWindowAdjusted",
@@ -53,6 +63,8 @@ __all__ = [
     "DisconnectReason",
     "DisconnectReceived",
     "Event",
+    "ForwardTarget",
+    "GlobalRequestReceived",
     "HostKey",
     "KeyExchangeCompleted",
     "KeyboardInteractiveAuthRequested",
@@ -71,7 +83,9 @@ __all__ = [
     "SessionKind",
     "SessionRequested",
     "SignalReceived",
+    "SocketPath",
     "Statistics",
+    "TcpAddress",
     "TerminalSize",
     "VersionReceived",
     "WindowChanged",

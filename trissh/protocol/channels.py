@@ -1,9 +1,17 @@
-"""The ``ssh-connection`` service (RFC 4254): channels, windows, requests, replies.
+"""The channel table of the ``ssh-connection`` service (RFC 4254 §5): numbers, windows,
+states, data, EOF, CLOSE and the order of replies — the same for every kind of channel.
 
 Theory of operation
 -------------------
-Each channel has a ``ChannelState``; ``_TRANSITIONS`` lists the legal moves. A channel
-is forgotten once CLOSE went both ways, and only then may its number be reused.
+Each channel has a ``ChannelState``; ``_TRANSITIONS`` lists the legal moves. A channel the
+client opens starts ``OPENING`` (our decision pending); one we open starts ``OPEN_SENT``
+(the client's answer pending). A channel is forgotten once CLOSE went both ways, or when
+an open is refused, and only then may its number be reused.
+
+What differs between kinds lives elsewhere, behind :class:`ChannelKind`: how the open's
+type-specific data reads (a session has none; ``direct-tcpip`` names a host and port,
+:mod:`.forwarding`) and which channel requests a channel of that kind takes
+(:class:`ChannelRules`; sessions: :mod:`.session_channel`). The table knows no kind by name.
 
 Windows (RFC 4254 §5.2): the peer may send ``recv_window`` more bytes; the driver reports
 what it consumed through ``acknowledge``, and a WINDOW_ADJUST goes out once half the
@@ -11,22 +19,17 @@ window is consumed (h2's heuristic), so a slow consumer throttles the client ins
 growing our buffers. Sending is limited by the peer's window and maximum packet size.
 
 Replies to ``want_reply`` requests must leave in request order (RFC 4254 §5.4) even though
-the reply to a session request comes later, after the container started. Each channel
+some are answered later (a session's start, after its container started). Each channel
 keeps a queue of reply slots; a resolved slot is sent once every earlier slot is.
-
-Session requests: ``pty-req`` and ``env`` are collected; ``shell``/``exec``/``subsystem``
-turns them into one ``SessionRequested`` event. Only ``session`` channels exist here;
-every other channel type is refused with the proper reason.
 """
 
 from __future__ import annotations
 
 import enum
-import fnmatch
 import functools
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -38,19 +41,16 @@ from trissh.protocol.events import (
     ChannelDataReceived,
     ChannelEOFReceived,
     ChannelId,
+    ChannelOpenConfirmed,
+    ChannelOpenFailed,
     ChannelOpenRequested,
     ChannelWindowAdjusted,
     Event,
-    PtyRequest,
+    ForwardTarget,
     RequestRefused,
-    SessionKind,
-    SessionRequested,
-    SignalReceived,
-    TerminalSize,
-    WindowChanged,
+    TcpAddress,
 )
 from trissh.protocol.messages.connection import (
-    BreakData,
     ChannelClose,
     ChannelEof,
     ChannelOpen,
@@ -58,14 +58,6 @@ from trissh.protocol.messages.connection import (
     ChannelOpenFailure,
     ChannelRequest,
     ChannelWindowAdjust,
-    EnvData,
-    ExecData,
-    ExitSignalData,
-    ExitStatusData,
-    PtyRequestData,
-    SignalData,
-    SubsystemData,
-    WindowChangeData,
 )
 from trissh.protocol.wire import Reader
 
@@ -78,58 +70,82 @@ MIN_PEER_MAX_PACKET: Final = 512
 MAX_SEND_CHUNK: Final = 128 * 1024
 #: Bound on unanswered want_reply requests per channel.
 MAX_PENDING_REPLIES: Final = 32
-
-#: Environment names refused whatever the allow-list says: they change how programs load,
-#: find binaries or run start-up code (sshd's AcceptEnv has no such guard).
-NEVER_ACCEPTED_ENV: Final = (
-    "LD_*", "DYLD_*", "PATH", "BASH_ENV", "ENV", "IFS", "SHELLOPTS", "BASHOPTS", "PS4",
-    "PROMPT_COMMAND", "HOME", "SHELL", "USER", "LOGNAME", "MAIL", "TMPDIR", "GCONV_PATH",
-    "LOCPATH", "MALLOC_*", "NODE_OPTIONS", "PYTHON*", "PERL5*", "PERLLIB", "RUBYOPT", "RUBYLIB",
-    "JAVA_TOOL_OPTIONS", "GIT_*", "TERMINFO*", "HOSTALIASES", "RES_OPTIONS", "LOCALDOMAIN",
-)  # fmt: skip
-
 #: Requests clients send to see that the server is alive or to probe its window: refused
 #: by design (the failure is the answer), so not worth a log line each.
-_PROBES: Final = frozenset(("keepalive@openssh.com", "winadj@putty.projects.tartarus.org"))
-#: Longest forwarding target kept for the log.
-MAX_TARGET_LENGTH: Final = 255
-
-#: Channel types a server might be asked for but that trissh refuses by policy.
-_PROHIBITED_TYPES: Final = frozenset(
-    (
-        "direct-tcpip",
-        "forwarded-tcpip",
-        "x11",
-        "auth-agent@openssh.com",
-        "direct-streamlocal@openssh.com",
-    )
-)
-
-
-def _terminal_size(request: PtyRequestData | WindowChangeData) -> TerminalSize:
-    return TerminalSize(
-        columns=request.columns,
-        rows=request.rows,
-        width_px=request.width_px,
-        height_px=request.height_px,
-    )
+PROBES: Final = frozenset(("keepalive@openssh.com", "winadj@putty.projects.tartarus.org"))
 
 
 class ChannelState(enum.Enum):
     #: CHANNEL_OPEN received; waiting for the driver's decision.
     OPENING = "opening"
+    #: We sent CHANNEL_OPEN; waiting for the peer's confirmation or failure.
+    OPEN_SENT = "open_sent"
     OPEN = "open"
     #: We sent CLOSE; waiting for the peer's.
     CLOSE_SENT = "close_sent"
-    #: The peer sent CLOSE; waiting for the driver to finish and call ``close_channel``.
+    #: The peer sent CLOSE; waiting for the driver to finish and call ``close``.
     CLOSE_RECEIVED = "close_received"
 
 
 _TRANSITIONS: Final = {
     (ChannelState.OPENING, "accept"): ChannelState.OPEN,
+    (ChannelState.OPEN_SENT, "confirmed"): ChannelState.OPEN,
     (ChannelState.OPEN, "send_close"): ChannelState.CLOSE_SENT,
     (ChannelState.OPEN, "recv_close"): ChannelState.CLOSE_RECEIVED,
 }
+
+
+#: A channel request's outcome: True (done), False or the reason (refused), or ``DEFERRED``
+#: (the driver answers later with ``reply_request``).
+class _Deferred(enum.Enum):
+    DEFERRED = "deferred"
+
+
+DEFERRED: Final = _Deferred.DEFERRED
+RequestOutcome = bool | str | _Deferred
+
+
+class ChannelRules(Protocol):
+    """The requests one channel takes, by kind (RFC 4254 §6 for sessions)."""
+
+    def on_request(self, request_type: str, data: Reader) -> RequestOutcome:
+        """Apply a request; raise ``DecodeError`` for malformed data."""
+        ...
+
+
+class NoRequests:
+    """Rules of channels that take no requests (forwarded streams, the agent)."""
+
+    def on_request(self, request_type: str, data: Reader) -> RequestOutcome:
+        return "not supported"
+
+
+@dataclass(frozen=True, slots=True)
+class OpenDetails:
+    """What an open's type-specific data says, for ``ChannelOpenRequested``."""
+
+    target: ForwardTarget | None = None
+    originator: TcpAddress | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelKind:
+    """How one channel type is opened and which requests its channels take."""
+
+    name: str
+    #: Whether a client may open it (``forwarded-tcpip``, ``x11``... only a server opens).
+    client_opens: bool
+    #: Reads the open's type-specific data; raises ``DecodeError`` if malformed.
+    read_open: Callable[[Reader], OpenDetails]
+    #: The request rules of one new channel of this kind.
+    make_rules: Callable[[ChannelId], ChannelRules]
+    #: Refused while this returns a reason (``no-more-sessions@openssh.com``).
+    refusal: Callable[[], str | None] = lambda: None
+
+
+def no_open_data(reader: Reader) -> OpenDetails:
+    reader.check_end()
+    return OpenDetails()
 
 
 @dataclass(slots=True)
@@ -145,15 +161,14 @@ class Channel:
     send_window: int
     send_max_packet: int
     recv_window: int
+    rules: ChannelRules
     state: ChannelState = ChannelState.OPENING
     recv_unacknowledged: int = 0
     eof_sent: bool = False
     eof_received: bool = False
-    session_started: bool = False
-    pty: PtyRequest | None = None
-    env: dict[str, str] = field(default_factory=dict)
     replies: deque[_ReplySlot] = field(default_factory=deque)
-    session_slot: _ReplySlot | None = None
+    #: The slot of a request the driver answers later (at most one at a time).
+    deferred: _ReplySlot | None = None
 
     def move(self, action: str) -> None:
         try:
@@ -174,23 +189,22 @@ SendEach = Callable[[Iterable[tuple[bytes, bytes | memoryview]]], None]
 
 
 class ChannelTable:
-    """All channels of one connection, plus the connection-level global requests."""
+    """All channels of one connection."""
 
     def __init__(
         self,
         config: ProtocolConfig,
+        kinds: Mapping[str, ChannelKind],
         send: SendPayload,
         send_each: SendEach,
         emit: Callable[[Event], None],
     ) -> None:
         self._config = config
+        self._kinds = kinds
         self._send = send
         self._send_each = send_each
         self._emit = emit
         self._channels: dict[int, Channel] = {}
-        self.no_more_sessions = False
-        #: False when the login's key said no-pty (authorized_keys, certificate).
-        self.pty_allowed = True
 
     def __len__(self) -> int:
         return len(self._channels)
@@ -207,6 +221,9 @@ class ChannelTable:
             raise LocalProtocolError(f"no channel {channel_id}")
         return channel
 
+    def _free_id(self) -> ChannelId:
+        return ChannelId(next(i for i in range(len(self._channels) + 1) if i not in self._channels))
+
     # -- inbound --------------------------------------------------------------------------
 
     def handle(self, payload: bytes) -> None:
@@ -221,6 +238,10 @@ class ChannelTable:
             self._on_request(ChannelRequest.decode(Reader(payload, 1)))
         elif number == MessageNumber.CHANNEL_OPEN:
             self._on_open(ChannelOpen.decode(Reader(payload, 1)))
+        elif number == MessageNumber.CHANNEL_OPEN_CONFIRMATION:
+            self._on_confirmation(ChannelOpenConfirmation.decode(Reader(payload, 1)))
+        elif number == MessageNumber.CHANNEL_OPEN_FAILURE:
+            self._on_open_failure(ChannelOpenFailure.decode(Reader(payload, 1)))
         elif number == MessageNumber.CHANNEL_EOF:
             self._on_eof(ChannelEof.decode(Reader(payload, 1)).recipient_channel)
         elif number == MessageNumber.CHANNEL_CLOSE:
@@ -231,35 +252,39 @@ class ChannelTable:
             raise UnexpectedMessage(f"message {number} is not accepted from a client")
 
     def _on_open(self, message: ChannelOpen) -> None:
+        kind = self._kinds.get(message.channel_type)
+        details = OpenDetails()
         reason: ChannelOpenFailureReason | None = None
-        if message.channel_type != "session":
-            reason = (
-                ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED
-                if message.channel_type in _PROHIBITED_TYPES
-                else ChannelOpenFailureReason.UNKNOWN_CHANNEL_TYPE
-            )
+        if kind is None:
+            reason = ChannelOpenFailureReason.UNKNOWN_CHANNEL_TYPE
             text = f"channel type {message.channel_type!r} is not supported"
-        elif self.no_more_sessions:
+        elif not kind.client_opens:
             reason = ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED
-            text = "no more sessions allowed on this connection"
+            text = f"channel type {message.channel_type!r} is not supported"
+        elif (refusal := kind.refusal()) is not None:
+            reason, text = ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED, refusal
         elif len(self._channels) >= self._config.max_channels:
             reason = ChannelOpenFailureReason.RESOURCE_SHORTAGE
             text = "too many open channels"
         elif message.max_packet < MIN_PEER_MAX_PACKET:
             reason = ChannelOpenFailureReason.RESOURCE_SHORTAGE
             text = "maximum packet size too small"
+        else:
+            try:
+                details = kind.read_open(Reader(message.data))
+            except DecodeError as exc:
+                reason = ChannelOpenFailureReason.CONNECT_FAILED
+                text = f"malformed {message.channel_type} request: {exc}"
         if reason is not None:
             self._send(
                 ChannelOpenFailure(
                     recipient_channel=message.sender_channel, reason=reason, description=text
                 ).encode()
             )
-            target = forwarding_target(message.channel_type, message.data)
-            self._emit(RequestRefused(request=message.channel_type, reason=text, target=target))
+            self._emit(RequestRefused(request=message.channel_type, reason=text))
             return
-        local_id = ChannelId(
-            next(i for i in range(len(self._channels) + 1) if i not in self._channels)
-        )
+        assert kind is not None
+        local_id = self._free_id()
         self._channels[local_id] = Channel(
             local_id=local_id,
             remote_id=message.sender_channel,
@@ -267,8 +292,49 @@ class ChannelTable:
             send_window=message.initial_window,
             send_max_packet=min(message.max_packet, MAX_SEND_CHUNK),
             recv_window=self._config.channel_window,
+            rules=kind.make_rules(local_id),
         )
-        self._emit(ChannelOpenRequested(channel_id=local_id, channel_type=message.channel_type))
+        self._emit(
+            ChannelOpenRequested(
+                channel_id=local_id,
+                channel_type=message.channel_type,
+                target=details.target,
+                originator=details.originator,
+            )
+        )
+
+    def _on_confirmation(self, message: ChannelOpenConfirmation) -> None:
+        channel = self._lookup(message.recipient_channel)
+        if channel.state is not ChannelState.OPEN_SENT:
+            raise UnexpectedMessage(f"confirmation of channel {channel.local_id}, not opened")
+        channel.remote_id = message.sender_channel
+        channel.send_window = message.initial_window
+        channel.send_max_packet = min(message.max_packet, MAX_SEND_CHUNK)
+        channel.move("confirmed")
+        if message.max_packet < MIN_PEER_MAX_PACKET:
+            self.close(channel.local_id)  # unusable: treat as refused, once the peer closes
+            self._emit(
+                ChannelOpenFailed(
+                    channel_id=channel.local_id,
+                    reason=ChannelOpenFailureReason.RESOURCE_SHORTAGE,
+                    description="maximum packet size too small",
+                )
+            )
+            return
+        self._emit(ChannelOpenConfirmed(channel_id=channel.local_id))
+
+    def _on_open_failure(self, message: ChannelOpenFailure) -> None:
+        channel = self._lookup(message.recipient_channel)
+        if channel.state is not ChannelState.OPEN_SENT:
+            raise UnexpectedMessage(f"open failure of channel {channel.local_id}, not opened")
+        del self._channels[channel.local_id]
+        self._emit(
+            ChannelOpenFailed(
+                channel_id=channel.local_id,
+                reason=int(message.reason),
+                description=message.description,
+            )
+        )
 
     def _on_data(self, payload: bytes) -> None:
         if len(payload) < 9:
@@ -293,7 +359,7 @@ class ChannelTable:
 
     def _charge_window(self, channel_id: int, length: int) -> Channel | None:
         channel = self._lookup(channel_id)
-        if channel.state is ChannelState.OPENING:
+        if channel.state in (ChannelState.OPENING, ChannelState.OPEN_SENT):
             raise UnexpectedMessage("data on a channel that is not open yet")
         if length > channel.recv_window:
             raise UnexpectedMessage(f"channel {channel_id}: peer exceeded the window")
@@ -306,6 +372,8 @@ class ChannelTable:
 
     def _on_window_adjust(self, message: ChannelWindowAdjust) -> None:
         channel = self._lookup(message.recipient_channel)
+        if channel.state is ChannelState.OPEN_SENT:
+            raise UnexpectedMessage("window adjust on a channel that is not open yet")
         channel.send_window += message.bytes_to_add
         if channel.send_window > _UINT32_MAX:
             raise UnexpectedMessage("window adjusted beyond 2^32-1")
@@ -314,6 +382,8 @@ class ChannelTable:
 
     def _on_eof(self, channel_id: int) -> None:
         channel = self._lookup(channel_id)
+        if channel.state is ChannelState.OPEN_SENT:
+            raise UnexpectedMessage("EOF on a channel that is not open yet")
         if channel.eof_received:
             return
         channel.eof_received = True
@@ -322,7 +392,7 @@ class ChannelTable:
 
     def _on_close(self, channel_id: int) -> None:
         channel = self._lookup(channel_id)
-        if channel.state is ChannelState.OPENING:
+        if channel.state in (ChannelState.OPENING, ChannelState.OPEN_SENT):
             raise UnexpectedMessage(f"close of channel {channel_id}, which is not open yet")
         if channel.state is ChannelState.CLOSE_RECEIVED:
             raise UnexpectedMessage(f"channel {channel_id} closed twice")
@@ -334,7 +404,7 @@ class ChannelTable:
 
     def _on_request(self, message: ChannelRequest) -> None:
         channel = self._lookup(message.recipient_channel)
-        if channel.state is ChannelState.OPENING:
+        if channel.state in (ChannelState.OPENING, ChannelState.OPEN_SENT):
             raise UnexpectedMessage("request on a channel that is not open yet")
         if channel.state is not ChannelState.OPEN:
             return  # closing: the answer no longer matters to anyone
@@ -344,107 +414,29 @@ class ChannelTable:
                 raise UnexpectedMessage("too many unanswered channel requests")
             slot = _ReplySlot()
             channel.replies.append(slot)
-        outcome = self._apply_request(channel, message.request_type, Reader(message.data), slot)
+        outcome = channel.rules.on_request(message.request_type, Reader(message.data))
+        if outcome is DEFERRED:
+            if channel.deferred is not None:
+                raise LocalProtocolError("a channel's rules deferred a second request")
+            channel.deferred = slot if slot is not None else _ReplySlot()
+            return
         if isinstance(outcome, str):
-            if message.request_type not in _PROBES:
+            if message.request_type not in PROBES:
                 self._emit(
                     RequestRefused(
                         request=message.request_type, reason=outcome, channel_id=channel.local_id
                     )
                 )
             outcome = False
-        if outcome is not None and slot is not None:
+        if slot is not None:
             slot.ok = outcome
             self._flush_replies(channel)
-
-    def _apply_request(
-        self, channel: Channel, request_type: str, data: Reader, slot: _ReplySlot | None
-    ) -> bool | str | None:
-        """Apply one channel request: True when done, the reason when refused, ``None``
-        when the driver answers later."""
-        if request_type == "pty-req":
-            if not self.pty_allowed:
-                return "no terminal for this login"
-            if channel.session_started or channel.pty is not None:
-                return "a terminal only before the session starts, once"
-            pty = PtyRequestData.decode(data)
-            channel.pty = PtyRequest(term=pty.term, size=_terminal_size(pty), modes=pty.modes)
-            return True
-        if request_type == "env":
-            env = EnvData.decode(data)
-            if channel.session_started or len(channel.env) >= self._config.max_env_vars:
-                return "too many variables, or the session has started"
-            if not any(fnmatch.fnmatchcase(env.name, p) for p in self._config.accept_env):
-                return f"{env.name} is not in accept_env"
-            if any(fnmatch.fnmatchcase(env.name, p) for p in NEVER_ACCEPTED_ENV):
-                return f"{env.name} is never accepted"
-            channel.env[env.name] = env.value
-            return True
-        if request_type in ("shell", "exec", "subsystem"):
-            return self._start_session(channel, request_type, data, slot)
-        if request_type == "window-change":
-            size = WindowChangeData.decode(data)
-            if channel.pty is None:
-                return "no terminal to resize"
-            self._emit(WindowChanged(channel_id=channel.local_id, size=_terminal_size(size)))
-            return True
-        if request_type == "break":
-            # RFC 4335: a BREAK on a terminal is an interrupt; without one there is nothing.
-            BreakData.decode(data)
-            if channel.pty is None or not channel.session_started:
-                return "no terminal session to interrupt"
-            self._emit(SignalReceived(channel_id=channel.local_id, signal="INT"))
-            return True
-        if request_type == "signal":
-            signal = SignalData.decode(data)
-            if not channel.session_started:
-                return "no program to signal yet"
-            self._emit(SignalReceived(channel_id=channel.local_id, signal=signal.name))
-            return True
-        return "not supported"
-
-    def _start_session(
-        self, channel: Channel, request_type: str, data: Reader, slot: _ReplySlot | None
-    ) -> str | None:
-        kind = SessionKind(request_type)
-        command = subsystem = None
-        if kind is SessionKind.EXEC:
-            command = ExecData.decode(data).command
-        elif kind is SessionKind.SUBSYSTEM:
-            subsystem = SubsystemData.decode(data).name
-        else:
-            data.check_end()
-        if channel.session_started:
-            return "the channel already runs a session"
-        channel.session_started = True
-        channel.session_slot = slot if slot is not None else _ReplySlot()
-        self._emit(
-            SessionRequested(
-                channel_id=channel.local_id,
-                kind=kind,
-                command=command,
-                subsystem=subsystem,
-                pty=channel.pty,
-                env=dict(channel.env),
-            )
-        )
-        return None
 
     def _flush_replies(self, channel: Channel) -> None:
         while channel.replies and channel.replies[0].ok is not None:
             ok = channel.replies.popleft().ok
             number = MessageNumber.CHANNEL_SUCCESS if ok else MessageNumber.CHANNEL_FAILURE
             self._send(struct.pack(">BI", number, channel.remote_id))
-
-    def on_global_request(self, name: str, want_reply: bool, data: bytes = b"") -> None:
-        """Global requests (RFC 4254 §4): none is granted, as sshd without forwarding."""
-        if name == "no-more-sessions@openssh.com":
-            self.no_more_sessions = True
-        elif name not in _PROBES:
-            target = forwarding_target(name, data)
-            self._emit(RequestRefused(request=name, reason="not supported", target=target))
-        if want_reply:
-            self._send(bytes((MessageNumber.REQUEST_FAILURE,)))
 
     # -- commands from the driver ---------------------------------------------------------
 
@@ -471,11 +463,43 @@ class ChannelTable:
             ).encode()
         )
 
-    def reply_session_request(self, channel_id: ChannelId, ok: bool) -> None:
+    def open(self, channel_type: str, data: bytes = b"") -> ChannelId:
+        """Open a channel to the client (``forwarded-tcpip``, ``auth-agent@openssh.com``...);
+        ``ChannelOpenConfirmed`` or ``ChannelOpenFailed`` follows."""
+        kind = self._kinds.get(channel_type)
+        if kind is None:
+            raise LocalProtocolError(f"no channel kind {channel_type!r}")
+        if len(self._channels) >= self._config.max_channels:
+            raise LocalProtocolError("too many open channels")
+        local_id = self._free_id()
+        channel = Channel(
+            local_id=local_id,
+            remote_id=-1,
+            channel_type=channel_type,
+            send_window=0,
+            send_max_packet=MIN_PEER_MAX_PACKET,
+            recv_window=self._config.channel_window,
+            rules=kind.make_rules(local_id),
+            state=ChannelState.OPEN_SENT,
+        )
+        self._channels[local_id] = channel
+        self._send(
+            ChannelOpen(
+                channel_type=channel_type,
+                sender_channel=local_id,
+                initial_window=channel.recv_window,
+                max_packet=self._config.channel_max_packet,
+                data=data,
+            ).encode()
+        )
+        return local_id
+
+    def reply_request(self, channel_id: ChannelId, ok: bool) -> None:
+        """Answer the request the rules deferred (a session's start)."""
         channel = self._channels.get(channel_id)
-        if channel is None or channel.session_slot is None:
+        if channel is None or channel.deferred is None:
             return  # already closed: nobody is waiting for the answer
-        slot, channel.session_slot = channel.session_slot, None
+        slot, channel.deferred = channel.deferred, None
         slot.ok = ok
         if channel.state is ChannelState.OPEN:
             self._flush_replies(channel)
@@ -534,7 +558,8 @@ class ChannelTable:
         channel.eof_sent = True
         self._send(ChannelEof(recipient_channel=channel.remote_id).encode())
 
-    def _send_request(self, channel_id: ChannelId, request_type: str, data: bytes) -> None:
+    def send_request(self, channel_id: ChannelId, request_type: str, data: bytes) -> None:
+        """A request that wants no reply (``exit-status``...); dropped once closing."""
         channel = self._channels.get(channel_id)
         if channel is None or channel.state is not ChannelState.OPEN:
             return
@@ -547,49 +572,17 @@ class ChannelTable:
             ).encode()
         )
 
-    def send_exit_status(self, channel_id: ChannelId, code: int) -> None:
-        self._send_request(
-            channel_id, "exit-status", ExitStatusData(code=code & _UINT32_MAX).encode()
-        )
-
-    def send_exit_signal(
-        self, channel_id: ChannelId, signal: str, core_dumped: bool, message: str
-    ) -> None:
-        data = ExitSignalData(signal=signal, core_dumped=core_dumped, message=message).encode()
-        self._send_request(channel_id, "exit-signal", data)
-
     def close(self, channel_id: ChannelId) -> None:
         """Send CLOSE (idempotent); forget the channel once both sides closed."""
         channel = self._channels.get(channel_id)
         if channel is None or channel.state is ChannelState.CLOSE_SENT:
             return
-        if channel.state is ChannelState.OPENING:
-            raise LocalProtocolError("reject a channel being opened instead of closing it")
-        if channel.session_slot is not None and channel.state is ChannelState.OPEN:
-            self.reply_session_request(channel_id, False)
+        if channel.state in (ChannelState.OPENING, ChannelState.OPEN_SENT):
+            raise LocalProtocolError("a channel being opened is rejected or awaited, not closed")
+        if channel.deferred is not None and channel.state is ChannelState.OPEN:
+            self.reply_request(channel_id, False)
         self._send(ChannelClose(recipient_channel=channel.remote_id).encode())
         if channel.state is ChannelState.CLOSE_RECEIVED:
             del self._channels[channel_id]
         else:
             channel.move("send_close")
-
-
-def forwarding_target(request: str, data: bytes) -> str | None:
-    """Where a forwarding request points (RFC 4254 §7, OpenSSH PROTOCOL §2.4), for the
-    log: ``host:port`` or a socket path; ``None`` for other requests or malformed data."""
-    reader = Reader(data)
-    try:
-        if request in ("direct-tcpip", "tcpip-forward", "cancel-tcpip-forward"):
-            host = reader.string(MAX_TARGET_LENGTH)
-            target = f"{host.decode('utf-8', 'replace')}:{reader.uint32()}"
-        elif request in (
-            "direct-streamlocal@openssh.com",
-            "streamlocal-forward@openssh.com",
-            "cancel-streamlocal-forward@openssh.com",
-        ):
-            target = reader.string(MAX_TARGET_LENGTH).decode("utf-8", "replace")
-        else:
-            return None
-    except DecodeError:
-        return None
-    return target

@@ -1,10 +1,11 @@
 """ServerConnection: the sans-IO SSH server the driver talks to.
 
 A façade that composes the layers (wsproto's ``WSConnection`` shape): ``Transport``
-(RFC 4253), ``UserAuthServer`` (RFC 4252) and ``ChannelTable`` (RFC 4254). It routes each
-payload by message-number range (RFC 4250 §4.1.2) and gates the upper layers: userauth
-only after the ``ssh-userauth`` service was requested, connection messages only after
-authentication.
+(RFC 4253), ``UserAuthServer`` (RFC 4252), and for the connection protocol (RFC 4254) the
+``ChannelTable`` with its channel kinds (sessions, forwarding) and ``GlobalRequests``. It
+routes each payload by message-number range (RFC 4250 §4.1.2) and gates the upper layers:
+userauth only after the ``ssh-userauth`` service was requested, connection messages only
+after authentication.
 
 Contract for drivers: call ``receive_data`` with bytes read (``b""`` at EOF), then
 ``next_event()`` until it returns ``None``, answering decision events with the commands
@@ -26,8 +27,16 @@ from trissh.protocol.config import ProtocolConfig
 from trissh.protocol.constants import ChannelOpenFailureReason, DisconnectReason, MessageNumber
 from trissh.protocol.errors import LocalProtocolError, RemoteProtocolError, UnexpectedMessage
 from trissh.protocol.events import ChannelId, ConnectionLost, Event, NegotiatedAlgorithms
-from trissh.protocol.messages.connection import GlobalRequest, RequestFailure, RequestSuccess
+from trissh.protocol.forwarding import forwarding_kinds
+from trissh.protocol.global_requests import HOSTKEYS_PROVE, GlobalRequests
+from trissh.protocol.messages.connection import GlobalRequest
 from trissh.protocol.messages.transport import ServiceAccept, ServiceRequest, Unimplemented
+from trissh.protocol.session_channel import (
+    SessionPolicy,
+    exit_signal,
+    exit_status,
+    session_kind,
+)
 from trissh.protocol.transport import Transport
 from trissh.protocol.userauth import UserAuthServer
 from trissh.protocol.wire import Reader
@@ -35,7 +44,6 @@ from trissh.protocol.wire import Reader
 USERAUTH_SERVICE = "ssh-userauth"
 #: OpenSSH PROTOCOL §2.5: host key rotation.
 HOSTKEYS = "hostkeys-00@openssh.com"
-HOSTKEYS_PROVE = "hostkeys-prove-00@openssh.com"
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -57,10 +65,22 @@ class ServerConnection:
         self._events: deque[Event] = deque()
         self._transport = Transport(config, self._events.append)
         self._auth = UserAuthServer(
-            config, self._transport.send, self._events.append, self._session_id
+            config,
+            self._transport.send,
+            self._events.append,
+            self._session_id,
+            self._transport.send_auth_success,
         )
+        self._sessions = SessionPolicy()
+        kinds = {
+            **forwarding_kinds(),
+            "session": session_kind(config, self._sessions, self._events.append),
+        }
         self._channels = ChannelTable(
-            config, self._transport.send, self._transport.send_each, self._events.append
+            config, kinds, self._transport.send, self._transport.send_each, self._events.append
+        )
+        self._global = GlobalRequests(
+            self._transport.send, self._events.append, self._sessions, self._prove_host_keys
         )
         self._userauth_started = False
         self._eof = False
@@ -174,11 +194,7 @@ class ServerConnection:
             if not self.authenticated:
                 raise UnexpectedMessage(f"connection message {number} before authentication")
             if number == MessageNumber.GLOBAL_REQUEST:
-                request = GlobalRequest.decode(Reader(payload, 1))
-                if request.name == HOSTKEYS_PROVE:
-                    self._prove_host_keys(request)
-                else:
-                    self._channels.on_global_request(request.name, request.want_reply, request.data)
+                self._global.handle(payload)
             elif number in (MessageNumber.REQUEST_SUCCESS, MessageNumber.REQUEST_FAILURE):
                 self.keepalives_unanswered = 0  # any answer to our probe proves the peer lives
             else:
@@ -226,10 +242,10 @@ class ServerConnection:
         blobs = b"".join(wire.string(key.public_blob) for key in self._config.host_keys)
         self._transport.send(GlobalRequest(name=HOSTKEYS, want_reply=False, data=blobs).encode())
 
-    def _prove_host_keys(self, request: GlobalRequest) -> None:
+    def _prove_host_keys(self, data: bytes) -> bytes | None:
         """Sign ``string "hostkeys-prove-00@openssh.com" || string session_id || string key``
         with each requested host key; any key that is not ours fails the whole request."""
-        reader = Reader(request.data)
+        reader = Reader(data)
         blobs: list[bytes] = []
         while reader.remaining:
             blobs.append(reader.string(4096))
@@ -237,9 +253,7 @@ class ServerConnection:
                 break
         keys = {key.public_blob: key for key in self._config.host_keys}
         if not blobs or len(blobs) > len(keys) or any(blob not in keys for blob in blobs):
-            if request.want_reply:
-                self._transport.send(RequestFailure().encode())
-            return
+            return None
         negotiated = self._transport.algorithms
         kex_algorithm = negotiated.host_key if negotiated is not None else ""
         signatures = []
@@ -249,8 +263,7 @@ class ServerConnection:
             algorithm = kex_algorithm if kex_algorithm in key.algorithms else None
             data = wire.string(HOSTKEYS_PROVE) + wire.string(self._session_id()) + wire.string(blob)
             signatures.append(wire.string(key.sign(data, algorithm)))
-        if request.want_reply:
-            self._transport.send(RequestSuccess(data=b"".join(signatures)).encode())
+        return b"".join(signatures)
 
     def accept_channel(self, channel_id: ChannelId) -> None:
         self._channels.accept(channel_id)
@@ -260,8 +273,20 @@ class ServerConnection:
     ) -> None:
         self._channels.reject(channel_id, reason, text)
 
-    def reply_session_request(self, channel_id: ChannelId, ok: bool) -> None:
-        self._channels.reply_session_request(channel_id, ok)
+    def open_channel(self, channel_type: str, data: bytes = b"") -> ChannelId:
+        """Open a channel to the client (``forwarded-tcpip``, ``auth-agent@openssh.com``...)
+        with its type-specific ``data`` (:mod:`.forwarding` builds it); its answer comes as
+        ``ChannelOpenConfirmed`` or ``ChannelOpenFailed``."""
+        return self._channels.open(channel_type, data)
+
+    def reply_channel_request(self, channel_id: ChannelId, ok: bool) -> None:
+        """Answer the request a channel's rules left to the driver (a session's start)."""
+        self._channels.reply_request(channel_id, ok)
+
+    def reply_global_request(self, request_id: int, ok: bool, *, port: int | None = None) -> None:
+        """Answer a ``GlobalRequestReceived``; ``port``: the port a ``tcpip-forward`` for
+        port 0 got (RFC 4254 §7.1)."""
+        self._global.reply(request_id, ok, wire.uint32(port) if port is not None else b"")
 
     def send_window(self, channel_id: ChannelId) -> int | None:
         """Bytes ``send_channel_data`` would accept now; ``None`` once it accepts nothing."""
@@ -279,19 +304,20 @@ class ServerConnection:
         self._channels.send_eof(channel_id)
 
     def send_exit_status(self, channel_id: ChannelId, code: int) -> None:
-        self._channels.send_exit_status(channel_id, code)
+        self._channels.send_request(channel_id, "exit-status", exit_status(code))
 
     def send_exit_signal(
         self, channel_id: ChannelId, signal: str, *, core_dumped: bool = False, message: str = ""
     ) -> None:
-        self._channels.send_exit_signal(channel_id, signal, core_dumped, message)
+        data = exit_signal(signal, core_dumped=core_dumped, message=message)
+        self._channels.send_request(channel_id, "exit-signal", data)
 
     def close_channel(self, channel_id: ChannelId) -> None:
         self._channels.close(channel_id)
 
     def forbid_pty(self) -> None:
         """Refuse every later ``pty-req`` (a ``no-pty`` restriction on the login)."""
-        self._channels.pty_allowed = False
+        self._sessions.pty_allowed = False
 
     def send_keepalive(self) -> None:
         """Probe the client with ``keepalive@openssh.com``; every client answers it."""

@@ -134,11 +134,72 @@ class Authenticated:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TcpAddress:
+    """A host (name or address, as the client wrote it) and a port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SocketPath:
+    """A unix socket path (OpenSSH's streamlocal forwarding)."""
+
+    path: str
+
+    def __str__(self) -> str:
+        return self.path
+
+
+#: Where a forwarding channel or request points.
+ForwardTarget = TcpAddress | SocketPath
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChannelOpenRequested:
-    """Answer with ``accept_channel(id)`` or ``reject_channel(id, reason, text)``."""
+    """The client opens a channel: answer with ``accept_channel(id)`` or
+    ``reject_channel(id, reason, text)``.
+
+    ``target``: where a ``direct-tcpip`` or ``direct-streamlocal@openssh.com`` channel
+    should lead; ``originator``: where a ``direct-tcpip`` connection came from on the
+    client's side (as the client says). Both ``None`` for a session.
+    """
 
     channel_id: ChannelId
     channel_type: str
+    target: ForwardTarget | None = None
+    originator: TcpAddress | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelOpenConfirmed:
+    """The client accepted a channel we opened with ``open_channel``: it carries data now."""
+
+    channel_id: ChannelId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelOpenFailed:
+    """The client refused a channel we opened; its number is free again."""
+
+    channel_id: ChannelId
+    reason: int
+    description: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GlobalRequestReceived:
+    """A forwarding request (``tcpip-forward``, ``streamlocal-forward@openssh.com`` or a
+    cancel of one): answer with ``reply_global_request(request_id, ok, port=...)``, also
+    when ``want_reply`` is false (replies leave in request order, RFC 4254 §4)."""
+
+    request_id: int
+    name: str
+    target: ForwardTarget
+    want_reply: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,7 +217,7 @@ class RequestRefused:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionRequested:
-    """The client asked to start a program; answer with ``reply_session_request(id, ok)``.
+    """The client asked to start a program; answer with ``reply_channel_request(id, ok)``.
 
     ``pty`` and ``env`` fold in the earlier ``pty-req`` and ``env`` requests; ``env`` is
     already filtered through the configured allow-list.
@@ -224,17 +285,26 @@ class ConnectionLost:
     """The byte stream ended (``receive_data(b"")``)."""
 
 
-Event = (
-    VersionReceived
-    | KeyExchangeCompleted
-    | PublicKeyAuthRequested
+#: Events that wait for the driver's answer (``accept_auth``, ``reject_auth``,
+#: ``send_auth_prompts``) before the core reads on.
+AuthDecisionRequested = (
+    PublicKeyAuthRequested
     | PasswordAuthRequested
     | KeyboardInteractiveAuthRequested
     | KeyboardInteractiveResponsesReceived
+)
+
+Event = (
+    VersionReceived
+    | KeyExchangeCompleted
+    | AuthDecisionRequested
     | AuthFailed
     | AuthPartiallySucceeded
     | Authenticated
     | ChannelOpenRequested
+    | ChannelOpenConfirmed
+    | ChannelOpenFailed
+    | GlobalRequestReceived
     | RequestRefused
     | SessionRequested
     | WindowChanged

@@ -117,7 +117,8 @@ class Transport:
         #: Wire packets not yet taken by the driver, kept apart so nothing copies them again.
         self._out: list[bytes] = []
         self._out_size = 0
-        self._held: list[bytes] = []
+        #: Payloads held back during our kex, each with whether it ends authentication.
+        self._held: list[tuple[bytes, bool]] = []
         self._held_size = 0
         self.client_version: bytes | None = None
         self._pre_version_lines = 0
@@ -180,23 +181,34 @@ class Transport:
 
     def _send_now(self, payload: bytes, tail: bytes | memoryview = b"") -> None:
         self._queue_packets(((payload, tail),))
-        if not self._after_auth and payload[0] == MessageNumber.USERAUTH_SUCCESS:
-            # zlib@openssh.com starts right after SUCCESS, both ways (OpenSSH PROTOCOL §1.3).
-            self._after_auth = True
-            self._encoder.compressor = self._compressor(self._out_compression)
-            self._decoder.decompressor = self._decompressor(self._in_compression)
 
     def send(self, payload: bytes, tail: bytes | memoryview = b"") -> None:
         """Send the service-layer payload ``payload + tail``, held back while our side of a
         kex is running."""
+        self._send(payload, tail, ends_auth=False)
+
+    def send_auth_success(self, payload: bytes) -> None:
+        """Send USERAUTH_SUCCESS, the last packet before delayed compression
+        (zlib@openssh.com) starts both ways (OpenSSH PROTOCOL §1.3). The auth layer says
+        which packet that is; the transport does not read userauth's messages."""
+        self._send(payload, b"", ends_auth=True)
+
+    def _send(self, payload: bytes, tail: bytes | memoryview, *, ends_auth: bool) -> None:
         if self.closed:
             return
         if self.kex_state in (KexState.AWAIT_KEXINIT, KexState.KEX_RUNNING):
-            self._held.append(payload + tail if tail else payload)
+            self._held.append((payload + tail if tail else payload, ends_auth))
             self._held_size += len(payload) + len(tail)
             return
         self._send_now(payload, tail)
+        if ends_auth:
+            self._start_compression()
         self._rekey_if_due()
+
+    def _start_compression(self) -> None:
+        self._after_auth = True
+        self._encoder.compressor = self._compressor(self._out_compression)
+        self._decoder.decompressor = self._decompressor(self._in_compression)
 
     def send_each(self, parts: Iterable[tuple[bytes, bytes | memoryview]]) -> None:
         """``send(payload, tail)`` for each part, in order: the path of channel data.
@@ -443,8 +455,10 @@ class Transport:
         if not self.established and self.ext_info_requested:
             self._send_now(_server_sig_algs())
         held, self._held, self._held_size = self._held, [], 0
-        for payload in held:
+        for payload, ends_auth in held:
             self._send_now(payload)
+            if ends_auth:
+                self._start_compression()
 
     def _on_newkeys(self, payload: bytes) -> None:
         if self.kex_state is not KexState.AWAIT_NEWKEYS:

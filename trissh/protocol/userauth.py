@@ -120,9 +120,12 @@ class UserAuthServer:
         send: Callable[[bytes], None],
         emit: Callable[[Event], None],
         session_id: Callable[[], bytes],
+        send_success: Callable[[bytes], None],
     ) -> None:
         self._config = config
         self._send = send
+        #: USERAUTH_SUCCESS goes through its own call: delayed compression starts after it.
+        self._send_success = send_success
         self._emit = emit
         self._session_id = session_id
         self.state = AuthState.AWAITING_REQUEST
@@ -312,7 +315,7 @@ class UserAuthServer:
             return
         self._move("succeed")
         self.username = request.username
-        self._send(UserauthSuccess().encode())
+        self._send_success(UserauthSuccess().encode())
         self._emit(
             Authenticated(
                 username=request.username, method=method_name, key_fingerprint=fingerprint

@@ -1,0 +1,186 @@
+"""The ``session`` channel kind (RFC 4254 §6): which requests a session takes, and the
+messages only sessions send.
+
+``pty-req`` and ``env`` are collected; ``shell``/``exec``/``subsystem`` turns them into one
+``SessionRequested`` event, whose reply the driver gives once the program runs. Resizes,
+signals and BREAK become events for the running program. Everything else is refused with a
+reason for the operator's log.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from trissh.protocol.channels import (
+    DEFERRED,
+    ChannelKind,
+    RequestOutcome,
+    no_open_data,
+)
+from trissh.protocol.config import ProtocolConfig
+from trissh.protocol.events import (
+    ChannelId,
+    Event,
+    PtyRequest,
+    SessionKind,
+    SessionRequested,
+    SignalReceived,
+    TerminalSize,
+    WindowChanged,
+)
+from trissh.protocol.messages.connection import (
+    BreakData,
+    EnvData,
+    ExecData,
+    ExitSignalData,
+    ExitStatusData,
+    PtyRequestData,
+    SignalData,
+    SubsystemData,
+    WindowChangeData,
+)
+from trissh.protocol.wire import Reader
+
+SESSION: Final = "session"
+_UINT32_MAX: Final = 0xFFFFFFFF
+
+#: Environment names refused whatever the allow-list says: they change how programs load,
+#: find binaries or run start-up code (sshd's AcceptEnv has no such guard).
+NEVER_ACCEPTED_ENV: Final = (
+    "LD_*", "DYLD_*", "PATH", "BASH_ENV", "ENV", "IFS", "SHELLOPTS", "BASHOPTS", "PS4",
+    "PROMPT_COMMAND", "HOME", "SHELL", "USER", "LOGNAME", "MAIL", "TMPDIR", "GCONV_PATH",
+    "LOCPATH", "MALLOC_*", "NODE_OPTIONS", "PYTHON*", "PERL5*", "PERLLIB", "RUBYOPT", "RUBYLIB",
+    "JAVA_TOOL_OPTIONS", "GIT_*", "TERMINFO*", "HOSTALIASES", "RES_OPTIONS", "LOCALDOMAIN",
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class SessionPolicy:
+    """Connection-wide rules for sessions, changed by the driver as the login decides."""
+
+    #: False when the login's key said no-pty (authorized_keys, certificate).
+    pty_allowed: bool = True
+    #: Set by ``no-more-sessions@openssh.com``.
+    no_more_sessions: bool = False
+
+
+def _terminal_size(request: PtyRequestData | WindowChangeData) -> TerminalSize:
+    return TerminalSize(
+        columns=request.columns,
+        rows=request.rows,
+        width_px=request.width_px,
+        height_px=request.height_px,
+    )
+
+
+@dataclass(slots=True)
+class SessionRules:
+    """One session channel's requests (a :class:`~.channels.ChannelRules`)."""
+
+    channel_id: ChannelId
+    config: ProtocolConfig
+    policy: SessionPolicy
+    emit: Callable[[Event], None]
+    started: bool = False
+    pty: PtyRequest | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def on_request(self, request_type: str, data: Reader) -> RequestOutcome:
+        if request_type == "pty-req":
+            return self._pty(data)
+        if request_type == "env":
+            return self._env(EnvData.decode(data))
+        if request_type in ("shell", "exec", "subsystem"):
+            return self._start(SessionKind(request_type), data)
+        if request_type == "window-change":
+            size = WindowChangeData.decode(data)
+            if self.pty is None:
+                return "no terminal to resize"
+            self.emit(WindowChanged(channel_id=self.channel_id, size=_terminal_size(size)))
+            return True
+        if request_type == "break":
+            # RFC 4335: a BREAK on a terminal is an interrupt; without one there is nothing.
+            BreakData.decode(data)
+            if self.pty is None or not self.started:
+                return "no terminal session to interrupt"
+            self.emit(SignalReceived(channel_id=self.channel_id, signal="INT"))
+            return True
+        if request_type == "signal":
+            signal = SignalData.decode(data)
+            if not self.started:
+                return "no program to signal yet"
+            self.emit(SignalReceived(channel_id=self.channel_id, signal=signal.name))
+            return True
+        return "not supported"
+
+    def _pty(self, data: Reader) -> RequestOutcome:
+        if not self.policy.pty_allowed:
+            return "no terminal for this login"
+        if self.started or self.pty is not None:
+            return "a terminal only before the session starts, once"
+        pty = PtyRequestData.decode(data)
+        self.pty = PtyRequest(term=pty.term, size=_terminal_size(pty), modes=pty.modes)
+        return True
+
+    def _env(self, env: EnvData) -> RequestOutcome:
+        if self.started or len(self.env) >= self.config.max_env_vars:
+            return "too many variables, or the session has started"
+        if not any(fnmatch.fnmatchcase(env.name, p) for p in self.config.accept_env):
+            return f"{env.name} is not in accept_env"
+        if any(fnmatch.fnmatchcase(env.name, p) for p in NEVER_ACCEPTED_ENV):
+            return f"{env.name} is never accepted"
+        self.env[env.name] = env.value
+        return True
+
+    def _start(self, kind: SessionKind, data: Reader) -> RequestOutcome:
+        command = subsystem = None
+        if kind is SessionKind.EXEC:
+            command = ExecData.decode(data).command
+        elif kind is SessionKind.SUBSYSTEM:
+            subsystem = SubsystemData.decode(data).name
+        else:
+            data.check_end()
+        if self.started:
+            return "the channel already runs a session"
+        self.started = True
+        self.emit(
+            SessionRequested(
+                channel_id=self.channel_id,
+                kind=kind,
+                command=command,
+                subsystem=subsystem,
+                pty=self.pty,
+                env=dict(self.env),
+            )
+        )
+        return DEFERRED
+
+
+def session_kind(
+    config: ProtocolConfig, policy: SessionPolicy, emit: Callable[[Event], None]
+) -> ChannelKind:
+    """The ``session`` channel kind of one connection."""
+
+    def refusal() -> str | None:
+        return "no more sessions allowed on this connection" if policy.no_more_sessions else None
+
+    return ChannelKind(
+        name=SESSION,
+        client_opens=True,
+        read_open=no_open_data,
+        make_rules=lambda channel_id: SessionRules(channel_id, config, policy, emit),
+        refusal=refusal,
+    )
+
+
+def exit_status(code: int) -> bytes:
+    """The data of an ``exit-status`` request (RFC 4254 §6.10)."""
+    return ExitStatusData(code=code & _UINT32_MAX).encode()
+
+
+def exit_signal(signal: str, *, core_dumped: bool = False, message: str = "") -> bytes:
+    """The data of an ``exit-signal`` request (RFC 4254 §6.10)."""
+    return ExitSignalData(signal=signal, core_dumped=core_dumped, message=message).encode()
