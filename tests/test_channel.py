@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
-
 import pytest
 import trio
 import trio.testing
@@ -12,22 +10,47 @@ from trissh.connection.channel import ChannelHandle, ChannelStream
 from trissh.protocol.events import ChannelId
 
 
-class _Driver:
-    """Records window acknowledgements; the handle needs nothing else of a driver here."""
+class _Port:
+    """A connection that records acknowledgements and has ``room`` to send (a
+    ``ChannelPort``: all a channel sees of its connection)."""
 
-    def __init__(self) -> None:
+    def __init__(self, room: int = 1 << 20) -> None:
         self.acknowledged: list[int] = []
+        self.sent: list[bytes] = []
+        self.room = room
+        self.space_changed = trio.Event()
 
-    def acknowledge(self, channel_id: ChannelId, size: int) -> None:
-        self.acknowledged.append(size)
+    def send_room(self, channel_id: ChannelId) -> int:
+        return self.room
+
+    def send_data(self, channel_id: ChannelId, data: memoryview, *, stderr: bool) -> int:
+        self.sent.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def send_eof(self, channel_id: ChannelId) -> None:
+        pass
+
+    def acknowledge(self, channel_id: ChannelId, amount: int) -> None:
+        self.acknowledged.append(amount)
+
+    def reply_request(self, channel_id: ChannelId, ok: bool) -> None:
+        pass
+
+    def finish(
+        self, channel_id: ChannelId, *, exit_code: int | None = None, signal: str | None = None
+    ) -> None:
+        pass
 
 
-def _handle(*chunks: bytes) -> tuple[ChannelHandle, _Driver]:
-    driver = _Driver()
-    handle = ChannelHandle(cast("Any", driver), ChannelId(0))
+def _handle(*chunks: bytes) -> tuple[ChannelHandle, _Port]:
+    port = _Port()
+    handle = ChannelHandle(port, ChannelId(0))
     for chunk in chunks:
         handle.feed(chunk)
-    return handle, driver
+    return handle, port
 
 
 async def test_queued_packets_come_out_joined_up_to_max_bytes() -> None:
@@ -48,21 +71,9 @@ async def test_a_packet_larger_than_max_bytes_is_split() -> None:
     assert driver.acknowledged == [6, 4, 4]
 
 
-class _FullWindowDriver(_Driver):
-    """A peer whose window is shut: a sender waits for space that never comes."""
-
-    space_changed = trio.Event()
-
-    def send_room(self, channel_id: ChannelId) -> int:
-        return 0
-
-    def flush_now(self) -> None:
-        pass
-
-
 async def test_a_second_concurrent_sender_is_refused() -> None:
     """One sender per stream (as trio's own streams): a second is a bug, and says so."""
-    handle = ChannelHandle(cast("Any", _FullWindowDriver()), ChannelId(0))
+    handle = ChannelHandle(_Port(room=0), ChannelId(0))  # a peer whose window is shut
     stream = ChannelStream(handle)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stream.send_all, b"first")

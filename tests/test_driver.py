@@ -20,11 +20,13 @@ import trio.testing
 from tests.sshpeer import USER_KEY, ed25519_blob
 from trissh.backend import BackendUnavailable
 from trissh.backend.memory import MemoryBackend
-from trissh.connection.driver import ConnectionDriver, ServerContext, serve_connection
+from trissh.connection.driver import serve_connection
+from trissh.connection.port import ConnectionPort
 from trissh.protocol import DisconnectReason
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.messages import transport as tr
 from trissh.protocol.wire import Reader
+from trissh.server.state import ServerContext
 
 from .peer import Peer, exit_status_of, output_of
 from .support import capture_module_log, make_context
@@ -71,13 +73,13 @@ async def test_exec_ends_with_data_status_eof_close(
     """Output, then exit-status, then EOF, then CLOSE: sshd's order. A client that hangs
     up at CLOSE (as ``ssh`` does) still gets its session's end logged."""
     logs = capture_module_log(monkeypatch, "trissh.channels.session")
-    finish_channel = ConnectionDriver.finish_channel
+    finish = ConnectionPort.finish
 
-    def noting_finish(driver: ConnectionDriver, *args: Any, **kwargs: Any) -> None:
+    def noting_finish(port: ConnectionPort, *args: Any, **kwargs: Any) -> None:
         logs.append({"event": "(channel finished)"})
-        finish_channel(driver, *args, **kwargs)
+        finish(port, *args, **kwargs)
 
-    monkeypatch.setattr(ConnectionDriver, "finish_channel", noting_finish)
+    monkeypatch.setattr(ConnectionPort, "finish", noting_finish)
     with trio.fail_after(10):
         async with connected(ctx, pair) as peer:
             await peer.login()
@@ -509,7 +511,7 @@ async def test_connections_per_user_are_limited(
                 assert message.reason == DisconnectReason.TOO_MANY_CONNECTIONS
                 assert "too many connections for user alice" in message.description
             await first.stream.aclose()
-        assert ctx.user_connections == {}
+        assert ctx.state.user_connections == {}
         async with connected(ctx) as third:
             await third.login()
             await third.stream.aclose()
@@ -587,10 +589,10 @@ async def test_shutdown_ends_idle_connections_at_once(ctx: ServerContext) -> Non
     with trio.fail_after(10):
         async with connected(ctx) as peer:
             await peer.login()
-            while not ctx.state.drivers:
+            while not ctx.state.connections:
                 await trio.sleep(0.01)
             ctx.state.shutting_down = True
-            for driver in list(ctx.state.drivers):
+            for driver in list(ctx.state.connections):
                 driver.shutting_down()
             message = await peer.next_message()
             assert isinstance(message, tr.Disconnect)
@@ -607,7 +609,7 @@ async def test_shutdown_tells_running_sessions_and_refuses_new_ones(ctx: ServerC
             await peer.exec(channel, "sleep 1000")
             await peer.expect(conn.ChannelSuccess)
             ctx.state.shutting_down = True
-            for driver in list(ctx.state.drivers):
+            for driver in list(ctx.state.connections):
                 driver.shutting_down()
             notice = await peer.expect(conn.ChannelExtendedData)
             assert notice.data == b"\r\ntrissh: server shutting down\r\n"

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.sshpeer import USER_KEY, ed25519_blob
 from trissh.backend.memory import MemoryBackend
+from trissh.connection.driver import ConnectionDriver
 
 from .peer import Peer, output_of
 from .support import (
@@ -127,7 +128,8 @@ async def login_after(server: RunningServer, header: bytes) -> tuple[str, bytes]
     peer = Peer(stream)
     with trio.fail_after(10):
         await peer.login()
-        [driver] = server.ctx.state.drivers
+        [driver] = server.ctx.state.connections
+        assert isinstance(driver, ConnectionDriver)
         channel = await peer.open_session()
         await peer.exec(channel, "echo via-proxy")
         output = output_of(await peer.until_close(channel))

@@ -10,7 +10,7 @@ from trissh.auth.policy import LoginRequest
 from trissh.backend.memory import MemoryBackend
 from trissh.cli import build_context, reload_context, retire_context
 from trissh.config import ServerConfig, load_config
-from trissh.connection.driver import ServerContext
+from trissh.server.state import ServerContext
 
 from .auth.http_server import Server, answer, start
 from .support import write_ed25519_key

@@ -21,18 +21,19 @@ import structlog
 import trio
 
 from trissh import __version__
+from trissh.addresses import parse_listen
 from trissh.auth.authorized_keys import AuthorizedKey
 from trissh.auth.policy import AuthPolicy, PolicyError, load_key_file
 from trissh.backend import DEFAULT_IMAGE, Backend
 from trissh.backend.registry import make_backend
-from trissh.config import ConfigError, ServerConfig, container_settings, load_config, parse_listen
-from trissh.connection.driver import ServerContext
+from trissh.config import ConfigError, ServerConfig, container_settings, load_config
 from trissh.ops.log import configure_logging
 from trissh.ops.metrics import Metrics
 from trissh.ops.recording import Recorder
 from trissh.protocol import HostKey, ProtocolConfig
 from trissh.server.hostkeys import HostKeyError, load_or_create_host_key
 from trissh.server.listener import open_listeners, serve
+from trissh.server.state import ServerContext
 
 log = structlog.get_logger("trissh")
 

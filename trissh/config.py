@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from trissh.addresses import parse_listen
 from trissh.backend.base import DEFAULT_IMAGE, ContainerSettings, Volume
 from trissh.protocol.ciphers import CIPHERS, MACS
 from trissh.protocol.config import check_algorithm_names
@@ -498,27 +499,6 @@ def default_state_dir() -> Path:
         return Path("/var/lib/trissh")
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "trissh"
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` into a host and port."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError(f"listen address {value!r} is not HOST:PORT")
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} out of range in {value!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host:
-        raise ValueError(f"listen address {value!r} has no host")
-    return host, port
-
-
-def join_host_port(host: str, port: int) -> str:
-    """``HOST:PORT``, with an IPv6 host in brackets (Go's JoinHostPort; ``parse_listen``'s
-    inverse)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any]) -> ServerConfig:

@@ -92,7 +92,8 @@ def test_direct_streamlocal_open_names_its_path() -> None:
         ("direct-tcpip", wire.string(b"\xff\xfe") + direct_tcpip()[4 + 9 :]),  # not UTF-8
         ("direct-tcpip", direct_tcpip() + b"junk"),
         ("direct-streamlocal@openssh.com", wire.string("") + wire.string("") + wire.uint32(0)),
-        ("direct-streamlocal@openssh.com", wire.string("/a\x00b") + wire.string("") + wire.uint32(0)),
+        ("direct-streamlocal@openssh.com",
+         wire.string("/a\x00b") + wire.string("") + wire.uint32(0)),
     ],
 )  # fmt: skip
 def test_a_malformed_open_is_refused_not_raised(channel_type: str, data: bytes) -> None:
@@ -102,7 +103,8 @@ def test_a_malformed_open_is_refused_not_raised(channel_type: str, data: bytes) 
     pair.client.open_channel(PEER, channel_type=channel_type, data=data)
     events = pair.transfer()
     [(request, reason)] = refusals(events)
-    assert request == channel_type and reason.startswith(f"malformed {channel_type}")
+    assert request == channel_type
+    assert reason.startswith(f"malformed {channel_type}")
     [failure] = pair.client.take_all()
     assert isinstance(failure, conn.ChannelOpenFailure)
     assert failure.reason == ChannelOpenFailureReason.CONNECT_FAILED
@@ -127,7 +129,8 @@ def test_kinds_only_a_server_opens_and_unknown_kinds_are_refused(
         (channel_type, f"channel type {channel_type!r} is not supported")
     ]
     [failure] = pair.client.take_all()
-    assert isinstance(failure, conn.ChannelOpenFailure) and failure.reason == reason
+    assert isinstance(failure, conn.ChannelOpenFailure)
+    assert failure.reason == reason
 
 
 # -- channels the server opens --------------------------------------------------------------
@@ -209,10 +212,8 @@ def test_a_confirmation_with_a_tiny_packet_size_is_closed_as_failed() -> None:
 @pytest.mark.parametrize("answer", ["confirmation", "failure", "data", "close"])
 def test_answers_for_a_channel_not_awaiting_one_are_violations(answer: str) -> None:
     pair = established_pair()
-    if answer in ("confirmation", "failure"):
-        cid = pair.open_session(PEER)  # open already
-    else:
-        cid = open_forwarded(pair)  # not confirmed yet
+    # open already, or not confirmed yet
+    cid = pair.open_session(PEER) if answer in ("confirmation", "failure") else open_forwarded(pair)
     message: object = {
         "confirmation": conn.ChannelOpenConfirmation(
             recipient_channel=cid, sender_channel=PEER, initial_window=1, max_packet=1024
@@ -273,7 +274,8 @@ def test_replies_leave_in_request_order() -> None:
     forward_request(pair, 8081)
     pair.client.global_request("keepalive@openssh.com", want_reply=True)
     first, second = pair.transfer()
-    assert isinstance(first, GlobalRequestReceived) and isinstance(second, GlobalRequestReceived)
+    assert isinstance(first, GlobalRequestReceived)
+    assert isinstance(second, GlobalRequestReceived)
     pair.server.reply_global_request(second.request_id, True)
     pair.transfer()
     assert pair.client.take_all() == []
@@ -293,7 +295,8 @@ def test_a_request_without_reply_still_reaches_the_driver_and_sends_nothing() ->
         data=StreamlocalForwardData(path="/tmp/x").encode(),
     )
     [event] = pair.transfer()
-    assert isinstance(event, GlobalRequestReceived) and not event.want_reply
+    assert isinstance(event, GlobalRequestReceived)
+    assert not event.want_reply
     assert event.target == SocketPath(path="/tmp/x")
     pair.server.reply_global_request(event.request_id, True)
     pair.transfer()

@@ -18,6 +18,7 @@ import trio
 from trissh.auth.policy import AuthPolicy, Decision, Grant, LoginRequest, Prompts
 from trissh.auth.webhook import Metadata
 from trissh.protocol import (
+    AuthDecisionRequested,
     Authenticated,
     AuthPartiallySucceeded,
     KeyboardInteractiveAuthRequested,
@@ -25,13 +26,6 @@ from trissh.protocol import (
     PasswordAuthRequested,
     PublicKeyAuthRequested,
     ServerConnection,
-)
-
-DecisionEvent = (
-    PublicKeyAuthRequested
-    | PasswordAuthRequested
-    | KeyboardInteractiveAuthRequested
-    | KeyboardInteractiveResponsesReceived
 )
 
 
@@ -59,7 +53,7 @@ class LoginConversation:
         self._kbd_state: object = None
         self._kbd_submethods = ""
 
-    async def decide(self, event: DecisionEvent) -> None:
+    async def decide(self, event: AuthDecisionRequested) -> None:
         """Answer one decision event through the core's commands.
 
         Raises:
@@ -134,7 +128,7 @@ class LoginConversation:
             self._pending_grant = None
 
 
-def _method_of(event: DecisionEvent) -> str:
+def _method_of(event: AuthDecisionRequested) -> str:
     match event:
         case PublicKeyAuthRequested():
             return "publickey"

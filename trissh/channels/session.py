@@ -31,21 +31,21 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import structlog
 import trio
 
+from trissh.auth.policy import Grant
 from trissh.backend import BackendError, ExitStatus, Process, ProcessSpec, PtySpec, Sandbox
 from trissh.backend import TerminalSize as BackendTerminalSize
 from trissh.channels.termmodes import with_terminal_modes
-from trissh.config import SessionSection
+from trissh.config import ContainerSection, SessionSection
 from trissh.connection.channel import ChannelHandle, ChannelStream
-from trissh.ops.recording import SessionRecording
+from trissh.connection.sandboxes import SandboxSource
+from trissh.ops.metrics import Metrics
+from trissh.ops.recording import Recorder, SessionRecording
 from trissh.protocol import SessionKind, SessionRequested, TerminalSize
-
-if TYPE_CHECKING:
-    from trissh.connection.driver import ConnectionDriver
 
 log = structlog.get_logger("trissh.channels.session")
 
@@ -63,17 +63,33 @@ class SessionRefused(Exception):
     """The session cannot run; the message is for the user's stderr."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionContext:
+    """What a session knows of its connection: the login's outcome and where it runs."""
+
+    conn_id: str
+    username: str
+    container: ContainerSection
+    settings: SessionSection
+    #: Restrictions of the login (forced command, no pty, environment).
+    grant: Grant
+    sandboxes: SandboxSource
+    metrics: Metrics
+    #: Where this user's sessions are recorded; ``None`` when they are not.
+    recorder: Recorder | None = None
+
+
 def _backend_size(size: TerminalSize) -> BackendTerminalSize:
     return BackendTerminalSize(
         columns=size.columns, rows=size.rows, width_px=size.width_px, height_px=size.height_px
     )
 
 
-def build_process_spec(driver: ConnectionDriver, request: SessionRequested) -> ProcessSpec:
+def build_process_spec(ctx: SessionContext, request: SessionRequested) -> ProcessSpec:
     """Turn a shell/exec/subsystem request into the argv and environment to run."""
-    container = driver.container_settings
+    container = ctx.container
     shell = list(container.shell)
-    grant = driver.grant
+    grant = ctx.grant
     env = {**request.env, **grant.environment}
     if grant.forced_command is not None:
         # As sshd's command=: whatever was asked runs the forced command instead.
@@ -100,7 +116,7 @@ def build_process_spec(driver: ConnectionDriver, request: SessionRequested) -> P
 
 
 async def run_session(
-    driver: ConnectionDriver, handle: ChannelHandle, request: SessionRequested
+    ctx: SessionContext, handle: ChannelHandle, request: SessionRequested
 ) -> None:
     """Run the requested program until it exits or the channel goes away.
 
@@ -117,21 +133,21 @@ async def run_session(
             code, signal = status.code, status.signal
         if not finished:
             finished = True
-            driver.finish_channel(handle, code=code, signal=signal)
+            handle.port.finish(handle.id, exit_code=code, signal=signal)
 
-    tracked = driver.ctx.metrics.session_started(request.kind.value)
+    tracked = ctx.metrics.session_started(request.kind.value)
     with structlog.contextvars.bound_contextvars(channel=int(handle.id)):
-        tap = _Tap(_open_recording(driver, handle, request))
+        tap = _Tap(_open_recording(ctx, handle, request))
         try:
             with handle.cancel_scope:
-                await _run(driver, handle, request, tap, finish)
+                await _run(ctx, handle, request, tap, finish)
         except* (BackendError, SessionRefused) as group:
             # OpenSSH drops a channel's pending stderr when the request is refused, so the
             # request is granted and the reason printed, with ssh's own "did not run" code.
             exc = _first(group)
             log.warning("session_failed", kind=request.kind.value, error=str(exc))
             if not finished:
-                driver.reply_session_request(handle.id, True)
+                handle.port.reply_request(handle.id, True)
                 await tell_user(handle, f"trissh: {exc}\r\n" if request.pty else f"trissh: {exc}\n")
                 code = SESSION_FAILED_EXIT_CODE
         except* Exception:
@@ -158,7 +174,7 @@ async def tell_user(handle: ChannelHandle, message: str) -> None:
 
 
 async def _run(
-    driver: ConnectionDriver,
+    ctx: SessionContext,
     handle: ChannelHandle,
     request: SessionRequested,
     tap: _Tap,
@@ -167,31 +183,27 @@ async def _run(
     """Serve the session, then ``finish`` it *before* the process (and, in ``session``
     mode, the container) is torn down: ``ssh host cmd`` does not wait for podman to
     remove a container. The teardown still runs here, owned by this task."""
-    spec = build_process_spec(driver, request)
+    spec = build_process_spec(ctx, request)
     started = time.monotonic()
     async with contextlib.AsyncExitStack() as owned:
-        sandbox = await _sandbox_for(driver, owned)
+        sandbox = await _sandbox_for(ctx, owned)
         structlog.contextvars.bind_contextvars(container=sandbox.container_id[:12])
         process = await owned.enter_async_context(sandbox.open_process(spec))
-        await _serve(driver, handle, request, process, started, tap, finish)
+        await _serve(ctx, handle, request, process, started, tap, finish)
 
 
-async def _sandbox_for(driver: ConnectionDriver, owned: contextlib.AsyncExitStack) -> Sandbox:
+async def _sandbox_for(ctx: SessionContext, owned: contextlib.AsyncExitStack) -> Sandbox:
     """The connection's container, or (``session`` mode) one this session owns."""
-    timeout = driver.container_settings.start_timeout
+    timeout = ctx.container.start_timeout
     try:
         with trio.fail_after(timeout):
-            if driver.session_settings.execution_mode == "session":
-                return await owned.enter_async_context(
-                    driver.ctx.backend.open_sandbox(driver.sandbox_spec())
-                )
-            return await driver.sandbox.get()
+            return await ctx.sandboxes.acquire(owned)
     except trio.TooSlowError:
         raise SessionRefused(f"container did not start within {timeout:g} s") from None
 
 
 async def _serve(
-    driver: ConnectionDriver,
+    ctx: SessionContext,
     handle: ChannelHandle,
     request: SessionRequested,
     process: Process,
@@ -202,7 +214,7 @@ async def _serve(
     """Answer the request, pump stdio and control until the program ends, then ``finish``
     the channel at once: the client's wait ends there, not after this task's own
     unwinding (stopping the input pump)."""
-    driver.reply_session_request(handle.id, True)
+    handle.port.reply_request(handle.id, True)
     log.info(
         "session_started",
         kind=request.kind.value,
@@ -218,7 +230,7 @@ async def _serve(
         try:
             if handle.control:  # a resize that came before the program started
                 handle.on_control()
-            limits = driver.session_settings
+            limits = ctx.settings
             if limits.idle_timeout or limits.max_session_duration:
                 stdio.start_soon(_enforce_limits, handle, limits, request.pty is not None)
             stderr_done = None
@@ -304,24 +316,23 @@ class _Tap:
 
 
 def _open_recording(
-    driver: ConnectionDriver, handle: ChannelHandle, request: SessionRequested
+    ctx: SessionContext, handle: ChannelHandle, request: SessionRequested
 ) -> SessionRecording | None:
     """A recording of this session when ``[recording]`` covers its user."""
-    recorder = driver.ctx.recorder
-    wanted = driver.ctx.settings.recording.users
-    if recorder is None or (wanted and driver.username not in wanted):
+    recorder = ctx.recorder
+    if recorder is None:
         return None
     command = request.command
     if request.kind is SessionKind.SUBSYSTEM:
         command = f"subsystem {request.subsystem}"
     return recorder.open_session(
-        driver.conn_id,
+        ctx.conn_id,
         int(handle.id),
-        user=driver.username or "",
+        user=ctx.username,
         pty=request.pty.size if request.pty is not None else None,
         term=request.pty.term if request.pty is not None else "",
         command=command,
-        shell=driver.container_settings.shell[0],
+        shell=ctx.container.shell[0],
     )
 
 

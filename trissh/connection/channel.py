@@ -1,34 +1,72 @@
-"""One SSH channel seen from a session task: ``ChannelHandle`` and ``ChannelStream``.
+"""One SSH channel seen from its handler task: ``ChannelPort``, ``ChannelHandle`` and
+``ChannelStream``.
 
-The driver's receive loop feeds a handle (data, EOF, close, window changes, signals)
-without ever blocking; the session task reads and writes through ``ChannelStream``, a
-``trio.abc.HalfCloseableStream``. Channel tasks never touch the socket: a write only puts
-packets into the core's output buffer and rings the writer. Back-pressure comes from the
-peer's window and from the connection's output high-water mark.
+A handler (a session, a forward) never sees the connection driver. It talks to its
+connection through a :class:`ChannelPort` — send data as far as there is room, EOF, close,
+acknowledge what it consumed, answer a request — and reads what arrived from its
+:class:`ChannelHandle`, which the driver's receive loop feeds without ever blocking.
+``ChannelStream`` turns a handle into a ``trio.abc.HalfCloseableStream``: the byte-stream
+shape every kind of channel pumps through. Back-pressure comes from the peer's window and
+from the connection's output high-water mark.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
 from trissh.protocol import ChannelId, TerminalSize
 
-if TYPE_CHECKING:
-    from trissh.connection.driver import ConnectionDriver
-
 #: Control items (resizes, signals) a handle queues before dropping the oldest.
 MAX_CONTROL_ITEMS = 16
 
 
-class ChannelHandle:
-    """The driver's half of a channel: what arrived, not yet consumed by the session."""
+class ChannelPort(Protocol):
+    """What a channel may do to its connection; synchronous, never waits."""
 
-    def __init__(self, driver: ConnectionDriver, channel_id: ChannelId) -> None:
-        self.driver = driver
+    @property
+    def space_changed(self) -> trio.Event:
+        """Set when send room may have grown (window adjust, socket drained)."""
+        ...
+
+    def send_room(self, channel_id: ChannelId) -> int:
+        """Bytes the channel may send now; ``-1`` once it can never send again."""
+        ...
+
+    def send_data(self, channel_id: ChannelId, data: memoryview, *, stderr: bool) -> int:
+        """Queue up to ``send_room`` bytes; the caller then calls ``flush``."""
+        ...
+
+    def flush(self) -> None:
+        """Write queued output as far as the socket takes it now."""
+        ...
+
+    def send_eof(self, channel_id: ChannelId) -> None: ...
+
+    def acknowledge(self, channel_id: ChannelId, amount: int) -> None:
+        """``amount`` received bytes were consumed: the peer may send that much more."""
+        ...
+
+    def reply_request(self, channel_id: ChannelId, ok: bool) -> None:
+        """Answer the request the channel's kind left to its handler (a session start)."""
+        ...
+
+    def finish(
+        self, channel_id: ChannelId, *, exit_code: int | None = None, signal: str | None = None
+    ) -> None:
+        """End the channel as sshd does: exit status or signal (sessions), EOF, CLOSE;
+        then forget its handle."""
+        ...
+
+
+class ChannelHandle:
+    """A channel's inbound side: what arrived, not yet consumed by its handler."""
+
+    def __init__(self, port: ChannelPort, channel_id: ChannelId) -> None:
+        self.port = port
         self.id = channel_id
         self._inbound: deque[bytes | memoryview] = deque()
         self._input_changed = trio.Event()
@@ -37,9 +75,11 @@ class ChannelHandle:
         self.control: deque[TerminalSize | str] = deque(maxlen=MAX_CONTROL_ITEMS)
         #: Called after a resize or signal is queued: the session starts its forwarder.
         self.on_control: Callable[[], None] | None = None
+        #: Cancelled when the peer closes the channel: the handler's task unwinds.
         self.cancel_scope = trio.CancelScope()
-        self.session_started = False
-        #: When stdio last moved either way (idle timeout).
+        #: A handler task runs for it (until then a peer's CLOSE is answered at once).
+        self.started = False
+        #: When data last moved either way (idle timeout).
         self.last_activity = trio.current_time()
 
     def _input_arrived(self) -> None:
@@ -66,7 +106,7 @@ class ChannelHandle:
         self.cancel_scope.cancel()
         self._input_arrived()
 
-    # -- used by the session task ----------------------------------------------------------
+    # -- used by the handler task ----------------------------------------------------------
 
     async def wait_input(self) -> None:
         """Until data, EOF or CLOSE arrives."""
@@ -91,7 +131,7 @@ class ChannelHandle:
                 size += len(parts[-1])
             if len(parts) > 1:
                 chunk = b"".join(parts)
-        self.driver.acknowledge(self.id, len(chunk))
+        self.port.acknowledge(self.id, len(chunk))
         return chunk if isinstance(chunk, bytes) else bytes(chunk)  # the one copy
 
     @property
@@ -117,37 +157,37 @@ class ChannelStream(trio.abc.HalfCloseableStream):
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this channel")
         handle = self._handle
-        driver = handle.driver
+        port = handle.port
         self._sending = True
         try:
             view = memoryview(data).cast("B")
             await trio.lowlevel.checkpoint_if_cancelled()
             while view:
-                space = driver.space_changed
-                room = driver.send_room(handle.id)
+                space = port.space_changed
+                room = port.send_room(handle.id)
                 if room < 0 or handle.peer_closed:
                     raise trio.BrokenResourceError("channel closed")
                 if room == 0:
-                    driver.flush_now()
+                    port.flush()
                     await space.wait()
                     continue
-                sent = driver.send_channel_data(handle.id, view[:room], stderr=self._stderr)
+                sent = port.send_data(handle.id, view[:room], stderr=self._stderr)
                 view = view[sent:]
                 handle.touch()
-            driver.flush_now()
+            port.flush()
             await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        driver = self._handle.driver
-        while driver.send_room(self._handle.id) == 0:
-            await driver.space_changed.wait()
+        port = self._handle.port
+        while port.send_room(self._handle.id) == 0:
+            await port.space_changed.wait()
         await trio.lowlevel.checkpoint()
 
     async def send_eof(self) -> None:
         await trio.lowlevel.checkpoint()
-        self._handle.driver.send_channel_eof(self._handle.id)
+        self._handle.port.send_eof(self._handle.id)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         handle = self._handle
@@ -162,5 +202,5 @@ class ChannelStream(trio.abc.HalfCloseableStream):
         return b""
 
     async def aclose(self) -> None:
-        """Closing the stream does not close the channel; the session task does that."""
+        """Closing the stream does not close the channel; its handler does that."""
         await trio.lowlevel.checkpoint()

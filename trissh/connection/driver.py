@@ -1,24 +1,20 @@
-"""serve_connection: one nursery per TCP connection, one reader and one writer.
+"""serve_connection: one nursery per TCP connection, one reader, one writer, one task per
+channel.
 
 Theory of operation
 -------------------
-``_receive_loop`` is the only task that reads the socket. Writes happen in two ways, in
-order: ``flush_now`` writes queued output synchronously from the channel task that produced
-it (a bulk pump) as far as the socket takes it without waiting, and ``_send_loop`` sends the
-rest once the socket is writable again. The reader only rings the doorbell, so the small
-replies of a batch of events (window adjusts, acks) leave in one write, not one each. Only
-``_send_loop`` ever awaits a write, so a write is never cancelled half-way except when the
-whole connection is going down (a half-written packet leaves an encrypted stream unusable).
-Channel tasks otherwise only mutate the sans-IO core and ring the writer's doorbell.
+``_receive_loop`` is the only task that reads the socket. It feeds the sans-IO core and
+routes each event (``_dispatch``, a plain router): authentication decisions are awaited
+(the only thing awaited besides the socket), channel data to the channel's handle, channel
+opens and requests to the handler of the channel's kind (sessions: ``SessionChannels``),
+handshake and login facts to their log lines. A slow container never stalls key exchange
+or other channels: handlers run in tasks of their own and act through the
+``ConnectionPort``, never the driver. Writing is the ``OutputWriter``'s (writer.py).
 
-The receive loop awaits the socket and authentication decisions, nothing else: every other event
-is dispatched synchronously (start a task, feed a channel handle, wake senders), so a slow
-container never stalls key exchange or other channels. Its wait for the socket is also the
-connection's clock: once authenticated it reads under a cancel scope whose deadline is the
-next timer (time-based rekey, ClientAlive probe), runs the timer at that deadline and goes
-back to reading. A task per connection for two timers that rarely fire cost ~2 % of a short
-login's CPU; a read cancelled by the clock consumes nothing (``SocketReader``), and no
-authentication decision is awaited once the clock runs.
+The receive loop's wait for the socket is also the connection's clock: once authenticated
+it reads under a cancel scope whose deadline is the next timer (clock.py), runs the timer
+at that deadline and goes back to reading. A read cancelled by the clock consumes nothing
+(``SocketReader``), and no authentication decision is awaited once the clock runs.
 
 Nursery tree::
 
@@ -27,49 +23,51 @@ Nursery tree::
        └─ connection nursery
           ├─ _receive_loop      socket → core → events; after authentication also the
           │                     timers (time-based rekeying, ClientAlive)
-          ├─ _send_loop         doorbell → what flush_now left → socket (started at the
-          │                     first ring: most connections never fill the socket)
+          ├─ writer's send loop what flush_now left → socket (writer.py; from the first ring)
           ├─ sandbox keeper     starts and holds the connection's container (sandboxes.py)
           │                     from the first session channel's opening
           ├─ tell_user          shutdown notice to a busy session (bounded)
-          └─ run_session (one each)    one per session channel (session.py)
+          └─ run_session (one each)    one per session channel (channels/session.py)
 
-Leaving the nursery (EOF, DISCONNECT, protocol error, cancellation) cancels every session
-and the keeper; their ``finally`` blocks remove processes and the container, bounded and
-shielded. Then a last flush sends any queued DISCONNECT and the socket is closed.
+Leaving the nursery (EOF, DISCONNECT, protocol error, cancellation) cancels every channel
+task and the keeper; their ``finally`` blocks remove processes and the container, bounded
+and shielded. Then a last flush sends any queued DISCONNECT and the socket is closed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import socket
 import time
-from dataclasses import dataclass, field
 from typing import assert_never
 
 import structlog
 import trio
 
+from trissh.addresses import host_of
 from trissh.auth.login import LoginConversation
-from trissh.auth.policy import AuthPolicy, Grant, LoginRequest
-from trissh.backend import Backend, SandboxSpec
-from trissh.channels.session import run_session, tell_user
-from trissh.config import ContainerSection, ServerConfig, SessionSection, container_settings
-from trissh.connection.channel import ChannelHandle
-from trissh.connection.sandboxes import ConnectionSandbox
-from trissh.connection.scatter_write import Chunk, send_chunks, socket_fd, write_now
+from trissh.auth.policy import LoginRequest
+from trissh.backend import SandboxSpec
+from trissh.channels.session import SessionContext
+from trissh.channels.sessions import SessionChannels
+from trissh.config import container_settings
+from trissh.connection import handshake
+from trissh.connection.clock import ConnectionClock, TimerAction
+from trissh.connection.handshake import Login
+from trissh.connection.port import ConnectionPort, Refusal
+from trissh.connection.sandboxes import ConnectionSandbox, SandboxSource, SessionSandboxes
 from trissh.connection.socket_reads import SocketReader
-from trissh.ops.metrics import Metrics
-from trissh.ops.recording import Recorder
+from trissh.connection.writer import OutputWriter
 from trissh.protocol import (
+    AuthDecisionRequested,
     Authenticated,
     AuthFailed,
     AuthPartiallySucceeded,
     ChannelCloseReceived,
     ChannelDataReceived,
     ChannelEOFReceived,
-    ChannelId,
+    ChannelOpenConfirmed,
+    ChannelOpenFailed,
     ChannelOpenFailureReason,
     ChannelOpenRequested,
     ChannelWindowAdjusted,
@@ -77,12 +75,8 @@ from trissh.protocol import (
     DisconnectReason,
     DisconnectReceived,
     Event,
-    KeyboardInteractiveAuthRequested,
-    KeyboardInteractiveResponsesReceived,
+    GlobalRequestReceived,
     KeyExchangeCompleted,
-    PasswordAuthRequested,
-    ProtocolConfig,
-    PublicKeyAuthRequested,
     RemoteProtocolError,
     RequestRefused,
     ServerConnection,
@@ -91,109 +85,20 @@ from trissh.protocol import (
     VersionReceived,
     WindowChanged,
 )
+from trissh.server.state import ServerContext
 
 log = structlog.get_logger("trissh.connection.driver")
 
 #: Bytes asked of the socket per read.
 RECEIVE_SIZE = 256 * 1024
-#: Channel writers wait while this much output is queued in the core.
-OUTPUT_HIGH_WATER = 1024 * 1024
-#: Bound on the final flush of a DISCONNECT and on closing the socket.
-CLOSE_TIMEOUT = 2.0
 SHUTDOWN_MESSAGE = "server shutting down"
 #: Refused requests logged per connection: a client looping on them cannot flood the log
 #: (``connection_closed`` counts them all).
 MAX_REFUSALS_LOGGED = 10
 
 
-def _count_down(counts: dict[str, int], key: str) -> None:
-    """Take one from ``counts[key]``, forgetting the key at zero."""
-    left = counts[key] - 1
-    if left:
-        counts[key] = left
-    else:
-        del counts[key]
-
-
-@dataclass(slots=True)
-class ServerState:
-    """Live numbers of a running server, for the debug statistic and tests."""
-
-    #: Connections not yet authenticated, per source address (MaxStartups).
-    unauthenticated_by_source: dict[str, int] = field(default_factory=dict)
-    #: The context new connections get; a reload (SIGHUP) replaces it, live ones keep theirs.
-    context: ServerContext | None = None
-    #: Live connections, so a shutdown can tell their users and end the idle ones.
-    drivers: set[ConnectionDriver] = field(default_factory=set)
-    shutting_down: bool = False
-    #: The nursery that connections run in (set by ``serve``).
-    connections_nursery: trio.Nursery | None = None
-    #: The task running ``serve_listeners`` (its accept loops are not connection work).
-    listener_task: trio.lowlevel.Task | None = None
-
-    @property
-    def live_connections(self) -> int:
-        return len(self.drivers)
-
-    @property
-    def unauthenticated(self) -> int:
-        """Connections not yet authenticated, from every source."""
-        return sum(self.unauthenticated_by_source.values())
-
-    def claim_startup(self, source: str) -> None:
-        self.unauthenticated_by_source[source] = self.unauthenticated_by_source.get(source, 0) + 1
-
-    def release_startup(self, source: str) -> None:
-        _count_down(self.unauthenticated_by_source, source)
-
-    def statistics(self) -> dict[str, int]:
-        """``connections``, and ``tasks``: every task under the connections nursery but
-        the listener's. Both are 0 on an idle server: anything else is a leak."""
-        tasks = 0
-        pending = list(self.connections_nursery.child_tasks) if self.connections_nursery else []
-        while pending:
-            task = pending.pop()
-            if task is self.listener_task:
-                continue
-            tasks += 1
-            for nursery in task.child_nurseries:
-                pending.extend(nursery.child_tasks)
-        return {"connections": self.live_connections, "tasks": tasks}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServerContext:
-    """What every connection of one server shares."""
-
-    settings: ServerConfig
-    protocol: ProtocolConfig
-    auth: AuthPolicy
-    backend: Backend
-    instance: str
-    metrics: Metrics = field(default_factory=Metrics)
-    #: Session recordings, when ``[recording] enabled``.
-    recorder: Recorder | None = None
-    #: Live authenticated connections per user name (``max_connections_per_user``).
-    user_connections: dict[str, int] = field(default_factory=dict)
-    state: ServerState = field(default_factory=ServerState)
-
-
-class _Doorbell:
-    """Wakes the writer; a ring between two waits is never lost."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def ring(self) -> None:
-        self._event.set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event = trio.Event()
-
-
 class ConnectionDriver:
-    """Runs one connection: the core, its reader and writer, and its channel tasks."""
+    """Runs one connection: the core, its reader, and the handlers of its channels."""
 
     def __init__(
         self,
@@ -207,155 +112,55 @@ class ConnectionDriver:
         self.ctx = ctx
         self.conn_id = conn_id
         self.remote = remote
+        self.remote_ip = host_of(remote)
         self.conn = ServerConnection(ctx.protocol)
-        self.username: str | None = None
-        #: The authenticated user's effective settings (server-wide merged with theirs).
-        self.container_settings: ContainerSection = ctx.settings.container
-        self.session_settings: SessionSection = ctx.settings.session
-        self._sandbox: ConnectionSandbox | None = None
         self.close_reason = "closed"
+        self.requests_refused = 0
+        self.login: Login | None = None
         self._stream = stream
         self._reader = SocketReader(stream)
-        self._doorbell = _Doorbell()
-        self.space_changed = trio.Event()
-        self._handles: dict[ChannelId, ChannelHandle] = {}
+        self._writer = OutputWriter(stream, self.conn)
+        self._port = ConnectionPort(self.conn, self._writer)
+        self._clock = ConnectionClock()
+        self._sessions: SessionChannels | None = None
         self._nursery: trio.Nursery | None = None
-        self._writing = False
-        self._writer_started = False
-        self._fd = socket_fd(stream)
-        #: Output taken from the core that the socket did not accept yet (``flush_now``).
-        self._backlog: list[Chunk] = []
-        self._backlog_size = 0
+        self._grace = trio.CancelScope(
+            deadline=trio.current_time() + ctx.settings.limits.login_grace_time
+        )
         self._ended = False
         self._quickack = True
-        self._last_received = trio.current_time()
-        self._keys_since = trio.current_time()
-        #: The connection's timers (0 turns one off), set at authentication (``_arm_clock``).
-        self._rekey_interval = 0.0
-        self._alive_interval = 0.0
-        self._alive_count_max = 0
-        self._probe_at = math.inf
-        #: The cancel scope the receive loop reads under; its deadline is the next timer.
-        self._clock: trio.CancelScope | None = None
-        remote_ip = remote.rsplit(":", 1)[0].strip("[]")
-        self._login = LoginConversation(
-            ctx.auth,
-            self.conn,
-            lambda username, metadata: LoginRequest(
-                username,
-                remote_ip,
-                conn_id,
-                remote=remote,
-                client_version=self.conn.client_version or "",
-                metadata=metadata,
-            ),
-        )
-        #: Restrictions of the login (forced command, no pty, environment) for sessions.
-        self.grant = Grant()
-        self.remote_ip = remote_ip
         self._accepted_at = trio.current_time()
         self._handshake_done = False
         self._metrics = ctx.metrics.connection_opened()
-        ctx.state.claim_startup(remote_ip)
+        self._login = LoginConversation(ctx.auth, self.conn, self._login_request)
+        ctx.state.claim_startup(self.remote_ip)
         self._startup_claimed = True
+        self._counted_user: str | None = None
         if initial_data:  # bytes read past a PROXY header belong to SSH
             self.conn.receive_data(initial_data)
-        self._counted_user: str | None = None
-        self.requests_refused = 0
 
-    # -- called by channel streams and sessions (sync: write what the socket takes, never wait)
-
-    def ring(self) -> None:
-        """Wake the writer task, starting it the first time it is needed."""
-        if not self._writer_started and self._nursery is not None:
-            self._writer_started = True
-            self._nursery.start_soon(self._send_loop)
-        self._doorbell.ring()
-
-    def _space_changed(self) -> None:
-        self.space_changed.set()
-        self.space_changed = trio.Event()
-
-    def send_room(self, channel_id: ChannelId) -> int:
-        """Bytes a channel may write now; ``-1`` once it can never write again."""
-        window = self.conn.send_window(channel_id)
-        if window is None:
-            return -1
-        queued = self.conn.pending_output_size + self._backlog_size
-        return max(0, min(window, OUTPUT_HIGH_WATER - queued))
-
-    def send_channel_data(self, channel_id: ChannelId, data: memoryview, *, stderr: bool) -> int:
-        """Queue channel data; the caller then calls ``flush_now``."""
-        return self.conn.send_channel_data(channel_id, data, stderr=stderr)
-
-    def flush_now(self) -> None:
-        """Write queued output from the calling task as far as the socket takes it now.
-
-        Saves a hand-off to the writer task per chunk of bulk data. Whatever remains (a full
-        socket, a write in progress, a stream that is not a socket) is left to
-        ``_send_loop``, behind anything it already holds, so the order never changes.
-        """
-        if not self.conn.pending_output_size:
-            return  # nothing new; a backlog already has the writer's attention
-        if self._writing or self._backlog or self._fd is None:
-            self.ring()
-            return
-        chunks = self.conn.take_output()
-        if not chunks:
-            return
-        rest = write_now(self._fd, chunks)
-        if rest:
-            self._backlog = rest
-            self._backlog_size = sum(map(len, rest))
-            self.ring()
-        self._space_changed()
-
-    def send_channel_eof(self, channel_id: ChannelId) -> None:
-        self.conn.send_channel_eof(channel_id)
-        self.flush_now()
-
-    def acknowledge(self, channel_id: ChannelId, amount: int) -> None:
-        self.conn.acknowledge_channel_data(channel_id, amount)
-        self.flush_now()
-
-    def reply_session_request(self, channel_id: ChannelId, ok: bool) -> None:
-        self.conn.reply_session_request(channel_id, ok)
-        self.flush_now()
-
-    def finish_channel(
-        self, handle: ChannelHandle, *, code: int | None, signal: str | None
-    ) -> None:
-        """Exit status, EOF and CLOSE, in sshd's order; then forget the handle.
-
-        The output is already sent: sessions finish only after their program's stdout and
-        stderr reached EOF.
-        """
-        conn = self.conn
-        if signal is not None:
-            conn.send_exit_signal(handle.id, signal)
-        elif code is not None:
-            conn.send_exit_status(handle.id, code)
-        conn.send_channel_eof(handle.id)
-        conn.close_channel(handle.id)
-        self._handles.pop(handle.id, None)
-        self._space_changed()
-        self.flush_now()
+    def _login_request(self, username: str, metadata: object) -> LoginRequest:
+        return LoginRequest(
+            username,
+            self.remote_ip,
+            self.conn_id,
+            remote=self.remote,
+            client_version=self.conn.client_version or "",
+            metadata=metadata,  # type: ignore[arg-type]
+        )
 
     # -- the connection's life ------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve the connection until it ends; never raises except ``Cancelled``."""
-        grace = trio.CancelScope(
-            deadline=trio.current_time() + self.ctx.settings.limits.login_grace_time
-        )
-        self._grace = grace
         try:
-            with grace:
+            with self._grace:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    self._writer.attach(nursery)
                     await self._receive_loop()
                     nursery.cancel_scope.cancel()
-            if grace.cancelled_caught:
+            if self._grace.cancelled_caught:
                 self.close_reason = "login_grace_timeout"
                 log.info("login_grace_expired")
                 self.conn.disconnect(
@@ -373,18 +178,22 @@ class ConnectionDriver:
             log.exception("connection_failed")
             self.conn.disconnect(DisconnectReason.BY_APPLICATION, "internal server error")
         finally:
-            self._writer_started = True  # the nursery is closed; the last flush writes
-            self._release_user_slot()
-            self._release_startup()
+            self._release_claims()
             if not self._handshake_done:
                 self.ctx.metrics.handshake_failed()
             if self.ctx.state.shutting_down and not self._ended and not self.conn.closed:
                 self.close_reason = "server_shutdown"  # cut short, not ended on its own
                 self.conn.disconnect(DisconnectReason.BY_APPLICATION, SHUTDOWN_MESSAGE)
-            await self._flush_and_close()
+            await self._writer.flush_and_close()
 
     def metrics_closed(self, bytes_in: int, bytes_out: int) -> None:
         self._metrics.closed(self.close_reason, bytes_in, bytes_out)
+
+    def _release_claims(self) -> None:
+        self._release_startup()
+        if self._counted_user is not None:
+            self.ctx.state.release_user(self._counted_user)
+            self._counted_user = None
 
     def _release_startup(self) -> None:
         """No longer an unauthenticated connection (MaxStartups counts only those)."""
@@ -392,32 +201,11 @@ class ConnectionDriver:
             self._startup_claimed = False
             self.ctx.state.release_startup(self.remote_ip)
 
-    def _claim_user_slot(self, username: str) -> bool:
-        """Count this connection against the user's limit; False if the limit is reached."""
-        limit = self.session_settings.max_connections_per_user
-        live = self.ctx.user_connections.get(username, 0)
-        if limit and live >= limit:
-            return False
-        self.ctx.user_connections[username] = live + 1
-        self._counted_user = username
-        return True
-
-    def _release_user_slot(self) -> None:
-        if self._counted_user is None:
-            return
-        _count_down(self.ctx.user_connections, self._counted_user)
-        self._counted_user = None
-
     def shutting_down(self) -> None:
         """The server stops: idle connections end now; users of sessions are told, and
         their sessions get the shutdown grace (the connections nursery's deadline)."""
-        busy = [handle for handle in self._handles.values() if handle.session_started]
-        if not busy:
+        if self._sessions is None or not self._sessions.tell_busy_users(SHUTDOWN_MESSAGE):
             self._end(DisconnectReason.BY_APPLICATION, SHUTDOWN_MESSAGE, "server_shutdown")
-            return
-        assert self._nursery is not None
-        for handle in busy:
-            self._nursery.start_soon(tell_user, handle, f"\r\ntrissh: {SHUTDOWN_MESSAGE}\r\n")
 
     def _end(self, reason: DisconnectReason, description: str, close_reason: str) -> None:
         """Disconnect on our own initiative: queue DISCONNECT, stop reading, cancel tasks."""
@@ -428,110 +216,17 @@ class ConnectionDriver:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
-    def _next_timer(self) -> float:
-        rekey = self._keys_since + self._rekey_interval if self._rekey_interval else math.inf
-        return min(rekey, self._probe_at)
-
-    def _arm_clock(self, rekey_interval: float, alive_interval: float, count_max: int) -> None:
-        """Start the connection's two timers (0 turns either off).
-
-        Time-based rekeying (the core rekeys by volume itself): no key lives longer than
-        ``rekey_interval``. sshd's ClientAlive: a client silent for ``alive_interval`` is
-        asked to answer; one that leaves ``count_max`` probes unanswered is gone, and its
-        containers with it. Before authentication the login grace time bounds a connection.
-        """
-        self._rekey_interval = rekey_interval
-        self._alive_interval = alive_interval
-        self._alive_count_max = count_max
-        self._probe_at = trio.current_time() + alive_interval if alive_interval else math.inf
-        self._reset_clock()
-
-    def _reset_clock(self) -> None:
-        """The timers changed: the receive loop's clock wakes at the next one."""
-        if self._clock is not None:
-            self._clock.deadline = self._next_timer()
-
-    def _on_timer(self) -> None:
-        """The clock's deadline passed: rekey, probe or give up on the client, as due."""
-        now = trio.current_time()
-        if self._rekey_interval and now >= self._keys_since + self._rekey_interval:
-            self.conn.request_rekey()
-            self.flush_now()
-            self._keys_since = now  # until the exchange completes
-        if now < self._probe_at:
-            return
-        self._probe_at = now + self._alive_interval
-        if now - self._last_received < self._alive_interval:
-            return
-        if self.conn.keepalives_unanswered >= self._alive_count_max:
-            self._end(
-                DisconnectReason.CONNECTION_LOST,
-                "timeout, client not responding",
-                "client_alive_timeout",
-            )
-            return
-        self.conn.send_keepalive()
-        self.flush_now()
-
-    def sandbox_spec(self) -> SandboxSpec:
-        """What a container of this connection's user looks like, labels included."""
-        assert self.username is not None
-        return SandboxSpec(
-            conn_id=self.conn_id,
-            username=self.username,
-            remote=self.remote,
-            instance=self.ctx.instance,
-            settings=container_settings(self.container_settings),
-        )
-
-    @property
-    def sandbox(self) -> ConnectionSandbox:
-        """The connection's container owner (``connection`` mode), made after authentication."""
-        if self._sandbox is None:
-            assert self._nursery is not None
-            self._sandbox = ConnectionSandbox(self.ctx.backend, self.sandbox_spec(), self._nursery)
-        return self._sandbox
-
-    async def _flush_and_close(self) -> None:
-        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-            chunks = self._take_unsent()
-            if chunks and not self._writing:
-                with contextlib.suppress(
-                    trio.BrokenResourceError, trio.ClosedResourceError, OSError
-                ):
-                    await send_chunks(self._stream, chunks)
-        if isinstance(self._stream, trio.SocketStream):
-            # What aclose_forcefully does, minus the Cancelled it raises and catches: closing
-            # a socket never blocks, and this runs once per connection.
-            self._stream.socket.close()
-        else:
-            await trio.aclose_forcefully(self._stream)
-
-    async def _send_loop(self) -> None:
-        while True:
-            await self._doorbell.wait()
-            chunks = self._take_unsent()
-            if chunks:
-                self._writing = True
-                await send_chunks(self._stream, chunks)
-                self._writing = False
-                self._space_changed()
-
-    def _take_unsent(self) -> list[Chunk]:
-        """The backlog, then what the core queued since: everything not yet written."""
-        chunks: list[Chunk] = [*self._backlog, *self.conn.take_output()]
-        self._backlog, self._backlog_size = [], 0
-        return chunks
+    # -- reading ----------------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
         """Read and process until the connection ends, running its timers when they are due
         (why here: the module docstring)."""
         while not self._ended:
-            with trio.CancelScope(deadline=self._next_timer()) as clock:
-                self._clock = clock
+            with trio.CancelScope(deadline=self._clock.next_deadline()) as scope:
+                self._clock.scope = scope
                 await self._receive_until_end()
                 return
-            self._on_timer()
+            self._on_timers()
 
     async def _receive_until_end(self) -> None:
         conn = self.conn
@@ -545,7 +240,7 @@ class ConnectionDriver:
                 data = b""
             if self._quickack and data:
                 self._rearm_quickack()
-            self._last_received = trio.current_time()
+            self._clock.last_received = trio.current_time()
             conn.receive_data(data)
 
     def _rearm_quickack(self) -> None:
@@ -559,74 +254,69 @@ class ConnectionDriver:
         except OSError:
             self._quickack = False
 
+    def _on_timers(self) -> None:
+        """The clock's deadline passed: rekey, probe or give up on the client, as due."""
+        for action in self._clock.due(self.conn.keepalives_unanswered):
+            if action is TimerAction.REKEY:
+                self.conn.request_rekey()
+            elif action is TimerAction.PROBE:
+                self.conn.send_keepalive()
+            else:
+                self._end(
+                    DisconnectReason.CONNECTION_LOST,
+                    "timeout, client not responding",
+                    "client_alive_timeout",
+                )
+        self._writer.flush_now()
+
     async def _process_events(self) -> None:
         conn = self.conn
         while (event := conn.next_event()) is not None:
-            if isinstance(
-                event,
-                PublicKeyAuthRequested
-                | PasswordAuthRequested
-                | KeyboardInteractiveAuthRequested
-                | KeyboardInteractiveResponsesReceived,
-            ):
+            if isinstance(event, AuthDecisionRequested):
                 await self._login.decide(event)
             else:
                 self._dispatch(event)
-        self.flush_now()
+        self._writer.flush_now()
+
+    # -- routing ----------------------------------------------------------------------------
 
     def _dispatch(self, event: Event) -> None:
         match event:
             case ChannelDataReceived():
-                if (handle := self._handles.get(event.channel_id)) is not None:
+                if (handle := self._port.handle(event.channel_id)) is not None:
                     handle.feed(event.data)
             case ChannelWindowAdjusted():
-                self._space_changed()
+                self._writer.space_freed()
             case ChannelEOFReceived():
-                if (handle := self._handles.get(event.channel_id)) is not None:
+                if (handle := self._port.handle(event.channel_id)) is not None:
                     handle.feed_eof()
             case ChannelCloseReceived():
-                self._on_channel_close(event.channel_id)
-            case WindowChanged():
-                if (handle := self._handles.get(event.channel_id)) is not None:
-                    handle.feed_control(event.size)
-            case SignalReceived():
-                if (handle := self._handles.get(event.channel_id)) is not None:
-                    handle.feed_control(event.signal)
+                self._on_channel_close(event)
+            case WindowChanged() | SignalReceived():
+                if (handle := self._port.handle(event.channel_id)) is not None:
+                    handle.feed_control(
+                        event.size if isinstance(event, WindowChanged) else event.signal
+                    )
             case ChannelOpenRequested():
-                self._on_channel_open(event.channel_id)
-            case RequestRefused():
-                self._note_refused(event.request, event.reason, event.channel_id, event.target)
+                self._on_channel_open(event)
+            case ChannelOpenConfirmed() | ChannelOpenFailed():
+                self._port.forget(event.channel_id)  # no kind opens channels yet
             case SessionRequested():
                 self._on_session_requested(event)
+            case GlobalRequestReceived():
+                self.conn.reply_global_request(event.request_id, False)
+                self._note_refused(event.name, "not supported", target=str(event.target))
+            case RequestRefused():
+                self._note_refused(event.request, event.reason, event.channel_id)
             case VersionReceived():
                 structlog.contextvars.bind_contextvars(client_version=event.version)
             case KeyExchangeCompleted():
-                self._keys_since = trio.current_time()
-                self._reset_clock()
-                if not event.is_rekey:
-                    self._handshake_done = True
-                    self.ctx.metrics.handshake_done(
-                        event.algorithms.kex, trio.current_time() - self._accepted_at
-                    )
-                algorithms = event.algorithms
-                log.info(
-                    "kex_completed",
-                    rekey=event.is_rekey,
-                    kex=algorithms.kex,
-                    host_key=algorithms.host_key,
-                    cipher_in=algorithms.cipher_client_to_server,
-                    cipher_out=algorithms.cipher_server_to_client,
-                    strict_kex=algorithms.strict_kex,
-                )
+                self._on_kex_completed(event)
             case AuthFailed():
-                self.ctx.metrics.auth_attempt(event.method, "failure")
-                log.info(
-                    "auth_failed",
-                    user=event.username,
-                    method=event.method,
-                    reason=event.reason,
-                    key_fingerprint=event.key_fingerprint,
-                )
+                handshake.auth_failed(event, self.ctx.metrics)
+            case AuthPartiallySucceeded():
+                self._login.confirmed(event)
+                handshake.auth_partially_succeeded(event, self.ctx.metrics)
             case Authenticated():
                 self._on_authenticated(event)
             case DisconnectReceived():
@@ -635,62 +325,77 @@ class ConnectionDriver:
             case ConnectionLost():
                 self._ended = True
                 self.close_reason = "connection_lost"
-            case AuthPartiallySucceeded():
-                self._login.confirmed(event)
-                self.ctx.metrics.auth_attempt(event.method, "partial")
-                log.info(
-                    "auth_partially_succeeded",
-                    user=event.username,
-                    method=event.method,
-                    remaining=list(event.remaining),
-                    key_fingerprint=event.key_fingerprint,
-                )
-            case (
-                PublicKeyAuthRequested()
-                | PasswordAuthRequested()
-                | KeyboardInteractiveAuthRequested()
-                | KeyboardInteractiveResponsesReceived()
-            ):
-                raise AssertionError("decisions are answered by _process_events")
             case _:
+                assert not isinstance(event, AuthDecisionRequested), "answered by _process_events"
                 assert_never(event)
+
+    def _on_kex_completed(self, event: KeyExchangeCompleted) -> None:
+        self._clock.keys_changed()
+        if not event.is_rekey:
+            self._handshake_done = True
+        handshake.kex_completed(event, self.ctx.metrics, trio.current_time() - self._accepted_at)
 
     def _on_authenticated(self, event: Authenticated) -> None:
         self._login.confirmed(event)
         self._release_startup()
         self.ctx.metrics.auth_attempt(event.method, "success")
-        self.grant = self._login.grant
-        if not self.grant.allow_pty:
+        grant = self._login.grant
+        if not grant.allow_pty:
             self.conn.forbid_pty()
-        # A webhook may have verified another name (ContainerSSH's authenticatedUsername):
-        # that is who the containers, labels, limits and logs are for.
-        username = self.grant.username or event.username
-        self.username = username
-        self.container_settings = self.ctx.settings.with_container_overrides(
-            username, self.grant.container
-        )
-        self.session_settings = self.ctx.settings.session_for(username)
+        login = self.login = handshake.login_of(self.ctx.settings, event.username, grant)
         self._grace.deadline = math.inf
-        structlog.contextvars.bind_contextvars(user=username)
+        structlog.contextvars.bind_contextvars(user=login.username)
         log.info(
             "auth_succeeded",
             method=event.method,
             key_fingerprint=event.key_fingerprint,
             **self._login.log_fields,
         )
-        if not self._claim_user_slot(username):
+        limit = login.session.max_connections_per_user
+        if not self.ctx.state.claim_user(login.username, limit):
             self.ctx.metrics.connection_rejected("rejected_limit")
             self._end(
                 DisconnectReason.TOO_MANY_CONNECTIONS,
-                f"too many connections for user {username}",
+                f"too many connections for user {login.username}",
                 "user_connection_limit",
             )
             return
-        self._arm_clock(
+        self._counted_user = login.username
+        assert self._nursery is not None
+        self._sessions = SessionChannels(self._session_context(login), self._port, self._nursery)
+        self._clock.arm(
             self.ctx.settings.ssh.rekey_interval,
-            self.session_settings.client_alive_interval,
-            self.session_settings.client_alive_count_max,
+            login.session.client_alive_interval,
+            login.session.client_alive_count_max,
         )
+
+    def _session_context(self, login: Login) -> SessionContext:
+        ctx = self.ctx
+        wanted = ctx.settings.recording.users
+        recorded = not wanted or login.username in wanted
+        return SessionContext(
+            conn_id=self.conn_id,
+            username=login.username,
+            container=login.container,
+            settings=login.session,
+            grant=login.grant,
+            sandboxes=self._sandbox_source(login),
+            metrics=ctx.metrics,
+            recorder=ctx.recorder if recorded else None,
+        )
+
+    def _sandbox_source(self, login: Login) -> SandboxSource:
+        spec = SandboxSpec(
+            conn_id=self.conn_id,
+            username=login.username,
+            remote=self.remote,
+            instance=self.ctx.instance,
+            settings=container_settings(login.container),
+        )
+        if login.session.execution_mode == "session":
+            return SessionSandboxes(self.ctx.backend, spec)
+        assert self._nursery is not None
+        return ConnectionSandbox(self.ctx.backend, spec, self._nursery)
 
     def _note_refused(
         self, request: str, reason: str, channel: int | None = None, target: str | None = None
@@ -703,44 +408,38 @@ class ConnectionDriver:
                 "request_refused", request=request, reason=reason, channel=channel, target=target
             )
 
-    def _on_channel_open(self, channel_id: ChannelId) -> None:
+    def _on_channel_open(self, event: ChannelOpenRequested) -> None:
+        refusal: Refusal | None
         if self.ctx.state.shutting_down:
-            self.conn.reject_channel(
-                channel_id, ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED, SHUTDOWN_MESSAGE
+            refusal = Refusal(
+                ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED, SHUTDOWN_MESSAGE
             )
-            self._note_refused("session", SHUTDOWN_MESSAGE)
-            return
-        limit = self.session_settings.max_sessions_per_connection
-        if len(self._handles) >= limit:
-            reason = f"at most {limit} sessions per connection"
-            self.conn.reject_channel(channel_id, ChannelOpenFailureReason.RESOURCE_SHORTAGE, reason)
-            self._note_refused("session", reason)
-            return
-        self.conn.accept_channel(channel_id)
-        self._handles[channel_id] = ChannelHandle(self, channel_id)
-        if self.session_settings.execution_mode == "connection":
-            # The client sends its request only after our confirmation: start the
-            # container now and that round trip hides part of its start.
-            self.sandbox.prepare(self.container_settings.start_timeout)
+        elif event.channel_type != "session" or self._sessions is None:
+            refusal = Refusal(
+                ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
+                f"channel type {event.channel_type!r} is not supported",
+            )
+        else:
+            refusal = self._sessions.open(event)
+        if refusal is not None:
+            self._port.reject(event.channel_id, refusal)
+            target = str(event.target) if event.target is not None else None
+            self._note_refused(event.channel_type, refusal.text, target=target)
 
-    def _on_channel_close(self, channel_id: ChannelId) -> None:
-        handle = self._handles.get(channel_id)
+    def _on_channel_close(self, event: ChannelCloseReceived) -> None:
+        handle = self._port.handle(event.channel_id)
         if handle is None:
-            self.conn.close_channel(channel_id)
+            self.conn.close_channel(event.channel_id)
             return
         handle.peer_close()
-        if not handle.session_started:
-            self.finish_channel(handle, code=None, signal=None)
+        if not handle.started:
+            self._port.finish(handle.id)
 
     def _on_session_requested(self, event: SessionRequested) -> None:
-        handle = self._handles.get(event.channel_id)
-        assert self._nursery is not None
-        if handle is None:
-            self.conn.reply_session_request(event.channel_id, False)
+        if self._sessions is None or not self._sessions.start(event):
+            self.conn.reply_channel_request(event.channel_id, False)
             return
-        handle.session_started = True
         self._quickack = False
-        self._nursery.start_soon(run_session, self, handle, event)
 
 
 async def serve_connection(
@@ -761,11 +460,11 @@ async def serve_connection(
         driver = ConnectionDriver(
             stream, ctx, conn_id=conn_id, remote=remote, initial_data=initial_data
         )
-        ctx.state.drivers.add(driver)
+        ctx.state.connections.add(driver)
         try:
             await driver.run()
         finally:
-            ctx.state.drivers.discard(driver)
+            ctx.state.connections.discard(driver)
             stats = driver.conn.statistics()
             driver.metrics_closed(stats.bytes_received, stats.bytes_sent)
             log.info(

@@ -1,4 +1,7 @@
-"""The connection's container in ``connection`` execution mode.
+"""Where a connection's sessions get their container: ``SandboxSource``.
+
+In ``session`` execution mode each session opens its own (``SessionSandboxes``). In
+``connection`` mode the connection owns one (``ConnectionSandbox``), described below.
 
 The container is started when the first session channel opens (``prepare``), so that its
 start overlaps the client's round trip to its request instead of following it; a
@@ -12,6 +15,7 @@ reports that failure, and the next one starts a container itself, under its own 
 from __future__ import annotations
 
 import contextlib
+from typing import Protocol
 
 import structlog
 import trio
@@ -21,7 +25,36 @@ from trissh.backend import Backend, BackendError, Sandbox, SandboxSpec
 log = structlog.get_logger("trissh.connection.sandboxes")
 
 
+class SandboxSource(Protocol):
+    def prepare(self, start_timeout: float) -> None:
+        """A session channel opened: a container may be started ahead of its request."""
+
+    async def acquire(self, owned: contextlib.AsyncExitStack) -> Sandbox:
+        """The container a session runs in; one it alone owns is entered into ``owned``.
+
+        Raises:
+            BackendError: it could not be had.
+        """
+        ...
+
+
+class SessionSandboxes:
+    """``session`` mode: each session owns its own container."""
+
+    def __init__(self, backend: Backend, spec: SandboxSpec) -> None:
+        self._backend = backend
+        self._spec = spec
+
+    def prepare(self, start_timeout: float) -> None:
+        pass  # the container is the session's own, started by its request
+
+    async def acquire(self, owned: contextlib.AsyncExitStack) -> Sandbox:
+        return await owned.enter_async_context(self._backend.open_sandbox(self._spec))
+
+
 class ConnectionSandbox:
+    """``connection`` mode: one container for all of the connection's sessions."""
+
     def __init__(self, backend: Backend, spec: SandboxSpec, nursery: trio.Nursery) -> None:
         self._backend = backend
         self._spec = spec
@@ -38,6 +71,9 @@ class ConnectionSandbox:
         if self._sandbox is None and self._failure is None and self._prepared is None:
             self._prepared = trio.Event()
             self._nursery.start_soon(self._keep_prepared, start_timeout, self._prepared)
+
+    async def acquire(self, owned: contextlib.AsyncExitStack) -> Sandbox:
+        return await self.get()
 
     async def get(self) -> Sandbox:
         """The connection's sandbox, created on first use.

@@ -32,7 +32,7 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
-from trissh.config import join_host_port
+from trissh.addresses import join_host_port
 
 log = structlog.get_logger("trissh.ops.metrics")
 

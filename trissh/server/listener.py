@@ -26,10 +26,12 @@ from collections.abc import Awaitable, Callable
 import structlog
 import trio
 
-from trissh.config import container_settings, join_host_port, parse_listen, parse_max_startups
-from trissh.connection.driver import ServerContext, serve_connection
+from trissh.addresses import host_of, join_host_port, parse_listen
+from trissh.config import container_settings, parse_max_startups
+from trissh.connection.driver import serve_connection
 from trissh.ops.metrics import serve_http
 from trissh.server.proxy_protocol import ProxyProtocolError, TrustedNetworks, parse_proxy_header
+from trissh.server.state import ServerContext
 
 log = structlog.get_logger("trissh.server.listener")
 #: For random early drop: unpredictable, so a flood cannot aim at the slots it frees.
@@ -78,7 +80,7 @@ async def serve(
                 current.metrics.connection_rejected("rejected_proxy")
                 await trio.aclose_forcefully(stream)
                 return
-        refusal = _admission(current, remote.rsplit(":", 1)[0].strip("[]"))
+        refusal = _admission(current, host_of(remote))
         if refusal is not None:
             log.warning("connection_rejected", remote=remote, reason=refusal)
             current.metrics.connection_rejected("rejected_limit")
@@ -200,8 +202,8 @@ async def _serve_connections(
         log.info("server_stopping", grace_s=grace, connections=ctx.state.live_connections)
         listening.cancel()
         ctx.state.shutting_down = True
-        for driver in list(ctx.state.drivers):
-            driver.shutting_down()
+        for connection in list(ctx.state.connections):
+            connection.shutting_down()
         connections.cancel_scope.deadline = trio.current_time() + grace
 
 

@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
-from trissh.config import join_host_port
+from trissh.addresses import join_host_port
 from trissh.protocol.wire import Reader
 
 #: Entries in each of an answer's ``metadata``, ``environment`` and ``files`` maps.

@@ -1,0 +1,99 @@
+"""A session handler alone: no driver, no socket, no SSH — a ``ChannelPort`` that records
+what the session does to its connection, and the in-process backend.
+
+That this works is the point of the channel seam: a kind of channel is written and tested
+against the narrow port, and the driver only routes to it.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from trissh.auth.policy import Grant
+from trissh.backend import SandboxSpec
+from trissh.backend.memory import MemoryBackend
+from trissh.channels.session import SessionContext, run_session
+from trissh.config import ContainerSection, SessionSection, container_settings
+from trissh.connection.channel import ChannelHandle
+from trissh.connection.sandboxes import SessionSandboxes
+from trissh.ops.metrics import Metrics
+from trissh.protocol import ChannelId, SessionKind, SessionRequested
+
+
+class RecordingPort:
+    """What a session asked of its connection, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self.output = bytearray()
+        self.space_changed = trio.Event()
+
+    def send_room(self, channel_id: ChannelId) -> int:
+        return 1 << 20
+
+    def send_data(self, channel_id: ChannelId, data: memoryview, *, stderr: bool) -> int:
+        self.output += data
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def send_eof(self, channel_id: ChannelId) -> None:
+        self.calls.append(("eof", None))
+
+    def acknowledge(self, channel_id: ChannelId, amount: int) -> None:
+        self.calls.append(("acknowledge", amount))
+
+    def reply_request(self, channel_id: ChannelId, ok: bool) -> None:
+        self.calls.append(("reply", ok))
+
+    def finish(
+        self, channel_id: ChannelId, *, exit_code: int | None = None, signal: str | None = None
+    ) -> None:
+        self.calls.append(("finish", (exit_code, signal)))
+
+
+def context(backend: MemoryBackend, **grant: object) -> SessionContext:
+    container = ContainerSection()
+    spec = SandboxSpec(
+        conn_id="c1",
+        username="alice",
+        remote="127.0.0.1:1",
+        instance="test",
+        settings=container_settings(container),
+    )
+    return SessionContext(
+        conn_id="c1",
+        username="alice",
+        container=container,
+        settings=SessionSection(execution_mode="session"),
+        grant=Grant(**grant),  # type: ignore[arg-type]
+        sandboxes=SessionSandboxes(backend, spec),
+        metrics=Metrics(),
+    )
+
+
+async def run(ctx: SessionContext, command: str) -> RecordingPort:
+    port = RecordingPort()
+    handle = ChannelHandle(port, ChannelId(3))
+    handle.feed_eof()
+    request = SessionRequested(channel_id=ChannelId(3), kind=SessionKind.EXEC, command=command)
+    with trio.fail_after(10):
+        await run_session(ctx, handle, request)
+    return port
+
+
+async def test_an_exec_answers_runs_and_finishes_with_its_status() -> None:
+    backend = MemoryBackend()
+    port = await run(context(backend), "echo hi; exit 3")
+    assert bytes(port.output) == b"hi\n"
+    assert port.calls[0] == ("reply", True)
+    assert port.calls[-1] == ("finish", (3, None))
+    assert (backend.live_sandboxes, backend.live_processes) == (0, 0)
+
+
+async def test_a_forced_command_runs_instead_of_the_one_asked() -> None:
+    backend = MemoryBackend()
+    port = await run(context(backend, forced_command="echo forced"), "echo asked")
+    assert bytes(port.output) == b"forced\n"
+    assert port.calls[-1] == ("finish", (0, None))

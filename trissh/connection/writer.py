@@ -1,0 +1,135 @@
+"""OutputWriter: everything one connection writes to its socket.
+
+``flush_now`` writes the core's queued output synchronously, from whichever task produced it
+(a bulk pump), as far as the socket takes it without waiting; ``_send_loop`` sends the rest
+once the socket is writable again. Readers only ring the doorbell, so the small replies
+of a batch of events (window adjusts, acks) leave in one write, not one each. Only the
+send loop ever awaits a write, so a write is never cancelled half-way except when the whole
+connection is going down (a half-written packet leaves an encrypted stream unusable).
+The send loop starts at the first ring: most connections never fill their socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import trio
+
+from trissh.connection.scatter_write import Chunk, send_chunks, socket_fd, write_now
+from trissh.protocol import ChannelId, ServerConnection
+
+#: Channel writers wait while this much output is queued in the core.
+OUTPUT_HIGH_WATER = 1024 * 1024
+#: Bound on the final flush of a DISCONNECT and on closing the socket.
+CLOSE_TIMEOUT = 2.0
+
+
+class _Doorbell:
+    """Wakes the writer; a ring between two waits is never lost."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def ring(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+class OutputWriter:
+    def __init__(self, stream: trio.abc.Stream, conn: ServerConnection) -> None:
+        self._stream = stream
+        self._conn = conn
+        self._fd = socket_fd(stream)
+        self._doorbell = _Doorbell()
+        #: Set when send room may have grown; replaced by a fresh event each time.
+        self.space_changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._started = False
+        self._writing = False
+        #: Output taken from the core that the socket did not accept yet (``flush_now``).
+        self._backlog: list[Chunk] = []
+        self._backlog_size = 0
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """The nursery the send loop starts in, when first needed."""
+        self._nursery = nursery
+
+    def ring(self) -> None:
+        """Wake the send loop, starting it the first time it is needed."""
+        if not self._started and self._nursery is not None:
+            self._started = True
+            self._nursery.start_soon(self._send_loop)
+        self._doorbell.ring()
+
+    def space_freed(self) -> None:
+        self.space_changed.set()
+        self.space_changed = trio.Event()
+
+    def send_room(self, channel_id: ChannelId) -> int:
+        """Bytes a channel may write now; ``-1`` once it can never write again."""
+        window = self._conn.send_window(channel_id)
+        if window is None:
+            return -1
+        queued = self._conn.pending_output_size + self._backlog_size
+        return max(0, min(window, OUTPUT_HIGH_WATER - queued))
+
+    def flush_now(self) -> None:
+        """Write queued output from the calling task as far as the socket takes it now.
+
+        Saves a hand-off to the send loop per chunk of bulk data. Whatever remains (a full
+        socket, a write in progress, a stream that is not a socket) is left to the send
+        loop, behind anything it already holds, so the order never changes.
+        """
+        if not self._conn.pending_output_size:
+            return  # nothing new; a backlog already has the writer's attention
+        if self._writing or self._backlog or self._fd is None:
+            self.ring()
+            return
+        chunks = self._conn.take_output()
+        if not chunks:
+            return
+        rest = write_now(self._fd, chunks)
+        if rest:
+            self._backlog = rest
+            self._backlog_size = sum(map(len, rest))
+            self.ring()
+        self.space_freed()
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._doorbell.wait()
+            chunks = self._take_unsent()
+            if chunks:
+                self._writing = True
+                await send_chunks(self._stream, chunks)
+                self._writing = False
+                self.space_freed()
+
+    def _take_unsent(self) -> list[Chunk]:
+        """The backlog, then what the core queued since: everything not yet written."""
+        chunks: list[Chunk] = [*self._backlog, *self._conn.take_output()]
+        self._backlog, self._backlog_size = [], 0
+        return chunks
+
+    async def flush_and_close(self) -> None:
+        """The connection is over: write what is left (a DISCONNECT), bounded, and close.
+
+        Cancellation: shielded and bounded by ``CLOSE_TIMEOUT``.
+        """
+        self._started = True  # the nursery is closed: nothing may start in it
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            chunks = self._take_unsent()
+            if chunks and not self._writing:
+                with contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, OSError
+                ):
+                    await send_chunks(self._stream, chunks)
+        if isinstance(self._stream, trio.SocketStream):
+            # What aclose_forcefully does, minus the Cancelled it raises and catches: closing
+            # a socket never blocks, and this runs once per connection.
+            self._stream.socket.close()
+        else:
+            await trio.aclose_forcefully(self._stream)
