@@ -28,9 +28,9 @@ import trio
 from trissh.addresses import parse_listen
 from trissh.backend import Backend
 from trissh.backend.registry import make_backend
-from trissh.cli import build_context
 from trissh.config import load_config
 from trissh.ops.log import configure_logging
+from trissh.server.build import build_context
 from trissh.server.listener import open_listeners, serve
 
 

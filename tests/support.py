@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from trissh.backend import Backend
-from trissh.cli import build_context
 from trissh.config import load_config
+from trissh.server.build import build_context
 from trissh.server.listener import open_listeners, serve
 from trissh.server.state import ServerContext
 

@@ -21,15 +21,6 @@ MODULE_EXEMPT = {"trissh.protocol.sntrup761"}
 #: Physical lines of one function or method, docstring included.
 MAX_FUNCTION_LINES = 60
 
-#: Violations that existed when these checks were written, each to be removed by the change
-#: that mends it (a listed one that no longer occurs fails too, so the lists only shrink).
-KNOWN_CYCLES = {}
-KNOWN_BIG_MODULES = {}
-KNOWN_LONG_FUNCTIONS = {
-    ("trissh.cli", "build_context"),
-    ("trissh.ops.metrics", "__init__"),
-}
-
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -120,10 +111,8 @@ def test_the_cycle_finder_finds_a_cycle_through_a_type_checking_import(tmp_path:
 
 
 def test_no_import_cycles_among_trissh_modules() -> None:
-    found = {frozenset(c) for c in cycles(import_graph())}
-    new = [sorted(c) for c in found - KNOWN_CYCLES]
-    assert not new, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in new)
-    assert not KNOWN_CYCLES - found, "mended: remove from KNOWN_CYCLES"
+    found = cycles(import_graph())
+    assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
 def test_modules_are_small() -> None:
@@ -133,9 +122,7 @@ def test_modules_are_small() -> None:
         if name not in MODULE_EXEMPT
         and (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
     }
-    new = {name: lines for name, lines in too_long.items() if name not in KNOWN_BIG_MODULES}
-    assert not new, f"modules over {MAX_MODULE_LINES} lines: {new}"
-    assert not KNOWN_BIG_MODULES - set(too_long), "mended: remove from KNOWN_BIG_MODULES"
+    assert not too_long, f"modules over {MAX_MODULE_LINES} lines: {too_long}"
 
 
 def _functions(path: Path) -> Iterator[tuple[str, int]]:
@@ -149,7 +136,4 @@ def _functions(path: Path) -> Iterator[tuple[str, int]]:
 def test_functions_are_short(module: str) -> None:
     path = _modules()[module]
     too_long = {name: lines for name, lines in _functions(path) if lines > MAX_FUNCTION_LINES}
-    known = {name for owner, name in KNOWN_LONG_FUNCTIONS if owner == module}
-    new = {name: lines for name, lines in too_long.items() if name not in known}
-    assert not new, f"functions over {MAX_FUNCTION_LINES} lines in {module}: {new}"
-    assert not known - set(too_long), "mended: remove from KNOWN_LONG_FUNCTIONS"
+    assert not too_long, f"functions over {MAX_FUNCTION_LINES} lines in {module}: {too_long}"

@@ -8,8 +8,8 @@ import trio
 
 from trissh.auth.policy import LoginRequest
 from trissh.backend.memory import MemoryBackend
-from trissh.cli import build_context, reload_context, retire_context
 from trissh.config import ServerConfig, load_config
+from trissh.server.build import build_context, reload_context, retire_context
 from trissh.server.state import ServerContext
 
 from .auth.http_server import Server, answer, start

@@ -20,9 +20,9 @@ from trissh.backend.base import LABEL_INSTANCE, ExitStatus
 from trissh.backend.errors import BackendError
 from trissh.backend.podman import PodmanBackend
 from trissh.backend.podman.warm_pool import WarmPool
-from trissh.cli import metered_backend
 from trissh.config import load_config
 from trissh.ops.metrics import Metrics
+from trissh.server.process import metered_backend
 
 from .conformance import run
 from .conftest import TEST_SCOPE_LABEL, PodmanHarness, podman_containers

@@ -123,7 +123,19 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        reg = self.registry
+        self._define_connection_metrics(self.registry)
+        self._define_session_metrics(self.registry)
+        self._guard_result = _LabelGuard()
+        self._guard_kex = _LabelGuard()
+        self._guard_method = _LabelGuard()
+        self._guard_auth_result = _LabelGuard()
+        self._guard_kind = _LabelGuard()
+        self._guard_operation = _LabelGuard()
+        self.guard_reason = _LabelGuard()
+        for direction in ("in", "out"):
+            self.bytes_total.labels(direction=direction)
+
+    def _define_connection_metrics(self, reg: CollectorRegistry) -> None:
         self.connections_total = Counter(
             "trissh_connections_total",
             "TCP connections by what became of them (accepted, rejected_limit, ...).",
@@ -151,27 +163,6 @@ class Metrics:
             ["method", "result"],
             registry=reg,
         )
-        self.sessions_active = Gauge(
-            "trissh_sessions_active", "Session channels running now.", registry=reg
-        )
-        self.warm_containers = Gauge(
-            "trissh_warm_containers",
-            "Started containers waiting in the warm pool for a login.",
-            registry=reg,
-        )
-        self.sessions_total = Counter(
-            "trissh_sessions_total",
-            "Sessions started, by kind (shell, exec, subsystem).",
-            ["kind"],
-            registry=reg,
-        )
-        self.container_operation_duration = Histogram(
-            "trissh_container_operation_duration_seconds",
-            "Duration of container operations (start, exec, spawn by the agent, remove).",
-            ["operation"],
-            buckets=CONTAINER_BUCKETS,
-            registry=reg,
-        )
         self.bytes_total = Counter(
             "trissh_bytes_total",
             "Bytes on the wire, in (from clients) and out (to clients).",
@@ -181,20 +172,34 @@ class Metrics:
         self.disconnects_total = Counter(
             "trissh_disconnects_total", "Closed connections by reason.", ["reason"], registry=reg
         )
+
+    def _define_session_metrics(self, reg: CollectorRegistry) -> None:
+        self.sessions_active = Gauge(
+            "trissh_sessions_active", "Session channels running now.", registry=reg
+        )
+        self.sessions_total = Counter(
+            "trissh_sessions_total",
+            "Sessions started, by kind (shell, exec, subsystem).",
+            ["kind"],
+            registry=reg,
+        )
+        self.warm_containers = Gauge(
+            "trissh_warm_containers",
+            "Started containers waiting in the warm pool for a login.",
+            registry=reg,
+        )
+        self.container_operation_duration = Histogram(
+            "trissh_container_operation_duration_seconds",
+            "Duration of container operations (start, exec, spawn by the agent, remove).",
+            ["operation"],
+            buckets=CONTAINER_BUCKETS,
+            registry=reg,
+        )
         self.recording_failures_total = Counter(
             "trissh_recording_failures_total",
             "Session recordings stopped by a storage error.",
             registry=reg,
         )
-        self._guard_result = _LabelGuard()
-        self._guard_kex = _LabelGuard()
-        self._guard_method = _LabelGuard()
-        self._guard_auth_result = _LabelGuard()
-        self._guard_kind = _LabelGuard()
-        self._guard_operation = _LabelGuard()
-        self.guard_reason = _LabelGuard()
-        for direction in ("in", "out"):
-            self.bytes_total.labels(direction=direction)
 
     # -- what the driver calls -------------------------------------------------------------
 

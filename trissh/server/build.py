@@ -1,0 +1,153 @@
+"""Assembling a server from its settings: the context every connection shares (keys,
+authentication policy, protocol settings, recorder), and its rebuild on SIGHUP."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Callable
+
+import structlog
+import trio
+
+from trissh.auth.authorized_keys import AuthorizedKey
+from trissh.auth.policy import AuthPolicy, PolicyError, load_key_file
+from trissh.backend import Backend
+from trissh.config import ConfigError, ServerConfig, container_settings
+from trissh.ops.log import configure_logging
+from trissh.ops.metrics import Metrics
+from trissh.ops.recording import Recorder
+from trissh.protocol import HostKey, ProtocolConfig
+from trissh.server.hostkeys import HostKeyError, load_or_create_host_key
+from trissh.server.state import ServerContext
+
+log = structlog.get_logger("trissh")
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says why and what to do."""
+
+
+def make_recorder(settings: ServerConfig, metrics: Metrics) -> Recorder | None:
+    section = settings.recording
+    if not section.enabled:
+        return None
+    return Recorder(
+        section.directory,
+        max_bytes=section.max_bytes,
+        record_input=section.record_input,
+        on_failure=metrics.recording_failed,
+    )
+
+
+def load_host_keys(settings: ServerConfig) -> tuple[HostKey, ...]:
+    keys = []
+    for path in settings.host_key_paths():
+        try:
+            key, created = load_or_create_host_key(path)
+        except (HostKeyError, OSError) as exc:
+            raise StartupError(str(exc)) from None
+        if created:
+            log.info("host_key_created", path=str(path), fingerprint=key.fingerprint)
+        keys.append(key)
+    return tuple(keys)
+
+
+def build_context(
+    settings: ServerConfig,
+    backend: Backend,
+    *,
+    previous: ServerContext | None = None,
+    metrics: Metrics | None = None,
+) -> ServerContext:
+    """Everything connections share. With ``previous`` (a reload), the backend, instance
+    and live state carry over; only what the configuration says is rebuilt."""
+    policy = _auth_policy(settings)
+    host_keys = load_host_keys(settings)
+    try:
+        protocol = ProtocolConfig(
+            host_keys=host_keys,
+            max_auth_attempts=settings.limits.max_auth_attempts,
+            accept_env=settings.session.accept_env,
+            auth_methods=policy.methods,
+            **settings.ssh.protocol_options(),
+        )
+    except ValueError as exc:
+        raise StartupError(f"[ssh]: {exc}") from None
+    if previous is not None:
+        return dataclasses.replace(
+            previous,
+            settings=settings,
+            protocol=protocol,
+            auth=policy,
+            recorder=make_recorder(settings, previous.metrics),
+        )
+    metrics = metrics or Metrics()
+    return ServerContext(
+        settings=settings,
+        protocol=protocol,
+        auth=policy,
+        backend=backend,
+        instance=secrets.token_hex(8),
+        metrics=metrics,
+        recorder=make_recorder(settings, metrics),
+    )
+
+
+def _auth_policy(settings: ServerConfig) -> AuthPolicy:
+    """Who may log in; refuses a configuration that lets nobody in."""
+    global_keys: list[AuthorizedKey] = []
+    if settings.authorized_keys is not None:
+        try:
+            global_keys = load_key_file(settings.authorized_keys)
+        except PolicyError as exc:
+            raise StartupError(str(exc)) from None
+    auth = settings.auth
+    ways_in = (
+        global_keys,
+        settings.users,
+        auth.webhook,
+        auth.trusted_user_ca_keys,
+        auth.trusted_user_ca_keys_file,
+    )
+    if not any(ways_in):
+        raise StartupError(
+            "nobody could log in: give --authorized-keys FILE, or configure [users.NAME],"
+            " [auth] trusted_user_ca_keys or [auth.webhook]"
+        )
+    try:
+        return AuthPolicy(settings, global_keys)
+    except PolicyError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def reload_context(
+    ctx: ServerContext,
+    load: Callable[[], ServerConfig],
+    retire: Callable[[ServerContext], None] = lambda _: None,
+) -> None:
+    """SIGHUP: read the configuration again; new connections get it, live ones keep theirs.
+    A bad file changes nothing but a log line. ``retire`` gets the replaced context."""
+    old = ctx.state.context or ctx
+    try:
+        settings = load()
+        new = build_context(settings, ctx.backend, previous=old)
+    except (ConfigError, StartupError) as exc:
+        log.error("config_reload_failed", error=str(exc))
+        return
+    if settings.listen != ctx.settings.listen:
+        log.warning("config_reload_listen_ignored", detail="listen addresses change on restart")
+    configure_logging(settings.log_format, settings.log_level)
+    ctx.backend.keep_warm(container_settings(settings.container), ctx.instance)
+    ctx.state.context = new
+    retire(old)
+    log.info("config_reloaded", users=len(settings.users))
+
+
+async def retire_context(old: ServerContext) -> None:
+    """Close a replaced context's webhook clients once its logins are over: connections
+    keep the context they started with, and each login ends within its grace time."""
+    try:
+        await trio.sleep(old.settings.limits.login_grace_time)
+    finally:
+        await old.auth.aclose()

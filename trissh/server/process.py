@@ -1,0 +1,78 @@
+"""The server process: build it from its settings, serve until told to stop, and react to
+signals (SIGHUP reloads, the first SIGTERM/SIGINT stops gracefully, a second at once)."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import structlog
+import trio
+
+from trissh.addresses import parse_listen
+from trissh.backend import Backend
+from trissh.backend.registry import make_backend
+from trissh.config import ServerConfig
+from trissh.ops.metrics import Metrics
+from trissh.server.build import StartupError, build_context, reload_context, retire_context
+from trissh.server.listener import open_listeners, serve
+from trissh.server.state import ServerContext
+
+log = structlog.get_logger("trissh")
+
+
+def metered_backend(settings: ServerConfig, metrics: Metrics) -> Backend:
+    """The configured backend, its container operations timed and its warm pool counted."""
+    backend = make_backend(settings, metrics.container_operation)
+    metrics.warm_containers.set_function(lambda: backend.warm_containers)
+    return backend
+
+
+async def run_server(settings: ServerConfig, load: Callable[[], ServerConfig]) -> int:
+    """Serve until stopped; ``load`` reads the configuration again (SIGHUP).
+
+    Raises:
+        StartupError: the server cannot start (keys, ports, backend).
+    """
+    metrics = Metrics()
+    ctx = build_context(settings, metered_backend(settings, metrics), metrics=metrics)
+    try:
+        listeners = await open_listeners([parse_listen(item) for item in settings.listen])
+    except OSError as exc:
+        raise StartupError(
+            f"cannot listen on {', '.join(settings.listen)}: {exc.strerror}"
+        ) from None
+    shutdown = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+
+            def retire(old: ServerContext) -> None:
+                nursery.start_soon(retire_context, old)
+
+            nursery.start_soon(
+                _watch_signals,
+                shutdown,
+                nursery.cancel_scope,
+                lambda: reload_context(ctx, load, retire),
+            )
+            await serve(ctx, listeners, shutdown=shutdown)
+            nursery.cancel_scope.cancel()  # retired contexts close now, in their finally
+    finally:
+        await (ctx.state.context or ctx).auth.aclose()
+    return 0
+
+
+async def _watch_signals(
+    shutdown: trio.Event, everything: trio.CancelScope, reload: Callable[[], None]
+) -> None:
+    """SIGHUP: reload. First SIGTERM/SIGINT: graceful stop. Second: cancel at once (the
+    cleanup of every container still runs, bounded)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal_received", signal=signal.Signals(signum).name)
+            if signum == signal.SIGHUP:
+                reload()
+                continue
+            if shutdown.is_set():
+                everything.cancel()
+            shutdown.set()
