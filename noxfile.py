@@ -4,6 +4,10 @@
   type check and the whole test suite against real podman and real OpenSSH clients.
 - ``tests``: the fast suite (protocol, driver, in-process backend); no podman needed.
 - ``lint``, ``typecheck``: ruff and mypy --strict.
+
+``ci`` and ``podman`` set ``TRISSH_REQUIRE_ALL=1`` (as ``CI=true`` does): a test whose tool,
+package or service is missing then fails, saying what to install, instead of skipping
+(tests/support.py, docs/testing.md). Only ``tests`` may skip.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ nox.options.error_on_missing_interpreters = True
 ROOT = Path(__file__).parent
 # The tested versions of every dependency (see the file's header for why and how to move on).
 PINNED = ("-c", str(ROOT / "constraints.txt"))
+#: Every test runs: a missing tool, package or podman fails instead of skipping.
+REQUIRE_ALL = {"TRISSH_REQUIRE_ALL": "1"}
 
 
 def _install(session: nox.Session) -> None:
@@ -43,7 +49,7 @@ def _setup_host(session: nox.Session) -> dict[str, str]:
 
 @nox.session
 def ci(session: nox.Session) -> None:
-    """Everything, against real podman and real clients (podman tests may not skip)."""
+    """Everything, against real podman and real clients (no test may skip)."""
     env = _setup_host(session)
     _install(session)
     session.run("ruff", "check", "trissh", "tests", "noxfile.py")
@@ -54,7 +60,7 @@ def ci(session: nox.Session) -> None:
         "-p",
         "no:cacheprovider",
         *session.posargs,
-        env={**env, "TRISSH_REQUIRE_PODMAN": "1"},
+        env={**env, **REQUIRE_ALL},
     )
 
 
@@ -83,9 +89,7 @@ def podman(session: nox.Session) -> None:
     """Only the tests that need podman (host set-up included)."""
     env = _setup_host(session)
     _install(session)
-    session.run(
-        "pytest", "-m", "podman", *session.posargs, env={**env, "TRISSH_REQUIRE_PODMAN": "1"}
-    )
+    session.run("pytest", "-m", "podman", *session.posargs, env={**env, **REQUIRE_ALL})
 
 
 @nox.session

@@ -15,9 +15,23 @@ import trio
 from trissh.backend.memory import MemoryBackend
 from trissh.ops.log import configure_logging
 
-from .support import ClientKey, RunningServer, make_context, start_server, write_ed25519_key
+from .support import (
+    ClientKey,
+    RunningServer,
+    make_context,
+    require_binary,
+    start_server,
+    write_ed25519_key,
+)
 
 configure_logging("console", "warning")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@needs("tmux", ...)``: skip, or under the README's test command fail, when missing."""
+    for mark in item.iter_markers("needs"):
+        for binary in mark.args:
+            require_binary(binary)
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,9 @@ Usage::
     .venv/bin/python -m tests.backend.bench_backend [--memory] [--url unix:///run/...sock]
         [--bytes 200000000] [--rounds 5]
 
-Prints create+start / exec start / first byte / remove times (median of ``--rounds``) and
-MB/s of ``head -c N /dev/zero`` (and ``dd``) read through ``Process.stdout``, with and
-without a pty.
+Prints create+start / exec start / first byte / leaving a program whose output is unread /
+remove times (median of ``--rounds``) and MB/s of ``head -c N /dev/zero`` (and ``dd``) read
+through ``Process.stdout``, with and without a pty.
 
 busybox's ``head`` cannot produce more than ~100-230 MB/s here, so it measures itself, not
 the stream. For the stream, import an image with GNU head (as root, next to busybox)::
@@ -56,6 +56,7 @@ async def lifecycle(backend: Backend, spec: SandboxSpec, rounds: int) -> dict[st
         "exec start (101)": [],
         "exec+first byte": [],
         "exit status": [],
+        "leave unread": [],
         "remove": [],
     }
     for _ in range(rounds):
@@ -77,6 +78,13 @@ async def lifecycle(backend: Backend, spec: SandboxSpec, rounds: int) -> dict[st
                     start = time.perf_counter()
                     await p.wait()
                     times["exit status"].append(_ms(start))
+            # leaving while a program still writes and nobody reads (the teardown's kill)
+            start = time.perf_counter()
+            async with sandbox.open_process(
+                ProcessSpec(argv=["/bin/sh", "-c", "cat /dev/zero"])
+            ) as p:
+                await p.stdout.receive_some(10)
+            times["leave unread"].append(_ms(start))
         finally:
             start = time.perf_counter()
             await manager.__aexit__(None, None, None)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import trio
 import trio.testing
@@ -169,20 +167,20 @@ async def test_backpressure_blocks_the_program() -> None:
         assert err == b"end\n"
 
 
-async def test_head_gigabyte_is_fast() -> None:
+async def test_head_gigabyte_arrives_whole() -> None:
+    """Every byte of 1 GB, then the exit status. Its rate is measured by
+    ``python -m tests.backend.bench_backend --memory``, not here; the bound only catches a hang."""
     backend = MemoryBackend()
-    started = time.perf_counter()
     total = 0
-    async with (
-        backend.open_sandbox(sandbox_spec()) as sandbox,
-        sandbox.open_process(sh("head -c 1000000000 /dev/zero")) as process,
-    ):
-        while data := await process.stdout.receive_some():
-            total += len(data)
-        assert await process.wait() == ExitStatus(code=0)
-    elapsed = time.perf_counter() - started
+    with trio.fail_after(120):
+        async with (
+            backend.open_sandbox(sandbox_spec()) as sandbox,
+            sandbox.open_process(sh("head -c 1000000000 /dev/zero")) as process,
+        ):
+            while data := await process.stdout.receive_some():
+                total += len(data)
+            assert await process.wait() == ExitStatus(code=0)
     assert total == 1_000_000_000
-    assert elapsed < 5, f"1 GB took {elapsed:.2f} s"
 
 
 async def test_records_specs_and_env_and_labels() -> None:

@@ -15,7 +15,7 @@ from trissh.backend.base import LABEL_INSTANCE
 from trissh.backend.podman import PodmanBackend
 from trissh.config import ServerConfig
 
-from ..support import RunningServer, make_context, podman_required, start_server
+from ..support import RunningServer, make_context, missing, start_server
 
 DEFAULT_PODMAN_URL = "unix:///run/trissh-podman/podman.sock"
 
@@ -38,10 +38,7 @@ def podman_url() -> str:
     url = os.environ.get("CONTAINER_HOST") or DEFAULT_PODMAN_URL
     problem = _ping(url)
     if problem is not None:
-        message = f"no podman service at {url}: {problem} (run scripts/setup-host.sh as root)"
-        if podman_required():
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"podman service at {url} ({problem})", "run scripts/setup-host.sh as root")
     return url
 
 
@@ -86,6 +83,6 @@ def podman_backend(url: str) -> PodmanBackend:
     """The backend as `trissh` builds it, exec helper included (setup-host.sh builds it)."""
     settings = ServerConfig().podman
     helper = settings.exec_helper
-    if not os.access(helper, os.X_OK) and podman_required():
-        pytest.fail(f"{helper} is missing: run scripts/setup-host.sh")
+    if not os.access(helper, os.X_OK):
+        missing(helper, "run scripts/setup-host.sh as root (it builds the exec helper)")
     return PodmanBackend(url, exec_helper=helper, direct_stdio=settings.direct_stdio)

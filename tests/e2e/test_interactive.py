@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import secrets
-import shutil
 import subprocess
 
 import pytest
 import trio
 
-from ..support import ClientKey, RunningServer, needs_ssh, ssh_argv
+from ..support import ClientKey, RunningServer, needs, ssh_argv
 
-pytestmark = [
-    pytest.mark.podman,
-    needs_ssh,
-    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed"),
-]
+pytestmark = [pytest.mark.podman, needs("ssh", "tmux")]
 
 
 class Tmux:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -12,16 +11,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from ..support import ClientKey, RunningServer, make_context, podman_required, start_server
+from ..support import ClientKey, RunningServer, make_context, needs, start_server
 from .conftest import podman_backend
 
 PUTTY_TOOLS = ("plink", "pscp", "psftp", "puttygen")
-missing = [tool for tool in PUTTY_TOOLS if shutil.which(tool) is None]
-pytestmark = [
-    pytest.mark.podman,
-    pytest.mark.interop,
-    pytest.mark.skipif(bool(missing) and not podman_required(), reason=f"no {missing}"),
-]
+pytestmark = [pytest.mark.podman, pytest.mark.interop, needs(*PUTTY_TOOLS)]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,20 +12,14 @@ from ..support import (
     ClientKey,
     RunningServer,
     make_context,
-    needs_ssh,
-    podman_required,
+    needs,
     ssh_argv,
     start_server,
 )
 from .conftest import podman_backend
 from .test_interactive import Tmux
 
-missing = [tool for tool in ("asciinema", "script", "tmux") if shutil.which(tool) is None]
-pytestmark = [
-    pytest.mark.podman,
-    needs_ssh,
-    pytest.mark.skipif(bool(missing) and not podman_required(), reason=f"needs {missing}"),
-]
+pytestmark = [pytest.mark.podman, needs("ssh", "asciinema", "script", "tmux")]
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from ..support import (
     ClientKey,
     RunningServer,
     make_context,
+    needs,
     needs_ssh,
     run_ssh,
     ssh_argv,
@@ -185,7 +185,7 @@ async def test_scp_both_ways(
     assert back.read_bytes() == source.read_bytes()
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+@needs("tmux")
 async def test_ctrl_c_interrupts_a_command_in_a_pty(
     podman_server: RunningServer, client_key: ClientKey
 ) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from ..support import ClientKey, RunningServer, make_context, start_server
+from ..support import ClientKey, RunningServer, make_context, require_module, start_server
 from .conftest import podman_backend
 
-asyncssh = pytest.importorskip("asyncssh")
+asyncssh = require_module("asyncssh")
 pytestmark = [pytest.mark.podman, pytest.mark.interop]
 
 

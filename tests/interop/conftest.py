@@ -1,14 +1,13 @@
 """Interop fixtures: an in-process trissh (memory backend) that offers *every* algorithm it
 implements, with a host key of every type, so each client can pick one with its own options.
 
-A client binary or package that is missing skips its tests, except under ``CI=true`` or
-``TRISSH_REQUIRE_PODMAN=1`` (``podman_required()``), where it fails them: CI installs them
-(``scripts/setup-host.sh``, the ``test`` extra).
+A client binary or package that is missing skips its tests only in the fast session; under
+the README's test command it fails them (``tests/support.py``: ``require_binary``,
+``require_module``): CI installs them (``scripts/setup-host.sh``, the ``test`` extra).
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from trissh.backend.memory import MemoryBackend
 from trissh.protocol.ciphers import CIPHERS, MACS
 from trissh.protocol.kex import KEX_METHODS
 
-from ..support import ClientKey, RunningServer, make_context, podman_required, start_server
+from ..support import ClientKey, RunningServer, make_context, start_server
 
 #: Everything trissh implements; tests narrow it from the client side.
 ALL_ALGORITHMS: dict[str, Any] = {
@@ -31,23 +30,6 @@ ALL_ALGORITHMS: dict[str, Any] = {
     "ssh.ciphers": list(CIPHERS),
     "ssh.macs": list(MACS),
 }
-
-
-def require(present: bool, what: str) -> None:
-    """Skip (or, in CI, fail) when a client is not installed."""
-    if present:
-        return
-    message = f"{what} is not installed (scripts/setup-host.sh / pip install -e .[test])"
-    if podman_required():
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def require_binary(name: str) -> str:
-    path = shutil.which(name)
-    require(path is not None, name)
-    assert path is not None
-    return path
 
 
 @dataclass(frozen=True)
@@ -129,4 +111,4 @@ async def default_server(
     await server.stop()
 
 
-__all__ = ["ClientKey", "HostKeyFiles", "require", "require_binary", "start_interop_server"]
+__all__ = ["ClientKey", "HostKeyFiles", "start_interop_server"]

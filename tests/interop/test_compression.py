@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,8 +18,8 @@ import trio
 from trissh.backend.memory import MemoryBackend
 from trissh.server.hostkeys import load_or_create_host_key
 
-from ..support import ClientKey, RunningServer, run_ssh
-from .conftest import HostKeyFiles, require, require_binary, start_interop_server
+from ..support import ClientKey, RunningServer, require_binary, require_module, run_ssh
+from .conftest import HostKeyFiles, start_interop_server
 from .test_python_clients import asyncssh, paramiko
 
 pytestmark = pytest.mark.interop
@@ -43,7 +42,7 @@ async def zlib_server(
 async def test_openssh_compression_with_rekeys(
     zlib_server: RunningServer, client_key: ClientKey
 ) -> None:
-    require(shutil.which("ssh") is not None, "OpenSSH ssh")
+    require_binary("ssh")
     data = os.urandom(3_000_000) + bytes(3_000_000)  # incompressible part: real rekeys
     result = await run_ssh(
         zlib_server.port, client_key.path, "-C", "-o", "RekeyLimit=1M", "-v", "cat", stdin=data
@@ -75,7 +74,7 @@ def _paramiko_cat(port: int, key: str, data: bytes) -> bytes:
 
 
 async def test_paramiko_compression(zlib_server: RunningServer, client_key: ClientKey) -> None:
-    require(paramiko is not None, "paramiko")
+    require_module("paramiko")
     data = b"paramiko " * 100_000
     output = await trio.to_thread.run_sync(
         _paramiko_cat, zlib_server.port, str(client_key.path), data
@@ -103,7 +102,7 @@ def _asyncssh_cat(port: int, key: str, data: bytes) -> bytes:
 
 
 async def test_asyncssh_compression(zlib_server: RunningServer, client_key: ClientKey) -> None:
-    require(asyncssh is not None, "asyncssh")
+    require_module("asyncssh")
     data = b"asyncssh " * 100_000
     output = await trio.to_thread.run_sync(
         _asyncssh_cat, zlib_server.port, str(client_key.path), data

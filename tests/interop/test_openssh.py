@@ -17,8 +17,7 @@ from trissh.protocol.ciphers import CIPHERS, MACS
 from trissh.protocol.kex import KEX_METHODS
 from trissh.protocol.keys import HOST_KEY_ALGORITHMS
 
-from ..support import ClientKey, RunningServer, run_ssh
-from .conftest import require
+from ..support import ClientKey, RunningServer, require_binary, run_ssh
 
 pytestmark = pytest.mark.interop
 
@@ -44,7 +43,6 @@ HOST_KEYS = _shared("HostKeyAlgorithms", HOST_KEY_ALGORITHMS)
 
 
 async def _ssh_ok(server: RunningServer, key: ClientKey, *options: str) -> None:
-    require(shutil.which("ssh") is not None, "OpenSSH ssh")
     result = await run_ssh(server.port, key.path, *options, "-v", "echo ok")
     assert (result.returncode, result.stdout) == (0, b"ok\n"), result.stderr.decode()[-3000:]
     return
@@ -77,7 +75,6 @@ async def test_defaults_negotiate_post_quantum_kex(
 ) -> None:
     """OpenSSH 9.2's own defaults pick sntrup761x25519-sha512 (mlkem768x25519 needs OpenSSH
     9.9), ssh-ed25519 and chacha20-poly1305."""
-    require(shutil.which("ssh") is not None, "OpenSSH ssh")
     result = await run_ssh(default_server.port, client_key.path, "-vv", "echo ok")
     assert result.stdout == b"ok\n", result.stderr.decode()[-3000:]
     log = result.stderr.decode()
@@ -92,9 +89,7 @@ async def test_update_host_keys_learns_every_key(
 ) -> None:
     """hostkeys-00/hostkeys-prove-00 (OpenSSH PROTOCOL §2.5): with UpdateHostKeys=yes the
     client learns the ed25519 key, then proves and records the other four."""
-    ssh = shutil.which("ssh")
-    require(ssh is not None, "OpenSSH ssh")
-    assert ssh is not None
+    ssh = require_binary("ssh")
     known = tmp_path / "known_hosts"
     argv = [
         ssh, "-F", "/dev/null", "-v",
@@ -138,7 +133,6 @@ async def test_download_with_a_rekey_every_megabyte(
 ) -> None:
     """-o RekeyLimit=1M forces a rekey per megabyte (~200 of them mid-transfer for 200 MB).
     The post-quantum row is shorter: OpenSSH's reference sntrup761 key generation is slow."""
-    require(shutil.which("ssh") is not None, "OpenSSH ssh")
     result = await run_ssh(
         default_server.port,
         client_key.path,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,13 +12,9 @@ import trio
 
 from trissh.backend.memory import MemoryBackend
 
-from ..support import RunningServer, make_context, needs_ssh, run_ssh, start_server
+from ..support import RunningServer, make_context, needs, run_ssh, start_server
 
-pytestmark = [
-    needs_ssh,
-    pytest.mark.interop,
-    pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen"),
-]
+pytestmark = [needs("ssh", "ssh-keygen"), pytest.mark.interop]
 
 
 def keygen(*args: str) -> None:

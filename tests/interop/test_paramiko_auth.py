@@ -13,9 +13,9 @@ import trio
 from trissh.auth.passwords import hash_password
 from trissh.backend.memory import MemoryBackend
 
-from ..support import ClientKey, RunningServer, make_context, start_server
+from ..support import ClientKey, RunningServer, make_context, require_module, start_server
 
-paramiko = pytest.importorskip("paramiko")
+paramiko = require_module("paramiko")
 pytestmark = [pytest.mark.interop]
 
 

@@ -22,8 +22,8 @@ from trissh.protocol.kex import KEX_METHODS
 from trissh.protocol.keys import HOST_KEY_ALGORITHMS
 from trissh.server.hostkeys import load_or_create_host_key
 
-from ..support import ClientKey
-from .conftest import HostKeyFiles, require_binary, start_interop_server
+from ..support import ClientKey, require_binary
+from .conftest import HostKeyFiles, start_interop_server
 
 pytestmark = pytest.mark.interop
 

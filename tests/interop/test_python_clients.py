@@ -17,8 +17,7 @@ from trissh.protocol.ciphers import CIPHERS, MACS
 from trissh.protocol.kex import KEX_METHODS
 from trissh.protocol.keys import HOST_KEY_ALGORITHMS
 
-from ..support import ClientKey, RunningServer
-from .conftest import require
+from ..support import ClientKey, RunningServer, require_module
 
 pytestmark = [
     pytest.mark.interop,
@@ -107,7 +106,7 @@ def _paramiko_exec(port: int, key_path: str, kind: str, name: str) -> tuple[byte
 async def test_paramiko(
     interop_server: RunningServer, client_key: ClientKey, kind: str, name: str
 ) -> None:
-    require(paramiko is not None, "paramiko")
+    require_module("paramiko")
     output, status, negotiated = await trio.to_thread.run_sync(
         _paramiko_exec, interop_server.port, str(client_key.path), kind, name
     )
@@ -118,7 +117,7 @@ async def test_paramiko(
 
 async def test_paramiko_defaults(default_server: RunningServer, client_key: ClientKey) -> None:
     """paramiko 5's own preferences against trissh's defaults: mlkem768x25519 first."""
-    require(paramiko is not None, "paramiko")
+    require_module("paramiko")
     output, status, engine = await trio.to_thread.run_sync(
         _paramiko_exec, default_server.port, str(client_key.path), "defaults", ""
     )
@@ -183,7 +182,7 @@ def _asyncssh_exec(port: int, key_path: str, kind: str, name: str) -> tuple[str,
 async def test_asyncssh(
     interop_server: RunningServer, client_key: ClientKey, kind: str, name: str
 ) -> None:
-    require(asyncssh is not None, "asyncssh")
+    require_module("asyncssh")
     output, status, _ = await trio.to_thread.run_sync(
         _asyncssh_exec, interop_server.port, str(client_key.path), kind, name
     )
@@ -191,7 +190,7 @@ async def test_asyncssh(
 
 
 async def test_asyncssh_defaults(default_server: RunningServer, client_key: ClientKey) -> None:
-    require(asyncssh is not None, "asyncssh")
+    require_module("asyncssh")
     output, status, _ = await trio.to_thread.run_sync(
         _asyncssh_exec, default_server.port, str(client_key.path), "defaults", ""
     )

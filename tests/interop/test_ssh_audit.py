@@ -4,7 +4,6 @@ setting (``[ssh] kex = [...]``, see ``trissh.config.SshSettings``) no ``[warn]``
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ import trio
 from trissh.backend.memory import MemoryBackend
 from trissh.protocol.kex import POST_QUANTUM_KEX
 
-from ..support import make_context, start_server
-from .conftest import HostKeyFiles, require
+from ..support import make_context, require_module, start_server
+from .conftest import HostKeyFiles
 
 pytestmark = pytest.mark.interop
 
@@ -31,7 +30,7 @@ async def _audit(
     host_key_files: HostKeyFiles,
     **overrides: object,
 ) -> tuple[int, str]:
-    require(importlib.util.find_spec("ssh_audit") is not None, "ssh-audit")
+    require_module("ssh_audit")
     ctx = make_context(
         backend,
         authorized_keys,

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support import needs
 from trissh.protocol import wire
 from trissh.protocol.certificates import (
     CERTIFICATE_ALGORITHMS,
@@ -34,7 +35,7 @@ from trissh.protocol.certificates import (
 from trissh.protocol.errors import DecodeError
 from trissh.protocol.keys import HostKey
 
-pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen")
+pytestmark = needs("ssh-keygen")
 
 #: 2030-01-01T00:00:00Z and 2031-01-01T00:00:00Z, the window most certificates here use.
 START, END = 1893456000, 1924992000

@@ -60,6 +60,10 @@ async def check_podman(api: PodmanApi, image: str, stdio: HealthCheck) -> list[H
     return checks
 
 
+#: (cgroup controller, the container setting that needs it)
+_LIMITS: Final = (("pids", "pids_limit"), ("memory", "memory_limit"), ("cpu", "cpu_shares"))
+
+
 def host_checks(info: dict[str, Any]) -> list[HealthCheck]:
     """Runtime, cgroups and storage, from ``GET /info``."""
     host = info.get("host") or {}
@@ -68,7 +72,8 @@ def host_checks(info: dict[str, Any]) -> list[HealthCheck]:
     controllers = sorted(host.get("cgroupControllers") or ())
     rootless = bool((host.get("security") or {}).get("rootless"))
     driver = str((info.get("store") or {}).get("graphDriverName", "?"))
-    limits_ok = "pids" in controllers
+    # The settings spec.py passes only when podman lists their controller.
+    unenforced = [setting for controller, setting in _LIMITS if controller not in controllers]
     return [
         HealthCheck(
             name="runtime",
@@ -82,14 +87,14 @@ def host_checks(info: dict[str, Any]) -> list[HealthCheck]:
         HealthCheck(
             name="cgroups",
             ok=True,
-            warning=not limits_ok,
+            warning=bool(unenforced),
             detail=f"cgroup {host.get('cgroupVersion', '?')} ({host.get('cgroupManager', '?')}), "
             f"delegated controllers: {', '.join(controllers) or 'none'}"
-            + ("" if limits_ok else "; pids/memory limits are NOT enforced"),
+            + (f"; NOT enforced: {', '.join(unenforced)}" if unenforced else ""),
             fix=""
-            if limits_ok
-            else "use cgroup v2 with the systemd cgroup manager and delegate the pids and "
-            "memory controllers to the podman user",
+            if not unenforced
+            else "use cgroup v2 with the systemd cgroup manager and delegate the pids, "
+            "memory and cpu controllers to the podman user",
         ),
         HealthCheck(
             name="storage",
