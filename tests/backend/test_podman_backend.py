@@ -4,6 +4,7 @@ container hardening, backpressure and teardown behaviour against a real service.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import podman
@@ -139,18 +140,21 @@ async def test_lagging_consumer_stops_the_program(podman_harness: PodmanHarness)
 
 @pytest.mark.podman
 async def test_leaving_while_output_is_unread_ends_the_stream(
-    podman_harness: PodmanHarness,
+    podman_harness: PodmanHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Teardown closes the unread pipes first, so the demux task is not stuck on a full one
-    and the exec stream ends after the KILL, instead of at the 2-s drain bound. How long it
-    takes is in ``python -m tests.backend.bench_backend`` ("leave unread"), not here."""
+    and the exec stream ends after the KILL. With the drain and cleanup bounds lifted, a
+    stream that does not end is a hang this test's bound reports. How long leaving takes is
+    measured by ``python -m tests.backend.bench_backend`` ("leave unread"), not here."""
+    monkeypatch.setattr("trissh.backend._podman_exec._DRAIN_AFTER_KILL", math.inf)
+    monkeypatch.setattr("trissh.backend._podman_exec.PROCESS_CLEANUP_BOUND", math.inf)
     h = podman_harness
     with trio.fail_after(30):
-        async with h.backend.open_sandbox(h.sandbox_spec()) as sandbox:
-            async with sandbox.open_process(ProcessSpec(argv=h.sh("cat /dev/zero"))) as process:
-                await process.stdout.receive_some(10)
-            ended: trio.Event = process._eof  # type: ignore[attr-defined]
-            assert ended.is_set(), "the stream outlived the KILL: the drain bound ended it"
+        async with (
+            h.backend.open_sandbox(h.sandbox_spec()) as sandbox,
+            sandbox.open_process(ProcessSpec(argv=h.sh("cat /dev/zero"))) as process,
+        ):
+            await process.stdout.receive_some(10)
 
 
 @pytest.mark.podman
