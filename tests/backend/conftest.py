@@ -90,7 +90,9 @@ class MemoryHarness(Harness):
         await trio.lowlevel.checkpoint()
         self.memory.add_orphan(instance=instance)
 
-    def live_processes(self) -> int | None:
+    async def running(self, container_id: str, program: str) -> int:
+        """The fake runs no real programs: every live process counts."""
+        await trio.lowlevel.checkpoint()
         return self.memory.live_processes
 
 
@@ -154,6 +156,13 @@ class PodmanHarness(Harness):
         return await podman_containers(
             self.url, {LABEL_INSTANCE: instance, TEST_SCOPE_LABEL: self.instance}
         )
+
+    async def running(self, container_id: str, program: str) -> int:
+        top = await self.podman._api.request(
+            "GET", f"/containers/{container_id}/top", params={"ps_args": "pid,args"}
+        )
+        commands = [row[1].split() for row in top["Processes"] if row[0] != "1"]
+        return sum(1 for argv in commands if argv and argv[0].rsplit("/", 1)[-1] == program)
 
     async def add_orphan(self, instance: str, labels: dict[str, str] | None = None) -> None:
         """Create and start a container behind the backend's back, as a crash leaves it."""
