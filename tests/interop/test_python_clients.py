@@ -87,7 +87,7 @@ def _paramiko_exec(port: int, key_path: str, kind: str, name: str) -> tuple[byte
         transport.start_client(timeout=20)
         transport.auth_publickey("alice", paramiko.Ed25519Key.from_private_key_file(key_path))
         channel = transport.open_session(timeout=20)
-        channel.exec_command("echo ok")
+        channel.exec_command("echo ok; exit 3")
         output = channel.makefile("rb").read()
         status = channel.recv_exit_status()
         negotiated = {
@@ -110,7 +110,7 @@ async def test_paramiko(
     output, status, negotiated = await trio.to_thread.run_sync(
         _paramiko_exec, interop_server.port, str(client_key.path), kind, name
     )
-    assert (output, status) == (b"ok\n", 0)
+    assert (output, status) == (b"ok\n", 3)
     if kind in ("cipher", "mac", "host_key"):
         assert negotiated == name
 
@@ -118,12 +118,13 @@ async def test_paramiko(
 async def test_paramiko_defaults(default_server: RunningServer, client_key: ClientKey) -> None:
     """paramiko 5's own preferences against trissh's defaults: mlkem768x25519 first."""
     require_module("paramiko")
+    # constraints.txt pins a paramiko that prefers it; an older one would make this vacuous.
+    assert paramiko.Transport._preferred_kex[0] == "mlkem768x25519-sha256", paramiko.__version__
     output, status, engine = await trio.to_thread.run_sync(
         _paramiko_exec, default_server.port, str(client_key.path), "defaults", ""
     )
-    assert (output, status) == (b"ok\n", 0)
-    if "mlkem768x25519-sha256" in paramiko.Transport._preferred_kex:
-        assert engine == "['mlkem768x25519-sha256']", engine
+    assert (output, status) == (b"ok\n", 3)
+    assert engine == "['mlkem768x25519-sha256']", engine
 
 
 # -- asyncssh ---------------------------------------------------------------------------------
@@ -172,8 +173,9 @@ def _asyncssh_exec(port: int, key_path: str, kind: str, name: str) -> tuple[str,
             connect_timeout=20,
             **options,
         ) as connection:
-            result = await connection.run("echo ok", timeout=20)
-            return str(result.stdout), int(result.exit_status or 0), ""
+            result = await connection.run("echo ok; exit 3", timeout=20)
+            assert result.exit_status is not None, "no exit-status from the server"
+            return str(result.stdout), result.exit_status, ""
 
     return asyncio.run(run())
 
@@ -186,7 +188,7 @@ async def test_asyncssh(
     output, status, _ = await trio.to_thread.run_sync(
         _asyncssh_exec, interop_server.port, str(client_key.path), kind, name
     )
-    assert (output, status) == ("ok\n", 0)
+    assert (output, status) == ("ok\n", 3)
 
 
 async def test_asyncssh_defaults(default_server: RunningServer, client_key: ClientKey) -> None:
@@ -194,4 +196,4 @@ async def test_asyncssh_defaults(default_server: RunningServer, client_key: Clie
     output, status, _ = await trio.to_thread.run_sync(
         _asyncssh_exec, default_server.port, str(client_key.path), "defaults", ""
     )
-    assert (output, status) == ("ok\n", 0)
+    assert (output, status) == ("ok\n", 3)
