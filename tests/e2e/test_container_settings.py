@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,15 +11,16 @@ import pytest
 import trio
 from podman import PodmanClient
 
-from trissh.backend.base import LABEL_USER
+from trissh.backend.base import LABEL_CONN_ID, LABEL_INSTANCE, LABEL_REMOTE, LABEL_USER
 
 from ..support import ClientKey, RunningServer, make_context, needs_ssh, run_ssh, start_server
 from .conftest import Containers, podman_backend
 
 pytestmark = [pytest.mark.podman, needs_ssh]
 
+#: /etc, not /: the image's / is 0555, which root without CAP_DAC_OVERRIDE cannot write to.
 PROBE = (
-    'id -u; pwd; echo "$GREETING"; touch /x 2>/dev/null && echo root-writable; '
+    'id -u; pwd; echo "$GREETING"; touch /etc/probe 2>/dev/null && echo root-writable; '
     "touch /tmp/t && echo tmp-writable; cat /data/file 2>/dev/null; "
     "df -m /tmp | tail -1 | awk '{print $2}'"
 )
@@ -81,9 +83,9 @@ async def test_other_users_get_the_defaults(
 ) -> None:
     """bob has no [users.bob]: root in the container, no volume, a writable root."""
     result = await run_ssh(configured_server.port, client_key.path, PROBE, user="bob")
+    assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().split("\n")
-    assert lines[0] == "0"
-    assert "hello alice" not in lines
+    assert lines[:5] == ["0", "/", "", "root-writable", "tmp-writable"], lines
     assert "from the host" not in lines
 
 
@@ -106,3 +108,6 @@ async def test_user_labels_and_trissh_labels(
         nursery.cancel_scope.cancel()
     assert labels["team"] == "blue"
     assert labels[LABEL_USER] == "alice"
+    assert labels[LABEL_INSTANCE] == configured_server.ctx.instance
+    assert re.fullmatch(r"[0-9a-f]{12}", labels[LABEL_CONN_ID]), labels
+    assert labels[LABEL_REMOTE].startswith("127.0.0.1:"), labels
