@@ -57,7 +57,8 @@ async def test_runs_in_a_hardened_rootless_container(
     assert fields["net"].split() == ["lo"]
     numbers = [int(n) for n in fields["uid_map"].split()]
     ranges = [numbers[i : i + 3] for i in range(0, len(numbers), 3)]
-    assert ranges and all(outside > 0 for _, outside, _ in ranges), ranges
+    assert ranges
+    assert all(outside > 0 for _, outside, _ in ranges), ranges
     assert fields["init"].split()[0] in ("/run/podman-init", "catatonit"), fields["init"]
 
 
