@@ -30,6 +30,7 @@ pytestmark = [needs_ssh, pytest.mark.interop]
 PASSWORD = "correct horse battery staple"
 SECRET = pyotp.random_base32()
 ASKPASS = """#!/bin/sh
+echo "$1" >>"$(dirname "$0")/asked"
 case "$1" in
   *assword*) cat "$(dirname "$0")/password" ;;
   *code*) cat "$(dirname "$0")/code" ;;
@@ -142,12 +143,16 @@ async def test_keyboard_interactive_password_and_totp(server: RunningServer, ask
 async def test_totp_user_cannot_skip_the_code_with_password(
     server: RunningServer, askpass: Path
 ) -> None:
-    """With a TOTP secret the plain password method is not offered at all."""
+    """With a TOTP secret the right password alone does not log in. The failure message
+    lists password to every user alike (like an unknown user's, so it reveals nothing), so
+    the client does send it: the server refuses it for tess."""
     result = await login(
         server, "tess", askpass, *NO_KEYS, "-o", "PreferredAuthentications=password"
     )
     assert result.returncode == 255
     assert b"Permission denied" in result.stderr
+    asked = (askpass.parent / "asked").read_text().splitlines()
+    assert asked == ["tess@127.0.0.1's password: "], asked  # the right one was sent
 
 
 async def test_publickey_then_password_chain(
