@@ -146,8 +146,8 @@ async def test_leaving_while_output_is_unread_ends_the_stream(
     and the exec stream ends after the KILL. With the drain and cleanup bounds lifted, a
     stream that does not end is a hang this test's bound reports. How long leaving takes is
     measured by ``python -m tests.backend.bench_backend`` ("leave unread"), not here."""
-    monkeypatch.setattr("trissh.backend._podman_exec._DRAIN_AFTER_KILL", math.inf)
-    monkeypatch.setattr("trissh.backend._podman_exec.PROCESS_CLEANUP_BOUND", math.inf)
+    monkeypatch.setattr("trissh.backend.podman.exec._DRAIN_AFTER_KILL", math.inf)
+    monkeypatch.setattr("trissh.backend.podman.exec.PROCESS_CLEANUP_BOUND", math.inf)
     h = podman_harness
     with trio.fail_after(30):
         async with (
