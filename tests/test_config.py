@@ -110,7 +110,7 @@ def test_podman_url_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     the one scripts/setup-host.sh starts; with neither, the user's, so errors name it."""
     settings = load_config(None, {})
     setup_socket = tmp_path / "setup" / "podman.sock"
-    monkeypatch.setattr("trissh.config.SETUP_HOST_SOCKET", str(setup_socket))
+    monkeypatch.setattr("trissh.config.server.SETUP_HOST_SOCKET", str(setup_socket))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     own = tmp_path / "run" / "podman" / "podman.sock"
     monkeypatch.setenv("CONTAINER_HOST", "unix:///elsewhere.sock")

@@ -1,0 +1,50 @@
+"""The operator's settings: ``load_config`` reads a TOML file and flags into a validated,
+frozen ``ServerConfig`` (server.py); each module here holds a few sections."""
+
+from trissh.config.auth import (
+    AUTH_METHODS,
+    AuthSection,
+    AuthWebhookSection,
+    UserSection,
+    WebhookSection,
+)
+from trissh.config.base import ConfigError
+from trissh.config.container import ContainerSection, container_settings, parse_volume
+from trissh.config.server import ServerConfig, default_state_dir, load_config
+from trissh.config.service import (
+    SETUP_HOST_SOCKET,
+    BackendSection,
+    LimitSettings,
+    MetricsSection,
+    PodmanSettings,
+    ProxySection,
+    RecordingSection,
+    SshSettings,
+    parse_max_startups,
+)
+from trissh.config.session import SessionSection
+
+__all__ = [
+    "AUTH_METHODS",
+    "SETUP_HOST_SOCKET",
+    "AuthSection",
+    "AuthWebhookSection",
+    "BackendSection",
+    "ConfigError",
+    "ContainerSection",
+    "LimitSettings",
+    "MetricsSection",
+    "PodmanSettings",
+    "ProxySection",
+    "RecordingSection",
+    "ServerConfig",
+    "SessionSection",
+    "SshSettings",
+    "UserSection",
+    "WebhookSection",
+    "container_settings",
+    "default_state_dir",
+    "load_config",
+    "parse_max_startups",
+    "parse_volume",
+]

@@ -1,0 +1,109 @@
+"""``[auth]`` and ``[users.NAME]``: credentials, webhooks and who may log in how."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from trissh.config.base import Model
+
+AUTH_METHODS = ("publickey", "password", "keyboard-interactive")
+
+
+def _check_chains(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    for chain in value or ():
+        methods = [part.strip() for part in chain.split(",")]
+        unknown = [m for m in methods if m not in AUTH_METHODS]
+        if unknown or not all(methods):
+            raise ValueError(
+                f"chain {chain!r}: methods are comma-separated, from {', '.join(AUTH_METHODS)}"
+            )
+    return value
+
+
+class UserSection(Model):
+    """Settings of one user name: credentials, and tables that override the server-wide
+    ``[container]`` and ``[session]`` key by key."""
+
+    #: OpenSSH authorized_keys lines (options allowed), in addition to ``authorized_keys``.
+    authorized_keys: tuple[str, ...] = ()
+    authorized_keys_file: Path | None = None
+    #: argon2id hash from ``trissh hash-password``.
+    password_hash: str | None = None
+    #: File with the user's base32 TOTP secret; keyboard-interactive then asks for a code.
+    totp_secret_file: Path | None = None
+    #: sshd's AuthenticationMethods: chains like "publickey,keyboard-interactive".
+    authentication_methods: tuple[str, ...] | None = None
+    #: Shortcut for ``container.image``.
+    image: str | None = None
+    container: dict[str, Any] = Field(default_factory=dict)
+    session: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("password_hash")
+    @classmethod
+    def _check_hash(cls, value: str | None) -> str | None:
+        from trissh.auth.passwords import check_hash
+
+        return None if value is None else check_hash(value)
+
+    @field_validator("authentication_methods")
+    @classmethod
+    def _check_methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _check_chains(value)
+
+
+class WebhookSection(Model):
+    """An HTTP service trissh asks (ContainerSSH's auth and configuration protocols)."""
+
+    url: str
+    #: Seconds per attempt; connection errors, timeouts and 5xx are retried.
+    timeout: float = Field(10.0, gt=0, le=300)
+    retries: int = Field(2, ge=0, le=10)
+    #: PEM file of the CA that signed the server's certificate (default: system CAs).
+    ca_file: Path | None = None
+    #: PEM client certificate and key, for mutual TLS.
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class AuthWebhookSection(WebhookSection):
+    """``[auth.webhook]``: ContainerSSH's auth webhook (``/password``, ``/pubkey``)."""
+
+    #: Ask ``/authz`` once a user has passed authentication.
+    authz: bool = False
+    #: Let ``/keyboard-interactive`` drive the prompts (trissh's extension; MFA services).
+    keyboard_interactive: bool = False
+
+
+class AuthSection(Model):
+    """``[auth]``: server-wide authentication settings."""
+
+    #: Asked for users and keys the local configuration does not accept.
+    webhook: AuthWebhookSection | None = None
+    #: ContainerSSH's configuration server: its answer overrides ``[container]`` per login.
+    config_webhook: WebhookSection | None = None
+
+    #: CA public keys (OpenSSH format) whose user certificates are trusted, for any user
+    #: whose name is among the certificate's principals.
+    trusted_user_ca_keys: tuple[str, ...] = ()
+    trusted_user_ca_keys_file: Path | None = None
+    #: Seconds added (randomized between half and 1.5 times) before answering a failed
+    #: password, code or signature: guessing gets slower and timing tells nothing.
+    failure_delay: float = Field(0.3, ge=0, le=10)
+    #: AuthenticationMethods for users without their own; default: any one method the
+    #: user has credentials for.
+    authentication_methods: tuple[str, ...] | None = None
+
+    @field_validator("authentication_methods")
+    @classmethod
+    def _check_methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _check_chains(value)

@@ -1,0 +1,152 @@
+"""ServerConfig: the operator's settings, from a TOML file and command-line flags.
+
+Validated by pydantic into typed, frozen settings: unknown keys are errors, and every
+error names the key path (``container.pids_limit: Input should be ...``). Flags are merged
+into the TOML data *before* validation, so both are checked by the same rules.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from trissh.addresses import parse_listen
+from trissh.config.auth import AuthSection, UserSection
+from trissh.config.base import ConfigError, Model, merged
+from trissh.config.container import ContainerSection
+from trissh.config.service import (
+    SETUP_HOST_SOCKET,
+    BackendSection,
+    LimitSettings,
+    MetricsSection,
+    PodmanSettings,
+    ProxySection,
+    RecordingSection,
+    SshSettings,
+)
+from trissh.config.session import SessionSection
+
+
+class ServerConfig(Model):
+    listen: tuple[str, ...] = ("0.0.0.0:2222",)
+    host_keys: tuple[Path, ...] = ()
+    authorized_keys: Path | None = None
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    backend: BackendSection = BackendSection()
+    podman: PodmanSettings = PodmanSettings()
+    container: ContainerSection = ContainerSection()
+    session: SessionSection = SessionSection()
+    limits: LimitSettings = LimitSettings()
+    auth: AuthSection = AuthSection()
+    metrics: MetricsSection = MetricsSection()
+    recording: RecordingSection = RecordingSection()
+    proxy: ProxySection = ProxySection()
+    users: dict[str, UserSection] = Field(default_factory=dict)
+    ssh: SshSettings = SshSettings()
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one listen address is needed")
+        for item in value:
+            parse_listen(item)
+        return value
+
+    @model_validator(mode="after")
+    def _check_users(self) -> ServerConfig:
+        for name in self.users:
+            self.container_for(name)
+            self.session_for(name)
+        return self
+
+    def container_for(self, username: str) -> ContainerSection:
+        """The container settings of ``username``: ``[container]`` with their overrides."""
+        user = self.users.get(username)
+        override = dict(user.container) if user is not None else {}
+        if user is not None and user.image is not None:
+            override.setdefault("image", user.image)
+        return merged(self.container, override, f"users.{username}.container")
+
+    def with_container_overrides(
+        self, username: str, overrides: Mapping[str, Any]
+    ) -> ContainerSection:
+        """``container_for(username)`` with a configuration server's answer on top.
+
+        Raises:
+            ValueError: the result is not valid settings (the answer names bad keys).
+        """
+        return merged(self.container_for(username), overrides, "config_webhook")
+
+    def session_for(self, username: str) -> SessionSection:
+        override = self.users[username].session if username in self.users else {}
+        for fixed in ("accept_env", "execution_mode"):
+            if fixed in override:
+                raise ValueError(f"users.{username}.session.{fixed}: cannot be set per user")
+        return merged(self.session, override, f"users.{username}.session")
+
+    def podman_url(self) -> str:
+        """The podman service URL, following podman's own lookup order; when the user's
+        own socket does not exist, the one ``scripts/setup-host.sh`` starts, if it does."""
+        if self.podman.url:
+            return self.podman.url
+        if os.environ.get("CONTAINER_HOST"):
+            return os.environ["CONTAINER_HOST"]
+        runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+        own = f"{runtime_dir}/podman/podman.sock"
+        if not os.path.exists(own) and os.path.exists(SETUP_HOST_SOCKET):
+            return f"unix://{SETUP_HOST_SOCKET}"
+        return f"unix://{own}"
+
+    def host_key_paths(self) -> tuple[Path, ...]:
+        if self.host_keys:
+            return self.host_keys
+        return (default_state_dir() / "ssh_host_ed25519_key",)
+
+
+def default_state_dir() -> Path:
+    """Where generated host keys live when none are configured."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/trissh")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "trissh"
+
+
+def load_config(path: Path | None, overrides: Mapping[str, Any]) -> ServerConfig:
+    """Read ``path`` (TOML) if given, apply flag overrides (dotted keys), validate.
+
+    Raises:
+        ConfigError: unreadable file, TOML syntax, or invalid values.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section = data
+        *parents, leaf = dotted.split(".")
+        for parent in parents:
+            section = section.setdefault(parent, {})
+        section[leaf] = value
+    try:
+        return ServerConfig.model_validate(data)
+    except ValidationError as exc:
+        where = f"{path}: " if path else ""
+        problems = []
+        for err in exc.errors():
+            message = str(err["msg"]).removeprefix("Value error, ")
+            key = ".".join(str(part) for part in err["loc"])
+            problems.append(f"{where}{key}: {message}" if key else f"{where}{message}")
+        raise ConfigError("\n".join(problems)) from None

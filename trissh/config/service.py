@@ -1,0 +1,191 @@
+"""The server's own sections: backend, podman, limits, metrics, recording, PROXY, SSH."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from trissh.addresses import parse_listen
+from trissh.config.base import Model
+from trissh.protocol.ciphers import CIPHERS, MACS
+from trissh.protocol.config import check_algorithm_names
+from trissh.protocol.kex import KEX_METHODS
+from trissh.protocol.keys import HOST_KEY_ALGORITHMS
+
+#: Where scripts/setup-host.sh runs the podman service (its rootless user's socket).
+SETUP_HOST_SOCKET = "/run/trissh-podman/podman.sock"
+
+
+class BackendSection(Model):
+    """``[backend]``: what runs the sessions (:mod:`trissh.backend.registry`); that
+    backend's own section (``[podman]``) configures it."""
+
+    #: Only podman for now. The in-memory fake of the tests is deliberately not a choice:
+    #: a typo must never give users a pretend shell.
+    kind: Literal["podman"] = "podman"
+
+
+class PodmanSettings(Model):
+    #: ``unix:///path.sock``; default: $CONTAINER_HOST, else $XDG_RUNTIME_DIR/podman/podman.sock.
+    url: str | None = None
+    #: Concurrent lifecycle calls to the podman service.
+    max_concurrent_calls: int = Field(8, ge=1, le=256)
+    #: The static ``trissh-exec`` helper (built by scripts/setup-host.sh), made the parent
+    #: of every session's program so deaths by signal are reported as such; "" to disable.
+    exec_helper: str = "/usr/local/lib/trissh/trissh-exec"
+    #: Containers kept created and started from ``[container]``'s settings, each handed to
+    #: exactly one login whose settings match (never reused); 0 turns the pool off.
+    warm_pool: int = Field(0, ge=0, le=256)
+    #: Programs without a pty get their stdio as pipes handed into the container (through a
+    #: per-container directory of unix sockets) instead of podman's exec stream: ~2x the
+    #: throughput. Needs ``exec_helper``.
+    direct_stdio: bool = True
+    #: With direct stdio, each container's main process is ``trissh-exec --agent``, which
+    #: starts session programs (pty or not) on trissh's request: no ``podman exec``.
+    exec_agent: bool = True
+    #: Where those per-container directories go; "" picks $RUNTIME_DIRECTORY, else
+    #: $XDG_RUNTIME_DIR (if others may pass through it), else the temp dir. The podman
+    #: user must be able to reach it.
+    stdio_dir: str = ""
+
+
+class LimitSettings(Model):
+    #: Seconds an unauthenticated connection may live (sshd's LoginGraceTime).
+    login_grace_time: float = Field(120.0, gt=0)
+    #: sshd's MaxStartups "start:rate:full" for unauthenticated connections: from ``start``
+    #: on, new ones are dropped with probability ``rate`` %, rising to 100 % at ``full``.
+    max_startups: str = "10:30:100"
+    #: Unauthenticated connections one source address may hold; 0 for no limit.
+    max_startups_per_source: int = Field(10, ge=0)
+    max_auth_attempts: int = Field(6, ge=1, le=100)
+    #: Seconds running sessions get after SIGTERM/SIGINT before they are cancelled (a
+    #: second signal cancels at once). Connections without sessions end immediately.
+    shutdown_grace: float = Field(10.0, ge=0)
+
+    @field_validator("max_startups")
+    @classmethod
+    def _check_startups(cls, value: str) -> str:
+        parse_max_startups(value)
+        return value
+
+
+def parse_max_startups(value: str) -> tuple[int, int, int]:
+    """``"start:rate:full"`` (or a single number: a hard limit) as three integers."""
+    parts = value.split(":")
+    if len(parts) == 1 and parts[0].isdigit():
+        start = int(parts[0])
+        return start, 100, start
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        raise ValueError(f"max_startups {value!r} is not START:RATE:FULL")
+    start, rate, full = map(int, parts)
+    if not 0 < start <= full or rate > 100:
+        raise ValueError(f"max_startups {value!r}: need 0 < start <= full and rate <= 100")
+    return start, rate, full
+
+
+class MetricsSection(Model):
+    """``[metrics]``: Prometheus exposition, /healthz and /readyz on their own address."""
+
+    #: ``HOST:PORT``; none by default (also ``--metrics-listen``).
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+
+class RecordingSection(Model):
+    """``[recording]``: pty sessions as asciicast v2, others as timed transcripts."""
+
+    enabled: bool = False
+    directory: Path = Path("/var/lib/trissh/recordings")
+    #: A recording stops (cleanly, with a marker) at this size; 0 for no cap.
+    max_bytes: int = Field(100 * 1024 * 1024, ge=0)
+    #: Also record what users type (passwords typed at prompts included!).
+    record_input: bool = False
+    #: Only these users; empty: everyone.
+    users: tuple[str, ...] = ()
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _check_size(cls, value: int) -> int:
+        if 0 < value < 16384:
+            raise ValueError("max_bytes must be 0 (no cap) or at least 16384")
+        return value
+
+
+class ProxySection(Model):
+    """``[proxy]``: HAProxy PROXY protocol v1/v2 from trusted balancers only."""
+
+    #: Networks (CIDR) whose connections must start with a PROXY header; others never may.
+    trusted_networks: tuple[str, ...] = ()
+    #: Seconds a trusted peer has to send its header.
+    header_timeout: float = Field(5.0, gt=0, le=60)
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:  # as strict as TrustedNetworks: a typo is an error, not a guess
+            ipaddress.ip_network(cidr.strip(), strict=True)
+        return value
+
+
+class SshSettings(Model):
+    """``[ssh]``: transport algorithms and rekeying. A list left out keeps trissh's default
+    (``trissh.protocol.config``); a list given is the exact offer, in preference order.
+
+    Post-quantum only (no classical key exchange at all)::
+
+        [ssh]
+        kex = ["mlkem768x25519-sha256", "sntrup761x25519-sha512",
+               "sntrup761x25519-sha512@openssh.com"]
+    """
+
+    kex: tuple[str, ...] | None = None
+    ciphers: tuple[str, ...] | None = None
+    macs: tuple[str, ...] | None = None
+    host_key_algorithms: tuple[str, ...] | None = None
+    #: Bytes under one key in either direction before the server rekeys (RFC 4253 §9).
+    rekey_bytes: int = Field(1 << 30, ge=1 << 16)
+    #: Seconds under one key before the server rekeys; 0 turns the timer off.
+    rekey_interval: float = Field(3600.0, ge=0)
+    #: Offer ``zlib@openssh.com`` (compression after authentication) besides ``none``.
+    compression: bool = False
+
+    @field_validator("kex", "ciphers", "macs", "host_key_algorithms")
+    @classmethod
+    def _check_names(
+        cls, value: tuple[str, ...] | None, info: ValidationInfo
+    ) -> tuple[str, ...] | None:
+        known = {
+            "kex": ("kex algorithm", tuple(KEX_METHODS)),
+            "ciphers": ("cipher", tuple(CIPHERS)),
+            "macs": ("MAC", tuple(MACS)),
+            "host_key_algorithms": ("host key algorithm", HOST_KEY_ALGORITHMS),
+        }
+        if value is not None:
+            kind, names = known[str(info.field_name)]
+            check_algorithm_names(kind, value, names, allow_empty=kind == "MAC")
+        return value
+
+    def protocol_options(self) -> dict[str, Any]:
+        """The ``ProtocolConfig`` keyword arguments these settings override."""
+        options: dict[str, Any] = {"rekey_bytes": self.rekey_bytes}
+        if self.compression:
+            options["compression"] = ("none", "zlib@openssh.com")
+        for field, option in (
+            ("kex", "kex_algorithms"),
+            ("ciphers", "ciphers"),
+            ("macs", "macs"),
+            ("host_key_algorithms", "host_key_algorithms"),
+        ):
+            value = getattr(self, field)
+            if value is not None:
+                options[option] = value
+        return options
