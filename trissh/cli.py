@@ -59,19 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address to listen on; repeatable (default 0.0.0.0:2222)",
     )
-    parser.add_argument(
-        "--host-key",
-        action="append",
-        type=Path,
-        metavar="PATH",
-        help="host key file; repeatable; an ed25519 key is generated if missing",
-    )
-    parser.add_argument(
-        "--authorized-keys",
-        type=Path,
-        metavar="PATH",
-        help="OpenSSH authorized_keys; these keys may log in as any user name",
-    )
+    _add_key_arguments(parser)
     parser.add_argument(
         "--podman-url",
         metavar="URL",
@@ -96,10 +84,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_key_arguments(parser: argparse.ArgumentParser) -> None:
+    """Host keys, their certificates, and the keys that may log in."""
+    parser.add_argument(
+        "--host-key",
+        action="append",
+        type=Path,
+        metavar="PATH",
+        help="host key file; repeatable; an ed25519 key is generated if missing",
+    )
+    parser.add_argument(
+        "--host-certificate",
+        action="append",
+        type=Path,
+        metavar="PATH",
+        help="OpenSSH host certificate (ssh-keygen -s CA -h) for one of the host keys; repeatable",
+    )
+    parser.add_argument(
+        "--authorized-keys",
+        type=Path,
+        metavar="PATH",
+        help="OpenSSH authorized_keys; these keys may log in as any user name",
+    )
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "listen": args.listen,
         "host_keys": [str(p) for p in args.host_key] if args.host_key else None,
+        "host_certificates": (
+            [str(p) for p in args.host_certificate] if args.host_certificate else None
+        ),
         "authorized_keys": str(args.authorized_keys) if args.authorized_keys else None,
         "podman.url": args.podman_url,
         "container.image": args.image,

@@ -22,9 +22,10 @@ from typing import ClassVar, Protocol, Self, TypeVar
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from trissh.protocol import wire
+from trissh.protocol.certificates import parse_certificate
 from trissh.protocol.ciphers import CIPHERS, MACS
 from trissh.protocol.constants import MessageNumber
-from trissh.protocol.keys import parse_public_key
+from trissh.protocol.keys import HOST_CERTIFICATE_ALGORITHMS, parse_public_key
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.messages import transport as tr
 from trissh.protocol.messages import userauth as ua
@@ -107,8 +108,13 @@ def _first_common(category: str, ours: tuple[str, ...], theirs: tuple[str, ...])
 def _verify_host_signature(
     algorithm: str, host_key: bytes, signature: bytes, exchange_hash: bytes
 ) -> None:
-    """The negotiated algorithm's signature over H (RFC 8709, RFC 8332, RFC 5656)."""
-    key = parse_public_key(host_key)
+    """The negotiated algorithm's signature over H (RFC 8709, RFC 8332, RFC 5656); for a
+    certificate algorithm, the certified key's plain signature (PROTOCOL.certkeys)."""
+    if algorithm in HOST_CERTIFICATE_ALGORITHMS:
+        key = parse_certificate(host_key).public_key
+        algorithm = HOST_CERTIFICATE_ALGORITHMS[algorithm]
+    else:
+        key = parse_public_key(host_key)
     if not key.verify(algorithm, signature, exchange_hash):
         raise PeerError(f"{algorithm} host key signature over H does not verify")
 

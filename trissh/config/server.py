@@ -35,6 +35,8 @@ from trissh.config.session import SessionSection
 class ServerConfig(Model):
     listen: tuple[str, ...] = ("0.0.0.0:2222",)
     host_keys: tuple[Path, ...] = ()
+    #: OpenSSH host certificates (``ssh-keygen -s CA -h``), each for one of ``host_keys``.
+    host_certificates: tuple[Path, ...] = ()
     authorized_keys: Path | None = None
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

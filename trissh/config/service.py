@@ -11,9 +11,8 @@ from pydantic import Field, ValidationInfo, field_validator
 from trissh.addresses import parse_listen
 from trissh.config.base import Model
 from trissh.protocol.ciphers import CIPHERS, MACS
-from trissh.protocol.config import check_algorithm_names
+from trissh.protocol.config import DEFAULT_HOST_KEY_ALGORITHMS, check_algorithm_names
 from trissh.protocol.kex import KEX_METHODS
-from trissh.protocol.keys import HOST_KEY_ALGORITHMS
 
 #: Where scripts/setup-host.sh runs the podman service (its rootless user's socket).
 SETUP_HOST_SOCKET = "/run/trissh-podman/podman.sock"
@@ -167,7 +166,7 @@ class SshSettings(Model):
             "kex": ("kex algorithm", tuple(KEX_METHODS)),
             "ciphers": ("cipher", tuple(CIPHERS)),
             "macs": ("MAC", tuple(MACS)),
-            "host_key_algorithms": ("host key algorithm", HOST_KEY_ALGORITHMS),
+            "host_key_algorithms": ("host key algorithm", DEFAULT_HOST_KEY_ALGORITHMS),
         }
         if value is not None:
             kind, names = known[str(info.field_name)]

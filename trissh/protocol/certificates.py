@@ -318,6 +318,32 @@ def check_user_certificate(
     return None
 
 
+def check_host_certificate(cert: Certificate, *, host_key: bytes, now: int) -> str | None:
+    """Whether ``cert`` can be served for the host key whose public blob is ``host_key``.
+
+    What a client checks besides its trust in the CA and the host name: a host
+    certificate, of exactly this key, signed by its CA, valid ``now``, with no critical
+    option (none is defined for host certificates, and clients refuse unknown ones).
+
+    Returns:
+        None if it can be served, else a reason (``"expired"`` and ``"not yet valid"``
+        exactly, so the caller can add the dates).
+    """
+    if cert.cert_type != HOST_CERTIFICATE:
+        return "not a host certificate (it is a user certificate)"
+    if cert.public_key.blob != host_key:
+        return f"certifies another key ({cert.public_key.fingerprint})"
+    if not cert.verify_ca_signature():
+        return "bad CA signature"
+    if cert.critical_options:
+        return f"critical option {next(iter(cert.critical_options))!r} in a host certificate"
+    if now < cert.valid_after:
+        return "not yet valid"
+    if now >= cert.valid_before:
+        return "expired"
+    return None
+
+
 def _check_source_address(allowed: str, source_ip: str | None) -> str | None:
     try:
         networks = parse_source_address(allowed)

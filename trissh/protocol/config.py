@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from trissh.protocol.ciphers import CIPHERS, MACS
 from trissh.protocol.constants import COMPRESSION_METHODS
 from trissh.protocol.kex import DEFAULT_KEX, KEX_METHODS, POST_QUANTUM_KEX
-from trissh.protocol.keys import HOST_KEY_ALGORITHMS, HostKey
+from trissh.protocol.keys import HOST_CERTIFICATE_ALGORITHMS, HOST_KEY_ALGORITHMS, HostKey
 
 __all__ = [
     "DEFAULT_CIPHERS",
@@ -31,8 +31,9 @@ DEFAULT_CIPHERS = (
 )
 #: Encrypt-then-MAC only; the classic encrypt-and-MAC ``hmac-sha2-*`` on request.
 DEFAULT_MACS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
-#: Offered in this order, each only when a host key of its type is configured.
-DEFAULT_HOST_KEY_ALGORITHMS = HOST_KEY_ALGORITHMS
+#: Offered in this order, each only when a host key of its type is configured (and for the
+#: certificate algorithms, a certificate for it): certificates first, as OpenSSH orders them.
+DEFAULT_HOST_KEY_ALGORITHMS = (*HOST_CERTIFICATE_ALGORITHMS, *HOST_KEY_ALGORITHMS)
 DEFAULT_ACCEPT_ENV = ("LANG", "LC_*")
 
 
@@ -72,7 +73,9 @@ class ProtocolConfig:
         check_algorithm_names("kex algorithm", self.kex_algorithms, KEX_METHODS)
         check_algorithm_names("cipher", self.ciphers, CIPHERS)
         check_algorithm_names("MAC", self.macs, MACS, allow_empty=True)
-        check_algorithm_names("host key algorithm", self.host_key_algorithms, HOST_KEY_ALGORITHMS)
+        check_algorithm_names(
+            "host key algorithm", self.host_key_algorithms, DEFAULT_HOST_KEY_ALGORITHMS
+        )
         check_algorithm_names("compression", self.compression, COMPRESSION_METHODS)
         if not self.macs and any(not CIPHERS[name].aead for name in self.ciphers):
             raise ValueError("ciphers without built-in authentication (aes*-ctr) need a MAC")

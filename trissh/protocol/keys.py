@@ -162,6 +162,27 @@ HOST_KEY_ALGORITHMS: tuple[str, ...] = (
     "ecdsa-sha2-nistp521",
 )
 
+#: Host certificate algorithms (OpenSSH PROTOCOL.certkeys) and the plain signature algorithm
+#: each signs with: K_S is the certificate, the signature over H is the plain key's. No
+#: SHA-1 ``ssh-rsa-cert-v01@openssh.com``.
+HOST_CERTIFICATE_ALGORITHMS: dict[str, str] = {
+    "ssh-ed25519-cert-v01@openssh.com": "ssh-ed25519",
+    "rsa-sha2-512-cert-v01@openssh.com": "rsa-sha2-512",
+    "rsa-sha2-256-cert-v01@openssh.com": "rsa-sha2-256",
+    "ecdsa-sha2-nistp256-cert-v01@openssh.com": "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384-cert-v01@openssh.com": "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521-cert-v01@openssh.com": "ecdsa-sha2-nistp521",
+}
+
+#: The certificate key type of each plain host key type.
+HOST_CERTIFICATE_TYPES: dict[str, str] = {
+    "ssh-ed25519": "ssh-ed25519-cert-v01@openssh.com",
+    "ssh-rsa": "ssh-rsa-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp256": "ecdsa-sha2-nistp256-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp384": "ecdsa-sha2-nistp384-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp521": "ecdsa-sha2-nistp521-cert-v01@openssh.com",
+}
+
 HostPrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 _CURVE_KEY_TYPES: dict[str, str] = {
@@ -195,10 +216,12 @@ class HostKey:
         ValueError: an RSA key that is too small, or an unsupported curve or key type.
     """
 
-    __slots__ = ("_private", "algorithms", "key_type", "public_blob")
+    __slots__ = ("_private", "algorithms", "certificate", "key_type", "public_blob")
 
     def __init__(self, private: HostPrivateKey) -> None:
         self._private = private
+        #: The OpenSSH host certificate blob for this key, if one is configured.
+        self.certificate: bytes | None = None
         if isinstance(private, ed25519.Ed25519PrivateKey):
             self.key_type = "ssh-ed25519"
             self.algorithms: tuple[str, ...] = ("ssh-ed25519",)
@@ -231,7 +254,41 @@ class HostKey:
             raise ValueError(f"unsupported host key type {type(private).__name__}")
 
     def __repr__(self) -> str:
-        return f"HostKey({self.key_type}, {self.fingerprint})"
+        certified = ", certificate" if self.certificate is not None else ""
+        return f"HostKey({self.key_type}, {self.fingerprint}{certified})"
+
+    def with_certificate(self, certificate: bytes) -> HostKey:
+        """This key, also serving the certificate algorithms with ``certificate``.
+
+        Only the certificate's type is checked here; that it certifies this very key, and
+        is valid, is ``certificates.check_host_certificate``'s job.
+
+        Raises:
+            ValueError: a certificate of another key type.
+        """
+        expected = HOST_CERTIFICATE_TYPES[self.key_type]
+        if not certificate.startswith(wire.string(expected)):
+            raise ValueError(f"a {self.key_type} host key needs a {expected} certificate")
+        certified = HostKey(self._private)
+        certified.certificate = bytes(certificate)
+        plain_algorithms = certified.algorithms
+        certified.algorithms = plain_algorithms + tuple(
+            name for name, plain in HOST_CERTIFICATE_ALGORITHMS.items() if plain in plain_algorithms
+        )
+        return certified
+
+    @property
+    def blobs(self) -> tuple[bytes, ...]:
+        """Every K_S this key can present: the plain blob and the certificate, if any."""
+        if self.certificate is None:
+            return (self.public_blob,)
+        return (self.public_blob, self.certificate)
+
+    def public_blob_for(self, algorithm: str) -> bytes:
+        """K_S for a negotiated host key algorithm: the certificate for a certificate one."""
+        if algorithm in HOST_CERTIFICATE_ALGORITHMS and self.certificate is not None:
+            return self.certificate
+        return self.public_blob
 
     @property
     def fingerprint(self) -> str:
@@ -245,10 +302,14 @@ class HostKey:
         return private.key_size
 
     def sign(self, data: bytes, algorithm: str | None = None) -> bytes:
-        """Return an SSH signature blob over ``data`` (default: the first of ``algorithms``)."""
+        """Return an SSH signature blob over ``data`` (default: the first of ``algorithms``).
+
+        A certificate algorithm signs with its plain algorithm, whose name the blob carries.
+        """
         algorithm = self.algorithms[0] if algorithm is None else algorithm
         if algorithm not in self.algorithms:
             raise ValueError(f"a {self.key_type} key cannot sign with {algorithm}")
+        algorithm = HOST_CERTIFICATE_ALGORITHMS.get(algorithm, algorithm)
         private = self._private
         if isinstance(private, ed25519.Ed25519PrivateKey):
             raw = private.sign(data)

@@ -415,7 +415,7 @@ class Transport:
                     server_version=self._config.server_version,
                     client_kexinit=self._peer_kexinit,
                     server_kexinit=self._our_kexinit,
-                    host_key=host_key.public_blob,
+                    host_key=host_key.public_blob_for(algorithm),
                 ),
                 sign=lambda data: host_key.sign(data, algorithm),
                 rng=self._config.rng,

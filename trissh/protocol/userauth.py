@@ -206,7 +206,8 @@ class UserAuthServer:
         host_key_blob = None
         if request.method == PUBLICKEY_HOSTBOUND:
             bound = HostboundPublicKeyMethod.decode(Reader(request.method_data))
-            if bound.host_key_blob not in {key.public_blob for key in self._config.host_keys}:
+            ours = {blob for key in self._config.host_keys for blob in key.blobs}
+            if bound.host_key_blob not in ours:
                 self._fail(request, "signature bound to another server's host key")
                 return
             host_key_blob = bound.host_key_blob

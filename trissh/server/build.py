@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import time
 from collections.abc import Callable
 
 import structlog
@@ -18,7 +19,7 @@ from trissh.ops.log import configure_logging
 from trissh.ops.metrics import Metrics
 from trissh.ops.recording import Recorder
 from trissh.protocol import HostKey, ProtocolConfig
-from trissh.server.hostkeys import HostKeyError, load_or_create_host_key
+from trissh.server.hostkeys import HostKeyError, attach_certificates, load_or_create_host_key
 from trissh.server.state import ServerContext
 
 log = structlog.get_logger("trissh")
@@ -50,7 +51,17 @@ def load_host_keys(settings: ServerConfig) -> tuple[HostKey, ...]:
         if created:
             log.info("host_key_created", path=str(path), fingerprint=key.fingerprint)
         keys.append(key)
-    return tuple(keys)
+    try:
+        certified, attached = attach_certificates(keys, settings.host_certificates, time.time())
+    except HostKeyError as exc:
+        raise StartupError(str(exc)) from None
+    for path, cert in attached:
+        log.info(
+            "host_certificate_loaded", path=str(path), key_id=cert.key_id,
+            fingerprint=cert.public_key.fingerprint, ca=cert.signature_key.fingerprint,
+            valid_before=cert.valid_before,
+        )  # fmt: skip
+    return certified
 
 
 def build_context(

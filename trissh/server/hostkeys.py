@@ -1,12 +1,19 @@
-"""Host key files: load them, or create an ed25519 key where none exists yet (like sshd-keygen).
+"""Host key files: load them, or create an ed25519 key where none exists yet (like sshd-keygen);
+and host certificates, each attached to the host key it certifies.
 
 Accepted: unencrypted ed25519, RSA (at least 3072 bits) and ECDSA P-256/384/521 keys, in
 OpenSSH's own format (``ssh-keygen`` default) or PEM (PKCS#8 or the traditional forms).
+Certificates are OpenSSH public key files (``ssh-keygen -s CA -h`` writes ``*-cert.pub``);
+one that is expired, not yet valid, for a key we do not have or not a host certificate
+stops the start, since every client that trusts its CA would refuse it anyway.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -14,6 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from trissh.protocol import HostKey
+from trissh.protocol.certificates import Certificate, check_host_certificate, parse_certificate
+from trissh.protocol.errors import DecodeError
 
 
 class HostKeyError(Exception):
@@ -64,3 +73,68 @@ def load_or_create_host_key(path: Path) -> tuple[HostKey, bool]:
         return HostKey(loaded), False
     except ValueError as exc:
         raise HostKeyError(f"{path}: {exc}") from None
+
+
+def load_certificate(path: Path) -> Certificate:
+    """The OpenSSH certificate in a public key file.
+
+    Raises:
+        HostKeyError: unreadable, not a certificate, or malformed.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HostKeyError(f"{path}: cannot read host certificate: {exc}") from None
+    fields = text.split()
+    try:
+        if len(fields) < 2 or not fields[0].endswith("-cert-v01@openssh.com"):
+            raise DecodeError("not an OpenSSH certificate (KEYTYPE-cert-v01@openssh.com BASE64)")
+        cert = parse_certificate(base64.b64decode(fields[1], validate=True))
+        if cert.key_type != fields[0]:
+            raise DecodeError("the type before the data does not match the data")
+    except (DecodeError, ValueError) as exc:
+        detail = exc.description if isinstance(exc, DecodeError) else "invalid base64"
+        raise HostKeyError(f"{path}: {detail}") from None
+    return cert
+
+
+def attach_certificates(
+    keys: Sequence[HostKey], paths: Sequence[Path], now: float
+) -> tuple[tuple[HostKey, ...], list[tuple[Path, Certificate]]]:
+    """The host keys with their certificates attached, and what was attached.
+
+    Raises:
+        HostKeyError: a certificate that cannot be served, naming the file and why.
+    """
+    by_blob = {key.public_blob: index for index, key in enumerate(keys)}
+    result = list(keys)
+    attached: list[tuple[Path, Certificate]] = []
+    for path in paths:
+        cert = load_certificate(path)
+        index = by_blob.get(cert.public_key.blob)
+        if index is None:
+            raise HostKeyError(
+                f"{path}: certifies the {cert.public_key.key_type} key "
+                f"{cert.public_key.fingerprint}, which is none of the host keys "
+                f"({', '.join(key.fingerprint for key in keys)})"
+            )
+        if result[index].certificate is not None:
+            raise HostKeyError(f"{path}: a second certificate for host key {keys[index]!r}")
+        reason = check_host_certificate(cert, host_key=keys[index].public_blob, now=int(now))
+        if reason == "expired":
+            reason = f"expired at {_utc(cert.valid_before)}"
+        elif reason == "not yet valid":
+            reason = f"not valid before {_utc(cert.valid_after)}"
+        if reason is not None:
+            raise HostKeyError(f"{path}: host certificate {cert.key_id!r} unusable: {reason}")
+        result[index] = result[index].with_certificate(cert.blob)
+        attached.append((path, cert))
+    return tuple(result), attached
+
+
+def _utc(timestamp: int) -> str:
+    try:
+        moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    except (OverflowError, ValueError, OSError):
+        return f"{timestamp} (seconds since 1970)"
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
