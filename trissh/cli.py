@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import importlib.resources
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from trissh.backend import DEFAULT_IMAGE
 from trissh.config import ConfigError, ServerConfig, load_config
 from trissh.ops.log import configure_logging
 from trissh.server.build import StartupError, build_context
+from trissh.server.hostkeys import HostKeyError, load_host_key, sshfp_records
 from trissh.server.process import run_server
 
 log = structlog.get_logger("trissh")
@@ -36,6 +38,7 @@ commands:
   check-config    validate the configuration (and the files it names) without starting
   print-default-config  print a configuration file with every key and its default
   hash-password   read a password (stdin or prompt) and print the password_hash to configure
+  sshfp           print DNS SSHFP records for the host keys (--host NAME; as ssh-keygen -r)
 """
 
 
@@ -48,7 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["run", "doctor", "check-config", "print-default-config", "hash-password"],
+        choices=[
+            "run",
+            "doctor",
+            "check-config",
+            "print-default-config",
+            "hash-password",
+            "sshfp",
+        ],
         default="run",
         help=argparse.SUPPRESS,
     )
@@ -106,6 +116,9 @@ def _add_key_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="OpenSSH authorized_keys; these keys may log in as any user name",
     )
+    parser.add_argument(
+        "--host", metavar="NAME", help="sshfp: the DNS name the records are for (default: FQDN)"
+    )
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -139,6 +152,20 @@ def check_config(settings: ServerConfig) -> int:
         print(f"trissh: {exc}", file=sys.stderr)
         return 2
     print("configuration OK")
+    return 0
+
+
+def sshfp_command(settings: ServerConfig, host: str) -> int:
+    """Print the SSHFP records of the configured host keys (never creates one)."""
+    keys = []
+    for path in settings.host_key_paths():
+        try:
+            keys.append(load_host_key(path))
+        except HostKeyError as exc:
+            print(f"trissh: {exc}", file=sys.stderr)
+            return 1
+    for record in sshfp_records(keys, host):
+        print(record)
     return 0
 
 
@@ -176,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "check-config":
         return check_config(settings)
+    if args.command == "sshfp":
+        return sshfp_command(settings, args.host or socket.getfqdn())
     if args.command == "doctor":
         from trissh.ops.doctor import run_doctor
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +48,15 @@ def load_or_create_host_key(path: Path) -> tuple[HostKey, bool]:
         )
         path.with_name(path.name + ".pub").write_bytes(public + b" trissh host key\n")
         return HostKey(private), True
+    return load_host_key(path), False
+
+
+def load_host_key(path: Path) -> HostKey:
+    """The host key at ``path``.
+
+    Raises:
+        HostKeyError: missing, unreadable or unusable, naming the file.
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -70,7 +80,7 @@ def load_or_create_host_key(path: Path) -> tuple[HostKey, bool]:
             "(use ed25519, RSA of at least 3072 bits, or ECDSA P-256/384/521)"
         )
     try:
-        return HostKey(loaded), False
+        return HostKey(loaded)
     except ValueError as exc:
         raise HostKeyError(f"{path}: {exc}") from None
 
@@ -138,3 +148,25 @@ def _utc(timestamp: int) -> str:
     except (OverflowError, ValueError, OSError):
         return f"{timestamp} (seconds since 1970)"
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+#: SSHFP algorithm numbers (RFC 4255, RFC 6594, RFC 7479); the fingerprint types are 1
+#: (SHA-1) and 2 (SHA-256), of the key's wire blob.
+SSHFP_ALGORITHMS: dict[str, int] = {
+    "ssh-rsa": 1,
+    "ecdsa-sha2-nistp256": 3,
+    "ecdsa-sha2-nistp384": 3,
+    "ecdsa-sha2-nistp521": 3,
+    "ssh-ed25519": 4,
+}
+
+
+def sshfp_records(keys: Sequence[HostKey], host: str) -> list[str]:
+    """DNS SSHFP records for ``keys``, as ``ssh-keygen -r HOST`` prints them."""
+    records = []
+    for key in keys:
+        number = SSHFP_ALGORITHMS[key.key_type]
+        for digest_type, name in ((1, "sha1"), (2, "sha256")):
+            digest = hashlib.new(name, key.public_blob).hexdigest()
+            records.append(f"{host} IN SSHFP {number} {digest_type} {digest}")
+    return records
