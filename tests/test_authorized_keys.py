@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from trissh.auth.authorized_keys import (
     OptionError,
     parse_authorized_keys,
+    parse_entry,
     parse_line,
     parse_options,
 )
@@ -64,3 +67,44 @@ def test_cert_authority_with_principals(client_key: ClientKey) -> None:
     key = parse_line(f'cert-authority,principals="alice,ops" {client_key.public_line}')
     assert key.options.cert_authority
     assert key.options.principals == ("alice", "ops")
+
+
+def _rfc4716(public_line: str, comment: str = "exported") -> str:
+    body = public_line.split()[1]
+    lines = [body[i : i + 70] for i in range(0, len(body), 70)]
+    return "\n".join(
+        ["---- BEGIN SSH2 PUBLIC KEY ----", f'Comment: "{comment}"', *lines,
+         "---- END SSH2 PUBLIC KEY ----"]
+    )  # fmt: skip
+
+
+def test_rfc4716_blocks_stand_among_openssh_lines(client_key: ClientKey) -> None:
+    text = f"no-pty {client_key.public_line}\n{_rfc4716(client_key.public_line)}\nbogus line\n"
+    keys, problems = parse_authorized_keys(text)
+    assert [(k.line_number, k.comment, k.options.allow_pty) for k in keys] == [
+        (1, "test@trissh", False),
+        (2, "exported", True),
+    ]
+    assert keys[0].blob == keys[1].blob
+    assert [(p.line_number, p.problem) for p in problems] == [(6, "no supported key type found")]
+
+
+def test_a_broken_rfc4716_block_is_a_problem_on_its_line(client_key: ClientKey) -> None:
+    block = _rfc4716(client_key.public_line).replace("AAAA", "AA*A", 1)
+    keys, problems = parse_authorized_keys(f"{client_key.public_line}\n{block}\n")
+    assert len(keys) == 1
+    assert [(p.line_number, p.problem) for p in problems] == [(4, "RFC 4716 key: invalid base64")]
+    unsupported = _rfc4716("x " + base64.b64encode(b"\x00\x00\x00\x07ssh-dss").decode())
+    _, problems = parse_authorized_keys(unsupported)
+    assert problems[0].problem.startswith("invalid key: unsupported key type")
+
+
+def test_a_list_entry_is_one_key_in_either_format(client_key: ClientKey) -> None:
+    assert parse_entry(_rfc4716(client_key.public_line)).comment == "exported"
+    assert parse_entry(f"restrict {client_key.public_line}").options.allow_pty is False
+    with pytest.raises(OptionError, match="more than one key"):
+        parse_entry(f"{client_key.public_line}\n{client_key.public_line}")
+    with pytest.raises(OptionError, match="no key"):
+        parse_entry("# nothing")
+    with pytest.raises(OptionError, match="line 3: RFC 4716 key: invalid base64"):
+        parse_entry(_rfc4716(client_key.public_line).replace("AAAA", "A*AA", 1))

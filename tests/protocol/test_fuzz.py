@@ -28,6 +28,7 @@ from trissh.protocol import (
     Event,
     RemoteProtocolError,
     ServerConnection,
+    keyfile,
     wire,
 )
 from trissh.protocol.constants import MessageNumber
@@ -392,3 +393,24 @@ def test_mutated_session_only_raises_remote_protocol_error(
     for index, mask in flips:
         data[index] ^= mask
     feed_all(bytes(data), bytewise=bytewise)
+
+
+# -- key texts and formats (issue 23) -------------------------------------------------------------
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(
+                [keyfile.BEGIN, keyfile.END, "Comment: x", "a\\", "AAAA", "# c", "", "k: \\"]
+            ),
+            st.text(max_size=40),
+        ),
+        max_size=30,
+    )
+)
+def test_key_text_only_yields_items(lines: list[str]) -> None:
+    """RFC 4716 blocks among OpenSSH lines: any text yields items with line numbers."""
+    for item in keyfile.iter_key_text("\n".join(lines)):
+        assert item.line_number >= 1

@@ -1,6 +1,7 @@
 """OpenSSH ``authorized_keys`` files: which keys may log in, with which restrictions.
 
 Format (sshd(8) AUTHORIZED_KEYS FILE FORMAT): ``[options] keytype base64-key [comment]``.
+RFC 4716 blocks (``ssh-keygen -e``) may stand among the lines, without options.
 The options trissh honours: ``from=``, ``command=``, ``no-pty``/``pty``, ``restrict``,
 ``environment=``, ``cert-authority`` with ``principals=``, ``expiry-time=``. Options about
 forwarding, agents, X11, user rc files and FIDO touch are accepted and have nothing to
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from trissh.protocol import parse_public_key
 from trissh.protocol.errors import DecodeError
+from trissh.protocol.keyfile import KeyLine, KeyTextProblem, Rfc4716Key, iter_key_text
 
 _KEY_TYPES = frozenset(
     (
@@ -213,19 +215,48 @@ def parse_line(line: str, number: int = 0) -> AuthorizedKey:
     return AuthorizedKey(fields[index], blob, comment, options, number)
 
 
+def _from_rfc4716(block: Rfc4716Key) -> AuthorizedKey:
+    try:
+        key = parse_public_key(block.blob)
+    except DecodeError as exc:
+        raise OptionError(f"invalid key: {exc}") from None
+    if key.key_type not in _KEY_TYPES:
+        raise OptionError(f"unsupported key type {key.key_type!r}")
+    return AuthorizedKey(key.key_type, block.blob, block.comment, KeyOptions(), block.line_number)
+
+
 def parse_authorized_keys(text: str) -> tuple[list[AuthorizedKey], list[ParseProblem]]:
-    """Parse every line; return the keys and a list of the lines that were skipped."""
+    """Parse every line and RFC 4716 block; return the keys and the problems skipped."""
     keys: list[AuthorizedKey] = []
     problems: list[ParseProblem] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+    for item in iter_key_text(text):
         try:
-            keys.append(parse_line(line, number))
+            match item:
+                case KeyLine():
+                    keys.append(parse_line(item.text, item.line_number))
+                case Rfc4716Key():
+                    keys.append(_from_rfc4716(item))
+                case KeyTextProblem():
+                    problems.append(ParseProblem(item.line_number, item.problem))
         except OptionError as exc:
-            problems.append(ParseProblem(number, str(exc)))
+            problems.append(ParseProblem(item.line_number, str(exc)))
     return keys, problems
+
+
+def parse_entry(text: str) -> AuthorizedKey:
+    """One key from a configured list: an OpenSSH line, or a whole RFC 4716 block.
+
+    Raises:
+        OptionError: no key, more than one, or a problem (naming its line in the entry).
+    """
+    keys, problems = parse_authorized_keys(text)
+    if problems:
+        problem = problems[0]
+        where = f"line {problem.line_number}: " if "\n" in text.strip() else ""
+        raise OptionError(where + problem.problem)
+    if len(keys) != 1:
+        raise OptionError("no key" if not keys else "more than one key in one entry")
+    return keys[0]
 
 
 def load_authorized_keys(path: Path) -> tuple[list[AuthorizedKey], list[ParseProblem]]:

@@ -19,7 +19,12 @@ from typing import Any
 
 import structlog
 
-from trissh.auth.authorized_keys import AuthorizedKey, OptionError, load_authorized_keys, parse_line
+from trissh.auth.authorized_keys import (
+    AuthorizedKey,
+    OptionError,
+    load_authorized_keys,
+    parse_entry,
+)
 from trissh.auth.chains import MethodChains
 from trissh.auth.passwords import verify_password
 from trissh.auth.totp import TotpVerifier, load_secret
@@ -199,9 +204,9 @@ class AuthPolicy:
 
     def _load_user(self, name: str, section: UserSection) -> _User:
         keys: list[AuthorizedKey] = []
-        for number, line in enumerate(section.authorized_keys, start=1):
+        for number, entry in enumerate(section.authorized_keys, start=1):
             try:
-                keys.append(parse_line(line, number))
+                keys.append(parse_entry(entry))
             except OptionError as exc:
                 raise PolicyError(f"users.{name}.authorized_keys[{number}]: {exc}") from None
         if section.authorized_keys_file is not None:
@@ -442,23 +447,23 @@ def _client(section: WebhookSection | None) -> WebhookClient | None:
 
 
 def _load_cas(settings: ServerConfig) -> set[bytes]:
-    """Blobs of the CA keys in ``[auth] trusted_user_ca_keys`` and its file."""
-    lines = list(settings.auth.trusted_user_ca_keys)
+    """Blobs of the CA keys in ``[auth] trusted_user_ca_keys`` and its file (OpenSSH lines
+    or RFC 4716 blocks); unlike an authorized_keys file, any bad entry stops the start."""
+    cas: set[bytes] = set()
+    for number, entry in enumerate(settings.auth.trusted_user_ca_keys, start=1):
+        try:
+            cas.add(parse_entry(entry).blob)
+        except OptionError as exc:
+            raise PolicyError(f"auth.trusted_user_ca_keys[{number}]: {exc}") from None
     path = settings.auth.trusted_user_ca_keys_file
     if path is not None:
         try:
-            lines += path.read_text(encoding="utf-8").splitlines()
+            keys, problems = load_authorized_keys(path)
         except OSError as exc:
             raise PolicyError(f"{path}: {exc.strerror}") from None
-    cas: set[bytes] = set()
-    for number, line in enumerate(lines, start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            cas.add(parse_line(line, number).blob)
-        except OptionError as exc:
-            raise PolicyError(f"auth.trusted_user_ca_keys[{number}]: {exc}") from None
+        if problems:
+            raise PolicyError(f"{path}:{problems[0].line_number}: {problems[0].problem}")
+        cas.update(key.blob for key in keys)
     return cas
 
 

@@ -27,7 +27,7 @@ class UserSection(Model):
     """Settings of one user name: credentials, and tables that override the server-wide
     ``[container]`` and ``[session]`` key by key."""
 
-    #: OpenSSH authorized_keys lines (options allowed), in addition to ``authorized_keys``.
+    #: OpenSSH authorized_keys lines (options allowed), or RFC 4716 blocks (one per entry).
     authorized_keys: tuple[str, ...] = ()
     authorized_keys_file: Path | None = None
     #: argon2id hash from ``trissh hash-password``.
@@ -92,8 +92,8 @@ class AuthSection(Model):
     #: ContainerSSH's configuration server: its answer overrides ``[container]`` per login.
     config_webhook: WebhookSection | None = None
 
-    #: CA public keys (OpenSSH format) whose user certificates are trusted, for any user
-    #: whose name is among the certificate's principals.
+    #: CA public keys (OpenSSH lines or RFC 4716 blocks) whose user certificates are
+    #: trusted, for any user whose name is among the certificate's principals.
     trusted_user_ca_keys: tuple[str, ...] = ()
     trusted_user_ca_keys_file: Path | None = None
     #: Seconds added (randomized between half and 1.5 times) before answering a failed

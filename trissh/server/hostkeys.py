@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from trissh.protocol import HostKey
 from trissh.protocol.certificates import Certificate, check_host_certificate, parse_certificate
 from trissh.protocol.errors import DecodeError
+from trissh.protocol.keyfile import KeyLine, KeyTextProblem, Rfc4716Key, iter_key_text
 
 
 class HostKeyError(Exception):
@@ -86,7 +87,7 @@ def load_host_key(path: Path) -> HostKey:
 
 
 def load_certificate(path: Path) -> Certificate:
-    """The OpenSSH certificate in a public key file.
+    """The OpenSSH certificate in a public key file (one line, or an RFC 4716 block).
 
     Raises:
         HostKeyError: unreadable, not a certificate, or malformed.
@@ -95,16 +96,29 @@ def load_certificate(path: Path) -> Certificate:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise HostKeyError(f"{path}: cannot read host certificate: {exc}") from None
-    fields = text.split()
+    items = list(iter_key_text(text))
     try:
-        if len(fields) < 2 or not fields[0].endswith("-cert-v01@openssh.com"):
-            raise DecodeError("not an OpenSSH certificate (KEYTYPE-cert-v01@openssh.com BASE64)")
-        cert = parse_certificate(base64.b64decode(fields[1], validate=True))
-        if cert.key_type != fields[0]:
-            raise DecodeError("the type before the data does not match the data")
+        if len(items) != 1 or isinstance(items[0], KeyTextProblem):
+            raise DecodeError(
+                items[0].problem
+                if items and isinstance(items[0], KeyTextProblem)
+                else "not one OpenSSH certificate (KEYTYPE-cert-v01@openssh.com BASE64)"
+            )
+        return _certificate(items[0])
     except (DecodeError, ValueError) as exc:
         detail = exc.description if isinstance(exc, DecodeError) else "invalid base64"
         raise HostKeyError(f"{path}: {detail}") from None
+
+
+def _certificate(item: KeyLine | Rfc4716Key) -> Certificate:
+    if isinstance(item, Rfc4716Key):
+        return parse_certificate(item.blob)
+    fields = item.text.split()
+    if len(fields) < 2 or not fields[0].endswith("-cert-v01@openssh.com"):
+        raise DecodeError("not an OpenSSH certificate (KEYTYPE-cert-v01@openssh.com BASE64)")
+    cert = parse_certificate(base64.b64decode(fields[1], validate=True))
+    if cert.key_type != fields[0]:
+        raise DecodeError("the type before the data does not match the data")
     return cert
 
 

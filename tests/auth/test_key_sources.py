@@ -1,0 +1,85 @@
+"""Every place trissh reads a public key takes OpenSSH lines and RFC 4716 blocks alike:
+users' key lists, the trusted CA list and file; and a bad one is named precisely."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trissh.auth.policy import LoginRequest
+from trissh.backend.memory import MemoryBackend
+from trissh.config import load_config
+from trissh.protocol import parse_public_key
+from trissh.protocol.certificates import parse_certificate
+from trissh.server.build import StartupError, build_context
+from trissh.server.state import ServerContext
+
+from ..support import needs
+
+pytestmark = needs("ssh-keygen")
+
+REQUEST = LoginRequest("alice", "192.0.2.7")
+
+
+def keygen(*args: str) -> str:
+    return subprocess.run(
+        ["ssh-keygen", "-q", *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("key_sources")
+    for name in ("user", "ca"):
+        keygen("-t", "ed25519", "-N", "", "-f", str(directory / name))
+    keygen(
+        "-s", str(directory / "ca"), "-I", "alice-cert", "-n", "alice", str(directory / "user.pub")
+    )
+    return directory
+
+
+def blob(path: Path) -> bytes:
+    return base64.b64decode(path.read_text().split()[1])
+
+
+def context(tmp_path: Path, **settings: Any) -> ServerContext:
+    config = load_config(None, {"host_keys": [str(tmp_path / "host_key")], **settings})
+    return build_context(config, MemoryBackend())
+
+
+async def test_a_users_list_takes_an_rfc4716_block(made: Path, tmp_path: Path) -> None:
+    exported = keygen("-e", "-f", str(made / "user.pub"))
+    ctx = context(tmp_path, users={"alice": {"authorized_keys": [exported]}})
+    decision = await ctx.auth.publickey(REQUEST, parse_public_key(blob(made / "user.pub")))
+    assert decision.ok, decision.reason
+
+
+async def test_the_trusted_ca_file_and_list_take_rfc4716(made: Path, tmp_path: Path) -> None:
+    cert = parse_certificate(blob(made / "user-cert.pub"))
+    ca_file = tmp_path / "cas"
+    ca_file.write_text("# CAs\n" + keygen("-e", "-f", str(made / "ca.pub")))
+    for settings in (
+        {"auth.trusted_user_ca_keys_file": str(ca_file)},
+        {"auth.trusted_user_ca_keys": [keygen("-e", "-f", str(made / "ca.pub"))]},
+    ):
+        ctx = context(tmp_path, **settings)
+        decision = await ctx.auth.publickey(REQUEST, cert.public_key, cert)
+        assert decision.ok, decision.reason
+
+
+def test_bad_entries_name_the_file_or_key_and_line(made: Path, tmp_path: Path) -> None:
+    exported = keygen("-e", "-f", str(made / "ca.pub")).replace("AAAA", "AA!A", 1)
+    ca_file = tmp_path / "cas"
+    ca_file.write_text("# CAs\n" + exported)
+    with pytest.raises(StartupError, match=rf"^{ca_file}:4: RFC 4716 key: invalid base64$"):
+        context(tmp_path, **{"auth.trusted_user_ca_keys_file": str(ca_file)})
+    users = {"alice": {"authorized_keys": [(made / "user.pub").read_text(), exported]}}
+    with pytest.raises(
+        StartupError,
+        match=r"^users\.alice\.authorized_keys\[2\]: line 3: RFC 4716 key: invalid base64$",
+    ):
+        context(tmp_path, users=users)
