@@ -7,6 +7,7 @@ stream is split into chunks never changes what the core does.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 
@@ -29,9 +30,11 @@ from trissh.protocol import (
     RemoteProtocolError,
     ServerConnection,
     keyfile,
+    krl,
     wire,
 )
 from trissh.protocol.constants import MessageNumber
+from trissh.protocol.errors import DecodeError
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.messages import transport as tr
 from trissh.protocol.messages import userauth as ua
@@ -414,3 +417,63 @@ def test_key_text_only_yields_items(lines: list[str]) -> None:
     """RFC 4716 blocks among OpenSSH lines: any text yields items with line numbers."""
     for item in keyfile.iter_key_text("\n".join(lines)):
         assert item.line_number >= 1
+
+
+def _krl_seed() -> bytes:
+    """A KRL with every section kind (what ssh-keygen -k writes, plus extensions)."""
+
+    def section(kind: int, body: bytes) -> bytes:
+        return wire.byte(kind) + wire.string(body)
+
+    certs = (
+        wire.string(b"")
+        + wire.string(b"")
+        + section(krl.CERT_SERIAL_LIST, wire.uint64(5) + wire.uint64(9))
+        + section(krl.CERT_SERIAL_RANGE, wire.uint64(10) + wire.uint64(20))
+        + section(krl.CERT_SERIAL_BITMAP, wire.uint64(100) + wire.mpint(0b1011))
+        + section(krl.CERT_KEY_ID, wire.string(b"id"))
+        + section(krl.CERT_EXTENSION, wire.string("x") + wire.boolean(False) + wire.string(b""))
+    )
+    return b"".join(
+        [
+            krl.KRL_MAGIC, wire.uint32(1), wire.uint64(1), wire.uint64(2), wire.uint64(0),
+            wire.string(b""), wire.string(b"comment"),
+            section(krl.SECTION_CERTIFICATES, certs),
+            section(krl.SECTION_EXPLICIT_KEY, wire.string(b"blob")),
+            section(krl.SECTION_FINGERPRINT_SHA1, wire.string(bytes(20))),
+            section(krl.SECTION_FINGERPRINT_SHA256, wire.string(bytes(32))),
+            section(krl.SECTION_EXTENSION, wire.string("y") + wire.boolean(False) + b"\0\0\0\0"),
+        ]
+    )  # fmt: skip
+
+
+KRL_SEED = _krl_seed()
+
+
+def _parse_krl_or_decode_error(data: bytes) -> None:
+    with contextlib.suppress(DecodeError):
+        krl.parse_krl(data)
+
+
+def test_krl_seed_parses() -> None:
+    assert krl.parse_krl(KRL_SEED).entries == 7
+
+
+@FUZZ
+@given(st.binary(max_size=400))
+def test_krl_arbitrary_bytes_only_raise_decode_error(data: bytes) -> None:
+    _parse_krl_or_decode_error(KRL_SEED[:12] + data)
+
+
+@FUZZ
+@given(
+    flips=st.lists(
+        st.tuples(st.integers(0, len(KRL_SEED) - 1), st.integers(1, 255)), min_size=1, max_size=4
+    ),
+    cut=st.integers(0, len(KRL_SEED)),
+)
+def test_krl_mutated_only_raises_decode_error(flips: list[tuple[int, int]], cut: int) -> None:
+    data = bytearray(KRL_SEED)
+    for index, mask in flips:
+        data[index] ^= mask
+    _parse_krl_or_decode_error(bytes(data[:cut]))

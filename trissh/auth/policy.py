@@ -27,6 +27,7 @@ from trissh.auth.authorized_keys import (
 )
 from trissh.auth.chains import MethodChains
 from trissh.auth.passwords import verify_password
+from trissh.auth.revocation import RevocationError, load_revoked_keys
 from trissh.auth.totp import TotpVerifier, load_secret
 from trissh.auth.webhook import (
     AuthorizationRequest,
@@ -170,6 +171,12 @@ class AuthPolicy:
             name: self._load_user(name, section) for name, section in settings.users.items()
         }
         self._user_cas = _load_cas(settings)
+        self._revoked = None
+        if settings.auth.revoked_keys is not None:
+            try:
+                self._revoked = load_revoked_keys(settings.auth.revoked_keys)
+            except RevocationError as exc:
+                raise PolicyError(str(exc)) from None
         self._settings = settings
         self._webhook = _client(settings.auth.webhook)
         self._config_webhook = _client(settings.auth.config_webhook)
@@ -239,7 +246,12 @@ class AuthPolicy:
     async def publickey(
         self, request: LoginRequest, key: PublicKey, certificate: Certificate | None = None
     ) -> Decision:
-        """Is ``key`` (or the ``certificate`` for it) authorized for the user?"""
+        """Is ``key`` (or the ``certificate`` for it) authorized for the user? Never when
+        ``revoked_keys`` revokes it, whoever else would say yes."""
+        if self._revoked is not None:
+            revoked = self._revoked.check(key.blob, certificate)
+            if revoked is not None:
+                return Decision(False, f"revoked: {revoked}")
         user = self._users.get(request.username)
         candidates = self._global_keys + (user.keys if user else [])
         now = self._clock()

@@ -96,6 +96,9 @@ class AuthSection(Model):
     #: trusted, for any user whose name is among the certificate's principals.
     trusted_user_ca_keys: tuple[str, ...] = ()
     trusted_user_ca_keys_file: Path | None = None
+    #: A KRL (``ssh-keygen -k``) or a list of public keys that may never log in, nor any
+    #: certificate of theirs; re-read on SIGHUP (sshd's RevokedKeys).
+    revoked_keys: Path | None = None
     #: Seconds added (randomized between half and 1.5 times) before answering a failed
     #: password, code or signature: guessing gets slower and timing tells nothing.
     failure_delay: float = Field(0.3, ge=0, le=10)
