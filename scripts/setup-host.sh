@@ -35,7 +35,7 @@ LOCKFILE=/run/lock/trissh-setup-host.lock
 SUBID_COUNT=65536
 PACKAGES=(podman runc crun uidmap slirp4netns fuse-overlayfs catatonit busybox-static
           openssh-sftp-server openssh-client tmux python3-venv curl gcc libc6-dev asciinema
-          putty-tools dropbear-bin bsdutils)
+          putty-tools dropbear-bin bsdutils libssl-dev)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 exec 3>&1 1>&2      # fd 3 is the real stdout, reserved for the final CONTAINER_HOST line

@@ -30,6 +30,7 @@ from trissh.protocol import (
     RemoteProtocolError,
     ServerConnection,
     keyfile,
+    keys,
     krl,
     wire,
 )
@@ -162,6 +163,17 @@ _REQUEST_DATA = st.one_of(
     ),
     st.builds(lambda s: conn.SignalData(name=s).encode(), st.sampled_from(["INT", "TERM", ""])),
 )
+#: Shaped like a security key signature: string alg, string sig, byte flags, uint32 counter.
+_SK_SIGNATURES = st.builds(
+    lambda a, sig, flags, counter, tail: (
+        wire.string(a) + wire.string(sig) + bytes([flags]) + wire.uint32(counter) + tail
+    ),
+    st.sampled_from(["sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"]),
+    st.binary(max_size=72),
+    st.integers(0, 255),
+    _UINT32,
+    st.sampled_from([b"", b"x"]),
+)
 _STRUCTURED = st.one_of(
     st.builds(
         lambda t, s, w, m: conn.ChannelOpen(
@@ -216,15 +228,33 @@ _STRUCTURED = st.one_of(
             st.binary(max_size=40),
             st.builds(
                 lambda a, b, s: ua.PublicKeyMethod(algorithm=a, key_blob=b, signature=s).encode(),
-                st.sampled_from(["ssh-ed25519", "ssh-rsa", "rsa-sha2-256", "ecdsa-sha2-nistp256"]),
+                st.sampled_from(
+                    [
+                        "ssh-ed25519",
+                        "ssh-rsa",
+                        "rsa-sha2-256",
+                        "ecdsa-sha2-nistp256",
+                        "sk-ssh-ed25519@openssh.com",
+                        "sk-ecdsa-sha2-nistp256@openssh.com",
+                    ]
+                ),
                 st.one_of(
                     st.binary(max_size=60),
                     st.builds(
                         lambda k: wire.string("ssh-ed25519") + wire.string(k),
                         st.binary(min_size=32, max_size=32),
                     ),
+                    st.builds(
+                        lambda k, a: (
+                            wire.string("sk-ssh-ed25519@openssh.com")
+                            + wire.string(k)
+                            + wire.string(a)
+                        ),
+                        st.binary(min_size=32, max_size=32),
+                        st.binary(max_size=8),
+                    ),
                 ),
-                st.one_of(st.none(), st.binary(max_size=80)),
+                st.one_of(st.none(), st.binary(max_size=80), _SK_SIGNATURES),
             ),
         ),
     ),
@@ -477,3 +507,29 @@ def test_krl_mutated_only_raises_decode_error(flips: list[tuple[int, int]], cut:
     for index, mask in flips:
         data[index] ^= mask
     _parse_krl_or_decode_error(bytes(data[:cut]))
+
+
+@FUZZ
+@given(
+    blob=st.one_of(
+        st.binary(max_size=120),
+        st.builds(
+            lambda t, body: wire.string(t) + body,
+            st.sampled_from(["sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"]),
+            st.binary(max_size=120),
+        ),
+    ),
+    signature=st.one_of(st.binary(max_size=120), _SK_SIGNATURES),
+)
+def test_security_key_blobs_and_signatures_only_raise_decode_error(
+    blob: bytes, signature: bytes
+) -> None:
+    """FIDO key blobs parse or raise DecodeError; a signature never raises from
+    ``security_key_assertion`` or ``verify``."""
+    keys.security_key_assertion(signature)
+    try:
+        key = keys.parse_public_key(blob)
+    except DecodeError:
+        return
+    for algorithm in (key.key_type, "sk-ssh-ed25519@openssh.com"):
+        assert key.verify(algorithm, signature, b"data") in (True, False)

@@ -3,9 +3,10 @@
 Format (sshd(8) AUTHORIZED_KEYS FILE FORMAT): ``[options] keytype base64-key [comment]``.
 RFC 4716 blocks (``ssh-keygen -e``) may stand among the lines, without options.
 The options trissh honours: ``from=``, ``command=``, ``no-pty``/``pty``, ``restrict``,
-``environment=``, ``cert-authority`` with ``principals=``, ``expiry-time=``. Options about
-forwarding, agents, X11, user rc files and FIDO touch are accepted and have nothing to
-restrict here (trissh forwards nothing). Any other option makes the line invalid: a
+``environment=``, ``cert-authority`` with ``principals=``, ``expiry-time=``, and for FIDO
+security keys ``no-touch-required`` and ``verify-required``. Options about forwarding,
+agents, X11 and user rc files are accepted and have nothing to restrict here (trissh
+forwards nothing). Any other option makes the line invalid: a
 restriction we do not understand must not silently grant more than the operator wrote.
 """
 
@@ -31,14 +32,16 @@ _KEY_TYPES = frozenset(
         "ecdsa-sha2-nistp256",
         "ecdsa-sha2-nistp384",
         "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
     )
 )
-#: Options that restrict what trissh never offers anyway (forwarding, agent, X11, rc, FIDO).
+#: Options that restrict what trissh never offers anyway (forwarding, agent, X11, rc).
 _NOTHING_TO_RESTRICT = frozenset(
     (
         "no-port-forwarding", "port-forwarding", "no-agent-forwarding", "agent-forwarding",
-        "no-X11-forwarding", "X11-forwarding", "no-user-rc", "user-rc", "no-touch-required",
-        "verify-required", "permitopen", "permitlisten", "tunnel",
+        "no-X11-forwarding", "X11-forwarding", "no-user-rc", "user-rc", "permitopen",
+        "permitlisten", "tunnel",
     )
 )  # fmt: skip
 
@@ -59,6 +62,10 @@ class KeyOptions:
     principals: tuple[str, ...] | None = None
     #: Seconds since the epoch after which the key no longer works.
     expires_at: int | None = None
+    #: A security key's signature must say the user touched it, unless ``no-touch-required``.
+    touch_required: bool = True
+    #: ``verify-required``: it must also say the key verified the user (PIN or biometry).
+    verify_required: bool = False
 
     def allows_source(self, address: str) -> bool:
         """``from=``: the connecting IP matches a pattern and no negated one (IPs only)."""
@@ -148,6 +155,7 @@ def parse_options(text: str) -> KeyOptions:
     expires_at: int | None = None
     allow_pty = True
     cert_authority = False
+    flags = {"no-touch-required": False, "verify-required": False}
     for option in _split_options(text):
         name, equals, value = option.partition("=")
         match (name, bool(equals)):
@@ -170,6 +178,8 @@ def parse_options(text: str) -> KeyOptions:
                 allow_pty = True
             case ("cert-authority", False):
                 cert_authority = True
+            case ("no-touch-required" | "verify-required", False):
+                flags[name] = True
             case _ if name in _NOTHING_TO_RESTRICT:
                 continue
             case _:
@@ -182,6 +192,8 @@ def parse_options(text: str) -> KeyOptions:
         cert_authority=cert_authority,
         principals=principals,
         expires_at=expires_at,
+        touch_required=not flags["no-touch-required"],
+        verify_required=flags["verify-required"],
     )
 
 

@@ -67,7 +67,7 @@ class LoginConversation:
         match event:
             case PublicKeyAuthRequested():
                 decision = await self._policy.publickey(
-                    request, event.public_key, event.certificate
+                    request, event.public_key, event.certificate, event.security_key
                 )
                 await self._answer(request, decision, method, final=event.signed)
             case PasswordAuthRequested():

@@ -11,6 +11,7 @@ command, no pty, environment) that the user's sessions must honour.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from trissh.auth.webhook import (
 from trissh.config import ServerConfig, UserSection, WebhookSection
 from trissh.protocol import PublicKey
 from trissh.protocol.certificates import Certificate, check_user_certificate
+from trissh.protocol.keys import SecurityKeyAssertion
 
 log = structlog.get_logger("trissh.auth")
 
@@ -87,6 +89,10 @@ class Decision:
     log: Mapping[str, str] = field(default_factory=dict)
     #: Webhook metadata to pass on to later webhook calls.
     metadata: Metadata | None = None
+    #: What a FIDO security key's signature must show: the user's touch (unless the key's
+    #: ``no-touch-required`` allows otherwise) and, with ``verify-required``, verification.
+    touch_required: bool = True
+    verify_required: bool = False
 
 
 def _webhook_decision(response: AuthResponse | KeyboardInteractiveResponse, what: str) -> Decision:
@@ -244,10 +250,15 @@ class AuthPolicy:
     # -- publickey ------------------------------------------------------------------------
 
     async def publickey(
-        self, request: LoginRequest, key: PublicKey, certificate: Certificate | None = None
+        self,
+        request: LoginRequest,
+        key: PublicKey,
+        certificate: Certificate | None = None,
+        security_key: SecurityKeyAssertion | None = None,
     ) -> Decision:
         """Is ``key`` (or the ``certificate`` for it) authorized for the user? Never when
-        ``revoked_keys`` revokes it, whoever else would say yes."""
+        ``revoked_keys`` revokes it, whoever else would say yes; and for a FIDO key's
+        signature (``security_key``), only with the flags its options require."""
         if self._revoked is not None:
             revoked = self._revoked.check(key.blob, certificate)
             if revoked is not None:
@@ -259,13 +270,13 @@ class AuthPolicy:
             decision = self._certificate(request, certificate, candidates, now)
         else:
             decision = self._local_key(request, key, candidates, now)
-        if decision.ok or self._webhook is None:
-            return decision
-        blob = certificate.blob if certificate is not None else key.blob
-        response = await self._webhook.pubkey(
-            PublicKeyRequest(public_key=authorized_key(blob), **request.connection())
-        )
-        return _webhook_decision(response, "key")
+        if not decision.ok and self._webhook is not None:
+            blob = certificate.blob if certificate is not None else key.blob
+            response = await self._webhook.pubkey(
+                PublicKeyRequest(public_key=authorized_key(blob), **request.connection())
+            )
+            decision = _webhook_decision(response, "key")
+        return _check_security_key(decision, security_key)
 
     def _local_key(
         self,
@@ -281,7 +292,12 @@ class AuthPolicy:
                 return Decision(False, "key not allowed from this address")
             if entry.options.expired(now):
                 return Decision(False, "key expired")
-            return Decision(True, grant=_grant(entry))
+            return Decision(
+                True,
+                grant=_grant(entry),
+                touch_required=entry.options.touch_required,
+                verify_required=entry.options.verify_required,
+            )
         return Decision(False, "key not authorized")
 
     def _certificate(
@@ -327,12 +343,18 @@ class AuthPolicy:
             forced_command=cert.force_command,
             allow_pty=cert.permits("permit-pty"),
         )
+        # As sshd merges them: no touch only if both allow it; verify if either asks.
+        touch, verify = not cert.permits("no-touch-required"), cert.verify_required
         if entry is not None:
             grant = grant.merged(_grant(entry))
+            touch = touch or entry.options.touch_required
+            verify = verify or entry.options.verify_required
         return Decision(
             True,
             grant=grant,
             log={"certificate": cert.key_id, "ca": cert.signature_key.fingerprint},
+            touch_required=touch,
+            verify_required=verify,
         )
 
     # -- password and keyboard-interactive -------------------------------------------------
@@ -443,6 +465,21 @@ class AuthPolicy:
                 ok = False
                 reasons.append("wrong verification code")
         return Decision(ok, ", ".join(reasons))
+
+
+def _check_security_key(decision: Decision, assertion: SecurityKeyAssertion | None) -> Decision:
+    """A yes stays a yes only if the security key's flags show what the key requires."""
+    if not decision.ok or assertion is None:
+        return decision
+    if decision.touch_required and not assertion.user_present:
+        return Decision(False, "security key signature without user presence (no touch)")
+    if decision.verify_required and not assertion.user_verified:
+        return Decision(False, "security key signature without user verification")
+    fields = {
+        "security_key_flags": f"{assertion.flags:#04x}",
+        "security_key_counter": str(assertion.counter),
+    }
+    return dataclasses.replace(decision, log={**decision.log, **fields})
 
 
 def _client(section: WebhookSection | None) -> WebhookClient | None:

@@ -41,7 +41,7 @@ from typing import Final, final
 
 from trissh.protocol import wire
 from trissh.protocol.errors import DecodeError
-from trissh.protocol.keys import PublicKey, parse_public_key
+from trissh.protocol.keys import MAX_APPLICATION_BYTES, PublicKey, parse_public_key
 from trissh.protocol.wire import Reader
 
 USER_CERTIFICATE: Final = 1
@@ -57,6 +57,8 @@ CERTIFICATE_KEY_TYPES: Final[dict[str, str]] = {
     "ecdsa-sha2-nistp384-cert-v01@openssh.com": "ecdsa-sha2-nistp384",
     "ecdsa-sha2-nistp521-cert-v01@openssh.com": "ecdsa-sha2-nistp521",
     "ssh-rsa-cert-v01@openssh.com": "ssh-rsa",
+    "sk-ssh-ed25519-cert-v01@openssh.com": "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256-cert-v01@openssh.com": "sk-ecdsa-sha2-nistp256@openssh.com",
 }
 
 #: ``publickey`` algorithm names for certificates (what a client puts in USERAUTH_REQUEST
@@ -78,11 +80,19 @@ CERTIFICATE_ALGORITHMS: Final[dict[str, tuple[str, str]]] = {
     ),
     "rsa-sha2-512-cert-v01@openssh.com": ("ssh-rsa-cert-v01@openssh.com", "rsa-sha2-512"),
     "rsa-sha2-256-cert-v01@openssh.com": ("ssh-rsa-cert-v01@openssh.com", "rsa-sha2-256"),
+    "sk-ssh-ed25519-cert-v01@openssh.com": (
+        "sk-ssh-ed25519-cert-v01@openssh.com",
+        "sk-ssh-ed25519@openssh.com",
+    ),
+    "sk-ecdsa-sha2-nistp256-cert-v01@openssh.com": (
+        "sk-ecdsa-sha2-nistp256-cert-v01@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    ),
 }
 
 #: Critical options we enforce; any other makes a certificate unusable (PROTOCOL.certkeys:
 #: "if an implementation does not recognise a critical option, it must reject the cert").
-KNOWN_CRITICAL_OPTIONS: Final = frozenset({"force-command", "source-address"})
+KNOWN_CRITICAL_OPTIONS: Final = frozenset({"force-command", "source-address", "verify-required"})
 
 # Bounds: generous for anything ssh-keygen makes, small enough that a hostile blob
 # costs little.
@@ -134,6 +144,11 @@ class Certificate:
     def force_command(self) -> str | None:
         """The ``force-command`` critical option, if any."""
         return self.critical_options.get("force-command")
+
+    @property
+    def verify_required(self) -> bool:
+        """``verify-required``: a security key must have verified the user (PIN, biometry)."""
+        return "verify-required" in self.critical_options
 
     def permits(self, extension: str) -> bool:
         """Whether an extension such as ``permit-pty`` is granted."""
@@ -224,13 +239,18 @@ def parse_certificate(blob: bytes) -> Certificate:
 
 def _plain_key_blob(plain_type: str, r: Reader) -> bytes:
     """Read the certified key's fields and re-encode them as a plain key blob."""
-    if plain_type == "ssh-ed25519":
-        return wire.string(plain_type) + wire.string(r.string(64))
-    if plain_type == "ssh-rsa":
+    blob = wire.string(plain_type)
+    if plain_type in ("ssh-ed25519", "sk-ssh-ed25519@openssh.com"):
+        blob += wire.string(r.string(64))
+    elif plain_type == "ssh-rsa":
         e, n = r.mpint(16), r.mpint(2048)
-        return wire.string(plain_type) + wire.mpint(e) + wire.mpint(n)
-    curve, point = r.string(64), r.string(256)
-    return wire.string(plain_type) + wire.string(curve) + wire.string(point)
+        blob += wire.mpint(e) + wire.mpint(n)
+    else:
+        curve, point = r.string(64), r.string(256)
+        blob += wire.string(curve) + wire.string(point)
+    if plain_type.startswith("sk-"):
+        blob += wire.string(r.string(MAX_APPLICATION_BYTES))
+    return blob
 
 
 def _utf8(raw: bytes, what: str) -> str:

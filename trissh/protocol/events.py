@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import NewType
 
 from trissh.protocol.certificates import Certificate
-from trissh.protocol.keys import PublicKey
+from trissh.protocol.keys import PublicKey, SecurityKeyAssertion
 
 #: Our local channel number (the peer's number stays inside the core).
 ChannelId = NewType("ChannelId", int)
@@ -79,6 +79,11 @@ class PublicKeyAuthRequested:
     #: Set when the client offered an OpenSSH certificate; ``public_key`` is the key it
     #: certifies. Whether its CA is trusted is the driver's decision.
     certificate: Certificate | None = None
+    #: For a signed request with a FIDO security key (``sk-*``, plain or certified): the
+    #: flags and counter its signature carries. Whether they satisfy the login (user
+    #: presence, verification) is the driver's decision; the core verifies the signature,
+    #: flags included, only after a yes.
+    security_key: SecurityKeyAssertion | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,8 +1,15 @@
 """Host keys (signing) and client public keys (parsing, verifying, fingerprints).
 
 Key blobs are the SSH wire encodings (RFC 4253 §6.6, RFC 8709 for ed25519, RFC 8332 for
-rsa-sha2-*, RFC 5656 for ecdsa). Signatures are checked against the exact blob the client
-sent, and the signature algorithm must match the key type.
+rsa-sha2-*, RFC 5656 for ecdsa, OpenSSH PROTOCOL.u2f for FIDO security keys). Signatures
+are checked against the exact blob the client sent, and the signature algorithm must match
+the key type.
+
+A security key (``sk-*``) signs, with its ed25519 or P-256 key, not the data itself but
+``SHA256(application) || flags || uint32 counter || SHA256(data)``, and the signature blob
+carries the flags (user presence, user verification) and the counter after the signature.
+Whether the flags satisfy the login's requirements is policy: ``security_key_assertion``
+reads them before verification, and ``verify`` proves them, since they are signed.
 """
 
 from __future__ import annotations
@@ -36,16 +43,61 @@ _RSA_SIGNATURE_HASHES: dict[str, hashes.HashAlgorithm] = {
     "rsa-sha2-512": hashes.SHA512(),
 }
 
+#: FIDO security key types (OpenSSH PROTOCOL.u2f) and the signature algorithm of the key
+#: inside, which signs the security key's message.
+SECURITY_KEY_TYPES: dict[str, str] = {
+    "sk-ssh-ed25519@openssh.com": "ssh-ed25519",
+    "sk-ecdsa-sha2-nistp256@openssh.com": "ecdsa-sha2-nistp256",
+}
+#: Flag bits of a security key signature (OpenSSH sk-api.h).
+SK_USER_PRESENCE = 0x01
+SK_USER_VERIFICATION = 0x04
+#: Longer than any FIDO application ("ssh:..." by convention) a key is made with.
+MAX_APPLICATION_BYTES = 1024
+
 #: Signature algorithms we verify for client keys, in the order we announce them
 #: (RFC 8308 server-sig-algs). No SHA-1 ``ssh-rsa``.
 USER_SIGNATURE_ALGORITHMS: tuple[str, ...] = (
     "ssh-ed25519",
+    "sk-ssh-ed25519@openssh.com",
     "ecdsa-sha2-nistp256",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
     "ecdsa-sha2-nistp384",
     "ecdsa-sha2-nistp521",
     "rsa-sha2-512",
     "rsa-sha2-256",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityKeyAssertion:
+    """What a security key said about a signature: its flags and signature counter."""
+
+    flags: int
+    counter: int
+
+    @property
+    def user_present(self) -> bool:
+        return bool(self.flags & SK_USER_PRESENCE)
+
+    @property
+    def user_verified(self) -> bool:
+        return bool(self.flags & SK_USER_VERIFICATION)
+
+
+def security_key_assertion(signature_blob: bytes) -> SecurityKeyAssertion | None:
+    """The flags and counter of a security key signature blob, *not yet verified*; None
+    if the blob is not shaped like one (``string alg, string sig, byte flags, uint32``)."""
+    try:
+        r = Reader(signature_blob)
+        if r.ascii(64) not in SECURITY_KEY_TYPES:
+            return None
+        r.string(2048)
+        assertion = SecurityKeyAssertion(r.byte(), r.uint32())
+        r.check_end()
+    except DecodeError:
+        return None
+    return assertion
 
 
 def fingerprint(blob: bytes) -> str:
@@ -63,6 +115,8 @@ class PublicKey:
     _key: ed25519.Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurvePublicKey = field(
         repr=False, compare=False
     )
+    #: The FIDO application of a security key (``sk-*``) key; None for other keys.
+    application: bytes | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -80,14 +134,13 @@ class PublicKey:
             return False
         try:
             r = Reader(signature_blob)
-            sig_algorithm = r.ascii(64)
+            if r.ascii(64) != algorithm:
+                return False
             raw = r.string(2048)
+            if self.application is not None:  # PROTOCOL.u2f: the message the key signed
+                data = _security_key_message(self.application, r.byte(), r.uint32(), data)
+                algorithm = SECURITY_KEY_TYPES[algorithm]
             r.check_end()
-        except DecodeError:
-            return False
-        if sig_algorithm != algorithm:
-            return False
-        try:
             return self._verify_raw(algorithm, raw, data)
         except (InvalidSignature, DecodeError, ValueError):
             return False
@@ -114,6 +167,17 @@ class PublicKey:
         return True
 
 
+def _security_key_message(application: bytes, flags: int, counter: int, data: bytes) -> bytes:
+    return b"".join(
+        [
+            hashlib.sha256(application).digest(),
+            wire.byte(flags),
+            wire.uint32(counter),
+            hashlib.sha256(data).digest(),
+        ]
+    )
+
+
 def parse_public_key(blob: bytes) -> PublicKey:
     """Parse a public key blob.
 
@@ -122,31 +186,41 @@ def parse_public_key(blob: bytes) -> PublicKey:
     """
     r = Reader(blob)
     key_type = r.ascii(64)
-    key: ed25519.Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    plain_type = SECURITY_KEY_TYPES.get(key_type, key_type)
     try:
-        if key_type == "ssh-ed25519":
-            raw = r.string(64)
-            if len(raw) != 32:
-                raise DecodeError("ed25519 key is not 32 bytes")
-            key = ed25519.Ed25519PublicKey.from_public_bytes(raw)
-        elif key_type == "ssh-rsa":
-            e, n = r.mpint(16), r.mpint(2048)
-            if n <= 0:  # cryptography would raise OverflowError
-                raise DecodeError("RSA modulus is not positive")
-            if n.bit_length() < MIN_RSA_BITS or e < 3 or e % 2 == 0:
-                raise DecodeError("RSA key is too small or invalid")
-            key = rsa.RSAPublicNumbers(e, n).public_key()
-        elif key_type in _ECDSA_CURVES:
-            curve_name, curve, _ = _ECDSA_CURVES[key_type]
-            if r.ascii(64) != curve_name:
-                raise DecodeError("ECDSA curve does not match key type")
-            key = ec.EllipticCurvePublicKey.from_encoded_point(curve, r.string(256))
-        else:
-            raise DecodeError(f"unsupported key type {key_type!r}")
+        key = _key_fields(plain_type, r)
     except ValueError as exc:
         raise DecodeError(f"invalid {key_type} key") from exc
+    application = None
+    if key_type in SECURITY_KEY_TYPES:
+        application = r.string(MAX_APPLICATION_BYTES)
+        if b"\x00" in application:
+            raise DecodeError("security key application contains NUL")
     r.check_end()
-    return PublicKey(key_type, bytes(blob), key)
+    return PublicKey(key_type, bytes(blob), key, application)
+
+
+def _key_fields(
+    key_type: str, r: Reader
+) -> ed25519.Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
+    if key_type == "ssh-ed25519":
+        raw = r.string(64)
+        if len(raw) != 32:
+            raise DecodeError("ed25519 key is not 32 bytes")
+        return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+    if key_type == "ssh-rsa":
+        e, n = r.mpint(16), r.mpint(2048)
+        if n <= 0:  # cryptography would raise OverflowError
+            raise DecodeError("RSA modulus is not positive")
+        if n.bit_length() < MIN_RSA_BITS or e < 3 or e % 2 == 0:
+            raise DecodeError("RSA key is too small or invalid")
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    if key_type in _ECDSA_CURVES:
+        curve_name, curve, _ = _ECDSA_CURVES[key_type]
+        if r.ascii(64) != curve_name:
+            raise DecodeError("ECDSA curve does not match key type")
+        return ec.EllipticCurvePublicKey.from_encoded_point(curve, r.string(256))
+    raise DecodeError(f"unsupported key type {key_type!r}")
 
 
 #: Smallest RSA host key we serve with (3072 bits: 128-bit strength, NIST SP 800-57).

@@ -52,7 +52,12 @@ from trissh.protocol.events import (
     PasswordAuthRequested,
     PublicKeyAuthRequested,
 )
-from trissh.protocol.keys import USER_SIGNATURE_ALGORITHMS, PublicKey, parse_public_key
+from trissh.protocol.keys import (
+    USER_SIGNATURE_ALGORITHMS,
+    PublicKey,
+    parse_public_key,
+    security_key_assertion,
+)
 from trissh.protocol.messages.userauth import (
     MAX_PROMPTS,
     PUBLICKEY_HOSTBOUND,
@@ -237,6 +242,12 @@ class UserAuthServer:
         if not acceptable:
             self._fail(request, f"signature algorithm {method.algorithm} not allowed", key)
             return
+        assertion = None
+        if key.application is not None and method.signature is not None:
+            assertion = security_key_assertion(method.signature)
+            if assertion is None:
+                self._fail(request, "malformed security key signature", key)
+                return
         self._ask(
             _Pending(
                 request, key=key, method=method, certificate=certificate, host_key=host_key_blob
@@ -248,6 +259,7 @@ class UserAuthServer:
                 public_key=key,
                 signed=method.signature is not None,
                 certificate=certificate,
+                security_key=assertion,
             )
         )
 
