@@ -51,12 +51,10 @@ def load_revoked_keys(path: Path) -> RevocationList:
             revoked = parse_krl(data)
         except DecodeError as exc:
             raise RevocationError(f"{path}: invalid KRL: {exc.description}") from None
-        kind = "krl"
     else:
         revoked = RevocationList.from_blobs(_key_list(path, data))
-        kind = "key_list"
     log.info(
-        "revoked_keys_loaded", path=str(path), format=kind, krl_version=revoked.version,
+        "revoked_keys_loaded", path=str(path), format=revoked.kind, krl_version=revoked.version,
         entries=revoked.entries,
     )  # fmt: skip
     return revoked

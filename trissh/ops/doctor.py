@@ -17,6 +17,7 @@ from typing import Final
 import trio
 
 from trissh.auth.authorized_keys import load_authorized_keys
+from trissh.auth.revocation import RevocationError, load_revoked_keys
 from trissh.backend import (
     Backend,
     BackendError,
@@ -28,12 +29,20 @@ from trissh.backend import (
 )
 from trissh.backend.registry import make_backend
 from trissh.config import ContainerSection, ServerConfig, container_settings
-from trissh.server.hostkeys import HostKeyError, load_or_create_host_key
+from trissh.protocol.certificates import FOREVER
+from trissh.server.hostkeys import (
+    HostKeyError,
+    attach_certificates,
+    load_host_key,
+    load_or_create_host_key,
+)
 
 #: On top of the container start timeout: the agent's wait, one program, the removal.
 TRIAL_SLACK: Final = 30.0
 #: Containers tried: the server-wide settings and the first users' own.
 MAX_TRIALS: Final = 5
+#: A host certificate that expires sooner than this is worth a warning.
+CERTIFICATE_WARNING_S: Final = 14 * 86400
 
 
 def _check_host_keys(settings: ServerConfig) -> list[HealthCheck]:
@@ -70,6 +79,47 @@ def _check_host_keys(settings: ServerConfig) -> list[HealthCheck]:
             continue
         checks.append(HealthCheck(name=f"host key {path}", ok=True, detail=key.fingerprint))
     return checks
+
+
+def _check_certificates(settings: ServerConfig) -> list[HealthCheck]:
+    """Host certificates against the host keys, as the start checks them."""
+    if not settings.host_certificates:
+        return []
+    try:
+        keys = [load_host_key(path) for path in settings.host_key_paths() if path.exists()]
+        now = time.time()
+        _, attached = attach_certificates(keys, settings.host_certificates, now)
+    except HostKeyError as exc:
+        fix = "sign the host key again: ssh-keygen -s CA -h -I ID -n HOSTNAMES -V +52w key.pub"
+        return [HealthCheck(name="host certificates", ok=False, detail=str(exc), fix=fix)]
+    checks = []
+    for path, cert in attached:
+        left = cert.valid_before - now
+        until = "never expires" if cert.valid_before == FOREVER else f"{left / 86400:.0f} days left"
+        checks.append(
+            HealthCheck(
+                name=f"host certificate {path}",
+                ok=True,
+                detail=f"{cert.key_id!r} by CA {cert.signature_key.fingerprint}, {until}",
+                fix="renew it, then SIGHUP" if left < CERTIFICATE_WARNING_S else "",
+                warning=left < CERTIFICATE_WARNING_S,
+            )
+        )
+    return checks
+
+
+def _check_revoked_keys(settings: ServerConfig) -> list[HealthCheck]:
+    path = settings.auth.revoked_keys
+    if path is None:
+        return []
+    try:
+        revoked = load_revoked_keys(path)
+    except RevocationError as exc:
+        fix = "write a KRL (ssh-keygen -k -f FILE SPEC) or one public key per line"
+        return [HealthCheck(name=f"revoked keys {path}", ok=False, detail=str(exc), fix=fix)]
+    kind = f"KRL version {revoked.version}" if revoked.kind == "krl" else "key list"
+    detail = f"{kind}, {revoked.entries} entries"
+    return [HealthCheck(name=f"revoked keys {path}", ok=True, detail=detail)]
 
 
 def _check_authorized_keys(settings: ServerConfig) -> HealthCheck:
@@ -216,7 +266,8 @@ async def _read_bounded(stream: trio.abc.ReceiveStream, limit: int) -> bytes:
 
 
 async def run_doctor(settings: ServerConfig) -> int:
-    checks = [*_check_host_keys(settings), _check_authorized_keys(settings)]
+    checks = [*_check_host_keys(settings), *_check_certificates(settings)]
+    checks += [_check_authorized_keys(settings), *_check_revoked_keys(settings)]
     backend = make_backend(settings)
     checks.append(HealthCheck(name=f"{settings.backend.kind} url", ok=True, detail=backend.url))
     try:

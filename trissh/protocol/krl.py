@@ -102,6 +102,8 @@ class RevocationList:
     sha1: set[bytes] = field(default_factory=set)
     sha256: set[bytes] = field(default_factory=set)
     certificates: list[CertificateRevocations] = field(default_factory=list)
+    #: ``krl`` or ``key_list``: what it was read from.
+    kind: str = "key_list"
     version: int = 0
     generated: int = 0
     comment: str = ""
@@ -166,7 +168,7 @@ def parse_krl(data: bytes) -> RevocationList:
     r = Reader(data, len(KRL_MAGIC))
     if (version := r.uint32()) != KRL_FORMAT_VERSION:
         raise DecodeError(f"unsupported KRL format version {version}")
-    krl = RevocationList(version=r.uint64(), generated=r.uint64())
+    krl = RevocationList(kind="krl", version=r.uint64(), generated=r.uint64())
     r.uint64()  # flags: none defined
     r.string()  # reserved
     krl.comment = _cstring(r.string(), "comment").decode("utf-8", errors="replace")
