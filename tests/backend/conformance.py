@@ -281,7 +281,9 @@ class BackendConformance:
                 spec = ProcessSpec(argv=harness.sh("echo ready; sleep 1000"))
                 async with sandbox.open_process(spec) as process:
                     assert await read_until(process.stdout, b"ready\n") == b"ready\n"
-                    assert await harness.running(sandbox.container_id, "sleep") == 1
+                    # the shell forks sleep after the echo: wait until it is there
+                    while await harness.running(sandbox.container_id, "sleep") != 1:
+                        await trio.sleep(0.05)
                 assert await harness.running(sandbox.container_id, "sleep") == 0
                 # The sandbox is still usable afterwards.
                 spec = ProcessSpec(argv=harness.sh("echo still-here"))
