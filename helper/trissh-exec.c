@@ -47,12 +47,18 @@
  * makes its slave the program's controlling terminal and fds 0..2, and sends the master
  * back on the program's socket (one byte "p" with SCM_RIGHTS) before any status line; if
  * it cannot, it sends "error: ..." and closes the socket.
+ * Socket requests ("connect", "listen", ... with one descriptor, the request's own line)
+ * make sockets inside the container for forwarding: see agent-sockets.c; each is served by
+ * a child of its own (at most AGENT_SOCKET_CHILDREN at once), since a name to resolve or a
+ * connect to wait for would stall every session the agent serves.
  * When trissh closes the agent's socket (or cannot be reached at start), the agent kills
  * what it started and stays, doing nothing, as the container's keepalive: `podman exec`
  * still works. The agent acts on trissh's messages only; a program in the container may
  * kill the agent (its own user), which ends the container, as killing the keepalive would.
  *
- * Static, no allocation, a few hundred bytes of logic; builds with `cc -static -O2`.
+ * Static, no allocation, a few hundred bytes of logic; scripts/setup-host.sh builds it with
+ * `musl-gcc -static -O2 trissh-exec.c agent-sockets.c` (musl resolves names without the
+ * NSS modules a static glibc would need from the image).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -72,6 +78,8 @@
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
+
+#include "agent-sockets.h"
 
 static volatile sig_atomic_t child_pid = 0;
 
@@ -207,6 +215,7 @@ static void report_status(int sock, int status) {
 #define AGENT_MESSAGE 65536 /* the largest request; trissh refuses to send more */
 #define AGENT_PROGRAMS 1024 /* programs running at once (the container's pids limit first) */
 #define AGENT_ARGS 4096     /* argv + environment entries of one request */
+#define AGENT_SOCKET_CHILDREN 64 /* socket requests being served at once */
 
 struct program {
     pid_t pid;
@@ -215,6 +224,8 @@ struct program {
 
 static struct program programs[AGENT_PROGRAMS];
 static int program_count = 0;
+static pid_t socket_children[AGENT_SOCKET_CHILDREN];
+static int socket_child_count = 0;
 
 __attribute__((noreturn)) static void idle_forever(void) {
     for (;;) pause();
@@ -227,6 +238,7 @@ __attribute__((noreturn)) static void agent_stop(int control) {
         kill(programs[i].pid, SIGKILL);
         if (programs[i].sock >= 0) close(programs[i].sock);
     }
+    for (int i = 0; i < socket_child_count; i++) kill(socket_children[i], SIGKILL);
     while (waitpid(-1, NULL, 0) > 0 || errno == EINTR) {}
     idle_forever();
 }
@@ -249,25 +261,6 @@ static int open_pty(unsigned rows, unsigned cols, int *slave) {
         return -1;
     }
     return master;
-}
-
-/* Hand the pty master to trissh: one byte "p" carrying it. */
-static int send_master(int sock, int master) {
-    char byte = 'p';
-    struct iovec part = {.iov_base = &byte, .iov_len = 1};
-    union {
-        struct cmsghdr header;
-        char space[CMSG_SPACE(sizeof(int))];
-    } control;
-    memset(&control, 0, sizeof control);
-    struct msghdr message = {.msg_iov = &part, .msg_iovlen = 1,
-                             .msg_control = control.space, .msg_controllen = sizeof control.space};
-    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
-    header->cmsg_level = SOL_SOCKET;
-    header->cmsg_type = SCM_RIGHTS;
-    header->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(header), &master, sizeof(int));
-    return sendmsg(sock, &message, MSG_NOSIGNAL) == 1 ? 0 : -1;
 }
 
 /* One "spawn" (four descriptors) or "spawnpty" (one) message: argv, then extra
@@ -357,7 +350,7 @@ static void agent_spawn(char *message, size_t length, int *fds, int nfds,
     }
     if (pty) {
         close(stdio[0]); /* only the program holds the slave: its exit is EIO on the master */
-        if (send_master(sock, master) < 0) kill(pid, SIGKILL);
+        if (send_fd(sock, 'p', master) < 0) kill(pid, SIGKILL); /* "p": the master */
         close(master);
     } else {
         close_all(fds, 3);
@@ -396,7 +389,40 @@ static void agent_reap(void) {
             programs[i] = programs[--program_count];
             break;
         }
+        for (int i = 0; i < socket_child_count; i++) {
+            if (socket_children[i] != pid) continue;
+            socket_children[i] = socket_children[--socket_child_count];
+            break;
+        }
     }
+}
+
+/* One socket request (agent-sockets.c), served by a child: it answers on `line` and exits.
+ * The child keeps none of the agent's other descriptors. */
+static void agent_socket(char *message, size_t length, int line, int control, int children) {
+    if (socket_child_count == AGENT_SOCKET_CHILDREN) {
+        dprintf(line, "error: failed: too many socket requests at once\n");
+        close(line);
+        return;
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        dprintf(line, "error: failed: fork: %s\n", strerror(errno));
+        close(line);
+        return;
+    }
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(1);
+        close(control);
+        close(children);
+        for (int i = 0; i < program_count; i++)
+            if (programs[i].sock >= 0) close(programs[i].sock);
+        _exit(socket_request(message, length, line));
+    }
+    close(line);
+    socket_children[socket_child_count++] = pid;
 }
 
 /* Podman puts HOSTNAME=<hostname> into the main process's environment only; a program
@@ -477,6 +503,11 @@ static int agent(const char *path, const char *token) {
             }
             if (got == 0 || (request.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
                 close_all(fds, (size_t)got);
+                continue;
+            }
+            if (is_socket_request(message, (size_t)n)) {
+                if (got == 1) agent_socket(message, (size_t)n, fds[0], control, children);
+                else close_all(fds, (size_t)got);
                 continue;
             }
             agent_spawn(message, (size_t)n, fds, got, &old);

@@ -42,6 +42,10 @@ class Harness(abc.ABC):
     settings: ContainerSettings
     #: How the backend's sandboxes start programs, as ``Sandbox.launch_path`` says it.
     launch_via: str
+    #: Whether its sandboxes make sockets inside (else ``ForwardError("unsupported")``).
+    forwarding: bool = True
+    #: Whether its programs are real (busybox ``nc``, ``wget``, ``test`` in the image).
+    real_programs: bool = False
 
     def __init__(self) -> None:
         self.instance = f"conformance-{uuid.uuid4().hex[:12]}"

@@ -142,6 +142,8 @@ class PodmanHarness(Harness):
             stdio_dir=stdio_dir,
         )
         self.backend = self.podman
+        self.forwarding = agent
+        self.real_programs = True
         if agent:
             self.name, self.launch_via = "podman-agent", "agent, pipes"
         elif direct_stdio:
@@ -199,10 +201,11 @@ class PodmanHarness(Harness):
 
 
 def exec_helper() -> str:
-    """The static helper as setup-host.sh installs it (direct stdio needs it)."""
+    """The static helper as setup-host.sh installs it (direct stdio needs it), or the one
+    ``$TRISSH_EXEC_HELPER`` names (a build of a changed helper/, tried before installing)."""
     from trissh.config import ServerConfig
 
-    helper = ServerConfig().podman.exec_helper
+    helper = os.environ.get("TRISSH_EXEC_HELPER") or ServerConfig().podman.exec_helper
     if not os.access(helper, os.X_OK):
         missing(helper, "run scripts/setup-host.sh as root (it builds the exec helper)")
     return helper

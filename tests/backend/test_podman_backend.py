@@ -225,12 +225,15 @@ async def test_user_and_workdir_settings(podman_harness: PodmanHarness) -> None:
 async def test_health_lists_every_check(podman_harness: PodmanHarness) -> None:
     checks = await podman_harness.backend.health(podman_harness.settings.image)
     assert [c.name for c in checks] == [
-        "service", "runtime", "cgroups", "storage", "stdio", "image"
+        "service", "runtime", "cgroups", "storage", "stdio", "forwarding", "image"
     ]  # fmt: skip
     assert all(c.ok or c.fix for c in checks)
     by_name = {c.name: c for c in checks}
     assert by_name["service"].detail.startswith("podman ")
     assert by_name["stdio"].detail.startswith("podman's exec stream (direct_stdio = false)")
+    forwarding = by_name["forwarding"]  # this harness has no agent: no sockets inside
+    assert (forwarding.ok, forwarding.warning) == (True, True)
+    assert forwarding.detail.startswith("unavailable (exec_agent = false)")
     assert "controllers" in by_name["cgroups"].detail
 
 

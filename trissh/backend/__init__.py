@@ -18,11 +18,19 @@ from trissh.backend.base import (
     ProcessSpec,
     PtySpec,
     Sandbox,
+    SandboxListener,
     SandboxSpec,
+    SocketAddress,
     TerminalSize,
     Volume,
 )
-from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
+from trissh.backend.errors import (
+    BackendError,
+    BackendUnavailable,
+    ForwardError,
+    ForwardReason,
+    ImageNotFound,
+)
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -31,6 +39,8 @@ __all__ = [
     "BackendUnavailable",
     "ContainerSettings",
     "ExitStatus",
+    "ForwardError",
+    "ForwardReason",
     "HealthCheck",
     "ImageNotFound",
     "LaunchPath",
@@ -39,7 +49,9 @@ __all__ = [
     "ProcessSpec",
     "PtySpec",
     "Sandbox",
+    "SandboxListener",
     "SandboxSpec",
+    "SocketAddress",
     "TerminalSize",
     "Volume",
 ]

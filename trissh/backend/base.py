@@ -16,6 +16,11 @@ never that something leaked). Two execution modes are built from the same two ca
 * ``connection`` mode: the connection task owns one sandbox (opened with its first session channel)
   and every session channel opens a process in it.
 * ``session`` mode: each session task opens its own sandbox and one process in it.
+
+Sockets for forwarding are made *inside* the sandbox (``Sandbox.connect`` and
+``Sandbox.listen``): in its network namespace, so ``localhost`` is the container's loopback
+and never the host's, and a unix socket path is in the container's filesystem. What a
+sandbox can reach is what a program in it can reach.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 import trio
+
+from trissh.addresses import join_host_port
 
 #: The image sessions run in unless the configuration names another (scripts/build-image.sh
 #: builds it without a registry).
@@ -34,6 +41,10 @@ DEFAULT_IMAGE = "localhost/trissh-base:latest"
 #: Called with (operation, seconds) after each container operation, for metrics:
 #: ``start``, ``exec``, ``spawn`` (a program its container's agent started) or ``remove``.
 Observe = Callable[[str, float], None]
+
+#: Seconds a connection (name resolution included) or listener inside a sandbox may take
+#: to be made before it fails with ``ForwardError("timeout")``.
+SOCKET_TIMEOUT: Final = 10.0
 
 #: Label keys put on every container so leftovers can be found and removed.
 LABEL_CONN_ID = "trissh.conn_id"
@@ -138,6 +149,40 @@ class ExitStatus:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SocketAddress:
+    """Where a socket inside a sandbox connects or listens: TCP ``host``/``port``, or a unix
+    socket ``path`` (then ``host`` and ``port`` are unused)."""
+
+    #: A name or address as the client wrote it; listening, ``""`` (or ``"*"``) is every
+    #: address and ``"localhost"``/``"127.0.0.1"`` the loopback.
+    host: str = ""
+    #: 0 with ``listen``: any free port (the listener's ``port`` says which).
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        return self.path or join_host_port(self.host, self.port)
+
+
+class SandboxListener(Protocol):
+    """A listening socket inside a sandbox (from :meth:`Sandbox.listen`)."""
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (the one chosen for port 0); 0 for a unix socket."""
+
+    async def accept(self) -> tuple[trio.abc.HalfCloseableStream, str]:
+        """The next connection and its peer's ``host:port`` (``""`` for a unix socket).
+
+        Raises:
+            trio.ClosedResourceError: the listener (or its sandbox) was closed.
+            ForwardError: accepting failed (``failed``: e.g. out of descriptors).
+
+        Cancellation: safe; no connection is lost.
+        """
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HealthCheck:
     """One line of ``trissh doctor``: what was checked, whether it passed, how to fix it."""
 
@@ -207,6 +252,28 @@ class Sandbox(Protocol):
 
         Raises:
             BackendError: the program could not be started.
+        """
+
+    async def connect(self, address: SocketAddress) -> trio.abc.HalfCloseableStream:
+        """A stream to ``address`` as seen from inside the container: its loopback, its
+        names, its networks. Bounded by :data:`SOCKET_TIMEOUT`. The stream is the caller's
+        to close; ``send_eof`` half-closes it (the peer reads EOF).
+
+        Raises:
+            ForwardError: no connection (its ``reason`` says why).
+
+        Cancellation: safe; nothing is left open.
+        """
+
+    def listen(self, address: SocketAddress) -> AbstractAsyncContextManager[SandboxListener]:
+        """Listen inside the container (``host`` as given: ``"127.0.0.1"``/``"localhost"``
+        for its loopback). Leaving the context stops listening and removes a unix socket's
+        file (bounded, shielded). A unix socket is made with mode 0600 (as sshd's
+        ``StreamLocalBindMask``); an existing file at ``path`` is an error, as with sshd.
+
+        Raises:
+            ForwardError: cannot listen there (``failed``: address in use, no such address;
+                ``unknown_host``; ``unsupported``).
         """
 
 

@@ -13,6 +13,9 @@ producer.
 With a pty, stderr is merged into stdout; closing ``stdin`` is *not* an EOF (as with sshd,
 and podman, whose service a tty half-close takes down); input is not echoed.
 
+Each sandbox has its own fake loopback network (:mod:`.network`): ``listen`` and
+``connect`` reach only listeners of the same sandbox.
+
 Test hooks: ``fail_next_sandbox``, ``stall_sandbox_start``, ``stall_process_start``,
 ``hold_removal``, ``unavailable``, ``images``, ``add_orphan()``; counters ``live_sandboxes`` and
 ``live_processes`` must return to 0 after every test.
@@ -23,7 +26,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import AsyncIterator, Collection
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final
 
 import structlog
@@ -49,10 +52,13 @@ from trissh.backend.base import (
     HealthCheck,
     LaunchPath,
     ProcessSpec,
+    SandboxListener,
     SandboxSpec,
+    SocketAddress,
     TerminalSize,
 )
 from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
+from trissh.backend.memory.network import FakeNetwork
 from trissh.backend.memory.shell import HARMLESS_SIGNALS, FakeShell, Killed
 
 __all__ = ["MemoryBackend", "MemoryProcess", "MemorySandbox"]
@@ -150,6 +156,7 @@ class MemoryBackend:
             with trio.move_on_after(_CLEANUP_BOUND, shield=True):
                 removed = time.monotonic()
                 sandbox.closed = True
+                sandbox.network.close()
                 del self.containers[container_id]
                 self.live_sandboxes -= 1
                 await trio.lowlevel.checkpoint()
@@ -218,6 +225,8 @@ class MemorySandbox:
         self._container_id = container_id
         self.spec = spec
         self.closed = False
+        #: Its own loopback; a test may add names to ``network.hosts``.
+        self.network = FakeNetwork(backend.pipe_limit)
         self._pids = itertools.count(2)
 
     @property
@@ -227,6 +236,14 @@ class MemorySandbox:
     @property
     def launch_path(self) -> LaunchPath:
         return LaunchPath(via="in-memory fake shell")
+
+    async def connect(self, address: SocketAddress) -> trio.abc.HalfCloseableStream:
+        """A connection to a listener of this sandbox. Raises: ForwardError."""
+        return await self.network.connect(address)
+
+    def listen(self, address: SocketAddress) -> AbstractAsyncContextManager[SandboxListener]:
+        """A listener in this sandbox's fake network. Raises: ForwardError."""
+        return self.network.listen(address)
 
     @asynccontextmanager
     async def open_process(self, spec: ProcessSpec) -> AsyncIterator[MemoryProcess]:

@@ -154,15 +154,8 @@ class Agent:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         line = trio.socket.from_stdlib_socket(ours)
         try:
-            fds = array.array("i", [*(pipes.child_ends if pipes else []), theirs.fileno()])
             try:
-                async with self._sending:
-                    await self._conn.sendmsg(
-                        [request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
-                    )
-            except OSError as exc:
-                self.broken = True
-                raise BackendError(f"the container's agent went away: {exc}") from exc
+                await self.send(request, [*(pipes.child_ends if pipes else []), theirs.fileno()])
             finally:
                 theirs.close()
                 if pipes is not None:
@@ -175,6 +168,21 @@ class Agent:
             if pipes is not None:
                 pipes.close()
             raise
+
+    async def send(self, request: bytes, fds: Sequence[int]) -> None:
+        """Send one request carrying ``fds`` (the caller still closes its copies).
+
+        Raises:
+            BackendError: the agent is gone (:attr:`broken` is set).
+        """
+        try:
+            async with self._sending:
+                await self._conn.sendmsg(
+                    [request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                )
+        except OSError as exc:
+            self.broken = True
+            raise BackendError(f"the container's agent went away: {exc}") from exc
 
     def close(self) -> None:
         """The agent kills what it started and stays as the container's keepalive."""

@@ -36,7 +36,9 @@ from trissh.backend.base import (
     Observe,
     Process,
     ProcessSpec,
+    SandboxListener,
     SandboxSpec,
+    SocketAddress,
 )
 from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
 from trissh.backend.podman.api import PodmanApi
@@ -289,7 +291,8 @@ class PodmanBackend:
 
     async def health(self, image: str) -> list[HealthCheck]:
         """Service, runtime, cgroups, storage, stdio and image checks for ``trissh doctor``."""
-        return await check_podman(self._api, image, self._launch.health_check())
+        launch = [self._launch.health_check(), self._launch.forwarding_check()]
+        return await check_podman(self._api, image, launch)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the warm pool full and retry removals that failed, with backoff, for as
@@ -333,3 +336,17 @@ class PodmanSandbox:
         """Start ``spec.argv`` as the container's launcher does; leaving the context kills
         it if still running."""
         return self._launcher.open_process(spec)
+
+    async def connect(self, address: SocketAddress) -> trio.abc.HalfCloseableStream:
+        """A connection made inside the container by its agent (:mod:`.sockets`).
+
+        Raises: ForwardError (``unsupported`` without an agent).
+        """
+        return await self._launcher.sockets.connect(address)
+
+    def listen(self, address: SocketAddress) -> AbstractAsyncContextManager[SandboxListener]:
+        """A listener made inside the container by its agent (:mod:`.sockets`).
+
+        Raises: ForwardError (``unsupported`` without an agent).
+        """
+        return self._launcher.sockets.listen(address)

@@ -21,10 +21,10 @@ SERVICE_FIX: Final = (
 )
 
 
-async def check_podman(api: PodmanApi, image: str, stdio: HealthCheck) -> list[HealthCheck]:
-    """Service, runtime, cgroups, storage, ``stdio`` (how programs' stdio travel, which
-    the caller knows) and image, in that order; only a failed service check when podman
-    does not answer."""
+async def check_podman(api: PodmanApi, image: str, launch: list[HealthCheck]) -> list[HealthCheck]:
+    """Service, runtime, cgroups, storage, ``launch`` (how programs start and their stdio
+    travel, whether forwarding works: what the caller knows) and image, in that order; only
+    a failed service check when podman does not answer."""
     try:
         version = await api.request("GET", "/version", abandon_on_cancel=True)
         info = await api.request("GET", "/info", abandon_on_cancel=True)
@@ -37,7 +37,7 @@ async def check_podman(api: PodmanApi, image: str, stdio: HealthCheck) -> list[H
             detail=f"podman {version.get('Version', '?')} at {api.path}",
         ),
         *host_checks(info),
-        stdio,
+        *launch,
     ]
     try:
         present = await api.request(

@@ -43,6 +43,7 @@ from trissh.backend.podman.agent import Agent, AgentListener, open_agent_process
 from trissh.backend.podman.direct_stdio import CONTAINER_DIR, StdioRoot
 from trissh.backend.podman.exec import HELPER_PATH, HELPER_STATUS_DIR, ExecTarget, open_exec
 from trissh.backend.podman.owner import owner_alive
+from trissh.backend.podman.sockets import AgentSockets, NoSockets, SandboxSockets
 from trissh.backend.podman.spec import KEEPALIVE, tmpfs_mount
 
 __all__ = [
@@ -69,6 +70,10 @@ class Launcher(Protocol):
     @property
     def path(self) -> LaunchPath: ...
 
+    @property
+    def sockets(self) -> SandboxSockets:
+        """How the container makes sockets inside (forwarding): only an agent can."""
+
     def open_process(self, spec: ProcessSpec) -> AbstractAsyncContextManager[Process]:
         """Start ``spec.argv``; leaving the context kills it if still running.
 
@@ -86,6 +91,7 @@ class StreamLauncher:
     def __init__(self, target: ExecTarget, *, helper: bool, fallback: str | None) -> None:
         self._target = target
         self._helper = helper
+        self.sockets = NoSockets()
         self.path = LaunchPath(
             via="podman exec, stream", fallback=fallback, fix=_FALLBACK_FIX if fallback else ""
         )
@@ -104,6 +110,7 @@ class PipeLauncher:
     def __init__(self, target: ExecTarget, stdio_dir: str, *, fallback: str | None) -> None:
         self._target = target
         self.stdio_dir = stdio_dir
+        self.sockets = NoSockets()
         self.path = LaunchPath(
             via="podman exec, pipes", fallback=fallback, fix=_FALLBACK_FIX if fallback else ""
         )
@@ -123,6 +130,7 @@ class AgentLauncher:
         self._target = target
         self.agent = agent
         self._pipes = pipes
+        self.sockets = AgentSockets(agent, target.container_id)
 
     def open_process(self, spec: ProcessSpec) -> AbstractAsyncContextManager[Process]:
         if self.agent.broken:
@@ -133,7 +141,8 @@ class AgentLauncher:
         )
 
     def close(self) -> None:
-        """The agent kills what it started; the stdio directory goes."""
+        """The agent kills what it started; listeners close; the stdio directory goes."""
+        self.sockets.close()
         self.agent.close()
         self._pipes.close()
 
@@ -242,6 +251,30 @@ class NewContainers:
             detail=f"{via}; {root.parent} is out of other users' reach:"
             " fine only if podman runs as trissh's user",
             fix="set [podman] stdio_dir to a directory every user may pass through (o+x)",
+        )
+
+    def forwarding_check(self) -> HealthCheck:
+        """Whether containers made now can make sockets inside: only their agent can."""
+        setup = "set [podman] direct_stdio and exec_agent to true; build the helper with"
+        setup += " scripts/setup-host.sh"
+        why, fix = "", _FALLBACK_FIX
+        if not self._agent_wanted:
+            why, fix = "exec_agent = false", setup
+        elif self.stdio_root is None:
+            why, fix = "no direct stdio: direct_stdio = false, or no exec helper", setup
+        elif not self.pipes:
+            why = _MOUNT_FAILED
+        elif not self.agent:
+            why = _AGENT_FAILED
+        if not why:
+            detail = "ports and unix sockets inside each container, made by its agent"
+            return HealthCheck(name="forwarding", ok=True, detail=detail)
+        return HealthCheck(
+            name="forwarding",
+            ok=True,
+            warning=True,
+            detail=f"unavailable ({why}): forwarding requests are refused",
+            fix=fix,
         )
 
     def close(self) -> None:
