@@ -34,8 +34,8 @@ PIDFILE=$RUNDIR/service.pid
 LOCKFILE=/run/lock/trissh-setup-host.lock
 SUBID_COUNT=65536
 PACKAGES=(podman runc crun uidmap slirp4netns fuse-overlayfs catatonit busybox-static
-          openssh-sftp-server openssh-client tmux python3-venv curl gcc libc6-dev asciinema
-          putty-tools dropbear-bin bsdutils libssl-dev)
+          openssh-sftp-server openssh-client tmux python3-venv curl gcc libc6-dev musl-tools
+          asciinema putty-tools dropbear-bin bsdutils libssl-dev)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 exec 3>&1 1>&2      # fd 3 is the real stdout, reserved for the final CONTAINER_HOST line
@@ -216,16 +216,18 @@ else
 fi
 
 # ---------------------------------------------------------------------------- 4b. exec helper
-# trissh-exec (helper/trissh-exec.c) is bind-mounted into every container as the parent of each
-# session's program, so trissh can tell a death by signal from an exit code. Static, so it runs
-# in any image; rebuilt only when its source changes.
-HELPER_SRC=$HERE/../helper/trissh-exec.c
+# trissh-exec (helper/*.c) is bind-mounted into every container as the parent of each session's
+# program (and, as the agent, makes sockets inside for forwarding). Static with musl, so it runs
+# in any image and resolves names without the image's NSS modules (a static glibc would load
+# them); rebuilt only when its sources change.
+HELPER_DIR=$HERE/../helper
+HELPER_SRCS=("$HELPER_DIR/trissh-exec.c" "$HELPER_DIR/agent-sockets.c")
 HELPER_BIN=/usr/local/lib/trissh/trissh-exec
-helper_hash=$(sha256sum "$HELPER_SRC" | cut -c1-16)
+helper_hash=$(cat "${HELPER_SRCS[@]}" "$HELPER_DIR"/*.h | sha256sum | cut -c1-16)
 if [[ ! -x $HELPER_BIN || $(cat "$HELPER_BIN.source" 2>/dev/null) != "$helper_hash" ]]; then
     install -d -m 0755 "$(dirname "$HELPER_BIN")"
-    cc -static -O2 -s -Wall -Wextra -Werror -o "$HELPER_BIN.new" "$HELPER_SRC" \
-        || die "cannot build $HELPER_BIN from $HELPER_SRC (needs gcc and libc6-dev)"
+    musl-gcc -static -O2 -s -Wall -Wextra -Werror -o "$HELPER_BIN.new" "${HELPER_SRCS[@]}" \
+        || die "cannot build $HELPER_BIN from ${HELPER_SRCS[*]} (needs musl-tools)"
     chmod 0755 "$HELPER_BIN.new"
     mv -f "$HELPER_BIN.new" "$HELPER_BIN"
     echo "$helper_hash" >"$HELPER_BIN.source"

@@ -6,9 +6,17 @@ import pytest
 import trio
 import trio.testing
 
-from trissh.backend import BackendError, ExitStatus, ProcessSpec, SandboxSpec
+from trissh.backend import (
+    BackendError,
+    ExitStatus,
+    ForwardError,
+    ProcessSpec,
+    SandboxSpec,
+    SocketAddress,
+)
 from trissh.backend._pipe import open_memory_pipe
 from trissh.backend.memory import MemoryBackend
+from trissh.backend.memory.network import BACKLOG
 
 from .conformance import pty, read_all, read_until, run
 
@@ -252,3 +260,62 @@ async def test_pipe_passes_trios_one_way_stream_checks() -> None:
         return open_memory_pipe(4096)
 
     await trio.testing.check_one_way_stream(make, None)
+
+
+# ---------------------------------------------------------------- the fake network
+
+
+async def test_a_forward_connection_pushes_back_on_a_writer() -> None:
+    """A reader that lags stops the writer, as a socket buffer does (the handlers' flow
+    control is tested on this)."""
+    backend = MemoryBackend(pipe_limit=1000)
+    async with (
+        backend.open_sandbox(sandbox_spec()) as sandbox,
+        sandbox.listen(SocketAddress(host="127.0.0.1")) as listener,
+    ):
+        client = await sandbox.connect(SocketAddress(host="127.0.0.1", port=listener.port))
+        server, _ = await listener.accept()
+        await client.send_all(b"x" * 1000)
+        with trio.move_on_after(0.1) as blocked:
+            await client.send_all(b"y")
+        assert blocked.cancelled_caught
+        assert await server.receive_some(2000) == b"x" * 1000
+        await client.send_all(b"y")
+        await server.aclose()
+        with pytest.raises(trio.BrokenResourceError):
+            await client.send_all(b"z")  # the peer closed: as a reset
+        assert await client.receive_some(10) == b""
+
+
+async def test_test_names_and_a_full_backlog() -> None:
+    backend = MemoryBackend()
+    async with backend.open_sandbox(sandbox_spec()) as sandbox:
+        sandbox.network.hosts["db"] = ["127.0.0.5"]
+        async with sandbox.listen(SocketAddress(host="127.0.0.5", port=5432)) as listener:
+            for _ in range(BACKLOG):
+                await sandbox.connect(SocketAddress(host="db", port=5432))
+            with pytest.raises(ForwardError) as info:
+                await sandbox.connect(SocketAddress(host="db", port=5432))
+            assert info.value.reason == "timeout"
+            _, peer = await listener.accept()
+            assert peer.startswith("127.0.0.5:")
+        with pytest.raises(ForwardError) as info:
+            await sandbox.connect(SocketAddress(host="db", port=5432))
+        assert info.value.reason == "refused"
+        with pytest.raises(ForwardError) as info:
+            async with sandbox.listen(SocketAddress(host="192.0.2.1", port=80)):
+                pass
+        assert (info.value.reason, str(info.value)) == ("failed", "Address not available")
+
+
+async def test_a_gone_sandbox_closes_its_listeners() -> None:
+    backend = MemoryBackend()
+    async with backend.open_sandbox(sandbox_spec()) as sandbox:
+        listening = sandbox.listen(SocketAddress(host="localhost"))
+        listener = await listening.__aenter__()
+    with pytest.raises(trio.ClosedResourceError):
+        await listener.accept()
+    with pytest.raises(ForwardError) as info:
+        await sandbox.connect(SocketAddress(host="localhost", port=listener.port))
+    assert info.value.reason == "failed"
+    await listening.__aexit__(None, None, None)

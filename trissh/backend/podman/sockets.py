@@ -203,11 +203,11 @@ class AgentSockets:
             with line:
                 data, fds = await _receive_fd(line)
                 if data == b"s" and len(fds) == 1:
-                    return _checked(fds[0], families, listening)
+                    return _checked(fds[0], families, listening, self._container)
                 for fd in fds:
                     os.close(fd)
                 if data == b"s":
-                    raise _bad_socket(f"{len(fds)} descriptors")
+                    raise _bad_socket(f"{len(fds)} descriptors", self._container)
                 rest = await receive_bounded(line, ERROR_LINE_LIMIT, until=b"\n")
                 raise _answer_error((data + rest).decode("utf-8", "replace"))
         raise ForwardError("timeout", f"no answer from the container within {ANSWER_TIMEOUT:g} s")
@@ -278,7 +278,7 @@ def _answer_error(answer: str) -> ForwardError:
     return ForwardError(forward_reason, text[:200] or reason)
 
 
-def _checked(fd: int, families: Collection[int], listening: bool) -> socket.socket:
+def _checked(fd: int, families: Collection[int], listening: bool, container: str) -> socket.socket:
     """``fd`` as a socket if it is what was asked for; closed and refused otherwise.
 
     Raises: ForwardError (``failed``).
@@ -289,7 +289,7 @@ def _checked(fd: int, families: Collection[int], listening: bool) -> socket.sock
         sock = socket.socket(fileno=fd)
     except OSError as exc:
         os.close(fd)
-        raise _bad_socket(str(exc)) from None
+        raise _bad_socket(str(exc), container) from None
     try:
         if sock.type != socket.SOCK_STREAM or sock.family not in families:
             raise OSError(f"a socket of family {sock.family!r}, type {sock.type!r}")
@@ -299,10 +299,10 @@ def _checked(fd: int, families: Collection[int], listening: bool) -> socket.sock
             sock.getpeername()  # ENOTCONN: not connected
     except OSError as exc:
         sock.close()
-        raise _bad_socket(str(exc)) from None
+        raise _bad_socket(str(exc), container) from None
     return sock
 
 
-def _bad_socket(why: str) -> ForwardError:
-    log.warning("agent_bad_socket", error=why)
+def _bad_socket(why: str, container: str) -> ForwardError:
+    log.warning("agent_bad_socket", container=container[:12], error=why)
     return ForwardError("failed", f"the container's agent sent no usable socket: {why}")
