@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -110,6 +111,10 @@ static struct addrinfo *resolve(const char *host, const char *port, int passive)
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
     int rc = getaddrinfo(host, port, &hints, &found);
+    if (rc != 0 && strcasecmp(host, "localhost") == 0) { /* an image without it in /etc/hosts */
+        hints.ai_flags = AI_NUMERICSERV; /* no node, not passive: the loopback addresses */
+        rc = getaddrinfo(NULL, port, &hints, &found);
+    }
     if (rc == 0) return found;
     switch (rc) {
     case EAI_NONAME:
@@ -121,7 +126,8 @@ static struct addrinfo *resolve(const char *host, const char *port, int passive)
 #ifdef EAI_ADDRFAMILY
     case EAI_ADDRFAMILY:
 #endif
-        answer_error("unknown_host", gai_strerror(rc));
+        dprintf(answer_line, "error: unknown_host: cannot resolve %s: %s\n", host,
+                gai_strerror(rc));
         break;
     case EAI_SYSTEM:
         answer_error("failed", strerror(errno));

@@ -25,11 +25,6 @@ from .conformance import TEST_BOUND, Harness, read_all, read_until, run
 LOOPBACK = SocketAddress(host="127.0.0.1", port=0)
 
 
-def skip_unless_forwarding(h: Harness) -> None:
-    if not h.forwarding:
-        pytest.skip(f"{h.name} cannot forward (test_forwarding_unsupported covers it)")
-
-
 def unix_path() -> str:
     return f"/tmp/trissh-fwd-{uuid.uuid4().hex[:12]}.sock"
 
@@ -99,9 +94,8 @@ async def host_loopback_server() -> AsyncIterator[tuple[int, int, list[str]]]:
 class ForwardingConformance:
     """Sockets inside a sandbox (see the module docstring)."""
 
-    async def test_forwarding_unsupported(self, harness: Harness) -> None:
-        if harness.forwarding:
-            pytest.skip(f"{harness.name} forwards")
+    async def test_forwarding_unsupported(self, no_forwarding_harness: Harness) -> None:
+        harness = no_forwarding_harness
         with trio.fail_after(TEST_BOUND):
             async with harness.backend.open_sandbox(harness.sandbox_spec()) as sandbox:
                 with pytest.raises(ForwardError) as connecting:
@@ -113,8 +107,8 @@ class ForwardingConformance:
             assert info.value.reason == "unsupported"
             assert "exec_agent" in str(info.value)
 
-    async def test_listen_then_connect_both_ways(self, harness: Harness) -> None:
-        skip_unless_forwarding(harness)
+    async def test_listen_then_connect_both_ways(self, forwarding_harness: Harness) -> None:
+        harness = forwarding_harness
         with trio.fail_after(TEST_BOUND):
             async with (
                 harness.backend.open_sandbox(harness.sandbox_spec()) as sandbox,
@@ -131,10 +125,10 @@ class ForwardingConformance:
 
     @pytest.mark.parametrize(("listen_on", "connect_to"), [("localhost", "localhost"), ("", "::1")])
     async def test_names_and_every_address(
-        self, harness: Harness, listen_on: str, connect_to: str
+        self, forwarding_harness: Harness, listen_on: str, connect_to: str
     ) -> None:
         """``localhost`` resolves inside; ``""`` listens on every address (v6 too)."""
-        skip_unless_forwarding(harness)
+        harness = forwarding_harness
         with trio.fail_after(TEST_BOUND):
             async with (
                 harness.backend.open_sandbox(harness.sandbox_spec()) as sandbox,
@@ -147,8 +141,8 @@ class ForwardingConformance:
                         await server.send_all(b"hello")
                         assert await read_until(client, b"hello") == b"hello"
 
-    async def test_refused_when_nothing_listens_any_more(self, harness: Harness) -> None:
-        skip_unless_forwarding(harness)
+    async def test_refused_when_nothing_listens_any_more(self, forwarding_harness: Harness) -> None:
+        harness = forwarding_harness
         path = unix_path()
         with trio.fail_after(TEST_BOUND):
             async with harness.backend.open_sandbox(harness.sandbox_spec()) as sandbox:
@@ -167,8 +161,8 @@ class ForwardingConformance:
                     pass
         assert (tcp.value.reason, unix.value.reason) == ("refused", "refused")
 
-    async def test_unix_socket_both_ways(self, harness: Harness) -> None:
-        skip_unless_forwarding(harness)
+    async def test_unix_socket_both_ways(self, forwarding_harness: Harness) -> None:
+        harness = forwarding_harness
         path = unix_path()
         with trio.fail_after(TEST_BOUND):
             async with harness.backend.open_sandbox(harness.sandbox_spec()) as sandbox:
@@ -186,8 +180,8 @@ class ForwardingConformance:
                     out, _ = await sh(harness, sandbox, f"test -e {path} || echo gone")
                     assert out == b"gone\n"
 
-    async def test_address_in_use(self, harness: Harness) -> None:
-        skip_unless_forwarding(harness)
+    async def test_address_in_use(self, forwarding_harness: Harness) -> None:
+        harness = forwarding_harness
         path = unix_path()
         with trio.fail_after(TEST_BOUND):
             async with (
@@ -216,9 +210,9 @@ class ForwardingConformance:
         ],
     )
     async def test_connect_failures(
-        self, harness: Harness, address: SocketAddress, reason: str
+        self, forwarding_harness: Harness, address: SocketAddress, reason: str
     ) -> None:
-        skip_unless_forwarding(harness)
+        harness = forwarding_harness
         with trio.fail_after(TEST_BOUND):
             async with harness.backend.open_sandbox(harness.sandbox_spec()) as sandbox:
                 with pytest.raises(ForwardError) as info:
@@ -226,8 +220,8 @@ class ForwardingConformance:
         assert info.value.reason == reason, info.value
         assert str(info.value)
 
-    async def test_leaving_listen_ends_a_waiting_accept(self, harness: Harness) -> None:
-        skip_unless_forwarding(harness)
+    async def test_leaving_listen_ends_a_waiting_accept(self, forwarding_harness: Harness) -> None:
+        harness = forwarding_harness
         with trio.fail_after(TEST_BOUND):
             async with (
                 harness.backend.open_sandbox(harness.sandbox_spec()) as sandbox,
@@ -242,8 +236,8 @@ class ForwardingConformance:
                 nursery.start_soon(accept_one)
                 await trio.testing.wait_all_tasks_blocked()
 
-    async def test_sandboxes_are_isolated(self, harness: Harness) -> None:
-        skip_unless_forwarding(harness)
+    async def test_sandboxes_are_isolated(self, forwarding_harness: Harness) -> None:
+        harness = forwarding_harness
         path = unix_path()
         with trio.fail_after(TEST_BOUND):
             async with (
@@ -260,10 +254,10 @@ class ForwardingConformance:
                     await other.connect(SocketAddress(path=path))
                 assert info.value.reason == "refused"
 
-    async def test_the_hosts_loopback_is_not_reachable(self, harness: Harness) -> None:
+    async def test_the_hosts_loopback_is_not_reachable(self, forwarding_harness: Harness) -> None:
         """The isolation test: a server on the host's own 127.0.0.1 and ::1 is never
         reached from a sandbox, by address or by name."""
-        skip_unless_forwarding(harness)
+        harness = forwarding_harness
         with trio.fail_after(TEST_BOUND):
             async with (
                 host_loopback_server() as (v4_port, v6_port, accepted),
@@ -282,10 +276,21 @@ class ForwardingConformance:
                 await trio.sleep(0.1)  # a connection that did arrive would be accepted now
         assert accepted == []
 
-    async def test_a_program_inside_reaches_a_listener(self, harness: Harness) -> None:
+    async def test_doctor_tries_a_forward(self, harness: Harness) -> None:
+        """``trissh doctor``'s forwarding trial needs nothing beyond the contract."""
+        from trissh.ops.doctor import try_forwarding
+
+        with trio.fail_after(TEST_BOUND):
+            async with harness.backend.open_sandbox(harness.sandbox_spec()) as sandbox:
+                check = await try_forwarding(sandbox)
+        assert check.ok, check
+        assert check.warning == (not harness.forwarding), check
+        assert ("reached a listener" in check.detail) == harness.forwarding, check
+
+    @pytest.mark.podman
+    async def test_a_program_inside_reaches_a_listener(self, agent_harness: Harness) -> None:
         """busybox ``wget`` in the container, by name, to a listener made with ``listen``."""
-        if not (harness.forwarding and harness.real_programs):
-            pytest.skip(f"{harness.name}: no real programs to forward to")
+        harness = agent_harness
         with trio.fail_after(TEST_BOUND):
             async with (
                 harness.backend.open_sandbox(harness.sandbox_spec()) as sandbox,
@@ -302,10 +307,10 @@ class ForwardingConformance:
         assert request.startswith(b"GET /from-inside HTTP/1.")
         assert (out, status) == (b"served from outside", ExitStatus(code=0))
 
-    async def test_connect_reaches_a_server_a_program_started(self, harness: Harness) -> None:
+    @pytest.mark.podman
+    async def test_connect_reaches_a_server_a_program_started(self, agent_harness: Harness) -> None:
         """busybox ``nc -l -e cat`` in the container: an echo server that exits at EOF."""
-        if not (harness.forwarding and harness.real_programs):
-            pytest.skip(f"{harness.name}: no real programs to forward to")
+        harness = agent_harness
         with trio.fail_after(TEST_BOUND):
             async with harness.backend.open_sandbox(harness.sandbox_spec()) as sandbox:
                 spec = ProcessSpec(argv=harness.sh("exec nc -l -p 7000 -e cat"))

@@ -211,25 +211,38 @@ def exec_helper() -> str:
     return helper
 
 
-@pytest.fixture(
-    params=[
-        "memory",
-        pytest.param("podman", marks=pytest.mark.podman),
-        pytest.param("podman-direct", marks=pytest.mark.podman),
-        pytest.param("podman-agent", marks=pytest.mark.podman),
-    ]
-)
-def backend_name(request: pytest.FixtureRequest) -> str:
-    """Which backend (``podman-direct``: with the exec helper and direct stdio, programs
-    started by ``podman exec``; ``podman-agent``: by the in-container agent); podman's
-    availability is settled here, synchronously, so the skip (or the CI failure) reaches
-    pytest unwrapped."""
+def _backend(name: str) -> object:
+    return name if name == "memory" else pytest.param(name, marks=pytest.mark.podman)
+
+
+def _settle(request: pytest.FixtureRequest) -> str:
+    """podman's availability is settled here, synchronously, so the skip (or the CI
+    failure) reaches pytest unwrapped."""
     name: str = request.param
     if name.startswith("podman"):
         request.getfixturevalue("podman_available")
         if name != "podman":
             exec_helper()
     return name
+
+
+@pytest.fixture(params=[_backend(n) for n in ("memory", "podman", "podman-direct", "podman-agent")])
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """Which backend (``podman-direct``: with the exec helper and direct stdio, programs
+    started by ``podman exec``; ``podman-agent``: by the in-container agent)."""
+    return _settle(request)
+
+
+@pytest.fixture(params=[_backend(n) for n in ("memory", "podman-agent")])
+def forwarding_name(request: pytest.FixtureRequest) -> str:
+    """The backends whose sandboxes make sockets inside (forwarding)."""
+    return _settle(request)
+
+
+@pytest.fixture(params=[_backend(n) for n in ("podman", "podman-direct")])
+def no_forwarding_name(request: pytest.FixtureRequest) -> str:
+    """The backends whose sandboxes cannot (no agent in the container)."""
+    return _settle(request)
 
 
 @asynccontextmanager
@@ -258,15 +271,41 @@ async def podman_harness(podman_available: str) -> AsyncIterator[PodmanHarness]:
         yield podman
 
 
-@pytest.fixture
-async def harness(backend_name: str) -> AsyncIterator[Harness]:
-    if backend_name == "memory":
+@asynccontextmanager
+async def open_harness(name: str) -> AsyncIterator[Harness]:
+    if name == "memory":
         memory = MemoryHarness()
         yield memory
         assert memory.memory.live_sandboxes == 0
         assert memory.memory.live_processes == 0
         return
     async with open_podman_harness(
-        direct_stdio=backend_name == "podman-direct", agent=backend_name == "podman-agent"
+        direct_stdio=name == "podman-direct", agent=name == "podman-agent"
     ) as podman:
         yield podman
+
+
+@pytest.fixture
+async def harness(backend_name: str) -> AsyncIterator[Harness]:
+    async with open_harness(backend_name) as harness:
+        yield harness
+
+
+@pytest.fixture
+async def forwarding_harness(forwarding_name: str) -> AsyncIterator[Harness]:
+    async with open_harness(forwarding_name) as harness:
+        yield harness
+
+
+@pytest.fixture
+async def no_forwarding_harness(no_forwarding_name: str) -> AsyncIterator[Harness]:
+    async with open_harness(no_forwarding_name) as harness:
+        yield harness
+
+
+@pytest.fixture
+async def agent_harness(podman_available: str) -> AsyncIterator[Harness]:
+    """podman with the agent: real programs (busybox) beside the sockets."""
+    exec_helper()
+    async with open_harness("podman-agent") as harness:
+        yield harness

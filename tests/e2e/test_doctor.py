@@ -34,6 +34,12 @@ def test_doctor_runs_a_program_in_a_container_and_removes_it(
     assert len(session) == 1, result.stdout
     assert session[0].startswith("[ok  ] session: a container started in"), session
     assert "ran `echo` (agent, pipes)" in session[0], session
+    lines = result.stdout.splitlines()
+    for expected in (  # forwarding: configured, and proven in the trial's container
+        "[ok  ] forwarding: ports and unix sockets inside each container",
+        "[ok  ] forwarding trial: a connection inside the container reached a listener",
+    ):
+        assert any(line.startswith(expected) for line in lines), result.stdout
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     created = [e["container"] for e in events if e["event"] == "container_created"]
     removed = [e["container"] for e in events if e["event"] == "container_removed"]

@@ -3,7 +3,9 @@
 Everything it asks of the backend is the :class:`~trissh.backend.base.Backend` contract:
 ``health`` for the host, then (all healthy) :func:`try_session` opens a sandbox and runs one
 program in it as a login would, and reports how the sandbox's programs start
-(``launch_path``) when that is short of what the configuration asked for.
+(``launch_path``) when that is short of what the configuration asked for; in the first
+trial's container a listener and a connection to it prove forwarding works inside
+(:func:`try_forwarding`), unless ``health`` already said it cannot.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from trissh.backend import (
     BackendError,
     ContainerSettings,
     ExitStatus,
+    ForwardError,
     HealthCheck,
     ProcessSpec,
+    Sandbox,
     SandboxSpec,
+    SocketAddress,
 )
 from trissh.backend.registry import make_backend
 from trissh.config import ContainerSection, ServerConfig, container_settings
@@ -166,11 +171,19 @@ def _container_variants(settings: ServerConfig) -> list[tuple[str, ContainerSect
     ]
 
 
-async def _try_sessions(backend: Backend, settings: ServerConfig) -> list[HealthCheck]:
+async def _try_sessions(
+    backend: Backend, settings: ServerConfig, *, forwarding: bool
+) -> list[HealthCheck]:
     """Everything above passed: now a container and a program, as for a login (bounded),
-    with the server-wide container settings and with each user's own."""
+    with the server-wide container settings and with each user's own; ``forwarding``:
+    and a forward in the first of them."""
     variants = _container_variants(settings)
-    checks = [await _try_session(backend, name, section) for name, section in variants[:MAX_TRIALS]]
+    trials: list[HealthCheck] = []
+    checks = [
+        await _try_session(backend, name, section, trials if forwarding and i == 0 else None)
+        for i, (name, section) in enumerate(variants[:MAX_TRIALS])
+    ]
+    checks += trials
     if len(variants) > MAX_TRIALS:
         checks.append(
             HealthCheck(
@@ -183,10 +196,12 @@ async def _try_sessions(backend: Backend, settings: ServerConfig) -> list[Health
     return checks
 
 
-async def _try_session(backend: Backend, name: str, section: ContainerSection) -> HealthCheck:
+async def _try_session(
+    backend: Backend, name: str, section: ContainerSection, forwarding: list[HealthCheck] | None
+) -> HealthCheck:
     bound = section.start_timeout + TRIAL_SLACK
     with trio.move_on_after(bound):
-        return await try_session(backend, container_settings(section), name)
+        return await try_session(backend, container_settings(section), name, forwarding)
     return HealthCheck(
         name=name,
         ok=False,
@@ -196,10 +211,14 @@ async def _try_session(backend: Backend, name: str, section: ContainerSection) -
 
 
 async def try_session(
-    backend: Backend, settings: ContainerSettings, name: str = "session"
+    backend: Backend,
+    settings: ContainerSettings,
+    name: str = "session",
+    forwarding: list[HealthCheck] | None = None,
 ) -> HealthCheck:
     """Open a sandbox and run one program in it as a login would: the configuration, the
-    runtime and the way programs start, proven end to end.
+    runtime and the way programs start, proven end to end; given a ``forwarding`` list,
+    :func:`try_forwarding` in the same sandbox adds its check there.
 
     A fallback (the sandbox's programs start in a slower way than configured) is a warning
     that names it: logins work, only slower. A BackendError becomes a failed check; the
@@ -223,7 +242,10 @@ async def try_session(
                 output = await _read_bounded(process.stdout, 1024)
                 errors = await _read_bounded(process.stderr, 1024) if process.stderr else b""
                 status = await process.wait()
-            run_ms, started = _ms_since(started), time.monotonic()
+            run_ms = _ms_since(started)
+            if forwarding is not None:
+                forwarding.append(await try_forwarding(sandbox))
+            started = time.monotonic()
     except BackendError as exc:
         return HealthCheck(name=name, ok=False, detail=f"no program ran: {exc}")
     if status != ExitStatus(code=0) or output.strip() != marker.encode():
@@ -246,6 +268,39 @@ async def try_session(
         warning=True,
         detail=f"{detail}; slower than configured: {path.fallback}",
         fix=path.fix,
+    )
+
+
+async def try_forwarding(sandbox: Sandbox) -> HealthCheck:
+    """A listener inside ``sandbox`` and a connection to it, one byte across: what every
+    forward needs of the backend. Unsupported is a warning (logins work); anything else
+    fails."""
+    name = "forwarding trial"
+    started = time.monotonic()
+    try:
+        async with sandbox.listen(SocketAddress(host="127.0.0.1")) as listener:
+            address = SocketAddress(host="127.0.0.1", port=listener.port)
+            async with await sandbox.connect(address) as client:
+                server, _ = await listener.accept()
+                async with server:
+                    await client.send_all(b"x")
+                    arrived = await server.receive_some(1)
+    except ForwardError as exc:
+        if exc.reason == "unsupported":
+            return HealthCheck(name=name, ok=True, warning=True, detail=f"no forwarding: {exc}")
+        return HealthCheck(
+            name=name,
+            ok=False,
+            detail=f"a connection inside the container to a listener there failed: {exc}",
+            fix="rebuild the helper with scripts/setup-host.sh; see the log for agent_bad_socket",
+        )
+    if arrived != b"x":
+        return HealthCheck(name=name, ok=False, detail="a forwarded byte did not arrive")
+    return HealthCheck(
+        name=name,
+        ok=True,
+        detail="a connection inside the container reached a listener there"
+        f" in {_ms_since(started):.0f} ms",
     )
 
 
@@ -276,7 +331,8 @@ async def run_doctor(settings: ServerConfig) -> int:
             health = await backend.health(settings.container.image)
         checks.extend(health)
         if all(check.ok for check in health):
-            checks.extend(await _try_sessions(backend, settings))
+            unavailable = any(c.name == "forwarding" and c.warning for c in health)
+            checks.extend(await _try_sessions(backend, settings, forwarding=not unavailable))
     finally:
         backend.close()
     failed = 0
