@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -28,7 +29,12 @@ def test_doctor_runs_a_program_in_a_container_and_removes_it(
 ) -> None:
     """Beyond the static checks, doctor starts a container and runs a program the way a
     login does (the agent and pipes by default), and leaves nothing behind."""
-    result = _doctor(podman_url, authorized_keys, tmp_path, "--log-format", "json")
+    args = ["--log-format", "json"]
+    if helper := os.environ.get("TRISSH_EXEC_HELPER"):  # a build not installed yet
+        config = tmp_path / "trissh.toml"
+        config.write_text(f"[podman]\nexec_helper = {json.dumps(helper)}\n")
+        args += ["--config", str(config)]
+    result = _doctor(podman_url, authorized_keys, tmp_path, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     session = [line for line in result.stdout.splitlines() if " session: " in line]
     assert len(session) == 1, result.stdout
