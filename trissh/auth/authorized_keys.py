@@ -3,11 +3,13 @@
 Format (sshd(8) AUTHORIZED_KEYS FILE FORMAT): ``[options] keytype base64-key [comment]``.
 RFC 4716 blocks (``ssh-keygen -e``) may stand among the lines, without options.
 The options trissh honours: ``from=``, ``command=``, ``no-pty``/``pty``, ``restrict``,
-``environment=``, ``cert-authority`` with ``principals=``, ``expiry-time=``, and for FIDO
-security keys ``no-touch-required`` and ``verify-required``. Options about forwarding,
-agents, X11 and user rc files are accepted and have nothing to restrict here (trissh
-forwards nothing). Any other option makes the line invalid: a
-restriction we do not understand must not silently grant more than the operator wrote.
+``environment=``, ``cert-authority`` with ``principals=``, ``expiry-time=``,
+``no-port-forwarding``/``port-forwarding``, ``permitopen=``, ``permitlisten=``,
+``no-agent-forwarding``/``agent-forwarding``, and for FIDO security keys
+``no-touch-required`` and ``verify-required``. Options about X11, user rc files and tunnels
+are accepted and have nothing to restrict here (trissh offers none of them). Any other
+option makes the line invalid: a restriction we do not understand must not silently grant
+more than the operator wrote.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trissh.config.forwarding import parse_permit
 from trissh.protocol import parse_public_key
 from trissh.protocol.errors import DecodeError
 from trissh.protocol.keyfile import KeyLine, KeyTextProblem, Rfc4716Key, iter_key_text
@@ -36,12 +39,10 @@ _KEY_TYPES = frozenset(
         "sk-ecdsa-sha2-nistp256@openssh.com",
     )
 )
-#: Options that restrict what trissh never offers anyway (forwarding, agent, X11, rc).
+#: Options that restrict what trissh never offers anyway (X11, rc, tunnels).
 _NOTHING_TO_RESTRICT = frozenset(
     (
-        "no-port-forwarding", "port-forwarding", "no-agent-forwarding", "agent-forwarding",
-        "no-X11-forwarding", "X11-forwarding", "no-user-rc", "user-rc", "permitopen",
-        "permitlisten", "tunnel",
+        "no-X11-forwarding", "X11-forwarding", "no-user-rc", "user-rc", "tunnel",
     )
 )  # fmt: skip
 
@@ -66,6 +67,12 @@ class KeyOptions:
     touch_required: bool = True
     #: ``verify-required``: it must also say the key verified the user (PIN or biometry).
     verify_required: bool = False
+    allow_port_forwarding: bool = True
+    allow_agent_forwarding: bool = True
+    #: ``permitopen="HOST:PORT"`` entries; empty: no restriction from this key.
+    permit_open: tuple[str, ...] = ()
+    #: ``permitlisten="[HOST:]PORT"`` entries.
+    permit_listen: tuple[str, ...] = ()
 
     def allows_source(self, address: str) -> bool:
         """``from=``: the connecting IP matches a pattern and no negated one (IPs only)."""
@@ -148,53 +155,93 @@ def parse_options(text: str) -> KeyOptions:
     Raises:
         OptionError: malformed or unknown option.
     """
-    from_patterns: list[str] = []
-    environment: list[tuple[str, str]] = []
+    options = _OptionsBuilder()
+    for option in _split_options(text):
+        name, equals, value = option.partition("=")
+        known = options.value(name, value) if equals else options.flag(name)
+        if not known:
+            raise OptionError(f"unsupported option {name!r}")
+    return options.build()
+
+
+@dataclass(slots=True)
+class _OptionsBuilder:
+    from_patterns: list[str] = field(default_factory=list)
+    environment: list[tuple[str, str]] = field(default_factory=list)
+    permit_open: list[str] = field(default_factory=list)
+    permit_listen: list[str] = field(default_factory=list)
     command: str | None = None
     principals: tuple[str, ...] | None = None
     expires_at: int | None = None
-    allow_pty = True
-    cert_authority = False
-    flags = {"no-touch-required": False, "verify-required": False}
-    for option in _split_options(text):
-        name, equals, value = option.partition("=")
-        match (name, bool(equals)):
-            case ("from", True):
-                from_patterns += [item for item in value.split(",") if item]
-            case ("command", True):
-                command = value
-            case ("environment", True):
-                key, _, env_value = value.partition("=")
-                if not key or not key.replace("_", "a").isalnum():
-                    raise OptionError(f"environment {value!r} is not NAME=value")
-                environment.append((key, env_value))
-            case ("principals", True):
-                principals = tuple(item for item in value.split(",") if item)
-            case ("expiry-time", True):
-                expires_at = _expiry(value)
-            case ("no-pty" | "restrict", False):
-                allow_pty = False  # restrict also forbids what trissh never offers
-            case ("pty", False):
-                allow_pty = True
-            case ("cert-authority", False):
-                cert_authority = True
-            case ("no-touch-required" | "verify-required", False):
-                flags[name] = True
-            case _ if name in _NOTHING_TO_RESTRICT:
-                continue
-            case _:
-                raise OptionError(f"unsupported option {name!r}")
-    return KeyOptions(
-        from_patterns=tuple(from_patterns),
-        command=command,
-        allow_pty=allow_pty,
-        environment=tuple(environment),
-        cert_authority=cert_authority,
-        principals=principals,
-        expires_at=expires_at,
-        touch_required=not flags["no-touch-required"],
-        verify_required=flags["verify-required"],
-    )
+    allow_pty: bool = True
+    allow_port_forwarding: bool = True
+    allow_agent_forwarding: bool = True
+    cert_authority: bool = False
+    touch_required: bool = True
+    verify_required: bool = False
+
+    def flag(self, name: str) -> bool:
+        """Apply a flag; False when it is unknown."""
+        if name == "restrict":  # off until a later flag turns one back on
+            self.allow_pty = self.allow_port_forwarding = self.allow_agent_forwarding = False
+        elif name in ("pty", "no-pty"):
+            self.allow_pty = name == "pty"
+        elif name in ("port-forwarding", "no-port-forwarding"):
+            self.allow_port_forwarding = name == "port-forwarding"
+        elif name in ("agent-forwarding", "no-agent-forwarding"):
+            self.allow_agent_forwarding = name == "agent-forwarding"
+        elif name == "cert-authority":
+            self.cert_authority = True
+        elif name == "no-touch-required":
+            self.touch_required = False
+        elif name == "verify-required":
+            self.verify_required = True
+        else:
+            return name in _NOTHING_TO_RESTRICT
+        return True
+
+    def value(self, name: str, value: str) -> bool:
+        """Apply a ``name=value`` option; False when it is unknown."""
+        if name == "from":
+            self.from_patterns += [item for item in value.split(",") if item]
+        elif name == "command":
+            self.command = value
+        elif name == "environment":
+            key, _, env_value = value.partition("=")
+            if not key or not key.replace("_", "a").isalnum():
+                raise OptionError(f"environment {value!r} is not NAME=value")
+            self.environment.append((key, env_value))
+        elif name == "principals":
+            self.principals = tuple(item for item in value.split(",") if item)
+        elif name == "expiry-time":
+            self.expires_at = _expiry(value)
+        elif name in ("permitopen", "permitlisten"):
+            listen = name == "permitlisten"
+            try:
+                parse_permit(value, listen=listen)
+            except ValueError as exc:
+                raise OptionError(f"{name}: {exc}") from None
+            (self.permit_listen if listen else self.permit_open).append(value)
+        else:
+            return False
+        return True
+
+    def build(self) -> KeyOptions:
+        return KeyOptions(
+            from_patterns=tuple(self.from_patterns),
+            command=self.command,
+            allow_pty=self.allow_pty,
+            environment=tuple(self.environment),
+            cert_authority=self.cert_authority,
+            principals=self.principals,
+            expires_at=self.expires_at,
+            touch_required=self.touch_required,
+            verify_required=self.verify_required,
+            allow_port_forwarding=self.allow_port_forwarding,
+            allow_agent_forwarding=self.allow_agent_forwarding,
+            permit_open=tuple(self.permit_open),
+            permit_listen=tuple(self.permit_listen),
+        )
 
 
 def _key_field_index(fields: list[str]) -> int | None:

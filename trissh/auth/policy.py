@@ -68,6 +68,13 @@ class Grant:
     username: str | None = None
     #: ``[container]`` overrides from the configuration server, already validated.
     container: Mapping[str, Any] = field(default_factory=dict)
+    #: ``no-port-forwarding`` (key or certificate): no -L/-D/-W/-R, TCP or unix socket.
+    allow_port_forwarding: bool = True
+    allow_agent_forwarding: bool = True
+    #: ``permitopen=`` / ``permitlisten=`` lists: a forward must match one entry of each
+    #: list (they narrow ``[forwarding]``, never widen it).
+    permit_open: tuple[tuple[str, ...], ...] = ()
+    permit_listen: tuple[tuple[str, ...], ...] = ()
 
     def merged(self, other: Grant) -> Grant:
         """Both at once: restrictions narrow, never widen; later facts add to earlier."""
@@ -77,6 +84,10 @@ class Grant:
             environment={**self.environment, **other.environment},
             username=other.username or self.username,
             container={**self.container, **other.container},
+            allow_port_forwarding=self.allow_port_forwarding and other.allow_port_forwarding,
+            allow_agent_forwarding=self.allow_agent_forwarding and other.allow_agent_forwarding,
+            permit_open=self.permit_open + other.permit_open,
+            permit_listen=self.permit_listen + other.permit_listen,
         )
 
 
@@ -152,6 +163,10 @@ def _grant(key: AuthorizedKey) -> Grant:
         forced_command=options.command,
         allow_pty=options.allow_pty,
         environment=dict(options.environment),
+        allow_port_forwarding=options.allow_port_forwarding,
+        allow_agent_forwarding=options.allow_agent_forwarding,
+        permit_open=(options.permit_open,) if options.permit_open else (),
+        permit_listen=(options.permit_listen,) if options.permit_listen else (),
     )
 
 
@@ -342,6 +357,8 @@ class AuthPolicy:
         grant = Grant(
             forced_command=cert.force_command,
             allow_pty=cert.permits("permit-pty"),
+            allow_port_forwarding=cert.permits("permit-port-forwarding"),
+            allow_agent_forwarding=cert.permits("permit-agent-forwarding"),
         )
         # As sshd merges them: no touch only if both allow it; verify if either asks.
         touch, verify = not cert.permits("no-touch-required"), cert.verify_required

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -77,6 +77,8 @@ class SessionContext:
     metrics: Metrics
     #: Where this user's sessions are recorded; ``None`` when they are not.
     recorder: Recorder | None = None
+    #: The forwarded agent's socket in the container (``ssh -A``), once it exists.
+    agent_socket: Callable[[], Awaitable[str | None]] | None = None
 
 
 def _backend_size(size: TerminalSize) -> BackendTerminalSize:
@@ -85,12 +87,14 @@ def _backend_size(size: TerminalSize) -> BackendTerminalSize:
     )
 
 
-def build_process_spec(ctx: SessionContext, request: SessionRequested) -> ProcessSpec:
+def build_process_spec(
+    ctx: SessionContext, request: SessionRequested, extra_env: Mapping[str, str] | None = None
+) -> ProcessSpec:
     """Turn a shell/exec/subsystem request into the argv and environment to run."""
     container = ctx.container
     shell = list(container.shell)
     grant = ctx.grant
-    env = {**request.env, **grant.environment}
+    env = {**request.env, **grant.environment, **(extra_env or {})}
     if grant.forced_command is not None:
         # As sshd's command=: whatever was asked runs the forced command instead.
         if request.command is not None:
@@ -183,7 +187,12 @@ async def _run(
     """Serve the session, then ``finish`` it *before* the process (and, in ``session``
     mode, the container) is torn down: ``ssh host cmd`` does not wait for podman to
     remove a container. The teardown still runs here, owned by this task."""
-    spec = build_process_spec(ctx, request)
+    extra_env = {}
+    if request.agent_forwarding and ctx.agent_socket is not None:
+        agent_socket = await ctx.agent_socket()
+        if agent_socket is not None:
+            extra_env["SSH_AUTH_SOCK"] = agent_socket
+    spec = build_process_spec(ctx, request, extra_env)
     started = time.monotonic()
     async with contextlib.AsyncExitStack() as owned:
         sandbox = await _sandbox_for(ctx, owned)

@@ -10,6 +10,7 @@ from trissh.config.auth import (
 )
 from trissh.config.base import ConfigError
 from trissh.config.container import ContainerSection, container_settings, parse_volume
+from trissh.config.forwarding import ForwardingSection, parse_permit
 from trissh.config.server import ServerConfig, default_state_dir, load_config
 from trissh.config.service import (
     SETUP_HOST_SOCKET,
@@ -32,6 +33,7 @@ __all__ = [
     "BackendSection",
     "ConfigError",
     "ContainerSection",
+    "ForwardingSection",
     "LimitSettings",
     "MetricsSection",
     "PodmanSettings",
@@ -46,5 +48,6 @@ __all__ = [
     "default_state_dir",
     "load_config",
     "parse_max_startups",
+    "parse_permit",
     "parse_volume",
 ]

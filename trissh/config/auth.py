@@ -25,7 +25,7 @@ def _check_chains(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
 
 class UserSection(Model):
     """Settings of one user name: credentials, and tables that override the server-wide
-    ``[container]`` and ``[session]`` key by key."""
+    ``[container]``, ``[session]`` and ``[forwarding]`` key by key."""
 
     #: OpenSSH authorized_keys lines (options allowed), or RFC 4716 blocks (one per entry).
     authorized_keys: tuple[str, ...] = ()
@@ -39,6 +39,7 @@ class UserSection(Model):
     #: Shortcut for ``container.image``.
     image: str | None = None
     container: dict[str, Any] = Field(default_factory=dict)
+    forwarding: dict[str, Any] = Field(default_factory=dict)
     session: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("password_hash")

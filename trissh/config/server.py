@@ -19,6 +19,7 @@ from trissh.addresses import parse_listen
 from trissh.config.auth import AuthSection, UserSection
 from trissh.config.base import ConfigError, Model, merged
 from trissh.config.container import ContainerSection
+from trissh.config.forwarding import ForwardingSection
 from trissh.config.service import (
     SETUP_HOST_SOCKET,
     BackendSection,
@@ -44,6 +45,7 @@ class ServerConfig(Model):
     podman: PodmanSettings = PodmanSettings()
     container: ContainerSection = ContainerSection()
     session: SessionSection = SessionSection()
+    forwarding: ForwardingSection = ForwardingSection()
     limits: LimitSettings = LimitSettings()
     auth: AuthSection = AuthSection()
     metrics: MetricsSection = MetricsSection()
@@ -66,6 +68,7 @@ class ServerConfig(Model):
         for name in self.users:
             self.container_for(name)
             self.session_for(name)
+            self.forwarding_for(name)
         return self
 
     def container_for(self, username: str) -> ContainerSection:
@@ -92,6 +95,10 @@ class ServerConfig(Model):
             if fixed in override:
                 raise ValueError(f"users.{username}.session.{fixed}: cannot be set per user")
         return merged(self.session, override, f"users.{username}.session")
+
+    def forwarding_for(self, username: str) -> ForwardingSection:
+        override = self.users[username].forwarding if username in self.users else {}
+        return merged(self.forwarding, override, f"users.{username}.forwarding")
 
     def podman_url(self) -> str:
         """The podman service URL, following podman's own lookup order; when the user's

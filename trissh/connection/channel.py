@@ -81,6 +81,9 @@ class ChannelHandle:
         self.started = False
         #: When data last moved either way (idle timeout).
         self.last_activity = trio.current_time()
+        #: A channel we opened: set once the peer answered; ``refusal`` says if it refused.
+        self._answered = trio.Event()
+        self.refusal: str | None = None
 
     def _input_arrived(self) -> None:
         self._input_changed.set()
@@ -106,7 +109,17 @@ class ChannelHandle:
         self.cancel_scope.cancel()
         self._input_arrived()
 
+    def answer_open(self, refusal: str | None) -> None:
+        """The peer confirmed (``None``) or refused a channel we opened."""
+        self.refusal = refusal
+        self._answered.set()
+
     # -- used by the handler task ----------------------------------------------------------
+
+    async def opened(self) -> bool:
+        """Whether the peer accepted the channel we opened (waits for its answer)."""
+        await self._answered.wait()
+        return self.refusal is None
 
     async def wait_input(self) -> None:
         """Until data, EOF or CLOSE arrives."""

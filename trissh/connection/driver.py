@@ -47,18 +47,15 @@ import trio
 from trissh.addresses import host_of
 from trissh.auth.login import LoginConversation
 from trissh.auth.policy import LoginRequest
-from trissh.backend import SandboxSpec
-from trissh.channels.session import SessionContext
-from trissh.channels.sessions import SessionChannels
-from trissh.config import container_settings
 from trissh.connection import handshake
 from trissh.connection.clock import ConnectionClock, TimerAction
 from trissh.connection.handshake import Login
+from trissh.connection.kinds import ChannelKinds, Connection, channel_kinds
 from trissh.connection.port import ConnectionPort, Refusal
-from trissh.connection.sandboxes import ConnectionSandbox, SandboxSource, SessionSandboxes
 from trissh.connection.socket_reads import SocketReader
 from trissh.connection.writer import OutputWriter
 from trissh.protocol import (
+    AgentForwardingRequested,
     AuthDecisionRequested,
     Authenticated,
     AuthFailed,
@@ -85,6 +82,8 @@ from trissh.protocol import (
     VersionReceived,
     WindowChanged,
 )
+from trissh.protocol.forwarding import DIRECT_STREAMLOCAL, DIRECT_TCPIP
+from trissh.protocol.session_channel import SESSION
 from trissh.server.state import ServerContext
 
 log = structlog.get_logger("trissh.connection.driver")
@@ -122,7 +121,8 @@ class ConnectionDriver:
         self._writer = OutputWriter(stream, self.conn)
         self._port = ConnectionPort(self.conn, self._writer)
         self._clock = ConnectionClock()
-        self._sessions: SessionChannels | None = None
+        #: The handlers of each channel kind, from authentication on.
+        self._kinds: ChannelKinds | None = None
         self._nursery: trio.Nursery | None = None
         self._grace = trio.CancelScope(
             deadline=trio.current_time() + ctx.settings.limits.login_grace_time
@@ -204,7 +204,7 @@ class ConnectionDriver:
     def shutting_down(self) -> None:
         """The server stops: idle connections end now; users of sessions are told, and
         their sessions get the shutdown grace (the connections nursery's deadline)."""
-        if self._sessions is None or not self._sessions.tell_busy_users(SHUTDOWN_MESSAGE):
+        if self._kinds is None or not self._kinds.sessions.tell_busy_users(SHUTDOWN_MESSAGE):
             self._end(DisconnectReason.BY_APPLICATION, SHUTDOWN_MESSAGE, "server_shutdown")
 
     def _end(self, reason: DisconnectReason, description: str, close_reason: str) -> None:
@@ -299,13 +299,18 @@ class ConnectionDriver:
                     )
             case ChannelOpenRequested():
                 self._on_channel_open(event)
-            case ChannelOpenConfirmed() | ChannelOpenFailed():
-                self._port.forget(event.channel_id)  # no kind opens channels yet
+            case ChannelOpenConfirmed():
+                self._port.answer_open(event.channel_id, None)
+            case ChannelOpenFailed():
+                self._port.answer_open(event.channel_id, event.description or "refused")
             case SessionRequested():
                 self._on_session_requested(event)
             case GlobalRequestReceived():
-                self.conn.reply_global_request(event.request_id, False)
-                self._note_refused(event.name, "not supported", target=str(event.target))
+                if self._kinds is not None:
+                    self._kinds.remote_forwards.request(event)
+            case AgentForwardingRequested():
+                if self._kinds is not None:
+                    self._kinds.agent.requested()
             case RequestRefused():
                 self._note_refused(event.request, event.reason, event.channel_id)
             case VersionReceived():
@@ -362,40 +367,24 @@ class ConnectionDriver:
             return
         self._counted_user = login.username
         assert self._nursery is not None
-        self._sessions = SessionChannels(self._session_context(login), self._port, self._nursery)
+        connection = Connection(
+            conn_id=self.conn_id,
+            remote=self.remote,
+            login=login,
+            port=self._port,
+            nursery=self._nursery,
+            note_refused=lambda request, reason, target: self._note_refused(
+                request, reason, target=target
+            ),
+        )
+        self._kinds = channel_kinds(self.ctx, connection)
+        if self._kinds.agent_allowed:
+            self.conn.allow_agent_forwarding()
         self._clock.arm(
             self.ctx.settings.ssh.rekey_interval,
             login.session.client_alive_interval,
             login.session.client_alive_count_max,
         )
-
-    def _session_context(self, login: Login) -> SessionContext:
-        ctx = self.ctx
-        wanted = ctx.settings.recording.users
-        recorded = not wanted or login.username in wanted
-        return SessionContext(
-            conn_id=self.conn_id,
-            username=login.username,
-            container=login.container,
-            settings=login.session,
-            grant=login.grant,
-            sandboxes=self._sandbox_source(login),
-            metrics=ctx.metrics,
-            recorder=ctx.recorder if recorded else None,
-        )
-
-    def _sandbox_source(self, login: Login) -> SandboxSource:
-        spec = SandboxSpec(
-            conn_id=self.conn_id,
-            username=login.username,
-            remote=self.remote,
-            instance=self.ctx.instance,
-            settings=container_settings(login.container),
-        )
-        if login.session.execution_mode == "session":
-            return SessionSandboxes(self.ctx.backend, spec)
-        assert self._nursery is not None
-        return ConnectionSandbox(self.ctx.backend, spec, self._nursery)
 
     def _note_refused(
         self, request: str, reason: str, channel: int | None = None, target: str | None = None
@@ -410,17 +399,20 @@ class ConnectionDriver:
 
     def _on_channel_open(self, event: ChannelOpenRequested) -> None:
         refusal: Refusal | None
+        kinds = self._kinds
         if self.ctx.state.shutting_down:
             refusal = Refusal(
                 ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED, SHUTDOWN_MESSAGE
             )
-        elif event.channel_type != "session" or self._sessions is None:
+        elif kinds is not None and event.channel_type == SESSION:
+            refusal = kinds.sessions.open(event)
+        elif kinds is not None and event.channel_type in (DIRECT_TCPIP, DIRECT_STREAMLOCAL):
+            refusal = kinds.local_forwards.open(event)
+        else:
             refusal = Refusal(
                 ChannelOpenFailureReason.ADMINISTRATIVELY_PROHIBITED,
                 f"channel type {event.channel_type!r} is not supported",
             )
-        else:
-            refusal = self._sessions.open(event)
         if refusal is not None:
             self._port.reject(event.channel_id, refusal)
             target = str(event.target) if event.target is not None else None
@@ -436,7 +428,7 @@ class ConnectionDriver:
             self._port.finish(handle.id)
 
     def _on_session_requested(self, event: SessionRequested) -> None:
-        if self._sessions is None or not self._sessions.start(event):
+        if self._kinds is None or not self._kinds.sessions.start(event):
             self.conn.reply_channel_request(event.channel_id, False)
             return
         self._quickack = False

@@ -54,9 +54,17 @@ class ConnectionPort:
     def live_channels(self) -> set[ChannelId]:
         return set(self._handles)
 
-    def forget(self, channel_id: ChannelId) -> None:
-        """A channel we opened was refused: its number may be reused."""
-        self._handles.pop(channel_id, None)
+    def answer_open(self, channel_id: ChannelId, refusal: str | None) -> None:
+        """The peer answered a channel we opened; a refused one is forgotten."""
+        handle = self._handles.get(channel_id)
+        if refusal is not None:
+            self._handles.pop(channel_id, None)
+        if handle is not None:
+            handle.answer_open(refusal)
+
+    def reply_global_request(self, request_id: int, ok: bool, *, port: int | None = None) -> None:
+        self._conn.reply_global_request(request_id, ok, port=port)
+        self._writer.flush_now()
 
     @property
     def handles(self) -> list[ChannelHandle]:

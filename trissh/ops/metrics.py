@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from trissh.addresses import join_host_port
+from trissh.ops.forward_metrics import ForwardMetrics
 
 log = structlog.get_logger("trissh.ops.metrics")
 
@@ -125,6 +126,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._define_connection_metrics(self.registry)
         self._define_session_metrics(self.registry)
+        self.forwards = ForwardMetrics(self.registry)
         self._guard_result = _LabelGuard()
         self._guard_kex = _LabelGuard()
         self._guard_method = _LabelGuard()

@@ -9,6 +9,7 @@ from trissh.protocol.connection import ServerConnection, Statistics
 from trissh.protocol.constants import ChannelOpenFailureReason, DisconnectReason
 from trissh.protocol.errors import LocalProtocolError, RemoteProtocolError, SSHError
 from trissh.protocol.events import (
+    AgentForwardingRequested,
     AuthDecisionRequested,
     Authenticated,
     AuthFailed,
@@ -46,6 +47,7 @@ from trissh.protocol.events import (
 from trissh.protocol.keys import HostKey, PublicKey, fingerprint, parse_public_key
 
 __all__ = [
+    "AgentForwardingRequested",
     "AuthDecisionRequested",
     "AuthFailed",
     "AuthPartiallySucceeded",

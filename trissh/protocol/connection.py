@@ -315,6 +315,10 @@ class ServerConnection:
     def close_channel(self, channel_id: ChannelId) -> None:
         self._channels.close(channel_id)
 
+    def allow_agent_forwarding(self) -> None:
+        """Grant ``auth-agent-req@openssh.com`` on this connection's sessions."""
+        self._sessions.agent_forwarding = True
+
     def forbid_pty(self) -> None:
         """Refuse every later ``pty-req`` (a ``no-pty`` restriction on the login)."""
         self._sessions.pty_allowed = False

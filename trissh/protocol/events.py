@@ -234,6 +234,16 @@ class SessionRequested:
     subsystem: str | None = None
     pty: PtyRequest | None = None
     env: dict[str, str] = field(default_factory=dict)
+    #: The client asked (``auth-agent-req@openssh.com``) for its agent in this session.
+    agent_forwarding: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentForwardingRequested:
+    """A session asked for the client's agent (``ssh -A``); already granted by the core
+    (``allow_agent_forwarding``): make the socket its sessions will be told about."""
+
+    channel_id: ChannelId
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -312,6 +322,7 @@ Event = (
     | GlobalRequestReceived
     | RequestRefused
     | SessionRequested
+    | AgentForwardingRequested
     | WindowChanged
     | SignalReceived
     | ChannelDataReceived

@@ -22,6 +22,7 @@ from trissh.protocol.channels import (
 )
 from trissh.protocol.config import ProtocolConfig
 from trissh.protocol.events import (
+    AgentForwardingRequested,
     ChannelId,
     Event,
     PtyRequest,
@@ -65,6 +66,8 @@ class SessionPolicy:
     pty_allowed: bool = True
     #: Set by ``no-more-sessions@openssh.com``.
     no_more_sessions: bool = False
+    #: Whether ``auth-agent-req@openssh.com`` is granted (off until the login allows it).
+    agent_forwarding: bool = False
 
 
 def _terminal_size(request: PtyRequestData | WindowChangeData) -> TerminalSize:
@@ -87,6 +90,7 @@ class SessionRules:
     started: bool = False
     pty: PtyRequest | None = None
     env: dict[str, str] = field(default_factory=dict)
+    agent: bool = False
 
     def on_request(self, request_type: str, data: Reader) -> RequestOutcome:
         if request_type == "pty-req":
@@ -95,6 +99,8 @@ class SessionRules:
             return self._env(EnvData.decode(data))
         if request_type in ("shell", "exec", "subsystem"):
             return self._start(SessionKind(request_type), data)
+        if request_type == "auth-agent-req@openssh.com":
+            return self._agent(data)
         if request_type == "window-change":
             size = WindowChangeData.decode(data)
             if self.pty is None:
@@ -123,6 +129,17 @@ class SessionRules:
             return "a terminal only before the session starts, once"
         pty = PtyRequestData.decode(data)
         self.pty = PtyRequest(term=pty.term, size=_terminal_size(pty), modes=pty.modes)
+        return True
+
+    def _agent(self, data: Reader) -> RequestOutcome:
+        data.check_end()
+        if not self.policy.agent_forwarding:
+            return "agent forwarding is not allowed"
+        if self.started:
+            return "agent forwarding only before the session starts"
+        if not self.agent:
+            self.agent = True
+            self.emit(AgentForwardingRequested(channel_id=self.channel_id))
         return True
 
     def _env(self, env: EnvData) -> RequestOutcome:
@@ -154,6 +171,7 @@ class SessionRules:
                 subsystem=subsystem,
                 pty=self.pty,
                 env=dict(self.env),
+                agent_forwarding=self.agent,
             )
         )
         return DEFERRED

@@ -1,0 +1,141 @@
+"""Who may forward where: ``[forwarding]`` narrowed by the login's key options, as sshd."""
+
+from __future__ import annotations
+
+import pytest
+
+from trissh.auth.authorized_keys import OptionError, parse_options
+from trissh.auth.policy import Grant
+from trissh.channels.forward_policy import ForwardPolicy
+from trissh.config import ConfigError, ForwardingSection, load_config
+from trissh.protocol import SocketPath, TcpAddress
+
+
+def policy(grant: Grant | None = None, **settings: object) -> ForwardPolicy:
+    return ForwardPolicy(ForwardingSection(**settings), grant or Grant())  # type: ignore[arg-type]
+
+
+WEB = TcpAddress(host="localhost", port=8080)
+SOCKET = SocketPath(path="/run/app.sock")
+
+
+def test_everything_is_allowed_by_default() -> None:
+    p = policy()
+    assert p.refuse_open(WEB) is None
+    assert p.refuse_listen(WEB) is None
+    assert p.refuse_open(SOCKET) is None
+    assert p.refuse_agent() is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "local", "remote"),
+    [("yes", True, True), ("local", True, False), ("remote", False, True), ("no", False, False)],
+)
+def test_allow_tcp_forwarding_directions(setting: str, local: bool, remote: bool) -> None:
+    p = policy(allow_tcp_forwarding=setting)
+    assert (p.refuse_open(WEB) is None) is local
+    assert (p.refuse_listen(WEB) is None) is remote
+    assert p.refuse_open(SOCKET) is None  # unix sockets have their own switch
+
+
+def test_streamlocal_has_its_own_switch() -> None:
+    p = policy(allow_streamlocal_forwarding="no")
+    assert p.refuse_open(SOCKET) == "unix socket forwarding (local) is not allowed"
+    assert p.refuse_listen(SOCKET) is not None
+    assert p.refuse_open(WEB) is None
+
+
+@pytest.mark.parametrize(
+    ("entries", "target", "allowed"),
+    [
+        (("none",), WEB, False),
+        (("localhost:8080",), WEB, True),
+        (("localhost:8081",), WEB, False),
+        (("*:8080",), WEB, True),
+        (("localhost:*",), WEB, True),
+        (("127.0.0.1:8080",), WEB, False),  # textual, as sshd: no resolution
+        (("[::1]:22", "localhost:8080"), WEB, True),
+        (("[::1]:22",), TcpAddress(host="::1", port=22), True),
+    ],
+)
+def test_permit_open(entries: tuple[str, ...], target: TcpAddress, allowed: bool) -> None:
+    refusal = policy(permit_open=entries).refuse_open(target)
+    assert (refusal is None) is allowed
+    if not allowed:
+        assert refusal == f"{target} is not in permit_open"
+
+
+def test_permit_listen_takes_a_bare_port() -> None:
+    p = policy(permit_listen=("9000",))
+    assert p.refuse_listen(TcpAddress(host="", port=9000)) is None
+    assert p.refuse_listen(TcpAddress(host="localhost", port=9001)) is not None
+
+
+@pytest.mark.parametrize(
+    "bad", [("any", "localhost:1"), ("localhost",), ("host:0",), ("host:99999",), (":80",)]
+)
+def test_bad_permit_entries_are_refused_with_the_key(bad: tuple[str, ...]) -> None:
+    with pytest.raises(ConfigError, match="forwarding.permit_open"):
+        load_config(None, {"forwarding.permit_open": list(bad)})
+
+
+def test_per_user_forwarding_overrides() -> None:
+    settings = load_config(
+        None,
+        {"users": {"alice": {"forwarding": {"allow_tcp_forwarding": "no"}}}},
+    )
+    assert settings.forwarding_for("alice").allow_tcp_forwarding == "no"
+    assert settings.forwarding_for("bob").allow_tcp_forwarding == "yes"
+
+
+def grant_of(options: str) -> Grant:
+    parsed = parse_options(options)
+    return Grant(
+        allow_port_forwarding=parsed.allow_port_forwarding,
+        allow_agent_forwarding=parsed.allow_agent_forwarding,
+        permit_open=(parsed.permit_open,) if parsed.permit_open else (),
+        permit_listen=(parsed.permit_listen,) if parsed.permit_listen else (),
+    )
+
+
+def test_key_options_narrow_the_settings() -> None:
+    assert policy(grant_of("no-port-forwarding")).refuse_open(WEB) == (
+        "port forwarding is not allowed for this key"
+    )
+    assert policy(grant_of("no-port-forwarding")).refuse_listen(SOCKET) is not None
+    assert policy(grant_of("no-agent-forwarding")).refuse_agent() is not None
+    only_db = grant_of('permitopen="db:5432",permitopen="cache:6379"')
+    assert policy(only_db).refuse_open(TcpAddress(host="db", port=5432)) is None
+    assert policy(only_db).refuse_open(WEB) is not None
+    # the key narrows the settings, it never widens them
+    assert (
+        policy(only_db, permit_open=("cache:6379",)).refuse_open(TcpAddress(host="db", port=5432))
+        is not None
+    )
+    assert policy(grant_of('permitlisten="8080"')).refuse_listen(WEB) is None
+    assert (
+        policy(grant_of('permitlisten="8080"')).refuse_listen(TcpAddress(host="localhost", port=9))
+        is not None
+    )
+
+
+def test_restrict_turns_everything_off_until_a_later_option_turns_it_on() -> None:
+    restricted = parse_options("restrict")
+    assert not restricted.allow_port_forwarding
+    assert not restricted.allow_agent_forwarding
+    assert not restricted.allow_pty
+    reopened = parse_options("restrict,port-forwarding")
+    assert reopened.allow_port_forwarding
+    assert not reopened.allow_agent_forwarding
+
+
+def test_merged_grants_keep_every_restriction() -> None:
+    merged = grant_of('permitopen="a:1"').merged(grant_of("no-agent-forwarding"))
+    assert merged.permit_open == (("a:1",),)
+    assert not merged.allow_agent_forwarding
+
+
+@pytest.mark.parametrize("bad", ['permitopen="nohost"', 'permitlisten="x:70000"'])
+def test_malformed_permit_options_invalidate_the_line(bad: str) -> None:
+    with pytest.raises(OptionError):
+        parse_options(bad)

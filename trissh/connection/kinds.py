@@ -1,0 +1,96 @@
+"""The handlers of each channel kind for one authenticated connection, and what each
+needs to know of the login: where the driver's routing ends and the kinds begin.
+
+Containers: sessions get theirs from the execution mode (one per connection, or one per
+session); forwards always reach one container that lives as long as the connection — the
+connection's own in ``connection`` mode, and in ``session`` mode one kept for forwards
+(started by the first forward), since a forward belongs to no session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from trissh.backend import SandboxSpec
+from trissh.channels.agent_forward import AgentForwarding
+from trissh.channels.forward_policy import ForwardPolicy
+from trissh.channels.forwards import ForwardContext, ForwardCount, LocalForwards
+from trissh.channels.remote_forwards import RemoteForwards
+from trissh.channels.session import SessionContext
+from trissh.channels.sessions import SessionChannels
+from trissh.config import container_settings
+from trissh.connection.handshake import Login
+from trissh.connection.port import ConnectionPort
+from trissh.connection.sandboxes import ConnectionSandbox, SandboxSource, SessionSandboxes
+from trissh.server.state import ServerContext
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelKinds:
+    sessions: SessionChannels
+    local_forwards: LocalForwards
+    remote_forwards: RemoteForwards
+    agent: AgentForwarding
+    #: Whether the core may grant ``auth-agent-req@openssh.com``.
+    agent_allowed: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Connection:
+    """Who the connection is, for its handlers."""
+
+    conn_id: str
+    remote: str
+    login: Login
+    port: ConnectionPort
+    nursery: trio.Nursery
+    #: The driver's bounded log of refused requests: (request, reason, target).
+    note_refused: Callable[[str, str, str], None]
+
+
+def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
+    login = connection.login
+    spec = SandboxSpec(
+        conn_id=connection.conn_id,
+        username=login.username,
+        remote=connection.remote,
+        instance=ctx.instance,
+        settings=container_settings(login.container),
+    )
+    shared = ConnectionSandbox(ctx.backend, spec, connection.nursery)
+    sessions_source: SandboxSource = shared
+    if login.session.execution_mode == "session":
+        sessions_source = SessionSandboxes(ctx.backend, spec)
+    forwarding = ctx.settings.forwarding_for(login.username)
+    forward_ctx = ForwardContext(
+        policy=ForwardPolicy(forwarding, login.grant),
+        sandbox=shared.get,
+        start_timeout=login.container.start_timeout,
+        metrics=ctx.metrics.forwards,
+        count=ForwardCount(forwarding.max_channels),
+        note_refused=connection.note_refused,
+    )
+    port, nursery = connection.port, connection.nursery
+    agent = AgentForwarding(forward_ctx, port, nursery, connection.conn_id)
+    wanted = ctx.settings.recording.users
+    session_ctx = SessionContext(
+        conn_id=connection.conn_id,
+        username=login.username,
+        container=login.container,
+        settings=login.session,
+        grant=login.grant,
+        sandboxes=sessions_source,
+        metrics=ctx.metrics,
+        recorder=ctx.recorder if not wanted or login.username in wanted else None,
+        agent_socket=agent.socket_path,
+    )
+    return ChannelKinds(
+        sessions=SessionChannels(session_ctx, port, nursery),
+        local_forwards=LocalForwards(forward_ctx, port, nursery),
+        remote_forwards=RemoteForwards(forward_ctx, port, nursery, forwarding.max_listeners),
+        agent=agent,
+        agent_allowed=forward_ctx.policy.refuse_agent() is None,
+    )
