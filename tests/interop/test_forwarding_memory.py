@@ -1,0 +1,276 @@
+"""Forwarding with the real OpenSSH client against trissh on the in-process backend: the
+handlers, the policy and what the client shows, fast. The container's side is the memory
+sandbox's fake network (the podman end to end tests: tests/e2e/test_forwarding.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from trissh.backend import SandboxSpec, SocketAddress
+from trissh.backend.memory import MemoryBackend, MemorySandbox
+
+from ..support import (
+    ClientKey,
+    RunningServer,
+    make_context,
+    needs_ssh,
+    require_binary,
+    ssh_argv,
+    start_server,
+    wait_until,
+)
+
+pytestmark = [needs_ssh, pytest.mark.interop]
+
+
+class CapturingBackend(MemoryBackend):
+    """A memory backend that lets the test act inside the sandboxes it made."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sandboxes: list[MemorySandbox] = []
+
+    @asynccontextmanager
+    async def open_sandbox(self, spec: SandboxSpec) -> AsyncIterator[MemorySandbox]:
+        async with super().open_sandbox(spec) as sandbox:
+            self.sandboxes.append(sandbox)
+            yield sandbox
+
+
+async def serve_echo(listener: Any, *, task_status: trio.TaskStatus[None]) -> None:
+    """Echo every connection to ``listener`` until cancelled."""
+
+    async def echo(stream: trio.abc.HalfCloseableStream) -> None:
+        async with stream:
+            while data := await stream.receive_some(65536):
+                await stream.send_all(data)
+            await stream.send_eof()
+
+    task_status.started()
+    async with trio.open_nursery() as nursery:
+        while True:
+            stream, _ = await listener.accept()
+            nursery.start_soon(echo, stream)
+
+
+async def server(nursery: trio.Nursery, keys: Path, tmp: Path, **settings: Any) -> RunningServer:
+    ctx = make_context(BACKEND[0], keys, tmp / "host_key", **settings)
+    return await start_server(nursery, ctx)
+
+
+BACKEND: list[CapturingBackend] = []
+
+
+@pytest.fixture
+def backend() -> CapturingBackend:
+    BACKEND[:] = [CapturingBackend()]
+    return BACKEND[0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def round_trip(port: int, payload: bytes) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(payload)
+        await stream.send_eof()
+        received = b""
+        while data := await stream.receive_some(65536):
+            received += data
+    return received
+
+
+@asynccontextmanager
+async def ssh_running(port: int, key: Path, *args: str) -> AsyncIterator[trio.Process]:
+    """A background ``ssh`` with ``args``; killed on leaving."""
+    process = await trio.lowlevel.open_process(
+        ssh_argv(port, key, *args), stdin=None, stdout=None, stderr=None
+    )
+    try:
+        yield process
+    finally:
+        process.kill()
+        await process.wait()
+
+
+async def test_local_forward_reaches_a_server_inside_the_container(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey,
+) -> None:  # fmt: skip
+    """``ssh -L`` to localhost:8080 reaches the sandbox's own port 8080, both ways, with
+    the client's half-close passed on."""
+    running = await server(nursery, authorized_keys, tmp_path)
+    local = free_port()
+    async with ssh_running(
+        running.port, client_key.path, "-L", f"{local}:localhost:8080", "sleep 30"
+    ):
+        await wait_until(lambda: bool(backend.sandboxes))
+        sandbox = backend.sandboxes[0]
+        async with sandbox.listen(SocketAddress(host="127.0.0.1", port=8080)) as listener:
+            await nursery.start(serve_echo, listener)
+            await wait_until(lambda: _listening(local))
+            payload = os.urandom(3_000_000)
+            with trio.fail_after(30):
+                assert await round_trip(local, payload) == payload
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_a_refused_target_is_an_open_failure_the_client_shows(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey,
+) -> None:  # fmt: skip
+    """Nothing listens on the sandbox's port 9: ``ssh -W`` shows OpenSSH's open failure."""
+    running = await server(nursery, authorized_keys, tmp_path)
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            ssh_argv(running.port, client_key.path, "-W", "localhost:9"),
+            capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+    assert result.returncode != 0
+    assert b"open failed: connect failed: Connection refused" in result.stderr
+
+
+async def test_stdio_forward_over_a_control_master_carries_bytes(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey,
+) -> None:  # fmt: skip
+    """``ssh -W host:port`` (what ProxyJump uses) joins the client's stdio to the port;
+    through a ControlMaster it shares the master's connection, hence its container."""
+    running = await server(nursery, authorized_keys, tmp_path)
+    control = tmp_path / "ctl"
+    async with ssh_running(
+        running.port, client_key.path, "-M", "-S", str(control), "sleep 30"
+    ):  # fmt: skip
+        await wait_until(lambda: bool(backend.sandboxes) and control.exists())
+        sandbox = backend.sandboxes[0]
+        async with sandbox.listen(SocketAddress(host="127.0.0.1", port=7000)) as listener:
+            await nursery.start(serve_echo, listener)
+            with trio.fail_after(30):
+                result = await trio.run_process(
+                    ssh_argv(running.port, client_key.path, "-S", str(control),
+                             "-W", "127.0.0.1:7000"),
+                    stdin=b"hello through -W\n", capture_stdout=True,
+                    capture_stderr=True, check=False,
+                )  # fmt: skip
+    assert result.stdout == b"hello through -W\n", result.stderr
+    assert len(backend.sandboxes) == 1
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"forwarding.allow_tcp_forwarding": "no"}, b"TCP forwarding (local) is not allowed"),
+        ({"forwarding.permit_open": ["db:5432"]}, b"localhost:9 is not in permit_open"),
+    ],
+)
+async def test_policy_refusals_reach_the_client(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey, settings: dict[str, Any], message: bytes,
+) -> None:  # fmt: skip
+    running = await server(nursery, authorized_keys, tmp_path, **settings)
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            ssh_argv(running.port, client_key.path, "-W", "localhost:9"),
+            capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+    assert b"administratively prohibited" in result.stderr
+    assert message in result.stderr
+    assert backend.sandboxes == []  # refused before any container was made
+
+
+async def test_remote_forward_reaches_the_clients_side(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey,
+) -> None:  # fmt: skip
+    """``ssh -R 9000:127.0.0.1:PORT``: a program in the container connecting to its own
+    localhost:9000 reaches the client's local server."""
+    running = await server(nursery, authorized_keys, tmp_path)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    client_side = listeners[0].socket.getsockname()[1]
+    await nursery.start(serve_echo, listeners[0])
+    async with ssh_running(
+        running.port, client_key.path, "-o", "ExitOnForwardFailure=yes",
+        "-R", f"9000:127.0.0.1:{client_side}", "sleep 30",
+    ):  # fmt: skip
+        await wait_until(lambda: bool(backend.sandboxes))
+        sandbox = backend.sandboxes[0]
+        with trio.fail_after(20):
+            while True:
+                try:
+                    stream = await sandbox.connect(SocketAddress(host="localhost", port=9000))
+                    break
+                except Exception:
+                    await trio.sleep(0.05)
+            async with stream:
+                await stream.send_all(b"from inside\n")
+                await stream.send_eof()
+                received = b""
+                while data := await stream.receive_some(1024):
+                    received += data
+    assert received == b"from inside\n"
+
+
+async def test_agent_forwarding_gives_sessions_a_socket_to_the_clients_agent(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey,
+) -> None:  # fmt: skip
+    """``ssh -A``: the session sees SSH_AUTH_SOCK, and that socket inside the container
+    answers as the client's agent (REQUEST_IDENTITIES lists the key its ssh-agent holds)."""
+    agent_sock = tmp_path / "agent.sock"
+    agent = await trio.lowlevel.open_process(
+        [require_binary("ssh-agent"), "-D", "-a", str(agent_sock)]
+    )
+    try:
+        await wait_until(agent_sock.exists)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(agent_sock)}
+        await trio.run_process([require_binary("ssh-add"), "-q", str(client_key.path)], env=env)
+        running = await server(nursery, authorized_keys, tmp_path)
+        argv = ssh_argv(running.port, client_key.path, "-A", "printenv SSH_AUTH_SOCK; sleep 30")
+        session = await trio.lowlevel.open_process(argv, env=env, stdout=subprocess.PIPE)
+        try:
+            assert session.stdout is not None
+            with trio.fail_after(30):
+                line = b""
+                while not line.endswith(b"\n"):
+                    line += await session.stdout.receive_some(1)
+            path = line.decode().strip()
+            assert path.startswith("/tmp/trissh-agent-")
+            stream = await backend.sandboxes[0].connect(SocketAddress(path=path))
+            async with stream:
+                with trio.fail_after(30):
+                    assert await request_identities(stream) == 1
+        finally:
+            session.kill()
+            await session.wait()
+    finally:
+        agent.kill()
+        await agent.wait()
+
+
+async def request_identities(stream: trio.abc.Stream) -> int:
+    await stream.send_all(struct.pack(">IB", 1, 11))  # SSH_AGENTC_REQUEST_IDENTITIES
+    header = await stream.receive_some(5)
+    length, kind = struct.unpack(">IB", header[:5])
+    assert kind == 12  # SSH_AGENT_IDENTITIES_ANSWER
+    body = header[5:]
+    while len(body) < length - 1:
+        body += await stream.receive_some(length - 1 - len(body))
+    return int(struct.unpack(">I", body[:4])[0])
