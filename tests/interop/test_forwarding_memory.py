@@ -59,7 +59,10 @@ async def serve_echo(listener: Any, *, task_status: trio.TaskStatus[None]) -> No
     task_status.started()
     async with trio.open_nursery() as nursery:
         while True:
-            stream, _ = await listener.accept()
+            try:
+                stream, _ = await listener.accept()
+            except trio.ClosedResourceError:
+                return  # the listener's context was left
             nursery.start_soon(echo, stream)
 
 
