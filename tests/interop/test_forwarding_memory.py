@@ -60,10 +60,11 @@ async def serve_echo(listener: Any, *, task_status: trio.TaskStatus[None]) -> No
     async with trio.open_nursery() as nursery:
         while True:
             try:
-                stream, _ = await listener.accept()
+                accepted = await listener.accept()
             except trio.ClosedResourceError:
                 return  # the listener's context was left
-            nursery.start_soon(echo, stream)
+            # a sandbox listener gives (stream, peer), a trio.SocketListener the stream
+            nursery.start_soon(echo, accepted[0] if isinstance(accepted, tuple) else accepted)
 
 
 async def server(nursery: trio.Nursery, keys: Path, tmp: Path, **settings: Any) -> RunningServer:
@@ -144,7 +145,7 @@ async def test_a_refused_target_is_an_open_failure_the_client_shows(
     running = await server(nursery, authorized_keys, tmp_path)
     with trio.fail_after(30):
         result = await trio.run_process(
-            ssh_argv(running.port, client_key.path, "-W", "localhost:9"),
+            ssh_argv(running.port, client_key.path, "-v", "-W", "localhost:9"),
             capture_stdout=True, capture_stderr=True, check=False,
         )  # fmt: skip
     assert result.returncode != 0
@@ -191,7 +192,7 @@ async def test_policy_refusals_reach_the_client(
     running = await server(nursery, authorized_keys, tmp_path, **settings)
     with trio.fail_after(30):
         result = await trio.run_process(
-            ssh_argv(running.port, client_key.path, "-W", "localhost:9"),
+            ssh_argv(running.port, client_key.path, "-v", "-W", "localhost:9"),
             capture_stdout=True, capture_stderr=True, check=False,
         )  # fmt: skip
     assert b"administratively prohibited" in result.stderr
