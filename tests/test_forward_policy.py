@@ -12,7 +12,7 @@ from trissh.protocol import SocketPath, TcpAddress
 
 
 def policy(grant: Grant | None = None, **settings: object) -> ForwardPolicy:
-    return ForwardPolicy(ForwardingSection(**settings), grant or Grant())  # type: ignore[arg-type]
+    return ForwardPolicy(ForwardingSection.model_validate(settings), grant or Grant())
 
 
 WEB = TcpAddress(host="localhost", port=8080)
@@ -75,7 +75,7 @@ def test_permit_listen_takes_a_bare_port() -> None:
     "bad", [("any", "localhost:1"), ("localhost",), ("host:0",), ("host:99999",), (":80",)]
 )
 def test_bad_permit_entries_are_refused_with_the_key(bad: tuple[str, ...]) -> None:
-    with pytest.raises(ConfigError, match="forwarding.permit_open"):
+    with pytest.raises(ConfigError, match=r"forwarding\.permit_open"):
         load_config(None, {"forwarding.permit_open": list(bad)})
 
 

@@ -37,6 +37,7 @@ from trissh.protocol import (
 from trissh.protocol.constants import MessageNumber
 from trissh.protocol.errors import DecodeError
 from trissh.protocol.messages import connection as conn
+from trissh.protocol.messages import forwarding as fw
 from trissh.protocol.messages import transport as tr
 from trissh.protocol.messages import userauth as ua
 
@@ -162,6 +163,7 @@ _REQUEST_DATA = st.one_of(
         _UINT32,
     ),
     st.builds(lambda s: conn.SignalData(name=s).encode(), st.sampled_from(["INT", "TERM", ""])),
+    st.just(b""),  # auth-agent-req@openssh.com has no data
 )
 #: Shaped like a security key signature: string alg, string sig, byte flags, uint32 counter.
 _SK_SIGNATURES = st.builds(
@@ -174,6 +176,18 @@ _SK_SIGNATURES = st.builds(
     _UINT32,
     st.sampled_from([b"", b"x"]),
 )
+_FORWARD_DATA = st.one_of(
+    st.binary(max_size=60),
+    st.builds(
+        lambda h, p, o, q: fw.TcpipOpenData(
+            host=h, port=p, originator_host=o, originator_port=q
+        ).encode(),
+        _TEXT, st.integers(0, 70000), _TEXT, _UINT32,
+    ),
+    st.builds(lambda h, p: fw.TcpipForwardData(address=h, port=p).encode(), _TEXT, _UINT32),
+    st.builds(lambda p: fw.StreamlocalForwardData(path=p).encode(), _TEXT),
+    st.builds(lambda p: fw.DirectStreamlocalData(path=p).encode(), _TEXT),
+)  # fmt: skip
 _STRUCTURED = st.one_of(
     st.builds(
         lambda t, s, w, m: conn.ChannelOpen(
@@ -185,12 +199,62 @@ _STRUCTURED = st.one_of(
         _UINT32,
     ),
     st.builds(
+        lambda t, s, w, d: conn.ChannelOpen(
+            channel_type=t, sender_channel=s, initial_window=w, max_packet=32768, data=d
+        ).encode(),
+        st.sampled_from(["direct-tcpip", "direct-streamlocal@openssh.com", "forwarded-tcpip"]),
+        _UINT32,
+        _UINT32,
+        _FORWARD_DATA,
+    ),
+    st.builds(
+        lambda c, s, w, m: conn.ChannelOpenConfirmation(
+            recipient_channel=c, sender_channel=s, initial_window=w, max_packet=m
+        ).encode(),
+        st.integers(0, 3),
+        _UINT32,
+        _UINT32,
+        _UINT32,
+    ),
+    st.builds(
+        lambda c, r, d: conn.ChannelOpenFailure(
+            recipient_channel=c, reason=r, description=d
+        ).encode(),
+        st.integers(0, 3),
+        _UINT32,
+        _TEXT,
+    ),
+    st.builds(
+        lambda n, w, d: conn.GlobalRequest(name=n, want_reply=w, data=d).encode(),
+        st.sampled_from(
+            [
+                "tcpip-forward",
+                "cancel-tcpip-forward",
+                "streamlocal-forward@openssh.com",
+                "cancel-streamlocal-forward@openssh.com",
+                "hostkeys-prove-00@openssh.com",
+            ]
+        ),
+        st.booleans(),
+        _FORWARD_DATA,
+    ),
+    st.builds(
         lambda c, t, w, d: conn.ChannelRequest(
             recipient_channel=c, request_type=t, want_reply=w, data=d
         ).encode(),
         st.integers(0, 2),
         st.sampled_from(
-            ["pty-req", "env", "exec", "shell", "subsystem", "window-change", "signal", "x"]
+            [
+                "pty-req",
+                "env",
+                "exec",
+                "shell",
+                "subsystem",
+                "window-change",
+                "signal",
+                "x",
+                "auth-agent-req@openssh.com",
+            ]
         ),
         st.booleans(),
         _REQUEST_DATA,
@@ -281,7 +345,11 @@ def _phase_pair(phase: str) -> tuple[ConnectionPair, ChannelId | None]:
         pair.transfer()
         return pair, None
     pair = established_pair()
-    return pair, pair.open_session()
+    session = pair.open_session()
+    pair.server.open_channel("forwarded-tcpip", b"")  # answers to our open are fair game
+    pair.server.allow_agent_forwarding()
+    pair.transfer()
+    return pair, session
 
 
 def feed_payloads(phase: str, payloads: list[bytes]) -> None:

@@ -14,6 +14,7 @@ from trissh.protocol import (
     ChannelOpenRequested,
     DisconnectReason,
     Event,
+    GlobalRequestReceived,
     HostKey,
     ProtocolConfig,
     PublicKeyAuthRequested,
@@ -142,13 +143,15 @@ def established_pair(config: ProtocolConfig | None = None, **client_options: Any
 
 
 def auto_answer(server: ServerConnection, event: Event) -> None:
-    """A permissive driver policy: accept every key, channel and session."""
+    """A permissive driver policy: accept every key, channel, session and listen."""
     if isinstance(event, PublicKeyAuthRequested):
         server.accept_auth()
     elif isinstance(event, ChannelOpenRequested):
         server.accept_channel(event.channel_id)
     elif isinstance(event, SessionRequested):
         server.reply_channel_request(event.channel_id, True)
+    elif isinstance(event, GlobalRequestReceived):
+        server.reply_global_request(event.request_id, True, port=4242)
 
 
 def parse_plaintext(data: bytes) -> tuple[bytes, list[bytes]]:
