@@ -22,9 +22,11 @@ from trissh.backend.memory import MemoryBackend, MemorySandbox
 from ..support import (
     ClientKey,
     RunningServer,
+    capture_module_log,
     make_context,
     needs_ssh,
     require_binary,
+    require_module,
     ssh_argv,
     start_server,
     wait_until,
@@ -34,17 +36,25 @@ pytestmark = [needs_ssh, pytest.mark.interop]
 
 
 class CapturingBackend(MemoryBackend):
-    """A memory backend that lets the test act inside the sandboxes it made."""
+    """A memory backend that lets the test act inside the sandboxes it made, and (with
+    ``listen_on``) starts an echo server in each as it is made."""
 
     def __init__(self) -> None:
         super().__init__()
         self.sandboxes: list[MemorySandbox] = []
+        self.listen_on: SocketAddress | None = None
 
     @asynccontextmanager
     async def open_sandbox(self, spec: SandboxSpec) -> AsyncIterator[MemorySandbox]:
         async with super().open_sandbox(spec) as sandbox:
             self.sandboxes.append(sandbox)
-            yield sandbox
+            if self.listen_on is None:
+                yield sandbox
+                return
+            async with sandbox.listen(self.listen_on) as listener, trio.open_nursery() as inside:
+                await inside.start(serve_echo, listener)
+                yield sandbox
+                inside.cancel_scope.cancel()
 
 
 async def serve_echo(listener: Any, *, task_status: trio.TaskStatus[None]) -> None:
@@ -278,3 +288,168 @@ async def request_identities(stream: trio.abc.Stream) -> int:
     while len(body) < length - 1:
         body += await stream.receive_some(length - 1 - len(body))
     return int(struct.unpack(">I", body[:4])[0])
+
+
+async def unix_round_trip(path: Path, payload: bytes) -> bytes:
+    stream = await trio.open_unix_socket(str(path))
+    async with stream:
+        await stream.send_all(payload)
+        await stream.send_eof()
+        received = b""
+        while data := await stream.receive_some(65536):
+            received += data
+    return received
+
+
+async def test_unix_socket_forwards_both_ways(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey,
+) -> None:  # fmt: skip
+    """``-L /local.sock:/run/app.sock`` reaches a socket in the container, and
+    ``-R /tmp/back.sock:/client.sock`` lets the container reach one on the client's side."""
+    running = await server(nursery, authorized_keys, tmp_path)
+    local = tmp_path / "local.sock"
+    client_side = tmp_path / "client.sock"
+    client_listener = trio.SocketListener(trio.socket.socket(trio.socket.AF_UNIX))
+    await client_listener.socket.bind(str(client_side))
+    client_listener.socket.listen(8)
+    await nursery.start(serve_echo, client_listener)
+    async with ssh_running(
+        running.port, client_key.path, "-o", "ExitOnForwardFailure=yes",
+        "-L", f"{local}:/run/app.sock", "-R", f"/tmp/back.sock:{client_side}", "sleep 30",
+    ):  # fmt: skip
+        await wait_until(lambda: bool(backend.sandboxes) and local.exists())
+        sandbox = backend.sandboxes[0]
+        async with sandbox.listen(SocketAddress(path="/run/app.sock")) as listener:
+            await nursery.start(serve_echo, listener)
+            with trio.fail_after(30):
+                assert await unix_round_trip(local, b"to the container") == b"to the container"
+        with trio.fail_after(20):
+            while True:
+                try:
+                    stream = await sandbox.connect(SocketAddress(path="/tmp/back.sock"))
+                    break
+                except Exception:
+                    await trio.sleep(0.05)
+            async with stream:
+                await stream.send_all(b"to the client")
+                await stream.send_eof()
+                assert await stream.receive_some(1024) == b"to the client"
+
+
+async def test_a_stalled_forward_does_not_slow_a_session_on_the_same_connection(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey,
+) -> None:  # fmt: skip
+    """A forward whose reader stops reading fills only its own window: 20 MB of session
+    output on the same connection (a ControlMaster) still arrives."""
+    running = await server(nursery, authorized_keys, tmp_path)
+    control, local = tmp_path / "ctl", free_port()
+    async with ssh_running(
+        running.port, client_key.path, "-M", "-S", str(control), "-L", f"{local}:localhost:8080",
+        "sleep 60",
+    ):  # fmt: skip
+        await wait_until(lambda: bool(backend.sandboxes) and _listening(local))
+        async with backend.sandboxes[0].listen(
+            SocketAddress(host="127.0.0.1", port=8080)
+        ) as listener:
+
+            async def flood(*, task_status: trio.TaskStatus[None]) -> None:
+                task_status.started()
+                stream, _ = await listener.accept()
+                with trio.move_on_after(60):
+                    while True:  # until the stalled reader's window and buffers are full
+                        await stream.send_all(b"x" * 65536)
+
+            await nursery.start(flood)
+            stalled = await trio.open_tcp_stream("127.0.0.1", local)  # never read
+            try:
+                with trio.fail_after(60):
+                    result = await trio.run_process(
+                        ssh_argv(running.port, client_key.path, "-S", str(control),
+                                 "head -c 20000000 /dev/zero"),
+                        capture_stdout=True, capture_stderr=True, check=False,
+                    )  # fmt: skip
+            finally:
+                await stalled.aclose()
+    assert (result.returncode, len(result.stdout)) == (0, 20_000_000), result.stderr
+
+
+async def test_forwards_are_logged_with_their_bytes(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    logs = capture_module_log(monkeypatch, "trissh.channels.forwards")
+    running = await server(nursery, authorized_keys, tmp_path)
+    local = free_port()
+    async with ssh_running(
+        running.port, client_key.path, "-L", f"{local}:localhost:8080", "sleep 30"
+    ):
+        await wait_until(lambda: bool(backend.sandboxes) and _listening(local))
+        async with backend.sandboxes[0].listen(
+            SocketAddress(host="127.0.0.1", port=8080)
+        ) as listener:
+            await nursery.start(serve_echo, listener)
+            with trio.fail_after(30):
+                assert await round_trip(local, b"12345") == b"12345"
+            await wait_until(lambda: any(e["event"] == "forward_closed" for e in logs))
+    opened = next(e for e in logs if e["event"] == "forward_opened")
+    closed = next(e for e in logs if e["event"] == "forward_closed")
+    assert (opened["kind"], opened["target"]) == ("direct-tcpip", "localhost:8080")
+    assert (closed["bytes_in"], closed["bytes_out"]) == (5, 5)
+    metrics = running.ctx.metrics.forwards
+    assert metrics.bytes_total.labels(direction="in")._value.get() == 5
+
+
+def _asyncssh_round_trip(port: int, key: str, payload: bytes) -> bytes:
+    asyncssh = require_module("asyncssh")
+    import asyncio
+
+    async def run() -> bytes:
+        async with asyncssh.connect(
+            "127.0.0.1", port, username="alice", client_keys=[key], known_hosts=None
+        ) as conn:
+            reader, writer = await conn.open_connection("localhost", 8080)
+            writer.write(payload)
+            writer.write_eof()
+            return bytes(await reader.read())
+
+    return asyncio.run(run())
+
+
+def _paramiko_round_trip(port: int, key: str, payload: bytes) -> bytes:
+    paramiko = require_module("paramiko")
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect("127.0.0.1", port, username="alice", key_filename=key,
+                   allow_agent=False, look_for_keys=False)  # fmt: skip
+    try:
+        channel = client.get_transport().open_channel(
+            "direct-tcpip", ("localhost", 8080), ("127.0.0.1", 40000)
+        )
+        channel.sendall(payload)
+        channel.shutdown_write()
+        received = b""
+        while data := channel.recv(65536):
+            received += data
+        return received
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("client", ["asyncssh", "paramiko"])
+async def test_python_clients_open_direct_tcpip(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey, client: str,
+) -> None:  # fmt: skip
+    """asyncssh's open_connection and paramiko's open_channel reach the container's port
+    (each connection gets its container when the forward opens: the listener is made in
+    every container the backend starts)."""
+    backend.listen_on = SocketAddress(host="127.0.0.1", port=8080)
+    running = await server(nursery, authorized_keys, tmp_path)
+    round_trip_of = {"asyncssh": _asyncssh_round_trip, "paramiko": _paramiko_round_trip}[client]
+    with trio.fail_after(60):
+        received = await trio.to_thread.run_sync(
+            round_trip_of, running.port, str(client_key.path), b"python client"
+        )
+    assert received == b"python client"
