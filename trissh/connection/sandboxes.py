@@ -68,7 +68,13 @@ class ConnectionSandbox:
 
     def prepare(self, start_timeout: float) -> None:
         """Start the container now, in the background; ``get`` waits for it."""
-        if self._sandbox is None and self._failure is None and self._prepared is None:
+        starting = self._lock.locked()  # a start ``get`` began (a forward's) is enough
+        if (
+            self._sandbox is None
+            and self._failure is None
+            and self._prepared is None
+            and not starting
+        ):
             self._prepared = trio.Event()
             self._nursery.start_soon(self._keep_prepared, start_timeout, self._prepared)
 
