@@ -34,23 +34,25 @@ BUILD_IMAGE_SH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_
 declare -F pod >/dev/null || pod() { podman "$@"; }
 
 # Files copied from the host: busybox, sftp-server, its libraries and the dynamic loader.
-# scp serves `scp -O` (the legacy protocol runs `scp -t`/`scp -f` on the server side).
+# scp serves `scp -O` (the legacy protocol runs `scp -t`/`scp -f` on the server side);
+# ssh-add shows that a forwarded agent (ssh -A) is reachable inside.
 SCP=/usr/bin/scp
+SSH_ADD=/usr/bin/ssh-add
 image_inputs() {
     local f
-    for f in "$BUSYBOX" "$SFTP_SERVER" "$SCP"; do
+    for f in "$BUSYBOX" "$SFTP_SERVER" "$SCP" "$SSH_ADD"; do
         [[ -x $f ]] || { echo "build-image: $f is missing (apt-get install busybox-static openssh-sftp-server openssh-client)" >&2; return 1; }
     done
-    for f in "$SFTP_SERVER" "$SCP"; do
+    for f in "$SFTP_SERVER" "$SCP" "$SSH_ADD"; do
         if ldd "$f" | grep -q 'not found'; then
             echo "build-image: ldd $f: unresolved libraries" >&2
             return 1
         fi
     done
-    printf '%s\n' "$BUSYBOX" "$SFTP_SERVER" "$SCP"
+    printf '%s\n' "$BUSYBOX" "$SFTP_SERVER" "$SCP" "$SSH_ADD"
     # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and "/lib64/ld-linux-x86-64.so.2 (0x...)"
-    # (with two files ldd prints a "/path:" header line before each file's list: not a library)
-    ldd "$SFTP_SERVER" "$SCP" | awk '$2 == "=>" && $3 ~ /^\// { print $3; next } $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | sort -u
+    # (with several files ldd prints a "/path:" header line before each file's list: not a library)
+    ldd "$SFTP_SERVER" "$SCP" "$SSH_ADD" | awk '$2 == "=>" && $3 ~ /^\// { print $3; next } $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | sort -u
 }
 
 # The bench variant's extra files: GNU tools, dash, and every library they need.

@@ -189,18 +189,30 @@ async def test_stdio_forward_over_a_control_master_carries_bytes(
     assert len(backend.sandboxes) == 1
 
 
-@pytest.mark.parametrize(
-    ("settings", "message"),
-    [
-        ({"forwarding.allow_tcp_forwarding": "no"}, b"TCP forwarding (local) is not allowed"),
-        ({"forwarding.permit_open": ["db:5432"]}, b"localhost:9 is not in permit_open"),
-    ],
-)
-async def test_policy_refusals_reach_the_client(
-    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
-    tmp_path: Path, client_key: ClientKey, settings: dict[str, Any], message: bytes,
+LOCAL_REFUSALS = [
+    ({"forwarding.allow_tcp_forwarding": "no"}, "", b"TCP forwarding (local) is not allowed"),
+    ({"forwarding.allow_tcp_forwarding": "remote"}, "", b"TCP forwarding (local) is not allowed"),
+    ({"forwarding.permit_open": ["db:5432"]}, "", b"localhost:9 is not in permit_open"),
+    ({"forwarding.permit_open": ["none"]}, "", b"localhost:9 is not in permit_open"),
+    ({}, "no-port-forwarding", b"port forwarding is not allowed for this key"),
+    ({}, "restrict", b"port forwarding is not allowed for this key"),
+    ({}, 'permitopen="db:5432"', b"localhost:9 is not in permit_open"),
+]
+
+
+def keys_with(options: str, client_key: ClientKey, tmp_path: Path) -> Path:
+    path = tmp_path / "authorized_keys_with_options"
+    path.write_text(f"{options} {client_key.public_line}\n" if options else client_key.public_line)
+    return path
+
+
+@pytest.mark.parametrize(("settings", "options", "message"), LOCAL_REFUSALS)
+async def test_local_forward_refusals_reach_the_client(
+    nursery: trio.Nursery, backend: CapturingBackend, tmp_path: Path,
+    client_key: ClientKey, settings: dict[str, Any], options: str, message: bytes,
 ) -> None:  # fmt: skip
-    running = await server(nursery, authorized_keys, tmp_path, **settings)
+    keys = keys_with(options, client_key, tmp_path)
+    running = await server(nursery, keys, tmp_path, **settings)
     with trio.fail_after(30):
         result = await trio.run_process(
             ssh_argv(running.port, client_key.path, "-v", "-W", "localhost:9"),
@@ -209,6 +221,55 @@ async def test_policy_refusals_reach_the_client(
     assert b"administratively prohibited" in result.stderr
     assert message in result.stderr
     assert backend.sandboxes == []  # refused before any container was made
+
+
+REMOTE_REFUSALS = [
+    ({"forwarding.allow_tcp_forwarding": "no"}, "", "9000:localhost:1"),
+    ({"forwarding.allow_tcp_forwarding": "local"}, "", "9000:localhost:1"),
+    ({"forwarding.permit_listen": ["8000"]}, "", "9000:localhost:1"),
+    ({"forwarding.allow_streamlocal_forwarding": "no"}, "", "/tmp/in.sock:/tmp/out.sock"),
+    ({"forwarding.max_listeners": 0}, "", "9000:localhost:1"),
+    ({}, "no-port-forwarding", "9000:localhost:1"),
+    ({}, 'permitlisten="8000"', "9000:localhost:1"),
+]
+
+
+@pytest.mark.parametrize(("settings", "options", "spec"), REMOTE_REFUSALS)
+async def test_remote_forward_refusals_reach_the_client(
+    nursery: trio.Nursery, backend: CapturingBackend, tmp_path: Path,
+    client_key: ClientKey, settings: dict[str, Any], options: str, spec: str,
+) -> None:  # fmt: skip
+    """``ssh -R`` refused: with ExitOnForwardFailure the client says so and exits 255."""
+    keys = keys_with(options, client_key, tmp_path)
+    running = await server(nursery, keys, tmp_path, **settings)
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            ssh_argv(running.port, client_key.path, "-o", "ExitOnForwardFailure=yes",
+                     "-R", spec, "echo not reached"),
+            capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+    assert result.returncode == 255
+    assert b"remote port forwarding failed" in result.stderr
+    assert result.stdout == b""
+
+
+@pytest.mark.parametrize(
+    ("settings", "options"),
+    [({"forwarding.allow_agent_forwarding": False}, ""), ({}, "no-agent-forwarding")],
+)
+async def test_agent_forwarding_refused_gives_no_socket(
+    nursery: trio.Nursery, backend: CapturingBackend, tmp_path: Path,
+    client_key: ClientKey, settings: dict[str, Any], options: str,
+) -> None:  # fmt: skip
+    keys = keys_with(options, client_key, tmp_path)
+    running = await server(nursery, keys, tmp_path, **settings)
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            ssh_argv(running.port, client_key.path, "-A", "printenv SSH_AUTH_SOCK; echo done"),
+            env={**os.environ, "SSH_AUTH_SOCK": str(tmp_path / "no-agent")},
+            capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+    assert result.stdout == b"done\n", result.stderr
 
 
 async def test_remote_forward_reaches_the_clients_side(
