@@ -92,6 +92,23 @@ def backend() -> CapturingBackend:
     return BACKEND[0]
 
 
+@pytest.fixture
+async def agent_env(tmp_path: Path, client_key: ClientKey) -> AsyncIterator[dict[str, str]]:
+    """An ``ssh-agent`` holding the client key: the environment that points ssh at it."""
+    agent_sock = tmp_path / "agent.sock"
+    agent = await trio.lowlevel.open_process(
+        [require_binary("ssh-agent"), "-D", "-a", str(agent_sock)]
+    )
+    try:
+        await wait_until(agent_sock.exists)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(agent_sock)}
+        await trio.run_process([require_binary("ssh-add"), "-q", str(client_key.path)], env=env)
+        yield env
+    finally:
+        agent.kill()
+        await agent.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -259,14 +276,14 @@ async def test_remote_forward_refusals_reach_the_client(
 )
 async def test_agent_forwarding_refused_gives_no_socket(
     nursery: trio.Nursery, backend: CapturingBackend, tmp_path: Path,
-    client_key: ClientKey, settings: dict[str, Any], options: str,
+    client_key: ClientKey, settings: dict[str, Any], options: str, agent_env: dict[str, str],
 ) -> None:  # fmt: skip
     keys = keys_with(options, client_key, tmp_path)
     running = await server(nursery, keys, tmp_path, **settings)
     with trio.fail_after(30):
         result = await trio.run_process(
             ssh_argv(running.port, client_key.path, "-A", "printenv SSH_AUTH_SOCK; echo done"),
-            env={**os.environ, "SSH_AUTH_SOCK": str(tmp_path / "no-agent")},
+            env=agent_env,
             capture_stdout=True, capture_stderr=True, check=False,
         )  # fmt: skip
     assert result.stdout == b"done\n", result.stderr
@@ -306,39 +323,28 @@ async def test_remote_forward_reaches_the_clients_side(
 
 async def test_agent_forwarding_gives_sessions_a_socket_to_the_clients_agent(
     nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
-    tmp_path: Path, client_key: ClientKey,
+    tmp_path: Path, client_key: ClientKey, agent_env: dict[str, str],
 ) -> None:  # fmt: skip
     """``ssh -A``: the session sees SSH_AUTH_SOCK, and that socket inside the container
     answers as the client's agent (REQUEST_IDENTITIES lists the key its ssh-agent holds)."""
-    agent_sock = tmp_path / "agent.sock"
-    agent = await trio.lowlevel.open_process(
-        [require_binary("ssh-agent"), "-D", "-a", str(agent_sock)]
-    )
+    running = await server(nursery, authorized_keys, tmp_path)
+    argv = ssh_argv(running.port, client_key.path, "-A", "printenv SSH_AUTH_SOCK; sleep 30")
+    session = await trio.lowlevel.open_process(argv, env=agent_env, stdout=subprocess.PIPE)
     try:
-        await wait_until(agent_sock.exists)
-        env = {**os.environ, "SSH_AUTH_SOCK": str(agent_sock)}
-        await trio.run_process([require_binary("ssh-add"), "-q", str(client_key.path)], env=env)
-        running = await server(nursery, authorized_keys, tmp_path)
-        argv = ssh_argv(running.port, client_key.path, "-A", "printenv SSH_AUTH_SOCK; sleep 30")
-        session = await trio.lowlevel.open_process(argv, env=env, stdout=subprocess.PIPE)
-        try:
-            assert session.stdout is not None
+        assert session.stdout is not None
+        with trio.fail_after(30):
+            line = b""
+            while not line.endswith(b"\n"):
+                line += await session.stdout.receive_some(1)
+        path = line.decode().strip()
+        assert path.startswith("/tmp/trissh-agent-")
+        stream = await backend.sandboxes[0].connect(SocketAddress(path=path))
+        async with stream:
             with trio.fail_after(30):
-                line = b""
-                while not line.endswith(b"\n"):
-                    line += await session.stdout.receive_some(1)
-            path = line.decode().strip()
-            assert path.startswith("/tmp/trissh-agent-")
-            stream = await backend.sandboxes[0].connect(SocketAddress(path=path))
-            async with stream:
-                with trio.fail_after(30):
-                    assert await request_identities(stream) == 1
-        finally:
-            session.kill()
-            await session.wait()
+                assert await request_identities(stream) == 1
     finally:
-        agent.kill()
-        await agent.wait()
+        session.kill()
+        await session.wait()
 
 
 async def request_identities(stream: trio.abc.Stream) -> int:
