@@ -85,4 +85,9 @@ def podman_backend(url: str) -> PodmanBackend:
     helper = settings.exec_helper
     if not os.access(helper, os.X_OK):
         missing(helper, "run scripts/setup-host.sh as root (it builds the exec helper)")
-    return PodmanBackend(url, exec_helper=helper, direct_stdio=settings.direct_stdio)
+    return PodmanBackend(
+        url,
+        exec_helper=helper,
+        direct_stdio=settings.direct_stdio,
+        exec_agent=settings.exec_agent,
+    )
