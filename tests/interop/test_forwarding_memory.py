@@ -525,3 +525,30 @@ async def test_python_clients_open_direct_tcpip(
             round_trip_of, running.port, str(client_key.path), b"python client"
         )
     assert received == b"python client"
+
+
+async def test_in_session_mode_forwards_reach_a_container_of_their_own(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey,
+) -> None:  # fmt: skip
+    """``execution_mode = "session"``: a session's container is its own, so a forward
+    reaches a second container the connection keeps for its forwards (docs: README)."""
+    running = await server(
+        nursery, authorized_keys, tmp_path, **{"session.execution_mode": "session"}
+    )
+    local = free_port()
+    async with ssh_running(
+        running.port, client_key.path, "-L", f"{local}:localhost:8080", "sleep 30"
+    ):
+        await wait_until(lambda: bool(backend.sandboxes) and _listening(local))
+        with trio.fail_after(30):
+            assert await round_trip(local, b"x") == b""  # refused: nothing in there yet
+        assert len(backend.sandboxes) == 2
+        session_box, forward_box = backend.sandboxes
+        async with forward_box.listen(SocketAddress(host="127.0.0.1", port=8080)) as listener:
+            await nursery.start(serve_echo, listener)
+            with trio.fail_after(30):
+                assert await round_trip(local, b"to the forwards' container") == (
+                    b"to the forwards' container"
+                )
+        assert session_box is not forward_box
