@@ -553,3 +553,33 @@ async def test_in_session_mode_forwards_reach_a_container_of_their_own(
                     b"to the forwards' container"
                 )
         assert session_box is not forward_box
+
+
+async def test_recordings_of_the_connection_note_its_forwards(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey,
+) -> None:  # fmt: skip
+    """A session's recording gets a marker when a forward on its connection opens and when
+    it closes (with its bytes)."""
+    recordings = tmp_path / "recordings"
+    running = await server(
+        nursery, authorized_keys, tmp_path,
+        **{"recording.enabled": True, "recording.directory": str(recordings)},
+    )  # fmt: skip
+    local = free_port()
+    async with ssh_running(
+        running.port, client_key.path, "-L", f"{local}:localhost:8080", "sleep 5"
+    ):
+        await wait_until(lambda: bool(backend.sandboxes) and _listening(local))
+        async with backend.sandboxes[0].listen(
+            SocketAddress(host="127.0.0.1", port=8080)
+        ) as listener:
+            await nursery.start(serve_echo, listener)
+            with trio.fail_after(30):
+                assert await round_trip(local, b"noted") == b"noted"
+        await wait_until(lambda: any(recordings.rglob("*.cast")), timeout=30)
+        [cast] = list(recordings.rglob("*.cast"))
+        await wait_until(lambda: b'"x"' in cast.read_bytes(), timeout=30)
+    markers = [line for line in cast.read_text().splitlines() if '"m"' in line]
+    assert any("forward direct-tcpip localhost:8080 opened" in line for line in markers)
+    assert any("closed: 5 bytes in, 5 out" in line for line in markers)

@@ -70,6 +70,8 @@ class ForwardContext:
     count: ForwardCount
     #: The connection's log of refused requests (bounded per connection).
     note_refused: Callable[[str, str, str], None]
+    #: Notes a forward in the recordings of the connection's running sessions.
+    mark: Callable[[str], None] = lambda text: None
 
 
 def address_of(target: ForwardTarget) -> SocketAddress:
@@ -145,11 +147,13 @@ async def carry(
     handle.started = True  # a peer's CLOSE now cancels this task, which finishes the channel
     ctx.metrics.opened(kind)
     log.info("forward_opened", kind=kind, target=str(target))
+    ctx.mark(f"forward {kind} {target} opened")
     try:
         await splice(handle, stream, counts)
     finally:
         port.finish(handle.id)
         ctx.metrics.closed(kind, counts.into, counts.out)
+        ctx.mark(f"forward {kind} {target} closed: {counts.into} bytes in, {counts.out} out")
         log.info(
             "forward_closed",
             kind=kind,

@@ -63,6 +63,24 @@ class SessionRefused(Exception):
     """The session cannot run; the message is for the user's stderr."""
 
 
+class RecordingMarks:
+    """The recordings of a connection's running sessions, which note what else happened on
+    the connection (its forwards) as asciicast markers."""
+
+    def __init__(self) -> None:
+        self._live: set[SessionRecording] = set()
+
+    def add(self, recording: SessionRecording) -> None:
+        self._live.add(recording)
+
+    def discard(self, recording: SessionRecording) -> None:
+        self._live.discard(recording)
+
+    def mark(self, text: str) -> None:
+        for recording in list(self._live):
+            recording.mark(text)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionContext:
     """What a session knows of its connection: the login's outcome and where it runs."""
@@ -79,6 +97,8 @@ class SessionContext:
     recorder: Recorder | None = None
     #: The forwarded agent's socket in the container (``ssh -A``), once it exists.
     agent_socket: Callable[[], Awaitable[str | None]] | None = None
+    #: Where the connection's live recordings are listed for markers.
+    marks: RecordingMarks | None = None
 
 
 def _backend_size(size: TerminalSize) -> BackendTerminalSize:
@@ -141,7 +161,10 @@ async def run_session(
 
     tracked = ctx.metrics.session_started(request.kind.value)
     with structlog.contextvars.bound_contextvars(channel=int(handle.id)):
-        tap = _Tap(_open_recording(ctx, handle, request))
+        recording = _open_recording(ctx, handle, request)
+        tap = _Tap(recording)
+        if recording is not None and ctx.marks is not None:
+            ctx.marks.add(recording)
         try:
             with handle.cancel_scope:
                 await _run(ctx, handle, request, tap, finish)
@@ -159,6 +182,8 @@ async def run_session(
         finally:
             finish(None)
             tracked.ended()
+            if recording is not None and ctx.marks is not None:
+                ctx.marks.discard(recording)
             tap.close(code, signal)
 
 

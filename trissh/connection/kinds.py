@@ -19,7 +19,7 @@ from trissh.channels.agent_forward import AgentForwarding
 from trissh.channels.forward_policy import ForwardPolicy
 from trissh.channels.forwards import ForwardContext, ForwardCount, LocalForwards
 from trissh.channels.remote_forwards import RemoteForwards
-from trissh.channels.session import SessionContext
+from trissh.channels.session import RecordingMarks, SessionContext
 from trissh.channels.sessions import SessionChannels
 from trissh.config import container_settings
 from trissh.connection.handshake import Login
@@ -65,6 +65,7 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
     if login.session.execution_mode == "session":
         sessions_source = SessionSandboxes(ctx.backend, spec)
     forwarding = ctx.settings.forwarding_for(login.username)
+    marks = RecordingMarks()
     forward_ctx = ForwardContext(
         policy=ForwardPolicy(forwarding, login.grant),
         sandbox=shared.get,
@@ -72,6 +73,7 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
         metrics=ctx.metrics.forwards,
         count=ForwardCount(forwarding.max_channels),
         note_refused=connection.note_refused,
+        mark=marks.mark,
     )
     port, nursery = connection.port, connection.nursery
     agent = AgentForwarding(forward_ctx, port, nursery, connection.conn_id)
@@ -86,6 +88,7 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
         metrics=ctx.metrics,
         recorder=ctx.recorder if not wanted or login.username in wanted else None,
         agent_socket=agent.socket_path,
+        marks=marks,
     )
     return ChannelKinds(
         sessions=SessionChannels(session_ctx, port, nursery),

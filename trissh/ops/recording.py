@@ -17,8 +17,9 @@ across two chunks is carried over and written whole.
 
 Events: ``"o"`` terminal output (stdout, and stderr if any), ``"i"`` keyboard input (only
 with ``record_input``), ``"r"`` resize as ``"COLSxROWS"``, ``"m"`` a marker (trissh writes
-one when the size cap stops the recording), and last ``"x"`` the exit (below). Players
-ignore codes they do not know.
+one when the size cap stops the recording, and one when a forward of the same connection
+opens or closes: ``forward direct-tcpip localhost:8080 opened``), and last ``"x"`` the exit
+(below). Players ignore codes they do not know.
 
 *exec and subsystem sessions without a pty* are transcripts (``.transcript.cast``): the same
 shape, so ``asciinema cat`` still prints their stdout, with ``"trissh": {"kind":
@@ -314,6 +315,11 @@ class SessionRecording:
         """The client's ``window-change`` (pty recordings only)."""
         if self._pty and self.state is RecordingState.RECORDING and self._open():
             self._guarded(lambda: self._add_line("r", f"{int(cols)}x{int(rows)}"))
+
+    def mark(self, text: str) -> None:
+        """A marker (``"m"``): something beside the terminal happened (a forward opened)."""
+        if self.state is RecordingState.RECORDING and self._open():
+            self._guarded(lambda: self._add_line("m", _clip(text)))
 
     def close(self, exit_code: int | None = None, *, signal: str | None = None) -> None:
         """Write the exit line and close the file; idempotent."""
