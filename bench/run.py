@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from forwarding import measure_forwarding  # bench/ is the script's directory
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PYTHON = sys.executable
@@ -1025,6 +1027,22 @@ def make_figures(count: int) -> dict[str, Figure]:
             True,
             "",
         ),
+        Figure(
+            "fwd_aes",
+            "`ssh -L` MB/s from a server in the container vs on the host, aes128-gcm",
+            "MB/s",
+            True,
+            ">= 1.0x sshd",
+        ),
+        Figure(
+            "fwd_chacha",
+            "`ssh -L` MB/s, chacha20-poly1305",
+            "MB/s",
+            True,
+            ">= 1.0x sshd",
+        ),
+        Figure("fwd_ready", "`ssh -N -L` ms until the local port listens", "ms", False,
+               "<= 1.0x sshd"),  # fmt: skip
     ]
     return {f.key: f for f in figures}
 
@@ -1382,7 +1400,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        default="throughput,logins,memory,concurrency,e2e",
+        default="throughput,logins,memory,concurrency,e2e,forwarding",
         help="comma-separated subset of the measurements",
     )
     parser.add_argument("--no-podman", action="store_true", help="skip trissh+podman")
@@ -1413,7 +1431,7 @@ def main() -> int:
         bench.start_trissh(TRISSH, "memory")
         bench.start_asyncssh()
         bench.start_sshd()
-        if not args.no_podman and ({"concurrency", "e2e"} & only):
+        if not args.no_podman and ({"concurrency", "e2e", "forwarding"} & only):
             if not bench.podman_url:
                 log("CONTAINER_HOST is not set: skipping trissh+podman")
             else:
@@ -1426,6 +1444,10 @@ def main() -> int:
             ("logins", measure_logins),
             ("memory", measure_memory),
             ("e2e", measure_end_to_end),
+            (
+                "forwarding",
+                lambda b, f: measure_forwarding(b, f, interleaved, (PODMAN, OPENSSH)),
+            ),
             ("concurrency", measure_concurrency),
         ]
         for name, step in steps:
