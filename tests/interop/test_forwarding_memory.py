@@ -79,6 +79,8 @@ async def serve_echo(listener: Any, *, task_status: trio.TaskStatus[None]) -> No
 
 
 async def server(nursery: trio.Nursery, keys: Path, tmp: Path, **settings: Any) -> RunningServer:
+    # No keepalive timer: nothing but the forwards' own writes may flush their answers.
+    settings = {"session.client_alive_interval": 0, **settings}
     ctx = make_context(BACKEND[0], keys, tmp / "host_key", **settings)
     return await start_server(nursery, ctx)
 
@@ -486,7 +488,7 @@ def _asyncssh_round_trip(port: int, key: str, payload: bytes) -> bytes:
             writer.write_eof()
             return bytes(await reader.read())
 
-    return asyncio.run(run())
+    return asyncio.run(asyncio.wait_for(run(), 30))  # the thread cannot be cancelled
 
 
 def _paramiko_round_trip(port: int, key: str, payload: bytes) -> bytes:
@@ -494,11 +496,12 @@ def _paramiko_round_trip(port: int, key: str, payload: bytes) -> bytes:
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     client.connect("127.0.0.1", port, username="alice", key_filename=key,
-                   allow_agent=False, look_for_keys=False)  # fmt: skip
+                   allow_agent=False, look_for_keys=False, timeout=30)  # fmt: skip
     try:
         channel = client.get_transport().open_channel(
-            "direct-tcpip", ("localhost", 8080), ("127.0.0.1", 40000)
+            "direct-tcpip", ("localhost", 8080), ("127.0.0.1", 40000), timeout=30
         )
+        channel.settimeout(30)  # the thread cannot be cancelled: bound every wait
         channel.sendall(payload)
         channel.shutdown_write()
         received = b""

@@ -33,13 +33,16 @@ class ConnectionPort:
     # -- the channel table, for the driver and handlers ------------------------------------
 
     def accept(self, channel_id: ChannelId) -> ChannelHandle:
-        """Confirm a channel the client opens; its handle is fed from now on."""
+        """Confirm a channel the client opens; its handle is fed from now on. A handler may
+        answer from its own task (a forward, once connected): the answer leaves at once."""
         self._conn.accept_channel(channel_id)
         handle = self._handles[channel_id] = ChannelHandle(self, channel_id)
+        self._writer.flush_now()
         return handle
 
     def reject(self, channel_id: ChannelId, refusal: Refusal) -> None:
         self._conn.reject_channel(channel_id, refusal.reason, refusal.text)
+        self._writer.flush_now()
 
     def open(self, channel_type: str, data: bytes = b"") -> ChannelHandle:
         """Open a channel to the client; its handle learns the answer (``confirmed``)."""
