@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -147,15 +147,34 @@ def driver_logs(monkeypatch: pytest.MonkeyPatch) -> list[MutableMapping[str, Any
     return capture_module_log(monkeypatch, "trissh.connection.driver")
 
 
-async def test_port_forwarding_is_refused_and_logged_with_its_target(
-    memory_server: RunningServer, client_key: ClientKey, driver_logs: list[MutableMapping[str, Any]]
+@pytest.fixture
+async def no_forwarding_server(
+    nursery: trio.Nursery, memory_backend: MemoryBackend, authorized_keys: Path, tmp_path: Path
+) -> AsyncIterator[RunningServer]:
+    """A server whose ``[forwarding]`` allows no TCP forwarding at all."""
+    ctx = make_context(
+        memory_backend,
+        authorized_keys,
+        tmp_path / "host_key",
+        **{"forwarding.allow_tcp_forwarding": "no"},
+    )
+    server = await start_server(nursery, ctx)
+    yield server
+    await server.stop()
+
+
+async def test_refused_port_forwarding_is_logged_with_its_target(
+    no_forwarding_server: RunningServer,
+    client_key: ClientKey,
+    driver_logs: list[MutableMapping[str, Any]],
 ) -> None:
-    """`ssh -W` and `ssh -R` get OpenSSH's own refusal messages; the operator gets one
-    `request_refused` line each, naming where the client wanted to go."""
+    """With forwarding turned off, `ssh -W` and `ssh -R` get OpenSSH's own refusal messages;
+    the operator gets one `request_refused` line each, naming where the client wanted to go."""
     logs = driver_logs
-    stdio = await run_ssh(memory_server.port, client_key.path, "-W", "127.0.0.1:9")
+    port = no_forwarding_server.port
+    stdio = await run_ssh(port, client_key.path, "-W", "127.0.0.1:9")
     remote = await run_ssh(
-        memory_server.port,
+        port,
         client_key.path,
         "-o", "ExitOnForwardFailure=yes",
         "-R", "0.0.0.0:18081:127.0.0.1:80",
@@ -169,19 +188,23 @@ async def test_port_forwarding_is_refused_and_logged_with_its_target(
         (e["request"], e["target"], e["reason"]) for e in logs if e["event"] == "request_refused"
     ]
     assert refusals == [
-        ("direct-tcpip", "127.0.0.1:9", "channel type 'direct-tcpip' is not supported"),
-        ("tcpip-forward", "0.0.0.0:18081", "not supported"),
+        ("direct-tcpip", "127.0.0.1:9", "TCP forwarding (local) is not allowed"),
+        ("tcpip-forward", "0.0.0.0:18081", "TCP forwarding (remote) is not allowed"),
     ], logs
 
 
 async def test_a_flood_of_refused_requests_is_logged_only_up_to_a_bound(
-    memory_server: RunningServer, client_key: ClientKey, driver_logs: list[MutableMapping[str, Any]]
+    no_forwarding_server: RunningServer,
+    client_key: ClientKey,
+    driver_logs: list[MutableMapping[str, Any]],
 ) -> None:
     """A client looping on refused requests cannot flood the log: ten lines per connection,
     and `connection_closed` counts them all."""
     forwards = [arg for port in range(18100, 18115) for arg in ("-R", f"{port}:127.0.0.1:80")]
     logs = driver_logs
-    result = await run_ssh(memory_server.port, client_key.path, *forwards, "echo still works")
+    result = await run_ssh(
+        no_forwarding_server.port, client_key.path, *forwards, "echo still works"
+    )
     await wait_until(lambda: any(e["event"] == "connection_closed" for e in logs))
     assert (result.returncode, result.stdout) == (0, b"still works\n"), result.stderr
     refused = [e for e in logs if e["event"] == "request_refused"]
