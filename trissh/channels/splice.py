@@ -17,6 +17,8 @@ from trissh.connection.channel import ChannelHandle, ChannelStream
 
 #: Bytes moved per read, each way.
 CHUNK = 256 * 1024
+#: Seconds data the peer sent before its CLOSE may take to reach the socket.
+DRAIN_AFTER_CLOSE = 10.0
 
 
 @dataclass(slots=True)
@@ -51,24 +53,38 @@ async def splice(
     """Join ``handle``'s channel and ``stream`` until both directions end, counting the
     bytes moved in ``counts``. Closes ``stream``; the caller finishes the channel.
 
-    Cancellation: the peer closing the channel (``handle.cancel_scope``) or the connection
-    ending stops both directions; the stream is closed either way.
+    The peer's CLOSE ends the direction towards it at once (nothing more can be sent), but
+    what it sent before its CLOSE still reaches the socket, within ``DRAIN_AFTER_CLOSE``.
+    A socket that breaks ends both directions.
+
+    Cancellation: the connection ending stops both directions; the stream is closed either
+    way.
     """
     channel = ChannelStream(handle)
+    inbound = trio.CancelScope()
     try:
-        with handle.cancel_scope:
-            async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
 
-                async def guarded(outbound: bool) -> None:
+            async def to_socket() -> None:
+                with inbound:
                     try:
-                        if outbound:
-                            await _copy_to_channel(stream, channel, counts)
-                        else:
-                            await _copy_to_socket(channel, stream, counts)
+                        await _copy_to_socket(channel, stream, counts)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        nursery.cancel_scope.cancel()  # one side is gone: so is the forward
+                        nursery.cancel_scope.cancel()  # the socket is gone: so is the forward
 
-                nursery.start_soon(guarded, True)
-                nursery.start_soon(guarded, False)
+            async def to_channel() -> None:
+                try:
+                    with handle.cancel_scope:  # cancelled by the peer's CLOSE
+                        await _copy_to_channel(stream, channel, counts)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    if not handle.peer_closed:
+                        nursery.cancel_scope.cancel()  # the socket broke
+                if handle.peer_closed:  # let what arrived before the CLOSE reach the socket
+                    inbound.deadline = min(
+                        inbound.deadline, trio.current_time() + DRAIN_AFTER_CLOSE
+                    )
+
+            nursery.start_soon(to_socket)
+            nursery.start_soon(to_channel)
     finally:
         await trio.aclose_forcefully(stream)
