@@ -7,8 +7,10 @@
 #
 # As root it:
 #   1. installs whatever is missing of the packages below (apt-get update only when needed);
-#   2. creates the system user trissh-podman (home /var/lib/trissh-podman) with 65536 subuids
-#      and subgids that overlap no existing range;
+#   2. creates the system user trissh-podman (home /var/lib/trissh-podman) with subuids and
+#      subgids for TRISSH_MAX_CONTAINERS (1024) user namespaces of TRISSH_USERNS_SIZE (65536)
+#      IDs, trissh's [container] userns_size, overlapping no other range (an older, smaller
+#      allocation grows; the podman user's namespace takes it once no container exists);
 #   3. configures that user's storage (overlay, native if the kernel allows) and OCI runtime
 #      (crun if a trivial container runs with it, else runc; the choice is written to
 #      ~/.config/containers/containers.conf: delete that file to detect again);
@@ -32,7 +34,11 @@ SOCK=$RUNDIR/podman.sock
 LOG=$RUNDIR/service.log
 PIDFILE=$RUNDIR/service.pid
 LOCKFILE=/run/lock/trissh-setup-host.lock
-SUBID_COUNT=65536
+# Every container gets a user namespace of its own ([container] userns_size in trissh's
+# configuration), so the podman user needs that many subordinate IDs per container at once.
+MAX_CONTAINERS=${TRISSH_MAX_CONTAINERS:-1024}
+USERNS_SIZE=${TRISSH_USERNS_SIZE:-65536}
+SUBID_COUNT=$((MAX_CONTAINERS * USERNS_SIZE))
 PACKAGES=(podman runc crun uidmap slirp4netns fuse-overlayfs catatonit busybox-static
           openssh-sftp-server openssh-client tmux python3-venv curl gcc libc6-dev musl-tools
           asciinema putty-tools dropbear-bin bsdutils libssl-dev)
@@ -146,20 +152,40 @@ PGID=$(id -g "$PUSER")
 [[ -d $PHOME ]] || install -d -m 0700 -o "$PUID" -g "$PGID" "$PHOME"
 
 for f in /etc/subuid /etc/subgid; do [[ -e $f ]] || install -m 0644 /dev/null "$f"; done
-subid_args=()
-grep -qE "^($PUSER|$PUID):" /etc/subuid || subid_args+=(--add-subuids)
-grep -qE "^($PUSER|$PUID):" /etc/subgid || subid_args+=(--add-subgids)
-if ((${#subid_args[@]})); then
-    # First free 64 Ki-aligned start above every range in either file (>= 100000).
-    start=$(awk -F: -v m=100000 'NF >= 3 && $2 + $3 > m { m = $2 + $3 } END { print m }' /etc/subuid /etc/subgid)
-    start=$(((start + 65535) / 65536 * 65536))
-    range="$start-$((start + SUBID_COUNT - 1))"
-    args=()
-    for a in "${subid_args[@]}"; do args+=("$a" "$range"); done
-    usermod "${args[@]}" "$PUSER"
-    log "subordinate ids for $PUSER: $range (${subid_args[*]})"
-    subids_changed=1
-fi
+# subid_own FILE: "START COUNT" of each of the podman user's ranges in FILE.
+subid_own() { awk -F: -v u="$PUSER" -v i="$PUID" '$1 == u || $1 == i { print $2, $3 }' "$1"; }
+# subid_free FILE... START COUNT: true if no other user's range in the files meets [START, START+COUNT).
+subid_free() {
+    local start=${*: -2:1} count=${*: -1}
+    awk -F: -v u="$PUSER" -v i="$PUID" -v s="$start" -v e="$((start + count))" \
+        'NF >= 3 && $1 != u && $1 != i && $2 < e && $2 + $3 > s { bad = 1 } END { exit bad }' "${@:1:$#-2}"
+}
+# subid_grow FILE: give the user SUBID_COUNT IDs in FILE, keeping the IDs it has (files
+# written directly: usermod refuses while the podman user runs processes). Returns 1 if
+# nothing had to change.
+subid_grow() {
+    local file=$1 ranges have=0 start count
+    ranges=$(subid_own "$file")
+    while read -r start count; do [[ -n $start ]] && have=$((have + count)); done <<<"$ranges"
+    ((have < SUBID_COUNT)) || return 1
+    if [[ $(wc -l <<<"$ranges") == 1 && -n $ranges ]] && read -r start count <<<"$ranges" \
+        && subid_free /etc/subuid /etc/subgid "$start" "$SUBID_COUNT"; then
+        count=$SUBID_COUNT   # the one range grows where it is
+        awk -F: -v OFS=: -v u="$PUSER" -v i="$PUID" -v c="$count" \
+            '($1 == u || $1 == i) { $3 = c } { print }' "$file" >"$file.trissh-new"
+    else   # a new range above every other (the same in both files), for what is missing
+        start=$FRESH_START
+        count=$((SUBID_COUNT - have))
+        { cat "$file"; echo "$PUSER:$start:$count"; } >"$file.trissh-new"
+    fi
+    chmod 0644 "$file.trissh-new" && mv -f "$file.trissh-new" "$file"
+    log "subordinate ids for $PUSER in $file: $start-$((start + count - 1)) (${MAX_CONTAINERS} namespaces of $USERNS_SIZE)"
+}
+# First free 64 Ki-aligned start above every range in either file (>= 100000).
+FRESH_START=$(awk -F: -v m=100000 'NF >= 3 && $2 + $3 > m { m = $2 + $3 } END { print m }' /etc/subuid /etc/subgid)
+FRESH_START=$(((FRESH_START + 65535) / 65536 * 65536))
+subid_grow /etc/subuid || true
+subid_grow /etc/subgid || true
 
 # Run directory: created by root in root-owned /run, owned by the user (podman creates the
 # socket there). The XDG runtime dir inside it is created by the user itself.
@@ -167,9 +193,25 @@ install -d -m 0755 -o "$PUID" -g "$PGID" "$RUNDIR"
 as_user sh -c 'mkdir -p "$1" && chmod 0700 "$1"' sh "$XDG"
 [[ $(stat -c '%U %a' "$XDG") == "$PUSER 700" ]] || die "$XDG is not a 0700 directory owned by $PUSER"
 
-if [[ -n ${subids_changed:-} && -d $PHOME/.local/share/containers ]]; then
-    stop_service
-    pod system migrate >&2 || true   # re-read the new subid ranges
+# The podman user's namespace is made once (by its pause process) from the files of that
+# moment: new IDs count only after `podman system migrate`, which stops every container. So
+# it runs only when the user has none; otherwise the next run (or the operator) does it.
+if [[ -d $PHOME/.local/share/containers ]]; then
+    live=$(pod info --format '{{range .Host.IDMappings.UIDMap}}{{.Size}} {{end}}' 2>/dev/null || true)
+    live_ids=0
+    for n in $live; do live_ids=$((live_ids + n)); done
+    wanted=$((1 + $(subid_own /etc/subuid | awk '{ n += $2 } END { print n + 0 }')))
+    if ((live_ids < wanted)); then
+        if [[ -z $(pod ps -aq 2>/dev/null) ]]; then
+            stop_service
+            pod system migrate >&2 || true   # re-read the new subid ranges
+            log "podman's user namespace now has $wanted ids (was $live_ids)"
+        else
+            log "WARNING: $PUSER's namespace has $live_ids ids of $wanted: containers exist, so" \
+                "the new ones count only after: runuser -u $PUSER -- podman system migrate" \
+                "(stops them), or a later run of this script when none exists"
+        fi
+    fi
 fi
 
 # ---------------------------------------------------------------------------- 3a. storage
