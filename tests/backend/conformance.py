@@ -327,7 +327,7 @@ class BackendConformance:
                     pytest.fail("sandbox opened on an unreachable service")
             with pytest.raises(BackendUnavailable):
                 await backend.sweep(keep_instance=harness.instance)
-            checks = await backend.health(harness.settings.image)
+            checks = await backend.health(harness.settings)
         assert checks
         assert not checks[0].ok
         assert checks[0].fix
@@ -346,8 +346,12 @@ class BackendConformance:
 
     async def test_health_reports_service_and_image(self, harness: Harness) -> None:
         with trio.fail_after(TEST_BOUND):
-            checks = await harness.backend.health(harness.settings.image)
-            missing = await harness.backend.health("localhost/trissh-conformance-missing:latest")
+            checks = await harness.backend.health(harness.settings)
+            missing = await harness.backend.health(
+                dataclasses.replace(
+                    harness.settings, image="localhost/trissh-conformance-missing:latest"
+                )
+            )
         by_name = {check.name: check for check in checks}
         assert by_name["service"].ok
         assert by_name["image"].ok, by_name["image"]

@@ -91,9 +91,17 @@ class ContainerSettings:
     image: str = DEFAULT_IMAGE
     #: ``none`` by default: no network unless the operator says otherwise.
     network: str = "none"
+    #: Processes (threads included): the pids controller where cgroups delegate it, and
+    #: per user inside the container with a user namespace of its own.
     pids_limit: int = 256
-    #: Bytes; ``None`` means no limit (some hosts' cgroups cannot enforce one).
-    memory_limit: int | None = None
+    #: Bytes; ``None``: no limit. Per container where cgroups delegate the memory
+    #: controller, else per process (heap).
+    memory_limit: int | None = 1024 * 1024 * 1024
+    #: IDs of the container's own user namespace (a range no other container has);
+    #: 0: the podman user's namespace, shared by every container.
+    userns_size: int = 65536
+    #: Open files per process.
+    nofile_limit: int = 4096
     env: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
     #: The shell used for ``shell`` sessions and to run ``exec`` command strings.
@@ -318,8 +326,9 @@ class Backend(Protocol):
     async def sweep(self, *, keep_instance: str) -> int:
         """Remove containers left by other (crashed) trissh instances; return how many."""
 
-    async def health(self, image: str) -> list[HealthCheck]:
-        """Check the service, runtime and image for ``trissh doctor`` and readiness."""
+    async def health(self, settings: ContainerSettings) -> list[HealthCheck]:
+        """Check the service, runtime, containment and image of containers built from
+        ``settings``, for ``trissh doctor`` and readiness."""
 
     def close(self) -> None:
         """Release connections and host resources (no checkpoint) once the backend is no

@@ -16,8 +16,19 @@ class ContainerSection(Model):
     image: str = DEFAULT_IMAGE
     #: ``none`` (default: no network at all), or a rootless network mode.
     network: Literal["none", "slirp4netns", "pasta"] = "none"
+    #: Processes (threads count): the pids controller where podman's user has it, and an
+    #: rlimit per user inside the container (with ``userns_size``), cgroup v1 included.
     pids_limit: int = Field(256, ge=8, le=1_000_000)
-    memory_limit_mb: int | None = Field(None, ge=16)
+    #: Per container where podman's user has the memory controller (cgroup v2), else the
+    #: heap of each process (RLIMIT_DATA); 0 for no limit.
+    memory_limit_mb: int | None = Field(1024, ge=0)
+    #: Open files per process.
+    nofile_limit: int = Field(4096, ge=64, le=1_048_576)
+    #: IDs in each container's own user namespace: no two containers share a host UID.
+    #: 65536 (podman's default) fits any image's users, nobody (65534) included. 0: no
+    #: namespace of its own (container root is the podman user; pids_limit then needs
+    #: the pids controller).
+    userns_size: int = Field(65536, ge=0, le=1 << 24)
     cpu_shares: int | None = Field(None, ge=2, le=262_144)
     #: Read-only root filesystem; ``/tmp`` then comes from ``tmp_size_mb``.
     read_only: bool = False
@@ -50,6 +61,21 @@ class ContainerSection(Model):
             parse_volume(item)
         return value
 
+    @field_validator("memory_limit_mb")
+    @classmethod
+    def _check_memory(cls, value: int | None) -> int | None:
+        # Under a per-process limit the OCI runtime (runc's Go init) needs ~96 MiB to start.
+        if value is not None and 0 < value < 128:
+            raise ValueError("memory_limit_mb must be 0 (no limit) or at least 128")
+        return value
+
+    @field_validator("userns_size")
+    @classmethod
+    def _check_userns(cls, value: int) -> int:
+        if 0 < value < 1024:
+            raise ValueError("userns_size must be 0 (none of its own) or at least 1024")
+        return value
+
     @field_validator("shell")
     @classmethod
     def _check_shell(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -80,6 +106,8 @@ def container_settings(section: ContainerSection) -> ContainerSettings:
         image=section.image,
         network=section.network,
         pids_limit=section.pids_limit,
+        nofile_limit=section.nofile_limit,
+        userns_size=section.userns_size,
         memory_limit=section.memory_limit_mb * 1024 * 1024 if section.memory_limit_mb else None,
         cpu_shares=section.cpu_shares,
         read_only=section.read_only,

@@ -328,7 +328,7 @@ async def run_doctor(settings: ServerConfig) -> int:
     try:
         health = [HealthCheck(name="service", ok=False, detail="no answer within 30 s")]
         with trio.move_on_after(30):
-            health = await backend.health(settings.container.image)
+            health = await backend.health(container_settings(settings.container))
         checks.extend(health)
         if all(check.ok for check in health):
             unavailable = any(c.name == "forwarding" and c.warning for c in health)

@@ -159,7 +159,7 @@ async def _serve_metrics(
 
     async def ready() -> tuple[bool, str]:
         current = ctx.state.context or ctx
-        checks = await current.backend.health(current.settings.container.image)
+        checks = await current.backend.health(container_settings(current.settings.container))
         failed = [f"{check.name}: {check.detail}" for check in checks if not check.ok]
         return (not failed, "; ".join(failed) or "ready")
 

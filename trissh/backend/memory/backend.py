@@ -189,9 +189,10 @@ class MemoryBackend:
         log.info("containers_swept", count=len(stale), keep_instance=keep_instance)
         return len(stale)
 
-    async def health(self, image: str) -> list[HealthCheck]:
+    async def health(self, settings: ContainerSettings) -> list[HealthCheck]:
         """One check for the "service" and one for the image, like the real backend's."""
         await trio.lowlevel.checkpoint()
+        image = settings.image
         if self.unavailable:
             return [
                 HealthCheck(

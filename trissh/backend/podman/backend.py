@@ -289,10 +289,11 @@ class PodmanBackend:
             remove=self._removals.remove_now,
         )
 
-    async def health(self, image: str) -> list[HealthCheck]:
-        """Service, runtime, cgroups, storage, stdio and image checks for ``trissh doctor``."""
+    async def health(self, settings: ContainerSettings) -> list[HealthCheck]:
+        """Service, runtime, cgroups, containment, storage, stdio, forwarding and image
+        checks for ``trissh doctor``, for containers of ``settings``."""
         launch = [self._launch.health_check(), self._launch.forwarding_check()]
-        return await check_podman(self._api, image, launch)
+        return await check_podman(self._api, settings, launch)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the warm pool full and retry removals that failed, with backoff, for as

@@ -1,17 +1,19 @@
 """What ``trissh doctor`` and ``/readyz`` learn from the podman service about this host.
 
-Each check says what was found and, when it falls short, how to fix it. Limits the host's
-cgroups cannot enforce are a warning, not a failure: DESIGN asks for limits "where the
-host's cgroups allow it".
+Each check says what was found and, when it falls short, how to fix it. The containment
+line (:mod:`.containment`) says what holds a container in on this host, cgroup controller
+or rlimit; a limit nothing enforces here is a warning, not a failure: DESIGN asks for
+limits "where the host's cgroups allow it".
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-from trissh.backend.base import HealthCheck
+from trissh.backend.base import ContainerSettings, HealthCheck
 from trissh.backend.errors import BackendError
 from trissh.backend.podman.api import PodmanApi
+from trissh.backend.podman.containment import HostCaps, containment_check
 
 __all__ = ["check_podman"]
 
@@ -21,10 +23,14 @@ SERVICE_FIX: Final = (
 )
 
 
-async def check_podman(api: PodmanApi, image: str, launch: list[HealthCheck]) -> list[HealthCheck]:
-    """Service, runtime, cgroups, storage, ``launch`` (how programs start and their stdio
-    travel, whether forwarding works: what the caller knows) and image, in that order; only
-    a failed service check when podman does not answer."""
+async def check_podman(
+    api: PodmanApi, settings: ContainerSettings, launch: list[HealthCheck]
+) -> list[HealthCheck]:
+    """Service, runtime, cgroups, containment (of ``settings``' containers), storage,
+    ``launch`` (how programs start and their stdio travel, whether forwarding works: what
+    the caller knows) and image, in that order; only a failed service check when podman
+    does not answer."""
+    image = settings.image
     try:
         version = await api.request("GET", "/version", abandon_on_cancel=True)
         info = await api.request("GET", "/info", abandon_on_cancel=True)
@@ -36,7 +42,7 @@ async def check_podman(api: PodmanApi, image: str, launch: list[HealthCheck]) ->
             ok=True,
             detail=f"podman {version.get('Version', '?')} at {api.path}",
         ),
-        *host_checks(info),
+        *host_checks(info, settings),
         *launch,
     ]
     try:
@@ -60,20 +66,14 @@ async def check_podman(api: PodmanApi, image: str, launch: list[HealthCheck]) ->
     return checks
 
 
-#: (cgroup controller, the container setting that needs it)
-_LIMITS: Final = (("pids", "pids_limit"), ("memory", "memory_limit"), ("cpu", "cpu_shares"))
-
-
-def host_checks(info: dict[str, Any]) -> list[HealthCheck]:
-    """Runtime, cgroups and storage, from ``GET /info``."""
+def host_checks(info: dict[str, Any], settings: ContainerSettings) -> list[HealthCheck]:
+    """Runtime, cgroups, containment and storage, from ``GET /info``."""
     host = info.get("host") or {}
     runtime = host.get("ociRuntime") or {}
     runtime_version = str(runtime.get("version", "")).splitlines()[:1]
     controllers = sorted(host.get("cgroupControllers") or ())
     rootless = bool((host.get("security") or {}).get("rootless"))
     driver = str((info.get("store") or {}).get("graphDriverName", "?"))
-    # The settings spec.py passes only when podman lists their controller.
-    unenforced = [setting for controller, setting in _LIMITS if controller not in controllers]
     return [
         HealthCheck(
             name="runtime",
@@ -82,20 +82,13 @@ def host_checks(info: dict[str, Any]) -> list[HealthCheck]:
             f"{'rootless' if rootless else 'ROOTFUL'}",
             fix="" if rootless else "run the podman service as an unprivileged user",
         ),
-        # Not a failure: DESIGN asks for limits "where the host's cgroups allow it". The
-        # detail says plainly when they do not, and how to get them.
         HealthCheck(
             name="cgroups",
             ok=True,
-            warning=bool(unenforced),
             detail=f"cgroup {host.get('cgroupVersion', '?')} ({host.get('cgroupManager', '?')}), "
-            f"delegated controllers: {', '.join(controllers) or 'none'}"
-            + (f"; NOT enforced: {', '.join(unenforced)}" if unenforced else ""),
-            fix=""
-            if not unenforced
-            else "use cgroup v2 with the systemd cgroup manager and delegate the pids, "
-            "memory and cpu controllers to the podman user",
+            f"delegated controllers: {', '.join(controllers) or 'none'}",
         ),
+        containment_check(settings, HostCaps.from_info(info)),
         HealthCheck(
             name="storage",
             ok=driver != "vfs",

@@ -11,10 +11,10 @@ busybox, distro and distroless images all work) or the container's agent
 cannot replace it. The labels name the connection, user, remote and instance, plus the
 owner (:mod:`.owner`) and the backend's scope labels, so a sweep finds exactly its own.
 
-Resource limits need cgroup controllers delegated to the podman user (cgroup v2). Where
-``podman info`` lists no ``pids``/``memory`` controller (rootless on cgroup v1, as on the
-development hosts) podman would silently ignore them; we leave them out, log
-``resource_limit_skipped`` once per setting, and ``health`` reports it.
+Each container gets a user namespace of its own and resource limits as the host can
+enforce them (:mod:`.containment`): cgroup controllers where podman's user has them,
+rlimits where it has not (rootless on cgroup v1, as on the development hosts). A setting
+nothing can enforce here is left out with one ``resource_limit_skipped`` line.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 import structlog
@@ -31,6 +30,7 @@ import trio
 from trissh.backend._common import sandbox_labels
 from trissh.backend.base import ContainerSettings, SandboxSpec
 from trissh.backend.podman.api import PodmanApi
+from trissh.backend.podman.containment import HostCaps, containment
 from trissh.backend.podman.owner import LABEL_OWNER
 
 __all__ = ["KEEPALIVE", "ContainerSpecs", "container_name", "tmpfs_mount"]
@@ -41,12 +41,6 @@ log = structlog.get_logger("trissh.backend.podman")
 KEEPALIVE: Final = ("/run/podman-init", "-P")
 
 
-@dataclass(frozen=True, slots=True)
-class _HostCaps:
-    controllers: frozenset[str]
-    cgroup_version: str
-
-
 class ContainerSpecs:
     """Builds the create arguments of this backend's containers; learns once (from
     ``podman info``) which resource limits the host can enforce."""
@@ -55,9 +49,10 @@ class ContainerSpecs:
         self._api = api
         self._scope_labels = dict(scope_labels)
         self._owner = owner
-        self._host: _HostCaps | None = None
+        self._host: HostCaps | None = None
         self._host_lock = trio.Lock()
         self._warned: set[str] = set()
+        self._announced: set[tuple[str, ...]] = set()
 
     async def create_kwargs(
         self,
@@ -98,39 +93,29 @@ class ContainerSpecs:
         return kwargs
 
     async def _limits(self, settings: ContainerSettings) -> dict[str, Any]:
-        """The resource limits the host can enforce (see the module docstring)."""
-        host = await self._host_caps()
-        limits: dict[str, Any] = {}
-        if settings.cpu_shares and self._supported(host, "cpu", "cpu_shares"):
-            limits["cpu_shares"] = settings.cpu_shares
-        if settings.pids_limit and self._supported(host, "pids", "pids_limit"):
-            limits["pids_limit"] = settings.pids_limit
-        if settings.memory_limit and self._supported(host, "memory", "memory_limit"):
-            limits["mem_limit"] = settings.memory_limit
-        return limits
+        """User namespace and resource limits, as this host can enforce them
+        (:mod:`.containment`); what is enforced how is logged once per kind of container."""
+        plan = containment(settings, await self.host_caps())
+        for setting in plan.skipped:
+            if setting not in self._warned:
+                self._warned.add(setting)
+                log.warning(
+                    "resource_limit_skipped",
+                    setting=setting,
+                    cgroup_version=self._host.cgroup_version if self._host else "?",
+                    controllers=sorted(self._host.controllers) if self._host else [],
+                )
+        if plan.enforced not in self._announced:
+            self._announced.add(plan.enforced)
+            log.info("containment_in_force", enforced=list(plan.enforced))
+        return plan.create
 
-    def _supported(self, host: _HostCaps, controller: str, setting: str) -> bool:
-        if controller in host.controllers:
-            return True
-        if setting not in self._warned:
-            self._warned.add(setting)
-            log.warning(
-                "resource_limit_skipped",
-                setting=setting,
-                cgroup_version=host.cgroup_version,
-                controllers=sorted(host.controllers),
-            )
-        return False
-
-    async def _host_caps(self) -> _HostCaps:
+    async def host_caps(self) -> HostCaps:
+        """What the host's cgroups and the podman user's IDs allow, learnt once."""
         async with self._host_lock:
             if self._host is None:
                 info = await self._api.request("GET", "/info", abandon_on_cancel=True)
-                host = info.get("host") or {}
-                self._host = _HostCaps(
-                    controllers=frozenset(host.get("cgroupControllers") or ()),
-                    cgroup_version=str(host.get("cgroupVersion", "?")),
-                )
+                self._host = HostCaps.from_info(info)
             return self._host
 
 

@@ -1,0 +1,90 @@
+"""What containers are held in by, for hosts other than this one: the plan that
+``trissh.backend.podman.containment`` makes from the settings and what ``podman info``
+says. (This host's truth is checked with real containers in test_podman_backend.py and
+tests/e2e/test_containment.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from trissh.backend import ContainerSettings
+from trissh.backend.podman.containment import HostCaps, containment, containment_check
+
+MIB = 1024 * 1024
+V1 = HostCaps(controllers=frozenset(), cgroup_version="v1", subordinate_ids=1024 * 65536)
+V2 = HostCaps(
+    controllers=frozenset({"cpu", "memory", "pids"}),
+    cgroup_version="v2",
+    subordinate_ids=1024 * 65536,
+)
+
+
+def _ulimits(create: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    return {u["Name"]: (u["Soft"], u["Hard"]) for u in create["ulimits"]}
+
+
+def test_cgroup_v1_holds_processes_and_memory_with_rlimits() -> None:
+    settings = ContainerSettings(pids_limit=100, memory_limit=512 * MIB, nofile_limit=2048)
+    plan = containment(settings, V1)
+    assert plan.create["userns_mode"] == "auto"
+    assert plan.create["idmappings"] == {"AutoUserNs": True, "AutoUserNsOpts": {"Size": 65536}}
+    assert _ulimits(plan.create) == {
+        "nproc": (100, 100), "data": (512 * MIB, 512 * MIB), "nofile": (2048, 2048), "core": (0, 0)
+    }  # fmt: skip
+    assert not {"pids_limit", "mem_limit", "memswap_limit"} & set(plan.create)
+    assert plan.skipped == ()
+
+
+def test_cgroup_v2_uses_the_controllers_and_keeps_the_process_rlimit() -> None:
+    settings = ContainerSettings(pids_limit=100, memory_limit=512 * MIB, cpu_shares=512)
+    plan = containment(settings, V2)
+    assert plan.create["pids_limit"] == 100
+    assert plan.create["mem_limit"] == plan.create["memswap_limit"] == 512 * MIB  # no swap
+    assert plan.create["cpu_shares"] == 512
+    assert set(_ulimits(plan.create)) == {"nproc", "nofile", "core"}  # no per-process memory
+    assert "512 MiB of memory (memory controller)" in plan.enforced
+
+
+def test_without_a_namespace_of_its_own_nproc_would_count_the_podman_user() -> None:
+    """userns_size = 0: RLIMIT_NPROC would count every process of the podman user (the
+    first fork fails), so it is left out; on cgroup v1 nothing then bounds processes."""
+    settings = ContainerSettings(userns_size=0, cpu_shares=512)
+    plan = containment(settings, V1)
+    assert "userns_mode" not in plan.create
+    assert "nproc" not in _ulimits(plan.create)
+    assert plan.skipped == ("pids_limit", "cpu_shares")
+    check = containment_check(settings, V1)
+    assert check.ok
+    assert check.warning
+    assert "NOT enforced here: pids_limit, cpu_shares" in check.detail
+    assert "share the podman user's UID" in check.detail
+
+
+def test_the_check_counts_how_many_containers_fit() -> None:
+    settings = ContainerSettings()
+    assert "room for 1024 such containers at once" in containment_check(settings, V2).detail
+    assert not containment_check(settings, V2).warning
+    few = dataclasses.replace(V2, subordinate_ids=65536 * 3)
+    assert containment_check(settings, few).warning
+    assert containment_check(settings, few).ok
+    none = dataclasses.replace(V2, subordinate_ids=65535)
+    check = containment_check(settings, none)
+    assert not check.ok
+    assert "subordinate IDs" in check.fix
+
+
+def test_host_caps_read_podman_info() -> None:
+    info = {
+        "host": {
+            "cgroupVersion": "v1",
+            "cgroupControllers": None,
+            "idMappings": {
+                "uidmap": [
+                    {"container_id": 0, "host_id": 999, "size": 1},
+                    {"container_id": 1, "host_id": 131072, "size": 67108864},
+                ]
+            },
+        }
+    }
+    assert HostCaps.from_info(info) == HostCaps(frozenset(), "v1", 67108864)
