@@ -5,6 +5,11 @@ connection has passed so far, so multi-factor chains advance only when the core 
 method really succeeded (a signature is verified *after* our yes), and so the grants of
 every passed method end up on the login. Failures wait a randomized delay first: guessing
 gets slow, and timing says nothing about why.
+
+The user name is checked first (:mod:`.names`), before the policy, a webhook or a log line
+sees it: a name the rule refuses meets the methods, prompts, password check and delay of
+an unknown user, and fails whatever the client proves, so the client cannot tell it from a
+wrong key or password; the operator gets one ``user_name_refused`` line.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ import dataclasses
 import random
 from collections.abc import Callable
 
+import structlog
 import trio
 
+from trissh.auth.names import escaped
+from trissh.auth.passwords import verify_password
 from trissh.auth.policy import AuthPolicy, Decision, Grant, LoginRequest, Prompts
 from trissh.auth.webhook import Metadata
 from trissh.protocol import (
@@ -27,6 +35,11 @@ from trissh.protocol import (
     PublicKeyAuthRequested,
     ServerConnection,
 )
+
+log = structlog.get_logger("trissh.auth.login")
+
+#: Why a login with a refused name failed (the client sees only the failure).
+NAME_REFUSED = "user name refused"
 
 
 class LoginConversation:
@@ -52,6 +65,8 @@ class LoginConversation:
         self.metadata = Metadata()
         self._kbd_state: object = None
         self._kbd_submethods = ""
+        #: Why the rule refused the connection's user name ("" once it passed).
+        self._name_problem: str | None = None
 
     async def decide(self, event: AuthDecisionRequested) -> None:
         """Answer one decision event through the core's commands.
@@ -59,11 +74,16 @@ class LoginConversation:
         Raises:
             TooManyAuthAttempts: the answer used up the client's attempts.
         """
-        request = self._request(event.username, self.metadata)
         method = _method_of(event)
-        if method not in self._policy.chains_for(event.username).next_methods(self.passed):
+        refused = self._name_refused(event.username)
+        chains = self._policy.chains_for(None if refused else event.username)
+        if method not in chains.next_methods(self.passed):
             self._conn.reject_auth(f"{method} not allowed at this point for this user")
             return
+        if refused:
+            await self._refuse_name(event)
+            return
+        request = self._request(event.username, self.metadata)
         match event:
             case PublicKeyAuthRequested():
                 decision = await self._policy.publickey(
@@ -85,6 +105,37 @@ class LoginConversation:
                 )
                 await self._step(request, step, method)
 
+    def _name_refused(self, username: str) -> bool:
+        """Whether the rule refuses ``username``; checked (and logged) once, as the core
+        keeps a connection's user name fixed."""
+        if self._name_problem is None:
+            self._name_problem = self._policy.user_names.problem(username) or ""
+            if self._name_problem:
+                log.info("user_name_refused", user=escaped(username), reason=self._name_problem)
+        return bool(self._name_problem)
+
+    async def _refuse_name(self, event: AuthDecisionRequested) -> None:
+        """Fail as an unknown user without a webhook would: same prompts, same dummy
+        password check, same delay."""
+        match event:
+            case PublicKeyAuthRequested():
+                await self._reject(NAME_REFUSED, final=event.signed)
+            case PasswordAuthRequested():
+                await verify_password(None, event.password)
+                await self._reject(NAME_REFUSED, final=True)
+            case KeyboardInteractiveAuthRequested():
+                self._conn.send_auth_prompts("", "", self._policy.prompts(None, self.passed))
+            case KeyboardInteractiveResponsesReceived():
+                for response in event.responses[:1]:
+                    await verify_password(None, response)
+                await self._reject(NAME_REFUSED, final=True)
+
+    async def _reject(self, reason: str, *, final: bool) -> None:
+        """No, after the failure delay unless this was only a key query."""
+        if final and self._policy.failure_delay:
+            await trio.sleep(self._policy.failure_delay * self._rng.uniform(0.5, 1.5))
+        self._conn.reject_auth(reason)
+
     async def _step(self, request: LoginRequest, step: Prompts | Decision, method: str) -> None:
         if isinstance(step, Prompts):
             self._kbd_state = step.state
@@ -102,23 +153,30 @@ class LoginConversation:
         chains = self._policy.chains_for(request.username)
         complete = chains.complete(after)
         if decision.ok and final and complete:
-            granted = self.grant.merged(decision.grant)
-            finish = await self._policy.finish(
-                dataclasses.replace(request, metadata=self.metadata), granted
-            )
-            decision = (
-                dataclasses.replace(decision, grant=decision.grant.merged(finish.grant))
-                if finish.ok
-                else finish
-            )
+            decision = await self._finish(request, decision)
         if not decision.ok:
-            if final and self._policy.failure_delay:
-                await trio.sleep(self._policy.failure_delay * self._rng.uniform(0.5, 1.5))
-            self._conn.reject_auth(decision.reason)
+            await self._reject(decision.reason, final=final)
             return
         self._pending_grant = decision.grant
         self.log_fields = dict(decision.log)
         self._conn.accept_auth(remaining=() if complete else chains.next_methods(after))
+
+    async def _finish(self, request: LoginRequest, decision: Decision) -> Decision:
+        """The chain is complete: a name a webhook verified passes the rule too, then
+        ``/authz`` and the configuration server (the policy's ``finish``)."""
+        granted = self.grant.merged(decision.grant)
+        if granted.username and (problem := self._policy.user_names.problem(granted.username)):
+            log.info(
+                "user_name_refused", user=escaped(granted.username), reason=problem,
+                source="webhook",
+            )  # fmt: skip
+            return Decision(False, f"the auth webhook's {NAME_REFUSED}")
+        finish = await self._policy.finish(
+            dataclasses.replace(request, metadata=self.metadata), granted
+        )
+        if not finish.ok:
+            return finish
+        return dataclasses.replace(decision, grant=decision.grant.merged(finish.grant))
 
     def confirmed(self, event: AuthPartiallySucceeded | Authenticated) -> None:
         """The core confirmed ``event.method`` (its proof checked): the chain advances."""

@@ -185,6 +185,8 @@ class AuthPolicy:
         """
         self._clock = clock
         self._global_keys = list(global_keys)
+        #: The rule every user name passes before any decision looks at it.
+        self.user_names = settings.auth.user_names()
         self._failure_delay = settings.auth.failure_delay
         default_methods = settings.auth.authentication_methods
         self._default_chains = MethodChains.parse(default_methods) if default_methods else None
@@ -258,8 +260,10 @@ class AuthPolicy:
             chains = MethodChains([method] for method in single)
         return _User(keys, section.password_hash, totp, chains)
 
-    def chains_for(self, username: str) -> MethodChains:
-        user = self._users.get(username)
+    def chains_for(self, username: str | None) -> MethodChains:
+        """``username``'s method chains; ``None``: those of a user without a table (for a
+        name the rule refused, never looked up)."""
+        user = self._users.get(username) if username is not None else None
         return user.chains if user is not None else self._unknown_chains
 
     # -- publickey ------------------------------------------------------------------------
@@ -451,10 +455,13 @@ class AuthPolicy:
             return Decision(False, "the configuration server sent invalid settings")
         return Decision(True, grant=Grant(container=config.container))
 
-    def prompts(self, request: LoginRequest, passed: Sequence[str]) -> list[tuple[str, bool]]:
+    def prompts(
+        self, request: LoginRequest | None, passed: Sequence[str]
+    ) -> list[tuple[str, bool]]:
         """What keyboard-interactive asks: the password unless already given, then a code
-        if the user has TOTP. Unknown users are asked the same as a user with a password."""
-        user = self._users.get(request.username)
+        if the user has TOTP. Unknown users (and ``None``, a refused name) are asked the
+        same as a user with a password."""
+        user = self._users.get(request.username) if request is not None else None
         prompts = []
         if "password" not in passed and (user is None or user.password_hash or not user.totp):
             prompts.append(PASSWORD_PROMPT)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
 
+from trissh.auth.names import DEFAULT_MAX_BYTES, DEFAULT_PATTERN, UserNameRule
 from trissh.config.base import Model
 
 AUTH_METHODS = ("publickey", "password", "keyboard-interactive")
@@ -106,8 +108,27 @@ class AuthSection(Model):
     #: AuthenticationMethods for users without their own; default: any one method the
     #: user has credentials for.
     authentication_methods: tuple[str, ...] | None = None
+    #: A user name must match this (Python regex, the whole name) and be printable, or
+    #: the login fails like a wrong key. Default: no whitespace, no "/", not starting
+    #: with "-" or ".".
+    user_name_pattern: str = DEFAULT_PATTERN
+    #: Bytes (UTF-8) a user name may have.
+    user_name_max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, le=256)
 
     @field_validator("authentication_methods")
     @classmethod
     def _check_methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
         return _check_chains(value)
+
+    @field_validator("user_name_pattern")
+    @classmethod
+    def _check_pattern(cls, value: str) -> str:
+        try:
+            UserNameRule(value)
+        except re.error as exc:
+            raise ValueError(f"user_name_pattern {value!r}: {exc}") from None
+        return value
+
+    def user_names(self) -> UserNameRule:
+        """The rule user names must pass (:mod:`trissh.auth.names`)."""
+        return UserNameRule(self.user_name_pattern, self.user_name_max_bytes)

@@ -65,6 +65,12 @@ class ServerConfig(Model):
 
     @model_validator(mode="after")
     def _check_users(self) -> ServerConfig:
+        rule = self.auth.user_names()
+        named = [(f"users.{name!r}", name) for name in self.users]
+        named += [(f"recording.users {name!r}", name) for name in self.recording.users]
+        for where, name in named:
+            if (problem := rule.problem(name)) is not None:
+                raise ValueError(f"{where}: no login could use this name ({problem})")
         for name in self.users:
             self.container_for(name)
             self.session_for(name)

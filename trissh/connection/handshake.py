@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from trissh.auth.names import escaped
 from trissh.auth.policy import Grant
 from trissh.config import ContainerSection, ServerConfig, SessionSection
 from trissh.ops.metrics import Metrics
@@ -36,7 +37,7 @@ def auth_failed(event: AuthFailed, metrics: Metrics) -> None:
     metrics.auth_attempt(event.method, "failure")
     log.info(
         "auth_failed",
-        user=event.username,
+        user=escaped(event.username),  # whatever the client sent, the rule's verdict aside
         method=event.method,
         reason=event.reason,
         key_fingerprint=event.key_fingerprint,
@@ -47,7 +48,7 @@ def auth_partially_succeeded(event: AuthPartiallySucceeded, metrics: Metrics) ->
     metrics.auth_attempt(event.method, "partial")
     log.info(
         "auth_partially_succeeded",
-        user=event.username,
+        user=escaped(event.username),
         method=event.method,
         remaining=list(event.remaining),
         key_fingerprint=event.key_fingerprint,
