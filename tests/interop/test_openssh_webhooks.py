@@ -32,6 +32,8 @@ class Hooks:
         self.config: dict[str, Any] = {}
         self.status = 200
         self.kbd_rounds: list[dict[str, Any]] = []
+        #: The authenticatedUsername a right password gets.
+        self.mapped = "mapped"
 
     async def __call__(self, request: Received) -> Answer:
         if self.status != 200:
@@ -41,7 +43,7 @@ class Hooks:
         if path == "/password":
             password = base64.b64decode(body["passwordBase64"]).decode()
             ok = self.accept_password and password == PASSWORD
-            return {"success": ok, "authenticatedUsername": "mapped" if ok else None}
+            return {"success": ok, "authenticatedUsername": self.mapped if ok else None}
         if path == "/pubkey":
             return {"success": body["publicKey"] in self.accept_keys}
         if path == "/authz":
@@ -191,3 +193,32 @@ async def test_keyboard_interactive_driven_by_the_webhook(
     )
     assert (result.returncode, result.stdout) == (0, b"in\n"), result.stderr
     assert [r["round"] for r in hooks.kbd_rounds] == [0, 1]
+
+
+async def test_a_refused_name_never_reaches_the_webhook(
+    make_server: ServerFactory, askpass: Path, webhook: Server
+) -> None:
+    """A name the rule refuses fails before any webhook call: the service never sees it."""
+    server = await make_server()
+    password = ("-o", "PreferredAuthentications=password")
+    refused = await login(server, "../etc", askpass, *NO_KEYS, *password)
+    assert refused.returncode == 255
+    assert webhook.received == []
+    accepted = await login(server, "alice", askpass, *NO_KEYS, *password)
+    assert accepted.returncode == 0, accepted.stderr  # the same login, a name that passes
+    assert webhook.received
+
+
+async def test_a_name_the_webhook_maps_to_passes_the_rule_too(
+    make_server: ServerFactory, askpass: Path, hooks: Hooks, webhook: Server
+) -> None:
+    """authenticatedUsername becomes the container's user and labels: one the rule
+    refuses fails the login, and the configuration server is not asked."""
+    hooks.mapped = "mapped user\nroot"
+    server = await make_server()
+    result = await login(
+        server, "alice", askpass, *NO_KEYS, "-o", "PreferredAuthentications=password"
+    )
+    assert result.returncode == 255
+    assert b"Permission denied" in result.stderr
+    assert [r.path.removeprefix("/hooks") for r in webhook.received] == ["/password"]
