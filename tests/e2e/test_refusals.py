@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
 
-from ..support import ClientKey, RunningServer, needs_ssh, run_ssh, ssh_argv
+from ..support import (
+    ClientKey,
+    RunningServer,
+    capture_module_log,
+    make_context,
+    needs_ssh,
+    run_ssh,
+    ssh_argv,
+    start_server,
+)
+from .conftest import podman_backend
 
 pytestmark = [pytest.mark.podman, pytest.mark.interop, needs_ssh]
 
@@ -45,3 +57,31 @@ async def test_agent_and_x11_forwarding_are_not_granted(
         )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"agent= display=\n"
+
+
+@pytest.fixture
+async def session_mode_server(
+    nursery: trio.Nursery, podman_url: str, authorized_keys: Path, tmp_path: Path
+) -> AsyncIterator[RunningServer]:
+    ctx = make_context(
+        podman_backend(podman_url), authorized_keys, tmp_path / "host_key",
+        session={"execution_mode": "session"},
+    )  # fmt: skip
+    server = await start_server(nursery, ctx)
+    yield server
+    await server.stop()
+
+
+async def test_an_unknown_subsystem_fails_before_a_container_is_made(
+    session_mode_server: RunningServer, client_key: ClientKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ssh -s host nosuch`: OpenSSH's own "subsystem request failed", exit 255, and (one
+    container per session) podman never asked for one; sftp still works."""
+    created = capture_module_log(monkeypatch, "trissh.backend.podman.backend")
+    result = await run_ssh(session_mode_server.port, client_key.path, "-s", "nosuch")
+    assert result.returncode == 255
+    assert b"subsystem request failed on channel 0" in result.stderr, result.stderr
+    assert [line for line in created if line["event"] == "container_created"] == []
+    sftp = await run_ssh(session_mode_server.port, client_key.path, "-s", "sftp", stdin=b"")
+    assert sftp.returncode == 0, sftp.stderr
+    assert [line["event"] for line in created].count("container_created") == 1

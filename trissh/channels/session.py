@@ -40,7 +40,7 @@ from trissh.auth.policy import Grant
 from trissh.backend import BackendError, ExitStatus, Process, ProcessSpec, PtySpec, Sandbox
 from trissh.backend import TerminalSize as BackendTerminalSize
 from trissh.channels.termmodes import with_terminal_modes
-from trissh.config import ContainerSection, SessionSection
+from trissh.config import ContainerSection, SessionSection, subsystem_command
 from trissh.connection.channel import ChannelHandle, ChannelStream
 from trissh.connection.sandboxes import SandboxSource
 from trissh.ops.metrics import Metrics
@@ -107,6 +107,15 @@ def _backend_size(size: TerminalSize) -> BackendTerminalSize:
     )
 
 
+def subsystem_argv(ctx: SessionContext, name: str) -> list[str] | None:
+    """What ``ssh -s NAME`` runs: ``[session] subsystems`` (the deprecated ``[container]
+    sftp_server`` first, for ``sftp``); ``None``: no such subsystem."""
+    if name == "sftp" and ctx.container.sftp_server:
+        return [ctx.container.sftp_server]
+    command = ctx.settings.subsystems.get(name)
+    return subsystem_command(command) if command is not None else None
+
+
 def build_process_spec(
     ctx: SessionContext, request: SessionRequested, extra_env: Mapping[str, str] | None = None
 ) -> ProcessSpec:
@@ -125,9 +134,9 @@ def build_process_spec(
     elif request.kind is SessionKind.EXEC:
         assert request.command is not None
         argv = [*shell, "-c", request.command]
-    elif request.subsystem == "sftp":
-        argv = [container.sftp_server]
-    else:
+    elif (subsystem := subsystem_argv(ctx, request.subsystem or "")) is not None:
+        argv = subsystem
+    else:  # refused earlier by the session handler; kept for a direct caller
         raise SessionRefused(f"subsystem {request.subsystem!r} is not available")
     pty = None
     if request.pty is not None:

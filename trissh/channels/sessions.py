@@ -1,22 +1,28 @@
 """SessionChannels: the ``session`` channel kind's handler for one connection.
 
 It decides on opens (the per-connection limit), starts the container early in
-``connection`` mode, starts one ``run_session`` task per session request in the
-connection nursery, and tells busy users when the server shuts down.
+``connection`` mode, refuses a subsystem nobody configured (CHANNEL_FAILURE, as sshd: no
+session task, no container of its own), starts one ``run_session`` task per other session
+request in the connection nursery, and tells busy users when the server shuts down.
 """
 
 from __future__ import annotations
 
+import structlog
 import trio
 
-from trissh.channels.session import SessionContext, run_session, tell_user
+from trissh.auth.names import escaped
+from trissh.channels.session import SessionContext, run_session, subsystem_argv, tell_user
 from trissh.connection.port import ConnectionPort, Refusal
 from trissh.protocol import (
     ChannelId,
     ChannelOpenFailureReason,
     ChannelOpenRequested,
+    SessionKind,
     SessionRequested,
 )
+
+log = structlog.get_logger("trissh.channels.sessions")
 
 
 class SessionChannels:
@@ -43,13 +49,29 @@ class SessionChannels:
         return None
 
     def start(self, event: SessionRequested) -> bool:
-        """Run the requested program in a task of its own; False if the channel is gone."""
+        """Run the requested program in a task of its own, or refuse an unknown subsystem;
+        False if the channel is gone."""
         handle = self._port.handle(event.channel_id)
         if handle is None:
             return False
+        if self._unknown_subsystem(event):
+            log.info(
+                "subsystem_refused", channel=int(event.channel_id),
+                subsystem=escaped(event.subsystem or ""),
+            )  # fmt: skip
+            self._port.reply_request(event.channel_id, False)
+            return True
         handle.started = True
         self._nursery.start_soon(run_session, self._ctx, handle, event)
         return True
+
+    def _unknown_subsystem(self, event: SessionRequested) -> bool:
+        """A subsystem not configured (a forced command runs whatever was asked, as sshd)."""
+        return (
+            event.kind is SessionKind.SUBSYSTEM
+            and self._ctx.grant.forced_command is None
+            and subsystem_argv(self._ctx, event.subsystem or "") is None
+        )
 
     def tell_busy_users(self, message: str) -> bool:
         """Write ``message`` to every running session; False when none runs."""

@@ -23,7 +23,7 @@ from trissh.config.service import (
     SshSettings,
     parse_max_startups,
 )
-from trissh.config.session import SessionSection
+from trissh.config.session import SessionSection, subsystem_command
 
 __all__ = [
     "AUTH_METHODS",
@@ -50,4 +50,5 @@ __all__ = [
     "parse_max_startups",
     "parse_permit",
     "parse_volume",
+    "subsystem_command",
 ]

@@ -41,8 +41,9 @@ class ContainerSection(Model):
     #: ``HOST_PATH:CONTAINER_PATH[:ro|rw]``; read-only unless ``:rw``.
     volumes: tuple[str, ...] = ()
     shell: tuple[str, ...] = ("/bin/sh",)
-    #: How a session's ``sftp`` subsystem is run inside the image.
-    sftp_server: str = "/usr/lib/openssh/sftp-server"
+    #: Deprecated, use ``[session] subsystems.sftp``; when set it runs ``sftp`` instead
+    #: (the configuration server's ``subsystems.sftp`` arrives here).
+    sftp_server: str | None = None
     #: Seconds allowed for creating and starting a container.
     start_timeout: float = Field(60.0, gt=0)
 

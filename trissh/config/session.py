@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+import shlex
+from typing import Final, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from trissh.config.base import Model
+
+#: What OpenSSH and RFC 4250 allow in a subsystem name (``sftp``, ``netconf``,
+#: ``name@domain``).
+_SUBSYSTEM_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._+-]{0,63}")
+DEFAULT_SUBSYSTEMS: Final = {"sftp": "/usr/lib/openssh/sftp-server"}
+
+
+def subsystem_command(command: str) -> list[str]:
+    """A subsystem's command line as the argv run in the container (no shell).
+
+    Raises:
+        ValueError: not shell-style words starting with an absolute path.
+    """
+    argv = shlex.split(command)
+    if not argv or not argv[0].startswith("/"):
+        raise ValueError(f"subsystem command {command!r} must start with an absolute path")
+    return argv
 
 
 class SessionSection(Model):
@@ -31,3 +50,16 @@ class SessionSection(Model):
     client_alive_interval: float = Field(15.0, ge=0)
     #: Unanswered probes before the connection is dropped (ClientAliveCountMax).
     client_alive_count_max: int = Field(3, ge=1, le=100)
+    #: ``ssh -s NAME``: the command each subsystem runs in the container (split into
+    #: words like a shell would, run without one). Any other name is refused before a
+    #: container is made for it. Per user, the whole table is replaced.
+    subsystems: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SUBSYSTEMS))
+
+    @field_validator("subsystems")
+    @classmethod
+    def _check_subsystems(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, command in value.items():
+            if not _SUBSYSTEM_NAME.fullmatch(name):
+                raise ValueError(f"subsystem name {name!r}: letters, digits and @._+- only")
+            subsystem_command(command)
+        return value

@@ -1,0 +1,132 @@
+"""Subsystems come from ``[session] subsystems``: a known one runs its command, an unknown
+one gets CHANNEL_FAILURE before any session task or container (driver + sans-IO client +
+in-process backend)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from tests.sshpeer import USER_KEY, ed25519_blob
+from trissh.backend.memory import MemoryBackend
+from trissh.config import ConfigError, load_config
+from trissh.protocol.messages import connection as conn
+from trissh.server.state import ServerContext
+
+from .peer import Peer, exit_status_of
+from .support import capture_module_log, make_context
+from .test_driver import connected
+
+
+def _context(
+    backend: MemoryBackend, tmp_path: Path, key_options: str = "", **overrides: Any
+) -> ServerContext:
+    keys = tmp_path / "authorized_keys"
+    line = "ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode()
+    keys.write_text(f"{key_options} {line}\n".lstrip())
+    return make_context(backend, keys, tmp_path / "host_key", **overrides)
+
+
+async def _subsystem(peer: Peer, name: str) -> object:
+    """Open a session, ask for ``name``; the server's answer."""
+    channel = await peer.open_session()
+    peer.client.channel_request(channel, "subsystem", conn.SubsystemData(name=name).encode())
+    await peer.flush()
+    return await peer.next_message()
+
+
+@pytest.mark.parametrize("mode", ["session", "connection"])
+async def test_an_unknown_subsystem_is_refused_before_anything_runs(
+    memory_backend: MemoryBackend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+) -> None:
+    """CHANNEL_FAILURE, one log line, no process; in session mode no container either
+    (in connection mode the connection's container starts when the channel opens)."""
+    logs = capture_module_log(monkeypatch, "trissh.channels.sessions")
+    ctx = _context(memory_backend, tmp_path, session={"execution_mode": mode})
+    with trio.fail_after(20):
+        async with connected(ctx) as peer:
+            await peer.login()
+            answer = await _subsystem(peer, "nosuch")
+            assert isinstance(answer, conn.ChannelFailure)
+            await peer.stream.aclose()
+    assert [(line["event"], line["subsystem"]) for line in logs] == [
+        ("subsystem_refused", "nosuch")
+    ]
+    assert memory_backend.process_specs == []
+    if mode == "session":
+        assert memory_backend.sandbox_specs == []
+
+
+async def test_subsystems_come_from_the_configuration_per_user(
+    memory_backend: MemoryBackend, tmp_path: Path
+) -> None:
+    """The default table runs sftp; a user's own table replaces it (netconf, no sftp)."""
+    users = {"bob": {"session": {"subsystems": {"netconf": "/usr/sbin/netconf -q 'a b'"}}}}
+    ctx = _context(memory_backend, tmp_path, users=users)
+    answers = {}
+    with trio.fail_after(20):
+        for user, name in [("alice", "sftp"), ("bob", "netconf"), ("bob", "sftp")]:
+            async with connected(ctx) as peer:
+                peer.client.username = user
+                await peer.login()
+                answers[user, name] = type(await _subsystem(peer, name)).__name__
+                await peer.stream.aclose()
+    assert answers == {
+        ("alice", "sftp"): "ChannelSuccess",
+        ("bob", "netconf"): "ChannelSuccess",
+        ("bob", "sftp"): "ChannelFailure",
+    }
+    assert [spec.argv for spec in memory_backend.process_specs] == [
+        ["/usr/lib/openssh/sftp-server"], ["/usr/sbin/netconf", "-q", "a b"]
+    ]  # fmt: skip
+
+
+async def test_the_deprecated_sftp_server_still_runs_sftp(
+    memory_backend: MemoryBackend, tmp_path: Path
+) -> None:
+    ctx = _context(memory_backend, tmp_path, container={"sftp_server": "/opt/sftp-server"})
+    with trio.fail_after(20):
+        async with connected(ctx) as peer:
+            await peer.login()
+            assert isinstance(await _subsystem(peer, "sftp"), conn.ChannelSuccess)
+            await peer.stream.aclose()
+    assert [spec.argv for spec in memory_backend.process_specs] == [["/opt/sftp-server"]]
+
+
+async def test_a_forced_command_runs_whatever_subsystem_was_asked(
+    memory_backend: MemoryBackend, tmp_path: Path
+) -> None:
+    """As sshd: command= replaces the request, an unknown subsystem included."""
+    ctx = _context(memory_backend, tmp_path, key_options='command="echo forced"')
+    with trio.fail_after(20):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session()
+            peer.client.channel_request(channel, "subsystem", conn.SubsystemData(name="x").encode())
+            await peer.flush()
+            messages = await peer.until_close(channel)
+            await peer.stream.aclose()
+    assert isinstance(messages[0], conn.ChannelSuccess)
+    assert exit_status_of(messages) == 0
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"bad name": "/bin/x"}, "subsystem name 'bad name': letters, digits and @._+- only"),
+        ({"x": "relative/path"}, "subsystem command 'relative/path' must start with an absolute"),
+        ({"x": "/bin/x 'unclosed"}, "No closing quotation"),
+    ],
+)
+def test_subsystem_tables_are_validated(table: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, {"session.subsystems": table})
