@@ -212,3 +212,47 @@ async def test_podman_pool_size_is_a_metric(podman_harness: PodmanHarness) -> No
         assert await podman_containers(h.url, {LABEL_INSTANCE: instance}) == []
     finally:
         backend.close()
+
+
+def _names_matching(url: str, pattern: str) -> list[tuple[str, str]]:
+    """(id, name) of the containers ``podman ps -a --filter name=PATTERN`` lists."""
+    import podman
+
+    with podman.PodmanClient(base_url=url) as client:
+        found = client.containers.list(all=True, filters={"name": pattern})
+        return [(str(container.id), str(container.name)) for container in found]
+
+
+@pytest.mark.podman
+async def test_podman_an_assigned_container_is_named_for_its_user(
+    podman_harness: PodmanHarness,
+) -> None:
+    """Labels cannot change on a running container: a pooled one taken by alice is renamed
+    ``trissh-alice-CONN-RANDOM`` (in the upkeep task), as a container created for her is
+    named, so filtering podman's names by user finds both."""
+    h = podman_harness
+    backend = PodmanBackend(h.url, scope_labels=h.scope, warm_pool=1)
+    backend.keep_warm(h.settings, h.instance)
+    spec = dataclasses.replace(h.sandbox_spec(), username="al ice")  # "_" in names
+    other = dataclasses.replace(spec, settings=OTHER)  # not the template: created for her
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(backend.run)
+                while backend.warm_containers < 1:
+                    await trio.sleep(0.05)
+                [pooled] = await podman_containers(h.url, {**h.scope, "trissh.pool": "true"})
+                async with (
+                    backend.open_sandbox(spec) as taken,
+                    backend.open_sandbox(other) as created,
+                ):
+                    assert taken.container_id == pooled
+                    pattern = f"^trissh-al_ice-{spec.conn_id}-[0-9a-f]{{8}}$"
+                    while len(found := await trio.to_thread.run_sync(
+                        _names_matching, h.url, pattern
+                    )) < 2:  # fmt: skip
+                        await trio.sleep(0.05)
+                    assert {cid for cid, _ in found} == {pooled, created.container_id}
+                nursery.cancel_scope.cancel()
+    finally:
+        backend.close()

@@ -47,6 +47,7 @@ from trissh.backend.podman.health import check_podman
 from trissh.backend.podman.launch import Launcher, LaunchSetup, NewContainers
 from trissh.backend.podman.owner import owner_token, sweep
 from trissh.backend.podman.removal import Removals
+from trissh.backend.podman.renames import Renames
 from trissh.backend.podman.spec import ContainerSpecs, container_name
 from trissh.backend.podman.warm_pool import WarmPool
 
@@ -100,6 +101,7 @@ class PodmanBackend:
         self._observe: Observe = observe or (lambda operation, seconds: None)
         self._specs = ContainerSpecs(self._api, scope_labels=self._scope_labels, owner=self._owner)
         self._removals = Removals(self._api, self._observe)
+        self._renames = Renames(self._api)
         self._launch = NewContainers.configure(
             exec_helper=exec_helper,
             direct_stdio=direct_stdio,
@@ -180,6 +182,7 @@ class PodmanBackend:
                 raise
             state = (info or {}).get("State") or {}
             if state.get("Running"):
+                self._renames.rename(container_id, container_name(spec))  # in run()
                 log.info(
                     "container_assigned",
                     container=container_id[:12],
@@ -221,7 +224,7 @@ class PodmanBackend:
         """
         started = time.monotonic()
         image = spec.settings.image
-        name = container_name(spec.conn_id)
+        name = container_name(spec)
         container_id: str | None = None
         maybe_created = False
         try:
@@ -307,6 +310,7 @@ class PodmanBackend:
             async with trio.open_nursery() as nursery:
                 if self._pool is not None:
                     nursery.start_soon(self._pool.run)
+                    nursery.start_soon(self._renames.run)
                 task_status.started()
                 await self._removals.retry()
         finally:

@@ -142,7 +142,10 @@ def tmpfs_mount(target: str, size: str) -> dict[str, Any]:
     return {"type": "tmpfs", "source": "tmpfs", "target": target, "size": size, "mode": "1777"}
 
 
-def container_name(conn_id: str) -> str:
-    """``trissh-CONN-RANDOM``: readable in ``podman ps``, unique however conn ids repeat."""
-    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", conn_id)[:40].strip("-.") or "conn"
-    return f"trissh-{safe}-{secrets.token_hex(4)}"
+def container_name(spec: SandboxSpec) -> str:
+    """``trissh-USER-CONN-RANDOM`` (``trissh-CONN-RANDOM`` while no user is known: the warm
+    pool's): readable in ``podman ps``, unique however conn ids repeat. The user part keeps
+    letters, digits and ``_.-``, anything else becomes ``_``."""
+    conn = re.sub(r"[^a-zA-Z0-9_.-]", "-", spec.conn_id)[:40].strip("-.") or "conn"
+    user = re.sub(r"[^a-zA-Z0-9_.-]", "_", spec.username)[:32]
+    return f"trissh-{f'{user}-' if user else ''}{conn}-{secrets.token_hex(4)}"
