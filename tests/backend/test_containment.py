@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from trissh.backend import ContainerSettings
-from trissh.backend.podman.containment import HostCaps, containment, containment_check
+from trissh.backend import BackendError, ContainerSettings
+from trissh.backend.podman.containment import HostCaps, containment, containment_check, explained
 
 MIB = 1024 * 1024
 V1 = HostCaps(controllers=frozenset(), cgroup_version="v1", subordinate_ids=1024 * 65536)
@@ -88,3 +88,14 @@ def test_host_caps_read_podman_info() -> None:
         }
     }
     assert HostCaps.from_info(info) == HostCaps(frozenset(), "v1", 67108864)
+
+
+def test_running_out_of_id_ranges_is_explained() -> None:
+    podman_says = BackendError(
+        "podman: creating container storage: could not find enough available IDs"
+    )
+    explained_error = explained(podman_says, ContainerSettings(userns_size=65536))
+    assert str(explained_error).startswith(str(podman_says))
+    assert "no free range of 65536 IDs for the container's user namespace" in str(explained_error)
+    other = BackendError("podman: something else")
+    assert explained(other, ContainerSettings()) is other

@@ -42,6 +42,7 @@ from trissh.backend.base import (
 )
 from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
 from trissh.backend.podman.api import PodmanApi
+from trissh.backend.podman.containment import explained
 from trissh.backend.podman.exec import ExecTarget
 from trissh.backend.podman.health import check_podman
 from trissh.backend.podman.launch import Launcher, LaunchSetup, NewContainers
@@ -239,6 +240,8 @@ class PodmanBackend:
             except (ImageNotFound, BackendUnavailable):
                 maybe_created = False
                 raise
+            except BackendError as exc:
+                raise explained(exc, spec.settings) from exc
             container_id = str(container.id)
             await self._api.call(container.start)
             self._launchers[container_id] = await launch.launcher(self._target(container_id, spec))

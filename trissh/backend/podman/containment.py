@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from trissh.backend.base import ContainerSettings, HealthCheck
+from trissh.backend.errors import BackendError
 
-__all__ = ["Containment", "HostCaps", "containment", "containment_check"]
+__all__ = ["Containment", "HostCaps", "containment", "containment_check", "explained"]
 
 #: Fewer containers than this fit in the podman user's subordinate IDs: a warning.
 CAPACITY_WARNING: Final = 64
@@ -163,4 +164,16 @@ def containment_check(settings: ContainerSettings, host: HostCaps) -> HealthChec
         warning=bool(problems),
         detail="; ".join([detail, *problems]),
         fix="; ".join(fixes),
+    )
+
+
+def explained(error: BackendError, settings: ContainerSettings) -> BackendError:
+    """``error`` from creating a container, with what it means when containment caused
+    it: podman found no free range of ``userns_size`` subordinate IDs."""
+    if "enough available IDs" not in str(error):
+        return error
+    return BackendError(
+        f"{error} (no free range of {settings.userns_size} IDs for the container's user"
+        " namespace: as many containers run as the podman user's subordinate IDs allow;"
+        " see the containment line of `trissh doctor`)"
     )
