@@ -23,6 +23,8 @@ from trissh.auth.names import UserNameRule, escaped
 from trissh.auth.passwords import hash_password
 from trissh.backend.memory import MemoryBackend
 from trissh.connection.driver import serve_connection
+from trissh.protocol import DisconnectReason, wire
+from trissh.protocol.constants import MessageNumber
 from trissh.protocol.messages import transport as tr
 from trissh.protocol.messages import userauth as ua
 from trissh.protocol.wire import Reader
@@ -205,3 +207,23 @@ def test_escaped_names_are_one_printable_line() -> None:
     assert escaped("alice") == "alice"
     assert escaped("a b\x00\n\\\u202e") == "a\\x20b\\x00\\x0a\\\\\\u202e"
     assert escaped("x" * 200) == "x" * 96 + "..."
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfeab", b"a" * 257], ids=["invalid UTF-8", "257 bytes"])
+async def test_names_the_core_cannot_read_end_the_connection(
+    ctx: ServerContext, memory_backend: MemoryBackend, raw: bytes
+) -> None:
+    """Not UTF-8, or past the core's 256-byte bound: a protocol error before the login
+    conversation (or any log line) sees a name."""
+    payload = (
+        bytes([MessageNumber.USERAUTH_REQUEST])
+        + wire.string(raw) + wire.string("ssh-connection") + wire.string("none")
+    )  # fmt: skip
+    with trio.fail_after(10):
+        async with authenticating(ctx) as peer:
+            peer.client.send(payload)
+            disconnect = await peer.expect(tr.Disconnect)
+            assert await peer.next_message() is None
+    assert disconnect.reason == DisconnectReason.PROTOCOL_ERROR
+    assert raw.decode("latin-1") not in disconnect.description
+    assert memory_backend.sandbox_specs == []
