@@ -6,7 +6,8 @@
 #   eval "$(sudo scripts/setup-host.sh)"    # sets CONTAINER_HOST=unix:///run/trissh-podman/podman.sock
 #
 # As root it:
-#   1. installs whatever is missing of the packages below (apt-get update only when needed);
+#   1. installs whatever is missing of the packages below (apt-get update only when needed;
+#      the KDC packages' system services are disabled: tests run their own KDC);
 #   2. creates the system user trissh-podman (home /var/lib/trissh-podman) with subuids and
 #      subgids for TRISSH_MAX_CONTAINERS (1024) user namespaces of TRISSH_USERNS_SIZE (65536)
 #      IDs, trissh's [container] userns_size, overlapping no other range (an older, smaller
@@ -41,7 +42,8 @@ USERNS_SIZE=${TRISSH_USERNS_SIZE:-65536}
 SUBID_COUNT=$((MAX_CONTAINERS * USERNS_SIZE))
 PACKAGES=(podman runc crun uidmap slirp4netns fuse-overlayfs catatonit busybox-static
           openssh-sftp-server openssh-client tmux python3-venv curl gcc libc6-dev musl-tools
-          asciinema putty-tools dropbear-bin bsdutils libssl-dev)
+          asciinema putty-tools dropbear-bin bsdutils libssl-dev
+          libkrb5-dev krb5-kdc krb5-admin-server krb5-user)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 exec 3>&1 1>&2      # fd 3 is the real stdout, reserved for the final CONTAINER_HOST line
@@ -137,6 +139,11 @@ if ((${#missing[@]})); then
     apt-get update -qq >&2
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
     log "packages installed ($(elapsed) s)"
+    # The Kerberos tests start their own KDC on loopback, with their own realm: never the
+    # system's (which has no realm anyway and would only fail to start).
+    if [[ " ${missing[*]} " == *" krb5-"* ]] && [[ -d /run/systemd/system ]]; then
+        systemctl disable --now krb5-kdc krb5-admin-server >&2 2>/dev/null || true
+    fi
 else
     log "packages: all present"
 fi

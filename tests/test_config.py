@@ -68,7 +68,14 @@ BAD: list[tuple[str, str]] = [
      "users.al.password_hash: password_hash must be an argon2id hash (see `trissh hash-password`)"),
     ("[users.al]\nauthentication_methods = [\"publickey,otp\"]",
      "users.al.authentication_methods: chain 'publickey,otp': methods are comma-separated, "
-     "from publickey, password, keyboard-interactive"),
+     "from publickey, password, keyboard-interactive, gssapi-with-mic"),
+    ("[auth]\nauthentication_methods = [\"publickey,gssapi-with-mic\"]",
+     "gssapi-with-mic in authentication_methods needs [auth.kerberos]"),
+    ("[auth.kerberos]\nkeytab = \"/k\"",
+     "auth.kerberos: set realms or principals: no one could log in"),
+    ("[auth.kerberos]\nkeytab = \"/k\"\nrealms = [\"R\"]\nservice_principal = \"ssh.example.org\"",
+     "auth.kerberos.service_principal: must look like host/NAME@REALM, or be empty"),
+    ("[auth]\nmax_user_keys = 0", "auth.max_user_keys: Input should be greater than or equal to 1"),
     ("[users.al.container]\nimage = 5", "users.al.container.image: Input should be a valid string"),
     ("[users.al.session]\naccept_env = [\"*\"]", "users.al.session.accept_env: cannot be set per user"),
 ]  # fmt: skip

@@ -27,6 +27,9 @@ from trissh.protocol import (
     ChannelDataReceived,
     ChannelId,
     Event,
+    GssapiAuthRequested,
+    GssapiMicReceived,
+    GssapiTokenReceived,
     RemoteProtocolError,
     ServerConnection,
     keyfile,
@@ -34,10 +37,12 @@ from trissh.protocol import (
     krl,
     wire,
 )
+from trissh.protocol import publickey_subsystem as pk
 from trissh.protocol.constants import MessageNumber
 from trissh.protocol.errors import DecodeError
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.messages import forwarding as fw
+from trissh.protocol.messages import gssapi as gss
 from trissh.protocol.messages import transport as tr
 from trissh.protocol.messages import userauth as ua
 
@@ -601,3 +606,167 @@ def test_security_key_blobs_and_signatures_only_raise_decode_error(
         return
     for algorithm in (key.key_type, "sk-ssh-ed25519@openssh.com"):
         assert key.verify(algorithm, signature, b"data") in (True, False)
+
+
+# -- gssapi-with-mic (RFC 4462) -------------------------------------------------------------------
+
+_KRB5_OID = bytes.fromhex("06092a864886f712010202")
+_OIDS = st.one_of(
+    st.just(_KRB5_OID),
+    st.builds(lambda v: b"\x06" + bytes((len(v),)) + v, st.binary(min_size=1, max_size=12)),
+    st.binary(max_size=14),
+)
+_GSSAPI_PAYLOADS = st.one_of(
+    st.builds(
+        lambda data: ua.UserauthRequest(
+            username="alice", service="ssh-connection", method="gssapi-with-mic", method_data=data
+        ).encode(),
+        st.one_of(
+            st.builds(
+                lambda m: gss.GssapiMethod(mechanisms=tuple(m)).encode(),
+                st.lists(_OIDS, max_size=4),
+            ),
+            st.binary(max_size=30),
+        ),
+    ),
+    st.builds(lambda t: gss.UserauthGssapiToken(token=t).encode(), st.binary(max_size=20)),
+    st.builds(lambda t: gss.UserauthGssapiErrtok(token=t).encode(), st.binary(max_size=8)),
+    st.builds(
+        lambda m: gss.UserauthGssapiMic(mic=m).encode(), st.sampled_from([b"ok", b"bad", b""])
+    ),
+    st.just(gss.UserauthGssapiExchangeComplete().encode()),
+    st.builds(
+        lambda n, tail: bytes((n,)) + tail,
+        st.sampled_from([60, 61, 63, 64, 65, 66]),
+        st.binary(max_size=12),
+    ),
+)
+
+
+def gssapi_policy(server: ServerConnection, event: Event) -> None:
+    """A GSS-API that chooses the first mechanism, finishes on tokens of odd length,
+    fails on tokens starting with NUL, and accepts the MIC b"ok"."""
+    if isinstance(event, GssapiAuthRequested):
+        server.accept_gssapi_mechanism(event.mechanisms[0])
+    elif isinstance(event, GssapiTokenReceived):
+        if event.token.startswith(b"\0"):
+            server.reject_auth("defective token", error_token=b"err")
+        else:
+            server.continue_gssapi(event.token[:4] or None, established=len(event.token) % 2 == 1)
+    elif isinstance(event, GssapiMicReceived):
+        if event.mic == b"ok":
+            server.accept_auth()
+        else:
+            server.reject_auth("bad MIC")
+    else:
+        policy(server, event)
+
+
+@FUZZ
+@given(payloads=st.lists(st.one_of(_GSSAPI_PAYLOADS, _RAW_PAYLOAD), min_size=1, max_size=12))
+def test_gssapi_exchanges_only_raise_remote_protocol_error(payloads: list[bytes]) -> None:
+    """Any sequence of gssapi-with-mic messages, answered by a toy GSS-API."""
+    pair = ConnectionPair(make_config(auth_methods=("gssapi-with-mic", "publickey")))
+    pair.handshake()
+    pair.client.request_service()
+    pair.transfer()
+    pair.client.inbox.clear()
+    for payload in payloads:
+        pair.client.send(payload)
+    pair.server.receive_data(pair.client.data_to_send())
+    error: RemoteProtocolError | None = None
+    try:
+        while (event := pair.server.next_event()) is not None:
+            gssapi_policy(pair.server, event)
+    except RemoteProtocolError as exc:
+        error = exc
+    pair.client.receive_data(pair.server.data_to_send())
+    if error is not None:
+        last = pair.client.inbox[-1]
+        assert last[0] == MessageNumber.DISCONNECT
+
+
+# -- the publickey subsystem (RFC 4819) -----------------------------------------------------------
+
+_PK_NAMES = st.sampled_from(["version", "add", "remove", "list", "listattributes", "x", ""])
+_PK_BODIES = st.one_of(
+    st.builds(lambda n, tail: wire.string(n) + tail, _PK_NAMES, st.binary(max_size=60)),
+    st.builds(
+        lambda alg, blob, over, attrs: pk.AddRequest(
+            algorithm=alg, blob=blob, overwrite=over, attributes=tuple(attrs)
+        ).encode(),
+        st.sampled_from(["ssh-ed25519", "ssh-rsa", ""]),
+        st.one_of(
+            st.binary(max_size=50),
+            st.builds(
+                lambda k: wire.string("ssh-ed25519") + wire.string(k),
+                st.binary(min_size=32, max_size=32),
+            ),
+        ),
+        st.booleans(),
+        st.lists(
+            st.builds(
+                lambda n, v, c: pk.Attribute(name=n, value=v, critical=c),
+                st.sampled_from(["comment", "command-override", "comment-language", "x509"]),
+                st.text(max_size=10),
+                st.booleans(),
+            ),
+            max_size=3,
+        ),
+    ),
+    st.builds(lambda v: pk.Version(version=v).encode(), _UINT32),
+    st.just(pk.ListRequest().encode()),
+)
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_publickey_requests_only_raise_decode_error(body: bytes) -> None:
+    with contextlib.suppress(DecodeError):
+        pk.parse_request(body)
+
+
+@FUZZ
+@given(
+    bodies=st.lists(_PK_BODIES, max_size=8),
+    tail=st.binary(max_size=8),
+    version_first=st.booleans(),
+)
+def test_publickey_subsystem_server_answers_anything(
+    tmp_path_factory: pytest.TempPathFactory,
+    bodies: list[bytes],
+    tail: bytes,
+    version_first: bool,
+) -> None:
+    """The subsystem's server loop (channels/publickey.py) fed any packets: it ends (EOF or
+    a DecodeError for a broken frame), and everything it sent parses as responses."""
+    import trio
+    import trio.testing
+
+    from trissh.auth.user_keys import UserKeyStore
+    from trissh.channels.publickey import _Server
+
+    stream = b"".join(pk.packet(body) for body in bodies) + tail
+    if version_first:
+        stream = pk.packet(pk.Version(version=2).encode()) + stream
+    store = UserKeyStore(tmp_path_factory.mktemp("keys"), max_keys=2)
+
+    async def main() -> bytes:
+        ours, theirs = trio.testing.memory_stream_pair()
+        await theirs.send_all(stream)
+        await theirs.send_eof()
+        with trio.fail_after(10):
+            with contextlib.suppress(DecodeError):
+                await _Server("fuzz", store, ours).serve()  # type: ignore[arg-type]
+            await ours.aclose()
+            received = b""
+            while chunk := await theirs.receive_some():
+                received += chunk
+        return received
+
+    output = trio.run(main)
+    responses = pk.PacketBuffer()
+    responses.feed(output)
+    while (body := responses.next_body()) is not None:
+        pk.parse_response(body)
+    assert responses.buffered == 0

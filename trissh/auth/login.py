@@ -10,6 +10,11 @@ The user name is checked first (:mod:`.names`), before the policy, a webhook or 
 sees it: a name the rule refuses meets the methods, prompts, password check and delay of
 an unknown user, and fails whatever the client proves, so the client cannot tell it from a
 wrong key or password; the operator gets one ``user_name_refused`` line.
+
+For ``gssapi-with-mic`` it also holds the attempt's GSS-API context (auth/gssapi.py): a
+new one for each request, stepped with each token; on the MIC, the context must verify it
+and its principal must be allowed the user name (``[auth.kerberos]``). A delegated
+credential then becomes a ccache file for the container and KRB5CCNAME, when enabled.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Callable
 import structlog
 import trio
 
+from trissh.auth.gssapi import GssExchange, GssFailure, Kerberos
 from trissh.auth.names import escaped
 from trissh.auth.passwords import verify_password
 from trissh.auth.policy import AuthPolicy, Decision, Grant, LoginRequest, Prompts
@@ -29,6 +35,9 @@ from trissh.protocol import (
     AuthDecisionRequested,
     Authenticated,
     AuthPartiallySucceeded,
+    GssapiAuthRequested,
+    GssapiMicReceived,
+    GssapiTokenReceived,
     KeyboardInteractiveAuthRequested,
     KeyboardInteractiveResponsesReceived,
     PasswordAuthRequested,
@@ -67,6 +76,7 @@ class LoginConversation:
         self._kbd_submethods = ""
         #: Why the rule refused the connection's user name ("" once it passed).
         self._name_problem: str | None = None
+        self._gss: GssExchange | None = None
 
     async def decide(self, event: AuthDecisionRequested) -> None:
         """Answer one decision event through the core's commands.
@@ -104,6 +114,44 @@ class LoginConversation:
                     request, self.passed, self._kbd_submethods, event.responses, self._kbd_state
                 )
                 await self._step(request, step, method)
+            case GssapiAuthRequested() | GssapiTokenReceived() | GssapiMicReceived():
+                await self._gssapi(request, event, method)
+
+    async def _gssapi(
+        self,
+        request: LoginRequest,
+        event: GssapiAuthRequested | GssapiTokenReceived | GssapiMicReceived,
+        method: str,
+    ) -> None:
+        """One step of gssapi-with-mic (the module docstring)."""
+        kerberos = self._policy.kerberos
+        assert kerberos is not None, "the core offers gssapi-with-mic only when configured"
+        if isinstance(event, GssapiAuthRequested):
+            mechanism = kerberos.choose(event.mechanisms)
+            if mechanism is None:
+                self._conn.reject_auth("no GSS-API mechanism in common (trissh speaks Kerberos)")
+                return
+            self._gss = kerberos.exchange()
+            self._conn.accept_gssapi_mechanism(mechanism)
+            return
+        exchange = self._gss
+        assert exchange is not None, "the core sends tokens only after a mechanism was chosen"
+        if isinstance(event, GssapiTokenReceived):
+            try:
+                output, established = await exchange.step(event.token)
+            except GssFailure as failure:
+                if self._policy.failure_delay:
+                    await trio.sleep(self._policy.failure_delay * self._rng.uniform(0.5, 1.5))
+                self._conn.reject_auth(failure.reason, error_token=failure.token)
+                return
+            self._conn.continue_gssapi(output, established=established)
+            return
+        self._gss = None
+        if not await exchange.verify_mic(event.signed_data, event.mic):
+            decision = Decision(False, f"MIC of {exchange.principal} does not verify")
+        else:
+            decision = await _kerberos_decision(kerberos, request, exchange)
+        await self._answer(request, decision, method)
 
     def _name_refused(self, username: str) -> bool:
         """Whether the rule refuses ``username``; checked (and logged) once, as the core
@@ -128,6 +176,8 @@ class LoginConversation:
             case KeyboardInteractiveResponsesReceived():
                 for response in event.responses[:1]:
                     await verify_password(None, response)
+                await self._reject(NAME_REFUSED, final=True)
+            case GssapiAuthRequested() | GssapiTokenReceived() | GssapiMicReceived():
                 await self._reject(NAME_REFUSED, final=True)
 
     async def _reject(self, reason: str, *, final: bool) -> None:
@@ -186,11 +236,31 @@ class LoginConversation:
             self._pending_grant = None
 
 
+async def _kerberos_decision(
+    kerberos: Kerberos, request: LoginRequest, exchange: GssExchange
+) -> Decision:
+    """The MIC verified: may the principal be this user? With its delegated credential,
+    if any and enabled, as a ccache file for the container."""
+    principal = exchange.principal or ""
+    if not kerberos.may_log_in(principal, request.username):
+        return Decision(False, f"principal {principal} may not log in as {request.username}")
+    fields = {"principal": principal}
+    grant = Grant()
+    section = kerberos.section
+    if section.delegate_credentials and (ccache := await exchange.delegated_ccache()):
+        path = f"{section.ccache_directory.rstrip('/')}/krb5cc_trissh_{request.conn_id}"
+        grant = Grant(environment={"KRB5CCNAME": f"FILE:{path}"}, files={path: ccache})
+        fields["delegated_credentials"] = path
+    return Decision(True, grant=grant, log=fields)
+
+
 def _method_of(event: AuthDecisionRequested) -> str:
     match event:
         case PublicKeyAuthRequested():
             return "publickey"
         case PasswordAuthRequested():
             return "password"
+        case GssapiAuthRequested() | GssapiTokenReceived() | GssapiMicReceived():
+            return "gssapi-with-mic"
         case _:
             return "keyboard-interactive"

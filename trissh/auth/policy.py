@@ -27,9 +27,11 @@ from trissh.auth.authorized_keys import (
     parse_entry,
 )
 from trissh.auth.chains import MethodChains
+from trissh.auth.gssapi import Kerberos, KerberosError
 from trissh.auth.passwords import verify_password
 from trissh.auth.revocation import RevocationError, load_revoked_keys
 from trissh.auth.totp import TotpVerifier, load_secret
+from trissh.auth.user_keys import UserKeyStore
 from trissh.auth.webhook import (
     AuthorizationRequest,
     AuthResponse,
@@ -42,7 +44,7 @@ from trissh.auth.webhook import (
     WebhookClient,
     authorized_key,
 )
-from trissh.config import ServerConfig, UserSection, WebhookSection
+from trissh.config import ServerConfig, UserSection, WebhookSection, default_state_dir
 from trissh.protocol import PublicKey
 from trissh.protocol.certificates import Certificate, check_user_certificate
 from trissh.protocol.keys import SecurityKeyAssertion
@@ -75,6 +77,11 @@ class Grant:
     #: list (they narrow ``[forwarding]``, never widen it).
     permit_open: tuple[tuple[str, ...], ...] = ()
     permit_listen: tuple[tuple[str, ...], ...] = ()
+    #: Files to write into the container before its first program (path -> content;
+    #: a delegated Kerberos ccache). Secret: never in a repr or a log.
+    files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    #: Where the user's own keys are, when they may manage them (RFC 4819 subsystem).
+    user_keys: UserKeyStore | None = None
 
     def merged(self, other: Grant) -> Grant:
         """Both at once: restrictions narrow, never widen; later facts add to earlier."""
@@ -88,6 +95,8 @@ class Grant:
             allow_agent_forwarding=self.allow_agent_forwarding and other.allow_agent_forwarding,
             permit_open=self.permit_open + other.permit_open,
             permit_listen=self.permit_listen + other.permit_listen,
+            files={**self.files, **other.files},
+            user_keys=other.user_keys or self.user_keys,
         )
 
 
@@ -155,6 +164,8 @@ class _User:
     password_hash: str | None
     totp: TotpVerifier | None
     chains: MethodChains
+    #: May manage their keys through the publickey subsystem (and log in with them).
+    own_keys: bool = False
 
 
 def _grant(key: AuthorizedKey) -> Grant:
@@ -190,6 +201,12 @@ class AuthPolicy:
         self._failure_delay = settings.auth.failure_delay
         default_methods = settings.auth.authentication_methods
         self._default_chains = MethodChains.parse(default_methods) if default_methods else None
+        self.kerberos = None
+        if settings.auth.kerberos is not None:
+            try:
+                self.kerberos = Kerberos(settings.auth.kerberos)
+            except KerberosError as exc:
+                raise PolicyError(str(exc)) from None
         self._users: dict[str, _User] = {
             name: self._load_user(name, section) for name, section in settings.users.items()
         }
@@ -200,6 +217,10 @@ class AuthPolicy:
                 self._revoked = load_revoked_keys(settings.auth.revoked_keys)
             except RevocationError as exc:
                 raise PolicyError(str(exc)) from None
+        self.user_keys = UserKeyStore(
+            settings.auth.user_keys_directory or default_state_dir() / "user-keys",
+            settings.auth.max_user_keys,
+        )
         self._settings = settings
         self._webhook = _client(settings.auth.webhook)
         self._config_webhook = _client(settings.auth.config_webhook)
@@ -212,11 +233,19 @@ class AuthPolicy:
             ("publickey", "password", "keyboard-interactive")
             if has_secrets or self._webhook is not None
             else ("publickey",)
-        )
+        ) + self._kerberos_methods()
         #: Users without a ``[users.NAME]`` section.
         self._unknown_chains = self._default_chains or MethodChains(
-            [method] for method in (self.methods if self._webhook is not None else ("publickey",))
+            [method]
+            for method in (
+                self.methods
+                if self._webhook is not None
+                else ("publickey", *self._kerberos_methods())
+            )
         )
+
+    def _kerberos_methods(self) -> tuple[str, ...]:
+        return ("gssapi-with-mic",) if self.kerberos is not None else ()
 
     @property
     def failure_delay(self) -> float:
@@ -252,13 +281,13 @@ class AuthPolicy:
         elif self._default_chains is not None:
             chains = self._default_chains
         else:
-            single = ["publickey"]
+            single = ["publickey", *self._kerberos_methods()]
             if totp is not None:
                 single.append("keyboard-interactive")  # password (if any) and a code
             elif section.password_hash:
                 single += ["password", "keyboard-interactive"]
             chains = MethodChains([method] for method in single)
-        return _User(keys, section.password_hash, totp, chains)
+        return _User(keys, section.password_hash, totp, chains, section.publickey_subsystem)
 
     def chains_for(self, username: str | None) -> MethodChains:
         """``username``'s method chains; ``None``: those of a user without a table (for a
@@ -284,6 +313,8 @@ class AuthPolicy:
                 return Decision(False, f"revoked: {revoked}")
         user = self._users.get(request.username)
         candidates = self._global_keys + (user.keys if user else [])
+        if user is not None and user.own_keys:
+            candidates += [k.authorized() for k in await self.user_keys.keys(request.username)]
         now = self._clock()
         if certificate is not None:
             decision = self._certificate(request, certificate, candidates, now)
@@ -433,7 +464,8 @@ class AuthPolicy:
         return _webhook_decision(answer, "answers")
 
     async def finish(self, request: LoginRequest, grant: Grant) -> Decision:
-        """The chain is complete: ``/authz`` and the configuration server, if configured."""
+        """The chain is complete: ``/authz`` and the configuration server, if configured;
+        the user's own key store, if they may manage it."""
         username = grant.username or request.username
         if self._webhook is not None and self._webhook_authz:
             response = await self._webhook.authz(
@@ -441,8 +473,10 @@ class AuthPolicy:
             )
             if not response.success:
                 return Decision(False, "not authorized by the auth webhook")
+        user = self._users.get(username)
+        own_keys = self.user_keys if user is not None and user.own_keys else None
         if self._config_webhook is None:
-            return Decision(True)
+            return Decision(True, grant=Grant(user_keys=own_keys))
         config = await self._config_webhook.config(
             ConfigRequest(authenticated_username=username, **request.connection())
         )
@@ -453,7 +487,7 @@ class AuthPolicy:
         except ValueError as exc:
             log.error("config_webhook_rejected", error=str(exc))
             return Decision(False, "the configuration server sent invalid settings")
-        return Decision(True, grant=Grant(container=config.container))
+        return Decision(True, grant=Grant(container=config.container, user_keys=own_keys))
 
     def prompts(
         self, request: LoginRequest | None, passed: Sequence[str]

@@ -31,7 +31,7 @@ import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 import trio
@@ -39,6 +39,7 @@ import trio
 from trissh.auth.policy import Grant
 from trissh.backend import BackendError, ExitStatus, Process, ProcessSpec, PtySpec, Sandbox
 from trissh.backend import TerminalSize as BackendTerminalSize
+from trissh.channels.files import ContainerFiles
 from trissh.channels.termmodes import with_terminal_modes
 from trissh.config import ContainerSection, SessionSection, subsystem_command
 from trissh.connection.channel import ChannelHandle, ChannelStream
@@ -99,6 +100,8 @@ class SessionContext:
     agent_socket: Callable[[], Awaitable[str | None]] | None = None
     #: Where the connection's live recordings are listed for markers.
     marks: RecordingMarks | None = None
+    #: Which containers have the login's files (``grant.files``) already.
+    container_files: ContainerFiles = field(default_factory=ContainerFiles)
 
 
 def _backend_size(size: TerminalSize) -> BackendTerminalSize:
@@ -231,6 +234,7 @@ async def _run(
     async with contextlib.AsyncExitStack() as owned:
         sandbox = await _sandbox_for(ctx, owned)
         structlog.contextvars.bind_contextvars(container=sandbox.container_id[:12])
+        await ctx.container_files.provide(sandbox, ctx.grant.files, ctx.container.shell[0])
         process = await owned.enter_async_context(sandbox.open_process(spec))
         await _serve(ctx, handle, request, process, started, tap, finish)
 

@@ -12,6 +12,7 @@ import structlog
 import trio
 
 from trissh.auth.names import escaped
+from trissh.channels import publickey
 from trissh.channels.session import SessionContext, run_session, subsystem_argv, tell_user
 from trissh.connection.port import ConnectionPort, Refusal
 from trissh.protocol import (
@@ -54,7 +55,12 @@ class SessionChannels:
         handle = self._port.handle(event.channel_id)
         if handle is None:
             return False
-        if self._unknown_subsystem(event):
+        run = run_session
+        if publickey.serves(self._ctx, event):  # trissh's own, not the container's
+            if not publickey.allowed(self._ctx):
+                return False
+            run = publickey.run_publickey_subsystem
+        elif self._unknown_subsystem(event):
             log.info(
                 "subsystem_refused", channel=int(event.channel_id),
                 subsystem=escaped(event.subsystem or ""),
@@ -62,7 +68,7 @@ class SessionChannels:
             self._port.reply_request(event.channel_id, False)
             return True
         handle.started = True
-        self._nursery.start_soon(run_session, self._ctx, handle, event)
+        self._nursery.start_soon(run, self._ctx, handle, event)
         return True
 
     def _unknown_subsystem(self, event: SessionRequested) -> bool:

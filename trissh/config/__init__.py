@@ -5,6 +5,7 @@ from trissh.config.auth import (
     AUTH_METHODS,
     AuthSection,
     AuthWebhookSection,
+    KerberosSection,
     UserSection,
     WebhookSection,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "ConfigError",
     "ContainerSection",
     "ForwardingSection",
+    "KerberosSection",
     "LimitSettings",
     "MetricsSection",
     "PodmanSettings",

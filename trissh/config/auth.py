@@ -6,12 +6,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from trissh.auth.names import DEFAULT_MAX_BYTES, DEFAULT_PATTERN, UserNameRule
 from trissh.config.base import Model
 
-AUTH_METHODS = ("publickey", "password", "keyboard-interactive")
+AUTH_METHODS = ("publickey", "password", "keyboard-interactive", "gssapi-with-mic")
 
 
 def _check_chains(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -38,6 +38,9 @@ class UserSection(Model):
     totp_secret_file: Path | None = None
     #: sshd's AuthenticationMethods: chains like "publickey,keyboard-interactive".
     authentication_methods: tuple[str, ...] | None = None
+    #: Let the user list, add and remove their own keys through the RFC 4819 publickey
+    #: subsystem (``[auth] user_keys_directory``); such keys log in from the next login on.
+    publickey_subsystem: bool = False
     #: Shortcut for ``container.image``.
     image: str | None = None
     container: dict[str, Any] = Field(default_factory=dict)
@@ -87,6 +90,64 @@ class AuthWebhookSection(WebhookSection):
     keyboard_interactive: bool = False
 
 
+class KerberosSection(Model):
+    """``[auth.kerberos]``: ``gssapi-with-mic`` (RFC 4462) against a keytab."""
+
+    #: The keytab with the service principal's keys (readable by trissh alone).
+    keytab: Path
+    #: The principal clients get tickets for: ``host/NAME@REALM``, NAME being the name
+    #: clients connect to. "" accepts any principal of the keytab (sshd's
+    #: ``GSSAPIStrictAcceptorCheck no``).
+    service_principal: str = ""
+    #: sshd's default rule: a principal ``NAME@REALM`` of one of these realms may log in
+    #: as the user NAME (one component: ``NAME/admin@REALM`` may not).
+    realms: tuple[str, ...] = ()
+    #: And explicitly: principal -> the user names it may log in as.
+    principals: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    #: Write the credentials a client delegates (``ssh -o GSSAPIDelegateCredentials=yes``)
+    #: into the container as a ccache file, and point KRB5CCNAME at it.
+    delegate_credentials: bool = False
+    #: Where in the container that ccache goes (``krb5cc_trissh_CONNECTION-ID`` in it).
+    ccache_directory: str = "/tmp"  # noqa: S108 (the container's own /tmp; the file is 0600)
+
+    @field_validator("service_principal")
+    @classmethod
+    def _check_service(cls, value: str) -> str:
+        name, at, realm = value.rpartition("@")
+        if value and (not at or not realm or "/" not in name or name.startswith("/")):
+            raise ValueError("must look like host/NAME@REALM, or be empty")
+        return value
+
+    @field_validator("realms")
+    @classmethod
+    def _check_realms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for realm in value:
+            if not realm or "@" in realm or "/" in realm:
+                raise ValueError(f"{realm!r} is not a realm name")
+        return value
+
+    @field_validator("principals")
+    @classmethod
+    def _check_principals(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for principal in value:
+            if "@" not in principal.lstrip("@"):
+                raise ValueError(f"{principal!r}: principals are NAME@REALM")
+        return value
+
+    @field_validator("ccache_directory")
+    @classmethod
+    def _check_directory(cls, value: str) -> str:
+        if not value.startswith("/") or ".." in value.split("/") or "\0" in value:
+            raise ValueError("must be an absolute path without '..'")
+        return value.rstrip("/") or "/"
+
+    @model_validator(mode="after")
+    def _check_someone(self) -> KerberosSection:
+        if not self.realms and not self.principals:
+            raise ValueError("set realms or principals: no one could log in")
+        return self
+
+
 class AuthSection(Model):
     """``[auth]``: server-wide authentication settings."""
 
@@ -114,6 +175,13 @@ class AuthSection(Model):
     user_name_pattern: str = DEFAULT_PATTERN
     #: Bytes (UTF-8) a user name may have.
     user_name_max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, le=256)
+    #: Kerberos logins (gssapi-with-mic); off unless this table is set.
+    kerberos: KerberosSection | None = None
+    #: Where keys users add through the publickey subsystem are kept, a file per user;
+    #: default: ``user-keys`` in trissh's state directory.
+    user_keys_directory: Path | None = None
+    #: How many keys one user may keep there.
+    max_user_keys: int = Field(32, ge=1, le=1000)
 
     @field_validator("authentication_methods")
     @classmethod

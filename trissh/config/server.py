@@ -75,6 +75,12 @@ class ServerConfig(Model):
             self.container_for(name)
             self.session_for(name)
             self.forwarding_for(name)
+        chains = [
+            *(self.auth.authentication_methods or ()),
+            *(c for user in self.users.values() for c in user.authentication_methods or ()),
+        ]
+        if self.auth.kerberos is None and any("gssapi-with-mic" in c for c in chains):
+            raise ValueError("gssapi-with-mic in authentication_methods needs [auth.kerberos]")
         return self
 
     def container_for(self, username: str) -> ContainerSection:

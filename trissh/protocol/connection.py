@@ -215,13 +215,23 @@ class ServerConnection:
         """
         self._guard(self._answer_auth, lambda: self._auth.accept(remaining))
 
-    def reject_auth(self, reason: str = "key not authorized") -> None:
-        """Answer ``PublicKeyAuthRequested`` with no.
+    def reject_auth(self, reason: str = "key not authorized", *, error_token: bytes = b"") -> None:
+        """Answer an auth decision with no. ``error_token``: for a ``GssapiTokenReceived``,
+        the error token the GSS-API produced (the client's GSS-API learns why).
 
         Raises:
             TooManyAuthAttempts: that was the last attempt allowed; DISCONNECT is queued.
         """
-        self._guard(self._answer_auth, lambda: self._auth.reject(reason))
+        self._guard(self._answer_auth, lambda: self._auth.reject(reason, error_token))
+
+    def accept_gssapi_mechanism(self, mechanism: bytes) -> None:
+        """Answer ``GssapiAuthRequested``: go on with ``mechanism`` (a DER OID it listed)."""
+        self._auth.select_gssapi_mechanism(mechanism)
+
+    def continue_gssapi(self, token: bytes | None, *, established: bool) -> None:
+        """Answer ``GssapiTokenReceived`` with the GSS-API's output token (if any) and
+        whether the context is now established (the client's MIC comes next)."""
+        self._auth.continue_gssapi(token, established=established)
 
     def send_auth_prompts(
         self, name: str, instruction: str, prompts: Sequence[tuple[str, bool]]

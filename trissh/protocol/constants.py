@@ -30,6 +30,14 @@ class MessageNumber(enum.IntEnum):
     USERAUTH_PK_OK = 60
     #: RFC 4256: the client's answers to USERAUTH_INFO_REQUEST (which reuses number 60).
     USERAUTH_INFO_RESPONSE = 61
+    #: RFC 4462 §3 (gssapi-with-mic); 60 and 61 are shared with the methods above, told
+    #: apart by the method in progress.
+    USERAUTH_GSSAPI_RESPONSE = 60
+    USERAUTH_GSSAPI_TOKEN = 61
+    USERAUTH_GSSAPI_EXCHANGE_COMPLETE = 63
+    USERAUTH_GSSAPI_ERROR = 64
+    USERAUTH_GSSAPI_ERRTOK = 65
+    USERAUTH_GSSAPI_MIC = 66
     GLOBAL_REQUEST = 80
     REQUEST_SUCCESS = 81
     REQUEST_FAILURE = 82

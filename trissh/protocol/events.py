@@ -112,6 +112,36 @@ class KeyboardInteractiveResponsesReceived:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GssapiAuthRequested:
+    """``gssapi-with-mic`` (RFC 4462) started: answer ``accept_gssapi_mechanism(oid)`` with
+    one of ``mechanisms`` (DER-encoded OIDs, in the client's order), or ``reject_auth()``."""
+
+    username: str
+    mechanisms: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GssapiTokenReceived:
+    """A context-establishment token for the chosen mechanism: answer
+    ``continue_gssapi(output, established=...)`` with what the GSS-API made of it, or
+    ``reject_auth(reason, error_token=...)`` when it failed."""
+
+    username: str
+    token: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GssapiMicReceived:
+    """The context is established and the client sent its MIC. Answer ``accept_auth()``
+    only if ``mic`` verifies over ``signed_data`` (RFC 4462 §3.5, built by the core from
+    the session id and the request) and the context's principal may be ``username``."""
+
+    username: str
+    mic: bytes = field(repr=False)
+    signed_data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuthFailed:
     """An authentication attempt failed (for logs and metrics)."""
 
@@ -301,12 +331,16 @@ class ConnectionLost:
 
 
 #: Events that wait for the driver's answer (``accept_auth``, ``reject_auth``,
-#: ``send_auth_prompts``) before the core reads on.
+#: ``send_auth_prompts``, ``accept_gssapi_mechanism``, ``continue_gssapi``) before the core
+#: reads on.
 AuthDecisionRequested = (
     PublicKeyAuthRequested
     | PasswordAuthRequested
     | KeyboardInteractiveAuthRequested
     | KeyboardInteractiveResponsesReceived
+    | GssapiAuthRequested
+    | GssapiTokenReceived
+    | GssapiMicReceived
 )
 
 Event = (

@@ -17,11 +17,21 @@ Keyboard-interactive (RFC 4256) is a conversation: the driver answers the reques
 each set of responses) with prompts, or with a verdict. A new USERAUTH_REQUEST abandons
 the conversation, as §3.3 allows.
 
+``gssapi-with-mic`` (RFC 4462) is one too, and the GSS-API context lives with the driver:
+the core asks which mechanism (``GssapiAuthRequested``), hands over each context token
+(``GssapiTokenReceived``, answered with the output token and whether the context is
+established), then the MIC with the bytes it must cover (``GssapiMicReceived``, answered
+yes or no like any decision). Only that last decision can log anyone in. A client's error
+token ends the exchange without a FAILURE (the client has moved on, §3.9), but counts as
+a failed attempt; so does a client that never sends a MIC (EXCHANGE_COMPLETE). A refused
+mechanism does not count, up to a bound: clients try each of theirs in turn.
+
 ``AuthState`` (below) is the machine; ``_TRANSITIONS`` lists its legal moves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +57,9 @@ from trissh.protocol.events import (
     AuthFailed,
     AuthPartiallySucceeded,
     Event,
+    GssapiAuthRequested,
+    GssapiMicReceived,
+    GssapiTokenReceived,
     KeyboardInteractiveAuthRequested,
     KeyboardInteractiveResponsesReceived,
     PasswordAuthRequested,
@@ -57,6 +70,16 @@ from trissh.protocol.keys import (
     PublicKey,
     parse_public_key,
     security_key_assertion,
+)
+from trissh.protocol.messages.gssapi import (
+    GSSAPI_WITH_MIC,
+    GssapiMethod,
+    UserauthGssapiErrtok,
+    UserauthGssapiExchangeComplete,
+    UserauthGssapiMic,
+    UserauthGssapiResponse,
+    UserauthGssapiToken,
+    gssapi_mic_data,
 )
 from trissh.protocol.messages.userauth import (
     MAX_PROMPTS,
@@ -77,6 +100,12 @@ from trissh.protocol.wire import Reader
 
 CONNECTION_SERVICE = "ssh-connection"
 KEYBOARD_INTERACTIVE = "keyboard-interactive"
+#: Context tokens one gssapi-with-mic exchange may take (Kerberos needs one; SPNEGO ~3).
+MAX_GSSAPI_TOKENS = 16
+#: Refused mechanisms that do not count as failed attempts (OpenSSH asks with each of its
+#: mechanisms in turn, and sshd counts none of them: the server lacks the mechanism).
+#: Past this many on one connection they count, so a loop of them still ends.
+MAX_FREE_GSSAPI_REFUSALS = 8
 
 
 def _chain_name(method: str) -> str:
@@ -90,7 +119,17 @@ class AuthState(enum.Enum):
     DECISION_PENDING = "decision_pending"
     #: Keyboard-interactive prompts are out; the next message must answer them.
     AWAITING_RESPONSES = "awaiting_responses"
+    #: gssapi-with-mic: a mechanism is chosen; the next message is a context token.
+    GSSAPI_TOKENS = "gssapi_tokens"
+    #: gssapi-with-mic: the context is established; the next message is the MIC.
+    GSSAPI_MIC = "gssapi_mic"
     AUTHENTICATED = "authenticated"
+
+
+#: States in which a new USERAUTH_REQUEST abandons a method's conversation.
+_CONVERSATIONS: Final = frozenset(
+    (AuthState.AWAITING_RESPONSES, AuthState.GSSAPI_TOKENS, AuthState.GSSAPI_MIC)
+)
 
 
 _TRANSITIONS: Final = {
@@ -100,6 +139,12 @@ _TRANSITIONS: Final = {
     (AuthState.DECISION_PENDING, "answer"): AuthState.AWAITING_REQUEST,
     (AuthState.DECISION_PENDING, "prompt"): AuthState.AWAITING_RESPONSES,
     (AuthState.AWAITING_REQUEST, "succeed"): AuthState.AUTHENTICATED,
+    (AuthState.DECISION_PENDING, "gssapi_tokens"): AuthState.GSSAPI_TOKENS,
+    (AuthState.DECISION_PENDING, "gssapi_mic"): AuthState.GSSAPI_MIC,
+    (AuthState.GSSAPI_TOKENS, "ask"): AuthState.DECISION_PENDING,
+    (AuthState.GSSAPI_MIC, "ask"): AuthState.DECISION_PENDING,
+    (AuthState.GSSAPI_TOKENS, "abandon"): AuthState.AWAITING_REQUEST,
+    (AuthState.GSSAPI_MIC, "abandon"): AuthState.AWAITING_REQUEST,
 }
 
 
@@ -114,6 +159,13 @@ class _Pending:
     #: The host key a publickey-hostbound signature must cover.
     host_key: bytes | None = None
     prompts: int = 0
+    #: gssapi-with-mic: the client's mechanisms (until one is chosen), the chosen one,
+    #: the stage (``mechanism``, ``token``, ``mic``: what a pending decision is about;
+    #: ``selected`` between decisions) and the client's tokens so far.
+    mechanisms: tuple[bytes, ...] = ()
+    mechanism: bytes = b""
+    gssapi_stage: str = ""
+    tokens: int = 0
 
 
 class UserAuthServer:
@@ -141,6 +193,7 @@ class UserAuthServer:
         self._methods: tuple[str, ...] = config.auth_methods
         self._first_username: str | None = None
         self.username: str | None = None
+        self._gssapi_refusals = 0
 
     @property
     def decision_pending(self) -> bool:
@@ -163,13 +216,19 @@ class UserAuthServer:
         if self.state is AuthState.AUTHENTICATED:
             return  # RFC 4252 §5.1: requests after success are ignored
         number = payload[0]
+        if self.state in (AuthState.GSSAPI_TOKENS, AuthState.GSSAPI_MIC) and (
+            number != MessageNumber.USERAUTH_REQUEST
+        ):
+            self._on_gssapi_message(number, Reader(payload, 1))
+            return
         if number == MessageNumber.USERAUTH_INFO_RESPONSE:
             self._on_info_response(payload)
             return
         if number != MessageNumber.USERAUTH_REQUEST:
             raise UnexpectedMessage(f"message {number} is not a client userauth message")
-        if self.state is AuthState.AWAITING_RESPONSES:
-            self._move("abandon")  # RFC 4256 §3.3: a new request ends the conversation
+        if self.state in _CONVERSATIONS:
+            # RFC 4256 §3.3, RFC 4462 §3.4: a new request ends the conversation.
+            self._move("abandon")
             self._pending = None
         request = UserauthRequest.decode(Reader(payload, 1))
         if self._first_username is None:
@@ -192,6 +251,8 @@ class UserAuthServer:
             self._publickey(request)
         elif request.method == "password":
             self._password(request)
+        elif request.method == GSSAPI_WITH_MIC:
+            self._gssapi(request)
         elif request.method == KEYBOARD_INTERACTIVE:
             method = KeyboardInteractiveMethod.decode(Reader(request.method_data))
             self._ask(_Pending(request))
@@ -271,6 +332,51 @@ class UserAuthServer:
         self._ask(_Pending(request))
         self._emit(PasswordAuthRequested(username=request.username, password=method.password))
 
+    def _gssapi(self, request: UserauthRequest) -> None:
+        mechanisms = GssapiMethod.decode(Reader(request.method_data)).mechanisms
+        if not mechanisms:
+            self._fail(request, "no GSS-API mechanism offered")
+            return
+        self._ask(_Pending(request, mechanisms=mechanisms, gssapi_stage="mechanism"))
+        self._emit(GssapiAuthRequested(username=request.username, mechanisms=mechanisms))
+
+    def _on_gssapi_message(self, number: int, r: Reader) -> None:
+        """A message of the gssapi-with-mic exchange in progress (RFC 4462 §3.4-3.9)."""
+        pending = self._pending
+        assert pending is not None
+        request = pending.request
+        tokens = self.state is AuthState.GSSAPI_TOKENS
+        if tokens and number == MessageNumber.USERAUTH_GSSAPI_TOKEN:
+            token = UserauthGssapiToken.decode(r).token
+            if pending.tokens >= MAX_GSSAPI_TOKENS:
+                self._end_gssapi(request, f"more than {MAX_GSSAPI_TOKENS} GSS-API tokens")
+                return
+            self._pending = dataclasses.replace(
+                pending, gssapi_stage="token", tokens=pending.tokens + 1
+            )
+            self._move("ask")
+            self._emit(GssapiTokenReceived(username=request.username, token=token))
+        elif tokens and number == MessageNumber.USERAUTH_GSSAPI_ERRTOK:
+            UserauthGssapiErrtok.decode(r)
+            # The client has moved on to its next request (§3.9): no FAILURE for it.
+            self._end_gssapi(request, "the client's GSS-API failed", reply=False)
+        elif not tokens and number == MessageNumber.USERAUTH_GSSAPI_MIC:
+            mic = UserauthGssapiMic.decode(r).mic
+            self._pending = dataclasses.replace(pending, gssapi_stage="mic")
+            self._move("ask")
+            signed = gssapi_mic_data(self._session_id(), request.username, request.service)
+            self._emit(GssapiMicReceived(username=request.username, mic=mic, signed_data=signed))
+        elif not tokens and number == MessageNumber.USERAUTH_GSSAPI_EXCHANGE_COMPLETE:
+            UserauthGssapiExchangeComplete.decode(r)
+            self._end_gssapi(request, "no MIC (GSS-API context without integrity)")
+        else:
+            raise UnexpectedMessage(f"message {number} in a gssapi-with-mic exchange")
+
+    def _end_gssapi(self, request: UserauthRequest, reason: str, *, reply: bool = True) -> None:
+        self._move("abandon")
+        self._pending = None
+        self._fail(request, reason, reply=reply)
+
     def _on_info_response(self, payload: bytes) -> None:
         if self.state is not AuthState.AWAITING_RESPONSES or self._pending is None:
             raise UnexpectedMessage("USERAUTH_INFO_RESPONSE without prompts")
@@ -290,6 +396,8 @@ class UserAuthServer:
 
     def accept(self, remaining: Sequence[str] = ()) -> None:
         """Yes: PK_OK for a key query; else success, or partial success with ``remaining``."""
+        if self._pending is not None and self._pending.gssapi_stage not in ("", "mic"):
+            raise LocalProtocolError("gssapi-with-mic succeeds only on its MIC")
         pending = self._take_pending()
         request, key, method = pending.request, pending.key, pending.method
         if method is not None and method.signature is None:
@@ -335,9 +443,46 @@ class UserAuthServer:
             )
         )
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: str, error_token: bytes = b"") -> None:
+        """No. ``error_token``: what a failed GSS-API step produced, for the client's GSS-API
+        (sent as USERAUTH_GSSAPI_ERRTOK before the FAILURE, RFC 4462 §3.9)."""
+        if error_token and (self._pending is None or self._pending.gssapi_stage != "token"):
+            raise LocalProtocolError("an error token answers only a GSS-API token")
         pending = self._take_pending()
-        self._fail(pending.request, reason, pending.key)
+        if error_token:
+            self._send(UserauthGssapiErrtok(token=error_token).encode())
+        counted = True
+        if pending.gssapi_stage == "mechanism":
+            self._gssapi_refusals += 1
+            counted = self._gssapi_refusals > MAX_FREE_GSSAPI_REFUSALS
+        self._fail(pending.request, reason, pending.key, counted=counted)
+
+    def select_gssapi_mechanism(self, mechanism: bytes) -> None:
+        """Answer ``GssapiAuthRequested``: use ``mechanism``, one the client offered."""
+        pending = self._gssapi_decision("mechanism")
+        if mechanism not in pending.mechanisms:
+            raise LocalProtocolError("the client did not offer that mechanism")
+        self._pending = _Pending(pending.request, mechanism=mechanism, gssapi_stage="selected")
+        self._move("gssapi_tokens")
+        self._send(UserauthGssapiResponse(mechanism=mechanism).encode())
+
+    def continue_gssapi(self, token: bytes | None, *, established: bool) -> None:
+        """Answer ``GssapiTokenReceived``: send the GSS-API's output token, if any; then
+        wait for the next token, or (``established``) for the MIC."""
+        self._gssapi_decision("token")
+        if token:
+            self._send(UserauthGssapiToken(token=token).encode())
+        self._move("gssapi_mic" if established else "gssapi_tokens")
+
+    def _gssapi_decision(self, stage: str) -> _Pending:
+        pending = self._pending
+        if (
+            self.state is not AuthState.DECISION_PENDING
+            or pending is None
+            or pending.gssapi_stage != stage
+        ):
+            raise LocalProtocolError(f"no gssapi-with-mic {stage} decision is pending")
+        return pending
 
     def prompt(self, name: str, instruction: str, prompts: Sequence[tuple[str, bool]]) -> None:
         """Send keyboard-interactive prompts (``(text, echo)`` pairs) and await answers."""
@@ -370,6 +515,7 @@ class UserAuthServer:
         key: PublicKey | None = None,
         *,
         counted: bool = True,
+        reply: bool = True,
     ) -> None:
         if counted:
             self.failures += 1
@@ -381,6 +527,6 @@ class UserAuthServer:
                     key_fingerprint=key.fingerprint if key else None,
                 )
             )
-        if self.failures >= self._config.max_auth_attempts:
+        if self.failures >= self._config.max_auth_attempts or not reply:
             return  # the façade disconnects instead of inviting another try
         self._send(UserauthFailure(methods=self._methods).encode())

@@ -120,11 +120,12 @@ def _auth_policy(settings: ServerConfig) -> AuthPolicy:
         auth.webhook,
         auth.trusted_user_ca_keys,
         auth.trusted_user_ca_keys_file,
+        auth.kerberos,
     )
     if not any(ways_in):
         raise StartupError(
             "nobody could log in: give --authorized-keys FILE, or configure [users.NAME],"
-            " [auth] trusted_user_ca_keys or [auth.webhook]"
+            " [auth] trusted_user_ca_keys, [auth.webhook] or [auth.kerberos]"
         )
     try:
         return AuthPolicy(settings, global_keys)

@@ -1,0 +1,75 @@
+"""Files a login brings into its container before the first program runs (a delegated
+Kerberos ccache): written once per container, by a program run through the backend
+contract like any session's, so every backend and image with a POSIX ``sh`` works.
+
+The content goes through the program's stdin into a temporary file (mode 0600, as the
+container's user), renamed into place, so a session never sees half a file. A file that
+cannot be written is logged and the session goes on without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import structlog
+import trio
+
+from trissh.backend import BackendError, ProcessSpec, Sandbox
+
+log = structlog.get_logger("trissh.channels.files")
+
+#: Bound on writing one file (a container's exec, a few KiB through stdin).
+WRITE_TIMEOUT = 10.0
+_SCRIPT = 'umask 077 && mkdir -p "${1%/*}" && cat > "$1.trissh-new" && mv -f "$1.trissh-new" "$1"'
+#: What a failing write may print (its reason) before the rest is dropped.
+_MAX_MESSAGE = 4096
+
+
+class ContainerFiles:
+    """Which containers of one connection have its files already (at most one each)."""
+
+    def __init__(self) -> None:
+        self._written: set[str] = set()
+        self._lock = trio.Lock()
+
+    async def provide(self, sandbox: Sandbox, files: Mapping[str, bytes], shell: str) -> None:
+        """Write ``files`` into ``sandbox`` unless done before; concurrent sessions wait."""
+        if not files or sandbox.container_id in self._written:
+            return
+        async with self._lock:
+            if sandbox.container_id in self._written:
+                return
+            self._written.add(sandbox.container_id)
+            for path, data in files.items():
+                try:
+                    with trio.fail_after(WRITE_TIMEOUT):
+                        await write_file(sandbox, path, data, shell)
+                except (BackendError, OSError, trio.TooSlowError) as exc:
+                    log.warning("container_file_failed", path=path, error=str(exc) or "timeout")
+                else:
+                    log.info("container_file_written", path=path, size=len(data))
+
+
+async def write_file(sandbox: Sandbox, path: str, data: bytes, shell: str) -> None:
+    """Write ``data`` to ``path`` in the container (mode 0600, atomically).
+
+    Raises:
+        BackendError: the program could not run, or exited with an error.
+    """
+    spec = ProcessSpec(argv=[shell, "-c", _SCRIPT, "sh", path])
+    async with sandbox.open_process(spec) as process:
+        output = bytearray()
+
+        async def drain(stream: trio.abc.ReceiveStream | None) -> None:
+            while stream is not None and (chunk := await stream.receive_some(_MAX_MESSAGE)):
+                output.extend(chunk[: max(0, _MAX_MESSAGE - len(output))])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain, process.stdout)
+            nursery.start_soon(drain, process.stderr)
+            await process.stdin.send_all(data)
+            await process.stdin.aclose()
+        status = await process.wait()
+    if status.code != 0:
+        message = output.decode("utf-8", "replace").strip()
+        raise BackendError(f"writing {path} failed ({status.code}): {message}")
