@@ -181,6 +181,15 @@ def _grant(key: AuthorizedKey) -> Grant:
     )
 
 
+def _load_kerberos(settings: ServerConfig) -> Kerberos | None:
+    if settings.auth.kerberos is None:
+        return None
+    try:
+        return Kerberos(settings.auth.kerberos)
+    except KerberosError as exc:
+        raise PolicyError(str(exc)) from None
+
+
 class AuthPolicy:
     def __init__(
         self,
@@ -201,12 +210,7 @@ class AuthPolicy:
         self._failure_delay = settings.auth.failure_delay
         default_methods = settings.auth.authentication_methods
         self._default_chains = MethodChains.parse(default_methods) if default_methods else None
-        self.kerberos = None
-        if settings.auth.kerberos is not None:
-            try:
-                self.kerberos = Kerberos(settings.auth.kerberos)
-            except KerberosError as exc:
-                raise PolicyError(str(exc)) from None
+        self.kerberos = _load_kerberos(settings)
         self._users: dict[str, _User] = {
             name: self._load_user(name, section) for name, section in settings.users.items()
         }
