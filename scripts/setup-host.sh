@@ -42,7 +42,7 @@ USERNS_SIZE=${TRISSH_USERNS_SIZE:-65536}
 SUBID_COUNT=$((MAX_CONTAINERS * USERNS_SIZE))
 PACKAGES=(podman runc crun uidmap slirp4netns fuse-overlayfs catatonit busybox-static
           openssh-sftp-server openssh-client tmux python3-venv curl gcc libc6-dev musl-tools
-          asciinema putty-tools dropbear-bin bsdutils libssl-dev
+          asciinema putty-tools dropbear-bin bsdutils libssl-dev haproxy
           libkrb5-dev krb5-kdc krb5-admin-server krb5-user)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 

@@ -1,0 +1,192 @@
+"""Two trissh processes behind a real HAProxy 2.6 with PROXY v2 and /readyz health checks
+every 300 ms, configured as docs/deployment.md says (tests/e2e/fleet.py)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+from ..support import ClientKey, needs_ssh
+from .fleet import (
+    BALANCER_IP,
+    CLIENT_IP,
+    HAPROXY,
+    Balancer,
+    Instance,
+    instance_settings,
+    run_balancer,
+    run_instance,
+    ssh_through,
+)
+
+pytestmark = [
+    pytest.mark.podman,
+    needs_ssh,
+    pytest.mark.skipif(not Path(HAPROXY).exists(), reason="haproxy missing: scripts/setup-host.sh"),
+]
+
+
+@dataclass
+class Fleet:
+    instances: list[Instance]
+    balancer: Balancer
+
+
+@pytest.fixture
+async def fleet(
+    podman_url: str, authorized_keys: Path, tmp_path: Path
+) -> AsyncIterator[Fleet]:
+    settings = [
+        instance_settings(
+            tmp_path, name, podman_url=podman_url, authorized_keys=authorized_keys,
+            limits__shutdown_grace=30.0,
+        )
+        for name in ("one", "two")
+    ]  # fmt: skip
+    async with run_instance(tmp_path, "one", settings[0]) as one:
+        async with run_instance(tmp_path, "two", settings[1]) as two:
+            async with run_balancer(tmp_path, [one, two]) as balancer:
+                yield Fleet([one, two], balancer)
+
+
+def _states(balancer: Balancer) -> dict[str, tuple[str, str]]:
+    """Server name -> (status, last check's status), e.g. ("UP", "L7OK"); a leading "* "
+    (a check in progress) is dropped."""
+    return {
+        name: (row["status"], row["check_status"].removeprefix("* "))
+        for name, row in balancer.servers().items()
+    }
+
+
+async def _wait_all_up(balancer: Balancer, within: float) -> None:
+    states: dict[str, tuple[str, str]] = {}
+    with trio.move_on_after(within):
+        while True:
+            states = _states(balancer)
+            if states and all(state == ("UP", "L7OK") for state in states.values()):
+                return
+            await trio.sleep(0.02)
+    pytest.fail(f"not every instance UP with a passed check within {within} s: {states}")
+
+
+async def test_both_instances_are_up_within_a_second_and_stay_up(fleet: Fleet) -> None:
+    """Checks every 300 ms that must each answer within 300 ms: an instance whose /readyz
+    is slower (or that answers 503 for a mere warning) is marked DOWN after three."""
+    await _wait_all_up(fleet.balancer, within=1.0)
+    with trio.move_on_after(2.0):  # six or seven more checks each
+        while True:
+            states = _states(fleet.balancer)
+            assert all(state == ("UP", "L7OK") for state in states.values()), states
+            await trio.sleep(0.05)
+
+
+async def test_logins_spread_over_the_fleet_with_the_clients_address(
+    fleet: Fleet, client_key: ClientKey
+) -> None:
+    """Four logins at once from 127.0.0.2: both instances serve some, and log the client's
+    address (from the PROXY header), never the balancer's."""
+    await _wait_all_up(fleet.balancer, within=5.0)
+    results: list[subprocess.CompletedProcess[bytes]] = []
+
+    async def login() -> None:
+        results.append(await ssh_through(fleet.balancer.port, client_key.path, "sleep 1; echo ok"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(login)
+    assert [r.stdout for r in results] == [b"ok\n"] * 4, [r.stderr for r in results]
+    for server in fleet.instances:
+        logins = server.events("auth_succeeded")
+        assert logins, f"instance {server.name} served no login"
+        assert all(e["remote"].startswith(f"{CLIENT_IP}:") for e in logins), logins
+        accepted = [e["remote"] for e in server.events("connection_accepted")]
+        assert not [r for r in accepted if r.startswith(f"{BALANCER_IP}:")], accepted
+
+
+async def test_draining_loses_no_login_and_no_session(
+    fleet: Fleet, client_key: ClientKey
+) -> None:
+    """SIGTERM one instance while sessions run on both and logins keep coming: every login
+    succeeds (the instance keeps serving for drain_time while HAProxy marks it DOWN), the
+    running sessions finish, and the drained instance exits 0 once its session ended."""
+    balancer, (one, _two) = fleet.balancer, fleet.instances
+    await _wait_all_up(balancer, within=5.0)
+    long_ones: list[subprocess.CompletedProcess[bytes]] = []
+    logins: list[subprocess.CompletedProcess[bytes]] = []
+
+    async def long_session() -> None:
+        command = "sleep 6; echo finished"
+        long_ones.append(await ssh_through(balancer.port, client_key.path, command))
+
+    async def login() -> None:
+        logins.append(await ssh_through(balancer.port, client_key.path, "echo ok"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):  # leastconn: one on each instance
+            nursery.start_soon(long_session)
+        with trio.fail_after(30):
+            while not all(server.events("session_started") for server in fleet.instances):
+                await trio.sleep(0.05)
+        one.process.send_signal(signal.SIGTERM)
+        drain_ends = trio.current_time() + 3.5  # drain_time 2 s, and some after it
+        while trio.current_time() < drain_ends:
+            nursery.start_soon(login)
+            await trio.sleep(0.15)
+    failed = [r.stderr for r in logins if r.stdout != b"ok\n"]
+    assert failed == [], f"{len(failed)} of {len(logins)} logins failed during the drain"
+    assert [r.stdout for r in long_ones] == [b"finished\n"] * 2, [r.stderr for r in long_ones]
+    with trio.fail_after(30):
+        assert await one.process.wait() == 0
+    assert one.events("server_draining")
+    states = _states(balancer)
+    assert states["trissh1"][0] == "DOWN" and states["trissh2"][0] == "UP", states
+
+
+async def test_per_source_limit_is_the_balancers(fleet: Fleet) -> None:
+    """The stick table of the documented configuration: 10 connections at once from one
+    address get an SSH banner, the 11th is closed at once; another address still gets in."""
+    await _wait_all_up(fleet.balancer, within=5.0)
+    port = fleet.balancer.port
+    held: list[trio.SocketStream] = []
+    try:
+        for _ in range(10):
+            stream = await _connect_from("127.0.0.4", port)
+            held.append(stream)
+            assert (await _banner(stream)).startswith(b"SSH-2.0-")
+        refused = await _connect_from("127.0.0.4", port)
+        held.append(refused)
+        assert await _banner(refused) == b""
+        other = await _connect_from("127.0.0.5", port)
+        held.append(other)
+        assert (await _banner(other)).startswith(b"SSH-2.0-")
+    finally:
+        for stream in held:
+            await stream.aclose()
+
+
+async def _connect_from(source: str, port: int) -> trio.SocketStream:
+    sock = trio.socket.socket()
+    await sock.bind((source, 0))
+    await sock.connect((BALANCER_IP, port))
+    return trio.SocketStream(sock)
+
+
+async def _banner(stream: trio.SocketStream) -> bytes:
+    """The first line the server sends; b"" if the connection is closed first."""
+    data = b""
+    with trio.fail_after(10):
+        while b"\n" not in data:
+            try:
+                chunk = await stream.receive_some(256)
+            except trio.BrokenResourceError:
+                return b""
+            if not chunk:
+                return b""
+            data += chunk
+    return data
