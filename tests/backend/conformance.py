@@ -357,6 +357,14 @@ class BackendConformance:
         assert by_name["image"].ok, by_name["image"]
         assert not {check.name: check for check in missing}["image"].ok
 
+    async def test_ready_says_whether_a_login_could_get_a_container(self, harness: Harness) -> None:
+        with trio.fail_after(TEST_BOUND):
+            assert await harness.backend.ready(harness.settings.image) is None
+            missing = await harness.backend.ready("localhost/trissh-conformance-missing:latest")
+            unreachable = await harness.unavailable_backend().ready(harness.settings.image)
+        assert "not found" in (missing or ""), missing
+        assert "unavailable" in (unreachable or ""), unreachable
+
     async def test_doctor_runs_a_program_as_a_login_would(self, harness: Harness) -> None:
         """``trissh doctor``'s trial needs nothing beyond the contract, and a sandbox says
         how its programs start: the way its configuration asked for, nothing fell back."""

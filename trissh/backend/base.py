@@ -328,7 +328,12 @@ class Backend(Protocol):
 
     async def health(self, settings: ContainerSettings) -> list[HealthCheck]:
         """Check the service, runtime, containment and image of containers built from
-        ``settings``, for ``trissh doctor`` and readiness."""
+        ``settings``, for ``trissh doctor`` (slow: seconds)."""
+
+    async def ready(self, image: str) -> str | None:
+        """Whether a login could get a container now: None, or why not (the service does
+        not answer, the image is missing). Cheap (milliseconds): the server asks every
+        second or so to keep ``/readyz`` current. Never raises but ``Cancelled``."""
 
     def close(self) -> None:
         """Release connections and host resources (no checkpoint) once the backend is no

@@ -60,9 +60,14 @@ class LimitSettings(Model):
     #: Unauthenticated connections one source address may hold; 0 for no limit.
     max_startups_per_source: int = Field(10, ge=0)
     max_auth_attempts: int = Field(6, ge=1, le=100)
-    #: Seconds running sessions get after SIGTERM/SIGINT before they are cancelled (a
-    #: second signal cancels at once). Connections without sessions end immediately.
+    #: Seconds running sessions get once the server stops accepting (SIGTERM/SIGINT, then
+    #: ``drain_time``) before they are cancelled (a second signal cancels at once).
+    #: Connections without sessions end immediately.
     shutdown_grace: float = Field(10.0, ge=0)
+    #: Seconds between SIGTERM (or ``trissh drain``) and the listener's closing, during
+    #: which ``/readyz`` answers 503 but new connections are still served: a load
+    #: balancer's lame-duck time. Longer than its check interval times its fall count.
+    drain_time: float = Field(0.0, ge=0, le=3600)
 
     @field_validator("max_startups")
     @classmethod
@@ -90,6 +95,9 @@ class MetricsSection(Model):
 
     #: ``HOST:PORT``; none by default (also ``--metrics-listen``).
     listen: str | None = None
+    #: Seconds between the background checks (podman answers, the image exists) that
+    #: ``/readyz`` answers from.
+    ready_check_interval: float = Field(1.0, ge=0.05, le=60)
 
     @field_validator("listen")
     @classmethod

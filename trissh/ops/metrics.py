@@ -127,6 +127,7 @@ class Metrics:
         self._define_connection_metrics(self.registry)
         self._define_session_metrics(self.registry)
         self.forwards = ForwardMetrics(self.registry)
+        self._define_server_metrics(self.registry)
         self._guard_result = _LabelGuard()
         self._guard_kex = _LabelGuard()
         self._guard_method = _LabelGuard()
@@ -134,6 +135,8 @@ class Metrics:
         self._guard_kind = _LabelGuard()
         self._guard_operation = _LabelGuard()
         self.guard_reason = _LabelGuard()
+        self._guard_admin = _LabelGuard()
+        self._guard_admin_result = _LabelGuard()
         for direction in ("in", "out"):
             self.bytes_total.labels(direction=direction)
 
@@ -202,6 +205,48 @@ class Metrics:
             "Session recordings stopped by a storage error.",
             registry=reg,
         )
+
+    def _define_server_metrics(self, reg: CollectorRegistry) -> None:
+        self.ready = Gauge(
+            "trissh_ready", "1 when /readyz answers 200: a login can be served now.", registry=reg
+        )
+        self.draining = Gauge(
+            "trissh_draining",
+            "1 from SIGTERM (or trissh drain) until the server stops.",
+            registry=reg,
+        )
+        self.unauthenticated = Gauge(
+            "trissh_unauthenticated_connections",
+            "Connections not yet authenticated, the queue max_startups bounds.",
+            registry=reg,
+        )
+        self.admin_requests_total = Counter(
+            "trissh_admin_requests_total",
+            "Requests on the admin socket (trissh sessions, kill, watch, drain) by result.",
+            ["action", "result"],
+            registry=reg,
+        )
+        self.session_watchers = Gauge(
+            "trissh_session_watchers", "Operators watching a session now.", registry=reg
+        )
+
+    def watch_server(
+        self,
+        *,
+        ready: Callable[[], bool],
+        draining: Callable[[], bool],
+        unauthenticated: Callable[[], int],
+    ) -> None:
+        """Read the server's state at each scrape (the gauges that are not counted)."""
+        self.ready.set_function(lambda: float(ready()))
+        self.draining.set_function(lambda: float(draining()))
+        self.unauthenticated.set_function(lambda: float(unauthenticated()))
+
+    def admin_request(self, action: str, result: str) -> None:
+        """One request on the admin socket; ``result`` ok, refused, not_found, error."""
+        self.admin_requests_total.labels(
+            action=self._guard_admin(action), result=self._guard_admin_result(result)
+        ).inc()
 
     # -- what the driver calls -------------------------------------------------------------
 

@@ -4,15 +4,19 @@ Nursery tree::
 
     serve
     └─ upkeep nursery           backend.run(): retries failed removals (outlives connections)
+       ├─ serve_health          /metrics, /healthz, /readyz and its background check
+       │                        (server/readiness.py), with [metrics] listen
        └─ connections nursery   outlives listening so live connections can finish
           ├─ listening scope    cancelled first on shutdown: stop accepting at once
           │  └─ trio.serve_listeners(handler_nursery=connections)
           └─ serve_connection (one each)  (driver.py)
 
-On ``shutdown`` the listening scope is cancelled, idle connections end at once, users of
-running sessions are told ("server shutting down"), and the connections nursery gets a
-deadline of now + ``limits.shutdown_grace``; cancelled connections remove their
-containers on the way out, so ``serve`` returns only when nothing is left running.
+On ``shutdown`` the server drains first: ``/readyz`` answers 503 while new connections are
+still served for ``limits.drain_time`` (a balancer's lame-duck time). Then the listening
+scope is cancelled, idle connections end at once, users of running sessions are told
+("server shutting down"), and the connections nursery gets a deadline of now +
+``limits.shutdown_grace``; cancelled connections remove their containers on the way out,
+so ``serve`` returns only when nothing is left running.
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ from collections.abc import Awaitable, Callable
 import structlog
 import trio
 
-from trissh.addresses import host_of, join_host_port, parse_listen
+from trissh.addresses import host_of, join_host_port
 from trissh.config import container_settings, parse_max_startups
 from trissh.connection.driver import serve_connection
-from trissh.ops.metrics import serve_http
 from trissh.server.proxy_protocol import ProxyProtocolError, TrustedNetworks, parse_proxy_header
+from trissh.server.readiness import serve_health
 from trissh.server.state import ServerContext
 
 log = structlog.get_logger("trissh.server.listener")
@@ -94,7 +98,7 @@ async def serve(
         ctx.backend.keep_warm(container_settings(ctx.settings.container), ctx.instance)
         await upkeep.start(ctx.backend.run)
         if ctx.settings.metrics.listen:
-            await upkeep.start(_serve_metrics, ctx)
+            await upkeep.start(serve_health, ctx)
         await _serve_connections(ctx, listeners, handle, shutdown, task_status)
         upkeep.cancel_scope.cancel()
     log.info("server_stopped")
@@ -150,22 +154,6 @@ def _admission(ctx: ServerContext, source: str) -> str | None:
     return None
 
 
-async def _serve_metrics(
-    ctx: ServerContext, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
-) -> None:
-    """/metrics, /healthz and /readyz (ready: podman answers, the image exists)."""
-    assert ctx.settings.metrics.listen is not None
-    listeners = await open_listeners([parse_listen(ctx.settings.metrics.listen)])
-
-    async def ready() -> tuple[bool, str]:
-        current = ctx.state.context or ctx
-        checks = await current.backend.health(container_settings(current.settings.container))
-        failed = [f"{check.name}: {check.detail}" for check in checks if not check.ok]
-        return (not failed, "; ".join(failed) or "ready")
-
-    await serve_http(ctx.metrics, listeners, ready=ready, task_status=task_status)
-
-
 async def _serve_connections(
     ctx: ServerContext,
     listeners: list[trio.SocketListener],
@@ -198,6 +186,7 @@ async def _serve_connections(
         )
         task_status.started()
         await shutdown.wait()
+        await _drain(ctx)
         grace = (ctx.state.context or ctx).settings.limits.shutdown_grace
         log.info("server_stopping", grace_s=grace, connections=ctx.state.live_connections)
         listening.cancel()
@@ -205,6 +194,15 @@ async def _serve_connections(
         for connection in list(ctx.state.connections):
             connection.shutting_down()
         connections.cancel_scope.deadline = trio.current_time() + grace
+
+
+async def _drain(ctx: ServerContext) -> None:
+    """``/readyz`` turns 503 at once, and new connections are still served for
+    ``drain_time``: a balancer notices before the listener closes (its lame-duck time)."""
+    ctx.state.draining = True
+    drain = (ctx.state.context or ctx).settings.limits.drain_time
+    log.info("server_draining", drain_s=drain, connections=ctx.state.live_connections)
+    await trio.sleep(drain)
 
 
 async def open_listeners(addresses: list[tuple[str, int]]) -> list[trio.SocketListener]:

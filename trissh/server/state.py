@@ -49,6 +49,12 @@ class ServerState:
     #: Live connections, so a shutdown can tell their users and end the idle ones.
     connections: set[LiveConnection] = field(default_factory=set)
     shutting_down: bool = False
+    #: Told to stop (SIGTERM, ``trissh drain``): ``/readyz`` answers 503, new connections
+    #: are still served for ``limits.drain_time``, then ``shutting_down``.
+    draining: bool = False
+    #: Why a login could not get a container now, from the last background check
+    #: (server/readiness.py); None: it could.
+    backend_problem: str | None = "not checked yet"
     #: The nursery that connections run in (set by ``serve``).
     connections_nursery: trio.Nursery | None = None
     #: The task running ``serve_listeners`` (its accept loops are not connection work).

@@ -213,6 +213,14 @@ class MemoryBackend:
             ),
         ]
 
+    async def ready(self, image: str) -> str | None:
+        await trio.lowlevel.checkpoint()
+        if self.unavailable:
+            return "container backend unavailable: in-memory backend is down"
+        if self.images is not None and image not in self.images:
+            return f"image {image} not found"
+        return None
+
     def _check_available(self) -> None:
         if self.unavailable:
             raise BackendUnavailable("container backend unavailable: in-memory backend is down")

@@ -301,6 +301,17 @@ class PodmanBackend:
         launch = [self._launch.health_check(), self._launch.forwarding_check()]
         return await check_podman(self._api, settings, launch)
 
+    async def ready(self, image: str) -> str | None:
+        """One cheap request answers both: podman serves, and the image exists (podman's
+        ``/version`` and ``/info``, which ``health`` asks, take ~0.5 s together)."""
+        try:
+            present = await self._api.request(
+                "GET", f"/images/{image}/exists", abandon_on_cancel=True, missing_ok=True
+            )
+        except BackendError as exc:
+            return str(exc)
+        return None if present is not None else f"image {image} not found"
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the warm pool full and retry removals that failed, with backoff, for as
         long as the server runs.

@@ -89,10 +89,14 @@ def host_checks(info: dict[str, Any], settings: ContainerSettings) -> list[Healt
             f"delegated controllers: {', '.join(controllers) or 'none'}",
         ),
         containment_check(settings, HostCaps.from_info(info)),
+        # vfs works, only slower (a copy of the image per container): a warning, not a
+        # reason to take the instance out of a balancer's pool.
         HealthCheck(
             name="storage",
-            ok=driver != "vfs",
-            detail=f"storage driver {driver}",
+            ok=True,
+            warning=driver == "vfs",
+            detail=f"storage driver {driver}"
+            + (": every container copies the whole image" if driver == "vfs" else ""),
             fix=""
             if driver != "vfs"
             else 'set driver = "overlay" in ~/.config/containers/storage.conf of the podman '
