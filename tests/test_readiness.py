@@ -105,7 +105,7 @@ async def test_readyz_follows_the_backend(make_server: ServerFactory) -> None:
         assert "unavailable" in await _wait_status(http, url, 503)
         backend.unavailable = False
         await _wait_status(http, url, 200)
-        backend.images = set()
+        backend.images = frozenset()
         assert "not found" in await _wait_status(http, url, 503)
 
 
@@ -137,7 +137,7 @@ async def test_draining_turns_readyz_503_and_still_serves(
         assert "trissh_draining 1.0" in scraped
         with trio.fail_after(10):
             await server.done.wait()
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="connect"):
         await trio.open_tcp_stream("127.0.0.1", server.port)
 
 

@@ -9,7 +9,6 @@ balancer from 127.0.0.1: a log line's ``remote`` tells which one an instance saw
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,10 +23,9 @@ from typing import Any
 import pytest
 import trio
 
-from ..support import ssh_argv
+from ..support import require_binary, ssh_argv
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "fleet"
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 #: The balancer's and the client's addresses on loopback.
 BALANCER_IP = "127.0.0.1"
 CLIENT_IP = "127.0.0.2"
@@ -194,7 +192,7 @@ async def run_balancer(tmp_path: Path, instances: list[Instance]) -> AsyncIterat
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
             ),
-            [HAPROXY, "-db", "-f", str(config)],
+            [require_binary("haproxy"), "-db", "-f", str(config)],
         )
         balancer = Balancer(process, port, tmp_path / "haproxy.sock")
 

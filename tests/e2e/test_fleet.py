@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from ..support import ClientKey, needs_ssh
+from ..support import ClientKey, needs
 from .fleet import (
     BALANCER_IP,
     CLIENT_IP,
-    HAPROXY,
     Balancer,
     Instance,
     instance_settings,
@@ -25,11 +24,7 @@ from .fleet import (
     ssh_through,
 )
 
-pytestmark = [
-    pytest.mark.podman,
-    needs_ssh,
-    pytest.mark.skipif(not Path(HAPROXY).exists(), reason="haproxy missing: scripts/setup-host.sh"),
-]
+pytestmark = [pytest.mark.podman, needs("ssh", "haproxy")]
 
 
 @dataclass
