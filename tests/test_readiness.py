@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from trissh.backend.memory import MemoryBackend
+from trissh.backend import ContainerSettings
 from trissh.backend.podman.health import host_checks
 
 from .support import ClientKey, RunningServer, make_context, start_server
@@ -149,7 +150,8 @@ async def _banner(port: int) -> bytes:
 
 def test_vfs_storage_is_a_warning_not_a_failure() -> None:
     """vfs works, only slower: doctor warns; readiness never looks at it."""
-    [_runtime, _cgroups, storage] = host_checks({"store": {"graphDriverName": "vfs"}})
-    assert (storage.ok, storage.warning) == (True, True)
-    [_runtime, _cgroups, overlay] = host_checks({"store": {"graphDriverName": "overlay"}})
-    assert (overlay.ok, overlay.warning) == (True, False)
+    settings = ContainerSettings()
+    *_, storage = host_checks({"store": {"graphDriverName": "vfs"}}, settings)
+    assert (storage.name, storage.ok, storage.warning) == ("storage", True, True)
+    *_, overlay = host_checks({"store": {"graphDriverName": "overlay"}}, settings)
+    assert (overlay.name, overlay.ok, overlay.warning) == ("storage", True, False)

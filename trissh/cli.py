@@ -1,4 +1,5 @@
-"""The ``trissh`` command: run the server, or ``trissh doctor`` to check the host.
+"""The ``trissh`` command: run the server, ``trissh doctor`` to check the host, or
+``trissh sessions|kill|watch|drain`` to operate a running server (trissh/admin/).
 
 Exit codes: 0 clean stop, 1 start-up failure (host keys, ports, backend), 2 bad
 configuration or usage.
@@ -39,7 +40,16 @@ commands:
   print-default-config  print a configuration file with every key and its default
   hash-password   read a password (stdin or prompt) and print the password_hash to configure
   sshfp           print DNS SSHFP records for the host keys (--host NAME; as ssh-keygen -r)
+
+operating a running server (through its [admin] socket, as its user or root):
+  sessions        list connections and their sessions (--json for all fields)
+  kill CONN       end a connection as a disconnect would: its sessions and containers go
+  watch CONN:CH   show a session's terminal live, read-only (--notify tells the user)
+  drain           stop gracefully: /readyz 503 at once, serve for [limits] drain_time,
+                  then stop accepting and give sessions [limits] shutdown_grace
 """
+
+_ADMIN_COMMANDS = ("sessions", "kill", "watch", "drain")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,16 +62,13 @@ def _parser() -> argparse.ArgumentParser:
         "command",
         nargs="?",
         choices=[
-            "run",
-            "doctor",
-            "check-config",
-            "print-default-config",
-            "hash-password",
-            "sshfp",
+            "run", "doctor", "check-config", "print-default-config", "hash-password", "sshfp",
+            *_ADMIN_COMMANDS,
         ],
         default="run",
         help=argparse.SUPPRESS,
-    )
+    )  # fmt: skip
+    parser.add_argument("target", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"trissh {__version__}")
     parser.add_argument(
         "--listen",
@@ -91,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve Prometheus /metrics, /healthz and /readyz there",
     )
+    _add_admin_arguments(parser)
     return parser
 
 
@@ -121,6 +129,16 @@ def _add_key_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_admin_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--admin-socket", metavar="PATH", help="the admin socket (default: [admin] socket)"
+    )
+    parser.add_argument("--json", action="store_true", help="sessions: print JSON")
+    parser.add_argument(
+        "--notify", action="store_true", help="watch: tell the user they are being watched"
+    )
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "listen": args.listen,
@@ -134,6 +152,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "log_format": args.log_format,
         "log_level": args.log_level,
         "metrics.listen": args.metrics_listen,
+        "admin.socket": args.admin_socket,
     }
 
 
@@ -187,8 +206,26 @@ def hash_password_command() -> int:
     return 0
 
 
+def admin_command(args: argparse.Namespace, settings: ServerConfig) -> int:
+    from trissh.admin.client import run
+
+    if not settings.admin.socket:
+        print(
+            "trissh: no admin socket: give --admin-socket PATH, or --config FILE with "
+            "[admin] socket",
+            file=sys.stderr,
+        )
+        return 2
+    return run(
+        args.command, settings.admin.socket, args.target, as_json=args.json, notify=args.notify
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.target is not None and args.command not in ("kill", "watch"):
+        parser.error(f"unexpected argument {args.target!r}")
     if args.command == "hash-password":
         return hash_password_command()
     if args.command == "print-default-config":
@@ -200,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"trissh: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    if args.command in _ADMIN_COMMANDS:
+        return admin_command(args, settings)
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "check-config":
         return check_config(settings)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
+from trissh.admin.live import LiveSession, LiveSessions
 from trissh.auth.policy import Grant
 from trissh.backend import BackendError, ExitStatus, Process, ProcessSpec, PtySpec, Sandbox
 from trissh.backend import TerminalSize as BackendTerminalSize
@@ -102,6 +103,8 @@ class SessionContext:
     marks: RecordingMarks | None = None
     #: Which containers have the login's files (``grant.files``) already.
     container_files: ContainerFiles = field(default_factory=ContainerFiles)
+    #: The connection's sessions as operators see them (``trissh sessions``, ``watch``).
+    live: LiveSessions | None = None
 
 
 def _backend_size(size: TerminalSize) -> BackendTerminalSize:
@@ -174,7 +177,7 @@ async def run_session(
     tracked = ctx.metrics.session_started(request.kind.value)
     with structlog.contextvars.bound_contextvars(channel=int(handle.id)):
         recording = _open_recording(ctx, handle, request)
-        tap = _Tap(recording)
+        tap = _Tap(recording, _open_live(ctx, handle, request))
         if recording is not None and ctx.marks is not None:
             ctx.marks.add(recording)
         try:
@@ -235,6 +238,7 @@ async def _run(
         sandbox = await _sandbox_for(ctx, owned)
         structlog.contextvars.bind_contextvars(container=sandbox.container_id[:12])
         await ctx.container_files.provide(sandbox, ctx.grant.files, ctx.container.shell[0])
+        tap.attached(sandbox.container_id)
         process = await owned.enter_async_context(sandbox.open_process(spec))
         await _serve(ctx, handle, request, process, started, tap, finish)
 
@@ -328,30 +332,45 @@ async def _enforce_limits(handle: ChannelHandle, settings: SessionSection, pty: 
 
 
 class _Tap:
-    """Where a session's stdio is copied besides the channel: its recording, if any.
+    """Where a session's stdio is copied besides the channel: its recording, if any, and
+    its live view for operators (admin/live.py).
 
     Recording calls are synchronous and never raise (recording.py); the buffered bytes
     are written from a worker thread now and then, so a slow disk never stalls a pump.
+    The live view never waits either: a watcher that falls behind is dropped.
     """
 
-    def __init__(self, recording: SessionRecording | None) -> None:
+    def __init__(self, recording: SessionRecording | None, live: LiveSession | None) -> None:
         self._recording = recording
+        self._live = live
 
     def stdin(self, data: bytes | bytearray) -> None:
         if self._recording is not None:
             self._recording.stdin(bytes(data))
+        if self._live is not None:
+            self._live.input(data)
 
     def stdout(self, data: bytes | bytearray) -> None:
         if self._recording is not None:
             self._recording.stdout(bytes(data))
+        if self._live is not None:
+            self._live.output(data)
 
     def stderr(self, data: bytes | bytearray) -> None:
         if self._recording is not None:
             self._recording.stderr(bytes(data))
+        if self._live is not None:
+            self._live.output(data)
 
     def resize(self, size: TerminalSize) -> None:
         if self._recording is not None:
             self._recording.resize(size.columns, size.rows)
+        if self._live is not None:
+            self._live.resize(size.columns, size.rows)
+
+    def attached(self, container_id: str) -> None:
+        if self._live is not None:
+            self._live.container = container_id
 
     async def flush_now_and_then(self) -> None:
         if self._recording is not None and self._recording.pending_bytes > RECORDING_FLUSH_AT:
@@ -360,6 +379,8 @@ class _Tap:
     def close(self, code: int | None, signal: str | None) -> None:
         if self._recording is not None:
             self._recording.close(code, signal=signal)
+        if self._live is not None:
+            self._live.end()
 
 
 def _open_recording(
@@ -380,6 +401,22 @@ def _open_recording(
         term=request.pty.term if request.pty is not None else "",
         command=command,
         shell=ctx.container.shell[0],
+    )
+
+
+def _open_live(
+    ctx: SessionContext, handle: ChannelHandle, request: SessionRequested
+) -> LiveSession | None:
+    """The session as ``trissh sessions`` lists it and ``trissh watch`` shows it."""
+    if ctx.live is None:
+        return None
+    pty = request.pty
+    return ctx.live.open(
+        int(handle.id),
+        kind=request.kind.value,
+        command=request.subsystem if request.kind is SessionKind.SUBSYSTEM else request.command,
+        pty=(pty.term, pty.size.columns, pty.size.rows) if pty is not None else None,
+        notify=lambda message: tell_user(handle, message),
     )
 
 

@@ -15,6 +15,7 @@ from trissh.config.forwarding import ForwardingSection, parse_permit
 from trissh.config.server import ServerConfig, default_state_dir, load_config
 from trissh.config.service import (
     SETUP_HOST_SOCKET,
+    AdminSection,
     BackendSection,
     LimitSettings,
     MetricsSection,
@@ -29,6 +30,7 @@ from trissh.config.session import SessionSection, subsystem_command
 __all__ = [
     "AUTH_METHODS",
     "SETUP_HOST_SOCKET",
+    "AdminSection",
     "AuthSection",
     "AuthWebhookSection",
     "BackendSection",

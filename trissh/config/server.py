@@ -22,6 +22,7 @@ from trissh.config.container import ContainerSection
 from trissh.config.forwarding import ForwardingSection
 from trissh.config.service import (
     SETUP_HOST_SOCKET,
+    AdminSection,
     BackendSection,
     LimitSettings,
     MetricsSection,
@@ -51,6 +52,7 @@ class ServerConfig(Model):
     metrics: MetricsSection = MetricsSection()
     recording: RecordingSection = RecordingSection()
     proxy: ProxySection = ProxySection()
+    admin: AdminSection = AdminSection()
     users: dict[str, UserSection] = Field(default_factory=dict)
     ssh: SshSettings = SshSettings()
 

@@ -107,6 +107,26 @@ class MetricsSection(Model):
         return value
 
 
+class AdminSection(Model):
+    """``[admin]``: the local socket of ``trissh sessions``, ``kill``, ``watch``, ``drain``."""
+
+    #: Unix socket path; "" (the default): none. Made mode 0600, and only its owner (the
+    #: user trissh runs as) and root may use it. Also ``--admin-socket``.
+    socket: str = ""
+    #: Tell users when an operator starts watching their session, whatever ``trissh
+    #: watch`` asks.
+    notify_watched: bool = False
+
+    @field_validator("socket")
+    @classmethod
+    def _check_socket(cls, value: str) -> str:
+        if value and not value.startswith("/"):
+            raise ValueError("socket must be an absolute path")
+        if len(value.encode()) > 107:  # sun_path
+            raise ValueError("socket path is longer than a unix socket allows (107 bytes)")
+        return value
+
+
 class RecordingSection(Model):
     """``[recording]``: pty sessions as asciicast v2, others as timed transcripts."""
 

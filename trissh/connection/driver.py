@@ -45,6 +45,7 @@ import structlog
 import trio
 
 from trissh.addresses import host_of
+from trissh.admin.live import ConnectionView, LiveSession, LiveSessions
 from trissh.auth.login import LoginConversation
 from trissh.auth.policy import LoginRequest
 from trissh.connection import handshake
@@ -116,6 +117,9 @@ class ConnectionDriver:
         self.close_reason = "closed"
         self.requests_refused = 0
         self.login: Login | None = None
+        #: Its running sessions as operators see them (``trissh sessions``, ``watch``).
+        self.live = LiveSessions()
+        self._connected_at = time.time()
         self._stream = stream
         self._reader = SocketReader(stream)
         self._writer = OutputWriter(stream, self.conn)
@@ -206,6 +210,29 @@ class ConnectionDriver:
         their sessions get the shutdown grace (the connections nursery's deadline)."""
         if self._kinds is None or not self._kinds.sessions.tell_busy_users(SHUTDOWN_MESSAGE):
             self._end(DisconnectReason.BY_APPLICATION, SHUTDOWN_MESSAGE, "server_shutdown")
+
+    # -- what an operator may see and do (trissh sessions, kill, watch) -------------------
+
+    def describe(self) -> ConnectionView:
+        stats = self.conn.statistics()
+        return ConnectionView(
+            conn_id=self.conn_id,
+            remote=self.remote,
+            user=self.login.username if self.login is not None else None,
+            client_version=self.conn.client_version,
+            connected_at=self._connected_at,
+            idle_s=round(trio.current_time() - self._clock.last_received, 1),
+            bytes_in=stats.bytes_received,
+            bytes_out=stats.bytes_sent,
+            sessions=self.live.views(),
+        )
+
+    def end_by_operator(self) -> None:
+        """``trissh kill``: as a disconnect, sessions and containers go with it."""
+        self._end(DisconnectReason.BY_APPLICATION, "ended by the operator", "ended_by_operator")
+
+    def live_session(self, channel: int) -> LiveSession | None:
+        return self.live.get(channel)
 
     def _end(self, reason: DisconnectReason, description: str, close_reason: str) -> None:
         """Disconnect on our own initiative: queue DISCONNECT, stop reading, cancel tasks."""
@@ -376,6 +403,7 @@ class ConnectionDriver:
             note_refused=lambda request, reason, target: self._note_refused(
                 request, reason, target=target
             ),
+            live=self.live,
         )
         self._kinds = channel_kinds(self.ctx, connection)
         if self._kinds.agent_allowed:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
+from trissh.admin.live import LiveSessions
 from trissh.backend import SandboxSpec
 from trissh.channels.agent_forward import AgentForwarding
 from trissh.channels.forward_policy import ForwardPolicy
@@ -49,6 +50,8 @@ class Connection:
     nursery: trio.Nursery
     #: The driver's bounded log of refused requests: (request, reason, target).
     note_refused: Callable[[str, str, str], None]
+    #: Its running sessions as operators see them (``trissh sessions``, ``watch``).
+    live: LiveSessions | None = None
 
 
 def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
@@ -89,6 +92,7 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
         recorder=ctx.recorder if not wanted or login.username in wanted else None,
         agent_socket=agent.socket_path,
         marks=marks,
+        live=connection.live,
     )
     return ChannelKinds(
         sessions=SessionChannels(session_ctx, port, nursery),

@@ -6,6 +6,7 @@ Nursery tree::
     └─ upkeep nursery           backend.run(): retries failed removals (outlives connections)
        ├─ serve_health          /metrics, /healthz, /readyz and its background check
        │                        (server/readiness.py), with [metrics] listen
+       ├─ serve_admin           the admin socket (admin/server.py), with [admin] socket
        └─ connections nursery   outlives listening so live connections can finish
           ├─ listening scope    cancelled first on shutdown: stop accepting at once
           │  └─ trio.serve_listeners(handler_nursery=connections)
@@ -31,6 +32,7 @@ import structlog
 import trio
 
 from trissh.addresses import host_of, join_host_port
+from trissh.admin.server import serve_admin
 from trissh.config import container_settings, parse_max_startups
 from trissh.connection.driver import serve_connection
 from trissh.server.proxy_protocol import ProxyProtocolError, TrustedNetworks, parse_proxy_header
@@ -99,6 +101,8 @@ async def serve(
         await upkeep.start(ctx.backend.run)
         if ctx.settings.metrics.listen:
             await upkeep.start(serve_health, ctx)
+        if ctx.settings.admin.socket:
+            await upkeep.start(serve_admin, ctx, ctx.settings.admin.socket, shutdown)
         await _serve_connections(ctx, listeners, handle, shutdown, task_status)
         upkeep.cancel_scope.cancel()
     log.info("server_stopped")

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import trio
 
+from trissh.admin.live import ConnectionView, LiveSession
 from trissh.auth.policy import AuthPolicy
 from trissh.backend import Backend
 from trissh.config import ServerConfig
@@ -23,8 +24,22 @@ from trissh.protocol import ProtocolConfig
 
 
 class LiveConnection(Protocol):
+    @property
+    def conn_id(self) -> str: ...
+
     def shutting_down(self) -> None:
         """The server stops: end now if idle, else tell the users of running sessions."""
+
+    def describe(self) -> ConnectionView:
+        """What ``trissh sessions`` lists: who, from where, its sessions, bytes, idle."""
+        ...
+
+    def end_by_operator(self) -> None:
+        """``trissh kill``: end it as a disconnect would (sessions, containers)."""
+
+    def live_session(self, channel: int) -> LiveSession | None:
+        """The running session on ``channel``, for ``trissh watch``."""
+        ...
 
 
 def _count_down(counts: dict[str, int], key: str) -> None:
