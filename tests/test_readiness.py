@@ -4,6 +4,7 @@ through real sockets, with the in-process backend."""
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,8 @@ import httpx
 import pytest
 import trio
 
-from trissh.backend.memory import MemoryBackend
 from trissh.backend import ContainerSettings
+from trissh.backend.memory import MemoryBackend
 from trissh.backend.podman.health import host_checks
 
 from .support import ClientKey, RunningServer, make_context, start_server
@@ -155,3 +156,21 @@ def test_vfs_storage_is_a_warning_not_a_failure() -> None:
     assert (storage.name, storage.ok, storage.warning) == ("storage", True, True)
     *_, overlay = host_checks({"store": {"graphDriverName": "overlay"}}, settings)
     assert (overlay.name, overlay.ok, overlay.warning) == ("storage", True, False)
+
+
+
+async def test_trissh_drain_drains_like_sigterm(make_server: ServerFactory, tmp_path: Path) -> None:
+    """``trissh drain`` through the admin socket: /readyz 503 at once, then the server
+    stops once drain_time has passed."""
+    admin = tmp_path / "admin.sock"
+    overrides = {"limits.drain_time": 1.0, "admin.socket": str(admin)}
+    server, url = await make_server(CountingBackend(), **overrides)
+    argv = [sys.executable, "-m", "trissh", "drain", "--admin-socket", str(admin)]
+    with trio.fail_after(30):
+        done = await trio.run_process(argv, capture_stdout=True, check=False)
+    assert done.returncode == 0
+    assert b"draining" in done.stdout
+    async with httpx.AsyncClient() as http:
+        assert await _status(http, url) == (503, "draining")
+    with trio.fail_after(10):
+        await server.done.wait()

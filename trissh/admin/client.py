@@ -99,7 +99,7 @@ def format_sessions(answer: dict[str, Any], now: float | None = None) -> str:
             f"{conn['conn_id']}  {who}{conn['remote']}  "
             f"up {_duration(now - conn['connected_at'])}  idle {_duration(conn['idle_s'])}  "
             f"in {_size(conn['bytes_in'])}  out {_size(conn['bytes_out'])}  "
-            f"{conn['client_version'] or ''}".rstrip()
+            f"{(conn['client_version'] or '').removeprefix('SSH-2.0-')}".rstrip()
         )
         for session in conn["sessions"]:
             what = session["kind"] + (f" {session['command']!r}" if session["command"] else "")

@@ -286,18 +286,19 @@ async def _watch(
 
 
 async def _stream_frames(stream: trio.SocketStream, watcher: Watcher) -> str:
-    """Frames to the client until the watcher ends (its reason) or the client leaves."""
+    """Frames to the client until the watcher ends or the client leaves; the reason."""
+    reason = "watcher left"  # the client hung up: _until_hangup cancelled the loop
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_until_hangup, stream, nursery.cancel_scope)
         try:
             while frames := await watcher.next_frames():
                 await _send_frames(stream, frames)
+            reason = watcher.ended or "session ended"
+            await _send(stream, {"end": reason})
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return "watcher left"
+            reason = "watcher left"
         except trio.TooSlowError:
-            return "watcher too slow"
-        reason = watcher.ended or "session ended"
-        await _send(stream, {"end": reason})
+            reason = "watcher too slow"
         nursery.cancel_scope.cancel()
     return reason
 

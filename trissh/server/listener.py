@@ -4,8 +4,8 @@ Nursery tree::
 
     serve
     └─ upkeep nursery           backend.run(): retries failed removals (outlives connections)
-       ├─ serve_health          /metrics, /healthz, /readyz and its background check
-       │                        (server/readiness.py), with [metrics] listen
+       ├─ keep_ready            readiness's backend check (server/readiness.py)
+       ├─ serve_health          /metrics, /healthz, /readyz, with [metrics] listen
        ├─ serve_admin           the admin socket (admin/server.py), with [admin] socket
        └─ connections nursery   outlives listening so live connections can finish
           ├─ listening scope    cancelled first on shutdown: stop accepting at once
@@ -36,7 +36,7 @@ from trissh.admin.server import serve_admin
 from trissh.config import container_settings, parse_max_startups
 from trissh.connection.driver import serve_connection
 from trissh.server.proxy_protocol import ProxyProtocolError, TrustedNetworks, parse_proxy_header
-from trissh.server.readiness import serve_health
+from trissh.server.readiness import keep_ready, serve_health
 from trissh.server.state import ServerContext
 
 log = structlog.get_logger("trissh.server.listener")
@@ -99,6 +99,8 @@ async def serve(
     async with trio.open_nursery() as upkeep:
         ctx.backend.keep_warm(container_settings(ctx.settings.container), ctx.instance)
         await upkeep.start(ctx.backend.run)
+        if ctx.settings.metrics.listen or ctx.settings.admin.socket:
+            await upkeep.start(keep_ready, ctx)
         if ctx.settings.metrics.listen:
             await upkeep.start(serve_health, ctx)
         if ctx.settings.admin.socket:

@@ -8,11 +8,9 @@ exists) every ``[metrics] ready_check_interval`` seconds and stores the outcome 
 MaxStartups full — without a single await. Ready means "a login can be served now".
 ``/healthz`` means the process is alive, nothing more.
 
-Nursery tree::
-
-    serve_health                    (in serve's upkeep nursery)
-    ├─ keep_ready                   the backend check, every ready_check_interval
-    └─ serve_http                   /metrics, /healthz, /readyz (ops/metrics.py)
+Both run in serve's upkeep nursery: ``keep_ready`` (the backend check, every
+``ready_check_interval``; also for ``trissh sessions``) and ``serve_health`` (``/metrics``,
+``/healthz``, ``/readyz`` through ops/metrics.py's ``serve_http``).
 """
 
 from __future__ import annotations
@@ -81,10 +79,10 @@ async def keep_ready(
 async def serve_health(
     ctx: ServerContext, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
 ) -> None:
-    """``/metrics``, ``/healthz`` and ``/readyz`` on ``[metrics] listen``, with the
-    background check ``/readyz`` answers from.
+    """``/metrics``, ``/healthz`` and ``/readyz`` on ``[metrics] listen``; ``/readyz``
+    answers from what ``keep_ready`` keeps current.
 
-    Cancellation: stops both; nothing to clean up.
+    Cancellation: stops serving; nothing to clean up.
     """
     assert ctx.settings.metrics.listen is not None
     host, port = parse_listen(ctx.settings.metrics.listen)
@@ -98,8 +96,5 @@ async def serve_health(
     async def ready() -> tuple[bool, str]:
         return readiness(ctx)
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(keep_ready, ctx)
-        http = functools.partial(serve_http, ctx.metrics, ready=ready)
-        serving = await nursery.start(http, listeners)
-        task_status.started(serving)
+    http = functools.partial(serve_http, ctx.metrics, ready=ready)
+    await http(listeners, task_status=task_status)
