@@ -167,6 +167,8 @@ class Server:
     kex_offered: tuple[str, ...] = ()
     default_kex: str = ""
     version: str = ""
+    #: Where /metrics, /healthz and /readyz answer (trissh only), 0: nowhere.
+    metrics_port: int = 0
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -293,7 +295,11 @@ class Bench:
         if backend == "podman":
             argv += ["--podman-url", self.podman_url, "--image", BENCH_IMAGE]
             argv += ["--warm-pool", str(WARM_POOL)]
-        server = Server(name, "bench", accounting=acct, log_path=log_path)
+        metrics_port = free_port()
+        argv += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
+        server = Server(
+            name, "bench", accounting=acct, log_path=log_path, metrics_port=metrics_port
+        )
         with open(log_path, "wb") as errors:
             server.process = subprocess.Popen(
                 acct.wrap(argv), stdout=subprocess.PIPE, stderr=errors
@@ -744,6 +750,60 @@ def measure_concurrency(bench: Bench, figures: dict[str, Figure]) -> None:
             wait_containers_gone(bench, server)
 
 
+def probe_readyz(port: int) -> tuple[float, int]:
+    """One ``GET /readyz`` as a balancer's health check sends it: (seconds, status)."""
+    start = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /readyz HTTP/1.0\r\nHost: bench\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return time.perf_counter() - start, int(answer.split(b" ", 2)[1])
+
+
+def measure_readyz(bench: Bench, figures: dict[str, Figure]) -> None:
+    """/readyz every 50 ms while a login storm runs (``count`` logins at once, end to end
+    with containers): what HAProxy's checks see on a busy instance (issue 22)."""
+    server = bench.servers.get(PODMAN)
+    if server is None or not server.metrics_port:
+        return
+    count = 50 if bench.quick else 100
+    figure = figures["readyz"]
+    figure.title = f"`/readyz` ms, p50 / p99, during {count} logins at once (end to end)"
+    idle = sorted(probe_readyz(server.metrics_port)[0] * 1000 for _ in range(20))
+    log(f"/readyz every 50 ms during {count} concurrent `true` on {server.name}")
+    argv = bench.ssh_argv(server, "true", kex=CURVE)
+    clients = [
+        subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for _ in range(count)
+    ]
+    samples: list[float] = []
+    statuses: dict[int, int] = {}
+    deadline = time.monotonic() + 300
+    while any(c.poll() is None for c in clients) and time.monotonic() < deadline:
+        seconds, status = probe_readyz(server.metrics_port)
+        samples.append(seconds * 1000)
+        statuses[status] = statuses.get(status, 0) + 1
+        time.sleep(0.05)
+    failed = 0
+    for client in clients:
+        if client.poll() is None:
+            client.kill()
+        failed += client.wait() != 0
+    samples.sort()
+    p50 = samples[len(samples) // 2]
+    p99 = samples[min(len(samples) - 1, round(len(samples) * 0.99))]
+    figure.set(PODMAN, [p50])
+    answers = ", ".join(f"{n}x {code}" for code, n in sorted(statuses.items()))
+    figure.text[PODMAN] = (
+        f"{p50:.1f} / {p99:.1f} ({len(samples)} probes: {answers}; idle p50 {idle[10]:.1f})"
+    )
+    log(f"  {figure.text[PODMAN]}; {failed} of {count} logins failed")
+    wait_containers_gone(bench, server)
+
+
 def podman_call(url: str, method: str, target: str) -> tuple[int, bytes]:
     path = url.removeprefix("unix://")
     with socket.socket(socket.AF_UNIX) as sock:
@@ -1043,6 +1103,13 @@ def make_figures(count: int) -> dict[str, Figure]:
         ),
         Figure("fwd_ready", "`ssh -N -L` ms until the local port listens", "ms", False,
                "<= 1.0x sshd"),  # fmt: skip
+        Figure(
+            "readyz",
+            "`/readyz` ms, p50 / p99, during a login storm",
+            "ms",
+            False,
+            "p99 well below a 300 ms check interval",
+        ),
     ]
     return {f.key: f for f in figures}
 
@@ -1066,7 +1133,8 @@ def ratio(figure: Figure, a: str, b: str) -> str:
 
 
 def trissh_column(figure: Figure) -> str:
-    return PODMAN if figure.key.startswith("e2e") or figure.key == "concurrent_podman" else TRISSH
+    podman_only = figure.key.startswith("e2e") or figure.key in ("concurrent_podman", "readyz")
+    return PODMAN if podman_only else TRISSH
 
 
 def render_table(figures: dict[str, Figure], versions: dict[str, str]) -> str:
@@ -1400,7 +1468,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        default="throughput,logins,memory,concurrency,e2e,forwarding",
+        default="throughput,logins,memory,concurrency,e2e,forwarding,readyz",
         help="comma-separated subset of the measurements",
     )
     parser.add_argument("--no-podman", action="store_true", help="skip trissh+podman")
@@ -1431,7 +1499,7 @@ def main() -> int:
         bench.start_trissh(TRISSH, "memory")
         bench.start_asyncssh()
         bench.start_sshd()
-        if not args.no_podman and ({"concurrency", "e2e", "forwarding"} & only):
+        if not args.no_podman and ({"concurrency", "e2e", "forwarding", "readyz"} & only):
             if not bench.podman_url:
                 log("CONTAINER_HOST is not set: skipping trissh+podman")
             else:
@@ -1448,6 +1516,7 @@ def main() -> int:
                 "forwarding",
                 lambda b, f: measure_forwarding(b, f, interleaved, (PODMAN, OPENSSH)),
             ),
+            ("readyz", measure_readyz),
             ("concurrency", measure_concurrency),
         ]
         for name, step in steps:

@@ -4,7 +4,8 @@ Usage::
 
     python bench/trissh_server.py --authorized-keys FILE --host-key FILE
         [--backend memory|podman] [--podman-url URL] [--image NAME] [--warm-pool N]
-        [--listen 127.0.0.1:0] [--cprofile OUT.pstats] [--log-level info]
+        [--listen 127.0.0.1:0] [--metrics-listen 127.0.0.1:PORT] [--cprofile OUT.pstats]
+        [--log-level info]
 
 The server is built the way ``trissh`` itself builds it (``load_config`` → ``build_context``
 → ``serve``), so it runs the same code as the CLI; only the backend differs. With
@@ -43,6 +44,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--podman-url")
     parser.add_argument("--image")
     parser.add_argument("--warm-pool", type=int, default=0, help="containers kept started")
+    parser.add_argument("--metrics-listen", help="serve /metrics, /healthz, /readyz there")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--cprofile", metavar="OUT", help="write a cProfile of the whole run")
     return parser.parse_args()
@@ -57,6 +59,7 @@ async def _serve(args: argparse.Namespace) -> None:
         "podman.url": args.podman_url,
         "container.image": args.image,
         "podman.warm_pool": args.warm_pool,
+        "metrics.listen": args.metrics_listen,
     }
     # The load generator connects from one address, many at a time: lift the pre-auth
     # connection limits, as the benchmark's sshd does (MaxStartups 1000), where they exist.
