@@ -89,9 +89,9 @@ def format_sessions(answer: dict[str, Any], now: float | None = None) -> str:
     """The listing ``trissh sessions`` prints: one line per connection, one indented
     line per session under it."""
     now = time.time() if now is None else now
-    state = "draining" if answer["draining"] else "ready" if answer["ready"] else "NOT READY"
+    state = "ready" if answer["ready"] else f"NOT READY: {answer['why']}"
     connections = answer["connections"]
-    lines = [f"instance {answer['instance']}: {state} ({answer['why']}), "
+    lines = [f"instance {answer['instance']}: {state}, "
              f"{len(connections)} connection{'s' if len(connections) != 1 else ''}"]  # fmt: skip
     for conn in connections:
         who = f"{conn['user']}@" if conn["user"] else "(not logged in) "
