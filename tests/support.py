@@ -106,6 +106,7 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "sftp": "openssh-client",
     "scp": "openssh-client",
     "tmux": "tmux",
+    "haproxy": "haproxy",
     "plink": "putty-tools",
     "pscp": "putty-tools",
     "psftp": "putty-tools",
