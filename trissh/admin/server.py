@@ -241,7 +241,8 @@ def _connection(ctx: ServerContext, conn_id: str) -> LiveConnection:
 def _session(ctx: ServerContext, session_id: str) -> tuple[LiveConnection, LiveSession]:
     conn_id, _, channel = session_id.partition(":")
     connection = _connection(ctx, conn_id)
-    live = connection.live_session(int(channel)) if channel.isdigit() else None
+    valid = channel.isdigit() and len(channel) <= 10  # channel numbers are uint32
+    live = connection.live_session(int(channel)) if valid else None
     if live is None:
         raise _Refused(f"no session {session_id!r} (see trissh sessions)")
     if live.kind == "subsystem":
