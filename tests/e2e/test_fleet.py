@@ -59,21 +59,35 @@ def _states(balancer: Balancer) -> dict[str, tuple[str, str]]:
     }
 
 
-async def _wait_all_up(balancer: Balancer, within: float) -> None:
+async def _wait_all_up(fleet: Fleet, within: float) -> None:
     states: dict[str, tuple[str, str]] = {}
     with trio.move_on_after(within):
         while True:
-            states = _states(balancer)
+            states = _states(fleet.balancer)
             if states and all(state == ("UP", "L7OK") for state in states.values()):
                 return
             await trio.sleep(0.02)
-    pytest.fail(f"not every instance UP with a passed check within {within} s: {states}")
+    answers = [await _readyz(server) for server in fleet.instances]
+    pytest.fail(f"not every instance UP with a passed check within {within} s: {states}; "
+                f"their /readyz now: {answers}")  # fmt: skip
+
+
+async def _readyz(server: Instance) -> str:
+    with trio.fail_after(5):
+        stream = await trio.open_tcp_stream("127.0.0.1", server.metrics_port)
+        async with stream:
+            await stream.send_all(b"GET /readyz HTTP/1.0\r\n\r\n")
+            answer = b""
+            while chunk := await stream.receive_some(4096):
+                answer += chunk
+    status, _, body = answer.decode(errors="replace").partition("\r\n\r\n")
+    return f"{status.splitlines()[0]}: {body.strip()}"
 
 
 async def test_both_instances_are_up_within_a_second_and_stay_up(fleet: Fleet) -> None:
     """Checks every 300 ms that must each answer within 300 ms: an instance whose /readyz
     is slower (or that answers 503 for a mere warning) is marked DOWN after three."""
-    await _wait_all_up(fleet.balancer, within=1.0)
+    await _wait_all_up(fleet, within=1.0)
     with trio.move_on_after(2.0):  # six or seven more checks each
         while True:
             states = _states(fleet.balancer)
@@ -86,7 +100,7 @@ async def test_logins_spread_over_the_fleet_with_the_clients_address(
 ) -> None:
     """Four logins at once from 127.0.0.2: both instances serve some, and log the client's
     address (from the PROXY header), never the balancer's."""
-    await _wait_all_up(fleet.balancer, within=5.0)
+    await _wait_all_up(fleet, within=5.0)
     results: list[subprocess.CompletedProcess[bytes]] = []
 
     async def login() -> None:
@@ -109,7 +123,7 @@ async def test_draining_loses_no_login_and_no_session(fleet: Fleet, client_key: 
     succeeds (the instance keeps serving for drain_time while HAProxy marks it DOWN), the
     running sessions finish, and the drained instance exits 0 once its session ended."""
     balancer, (one, _two) = fleet.balancer, fleet.instances
-    await _wait_all_up(balancer, within=5.0)
+    await _wait_all_up(fleet, within=5.0)
     long_ones: list[subprocess.CompletedProcess[bytes]] = []
     logins: list[subprocess.CompletedProcess[bytes]] = []
 
@@ -151,34 +165,32 @@ async def test_draining_loses_no_login_and_no_session(fleet: Fleet, client_key: 
 async def test_per_source_limit_is_the_balancers(fleet: Fleet) -> None:
     """The stick table of the documented configuration: 10 connections at once from one
     address get an SSH banner, the 11th is closed at once; another address still gets in."""
-    await _wait_all_up(fleet.balancer, within=5.0)
+    await _wait_all_up(fleet, within=5.0)
     port = fleet.balancer.port
     held: list[trio.SocketStream] = []
     try:
         for _ in range(10):
-            stream = await _connect_from("127.0.0.4", port)
-            held.append(stream)
-            assert (await _banner(stream)).startswith(b"SSH-2.0-")
-        refused = await _connect_from("127.0.0.4", port)
-        held.append(refused)
-        assert await _banner(refused) == b""
-        other = await _connect_from("127.0.0.5", port)
-        held.append(other)
-        assert (await _banner(other)).startswith(b"SSH-2.0-")
+            assert (await _banner_from("127.0.0.4", port, held)).startswith(b"SSH-2.0-")
+        assert await _banner_from("127.0.0.4", port, held) == b""
+        assert (await _banner_from("127.0.0.5", port, held)).startswith(b"SSH-2.0-")
     finally:
         for stream in held:
             await stream.aclose()
 
 
-async def _connect_from(source: str, port: int) -> trio.SocketStream:
+async def _banner_from(source: str, port: int, held: list[trio.SocketStream]) -> bytes:
+    """Connect from ``source`` and read the first line the server sends, keeping the
+    connection open in ``held``; b"" when it is closed or reset first (HAProxy's reject
+    can reset it before ``connect`` returns)."""
     sock = trio.socket.socket()
     await sock.bind((source, 0))
-    await sock.connect((BALANCER_IP, port))
-    return trio.SocketStream(sock)
-
-
-async def _banner(stream: trio.SocketStream) -> bytes:
-    """The first line the server sends; b"" if the connection is closed first."""
+    try:
+        await sock.connect((BALANCER_IP, port))
+    except ConnectionResetError:
+        sock.close()
+        return b""
+    stream = trio.SocketStream(sock)
+    held.append(stream)
     data = b""
     with trio.fail_after(10):
         while b"\n" not in data:
