@@ -158,7 +158,6 @@ def test_vfs_storage_is_a_warning_not_a_failure() -> None:
     assert (overlay.name, overlay.ok, overlay.warning) == ("storage", True, False)
 
 
-
 async def test_trissh_drain_drains_like_sigterm(make_server: ServerFactory, tmp_path: Path) -> None:
     """``trissh drain`` through the admin socket: /readyz 503 at once, then the server
     stops once drain_time has passed."""
