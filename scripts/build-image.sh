@@ -19,6 +19,15 @@
 #                                    the base image plus GNU coreutils' head, cat, true, sleep and
 #                                    dd in /usr/local/bin and dash as /bin/sh (busybox sh runs its
 #                                    own applets before PATH, and busybox head manages ~100-230 MB/s)
+#   build-image.sh import-debian [IMAGE]  a Debian image (default localhost/trissh-debian:latest)
+#                                    built with mmdebstrap from Debian's packages (no registry):
+#                                    bash, coreutils, git, rsync, openssh-client, python3, tmux,
+#                                    sftp-server and the trissh-exec helper; about 200 MB, ~20-60 s
+#                                    to build (the packages are downloaded), ~5 s to import.
+#                                    Rebuilt only when its recipe hash changes: the Debian
+#                                    functions of this script, the package list, the suite
+#                                    and mmdebstrap's version.
+#   build-image.sh selftest-debian [IMAGE]  its checks (git, rsync, python3, tmux, ssh-add, sftp)
 #
 # scripts/setup-host.sh sources this file; it then runs podman through its own `pod` function
 # (as the trissh-podman user). Run directly, `pod` is plain `podman`.
@@ -26,6 +35,7 @@ set -euo pipefail
 
 TRISSH_IMAGE=${TRISSH_IMAGE:-localhost/trissh-base:latest}
 TRISSH_BENCH_IMAGE=${TRISSH_BENCH_IMAGE:-localhost/trissh-bench:latest}
+TRISSH_DEBIAN_IMAGE=${TRISSH_DEBIAN_IMAGE:-localhost/trissh-debian:latest}
 TRISSH_RECIPE_LABEL=trissh.recipe
 BUSYBOX=/bin/busybox
 SFTP_SERVER=/usr/lib/openssh/sftp-server
@@ -181,6 +191,93 @@ image_selftest() {
     [[ $out == $'24 80\r' || $out == '24 80' ]] || { echo "selftest: stty size printed: $out" >&2; return 1; }
 }
 
+# ---------------------------------------------------------------------------- Debian image
+DEBIAN_SUITE=bookworm
+DEBIAN_PACKAGES=bash,coreutils,git,rsync,openssh-client,python3,tmux,openssh-sftp-server,procps,less
+# The static helper setup-host.sh builds; copied into the image as /usr/local/bin/trissh-exec
+# (trissh bind-mounts the host's at /run/trissh-exec anyway; the copy serves other runtimes).
+DEBIAN_HELPER=${TRISSH_EXEC_HELPER:-/usr/local/lib/trissh/trissh-exec}
+
+debian_recipe_hash() {
+    command -v mmdebstrap >/dev/null || { echo "build-image: mmdebstrap is missing (apt-get install mmdebstrap)" >&2; return 1; }
+    [[ -x $DEBIAN_HELPER ]] || { echo "build-image: $DEBIAN_HELPER is missing (scripts/setup-host.sh builds it)" >&2; return 1; }
+    # Only what shapes this image: editing the busybox recipe must not rebuild it, nor a
+    # new helper (trissh bind-mounts the host's over any copy; the image's is a convenience).
+    { declare -f debian_tar debian_customize; echo "$DEBIAN_SUITE $DEBIAN_PACKAGES"
+      dpkg-query -W -f='${Version}\n' mmdebstrap; } | sha256sum | cut -c1-32
+}
+
+# debian_customize ROOT: run by mmdebstrap inside its customize hook, ROOT is the new system.
+debian_customize() {
+    local root=$1
+    # mmdebstrap's directory is 0555: root without CAP_DAC_OVERRIDE (trissh drops every
+    # capability) could not create anything in /.
+    chmod 0755 "$root"
+    install -D -m 0755 "$DEBIAN_HELPER" "$root/usr/local/bin/trissh-exec"
+    # No apt state nor logs in the image; a fixed machine id is none at all.
+    rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/log/*.log \
+        "$root"/var/log/apt/* "$root/etc/machine-id"
+    : >"$root/etc/hostname"
+    : >"$root/etc/resolv.conf"
+}
+
+# debian_tar OUT: the root filesystem as a tar archive (mmdebstrap writes it; "-" is stdout).
+debian_tar() {
+    local out=$1
+    # root mode when root (plain chroot), else unshare (needs subuids for the caller).
+    mmdebstrap --quiet --variant=apt --include="$DEBIAN_PACKAGES" \
+        --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+        --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+        --dpkgopt='path-exclude=/usr/share/locale/*' \
+        --customize-hook="$(declare -f debian_customize); DEBIAN_HELPER='$DEBIAN_HELPER' debian_customize \"\$1\"" \
+        "$DEBIAN_SUITE" "$out"
+}
+
+# debian_import [IMAGE]: build and import when missing or its recipe changed; prints
+# "unchanged" or "built" on stdout.
+debian_import() {
+    local image=${1:-$TRISSH_DEBIAN_IMAGE} want have tar
+    want=$(debian_recipe_hash)
+    have=$(pod image inspect --format "{{index .Labels \"$TRISSH_RECIPE_LABEL\"}}" "$image" 2>/dev/null || true)
+    if [[ $have == "$want" ]]; then
+        echo unchanged
+        return 0
+    fi
+    tar=$(mktemp /tmp/trissh-debian.XXXXXX.tar)
+    # (a file, not a pipe: the podman user reads it, and a failed build imports nothing)
+    if ! debian_tar "$tar" >&2; then
+        rm -f "$tar"
+        return 1
+    fi
+    chmod 0644 "$tar"
+    pod import --quiet \
+        --change 'CMD ["/bin/bash", "-l"]' \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'ENV LANG=C.UTF-8' \
+        --change "LABEL $TRISSH_RECIPE_LABEL=$want" \
+        --message "trissh Debian $DEBIAN_SUITE image ($DEBIAN_PACKAGES), recipe $want" \
+        - "$image" <"$tar" >/dev/null || { rm -f "$tar"; return 1; }
+    rm -f "$tar"
+    pod image prune --force --filter "label=$TRISSH_RECIPE_LABEL" >/dev/null 2>&1 || true
+    echo built
+}
+
+# debian_selftest [IMAGE]: the tools the tests and users rely on run, rootless, in the image.
+debian_selftest() {
+    local image=${1:-$TRISSH_DEBIAN_IMAGE} out
+    out=$(pod run --rm --network none "$image" bash -c '
+        set -e
+        git --version >/dev/null
+        rsync --version >/dev/null
+        python3 -c "import ssl, json"
+        tmux -V >/dev/null
+        rc=0; ssh-add -l >/dev/null 2>&1 || rc=$?; [ $rc = 2 ]   # 2: no agent to ask
+        test -x /usr/local/bin/trissh-exec
+        { printf "\000\000\000\005\001\000\000\000\003"; sleep 0.3; } | /usr/lib/openssh/sftp-server | head -c 5 | od -An -tx1 | tr -d " \n"
+    ' 2>&1) || { echo "selftest-debian: a tool failed: $out" >&2; return 1; }
+    [[ $out =~ ^[0-9a-f]{8}02$ ]] || { echo "selftest-debian: sftp-server did not answer: $out" >&2; return 1; }
+}
+
 build_image_main() {
     case ${1:-} in
         hash) image_recipe_hash ;;
@@ -188,6 +285,9 @@ build_image_main() {
         import) image_import "${2:-$TRISSH_IMAGE}" ;;
         import-bench) image_import "${2:-$TRISSH_BENCH_IMAGE}" bench ;;
         selftest) image_selftest "${2:-$TRISSH_IMAGE}" && echo "selftest ok" ;;
+        import-debian) debian_import "${2:-$TRISSH_DEBIAN_IMAGE}" ;;
+        selftest-debian) debian_selftest "${2:-$TRISSH_DEBIAN_IMAGE}" && echo "selftest ok" ;;
+        hash-debian) debian_recipe_hash ;;
         *) sed -n '2,/^set -euo/p' "$BUILD_IMAGE_SH" | sed '$d; s/^# \{0,1\}//' >&2; return 2 ;;
     esac
 }

@@ -16,7 +16,9 @@
 #      (crun if a trivial container runs with it, else runc; the choice is written to
 #      ~/.config/containers/containers.conf: delete that file to detect again);
 #   4. builds localhost/trissh-base:latest from busybox-static + sftp-server (scripts/build-image.sh)
-#      when its recipe changed, and checks it;
+#      when its recipe changed, and checks it; likewise localhost/trissh-debian:latest with
+#      mmdebstrap (a minute the first time; a warning, not a failure, when Debian's mirror
+#      cannot be reached);
 #   5. starts `podman system service` as that user on /run/trissh-podman/podman.sock unless the
 #      socket already answers, and waits until it does.
 # Not as root it only looks for a podman API socket that already answers ($CONTAINER_HOST, then
@@ -43,7 +45,8 @@ SUBID_COUNT=$((MAX_CONTAINERS * USERNS_SIZE))
 PACKAGES=(podman runc crun uidmap slirp4netns fuse-overlayfs catatonit busybox-static
           openssh-sftp-server openssh-client tmux python3-venv curl gcc libc6-dev musl-tools
           asciinema putty-tools dropbear-bin bsdutils libssl-dev haproxy
-          libkrb5-dev krb5-kdc krb5-admin-server krb5-user)
+          libkrb5-dev krb5-kdc krb5-admin-server krb5-user
+          mmdebstrap docker-registry apache2-utils rsync git)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 exec 3>&1 1>&2      # fd 3 is the real stdout, reserved for the final CONTAINER_HOST line
@@ -138,6 +141,10 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >&2
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    # docker-registry is for the tests, which start their own on loopback: never a system one.
+    if [[ " ${missing[*]} " == *" docker-registry "* ]] && [[ -d /run/systemd/system ]]; then
+        systemctl disable --now docker-registry >&2 2>/dev/null || true
+    fi
     log "packages installed ($(elapsed) s)"
     # The Kerberos tests start their own KDC on loopback, with their own realm: never the
     # system's (which has no realm anyway and would only fail to start).
@@ -336,6 +343,21 @@ log "OCI runtime: $runtime ($runtime_note)"
 if [[ $image_result == built || -n ${runtime_changed:-} ]]; then
     image_selftest "$TRISSH_IMAGE" || die "the image $TRISSH_IMAGE fails its self-test"
     log "image self-test passed (sh exit codes, cat, head -c, sleep, kill, stty under a tty, sftp-server)"
+fi
+
+# ---------------------------------------------------------------------------- 4c. Debian image
+# A real distribution for users and for the tests of git, rsync, sftp resume and tmux
+# (scripts/build-image.sh import-debian); rebuilt only when its recipe hash changes.
+if debian_result=$(debian_import "$TRISSH_DEBIAN_IMAGE"); then
+    if [[ $debian_result == built ]]; then
+        debian_selftest "$TRISSH_DEBIAN_IMAGE" || die "the image $TRISSH_DEBIAN_IMAGE fails its self-test"
+        log "built image $TRISSH_DEBIAN_IMAGE (recipe $(debian_recipe_hash)) ($(elapsed) s)"
+    else
+        log "image $TRISSH_DEBIAN_IMAGE is up to date"
+    fi
+else
+    log "WARNING: could not build $TRISSH_DEBIAN_IMAGE (is Debian's mirror reachable?);" \
+        "the tests that need it will say so"
 fi
 
 # ---------------------------------------------------------------------------- 5. API service

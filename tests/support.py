@@ -115,6 +115,11 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "dropbearconvert": "dropbear-bin",
     "asciinema": "asciinema",
     "script": "bsdutils",
+    "rsync": "rsync",
+    "git": "git",
+    "docker-registry": "docker-registry",
+    "htpasswd": "apache2-utils",
+    "podman": "podman",
 }
 
 

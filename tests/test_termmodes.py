@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import struct
 
-from trissh.channels.termmodes import stty_arguments, with_terminal_modes
+from trissh.channels.environment import program_argv
+from trissh.channels.termmodes import stty_arguments
 
 
 def encode(*pairs: tuple[int, int]) -> bytes:
@@ -34,13 +35,33 @@ def test_unknown_defined_opcodes_are_skipped() -> None:
 
 
 def test_command_is_quoted_and_execs_the_program() -> None:
-    """The original argv is exec'd after stty, each word quoted."""
+    """SSH_TTY exported, stty applied, then the original argv exec'd, each word quoted."""
     argv = ["/bin/sh", "-c", "echo 'it''s'; rm -rf $HOME"]
-    wrapped = with_terminal_modes("/bin/sh", argv, encode((53, 0)))
+    wrapped = program_argv(["/bin/sh"], argv, modes=encode((53, 0)), home=False)
     assert wrapped[:2] == ["/bin/sh", "-c"]
-    assert wrapped[2].startswith("stty -echo 2>/dev/null; exec /bin/sh -c ")
+    assert wrapped[2].startswith(
+        "SSH_TTY=$(tty) && export SSH_TTY; stty -echo 2>/dev/null; exec /bin/sh -c "
+    )
     assert "'echo '\"'\"'it'\"'\"''\"'\"'s'\"'\"'; rm -rf $HOME'" in wrapped[2]
 
 
-def test_no_modes_leaves_argv_alone() -> None:
-    assert with_terminal_modes("/bin/sh", ["/bin/sh", "-l"], b"\x00") == ["/bin/sh", "-l"]
+def test_no_modes_still_names_the_terminal() -> None:
+    wrapped = program_argv(["/bin/sh"], ["/bin/sh", "-l"], modes=b"\x00", home=False)
+    assert wrapped == ["/bin/sh", "-c", "SSH_TTY=$(tty) && export SSH_TTY; exec /bin/sh -l"]
+
+
+def test_home_first_rides_on_an_exec_s_own_shell() -> None:
+    """An exec command's shell does the `cd` itself; other programs go through the shell;
+    with a terminal the `cd` comes after SSH_TTY; without either, argv is left alone."""
+    shell = ["/bin/bash", "--noprofile"]
+    command = [*shell, "-c", "ls -la"]
+    assert program_argv(shell, command, modes=None, home=True) == [
+        "/bin/bash", "--noprofile", "-c", "cd ~ 2>/dev/null; ls -la"
+    ]  # fmt: skip
+    assert program_argv(shell, ["/usr/lib/sftp-server"], modes=None, home=True) == [
+        "/bin/bash", "-c", "cd ~ 2>/dev/null; exec /usr/lib/sftp-server"
+    ]  # fmt: skip
+    assert program_argv(shell, command, modes=b"", home=True)[2].startswith(
+        "SSH_TTY=$(tty) && export SSH_TTY; cd ~ 2>/dev/null; exec /bin/bash --noprofile -c "
+    )
+    assert program_argv(shell, command, modes=None, home=False) == command

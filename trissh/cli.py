@@ -47,6 +47,7 @@ operating a running server (through its [admin] socket, as its user or root):
   watch CONN:CH   show a session's terminal live, read-only (--notify tells the user)
   drain           stop gracefully: /readyz 503 at once, serve for [limits] drain_time,
                   then stop accepting and give sessions [limits] shutdown_grace
+  workspaces      list users' workspaces and home volumes; `workspaces remove [--volume] USER`
 """
 
 _ADMIN_COMMANDS = ("sessions", "kill", "watch", "drain")
@@ -64,11 +65,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=[
             "run", "doctor", "check-config", "print-default-config", "hash-password", "sshfp",
             *_ADMIN_COMMANDS,
+            "workspaces",
         ],
         default="run",
         help=argparse.SUPPRESS,
     )  # fmt: skip
-    parser.add_argument("target", nargs="?", help=argparse.SUPPRESS)
+    parser.add_argument("arguments", nargs="*", help=argparse.SUPPRESS)
+    parser.add_argument("--volume", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"trissh {__version__}")
     parser.add_argument(
         "--listen",
@@ -216,16 +219,17 @@ def admin_command(args: argparse.Namespace, settings: ServerConfig) -> int:
             file=sys.stderr,
         )
         return 2
-    return run(
-        args.command, settings.admin.socket, args.target, as_json=args.json, notify=args.notify
-    )
+    wanted = 1 if args.command in ("kill", "watch") else 0
+    if len(args.arguments) != wanted:
+        what = "one argument" if wanted else "no argument"
+        print(f"trissh {args.command}: takes {what}", file=sys.stderr)
+        return 2
+    target = args.arguments[0] if wanted else None
+    return run(args.command, settings.admin.socket, target, as_json=args.json, notify=args.notify)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.target is not None and args.command not in ("kill", "watch"):
-        parser.error(f"unexpected argument {args.target!r}")
+    args = _parser().parse_intermixed_args(argv)
     if args.command == "hash-password":
         return hash_password_command()
     if args.command == "print-default-config":
@@ -248,6 +252,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trissh.ops.doctor import run_doctor
 
         return trio.run(run_doctor, settings)
+    if args.command == "workspaces":
+        from trissh.ops.workspaces_cli import workspaces_command
+
+        words = [*args.arguments, *(["--volume"] if args.volume else [])]
+        return trio.run(workspaces_command, settings, words)
+    if args.arguments:
+        print(f"trissh {args.command}: unexpected arguments {args.arguments}", file=sys.stderr)
+        return 2
     try:
         return trio.run(run_server, settings, lambda: load_config(args.config, overrides))
     except StartupError as exc:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
+import itertools
 import json
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from trissh.auth.webhook import (
     AuthorizationRequest,
+    ConfigRefused,
     ConfigRequest,
     FileValue,
     KeyboardInteractiveRequest,
@@ -67,7 +70,7 @@ PASSWORD = "correct horse ✓"
 
 
 def client(url: str, **kw: Any) -> WebhookClient:
-    options: dict[str, Any] = {"timeout": 2.0, "retries": 2, "backoff": 0.01}
+    options: dict[str, Any] = {"timeout": 2.0, "retries": 2, "retry_interval": 0.01}
     options.update(kw)
     return WebhookClient(url, **options)
 
@@ -197,15 +200,30 @@ async def test_slow_server_times_out_per_attempt(nursery: trio.Nursery) -> None:
     assert len(server.received) == 2
 
 
-async def test_failing_server_is_retried_then_gives_up(nursery: trio.Nursery) -> None:
-    server = await start(nursery, answer((500, b"oops")))
-    start_time = trio.current_time()
-    async with client(server.url, retries=3, backoff=0.05) as hook:
+async def test_failing_server_is_retried_every_interval_until_the_auth_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    """ContainerSSH's policy: a failure is tried again every retry_interval until
+    auth_timeout has passed since the first attempt; checked on the attempts' own times,
+    so a slow machine changes how many fit, never whether the rule holds."""
+    times: list[float] = []
+
+    async def failing(_: Received) -> Answer:
+        times.append(trio.current_time())
+        return 500, b"oops"
+
+    server = await start(nursery, failing)
+    interval, limit = 0.2, 0.9
+    async with client(
+        server.url, retries=None, retry_interval=interval, auth_timeout=limit
+    ) as hook:
         with pytest.raises(WebhookError) as caught:
             await hook.pubkey(PublicKeyRequest(**INFO, public_key="ssh-ed25519 AAAA"))
-    assert str(caught.value) == f"{server.url}/pubkey: HTTP 500 (after 4 attempts)"
-    assert len(server.received) == 4
-    assert trio.current_time() - start_time >= 0.05 + 0.1 + 0.2  # exponential backoff
+    assert str(caught.value) == f"{server.url}/pubkey: HTTP 500 (after {len(times)} attempts)"
+    assert len(times) >= 3
+    assert all(b - a >= interval for a, b in itertools.pairwise(times))
+    assert times[-1] - times[0] < limit
+    assert times[-1] - times[0] + interval >= limit - 0.1  # no room was left for another
 
 
 async def test_transient_failure_then_success(nursery: trio.Nursery) -> None:
@@ -217,12 +235,17 @@ async def test_transient_failure_then_success(nursery: trio.Nursery) -> None:
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 302, 204])
-async def test_other_statuses_are_not_retried(nursery: trio.Nursery, status: int) -> None:
-    server = await start(nursery, answer((status, b"{}")))
+async def test_every_other_status_is_retried_too(nursery: trio.Nursery, status: int) -> None:
+    """As ContainerSSH: any answer but a 200 is a failure to try again."""
+    refusal = (status, b"" if status == 204 else b"{}")  # (a 204 has no body)
+    server = await start(nursery, sequence(refusal, {"success": True}))
     async with client(server.url) as hook:
-        with pytest.raises(WebhookError, match=f"/password: HTTP {status}$"):
+        assert (await hook.password(PasswordRequest(**INFO, password=PASSWORD))).success
+    assert len(server.received) == 2
+    server.handler = answer(refusal)
+    async with client(server.url, retries=1) as hook:
+        with pytest.raises(WebhookError, match=f"/password: HTTP {status} \\(after 2 attempts\\)$"):
             await hook.password(PasswordRequest(**INFO, password=PASSWORD))
-    assert len(server.received) == 1
 
 
 async def test_connection_refused_is_retried() -> None:
@@ -237,7 +260,7 @@ async def test_connection_refused_is_retried() -> None:
 async def test_errors_never_carry_the_password_or_url_credentials(nursery: trio.Nursery) -> None:
     server = await start(nursery, answer((200, b'{"success": "hunter2"}')))
     url = server.url.replace("http://", "http://user:pw@") + "?token=abc"
-    async with client(url) as hook:
+    async with client(url, retries=0) as hook:
         with pytest.raises(WebhookError) as caught:
             await hook.password(PasswordRequest(**INFO, password="hunter2"))
     message = str(caught.value)
@@ -271,7 +294,7 @@ async def test_answers_are_parsed_strictly(
         with pytest.raises(WebhookError, match="invalid answer") as caught:
             await hook.password(PasswordRequest(**INFO, password=PASSWORD))
     assert message in str(caught.value)
-    assert len(server.received) == 1
+    assert len(server.received) == 3  # retried, as ContainerSSH retries what it cannot decode
 
 
 # Abandoning an oversized chunked body leaves httpx's and httpcore's async-generator layers
@@ -280,13 +303,13 @@ async def test_answers_are_parsed_strictly(
 async def test_answer_size_is_capped(nursery: trio.Nursery) -> None:
     big = json.dumps({"success": True, "metadata": {"k": {"value": "x" * 5000}}}).encode()
     server = await start(nursery, answer((200, big)))
-    async with client(server.url, max_response_bytes=4096) as hook:
+    async with client(server.url, max_response_bytes=4096, retries=0) as hook:
         with pytest.raises(WebhookError, match="answer over 4096 bytes"):
             await hook.password(PasswordRequest(**INFO, password=PASSWORD))
     async with client(server.url, max_response_bytes=8192) as hook:
         assert (await hook.password(PasswordRequest(**INFO, password=PASSWORD))).success
     server.chunked = True  # no Content-Length: the cap applies while reading
-    async with client(server.url, max_response_bytes=4096) as hook:
+    async with client(server.url, max_response_bytes=4096, retries=0) as hook:
         with pytest.raises(WebhookError, match="answer over 4096 bytes"):
             await hook.password(PasswordRequest(**INFO, password=PASSWORD))
         server.handler = answer({"success": True})
@@ -320,6 +343,7 @@ async def test_outer_cancellation_is_prompt(nursery: trio.Nursery) -> None:
         {"url": "ftp://example.com"},
         {"url": "http://"},
         {"timeout": 0},
+        {"auth_timeout": 0},
         {"retries": -1},
         {"client_key": "/k.pem"},
         {"ca_file": "/nonexistent/ca.pem"},
@@ -451,11 +475,11 @@ async def test_tls_server_not_signed_by_the_configured_ca(nursery: trio.Nursery,
     server = await start(
         nursery, answer({"success": True}), pki.server_context(require_client=False)
     )
-    async with client(server.url, ca_file=str(pki.other_ca)) as hook:
+    async with client(server.url, ca_file=str(pki.other_ca), retries=1) as hook:
         with pytest.raises(WebhookError, match=r"TLS: ConnectError.*certificate verify failed"):
             await hook.password(PasswordRequest(**INFO, password=PASSWORD))
     assert server.received == []
-    assert server.connections == 1  # a verification failure is not retried
+    assert server.connections == 2  # retried like any failure (ContainerSSH's policy)
 
 
 async def test_tls_server_requires_a_client_certificate(nursery: trio.Nursery, pki: Pki) -> None:
@@ -560,38 +584,38 @@ async def test_keyboard_interactive_round_limit(nursery: trio.Nursery) -> None:
 CONTAINERSSH_CONFIG = {
     "backend": "docker",
     "docker": {
+        "connection": {"host": "unix:///var/run/docker.sock"},
         "execution": {
             "container": {
                 "image": "registry.example.com/dev:1.2",
-                "env": ["LANG=C.UTF-8", "EMPTY=", "UNSET"],
+                "env": ["LANG=C.UTF-8", "EMPTY="],
                 "user": "1000:1000",
                 "workingdir": "/work",
-                "labels": {"team": "ops", "trissh.user": "forged"},
-                "cmd": None,
+                "labels": {"team": "ops"},
+                "cmd": ["/bin/sleep", "infinity"],
                 "tty": False,
-                "hostname": "devbox",
             },
             "host": {
-                "binds": ["/srv/home/alice:/home/alice", "/srv/data:/data:ro,Z", "cache:/cache"],
+                "binds": ["/srv/home/alice:/home/alice", "/srv/data:/data:ro"],
                 "networkmode": "pasta",
                 "memory": 512 * 1024 * 1024,
                 "cpushares": 512,
                 "pidslimit": 128,
                 "readonlyrootfs": True,
-                "tmpfs": {"/run": "rw"},
-                "NanoCpus": 1_500_000_000,
             },
             "mode": "session",
+            "imagePullPolicy": "Never",
             "shellCommand": ["/bin/bash", "-l"],
             "subsystems": {"sftp": "/usr/libexec/sftp-server"},
         },
-        "timeouts": {"containerStart": "30s"},
+        "timeouts": {"containerStart": 30_000_000_000, "containerStop": "10s"},
     },
-    "security": {"forwarding": {"reverseForwardingMode": "disable"}},
 }
 
 
 async def test_config_server_override(nursery: trio.Nursery) -> None:
+    """What maps is applied; ContainerSSH's plumbing (how it reaches Docker, its mode, the
+    container's idle command, timeouts trissh has no use for) is noted."""
     server = await start(
         nursery,
         answer(
@@ -625,22 +649,62 @@ async def test_config_server_override(nursery: trio.Nursery) -> None:
         "cpu_shares": 512,
         "pids_limit": 128,
         "read_only": True,
+        "pull_policy": "never",
+        "start_timeout": 30.0,
         "shell": ("/bin/bash", "-l"),
         "sftp_server": "/usr/libexec/sftp-server",
     }
+    plumbing = "ContainerSSH's own plumbing, not needed by trissh"
     assert set(result.ignored) == {
-        "docker.execution.container.env: 'UNSET' has no value, ignored",
-        "docker.execution.container.labels.trissh.user: reserved, ignored",
-        "docker.execution.host.binds: options ['Z'] of '/srv/data:/data:ro,Z' ignored",
-        "docker.execution.host.binds: 'cache:/cache' is not HOST:CONTAINER, ignored",
-        "docker.execution.container.hostname: not supported by trissh, ignored",
-        "docker.execution.host.tmpfs: not supported by trissh, ignored",
-        "docker.execution.host.NanoCpus: not supported by trissh, ignored",
-        "docker.execution.mode: not supported by trissh, ignored",
-        "docker.timeouts: not supported by trissh, ignored",
-        "security: not supported by trissh, ignored",
+        f"docker.connection: {plumbing}",
+        f"docker.execution.container.cmd: {plumbing}",
+        f"docker.execution.mode: {plumbing}",
+        f"docker.timeouts.containerStop: {plumbing}",
     }
     assert result.metadata.metadata == {"tier": Value("gold")}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"container": {"hostname": "devbox"}}, "docker.execution.container.hostname"),
+        ({"container": {"env": ["UNSET"]}}, "docker.execution.container.env"),
+        ({"container": {"labels": {"trissh.user": "x"}}}, "docker.execution.container.labels"),
+        ({"host": {"tmpfs": {"/run": "rw"}}}, "docker.execution.host.tmpfs"),
+        ({"host": {"NanoCpus": 1_500_000_000}}, "docker.execution.host.NanoCpus"),
+        ({"host": {"CapAdd": ["NET_ADMIN"]}}, "docker.execution.host.CapAdd"),
+        ({"host": {"binds": ["cache:/cache"]}}, "docker.execution.host.binds"),
+        ({"host": {"binds": ["/a:/b:ro,Z"]}}, "docker.execution.host.binds"),
+        ({"host": {"networkmode": "bridge"}}, "docker.execution.host.networkmode"),
+        ({"host": {"pidslimit": -1}}, "docker.execution.host.pidslimit"),
+        (
+            {"host": {"mounts": [{"Type": "volume", "Target": "/x"}]}},
+            "docker.execution.host.mounts",
+        ),
+        ({"subsystems": {"netconf": "/usr/bin/netconf"}}, "docker.execution.subsystems.netconf"),
+    ],
+)
+def test_what_trissh_cannot_apply_is_refused_naming_the_field(
+    change: dict[str, Any], field: str
+) -> None:
+    execution: dict[str, Any] = {"container": {"image": "x"}}
+    for key, value in change.items():
+        execution[key] = {**execution.get(key, {}), **value}
+    with pytest.raises(ConfigRefused, match=f"^config\\.{re.escape(field)}"):
+        container_overrides({"docker": {"execution": execution}})
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"backend": "kubernetes"}, "config.backend"),
+        ({"security": {"forwarding": {"reverseForwardingMode": "disable"}}}, "config.security"),
+        ({"docker": {"execution": {"imagePullPolicy": "Sometimes"}}}, "imagePullPolicy"),
+    ],
+)
+def test_outside_the_container_too(config: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigRefused, match=re.escape(field)):
+        container_overrides(config)
 
 
 async def test_config_server_wrong_types_are_errors(nursery: trio.Nursery) -> None:
@@ -659,37 +723,20 @@ async def test_config_server_wrong_types_are_errors(nursery: trio.Nursery) -> No
 
 def test_config_mapping_details() -> None:
     # Go matches field names case-insensitively; YAML-style host.resources.* works too.
-    mapped, ignored = container_overrides(
+    mapped, ignored, expose = container_overrides(
         {
             "Docker": {
                 "Execution": {
                     "Container": {"Image": "a", "NetworkDisabled": True},
-                    "Host": {
-                        "NetworkMode": "bridge",
-                        "resources": {"memory": 100 * 1024 * 1024 + 1, "pidslimit": -1},
-                    },
-                }
+                    "Host": {"resources": {"memory": 100 * 1024 * 1024 + 1}},
+                    "exposeAuthMetadataAsEnv": True,
+                },
+                "Timeouts": {"ContainerStart": "1.5m"},
             }
         }
     )
-    assert mapped == {"image": "a", "network": "none", "memory_limit_mb": 100}
-    assert set(ignored) == {
-        "docker.execution.host.networkmode: 'bridge' is not supported, ignored",
-        "docker.execution.host.pidslimit: unlimited is not supported, ignored",
-    }
-    assert container_overrides({}) == ({}, ())
-    assert container_overrides({"backend": "kubernetes", "kubernetes": {"pod": {"x": 1}}})[1] == (
-        "backend: 'kubernetes' is not supported, only docker settings map",
-        "kubernetes: not supported by trissh, ignored",
-    )
-    for bad in (
-        {"docker": {"execution": {"host": {"memory": "1g"}}}},
-        {"docker": {"execution": {"host": {"cpushares": True}}}},
-        {"docker": {"execution": {"container": {"env": "A=B"}}}},
-        {"docker": {"execution": {"container": {"labels": {"a": 1}}}}},
-    ):
-        with pytest.raises(ValueError):  # noqa: PT011
-            container_overrides(bad)
+    assert mapped == {"image": "a", "network": "none", "memory_limit_mb": 100, "start_timeout": 90}
+    assert (ignored, expose) == ((), True)
 
 
 def test_metadata_merge_newer_wins() -> None:

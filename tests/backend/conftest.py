@@ -19,7 +19,7 @@ from trissh.backend import Backend, ContainerSettings, Observe
 from trissh.backend.base import LABEL_INSTANCE
 from trissh.backend.memory import MemoryBackend
 
-pytest.register_assert_rewrite(f"{__package__}.conformance")
+pytest.register_assert_rewrite(f"{__package__}.conformance", f"{__package__}.conformance_keeping")
 
 from ..support import missing  # noqa: E402
 from .conformance import Harness  # noqa: E402

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from podman import PodmanClient
+from podman.errors import ImageNotFound
 
-from trissh.backend.base import LABEL_INSTANCE
+from trissh.backend.base import LABEL_INSTANCE, LABEL_WORKSPACE
 from trissh.backend.podman import PodmanBackend
 from trissh.config import ServerConfig
+from trissh.ops.workspaces_cli import remove_workspace
 
 from ..support import RunningServer, make_context, missing, start_server
+
+#: Built by scripts/setup-host.sh (scripts/build-image.sh import-debian).
+DEBIAN_IMAGE = "localhost/trissh-debian:latest"
 
 DEFAULT_PODMAN_URL = "unix:///run/trissh-podman/podman.sock"
 
@@ -92,3 +99,75 @@ def podman_backend(url: str) -> PodmanBackend:
         direct_stdio=settings.direct_stdio,
         exec_agent=settings.exec_agent,
     )
+
+
+@pytest.fixture(scope="session")
+def debian_image(podman_url: str) -> str:
+    """The image setup-host.sh builds (docs/testing.md: missing fails under CI)."""
+    try:
+        PodmanClient(base_url=podman_url).images.get(DEBIAN_IMAGE)
+    except ImageNotFound:
+        missing(DEBIAN_IMAGE, "run scripts/setup-host.sh as root (it builds it with mmdebstrap)")
+    return DEBIAN_IMAGE
+
+
+ServerFactory = Callable[..., Awaitable[RunningServer]]
+
+
+def podman_workspaces(url: str, user: str) -> list[str]:
+    """Ids of ``user``'s workspace containers, asked of podman directly."""
+    with PodmanClient(base_url=url) as client:
+        found = client.containers.list(all=True, filters={"label": f"{LABEL_WORKSPACE}={user}"})
+        return [str(container.id) for container in found]
+
+
+async def workspaces_of(url: str, user: str) -> list[str]:
+    return await trio.to_thread.run_sync(podman_workspaces, url, user)
+
+
+@pytest.fixture
+def users() -> list[str]:
+    """Fresh user names per test, so leftovers of an earlier run never meet this one."""
+    tag = uuid.uuid4().hex[:6]
+    return [f"wsa{tag}", f"wsb{tag}"]
+
+
+@pytest.fixture
+async def make_server(
+    nursery: trio.Nursery,
+    podman_url: str,
+    authorized_keys: Path,
+    tmp_path: Path,
+    debian_image: str,
+    users: list[str],
+) -> AsyncIterator[ServerFactory]:
+    """trissh in workspace mode on the Debian image (bash, git, rsync, tmux), one state file
+    per test; every workspace and home volume of the test's users is gone afterwards."""
+    started: list[RunningServer] = []
+
+    async def make(**overrides: Any) -> RunningServer:
+        settings = {
+            "container.image": debian_image,
+            "container.shell": ["/bin/bash"],
+            "session.execution_mode": "workspace",
+            "session.workspace_ttl": 120,
+            "session.accept_env": ["LANG", "LC_*", "GIT_PROTOCOL"],
+            "workspaces.state_file": str(tmp_path / "workspaces.json"),
+            "workspaces.on_shutdown": "remove",
+            **overrides,
+        }
+        backend = podman_backend(podman_url)
+        ctx = make_context(backend, authorized_keys, tmp_path / "host_key", **settings)
+        server = await start_server(nursery, ctx)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        if not server.done.is_set():
+            await server.stop()
+    backend = podman_backend(podman_url)
+    for user in users:
+        await remove_workspace(backend, user, volume=True)
+        assert await workspaces_of(podman_url, user) == []
+    backend.close()

@@ -81,11 +81,12 @@ async def test_a_user_s_settings_shape_their_container(
 async def test_other_users_get_the_defaults(
     configured_server: RunningServer, client_key: ClientKey
 ) -> None:
-    """bob has no [users.bob]: root in the container, no volume, a writable root."""
+    """bob has no [users.bob]: root in the container, starting in root's home (as sshd
+    starts programs in the home directory), no volume, a writable root."""
     result = await run_ssh(configured_server.port, client_key.path, PROBE, user="bob")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().split("\n")
-    assert lines[:5] == ["0", "/", "", "root-writable", "tmp-writable"], lines
+    assert lines[:5] == ["0", "/root", "", "root-writable", "tmp-writable"], lines
     assert "from the host" not in lines
 
 

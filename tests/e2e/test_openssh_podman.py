@@ -151,5 +151,8 @@ async def test_missing_image_fails_with_a_clear_message(
     server = await start_server(nursery, ctx)
     result = await run_ssh(server.port, client_key.path, "true")
     assert result.returncode == 255
-    assert result.stderr == b"trissh: container image 'localhost/does-not-exist:1' not found\n"
+    assert result.stderr == (
+        b"trissh: container image 'localhost/does-not-exist:1' not found"
+        b" (localhost/ images are never pulled)\n"
+    )
     await server.stop()

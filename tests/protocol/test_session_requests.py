@@ -25,8 +25,9 @@ def pty(pair: ConnectionPair, cid: ChannelId) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "PATH", "BASH_ENV", "PYTHONPATH"]
-)
+    "name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "PATH", "BASH_ENV", "PYTHONPATH", "GIT_DIR",
+             "GIT_SSH_COMMAND", "GIT_PROTOCOLX"]
+)  # fmt: skip
 def test_dangerous_env_is_refused_even_when_everything_is_allowed(name: str) -> None:
     """accept_env = ("*",) still never lets a client set how programs load or start."""
     pair, cid = session(accept_env=("*",))
@@ -45,6 +46,27 @@ def test_dangerous_env_is_refused_even_when_everything_is_allowed(name: str) -> 
         conn.ChannelFailure(recipient_channel=PEER),
         conn.ChannelSuccess(recipient_channel=PEER),
     ]
+
+
+@pytest.mark.parametrize(("accept", "accepted"), [(("GIT_PROTOCOL",), True), (("*",), True),
+                                                  (("LANG",), False)])  # fmt: skip
+def test_git_protocol_passes_the_guard_when_accept_env_lists_it(
+    accept: tuple[str, ...], accepted: bool
+) -> None:
+    """git's protocol v2 (``GIT_PROTOCOL=version=2``) is the one GIT_* name the guard lets
+    through, and only as any other name: when accept_env matches it."""
+    pair, cid = session(accept_env=accept)
+    data = EnvData(name="GIT_PROTOCOL", value="version=2").encode()
+    pair.client.channel_request(cid, "env", data)
+    pair.client.channel_request(
+        cid, "exec", conn.ExecData(command="git-upload-pack x").encode(), want_reply=False
+    )
+    *refusals, event = pair.transfer()
+    assert isinstance(event, SessionRequested)
+    assert event.env == ({"GIT_PROTOCOL": "version=2"} if accepted else {})
+    assert [r.reason for r in refusals if isinstance(r, RequestRefused)] == (
+        [] if accepted else ["GIT_PROTOCOL is not in accept_env"]
+    )
 
 
 def test_break_on_a_pty_session_is_an_interrupt() -> None:

@@ -60,6 +60,31 @@ def test_none_lists_publickey_and_the_first_probe_is_free() -> None:
     assert pair.client.take_all() == [FAILURE, FAILURE]
 
 
+def test_the_banner_comes_once_before_the_first_answer() -> None:
+    """RFC 4252 §5.4: USERAUTH_BANNER (message, empty language tag) precedes the answer to
+    the first request and is never sent again; bytes checked after the transport."""
+    pair = keyed_pair(banner="Authorized use only.\r\nSecond line ✓\r\n")
+    pair.client.auth_none()
+    pair.transfer()
+    pair.client.auth_none()
+    pair.transfer()
+    banner = ua.UserauthBanner(message="Authorized use only.\r\nSecond line ✓\r\n")
+    assert pair.client.take_all() == [banner, FAILURE, FAILURE]
+    assert banner.encode() == (
+        bytes([53]) + len("Authorized use only.\r\nSecond line ✓\r\n".encode()).to_bytes(4, "big")
+        + "Authorized use only.\r\nSecond line ✓\r\n".encode() + b"\x00\x00\x00\x00"
+    )  # fmt: skip
+
+
+def test_no_banner_when_none_is_configured() -> None:
+    pair = keyed_pair()
+    pair.client.auth_publickey(sign=False)
+    pair.transfer()
+    pair.server.reject_auth("no")
+    pair.transfer()
+    assert all(not isinstance(m, ua.UserauthBanner) for m in pair.client.take_all())
+
+
 def test_query_gets_pk_ok_only_after_accept() -> None:
     """A query is a decision: nothing is sent until accept_auth() sends PK_OK."""
     pair = keyed_pair()

@@ -29,7 +29,7 @@ import trio
 from trissh.auth.gssapi import GssExchange, GssFailure, Kerberos
 from trissh.auth.names import escaped
 from trissh.auth.passwords import verify_password
-from trissh.auth.policy import AuthPolicy, Decision, Grant, LoginRequest, Prompts
+from trissh.auth.policy import AuthPolicy, Decision, Grant, LoginRequest, Prompts, metadata_grant
 from trissh.auth.webhook import Metadata
 from trissh.protocol import (
     AuthDecisionRequested,
@@ -226,7 +226,17 @@ class LoginConversation:
         )
         if not finish.ok:
             return finish
-        return dataclasses.replace(decision, grant=decision.grant.merged(finish.grant))
+        renamed = finish.grant.username
+        if renamed and (problem := self._policy.user_names.problem(renamed)):
+            log.info("user_name_refused", user=escaped(renamed), reason=problem, source="webhook")
+            return Decision(False, f"the auth webhook's {NAME_REFUSED}")
+        # Every answer's metadata, merged in order (authentication, /authz, the
+        # configuration server): its environment and files reach the programs.
+        if finish.metadata is not None:
+            self.metadata = self.metadata.merged(finish.metadata)
+        webhooks = metadata_grant(self.metadata, expose_metadata=finish.expose_metadata)
+        grant = decision.grant.merged(finish.grant).merged(webhooks)
+        return dataclasses.replace(decision, grant=grant)
 
     def confirmed(self, event: AuthPartiallySucceeded | Authenticated) -> None:
         """The core confirmed ``event.method`` (its proof checked): the chain advances."""
@@ -249,7 +259,7 @@ async def _kerberos_decision(
     section = kerberos.section
     if section.delegate_credentials and (ccache := await exchange.delegated_ccache()):
         path = f"{section.ccache_directory.rstrip('/')}/krb5cc_trissh_{request.conn_id}"
-        grant = Grant(environment={"KRB5CCNAME": f"FILE:{path}"}, files={path: ccache})
+        grant = Grant(environment={"KRB5CCNAME": f"FILE:{path}"}, secret_files={path: ccache})
         fields["delegated_credentials"] = path
     return Decision(True, grant=grant, log=fields)
 

@@ -35,6 +35,7 @@ from trissh.auth.user_keys import UserKeyStore
 from trissh.auth.webhook import (
     AuthorizationRequest,
     AuthResponse,
+    ConfigRefused,
     ConfigRequest,
     KeyboardInteractiveRequest,
     KeyboardInteractiveResponse,
@@ -77,9 +78,12 @@ class Grant:
     #: list (they narrow ``[forwarding]``, never widen it).
     permit_open: tuple[tuple[str, ...], ...] = ()
     permit_listen: tuple[tuple[str, ...], ...] = ()
-    #: Files to write into the container before its first program (path -> content;
-    #: a delegated Kerberos ccache). Secret: never in a repr or a log.
+    #: Files webhooks asked for (absolute path -> content), placed in the container before
+    #: the login's first program runs (as ContainerSSH: readable by the container's users).
     files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    #: Secret files (a delegated Kerberos ccache): written as the container's user, mode
+    #: 0600. Never in a repr or a log.
+    secret_files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     #: Where the user's own keys are, when they may manage them (RFC 4819 subsystem).
     user_keys: UserKeyStore | None = None
 
@@ -96,8 +100,19 @@ class Grant:
             permit_open=self.permit_open + other.permit_open,
             permit_listen=self.permit_listen + other.permit_listen,
             files={**self.files, **other.files},
+            secret_files={**self.secret_files, **other.secret_files},
             user_keys=other.user_keys or self.user_keys,
         )
+
+
+def metadata_grant(metadata: Metadata, *, expose_metadata: bool = False) -> Grant:
+    """What a login's webhook metadata (every answer's, merged in ContainerSSH's order)
+    gives its programs: the ``environment`` (with ``exposeAuthMetadataAsEnv``, the
+    ``metadata`` entries first, under it) and the ``files``."""
+    exposed = {k: v.value for k, v in metadata.metadata.items()} if expose_metadata else {}
+    environment = {**exposed, **{k: v.value for k, v in metadata.environment.items()}}
+    files = {path: value.value for path, value in metadata.files.items()}
+    return Grant(environment=environment, files=files)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +128,16 @@ class Decision:
     #: ``no-touch-required`` allows otherwise) and, with ``verify-required``, verification.
     touch_required: bool = True
     verify_required: bool = False
+    #: The configuration server's ``exposeAuthMetadataAsEnv``.
+    expose_metadata: bool = False
 
 
 def _webhook_decision(response: AuthResponse | KeyboardInteractiveResponse, what: str) -> Decision:
-    """A webhook's answer as a decision; its environment reaches the sessions."""
+    """A webhook's answer as a decision; its metadata joins the login's (whose environment
+    and files reach the sessions once the login completes: ``metadata_grant``)."""
     if not response.success:
         return Decision(False, f"{what} rejected by the auth webhook")
-    environment = {name: value.value for name, value in response.metadata.environment.items()}
-    grant = Grant(environment=environment, username=response.authenticated_username)
+    grant = Grant(username=response.authenticated_username)
     return Decision(True, grant=grant, log={"via": "webhook"}, metadata=response.metadata)
 
 
@@ -468,30 +485,47 @@ class AuthPolicy:
         return _webhook_decision(answer, "answers")
 
     async def finish(self, request: LoginRequest, grant: Grant) -> Decision:
-        """The chain is complete: ``/authz`` and the configuration server, if configured;
-        the user's own key store, if they may manage it."""
+        """The chain is complete: ``/authz`` and the configuration server, if configured,
+        in that order (as ContainerSSH: the configuration server gets what ``/authz``
+        returned in its metadata); the user's own key store, if they may manage it. The
+        decision's metadata is what both webhooks returned."""
         username = grant.username or request.username
+        gathered = Metadata()
         if self._webhook is not None and self._webhook_authz:
             response = await self._webhook.authz(
                 AuthorizationRequest(authenticated_username=username, **request.connection())
             )
             if not response.success:
                 return Decision(False, "not authorized by the auth webhook")
+            username = response.authenticated_username or username
+            gathered = response.metadata
+            request = dataclasses.replace(request, metadata=request.metadata.merged(gathered))
         user = self._users.get(username)
         own_keys = self.user_keys if user is not None and user.own_keys else None
         if self._config_webhook is None:
-            return Decision(True, grant=Grant(user_keys=own_keys))
-        config = await self._config_webhook.config(
-            ConfigRequest(authenticated_username=username, **request.connection())
-        )
+            grant = Grant(username=username, user_keys=own_keys)
+            return Decision(True, grant=grant, metadata=gathered)
+        try:
+            config = await self._config_webhook.config(
+                ConfigRequest(authenticated_username=username, **request.connection())
+            )
+        except ConfigRefused as exc:
+            log.error("config_webhook_rejected", error=str(exc))
+            return Decision(False, "the configuration server asked for what trissh cannot do")
         for note in config.ignored:
-            log.warning("config_webhook_field_ignored", note=note)
+            log.info("config_webhook_field_ignored", note=note)
         try:
             self._settings.with_container_overrides(username, config.container)
         except ValueError as exc:
             log.error("config_webhook_rejected", error=str(exc))
             return Decision(False, "the configuration server sent invalid settings")
-        return Decision(True, grant=Grant(container=config.container, user_keys=own_keys))
+        grant = Grant(username=username, container=config.container, user_keys=own_keys)
+        return Decision(
+            True,
+            grant=grant,
+            metadata=gathered.merged(config.metadata),
+            expose_metadata=config.expose_metadata,
+        )
 
     def prompts(
         self, request: LoginRequest | None, passed: Sequence[str]
@@ -551,6 +585,8 @@ def _client(section: WebhookSection | None) -> WebhookClient | None:
         section.url,
         timeout=section.timeout,
         retries=section.retries,
+        auth_timeout=section.auth_timeout,
+        retry_interval=section.retry_interval,
         ca_file=str(section.ca_file) if section.ca_file else None,
         client_cert=str(section.client_cert) if section.client_cert else None,
         client_key=str(section.client_key) if section.client_key else None,

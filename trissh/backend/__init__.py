@@ -11,6 +11,8 @@ from trissh.backend.base import (
     Backend,
     ContainerSettings,
     ExitStatus,
+    FoundSandbox,
+    FoundVolume,
     HealthCheck,
     LaunchPath,
     Observe,
@@ -30,6 +32,7 @@ from trissh.backend.errors import (
     ForwardError,
     ForwardReason,
     ImageNotFound,
+    ImagePullFailed,
 )
 
 __all__ = [
@@ -41,8 +44,11 @@ __all__ = [
     "ExitStatus",
     "ForwardError",
     "ForwardReason",
+    "FoundSandbox",
+    "FoundVolume",
     "HealthCheck",
     "ImageNotFound",
+    "ImagePullFailed",
     "LaunchPath",
     "Observe",
     "Process",

@@ -9,8 +9,10 @@ from trissh.backend.base import (
     LABEL_CONN_ID,
     LABEL_INSTANCE,
     LABEL_POOL,
+    LABEL_RECIPE,
     LABEL_REMOTE,
     LABEL_USER,
+    LABEL_WORKSPACE,
     ProcessSpec,
     SandboxSpec,
 )
@@ -27,6 +29,7 @@ def sandbox_labels(spec: SandboxSpec) -> dict[str, str]:
         LABEL_REMOTE: spec.remote,
         LABEL_INSTANCE: spec.instance,
         **({LABEL_POOL: "true"} if spec.pooled else {}),
+        **({LABEL_WORKSPACE: spec.workspace, LABEL_RECIPE: spec.recipe} if spec.workspace else {}),
     }
 
 

@@ -21,6 +21,14 @@ Sockets for forwarding are made *inside* the sandbox (``Sandbox.connect`` and
 ``Sandbox.listen``): in its network namespace, so ``localhost`` is the container's loopback
 and never the host's, and a unix socket path is in the container's filesystem. What a
 sandbox can reach is what a program in it can reach.
+
+A third owner is the server's workspace registry (``workspace`` mode,
+:mod:`trissh.server.workspaces`): one sandbox per user, kept between connections. For it a
+sandbox may be *kept* (``Sandbox.keep``: leaving the context leaves the container running,
+for the next server process), found again by its labels (``find_sandboxes``) and
+*adopted* (``adopt_sandbox``: the same context contract as ``open_sandbox``); its home
+directory can be a named volume that outlives it (``create_volume``, ``find_volumes``,
+``remove_volume``). ``sweep`` leaves workspaces to that registry.
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ LABEL_REMOTE = "trissh.remote"
 LABEL_INSTANCE = "trissh.instance"
 #: On containers started ahead of any login (the warm pool), in place of a user.
 LABEL_POOL = "trissh.pool"
+#: On a workspace's container: whose it is, and a hash of the settings it was made with.
+LABEL_WORKSPACE = "trissh.workspace"
+LABEL_RECIPE = "trissh.workspace-recipe"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,11 +88,13 @@ class PtySpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Volume:
-    """A host directory bind-mounted into the container."""
+    """A host directory bind-mounted into the container, or (``named``) a volume of the
+    container service by that name (created if missing)."""
 
     source: str
     destination: str
     read_only: bool = True
+    named: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +102,9 @@ class ContainerSettings:
     """How a sandbox's container is built. Hardened by default; callers may loosen."""
 
     image: str = DEFAULT_IMAGE
+    #: ``always``, ``if-not-present`` or ``never``: whether ``open_sandbox`` pulls the image
+    #: first (a ``localhost/`` image names local storage and is never pulled).
+    pull_policy: str = "if-not-present"
     #: ``none`` by default: no network unless the operator says otherwise.
     network: str = "none"
     #: Processes (threads included): the pids controller where cgroups delegate it, and
@@ -129,6 +145,33 @@ class SandboxSpec:
     settings: ContainerSettings = field(default_factory=ContainerSettings)
     #: Started ahead of any login for the warm pool: no user or remote yet.
     pooled: bool = False
+    #: A workspace's container: this user's (label ``trissh.workspace``), never a pooled one.
+    workspace: str | None = None
+    #: A hash of the settings a workspace was made with (label ``trissh.workspace-recipe``).
+    recipe: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FoundSandbox:
+    """A container found by its labels (``Backend.find_sandboxes``)."""
+
+    container_id: str
+    labels: Mapping[str, str]
+    running: bool
+    #: Seconds since the epoch.
+    created: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FoundVolume:
+    """A named volume found by its labels (``Backend.find_volumes``)."""
+
+    name: str
+    labels: Mapping[str, str]
+    #: Seconds since the epoch.
+    created: float = 0.0
+    #: Containers (of any state) that mount it.
+    in_use: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -284,6 +327,19 @@ class Sandbox(Protocol):
                 ``unknown_host``; ``unsupported``).
         """
 
+    def keep(self) -> None:
+        """Leaving the sandbox's context will leave its container running (its programs
+        started through trissh are still ended): a workspace kept across a restart."""
+
+    async def put_files(self, files: Mapping[str, bytes]) -> None:
+        """Write files (absolute path -> content, mode 0644, owned by the container's root)
+        into the container, creating missing parent directories; existing files are
+        replaced.
+
+        Raises:
+            BackendError: a path is not absolute, or the container refused the write.
+        """
+
 
 class Backend(Protocol):
     """Creates sandboxes. One instance serves the whole server.
@@ -304,7 +360,8 @@ class Backend(Protocol):
         """Create and start a container; leaving the context removes it (bounded, shielded).
 
         Raises:
-            ImageNotFound: the configured image does not exist.
+            ImageNotFound: the image does not exist (and the pull policy does not pull it).
+            ImagePullFailed: the pull policy asked for a pull, and it failed.
             BackendUnavailable: the container service cannot be reached.
             BackendError: anything else that stopped the container from starting.
         """
@@ -324,7 +381,42 @@ class Backend(Protocol):
         """
 
     async def sweep(self, *, keep_instance: str) -> int:
-        """Remove containers left by other (crashed) trissh instances; return how many."""
+        """Remove containers left by other (crashed) trissh instances; return how many.
+        Workspaces (label ``trissh.workspace``) are left to the workspace registry."""
+
+    async def find_sandboxes(self, labels: Mapping[str, str | None]) -> list[FoundSandbox]:
+        """This backend's containers carrying ``labels`` (a ``None`` value: the key only).
+
+        Raises:
+            BackendUnavailable: the container service cannot be reached.
+        """
+
+    def adopt_sandbox(
+        self, found: FoundSandbox, spec: SandboxSpec
+    ) -> AbstractAsyncContextManager[Sandbox]:
+        """Take over a running container an earlier trissh process kept; leaving the
+        context removes it (unless kept), as with ``open_sandbox``.
+
+        Raises:
+            BackendError: it is gone or not running.
+        """
+
+    async def remove_sandbox(self, container_id: str) -> bool:
+        """Remove a container nobody holds (an operator's order, a stale workspace);
+        False if it was already gone."""
+
+    async def create_volume(self, name: str, labels: Mapping[str, str]) -> None:
+        """Create a named volume unless it exists (then its labels are left as they are)."""
+
+    async def find_volumes(self, labels: Mapping[str, str | None]) -> list[FoundVolume]:
+        """This backend's named volumes carrying ``labels``."""
+
+    async def remove_volume(self, name: str) -> bool:
+        """Remove a named volume no container uses; False if it was already gone.
+
+        Raises:
+            BackendError: a container still uses it, or the service failed.
+        """
 
     async def health(self, settings: ContainerSettings) -> list[HealthCheck]:
         """Check the service, runtime, containment and image of containers built from

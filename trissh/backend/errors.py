@@ -16,8 +16,16 @@ class BackendUnavailable(BackendError):
 class ImageNotFound(BackendError):
     """The configured image does not exist locally."""
 
-    def __init__(self, image: str) -> None:
-        super().__init__(f"container image {image!r} not found")
+    def __init__(self, image: str, why: str = "") -> None:
+        super().__init__(f"container image {image!r} not found{f' ({why})' if why else ''}")
+        self.image = image
+
+
+class ImagePullFailed(BackendError):
+    """The image had to be pulled, and the registry did not give it."""
+
+    def __init__(self, image: str, reason: str) -> None:
+        super().__init__(f"container image {image!r} could not be pulled: {reason}")
         self.image = image
 
 

@@ -26,8 +26,19 @@ BackendFactory = Callable[["ServerConfig", Observe | None], Backend]
 
 def _podman(settings: ServerConfig, observe: Observe | None) -> Backend:
     from trissh.backend.podman import PodmanBackend
+    from trissh.backend.podman.images import Registry
 
     section = settings.podman
+    registries = {}
+    for host, registry in section.registries.items():
+        try:
+            credentials = registry.credentials()
+        except OSError as exc:
+            raise ValueError(f"podman.registries.{host}.password_file: {exc.strerror}") from None
+        username, password = credentials or (None, None)
+        registries[host] = Registry(
+            username=username, password=password, insecure=registry.insecure
+        )
     return PodmanBackend(
         settings.podman_url(),
         limiter_capacity=section.max_concurrent_calls,
@@ -37,6 +48,7 @@ def _podman(settings: ServerConfig, observe: Observe | None) -> Backend:
         direct_stdio=section.direct_stdio,
         exec_agent=section.exec_agent,
         stdio_dir=section.stdio_dir,
+        registries=registries,
     )
 
 

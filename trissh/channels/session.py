@@ -40,8 +40,8 @@ from trissh.admin.live import LiveSession, LiveSessions
 from trissh.auth.policy import Grant
 from trissh.backend import BackendError, ExitStatus, Process, ProcessSpec, PtySpec, Sandbox
 from trissh.backend import TerminalSize as BackendTerminalSize
+from trissh.channels.environment import program_argv, session_environment
 from trissh.channels.files import ContainerFiles
-from trissh.channels.termmodes import with_terminal_modes
 from trissh.config import ContainerSection, SessionSection, subsystem_command
 from trissh.connection.channel import ChannelHandle, ChannelStream
 from trissh.connection.sandboxes import SandboxSource
@@ -101,10 +101,17 @@ class SessionContext:
     agent_socket: Callable[[], Awaitable[str | None]] | None = None
     #: Where the connection's live recordings are listed for markers.
     marks: RecordingMarks | None = None
-    #: Which containers have the login's files (``grant.files``) already.
+    #: Which containers have the login's secret files (``grant.secret_files``) already.
     container_files: ContainerFiles = field(default_factory=ContainerFiles)
     #: The connection's sessions as operators see them (``trissh sessions``, ``watch``).
     live: LiveSessions | None = None
+    #: The client's and the server's ``HOST:PORT`` (``SSH_CONNECTION``).
+    remote: str = ""
+    local: str = ""
+    #: ``HOME`` when trissh decides it (a workspace's home volume); else the container's.
+    home: str | None = None
+    #: Containers this login's webhook files went into (set once written), by id.
+    files_placed: dict[str, trio.Event] = field(default_factory=dict)
 
 
 def _backend_size(size: TerminalSize) -> BackendTerminalSize:
@@ -129,11 +136,10 @@ def build_process_spec(
     container = ctx.container
     shell = list(container.shell)
     grant = ctx.grant
-    env = {**request.env, **grant.environment, **(extra_env or {})}
+    original = None
     if grant.forced_command is not None:
         # As sshd's command=: whatever was asked runs the forced command instead.
-        if request.command is not None:
-            env["SSH_ORIGINAL_COMMAND"] = request.command
+        original = request.command
         argv = [*shell, "-c", grant.forced_command]
     elif request.kind is SessionKind.SHELL:
         argv = [*shell, "-l"]
@@ -144,13 +150,26 @@ def build_process_spec(
         argv = subsystem
     else:  # refused earlier by the session handler; kept for a direct caller
         raise SessionRefused(f"subsystem {request.subsystem!r} is not available")
+    env = session_environment(
+        username=ctx.username,
+        shell=shell[0],
+        home=ctx.home,
+        client=request.env,
+        granted=grant.environment,
+        remote=ctx.remote,
+        local=ctx.local,
+        original_command=original,
+    )
+    env.update(extra_env or {})
     pty = None
     if request.pty is not None:
         env["TERM"] = request.pty.term
-        argv = with_terminal_modes(shell[0], argv, request.pty.modes)
         pty = PtySpec(
             term=request.pty.term, size=_backend_size(request.pty.size), modes=request.pty.modes
         )
+    argv = program_argv(
+        shell, argv, modes=pty.modes if pty else None, home=container.workdir is None
+    )
     return ProcessSpec(argv=argv, env=env, pty=pty, channel_id=int(request.channel_id))
 
 
@@ -237,7 +256,7 @@ async def _run(
     async with contextlib.AsyncExitStack() as owned:
         sandbox = await _sandbox_for(ctx, owned)
         structlog.contextvars.bind_contextvars(container=sandbox.container_id[:12])
-        await ctx.container_files.provide(sandbox, ctx.grant.files, ctx.container.shell[0])
+        await ctx.container_files.provide(sandbox, ctx.grant.secret_files, ctx.container.shell[0])
         tap.attached(sandbox.container_id)
         process = await owned.enter_async_context(sandbox.open_process(spec))
         await _serve(ctx, handle, request, process, started, tap, finish)
@@ -248,9 +267,31 @@ async def _sandbox_for(ctx: SessionContext, owned: contextlib.AsyncExitStack) ->
     timeout = ctx.container.start_timeout
     try:
         with trio.fail_after(timeout):
-            return await ctx.sandboxes.acquire(owned)
+            sandbox = await ctx.sandboxes.acquire(owned)
+            await _place_files(ctx, sandbox)
+            return sandbox
     except trio.TooSlowError:
         raise SessionRefused(f"container did not start within {timeout:g} s") from None
+
+
+async def _place_files(ctx: SessionContext, sandbox: Sandbox) -> None:
+    """Webhook ``files``, written once per container and login before its first program
+    (a concurrent session waits for them). A failure is logged and the session goes on,
+    as in ContainerSSH."""
+    if not ctx.grant.files:
+        return
+    placed = ctx.files_placed.get(sandbox.container_id)
+    if placed is not None:
+        await placed.wait()
+        return
+    placed = ctx.files_placed[sandbox.container_id] = trio.Event()
+    try:
+        await sandbox.put_files(ctx.grant.files)
+        log.info("webhook_files_placed", count=len(ctx.grant.files))
+    except BackendError as exc:
+        log.warning("webhook_files_failed", error=str(exc))
+    finally:
+        placed.set()
 
 
 async def _serve(
@@ -275,6 +316,8 @@ async def _serve(
         start_ms=round((time.monotonic() - started) * 1000, 1),
     )
     channel = ChannelStream(handle)
+    if request.kind is SessionKind.SHELL and request.pty is not None and ctx.settings.motd:
+        await _show_motd(channel, ctx.settings.motd, tap)
     async with trio.open_nursery() as stdio:
         stdio.start_soon(_pump_input, channel, process.stdin, tap)
         handle.on_control = _ControlForwarder(handle, process, tap, stdio).wake
@@ -300,6 +343,15 @@ async def _serve(
             stdio.cancel_scope.cancel()
         finally:
             handle.on_control = None  # the nursery is closing: nothing may start in it
+
+
+async def _show_motd(channel: ChannelStream, motd: str, tap: _Tap) -> None:
+    """The message of the day on the terminal before the shell's first output (sshd's
+    PrintMotd); written by us, so lines end in CRLF as a terminal's would. Bounded."""
+    text = ("\r\n".join(motd.splitlines()) + "\r\n").encode()
+    tap.stdout(text)
+    with trio.move_on_after(MESSAGE_TIMEOUT), contextlib.suppress(trio.BrokenResourceError):
+        await channel.send_all(text)
 
 
 def _duration(seconds: float) -> str:

@@ -8,9 +8,7 @@ the client sends reaches the shell unquoted.
 
 from __future__ import annotations
 
-import shlex
 import struct
-from collections.abc import Sequence
 
 #: Control characters (opcode -> stty name).
 _CHARACTERS = {
@@ -60,13 +58,3 @@ def stty_arguments(modes: bytes) -> list[str]:
         elif opcode in _FLAGS:
             arguments.append(_FLAGS[opcode] if value else "-" + _FLAGS[opcode])
     return arguments
-
-
-def with_terminal_modes(shell: str, argv: Sequence[str], modes: bytes) -> list[str]:
-    """``argv`` run after ``stty`` applies ``modes``; ``argv`` itself if there are none."""
-    arguments = stty_arguments(modes)
-    if not arguments:
-        return list(argv)
-    stty = " ".join(shlex.quote(item) for item in ("stty", *arguments))
-    program = " ".join(shlex.quote(item) for item in argv)
-    return [shell, "-c", f"{stty} 2>/dev/null; exec {program}"]

@@ -22,10 +22,12 @@ from trissh.config.service import (
     PodmanSettings,
     ProxySection,
     RecordingSection,
+    RegistrySettings,
     SshSettings,
     parse_max_startups,
 )
 from trissh.config.session import SessionSection, subsystem_command
+from trissh.config.workspaces import WorkspacesSection
 
 __all__ = [
     "AUTH_METHODS",
@@ -43,11 +45,13 @@ __all__ = [
     "PodmanSettings",
     "ProxySection",
     "RecordingSection",
+    "RegistrySettings",
     "ServerConfig",
     "SessionSection",
     "SshSettings",
     "UserSection",
     "WebhookSection",
+    "WorkspacesSection",
     "container_settings",
     "default_state_dir",
     "load_config",

@@ -64,9 +64,15 @@ class WebhookSection(Model):
     """An HTTP service trissh asks (ContainerSSH's auth and configuration protocols)."""
 
     url: str
-    #: Seconds per attempt; connection errors, timeouts and 5xx are retried.
+    #: Seconds per attempt (connect, send, answer).
     timeout: float = Field(10.0, gt=0, le=300)
-    retries: int = Field(2, ge=0, le=10)
+    #: Seconds one request may take with its retries (ContainerSSH's ``authTimeout``):
+    #: every failure (no answer, any status but 200, a malformed answer) is retried every
+    #: ``retry_interval`` seconds until then.
+    auth_timeout: float = Field(60.0, gt=0, le=3600)
+    retry_interval: float = Field(10.0, gt=0, le=300)
+    #: At most this many retries (unset: as many as ``auth_timeout`` allows).
+    retries: int | None = Field(None, ge=0, le=1000)
     #: PEM file of the CA that signed the server's certificate (default: system CAs).
     ca_file: Path | None = None
     #: PEM client certificate and key, for mutual TLS.
@@ -151,10 +157,19 @@ class KerberosSection(Model):
 class AuthSection(Model):
     """``[auth]``: server-wide authentication settings."""
 
+    @field_validator("banner")
+    @classmethod
+    def _check_banner(cls, value: str) -> str:
+        if "\0" in value:
+            raise ValueError("the banner may not contain NUL")
+        return value
+
     #: Asked for users and keys the local configuration does not accept.
     webhook: AuthWebhookSection | None = None
     #: ContainerSSH's configuration server: its answer overrides ``[container]`` per login.
     config_webhook: WebhookSection | None = None
+    #: Shown by clients before they authenticate (sshd's ``Banner``; RFC 4252 §5.4).
+    banner: str = Field("", max_length=8192)
 
     #: CA public keys (OpenSSH lines or RFC 4716 blocks) whose user certificates are
     #: trusted, for any user whose name is among the certificate's principals.

@@ -14,6 +14,9 @@ class ContainerSection(Model):
     """How session containers are built; ``[users.NAME.container]`` overrides any key."""
 
     image: str = DEFAULT_IMAGE
+    #: Pull the image before a container is made: ``always``, ``if-not-present`` (when it is
+    #: not in local storage) or ``never``. A ``localhost/`` image is never pulled.
+    pull_policy: Literal["always", "if-not-present", "never"] = "if-not-present"
     #: ``none`` (default: no network at all), or a rootless network mode.
     network: Literal["none", "slirp4netns", "pasta"] = "none"
     #: Processes (threads count): the pids controller where podman's user has it, and an
@@ -105,6 +108,7 @@ def container_settings(section: ContainerSection) -> ContainerSettings:
         tmpfs["/tmp"] = section.tmp_size_mb or 64  # noqa: S108 - inside the container
     return ContainerSettings(
         image=section.image,
+        pull_policy=section.pull_policy,
         network=section.network,
         pids_limit=section.pids_limit,
         nofile_limit=section.nofile_limit,

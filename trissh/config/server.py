@@ -32,6 +32,7 @@ from trissh.config.service import (
     SshSettings,
 )
 from trissh.config.session import SessionSection
+from trissh.config.workspaces import WorkspacesSection
 
 
 class ServerConfig(Model):
@@ -47,6 +48,7 @@ class ServerConfig(Model):
     container: ContainerSection = ContainerSection()
     session: SessionSection = SessionSection()
     forwarding: ForwardingSection = ForwardingSection()
+    workspaces: WorkspacesSection = WorkspacesSection()
     limits: LimitSettings = LimitSettings()
     auth: AuthSection = AuthSection()
     metrics: MetricsSection = MetricsSection()
@@ -105,9 +107,8 @@ class ServerConfig(Model):
 
     def session_for(self, username: str) -> SessionSection:
         override = self.users[username].session if username in self.users else {}
-        for fixed in ("accept_env", "execution_mode"):
-            if fixed in override:
-                raise ValueError(f"users.{username}.session.{fixed}: cannot be set per user")
+        if "accept_env" in override:  # the protocol core applies it before any login
+            raise ValueError(f"users.{username}.session.accept_env: cannot be set per user")
         return merged(self.session, override, f"users.{username}.session")
 
     def forwarding_for(self, username: str) -> ForwardingSection:
@@ -126,6 +127,10 @@ class ServerConfig(Model):
         if not os.path.exists(own) and os.path.exists(SETUP_HOST_SOCKET):
             return f"unix://{SETUP_HOST_SOCKET}"
         return f"unix://{own}"
+
+    def workspace_state_file(self) -> Path:
+        """Where the workspace registry keeps its state (and its lock)."""
+        return self.workspaces.state_file or default_state_dir() / "workspaces.json"
 
     def host_key_paths(self) -> tuple[Path, ...]:
         if self.host_keys:

@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from trissh.addresses import parse_listen
 from trissh.config.base import Model
@@ -25,6 +25,38 @@ class BackendSection(Model):
     #: Only podman for now. The in-memory fake of the tests is deliberately not a choice:
     #: a typo must never give users a pretend shell.
     kind: Literal["podman"] = "podman"
+
+
+class RegistrySettings(Model):
+    """``[podman.registries."HOST[:PORT]"]``: how images are pulled from one registry."""
+
+    username: str | None = None
+    #: Never logged; ``password_file`` keeps it out of the configuration.
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    #: Plain HTTP, or HTTPS without verifying the certificate (a registry on loopback).
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _check_password(self) -> RegistrySettings:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if (self.password is not None or self.password_file is not None) != bool(self.username):
+            raise ValueError("username and a password (or password_file) go together")
+        return self
+
+    def credentials(self) -> tuple[str, str] | None:
+        """(username, password), reading ``password_file`` now.
+
+        Raises:
+            OSError: the password file cannot be read.
+        """
+        if not self.username:
+            return None
+        if self.password_file is not None:
+            return self.username, self.password_file.read_text(encoding="utf-8").strip()
+        assert self.password is not None
+        return self.username, self.password.get_secret_value()
 
 
 class PodmanSettings(Model):
@@ -49,6 +81,9 @@ class PodmanSettings(Model):
     #: $XDG_RUNTIME_DIR (if others may pass through it), else the temp dir. The podman
     #: user must be able to reach it.
     stdio_dir: str = ""
+    #: Credentials and TLS of the registries images are pulled from, by ``HOST[:PORT]`` as
+    #: in the image's name (``docker.io`` for names without one).
+    registries: dict[str, RegistrySettings] = Field(default_factory=dict)
 
 
 class LimitSettings(Model):

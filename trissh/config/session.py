@@ -30,11 +30,18 @@ def subsystem_command(command: str) -> list[str]:
 
 class SessionSection(Model):
     """Session behaviour and limits; ``[users.NAME.session]`` overrides any key but
-    ``accept_env`` and ``execution_mode``."""
+    ``accept_env``."""
 
     #: ``connection``: one container per connection, each session an exec in it.
     #: ``session``: one container per session channel.
-    execution_mode: Literal["connection", "session"] = "connection"
+    #: ``workspace``: one container per user, shared by all of the user's connections and
+    #: kept ``workspace_ttl`` seconds after the last one ends (``[workspaces]``).
+    execution_mode: Literal["connection", "session", "workspace"] = "connection"
+    #: Seconds a workspace is kept after its user's last connection ended; 0: removed then.
+    workspace_ttl: float = Field(600.0, ge=0)
+    #: Message of the day: shown at the start of a shell with a terminal, as sshd shows
+    #: /etc/motd (not for commands, subsystems or shells without a terminal).
+    motd: str = Field("", max_length=65536)
     #: Environment names accepted from clients (``fnmatch`` patterns, like sshd's AcceptEnv).
     #: Names like LD_*, PATH or BASH_ENV are refused whatever this says.
     accept_env: tuple[str, ...] = ("LANG", "LC_*")

@@ -107,9 +107,11 @@ class ConnectionDriver:
         *,
         conn_id: str,
         remote: str,
+        local: str = "",
         initial_data: bytes = b"",
     ) -> None:
         self.ctx = ctx
+        self.local = local
         self.conn_id = conn_id
         self.remote = remote
         self.remote_ip = host_of(remote)
@@ -397,6 +399,7 @@ class ConnectionDriver:
         connection = Connection(
             conn_id=self.conn_id,
             remote=self.remote,
+            local=self.local,
             login=login,
             port=self._port,
             nursery=self._nursery,
@@ -468,6 +471,7 @@ async def serve_connection(
     *,
     conn_id: str,
     remote: str,
+    local: str = "",
     initial_data: bytes = b"",
 ) -> None:
     """Serve one client until it leaves; log its life in ``connection_*`` events.
@@ -478,7 +482,7 @@ async def serve_connection(
     with structlog.contextvars.bound_contextvars(conn_id=conn_id, remote=remote):
         log.info("connection_accepted")
         driver = ConnectionDriver(
-            stream, ctx, conn_id=conn_id, remote=remote, initial_data=initial_data
+            stream, ctx, conn_id=conn_id, remote=remote, local=local, initial_data=initial_data
         )
         ctx.state.connections.add(driver)
         try:

@@ -9,13 +9,14 @@ connection's own in ``connection`` mode, and in ``session`` mode one kept for fo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
 
 from trissh.admin.live import LiveSessions
-from trissh.backend import SandboxSpec
+from trissh.backend import Sandbox, SandboxSpec
 from trissh.channels.agent_forward import AgentForwarding
 from trissh.channels.forward_policy import ForwardPolicy
 from trissh.channels.forwards import ForwardContext, ForwardCount, LocalForwards
@@ -45,6 +46,8 @@ class Connection:
 
     conn_id: str
     remote: str
+    #: The server's own ``HOST:PORT`` the client reached (``SSH_CONNECTION``).
+    local: str
     login: Login
     port: ConnectionPort
     nursery: trio.Nursery
@@ -63,15 +66,12 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
         instance=ctx.instance,
         settings=container_settings(login.container),
     )
-    shared = ConnectionSandbox(ctx.backend, spec, connection.nursery)
-    sessions_source: SandboxSource = shared
-    if login.session.execution_mode == "session":
-        sessions_source = SessionSandboxes(ctx.backend, spec)
+    sessions_source, forwards_sandbox = _sources(ctx, connection, spec)
     forwarding = ctx.settings.forwarding_for(login.username)
     marks = RecordingMarks()
     forward_ctx = ForwardContext(
         policy=ForwardPolicy(forwarding, login.grant),
-        sandbox=shared.get,
+        sandbox=forwards_sandbox,
         start_timeout=login.container.start_timeout,
         metrics=ctx.metrics.forwards,
         count=ForwardCount(forwarding.max_channels),
@@ -93,6 +93,9 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
         agent_socket=agent.socket_path,
         marks=marks,
         live=connection.live,
+        remote=connection.remote,
+        local=connection.local,
+        home=_workspace_home(ctx, login),
     )
     return ChannelKinds(
         sessions=SessionChannels(session_ctx, port, nursery),
@@ -101,3 +104,28 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
         agent=agent,
         agent_allowed=forward_ctx.policy.refuse_agent() is None,
     )
+
+
+def _sources(
+    ctx: ServerContext, connection: Connection, spec: SandboxSpec
+) -> tuple[SandboxSource, Callable[[], Awaitable[Sandbox]]]:
+    """Where the sessions get their container, and the container forwards reach."""
+    session = connection.login.session
+    workspaces = ctx.state.workspaces
+    if session.execution_mode == "workspace" and workspaces is not None:
+        source = workspaces.source(spec, session.workspace_ttl, connection.nursery)
+        # A workspace is never the caller's to remove: nothing is entered into the stack.
+        return source, lambda: source.acquire(contextlib.AsyncExitStack())
+    # (no registry: a driver run outside ``serve``, as its own tests do)
+    shared = ConnectionSandbox(ctx.backend, spec, connection.nursery)
+    if session.execution_mode == "session":
+        return SessionSandboxes(ctx.backend, spec), shared.get
+    return shared, shared.get
+
+
+def _workspace_home(ctx: ServerContext, login: Login) -> str | None:
+    """HOME of a workspace with a home volume: the volume's mount point."""
+    section = ctx.settings.workspaces
+    if login.session.execution_mode == "workspace" and section.home_volume:
+        return section.home
+    return None

@@ -205,6 +205,16 @@ class Metrics:
             "Session recordings stopped by a storage error.",
             registry=reg,
         )
+        self.workspaces = Gauge(
+            "trissh_workspaces", "Workspaces (one container per user) kept now.", registry=reg
+        )
+        self.workspace_attaches_total = Counter(
+            "trissh_workspace_attaches_total",
+            "Connections that took a workspace: new (made for it), reattached (one that"
+            " outlived an earlier connection, or adopted at start-up), refused (limit).",
+            ["outcome"],
+            registry=reg,
+        )
 
     def _define_server_metrics(self, reg: CollectorRegistry) -> None:
         self.ready = Gauge(
@@ -289,6 +299,10 @@ class Metrics:
                 operation=self._guard_operation(operation)
             )
             labels.observe(seconds)
+
+    def workspace_attached(self, outcome: str) -> None:
+        """A connection took its user's workspace: ``new``, ``reattached`` or ``refused``."""
+        self.workspace_attaches_total.labels(outcome=outcome).inc()
 
     def recording_failed(self) -> None:
         """A recording hit a storage error (``Recorder(on_failure=...)``)."""

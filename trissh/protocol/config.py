@@ -50,6 +50,9 @@ class ProtocolConfig:
     #: ``("none",)``, or with ``"zlib@openssh.com"`` (compression after authentication).
     compression: tuple[str, ...] = ("none",)
     auth_methods: tuple[str, ...] = ("publickey",)
+    #: Sent once as USERAUTH_BANNER (RFC 4252 §5.4) before the answer to the first
+    #: USERAUTH_REQUEST, as sshd's ``Banner``; "" sends none.
+    banner: str = ""
     max_auth_attempts: int = 6
     #: ``fnmatch`` patterns of environment names accepted from ``env`` requests.
     accept_env: tuple[str, ...] = DEFAULT_ACCEPT_ENV

@@ -56,6 +56,9 @@ NEVER_ACCEPTED_ENV: Final = (
     "LOCPATH", "MALLOC_*", "NODE_OPTIONS", "PYTHON*", "PERL5*", "PERLLIB", "RUBYOPT", "RUBYLIB",
     "JAVA_TOOL_OPTIONS", "GIT_*", "TERMINFO*", "HOSTALIASES", "RES_OPTIONS", "LOCALDOMAIN",
 )  # fmt: skip
+#: Names the guard lets through when ``accept_env`` lists them: git's wire protocol
+#: version (``version=2``), which changes no program's loading, only what git speaks.
+GUARD_EXCEPTIONS: Final = ("GIT_PROTOCOL",)
 
 
 @dataclass(slots=True)
@@ -147,7 +150,9 @@ class SessionRules:
             return "too many variables, or the session has started"
         if not any(fnmatch.fnmatchcase(env.name, p) for p in self.config.accept_env):
             return f"{env.name} is not in accept_env"
-        if any(fnmatch.fnmatchcase(env.name, p) for p in NEVER_ACCEPTED_ENV):
+        if env.name not in GUARD_EXCEPTIONS and any(
+            fnmatch.fnmatchcase(env.name, p) for p in NEVER_ACCEPTED_ENV
+        ):
             return f"{env.name} is never accepted"
         self.env[env.name] = env.value
         return True

@@ -88,6 +88,7 @@ from trissh.protocol.messages.userauth import (
     KeyboardInteractiveMethod,
     PasswordMethod,
     PublicKeyMethod,
+    UserauthBanner,
     UserauthFailure,
     UserauthInfoRequest,
     UserauthInfoResponse,
@@ -240,6 +241,8 @@ class UserAuthServer:
             raise RemoteProtocolError(
                 f"service {request.service!r} not available", DisconnectReason.SERVICE_NOT_AVAILABLE
             )
+        if self._requests == 0 and self._config.banner:  # RFC 4252 §5.4, as sshd: once
+            self._send(UserauthBanner(message=self._config.banner).encode())
         self._requests += 1
         chain_name = _chain_name(request.method)
         if request.method == "none":

@@ -81,6 +81,7 @@ def build_context(
             max_auth_attempts=settings.limits.max_auth_attempts,
             accept_env=settings.session.accept_env,
             auth_methods=policy.methods,
+            banner=settings.auth.banner,
             **settings.ssh.protocol_options(),
         )
     except ValueError as exc:

@@ -7,10 +7,11 @@ Nursery tree::
        ├─ keep_ready            readiness's backend check (server/readiness.py)
        ├─ serve_health          /metrics, /healthz, /readyz, with [metrics] listen
        ├─ serve_admin           the admin socket (admin/server.py), with [admin] socket
-       └─ connections nursery   outlives listening so live connections can finish
-          ├─ listening scope    cancelled first on shutdown: stop accepting at once
-          │  └─ trio.serve_listeners(handler_nursery=connections)
-          └─ serve_connection (one each)  (driver.py)
+       └─ keeping nursery       Workspaces.run (workspaces.py): users' workspaces
+          └─ connections nursery   outlives listening so live connections can finish
+             ├─ listening scope    cancelled first on shutdown: stop accepting at once
+             │  └─ trio.serve_listeners(handler_nursery=connections)
+             └─ serve_connection (one each)  (driver.py)
 
 On ``shutdown`` the server drains first: ``/readyz`` answers 503 while new connections are
 still served for ``limits.drain_time`` (a balancer's lame-duck time). Then the listening
@@ -38,15 +39,17 @@ from trissh.connection.driver import serve_connection
 from trissh.server.proxy_protocol import ProxyProtocolError, TrustedNetworks, parse_proxy_header
 from trissh.server.readiness import keep_ready, serve_health
 from trissh.server.state import ServerContext
+from trissh.server.workspaces import Workspaces
 
 log = structlog.get_logger("trissh.server.listener")
 #: For random early drop: unpredictable, so a flood cannot aim at the slots it frees.
 _random = random.SystemRandom()
 
 
-def _peer(stream: trio.SocketStream) -> str:
+def _peer(stream: trio.SocketStream, *, local: bool = False) -> str:
+    """The client's ``HOST:PORT`` (or, ``local``, the server's end of the connection)."""
     try:
-        address = stream.socket.getpeername()
+        address = stream.socket.getsockname() if local else stream.socket.getpeername()
     except OSError:
         return "unknown"
     return join_host_port(address[0], address[1])
@@ -75,11 +78,11 @@ async def serve(
     async def handle(stream: trio.SocketStream) -> None:
         current = ctx.state.context or ctx  # the latest configuration (SIGHUP)
         conn_id = secrets.token_hex(6)
-        remote, leftover = _peer(stream), b""
+        remote, local, leftover = _peer(stream), _peer(stream, local=True), b""
         trusted = _trusted_networks(current.settings.proxy.trusted_networks)
         if trusted and _peer_ip(stream) in trusted:
             try:
-                remote, leftover = await _read_proxy_header(stream, current, remote)
+                remote, local, leftover = await _read_proxy_header(stream, current, remote, local)
             except (ProxyProtocolError, trio.TooSlowError, trio.BrokenResourceError) as exc:
                 reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
                 log.warning("proxy_header_invalid", remote=remote, conn_id=conn_id, error=reason)
@@ -93,9 +96,28 @@ async def serve(
             await trio.aclose_forcefully(stream)  # like sshd past MaxStartups: no banner
             return
         await serve_connection(
-            stream, current, conn_id=conn_id, remote=remote, initial_data=leftover
+            stream, current, conn_id=conn_id, remote=remote, local=local, initial_data=leftover
         )
 
+    await _run(ctx, listeners, handle, shutdown, task_status)
+    log.info("server_stopped")
+
+
+async def _run(
+    ctx: ServerContext,
+    listeners: list[trio.SocketListener],
+    handle: Callable[[trio.SocketStream], Awaitable[None]],
+    shutdown: trio.Event,
+    task_status: trio.TaskStatus[None],
+) -> None:
+    """The nursery tree of the module docstring, from the upkeep nursery down."""
+    workspaces = Workspaces(
+        ctx.backend,
+        ctx.metrics,
+        lambda: (ctx.state.context or ctx).settings,
+        instance=ctx.instance,
+    )
+    ctx.state.workspaces = workspaces
     async with trio.open_nursery() as upkeep:
         ctx.backend.keep_warm(container_settings(ctx.settings.container), ctx.instance)
         await upkeep.start(ctx.backend.run)
@@ -105,9 +127,15 @@ async def serve(
             await upkeep.start(serve_health, ctx)
         if ctx.settings.admin.socket:
             await upkeep.start(serve_admin, ctx, ctx.settings.admin.socket, shutdown)
-        await _serve_connections(ctx, listeners, handle, shutdown, task_status)
+        # Workspaces end (kept or removed) before the backend's upkeep does.
+        async with trio.open_nursery() as keeping:
+            await keeping.start(workspaces.run)
+            try:
+                await _serve_connections(ctx, listeners, handle, shutdown, task_status)
+            finally:
+                workspaces.stop()
+                keeping.cancel_scope.cancel()
         upkeep.cancel_scope.cancel()
-    log.info("server_stopped")
 
 
 @functools.lru_cache(maxsize=4)
@@ -124,9 +152,10 @@ def _peer_ip(stream: trio.SocketStream) -> str:
 
 
 async def _read_proxy_header(
-    stream: trio.SocketStream, ctx: ServerContext, peer: str
-) -> tuple[str, bytes]:
-    """A trusted balancer's PROXY header: the client it speaks for, and the bytes after it.
+    stream: trio.SocketStream, ctx: ServerContext, peer: str, local: str
+) -> tuple[str, str, bytes]:
+    """A trusted balancer's PROXY header: the client it speaks for, the address the client
+    connected to, and the bytes after it.
 
     Raises:
         ProxyProtocolError: malformed; trio.TooSlowError: not in time;
@@ -140,7 +169,9 @@ async def _read_proxy_header(
                 raise trio.BrokenResourceError("closed before the PROXY header ended")
             buffer += data
     remote = str(result.source) if result.source is not None else peer  # LOCAL: health check
-    return remote, bytes(buffer[result.consumed :])
+    if result.destination is not None:
+        local = str(result.destination)
+    return remote, local, bytes(buffer[result.consumed :])
 
 
 def _admission(ctx: ServerContext, source: str) -> str | None:

@@ -10,7 +10,7 @@ that every context of the process shares.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -21,6 +21,9 @@ from trissh.config import ServerConfig
 from trissh.ops.metrics import Metrics
 from trissh.ops.recording import Recorder
 from trissh.protocol import ProtocolConfig
+
+if TYPE_CHECKING:
+    from trissh.server.workspaces import Workspaces
 
 
 class LiveConnection(Protocol):
@@ -74,6 +77,8 @@ class ServerState:
     connections_nursery: trio.Nursery | None = None
     #: The task running ``serve_listeners`` (its accept loops are not connection work).
     listener_task: trio.lowlevel.Task | None = None
+    #: Users' workspaces (``execution_mode = "workspace"``), set by ``serve``.
+    workspaces: Workspaces | None = None
 
     @property
     def live_connections(self) -> int:

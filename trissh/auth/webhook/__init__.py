@@ -7,7 +7,7 @@ timeouts, TLS), ``containerssh`` what a configuration server's answer means for 
 """
 
 from trissh.auth.webhook.client import MAX_RESPONSE_BYTES, WebhookClient, WebhookError
-from trissh.auth.webhook.containerssh import ConfigResult, container_overrides
+from trissh.auth.webhook.containerssh import ConfigRefused, ConfigResult, container_overrides
 from trissh.auth.webhook.wire import (
     MAX_ENTRIES,
     MAX_PROMPTS,
@@ -36,6 +36,7 @@ __all__ = [
     "MAX_STATE_CHARS",
     "AuthResponse",
     "AuthorizationRequest",
+    "ConfigRefused",
     "ConfigRequest",
     "ConfigResponse",
     "ConfigResult",

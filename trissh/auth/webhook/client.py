@@ -3,13 +3,13 @@
 What goes over the wire is in ``wire.py`` (and docs/webhooks.md); what a configuration
 server's answer means for containers is in ``containerssh.py``.
 
-Retries: each attempt is bounded by ``timeout``; connection errors, timeouts and 5xx are
-retried ``retries`` times with exponential backoff; any other status, a TLS verification
-failure or a malformed answer fails at once. (ContainerSSH retries every failure until its
-``authTimeout``; the caller here bounds the whole call with its own cancel scope.) No
-redirects are followed and no proxy settings are read from the environment, as in
-ContainerSSH. Nothing here logs; errors are ``WebhookError`` with one line naming the
-endpoint (without credentials or query) and never a secret.
+Retries, as ContainerSSH's: each attempt is bounded by ``timeout``; every failure (no
+connection, no answer in time, any status but 200, a TLS failure, an answer that does not
+parse) is tried again every ``retry_interval`` seconds until ``auth_timeout`` has passed
+since the first attempt (or ``retries`` retries, when set). No redirects are followed and
+no proxy settings are read from the environment, as in ContainerSSH. Nothing here logs;
+errors are ``WebhookError`` with one line naming the endpoint (without credentials or
+query) and never a secret.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import httpx
 import trio
 
 from trissh import __version__
-from trissh.auth.webhook.containerssh import ConfigResult, config_result
+from trissh.auth.webhook.containerssh import ConfigRefused, ConfigResult, config_result
 from trissh.auth.webhook.wire import (
     Answer,
     AuthorizationRequest,
@@ -48,7 +48,7 @@ class WebhookError(Exception):
 
 
 class _Retriable(Exception):
-    """A transient failure of one attempt (connection, timeout, 5xx)."""
+    """A failed attempt: tried again while the request's time and retries allow."""
 
 
 class WebhookClient:
@@ -61,9 +61,9 @@ class WebhookClient:
     Args:
         url: base URL, ``http://`` or ``https://``.
         timeout: seconds allowed for one attempt (connect, send, answer).
-        retries: extra attempts after a connection error, timeout or 5xx.
-        backoff: seconds before the first retry, doubled for each further one.
-        max_backoff: the longest pause between attempts.
+        auth_timeout: seconds one request may take, its retries included.
+        retry_interval: seconds between a failed attempt and the next.
+        retries: at most this many retries; ``None``: as many as ``auth_timeout`` allows.
         ca_file: PEM CA bundle to verify the server with, instead of the system store.
         client_cert, client_key: PEM client certificate and key for mutual TLS.
         max_response_bytes: larger answers are an error.
@@ -78,9 +78,9 @@ class WebhookClient:
         url: str,
         *,
         timeout: float = 10.0,
-        retries: int = 2,
-        backoff: float = 0.5,
-        max_backoff: float = 10.0,
+        auth_timeout: float = 60.0,
+        retry_interval: float = 10.0,
+        retries: int | None = None,
         ca_file: str | None = None,
         client_cert: str | None = None,
         client_key: str | None = None,
@@ -90,14 +90,18 @@ class WebhookClient:
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError("webhook URL must be http:// or https:// with a host")
-        if timeout <= 0 or retries < 0 or backoff < 0 or max_response_bytes <= 0:
-            raise ValueError("webhook timeout, retries, backoff or size limit out of range")
+        if (
+            min(timeout, auth_timeout, max_response_bytes) <= 0
+            or retry_interval < 0
+            or (retries is not None and retries < 0)
+        ):
+            raise ValueError("webhook timeout, retries, interval or size limit out of range")
         if client_key is not None and client_cert is None:
             raise ValueError("a webhook client key needs a client certificate")
         self._url = parsed
         self._shown = str(parsed.copy_with(username=None, password=None, query=None)).rstrip("/")
         self._timeout, self._retries = timeout, retries
-        self._backoff, self._max_backoff = backoff, max_backoff
+        self._auth_timeout, self._interval = auth_timeout, retry_interval
         self._max_bytes, self._max_rounds = max_response_bytes, max_rounds
         self._http = httpx.AsyncClient(
             verify=_ssl_context(ca_file, client_cert, client_key),
@@ -184,9 +188,10 @@ class WebhookClient:
         """Ask the configuration server (``url`` itself) for this connection's settings.
 
         Returns:
-            The ``[container]`` overrides, notes on what was ignored, and metadata.
+            The ``[container]`` overrides, notes on plumbing it set, and metadata.
 
         Raises:
+            ConfigRefused: the answer asks for what trissh cannot apply (names the field).
             WebhookError: no usable answer after the retries, or values of the wrong type.
 
         Cancellation: safe at any point.
@@ -194,54 +199,56 @@ class WebhookClient:
         answer = await self._ask("", request, ConfigResponse)
         try:
             return config_result(answer)
+        except ConfigRefused:
+            raise
         except ValueError as exc:
             raise WebhookError(f"{self._shown}: {exc}") from None
 
     async def _ask(self, path: str, request: ConnectionInfo, model: type[_AnswerT]) -> _AnswerT:
-        """POST ``request`` to ``path`` and validate the answer as a ``model``."""
-        body = await self._post(path, request.body())
-        try:
-            return parse(model, body)
-        except ValueError as exc:
-            raise WebhookError(f"{self._shown}{path}: invalid answer: {exc}") from None
-
-    async def _post(self, path: str, body: bytes) -> bytes:
-        """POST with the retry policy; the answer body of a 200."""
-        delay = self._backoff
-        for attempt in range(self._retries + 1):
+        """POST ``request`` to ``path`` until a 200 answer parses as a ``model`` or the
+        retries run out (module docstring)."""
+        body = request.body()
+        deadline = trio.current_time() + self._auth_timeout
+        attempts = 0
+        while True:
+            attempts += 1
             try:
-                return await self._attempt(path, body)
+                data = await self._attempt(path, body, deadline)
+                try:
+                    return parse(model, data)
+                except ValueError as exc:
+                    raise _Retriable(f"invalid answer: {exc}") from None
             except _Retriable as exc:
-                if attempt == self._retries:
-                    raise WebhookError(
-                        f"{self._shown}{path}: {exc} (after {attempt + 1} attempts)"
-                    ) from None
-            await trio.sleep(min(delay, self._max_backoff))
-            delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
+                last = exc
+            out_of_tries = self._retries is not None and attempts > self._retries
+            if out_of_tries or trio.current_time() + self._interval >= deadline:
+                raise WebhookError(f"{self._shown}{path}: {last} (after {attempts} attempts)")
+            await trio.sleep(self._interval)
 
-    async def _attempt(self, path: str, body: bytes) -> bytes:
+    async def _attempt(self, path: str, body: bytes, deadline: float) -> bytes:
+        """One POST, bounded by ``timeout`` and the request's ``deadline``.
+
+        Raises:
+            _Retriable: any failure (the caller decides whether to try again).
+        """
         data: bytes | None = None
         request = self._http.build_request(
             "POST", self._endpoint(path), content=body, headers={"Content-Type": "application/json"}
         )
         request.stream = _Body(body)
-        with trio.move_on_after(self._timeout):
+        bound = min(trio.current_time() + self._timeout, deadline)
+        with trio.move_on_at(bound):
             try:
                 response = await self._http.send(request, stream=True)
                 try:
-                    status = response.status_code
-                    if status >= 500:
-                        raise _Retriable(f"HTTP {status}")
-                    if status != 200:
-                        raise WebhookError(f"{self._shown}{path}: HTTP {status}")
-                    data = await self._read(response, path)
+                    if response.status_code != 200:
+                        raise _Retriable(f"HTTP {response.status_code}")
+                    data = await self._read(response)
                 finally:
                     await response.aclose()
             except httpx.TransportError as exc:
-                if _is_tls_failure(exc):
-                    raise WebhookError(f"{self._shown}{path}: TLS: {_describe(exc)}") from None
-                raise _Retriable(_describe(exc)) from None
+                prefix = "TLS: " if _is_tls_failure(exc) else ""
+                raise _Retriable(prefix + _describe(exc)) from None
         if data is None:
             raise _Retriable(f"no answer within {self._timeout:g} s")
         return data
@@ -252,8 +259,8 @@ class WebhookClient:
             return self._url
         return self._url.copy_with(path=self._url.path.rstrip("/") + path)
 
-    async def _read(self, response: httpx.Response, path: str) -> bytes:
-        too_big = WebhookError(f"{self._shown}{path}: answer over {self._max_bytes} bytes")
+    async def _read(self, response: httpx.Response) -> bytes:
+        too_big = _Retriable(f"answer over {self._max_bytes} bytes")
         declared = response.headers.get("Content-Length", "0")
         if declared.isdigit() and int(declared) > self._max_bytes:
             raise too_big

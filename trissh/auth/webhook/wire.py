@@ -217,9 +217,19 @@ class KeyboardInteractiveRequest(ConnectionInfo):
 
 
 class Answer(_Message):
-    """What every answer may carry: the metadata maps, gathered here into ``metadata``."""
+    """What every answer may carry: the metadata maps, gathered here into ``metadata``, and
+    the connection's own fields, which ContainerSSH's answer types embed (its OpenAPI
+    document marks ``username``, ``remoteAddress`` and ``connectionId`` required in them):
+    a server built from that document echoes them. They are checked for type and not used.
+    """
+
+    model_config = ConfigDict(validate_by_name=True)
 
     metadata: Metadata = Field(default_factory=Metadata)
+    echoed_username: str | None = Field(None, alias="username", repr=False)
+    echoed_remote_address: str | None = Field(None, alias="remoteAddress", repr=False)
+    echoed_connection_id: str | None = Field(None, alias="connectionId", repr=False)
+    echoed_client_version: str | None = Field(None, alias="clientVersion", repr=False)
 
     @model_validator(mode="before")
     @classmethod

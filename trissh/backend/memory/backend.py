@@ -16,6 +16,11 @@ and podman, whose service a tty half-close takes down); input is not echoed.
 Each sandbox has its own fake loopback network (:mod:`.network`): ``listen`` and
 ``connect`` reach only listeners of the same sandbox.
 
+Workspaces: a kept sandbox (``keep``) stays in ``containers`` and in ``kept`` when its
+context ends, as a container left running for the next server; ``find_sandboxes`` reports
+it with no live owner and ``adopt_sandbox`` takes it over. Named volumes are entries in
+``volumes``, in use while a sandbox that mounts them exists.
+
 Test hooks: ``fail_next_sandbox``, ``stall_sandbox_start``, ``stall_process_start``,
 ``hold_removal``, ``unavailable``, ``images``, ``add_orphan()``; counters ``live_sandboxes`` and
 ``live_processes`` must return to 0 after every test.
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final
 
@@ -47,8 +52,11 @@ from trissh.backend._pipe import (
 )
 from trissh.backend.base import (
     LABEL_INSTANCE,
+    LABEL_WORKSPACE,
     ContainerSettings,
     ExitStatus,
+    FoundSandbox,
+    FoundVolume,
     HealthCheck,
     LaunchPath,
     ProcessSpec,
@@ -57,7 +65,7 @@ from trissh.backend.base import (
     SocketAddress,
     TerminalSize,
 )
-from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
+from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound, ImagePullFailed
 from trissh.backend.memory.network import FakeNetwork
 from trissh.backend.memory.shell import HARMLESS_SIGNALS, FakeShell, Killed
 
@@ -73,13 +81,21 @@ class MemoryBackend:
     """An in-memory :class:`~trissh.backend.base.Backend`: fast, deterministic, leak-checked."""
 
     def __init__(
-        self, *, images: Collection[str] | None = None, pipe_limit: int = 128 * 1024
+        self,
+        *,
+        images: Collection[str] | None = None,
+        pipe_limit: int = 128 * 1024,
+        pullable: Collection[str] = (),
     ) -> None:
         """Args:
         images: images that exist; ``None`` means every image does.
         pipe_limit: bytes buffered per stdio pipe before the writer blocks.
+        pullable: images a pull finds in the (pretend) registry.
         """
         self.images = None if images is None else frozenset(images)
+        self.pullable = frozenset(pullable)
+        #: Every image pulled, in order (the pull policy's effect).
+        self.pulls: list[str] = []
         self.pipe_limit = pipe_limit
         #: Raised (once) by the next ``open_sandbox``.
         self.fail_next_sandbox: BackendError | None = None
@@ -99,6 +115,14 @@ class MemoryBackend:
         self.process_specs: list[ProcessSpec] = []
         self.live_sandboxes = 0
         self.live_processes = 0
+        #: Containers left running by a kept sandbox, with the spec they were made from.
+        self.kept: dict[str, SandboxSpec] = {}
+        #: Files written into containers (``put_files``), by container id.
+        self.files: dict[str, dict[str, bytes]] = {}
+        #: Named volumes: name -> (labels, creation time).
+        self.volumes: dict[str, tuple[dict[str, str], float]] = {}
+        #: Sandboxes held by a context now, by container id.
+        self._held: dict[str, MemorySandbox] = {}
         self._ids = itertools.count(1)
 
     @property
@@ -129,16 +153,15 @@ class MemoryBackend:
         if self.fail_next_sandbox is not None:
             error, self.fail_next_sandbox = self.fail_next_sandbox, None
             raise error
-        image = spec.settings.image
-        if self.images is not None and image not in self.images:
-            raise ImageNotFound(image)
+        self._apply_pull_policy(spec.settings.image, spec.settings.pull_policy)
         started = time.monotonic()
         container_id = f"mem{next(self._ids):08x}"
         self.containers[container_id] = sandbox_labels(spec)
+        for volume in spec.settings.volumes:
+            if volume.named:  # as podman does: a missing named volume is created, unlabelled
+                self.volumes.setdefault(volume.source, ({}, time.time()))
         self.sandbox_specs.append(spec)
-        self.live_sandboxes += 1
-        sandbox = MemorySandbox(self, container_id, spec)
-        try:
+        async with self._hold(container_id, spec) as sandbox:
             if self.stall_sandbox_start:
                 await trio.sleep_forever()
             log.debug(
@@ -149,6 +172,43 @@ class MemoryBackend:
                 duration_ms=ms_since(started),
             )
             yield sandbox
+
+    def _apply_pull_policy(self, image: str, policy: str) -> None:
+        """As the podman backend does: ``localhost/`` and ``never`` never pull."""
+        local = image.startswith("localhost/")
+        missing = self.images is not None and image not in self.images
+        wanted = policy == "always" or (policy == "if-not-present" and missing)
+        if not local and wanted:
+            if image not in self.pullable:
+                raise ImagePullFailed(image, "manifest unknown")
+            self.pulls.append(image)
+            if self.images is not None:
+                self.images = self.images | {image}
+            return
+        if missing:
+            why = "localhost/ images are never pulled" if local else ""
+            raise ImageNotFound(image, why or ("pull_policy is never" if policy == "never" else ""))
+
+    @asynccontextmanager
+    async def adopt_sandbox(
+        self, found: FoundSandbox, spec: SandboxSpec
+    ) -> AsyncIterator[MemorySandbox]:
+        """Take over a kept container (one no context holds)."""
+        await trio.lowlevel.checkpoint()
+        self._check_available()
+        if self.kept.pop(found.container_id, None) is None:
+            raise BackendError(f"container {found.container_id} is gone")
+        async with self._hold(found.container_id, spec) as sandbox:
+            yield sandbox
+
+    @asynccontextmanager
+    async def _hold(self, container_id: str, spec: SandboxSpec) -> AsyncIterator[MemorySandbox]:
+        """A context over an existing container: its removal (or keeping) on the way out."""
+        self.live_sandboxes += 1
+        sandbox = MemorySandbox(self, container_id, spec)
+        self._held[container_id] = sandbox
+        try:
+            yield sandbox
         finally:
             if self.hold_removal is not None:
                 with trio.move_on_after(_CLEANUP_BOUND, shield=True):
@@ -157,15 +217,69 @@ class MemoryBackend:
                 removed = time.monotonic()
                 sandbox.closed = True
                 sandbox.network.close()
-                del self.containers[container_id]
+                del self._held[container_id]
                 self.live_sandboxes -= 1
+                if sandbox.kept and container_id in self.containers:
+                    self.kept[container_id] = spec
+                else:
+                    self.containers.pop(container_id, None)
+                    self.files.pop(container_id, None)
                 await trio.lowlevel.checkpoint()
                 log.debug(
                     "container_removed",
                     container=container_id,
                     conn_id=spec.conn_id,
+                    kept=sandbox.kept,
                     duration_ms=ms_since(removed),
                 )
+
+    async def find_sandboxes(self, labels: Mapping[str, str | None]) -> list[FoundSandbox]:
+        await trio.lowlevel.checkpoint()
+        self._check_available()
+        return [
+            FoundSandbox(
+                container_id=cid,
+                labels=dict(have),
+                running=cid in self.kept or cid in self._held,
+            )
+            for cid, have in self.containers.items()
+            if _matches(have, labels)
+        ]
+
+    async def remove_sandbox(self, container_id: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        self._check_available()
+        self.kept.pop(container_id, None)
+        held = self._held.get(container_id)
+        if held is not None:
+            held.closed = True  # its programs can no longer start, as in a removed container
+        return self.containers.pop(container_id, None) is not None
+
+    async def create_volume(self, name: str, labels: Mapping[str, str]) -> None:
+        await trio.lowlevel.checkpoint()
+        self._check_available()
+        self.volumes.setdefault(name, (dict(labels), time.time()))
+
+    async def find_volumes(self, labels: Mapping[str, str | None]) -> list[FoundVolume]:
+        await trio.lowlevel.checkpoint()
+        self._check_available()
+        return [
+            FoundVolume(name=name, labels=dict(have), created=created, in_use=self._mounted(name))
+            for name, (have, created) in self.volumes.items()
+            if _matches(have, labels)
+        ]
+
+    async def remove_volume(self, name: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        self._check_available()
+        if self._mounted(name):
+            raise BackendError(f"volume {name} is being used")
+        return self.volumes.pop(name, None) is not None
+
+    def _mounted(self, name: str) -> bool:
+        """A container that exists (held or kept) mounts the volume."""
+        specs = [held.spec for held in self._held.values()] + list(self.kept.values())
+        return any(v.named and v.source == name for spec in specs for v in spec.settings.volumes)
 
     def keep_warm(self, settings: ContainerSettings, instance: str) -> None:
         """Creating a sandbox in memory costs nothing: no pool."""
@@ -182,10 +296,14 @@ class MemoryBackend:
         stale = [
             cid
             for cid, labels in self.containers.items()
-            if LABEL_INSTANCE in labels and labels[LABEL_INSTANCE] != keep_instance
+            if LABEL_INSTANCE in labels
+            and labels[LABEL_INSTANCE] != keep_instance
+            and LABEL_WORKSPACE not in labels
+            and cid not in self._held
         ]
         for cid in stale:
             del self.containers[cid]
+            self.kept.pop(cid, None)
         log.info("containers_swept", count=len(stale), keep_instance=keep_instance)
         return len(stale)
 
@@ -226,6 +344,10 @@ class MemoryBackend:
             raise BackendUnavailable("container backend unavailable: in-memory backend is down")
 
 
+def _matches(have: Mapping[str, str], labels: Mapping[str, str | None]) -> bool:
+    return all(k in have and (v is None or have[k] == v) for k, v in labels.items())
+
+
 class MemorySandbox:
     """A fake container: a pid counter and the processes opened in it."""
 
@@ -236,7 +358,20 @@ class MemorySandbox:
         self.closed = False
         #: Its own loopback; a test may add names to ``network.hosts``.
         self.network = FakeNetwork(backend.pipe_limit)
+        self.kept = False
         self._pids = itertools.count(2)
+
+    def keep(self) -> None:
+        self.kept = True
+
+    async def put_files(self, files: Mapping[str, bytes]) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.closed:
+            raise BackendError(f"container {self._container_id} is gone")
+        for path in files:
+            if not path.startswith("/"):
+                raise BackendError(f"file path {path!r} is not an absolute file path")
+        self._backend.files.setdefault(self._container_id, {}).update(files)
 
     @property
     def container_id(self) -> str:
@@ -266,6 +401,7 @@ class MemorySandbox:
         backend = self._backend
         env = {**self.spec.settings.env, **process_env(spec)}
         process = MemoryProcess(spec, env, next(self._pids), backend.pipe_limit)
+        process.files = backend.files.setdefault(self._container_id, {})
         backend.process_specs.append(spec)
         backend.live_processes += 1
         try:
@@ -301,6 +437,8 @@ class MemoryProcess:
         else:
             self._stderr_w, self._stderr_r = self._stdout_w, None
         self._scope = trio.CancelScope()
+        #: Its container's files (``MemorySandbox.put_files``).
+        self.files: Mapping[str, bytes] = {}
         self._signal: str | None = None
         self._status: ExitStatus | None = None
         self._error: BaseException | None = None

@@ -3,12 +3,14 @@
 It understands ``[shell, "-c", CMD]`` and a bare ``[shell]`` (reads command lines from
 stdin, writing the prompt ``"$ "`` before each; with a pty too, but without a tty's input
 echo). ``CMD`` is a ``;``- or newline-separated list of built-ins: ``echo WORDS [>&2]``,
-``exit N``, ``true``, ``false``, ``cat [> /dev/null]``, ``head -c N /dev/zero``,
-``sleep N``, ``stty size``, ``printenv [NAME]``, ``kill [-SIG] $$``, each optionally after
-``exec``. ``$NAME``, ``${NAME}``, ``$$`` and ``$?`` are expanded. Anything else prints
-``sh: CMD: not found`` and exits 127. Any other argv runs as one such command. With a pty,
-``\\n`` is written as ``\\r\\n`` (ONLCR), as a real terminal does, and ^D in the input is a
-one-shot EOF (VEOF).
+``exit N``, ``true``, ``false``, ``cat [> /dev/null]``, ``cat PATH...`` (the files its
+container was given), ``head -c N /dev/zero``,
+``sleep N``, ``stty size``, ``printenv [NAME]``, ``kill [-SIG] $$``, ``cd`` (does
+nothing), each optionally after ``exec``, and ``NAME=$(tty) && export NAME`` (what a pty
+session starts with: the terminal is ``/dev/pts/0``). ``$NAME``, ``${NAME}``, ``$$``
+and ``$?`` are expanded. Anything else prints ``sh: CMD: not found`` and exits 127. Any
+other argv runs as one such command. With a pty, ``\\n`` is written as ``\\r\\n``
+(ONLCR), as a real terminal does, and ^D in the input is a one-shot EOF (VEOF).
 
 The shell sees its process through :class:`ShellProcess` only: its pid, environment,
 terminal size and the program's ends of its pipes.
@@ -35,6 +37,8 @@ __all__ = ["HARMLESS_SIGNALS", "FakeShell", "Killed", "ShellProcess"]
 _ZERO_CHUNK: Final = bytes(256 * 1024)
 #: Signals whose default action is not to terminate; the fake ignores them.
 HARMLESS_SIGNALS: Final = frozenset({"CHLD", "CONT", "URG", "WINCH", "STOP", "TSTP"})
+#: ``NAME=$(tty) && export NAME``: how a pty session learns its terminal's name.
+_TTY_EXPORT: Final = re.compile(r"([A-Za-z_]\w*)=\$\(tty\) && export \1")
 
 
 class _Exit(Exception):
@@ -72,6 +76,10 @@ class ShellProcess(Protocol):
     def program_stderr(self) -> trio.abc.SendStream:
         """With a pty, the same stream as :attr:`program_stdout`."""
 
+    @property
+    def files(self) -> Mapping[str, bytes]:
+        """The files its container holds (``Sandbox.put_files``), for ``cat PATH``."""
+
 
 class FakeShell:
     """The fake shell: runs built-ins against the process's pipes."""
@@ -83,6 +91,12 @@ class FakeShell:
         #: Input read but not consumed; ``None`` marks a one-shot EOF (^D on a pty).
         self._pending: deque[bytes | None] = deque()
         self._stdin_eof = False
+        #: Variables the script exported, over the process's environment.
+        self.exported: dict[str, str] = {}
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        return {**self.p.env, **self.exported}
 
     async def run_argv(self, argv: list[str]) -> int:
         if argv and argv[0] in self.shells:
@@ -116,6 +130,10 @@ class FakeShell:
 
     async def _run_line(self, line: str) -> None:
         for command in re.split(r"[;\n]", line):
+            if tty := _TTY_EXPORT.fullmatch(command.strip()):
+                if self.p.pty_size is not None:
+                    self.exported[tty.group(1)] = "/dev/pts/0"
+                continue
             if command.strip():
                 try:
                     words = shlex.split(command)
@@ -132,7 +150,7 @@ class FakeShell:
                 return str(self.p.pid)
             if name == "?":
                 return str(self.status)
-            return self.p.env.get(name, "")
+            return self.env.get(name, "")
 
         return re.sub(r"\$(\$|\?|[A-Za-z_]\w*|\{[A-Za-z_]\w*\})", sub, word)
 
@@ -157,6 +175,8 @@ class FakeShell:
             args = args[1:]
         if not args:
             return
+        if replace and args[0] in self.shells:  # a pty session's wrapper execs the shell
+            raise _Exit(await self.run_argv(args))
         builtin = _BUILTINS.get(args[0])
         if builtin is None:
             await self._write(f"sh: {args[0]}: not found\n".encode(), err=err is not None)
@@ -262,9 +282,14 @@ async def _false(sh: FakeShell, args: list[str], io: _Output) -> int:
 
 
 async def _cat(sh: FakeShell, args: list[str], io: _Output) -> int:
-    if args:
-        await io.err(b"cat: only stdin is supported by the fake\n")
-        return 1
+    if args:  # files its container was given, else nothing
+        missing = [path for path in args if path not in sh.p.files]
+        for path in args:
+            if path in sh.p.files:
+                await io.out(sh.p.files[path])
+        for path in missing:
+            await io.err(f"cat: {path}: No such file or directory\n".encode())
+        return 1 if missing else 0
     while chunk := await sh.read_stdin():
         if not io.discard_out:
             await io.out(chunk)
@@ -309,9 +334,10 @@ async def _stty(sh: FakeShell, args: list[str], io: _Output) -> int:
 
 async def _printenv(sh: FakeShell, args: list[str], io: _Output) -> int:
     if not args:
-        await io.out("".join(f"{k}={v}\n" for k, v in sh.p.env.items()).encode())
+        await io.out("".join(f"{k}={v}\n" for k, v in sh.env.items()).encode())
         return 0
-    values = [sh.p.env[name] for name in args if name in sh.p.env]
+    env = sh.env
+    values = [env[name] for name in args if name in env]
     if values:
         await io.out("".join(f"{v}\n" for v in values).encode())
     else:
@@ -346,6 +372,7 @@ _BUILTINS: Final[Mapping[str, _Builtin]] = {
     "exit": _exit,
     "true": _true,
     ":": _true,
+    "cd": _true,  # the fake has no file system: every directory is the same
     "false": _false,
     "cat": _cat,
     "head": _head,

@@ -197,6 +197,24 @@ class PodmanApi:
 
         return await self.call(run, abandon_on_cancel=abandon_on_cancel)
 
+    async def put_archive(self, container_id: str, archive: bytes) -> None:
+        """Extract a tar archive at the container's ``/`` (``PUT .../archive``).
+
+        Cancellation: the upload completes (its outcome is known); then cancelled.
+        """
+        api = self.client.api
+
+        def run() -> None:
+            response = api.put(
+                f"/containers/{container_id}/archive",
+                params={"path": "/"},
+                data=archive,
+                headers={"Content-Type": "application/x-tar"},
+            )
+            _raise_for_status(response)
+
+        await self.call(run)
+
     async def exec_output(self, container_id: str, argv: list[str]) -> bytes:
         """Run ``argv`` in the container to completion and return its stdout (small outputs).
 

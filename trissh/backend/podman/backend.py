@@ -31,6 +31,8 @@ import trio
 from trissh.backend._common import ms_since
 from trissh.backend.base import (
     ContainerSettings,
+    FoundSandbox,
+    FoundVolume,
     HealthCheck,
     LaunchPath,
     Observe,
@@ -41,11 +43,13 @@ from trissh.backend.base import (
     SocketAddress,
 )
 from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
+from trissh.backend.podman import keeping
 from trissh.backend.podman.api import PodmanApi
 from trissh.backend.podman.containment import explained
 from trissh.backend.podman.exec import ExecTarget
 from trissh.backend.podman.health import check_podman
-from trissh.backend.podman.launch import Launcher, LaunchSetup, NewContainers
+from trissh.backend.podman.images import Images, Registry
+from trissh.backend.podman.launch import Launcher, LaunchSetup, NewContainers, StreamLauncher
 from trissh.backend.podman.owner import owner_token, sweep
 from trissh.backend.podman.removal import Removals
 from trissh.backend.podman.renames import Renames
@@ -73,6 +77,7 @@ class PodmanBackend:
         direct_stdio: bool = False,
         stdio_dir: str = "",
         exec_agent: bool = False,
+        registries: Mapping[str, Registry] | None = None,
     ) -> None:
         """Args:
         url: ``unix:///path.sock``, ``unix:/path.sock`` or ``http+unix://%2Fpath.sock``.
@@ -92,6 +97,7 @@ class PodmanBackend:
             must be able to reach it.
         exec_agent: with direct stdio, programs are started by the container's agent
             instead of ``podman exec`` (:mod:`.agent`).
+        registries: credentials and TLS of registries, by ``HOST[:PORT]`` (:mod:`.images`).
         """
         self._url = url
         self._api = PodmanApi(
@@ -103,6 +109,7 @@ class PodmanBackend:
         self._specs = ContainerSpecs(self._api, scope_labels=self._scope_labels, owner=self._owner)
         self._removals = Removals(self._api, self._observe)
         self._renames = Renames(self._api)
+        self._images = Images(self._api, registries or {})
         self._launch = NewContainers.configure(
             exec_helper=exec_helper,
             direct_stdio=direct_stdio,
@@ -155,13 +162,45 @@ class PodmanBackend:
 
         Cancellation: safe at any point; whatever was created is removed (bounded).
         """
-        container_id = await self._take_warm(spec)
+        container_id = None if spec.workspace else await self._take_warm(spec)
         if container_id is None:
             container_id = await self._start_container(spec)
+        sandbox = PodmanSandbox(container_id, self._launchers[container_id], self._api)
         try:
-            yield PodmanSandbox(container_id, self._launchers[container_id])
+            yield sandbox
         finally:
-            await self._remove_at_exit(container_id, spec)
+            await self._leave(sandbox, spec)
+
+    @asynccontextmanager
+    async def adopt_sandbox(
+        self, found: FoundSandbox, spec: SandboxSpec
+    ) -> AsyncIterator[PodmanSandbox]:
+        """A running container an earlier trissh kept (:mod:`.keeping`); leaving the
+        context removes it unless kept again.
+
+        Raises:
+            BackendError: it is gone or not running.
+        """
+        container_id = found.container_id
+        helper = await keeping.inspect_for_adoption(self._api, container_id)
+        launcher = StreamLauncher(self._target(container_id, spec), helper=helper, fallback=None)
+        self._launchers[container_id] = launcher
+        log.info("container_adopted", container=container_id[:12], user=spec.username)
+        sandbox = PodmanSandbox(container_id, launcher, self._api)
+        try:
+            yield sandbox
+        finally:
+            await self._leave(sandbox, spec)
+
+    async def _leave(self, sandbox: PodmanSandbox, spec: SandboxSpec) -> None:
+        """A sandbox's context ends: remove its container, or (kept) only let it go."""
+        if not sandbox.kept:
+            await self._remove_at_exit(sandbox.container_id, spec)
+            return
+        launcher = self._launchers.pop(sandbox.container_id, None)
+        if launcher is not None:
+            launcher.close()
+        log.info("container_kept", container=sandbox.container_id[:12], user=spec.username)
 
     async def _take_warm(self, spec: SandboxSpec) -> str | None:
         """A running container from the warm pool, now owned by ``spec``'s connection.
@@ -225,6 +264,8 @@ class PodmanBackend:
         """
         started = time.monotonic()
         image = spec.settings.image
+        policy = spec.settings.pull_policy
+        await self._images.ensure(image, policy)
         name = container_name(spec)
         container_id: str | None = None
         maybe_created = False
@@ -237,7 +278,10 @@ class PodmanBackend:
                 container = await self._api.call(
                     lambda: self._api.client.containers.create(image, **kwargs), image=image
                 )
-            except (ImageNotFound, BackendUnavailable):
+            except ImageNotFound:
+                maybe_created = False
+                raise self._images.missing(image, policy) from None
+            except BackendUnavailable:
                 maybe_created = False
                 raise
             except BackendError as exc:
@@ -295,6 +339,21 @@ class PodmanBackend:
             remove=self._removals.remove_now,
         )
 
+    async def find_sandboxes(self, labels: Mapping[str, str | None]) -> list[FoundSandbox]:
+        return await keeping.find_containers(self._api, {**self._scope_labels, **labels})
+
+    async def remove_sandbox(self, container_id: str) -> bool:
+        return await self._removals.remove_now(container_id)
+
+    async def create_volume(self, name: str, labels: Mapping[str, str]) -> None:
+        await keeping.create_volume(self._api, name, {**self._scope_labels, **labels})
+
+    async def find_volumes(self, labels: Mapping[str, str | None]) -> list[FoundVolume]:
+        return await keeping.find_volumes(self._api, {**self._scope_labels, **labels})
+
+    async def remove_volume(self, name: str) -> bool:
+        return await keeping.remove_volume(self._api, name)
+
     async def health(self, settings: ContainerSettings) -> list[HealthCheck]:
         """Service, runtime, cgroups, containment, storage, stdio, forwarding and image
         checks for ``trissh doctor``, for containers of ``settings``."""
@@ -335,9 +394,19 @@ class PodmanBackend:
 class PodmanSandbox:
     """One running container; its launcher starts the programs."""
 
-    def __init__(self, container_id: str, launcher: Launcher) -> None:
+    def __init__(self, container_id: str, launcher: Launcher, api: PodmanApi) -> None:
         self._container_id = container_id
         self._launcher = launcher
+        self._api = api
+        #: Left running when its context ends (:meth:`keep`).
+        self.kept = False
+
+    def keep(self) -> None:
+        self.kept = True
+
+    async def put_files(self, files: Mapping[str, bytes]) -> None:
+        """One tar upload (:func:`.keeping.archive_of`)."""
+        await self._api.put_archive(self._container_id, keeping.archive_of(files))
 
     @property
     def container_id(self) -> str:

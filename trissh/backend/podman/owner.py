@@ -21,7 +21,7 @@ from typing import Final
 import structlog
 import trio
 
-from trissh.backend.base import LABEL_INSTANCE
+from trissh.backend.base import LABEL_INSTANCE, LABEL_WORKSPACE
 from trissh.backend.errors import BackendError, BackendUnavailable
 from trissh.backend.podman.api import PodmanApi
 
@@ -90,7 +90,8 @@ async def sweep(
     remove: Callable[[str], Awaitable[bool]],
 ) -> int:
     """Remove (with ``remove``) containers labelled with another ``trissh.instance`` and
-    ``scope_labels``, except those whose owner is alive; return how many went.
+    ``scope_labels``, except those whose owner is alive and workspaces (the workspace
+    registry adopts or removes those); return how many went.
 
     Raises:
         BackendUnavailable: podman cannot be reached (one stuck container is only logged).
@@ -99,7 +100,7 @@ async def sweep(
     others = [
         (container_id, found.get(LABEL_OWNER, ""))
         for container_id, found in await list_containers(api, labels)
-        if found.get(LABEL_INSTANCE) != keep_instance
+        if found.get(LABEL_INSTANCE) != keep_instance and LABEL_WORKSPACE not in found
     ]
     alive = await trio.to_thread.run_sync(
         lambda: {owner for _, owner in others if owner_alive(owner)}

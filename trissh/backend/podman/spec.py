@@ -89,6 +89,13 @@ class ContainerSpecs:
         all_mounts = [*_settings_mounts(settings), *mounts]
         if all_mounts:
             kwargs["mounts"] = all_mounts
+        named = {
+            volume.source: {"bind": volume.destination, "mode": "ro" if volume.read_only else "rw"}
+            for volume in settings.volumes
+            if volume.named
+        }
+        if named:
+            kwargs["volumes"] = named
         kwargs.update(await self._limits(settings))
         return kwargs
 
@@ -133,6 +140,7 @@ def _settings_mounts(settings: ContainerSettings) -> list[dict[str, Any]]:
             "read_only": volume.read_only,
         }
         for volume in settings.volumes
+        if not volume.named
     ]
     return mounts
 

@@ -1,0 +1,110 @@
+"""Workspaces on real podman with the real OpenSSH client, in the Debian image: a file and a
+running tmux survive reconnects; one user's connections share the workspace and another
+user never sees it; the TTL removes it; a restart adopts it; home volumes outlive it."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from trissh.ops.workspaces_cli import list_workspaces
+
+from ..support import ClientKey, RunningServer, needs, run_ssh
+from .conftest import ServerFactory, podman_backend, workspaces_of
+
+pytestmark = [pytest.mark.podman, needs("ssh")]
+
+
+async def ssh(server: RunningServer, key: ClientKey, user: str, command: str) -> str:
+    result = await run_ssh(server.port, key.path, command, user=user)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+async def test_a_workspace_keeps_files_and_tmux_and_is_its_user_s_alone(
+    make_server: ServerFactory, client_key: ClientKey, users: list[str]
+) -> None:
+    """A file and a detached tmux session are there on the next connection; two concurrent
+    connections run in one container; another user has another, without the file."""
+    alice, bob = users
+    server = await make_server()
+    first = await ssh(
+        server, client_key, alice,
+        "echo kept > ~/f && tmux new-session -d -s keep 'sleep 600' && hostname",
+    )  # fmt: skip
+    seen: dict[str, str] = {}
+
+    async def concurrent(name: str, command: str) -> None:
+        seen[name] = await ssh(server, client_key, alice, command)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(concurrent, "long", "sleep 2; hostname")
+        nursery.start_soon(concurrent, "short", "cat ~/f; tmux ls -F '#{session_name}'; hostname")
+    assert seen["short"] == f"kept\nkeep\n{first}"
+    assert seen["long"] == first
+    other = await ssh(server, client_key, bob, "cat ~/f 2>/dev/null || echo none; hostname")
+    assert other.splitlines()[0] == "none"
+    assert other.splitlines()[1] != first.strip()
+    assert len(await workspaces_of(server.ctx.settings.podman_url(), alice)) == 1
+
+
+async def test_after_the_ttl_the_workspace_is_gone_and_the_next_login_starts_fresh(
+    make_server: ServerFactory, client_key: ClientKey, users: list[str], podman_url: str
+) -> None:
+    alice = users[0]
+    server = await make_server(**{"session.workspace_ttl": 1})
+    first = await ssh(server, client_key, alice, "echo old > ~/f; hostname")
+    with trio.fail_after(30):
+        while await workspaces_of(podman_url, alice):
+            await trio.sleep(0.2)
+    again = await ssh(server, client_key, alice, "cat ~/f 2>/dev/null || echo fresh; hostname")
+    assert again.splitlines()[0] == "fresh"
+    assert again.splitlines()[1] != first.strip()
+
+
+async def test_a_restart_adopts_the_workspace_with_its_tmux(
+    make_server: ServerFactory, client_key: ClientKey, users: list[str], podman_url: str
+) -> None:
+    """on_shutdown = keep: the stop leaves the container (the operator's list shows it, no
+    server holding it); the next server adopts it: the file, the tmux session and the
+    container are the same. A third server with another image discards it."""
+    alice = users[0]
+    keep = {"workspaces.on_shutdown": "keep"}
+    first = await make_server(**keep)
+    host = await ssh(
+        first, client_key, alice, "echo kept > ~/f; tmux new-session -d -s t 'sleep 600'; hostname"
+    )
+    await first.stop()
+    [container] = await workspaces_of(podman_url, alice)
+    backend = podman_backend(podman_url)
+    listing = "\n".join(await list_workspaces(backend, first.ctx.settings))
+    backend.close()
+    assert "no server holds them" in listing
+    assert f"{alice} " in listing
+    assert container[:12] in listing
+    second = await make_server(**keep)
+    back = await ssh(second, client_key, alice, "cat ~/f; tmux ls -F '#{session_name}'; hostname")
+    assert back == f"kept\nt\n{host}"
+    assert await workspaces_of(podman_url, alice) == [container]
+    await second.stop()
+    third = await make_server(**{**keep, "container.image": "localhost/trissh-base:latest"})
+    assert await workspaces_of(podman_url, alice) == []
+    await third.stop()
+
+
+async def test_the_home_volume_outlives_the_workspace(
+    make_server: ServerFactory, client_key: ClientKey, users: list[str], podman_url: str
+) -> None:
+    """With home_volume, HOME is the volume: a file there survives the TTL's removal of the
+    container; a file elsewhere does not; the image's own /root files were copied in."""
+    alice = users[0]
+    server = await make_server(**{"session.workspace_ttl": 0, "workspaces.home_volume": True})
+    await ssh(server, client_key, alice, "echo mine > ~/f; echo gone > /tmp/g")
+    with trio.fail_after(30):
+        while await workspaces_of(podman_url, alice):
+            await trio.sleep(0.2)
+    after = await ssh(
+        server, client_key, alice,
+        "echo $HOME; cat ~/f; cat /tmp/g 2>/dev/null || echo no-tmp; test -f ~/.bashrc && echo rc",
+    )  # fmt: skip
+    assert after == "/root\nmine\nno-tmp\nrc\n"

@@ -1,0 +1,213 @@
+"""Workspace mode over the in-process backend and the real OpenSSH client: one container per
+user, shared by their connections, kept for the TTL, adopted or discarded at start-up, home
+volumes and their expiry. (tests/e2e/test_workspaces.py does the same on real podman.)"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from trissh.backend.base import LABEL_WORKSPACE
+from trissh.backend.memory import MemoryBackend
+from trissh.server.workspace_state import WorkspaceState, server_running
+from trissh.server.workspaces import home_volume_name
+
+from .support import ClientKey, RunningServer, make_context, needs_ssh, run_ssh, start_server
+
+pytestmark = needs_ssh
+
+ServerFactory = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def make_server(
+    nursery: trio.Nursery, authorized_keys: Path, tmp_path: Path
+) -> AsyncIterator[ServerFactory]:
+    """Servers in workspace mode (TTL 30 s unless said), sharing one state file."""
+    started: list[RunningServer] = []
+
+    async def make(backend: MemoryBackend, **overrides: Any) -> RunningServer:
+        settings = {
+            "session.execution_mode": "workspace",
+            "session.workspace_ttl": 30,
+            "workspaces.state_file": str(tmp_path / "workspaces.json"),
+            **overrides,
+        }
+        ctx = make_context(backend, authorized_keys, tmp_path / "host_key", **settings)
+        server = await start_server(nursery, ctx)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        if not server.done.is_set():
+            await server.stop()
+
+
+def workspaces_of(backend: MemoryBackend, user: str) -> list[str]:
+    return [
+        cid for cid, labels in backend.containers.items() if labels.get(LABEL_WORKSPACE) == user
+    ]
+
+
+async def test_connections_of_one_user_share_one_container(
+    make_server: ServerFactory, client_key: ClientKey
+) -> None:
+    """Two concurrent connections and a later one of alice: one container, made once; bob
+    gets his own."""
+    backend = MemoryBackend()
+    server = await make_server(backend)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_ssh, server.port, client_key.path, "sleep 2")
+        with trio.fail_after(10):
+            while not workspaces_of(backend, "alice"):
+                await trio.sleep(0.02)
+        result = await run_ssh(server.port, client_key.path, "echo second")
+        assert result.stdout == b"second\n"
+    assert (await run_ssh(server.port, client_key.path, "echo third")).returncode == 0
+    await run_ssh(server.port, client_key.path, "true", user="bob")
+    assert len(workspaces_of(backend, "alice")) == 1
+    assert len(workspaces_of(backend, "bob")) == 1
+    assert [s.username for s in backend.sandbox_specs] == ["alice", "bob"]
+    metric = server.ctx.metrics.workspace_attaches_total
+    assert metric.labels(outcome="new")._value.get() == 2
+    assert metric.labels(outcome="reattached")._value.get() == 2
+
+
+async def test_the_ttl_removes_an_idle_workspace_and_the_next_login_starts_fresh(
+    make_server: ServerFactory, client_key: ClientKey
+) -> None:
+    """While a connection is attached the TTL does not run; once none is, it does."""
+    backend = MemoryBackend()
+    server = await make_server(backend, **{"session.workspace_ttl": 0.3})
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_ssh, server.port, client_key.path, "sleep 1.5")
+        with trio.fail_after(10):
+            while not workspaces_of(backend, "alice"):
+                await trio.sleep(0.02)
+        [first] = workspaces_of(backend, "alice")
+        await trio.sleep(1)  # past the TTL, still attached
+        assert workspaces_of(backend, "alice") == [first]
+    with trio.fail_after(10):
+        while workspaces_of(backend, "alice"):
+            await trio.sleep(0.05)
+    await run_ssh(server.port, client_key.path, "true")
+    [second] = workspaces_of(backend, "alice")
+    assert second != first
+    assert server.ctx.state.workspaces is not None
+    assert list(server.ctx.state.workspaces.live) == ["alice"]
+
+
+async def test_a_workspace_removed_by_an_operator_is_replaced_at_the_next_login(
+    make_server: ServerFactory, client_key: ClientKey
+) -> None:
+    """`trissh workspaces remove` while the server holds it: the next login finds it gone
+    and gets a new one (not an error)."""
+    backend = MemoryBackend()
+    server = await make_server(backend)
+    await run_ssh(server.port, client_key.path, "true")
+    [first] = workspaces_of(backend, "alice")
+    assert await backend.remove_sandbox(first)
+    result = await run_ssh(server.port, client_key.path, "echo fresh")
+    assert result.stdout == b"fresh\n", result.stderr
+    [second] = workspaces_of(backend, "alice")
+    assert second != first
+
+
+async def test_the_maximum_refuses_a_new_user_with_a_message(
+    make_server: ServerFactory, client_key: ClientKey
+) -> None:
+    backend = MemoryBackend()
+    server = await make_server(backend, **{"workspaces.max_workspaces": 1})
+    await run_ssh(server.port, client_key.path, "true")
+    result = await run_ssh(server.port, client_key.path, "echo never", user="bob")
+    assert result.returncode == 255
+    assert b"maximum of 1 workspaces" in result.stderr
+    assert result.stdout == b""
+    assert workspaces_of(backend, "bob") == []
+
+
+async def test_a_restart_adopts_kept_workspaces_and_discards_changed_ones(
+    make_server: ServerFactory, client_key: ClientKey, tmp_path: Path
+) -> None:
+    """on_shutdown = keep: the stop leaves the containers; the next server (same backend,
+    same state) adopts alice's, whose settings did not change, and removes bob's, whose
+    image did; its first login reattaches."""
+    backend = MemoryBackend()
+    first = await make_server(backend)
+    await run_ssh(first.port, client_key.path, "true")
+    await run_ssh(first.port, client_key.path, "true", user="bob")
+    [alice] = workspaces_of(backend, "alice")
+    assert server_running(tmp_path / "workspaces.json")
+    await first.stop()
+    assert not server_running(tmp_path / "workspaces.json")
+    assert set(backend.kept) == {alice, *workspaces_of(backend, "bob")}
+    second = await make_server(backend, users={"bob": {"image": "localhost/other:latest"}})
+    assert workspaces_of(backend, "alice") == [alice]
+    assert workspaces_of(backend, "bob") == []
+    assert (await run_ssh(second.port, client_key.path, "echo back")).stdout == b"back\n"
+    assert workspaces_of(backend, "alice") == [alice]
+    metric = second.ctx.metrics.workspace_attaches_total
+    assert metric.labels(outcome="reattached")._value.get() == 1
+    await second.stop()
+
+
+async def test_on_shutdown_remove_and_a_second_server_on_the_same_state(
+    make_server: ServerFactory, client_key: ClientKey
+) -> None:
+    """remove: nothing survives the stop. A second live server on the same state file has
+    no workspaces (its users are told why) and touches nothing of the first's."""
+    backend = MemoryBackend()
+    first = await make_server(backend, **{"workspaces.on_shutdown": "remove"})
+    await run_ssh(first.port, client_key.path, "true")
+    second = await make_server(MemoryBackend())
+    result = await run_ssh(second.port, client_key.path, "true")
+    assert result.returncode == 255
+    assert b"workspaces are unavailable" in result.stderr
+    assert len(workspaces_of(backend, "alice")) == 1
+    await first.stop()
+    assert backend.containers == {}
+    assert backend.kept == {}
+
+
+async def test_home_volumes_are_made_mounted_and_expire(
+    make_server: ServerFactory, client_key: ClientKey, tmp_path: Path
+) -> None:
+    """A labelled volume per user mounted at home (HOME of the programs); its last use
+    goes to the state file; expired volumes go, used ones stay."""
+    backend = MemoryBackend()
+    server = await make_server(
+        backend, **{"workspaces.home_volume": True, "workspaces.home": "/home/me"}
+    )
+    result = await run_ssh(server.port, client_key.path, "printenv HOME")
+    assert result.stdout == b"/home/me\n"
+    name = home_volume_name("alice")
+    [spec] = backend.sandbox_specs
+    assert [(v.source, v.destination, v.named) for v in spec.settings.volumes] == [
+        (name, "/home/me", True)
+    ]
+    assert backend.volumes[name][0] == {"trissh.home": "alice"}
+    registry = server.ctx.state.workspaces
+    assert registry is not None
+    section = server.ctx.settings.workspaces
+    far_future = time.time() + 400 * 86400
+    assert await registry.expire_volumes(section, now=far_future) == 0  # still mounted
+    await server.stop()  # kept, so still mounted
+    backend.kept.clear()
+    backend.containers.clear()
+    state = WorkspaceState(tmp_path / "workspaces.json")
+    state.lock()
+    assert time.time() - state.volumes[name] < 60
+    state.unlock()
+    second = await make_server(backend, **{"workspaces.home_volume": True})
+    registry = second.ctx.state.workspaces
+    assert registry is not None
+    section = second.ctx.settings.workspaces
+    assert await registry.expire_volumes(section, now=time.time() + 29 * 86400) == 0
+    assert await registry.expire_volumes(section, now=far_future) == 1
+    assert name not in backend.volumes

@@ -1,0 +1,98 @@
+"""The environment sshd gives every program, computed for a session in a container.
+
+sshd sets ``USER``, ``LOGNAME``, ``HOME``, ``SHELL``, ``SSH_CONNECTION``, ``SSH_CLIENT`` and,
+with a terminal, ``SSH_TTY``; ``SSH_ORIGINAL_COMMAND`` where a forced command replaced the
+client's. Programs rely on them: prompts and git's identity (``USER``), rsync and git
+over ssh in the other direction (``SSH_CONNECTION``), tmux and screen (``SSH_TTY``).
+
+The layers, later winning: what the client sent (``accept_env``), the login's identity
+(``USER``, ``LOGNAME``, ``SHELL``, and ``HOME`` when trissh knows it), what authentication
+granted (authorized_keys ``environment=``, webhook answers), then the connection's own
+facts (``SSH_*``), which nobody may forge. ``HOME`` is otherwise the container's: podman
+sets it from the image's passwd entry of the container's user, so an image's ``/root`` or
+``/home/app`` is right without trissh guessing.
+
+``SSH_TTY`` is only known inside the container, once the terminal exists: a pty session
+starts through the shell (:func:`program_argv`), which exports ``$(tty)`` and applies
+the client's terminal modes before it ``exec``s the program.
+
+Like sshd, programs start in the home directory (``cd ~``, which is ``$HOME``) unless the
+operator set ``[container] workdir``: rsync, scp and sftp paths without a leading ``/``
+are relative to it. An ``exec`` command gets the ``cd`` in front of its own shell's
+command line (no extra process); other programs are started through the shell.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+
+from trissh.addresses import host_of
+from trissh.channels.termmodes import stty_arguments
+
+
+def _port_of(address: str) -> str:
+    port = address.rpartition(":")[2]
+    return port if port.isdigit() else "0"
+
+
+def connection_environment(remote: str, local: str) -> dict[str, str]:
+    """``SSH_CONNECTION`` and ``SSH_CLIENT`` from ``HOST:PORT`` addresses (IPv6 in brackets);
+    empty when the client's address is not known."""
+    if not remote or ":" not in remote:
+        return {}
+    client, client_port = host_of(remote), _port_of(remote)
+    server = host_of(local) if local and ":" in local else "0.0.0.0"  # noqa: S104 - a label
+    server_port = _port_of(local) if local else "0"
+    return {
+        "SSH_CONNECTION": f"{client} {client_port} {server} {server_port}",
+        "SSH_CLIENT": f"{client} {client_port} {server_port}",
+    }
+
+
+def session_environment(
+    *,
+    username: str,
+    shell: str,
+    home: str | None,
+    client: Mapping[str, str],
+    granted: Mapping[str, str],
+    remote: str,
+    local: str,
+    original_command: str | None = None,
+) -> dict[str, str]:
+    """A session program's environment, in the order the module docstring gives."""
+    identity = {"USER": username, "LOGNAME": username, "SHELL": shell}
+    if home:
+        identity["HOME"] = home
+    env = {**client, **identity, **granted, **connection_environment(remote, local)}
+    if original_command is not None:
+        env["SSH_ORIGINAL_COMMAND"] = original_command
+    return env
+
+
+#: How a program moves to its home directory first (sshd's chdir to the user's home).
+GO_HOME = "cd ~ 2>/dev/null"
+
+
+def program_argv(
+    shell: Sequence[str], argv: Sequence[str], *, modes: bytes | None, home: bool
+) -> list[str]:
+    """``argv`` as it starts: with a terminal (``modes`` not None), ``SSH_TTY`` exported
+    (``tty``'s answer) and the client's terminal modes applied with ``stty``; with
+    ``home``, in the home directory; then ``exec``. Every word is quoted or ours."""
+    parts = []
+    if modes is not None:
+        parts.append("SSH_TTY=$(tty) && export SSH_TTY")
+    if home:
+        parts.append(GO_HOME)
+    arguments = stty_arguments(modes or b"")
+    if arguments:
+        parts.append(" ".join(shlex.quote(item) for item in ("stty", *arguments)) + " 2>/dev/null")
+    if not parts:
+        return list(argv)
+    own = len(shell) + 2
+    if modes is None and len(argv) == own and list(argv[: own - 1]) == [*shell, "-c"]:
+        return [*argv[:-1], "; ".join([*parts, argv[-1]])]  # the command's own shell
+    parts.append("exec " + " ".join(shlex.quote(item) for item in argv))
+    return [shell[0], "-c", "; ".join(parts)]

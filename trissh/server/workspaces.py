@@ -1,0 +1,493 @@
+"""Workspaces: one container per user name, shared by all of that user's connections and
+sessions, kept ``[session] workspace_ttl`` seconds after the last connection ends.
+
+Theory of operation
+-------------------
+A connection in ``workspace`` mode gets a :class:`WorkspaceSource` (its ``SandboxSource``).
+At its first session channel the source *attaches* to the user's :class:`Workspace` from
+the :class:`Workspaces` registry, which lives in the server's upkeep nursery and so
+outlives every connection; a holder task in the connection's nursery detaches it when the
+connection ends. The registry counts attached connections; a keeper task per workspace
+holds the backend's sandbox context and, once nobody is attached, waits the TTL (an
+attach in between restarts the wait) before leaving the context, which removes the
+container. A login that finds the workspace alive *reattached* (log and metric say so).
+
+Home volumes (``[workspaces] home_volume``): a named volume per user, mounted at
+``home`` (also the programs' HOME), created with the labels the expiry finds it by. When
+each was last used goes into the state file (:mod:`.workspace_state`); an hourly pass
+removes those unused for ``home_volume_expiry_days``.
+
+Across restarts: a graceful stop *keeps* the workspaces (``on_shutdown = "keep"``: the
+backend leaves the containers running; programs trissh started are ended, daemons like a
+tmux server go on) or removes them. At start-up the registry looks at every container
+labelled ``trissh.workspace`` in its scope and **adopts** it when its user is still in
+workspace mode and its settings hash (``trissh.workspace-recipe``) is what the user's
+settings give now (its TTL then starts over); otherwise it **removes** it, saying why
+(``settings_changed``, ``not_workspace_mode``, ``stopped``, ``duplicate``,
+``over_limit``). After a crash the containers are simply there, and the same rules apply.
+The state file's lock makes sure only one live server adopts a deployment's workspaces.
+
+Nursery tree::
+
+    Workspaces.run               the server's upkeep nursery
+    └─ workspaces nursery
+       ├─ _expire_volumes         hourly pass over home volumes (with home_volume)
+       └─ _keep (one each)        the sandbox context and the TTL of one workspace
+    WorkspaceSource._hold         in each connection's nursery: attached while it runs
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from typing import Final
+
+import structlog
+import trio
+
+from trissh.backend import (
+    Backend,
+    BackendError,
+    FoundSandbox,
+    Sandbox,
+    SandboxSpec,
+    Volume,
+)
+from trissh.backend.base import LABEL_RECIPE, LABEL_WORKSPACE
+from trissh.config import ServerConfig, WorkspacesSection, container_settings
+from trissh.ops.metrics import Metrics
+from trissh.server.workspace_state import StateLocked, WorkspaceState
+
+log = structlog.get_logger("trissh.server.workspaces")
+
+#: Label of home volumes: whose it is.
+LABEL_HOME: Final = "trissh.home"
+#: How often home volumes are checked for expiry.
+EXPIRY_INTERVAL: Final = 3600.0
+#: Bound on starting or adopting a workspace's container.
+DEFAULT_START_TIMEOUT: Final = 60.0
+
+
+def home_volume_name(user: str) -> str:
+    """``trissh-home-NAME-HASH``: readable, valid for podman, unique per user name."""
+    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", user)[:40].strip("-.") or "user"
+    return f"trissh-home-{safe}-{hashlib.sha256(user.encode()).hexdigest()[:8]}"
+
+
+def recipe_of(spec: SandboxSpec) -> str:
+    """A hash of what a workspace's container is made of: a change means a new one."""
+    settings = json.dumps(dataclasses.asdict(spec.settings), sort_keys=True, default=str)
+    return hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+
+def workspace_spec(
+    settings: ServerConfig, user: str, instance: str, spec: SandboxSpec | None = None
+) -> SandboxSpec:
+    """The spec of ``user``'s workspace: the login's container settings (``spec``, else the
+    configuration's), the home volume, the workspace labels."""
+    if spec is None:
+        spec = SandboxSpec(
+            conn_id="",
+            username=user,
+            remote="",
+            instance=instance,
+            settings=container_settings(settings.container_for(user)),
+        )
+    section = settings.workspaces
+    container = spec.settings
+    if section.home_volume:
+        home = Volume(
+            source=home_volume_name(user), destination=section.home, read_only=False, named=True
+        )
+        container = dataclasses.replace(container, volumes=(*container.volumes, home))
+    made = dataclasses.replace(
+        spec, conn_id=f"ws-{user}", remote="", settings=container, workspace=user
+    )
+    return dataclasses.replace(made, recipe=recipe_of(made))
+
+
+@dataclasses.dataclass(eq=False)
+class Workspace:
+    """One user's workspace while the registry holds it."""
+
+    user: str
+    spec: SandboxSpec
+    ttl: float
+    #: The kept container to take over instead of making one (start-up adoption).
+    adopt: FoundSandbox | None = None
+    attached: int = 0
+    sandbox: Sandbox | None = None
+    failure: BackendError | None = None
+    ready: trio.Event = dataclasses.field(default_factory=trio.Event)
+    changed: trio.Event = dataclasses.field(default_factory=trio.Event)
+    #: Out of the registry: no new attach may have it (it is being removed).
+    closing: bool = False
+    #: The keeper's scope: cancelled when the container turned out gone.
+    scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
+
+    async def sandbox_or_failure(self) -> Sandbox:
+        await self.ready.wait()
+        if self.sandbox is None:
+            raise self.failure or BackendError(f"workspace of {self.user} is gone")
+        return self.sandbox
+
+
+class Workspaces:
+    """The registry: every live workspace by user name (module docstring)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        metrics: Metrics,
+        settings: Callable[[], ServerConfig],
+        *,
+        instance: str,
+    ) -> None:
+        self._backend = backend
+        self._metrics = metrics
+        self._settings = settings
+        self._instance = instance
+        self._live: dict[str, Workspace] = {}
+        self._nursery: trio.Nursery | None = None
+        self._state: WorkspaceState | None = None
+        #: Why this server holds no workspaces (the state is another server's), if so.
+        self.unavailable: str | None = None
+
+    @property
+    def live(self) -> dict[str, Workspace]:
+        return self._live
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Adopt or remove what earlier servers left, then keep workspaces until cancelled.
+        A configuration without workspace mode leaves every kept workspace alone (and takes
+        no lock) until a reload turns it on.
+
+        Cancellation: each workspace is removed, or kept if :meth:`stop` said so.
+        """
+        settings = self._settings()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if workspace_mode_used(settings) and self._lock():
+                    with contextlib.suppress(BackendError):  # podman down: sessions say so
+                        await self._adopt_leftovers(settings)
+                task_status.started()
+                await self._expire_volumes()
+        finally:
+            self._nursery = None
+            if self._state is not None:
+                self._state.unlock()
+
+    def _lock(self) -> bool:
+        """Take the state file's lock (once); False, and workspaces unavailable, if not."""
+        if self._state is not None or self.unavailable is not None:
+            return self._state is not None
+        state = WorkspaceState(self._settings().workspace_state_file())
+        try:
+            state.lock()
+        except (StateLocked, OSError) as exc:
+            self.unavailable = str(exc)
+            log.error("workspaces_unavailable", error=str(exc))
+            return False
+        self._state = state
+        return True
+
+    def stop(self) -> None:
+        """The server stops: with ``on_shutdown = "keep"`` the containers stay running
+        (call before the registry's nursery is cancelled)."""
+        keep = self._settings().workspaces.on_shutdown == "keep"
+        for workspace in self._live.values():
+            if keep and workspace.sandbox is not None:
+                workspace.sandbox.keep()
+                log.info("workspace_kept", user=workspace.user)
+
+    def source(self, spec: SandboxSpec, ttl: float, nursery: trio.Nursery) -> WorkspaceSource:
+        """What a connection of ``spec.username`` in workspace mode takes its container from."""
+        return WorkspaceSource(self, spec, ttl, nursery)
+
+    # -- attach and detach ---------------------------------------------------------------
+
+    def attach(self, spec: SandboxSpec, ttl: float) -> Workspace:
+        """Count one more connection of the user; make the workspace if there is none.
+
+        Raises:
+            BackendError: workspaces are unavailable, or the maximum is reached.
+        """
+        user = spec.username
+        if self._nursery is None or not self._lock():
+            raise BackendError(f"workspaces are unavailable: {self.unavailable or 'stopping'}")
+        workspace = self._live.get(user)
+        reattached = workspace is not None
+        if workspace is None:
+            limit = self._settings().workspaces.max_workspaces
+            if len(self._live) >= limit:
+                self._metrics.workspace_attached("refused")
+                log.warning("workspace_refused", user=user, limit=limit)
+                raise BackendError(f"the server holds its maximum of {limit} workspaces")
+            full = workspace_spec(self._settings(), user, self._instance, spec)
+            workspace = self._start(Workspace(user=user, spec=full, ttl=ttl))
+        workspace.attached += 1
+        workspace.ttl = ttl  # the latest login's settings
+        workspace.changed.set()
+        self._metrics.workspace_attached("reattached" if reattached else "new")
+        log.info(
+            "workspace_attached",
+            user=user,
+            reattached=reattached,
+            connections=workspace.attached,
+        )
+        return workspace
+
+    def detach(self, workspace: Workspace) -> None:
+        workspace.attached -= 1
+        workspace.changed.set()
+        log.info(
+            "workspace_detached",
+            user=workspace.user,
+            connections=workspace.attached,
+            ttl_s=workspace.ttl,
+        )
+
+    def _start(self, workspace: Workspace) -> Workspace:
+        assert self._nursery is not None
+        self._live[workspace.user] = workspace
+        self._metrics.workspaces.set(len(self._live))
+        self._nursery.start_soon(self._keep, workspace)
+        return workspace
+
+    # -- one workspace's life --------------------------------------------------------------
+
+    async def _keep(self, workspace: Workspace) -> None:
+        """Start (or adopt) the container, hold it while attached and for the TTL after.
+
+        Cancellation: the container is removed (bounded, by the backend) unless kept.
+        """
+        structlog.contextvars.clear_contextvars()  # not the first connection's lines
+        reason = "shutdown"
+        try:
+            with workspace.scope:
+                async with contextlib.AsyncExitStack() as held:
+                    sandbox = await self._open(workspace, held)
+                    if sandbox is None:
+                        reason = "failed"
+                        return
+                    workspace.sandbox = sandbox
+                    workspace.ready.set()
+                    await self._wait_idle(workspace)
+                    reason = "ttl"
+                    self._drop(workspace)  # no attach may get it while its container goes
+            if workspace.scope.cancelled_caught:
+                reason = "gone"
+        finally:
+            self._drop(workspace)
+            workspace.sandbox = None
+            workspace.ready.set()
+            home = _home_volume(workspace.spec)
+            if home is not None and self._state is not None:
+                self._state.used(home)
+            if reason != "failed":
+                log.info("workspace_ended", user=workspace.user, reason=reason)
+
+    async def _open(self, workspace: Workspace, held: contextlib.AsyncExitStack) -> Sandbox | None:
+        """The workspace's sandbox, entered into ``held``; None (failure recorded) if not."""
+        spec = workspace.spec
+        timeout = self._settings().container_for(workspace.user).start_timeout
+        with trio.move_on_after(timeout):
+            try:
+                if workspace.adopt is not None:
+                    context = self._backend.adopt_sandbox(workspace.adopt, spec)
+                else:
+                    home = _home_volume(spec)
+                    if home is not None:
+                        await self._backend.create_volume(home, {LABEL_HOME: workspace.user})
+                    context = self._backend.open_sandbox(spec)
+                sandbox = await held.enter_async_context(context)
+            except BackendError as exc:
+                workspace.failure = exc
+                log.warning("workspace_start_failed", user=workspace.user, error=str(exc))
+                return None
+            log.info(
+                "workspace_started",
+                user=workspace.user,
+                container=sandbox.container_id[:12],
+                adopted=workspace.adopt is not None,
+            )
+            return sandbox
+        workspace.failure = BackendError(f"workspace did not start within {timeout:g} s")
+        log.warning("workspace_start_failed", user=workspace.user, error="timeout")
+        return None
+
+    @staticmethod
+    async def _wait_idle(workspace: Workspace) -> None:
+        """Return once nobody has been attached for the workspace's TTL."""
+        while True:
+            workspace.changed = trio.Event()
+            if workspace.attached > 0:
+                await workspace.changed.wait()
+                continue
+            with trio.move_on_after(workspace.ttl):
+                await workspace.changed.wait()
+            if workspace.attached == 0 and not workspace.changed.is_set():
+                return
+
+    async def still_there(self, workspace: Workspace, sandbox: Sandbox) -> bool:
+        """Whether the workspace's container still runs (an operator may have removed it);
+        if not, the workspace is dropped, so the next attach makes a new one."""
+        found = await self._backend.find_sandboxes({LABEL_WORKSPACE: workspace.user})
+        if any(f.container_id == sandbox.container_id and f.running for f in found):
+            return True
+        log.warning("workspace_gone", user=workspace.user, container=sandbox.container_id[:12])
+        self._drop(workspace)
+        workspace.scope.cancel()
+        return False
+
+    def _drop(self, workspace: Workspace) -> None:
+        workspace.closing = True
+        if self._live.get(workspace.user) is workspace:
+            del self._live[workspace.user]
+            self._metrics.workspaces.set(len(self._live))
+
+    # -- start-up and expiry -----------------------------------------------------------
+
+    async def _adopt_leftovers(self, settings: ServerConfig) -> None:
+        """Adopt or remove the workspaces earlier servers left (module docstring)."""
+        for found in await self._backend.find_sandboxes({LABEL_WORKSPACE: None}):
+            user = found.labels[LABEL_WORKSPACE]
+            session = settings.session_for(user) if _valid_user(settings, user) else None
+            spec = workspace_spec(settings, user, self._instance)
+            reason = None
+            if session is None or session.execution_mode != "workspace":
+                reason = "not_workspace_mode"
+            elif not found.running:
+                reason = "stopped"
+            elif found.labels.get(LABEL_RECIPE) != spec.recipe:
+                reason = "settings_changed"
+            elif user in self._live:
+                reason = "duplicate"
+            elif len(self._live) >= settings.workspaces.max_workspaces:
+                reason = "over_limit"
+            if reason is not None:
+                await self._backend.remove_sandbox(found.container_id)
+                log.info("workspace_discarded", user=user, reason=reason)
+                continue
+            assert session is not None
+            self._start(Workspace(user=user, spec=spec, ttl=session.workspace_ttl, adopt=found))
+            log.info("workspace_adopted", user=user, container=found.container_id[:12])
+
+    async def _expire_volumes(self) -> None:
+        """Now and every hour: remove home volumes unused for their expiry (once this server
+        holds the state)."""
+        while True:
+            if self._state is not None:
+                with contextlib.suppress(BackendError):
+                    await self.expire_volumes(self._settings().workspaces)
+            await trio.sleep(EXPIRY_INTERVAL)
+
+    async def expire_volumes(self, section: WorkspacesSection, now: float | None = None) -> int:
+        """One pass; returns how many went."""
+        if not section.home_volume_expiry_days or self._state is None:
+            return 0
+        now = time.time() if now is None else now
+        live = {_home_volume(w.spec) for w in self._live.values()}
+        removed = 0
+        for volume in await self._backend.find_volumes({LABEL_HOME: None}):
+            last = self._state.volumes.get(volume.name, volume.created)
+            idle_days = (now - last) / 86400
+            if volume.in_use or volume.name in live or idle_days < section.home_volume_expiry_days:
+                continue
+            try:
+                await self._backend.remove_volume(volume.name)
+            except BackendError as exc:
+                log.warning("workspace_volume_remove_failed", volume=volume.name, error=str(exc))
+                continue
+            self._state.forget(volume.name)
+            removed += 1
+            log.info("workspace_volume_expired", volume=volume.name, idle_days=round(idle_days, 1))
+        return removed
+
+
+def workspace_mode_used(settings: ServerConfig) -> bool:
+    """Whether any user (the default included) is in workspace mode."""
+    if settings.session.execution_mode == "workspace":
+        return True
+    return any(
+        user.session.get("execution_mode") == "workspace" for user in settings.users.values()
+    )
+
+
+def _home_volume(spec: SandboxSpec) -> str | None:
+    return next((v.source for v in spec.settings.volumes if v.named), None)
+
+
+def _valid_user(settings: ServerConfig, user: str) -> bool:
+    """A label's user name whose settings can be computed (a removed [users] entry is fine)."""
+    try:
+        settings.session_for(user)
+        settings.container_for(user)
+    except ValueError:
+        return False
+    return True
+
+
+class WorkspaceSource:
+    """A connection's ``SandboxSource`` in workspace mode: attached from its first session
+    channel until the connection ends (a holder task in the connection's nursery)."""
+
+    def __init__(
+        self, registry: Workspaces, spec: SandboxSpec, ttl: float, nursery: trio.Nursery
+    ) -> None:
+        self._registry = registry
+        self._spec = spec
+        self._ttl = ttl
+        self._nursery = nursery
+        self._workspace: Workspace | None = None
+        self._refusal: BackendError | None = None
+        #: Reattached to a workspace made earlier: check once that its container is there.
+        self._check = False
+
+    def prepare(self, start_timeout: float) -> None:
+        """Attach now: the workspace's start (if any) overlaps the client's round trip."""
+        if self._workspace is None and self._refusal is None:
+            self._check = self._spec.username in self._registry.live
+            try:
+                self._workspace = self._registry.attach(self._spec, self._ttl)
+            except BackendError as exc:
+                self._refusal = exc
+                return
+            self._nursery.start_soon(self._hold, self._workspace)
+
+    async def acquire(self, owned: contextlib.AsyncExitStack) -> Sandbox:
+        """The user's workspace's container (never entered into ``owned``: not ours).
+
+        Raises:
+            BackendError: the limit was reached, or it could not start (a later session
+            of this connection tries again).
+        """
+        for _ in range(2):  # a workspace found gone is replaced once
+            if self._workspace is not None and self._workspace.closing:
+                self._workspace = None  # it failed or ended: attach to a new one
+            self.prepare(DEFAULT_START_TIMEOUT)
+            if self._refusal is not None:
+                refusal, self._refusal = self._refusal, None
+                raise refusal
+            assert self._workspace is not None
+            sandbox = await self._workspace.sandbox_or_failure()
+            if not self._check:
+                return sandbox
+            self._check = False
+            if await self._registry.still_there(self._workspace, sandbox):
+                return sandbox
+        raise BackendError("the workspace's container is gone")
+
+    async def _hold(self, workspace: Workspace) -> None:
+        """Attached while the connection runs (cancelled with its nursery)."""
+        structlog.contextvars.unbind_contextvars("channel", "container")
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._registry.detach(workspace)
