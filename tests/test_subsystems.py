@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,9 @@ async def test_subsystems_come_from_the_configuration_per_user(
         ("bob", "netconf"): "ChannelSuccess",
         ("bob", "sftp"): "ChannelFailure",
     }
-    assert [spec.argv for spec in memory_backend.process_specs] == [
-        ["/usr/lib/openssh/sftp-server"], ["/usr/sbin/netconf", "-q", "a b"]
+    # each runs from the home directory, as sshd starts it, with its arguments as written
+    assert [_program(spec.argv) for spec in memory_backend.process_specs] == [
+        "exec /usr/lib/openssh/sftp-server", "exec /usr/sbin/netconf -q 'a b'"
     ]  # fmt: skip
 
 
@@ -99,7 +101,9 @@ async def test_the_deprecated_sftp_server_still_runs_sftp(
             await peer.login()
             assert isinstance(await _subsystem(peer, "sftp"), conn.ChannelSuccess)
             await peer.stream.aclose()
-    assert [spec.argv for spec in memory_backend.process_specs] == [["/opt/sftp-server"]]
+    assert [_program(spec.argv) for spec in memory_backend.process_specs] == [
+        "exec /opt/sftp-server"
+    ]
 
 
 async def test_a_forced_command_runs_whatever_subsystem_was_asked(
@@ -130,3 +134,9 @@ async def test_a_forced_command_runs_whatever_subsystem_was_asked(
 def test_subsystem_tables_are_validated(table: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, {"session.subsystems": table})
+
+
+def _program(argv: Sequence[str]) -> str:
+    """What a subsystem's ``sh -c`` line finally executes (after going home)."""
+    assert argv[:2] == ["/bin/sh", "-c"], argv
+    return argv[2].rsplit("; ", 1)[-1]

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -27,6 +26,7 @@ from trissh.auth.authorized_keys import (
     parse_entry,
 )
 from trissh.auth.chains import MethodChains
+from trissh.auth.decisions import Decision, Grant, LoginRequest, Prompts, metadata_grant
 from trissh.auth.gssapi import Kerberos, KerberosError
 from trissh.auth.passwords import verify_password
 from trissh.auth.revocation import RevocationError, load_revoked_keys
@@ -52,84 +52,24 @@ from trissh.protocol.keys import SecurityKeyAssertion
 
 log = structlog.get_logger("trissh.auth")
 
+#: The decision values (decisions.py) are imported from here too.
+__all__ = [
+    "AuthPolicy",
+    "Decision",
+    "Grant",
+    "LoginRequest",
+    "PolicyError",
+    "Prompts",
+    "load_key_file",
+    "metadata_grant",
+]
+
 PASSWORD_PROMPT = ("Password: ", False)
 CODE_PROMPT = ("Verification code: ", True)
 
 
 class PolicyError(Exception):
     """The configuration's credentials cannot be loaded; the message names the file."""
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """What a login carries into its sessions: restrictions, and what webhooks decided."""
-
-    forced_command: str | None = None
-    allow_pty: bool = True
-    environment: Mapping[str, str] = field(default_factory=dict)
-    #: The name an auth webhook verified (ContainerSSH's ``authenticatedUsername``).
-    username: str | None = None
-    #: ``[container]`` overrides from the configuration server, already validated.
-    container: Mapping[str, Any] = field(default_factory=dict)
-    #: ``no-port-forwarding`` (key or certificate): no -L/-D/-W/-R, TCP or unix socket.
-    allow_port_forwarding: bool = True
-    allow_agent_forwarding: bool = True
-    #: ``permitopen=`` / ``permitlisten=`` lists: a forward must match one entry of each
-    #: list (they narrow ``[forwarding]``, never widen it).
-    permit_open: tuple[tuple[str, ...], ...] = ()
-    permit_listen: tuple[tuple[str, ...], ...] = ()
-    #: Files webhooks asked for (absolute path -> content), placed in the container before
-    #: the login's first program runs (as ContainerSSH: readable by the container's users).
-    files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
-    #: Secret files (a delegated Kerberos ccache): written as the container's user, mode
-    #: 0600. Never in a repr or a log.
-    secret_files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
-    #: Where the user's own keys are, when they may manage them (RFC 4819 subsystem).
-    user_keys: UserKeyStore | None = None
-
-    def merged(self, other: Grant) -> Grant:
-        """Both at once: restrictions narrow, never widen; later facts add to earlier."""
-        return Grant(
-            forced_command=self.forced_command or other.forced_command,
-            allow_pty=self.allow_pty and other.allow_pty,
-            environment={**self.environment, **other.environment},
-            username=other.username or self.username,
-            container={**self.container, **other.container},
-            allow_port_forwarding=self.allow_port_forwarding and other.allow_port_forwarding,
-            allow_agent_forwarding=self.allow_agent_forwarding and other.allow_agent_forwarding,
-            permit_open=self.permit_open + other.permit_open,
-            permit_listen=self.permit_listen + other.permit_listen,
-            files={**self.files, **other.files},
-            secret_files={**self.secret_files, **other.secret_files},
-            user_keys=other.user_keys or self.user_keys,
-        )
-
-
-def metadata_grant(metadata: Metadata, *, expose_metadata: bool = False) -> Grant:
-    """What a login's webhook metadata (every answer's, merged in ContainerSSH's order)
-    gives its programs: the ``environment`` (with ``exposeAuthMetadataAsEnv``, the
-    ``metadata`` entries first, under it) and the ``files``."""
-    exposed = {k: v.value for k, v in metadata.metadata.items()} if expose_metadata else {}
-    environment = {**exposed, **{k: v.value for k, v in metadata.environment.items()}}
-    files = {path: value.value for path, value in metadata.files.items()}
-    return Grant(environment=environment, files=files)
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    ok: bool
-    reason: str = ""
-    grant: Grant = field(default_factory=Grant)
-    #: Extra fields for the auth_succeeded log line (certificate key id, CA).
-    log: Mapping[str, str] = field(default_factory=dict)
-    #: Webhook metadata to pass on to later webhook calls.
-    metadata: Metadata | None = None
-    #: What a FIDO security key's signature must show: the user's touch (unless the key's
-    #: ``no-touch-required`` allows otherwise) and, with ``verify-required``, verification.
-    touch_required: bool = True
-    verify_required: bool = False
-    #: The configuration server's ``exposeAuthMetadataAsEnv``.
-    expose_metadata: bool = False
 
 
 def _webhook_decision(response: AuthResponse | KeyboardInteractiveResponse, what: str) -> Decision:
@@ -139,40 +79,6 @@ def _webhook_decision(response: AuthResponse | KeyboardInteractiveResponse, what
         return Decision(False, f"{what} rejected by the auth webhook")
     grant = Grant(username=response.authenticated_username)
     return Decision(True, grant=grant, log={"via": "webhook"}, metadata=response.metadata)
-
-
-@dataclass(frozen=True, slots=True)
-class LoginRequest:
-    """Who is asking, from where: what every decision may look at."""
-
-    username: str
-    remote_ip: str
-    conn_id: str = ""
-    #: ``host:port`` as webhooks want it, and the client's identification line.
-    remote: str = ""
-    client_version: str = ""
-    #: What earlier webhook answers said, passed on to the next (ContainerSSH metadata).
-    metadata: Metadata = field(default_factory=Metadata)
-
-    def connection(self) -> dict[str, Any]:
-        """The fields every webhook request carries."""
-        return {
-            "username": self.username,
-            "remote_address": self.remote or self.remote_ip,
-            "connection_id": self.conn_id,
-            "client_version": self.client_version,
-            "metadata": self.metadata,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Prompts:
-    """Keyboard-interactive wants answers to these; ``state`` comes back with them."""
-
-    prompts: list[tuple[str, bool]]
-    name: str = ""
-    instruction: str = ""
-    state: object = None
 
 
 @dataclass(slots=True)
