@@ -286,10 +286,13 @@ class AgentProcess:
             await self._line.send(f"kill {number}\n".encode())
 
     async def wait(self) -> ExitStatus:
-        """Raises: BackendError: the agent went away without saying how it ended."""
+        """How the program ended. An agent that went away without saying was killed with
+        its container (``podman kill``/``rm -f``, an out-of-memory kill), and its programs
+        with it (PR_SET_PDEATHSIG): SIGKILL, as ``podman exec`` reports it."""
         await self._exited.wait()
         if self._status is None:
-            raise BackendError("the container's agent did not report how the program ended")
+            log.warning("agent_lost", status="signal KILL")
+            return ExitStatus(signal="KILL")
         return self._status
 
     async def watch(self) -> None:
