@@ -180,15 +180,24 @@ async def test_trusted_peer_without_a_header_is_refused(make_server: ServerFacto
 async def test_max_startups_refuses_floods_of_unauthenticated_connections(
     make_server: ServerFactory, client_key: ClientKey
 ) -> None:
-    """max_startups = 3: a fourth unauthenticated connection is closed without a banner,
-    and once one of them leaves there is room again (the real ssh logs in)."""
+    """max_startups = 3: a fourth unauthenticated connection is refused with a message the
+    user reads (OpenSSH prints the DISCONNECT), and once one of them leaves there is room
+    again (the real ssh logs in)."""
     server = await make_server(**{"limits.max_startups": "3", "limits.max_startups_per_source": 0})
     idle = [await trio.open_tcp_stream("127.0.0.1", server.port) for _ in range(3)]
-    with trio.fail_after(10):
+    with trio.fail_after(30):
         while server.ctx.state.unauthenticated < 3:
             await trio.sleep(0.01)
         fourth = await trio.open_tcp_stream("127.0.0.1", server.port)
-        assert await fourth.receive_some() == b""
+        received = b""
+        while chunk := await fourth.receive_some():
+            received += chunk
+        assert received.startswith(b"SSH-2.0-trissh")
+        assert b"server busy: too many connections are logging in" in received
+        refused = await run_ssh(server.port, client_key.path, "echo refused")
+        assert refused.returncode == 255
+        assert b"Received disconnect" in refused.stderr
+        assert b"server busy: too many connections" in refused.stderr
         await idle[0].aclose()
         while server.ctx.state.unauthenticated > 2:
             await trio.sleep(0.01)

@@ -192,6 +192,10 @@ class ConnectionDriver:
                 self.conn.disconnect(DisconnectReason.BY_APPLICATION, SHUTDOWN_MESSAGE)
             await self._writer.flush_and_close()
 
+    def greet(self) -> None:
+        """Write the version line and KEXINIT now, from the caller (the accept loop)."""
+        self._writer.flush_now()
+
     def metrics_closed(self, bytes_in: int, bytes_out: int) -> None:
         self._metrics.closed(self.close_reason, bytes_in, bytes_out)
 
@@ -465,8 +469,29 @@ class ConnectionDriver:
         self._quickack = False
 
 
-async def serve_connection(
+def open_connection(
     stream: trio.abc.Stream,
+    ctx: ServerContext,
+    *,
+    conn_id: str,
+    remote: str,
+    local: str = "",
+    initial_data: bytes = b"",
+) -> ConnectionDriver:
+    """A new connection whose greeting (version line and KEXINIT) is already written, as far
+    as the socket takes it without waiting. Synchronous, so the accept loop greets each
+    connection the moment it accepts it, ahead of every other connection's work
+    (server/accept.py); ``serve_connection`` then serves it.
+    """
+    driver = ConnectionDriver(
+        stream, ctx, conn_id=conn_id, remote=remote, local=local, initial_data=initial_data
+    )
+    driver.greet()
+    return driver
+
+
+async def serve_connection(
+    stream: trio.abc.Stream | ConnectionDriver,
     ctx: ServerContext,
     *,
     conn_id: str,
@@ -475,14 +500,19 @@ async def serve_connection(
     initial_data: bytes = b"",
 ) -> None:
     """Serve one client until it leaves; log its life in ``connection_*`` events.
+    ``stream`` may be a connection ``open_connection`` greeted already.
 
     Cancellation: tears the connection down (sessions, container, socket) within bounds.
     """
     started = time.monotonic()
     with structlog.contextvars.bound_contextvars(conn_id=conn_id, remote=remote):
         log.info("connection_accepted")
-        driver = ConnectionDriver(
-            stream, ctx, conn_id=conn_id, remote=remote, local=local, initial_data=initial_data
+        driver = (
+            stream
+            if isinstance(stream, ConnectionDriver)
+            else ConnectionDriver(
+                stream, ctx, conn_id=conn_id, remote=remote, local=local, initial_data=initial_data
+            )
         )
         ctx.state.connections.add(driver)
         try:

@@ -48,6 +48,7 @@ from trissh.protocol.events import (
     WindowChanged,
 )
 from trissh.protocol.keys import HostKey, PublicKey, fingerprint, parse_public_key
+from trissh.protocol.transport import refusal
 
 __all__ = [
     "AgentForwardingRequested",
@@ -99,4 +100,5 @@ __all__ = [
     "WindowChanged",
     "fingerprint",
     "parse_public_key",
+    "refusal",
 ]

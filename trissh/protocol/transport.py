@@ -106,6 +106,17 @@ _GENERIC = frozenset(
 )
 
 
+def refusal(config: ProtocolConfig, reason: DisconnectReason, description: str) -> bytes:
+    """What a client turned away before its handshake gets: our version line and a cleartext
+    DISCONNECT (RFC 4253 §11.1: sent at any time), which OpenSSH shows its user as "Received
+    disconnect from HOST port N:REASON: description". sshd past MaxStartups closes without
+    a word, and its clients report a reset or a timeout instead."""
+    packet = PacketEncoder(config.rng).encode(
+        Disconnect(reason=reason, description=description).encode()
+    )
+    return config.server_version + b"\r\n" + b"".join(packet)
+
+
 class Transport:
     """Server side of RFC 4253; hands service-layer payloads up through ``next_payload``."""
 
