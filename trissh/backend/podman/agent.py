@@ -184,6 +184,20 @@ class Agent:
             self.broken = True
             raise BackendError(f"the container's agent went away: {exc}") from exc
 
+    def connected(self) -> bool:
+        """Whether the agent (hence its container) is still there, without asking podman:
+        a peek that finds the socket ended means the agent is gone (data waiting, or none,
+        means it is there)."""
+        if self.broken:
+            return False
+        sock: socket.socket = self._conn._sock  # type: ignore[attr-defined]
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
     def close(self) -> None:
         """The agent kills what it started and stays as the container's keepalive."""
         self.broken = True

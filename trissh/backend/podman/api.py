@@ -33,9 +33,10 @@ import requests
 import trio
 
 from trissh.backend.errors import BackendError, BackendUnavailable, ImageNotFound
+from trissh.backend.podman.http import HttpError, PodmanHttp
 from trissh.backend.podman.stdio_frames import FrameDecoder, FrameError, StreamType
 
-__all__ = ["API_VERSION", "PodmanApi", "map_podman_errors", "socket_path"]
+__all__ = ["API_VERSION", "PodmanApi", "create_body", "map_podman_errors", "socket_path"]
 
 #: The libpod API version in every path; podman 4.0+ serves it.
 API_VERSION: Final = "4.0.0"
@@ -120,7 +121,7 @@ def map_podman_errors(*, image: str | None = None, where: str = "") -> Iterator[
         if isinstance(exc, requests.Timeout):
             raise BackendError("podman: request timed out") from exc
         raise BackendError(f"podman: {_one_line(str(exc) or type(exc).__name__)}") from exc
-    except (h11.ProtocolError, podman.errors.PodmanError) as exc:
+    except (h11.ProtocolError, podman.errors.PodmanError, HttpError) as exc:
         raise BackendError(f"podman: {_one_line(str(exc) or type(exc).__name__)}") from exc
 
 
@@ -136,10 +137,13 @@ class PodmanApi:
             max_pool_size=max(10, limiter_capacity),
         )
         self.limiter = trio.CapacityLimiter(limiter_capacity)
+        self._timeout = request_timeout
+        self._http = PodmanHttp(self.path, keep=limiter_capacity)
 
     def close(self) -> None:
         """Drop pooled connections (sync: only closes sockets)."""
         self.client.api.close()
+        self._http.close()
 
     async def call(
         self,
@@ -167,35 +171,47 @@ class PodmanApi:
         body: object = None,
         abandon_on_cancel: bool = False,
         missing_ok: bool = False,
+        image: str | None = None,
     ) -> Any:
-        """One libpod REST request; returns decoded JSON, ``{}`` for an empty body.
+        """One libpod REST request (on trio: :mod:`.http`); returns decoded JSON, ``{}`` for
+        an empty body. ``body`` is sent as JSON (``bytes`` as they are).
 
-        ``missing_ok`` turns a 404 into ``None`` (removing what is already gone).
+        ``missing_ok`` turns a 404 into ``None`` (removing what is already gone); ``image``
+        (a create's) turns an answer that the image is missing into :class:`ImageNotFound`.
+
+        Cancellation: waiting for a slot is cancellable. Once sent, with
+        ``abandon_on_cancel=False`` the request runs to its answer (bounded by the request
+        timeout) and the cancellation is delivered at the next checkpoint, so its outcome is
+        never unknown; with ``True`` it is dropped at once.
         """
-        api = self.client.api
-        data = None if body is None else json.dumps(body)
-
-        def run() -> Any:
-            # APIClient's get/post/delete put the /v4.0.0/libpod prefix in front of ``path``.
-            headers = {"Content-Type": "application/json"} if data else None
-            response: Any
-            if method == "POST":
-                response = api.post(path, params=params, data=data, headers=headers)
-            elif method == "DELETE":
-                response = api.delete(path, params=params)
-            else:
-                response = api.get(path, params=params)
-            if missing_ok and response.status_code == 404:
-                return None
-            _raise_for_status(response)
-            if not response.content.strip():
-                return {}
-            try:
-                return response.json()
-            except ValueError:
-                return {}  # e.g. a detached exec start answers with a bare newline
-
-        return await self.call(run, abandon_on_cancel=abandon_on_cancel)
+        target = _PREFIX + path
+        if params:
+            target += "?" + urllib.parse.urlencode(params)
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        async with self.limiter:
+            with (
+                trio.CancelScope(shield=not abandon_on_cancel),
+                map_podman_errors(image=image, where=self.path),
+            ):
+                with trio.move_on_after(self._timeout) as bound:
+                    response = await self._http.request(method, target, data)
+                if bound.cancelled_caught:
+                    raise BackendError("podman: request timed out")
+        if not abandon_on_cancel:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        if response.status == 404 and missing_ok:
+            return None
+        if response.status >= 400:
+            message = _one_line(_error_text(response.body, response.reason))
+            if image is not None and (response.status == 404 or _IMAGE_MISSING.search(message)):
+                raise ImageNotFound(image)
+            raise BackendError(f"podman: {message}")
+        if not response.body.strip():
+            return {}
+        try:
+            return json.loads(response.body)
+        except ValueError:
+            return {}  # e.g. a detached exec start answers with a bare newline
 
     async def put_archive(self, container_id: str, archive: bytes) -> None:
         """Extract a tar archive at the container's ``/`` (``PUT .../archive``).
@@ -268,12 +284,32 @@ class PodmanApi:
         return sock, leftover
 
 
+def create_body(image: str, kwargs: Mapping[str, Any]) -> bytes:
+    """The body of ``POST /containers/create`` for podman-py's ``containers.create`` keyword
+    arguments, as podman-py renders it; sent by :meth:`PodmanApi.request`, which reads the
+    new id from the answer where podman-py would inspect the container once more."""
+    from podman.api import prepare_body
+    from podman.domain.containers_create import CreateMixin
+
+    payload = CreateMixin._render_payload({"image": image, "command": None, **kwargs})
+    return str(prepare_body(payload)).encode()
+
+
 def _raise_for_status(response: Any) -> None:
     """An error status as podman-py's ``APIError`` (which :func:`map_podman_errors` maps)."""
     if response.status_code >= 400:
         raise podman.errors.APIError(
             response.reason, response=response, explanation=_error_message(response)
         )
+
+
+def _error_text(body: bytes, reason: str) -> str:
+    """podman's error answer: JSON with ``message`` (or ``cause``), else the text itself."""
+    try:
+        payload = json.loads(body)
+        return str(payload.get("message") or payload.get("cause") or reason)
+    except (ValueError, AttributeError):
+        return body.decode(errors="replace") or reason
 
 
 def _error_message(response: Any) -> str:
