@@ -40,14 +40,18 @@ class ServerProcess:
 async def trissh_process(
     podman_url: str, authorized_keys: Path, tmp_path: Path, *, config: Path | None = None
 ) -> AsyncIterator[ServerProcess]:
-    """Start `python -m trissh` on a free port; read its port and instance from its log."""
+    """Start `python -m trissh` on a free port; read its port and instance from its log.
+    Without a ``config``, the warm pool is off, so each login's container is its own."""
+    if config is None:
+        config = tmp_path / "no-pool.toml"
+        config.write_text("[podman]\nwarm_pool = 0\n")
     argv = [
         sys.executable, "-m", "trissh",
         "--listen", "127.0.0.1:0",
         "--authorized-keys", str(authorized_keys),
         "--host-key", str(tmp_path / "host_key"),
         "--podman-url", podman_url,
-        *(["--config", str(config)] if config else []),
+        "--config", str(config),
     ]  # fmt: skip
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
@@ -90,7 +94,7 @@ async def test_sigterm_tells_users_waits_the_grace_then_cleans_up(
     """SIGTERM while a session runs: the user reads "server shutting down", the session
     gets shutdown_grace (2 s), then no container remains and the exit status is 0."""
     config = tmp_path / "trissh.toml"
-    config.write_text("[limits]\nshutdown_grace = 2\n")
+    config.write_text("[limits]\nshutdown_grace = 2\n[podman]\nwarm_pool = 0\n")
     async with trissh_process(podman_url, authorized_keys, tmp_path, config=config) as server:
         client: list[subprocess.CompletedProcess[bytes]] = []
         async with trio.open_nursery() as nursery:
@@ -120,7 +124,7 @@ async def test_second_signal_skips_the_grace(
 ) -> None:
     """A long grace, then a second SIGTERM: the server stops at once, still cleaning up."""
     config = tmp_path / "trissh.toml"
-    config.write_text("[limits]\nshutdown_grace = 600\n")
+    config.write_text("[limits]\nshutdown_grace = 600\n[podman]\nwarm_pool = 0\n")
     async with trissh_process(podman_url, authorized_keys, tmp_path, config=config) as server:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
@@ -210,10 +214,18 @@ async def test_startup_sweep_removes_leftovers_of_a_crashed_server(
 
 
 async def test_json_logs_tell_a_connection_s_story(
-    podman_url: str, authorized_keys: Path, tmp_path: Path, client_key: ClientKey
+    podman_url: str,
+    authorized_keys: Path,
+    tmp_path: Path,
+    client_key: ClientKey,
+    containers: Containers,
 ) -> None:
-    """One JSON object per line; every line of a connection carries its conn_id and remote."""
-    async with trissh_process(podman_url, authorized_keys, tmp_path) as server:
+    """One JSON object per line; every line of a connection carries its conn_id and remote.
+    With the default configuration: the login gets a container from the warm pool."""
+    config = tmp_path / "trissh.toml"
+    config.write_text("")
+    async with trissh_process(podman_url, authorized_keys, tmp_path, config=config) as server:
+        await containers.wait_for(server.instance, 2, timeout=60)  # warm_pool_idle = 2
         with trio.fail_after(60):
             done = await trio.run_process(
                 ssh_argv(server.port, client_key.path, "echo hi; exit 3"),
@@ -227,7 +239,7 @@ async def test_json_logs_tell_a_connection_s_story(
     events = server.events()
     by_name = {event["event"]: event for event in events}
     expected = (
-        "connection_accepted", "kex_completed", "auth_succeeded", "container_created",
+        "connection_accepted", "kex_completed", "auth_succeeded", "container_assigned",
         "session_started", "session_ended", "container_removed", "connection_closed",
     )  # fmt: skip
     for name in expected:
@@ -241,8 +253,14 @@ async def test_json_logs_tell_a_connection_s_story(
     assert by_name["auth_succeeded"]["user"] == "alice"
     assert by_name["session_started"]["command"] == "echo hi; exit 3"
     assert by_name["session_ended"]["exit_code"] == 3
-    assert by_name["container_created"]["container"] == by_name["container_removed"]["container"]
-    assert by_name["container_removed"]["duration_ms"] > 0
+    assert by_name["container_created"]["pooled"] is True
+    assigned = by_name["container_assigned"]
+    removed = next(
+        e for e in events if e["event"] == "container_removed" and e["conn_id"] == conn_id
+    )
+    assert assigned["conn_id"] == conn_id
+    assert assigned["container"] == removed["container"]
+    assert removed["duration_ms"] > 0
     closed = by_name["connection_closed"]
     assert closed["reason"] in ("client_disconnected", "connection_lost")
     assert closed["bytes_in"] > 0

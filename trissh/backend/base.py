@@ -356,6 +356,14 @@ class Backend(Protocol):
     def warm_containers(self) -> int:
         """Started containers waiting for a login (see :meth:`keep_warm`); a gauge."""
 
+    @property
+    def starts_waiting(self) -> int:
+        """Logins waiting for their turn to start a container; a gauge (0 without a queue)."""
+
+    @property
+    def starts_running(self) -> int:
+        """Container starts in progress; a gauge."""
+
     def open_sandbox(self, spec: SandboxSpec) -> AbstractAsyncContextManager[Sandbox]:
         """Create and start a container; leaving the context removes it (bounded, shielded).
 

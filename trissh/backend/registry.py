@@ -45,6 +45,8 @@ def _podman(settings: ServerConfig, observe: Observe | None) -> Backend:
         exec_helper=section.exec_helper or None,
         observe=observe,
         warm_pool=section.warm_pool,
+        warm_pool_idle=section.warm_pool_idle,
+        max_concurrent_starts=section.max_concurrent_starts,
         direct_stdio=section.direct_stdio,
         exec_agent=section.exec_agent,
         stdio_dir=section.stdio_dir,

@@ -271,7 +271,9 @@ async def _sandbox_for(ctx: SessionContext, owned: contextlib.AsyncExitStack) ->
             await _place_files(ctx, sandbox)
             return sandbox
     except trio.TooSlowError:
-        raise SessionRefused(f"container did not start within {timeout:g} s") from None
+        raise SessionRefused(
+            f"container did not start within {timeout:g} s (server busy? try again later)"
+        ) from None
 
 
 async def _place_files(ctx: SessionContext, sandbox: Sandbox) -> None:

@@ -47,8 +47,9 @@ class ContainerSection(Model):
     #: Deprecated, use ``[session] subsystems.sftp``; when set it runs ``sftp`` instead
     #: (the configuration server's ``subsystems.sftp`` arrives here).
     sftp_server: str | None = None
-    #: Seconds allowed for creating and starting a container.
-    start_timeout: float = Field(60.0, gt=0)
+    #: Seconds a session may wait for its container: its turn in the start queue (a login
+    #: storm's last users wait for everyone before them) plus podman's create and start.
+    start_timeout: float = Field(300.0, gt=0)
 
     @field_validator("labels")
     @classmethod

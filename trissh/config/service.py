@@ -62,14 +62,22 @@ class RegistrySettings(Model):
 class PodmanSettings(Model):
     #: ``unix:///path.sock``; default: $CONTAINER_HOST, else $XDG_RUNTIME_DIR/podman/podman.sock.
     url: str | None = None
-    #: Concurrent lifecycle calls to the podman service.
-    max_concurrent_calls: int = Field(8, ge=1, le=256)
+    #: Concurrent requests to the podman service (each a connection to its socket).
+    max_concurrent_calls: int = Field(16, ge=1, le=256)
+    #: Containers created and started at once; more wait their turn in a FIFO queue
+    #: (``trissh_container_starts_waiting``). Past ~8 podman gets no faster here, each
+    #: start only slower.
+    max_concurrent_starts: int = Field(8, ge=1, le=256)
     #: The static ``trissh-exec`` helper (built by scripts/setup-host.sh), made the parent
     #: of every session's program so deaths by signal are reported as such; "" to disable.
     exec_helper: str = "/usr/local/lib/trissh/trissh-exec"
-    #: Containers kept created and started from ``[container]``'s settings, each handed to
-    #: exactly one login whose settings match (never reused); 0 turns the pool off.
-    warm_pool: int = Field(0, ge=0, le=256)
+    #: The most containers kept created and started from ``[container]``'s settings, each
+    #: handed to exactly one login whose settings match (never reused); 0 turns the pool
+    #: off. The pool holds as many as logins took in the last 30 s, within
+    #: ``warm_pool_idle`` and this.
+    warm_pool: int = Field(16, ge=0, le=256)
+    #: The fewest kept, when no one logs in: a login on a quiet server skips podman.
+    warm_pool_idle: int = Field(2, ge=0, le=256)
     #: Programs without a pty get their stdio as pipes handed into the container (through a
     #: per-container directory of unix sockets) instead of podman's exec stream: ~2x the
     #: throughput. Needs ``exec_helper``.

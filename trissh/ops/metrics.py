@@ -193,9 +193,20 @@ class Metrics:
             "Started containers waiting in the warm pool for a login.",
             registry=reg,
         )
+        self.starts_waiting = Gauge(
+            "trissh_container_starts_waiting",
+            "Logins waiting for their turn to start a container (the start queue).",
+            registry=reg,
+        )
+        self.starts_running = Gauge(
+            "trissh_container_starts_running",
+            "Container starts in progress (logins' and the warm pool's).",
+            registry=reg,
+        )
         self.container_operation_duration = Histogram(
             "trissh_container_operation_duration_seconds",
-            "Duration of container operations (start, exec, spawn by the agent, remove).",
+            "Duration of container operations (queue: the wait for a start's turn; start,"
+            " exec, spawn by the agent, remove).",
             ["operation"],
             buckets=CONTAINER_BUCKETS,
             registry=reg,

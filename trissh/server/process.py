@@ -22,9 +22,12 @@ log = structlog.get_logger("trissh")
 
 
 def metered_backend(settings: ServerConfig, metrics: Metrics) -> Backend:
-    """The configured backend, its container operations timed and its warm pool counted."""
+    """The configured backend, its container operations timed, its warm pool and its start
+    queue counted."""
     backend = make_backend(settings, metrics.container_operation)
     metrics.warm_containers.set_function(lambda: backend.warm_containers)
+    metrics.starts_waiting.set_function(lambda: backend.starts_waiting)
+    metrics.starts_running.set_function(lambda: backend.starts_running)
     return backend
 
 

@@ -133,6 +133,14 @@ class MemoryBackend:
     def warm_containers(self) -> int:
         return 0
 
+    @property
+    def starts_waiting(self) -> int:
+        return 0  # sandboxes start at once, no queue
+
+    @property
+    def starts_running(self) -> int:
+        return 0
+
     def close(self) -> None:
         """Nothing to release."""
 

@@ -60,6 +60,7 @@ from trissh.backend.podman.owner import owner_token, sweep
 from trissh.backend.podman.removal import Removals
 from trissh.backend.podman.renames import Renames
 from trissh.backend.podman.spec import ContainerSpecs, container_name
+from trissh.backend.podman.starts import StartQueue
 from trissh.backend.podman.warm_pool import WarmPool
 
 __all__ = ["PodmanBackend", "PodmanSandbox"]
@@ -80,6 +81,8 @@ class PodmanBackend:
         exec_helper: str | None = None,
         observe: Observe | None = None,
         warm_pool: int = 0,
+        warm_pool_idle: int | None = None,
+        max_concurrent_starts: int = 4,
         direct_stdio: bool = False,
         stdio_dir: str = "",
         exec_agent: bool = False,
@@ -95,7 +98,10 @@ class PodmanBackend:
             bind-mounted into every container as each program's parent so a death by
             signal can be told from an exit code; ``None`` or missing: exit codes only.
         observe: told how long each container operation took (metrics).
-        warm_pool: containers to keep started ahead of logins (:mod:`.warm_pool`).
+        warm_pool: the most containers kept started ahead of logins (:mod:`.warm_pool`).
+        warm_pool_idle: the fewest, kept when no one logs in (default: ``warm_pool``).
+        max_concurrent_starts: containers podman creates at once; more wait their turn
+            (:mod:`.starts`).
         direct_stdio: programs without a pty get pipes instead of podman's stream (needs
             ``exec_helper``; :mod:`.direct_stdio`).
         stdio_dir: where the per-container stdio directories go; ``""``: systemd's
@@ -125,10 +131,19 @@ class PodmanBackend:
         )
         #: How programs start in each container we started, by container id.
         self._launchers: dict[str, Launcher] = {}
-        self._pool = (
-            WarmPool(warm_pool, start=self._start_container, remove=self._remove_at_exit)
-            if warm_pool > 0
-            else None
+        self._starts = StartQueue(max_concurrent_starts, self._observe)
+        self._pool = self._warm_pool(warm_pool, warm_pool_idle)
+
+    def _warm_pool(self, size: int, idle: int | None) -> WarmPool | None:
+        """Refills start when the start queue has a slot no login waits for."""
+        if size <= 0:
+            return None
+        return WarmPool(
+            size,
+            start=self._start_container,
+            remove=self._remove_at_exit,
+            idle=idle,
+            turn=self._starts.spare_turn,
         )
 
     @property
@@ -143,6 +158,16 @@ class PodmanBackend:
     def warm_containers(self) -> int:
         """Started containers waiting for a login."""
         return self._pool.ready if self._pool is not None else 0
+
+    @property
+    def starts_waiting(self) -> int:
+        """Logins waiting for their turn to start a container."""
+        return self._starts.waiting
+
+    @property
+    def starts_running(self) -> int:
+        """Container starts in progress (logins' and the warm pool's)."""
+        return self._starts.running
 
     def close(self) -> None:
         """Release pooled HTTP connections, the agents and the stdio directories."""
@@ -170,7 +195,8 @@ class PodmanBackend:
         """
         container_id = None if spec.workspace else await self._take_warm(spec)
         if container_id is None:
-            container_id = await self._start_container(spec)
+            async with self._starts.turn(spec.conn_id) as queued:
+                container_id = await self._start_container(spec, queued=queued)
         sandbox = PodmanSandbox(container_id, self._launchers[container_id], self._api)
         try:
             yield sandbox
@@ -249,7 +275,7 @@ class PodmanBackend:
         state = (info or {}).get("State") or {}
         return None if state.get("Running") else str(state.get("Status", "gone"))
 
-    async def _start_container(self, spec: SandboxSpec) -> str:
+    async def _start_container(self, spec: SandboxSpec, *, queued: float = 0.0) -> str:
         """Create and start a container; return its id.
 
         If podman cannot bind-mount the stdio directory, new containers get none from now
@@ -258,13 +284,15 @@ class PodmanBackend:
         """
         pipes = self._launch.pipes
         try:
-            return await self._start_container_once(spec, self._launch.setup(pipes=pipes))
+            return await self._start_container_once(spec, self._launch.setup(pipes=pipes), queued)
         except BackendError as exc:
             if not (pipes and self._launch.cannot_mount(exc)):
                 raise
-        return await self._start_container_once(spec, self._launch.setup(pipes=False))
+        return await self._start_container_once(spec, self._launch.setup(pipes=False), queued)
 
-    async def _start_container_once(self, spec: SandboxSpec, launch: LaunchSetup) -> str:
+    async def _start_container_once(
+        self, spec: SandboxSpec, launch: LaunchSetup, queued: float
+    ) -> str:
         """One attempt of :meth:`_start_container`; ``launch`` is released either way.
 
         Cancellation and failure: whatever was created is removed (bounded). Creation is
@@ -313,6 +341,7 @@ class PodmanBackend:
             image=image,
             pooled=spec.pooled,
             duration_ms=ms_since(started),
+            queued_ms=round(queued * 1000, 1),
         )
         return container_id
 

@@ -1,0 +1,109 @@
+"""The container start queue: at most ``slots`` creations at once, the rest wait in order.
+
+Theory of operation
+-------------------
+A container start is ~100 ms of CPU for the podman service, conmon and runc; a login storm
+asks for hundreds at once. Past a few concurrent starts podman gets no faster, only slower
+per start, until its requests time out. So every start (a login's, or the warm pool's
+refill) takes a slot of one FIFO ``trio.CapacityLimiter`` first: logins are served in
+the order they asked, podman works at its best rate, and the wait is visible —
+``waiting``/``running`` are gauges on ``/metrics``, a start that has to wait logs
+``container_start_queued`` with its place, and its ``container_created`` line says how
+long it queued. A login that gives up while queued (its client left, its start timeout
+passed) leaves the queue at once and logs ``container_start_abandoned``.
+
+The warm pool's refills come second (:meth:`StartQueue.spare_turn`): they start only when
+no login waits and a slot is free, so a storm is served by the logins' own starts first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final
+
+import structlog
+import trio
+
+from trissh.backend._common import ms_since
+from trissh.backend.base import Observe
+
+__all__ = ["StartQueue"]
+
+log = structlog.get_logger("trissh.backend.podman")
+
+#: A start that waited at least this long says so in its log lines.
+QUEUED_LOG_MS: Final = 1.0
+
+
+class StartQueue:
+    def __init__(self, slots: int, observe: Observe) -> None:
+        self._limiter = trio.CapacityLimiter(slots)
+        self._observe = observe
+        #: Logins waiting for a slot now.
+        self.waiting = 0
+        self._changed = trio.Event()
+
+    @property
+    def slots(self) -> int:
+        return int(self._limiter.total_tokens)
+
+    @property
+    def running(self) -> int:
+        return int(self._limiter.borrowed_tokens)
+
+    @asynccontextmanager
+    async def turn(self, conn_id: str) -> AsyncIterator[float]:
+        """A start slot for a login, in the order logins asked; yields the seconds it
+        waited.
+
+        Cancellation: leaves the queue (logged when it had to wait).
+        """
+        started = time.monotonic()
+        queued = self.waiting > 0 or self._limiter.available_tokens == 0
+        if queued:
+            log.info(
+                "container_start_queued",
+                conn_id=conn_id,
+                position=self.waiting + 1,
+                running=self.running,
+            )
+        self.waiting += 1
+        try:
+            await self._limiter.acquire()
+        except BaseException:
+            if queued:
+                log.warning(
+                    "container_start_abandoned", conn_id=conn_id, queued_ms=ms_since(started)
+                )
+            raise
+        finally:
+            self.waiting -= 1
+            self._notify()
+        waited = time.monotonic() - started
+        self._observe("queue", waited)
+        try:
+            yield waited
+        finally:
+            self._limiter.release()
+            self._notify()
+
+    @asynccontextmanager
+    async def spare_turn(self) -> AsyncIterator[None]:
+        """A slot no login wants: waits until none waits and one is free.
+
+        Cancellation: safe.
+        """
+        while self.waiting or self._limiter.available_tokens == 0:
+            await self._changed.wait()
+        self._limiter.acquire_nowait()
+        try:
+            yield
+        finally:
+            self._limiter.release()
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
