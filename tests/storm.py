@@ -191,7 +191,7 @@ def run_storm(
     clients: list[Client] = []
     selector = selectors.DefaultSelector()
     try:
-        gate = "read _ && exec \"$@\" </dev/null"
+        gate = 'read _ && exec "$@" </dev/null'
         for index in range(count):
             process = subprocess.Popen(
                 ["sh", "-c", gate, "sh", *argv],
@@ -223,7 +223,8 @@ def _collect(
     """Read every client's output, timestamped, until all ended or ``end`` passed."""
     open_pipes = 0
     for client in clients:
-        assert client.process.stdout is not None and client.process.stderr is not None
+        assert client.process.stdout is not None
+        assert client.process.stderr is not None
         for stream, is_err in ((client.process.stdout, False), (client.process.stderr, True)):
             os.set_blocking(stream.fileno(), False)
             selector.register(stream, selectors.EVENT_READ, (client, is_err))

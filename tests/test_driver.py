@@ -280,7 +280,9 @@ async def test_hung_container_start_is_bounded(
         await peer.exec(first, "echo ok")
         messages = await peer.until_close(first)
         stderr = b"".join(m.data for m in messages if isinstance(m, conn.ChannelExtendedData))
-        assert stderr == b"trissh: container did not start within 30 s (server busy? try again later)\n"
+        assert stderr == (
+            b"trissh: container did not start within 30 s (server busy? try again later)\n"
+        )
         assert exit_status_of(messages) == 255
         assert memory_backend.containers == {}
         memory_backend.stall_sandbox_start = False
