@@ -30,6 +30,9 @@ CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, er
 CAPACITY_PAUSE: Final = 0.1
 #: The client left between the kernel's handshake and our accept: nothing to serve.
 GONE_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+#: How long a refused connection stays open for its client to read why, and how many may.
+REFUSAL_LINGER: Final = 2.0
+MAX_LINGERING: Final = 256
 
 
 async def accept_loop(
@@ -61,3 +64,43 @@ async def accept_loop(
                 on_accept(conn)
     finally:
         listener.socket.close()
+
+
+class Refusals:
+    """Refused connections, each told why before it is closed."""
+
+    def __init__(self) -> None:
+        self.lingering = 0
+
+    def refuse(self, stream: trio.SocketStream, message: bytes, nursery: trio.Nursery) -> None:
+        """Write ``message`` (a few hundred bytes: the socket takes them at once) and close.
+
+        Closing a socket whose client's bytes are unread sends a reset, which can reach the
+        client before it has read the message (OpenSSH then reports a broken pipe). So the
+        write side is shut and what the client sends is read and dropped until it leaves
+        or :data:`REFUSAL_LINGER` passes; past :data:`MAX_LINGERING` such sockets (a flood)
+        the socket is closed at once.
+        """
+        sock: socket.socket = stream.socket._sock  # type: ignore[attr-defined]
+        try:
+            sock.send(message)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        if self.lingering >= MAX_LINGERING:
+            sock.close()
+            return
+        self.lingering += 1
+        nursery.start_soon(self._linger, stream)
+
+    async def _linger(self, stream: trio.SocketStream) -> None:
+        try:
+            with trio.move_on_after(REFUSAL_LINGER):
+                while await stream.receive_some(4096):
+                    pass
+        except (trio.BrokenResourceError, OSError):
+            pass
+        finally:
+            self.lingering -= 1
+            stream.socket.close()
