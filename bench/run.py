@@ -65,8 +65,9 @@ CURVE = "curve25519-sha256"
 SNTRUP = "sntrup761x25519-sha512@openssh.com"
 
 TRISSH, ASYNCSSH, OPENSSH, PODMAN = "trissh", "AsyncSSH", "sshd", "trissh+podman"
-#: Containers trissh+podman keeps started ahead of logins ([podman] warm_pool).
-WARM_POOL = 2
+#: Containers trissh+podman keeps started ahead of logins ([podman] warm_pool); None: the
+#: default configuration's (sized by demand).
+WARM_POOL: int | None = 2
 
 
 def log(message: str) -> None:
@@ -294,7 +295,8 @@ class Bench:
         ]
         if backend == "podman":
             argv += ["--podman-url", self.podman_url, "--image", BENCH_IMAGE]
-            argv += ["--warm-pool", str(WARM_POOL)]
+            if WARM_POOL is not None:
+                argv += ["--warm-pool", str(WARM_POOL)]
         metrics_port = free_port()
         argv += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
         server = Server(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -63,11 +64,11 @@ def main() -> int:
     parser.add_argument("--sizes", default="200")
     parser.add_argument("--kex", default=bench_run.CURVE, help="'default': the client's own")
     parser.add_argument("--servers", default=f"{bench_run.PODMAN},{bench_run.OPENSSH}")
-    parser.add_argument("--warm-pool", type=int, default=None)
+    parser.add_argument("--warm-pool", type=int, default=None, help="default: trissh's own")
     parser.add_argument("--out", help="append each storm's figures as a JSON line here")
+    parser.add_argument("--keep-logs", metavar="PREFIX", help="copy the servers' logs there")
     args = parser.parse_args()
-    if args.warm_pool is not None:
-        bench_run.WARM_POOL = args.warm_pool
+    bench_run.WARM_POOL = args.warm_pool
     bench = bench_run.Bench(argparse.Namespace(quick=True))
     kex = None if args.kex == "default" else args.kex
     try:
@@ -88,6 +89,8 @@ def main() -> int:
                 if args.out:
                     with open(args.out, "a") as out:
                         out.write(json.dumps(figures) + "\n")
+                if args.keep_logs and server.log_path:
+                    shutil.copy(server.log_path, f"{args.keep_logs}.{server.name}.{count}.log")
                 if server.name == bench_run.PODMAN:
                     bench_run.wait_containers_gone(bench, server, timeout=300)
                 time.sleep(2)

@@ -43,7 +43,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--backend", choices=["memory", "podman"], default="memory")
     parser.add_argument("--podman-url")
     parser.add_argument("--image")
-    parser.add_argument("--warm-pool", type=int, default=0, help="containers kept started")
+    parser.add_argument(
+        "--warm-pool", type=int, help="[podman] warm_pool (default: the configuration's)"
+    )
     parser.add_argument("--metrics-listen", help="serve /metrics, /healthz, /readyz there")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--cprofile", metavar="OUT", help="write a cProfile of the whole run")
@@ -58,9 +60,10 @@ async def _serve(args: argparse.Namespace) -> None:
         "log_level": args.log_level,
         "podman.url": args.podman_url,
         "container.image": args.image,
-        "podman.warm_pool": args.warm_pool,
         "metrics.listen": args.metrics_listen,
     }
+    if args.warm_pool is not None:
+        overrides["podman.warm_pool"] = args.warm_pool
     # The load generator connects from one address, many at a time: lift the pre-auth
     # connection limits, as the benchmark's sshd does (MaxStartups 1000), where they exist.
     from trissh.config import LimitSettings

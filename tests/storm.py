@@ -34,6 +34,8 @@ UP = "up"
 _BANNER = b"debug1: Remote protocol version"
 _CONNECTED = b"debug1: Connection established"
 _AUTHENTICATED = b"Authenticated to"
+#: ``ssh -v``'s closing lines: not errors.
+_CHATTER = ("debug", "Transferred:", "Bytes per second", "OpenSSH_")
 
 
 @dataclass
@@ -57,10 +59,15 @@ class Client:
 
     @property
     def error(self) -> str:
-        """The client's last error line (what a user would read), ids masked."""
-        lines = [line for line in self.stderr_tail if not line.startswith("debug")]
-        text = lines[-1] if lines else f"exit {self.process.returncode}, no message"
-        return re.sub(r"\b[0-9a-f]{12,64}\b", "<id>", text)[:200]
+        """Why the client failed, as its user read it (trissh's own message first), with
+        ids and numbers masked so equal causes count together."""
+        lines = [line for line in self.stderr_tail if not line.startswith(_CHATTER)]
+        ours = [line for line in lines if line.startswith("trissh:")]
+        text = (ours or lines or [f"exit {self.process.returncode}, no message"])[-1]
+        if self.up is None and not lines and self.process.returncode == 0:
+            text = "exit 0 without the first output line"
+        text = re.sub(r"\b[0-9a-f]{12,64}\b", "<id>", text.strip())
+        return re.sub(r"\d+(\.\d+)?", "N", text)[:200] + f" (exit {self.process.returncode})"
 
     @property
     def banner_wait(self) -> float | None:
@@ -80,7 +87,7 @@ class Client:
             elif self.authenticated is None and _AUTHENTICATED in line:
                 self.authenticated = now
             if not line.startswith(b"debug"):
-                self.stderr_tail = [*self.stderr_tail[-4:], line.decode(errors="replace")]
+                self.stderr_tail = [*self.stderr_tail[-9:], line.decode(errors="replace")]
 
     def _feed_stdout(self, data: bytes, now: float) -> None:
         if len(self.stdout) < 4096:
