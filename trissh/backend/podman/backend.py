@@ -357,11 +357,14 @@ class PodmanBackend:
         )
 
     async def _remove_at_exit(self, ref: str, spec: SandboxSpec) -> None:
-        """Release ``ref``'s launcher, remove it (bounded, shielded; deferred on failure)."""
+        """Release ``ref``'s launcher, remove it when starts let it (:mod:`.starts`), bounded
+        and shielded; deferred on failure."""
         launcher = self._launchers.pop(ref, None)
         if launcher is not None:
             launcher.close()
-        await self._removals.remove_at_exit(ref, spec.conn_id)
+        with trio.CancelScope(shield=True):  # the turn's wait is bounded (starts.py)
+            async with self._starts.removal_turn():
+                await self._removals.remove_at_exit(ref, spec.conn_id)
 
     async def sweep(self, *, keep_instance: str) -> int:
         """Remove containers labelled with another ``trissh.instance`` (and our scope)

@@ -14,6 +14,12 @@ passed) leaves the queue at once and logs ``container_start_abandoned``.
 
 The warm pool's refills come second (:meth:`StartQueue.spare_turn`): they start only when
 no login waits and a slot is free, so a storm is served by the logins' own starts first.
+
+Removals come last (:meth:`StartQueue.removal_turn`): podman's removals and creations
+contend for its locks, and in a 1,000-login storm, with the first sessions ending while
+later users still waited, creations slowed from ~0.5 s to ~10 s each. So while any login
+waits for a start, at most :data:`BUSY_REMOVALS` removals run at once (the user whose
+session ended is not waiting for them); none waits longer than :data:`REMOVAL_PATIENCE`.
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ __all__ = ["StartQueue"]
 
 log = structlog.get_logger("trissh.backend.podman")
 
-#: A start that waited at least this long says so in its log lines.
-QUEUED_LOG_MS: Final = 1.0
+#: Removals at once while logins wait for starts.
+BUSY_REMOVALS: Final = 2
+#: The longest a removal yields to starts; then it goes ahead regardless.
+REMOVAL_PATIENCE: Final = 60.0
 
 
 class StartQueue:
@@ -43,6 +51,7 @@ class StartQueue:
         self._observe = observe
         #: Logins waiting for a slot now.
         self.waiting = 0
+        self._removing = 0
         self._changed = trio.Event()
 
     @property
@@ -102,6 +111,22 @@ class StartQueue:
             yield
         finally:
             self._limiter.release()
+            self._notify()
+
+    @asynccontextmanager
+    async def removal_turn(self) -> AsyncIterator[None]:
+        """Enter to remove a container: yields to waiting logins (bounded, see above).
+
+        Cancellation: the wait is cancellable; callers tearing down shield it (bounded).
+        """
+        with trio.move_on_after(REMOVAL_PATIENCE):
+            while self.waiting and self._removing >= BUSY_REMOVALS:
+                await self._changed.wait()
+        self._removing += 1
+        try:
+            yield
+        finally:
+            self._removing -= 1
             self._notify()
 
     def _notify(self) -> None:
