@@ -109,13 +109,14 @@ class ConnectionDriver:
         remote: str,
         local: str = "",
         initial_data: bytes = b"",
+        greeted: bool = False,
     ) -> None:
         self.ctx = ctx
         self.local = local
         self.conn_id = conn_id
         self.remote = remote
         self.remote_ip = host_of(remote)
-        self.conn = ServerConnection(ctx.protocol)
+        self.conn = ServerConnection(ctx.protocol, greeted=greeted)
         self.close_reason = "closed"
         self.requests_refused = 0
         self.login: Login | None = None
@@ -193,7 +194,7 @@ class ConnectionDriver:
             await self._writer.flush_and_close()
 
     def greet(self) -> None:
-        """Write the version line and KEXINIT now, from the caller (the accept loop)."""
+        """Write what the core queued at its start (KEXINIT) now, from the caller."""
         self._writer.flush_now()
 
     def metrics_closed(self, bytes_in: int, bytes_out: int) -> None:
@@ -476,15 +477,14 @@ def open_connection(
     conn_id: str,
     remote: str,
     local: str = "",
-    initial_data: bytes = b"",
+    greeted: bool = False,
 ) -> ConnectionDriver:
-    """A new connection whose greeting (version line and KEXINIT) is already written, as far
-    as the socket takes it without waiting. Synchronous, so the accept loop greets each
-    connection the moment it accepts it, ahead of every other connection's work
-    (server/accept.py); ``serve_connection`` then serves it.
+    """A new connection whose first flight (KEXINIT, after the version line unless the
+    accept thread ``greeted`` it already: server/accept.py) is written at once, as far as
+    the socket takes it without waiting; ``serve_connection`` then serves it.
     """
     driver = ConnectionDriver(
-        stream, ctx, conn_id=conn_id, remote=remote, local=local, initial_data=initial_data
+        stream, ctx, conn_id=conn_id, remote=remote, local=local, greeted=greeted
     )
     driver.greet()
     return driver

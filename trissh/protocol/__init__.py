@@ -48,7 +48,7 @@ from trissh.protocol.events import (
     WindowChanged,
 )
 from trissh.protocol.keys import HostKey, PublicKey, fingerprint, parse_public_key
-from trissh.protocol.transport import refusal
+from trissh.protocol.transport import refusal, version_line
 
 __all__ = [
     "AgentForwardingRequested",
@@ -101,4 +101,5 @@ __all__ = [
     "fingerprint",
     "parse_public_key",
     "refusal",
+    "version_line",
 ]

@@ -60,10 +60,12 @@ class Statistics:
 class ServerConnection:
     """One SSH connection, server side, without I/O."""
 
-    def __init__(self, config: ProtocolConfig) -> None:
+    def __init__(self, config: ProtocolConfig, *, greeted: bool = False) -> None:
+        """``greeted``: the caller already sent our version line (``version_line``), at
+        accept, so the connection's first output is its KEXINIT."""
         self._config = config
         self._events: deque[Event] = deque()
-        self._transport = Transport(config, self._events.append)
+        self._transport = Transport(config, self._events.append, greeted=greeted)
         self._auth = UserAuthServer(
             config,
             self._transport.send,

@@ -106,21 +106,28 @@ _GENERIC = frozenset(
 )
 
 
+def version_line(config: ProtocolConfig) -> bytes:
+    """Our identification string with its CR LF: the first bytes of every connection."""
+    return config.server_version + b"\r\n"
+
+
 def refusal(config: ProtocolConfig, reason: DisconnectReason, description: str) -> bytes:
-    """What a client turned away before its handshake gets: our version line and a cleartext
-    DISCONNECT (RFC 4253 §11.1: sent at any time), which OpenSSH shows its user as "Received
-    disconnect from HOST port N:REASON: description". sshd past MaxStartups closes without
-    a word, and its clients report a reset or a timeout instead."""
+    """What a greeted client (``version_line`` sent) turned away before its handshake gets: a
+    cleartext DISCONNECT (RFC 4253 §11.1: sent at any time), which OpenSSH shows its user as
+    "Received disconnect from HOST port N:REASON: description". sshd past MaxStartups
+    closes without a word, and its clients report a reset or a timeout instead."""
     packet = PacketEncoder(config.rng).encode(
         Disconnect(reason=reason, description=description).encode()
     )
-    return config.server_version + b"\r\n" + b"".join(packet)
+    return b"".join(packet)
 
 
 class Transport:
     """Server side of RFC 4253; hands service-layer payloads up through ``next_payload``."""
 
-    def __init__(self, config: ProtocolConfig, emit: Callable[[Event], None]) -> None:
+    def __init__(
+        self, config: ProtocolConfig, emit: Callable[[Event], None], *, greeted: bool = False
+    ) -> None:
         self._config = config
         self._emit = emit
         self._decoder = PacketDecoder()
@@ -158,7 +165,8 @@ class Transport:
         self._pending_input_cipher: PacketCipher | None = None
         self._ignore_guessed_packet = False
         self._bytes_received = 0
-        self._queue(config.server_version + b"\r\n")
+        if not greeted:
+            self._queue(version_line(config))
         self._start_kex()
 
     # -- output ---------------------------------------------------------------------------

@@ -1,28 +1,44 @@
-"""Accepting connections: every one the kernel holds at each wake-up, each greeted at once.
+"""Accepting connections: a thread per listener accepts and greets; trio serves.
 
 Why not ``trio.serve_listeners``: each of its accepts is a checkpoint, so it takes one
-connection per scheduler pass. In a login storm one pass runs the key exchanges of
-hundreds of connections (hundreds of ms); the listen queue then drains one connection per
-pass and clients give up waiting for the server's version line (issue 19: 227 of 400
-OpenSSH clients timed out "during banner exchange"). Here each wake-up accepts everything
-queued (up to :data:`ACCEPT_BATCH`) and hands each socket to ``on_accept``, which is
-synchronous: it writes the connection's greeting (version line and KEXINIT) or a refusal
-before any other connection's work runs, and only then starts the connection's task.
+connection per scheduler pass, and a pass runs every runnable task. In a login storm a pass
+runs the key exchanges of hundreds of connections (hundreds of ms), the listen queue drains
+one connection per pass, and clients give up waiting for the server's version line, the
+only wait OpenSSH bounds (``ConnectTimeout``; issue 19: 227 of 400 timed out "during
+banner exchange"). Accepting everything queued at each wake-up, in the event loop, helped
+(400 clients: the banner's p99 4.4 s -> 0.5 s), but a wake-up still waits for the pass in
+progress, and at 1,000 clients the p99 was ~1 s.
+
+So each listener has an accept thread (:class:`Acceptor`): blocked in ``poll`` without the
+GIL, it wakes the moment a connection is queued, accepts everything pending, writes each
+one's version line at once (a few dozen bytes: the socket always takes them), and hands the
+sockets to trio (``run_sync_soon``), where ``deliver`` admits or refuses each, starts its
+task, and the core sends KEXINIT. A client waits for our version line about as long as the
+kernel takes to run this thread (it needs the GIL for microseconds), however busy the event
+loop is. Connections from a trusted balancer are not greeted here: its PROXY header comes
+first (:mod:`.proxy_protocol`).
+
+A refused connection is told why (:class:`Refusals`), then closed without a reset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
+import select
 import socket
+import threading
+import time
 from collections.abc import Callable
-from typing import Final, NoReturn
+from typing import Final
 
 import structlog
 import trio
 
 log = structlog.get_logger("trissh.server.accept")
 
-#: Connections accepted per wake-up at most, so one flooded listener cannot hold the loop.
+#: Connections accepted per wake-up at most, so one flooded listener cannot hold the GIL.
 ACCEPT_BATCH: Final = 512
 #: Out of descriptors or memory: the pending connections stay queued in the kernel (as
 #: trio.serve_listeners does, pause instead of dying; a connection ending frees one).
@@ -35,35 +51,97 @@ REFUSAL_LINGER: Final = 2.0
 MAX_LINGERING: Final = 256
 
 
-async def accept_loop(
-    listener: trio.SocketListener, on_accept: Callable[[socket.socket], None]
-) -> NoReturn:
-    """Accept on ``listener`` until cancelled, handing each socket to ``on_accept`` (which
-    must not raise); the listener is closed on the way out.
+class Acceptor:
+    """One listener's accept thread and the hand-over of its sockets to trio."""
 
-    Cancellation: stops accepting; connections already handed over are the caller's.
-    """
-    # trio's socket wraps a stdlib one (non-blocking); its public API has no accessor.
-    sock: socket.socket = listener.socket._sock  # type: ignore[attr-defined]
-    try:
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            for _ in range(ACCEPT_BATCH):
-                try:
-                    conn, _ = sock.accept()
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if exc.errno in GONE_ERRNOS:
-                        continue
-                    if exc.errno not in CAPACITY_ERRNOS:
-                        raise
-                    log.error("accept_failed", error=exc.strerror, retry_in_s=CAPACITY_PAUSE)
-                    await trio.sleep(CAPACITY_PAUSE)
-                    break
-                on_accept(conn)
-    finally:
-        listener.socket.close()
+    def __init__(
+        self,
+        listener: trio.SocketListener,
+        *,
+        greeting: Callable[[socket.socket], bytes],
+        deliver: Callable[[socket.socket, bool], None],
+    ) -> None:
+        """Args:
+        listener: a bound, listening trio listener (closed when :meth:`run` ends).
+        greeting: in the accept thread: the bytes to write at once to a new connection
+            (``b""``: none). Must be thread-safe and not raise.
+        deliver: in trio: serve a new connection (whether it was greeted); must not raise.
+        """
+        self._listener = listener
+        # trio's socket wraps a stdlib one (non-blocking); its public API has no accessor.
+        self._sock: socket.socket = listener.socket._sock  # type: ignore[attr-defined]
+        self._greeting = greeting
+        self._deliver = deliver
+        self._stop_read, self._stop_write = os.pipe()
+        #: Guards the pipe: the thread closes it when it ends, so nobody writes to a closed
+        #: (perhaps already reused) descriptor.
+        self._stop_lock = threading.Lock()
+        self._thread_done = False
+        self._open = True
+
+    async def run(self) -> None:
+        """Accept until cancelled; then stop the thread and close the listener.
+
+        Cancellation: returns at once; the thread ends at its next wake-up, and a socket
+        it hands over afterwards is closed.
+        """
+        token = trio.lowlevel.current_trio_token()
+        try:
+            await trio.to_thread.run_sync(self._accept_forever, token, abandon_on_cancel=True)
+        finally:
+            self._open = False
+            with self._stop_lock:
+                if not self._thread_done:
+                    os.write(self._stop_write, b"x")
+            self._listener.socket.close()
+
+    def _hand_over(self, conn: socket.socket, greeted: bool) -> None:
+        """In trio: the event loop's side of one accepted connection."""
+        if self._open:
+            self._deliver(conn, greeted)
+        else:
+            conn.close()
+
+    def _accept_forever(self, token: trio.lowlevel.TrioToken) -> None:
+        """The accept thread: ``poll`` without the GIL, then everything that is queued."""
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        poller.register(self._stop_read, select.POLLIN)
+        try:
+            while True:
+                ready = {fd for fd, _ in poller.poll()}
+                if self._stop_read in ready or not self._open:
+                    return
+                self._accept_pending(token)
+        finally:
+            with self._stop_lock:
+                self._thread_done = True
+                os.close(self._stop_read)
+                os.close(self._stop_write)
+
+    def _accept_pending(self, token: trio.lowlevel.TrioToken) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = self._sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in GONE_ERRNOS:
+                    continue
+                if exc.errno not in CAPACITY_ERRNOS:
+                    raise
+                log.error("accept_failed", error=exc.strerror, retry_in_s=CAPACITY_PAUSE)
+                time.sleep(CAPACITY_PAUSE)
+                return
+            greeting = self._greeting(conn)
+            if greeting:
+                with contextlib.suppress(OSError):  # a reset client: trio's side sees it
+                    conn.send(greeting, socket.MSG_DONTWAIT)
+            try:
+                token.run_sync_soon(self._hand_over, conn, bool(greeting))
+            except trio.RunFinishedError:
+                conn.close()
+                return
 
 
 class Refusals:

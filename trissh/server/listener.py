@@ -10,7 +10,8 @@ Nursery tree::
        └─ keeping nursery       Workspaces.run (workspaces.py): users' workspaces
           └─ connections nursery   outlives listening so live connections can finish
              ├─ listening scope    cancelled first on shutdown: stop accepting at once
-             │  └─ trio.serve_listeners(handler_nursery=connections)
+             │  └─ Acceptor.run (one per listener)  (accept.py): its thread accepts and
+             │     writes the version line; in trio each connection is refused or started
              └─ serve_connection (one each)  (driver.py)
 
 On ``shutdown`` the server drains first: ``/readyz`` answers 503 while new connections are
@@ -27,7 +28,8 @@ import functools
 import gc
 import random
 import secrets
-from collections.abc import Awaitable, Callable
+import socket
+from typing import Final
 
 import structlog
 import trio
@@ -35,7 +37,10 @@ import trio
 from trissh.addresses import host_of, join_host_port
 from trissh.admin.server import serve_admin
 from trissh.config import container_settings, parse_max_startups
-from trissh.connection.driver import serve_connection
+from trissh.connection.driver import open_connection, serve_connection
+from trissh.protocol import DisconnectReason, version_line
+from trissh.protocol import refusal as protocol_refusal
+from trissh.server.accept import Acceptor, Refusals
 from trissh.server.proxy_protocol import ProxyProtocolError, TrustedNetworks, parse_proxy_header
 from trissh.server.readiness import keep_ready, serve_health
 from trissh.server.state import ServerContext
@@ -44,6 +49,13 @@ from trissh.server.workspaces import Workspaces
 log = structlog.get_logger("trissh.server.listener")
 #: For random early drop: unpredictable, so a flood cannot aim at the slots it frees.
 _random = random.SystemRandom()
+_refusals = Refusals()
+TOO_MANY: Final = DisconnectReason.TOO_MANY_CONNECTIONS
+#: What a refused client's user reads ("Received disconnect from ...: <this>").
+REFUSALS: Final = {
+    "max_startups": "server busy: too many connections are logging in; try again shortly",
+    "max_startups_per_source": "too many connections from your address are logging in",
+}
 
 
 def _peer(stream: trio.SocketStream, *, local: bool = False) -> str:
@@ -75,38 +87,13 @@ async def serve(
 
     ctx.state.context = ctx
 
-    async def handle(stream: trio.SocketStream) -> None:
-        current = ctx.state.context or ctx  # the latest configuration (SIGHUP)
-        conn_id = secrets.token_hex(6)
-        remote, local, leftover = _peer(stream), _peer(stream, local=True), b""
-        trusted = _trusted_networks(current.settings.proxy.trusted_networks)
-        if trusted and _peer_ip(stream) in trusted:
-            try:
-                remote, local, leftover = await _read_proxy_header(stream, current, remote, local)
-            except (ProxyProtocolError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-                reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
-                log.warning("proxy_header_invalid", remote=remote, conn_id=conn_id, error=reason)
-                current.metrics.connection_rejected("rejected_proxy")
-                await trio.aclose_forcefully(stream)
-                return
-        refusal = _admission(current, host_of(remote))
-        if refusal is not None:
-            log.warning("connection_rejected", remote=remote, reason=refusal)
-            current.metrics.connection_rejected("rejected_limit")
-            await trio.aclose_forcefully(stream)  # like sshd past MaxStartups: no banner
-            return
-        await serve_connection(
-            stream, current, conn_id=conn_id, remote=remote, local=local, initial_data=leftover
-        )
-
-    await _run(ctx, listeners, handle, shutdown, task_status)
+    await _run(ctx, listeners, shutdown, task_status)
     log.info("server_stopped")
 
 
 async def _run(
     ctx: ServerContext,
     listeners: list[trio.SocketListener],
-    handle: Callable[[trio.SocketStream], Awaitable[None]],
     shutdown: trio.Event,
     task_status: trio.TaskStatus[None],
 ) -> None:
@@ -131,11 +118,91 @@ async def _run(
         async with trio.open_nursery() as keeping:
             await keeping.start(workspaces.run)
             try:
-                await _serve_connections(ctx, listeners, handle, shutdown, task_status)
+                await _serve_connections(ctx, listeners, shutdown, task_status)
             finally:
                 workspaces.stop()
                 keeping.cancel_scope.cancel()
         upkeep.cancel_scope.cancel()
+
+
+def _greeting(ctx: ServerContext, sock: socket.socket) -> bytes:
+    """In the accept thread: our version line, at once; nothing for a trusted balancer,
+    whose PROXY header comes first. Reads only the configuration (thread-safe)."""
+    current = ctx.state.context or ctx  # the latest configuration (SIGHUP)
+    trusted = _trusted_networks(current.settings.proxy.trusted_networks)
+    if trusted:
+        try:
+            if str(sock.getpeername()[0]) in trusted:
+                return b""
+        except OSError:
+            return b""  # gone already: trio's side finds out
+    return version_line(current.protocol)
+
+
+def _accepted(ctx: ServerContext, sock: socket.socket, greeted: bool) -> None:
+    """In trio, right after the accept thread handed ``sock`` over: refuse it or start its
+    task (why a thread greets first: server/accept.py). Must not raise."""
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    current = ctx.state.context or ctx  # the latest configuration (SIGHUP)
+    nursery = ctx.state.connections_nursery
+    assert nursery is not None
+    conn_id = secrets.token_hex(6)
+    remote, local = _peer(stream), _peer(stream, local=True)
+    if not greeted:  # a trusted balancer: the client's address (its header) decides
+        nursery.start_soon(_serve_proxied, stream, current, conn_id, remote, local)
+        return
+    if _refused(stream, current, remote, nursery, greeted=True):
+        return
+    driver = open_connection(
+        stream, current, conn_id=conn_id, remote=remote, local=local, greeted=True
+    )
+    nursery.start_soon(
+        functools.partial(serve_connection, driver, current, conn_id=conn_id, remote=remote)
+    )
+
+
+async def _serve_proxied(
+    stream: trio.SocketStream, ctx: ServerContext, conn_id: str, remote: str, local: str
+) -> None:
+    """A connection from a trusted balancer: its PROXY header first, then SSH."""
+    try:
+        remote, local, leftover = await _read_proxy_header(stream, ctx, remote, local)
+    except (ProxyProtocolError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+        reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+        log.warning("proxy_header_invalid", remote=remote, conn_id=conn_id, error=reason)
+        ctx.metrics.connection_rejected("rejected_proxy")
+        await trio.aclose_forcefully(stream)
+        return
+    nursery = ctx.state.connections_nursery
+    assert nursery is not None
+    if _refused(stream, ctx, remote, nursery, greeted=False):
+        return
+    await serve_connection(
+        stream, ctx, conn_id=conn_id, remote=remote, local=local, initial_data=leftover
+    )
+
+
+def _refused(
+    stream: trio.SocketStream,
+    ctx: ServerContext,
+    remote: str,
+    nursery: trio.Nursery,
+    *,
+    greeted: bool,
+) -> bool:
+    """Turn the connection away if admission says so: unlike sshd past MaxStartups (which
+    closes without a banner, and its clients report a timeout or a reset), the client is
+    told why, in a DISCONNECT its user sees. Synchronous: a refusal costs one write."""
+    refusal = _admission(ctx, host_of(remote))
+    if refusal is None:
+        return False
+    log.warning("connection_rejected", remote=remote, reason=refusal)
+    ctx.metrics.connection_rejected("rejected_limit")
+    message = protocol_refusal(ctx.protocol, TOO_MANY, REFUSALS[refusal])
+    if not greeted:
+        message = version_line(ctx.protocol) + message
+    _refusals.refuse(stream, message, nursery)
+    return True
 
 
 @functools.lru_cache(maxsize=4)
@@ -194,7 +261,6 @@ def _admission(ctx: ServerContext, source: str) -> str | None:
 async def _serve_connections(
     ctx: ServerContext,
     listeners: list[trio.SocketListener],
-    handle: Callable[[trio.SocketStream], Awaitable[None]],
     shutdown: trio.Event,
     task_status: trio.TaskStatus[None],
 ) -> None:
@@ -203,12 +269,20 @@ async def _serve_connections(
         ctx.state.connections_nursery = connections
         listening = trio.CancelScope()
 
-        async def listen(*, task_status: trio.TaskStatus[object]) -> None:
+        async def listen(*, task_status: trio.TaskStatus[None]) -> None:
             ctx.state.listener_task = trio.lowlevel.current_task()
             with listening:
-                await trio.serve_listeners(
-                    handle, listeners, handler_nursery=connections, task_status=task_status
-                )
+                # Not trio.serve_listeners: it takes one connection per scheduler pass
+                # (server/accept.py says why that fails under a login storm).
+                async with trio.open_nursery() as loops:
+                    for listener in listeners:
+                        acceptor = Acceptor(
+                            listener,
+                            greeting=functools.partial(_greeting, ctx),
+                            deliver=functools.partial(_accepted, ctx),
+                        )
+                        loops.start_soon(acceptor.run)
+                    task_status.started()
 
         await connections.start(listen)
         # What start-up made (modules, configuration, keys, the backend) lives as long as
