@@ -435,6 +435,11 @@ class Backend(Protocol):
         not answer, the image is missing). Cheap (milliseconds): the server asks every
         second or so to keep ``/readyz`` current. Never raises but ``Cancelled``."""
 
+    async def host_limits(self, settings: ContainerSettings) -> list[HealthCheck]:
+        """The host's ceilings on sandboxes at once, each with how to raise it, for
+        ``trissh doctor`` (may start one sandboxed probe of ``settings``; too slow for
+        readiness checks)."""
+
     def close(self) -> None:
         """Release connections and host resources (no checkpoint) once the backend is no
         longer used; its containers are gone by then (``run`` ended, or never ran)."""

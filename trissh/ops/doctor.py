@@ -304,6 +304,17 @@ async def try_forwarding(sandbox: Sandbox) -> HealthCheck:
     )
 
 
+async def _host_limits(backend: Backend, settings: ServerConfig) -> list[HealthCheck]:
+    """The host's ceilings: how many containers at once, and how to raise each (bounded)."""
+    bound = settings.container.start_timeout + TRIAL_SLACK
+    try:
+        with trio.move_on_after(bound):
+            return await backend.host_limits(container_settings(settings.container))
+    except BackendError as exc:
+        return [HealthCheck(name="limits", ok=False, detail=f"no probe container: {exc}")]
+    return [HealthCheck(name="limits", ok=False, detail=f"no answer within {bound:g} s")]
+
+
 def _ms_since(start: float) -> float:
     return round((time.monotonic() - start) * 1000, 3)
 
@@ -333,6 +344,7 @@ async def run_doctor(settings: ServerConfig) -> int:
         if all(check.ok for check in health):
             unavailable = any(c.name == "forwarding" and c.warning for c in health)
             checks.extend(await _try_sessions(backend, settings, forwarding=not unavailable))
+            checks.extend(await _host_limits(backend, settings))
     finally:
         backend.close()
     failed = 0

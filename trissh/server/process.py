@@ -14,6 +14,7 @@ from trissh.backend import Backend
 from trissh.backend.registry import make_backend
 from trissh.config import ServerConfig
 from trissh.ops.metrics import Metrics
+from trissh.ops.rlimits import raise_open_files
 from trissh.server.build import StartupError, build_context, reload_context, retire_context
 from trissh.server.listener import open_listeners, serve
 from trissh.server.state import ServerContext
@@ -38,6 +39,8 @@ async def run_server(settings: ServerConfig, load: Callable[[], ServerConfig]) -
         StartupError: the server cannot start (keys, ports, backend).
     """
     metrics = Metrics()
+    open_files = raise_open_files()
+    log.info("open_files_limit", soft=open_files)
     ctx = build_context(settings, metered_backend(settings, metrics), metrics=metrics)
     try:
         listeners = await open_listeners([parse_listen(item) for item in settings.listen])

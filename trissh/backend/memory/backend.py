@@ -315,6 +315,9 @@ class MemoryBackend:
         log.info("containers_swept", count=len(stale), keep_instance=keep_instance)
         return len(stale)
 
+    async def host_limits(self, settings: ContainerSettings) -> list[HealthCheck]:
+        return []  # in-process: no host resources per sandbox worth a ceiling
+
     async def health(self, settings: ContainerSettings) -> list[HealthCheck]:
         """One check for the "service" and one for the image, like the real backend's."""
         await trio.lowlevel.checkpoint()

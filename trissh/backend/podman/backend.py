@@ -21,6 +21,7 @@ retry loop of deferred removals; every other call runs in its caller's task.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -56,6 +57,7 @@ from trissh.backend.podman.launch import (
     NewContainers,
     StreamLauncher,
 )
+from trissh.backend.podman.limits import host_limits
 from trissh.backend.podman.owner import owner_token, sweep
 from trissh.backend.podman.removal import Removals
 from trissh.backend.podman.renames import Renames
@@ -411,6 +413,19 @@ class PodmanBackend:
         except BackendError as exc:
             return str(exc)
         return None if present is not None else f"image {image} not found"
+
+    async def host_limits(self, settings: ContainerSettings) -> list[HealthCheck]:
+        """How many containers the host allows at once, by each ceiling (:mod:`.limits`);
+        what one container costs is measured while a probe of ``settings`` runs."""
+        info = await self._api.request("GET", "/info", abandon_on_cancel=True)
+        spec = SandboxSpec(
+            conn_id=f"limits-{secrets.token_hex(4)}",
+            username="doctor",
+            remote="doctor",
+            instance=f"doctor-{secrets.token_hex(4)}",
+            settings=settings,
+        )
+        return await host_limits(info, self._api.path, lambda: self.open_sandbox(spec))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the warm pool full and retry removals that failed, with backoff, for as

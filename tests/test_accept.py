@@ -1,0 +1,80 @@
+"""The accept path under load (issue 19): every client gets the server's version line at
+once however busy the event loop is, through real sockets, with the in-process backend."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import trio
+
+from trissh.backend.memory import MemoryBackend
+
+from .support import ClientKey, make_context, start_server
+
+#: Connections opened together while the event loop is hogged.
+CLIENTS = 30
+#: CPU the hog burns between checkpoints: one scheduler pass of the key exchanges of a few
+#: hundred connections.
+PASS = 0.25
+
+
+def _banner_waits(port: int, count: int, timeout: float) -> list[float]:
+    """Open ``count`` connections at once (blocking sockets, in a thread: the event loop is
+    the server's); the seconds each waited for its first ``SSH-`` bytes (``inf``: none)."""
+    socks = []
+    try:
+        started = time.monotonic()
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+            socks.append(sock)
+        waits = []
+        for sock in socks:
+            sock.settimeout(max(0.01, started + timeout - time.monotonic()))
+            try:
+                data = sock.recv(64)
+            except TimeoutError:
+                data = b""
+            waits.append(time.monotonic() - started if data.startswith(b"SSH-") else float("inf"))
+        return waits
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+async def test_the_version_line_goes_out_while_the_event_loop_is_busy(
+    nursery: trio.Nursery, tmp_path: Path, authorized_keys: Path, client_key: ClientKey
+) -> None:
+    """A task hogs the event loop for 0.25 s per scheduler pass (as the key exchanges of
+    hundreds of connections do in a storm) while 30 clients connect at once: each one reads
+    the version line within 2 s. Accepting in the event loop, one connection per pass, the
+    last waited ~30 passes (7.5 s), past OpenSSH's usual ConnectTimeout."""
+    ctx = make_context(
+        MemoryBackend(),
+        authorized_keys,
+        tmp_path / "host_key",
+        **{"limits.max_startups": "100", "limits.max_startups_per_source": 0},
+    )
+    server = await start_server(nursery, ctx)
+    hogging = True
+
+    async def hog() -> None:
+        while hogging:
+            end = time.perf_counter() + PASS
+            while time.perf_counter() < end:
+                pass
+            await trio.sleep(0)
+
+    try:
+        async with trio.open_nursery() as load:
+            load.start_soon(hog)
+            await trio.sleep(0.1)
+            with trio.fail_after(60):
+                waits = await trio.to_thread.run_sync(_banner_waits, server.port, CLIENTS, 30.0)
+            hogging = False
+    finally:
+        hogging = False
+    assert max(waits) < 2.0, sorted(waits)
+    await server.stop()
+    assert ctx.state.statistics() == {"connections": 0, "tasks": 0}
