@@ -59,10 +59,10 @@ class Client:
 
     @property
     def error(self) -> str:
-        """Why the client failed, as its user read it (trissh's own message first), with
-        ids and numbers masked so equal causes count together."""
+        """Why the client failed, as its user read it (a message from trissh, on stderr or in
+        a DISCONNECT, first), with ids and numbers masked so equal causes count together."""
         lines = [line for line in self.stderr_tail if not line.startswith(_CHATTER)]
-        ours = [line for line in lines if line.startswith("trissh:")]
+        ours = [line for line in lines if line.startswith(("trissh:", "Received disconnect"))]
         text = (ours or lines or [f"exit {self.process.returncode}, no message"])[-1]
         if self.up is None and not lines and self.process.returncode == 0:
             text = "exit 0 without the first output line"
@@ -276,3 +276,42 @@ def _ensure_descriptors(needed: int) -> None:
         if hard != resource.RLIM_INFINITY and hard < needed:
             raise RuntimeError(f"a storm needs {needed} file descriptors; the hard limit is {hard}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def report(result: StormResult) -> dict[str, object]:
+    """What a storm's caller checks, as JSON: counts, each client's outcome and times."""
+    return {
+        "wall": result.wall,
+        "succeeded": result.succeeded,
+        "outputs": sorted(result.outputs()),
+        "failures": result.failures(),
+        "banner_waits": result.banner_waits(),
+        "no_banner": sum(client.banner is None for client in result.clients),
+        "login_times": result.login_times(),
+        "summary": result.summary(),
+    }
+
+
+def main() -> int:
+    """``python -m tests.storm --port P --key FILE --count N [--command C] [--kex K]``:
+    one storm, its :func:`report` as JSON on stdout (so a test's server keeps its process
+    to itself)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--key", type=Path, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--user", default="alice")
+    parser.add_argument("--command", default=f"echo {UP}; sleep 5; hostname")
+    parser.add_argument("--kex")
+    parser.add_argument("--deadline", type=float, default=240.0)
+    args = parser.parse_args()
+    argv = ssh_argv(args.port, args.key, args.command, user=args.user, kex=args.kex)
+    print(json.dumps(report(run_storm(argv, args.count, deadline=args.deadline))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
