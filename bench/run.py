@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from forwarding import measure_forwarding  # bench/ is the script's directory
+import storm as storm_rows  # bench/storm.py: the storm and container-capacity rows
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -65,6 +66,8 @@ CURVE = "curve25519-sha256"
 SNTRUP = "sntrup761x25519-sha512@openssh.com"
 
 TRISSH, ASYNCSSH, OPENSSH, PODMAN = "trissh", "AsyncSSH", "sshd", "trissh+podman"
+#: trissh+podman with its default configuration (warm pool sized by demand): the storm rows.
+PODMAN_DEFAULT = "trissh+podman default"
 #: Containers trissh+podman keeps started ahead of logins ([podman] warm_pool); None: the
 #: default configuration's (sized by demand).
 WARM_POOL: int | None = 2
@@ -280,7 +283,10 @@ class Bench:
 
     # -- starting and stopping --------------------------------------------------------
 
-    def start_trissh(self, name: str, backend: str, register: bool = True) -> Server:
+    def start_trissh(
+        self, name: str, backend: str, register: bool = True, *, pool: int | None = -1
+    ) -> Server:
+        """``pool``: [podman] warm_pool; -1: the bench's WARM_POOL, None: trissh's default."""
         acct = Accounting(name)
         log_path = self.work / f"{name}.{time.monotonic_ns()}.log"
         argv = [
@@ -295,8 +301,9 @@ class Bench:
         ]
         if backend == "podman":
             argv += ["--podman-url", self.podman_url, "--image", BENCH_IMAGE]
-            if WARM_POOL is not None:
-                argv += ["--warm-pool", str(WARM_POOL)]
+            warm = WARM_POOL if pool == -1 else pool
+            if warm is not None:
+                argv += ["--warm-pool", str(warm)]
         metrics_port = free_port()
         argv += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
         server = Server(
@@ -1113,6 +1120,34 @@ def make_figures(count: int) -> dict[str, Figure]:
             "p99 well below a 300 ms check interval",
         ),
     ]
+    figures += [
+        Figure(key, f"storm: {n} clients at once", "", True, target)
+        for key, n, target in (
+            ("storm_200", 200, "all succeed"),
+            ("storm_500", 500, "all succeed"),
+            ("storm_1000", 1000, "1000/1000, 1000 containers; banner p99 <= 1 s"),
+            ("storm_default", 500, ">= sshd's success"),
+            ("storm_50", 50, ""),
+            ("storm_100", 100, ""),
+        )
+    ]
+    figures += [
+        Figure(
+            "sustained",
+            "container logins per second, sustained (16 clients back to back)",
+            "/s",
+            True,
+            "",
+        ),
+        Figure("mem_session", "host memory per running container session, KiB", "KiB", False, ""),
+        Figure(
+            "cpu_container_login",
+            "CPU ms per container login: trissh + podman",
+            "ms",
+            False,
+            "trissh <= 5",
+        ),
+    ]
     return {f.key: f for f in figures}
 
 
@@ -1129,14 +1164,24 @@ def cell(figure: Figure, name: str) -> str:
 
 def ratio(figure: Figure, a: str, b: str) -> str:
     x, y = figure.values.get(a), figure.values.get(b)
-    if x is None or y is None or y == 0 or figure.key in ("concurrent",):
+    if x is None or y is None or y == 0 or figure.key.startswith(("concurrent", "storm")):
         return "—"
     return f"{x / y:.2f}"
 
 
+PODMAN_ROWS = (
+    "e2e",
+    "concurrent_podman",
+    "readyz",
+    "storm",
+    "sustained",
+    "mem_session",
+    "cpu_container_login",
+)
+
+
 def trissh_column(figure: Figure) -> str:
-    podman_only = figure.key.startswith("e2e") or figure.key in ("concurrent_podman", "readyz")
-    return PODMAN if podman_only else TRISSH
+    return PODMAN if figure.key.startswith(PODMAN_ROWS) else TRISSH
 
 
 def render_table(figures: dict[str, Figure], versions: dict[str, str]) -> str:
@@ -1150,7 +1195,7 @@ def render_table(figures: dict[str, Figure], versions: dict[str, str]) -> str:
         if not figure.values and not figure.text:
             continue
         label = figure.title
-        if figure.key.startswith("e2e"):
+        if figure.key.startswith(PODMAN_ROWS):
             label += " *(trissh+podman)*"
         if figure.key == "concurrent":
             mem = cell(figure, TRISSH)
@@ -1402,6 +1447,17 @@ a host shell (`/bin/sh` = dash, GNU coreutils). Medians; ratios are trissh/peer 
 - **concurrent sessions**: that many `ssh host 'sleep 5'` started at once (curve25519);
   success = exit status 0. For trissh+podman each connection gets its own container
   (`sleep 5 && hostname`; the distinct host names count the containers).
+- **storms**: N OpenSSH clients released at the same instant (tests/storm.py: each under a
+  waiting `sh`, one write releases all), each running `echo up; sleep 30; hostname` with
+  `ConnectTimeout=10`: trissh+podman with its *default* configuration (a container per
+  client, warm pool sized by demand, start queue) and sshd (host shell, `MaxStartups 1000`).
+  Login = release to the session's first line; banner = the client's own "Connection
+  established" to "Remote protocol version" debug lines, timestamped as read. Containers =
+  distinct host names. **sustained**: 16 clients running `ssh host true` back to back for
+  60 s. **memory per session**: PSS of trissh, the podman service and every process of the
+  podman user and its subordinate ids, 200 `sleep` sessions against none, per session.
+  **CPU per container login**: trissh's cgroup and the podman service's (with conmon, runc
+  and the containers it starts) over 30 sequential `ssh true`.
 - **end to end**: the same client commands against trissh+podman (fresh container per
   connection, taken from a warm pool of {WARM_POOL} started ones, `[podman] warm_pool`;
   exec + remove are in the figure, and the pool's refill runs between logins) and sshd's
@@ -1470,10 +1526,13 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        default="throughput,logins,memory,concurrency,e2e,forwarding,readyz",
+        default="throughput,logins,memory,concurrency,e2e,forwarding,readyz,storm",
         help="comma-separated subset of the measurements",
     )
     parser.add_argument("--no-podman", action="store_true", help="skip trissh+podman")
+    parser.add_argument(
+        "--storm-out", metavar="FILE", help="append each storm's figures there (JSON lines)"
+    )
     parser.add_argument(
         "--no-write",
         action="store_true",
@@ -1497,6 +1556,7 @@ def main() -> int:
     busy_before = cpu_busy()
     bench = Bench(args)
     figures = make_figures(50 if args.quick else 200)
+    storms: list[dict[str, Any]] = []
     try:
         bench.start_trissh(TRISSH, "memory")
         bench.start_asyncssh()
@@ -1506,6 +1566,8 @@ def main() -> int:
                 log("CONTAINER_HOST is not set: skipping trissh+podman")
             else:
                 bench.start_trissh(PODMAN, "podman")
+        if not args.no_podman and "storm" in only and bench.podman_url:
+            bench.start_trissh(PODMAN_DEFAULT, "podman", pool=None)
         versions = environment(bench)
         versions["CPUs busy with other work at the start"] = f"{busy:.0%}"
         # heaviest last: 200 containers leave podman busy cleaning up for a while
@@ -1520,6 +1582,10 @@ def main() -> int:
             ),
             ("readyz", measure_readyz),
             ("concurrency", measure_concurrency),
+            (
+                "storm",
+                lambda b, f: storms.extend(storm_rows.measure_storms(b, f, sys.modules[__name__])),
+            ),
         ]
         for name, step in steps:
             if name in only:
@@ -1539,6 +1605,9 @@ def main() -> int:
             print(f"- {f.title.strip()}: {f.note}")
     for note in bench.notes:
         print(f"- {note}")
+    if args.storm_out and storms:
+        with open(args.storm_out, "a") as out:
+            out.writelines(json.dumps(row) + "\n" for row in storms)
     busy_after = cpu_busy()
     busy = (busy_after[0] - busy_before[0]) / max(1, busy_after[1] - busy_before[1])
     loadavg = " ".join(Path("/proc/loadavg").read_text().split(" ", 3)[:3])
@@ -1546,6 +1615,8 @@ def main() -> int:
     log(f"load average after the run {loadavg}; CPUs {busy:.0%} busy during the run")
     if not args.no_write:
         plots = plot(figures, BENCH / "plots")
+        if made := storm_rows.plot_storms(storms, BENCH / "plots"):
+            plots.append((made, "Login storms: sessions up over time, and the wait for the banner"))
         write_report(
             ROOT / "BENCHMARKS.md",
             table,

@@ -87,7 +87,14 @@ class Acceptor:
         """
         token = trio.lowlevel.current_trio_token()
         try:
-            await trio.to_thread.run_sync(self._accept_forever, token, abandon_on_cancel=True)
+            # A limiter of its own: the thread lives as long as the listener, and must not
+            # hold one of the default limiter's tokens that other thread users share.
+            await trio.to_thread.run_sync(
+                self._accept_forever,
+                token,
+                abandon_on_cancel=True,
+                limiter=trio.CapacityLimiter(1),
+            )
         finally:
             self._open = False
             with self._stop_lock:
