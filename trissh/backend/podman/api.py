@@ -1,20 +1,24 @@
-"""The one place trissh talks to the podman service: threads, limits, errors, the upgrade.
+"""The one place trissh talks to the podman service: requests, limits, errors, the upgrade.
 
 Theory of operation
 -------------------
-podman-py is synchronous (requests over a unix socket), so every call crosses to a worker
-thread through ``trio.to_thread.run_sync`` under one ``trio.CapacityLimiter``: a burst of
-logins cannot open more concurrent requests than the limiter allows. Calls that change
-state (create, start) keep ``abandon_on_cancel=False`` so their outcome is known; reads and
-the teardown's removal use ``abandon_on_cancel=True`` so a bounded cleanup scope really is
-bounded (an abandoned request still completes in its thread).
+Every REST request (``PodmanApi.request``) is HTTP/1.1 on trio over a kept-alive unix
+socket (:mod:`.http`), under one ``trio.CapacityLimiter``: a burst of logins cannot open
+more concurrent requests than the limiter allows, and no worker thread is involved (podman-py
+with requests in a thread cost ~5x the CPU per request). Requests that change state
+(create, start) keep ``abandon_on_cancel=False`` so their outcome is known; reads and the
+teardown's removal use ``abandon_on_cancel=True`` so a bounded cleanup scope really is
+bounded. podman-py remains for what it does well and rarely: rendering a create request's
+body from its keyword arguments (:func:`create_body`) and the sweep's container list
+(``PodmanApi.call``, in a worker thread).
 
 podman-py cannot stream exec stdio, so :meth:`PodmanApi.upgrade` does that request itself
 with h11 on a trio unix socket: ``POST .../start`` with ``Connection: Upgrade``, read the
 ``101``, keep the bytes h11 read past the response, and hand back the raw socket.
 
-Foreign exceptions (podman-py, requests, OSError, h11) become :mod:`trissh.backend.errors`
-in :func:`map_podman_errors`, the only place that knows their shapes.
+Foreign exceptions (podman-py, requests, OSError, h11, :mod:`.http`) become
+:mod:`trissh.backend.errors` in :func:`map_podman_errors`, the only place that knows their
+shapes.
 """
 
 from __future__ import annotations
