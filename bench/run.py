@@ -1526,7 +1526,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        default="throughput,logins,memory,concurrency,e2e,forwarding,readyz,storm",
+        default="throughput,logins,memory,concurrency,e2e,forwarding,readyz,storm,capacity",
         help="comma-separated subset of the measurements",
     )
     parser.add_argument("--no-podman", action="store_true", help="skip trissh+podman")
@@ -1566,7 +1566,7 @@ def main() -> int:
                 log("CONTAINER_HOST is not set: skipping trissh+podman")
             else:
                 bench.start_trissh(PODMAN, "podman")
-        if not args.no_podman and "storm" in only and bench.podman_url:
+        if not args.no_podman and {"storm", "capacity"} & only and bench.podman_url:
             bench.start_trissh(PODMAN_DEFAULT, "podman", pool=None)
         versions = environment(bench)
         versions["CPUs busy with other work at the start"] = f"{busy:.0%}"
@@ -1586,6 +1586,7 @@ def main() -> int:
                 "storm",
                 lambda b, f: storms.extend(storm_rows.measure_storms(b, f, sys.modules[__name__])),
             ),
+            ("capacity", lambda b, f: storm_rows.measure_capacity(b, f, sys.modules[__name__])),
         ]
         for name, step in steps:
             if name in only:

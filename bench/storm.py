@@ -1,6 +1,7 @@
 """Login storms and the container path's capacity, trissh+podman against sshd, same run.
 
-The bench's ``storm`` step (``scripts/nox -s bench -- --only storm``) measures:
+The bench's ``storm`` and ``capacity`` steps (``scripts/nox -s bench -- --only
+storm,capacity``) measure:
 
 * **storms**: N OpenSSH clients released at the same instant (tests/storm.py), each
   running ``echo up; sleep 30; hostname`` — for trissh+podman in a container of its own,
@@ -52,6 +53,8 @@ DEFAULT_KEX_SIZE = 500
 SUSTAINED_CLIENTS = 16
 SUSTAINED_SECONDS = 60.0
 MEMORY_SESSIONS = 200
+#: trissh's warm pool sizes itself by the logins of this many seconds (warm_pool.py).
+DEMAND_WINDOW = 30.0
 
 
 def storm(bench: Any, server: Any, count: int, kex: str | None) -> dict[str, Any]:
@@ -203,7 +206,7 @@ def podman_get(url: str, target: str) -> bytes:
 
 
 def measure_storms(bench: Any, figures: dict[str, Any], run: Any) -> list[dict[str, Any]]:
-    """The storm, sustained-rate, memory and CPU rows; returns every storm's figures."""
+    """The storm rows (the bench's ``storm`` step); returns every storm's figures."""
     podman = bench.servers.get(run.PODMAN_DEFAULT)
     sshd = bench.servers[run.OPENSSH]
     if podman is None:
@@ -236,11 +239,39 @@ def measure_storms(bench: Any, figures: dict[str, Any], run: Any) -> list[dict[s
             if server is podman:
                 run.wait_containers_gone(bench, server, timeout=600)
             time.sleep(5)
-    capacity_rows(bench, figures, run, podman, sshd)
     return rows
 
 
-def capacity_rows(bench: Any, figures: dict[str, Any], run: Any, podman: Any, sshd: Any) -> None:
+def measure_capacity(bench: Any, figures: dict[str, Any], run: Any) -> None:
+    """The sustained-rate, memory and CPU rows (the bench's ``capacity`` step)."""
+    podman = bench.servers.get(run.PODMAN_DEFAULT)
+    sshd = bench.servers[run.OPENSSH]
+    if podman is None:
+        run.log("capacity: no trissh+podman (CONTAINER_HOST?): skipped")
+        return
+    # First, on a settled server: earlier logins raised the warm pool's target, and its
+    # refills and shrinking would count as these logins' CPU.
+    run.log("CPU per container login: waiting for the warm pool to settle")
+    time.sleep(DEMAND_WINDOW + 10)
+    logins = 10 if bench.quick else 30
+
+    def log_in() -> None:
+        for _ in range(logins):
+            bench.timed(podman, "true", kex=run.CURVE)
+        time.sleep(2)  # the pool's refills of the last logins
+
+    split = run.split_cpu(bench, podman, log_in)
+    if split is not None:
+        ours, theirs, _ = (s * 1000 / logins for s in split)
+        figures["cpu_container_login"].set(run.PODMAN, [ours])
+        figures["cpu_container_login"].text[run.PODMAN] = (
+            f"trissh {ours:.1f} + podman {theirs:.0f} = {ours + theirs:.0f}"
+        )
+        figures["cpu_container_login"].note = (
+            f"over {logins} sequential `ssh true` into fresh containers from the demand-sized"
+            " pool (each login's container created, started and removed): trissh's cgroup,"
+            " and the podman service's with conmon/runc/containers moved into its own"
+        )
     seconds = 20.0 if bench.quick else SUSTAINED_SECONDS
     for server in (podman, sshd):
         run.log(f"sustained logins: {SUSTAINED_CLIENTS} clients back to back on {server.name}")
@@ -262,25 +293,6 @@ def capacity_rows(bench: Any, figures: dict[str, Any], run: Any, podman: Any, ss
         " subordinate ids (conmon, catatonit, the agent, the session)"
     )
     run.wait_containers_gone(bench, podman, timeout=300)
-    logins = 10 if bench.quick else 30
-
-    def log_in() -> None:
-        for _ in range(logins):
-            bench.timed(podman, "true", kex=run.CURVE)
-        time.sleep(2)  # the pool's refills of the last logins
-
-    split = run.split_cpu(bench, podman, log_in)
-    if split is not None:
-        ours, theirs, _ = (s * 1000 / logins for s in split)
-        figures["cpu_container_login"].set(run.PODMAN, [ours])
-        figures["cpu_container_login"].text[run.PODMAN] = (
-            f"trissh {ours:.1f} + podman {theirs:.0f} = {ours + theirs:.0f}"
-        )
-        figures["cpu_container_login"].note = (
-            f"over {logins} sequential `ssh true` into fresh containers from the demand-sized"
-            " pool (each login's container created, started and removed): trissh's cgroup,"
-            " and the podman service's with conmon/runc/containers moved into its own"
-        )
 
 
 def plot_storms(rows: list[dict[str, Any]], out: Path) -> str | None:
@@ -296,15 +308,16 @@ def plot_storms(rows: list[dict[str, Any]], out: Path) -> str | None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), dpi=110)
     styles = {"trissh+podman": "-", "sshd": "--"}
     for row in rows:
-        label = f"{row['server']} {row['count']} ({row['kex'].split('-')[0]})"
+        server = str(row["server"]).replace(" default", "")
+        label = f"{server} {row['count']} ({row['kex'].split('-')[0]})"
         times = sorted(row["login_times"])
         if times:
             counts = [i / row["count"] for i in range(1, len(times) + 1)]
-            left.step(times, counts, styles.get(row["server"], "-"), where="post", label=label)
+            left.step(times, counts, styles.get(server, "-"), where="post", label=label)
         waits = sorted(row["banner_waits"])
         if waits:
             share = [i / len(waits) for i in range(1, len(waits) + 1)]
-            right.step(waits, share, styles.get(row["server"], "-"), where="post", label=label)
+            right.step(waits, share, styles.get(server, "-"), where="post", label=label)
     left.set_xlabel("seconds since the release")
     left.set_ylabel("share of clients with a running session")
     left.set_title("Login storms: sessions up over time", fontsize=10)

@@ -133,6 +133,8 @@ class Acceptor:
             except BlockingIOError:
                 return
             except OSError as exc:
+                if not self._open:
+                    return  # the listener was closed under us: shutting down
                 if exc.errno in GONE_ERRNOS:
                     continue
                 if exc.errno not in CAPACITY_ERRNOS:
