@@ -19,7 +19,8 @@ from trissh.backend import ContainerSettings, ProcessSpec, SandboxSpec
 from trissh.backend.base import LABEL_INSTANCE, ExitStatus
 from trissh.backend.errors import BackendError
 from trissh.backend.podman import PodmanBackend
-from trissh.backend.podman.warm_pool import WarmPool
+from trissh.backend.podman.starts import StartQueue
+from trissh.backend.podman.warm_pool import DEMAND_WINDOW, WarmPool
 from trissh.config import load_config
 from trissh.ops.metrics import Metrics
 from trissh.server.process import metered_backend
@@ -64,10 +65,16 @@ async def wait_ready(pool: WarmPool, count: int, timeout: float = 5) -> None:
 
 @asynccontextmanager
 async def running_pool(
-    size: int, podman: Recorder, *, template: ContainerSettings | None = SETTINGS
+    size: int,
+    podman: Recorder,
+    *,
+    template: ContainerSettings | None = SETTINGS,
+    idle: int | None = None,
+    starts: StartQueue | None = None,
 ) -> AsyncIterator[WarmPool]:
     """A pool whose ``run`` task lives as long as the block; leaving it shuts the pool down."""
-    pool = WarmPool(size, start=podman.start, remove=podman.remove)
+    turn = {"turn": starts.spare_turn} if starts is not None else {}
+    pool = WarmPool(size, start=podman.start, remove=podman.remove, idle=idle, **turn)
     if template is not None:
         pool.set_template(template, "inst")
     async with trio.open_nursery() as nursery:
@@ -120,6 +127,56 @@ async def test_failed_refills_back_off_and_recover(autojump_clock: trio.abc.Cloc
         await wait_ready(pool, 1, timeout=60)
         assert trio.current_time() - started >= 1 + 2 + 4  # doubling backoff
         assert pool.take(SETTINGS) == "c1"
+
+
+async def test_the_pool_follows_demand_up_to_its_bound_and_back_to_idle(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Idle it keeps `idle`; logins make it hold as many as they took in the last
+    DEMAND_WINDOW seconds, never more than `size`; once they stop it shrinks back and keeps
+    no more than `idle`."""
+    podman = Recorder()
+    async with running_pool(5, podman, idle=1) as pool:
+        await wait_ready(pool, 1)
+        await trio.sleep(5)
+        assert (pool.ready, len(podman.started)) == (1, 1)  # idle: one, and no more
+        for _ in range(3):  # three logins: a target of three
+            pool.take(SETTINGS)
+        await wait_ready(pool, 3)
+        for _ in range(10):  # a burst: at most five
+            pool.take(SETTINGS)
+            await trio.sleep(0.001)
+        await wait_ready(pool, 5)
+        await trio.sleep(1)
+        assert pool.ready == 5
+        await trio.sleep(DEMAND_WINDOW + 1)  # quiet: back to one
+        assert pool.ready == 1
+        assert len(podman.removed) == 4  # the surplus was removed, not kept
+
+
+async def test_refills_wait_while_a_login_waits_for_a_start(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The pool refills only with a start slot no login wants: with the one slot taken by a
+    login's start, and another login queued, no refill starts; when they are done, it does."""
+    podman = Recorder()
+    starts = StartQueue(1, lambda operation, seconds: None)
+    release = trio.Event()
+
+    async def login(conn_id: str) -> None:
+        async with starts.turn(conn_id):
+            await release.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(login, "first")
+        nursery.start_soon(login, "second")
+        await trio.sleep(1)
+        assert (starts.running, starts.waiting) == (1, 1)
+        async with running_pool(2, podman, starts=starts) as pool:
+            await trio.sleep(10)
+            assert podman.started == []
+            release.set()
+            await wait_ready(pool, 2)
 
 
 async def test_no_template_no_containers() -> None:

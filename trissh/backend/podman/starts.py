@@ -24,7 +24,6 @@ session ended is not waiting for them); none waits longer than :data:`REMOVAL_PA
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
@@ -32,7 +31,6 @@ from typing import Final
 import structlog
 import trio
 
-from trissh.backend._common import ms_since
 from trissh.backend.base import Observe
 
 __all__ = ["StartQueue"]
@@ -69,7 +67,7 @@ class StartQueue:
 
         Cancellation: leaves the queue (logged when it had to wait).
         """
-        started = time.monotonic()
+        started = trio.current_time()  # trio's clock: the wait is in the scheduler's time
         queued = self.waiting > 0 or self._limiter.available_tokens == 0
         if queued:
             log.info(
@@ -84,13 +82,13 @@ class StartQueue:
         except BaseException:
             if queued:
                 log.warning(
-                    "container_start_abandoned", conn_id=conn_id, queued_ms=ms_since(started)
+                    "container_start_abandoned", conn_id=conn_id, queued_ms=_ms(started)
                 )
             raise
         finally:
             self.waiting -= 1
             self._notify()
-        waited = time.monotonic() - started
+        waited = trio.current_time() - started
         self._observe("queue", waited)
         try:
             yield waited
@@ -132,3 +130,7 @@ class StartQueue:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+
+def _ms(since: float) -> float:
+    return round((trio.current_time() - since) * 1000, 1)

@@ -97,8 +97,9 @@ class WarmPool:
     @property
     def target(self) -> int:
         """How many ready containers the pool aims at now."""
-        cutoff = trio.current_time() - DEMAND_WINDOW
-        while self._demand and self._demand[0] < cutoff:
+        now = trio.current_time()
+        # The same sum as run's deadline, so an entry is gone once that deadline passed.
+        while self._demand and self._demand[0] + DEMAND_WINDOW <= now:
             self._demand.popleft()
         return max(self.idle, min(self.size, len(self._demand)))
 
