@@ -72,9 +72,9 @@ class RunningServer:
     shutdown: trio.Event
     done: trio.Event = field(default_factory=trio.Event)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 30) -> None:
         self.shutdown.set()
-        with trio.fail_after(30):
+        with trio.fail_after(timeout):
             await self.done.wait()
 
 

@@ -176,9 +176,11 @@ class PodmanApi:
         abandon_on_cancel: bool = False,
         missing_ok: bool = False,
         image: str | None = None,
+        exchange_bound: float | None = None,
     ) -> Any:
         """One libpod REST request (on trio: :mod:`.http`); returns decoded JSON, ``{}`` for
-        an empty body. ``body`` is sent as JSON (``bytes`` as they are).
+        an empty body. ``body`` is sent as JSON (``bytes`` as they are); ``exchange_bound``
+        bounds the exchange once it has its slot (default: the backend's request timeout).
 
         ``missing_ok`` turns a 404 into ``None`` (removing what is already gone); ``image``
         (a create's) turns an answer that the image is missing into :class:`ImageNotFound`.
@@ -197,7 +199,7 @@ class PodmanApi:
                 trio.CancelScope(shield=not abandon_on_cancel),
                 map_podman_errors(image=image, where=self.path),
             ):
-                with trio.move_on_after(self._timeout) as bound:
+                with trio.move_on_after(exchange_bound or self._timeout) as bound:
                     response = await self._http.request(method, target, data)
                 if bound.cancelled_caught:
                     raise BackendError("podman: request timed out")

@@ -31,8 +31,13 @@ __all__ = ["REMOVE_BOUND", "Removals", "short"]
 
 log = structlog.get_logger("trissh.backend.podman")
 
-#: Bound on removing one container at teardown (forced removal takes ~0.1 s).
+#: Bound on removing one container at teardown, once its request has a slot (forced
+#: removal takes ~0.1 s).
 REMOVE_BOUND: Final = 10.0
+#: Bound on waiting for that slot: a thousand sessions ending together (a storm's end, a
+#: shutdown) queue their removals behind the API's concurrency limit; counting the wait
+#: against REMOVE_BOUND left hundreds deferred and, at shutdown, leaked.
+REMOVE_QUEUE_BOUND: Final = 120.0
 #: Backoff for retrying removals that failed, in seconds.
 ORPHAN_RETRY_MIN: Final = 0.5
 ORPHAN_RETRY_MAX: Final = 15.0
@@ -57,15 +62,16 @@ class Removals:
         return await self._force_remove(ref, abandon_on_cancel=False)
 
     async def remove_at_exit(self, ref: str, conn_id: str) -> None:
-        """Remove ``ref`` (id or name) within :data:`REMOVE_BOUND`, even when cancelled;
-        defer it if podman failed.
+        """Remove ``ref`` (id or name) within :data:`REMOVE_BOUND` of its request's turn
+        (:data:`REMOVE_QUEUE_BOUND` for the turn), even when cancelled; defer it if podman
+        failed.
 
         Cancellation: shielded, bounded.
         """
         started = time.monotonic()
-        with trio.move_on_after(REMOVE_BOUND, shield=True) as scope:
+        with trio.move_on_after(REMOVE_QUEUE_BOUND + REMOVE_BOUND, shield=True) as scope:
             try:
-                removed = await self._force_remove(ref)
+                removed = await self._force_remove(ref, bound=REMOVE_BOUND)
             except BackendError as exc:
                 self._defer(ref, conn_id, str(exc))
                 return
@@ -122,13 +128,16 @@ class Removals:
             log.info("container_removed", container=short(ref), conn_id=conn_id, deferred=True)
         return True
 
-    async def _force_remove(self, ref: str, *, abandon_on_cancel: bool = True) -> bool:
+    async def _force_remove(
+        self, ref: str, *, abandon_on_cancel: bool = True, bound: float | None = None
+    ) -> bool:
         result = await self._api.request(
             "DELETE",
             f"/containers/{ref}",
             params={"force": "true", "timeout": 0},
             abandon_on_cancel=abandon_on_cancel,
             missing_ok=True,
+            exchange_bound=bound,
         )
         return result is not None
 

@@ -81,9 +81,7 @@ class StartQueue:
             await self._limiter.acquire()
         except BaseException:
             if queued:
-                log.warning(
-                    "container_start_abandoned", conn_id=conn_id, queued_ms=_ms(started)
-                )
+                log.warning("container_start_abandoned", conn_id=conn_id, queued_ms=_ms(started))
             raise
         finally:
             self.waiting -= 1
