@@ -9,7 +9,7 @@ Servers (all on 127.0.0.1, all with the same ed25519 host key and client key):
 * ``trissh``: bench/trissh_server.py with the in-process MemoryBackend: the SSH layer alone;
 * ``trissh+podman``: the same runner with the podman backend and the bench image
   (localhost/trissh-bench:latest, GNU head/cat/true): end to end, one container per
-  connection, with a warm pool of ``WARM_POOL`` started containers;
+  connection, with trissh's default warm pool (sized by demand; ``WARM_POOL`` fixes it);
 * ``AsyncSSH``: bench/asyncssh_server.py, stock AsyncSSH with the same synthetic commands;
 * ``sshd``: Debian's OpenSSH sshd started by hand on a free port with its own config
   (UsePAM no, user trissh-bench with /bin/sh, real GNU ``head``/``cat``), never the system
@@ -70,7 +70,7 @@ TRISSH, ASYNCSSH, OPENSSH, PODMAN = "trissh", "AsyncSSH", "sshd", "trissh+podman
 PODMAN_DEFAULT = "trissh+podman default"
 #: Containers trissh+podman keeps started ahead of logins ([podman] warm_pool); None: the
 #: default configuration's (sized by demand).
-WARM_POOL: int | None = 2
+WARM_POOL: int | None = None
 
 
 def log(message: str) -> None:
@@ -1459,7 +1459,8 @@ a host shell (`/bin/sh` = dash, GNU coreutils). Medians; ratios are trissh/peer 
   **CPU per container login**: trissh's cgroup and the podman service's (with conmon, runc
   and the containers it starts) over 30 sequential `ssh true`.
 - **end to end**: the same client commands against trissh+podman (fresh container per
-  connection, taken from a warm pool of {WARM_POOL} started ones, `[podman] warm_pool`;
+  connection, taken from trissh's default warm pool: sized by demand, 2 ready when idle,
+  up to 16, `[podman] warm_pool`;
   exec + remove are in the figure, and the pool's refill runs between logins) and sshd's
   host shell. The
   raw stream rows read `head -c N /dev/zero` from a podman REST exec stream (hijacked
