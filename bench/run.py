@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forwarding import measure_forwarding  # bench/ is the script's directory
 import storm as storm_rows  # bench/storm.py: the storm and container-capacity rows
+from forwarding import measure_forwarding  # bench/ is the script's directory
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

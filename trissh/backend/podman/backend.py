@@ -92,18 +92,16 @@ class PodmanBackend:
     ) -> None:
         """Args:
         url: ``unix:///path.sock``, ``unix:/path.sock`` or ``http+unix://%2Fpath.sock``.
-        limiter_capacity: concurrent podman requests (worker threads).
-        request_timeout: per-request bound inside the worker thread, so none hangs forever.
+        limiter_capacity, request_timeout: concurrent podman requests, and each one's bound.
         scope_labels: put on every container *and* required by ``sweep``, so two
             deployments (or test runs) sharing one podman user never sweep each other.
         exec_helper: host path of the static ``trissh-exec`` (``helper/trissh-exec.c``),
             bind-mounted into every container as each program's parent so a death by
             signal can be told from an exit code; ``None`` or missing: exit codes only.
         observe: told how long each container operation took (metrics).
-        warm_pool: the most containers kept started ahead of logins (:mod:`.warm_pool`).
-        warm_pool_idle: the fewest, kept when no one logs in (default: ``warm_pool``).
-        max_concurrent_starts: containers podman creates at once; more wait their turn
-            (:mod:`.starts`).
+        warm_pool, warm_pool_idle: the most containers kept started ahead of logins, and
+            the fewest, when no one logs in (:mod:`.warm_pool`; default: ``warm_pool``).
+        max_concurrent_starts: containers created at once; more wait (:mod:`.starts`).
         direct_stdio: programs without a pty get pipes instead of podman's stream (needs
             ``exec_helper``; :mod:`.direct_stdio`).
         stdio_dir: where the per-container stdio directories go; ``""``: systemd's
