@@ -567,6 +567,42 @@ async def test_session_mode_exit_status_does_not_wait_for_container_removal(
             await peer.stream.aclose()
 
 
+async def test_the_socket_closes_when_the_client_leaves_not_after_the_removal(
+    memory_backend: MemoryBackend, tmp_path: Path
+) -> None:
+    """A client that disconnects sees our side of the socket close at once, while its
+    container is still being removed: a balancer in front counts the connection against
+    its per-source limits until both sides closed."""
+    ctx = limited_ctx(memory_backend, tmp_path)
+    memory_backend.hold_removal = trio.Event()
+    server_sock, client_sock = trio.socket.socketpair()
+    server_end, client_end = trio.SocketStream(server_sock), trio.SocketStream(client_sock)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: serve_connection(server_end, ctx, conn_id="test", remote="socket")
+            )
+            peer = Peer(client_end)
+            await peer.login()
+            channel = await peer.open_session(0)
+            await peer.exec(channel, "true")
+            await peer.until_close(channel)
+            peer.client.send(
+                tr.Disconnect(reason=DisconnectReason.BY_APPLICATION, description="bye")
+            )
+            await peer.flush()
+            closed = False
+            with trio.move_on_after(3):
+                while await client_end.receive_some(4096):
+                    pass
+                closed = True
+            assert closed, "our side stayed open while the container was being removed"
+            assert memory_backend.live_sandboxes == 1, "the removal should still be held"
+            memory_backend.hold_removal.set()
+        assert memory_backend.live_sandboxes == 0
+        await client_end.aclose()
+
+
 async def test_keys_are_renewed_every_rekey_interval(
     ctx: ServerContext, autojump_clock: trio.testing.MockClock
 ) -> None:

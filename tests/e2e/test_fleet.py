@@ -132,8 +132,11 @@ async def test_draining_loses_no_login_and_no_session(fleet: Fleet, client_key: 
         long_ones.append(await ssh_through(balancer.port, client_key.path, command))
 
     async def keep_logging_in(until: float) -> None:
-        while trio.current_time() < until:
+        # At most two a second each: the balancer rejects past 60 connections in 10 s from
+        # one address, and a login from the warm pool takes a tenth of a second.
+        while (started := trio.current_time()) < until:
             logins.append(await ssh_through(balancer.port, client_key.path, "echo ok"))
+            await trio.sleep_until(started + 0.5)
 
     async with trio.open_nursery() as nursery:
         for _ in range(2):  # leastconn: one on each instance
@@ -142,7 +145,8 @@ async def test_draining_loses_no_login_and_no_session(fleet: Fleet, client_key: 
             while not all(server.events("session_started") for server in fleet.instances):
                 await trio.sleep(0.05)
         one.process.send_signal(signal.SIGTERM)
-        # Four at a time (with the two long ones, below the balancer's 10 per address)
+        # Four at a time (with the two long ones, below the balancer's 10 per address and
+        # 60 per 10 s)
         # through drain_time (2 s) and some after it.
         drain_ends = trio.current_time() + 3.5
         for _ in range(4):

@@ -103,14 +103,25 @@ def _answers(path: Path) -> bool:
 def test_doctor_counts_the_keyring_quota_when_podman_makes_a_keyring_per_container(
     podman_url: str, authorized_keys: Path, tmp_path: Path
 ) -> None:
-    """podman's own default (keyring = true): doctor measures the key each container costs,
-    says how many more containers the user's key quota allows, and how to lift it."""
+    """podman's own default (keyring = true): with a user namespace per container (trissh's
+    default) each container's key is charged to its own root, so the quota is no limit;
+    sharing the podman user's ids (userns_size = 0), doctor measures the key each container
+    costs, says how many more containers the user's key quota allows, and how to lift it."""
     conf = '[engine]\nruntime = "runc"\n\n[containers]\nkeyring = true\n'
+    shared = tmp_path / "shared-ids.toml"
+    shared.write_text("[container]\nuserns_size = 0\n")
     with _podman_service(conf) as url:
-        result = _doctor(url, authorized_keys, tmp_path)
+        own = _doctor(url, authorized_keys, tmp_path)
+        result = _doctor(url, authorized_keys, tmp_path, "--config", str(shared))
+    keyring = _lines(own.stdout, "keyring")
+    assert len(keyring) == 1, own.stdout + own.stderr
+    assert "charged to the container's own root" in keyring[0], keyring
+    assert keyring[0].startswith("[ok  ]"), keyring
+    assert "not a limit" in keyring[0], keyring
+
     keyring = _lines(result.stdout, "keyring")
     assert len(keyring) == 1, result.stdout + result.stderr
-    assert "a session keyring per container" in keyring[0], keyring
+    assert "a session keyring per container (1 key)" in keyring[0], keyring
     assert "kernel.keys.maxkeys = " in keyring[0], keyring
     assert "more containers can start" in keyring[0], keyring
     fix = result.stdout.split(keyring[0], 1)[1].splitlines()[1]

@@ -11,7 +11,6 @@ server does: the client count, one deadline for all of them, and the server's st
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -166,11 +165,7 @@ async def test_a_storm_past_the_servers_limits_tells_each_client_why(
         await assert_nothing_left(server, containers)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("TRISSH_SLOW") != "1",
-    reason="1,000 containers for ~4 minutes: TRISSH_SLOW=1 (or the bench's storm rows)",
-)
+@pytest.mark.slow  # 1,000 containers for ~4 minutes: TRISSH_SLOW=1 (or the bench's storm rows)
 async def test_a_storm_of_a_thousand_logins(
     nursery: trio.Nursery,
     podman_url: str,

@@ -92,6 +92,8 @@ log = structlog.get_logger("trissh.connection.driver")
 #: Bytes asked of the socket per read.
 RECEIVE_SIZE = 256 * 1024
 SHUTDOWN_MESSAGE = "server shutting down"
+#: Why a connection ended when the client ended it (its DISCONNECT, or its socket closed).
+PEER_ENDED = frozenset({"client_disconnected", "connection_lost"})
 #: Refused requests logged per connection: a client looping on them cannot flood the log
 #: (``connection_closed`` counts them all).
 MAX_REFUSALS_LOGGED = 10
@@ -166,6 +168,8 @@ class ConnectionDriver:
                     self._nursery = nursery
                     self._writer.attach(nursery)
                     await self._receive_loop()
+                    if self.close_reason in PEER_ENDED:
+                        self._writer.peer_left()
                     nursery.cancel_scope.cancel()
             if self._grace.cancelled_caught:
                 self.close_reason = "login_grace_timeout"
@@ -179,7 +183,8 @@ class ConnectionDriver:
             self.close_reason = "protocol_error"
             log.warning("protocol_error", reason=error.reason.name.lower(), description=str(error))
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self.close_reason = "connection_reset"
+            if self.close_reason not in PEER_ENDED:
+                self.close_reason = "connection_reset"
         except* Exception:
             self.close_reason = "internal_error"
             log.exception("connection_failed")

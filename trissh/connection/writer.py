@@ -12,6 +12,7 @@ The send loop starts at the first ring: most connections never fill their socket
 from __future__ import annotations
 
 import contextlib
+import socket
 
 import trio
 
@@ -113,6 +114,17 @@ class OutputWriter:
         chunks: list[Chunk] = [*self._backlog, *self._conn.take_output()]
         self._backlog, self._backlog_size = [], 0
         return chunks
+
+    def peer_left(self) -> None:
+        """The client closed its side: close ours now (a FIN), not after the teardown.
+
+        Tearing a connection down removes its container, which takes a fraction of a
+        second; meanwhile a balancer in front counts the connection as open (against its
+        per-source limits) until this side closes too. Nothing written after this could be
+        read. No checkpoint."""
+        if isinstance(self._stream, trio.SocketStream):
+            with contextlib.suppress(OSError):
+                self._stream.socket.shutdown(socket.SHUT_WR)
 
     async def flush_and_close(self) -> None:
         """The connection is over: write what is left (a DISCONNECT), bounded, and close.

@@ -47,6 +47,8 @@ API_VERSION: Final = "4.0.0"
 _PREFIX: Final = f"/v{API_VERSION}/libpod"
 _MAX_ERROR_BODY: Final = 64 * 1024
 _IMAGE_MISSING: Final = re.compile(r"image not known|no such image", re.IGNORECASE)
+#: podman 4.3 answers a request on a container removed meanwhile (a rename) with a 500.
+_CONTAINER_MISSING: Final = re.compile(r"no such container", re.IGNORECASE)
 
 T = TypeVar("T")
 
@@ -182,8 +184,9 @@ class PodmanApi:
         an empty body. ``body`` is sent as JSON (``bytes`` as they are); ``exchange_bound``
         bounds the exchange once it has its slot (default: the backend's request timeout).
 
-        ``missing_ok`` turns a 404 into ``None`` (removing what is already gone); ``image``
-        (a create's) turns an answer that the image is missing into :class:`ImageNotFound`.
+        ``missing_ok`` turns a 404 or "no such container" into ``None`` (what is gone already);
+        ``image`` (a create's) turns an answer that the image is missing into
+        :class:`ImageNotFound`.
 
         Cancellation: waiting for a slot is cancellable. Once sent, with
         ``abandon_on_cancel=False`` the request runs to its answer (bounded by the request
@@ -205,10 +208,10 @@ class PodmanApi:
                     raise BackendError("podman: request timed out")
         if not abandon_on_cancel:
             await trio.lowlevel.checkpoint_if_cancelled()
-        if response.status == 404 and missing_ok:
-            return None
         if response.status >= 400:
             message = _one_line(_error_text(response.body, response.reason))
+            if missing_ok and (response.status == 404 or _CONTAINER_MISSING.search(message)):
+                return None
             if image is not None and (response.status == 404 or _IMAGE_MISSING.search(message)):
                 raise ImageNotFound(image)
             raise BackendError(f"podman: {message}")

@@ -7,10 +7,12 @@ kernel keys and in processes is the difference while a probe container runs
 (``keyring``) and on how trissh starts programs. A rootless user holds at most
 ``kernel.keys.maxkeys`` (200) keys: with a session keyring per container (podman's default)
 runc fails past ~200 containers with "unable to join session keyring: disk quota exceeded"
-(issue 19). The other ceilings: subordinate ids (a user namespace per container), the
-podman user's process limit and the kernel's, podman's lock count, memory, and trissh's own
-open files. Readings of another host (podman reached through a socket of another machine
-or namespace) are reported as unknown, not guessed.
+(issue 19), unless each container has a user namespace of its own: its keys are then
+charged to its own root's host uid, with a quota of its own. The other ceilings:
+subordinate ids (a user namespace per container), the podman user's process limit and the
+kernel's, podman's lock count, memory, and trissh's own open files. Readings of another
+host (podman reached through a socket of another machine or namespace) are reported as
+unknown, not guessed.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ class Usage:
     keys: int | None
     key_bytes: int | None
     tasks: int | None
+    #: Every host uid holding kernel keys: a container with a user namespace of its own
+    #: has its keys charged to its own root's uid, not the podman user's.
+    key_owners: frozenset[int] = frozenset()
 
 
 Probe = Callable[[], AbstractAsyncContextManager[object]]
@@ -105,17 +110,21 @@ def usage(uid: int | None) -> Usage:
     if uid is None:
         return Usage(None, None, None)
     keys = key_bytes = None
+    owners: set[int] = set()
     try:
         for line in Path("/proc/key-users").read_text().splitlines():
             # "  999:     5 5/5 5/200 45/20000": usage, keys/instantiated, quota keys, bytes
             fields = line.split()
-            if fields and fields[0] == f"{uid}:":
+            if not fields:
+                continue
+            owners.add(int(fields[0].rstrip(":")))
+            if fields[0] == f"{uid}:":
                 keys = int(fields[3].split("/")[0])
                 key_bytes = int(fields[4].split("/")[0])
         keys, key_bytes = keys or 0, key_bytes or 0
     except (OSError, ValueError, IndexError):
         pass
-    return Usage(keys, key_bytes, tasks_of(uid))
+    return Usage(keys, key_bytes, tasks_of(uid), frozenset(owners))
 
 
 def tasks_of(uid: int) -> int | None:
@@ -152,6 +161,15 @@ def keyring_check(uid: int | None, before: Usage, during: Usage) -> Ceiling:
     per = during.keys - before.keys
     maxkeys = _sysctl("kernel/keys/maxkeys")
     maxbytes = _sysctl("kernel/keys/maxbytes")
+    if per <= 0 and (own := sorted(during.key_owners - before.key_owners - {uid})):
+        own_quota = HealthCheck(
+            name="keyring",
+            ok=True,
+            detail=f"a session keyring per container, charged to the container's own root"
+            f" (host uid {own[0]}: a user namespace per container, [container] userns_size):"
+            f" each container has its own kernel.keys.maxkeys = {maxkeys}, not a limit",
+        )
+        return own_quota, None
     if per <= 0:
         unbounded = HealthCheck(
             name="keyring",
