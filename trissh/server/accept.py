@@ -97,6 +97,11 @@ class Acceptor:
             )
         finally:
             self._open = False
+            # Stop listening now: while the thread sleeps in poll() the kernel holds a
+            # reference to the socket, so close() alone leaves it accepting connections
+            # until the thread runs again (a busy host: milliseconds).
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
             with self._stop_lock:
                 if not self._thread_done:
                     os.write(self._stop_write, b"x")
