@@ -1177,6 +1177,7 @@ PODMAN_ROWS = (
     "sustained",
     "mem_session",
     "cpu_container_login",
+    "fwd",
 )
 
 

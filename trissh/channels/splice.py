@@ -16,7 +16,7 @@ import trio
 from trissh.connection.channel import ChannelHandle, ChannelStream
 
 #: Bytes moved per read, each way.
-CHUNK = 256 * 1024
+CHUNK = 1024 * 1024
 #: Seconds data the peer sent before its CLOSE may take to reach the socket.
 DRAIN_AFTER_CLOSE = 10.0
 
