@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from pathlib import Path
 
 import podman
 import podman.errors
@@ -22,7 +23,7 @@ from trissh.backend import (
     ProcessSpec,
 )
 from trissh.backend.podman import PodmanBackend
-from trissh.backend.podman.api import map_podman_errors, socket_path
+from trissh.backend.podman.api import PodmanApi, map_podman_errors, socket_path
 from trissh.backend.podman.owner import LABEL_OWNER, owner_alive, owner_token
 
 from .conformance import run
@@ -72,6 +73,45 @@ def test_missing_image_maps_from_404_and_from_podman_43s_500() -> None:
     assert info.value.image == "x/y:z"
     with pytest.raises(ImageNotFound), map_podman_errors(image="x/y:z"):
         raise _api_error(500, "x/y:z: image not known")
+
+
+async def _answer_once(listener: trio.socket.SocketType, status: str, body: bytes) -> None:
+    """A fake podman below PodmanApi: one request read, one answer written."""
+    conn, _ = await listener.accept()
+    with conn:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await conn.recv(4096)
+        head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        await conn.send(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+async def test_a_container_gone_meanwhile_is_missing_not_an_error(tmp_path: Path) -> None:
+    """podman 4.3 answers a rename of a container removed while the request ran with 500
+    "does not exist in database: no such container", not 404: ``missing_ok`` covers both."""
+    path = tmp_path / "podman.sock"
+    listener = trio.socket.socket(trio.socket.AF_UNIX)
+    await listener.bind(str(path))
+    listener.listen()
+    api = PodmanApi(f"unix://{path}", limiter_capacity=1, request_timeout=5)
+    gone = b'{"cause":"no such container","message":"container 1f does not exist in database:'
+    gone += b' no such container","response":500}'
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_answer_once, listener, "500 Internal Server Error", gone)
+            with trio.fail_after(10):
+                answer = await api.request(
+                    "POST", "/containers/1f/rename", params={"name": "n"}, missing_ok=True
+                )
+        assert answer is None
+        other = b'{"cause":"x","message":"runc: something else","response":500}'
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_answer_once, listener, "500 Internal Server Error", other)
+            with trio.fail_after(10), pytest.raises(BackendError, match="something else"):
+                await api.request("POST", "/containers/1f/rename", missing_ok=True)
+    finally:
+        api.close()
+        listener.close()
 
 
 def test_other_errors_become_one_line_backend_errors() -> None:
