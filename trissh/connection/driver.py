@@ -496,7 +496,7 @@ def open_connection(
 
 
 async def serve_connection(
-    stream: trio.abc.Stream | ConnectionDriver,
+    stream: trio.abc.Stream,
     ctx: ServerContext,
     *,
     conn_id: str,
@@ -504,21 +504,23 @@ async def serve_connection(
     local: str = "",
     initial_data: bytes = b"",
 ) -> None:
-    """Serve one client until it leaves; log its life in ``connection_*`` events.
-    ``stream`` may be a connection ``open_connection`` greeted already.
+    """Serve one client from its stream until it leaves (:func:`serve_driver`)."""
+    driver = ConnectionDriver(
+        stream, ctx, conn_id=conn_id, remote=remote, local=local, initial_data=initial_data
+    )
+    await serve_driver(driver)
+
+
+async def serve_driver(driver: ConnectionDriver) -> None:
+    """Serve a connection (``open_connection`` greeted it, or ``serve_connection`` made it)
+    until its client leaves; log its life in ``connection_*`` events.
 
     Cancellation: tears the connection down (sessions, container, socket) within bounds.
     """
     started = time.monotonic()
-    with structlog.contextvars.bound_contextvars(conn_id=conn_id, remote=remote):
+    ctx = driver.ctx
+    with structlog.contextvars.bound_contextvars(conn_id=driver.conn_id, remote=driver.remote):
         log.info("connection_accepted")
-        driver = (
-            stream
-            if isinstance(stream, ConnectionDriver)
-            else ConnectionDriver(
-                stream, ctx, conn_id=conn_id, remote=remote, local=local, initial_data=initial_data
-            )
-        )
         ctx.state.connections.add(driver)
         try:
             await driver.run()

@@ -37,7 +37,7 @@ import trio
 from trissh.addresses import host_of, join_host_port
 from trissh.admin.server import serve_admin
 from trissh.config import container_settings, parse_max_startups
-from trissh.connection.driver import open_connection, serve_connection
+from trissh.connection.driver import open_connection, serve_connection, serve_driver
 from trissh.protocol import DisconnectReason, version_line
 from trissh.protocol import refusal as protocol_refusal
 from trissh.server.accept import Acceptor, Refusals
@@ -156,9 +156,7 @@ def _accepted(ctx: ServerContext, sock: socket.socket, greeted: bool) -> None:
     driver = open_connection(
         stream, current, conn_id=conn_id, remote=remote, local=local, greeted=True
     )
-    nursery.start_soon(
-        functools.partial(serve_connection, driver, current, conn_id=conn_id, remote=remote)
-    )
+    nursery.start_soon(serve_driver, driver)
 
 
 async def _serve_proxied(
@@ -209,13 +207,6 @@ def _refused(
 def _trusted_networks(cidrs: tuple[str, ...]) -> TrustedNetworks:
     """Parsed once per configuration, not per connection."""
     return TrustedNetworks(cidrs)
-
-
-def _peer_ip(stream: trio.SocketStream) -> str:
-    try:
-        return str(stream.socket.getpeername()[0])
-    except OSError:
-        return ""
 
 
 async def _read_proxy_header(

@@ -43,6 +43,8 @@ FDS_PER_SESSION: Final = 8
 USERNS_SIZE: Final = 1024
 #: Processes one container costs when the probe cannot tell (conmon, init, agent).
 TASKS_GUESS: Final = 3
+#: Fewer containers than this left under a ceiling: doctor warns.
+FEW: Final = 1000
 KEYRING_FIX: Final = (
     "keyring = false in the [containers] table of the podman user's"
     " ~/.config/containers/containers.conf (scripts/setup-host.sh writes it), or as root"
@@ -90,9 +92,9 @@ async def host_limits(info: dict[str, Any], socket_path: str, probe: Probe) -> l
             HealthCheck(
                 name="containers at once",
                 ok=True,
-                warning=most < 1000,
+                warning=most < FEW,
                 detail=f"about {most:,} more, bounded by {name}",
-                fix=f"raise {name} (above)" if most < 1000 else "",
+                fix=f"raise {name} (above)" if most < FEW else "",
             )
         )
     return checks
@@ -200,7 +202,7 @@ def subids_check(info: dict[str, Any]) -> Ceiling:
     check = HealthCheck(
         name="subordinate ids",
         ok=subids > 0,
-        warning=namespaces < 1000,
+        warning=namespaces < FEW,
         detail=f"{subids:,} subordinate uids: {namespaces:,} containers with a user"
         f" namespace of {USERNS_SIZE:,} ids each",
         fix="usermod --add-subuids FIRST-LAST --add-subgids FIRST-LAST <podman user>, then"
@@ -222,61 +224,59 @@ def processes_check(
         limits.append(("the podman user's process limit", nproc - during.tasks))
     name, room = min(limits, key=lambda item: item[1])
     allows = max(room, 0) // per
-    check = HealthCheck(
-        name="processes",
-        ok=allows > 0,
-        warning=allows < 1000,
+    return _ceiling(
+        "processes",
+        allows,
         detail=f"a container costs ~{per} processes of the podman user (uid {uid}) before"
         f" any session's own: about {allows:,} more containers under {name}"
         + (f" ({nproc:,})" if nproc is not None and name.startswith("the podman") else ""),
         fix="raise LimitNPROC of the podman service (systemd) or its `ulimit -u`; as root"
         " sysctl kernel.pid_max and kernel.threads-max",
     )
-    return check, allows
 
 
 def locks_check(info: dict[str, Any]) -> Ceiling:
     store = (info.get("store") or {}).get("containerStore") or {}
     number = int(store.get("number", 0))
     left = max(0, PODMAN_LOCKS - number)
-    check = HealthCheck(
-        name="podman locks",
-        ok=left > 0,
-        warning=left < 1000,
+    return _ceiling(
+        "podman locks",
+        left,
         detail=f"{number:,} containers exist; podman's default num_locks = {PODMAN_LOCKS:,}"
         f" (containers, pods and volumes together) leaves about {left:,} more",
         fix="num_locks = N in the [engine] table of the podman user's containers.conf, then"
         " `podman system renumber`",
     )
-    return check, left
 
 
 def memory_check(info: dict[str, Any]) -> Ceiling:
     free = int((info.get("host") or {}).get("memFree", 0))
     allows = int(free // SESSION_MEMORY)
-    check = HealthCheck(
-        name="memory",
-        ok=allows > 0,
-        warning=allows < 1000,
+    return _ceiling(
+        "memory",
+        allows,
         detail=f"{free / 2**30:.1f} GiB free: about {allows:,} idle container sessions at"
         f" ~{SESSION_MEMORY / 2**20:.1f} MiB each (users' programs need more)",
         fix="more memory, or [container] memory_limit_mb to bound each session",
     )
-    return check, allows
 
 
 def open_files_check() -> Ceiling:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     usable = open_files_target(hard)
     allows = usable // FDS_PER_SESSION
-    check = HealthCheck(
-        name="open files",
-        ok=allows > 0,
-        warning=allows < 1000,
+    return _ceiling(
+        "open files",
+        allows,
         detail=f"trissh may open {usable:,} files (its hard limit; the server raises its soft"
         f" limit to it at start): about {allows:,} sessions at ~{FDS_PER_SESSION} each",
         fix="LimitNOFILE= in trissh's systemd unit, or `ulimit -n` before starting it",
     )
+
+
+def _ceiling(name: str, allows: int, *, detail: str, fix: str) -> Ceiling:
+    """A ceiling that allows ``allows`` more containers: failed at none, warned below FEW."""
+    check = HealthCheck(name=name, ok=allows > 0, warning=allows < FEW, detail=detail, fix=fix)
     return check, allows
 
 
