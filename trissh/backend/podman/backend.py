@@ -359,6 +359,7 @@ class PodmanBackend:
     async def _remove_at_exit(self, ref: str, spec: SandboxSpec) -> None:
         """Release ``ref``'s launcher, remove it when starts let it (:mod:`.starts`), bounded
         and shielded; deferred on failure."""
+        self._renames.forget(ref)
         launcher = self._launchers.pop(ref, None)
         if launcher is not None:
             launcher.close()
