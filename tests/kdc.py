@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support import missing, require_binary
+from tests.support import free_port, missing, require_binary
 
 REALM = "TRISSH.TEST"
 #: The name clients connect to (``ssh -o GSSAPIServerIdentity=...``): host/NAME@REALM.
@@ -71,13 +71,6 @@ class Kdc:
     def client_env(self, principal: str) -> dict[str, str]:
         """The environment of a client holding ``principal``'s ticket."""
         return {**os.environ, **self.env, "KRB5CCNAME": f"FILE:{self.ccache(principal)}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _write_config(directory: Path, port: int) -> dict[str, str]:
@@ -157,7 +150,7 @@ def start_kdc(directory: Path, users: tuple[str, ...]) -> Iterator[Kdc]:
         if shutil.which(program) is None:
             missing(program, f"run scripts/setup-host.sh as root (apt-get install {package})")
     for attempt in range(3):
-        port = _free_port()
+        port = free_port()
         kdc = Kdc(directory, port, directory / "trissh.keytab")
         kdc.env = _write_config(directory, port)
         if attempt == 0:

@@ -4,7 +4,6 @@ without htpasswd credentials; the local busybox image pushed to it with ``podman
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -17,7 +16,7 @@ import trio
 
 from trissh.backend.base import DEFAULT_IMAGE
 
-from .support import require_binary
+from .support import free_port, require_binary
 
 USER = "puller"
 PASSWORD = "s3cret-registry-password"
@@ -32,17 +31,11 @@ class LoopbackRegistry:
         return f"{self.host}/trissh-test/base:{tag}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @asynccontextmanager
 async def loopback_registry(tmp: Path, *, auth: bool) -> AsyncIterator[LoopbackRegistry]:
     """The registry, answering on ``/v2/``; stopped (by its pid) afterwards."""
     binary = require_binary("docker-registry")
-    port = _free_port()
+    port = free_port()
     config = tmp / "registry.yml"
     lines = [
         "version: 0.1",
@@ -107,3 +100,13 @@ def remove_local_image(podman_url: str, image: str) -> None:
     with podman.PodmanClient(base_url=podman_url) as client:
         response = client.api.delete(f"/images/{image}", params={"force": "true"})
         assert response.status_code in (200, 404), response.text
+
+
+@asynccontextmanager
+async def pushed_image(podman_url: str, registry: LoopbackRegistry) -> AsyncIterator[str]:
+    """A fresh tag of the base image in the registry, not in local storage (so using it
+    pulls); dropped from local storage again afterwards."""
+    image = await push(podman_url, registry, uuid.uuid4().hex[:10])
+    await trio.to_thread.run_sync(remove_local_image, podman_url, image)
+    yield image
+    await trio.to_thread.run_sync(remove_local_image, podman_url, image)

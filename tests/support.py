@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, MutableMapping
@@ -169,6 +170,13 @@ def needs(*binaries: str) -> pytest.MarkDecorator:
 
 SSH = shutil.which("ssh")
 needs_ssh = needs("ssh")
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now (for a server the test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def ssh_argv(port: int, key: Path, *args: str, user: str = "alice") -> list[str]:

@@ -23,6 +23,7 @@ from .peer import Peer, output_of
 from .support import (
     ClientKey,
     RunningServer,
+    free_port,
     make_context,
     needs_ssh,
     run_ssh,
@@ -30,12 +31,6 @@ from .support import (
 )
 
 ServerFactory = Callable[..., Any]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ through real sockets, with the in-process backend."""
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from trissh.backend import ContainerSettings
 from trissh.backend.memory import MemoryBackend
 from trissh.backend.podman.health import host_checks
 
-from .support import ClientKey, RunningServer, make_context, start_server
+from .support import ClientKey, RunningServer, free_port, make_context, start_server
 
 IMAGE = "localhost/trissh-base:latest"
 ServerFactory = Callable[..., Any]
@@ -36,12 +35,6 @@ class CountingBackend(MemoryBackend):
         if self.hang:
             await trio.sleep_forever()
         return await super().ready(image)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ and without credentials; and the in-process backend's model of the same rules.""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from trissh.backend.memory import MemoryBackend
 from trissh.backend.podman import PodmanBackend
 from trissh.backend.podman.images import Registry, registry_of
 
-from ..registry import PASSWORD, USER, LoopbackRegistry, loopback_registry, push, remove_local_image
+from ..registry import PASSWORD, USER, LoopbackRegistry, loopback_registry, pushed_image
 from ..support import capture_module_log
 from .conftest import TEST_SCOPE_LABEL
 
@@ -69,10 +68,8 @@ async def registry(
 @pytest.fixture
 async def pushed(registry: LoopbackRegistry, podman_available: str) -> AsyncIterator[str]:
     """A fresh tag of the base image in the registry, not in local storage."""
-    image = await push(podman_available, registry, uuid.uuid4().hex[:10])
-    await trio.to_thread.run_sync(remove_local_image, podman_available, image)
-    yield image
-    await trio.to_thread.run_sync(remove_local_image, podman_available, image)
+    async with pushed_image(podman_available, registry) as image:
+        yield image
 
 
 def backend(url: str, registry: LoopbackRegistry, *, credentials: bool = True) -> PodmanBackend:

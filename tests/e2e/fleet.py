@@ -23,18 +23,12 @@ from typing import Any
 import pytest
 import trio
 
-from ..support import require_binary, ssh_argv
+from ..support import free_port, require_binary, ssh_argv
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "fleet"
 #: The balancer's and the client's addresses on loopback.
 BALANCER_IP = "127.0.0.1"
 CLIENT_IP = "127.0.0.2"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _toml_value(value: Any) -> str:

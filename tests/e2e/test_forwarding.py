@@ -16,6 +16,7 @@ import trio
 from ..support import (
     ClientKey,
     RunningServer,
+    free_port,
     needs,
     needs_ssh,
     require_binary,
@@ -31,12 +32,6 @@ SERVE_PAGE = (
     "mkdir -p /tmp/www && echo hello from the container > /tmp/www/index.html && "
     "exec httpd -f -p 127.0.0.1:8080 -h /tmp/www"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def listening(port: int) -> bool:

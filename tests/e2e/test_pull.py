@@ -4,7 +4,6 @@ image cannot be had (no credentials; `never` with a missing image)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import trio
 from trissh.backend.registry import make_backend
 from trissh.config import load_config
 
-from ..registry import PASSWORD, USER, LoopbackRegistry, loopback_registry, push, remove_local_image
+from ..registry import PASSWORD, USER, LoopbackRegistry, loopback_registry, pushed_image
 from ..support import ClientKey, make_context, needs, run_ssh, start_server
 
 pytestmark = [pytest.mark.podman, needs("ssh")]
@@ -29,10 +28,8 @@ async def registry(tmp_path: Path, podman_url: str) -> AsyncIterator[LoopbackReg
 
 @pytest.fixture
 async def pushed(registry: LoopbackRegistry, podman_url: str) -> AsyncIterator[str]:
-    image = await push(podman_url, registry, uuid.uuid4().hex[:10])
-    await trio.to_thread.run_sync(remove_local_image, podman_url, image)
-    yield image
-    await trio.to_thread.run_sync(remove_local_image, podman_url, image)
+    async with pushed_image(podman_url, registry) as image:
+        yield image
 
 
 async def login(

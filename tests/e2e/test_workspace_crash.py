@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -17,16 +16,10 @@ import trio
 
 from trissh.ops.workspaces_cli import remove_workspace
 
-from ..support import ClientKey, needs, run_ssh
+from ..support import ClientKey, free_port, needs, run_ssh
 from .conftest import podman_backend, workspaces_of
 
 pytestmark = [pytest.mark.podman, needs("ssh")]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Trissh:
@@ -80,7 +73,7 @@ class Trissh:
 def config(
     tmp_path: Path, podman_url: str, authorized_keys: Path, debian_image: str
 ) -> tuple[Path, int]:
-    port = _free_port()
+    port = free_port()
     path = tmp_path / "trissh.toml"
     path.write_text(
         f"""

@@ -24,6 +24,7 @@ from ..support import (
     ClientKey,
     RunningServer,
     capture_module_log,
+    free_port,
     make_context,
     needs_ssh,
     require_binary,
@@ -109,12 +110,6 @@ async def agent_env(tmp_path: Path, client_key: ClientKey) -> AsyncIterator[dict
     finally:
         agent.kill()
         await agent.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def round_trip(port: int, payload: bytes) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal as _signal
 import time
+from collections.abc import Mapping
 
 from trissh.backend.base import (
     LABEL_CONN_ID,
@@ -17,7 +18,14 @@ from trissh.backend.base import (
     SandboxSpec,
 )
 
-__all__ = ["ms_since", "process_env", "sandbox_labels", "signal_name", "signal_number"]
+__all__ = [
+    "labels_match",
+    "ms_since",
+    "process_env",
+    "sandbox_labels",
+    "signal_name",
+    "signal_number",
+]
 
 
 def sandbox_labels(spec: SandboxSpec) -> dict[str, str]:
@@ -31,6 +39,12 @@ def sandbox_labels(spec: SandboxSpec) -> dict[str, str]:
         **({LABEL_POOL: "true"} if spec.pooled else {}),
         **({LABEL_WORKSPACE: spec.workspace, LABEL_RECIPE: spec.recipe} if spec.workspace else {}),
     }
+
+
+def labels_match(have: Mapping[str, str], labels: Mapping[str, str | None]) -> bool:
+    """Whether ``have`` carries ``labels`` (a ``None`` value: the key with any value).
+    podman ANDs label filters; callers check again so a looser server filter is harmless."""
+    return all(k in have and (v is None or have[k] == v) for k, v in labels.items())
 
 
 def process_env(spec: ProcessSpec) -> dict[str, str]:

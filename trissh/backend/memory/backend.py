@@ -38,6 +38,7 @@ import structlog
 import trio
 
 from trissh.backend._common import (
+    labels_match,
     ms_since,
     process_env,
     sandbox_labels,
@@ -251,7 +252,7 @@ class MemoryBackend:
                 running=cid in self.kept or cid in self._held,
             )
             for cid, have in self.containers.items()
-            if _matches(have, labels)
+            if labels_match(have, labels)
         ]
 
     async def remove_sandbox(self, container_id: str) -> bool:
@@ -274,7 +275,7 @@ class MemoryBackend:
         return [
             FoundVolume(name=name, labels=dict(have), created=created, in_use=self._mounted(name))
             for name, (have, created) in self.volumes.items()
-            if _matches(have, labels)
+            if labels_match(have, labels)
         ]
 
     async def remove_volume(self, name: str) -> bool:
@@ -353,10 +354,6 @@ class MemoryBackend:
     def _check_available(self) -> None:
         if self.unavailable:
             raise BackendUnavailable("container backend unavailable: in-memory backend is down")
-
-
-def _matches(have: Mapping[str, str], labels: Mapping[str, str | None]) -> bool:
-    return all(k in have and (v is None or have[k] == v) for k, v in labels.items())
 
 
 class MemorySandbox:

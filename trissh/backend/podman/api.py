@@ -322,11 +322,8 @@ def _error_text(body: bytes, reason: str) -> str:
 
 
 def _error_message(response: Any) -> str:
-    try:
-        payload = response.json()
-        return str(payload.get("message") or payload.get("cause") or response.text)
-    except ValueError:
-        return response.text or str(response.status_code)
+    """:func:`_error_text` of a podman-py (requests) response."""
+    return _error_text(response.content, response.text or str(response.status_code))
 
 
 async def _handshake(sock: trio.SocketStream, target: str, body: bytes) -> bytes:

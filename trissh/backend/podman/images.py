@@ -29,14 +29,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit
 
 import structlog
 import trio
 
 from trissh.backend._common import ms_since
 from trissh.backend.errors import BackendError, ImageNotFound, ImagePullFailed
-from trissh.backend.podman.api import PodmanApi, map_podman_errors
+from trissh.backend.podman.api import PodmanApi
 
 __all__ = ["Images", "Registry", "registry_of"]
 
@@ -125,7 +124,8 @@ class Images:
         return result is not None
 
     async def _pull(self, image: str) -> None:
-        registry = self._registries.get(registry_of(image), Registry())
+        host = registry_of(image)
+        registry = self._registries.get(host, Registry())
         headers = {}
         if registry.username:
             auth = {"username": registry.username, "password": registry.password or ""}
@@ -134,7 +134,7 @@ class Images:
         if registry.insecure:
             params["tlsVerify"] = "false"
         started = time.monotonic()
-        log.info("image_pull_started", image=image, registry=registry_of(image))
+        log.info("image_pull_started", image=image, registry=host)
         token = trio.lowlevel.current_trio_token()
 
         def progress(line: str) -> None:
@@ -147,27 +147,23 @@ class Images:
             response = self._api.client.api.post(
                 "/images/pull", params=params, headers=headers, stream=True
             )
-            return _read_pull_stream(response, progress)
+            return _read_pull_stream(response, image, progress)
 
         try:
-            with map_podman_errors(where=self._api.path):
-                image_id = await trio.to_thread.run_sync(
-                    run, limiter=self._api.limiter, abandon_on_cancel=True
-                )
+            image_id = await self._api.call(run, abandon_on_cancel=True)
         except BackendError as exc:
             log.warning("image_pull_failed", image=image, error=str(exc))
             raise
         log.info("image_pulled", image=image, id=image_id[:12], duration_ms=ms_since(started))
 
 
-def _read_pull_stream(response: Any, progress: Any) -> str:
-    """podman's JSON lines to the image id; ``progress`` gets a bounded number of lines.
+def _read_pull_stream(response: Any, image: str, progress: Any) -> str:
+    """podman's JSON lines about pulling ``image`` to its id; ``progress`` gets a bounded
+    number of lines.
 
     Raises:
         ImagePullFailed: podman answered an error (status or ``error`` line).
     """
-    reference = str(response.request.url) if getattr(response, "request", None) else ""
-    image = _reference(reference)
     if response.status_code >= 400:
         raise ImagePullFailed(image, _reason(response.text))
     shown = 0
@@ -186,10 +182,6 @@ def _read_pull_stream(response: Any, progress: Any) -> str:
         if item.get("id"):
             return str(item["id"])
     raise ImagePullFailed(image, "podman's answer ended without an image")
-
-
-def _reference(url: str) -> str:
-    return (parse_qs(urlsplit(url).query).get("reference") or ["?"])[0]
 
 
 def _reason(text: str) -> str:

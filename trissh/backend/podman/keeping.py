@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from trissh.backend._common import labels_match
 from trissh.backend.base import FoundSandbox, FoundVolume
 from trissh.backend.errors import BackendError
 from trissh.backend.podman.api import PodmanApi
@@ -44,11 +45,6 @@ def _filters(labels: Mapping[str, str | None], **more: list[str]) -> dict[str, s
     return {"filters": json.dumps({"label": wanted, **more})}
 
 
-def _matches(have: Mapping[str, str], labels: Mapping[str, str | None]) -> bool:
-    """podman ANDs label filters; checked again so a looser server filter is harmless."""
-    return all(k in have and (v is None or have[k] == v) for k, v in labels.items())
-
-
 def _epoch(value: Any) -> float:
     """``Created`` as podman lists it: Unix seconds, or an RFC 3339 string."""
     if isinstance(value, int | float):
@@ -67,7 +63,7 @@ async def find_containers(api: PodmanApi, labels: Mapping[str, str | None]) -> l
     out = []
     for item in found or ():
         have = dict(item.get("Labels") or {})
-        if not _matches(have, labels):
+        if not labels_match(have, labels):
             continue
         out.append(
             FoundSandbox(
@@ -107,7 +103,7 @@ async def find_volumes(api: PodmanApi, labels: Mapping[str, str | None]) -> list
     out = []
     for item in found or ():
         have = dict(item.get("Labels") or {})
-        if not _matches(have, labels):
+        if not labels_match(have, labels):
             continue
         name = str(item["Name"])
         users = await api.request(

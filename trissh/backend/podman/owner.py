@@ -24,8 +24,9 @@ import trio
 from trissh.backend.base import LABEL_INSTANCE, LABEL_WORKSPACE
 from trissh.backend.errors import BackendError, BackendUnavailable
 from trissh.backend.podman.api import PodmanApi
+from trissh.backend.podman.keeping import find_containers
 
-__all__ = ["LABEL_OWNER", "list_containers", "owner_alive", "owner_token", "sweep"]
+__all__ = ["LABEL_OWNER", "owner_alive", "owner_token", "sweep"]
 
 log = structlog.get_logger("trissh.backend.podman")
 
@@ -61,27 +62,6 @@ def _start_time(pid: int) -> str:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-async def list_containers(
-    api: PodmanApi, labels: Mapping[str, str | None]
-) -> list[tuple[str, dict[str, str]]]:
-    """Id and labels of every container carrying ``labels`` (``None`` value: key present)."""
-    # podman-py takes several label filters only in its list form ("label=k=v"); they are
-    # ANDed by podman. We check again here, so a looser server-side filter is harmless.
-    wanted = [f"label={k}" if v is None else f"label={k}={v}" for k, v in labels.items()]
-    found = await api.call(
-        lambda: api.client.containers.list(all=True, filters=wanted),
-        abandon_on_cancel=True,
-    )
-    out = []
-    for container in found:
-        have = dict(container.labels or {})
-        if all(
-            key in have and (value is None or have[key] == value) for key, value in labels.items()
-        ):
-            out.append((str(container.id), have))
-    return out
-
-
 async def sweep(
     api: PodmanApi,
     scope_labels: Mapping[str, str],
@@ -98,9 +78,9 @@ async def sweep(
     """
     labels = {LABEL_INSTANCE: None, **scope_labels}
     others = [
-        (container_id, found.get(LABEL_OWNER, ""))
-        for container_id, found in await list_containers(api, labels)
-        if found.get(LABEL_INSTANCE) != keep_instance and LABEL_WORKSPACE not in found
+        (found.container_id, found.labels.get(LABEL_OWNER, ""))
+        for found in await find_containers(api, labels)
+        if found.labels.get(LABEL_INSTANCE) != keep_instance and LABEL_WORKSPACE not in found.labels
     ]
     alive = await trio.to_thread.run_sync(
         lambda: {owner for _, owner in others if owner_alive(owner)}

@@ -63,7 +63,7 @@ class Renames:
     async def run(self) -> None:
         """Rename what is due, one at a time, until cancelled (which drops the rest).
 
-        Cancellation: a request under way is abandoned (it completes in its thread).
+        Cancellation: a request under way is abandoned (its connection is closed).
         """
         while True:
             if not self._pending:

@@ -53,10 +53,6 @@ class StartQueue:
         self._changed = trio.Event()
 
     @property
-    def slots(self) -> int:
-        return int(self._limiter.total_tokens)
-
-    @property
     def running(self) -> int:
         return int(self._limiter.borrowed_tokens)
 
