@@ -27,3 +27,9 @@ def join_host_port(host: str, port: int) -> str:
 def host_of(remote: str) -> str:
     """The host of a ``join_host_port`` address, without brackets."""
     return remote.rsplit(":", 1)[0].strip("[]")
+
+
+def port_of(remote: str) -> str:
+    """The port of a ``join_host_port`` address, as text; ``"0"`` when it has none."""
+    port = remote.rpartition(":")[2]
+    return port if port.isdigit() else "0"

@@ -255,8 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "workspaces":
         from trissh.ops.workspaces_cli import workspaces_command
 
-        words = [*args.arguments, *(["--volume"] if args.volume else [])]
-        return trio.run(workspaces_command, settings, words)
+        return trio.run(workspaces_command, settings, args.arguments, args.volume)
     if args.arguments:
         print(f"trissh {args.command}: unexpected arguments {args.arguments}", file=sys.stderr)
         return 2

@@ -80,10 +80,10 @@ async def serve_admin(
     limiter = trio.CapacityLimiter(MAX_CLIENTS)
 
     async def handler(stream: trio.SocketStream) -> None:
+        """(``serve_listeners`` closes ``stream`` when this returns.)"""
         try:
             limiter.acquire_nowait()
         except trio.WouldBlock:
-            await trio.aclose_forcefully(stream)
             return
         try:
             await _serve_client(ctx, shutdown, stream)
@@ -91,7 +91,6 @@ async def serve_admin(
             log.exception("admin_client_failed")
         finally:
             limiter.release()
-            await trio.aclose_forcefully(stream)
 
     try:
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))

@@ -211,25 +211,26 @@ class LoginConversation:
         self.log_fields = dict(decision.log)
         self._conn.accept_auth(remaining=() if complete else chains.next_methods(after))
 
+    def _webhook_name_refused(self, name: str | None) -> Decision | None:
+        """A user name a webhook gave that the user-name rule refuses: logged, refused."""
+        if name and (problem := self._policy.user_names.problem(name)):
+            log.info("user_name_refused", user=escaped(name), reason=problem, source="webhook")
+            return Decision(False, f"the auth webhook's {NAME_REFUSED}")
+        return None
+
     async def _finish(self, request: LoginRequest, decision: Decision) -> Decision:
         """The chain is complete: a name a webhook verified passes the rule too, then
         ``/authz`` and the configuration server (the policy's ``finish``)."""
         granted = self.grant.merged(decision.grant)
-        if granted.username and (problem := self._policy.user_names.problem(granted.username)):
-            log.info(
-                "user_name_refused", user=escaped(granted.username), reason=problem,
-                source="webhook",
-            )  # fmt: skip
-            return Decision(False, f"the auth webhook's {NAME_REFUSED}")
+        if (refused := self._webhook_name_refused(granted.username)) is not None:
+            return refused
         finish = await self._policy.finish(
             dataclasses.replace(request, metadata=self.metadata), granted
         )
         if not finish.ok:
             return finish
-        renamed = finish.grant.username
-        if renamed and (problem := self._policy.user_names.problem(renamed)):
-            log.info("user_name_refused", user=escaped(renamed), reason=problem, source="webhook")
-            return Decision(False, f"the auth webhook's {NAME_REFUSED}")
+        if (refused := self._webhook_name_refused(finish.grant.username)) is not None:
+            return refused
         # Every answer's metadata, merged in order (authentication, /authz, the
         # configuration server): its environment and files reach the programs.
         if finish.metadata is not None:

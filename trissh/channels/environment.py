@@ -27,13 +27,8 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping, Sequence
 
-from trissh.addresses import host_of
+from trissh.addresses import host_of, port_of
 from trissh.channels.termmodes import stty_arguments
-
-
-def _port_of(address: str) -> str:
-    port = address.rpartition(":")[2]
-    return port if port.isdigit() else "0"
 
 
 def connection_environment(remote: str, local: str) -> dict[str, str]:
@@ -41,9 +36,9 @@ def connection_environment(remote: str, local: str) -> dict[str, str]:
     empty when the client's address is not known."""
     if not remote or ":" not in remote:
         return {}
-    client, client_port = host_of(remote), _port_of(remote)
+    client, client_port = host_of(remote), port_of(remote)
     server = host_of(local) if local and ":" in local else "0.0.0.0"  # noqa: S104 - a label
-    server_port = _port_of(local) if local else "0"
+    server_port = port_of(local) if local else "0"
     return {
         "SSH_CONNECTION": f"{client} {client_port} {server} {server_port}",
         "SSH_CLIENT": f"{client} {client_port} {server_port}",

@@ -9,7 +9,6 @@ connection's own in ``connection`` mode, and in ``session`` mode one kept for fo
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -114,8 +113,7 @@ def _sources(
     workspaces = ctx.state.workspaces
     if session.execution_mode == "workspace" and workspaces is not None:
         source = workspaces.source(spec, session.workspace_ttl, connection.nursery)
-        # A workspace is never the caller's to remove: nothing is entered into the stack.
-        return source, lambda: source.acquire(contextlib.AsyncExitStack())
+        return source, source.get
     # (no registry: a driver run outside ``serve``, as its own tests do)
     shared = ConnectionSandbox(ctx.backend, spec, connection.nursery)
     if session.execution_mode == "session":

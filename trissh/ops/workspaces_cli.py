@@ -82,11 +82,10 @@ async def remove_workspace(backend: Backend, user: str, *, volume: bool) -> list
     return lines or [f"nothing to remove for {user}"]
 
 
-async def workspaces_command(settings: ServerConfig, args: Sequence[str]) -> int:
-    """Run ``trissh workspaces ARGS``; the exit code (2: usage, 1: the backend failed)."""
+async def workspaces_command(settings: ServerConfig, args: Sequence[str], volume: bool) -> int:
+    """Run ``trissh workspaces ARGS`` (``--volume``: ``volume``); the exit code (2: usage,
+    1: the backend failed)."""
     words = list(args) or ["list"]
-    volume = "--volume" in words
-    words = [word for word in words if word != "--volume"]
     if words == ["list"] and not volume:
         run_list = True
     elif len(words) == 2 and words[0] == "remove":

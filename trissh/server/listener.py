@@ -40,7 +40,7 @@ from trissh.config import container_settings, parse_max_startups
 from trissh.connection.driver import open_connection, serve_connection, serve_driver
 from trissh.protocol import DisconnectReason, version_line
 from trissh.protocol import refusal as protocol_refusal
-from trissh.server.accept import Acceptor, Refusals
+from trissh.server.accept import Acceptor
 from trissh.server.proxy_protocol import ProxyProtocolError, TrustedNetworks, parse_proxy_header
 from trissh.server.readiness import keep_ready, serve_health
 from trissh.server.state import ServerContext
@@ -49,7 +49,6 @@ from trissh.server.workspaces import Workspaces
 log = structlog.get_logger("trissh.server.listener")
 #: For random early drop: unpredictable, so a flood cannot aim at the slots it frees.
 _random = random.SystemRandom()
-_refusals = Refusals()
 TOO_MANY: Final = DisconnectReason.TOO_MANY_CONNECTIONS
 #: What a refused client's user reads ("Received disconnect from ...: <this>").
 REFUSALS: Final = {
@@ -199,7 +198,7 @@ def _refused(
     message = protocol_refusal(ctx.protocol, TOO_MANY, REFUSALS[refusal])
     if not greeted:
         message = version_line(ctx.protocol) + message
-    _refusals.refuse(stream, message, nursery)
+    ctx.state.refusals.refuse(stream, message, nursery)
     return True
 
 

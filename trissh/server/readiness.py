@@ -15,7 +15,6 @@ Both run in serve's upkeep nursery: ``keep_ready`` (the backend check, every
 
 from __future__ import annotations
 
-import functools
 from typing import Final
 
 import structlog
@@ -96,5 +95,4 @@ async def serve_health(
     async def ready() -> tuple[bool, str]:
         return readiness(ctx)
 
-    http = functools.partial(serve_http, ctx.metrics, ready=ready)
-    await http(listeners, task_status=task_status)
+    await serve_http(ctx.metrics, listeners, ready=ready, task_status=task_status)

@@ -21,6 +21,7 @@ from trissh.config import ServerConfig
 from trissh.ops.metrics import Metrics
 from trissh.ops.recording import Recorder
 from trissh.protocol import ProtocolConfig
+from trissh.server.accept import Refusals
 
 if TYPE_CHECKING:
     from trissh.server.workspaces import Workspaces
@@ -79,6 +80,8 @@ class ServerState:
     listener_task: trio.lowlevel.Task | None = None
     #: Users' workspaces (``execution_mode = "workspace"``), set by ``serve``.
     workspaces: Workspaces | None = None
+    #: Refused connections still being told why.
+    refusals: Refusals = field(default_factory=Refusals)
 
     @property
     def live_connections(self) -> int:

@@ -358,10 +358,10 @@ class Workspaces:
         """Adopt or remove the workspaces earlier servers left (module docstring)."""
         for found in await self._backend.find_sandboxes({LABEL_WORKSPACE: None}):
             user = found.labels[LABEL_WORKSPACE]
-            session = settings.session_for(user) if _valid_user(settings, user) else None
+            session = settings.session_for(user)  # [users] entries were checked at load
             spec = workspace_spec(settings, user, self._instance)
             reason = None
-            if session is None or session.execution_mode != "workspace":
+            if session.execution_mode != "workspace":
                 reason = "not_workspace_mode"
             elif not found.running:
                 reason = "stopped"
@@ -375,7 +375,6 @@ class Workspaces:
                 await self._backend.remove_sandbox(found.container_id)
                 log.info("workspace_discarded", user=user, reason=reason)
                 continue
-            assert session is not None
             self._start(Workspace(user=user, spec=spec, ttl=session.workspace_ttl, adopt=found))
             log.info("workspace_adopted", user=user, container=found.container_id[:12])
 
@@ -424,16 +423,6 @@ def _home_volume(spec: SandboxSpec) -> str | None:
     return next((v.source for v in spec.settings.volumes if v.named), None)
 
 
-def _valid_user(settings: ServerConfig, user: str) -> bool:
-    """A label's user name whose settings can be computed (a removed [users] entry is fine)."""
-    try:
-        settings.session_for(user)
-        settings.container_for(user)
-    except ValueError:
-        return False
-    return True
-
-
 class WorkspaceSource:
     """A connection's ``SandboxSource`` in workspace mode: attached from its first session
     channel until the connection ends (a holder task in the connection's nursery)."""
@@ -462,7 +451,11 @@ class WorkspaceSource:
             self._nursery.start_soon(self._hold, self._workspace)
 
     async def acquire(self, owned: contextlib.AsyncExitStack) -> Sandbox:
-        """The user's workspace's container (never entered into ``owned``: not ours).
+        """The user's workspace's container (never entered into ``owned``: not ours)."""
+        return await self.get()
+
+    async def get(self) -> Sandbox:
+        """The user's workspace's container (the container forwards reach, too).
 
         Raises:
             BackendError: the limit was reached, or it could not start (a later session
