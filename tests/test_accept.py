@@ -10,6 +10,7 @@ from pathlib import Path
 import trio
 
 from trissh.backend.memory import MemoryBackend
+from trissh.server.accept import Acceptor
 
 from .support import ClientKey, make_context, start_server
 
@@ -78,3 +79,40 @@ async def test_the_version_line_goes_out_while_the_event_loop_is_busy(
     assert max(waits) < 2.0, sorted(waits)
     await server.stop()
     assert ctx.state.statistics() == {"connections": 0, "tasks": 0}
+
+
+async def test_a_connection_whose_hand_over_fails_is_closed_and_the_server_goes_on() -> None:
+    """A bug while taking one connection over (``deliver`` raising, in a ``run_sync_soon``
+    callback) costs that connection only: raised there it became TrioInternalError, which
+    abandons every task, shielded clean-up (container removal) included."""
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listener.socket.getsockname()[1]
+    delivered: list[socket.socket] = []
+    failed: list[socket.socket] = []
+
+    def deliver(conn: socket.socket, greeted: bool) -> None:
+        if not failed:
+            failed.append(conn)
+            raise RuntimeError("a bug in the hand-over")
+        delivered.append(conn)
+
+    acceptor = Acceptor(listener, greeting=lambda conn: b"SSH-2.0-test\r\n", deliver=deliver)
+
+    def client() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            received = b""
+            while chunk := sock.recv(64):
+                received += chunk
+            return received  # the server closed it
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(acceptor.run)
+        with trio.fail_after(10):
+            first = await trio.to_thread.run_sync(client)
+            with socket.create_connection(("127.0.0.1", port), timeout=10):
+                while not delivered:
+                    await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert first == b"SSH-2.0-test\r\n"  # greeted, then closed
+    for conn in delivered:
+        conn.close()

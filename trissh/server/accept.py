@@ -108,10 +108,17 @@ class Acceptor:
             self._listener.socket.close()
 
     def _hand_over(self, conn: socket.socket, greeted: bool) -> None:
-        """In trio: the event loop's side of one accepted connection."""
-        if self._open:
+        """In trio: the event loop's side of one accepted connection.
+
+        A bug here costs this connection only: raised from a ``run_sync_soon`` callback it
+        would end the run with TrioInternalError, abandoning every task's clean-up."""
+        if not self._open:
+            conn.close()
+            return
+        try:
             self._deliver(conn, greeted)
-        else:
+        except Exception:
+            log.exception("connection_hand_over_failed")
             conn.close()
 
     def _accept_forever(self, token: trio.lowlevel.TrioToken) -> None:
