@@ -71,6 +71,8 @@ def registry_of(image: str) -> str:
 class _Pull:
     def __init__(self) -> None:
         self.done = trio.Event()
+        #: It ended with an answer (the image, or ``error``), not cancelled with its login.
+        self.answered = False
         self.error: BackendError | None = None
 
 
@@ -98,13 +100,17 @@ class Images:
             pull = self._pulls[image] = _Pull()
             try:
                 await self._pull(image)
+                pull.answered = True
             except BackendError as exc:
-                pull.error = exc
+                pull.error, pull.answered = exc, True
             finally:
                 del self._pulls[image]
                 pull.done.set()
         else:
             await pull.done.wait()
+            if not pull.answered:  # its login went away: this one pulls
+                await self.ensure(image, policy)
+                return
         if pull.error is not None:
             raise pull.error
 
