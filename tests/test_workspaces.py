@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from trissh.backend.base import LABEL_WORKSPACE
+from trissh.backend.errors import BackendError
 from trissh.backend.memory import MemoryBackend
 from trissh.server.workspace_state import WorkspaceState, server_running
 from trissh.server.workspaces import home_volume_name
@@ -154,6 +155,39 @@ async def test_a_restart_adopts_kept_workspaces_and_discards_changed_ones(
     assert workspaces_of(backend, "alice") == [alice]
     metric = second.ctx.metrics.workspace_attaches_total
     assert metric.labels(outcome="reattached")._value.get() == 1
+    await second.stop()
+
+
+class StuckRemovals(MemoryBackend):
+    """podman refusing to remove some containers (below what is tested: the workspaces)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stuck: set[str] = set()
+
+    async def remove_sandbox(self, container_id: str) -> bool:
+        if container_id in self.stuck:
+            await trio.lowlevel.checkpoint()
+            raise BackendError("podman: container is busy")
+        return await super().remove_sandbox(container_id)
+
+
+async def test_a_leftover_that_cannot_be_removed_does_not_stop_the_adoption_of_others(
+    make_server: ServerFactory, client_key: ClientKey
+) -> None:
+    """bob's kept workspace (found first) is to be discarded and podman refuses; alice's is
+    still adopted, so her next login reattaches instead of making a second container."""
+    backend = StuckRemovals()
+    first = await make_server(backend)
+    await run_ssh(first.port, client_key.path, "true", user="bob")
+    await run_ssh(first.port, client_key.path, "true")
+    [alice] = workspaces_of(backend, "alice")
+    backend.stuck = set(workspaces_of(backend, "bob"))
+    await first.stop()
+    second = await make_server(backend, users={"bob": {"image": "localhost/other:latest"}})
+    assert (await run_ssh(second.port, client_key.path, "echo back")).stdout == b"back\n"
+    assert workspaces_of(backend, "alice") == [alice]
+    backend.stuck = set()
     await second.stop()
 
 

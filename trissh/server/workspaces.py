@@ -53,6 +53,7 @@ import trio
 from trissh.backend import (
     Backend,
     BackendError,
+    BackendUnavailable,
     FoundSandbox,
     Sandbox,
     SandboxSpec,
@@ -372,11 +373,29 @@ class Workspaces:
             elif len(self._live) >= settings.workspaces.max_workspaces:
                 reason = "over_limit"
             if reason is not None:
-                await self._backend.remove_sandbox(found.container_id)
-                log.info("workspace_discarded", user=user, reason=reason)
+                await self._discard(found, user, reason)
                 continue
             self._start(Workspace(user=user, spec=spec, ttl=session.workspace_ttl, adopt=found))
             log.info("workspace_adopted", user=user, container=found.container_id[:12])
+
+    async def _discard(self, found: FoundSandbox, user: str, reason: str) -> None:
+        """Remove a leftover not adopted; one podman refuses is logged and left (the next
+        start tries again), so the leftovers after it are still adopted or removed.
+
+        Raises:
+            BackendUnavailable: podman cannot be reached (nothing more can be done now).
+        """
+        try:
+            await self._backend.remove_sandbox(found.container_id)
+        except BackendUnavailable:
+            raise
+        except BackendError as exc:
+            log.warning(
+                "workspace_discard_failed", user=user, reason=reason,
+                container=found.container_id[:12], error=str(exc),
+            )  # fmt: skip
+            return
+        log.info("workspace_discarded", user=user, reason=reason)
 
     async def _expire_volumes(self) -> None:
         """Now and every hour: remove home volumes unused for their expiry (once this server
