@@ -140,7 +140,7 @@ class PodmanBackend:
             return None
         return WarmPool(
             size,
-            start=self._start_container,
+            start=self._start_pooled,
             remove=self._remove_at_exit,
             idle=idle,
             turn=self._starts.spare_turn,
@@ -195,6 +195,9 @@ class PodmanBackend:
         """
         container_id = None if spec.workspace else await self._take_warm(spec)
         if container_id is None:
+            # Before the start slot: a pull may take minutes, and other logins' starts
+            # must not wait behind the download.
+            await self._images.ensure(spec.settings.image, spec.settings.pull_policy)
             async with self._starts.turn(spec.conn_id) as queued:
                 container_id = await self._start_container(spec, queued=queued)
         sandbox = PodmanSandbox(container_id, self._launchers[container_id], self._api)
@@ -275,6 +278,11 @@ class PodmanBackend:
         state = (info or {}).get("State") or {}
         return None if state.get("Running") else str(state.get("Status", "gone"))
 
+    async def _start_pooled(self, spec: SandboxSpec) -> str:
+        """A warm-pool refill (in a spare start slot): the template's image, then a start."""
+        await self._images.ensure(spec.settings.image, spec.settings.pull_policy)
+        return await self._start_container(spec)
+
     async def _start_container(self, spec: SandboxSpec, *, queued: float = 0.0) -> str:
         """Create and start a container; return its id.
 
@@ -302,7 +310,6 @@ class PodmanBackend:
         started = time.monotonic()
         image = spec.settings.image
         policy = spec.settings.pull_policy
-        await self._images.ensure(image, policy)
         name = container_name(spec)
         container_id: str | None = None
         maybe_created = False
