@@ -9,7 +9,7 @@ cannot be written is logged and the session goes on without it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 import trio
@@ -26,28 +26,40 @@ _MAX_MESSAGE = 4096
 
 
 class ContainerFiles:
-    """Which containers of one connection have its files already (at most one each)."""
+    """What of one connection's files each of its containers has already: each kind once
+    per container, however many sessions start there at once."""
 
     def __init__(self) -> None:
-        self._written: set[str] = set()
+        self._done: set[tuple[str, str]] = set()
         self._lock = trio.Lock()
 
-    async def provide(self, sandbox: Sandbox, files: Mapping[str, bytes], shell: str) -> None:
-        """Write ``files`` into ``sandbox`` unless done before; concurrent sessions wait."""
-        if not files or sandbox.container_id in self._written:
+    async def once(self, kind: str, sandbox: Sandbox, write: Callable[[], Awaitable[None]]) -> None:
+        """Run ``write`` unless ``kind`` went into ``sandbox`` before; a concurrent session
+        waits until it has (or has failed: ``write`` logs that itself)."""
+        key = (kind, sandbox.container_id)
+        if key in self._done:
             return
         async with self._lock:
-            if sandbox.container_id in self._written:
+            if key in self._done:
                 return
-            self._written.add(sandbox.container_id)
-            for path, data in files.items():
-                try:
-                    with trio.fail_after(WRITE_TIMEOUT):
-                        await write_file(sandbox, path, data, shell)
-                except (BackendError, OSError, trio.TooSlowError) as exc:
-                    log.warning("container_file_failed", path=path, error=str(exc) or "timeout")
-                else:
-                    log.info("container_file_written", path=path, size=len(data))
+            self._done.add(key)
+            await write()
+
+    async def provide(self, sandbox: Sandbox, files: Mapping[str, bytes], shell: str) -> None:
+        """Write the login's secret ``files`` into ``sandbox`` once."""
+        if files:
+            await self.once("secret", sandbox, lambda: _write_each(sandbox, files, shell))
+
+
+async def _write_each(sandbox: Sandbox, files: Mapping[str, bytes], shell: str) -> None:
+    for path, data in files.items():
+        try:
+            with trio.fail_after(WRITE_TIMEOUT):
+                await write_file(sandbox, path, data, shell)
+        except (BackendError, OSError, trio.TooSlowError) as exc:
+            log.warning("container_file_failed", path=path, error=str(exc) or "timeout")
+        else:
+            log.info("container_file_written", path=path, size=len(data))
 
 
 async def write_file(sandbox: Sandbox, path: str, data: bytes, shell: str) -> None:

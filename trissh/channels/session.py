@@ -101,7 +101,7 @@ class SessionContext:
     agent_socket: Callable[[], Awaitable[str | None]] | None = None
     #: Where the connection's live recordings are listed for markers.
     marks: RecordingMarks | None = None
-    #: Which containers have the login's secret files (``grant.secret_files``) already.
+    #: Which containers have the login's files (secret and webhook ones) already.
     container_files: ContainerFiles = field(default_factory=ContainerFiles)
     #: The connection's sessions as operators see them (``trissh sessions``, ``watch``).
     live: LiveSessions | None = None
@@ -110,8 +110,6 @@ class SessionContext:
     local: str = ""
     #: ``HOME`` when trissh decides it (a workspace's home volume); else the container's.
     home: str | None = None
-    #: Containers this login's webhook files went into (set once written), by id.
-    files_placed: dict[str, trio.Event] = field(default_factory=dict)
 
 
 def _backend_size(size: TerminalSize) -> BackendTerminalSize:
@@ -280,20 +278,18 @@ async def _place_files(ctx: SessionContext, sandbox: Sandbox) -> None:
     """Webhook ``files``, written once per container and login before its first program
     (a concurrent session waits for them). A failure is logged and the session goes on,
     as in ContainerSSH."""
-    if not ctx.grant.files:
+    files = ctx.grant.files
+    if not files:
         return
-    placed = ctx.files_placed.get(sandbox.container_id)
-    if placed is not None:
-        await placed.wait()
-        return
-    placed = ctx.files_placed[sandbox.container_id] = trio.Event()
-    try:
-        await sandbox.put_files(ctx.grant.files)
-        log.info("webhook_files_placed", count=len(ctx.grant.files))
-    except BackendError as exc:
-        log.warning("webhook_files_failed", error=str(exc))
-    finally:
-        placed.set()
+
+    async def put() -> None:
+        try:
+            await sandbox.put_files(files)
+            log.info("webhook_files_placed", count=len(files))
+        except BackendError as exc:
+            log.warning("webhook_files_failed", error=str(exc))
+
+    await ctx.container_files.once("webhook", sandbox, put)
 
 
 async def _serve(
