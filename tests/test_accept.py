@@ -10,7 +10,7 @@ from pathlib import Path
 import trio
 
 from trissh.backend.memory import MemoryBackend
-from trissh.server.accept import Acceptor
+from trissh.server.accept import Acceptor, Address
 
 from .support import ClientKey, make_context, start_server
 
@@ -90,13 +90,15 @@ async def test_a_connection_whose_hand_over_fails_is_closed_and_the_server_goes_
     delivered: list[socket.socket] = []
     failed: list[socket.socket] = []
 
-    def deliver(conn: socket.socket, greeted: bool) -> None:
+    def deliver(conn: socket.socket, address: Address, greeted: bool) -> None:
         if not failed:
             failed.append(conn)
             raise RuntimeError("a bug in the hand-over")
         delivered.append(conn)
 
-    acceptor = Acceptor(listener, greeting=lambda conn: b"SSH-2.0-test\r\n", deliver=deliver)
+    acceptor = Acceptor(
+        listener, greeting=lambda conn, address: b"SSH-2.0-test\r\n", deliver=deliver
+    )
 
     def client() -> bytes:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:

@@ -31,13 +31,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import structlog
 import trio
 
 log = structlog.get_logger("trissh.server.accept")
 
+#: A peer's address as ``accept`` returns it: (host, port) or, IPv6, (host, port, flow, scope).
+Address = tuple[Any, ...]
 #: Connections accepted per wake-up at most, so one flooded listener cannot hold the GIL.
 ACCEPT_BATCH: Final = 512
 #: Out of descriptors or memory: the pending connections stay queued in the kernel (as
@@ -58,14 +60,16 @@ class Acceptor:
         self,
         listener: trio.SocketListener,
         *,
-        greeting: Callable[[socket.socket], bytes],
-        deliver: Callable[[socket.socket, bool], None],
+        greeting: Callable[[socket.socket, Address], bytes],
+        deliver: Callable[[socket.socket, Address, bool], None],
     ) -> None:
         """Args:
         listener: a bound, listening trio listener (closed when :meth:`run` ends).
         greeting: in the accept thread: the bytes to write at once to a new connection
-            (``b""``: none). Must be thread-safe and not raise.
-        deliver: in trio: serve a new connection (whether it was greeted); must not raise.
+            from the address ``accept`` gave (``b""``: none). Must be thread-safe and not
+            raise.
+        deliver: in trio: serve a new connection (its peer's address, whether it was
+            greeted); must not raise.
         """
         self._listener = listener
         # trio's socket wraps a stdlib one (non-blocking); its public API has no accessor.
@@ -107,7 +111,7 @@ class Acceptor:
                     os.write(self._stop_write, b"x")
             self._listener.socket.close()
 
-    def _hand_over(self, conn: socket.socket, greeted: bool) -> None:
+    def _hand_over(self, conn: socket.socket, address: Address, greeted: bool) -> None:
         """In trio: the event loop's side of one accepted connection.
 
         A bug here costs this connection only: raised from a ``run_sync_soon`` callback it
@@ -116,7 +120,7 @@ class Acceptor:
             conn.close()
             return
         try:
-            self._deliver(conn, greeted)
+            self._deliver(conn, address, greeted)
         except Exception:
             log.exception("connection_hand_over_failed")
             conn.close()
@@ -141,7 +145,7 @@ class Acceptor:
     def _accept_pending(self, token: trio.lowlevel.TrioToken) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, _ = self._sock.accept()
+                conn, address = self._sock.accept()
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -154,12 +158,12 @@ class Acceptor:
                 log.error("accept_failed", error=exc.strerror, retry_in_s=CAPACITY_PAUSE)
                 time.sleep(CAPACITY_PAUSE)
                 return
-            greeting = self._greeting(conn)
+            greeting = self._greeting(conn, address)
             if greeting:
                 with contextlib.suppress(OSError):  # a reset client: trio's side sees it
                     conn.send(greeting, socket.MSG_DONTWAIT)
             try:
-                token.run_sync_soon(self._hand_over, conn, bool(greeting))
+                token.run_sync_soon(self._hand_over, conn, address, bool(greeting))
             except trio.RunFinishedError:
                 conn.close()
                 return

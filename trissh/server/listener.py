@@ -40,7 +40,7 @@ from trissh.config import container_settings, parse_max_startups
 from trissh.connection.driver import open_connection, serve_connection, serve_driver
 from trissh.protocol import DisconnectReason, version_line
 from trissh.protocol import refusal as protocol_refusal
-from trissh.server.accept import Acceptor
+from trissh.server.accept import Acceptor, Address
 from trissh.server.proxy_protocol import ProxyProtocolError, TrustedNetworks, parse_proxy_header
 from trissh.server.readiness import keep_ready, serve_health
 from trissh.server.state import ServerContext
@@ -57,10 +57,10 @@ REFUSALS: Final = {
 }
 
 
-def _peer(stream: trio.SocketStream, *, local: bool = False) -> str:
-    """The client's ``HOST:PORT`` (or, ``local``, the server's end of the connection)."""
+def _local_end(stream: trio.SocketStream) -> str:
+    """The server's ``HOST:PORT`` of the connection."""
     try:
-        address = stream.socket.getsockname() if local else stream.socket.getpeername()
+        address = stream.socket.getsockname()
     except OSError:
         return "unknown"
     return join_host_port(address[0], address[1])
@@ -124,21 +124,17 @@ async def _run(
         upkeep.cancel_scope.cancel()
 
 
-def _greeting(ctx: ServerContext, sock: socket.socket) -> bytes:
+def _greeting(ctx: ServerContext, sock: socket.socket, address: Address) -> bytes:
     """In the accept thread: our version line, at once; nothing for a trusted balancer,
     whose PROXY header comes first. Reads only the configuration (thread-safe)."""
     current = ctx.state.context or ctx  # the latest configuration (SIGHUP)
     trusted = _trusted_networks(current.settings.proxy.trusted_networks)
-    if trusted:
-        try:
-            if str(sock.getpeername()[0]) in trusted:
-                return b""
-        except OSError:
-            return b""  # gone already: trio's side finds out
+    if trusted and str(address[0]) in trusted:
+        return b""
     return version_line(current.protocol)
 
 
-def _accepted(ctx: ServerContext, sock: socket.socket, greeted: bool) -> None:
+def _accepted(ctx: ServerContext, sock: socket.socket, address: Address, greeted: bool) -> None:
     """In trio, right after the accept thread handed ``sock`` over: refuse it or start its
     task (why a thread greets first: server/accept.py). Must not raise."""
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
@@ -146,7 +142,7 @@ def _accepted(ctx: ServerContext, sock: socket.socket, greeted: bool) -> None:
     nursery = ctx.state.connections_nursery
     assert nursery is not None
     conn_id = secrets.token_hex(6)
-    remote, local = _peer(stream), _peer(stream, local=True)
+    remote, local = join_host_port(address[0], address[1]), _local_end(stream)
     if not greeted:  # a trusted balancer: the client's address (its header) decides
         nursery.start_soon(_serve_proxied, stream, current, conn_id, remote, local)
         return
