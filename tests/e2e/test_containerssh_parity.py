@@ -19,7 +19,7 @@ from ..auth.containerssh_server import (
     start_containerssh_server,
     value,
 )
-from ..interop.test_openssh_auth import ASKPASS, NO_KEYS, login
+from ..interop.test_openssh_auth import NO_KEYS, login, make_askpass
 from ..support import ClientKey, RunningServer, capture_module_log, make_context, needs
 from ..support import start_server as start_trissh
 from .conftest import podman_backend
@@ -86,13 +86,7 @@ async def trissh(
 
 @pytest.fixture
 def askpass(tmp_path: Path) -> Path:
-    directory = tmp_path / "askpass"
-    directory.mkdir()
-    script = directory / "askpass.sh"
-    script.write_text(ASKPASS)
-    script.chmod(0o755)
-    (directory / "password").write_text(PASSWORD + "\n")
-    return script
+    return make_askpass(tmp_path, PASSWORD)
 
 
 class Logs:

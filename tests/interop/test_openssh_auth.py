@@ -39,15 +39,21 @@ esac
 """
 
 
-@pytest.fixture
-def askpass(tmp_path: Path) -> Path:
+def make_askpass(tmp_path: Path, password: str) -> Path:
+    """An SSH_ASKPASS script in its own directory that answers password prompts with
+    ``password`` (and code prompts with the directory's ``code`` file)."""
     directory = tmp_path / "askpass"
     directory.mkdir()
     script = directory / "askpass.sh"
     script.write_text(ASKPASS)
     script.chmod(0o755)
-    (directory / "password").write_text(PASSWORD + "\n")
+    (directory / "password").write_text(password + "\n")
     return script
+
+
+@pytest.fixture
+def askpass(tmp_path: Path) -> Path:
+    return make_askpass(tmp_path, PASSWORD)
 
 
 @pytest.fixture

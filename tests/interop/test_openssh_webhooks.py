@@ -15,7 +15,7 @@ from trissh.backend.memory import MemoryBackend
 
 from ..auth.http_server import Answer, Received, Server, start
 from ..support import ClientKey, RunningServer, make_context, needs_ssh, start_server
-from .test_openssh_auth import ASKPASS, NO_KEYS, login
+from .test_openssh_auth import NO_KEYS, login, make_askpass
 
 pytestmark = [needs_ssh, pytest.mark.interop]
 
@@ -98,13 +98,7 @@ async def make_server(
 
 @pytest.fixture
 def askpass(tmp_path: Path) -> Path:
-    directory = tmp_path / "askpass"
-    directory.mkdir()
-    script = directory / "askpass.sh"
-    script.write_text(ASKPASS)
-    script.chmod(0o755)
-    (directory / "password").write_text(PASSWORD + "\n")
-    return script
+    return make_askpass(tmp_path, PASSWORD)
 
 
 async def test_password_checked_by_the_webhook(
