@@ -4,6 +4,7 @@ volumes and their expiry. (tests/e2e/test_workspaces.py does the same on real po
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -12,12 +13,16 @@ from typing import Any
 import pytest
 import trio
 
-from trissh.backend.base import LABEL_WORKSPACE
+from trissh.backend.base import LABEL_WORKSPACE, SandboxSpec
 from trissh.backend.errors import BackendError
 from trissh.backend.memory import MemoryBackend
+from trissh.backend.memory.backend import MemorySandbox
+from trissh.config import load_config
+from trissh.ops.metrics import Metrics
 from trissh.server.workspace_state import WorkspaceState, server_running
-from trissh.server.workspaces import home_volume_name
+from trissh.server.workspaces import Workspaces, home_volume_name
 
+from .auth.http_server import Received, start
 from .support import ClientKey, RunningServer, make_context, needs_ssh, run_ssh, start_server
 
 pytestmark = needs_ssh
@@ -245,3 +250,114 @@ async def test_home_volumes_are_made_mounted_and_expire(
     assert await registry.expire_volumes(section, now=time.time() + 29 * 86400) == 0
     assert await registry.expire_volumes(section, now=far_future) == 1
     assert name not in backend.volumes
+
+
+class ConfigServer:
+    """The configuration webhook: the image (and start bound) each login's container gets."""
+
+    def __init__(self) -> None:
+        self.image = "localhost/from-config-server:1"
+        self.start_timeout = ""
+
+    async def __call__(self, request: Received) -> dict[str, Any]:
+        docker: dict[str, Any] = {"execution": {"container": {"image": self.image}}}
+        if self.start_timeout:
+            docker["timeouts"] = {"containerStart": self.start_timeout}
+        return {"config": {"docker": docker}}
+
+
+async def test_a_kept_workspace_configured_by_the_config_server_is_adopted_at_the_next_login(
+    make_server: ServerFactory, client_key: ClientKey, nursery: trio.Nursery
+) -> None:
+    """The start-up cannot know what the configuration server will answer, so a kept
+    workspace whose settings came from it waits for its user's next login: the same answer
+    reattaches it, another replaces it."""
+    config = ConfigServer()
+    webhook = {"auth.config_webhook": {"url": (await start(nursery, config)).url}}
+    backend = MemoryBackend()
+    first = await make_server(backend, **webhook)
+    await run_ssh(first.port, client_key.path, "true")
+    [alice] = workspaces_of(backend, "alice")
+    await first.stop()
+    second = await make_server(backend, **webhook)
+    assert workspaces_of(backend, "alice") == [alice]
+    assert (await run_ssh(second.port, client_key.path, "echo back")).stdout == b"back\n"
+    assert workspaces_of(backend, "alice") == [alice]
+    assert backend.sandbox_specs[-1].settings.image == config.image  # no second one made
+    metric = second.ctx.metrics.workspace_attaches_total
+    assert metric.labels(outcome="reattached")._value.get() == 1
+    await second.stop()
+    config.image = "localhost/from-config-server:2"
+    third = await make_server(backend, **webhook)
+    assert (await run_ssh(third.port, client_key.path, "echo new")).stdout == b"new\n"
+    [renewed] = workspaces_of(backend, "alice")
+    assert renewed != alice
+    assert backend.sandbox_specs[-1].settings.image == config.image
+    await third.stop()
+
+
+async def test_a_kept_workspace_nobody_claims_is_removed_after_the_ttl(
+    make_server: ServerFactory, client_key: ClientKey, nursery: trio.Nursery
+) -> None:
+    config = ConfigServer()
+    webhook = {"auth.config_webhook": {"url": (await start(nursery, config)).url}}
+    backend = MemoryBackend()
+    first = await make_server(backend, **webhook)
+    await run_ssh(first.port, client_key.path, "true")
+    await first.stop()
+    assert workspaces_of(backend, "alice")
+    await make_server(backend, **webhook, **{"session.workspace_ttl": 0.3})
+    with trio.fail_after(10):
+        while workspaces_of(backend, "alice"):
+            await trio.sleep(0.05)
+
+
+class SlowStarts(MemoryBackend):
+    """Containers that take 1.5 s to start (podman under load)."""
+
+    @contextlib.asynccontextmanager
+    async def open_sandbox(self, spec: SandboxSpec) -> AsyncIterator[MemorySandbox]:
+        await trio.sleep(1.5)
+        async with super().open_sandbox(spec) as sandbox:
+            yield sandbox
+
+
+async def test_a_workspace_starts_within_the_bound_the_config_server_gave(
+    make_server: ServerFactory, client_key: ClientKey, nursery: trio.Nursery
+) -> None:
+    config = ConfigServer()
+    config.start_timeout = "10s"
+    webhook = {"auth.config_webhook": {"url": (await start(nursery, config)).url}}
+    server = await make_server(SlowStarts(), **webhook, **{"container.start_timeout": 1})
+    result = await run_ssh(server.port, client_key.path, "echo slow")
+    assert result.stdout == b"slow\n", result.stderr
+
+
+async def test_a_connection_retrying_a_failed_workspace_start_holds_one_attachment(
+    tmp_path: Path,
+) -> None:
+    """Each session of a connection whose workspace failed to start attaches again; the
+    attachment to the failed one goes (no task left per failed start)."""
+    backend = MemoryBackend()
+    settings = load_config(
+        None,
+        {
+            "session.execution_mode": "workspace",
+            "workspaces.state_file": str(tmp_path / "workspaces.json"),
+        },
+    )
+    registry = Workspaces(backend, Metrics(), lambda: settings, instance="test")
+    spec = SandboxSpec(conn_id="c1", username="alice", remote="", instance="test")
+    async with trio.open_nursery() as upkeep:
+        await upkeep.start(registry.run)
+        async with trio.open_nursery() as connection:
+            source = registry.source(spec, 30, 60, connection)
+            for _ in range(3):
+                backend.fail_next_sandbox = BackendError("podman said no")
+                with pytest.raises(BackendError, match="podman said no"):
+                    await source.get()
+            await source.get()
+            assert len(connection.child_tasks) == 1
+            assert registry.live["alice"].attached == 1
+            connection.cancel_scope.cancel()
+        upkeep.cancel_scope.cancel()

@@ -112,7 +112,8 @@ def _sources(
     session = connection.login.session
     workspaces = ctx.state.workspaces
     if session.execution_mode == "workspace" and workspaces is not None:
-        source = workspaces.source(spec, session.workspace_ttl, connection.nursery)
+        start_timeout = connection.login.container.start_timeout
+        source = workspaces.source(spec, session.workspace_ttl, start_timeout, connection.nursery)
         return source, source.get
     # (no registry: a driver run outside ``serve``, as its own tests do)
     shared = ConnectionSandbox(ctx.backend, spec, connection.nursery)

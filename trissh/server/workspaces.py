@@ -25,6 +25,10 @@ workspace mode and its settings hash (``trissh.workspace-recipe``) is what the u
 settings give now (its TTL then starts over); otherwise it **removes** it, saying why
 (``settings_changed``, ``not_workspace_mode``, ``stopped``, ``duplicate``,
 ``over_limit``). After a crash the containers are simply there, and the same rules apply.
+With a configuration server (``[auth.config_webhook]``) the start-up cannot know a user's
+settings, so a kept workspace whose hash differs from the configuration's is held
+*unclaimed*: the user's next login adopts it if its settings give the same hash, replaces it
+otherwise, and one nobody claims within the TTL is removed (``unclaimed``).
 The state file's lock makes sure only one live server adopts a deployment's workspaces.
 
 Nursery tree::
@@ -32,7 +36,8 @@ Nursery tree::
     Workspaces.run               the server's upkeep nursery
     └─ workspaces nursery
        ├─ _expire_volumes         hourly pass over home volumes (with home_volume)
-       └─ _keep (one each)        the sandbox context and the TTL of one workspace
+       ├─ _keep (one each)        the sandbox context and the TTL of one workspace
+       └─ _await_claim (each)     an unclaimed kept workspace: its TTL, then its removal
     WorkspaceSource._hold         in each connection's nursery: attached while it runs
 """
 
@@ -70,8 +75,8 @@ log = structlog.get_logger("trissh.server.workspaces")
 LABEL_HOME: Final = "trissh.home"
 #: How often home volumes are checked for expiry.
 EXPIRY_INTERVAL: Final = 3600.0
-#: Bound on starting or adopting a workspace's container.
-DEFAULT_START_TIMEOUT: Final = 60.0
+#: Bound on removing an unclaimed workspace's container as the server stops.
+DISCARD_BOUND: Final = 30.0
 
 
 def home_volume_name(user: str) -> str:
@@ -119,6 +124,8 @@ class Workspace:
     user: str
     spec: SandboxSpec
     ttl: float
+    #: Bound on starting (or adopting) its container: the first login's ``start_timeout``.
+    start_timeout: float
     #: The kept container to take over instead of making one (start-up adoption).
     adopt: FoundSandbox | None = None
     attached: int = 0
@@ -138,6 +145,19 @@ class Workspace:
         return self.sandbox
 
 
+@dataclasses.dataclass(eq=False)
+class Unclaimed:
+    """A kept workspace waiting for its user's next login to say whether its settings are
+    still theirs (module docstring)."""
+
+    found: FoundSandbox
+    ttl: float
+    #: Cancelled by the login that claims it.
+    scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
+    #: Why it is to go, or None once a login adopted it.
+    outcome: str | None = "unclaimed"
+
+
 class Workspaces:
     """The registry: every live workspace by user name (module docstring)."""
 
@@ -154,6 +174,9 @@ class Workspaces:
         self._settings = settings
         self._instance = instance
         self._live: dict[str, Workspace] = {}
+        self._unclaimed: dict[str, Unclaimed] = {}
+        #: The server stops with ``on_shutdown = "keep"``.
+        self._keeping = False
         self._nursery: trio.Nursery | None = None
         self._state: WorkspaceState | None = None
         #: Why this server holds no workspaces (the state is another server's), if so.
@@ -202,19 +225,23 @@ class Workspaces:
         """The server stops: with ``on_shutdown = "keep"`` the containers stay running
         (call before the registry's nursery is cancelled)."""
         keep = self._settings().workspaces.on_shutdown == "keep"
+        self._keeping = keep
         for workspace in self._live.values():
             if keep and workspace.sandbox is not None:
                 workspace.sandbox.keep()
                 log.info("workspace_kept", user=workspace.user)
 
-    def source(self, spec: SandboxSpec, ttl: float, nursery: trio.Nursery) -> WorkspaceSource:
+    def source(
+        self, spec: SandboxSpec, ttl: float, start_timeout: float, nursery: trio.Nursery
+    ) -> WorkspaceSource:
         """What a connection of ``spec.username`` in workspace mode takes its container from."""
-        return WorkspaceSource(self, spec, ttl, nursery)
+        return WorkspaceSource(self, spec, ttl, start_timeout, nursery)
 
     # -- attach and detach ---------------------------------------------------------------
 
-    def attach(self, spec: SandboxSpec, ttl: float) -> Workspace:
-        """Count one more connection of the user; make the workspace if there is none.
+    def attach(self, spec: SandboxSpec, ttl: float, start_timeout: float) -> Workspace:
+        """Count one more connection of the user; make the workspace if there is none (or
+        adopt their unclaimed one).
 
         Raises:
             BackendError: workspaces are unavailable, or the maximum is reached.
@@ -225,13 +252,17 @@ class Workspaces:
         workspace = self._live.get(user)
         reattached = workspace is not None
         if workspace is None:
+            full = workspace_spec(self._settings(), user, self._instance, spec)
+            claimed = user in self._unclaimed
+            adopt = self._claim(user, full.recipe)
+            reattached = adopt is not None
             limit = self._settings().workspaces.max_workspaces
-            if len(self._live) >= limit:
+            if not claimed and len(self._live) + len(self._unclaimed) >= limit:
                 self._metrics.workspace_attached("refused")
                 log.warning("workspace_refused", user=user, limit=limit)
                 raise BackendError(f"the server holds its maximum of {limit} workspaces")
-            full = workspace_spec(self._settings(), user, self._instance, spec)
-            workspace = self._start(Workspace(user=user, spec=full, ttl=ttl))
+            made = Workspace(user=user, spec=full, ttl=ttl, start_timeout=start_timeout)
+            workspace = self._start(dataclasses.replace(made, adopt=adopt))
         workspace.attached += 1
         workspace.ttl = ttl  # the latest login's settings
         workspace.changed.set()
@@ -243,6 +274,20 @@ class Workspaces:
             connections=workspace.attached,
         )
         return workspace
+
+    def _claim(self, user: str, recipe: str) -> FoundSandbox | None:
+        """The user's unclaimed kept container if its settings are ``recipe``; one that is
+        not is removed (by its waiting task)."""
+        unclaimed = self._unclaimed.pop(user, None)
+        if unclaimed is None:
+            return None
+        unclaimed.scope.cancel()
+        if unclaimed.found.labels.get(LABEL_RECIPE) != recipe:
+            unclaimed.outcome = "settings_changed"
+            return None
+        unclaimed.outcome = None
+        log.info("workspace_adopted", user=user, container=unclaimed.found.container_id[:12])
+        return unclaimed.found
 
     def detach(self, workspace: Workspace) -> None:
         workspace.attached -= 1
@@ -297,7 +342,7 @@ class Workspaces:
     async def _open(self, workspace: Workspace, held: contextlib.AsyncExitStack) -> Sandbox | None:
         """The workspace's sandbox, entered into ``held``; None (failure recorded) if not."""
         spec = workspace.spec
-        timeout = self._settings().container_for(workspace.user).start_timeout
+        timeout = workspace.start_timeout
         with trio.move_on_after(timeout):
             try:
                 if workspace.adopt is not None:
@@ -356,27 +401,59 @@ class Workspaces:
     # -- start-up and expiry -----------------------------------------------------------
 
     async def _adopt_leftovers(self, settings: ServerConfig) -> None:
-        """Adopt or remove the workspaces earlier servers left (module docstring)."""
+        """Adopt, hold unclaimed or remove the workspaces earlier servers left (module
+        docstring)."""
+        assert self._nursery is not None
+        per_login = settings.auth.config_webhook is not None
         for found in await self._backend.find_sandboxes({LABEL_WORKSPACE: None}):
             user = found.labels[LABEL_WORKSPACE]
             session = settings.session_for(user)  # [users] entries were checked at load
             spec = workspace_spec(settings, user, self._instance)
+            same = found.labels.get(LABEL_RECIPE) == spec.recipe
             reason = None
             if session.execution_mode != "workspace":
                 reason = "not_workspace_mode"
             elif not found.running:
                 reason = "stopped"
-            elif found.labels.get(LABEL_RECIPE) != spec.recipe:
+            elif not same and not per_login:
                 reason = "settings_changed"
-            elif user in self._live:
+            elif user in self._live or user in self._unclaimed:
                 reason = "duplicate"
-            elif len(self._live) >= settings.workspaces.max_workspaces:
+            elif len(self._live) + len(self._unclaimed) >= settings.workspaces.max_workspaces:
                 reason = "over_limit"
             if reason is not None:
                 await self._discard(found, user, reason)
-                continue
-            self._start(Workspace(user=user, spec=spec, ttl=session.workspace_ttl, adopt=found))
-            log.info("workspace_adopted", user=user, container=found.container_id[:12])
+            elif same:
+                timeout = settings.container_for(user).start_timeout
+                ttl = session.workspace_ttl
+                self._start(Workspace(user, spec, ttl, timeout, adopt=found))
+                log.info("workspace_adopted", user=user, container=found.container_id[:12])
+            else:
+                unclaimed = Unclaimed(found, session.workspace_ttl)
+                self._unclaimed[user] = unclaimed
+                self._nursery.start_soon(self._await_claim, user, unclaimed)
+                log.info("workspace_unclaimed", user=user, container=found.container_id[:12])
+
+    async def _await_claim(self, user: str, unclaimed: Unclaimed) -> None:
+        """Remove an unclaimed workspace after its TTL, or once a login found its settings
+        changed; as the server stops, unless it keeps workspaces.
+
+        Cancellation: the removal is shielded and bounded.
+        """
+        stopping = True
+        try:
+            with unclaimed.scope:
+                await trio.sleep(unclaimed.ttl)
+            stopping = False
+        finally:
+            if self._unclaimed.get(user) is unclaimed:
+                del self._unclaimed[user]
+            reason = "shutdown" if stopping else unclaimed.outcome
+            if reason is not None and not (stopping and self._keeping):
+                with trio.move_on_after(DISCARD_BOUND) as bound:
+                    bound.shield = True
+                    with contextlib.suppress(BackendUnavailable):  # logged
+                        await self._discard(unclaimed.found, user, reason)
 
     async def _discard(self, found: FoundSandbox, user: str, reason: str) -> None:
         """Remove a leftover not adopted; one podman refuses is logged and left (the next
@@ -387,13 +464,13 @@ class Workspaces:
         """
         try:
             await self._backend.remove_sandbox(found.container_id)
-        except BackendUnavailable:
-            raise
         except BackendError as exc:
             log.warning(
                 "workspace_discard_failed", user=user, reason=reason,
                 container=found.container_id[:12], error=str(exc),
             )  # fmt: skip
+            if isinstance(exc, BackendUnavailable):
+                raise
             return
         log.info("workspace_discarded", user=user, reason=reason)
 
@@ -447,27 +524,39 @@ class WorkspaceSource:
     channel until the connection ends (a holder task in the connection's nursery)."""
 
     def __init__(
-        self, registry: Workspaces, spec: SandboxSpec, ttl: float, nursery: trio.Nursery
+        self,
+        registry: Workspaces,
+        spec: SandboxSpec,
+        ttl: float,
+        start_timeout: float,
+        nursery: trio.Nursery,
     ) -> None:
         self._registry = registry
         self._spec = spec
         self._ttl = ttl
+        self._start_timeout = start_timeout
         self._nursery = nursery
         self._workspace: Workspace | None = None
+        #: The holder task's scope: cancelled (detaching) when a failed workspace is left.
+        self._holding: trio.CancelScope | None = None
         self._refusal: BackendError | None = None
         #: Reattached to a workspace made earlier: check once that its container is there.
         self._check = False
 
     def prepare(self, start_timeout: float) -> None:
-        """Attach now: the workspace's start (if any) overlaps the client's round trip."""
+        """Attach now: the workspace's start (if any) overlaps the client's round trip.
+        (``start_timeout`` is the login's, which the source was made with.)"""
         if self._workspace is None and self._refusal is None:
             self._check = self._spec.username in self._registry.live
             try:
-                self._workspace = self._registry.attach(self._spec, self._ttl)
+                self._workspace = self._registry.attach(self._spec, self._ttl, self._start_timeout)
             except BackendError as exc:
                 self._refusal = exc
                 return
-            self._nursery.start_soon(self._hold, self._workspace)
+            if self._holding is not None:
+                self._holding.cancel()  # attached to one that failed or ended
+            self._holding = trio.CancelScope()
+            self._nursery.start_soon(self._hold, self._workspace, self._holding)
 
     async def acquire(self, owned: contextlib.AsyncExitStack) -> Sandbox:
         """The user's workspace's container (never entered into ``owned``: not ours)."""
@@ -483,7 +572,7 @@ class WorkspaceSource:
         for _ in range(2):  # a workspace found gone is replaced once
             if self._workspace is not None and self._workspace.closing:
                 self._workspace = None  # it failed or ended: attach to a new one
-            self.prepare(DEFAULT_START_TIMEOUT)
+            self.prepare(self._start_timeout)
             if self._refusal is not None:
                 refusal, self._refusal = self._refusal, None
                 raise refusal
@@ -496,10 +585,12 @@ class WorkspaceSource:
                 return sandbox
         raise BackendError("the workspace's container is gone")
 
-    async def _hold(self, workspace: Workspace) -> None:
-        """Attached while the connection runs (cancelled with its nursery)."""
+    async def _hold(self, workspace: Workspace, scope: trio.CancelScope) -> None:
+        """Attached while the connection runs (cancelled with its nursery), or until the
+        connection attaches to a new workspace."""
         structlog.contextvars.unbind_contextvars("channel", "container")
         try:
-            await trio.sleep_forever()
+            with scope:
+                await trio.sleep_forever()
         finally:
             self._registry.detach(workspace)
