@@ -22,14 +22,19 @@ class RecordingPulls(Images):
         super().__init__(api=None, registries={})  # type: ignore[arg-type]
         self.pulls: list[str] = []
         self.release = trio.Event()
+        #: What podman's local storage holds (a pull adds the image).
+        self.stored: set[str] = set()
+        self.exists_asked = 0
 
     async def _exists(self, image: str) -> bool:
         await trio.lowlevel.checkpoint()
-        return False
+        self.exists_asked += 1
+        return image in self.stored
 
     async def _pull(self, image: str) -> None:
         self.pulls.append(image)
         await self.release.wait()
+        self.stored.add(image)
 
 
 async def test_logins_waiting_for_the_same_image_share_one_pull(
@@ -80,3 +85,23 @@ async def test_a_pull_whose_login_left_is_taken_over_by_a_waiting_one(
         images.release.set()
     assert images.pulls == [IMAGE, IMAGE]
     assert second == [2]
+
+
+async def test_an_image_seen_present_is_not_asked_for_again_until_forgotten() -> None:
+    """if-not-present: the first start asks podman whether the image is there, later ones
+    do not; an image podman lost since (forget, after a create found none) is asked for and
+    pulled again. always pulls every time."""
+    images = RecordingPulls()
+    images.release.set()
+    images.stored.add(IMAGE)
+    for _ in range(3):
+        await images.ensure(IMAGE, "if-not-present")
+    assert (images.exists_asked, images.pulls) == (1, [])
+    images.stored.clear()  # an operator removed it
+    assert images.forget(IMAGE)
+    assert not images.forget(IMAGE)  # forgotten already: the create's error stands
+    await images.ensure(IMAGE, "if-not-present")
+    await images.ensure(IMAGE, "if-not-present")
+    assert (images.exists_asked, images.pulls) == (2, [IMAGE])
+    await images.ensure(IMAGE, "always")
+    assert images.pulls == [IMAGE, IMAGE]

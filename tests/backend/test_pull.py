@@ -15,7 +15,14 @@ from trissh.backend.memory import MemoryBackend
 from trissh.backend.podman import PodmanBackend
 from trissh.backend.podman.images import Registry, registry_of
 
-from ..registry import PASSWORD, USER, LoopbackRegistry, loopback_registry, pushed_image
+from ..registry import (
+    PASSWORD,
+    USER,
+    LoopbackRegistry,
+    loopback_registry,
+    pushed_image,
+    remove_local_image,
+)
 from ..support import capture_module_log
 from .conftest import TEST_SCOPE_LABEL
 
@@ -141,3 +148,18 @@ async def test_a_failed_pull_says_why_and_never_creates_the_image(
     any_line: MutableMapping[str, Any]
     for any_line in lines:
         assert PASSWORD not in repr(any_line)
+
+
+async def test_an_image_removed_after_its_pull_is_pulled_again_at_the_next_start(
+    registry: LoopbackRegistry, pushed: str, podman_available: str
+) -> None:
+    """The backend remembers an image it saw present; one the operator removed since is
+    found missing by the create, pulled again, and the start succeeds."""
+    podman = backend(podman_available, registry)
+    try:
+        with trio.fail_after(BOUND):
+            await run_echo(podman, spec(pushed, "if-not-present"))
+            await trio.to_thread.run_sync(remove_local_image, podman_available, pushed)
+            await run_echo(podman, spec(pushed, "if-not-present"))
+    finally:
+        podman.close()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import structlog
@@ -195,11 +195,7 @@ class PodmanBackend:
         """
         container_id = None if spec.workspace else await self._take_warm(spec)
         if container_id is None:
-            # Before the start slot: a pull may take minutes, and other logins' starts
-            # must not wait behind the download.
-            await self._images.ensure(spec.settings.image, spec.settings.pull_policy)
-            async with self._starts.turn(spec.conn_id) as queued:
-                container_id = await self._start_container(spec, queued=queued)
+            container_id = await self._with_image(spec, self._start_in_turn)
         sandbox = PodmanSandbox(container_id, self._launchers[container_id], self._api)
         try:
             yield sandbox
@@ -280,8 +276,28 @@ class PodmanBackend:
 
     async def _start_pooled(self, spec: SandboxSpec) -> str:
         """A warm-pool refill (in a spare start slot): the template's image, then a start."""
-        await self._images.ensure(spec.settings.image, spec.settings.pull_policy)
-        return await self._start_container(spec)
+        return await self._with_image(spec, self._start_container)
+
+    async def _with_image(
+        self, spec: SandboxSpec, start: Callable[[SandboxSpec], Awaitable[str]]
+    ) -> str:
+        """``start(spec)`` once its image is present (pulled outside any start slot: a pull
+        may take minutes, and other logins' starts must not wait behind it); an image
+        remembered present that podman no longer has is ensured once more."""
+        image, policy = spec.settings.image, spec.settings.pull_policy
+        await self._images.ensure(image, policy)
+        try:
+            return await start(spec)
+        except ImageNotFound:
+            if not self._images.forget(image):
+                raise
+        await self._images.ensure(image, policy)
+        return await start(spec)
+
+    async def _start_in_turn(self, spec: SandboxSpec) -> str:
+        """A login's own start, in its turn for a start slot."""
+        async with self._starts.turn(spec.conn_id) as queued:
+            return await self._start_container(spec, queued=queued)
 
     async def _start_container(self, spec: SandboxSpec, *, queued: float = 0.0) -> str:
         """Create and start a container; return its id.

@@ -68,6 +68,10 @@ def registry_of(image: str) -> str:
     return "docker.io"
 
 
+#: Images remembered as present (a configuration server may name any number).
+PRESENT_BOUND: Final = 256
+
+
 class _Pull:
     def __init__(self) -> None:
         self.done = trio.Event()
@@ -77,12 +81,19 @@ class _Pull:
 
 
 class Images:
-    """Applies the pull policy for one backend."""
+    """Applies the pull policy for one backend.
+
+    An image seen present is remembered, so ``if-not-present`` asks podman once rather than
+    at every start; a create that then finds it missing (an operator removed it) makes the
+    caller :meth:`forget` it and ensure it again.
+    """
 
     def __init__(self, api: PodmanApi, registries: Mapping[str, Registry]) -> None:
         self._api = api
         self._registries = dict(registries)
         self._pulls: dict[str, _Pull] = {}
+        #: Images seen present, oldest first (a dict as an ordered set), at most PRESENT_BOUND.
+        self._present: dict[str, None] = {}
 
     async def ensure(self, image: str, policy: str) -> None:
         """Make ``image`` present as ``policy`` says.
@@ -93,8 +104,12 @@ class Images:
         """
         if policy == "never" or registry_of(image) == "localhost":
             return
-        if policy == "if-not-present" and await self._exists(image):
-            return
+        if policy == "if-not-present":
+            if image in self._present:
+                return
+            if await self._exists(image):
+                self._seen(image)
+                return
         pull = self._pulls.get(image)
         if pull is None:
             pull = self._pulls[image] = _Pull()
@@ -113,6 +128,18 @@ class Images:
                 return
         if pull.error is not None:
             raise pull.error
+        self._seen(image)
+
+    def forget(self, image: str) -> bool:
+        """A create found ``image`` missing: whether it was taken as present (so ensuring it
+        again may fetch it)."""
+        return self._present.pop(image, False) is None
+
+    def _seen(self, image: str) -> None:
+        self._present.pop(image, None)
+        self._present[image] = None
+        if len(self._present) > PRESENT_BOUND:
+            del self._present[next(iter(self._present))]
 
     @staticmethod
     def missing(image: str, policy: str) -> ImageNotFound:
