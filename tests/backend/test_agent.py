@@ -138,6 +138,21 @@ async def test_the_agent_outlives_trissh_but_not_its_programs(tmp_path: Path) ->
             await agent.spawn(["true"], {})
 
 
+async def test_connected_says_whether_the_agent_is_still_there(tmp_path: Path) -> None:
+    """What the warm pool asks before handing a container out: there while the agent
+    runs (a program's output waiting makes no difference), gone once it was killed."""
+    async with host_agent(tmp_path) as (agent, helper):
+        assert agent.connected()
+        async with started(agent, ["sh", "-c", "echo out; exec sleep 1000"]) as process:
+            assert await process.stdout.receive_some(100) == b"out\n"
+            assert agent.connected()
+            helper.kill()
+            await helper.wait()
+            with trio.fail_after(10):
+                while agent.connected():
+                    await trio.sleep(0.02)
+
+
 async def test_requests_are_checked_before_they_are_sent(tmp_path: Path) -> None:
     async with host_agent(tmp_path) as (agent, _):
         with pytest.raises(BackendError, match="NUL"):

@@ -46,6 +46,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import select
 import socket
 import stat
 import struct
@@ -186,17 +187,13 @@ class Agent:
 
     def connected(self) -> bool:
         """Whether the agent (hence its container) is still there, without asking podman:
-        a peek that finds the socket ended means the agent is gone (data waiting, or none,
-        means it is there)."""
+        the socket shut down or broken means it is gone (data waiting, or none, means it
+        is there)."""
         if self.broken:
             return False
-        sock: socket.socket = self._conn._sock  # type: ignore[attr-defined]
-        try:
-            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
+        poller = select.poll()
+        poller.register(self._conn.fileno(), select.POLLRDHUP)  # HUP and ERR come anyway
+        return not poller.poll(0)
 
     def close(self) -> None:
         """The agent kills what it started and stays as the container's keepalive."""
