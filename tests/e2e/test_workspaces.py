@@ -9,6 +9,7 @@ import trio
 
 from trissh.ops.workspaces_cli import list_workspaces
 
+from ..auth.http_server import Received, start
 from ..support import ClientKey, RunningServer, needs, run_ssh
 from .conftest import ServerFactory, podman_backend, workspaces_of
 
@@ -89,6 +90,47 @@ async def test_a_restart_adopts_the_workspace_with_its_tmux(
     await second.stop()
     third = await make_server(**{**keep, "container.image": "localhost/trissh-base:latest"})
     assert await workspaces_of(podman_url, alice) == []
+    await third.stop()
+
+
+async def test_a_restart_keeps_a_workspace_configured_by_the_config_server(
+    make_server: ServerFactory,
+    client_key: ClientKey,
+    users: list[str],
+    podman_url: str,
+    nursery: trio.Nursery,
+) -> None:
+    """The configuration server's answer is part of the workspace's settings: the next
+    server cannot know it at start-up, so the user's next login decides. The same answer
+    gets the same container (file, tmux); another gets a new one."""
+    alice = users[0]
+    answer = {"pidslimit": 300}
+
+    async def config(request: Received) -> dict[str, object]:
+        return {"config": {"docker": {"execution": {"host": dict(answer)}}}}
+
+    webhook = await start(nursery, config)
+    keep = {"workspaces.on_shutdown": "keep", "auth.config_webhook": {"url": webhook.url}}
+    first = await make_server(**keep)
+    host = await ssh(
+        first, client_key, alice, "echo kept > ~/f; tmux new-session -d -s t 'sleep 600'; hostname"
+    )
+    await first.stop()
+    [container] = await workspaces_of(podman_url, alice)
+    second = await make_server(**keep)
+    assert await workspaces_of(podman_url, alice) == [container]
+    back = await ssh(second, client_key, alice, "cat ~/f; tmux ls -F '#{session_name}'; hostname")
+    assert back == f"kept\nt\n{host}"
+    await second.stop()
+    answer["pidslimit"] = 400
+    third = await make_server(**keep)
+    fresh = await ssh(third, client_key, alice, "cat ~/f 2>/dev/null || echo fresh; hostname")
+    assert fresh.splitlines()[0] == "fresh"
+    assert fresh.splitlines()[1] != host.strip()
+    with trio.fail_after(30):  # the old one is removed beside the new one
+        while len(await workspaces_of(podman_url, alice)) != 1:
+            await trio.sleep(0.2)
+    assert await workspaces_of(podman_url, alice) != [container]
     await third.stop()
 
 
