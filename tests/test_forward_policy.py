@@ -65,6 +65,32 @@ def test_permit_open(entries: tuple[str, ...], target: TcpAddress, allowed: bool
         assert refusal == f"{target} is not in permit_open"
 
 
+@pytest.mark.parametrize(
+    ("entries", "allowed"),
+    [
+        (("any",), True),
+        (("none",), False),
+        (("localhost:8080",), False),
+        (("*:8080",), False),
+        (("*:*",), True),
+        (("/run/app.sock:*",), True),
+    ],
+)
+def test_permit_open_applies_to_unix_sockets_as_sshd(
+    entries: tuple[str, ...], allowed: bool
+) -> None:
+    """sshd matches a socket path against PermitOpen and permitopen= as a host with no
+    port: only an entry with any port (``*``) and that host or ``*`` lets it through, so a
+    key limited to one TCP port cannot reach a unix socket instead."""
+    refusal = policy(permit_open=entries).refuse_open(SOCKET)
+    assert (refusal is None) is allowed
+    if not allowed:
+        assert refusal == f"{SOCKET} is not in permit_open"
+    key = policy(grant_of('permitopen="localhost:8080"'))
+    assert key.refuse_open(SOCKET) == f"{SOCKET} is not in permit_open"
+    assert key.refuse_listen(SOCKET) is None  # sshd's PermitListen is TCP only
+
+
 def test_permit_listen_takes_a_bare_port() -> None:
     p = policy(permit_listen=("9000",))
     assert p.refuse_listen(TcpAddress(host="", port=9000)) is None

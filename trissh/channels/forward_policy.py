@@ -15,14 +15,19 @@ from trissh.config import ForwardingSection, parse_permit
 from trissh.protocol import ForwardTarget, SocketPath, TcpAddress
 
 
-def _matches(entries: tuple[str, ...], target: TcpAddress, *, listen: bool) -> bool:
+def _matches(entries: tuple[str, ...], target: ForwardTarget, *, listen: bool) -> bool:
+    """sshd's ``open_match``: a unix socket path is a host with no port, so only an entry
+    with any port (``*``) and that host or ``*`` matches it."""
     if entries == ("any",):
         return True
     for entry in entries:
         if entry == "none":
             return False
         host, port = parse_permit(entry, listen=listen)
-        if host in ("*", target.host) and port in ("*", str(target.port)):
+        if isinstance(target, SocketPath):
+            if port == "*" and host in ("*", target.path):
+                return True
+        elif host in ("*", target.host) and port in ("*", str(target.port)):
             return True
     return False
 
@@ -46,7 +51,7 @@ class ForwardPolicy:
     def refuse_open(self, target: ForwardTarget) -> str | None:
         """Why ``-L``/``-D``/``-W`` to ``target`` is refused, or ``None``."""
         refusal = self._direction_allows(target, "local")
-        if refusal is None and isinstance(target, TcpAddress):
+        if refusal is None:  # unix sockets too, as sshd
             lists = (self.settings.permit_open, *self.grant.permit_open)
             if not all(_matches(entries, target, listen=False) for entries in lists):
                 refusal = f"{target} is not in permit_open"
