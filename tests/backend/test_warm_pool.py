@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -26,7 +29,7 @@ from trissh.ops.metrics import Metrics
 from trissh.server.process import metered_backend
 
 from .conformance import run
-from .conftest import TEST_SCOPE_LABEL, PodmanHarness, podman_containers
+from .conftest import TEST_SCOPE_LABEL, PodmanHarness, exec_helper, podman_containers
 
 SETTINGS = ContainerSettings()
 OTHER = dataclasses.replace(SETTINGS, env={"TEAM": "blue"})
@@ -126,6 +129,26 @@ async def test_failed_refills_back_off_and_recover(autojump_clock: trio.abc.Cloc
         started = trio.current_time()
         await wait_ready(pool, 1, timeout=60)
         assert trio.current_time() - started >= 1 + 2 + 4  # doubling backoff
+        assert pool.take(SETTINGS) == "c1"
+
+
+class Crashing(Recorder):
+    """A start that fails with what is not a BackendError (a bug below the pool)."""
+
+    async def start(self, spec: SandboxSpec) -> str:
+        if not self.started and self._fail:
+            self._fail -= 1
+            await trio.sleep(0.01)
+            raise OSError(24, "Too many open files")
+        return await super().start(spec)
+
+
+async def test_a_refill_that_crashes_backs_off_and_the_pool_goes_on(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    podman = Crashing(fail_first=1)
+    async with running_pool(1, podman) as pool:
+        await wait_ready(pool, 1, timeout=60)
         assert pool.take(SETTINGS) == "c1"
 
 
@@ -313,3 +336,40 @@ async def test_podman_an_assigned_container_is_named_for_its_user(
                 nursery.cancel_scope.cancel()
     finally:
         backend.close()
+
+
+@pytest.mark.podman
+async def test_podman_a_stdio_root_removed_under_the_server_is_made_again(
+    podman_harness: PodmanHarness,
+) -> None:
+    """A temp cleaner removes the stdio root while the pool runs: the next refill and the
+    logins after it make a new one (a failure there was an OSError that ended the backend's
+    task, and with it the server)."""
+    h = podman_harness
+    parent = tempfile.mkdtemp(dir=tempfile.gettempdir())
+    os.chmod(parent, 0o711)  # the podman user passes through, as in production
+    backend = PodmanBackend(
+        h.url, scope_labels=h.scope, warm_pool=1, direct_stdio=True, exec_agent=True,
+        stdio_dir=parent, exec_helper=exec_helper(),
+    )  # fmt: skip
+    backend.keep_warm(h.settings, h.instance)
+    try:
+        with trio.fail_after(90):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(backend.run)
+                while backend.warm_containers < 1:
+                    await trio.sleep(0.05)
+                for child in os.listdir(parent):  # a temp cleaner
+                    shutil.rmtree(os.path.join(parent, child))
+                for word in ("pooled", "fresh", "again"):
+                    async with backend.open_sandbox(h.sandbox_spec()) as sandbox:
+                        spec = ProcessSpec(argv=h.sh(f"echo {word}"))
+                        async with sandbox.open_process(spec) as process:
+                            out, _, status = await run(process)
+                        assert (out, status) == (f"{word}\n".encode(), ExitStatus(code=0))
+                while backend.warm_containers < 1:
+                    await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+    finally:
+        backend.close()
+        shutil.rmtree(parent, ignore_errors=True)

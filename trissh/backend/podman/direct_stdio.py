@@ -99,7 +99,15 @@ class StdioRoot:
         return passable_by_others(self._parent)
 
     def make_dir(self) -> str:
-        """A new, empty directory for one container; its host path."""
+        """A new, empty directory for one container; its host path. A root removed under
+        us (a temp cleaner) is made again.
+
+        Raises:
+            OSError: the directory cannot be made.
+        """
+        if self._path is not None and not os.path.isdir(self._path):
+            log.warning("stdio_root_gone", path=self._path)
+            self._path = None
         if self._path is None:
             self._path = tempfile.mkdtemp(prefix=self.PREFIX, dir=self._parent)
             os.chmod(self._path, 0o711)  # noqa: S103 - pass-through only, no listing

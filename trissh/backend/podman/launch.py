@@ -39,6 +39,7 @@ from typing import Any, Final, Protocol
 import structlog
 
 from trissh.backend.base import HealthCheck, LaunchPath, Process, ProcessSpec
+from trissh.backend.errors import BackendError
 from trissh.backend.podman.agent import Agent, AgentListener, open_agent_process
 from trissh.backend.podman.direct_stdio import CONTAINER_DIR, StdioRoot
 from trissh.backend.podman.exec import HELPER_PATH, HELPER_STATUS_DIR, ExecTarget, open_exec
@@ -289,14 +290,19 @@ class LaunchSetup:
     :meth:`close` releases what no launcher took over."""
 
     def __init__(self, new: NewContainers, root: StdioRoot | None) -> None:
+        """Raises: BackendError: the host cannot give the container its stdio directory or
+        its agent's socket (a full disk, no file descriptors left)."""
         self._new = new
-        self._stdio_dir = root.make_dir() if root is not None else None
+        self._stdio_dir: str | None = None
         self._listener: AgentListener | None = None
         try:
+            self._stdio_dir = root.make_dir() if root is not None else None
             if self._stdio_dir is not None and new.agent:
                 self._listener = AgentListener(self._stdio_dir, HELPER_PATH)
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            if isinstance(exc, OSError):
+                raise BackendError(f"cannot prepare the container's stdio: {exc}") from exc
             raise
 
     @property
@@ -349,8 +355,10 @@ class LaunchSetup:
             return pipes
         try:
             agent = await self._listener.accept(container=target.container_id[:12])
-        except BaseException:
+        except BaseException as exc:
             pipes.close()
+            if isinstance(exc, OSError):
+                raise BackendError(f"cannot accept the container's agent: {exc}") from exc
             raise
         if agent is None:
             new.no_agent(target.container_id)

@@ -189,6 +189,9 @@ class WarmPool:
                     container_id = await self._start(spec)
                 except BackendError as exc:
                     failure = exc
+                except Exception as exc:  # a refill's bug must not end the server's upkeep
+                    log.exception("warm_pool_fill_crashed")
+                    failure = BackendError(f"{type(exc).__name__}: {exc}")
             if failure is not None:
                 await self._back_off(failure)
                 return
