@@ -165,3 +165,17 @@ def test_merged_grants_keep_every_restriction() -> None:
 def test_malformed_permit_options_invalidate_the_line(bad: str) -> None:
     with pytest.raises(OptionError):
         parse_options(bad)
+
+
+def test_a_connection_may_open_its_sessions_and_forwards_channels() -> None:
+    """The protocol core's cap on channels per connection is what the users' limits add up
+    to, for the user with the most; each kind keeps its own bound."""
+    assert load_config(None, {}).channel_limit() == 10 + 64
+    settings = load_config(
+        None,
+        {
+            "session.max_sessions_per_connection": 4,
+            "users": {"ci": {"forwarding": {"max_channels": 500}}},
+        },
+    )
+    assert settings.channel_limit() == 4 + 500

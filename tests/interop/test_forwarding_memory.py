@@ -318,6 +318,53 @@ async def test_remote_forward_reaches_the_clients_side(
     assert received == b"from inside\n"
 
 
+async def test_remote_forward_carries_as_many_connections_as_forwarding_allows(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey,
+) -> None:  # fmt: skip
+    """24 programs in the container connect to an ``-R`` listener at once, with a session
+    open: 25 channels, under ``[forwarding] max_channels`` (64) plus the sessions'. Each
+    round trip works and the connection goes on (the channel table's own cap, 16, ended the
+    connection with "internal server error")."""
+    running = await server(nursery, authorized_keys, tmp_path)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    client_side = listeners[0].socket.getsockname()[1]
+    await nursery.start(serve_echo, listeners[0])
+    async with ssh_running(
+        running.port, client_key.path, "-o", "ExitOnForwardFailure=yes",
+        "-R", f"9000:127.0.0.1:{client_side}", "sleep 60",
+    ) as client:  # fmt: skip
+        await wait_until(lambda: bool(backend.sandboxes))
+        sandbox = backend.sandboxes[0]
+        target = SocketAddress(host="localhost", port=9000)
+        with trio.fail_after(20):
+            while True:
+                try:
+                    await (await sandbox.connect(target)).aclose()
+                    break
+                except Exception:
+                    await trio.sleep(0.05)
+        streams = [await sandbox.connect(target) for _ in range(24)]
+        received: dict[int, bytes] = {}
+
+        async def round_trip_inside(index: int, stream: trio.abc.HalfCloseableStream) -> None:
+            async with stream:
+                await stream.send_all(b"%d" % index)
+                await trio.sleep(0.5)  # every connection open at once
+                await stream.send_eof()
+                data = b""
+                while chunk := await stream.receive_some(1024):
+                    data += chunk
+            received[index] = data
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as inside:
+                for index, stream in enumerate(streams):
+                    inside.start_soon(round_trip_inside, index, stream)
+        assert received == {index: b"%d" % index for index in range(24)}
+        assert client.poll() is None  # the connection is still there
+
+
 async def test_agent_forwarding_gives_sessions_a_socket_to_the_clients_agent(
     nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
     tmp_path: Path, client_key: ClientKey, agent_env: dict[str, str],

@@ -23,7 +23,7 @@ from trissh.protocol import (
     TcpAddress,
     wire,
 )
-from trissh.protocol.errors import UnexpectedMessage
+from trissh.protocol.errors import ChannelLimitReached, UnexpectedMessage
 from trissh.protocol.forwarding import forwarded_streamlocal, forwarded_tcpip
 from trissh.protocol.global_requests import MAX_PENDING_REPLIES
 from trissh.protocol.messages import connection as conn
@@ -236,7 +236,7 @@ def test_opening_an_unknown_kind_or_too_many_is_a_local_error() -> None:
     with pytest.raises(LocalProtocolError):
         pair.server.open_channel("made-up")
     pair.server.open_channel("auth-agent@openssh.com")
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(ChannelLimitReached):  # what a listener's caller refuses one for
         pair.server.open_channel("auth-agent@openssh.com")
 
 

@@ -20,7 +20,13 @@ import structlog
 import trio
 
 from trissh.backend import BackendError, ForwardError, SocketAddress
-from trissh.channels.forwards import ConnectFailed, ForwardContext, carry, sandbox_for_forwards
+from trissh.channels.forwards import (
+    ConnectFailed,
+    ForwardContext,
+    carry,
+    open_or_refuse,
+    sandbox_for_forwards,
+)
 from trissh.connection.port import ConnectionPort
 from trissh.protocol import SocketPath
 
@@ -90,7 +96,10 @@ class AgentForwarding:
             return
         ctx.count.open += 1
         try:
-            handle = self._port.open(AUTH_AGENT)
+            handle = open_or_refuse(self._port, AUTH_AGENT, b"", ctx, "agent", target)
+            if handle is None:
+                await trio.aclose_forcefully(stream)
+                return
             if not await handle.opened():
                 ctx.metrics.failed("client_refused")
                 log.info("forward_failed", kind="agent", target=self.path, reason="client_refused",

@@ -28,6 +28,7 @@ from trissh.connection.channel import ChannelHandle
 from trissh.connection.port import ConnectionPort, Refusal
 from trissh.ops.forward_metrics import ForwardMetrics
 from trissh.protocol import (
+    ChannelLimitReached,
     ChannelOpenFailureReason,
     ChannelOpenRequested,
     ForwardTarget,
@@ -126,6 +127,26 @@ async def connect_inside(
             code = ChannelOpenFailureReason.CONNECT_FAILED
         text = _CONNECT_FAILURES.get(exc.reason, str(exc))
         raise ConnectFailed(Refusal(code, text), exc.reason) from None
+
+
+def open_or_refuse(
+    port: ConnectionPort,
+    channel_type: str,
+    data: bytes,
+    ctx: ForwardContext,
+    kind: str,
+    target: ForwardTarget,
+) -> ChannelHandle | None:
+    """Open a channel to the client for a connection made to a listener, or ``None`` (logged,
+    counted) when the connection has its maximum of channels open: that connection is closed,
+    the others go on."""
+    try:
+        return port.open(channel_type, data)
+    except ChannelLimitReached as exc:
+        ctx.metrics.failed("limit")
+        log.warning("forward_failed", kind=kind, target=str(target), reason="limit",
+                    error=str(exc), originator="")  # fmt: skip
+        return None
 
 
 async def carry(

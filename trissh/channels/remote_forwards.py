@@ -25,6 +25,7 @@ from trissh.channels.forwards import (
     ForwardContext,
     carry,
     kind_of,
+    open_or_refuse,
     sandbox_for_forwards,
 )
 from trissh.connection.port import ConnectionPort
@@ -147,12 +148,16 @@ class RemoteForwards:
         ctx.count.open += 1
         try:
             if isinstance(bound, SocketPath):
+                channel_type = "forwarded-streamlocal@openssh.com"
                 data = forwarded_streamlocal(bound.path)
-                handle = self._port.open("forwarded-streamlocal@openssh.com", data)
             else:
                 host, _, port = peer.rpartition(":")
                 originator = TcpAddress(host=host.strip("[]") or LOOPBACK, port=int(port or 0))
-                handle = self._port.open("forwarded-tcpip", forwarded_tcpip(bound, originator))
+                channel_type, data = "forwarded-tcpip", forwarded_tcpip(bound, originator)
+            handle = open_or_refuse(self._port, channel_type, data, ctx, kind, bound)
+            if handle is None:
+                await trio.aclose_forcefully(stream)
+                return
             if not await handle.opened():
                 ctx.metrics.failed("client_refused")
                 log.info("forward_failed", kind=kind, target=str(bound), reason="client_refused",

@@ -115,6 +115,15 @@ class ServerConfig(Model):
         override = self.users[username].forwarding if username in self.users else {}
         return merged(self.forwarding, override, f"users.{username}.forwarding")
 
+    def channel_limit(self) -> int:
+        """The most channels one connection may have open: its sessions plus its forwards,
+        for the user with the most (each kind is bounded on its own, per user)."""
+        return max(
+            self.session_for(name).max_sessions_per_connection
+            + self.forwarding_for(name).max_channels
+            for name in ("", *self.users)
+        )
+
     def podman_url(self) -> str:
         """The podman service URL, following podman's own lookup order; when the user's
         own socket does not exist, the one ``scripts/setup-host.sh`` starts, if it does."""

@@ -7,7 +7,12 @@ files or logging (a test enforces it).
 from trissh.protocol.config import ProtocolConfig
 from trissh.protocol.connection import ServerConnection, Statistics
 from trissh.protocol.constants import ChannelOpenFailureReason, DisconnectReason
-from trissh.protocol.errors import LocalProtocolError, RemoteProtocolError, SSHError
+from trissh.protocol.errors import (
+    ChannelLimitReached,
+    LocalProtocolError,
+    RemoteProtocolError,
+    SSHError,
+)
 from trissh.protocol.events import (
     AgentForwardingRequested,
     AuthDecisionRequested,
@@ -60,6 +65,7 @@ __all__ = [
     "ChannelDataReceived",
     "ChannelEOFReceived",
     "ChannelId",
+    "ChannelLimitReached",
     "ChannelOpenConfirmed",
     "ChannelOpenFailed",
     "ChannelOpenFailureReason",

@@ -35,7 +35,12 @@ from typing import Final, Protocol
 
 from trissh.protocol.config import ProtocolConfig
 from trissh.protocol.constants import EXTENDED_DATA_STDERR, ChannelOpenFailureReason, MessageNumber
-from trissh.protocol.errors import DecodeError, LocalProtocolError, UnexpectedMessage
+from trissh.protocol.errors import (
+    ChannelLimitReached,
+    DecodeError,
+    LocalProtocolError,
+    UnexpectedMessage,
+)
 from trissh.protocol.events import (
     ChannelCloseReceived,
     ChannelDataReceived,
@@ -470,7 +475,7 @@ class ChannelTable:
         if kind is None:
             raise LocalProtocolError(f"no channel kind {channel_type!r}")
         if len(self._channels) >= self._config.max_channels:
-            raise LocalProtocolError("too many open channels")
+            raise ChannelLimitReached("too many open channels")
         local_id = self._free_id()
         channel = Channel(
             local_id=local_id,

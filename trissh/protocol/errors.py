@@ -20,6 +20,10 @@ class LocalProtocolError(SSHError):
     """The driver misused the core (for example, answered a request twice)."""
 
 
+class ChannelLimitReached(LocalProtocolError):
+    """A channel to the client cannot be opened: the connection has its maximum open."""
+
+
 class RemoteProtocolError(SSHError):
     """The peer violated the protocol; the connection is over."""
 

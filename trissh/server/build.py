@@ -82,6 +82,7 @@ def build_context(
             accept_env=settings.session.accept_env,
             auth_methods=policy.methods,
             banner=settings.auth.banner,
+            max_channels=settings.channel_limit(),
             **settings.ssh.protocol_options(),
         )
     except ValueError as exc:
