@@ -98,8 +98,11 @@ async def test_an_image_seen_present_is_not_asked_for_again_until_forgotten() ->
         await images.ensure(IMAGE, "if-not-present")
     assert (images.exists_asked, images.pulls) == (1, [])
     images.stored.clear()  # an operator removed it
-    assert images.forget(IMAGE)
-    assert not images.forget(IMAGE)  # forgotten already: the create's error stands
+    images.forget(IMAGE)
+    images.forget(IMAGE)  # a second start that found it missing at the same time
+    assert Images.may_pull(IMAGE, "if-not-present")
+    assert not Images.may_pull(IMAGE, "never")
+    assert not Images.may_pull("localhost/team/dev:1", "always")
     await images.ensure(IMAGE, "if-not-present")
     await images.ensure(IMAGE, "if-not-present")
     assert (images.exists_asked, images.pulls) == (2, [IMAGE])

@@ -163,3 +163,21 @@ async def test_an_image_removed_after_its_pull_is_pulled_again_at_the_next_start
             await run_echo(podman, spec(pushed, "if-not-present"))
     finally:
         podman.close()
+
+
+async def test_starts_that_find_a_removed_image_together_all_pull_it_again(
+    registry: LoopbackRegistry, pushed: str, podman_available: str
+) -> None:
+    """Two logins start from an image the backend saw present and the operator removed
+    since: both creates find it missing; both get it again (one pull, or two), neither
+    tells its user the image is not found."""
+    podman = backend(podman_available, registry)
+    try:
+        with trio.fail_after(BOUND):
+            await run_echo(podman, spec(pushed, "if-not-present"))
+            await trio.to_thread.run_sync(remove_local_image, podman_available, pushed)
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(run_echo, podman, spec(pushed, "if-not-present"))
+    finally:
+        podman.close()

@@ -152,6 +152,35 @@ async def test_a_refill_that_crashes_backs_off_and_the_pool_goes_on(
         assert pool.take(SETTINGS) == "c1"
 
 
+async def test_a_refill_gets_its_image_before_it_takes_a_start_slot() -> None:
+    """A pull may take minutes: a refill holding a start slot meanwhile would make logins
+    wait behind it (the slot is the start queue's, shared with them)."""
+    podman = Recorder()
+    holding = False
+    prepared: list[bool] = []
+
+    @asynccontextmanager
+    async def turn() -> AsyncIterator[None]:
+        nonlocal holding
+        holding = True
+        try:
+            yield
+        finally:
+            holding = False
+
+    async def prepare(spec: SandboxSpec) -> None:
+        await trio.sleep(0.01)
+        prepared.append(holding)
+
+    pool = WarmPool(1, start=podman.start, remove=podman.remove, turn=turn, prepare=prepare)
+    pool.set_template(SETTINGS, "inst")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.run)
+        await wait_ready(pool, 1)
+        nursery.cancel_scope.cancel()
+    assert prepared == [False]
+
+
 async def test_the_pool_follows_demand_up_to_its_bound_and_back_to_idle(
     autojump_clock: trio.abc.Clock,
 ) -> None:

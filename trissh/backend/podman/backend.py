@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import structlog
@@ -144,6 +144,7 @@ class PodmanBackend:
             remove=self._remove_at_exit,
             idle=idle,
             turn=self._starts.spare_turn,
+            prepare=self._ensure_image,
         )
 
     @property
@@ -195,7 +196,7 @@ class PodmanBackend:
         """
         container_id = None if spec.workspace else await self._take_warm(spec)
         if container_id is None:
-            container_id = await self._with_image(spec, self._start_in_turn)
+            container_id = await self._start_for_login(spec)
         sandbox = PodmanSandbox(container_id, self._launchers[container_id], self._api)
         try:
             yield sandbox
@@ -274,28 +275,36 @@ class PodmanBackend:
         state = (info or {}).get("State") or {}
         return None if state.get("Running") else str(state.get("Status", "gone"))
 
-    async def _start_pooled(self, spec: SandboxSpec) -> str:
-        """A warm-pool refill (in a spare start slot): the template's image, then a start."""
-        return await self._with_image(spec, self._start_container)
+    async def _ensure_image(self, spec: SandboxSpec) -> None:
+        """Pull ``spec``'s image if its policy says so; outside any start slot (a pull may
+        take minutes, and other logins' starts must not wait behind it)."""
+        await self._images.ensure(spec.settings.image, spec.settings.pull_policy)
 
-    async def _with_image(
-        self, spec: SandboxSpec, start: Callable[[SandboxSpec], Awaitable[str]]
-    ) -> str:
-        """``start(spec)`` once its image is present (pulled outside any start slot: a pull
-        may take minutes, and other logins' starts must not wait behind it); an image
-        remembered present that podman no longer has is ensured once more."""
-        image, policy = spec.settings.image, spec.settings.pull_policy
-        await self._images.ensure(image, policy)
+    async def _start_pooled(self, spec: SandboxSpec) -> str:
+        """A warm-pool refill, in a spare start slot, its image ensured before (``prepare``);
+        an image gone since fails this refill and the next one pulls it."""
         try:
-            return await start(spec)
+            return await self._start_container(spec)
         except ImageNotFound:
-            if not self._images.forget(image):
+            self._images.forget(spec.settings.image)
+            raise
+
+    async def _start_for_login(self, spec: SandboxSpec) -> str:
+        """A login's own start: its image, then its turn for a start slot. An image podman
+        lost since it was seen (removed by an operator) is ensured once more, for every start
+        that found it missing at once."""
+        image, policy = spec.settings.image, spec.settings.pull_policy
+        await self._ensure_image(spec)
+        try:
+            return await self._start_in_turn(spec)
+        except ImageNotFound:
+            self._images.forget(image)
+            if not self._images.may_pull(image, policy):
                 raise
-        await self._images.ensure(image, policy)
-        return await start(spec)
+        await self._ensure_image(spec)
+        return await self._start_in_turn(spec)
 
     async def _start_in_turn(self, spec: SandboxSpec) -> str:
-        """A login's own start, in its turn for a start slot."""
         async with self._starts.turn(spec.conn_id) as queued:
             return await self._start_container(spec, queued=queued)
 

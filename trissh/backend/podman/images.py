@@ -85,7 +85,7 @@ class Images:
 
     An image seen present is remembered, so ``if-not-present`` asks podman once rather than
     at every start; a create that then finds it missing (an operator removed it) makes the
-    caller :meth:`forget` it and ensure it again.
+    caller :meth:`forget` it and, when the policy allows a pull, ensure it again.
     """
 
     def __init__(self, api: PodmanApi, registries: Mapping[str, Registry]) -> None:
@@ -130,10 +130,14 @@ class Images:
             raise pull.error
         self._seen(image)
 
-    def forget(self, image: str) -> bool:
-        """A create found ``image`` missing: whether it was taken as present (so ensuring it
-        again may fetch it)."""
-        return self._present.pop(image, False) is None
+    def forget(self, image: str) -> None:
+        """A create found ``image`` missing: it is not taken as present any more."""
+        self._present.pop(image, None)
+
+    @staticmethod
+    def may_pull(image: str, policy: str) -> bool:
+        """Whether ``policy`` lets ``image`` be pulled at all."""
+        return policy != "never" and registry_of(image) != "localhost"
 
     def _seen(self, image: str) -> None:
         self._present.pop(image, None)

@@ -65,6 +65,7 @@ class WarmPool:
         remove: Callable[[str, SandboxSpec], Awaitable[None]],
         idle: int | None = None,
         turn: Turn = _any_time,
+        prepare: Callable[[SandboxSpec], Awaitable[None]] | None = None,
     ) -> None:
         """Args:
         size: the most started containers kept ready.
@@ -72,13 +73,15 @@ class WarmPool:
             when it fails or is cancelled.
         remove: remove a container (bounded, shielded; a failure is retried elsewhere).
         idle: the fewest kept ready, when no one logs in (default: ``size``, a fixed pool).
-        turn: entered around each refill (the start queue's spare slot).
+        turn: entered around each refill's start (the start queue's spare slot).
+        prepare: run before the turn is taken (the image's pull, which may take minutes).
         """
         self.size = size
         self.idle = size if idle is None else min(idle, size)
         self._start = start
         self._remove = remove
         self._turn = turn
+        self._prepare = prepare
         self._template: SandboxSpec | None = None
         self._ready: deque[tuple[str, SandboxSpec]] = deque()
         self._retired: list[tuple[str, SandboxSpec]] = []
@@ -181,17 +184,19 @@ class WarmPool:
     async def _refill(self, template: SandboxSpec) -> None:
         try:
             failure: BackendError | None = None
-            async with self._turn():
-                if template is not self._template:
-                    return
-                spec = _fresh(template)
-                try:
+            spec = _fresh(template)
+            try:
+                if self._prepare is not None:
+                    await self._prepare(spec)
+                async with self._turn():
+                    if template is not self._template:
+                        return
                     container_id = await self._start(spec)
-                except BackendError as exc:
-                    failure = exc
-                except Exception as exc:  # a refill's bug must not end the server's upkeep
-                    log.exception("warm_pool_fill_crashed")
-                    failure = BackendError(f"{type(exc).__name__}: {exc}")
+            except BackendError as exc:
+                failure = exc
+            except Exception as exc:  # a refill's bug must not end the server's upkeep
+                log.exception("warm_pool_fill_crashed")
+                failure = BackendError(f"{type(exc).__name__}: {exc}")
             if failure is not None:
                 await self._back_off(failure)
                 return
