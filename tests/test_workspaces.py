@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from trissh.backend.base import LABEL_WORKSPACE, SandboxSpec
+from trissh.backend.base import LABEL_WORKSPACE, FoundSandbox, SandboxSpec
 from trissh.backend.errors import BackendError
 from trissh.backend.memory import MemoryBackend
 from trissh.backend.memory.backend import MemorySandbox
@@ -294,6 +294,46 @@ async def test_a_kept_workspace_configured_by_the_config_server_is_adopted_at_th
     assert renewed != alice
     assert backend.sandbox_specs[-1].settings.image == config.image
     await third.stop()
+
+
+class StoppedKept(MemoryBackend):
+    """A kept container that stopped in the meantime: its adoption fails (as podman's does
+    for a container that is not running); the backend below what is tested."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped: set[str] = set()
+
+    @contextlib.asynccontextmanager
+    async def adopt_sandbox(
+        self, found: FoundSandbox, spec: SandboxSpec
+    ) -> AsyncIterator[MemorySandbox]:
+        if found.container_id in self.stopped:
+            await trio.lowlevel.checkpoint()
+            raise BackendError(f"container {found.container_id} is not running")
+        async with super().adopt_sandbox(found, spec) as sandbox:
+            yield sandbox
+
+
+async def test_a_claimed_workspace_that_cannot_be_adopted_is_replaced_and_removed(
+    make_server: ServerFactory, client_key: ClientKey, nursery: trio.Nursery
+) -> None:
+    """The login that claims it gets a new workspace, not the adoption's error, and the
+    kept container does not stay behind, uncounted."""
+    config = ConfigServer()
+    webhook = {"auth.config_webhook": {"url": (await start(nursery, config)).url}}
+    backend = StoppedKept()
+    first = await make_server(backend, **webhook)
+    await run_ssh(first.port, client_key.path, "true")
+    await first.stop()
+    [kept] = workspaces_of(backend, "alice")
+    backend.stopped.add(kept)
+    second = await make_server(backend, **webhook)
+    result = await run_ssh(second.port, client_key.path, "echo new")
+    assert result.stdout == b"new\n", result.stderr
+    [renewed] = workspaces_of(backend, "alice")
+    assert renewed != kept
+    await second.stop()
 
 
 async def test_a_kept_workspace_nobody_claims_is_removed_after_the_ttl(

@@ -340,19 +340,21 @@ class Workspaces:
                 log.info("workspace_ended", user=workspace.user, reason=reason)
 
     async def _open(self, workspace: Workspace, held: contextlib.AsyncExitStack) -> Sandbox | None:
-        """The workspace's sandbox, entered into ``held``; None (failure recorded) if not."""
+        """The workspace's sandbox, entered into ``held``; None (failure recorded) if not.
+        A kept container that cannot be taken over (it stopped meanwhile) is removed and a
+        new one made in its place."""
         spec = workspace.spec
         timeout = workspace.start_timeout
         with trio.move_on_after(timeout):
             try:
+                sandbox = None
                 if workspace.adopt is not None:
-                    context = self._backend.adopt_sandbox(workspace.adopt, spec)
-                else:
+                    sandbox = await self._adopt(workspace, held)
+                if sandbox is None:
                     home = _home_volume(spec)
                     if home is not None:
                         await self._backend.create_volume(home, {LABEL_HOME: workspace.user})
-                    context = self._backend.open_sandbox(spec)
-                sandbox = await held.enter_async_context(context)
+                    sandbox = await held.enter_async_context(self._backend.open_sandbox(spec))
             except BackendError as exc:
                 workspace.failure = exc
                 log.warning("workspace_start_failed", user=workspace.user, error=str(exc))
@@ -366,6 +368,30 @@ class Workspaces:
             return sandbox
         workspace.failure = BackendError(f"workspace did not start within {timeout:g} s")
         log.warning("workspace_start_failed", user=workspace.user, error="timeout")
+        return None
+
+    async def _adopt(self, workspace: Workspace, held: contextlib.AsyncExitStack) -> Sandbox | None:
+        """The kept container, taken over; None (it is removed, the workspace is made anew)
+        if it cannot be.
+
+        Raises:
+            BackendUnavailable: podman cannot be reached.
+        """
+        found = workspace.adopt
+        assert found is not None
+        try:
+            return await held.enter_async_context(
+                self._backend.adopt_sandbox(found, workspace.spec)
+            )
+        except BackendUnavailable:
+            raise
+        except BackendError as exc:
+            log.warning(
+                "workspace_adoption_failed", user=workspace.user,
+                container=found.container_id[:12], error=str(exc),
+            )  # fmt: skip
+        workspace.adopt = None
+        await self._discard(found, workspace.user, "adoption_failed")
         return None
 
     @staticmethod
