@@ -365,6 +365,32 @@ async def test_remote_forward_carries_as_many_connections_as_forwarding_allows(
         assert client.poll() is None  # the connection is still there
 
 
+async def test_a_listener_closed_under_its_forward_ends_that_forward_only(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey,
+) -> None:  # fmt: skip
+    """The container's side closes an ``-R`` listener (its agent went away, the workspace
+    was removed under it): that forward ends, the connection and its session go on."""
+    running = await server(nursery, authorized_keys, tmp_path)
+    async with ssh_running(
+        running.port, client_key.path, "-o", "ExitOnForwardFailure=yes",
+        "-R", "9000:127.0.0.1:9", "sleep 30",
+    ) as client:  # fmt: skip
+        await wait_until(lambda: bool(backend.sandboxes))
+        sandbox = backend.sandboxes[0]
+        target = SocketAddress(host="localhost", port=9000)
+        with trio.fail_after(20):
+            while True:
+                try:
+                    await (await sandbox.connect(target)).aclose()
+                    break
+                except Exception:
+                    await trio.sleep(0.05)
+        sandbox.network.close()
+        await trio.sleep(1)
+        assert client.poll() is None  # the connection is still there
+
+
 async def test_agent_forwarding_gives_sessions_a_socket_to_the_clients_agent(
     nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
     tmp_path: Path, client_key: ClientKey, agent_env: dict[str, str],

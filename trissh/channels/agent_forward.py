@@ -77,7 +77,11 @@ class AgentForwarding:
                 try:
                     async with trio.open_nursery() as accepted:
                         while True:
-                            stream, _ = await listener.accept()
+                            try:
+                                stream, _ = await listener.accept()
+                            except trio.ClosedResourceError:  # the container's side went away
+                                log.warning("forward_listener_closed", target=self.path)
+                                return
                             accepted.start_soon(self._carry, stream, target)
                 finally:
                     self._ctx.metrics.listeners_active.dec()

@@ -128,7 +128,11 @@ class RemoteForwards:
             with scope:
                 async with trio.open_nursery() as accepted:
                     while True:
-                        stream, peer = await listener.accept()
+                        try:
+                            stream, peer = await listener.accept()
+                        except trio.ClosedResourceError:  # its container's side went away
+                            log.warning("forward_listener_closed", target=str(bound))
+                            return
                         accepted.start_soon(self._carry_accepted, stream, peer, bound)
         finally:
             self._listeners.pop(_key(bound), None)
