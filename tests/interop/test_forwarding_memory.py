@@ -417,6 +417,35 @@ async def test_agent_forwarding_gives_sessions_a_socket_to_the_clients_agent(
         await session.wait()
 
 
+async def test_in_session_mode_the_agent_socket_is_in_the_sessions_own_container(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey, agent_env: dict[str, str],
+) -> None:  # fmt: skip
+    """Each session has a container of its own: SSH_AUTH_SOCK must be there, not in the
+    container kept for the connection's forwards (none is started for it)."""
+    running = await server(
+        nursery, authorized_keys, tmp_path, **{"session.execution_mode": "session"}
+    )
+    argv = ssh_argv(running.port, client_key.path, "-A", "printenv SSH_AUTH_SOCK; sleep 30")
+    session = await trio.lowlevel.open_process(argv, env=agent_env, stdout=subprocess.PIPE)
+    try:
+        assert session.stdout is not None
+        with trio.fail_after(30):
+            line = b""
+            while not line.endswith(b"\n"):
+                line += await session.stdout.receive_some(1)
+        path = line.decode().strip()
+        assert path.startswith("/tmp/trissh-agent-")
+        [sandbox] = backend.sandboxes  # the session's own
+        stream = await sandbox.connect(SocketAddress(path=path))
+        async with stream:
+            with trio.fail_after(30):
+                assert await request_identities(stream) == 1
+    finally:
+        session.kill()
+        await session.wait()
+
+
 async def request_identities(stream: trio.abc.Stream) -> int:
     await stream.send_all(struct.pack(">IB", 1, 11))  # SSH_AGENTC_REQUEST_IDENTITIES
     header = await stream.receive_some(5)

@@ -5,21 +5,27 @@ connection's container whose every connection is carried to the client's agent o
 The socket is made once per connection, when its first session asks
 (``auth-agent-req@openssh.com``), at a path named after the connection, and the sessions
 that asked get ``SSH_AUTH_SOCK``; sessions of other connections are never told of it.
-It goes away with the connection.
+It goes away with the connection. In ``session`` execution mode, where each session has a
+container of its own, each session that asked gets the socket in its own container, and it
+goes away with the session.
 
 Nursery tree (in the connection nursery)::
 
-    AgentForwarding._listen     listen, then accept until the connection ends
+    AgentForwarding._listen     listen, then accept until the connection (or session) ends
     └─ accept nursery
        └─ _carry                one per agent client: open the channel, splice
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
 import structlog
 import trio
 
-from trissh.backend import BackendError, ForwardError, SocketAddress
+from trissh.backend import BackendError, ForwardError, Sandbox, SocketAddress
 from trissh.channels.forwards import (
     ConnectFailed,
     ForwardContext,
@@ -37,60 +43,99 @@ AUTH_AGENT = "auth-agent@openssh.com"
 READY_TIMEOUT = 10.0
 
 
+@dataclass(eq=False)
+class _Socket:
+    """One agent socket being made and served."""
+
+    #: Cancelled when its session ends (``session`` mode); else the connection's end.
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    ready: trio.Event = field(default_factory=trio.Event)
+    listening: bool = False
+
+
 class AgentForwarding:
+    """``connection`` and ``workspace`` mode: one socket in the connection's container,
+    made at the first request. ``session`` mode (``per_session``): each session that asked
+    gets one in its own container, for as long as it runs."""
+
     def __init__(
-        self, ctx: ForwardContext, port: ConnectionPort, nursery: trio.Nursery, conn_id: str
+        self,
+        ctx: ForwardContext,
+        port: ConnectionPort,
+        nursery: trio.Nursery,
+        conn_id: str,
+        *,
+        per_session: bool = False,
     ) -> None:
         self._ctx = ctx
         self._port = port
         self._nursery = nursery
+        self._per_session = per_session
         #: Inside the container; /tmp is the one place every image lets its user write.
         self.path = f"/tmp/trissh-agent-{conn_id}.sock"  # noqa: S108 - the container's /tmp
-        self._started = False
-        self._ready = trio.Event()
-        self._listening = False
+        self._shared: _Socket | None = None
 
     def requested(self) -> None:
-        """A session asked for the agent: make the socket, once."""
-        if not self._started:
-            self._started = True
-            self._nursery.start_soon(self._listen)
+        """A session asked for the agent: make the connection's socket, once."""
+        if self._shared is None and not self._per_session:
+            self._shared = _Socket()
+            self._nursery.start_soon(self._listen, self._shared, self._connection_sandbox)
 
-    async def socket_path(self) -> str | None:
-        """``SSH_AUTH_SOCK`` for a session that asked, once the socket exists; ``None``
-        when it could not be made (the session runs without it)."""
-        if not self._started:
+    async def _connection_sandbox(self) -> Sandbox:
+        return await sandbox_for_forwards(self._ctx)
+
+    @asynccontextmanager
+    async def socket_in(self, sandbox: Sandbox) -> AsyncIterator[str | None]:
+        """``SSH_AUTH_SOCK`` for a session that asked and runs in ``sandbox``, once the
+        socket exists; ``None`` when it could not be made (the session runs without it)."""
+        if not self._per_session:
+            yield await self._wait(self._shared)
+            return
+
+        async def own() -> Sandbox:
+            return sandbox
+
+        socket = _Socket()
+        self._nursery.start_soon(self._listen, socket, own)
+        try:
+            yield await self._wait(socket)
+        finally:
+            socket.scope.cancel()
+
+    async def _wait(self, socket: _Socket | None) -> str | None:
+        if socket is None:
             return None
         with trio.move_on_after(READY_TIMEOUT):
-            await self._ready.wait()
-        return self.path if self._listening else None
+            await socket.ready.wait()
+        return self.path if socket.listening else None
 
-    async def _listen(self) -> None:
+    async def _listen(self, socket: _Socket, sandbox: Callable[[], Awaitable[Sandbox]]) -> None:
         target = SocketPath(path=self.path)
         try:
-            sandbox = await sandbox_for_forwards(self._ctx)
-            async with sandbox.listen(SocketAddress(path=self.path)) as listener:
-                self._listening = True
-                self._ready.set()
-                self._ctx.metrics.listeners_active.inc()
-                log.info("forward_listening", target=self.path, kind="agent")
-                try:
-                    async with trio.open_nursery() as accepted:
-                        while True:
-                            try:
-                                stream, _ = await listener.accept()
-                            except trio.ClosedResourceError:  # the container's side went away
-                                log.warning("forward_listener_closed", target=self.path)
-                                return
-                            accepted.start_soon(self._carry, stream, target)
-                finally:
-                    self._ctx.metrics.listeners_active.dec()
+            with socket.scope:
+                listening_in = await sandbox()
+                async with listening_in.listen(SocketAddress(path=self.path)) as listener:
+                    socket.listening = True
+                    socket.ready.set()
+                    self._ctx.metrics.listeners_active.inc()
+                    log.info("forward_listening", target=self.path, kind="agent")
+                    try:
+                        async with trio.open_nursery() as accepted:
+                            while True:
+                                try:
+                                    stream, _ = await listener.accept()
+                                except trio.ClosedResourceError:  # the container's side went
+                                    log.warning("forward_listener_closed", target=self.path)
+                                    return
+                                accepted.start_soon(self._carry, stream, target)
+                    finally:
+                        self._ctx.metrics.listeners_active.dec()
         except (ConnectFailed, ForwardError, BackendError) as exc:
             self._ctx.metrics.failed("failed")
             log.warning("forward_listen_failed", target=self.path, kind="agent", error=str(exc))
         finally:
-            self._listening = False
-            self._ready.set()
+            socket.listening = False
+            socket.ready.set()
 
     async def _carry(self, stream: trio.abc.HalfCloseableStream, target: SocketPath) -> None:
         ctx = self._ctx

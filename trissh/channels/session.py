@@ -30,7 +30,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 import structlog
@@ -97,8 +98,9 @@ class SessionContext:
     metrics: Metrics
     #: Where this user's sessions are recorded; ``None`` when they are not.
     recorder: Recorder | None = None
-    #: The forwarded agent's socket in the container (``ssh -A``), once it exists.
-    agent_socket: Callable[[], Awaitable[str | None]] | None = None
+    #: The forwarded agent's socket (``ssh -A``) for a session in a given container, while
+    #: the context is open (``None`` inside: it could not be made).
+    agent_socket: Callable[[Sandbox], AbstractAsyncContextManager[str | None]] | None = None
     #: Where the connection's live recordings are listed for markers.
     marks: RecordingMarks | None = None
     #: Which containers have the login's files (secret and webhook ones) already.
@@ -245,15 +247,15 @@ async def _run(
     mode, the container) is torn down: ``ssh host cmd`` does not wait for podman to
     remove a container. The teardown still runs here, owned by this task."""
     extra_env = {}
-    if request.agent_forwarding and ctx.agent_socket is not None:
-        agent_socket = await ctx.agent_socket()
-        if agent_socket is not None:
-            extra_env["SSH_AUTH_SOCK"] = agent_socket
-    spec = build_process_spec(ctx, request, extra_env)
     started = time.monotonic()
     async with contextlib.AsyncExitStack() as owned:
         sandbox = await _sandbox_for(ctx, owned)
         structlog.contextvars.bind_contextvars(container=sandbox.container_id[:12])
+        if request.agent_forwarding and ctx.agent_socket is not None:
+            agent_socket = await owned.enter_async_context(ctx.agent_socket(sandbox))
+            if agent_socket is not None:
+                extra_env["SSH_AUTH_SOCK"] = agent_socket
+        spec = build_process_spec(ctx, request, extra_env)
         await ctx.container_files.provide(sandbox, ctx.grant.secret_files, ctx.container.shell[0])
         tap.attached(sandbox.container_id)
         process = await owned.enter_async_context(sandbox.open_process(spec))

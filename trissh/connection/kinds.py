@@ -78,7 +78,8 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
         mark=marks.mark,
     )
     port, nursery = connection.port, connection.nursery
-    agent = AgentForwarding(forward_ctx, port, nursery, connection.conn_id)
+    per_session = isinstance(sessions_source, SessionSandboxes)  # a container per session
+    agent = AgentForwarding(forward_ctx, port, nursery, connection.conn_id, per_session=per_session)
     wanted = ctx.settings.recording.users
     session_ctx = SessionContext(
         conn_id=connection.conn_id,
@@ -89,7 +90,7 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
         sandboxes=sessions_source,
         metrics=ctx.metrics,
         recorder=ctx.recorder if not wanted or login.username in wanted else None,
-        agent_socket=agent.socket_path,
+        agent_socket=agent.socket_in,
         marks=marks,
         live=connection.live,
         remote=connection.remote,
