@@ -75,7 +75,8 @@ log = structlog.get_logger("trissh.server.workspaces")
 LABEL_HOME: Final = "trissh.home"
 #: How often home volumes are checked for expiry.
 EXPIRY_INTERVAL: Final = 3600.0
-#: Bound on removing an unclaimed workspace's container as the server stops.
+#: Bound on waiting to remove an unclaimed workspace's container (a request already sent
+#: is bounded by the podman API's own request timeout).
 DISCARD_BOUND: Final = 30.0
 
 
@@ -188,8 +189,9 @@ class Workspaces:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Adopt or remove what earlier servers left, then keep workspaces until cancelled.
-        A configuration without workspace mode leaves every kept workspace alone (and takes
-        no lock) until a reload turns it on.
+        A configuration without workspace mode leaves every kept workspace alone and takes
+        no lock; a reload that turns it on takes the lock at the first login, and kept
+        workspaces are adopted or removed only at the next start.
 
         Cancellation: each workspace is removed, or kept if :meth:`stop` said so.
         """
