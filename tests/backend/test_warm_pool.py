@@ -76,8 +76,12 @@ async def running_pool(
     starts: StartQueue | None = None,
 ) -> AsyncIterator[WarmPool]:
     """A pool whose ``run`` task lives as long as the block; leaving it shuts the pool down."""
-    turn = {"turn": starts.spare_turn} if starts is not None else {}
-    pool = WarmPool(size, start=podman.start, remove=podman.remove, idle=idle, **turn)
+    if starts is None:
+        pool = WarmPool(size, start=podman.start, remove=podman.remove, idle=idle)
+    else:
+        pool = WarmPool(
+            size, start=podman.start, remove=podman.remove, idle=idle, turn=starts.spare_turn
+        )
     if template is not None:
         pool.set_template(template, "inst")
     async with trio.open_nursery() as nursery:
