@@ -19,8 +19,9 @@ from trissh.backend.memory import MemoryBackend
 from trissh.backend.memory.backend import MemorySandbox
 from trissh.config import load_config
 from trissh.ops.metrics import Metrics
+from trissh.server.workspace_recipe import home_volume_name
 from trissh.server.workspace_state import WorkspaceState, server_running
-from trissh.server.workspaces import Workspaces, home_volume_name
+from trissh.server.workspaces import Workspaces
 
 from .auth.http_server import Received, start
 from .support import ClientKey, RunningServer, make_context, needs_ssh, run_ssh, start_server

@@ -19,8 +19,8 @@ from trissh.backend import Backend, BackendError
 from trissh.backend.base import LABEL_RECIPE, LABEL_WORKSPACE
 from trissh.backend.registry import make_backend
 from trissh.config import ServerConfig
+from trissh.server.workspace_recipe import LABEL_HOME, home_volume_name
 from trissh.server.workspace_state import server_running
-from trissh.server.workspaces import LABEL_HOME, home_volume_name
 
 USAGE = "usage: trissh workspaces [list] | remove [--volume] USER"
 

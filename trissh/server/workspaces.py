@@ -45,9 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
-import re
 import time
 from collections.abc import Callable
 from typing import Final
@@ -62,60 +59,25 @@ from trissh.backend import (
     FoundSandbox,
     Sandbox,
     SandboxSpec,
-    Volume,
 )
 from trissh.backend.base import LABEL_RECIPE, LABEL_WORKSPACE
-from trissh.config import ServerConfig, WorkspacesSection, container_settings
+from trissh.config import ServerConfig, WorkspacesSection
 from trissh.ops.metrics import Metrics
+from trissh.server.workspace_recipe import (
+    LABEL_HOME,
+    home_volume_of,
+    workspace_mode_used,
+    workspace_spec,
+)
 from trissh.server.workspace_state import StateLocked, WorkspaceState
 
 log = structlog.get_logger("trissh.server.workspaces")
 
-#: Label of home volumes: whose it is.
-LABEL_HOME: Final = "trissh.home"
 #: How often home volumes are checked for expiry.
 EXPIRY_INTERVAL: Final = 3600.0
 #: Bound on waiting to remove an unclaimed workspace's container (a request already sent
 #: is bounded by the podman API's own request timeout).
 DISCARD_BOUND: Final = 30.0
-
-
-def home_volume_name(user: str) -> str:
-    """``trissh-home-NAME-HASH``: readable, valid for podman, unique per user name."""
-    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", user)[:40].strip("-.") or "user"
-    return f"trissh-home-{safe}-{hashlib.sha256(user.encode()).hexdigest()[:8]}"
-
-
-def recipe_of(spec: SandboxSpec) -> str:
-    """A hash of what a workspace's container is made of: a change means a new one."""
-    settings = json.dumps(dataclasses.asdict(spec.settings), sort_keys=True, default=str)
-    return hashlib.sha256(settings.encode()).hexdigest()[:16]
-
-
-def workspace_spec(
-    settings: ServerConfig, user: str, instance: str, spec: SandboxSpec | None = None
-) -> SandboxSpec:
-    """The spec of ``user``'s workspace: the login's container settings (``spec``, else the
-    configuration's), the home volume, the workspace labels."""
-    if spec is None:
-        spec = SandboxSpec(
-            conn_id="",
-            username=user,
-            remote="",
-            instance=instance,
-            settings=container_settings(settings.container_for(user)),
-        )
-    section = settings.workspaces
-    container = spec.settings
-    if section.home_volume:
-        home = Volume(
-            source=home_volume_name(user), destination=section.home, read_only=False, named=True
-        )
-        container = dataclasses.replace(container, volumes=(*container.volumes, home))
-    made = dataclasses.replace(
-        spec, conn_id=f"ws-{user}", remote="", settings=container, workspace=user
-    )
-    return dataclasses.replace(made, recipe=recipe_of(made))
 
 
 @dataclasses.dataclass(eq=False)
@@ -335,7 +297,7 @@ class Workspaces:
             self._drop(workspace)
             workspace.sandbox = None
             workspace.ready.set()
-            home = _home_volume(workspace.spec)
+            home = home_volume_of(workspace.spec)
             if home is not None and self._state is not None:
                 self._state.used(home)
             if reason != "failed":
@@ -353,7 +315,7 @@ class Workspaces:
                 if workspace.adopt is not None:
                     sandbox = await self._adopt(workspace, held)
                 if sandbox is None:
-                    home = _home_volume(spec)
+                    home = home_volume_of(spec)
                     if home is not None:
                         await self._backend.create_volume(home, {LABEL_HOME: workspace.user})
                     sandbox = await held.enter_async_context(self._backend.open_sandbox(spec))
@@ -516,7 +478,7 @@ class Workspaces:
         if not section.home_volume_expiry_days or self._state is None:
             return 0
         now = time.time() if now is None else now
-        live = {_home_volume(w.spec) for w in self._live.values()}
+        live = {home_volume_of(w.spec) for w in self._live.values()}
         removed = 0
         for volume in await self._backend.find_volumes({LABEL_HOME: None}):
             last = self._state.volumes.get(volume.name, volume.created)
@@ -532,19 +494,6 @@ class Workspaces:
             removed += 1
             log.info("workspace_volume_expired", volume=volume.name, idle_days=round(idle_days, 1))
         return removed
-
-
-def workspace_mode_used(settings: ServerConfig) -> bool:
-    """Whether any user (the default included) is in workspace mode."""
-    if settings.session.execution_mode == "workspace":
-        return True
-    return any(
-        user.session.get("execution_mode") == "workspace" for user in settings.users.values()
-    )
-
-
-def _home_volume(spec: SandboxSpec) -> str | None:
-    return next((v.source for v in spec.settings.volumes if v.named), None)
 
 
 class WorkspaceSource:

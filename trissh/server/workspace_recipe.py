@@ -1,0 +1,68 @@
+"""What a user's workspace is made of: its spec, the hash that tells whether kept containers
+still match it (``trissh.workspace-recipe``), and its home volume's name and label."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from typing import Final
+
+from trissh.backend import SandboxSpec, Volume
+from trissh.config import ServerConfig, container_settings
+
+#: Label of home volumes: whose it is.
+LABEL_HOME: Final = "trissh.home"
+
+
+def home_volume_name(user: str) -> str:
+    """``trissh-home-NAME-HASH``: readable, valid for podman, unique per user name."""
+    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", user)[:40].strip("-.") or "user"
+    return f"trissh-home-{safe}-{hashlib.sha256(user.encode()).hexdigest()[:8]}"
+
+
+def recipe_of(spec: SandboxSpec) -> str:
+    """A hash of what a workspace's container is made of: a change means a new one."""
+    settings = json.dumps(dataclasses.asdict(spec.settings), sort_keys=True, default=str)
+    return hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+
+def workspace_spec(
+    settings: ServerConfig, user: str, instance: str, spec: SandboxSpec | None = None
+) -> SandboxSpec:
+    """The spec of ``user``'s workspace: the login's container settings (``spec``, else the
+    configuration's), the home volume, the workspace labels."""
+    if spec is None:
+        spec = SandboxSpec(
+            conn_id="",
+            username=user,
+            remote="",
+            instance=instance,
+            settings=container_settings(settings.container_for(user)),
+        )
+    section = settings.workspaces
+    container = spec.settings
+    if section.home_volume:
+        home = Volume(
+            source=home_volume_name(user), destination=section.home, read_only=False, named=True
+        )
+        container = dataclasses.replace(container, volumes=(*container.volumes, home))
+    made = dataclasses.replace(
+        spec, conn_id=f"ws-{user}", remote="", settings=container, workspace=user
+    )
+    return dataclasses.replace(made, recipe=recipe_of(made))
+
+
+def workspace_mode_used(settings: ServerConfig) -> bool:
+    """Whether any user (the default included) is in workspace mode."""
+    if settings.session.execution_mode == "workspace":
+        return True
+    return any(
+        user.session.get("execution_mode") == "workspace" for user in settings.users.values()
+    )
+
+
+def home_volume_of(spec: SandboxSpec) -> str | None:
+    """The name of the workspace's home volume, if it has one."""
+    return next((v.source for v in spec.settings.volumes if v.named), None)
