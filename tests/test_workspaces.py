@@ -267,19 +267,35 @@ class ConfigServer:
         return {"config": {"docker": docker}}
 
 
+@pytest.fixture
+async def config_server(nursery: trio.Nursery) -> tuple[ConfigServer, dict[str, Any]]:
+    """The configuration webhook, and the settings that point a server at it."""
+    config = ConfigServer()
+    return config, {"auth.config_webhook": {"url": (await start(nursery, config)).url}}
+
+
+async def kept_by_a_first_server(
+    make_server: ServerFactory, backend: MemoryBackend, key: ClientKey, **settings: Any
+) -> str:
+    """A server makes alice's workspace and keeps it at its stop; the kept container."""
+    first = await make_server(backend, **settings)
+    await run_ssh(first.port, key.path, "true")
+    await first.stop()
+    [kept] = workspaces_of(backend, "alice")
+    return kept
+
+
 async def test_a_kept_workspace_configured_by_the_config_server_is_adopted_at_the_next_login(
-    make_server: ServerFactory, client_key: ClientKey, nursery: trio.Nursery
+    make_server: ServerFactory,
+    client_key: ClientKey,
+    config_server: tuple[ConfigServer, dict[str, Any]],
 ) -> None:
     """The start-up cannot know what the configuration server will answer, so a kept
     workspace whose settings came from it waits for its user's next login: the same answer
     reattaches it, another replaces it."""
-    config = ConfigServer()
-    webhook = {"auth.config_webhook": {"url": (await start(nursery, config)).url}}
+    config, webhook = config_server
     backend = MemoryBackend()
-    first = await make_server(backend, **webhook)
-    await run_ssh(first.port, client_key.path, "true")
-    [alice] = workspaces_of(backend, "alice")
-    await first.stop()
+    alice = await kept_by_a_first_server(make_server, backend, client_key, **webhook)
     second = await make_server(backend, **webhook)
     assert workspaces_of(backend, "alice") == [alice]
     assert (await run_ssh(second.port, client_key.path, "echo back")).stdout == b"back\n"
@@ -317,17 +333,15 @@ class StoppedKept(MemoryBackend):
 
 
 async def test_a_claimed_workspace_that_cannot_be_adopted_is_replaced_and_removed(
-    make_server: ServerFactory, client_key: ClientKey, nursery: trio.Nursery
+    make_server: ServerFactory,
+    client_key: ClientKey,
+    config_server: tuple[ConfigServer, dict[str, Any]],
 ) -> None:
     """The login that claims it gets a new workspace, not the adoption's error, and the
     kept container does not stay behind, uncounted."""
-    config = ConfigServer()
-    webhook = {"auth.config_webhook": {"url": (await start(nursery, config)).url}}
+    _, webhook = config_server
     backend = StoppedKept()
-    first = await make_server(backend, **webhook)
-    await run_ssh(first.port, client_key.path, "true")
-    await first.stop()
-    [kept] = workspaces_of(backend, "alice")
+    kept = await kept_by_a_first_server(make_server, backend, client_key, **webhook)
     backend.stopped.add(kept)
     second = await make_server(backend, **webhook)
     result = await run_ssh(second.port, client_key.path, "echo new")
@@ -338,15 +352,13 @@ async def test_a_claimed_workspace_that_cannot_be_adopted_is_replaced_and_remove
 
 
 async def test_a_kept_workspace_nobody_claims_is_removed_after_the_ttl(
-    make_server: ServerFactory, client_key: ClientKey, nursery: trio.Nursery
+    make_server: ServerFactory,
+    client_key: ClientKey,
+    config_server: tuple[ConfigServer, dict[str, Any]],
 ) -> None:
-    config = ConfigServer()
-    webhook = {"auth.config_webhook": {"url": (await start(nursery, config)).url}}
+    _, webhook = config_server
     backend = MemoryBackend()
-    first = await make_server(backend, **webhook)
-    await run_ssh(first.port, client_key.path, "true")
-    await first.stop()
-    assert workspaces_of(backend, "alice")
+    await kept_by_a_first_server(make_server, backend, client_key, **webhook)
     await make_server(backend, **webhook, **{"session.workspace_ttl": 0.3})
     with trio.fail_after(10):
         while workspaces_of(backend, "alice"):
@@ -364,11 +376,12 @@ class SlowStarts(MemoryBackend):
 
 
 async def test_a_workspace_starts_within_the_bound_the_config_server_gave(
-    make_server: ServerFactory, client_key: ClientKey, nursery: trio.Nursery
+    make_server: ServerFactory,
+    client_key: ClientKey,
+    config_server: tuple[ConfigServer, dict[str, Any]],
 ) -> None:
-    config = ConfigServer()
+    config, webhook = config_server
     config.start_timeout = "10s"
-    webhook = {"auth.config_webhook": {"url": (await start(nursery, config)).url}}
     server = await make_server(SlowStarts(), **webhook, **{"container.start_timeout": 1})
     result = await run_ssh(server.port, client_key.path, "echo slow")
     assert result.stdout == b"slow\n", result.stderr

@@ -243,6 +243,13 @@ async def test_no_template_no_containers() -> None:
         assert pool.take(SETTINGS) is None
 
 
+async def run_until_warm(nursery: trio.Nursery, backend: PodmanBackend, count: int) -> None:
+    """The backend's upkeep started in ``nursery``, once its pool holds ``count``."""
+    await nursery.start(backend.run)
+    while backend.warm_containers < count:
+        await trio.sleep(0.05)
+
+
 @pytest.mark.podman
 async def test_podman_login_gets_a_started_container_used_once(
     podman_harness: PodmanHarness,
@@ -254,9 +261,7 @@ async def test_podman_login_gets_a_started_container_used_once(
     try:
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
-                await nursery.start(backend.run)
-                while backend.warm_containers < 2:
-                    await trio.sleep(0.05)
+                await run_until_warm(nursery, backend, 2)
                 pooled = set(await h.containers(h.instance))
                 assert len(pooled) == 2
                 for _ in range(3):
@@ -351,9 +356,7 @@ async def test_podman_an_assigned_container_is_named_for_its_user(
     try:
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
-                await nursery.start(backend.run)
-                while backend.warm_containers < 1:
-                    await trio.sleep(0.05)
+                await run_until_warm(nursery, backend, 1)
                 [pooled] = await podman_containers(h.url, {**h.scope, "trissh.pool": "true"})
                 async with (
                     backend.open_sandbox(spec) as taken,
@@ -389,9 +392,7 @@ async def test_podman_a_stdio_root_removed_under_the_server_is_made_again(
     try:
         with trio.fail_after(90):
             async with trio.open_nursery() as nursery:
-                await nursery.start(backend.run)
-                while backend.warm_containers < 1:
-                    await trio.sleep(0.05)
+                await run_until_warm(nursery, backend, 1)
                 for child in os.listdir(parent):  # a temp cleaner
                     shutil.rmtree(os.path.join(parent, child))
                 for word in ("pooled", "fresh", "again"):

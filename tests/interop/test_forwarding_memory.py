@@ -112,6 +112,49 @@ async def agent_env(tmp_path: Path, client_key: ClientKey) -> AsyncIterator[dict
         await agent.wait()
 
 
+@asynccontextmanager
+async def forwarding_to_an_echo(
+    nursery: trio.Nursery,
+    backend: CapturingBackend,
+    running: RunningServer,
+    key: ClientKey,
+    command: str,
+) -> AsyncIterator[tuple[trio.Process, MemorySandbox]]:
+    """``ssh -R 9000:...`` to an echo server on the client's side, running ``command``: the
+    client and the container (whose localhost:9000 is the forward)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    client_side = listeners[0].socket.getsockname()[1]
+    await nursery.start(serve_echo, listeners[0])
+    async with ssh_running(
+        running.port, key.path, "-o", "ExitOnForwardFailure=yes",
+        "-R", f"9000:127.0.0.1:{client_side}", command,
+    ) as client:  # fmt: skip
+        await wait_until(lambda: bool(backend.sandboxes))
+        yield client, backend.sandboxes[0]
+
+
+async def connect_inside(
+    sandbox: MemorySandbox, target: SocketAddress
+) -> trio.abc.HalfCloseableStream:
+    """A connection made in the container once the forward there listens (bounded)."""
+    with trio.fail_after(20):
+        while True:
+            try:
+                return await sandbox.connect(target)
+            except Exception:
+                await trio.sleep(0.05)
+
+
+async def first_line(process: trio.Process) -> str:
+    """The first line a process printed (bounded)."""
+    assert process.stdout is not None
+    with trio.fail_after(30):
+        line = b""
+        while not line.endswith(b"\n"):
+            line += await process.stdout.receive_some(1)
+    return line.decode().strip()
+
+
 async def round_trip(port: int, payload: bytes) -> bytes:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
@@ -293,22 +336,12 @@ async def test_remote_forward_reaches_the_clients_side(
     """``ssh -R 9000:127.0.0.1:PORT``: a program in the container connecting to its own
     localhost:9000 reaches the client's local server."""
     running = await server(nursery, authorized_keys, tmp_path)
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    client_side = listeners[0].socket.getsockname()[1]
-    await nursery.start(serve_echo, listeners[0])
-    async with ssh_running(
-        running.port, client_key.path, "-o", "ExitOnForwardFailure=yes",
-        "-R", f"9000:127.0.0.1:{client_side}", "sleep 30",
-    ):  # fmt: skip
-        await wait_until(lambda: bool(backend.sandboxes))
-        sandbox = backend.sandboxes[0]
+    async with forwarding_to_an_echo(nursery, backend, running, client_key, "sleep 30") as (
+        _,
+        sandbox,
+    ):
+        stream = await connect_inside(sandbox, SocketAddress(host="localhost", port=9000))
         with trio.fail_after(20):
-            while True:
-                try:
-                    stream = await sandbox.connect(SocketAddress(host="localhost", port=9000))
-                    break
-                except Exception:
-                    await trio.sleep(0.05)
             async with stream:
                 await stream.send_all(b"from inside\n")
                 await stream.send_eof()
@@ -327,23 +360,12 @@ async def test_remote_forward_carries_as_many_connections_as_forwarding_allows(
     round trip works and the connection goes on (the channel table's own cap, 16, ended the
     connection with "internal server error")."""
     running = await server(nursery, authorized_keys, tmp_path)
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    client_side = listeners[0].socket.getsockname()[1]
-    await nursery.start(serve_echo, listeners[0])
-    async with ssh_running(
-        running.port, client_key.path, "-o", "ExitOnForwardFailure=yes",
-        "-R", f"9000:127.0.0.1:{client_side}", "sleep 60",
-    ) as client:  # fmt: skip
-        await wait_until(lambda: bool(backend.sandboxes))
-        sandbox = backend.sandboxes[0]
+    async with forwarding_to_an_echo(nursery, backend, running, client_key, "sleep 60") as (
+        client,
+        sandbox,
+    ):
         target = SocketAddress(host="localhost", port=9000)
-        with trio.fail_after(20):
-            while True:
-                try:
-                    await (await sandbox.connect(target)).aclose()
-                    break
-                except Exception:
-                    await trio.sleep(0.05)
+        await (await connect_inside(sandbox, target)).aclose()
         streams = [await sandbox.connect(target) for _ in range(24)]
         received: dict[int, bytes] = {}
 
@@ -379,64 +401,28 @@ async def test_a_listener_closed_under_its_forward_ends_that_forward_only(
         await wait_until(lambda: bool(backend.sandboxes))
         sandbox = backend.sandboxes[0]
         target = SocketAddress(host="localhost", port=9000)
-        with trio.fail_after(20):
-            while True:
-                try:
-                    await (await sandbox.connect(target)).aclose()
-                    break
-                except Exception:
-                    await trio.sleep(0.05)
+        await (await connect_inside(sandbox, target)).aclose()
         sandbox.network.close()
         await trio.sleep(1)
         assert client.poll() is None  # the connection is still there
 
 
+@pytest.mark.parametrize("mode", ["connection", "session"])
 async def test_agent_forwarding_gives_sessions_a_socket_to_the_clients_agent(
     nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
-    tmp_path: Path, client_key: ClientKey, agent_env: dict[str, str],
+    tmp_path: Path, client_key: ClientKey, agent_env: dict[str, str], mode: str,
 ) -> None:  # fmt: skip
-    """``ssh -A``: the session sees SSH_AUTH_SOCK, and that socket inside the container
-    answers as the client's agent (REQUEST_IDENTITIES lists the key its ssh-agent holds)."""
-    running = await server(nursery, authorized_keys, tmp_path)
+    """``ssh -A``: the session sees SSH_AUTH_SOCK, and that socket, in the container the
+    session runs in, answers as the client's agent (REQUEST_IDENTITIES lists the key its
+    ssh-agent holds). In session mode that is the session's own container: none other is
+    started for the socket."""
+    running = await server(nursery, authorized_keys, tmp_path, **{"session.execution_mode": mode})
     argv = ssh_argv(running.port, client_key.path, "-A", "printenv SSH_AUTH_SOCK; sleep 30")
     session = await trio.lowlevel.open_process(argv, env=agent_env, stdout=subprocess.PIPE)
     try:
-        assert session.stdout is not None
-        with trio.fail_after(30):
-            line = b""
-            while not line.endswith(b"\n"):
-                line += await session.stdout.receive_some(1)
-        path = line.decode().strip()
+        path = await first_line(session)
         assert path.startswith("/tmp/trissh-agent-")
-        stream = await backend.sandboxes[0].connect(SocketAddress(path=path))
-        async with stream:
-            with trio.fail_after(30):
-                assert await request_identities(stream) == 1
-    finally:
-        session.kill()
-        await session.wait()
-
-
-async def test_in_session_mode_the_agent_socket_is_in_the_sessions_own_container(
-    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
-    tmp_path: Path, client_key: ClientKey, agent_env: dict[str, str],
-) -> None:  # fmt: skip
-    """Each session has a container of its own: SSH_AUTH_SOCK must be there, not in the
-    container kept for the connection's forwards (none is started for it)."""
-    running = await server(
-        nursery, authorized_keys, tmp_path, **{"session.execution_mode": "session"}
-    )
-    argv = ssh_argv(running.port, client_key.path, "-A", "printenv SSH_AUTH_SOCK; sleep 30")
-    session = await trio.lowlevel.open_process(argv, env=agent_env, stdout=subprocess.PIPE)
-    try:
-        assert session.stdout is not None
-        with trio.fail_after(30):
-            line = b""
-            while not line.endswith(b"\n"):
-                line += await session.stdout.receive_some(1)
-        path = line.decode().strip()
-        assert path.startswith("/tmp/trissh-agent-")
-        [sandbox] = backend.sandboxes  # the session's own
+        [sandbox] = backend.sandboxes
         stream = await sandbox.connect(SocketAddress(path=path))
         async with stream:
             with trio.fail_after(30):
