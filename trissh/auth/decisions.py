@@ -39,6 +39,13 @@ class Grant:
     #: Where the user's own keys are, when they may manage them (RFC 4819 subsystem).
     user_keys: UserKeyStore | None = None
 
+    def conflict(self, other: Grant) -> str | None:
+        """Why both cannot hold at once (sshd refuses the login then), or ``None``."""
+        mine, theirs = self.forced_command, other.forced_command
+        if mine is not None and theirs is not None and mine != theirs:
+            return "forced command options do not match"
+        return None
+
     def merged(self, other: Grant) -> Grant:
         """Both at once: restrictions narrow, never widen; later facts add to earlier."""
         return Grant(

@@ -262,20 +262,23 @@ class AuthPolicy:
         candidates: Sequence[AuthorizedKey],
         now: float,
     ) -> Decision:
+        refusal = None  # as sshd: a line that refuses gives way to a later one for the key
         for entry in candidates:
             if entry.blob != key.blob or entry.options.cert_authority:
                 continue
             if not entry.options.allows_source(request.remote_ip):
-                return Decision(False, "key not allowed from this address")
+                refusal = refusal or "key not allowed from this address"
+                continue
             if entry.options.expired(now):
-                return Decision(False, "key expired")
+                refusal = refusal or "key expired"
+                continue
             return Decision(
                 True,
                 grant=_grant(entry),
                 touch_required=entry.options.touch_required,
                 verify_required=entry.options.verify_required,
             )
-        return Decision(False, "key not authorized")
+        return Decision(False, refusal or "key not authorized")
 
     def _certificate(
         self,
@@ -312,6 +315,7 @@ class AuthPolicy:
                 if reason is None:
                     if not options.allows_source(request.remote_ip) or options.expired(now):
                         reason = "CA key not allowed from this address or expired"
+                        continue  # as sshd: a later line for the CA may still allow it
                     entry = candidate
                     break
         if reason is not None:
@@ -325,7 +329,10 @@ class AuthPolicy:
         # As sshd merges them: no touch only if both allow it; verify if either asks.
         touch, verify = not cert.permits("no-touch-required"), cert.verify_required
         if entry is not None:
-            grant = grant.merged(_grant(entry))
+            line = _grant(entry)
+            if conflict := grant.conflict(line):
+                return Decision(False, f"{conflict} ({where})")
+            grant = grant.merged(line)
             touch = touch or entry.options.touch_required
             verify = verify or entry.options.verify_required
         return Decision(
