@@ -79,13 +79,14 @@ async def make_server(
 ) -> AsyncIterator[ServerFactory]:
     servers: list[RunningServer] = []
 
-    async def make(**auth: Any) -> RunningServer:
+    async def make(users: dict[str, Any] | None = None, **auth: Any) -> RunningServer:
         ctx = make_context(
             MemoryBackend(images={"localhost/trissh-base:latest"}), Path(os.devnull),
             tmp_path / "host_key",
             auth={"failure_delay": 0, "webhook": {"url": webhook.url, "retries": 0,
                                                   "timeout": 2, **auth},
                   "config_webhook": {"url": webhook.url + "/config"}},
+            users=users or {},
         )  # fmt: skip
         server = await start_server(nursery, ctx)
         servers.append(server)
@@ -117,6 +118,30 @@ async def test_password_checked_by_the_webhook(
     assert base64.b64decode(sent["passwordBase64"]).decode() == PASSWORD
     [config] = [r.body for r in webhook.received if r.path.endswith("/config")]
     assert config["authenticatedUsername"] == "mapped"  # the webhook's name for alice
+
+
+async def test_a_user_with_a_table_of_their_own_still_logs_in_by_the_webhook(
+    make_server: ServerFactory, askpass: Path
+) -> None:
+    """A ``[users.alice]`` table that only overrides settings (no password_hash, no
+    authentication_methods) leaves her password to the webhook, as for anyone else."""
+    server = await make_server(users={"alice": {"session": {"max_sessions_per_connection": 2}}})
+    result = await login(
+        server, "alice", askpass, *NO_KEYS, "-o", "PreferredAuthentications=password"
+    )
+    assert (result.returncode, result.stdout) == (0, b"in\n"), result.stderr
+
+
+async def test_keyboard_interactive_is_offered_only_when_the_webhook_answers_it(
+    make_server: ServerFactory, askpass: Path
+) -> None:
+    """Without ``keyboard_interactive`` the webhook cannot check its answers: offering it
+    would cost the client a failed attempt (or all of them) before its password is tried."""
+    server = await make_server(users={"alice": {"session": {"max_sessions_per_connection": 2}}})
+    for user in ("alice", "bob"):
+        assert server.ctx.auth.chains_for(user).next_methods([]) == ("publickey", "password")
+        result = await login(server, user, askpass, *NO_KEYS)  # the client's own order
+        assert (result.returncode, result.stdout) == (0, b"in\n"), result.stderr
 
 
 async def test_public_key_checked_by_the_webhook(

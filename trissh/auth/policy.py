@@ -127,6 +127,7 @@ class AuthPolicy:
             PolicyError: a key, key file or TOTP secret cannot be used.
         """
         self._clock = clock
+        self._settings = settings
         self._global_keys = list(global_keys)
         #: The rule every user name passes before any decision looks at it.
         self.user_names = settings.auth.user_names()
@@ -148,7 +149,6 @@ class AuthPolicy:
             settings.auth.user_keys_directory or default_state_dir() / "user-keys",
             settings.auth.max_user_keys,
         )
-        self._settings = settings
         self._webhook = _client(settings.auth.webhook)
         self._config_webhook = _client(settings.auth.config_webhook)
         self._webhook_kbdint = bool(
@@ -164,11 +164,17 @@ class AuthPolicy:
         #: Users without a ``[users.NAME]`` section.
         self._unknown_chains = self._default_chains or MethodChains(
             [method]
-            for method in (
-                self.methods
-                if self._webhook is not None
-                else ("publickey", *self._kerberos_methods())
-            )
+            for method in ("publickey", *self._webhook_methods(), *self._kerberos_methods())
+        )
+
+    def _webhook_methods(self) -> tuple[str, ...]:
+        """What the auth webhook checks for a user without local secrets: passwords, and
+        keyboard-interactive only when it answers that too (else every answer would fail)."""
+        webhook = self._settings.auth.webhook
+        if webhook is None:
+            return ()
+        return (
+            ("password", "keyboard-interactive") if webhook.keyboard_interactive else ("password",)
         )
 
     def _kerberos_methods(self) -> tuple[str, ...]:
@@ -213,6 +219,8 @@ class AuthPolicy:
                 single.append("keyboard-interactive")  # password (if any) and a code
             elif section.password_hash:
                 single += ["password", "keyboard-interactive"]
+            else:  # a table that only sets other things: the webhook's, as for anyone
+                single += self._webhook_methods()
             chains = MethodChains([method] for method in single)
         return _User(keys, section.password_hash, totp, chains, section.publickey_subsystem)
 
