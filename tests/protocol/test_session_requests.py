@@ -48,6 +48,26 @@ def test_dangerous_env_is_refused_even_when_everything_is_allowed(name: str) -> 
     ]
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PATH=/tmp/evil:/usr/bin:", ""), ("", "x"), ("LANG\0LD_PRELOAD", "x"), ("LANG", "C\0x")],
+)
+def test_what_is_no_environment_variable_is_refused(name: str, value: str) -> None:
+    """As sshd's child_set_env: a name with ``=`` would set another variable (PATH here,
+    past the guard: ``PATH=...`` matches no pattern of it), and an empty name or a NUL is
+    none at all."""
+    pair, cid = session(accept_env=("*",))
+    pair.client.channel_request(cid, "env", EnvData(name=name, value=value).encode())
+    pair.client.channel_request(
+        cid, "exec", conn.ExecData(command="true").encode(), want_reply=False
+    )
+    refusal, event = pair.transfer()
+    assert isinstance(refusal, RequestRefused)
+    assert refusal.reason == "not an environment variable name and value"
+    assert isinstance(event, SessionRequested)
+    assert event.env == {}
+
+
 @pytest.mark.parametrize(("accept", "accepted"), [(("GIT_PROTOCOL",), True), (("*",), True),
                                                   (("LANG",), False)])  # fmt: skip
 def test_git_protocol_passes_the_guard_when_accept_env_lists_it(

@@ -148,6 +148,8 @@ class SessionRules:
     def _env(self, env: EnvData) -> RequestOutcome:
         if self.started or len(self.env) >= self.config.max_env_vars:
             return "too many variables, or the session has started"
+        if not env.name or "=" in env.name or "\0" in env.name or "\0" in env.value:
+            return "not an environment variable name and value"  # as sshd's child_set_env
         if not any(fnmatch.fnmatchcase(env.name, p) for p in self.config.accept_env):
             return f"{env.name} is not in accept_env"
         if env.name not in GUARD_EXCEPTIONS and any(
