@@ -30,7 +30,9 @@ from trissh.backend.podman.agent import (
     open_agent_process,
 )
 from trissh.backend.podman.direct_stdio import CONTAINER_DIR
+from trissh.channels.session import backend_size
 from trissh.ops.doctor import try_session
+from trissh.protocol import TerminalSize as ProtocolTerminalSize
 
 from .conformance import read_all, run
 from .conftest import exec_helper, open_podman_harness
@@ -136,6 +138,23 @@ async def test_the_agent_outlives_trissh_but_not_its_programs(tmp_path: Path) ->
         assert helper.poll() is None, "the agent exited with its connection"
         with pytest.raises(BackendError, match="agent went away"):
             await agent.spawn(["true"], {})
+
+
+async def test_a_terminal_size_past_what_a_terminal_holds_is_clamped(tmp_path: Path) -> None:
+    """SSH sends sizes as uint32; a terminal (``struct winsize``) holds 16 bits. A client's
+    huge window-change is clamped, as sshd truncates it, instead of failing the session."""
+    huge = backend_size(
+        ProtocolTerminalSize(columns=70000, rows=2**32 - 1, width_px=1, height_px=0)
+    )
+    assert huge == TerminalSize(columns=65535, rows=65535, width_px=1, height_px=0)
+    pty = PtySpec(term="xterm", size=TerminalSize(columns=80, rows=24))
+    async with host_agent(tmp_path) as (agent, _):
+        async with started(agent, ["sh", "-c", "read line; stty size"], pty=pty) as process:
+            await process.resize(huge)
+            await process.stdin.send_all(b"go\n")
+            with trio.fail_after(10):
+                out = await read_all(process.stdout)
+        assert b"65535 65535" in out, out
 
 
 async def test_connected_says_whether_the_agent_is_still_there(tmp_path: Path) -> None:

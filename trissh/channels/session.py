@@ -114,9 +114,17 @@ class SessionContext:
     home: str | None = None
 
 
-def _backend_size(size: TerminalSize) -> BackendTerminalSize:
+#: The most a terminal's ``struct winsize`` holds in each field (SSH sends uint32).
+_WINSIZE_MAX = 0xFFFF
+
+
+def backend_size(size: TerminalSize) -> BackendTerminalSize:
+    """The client's size as a terminal can take it: each field clamped to 16 bits."""
     return BackendTerminalSize(
-        columns=size.columns, rows=size.rows, width_px=size.width_px, height_px=size.height_px
+        columns=min(size.columns, _WINSIZE_MAX),
+        rows=min(size.rows, _WINSIZE_MAX),
+        width_px=min(size.width_px, _WINSIZE_MAX),
+        height_px=min(size.height_px, _WINSIZE_MAX),
     )
 
 
@@ -165,7 +173,7 @@ def build_process_spec(
     if request.pty is not None:
         env["TERM"] = request.pty.term
         pty = PtySpec(
-            term=request.pty.term, size=_backend_size(request.pty.size), modes=request.pty.modes
+            term=request.pty.term, size=backend_size(request.pty.size), modes=request.pty.modes
         )
     argv = program_argv(
         shell, argv, modes=pty.modes if pty else None, home=container.workdir is None
@@ -535,7 +543,7 @@ class _ControlForwarder:
                 try:
                     if isinstance(item, TerminalSize):
                         self._tap.resize(item)
-                        await self._process.resize(_backend_size(item))
+                        await self._process.resize(backend_size(item))
                     else:
                         await self._process.send_signal(item)
                         log.info("signal_forwarded", signal=item)
