@@ -42,8 +42,8 @@ class ContainerFiles:
         async with self._lock:
             if key in self._done:
                 return
-            self._done.add(key)
             await write()
+            self._done.add(key)  # only once written: a cancelled write is done again
 
     async def provide(self, sandbox: Sandbox, files: Mapping[str, bytes], shell: str) -> None:
         """Write the login's secret ``files`` into ``sandbox`` once."""
