@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.sshpeer import ConnectionPair, established_pair, make_config
-from trissh.protocol import ChannelId, RequestRefused, SessionRequested, SignalReceived
+from trissh.protocol import ChannelId, RequestRefused, SessionRequested, SignalReceived, wire
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.messages.connection import BreakData, EnvData, PtyRequestData
 
@@ -132,3 +132,28 @@ def test_no_keepalive_before_authentication() -> None:
     pair.handshake()
     pair.server.send_keepalive()
     assert pair.server.keepalives_unanswered == 0
+
+
+@pytest.mark.parametrize(
+    ("request_type", "data"),
+    [
+        ("exec", wire.string(b"cat \xe9.txt")),
+        ("subsystem", wire.string(b"sftp\xff")),
+        ("env", wire.string(b"LANG") + wire.string(b"fr_FR.ISO-8859-1 \xe9")),
+    ],
+)
+def test_a_request_that_is_not_utf8_is_refused_and_the_connection_goes_on(
+    request_type: str, data: bytes
+) -> None:
+    """A Latin-1 file name in an exec command (or an env value, a subsystem name) gets a
+    channel failure; the connection and its other channels are not torn down for it."""
+    pair, cid = session(accept_env=("LANG",))
+    pair.client.channel_request(cid, request_type, data)
+    [refusal] = pair.transfer()
+    assert isinstance(refusal, RequestRefused)
+    assert refusal.reason.startswith(f"{request_type}: ")
+    assert pair.client.take_all() == [conn.ChannelFailure(recipient_channel=PEER)]
+    other = pair.open_session(PEER + 1)
+    pair.client.channel_request(other, "exec", conn.ExecData(command="true").encode())
+    [started] = pair.transfer()
+    assert isinstance(started, SessionRequested)

@@ -40,6 +40,10 @@ class DecodeError(RemoteProtocolError):
     """A field was malformed or a message truncated."""
 
 
+class NotText(DecodeError):
+    """A string field that must be UTF-8 (or a US-ASCII name) holds other bytes."""
+
+
 class UnexpectedMessage(RemoteProtocolError):
     """A message arrived in a state that does not allow it."""
 

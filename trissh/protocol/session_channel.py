@@ -21,6 +21,7 @@ from trissh.protocol.channels import (
     no_open_data,
 )
 from trissh.protocol.config import ProtocolConfig
+from trissh.protocol.errors import NotText
 from trissh.protocol.events import (
     AgentForwardingRequested,
     ChannelId,
@@ -98,10 +99,13 @@ class SessionRules:
     def on_request(self, request_type: str, data: Reader) -> RequestOutcome:
         if request_type == "pty-req":
             return self._pty(data)
-        if request_type == "env":
-            return self._env(EnvData.decode(data))
-        if request_type in ("shell", "exec", "subsystem"):
-            return self._start(SessionKind(request_type), data)
+        try:
+            if request_type == "env":
+                return self._env(EnvData.decode(data))
+            if request_type in ("shell", "exec", "subsystem"):
+                return self._start(SessionKind(request_type), data)
+        except NotText as exc:  # a Latin-1 file name, say: this request fails, not the link
+            return f"{request_type}: {exc}"
         if request_type == "auth-agent-req@openssh.com":
             return self._agent(data)
         if request_type == "window-change":

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 from trissh.protocol.constants import MAX_NAME_LIST_LENGTH, MAX_NAMES
-from trissh.protocol.errors import DecodeError
+from trissh.protocol.errors import DecodeError, NotText
 
 _U32: Final = struct.Struct(">I")
 _U64: Final = struct.Struct(">Q")
@@ -78,13 +78,13 @@ class Reader:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise DecodeError("string is not valid UTF-8") from None
+            raise NotText("string is not valid UTF-8") from None
 
     def ascii(self, max_length: int | None = None) -> str:
         """A US-ASCII name (algorithm, method, request type; RFC 4251 §6)."""
         raw = self.string(max_length)
         if not raw.isascii():
-            raise DecodeError("name is not US-ASCII")
+            raise NotText("name is not US-ASCII")
         return raw.decode("ascii")
 
     def mpint(self, max_length: int = 16384) -> int:
