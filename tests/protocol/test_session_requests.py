@@ -157,3 +157,23 @@ def test_a_request_that_is_not_utf8_is_refused_and_the_connection_goes_on(
     pair.client.channel_request(other, "exec", conn.ExecData(command="true").encode())
     [started] = pair.transfer()
     assert isinstance(started, SessionRequested)
+
+
+def test_a_start_refused_before_anything_ran_lets_the_channel_ask_again() -> None:
+    """An unknown subsystem is refused; the client may then exec on the same channel (psftp
+    and WinSCP fall back to scp that way), as sshd's session stays larval."""
+    pair, cid = session()
+    pair.client.channel_request(cid, "subsystem", conn.SubsystemData(name="nope").encode())
+    [asked] = pair.transfer()
+    assert isinstance(asked, SessionRequested)
+    pair.server.reply_channel_request(cid, False, again=True)
+    pair.client.channel_request(cid, "exec", conn.ExecData(command="scp -f x").encode())
+    [started] = pair.transfer()
+    assert isinstance(started, SessionRequested)
+    assert started.command == "scp -f x"
+    pair.server.reply_channel_request(cid, True)
+    pair.transfer()
+    assert pair.client.take_all() == [
+        conn.ChannelFailure(recipient_channel=PEER),
+        conn.ChannelSuccess(recipient_channel=PEER),
+    ]

@@ -65,7 +65,7 @@ class SessionChannels:
                 "subsystem_refused", channel=int(event.channel_id),
                 subsystem=escaped(event.subsystem or ""),
             )  # fmt: skip
-            self._port.reply_request(event.channel_id, False)
+            self._port.reply_request(event.channel_id, False, again=True)  # exec may follow
             return True
         handle.started = True
         self._nursery.start_soon(run, self._ctx, handle, event)

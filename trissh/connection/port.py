@@ -96,8 +96,8 @@ class ConnectionPort:
         self._conn.acknowledge_channel_data(channel_id, amount)
         self._writer.flush_now()
 
-    def reply_request(self, channel_id: ChannelId, ok: bool) -> None:
-        self._conn.reply_channel_request(channel_id, ok)
+    def reply_request(self, channel_id: ChannelId, ok: bool, *, again: bool = False) -> None:
+        self._conn.reply_channel_request(channel_id, ok, again=again)
         self._writer.flush_now()
 
     def finish(

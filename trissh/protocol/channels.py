@@ -117,12 +117,19 @@ class ChannelRules(Protocol):
         """Apply a request; raise ``DecodeError`` for malformed data."""
         ...
 
+    def allow_again(self) -> None:
+        """The driver refused the request it was left without starting anything (an
+        unknown subsystem): the channel may ask again, as sshd's larval session."""
+
 
 class NoRequests:
     """Rules of channels that take no requests (forwarded streams, the agent)."""
 
     def on_request(self, request_type: str, data: Reader) -> RequestOutcome:
         return "not supported"
+
+    def allow_again(self) -> None:
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,13 +506,16 @@ class ChannelTable:
         )
         return local_id
 
-    def reply_request(self, channel_id: ChannelId, ok: bool) -> None:
-        """Answer the request the rules deferred (a session's start)."""
+    def reply_request(self, channel_id: ChannelId, ok: bool, *, again: bool = False) -> None:
+        """Answer the request the rules deferred (a session's start); ``again``: refused
+        before anything started, so the channel may ask again."""
         channel = self._channels.get(channel_id)
         if channel is None or channel.deferred is None:
             return  # already closed: nobody is waiting for the answer
         slot, channel.deferred = channel.deferred, None
         slot.ok = ok
+        if again and not ok:
+            channel.rules.allow_again()
         if channel.state is ChannelState.OPEN:
             self._flush_replies(channel)
 

@@ -291,9 +291,12 @@ class ServerConnection:
         ``ChannelOpenConfirmed`` or ``ChannelOpenFailed``."""
         return self._channels.open(channel_type, data)
 
-    def reply_channel_request(self, channel_id: ChannelId, ok: bool) -> None:
-        """Answer the request a channel's rules left to the driver (a session's start)."""
-        self._channels.reply_request(channel_id, ok)
+    def reply_channel_request(
+        self, channel_id: ChannelId, ok: bool, *, again: bool = False
+    ) -> None:
+        """Answer the request a channel's rules left to the driver (a session's start);
+        ``again``: refused before anything started, the channel may ask again."""
+        self._channels.reply_request(channel_id, ok, again=again)
 
     def reply_global_request(self, request_id: int, ok: bool, *, port: int | None = None) -> None:
         """Answer a ``GlobalRequestReceived``; ``port``: the port a ``tcpip-forward`` for

@@ -96,6 +96,9 @@ class SessionRules:
     env: dict[str, str] = field(default_factory=dict)
     agent: bool = False
 
+    def allow_again(self) -> None:
+        self.started = False
+
     def on_request(self, request_type: str, data: Reader) -> RequestOutcome:
         if request_type == "pty-req":
             return self._pty(data)
