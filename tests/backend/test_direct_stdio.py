@@ -142,6 +142,8 @@ async def test_helper_reports_a_death_by_signal_on_the_connection(tmp_path: Path
         (b"exit 255\n", ExitStatus(code=255)),
         (b"signal 9 core 0\n", ExitStatus(signal="KILL")),
         (b"signal 11 core 1\n", ExitStatus(signal="SEGV", core_dumped=True)),
+        # a real-time signal (kill -s RTMIN+2): no name, as sshd reports it
+        (b"signal 36 core 0\n", ExitStatus(signal="SIG@openssh.com")),
         (b"", None),  # the helper died without a word: podman's record decides
         (b"exit 256\n", None),
         (b"exit -1\n", None),

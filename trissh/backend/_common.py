@@ -73,8 +73,12 @@ def signal_number(name: str) -> int:
 
 
 def signal_name(number: int) -> str:
-    """15 -> ``"TERM"`` (RFC 4254 §6.10 names carry no ``SIG`` prefix)."""
-    return _signal.Signals(number).name.removeprefix("SIG")
+    """15 -> ``"TERM"`` (RFC 4254 §6.10 names carry no ``SIG`` prefix); a signal with no
+    name (most real-time ones) -> ``"SIG@openssh.com"``, as sshd reports it."""
+    try:
+        return _signal.Signals(number).name.removeprefix("SIG")
+    except ValueError:
+        return "SIG@openssh.com"
 
 
 def ms_since(start: float) -> float:

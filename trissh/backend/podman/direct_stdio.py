@@ -323,15 +323,18 @@ async def receive_bounded(
     return data
 
 
+#: Signal numbers a program can die of on Linux are 1..64.
+_NSIG: Final = 65
+
+
 def parse_status_line(line: bytes) -> ExitStatus | None:
     """``exit N`` or ``signal N core C`` (one line, as ``trissh-exec`` writes it)."""
     match line.split():
         case [b"exit", code] if code.isdigit() and int(code) <= 255:
             return ExitStatus(code=int(code))
-        case [b"signal", number, b"core", core] if number.isdigit() and core in (b"0", b"1"):
-            try:
-                return ExitStatus(signal=signal_name(int(number)), core_dumped=core == b"1")
-            except ValueError:
-                return None
+        case [b"signal", number, b"core", core] if (
+            number.isdigit() and 0 < int(number) < _NSIG and core in (b"0", b"1")
+        ):
+            return ExitStatus(signal=signal_name(int(number)), core_dumped=core == b"1")
         case _:
             return None
