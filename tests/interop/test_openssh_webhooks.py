@@ -34,6 +34,8 @@ class Hooks:
         self.kbd_rounds: list[dict[str, Any]] = []
         #: The authenticatedUsername a right password gets.
         self.mapped = "mapped"
+        #: The environment a /pubkey answer gives with its yes.
+        self.key_environment: dict[str, str] = {}
 
     async def __call__(self, request: Received) -> Answer:
         if self.status != 200:
@@ -45,7 +47,9 @@ class Hooks:
             ok = self.accept_password and password == PASSWORD
             return {"success": ok, "authenticatedUsername": self.mapped if ok else None}
         if path == "/pubkey":
-            return {"success": body["publicKey"] in self.accept_keys}
+            ok = body["publicKey"] in self.accept_keys
+            environment = {k: {"value": v} for k, v in self.key_environment.items()}
+            return {"success": ok, "environment": environment if ok else {}}
         if path == "/authz":
             return {"success": self.authz}
         if path == "/keyboard-interactive":
@@ -142,6 +146,29 @@ async def test_keyboard_interactive_is_offered_only_when_the_webhook_answers_it(
         assert server.ctx.auth.chains_for(user).next_methods([]) == ("publickey", "password")
         result = await login(server, user, askpass, *NO_KEYS)  # the client's own order
         assert (result.returncode, result.stdout) == (0, b"in\n"), result.stderr
+
+
+async def test_what_an_unproven_keys_answer_gave_does_not_reach_the_session(
+    make_server: ServerFactory, askpass: Path, hooks: Hooks, tmp_path: Path
+) -> None:
+    """The client offers a key the webhook accepts (with ROLE=admin) but cannot sign with
+    it (its passphrase is not given), then logs in by password: the key's answer was never
+    proved, so its environment must not reach the session (Go's ssh keeps only the
+    permissions of the key whose signature verified)."""
+    key = tmp_path / "locked"
+    await trio.run_process(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "not given", "-f", str(key)],
+        capture_stdout=True,
+    )
+    hooks.accept_keys = {" ".join(key.with_suffix(".pub").read_text().split()[:2])}
+    hooks.key_environment = {"ROLE": "admin"}
+    server = await make_server()
+    result = await login(
+        server, "alice", askpass, "-o", "IdentitiesOnly=yes", "-i", str(key),
+        "-o", "PreferredAuthentications=publickey,password",
+        command="printenv ROLE; echo end",
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, b"end\n"), result.stderr
 
 
 async def test_public_key_checked_by_the_webhook(

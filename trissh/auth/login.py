@@ -68,6 +68,8 @@ class LoginConversation:
         self.passed: list[str] = []
         self.grant = Grant()
         self._pending_grant: Grant | None = None
+        #: The metadata the method being answered would add, once the core confirms it.
+        self._pending_metadata: Metadata | None = None
         #: Extra fields for the log line of the last accepted method.
         self.log_fields: dict[str, str] = {}
         #: Webhook metadata so far, passed on with every later webhook call.
@@ -196,18 +198,22 @@ class LoginConversation:
     async def _answer(
         self, request: LoginRequest, decision: Decision, method: str, *, final: bool = True
     ) -> None:
-        """``final`` is False for a publickey query: PK_OK, no chain step, no webhooks."""
+        """``final`` is False for a publickey query: PK_OK, no chain step, no webhooks.
+        What the answer gives (grant, webhook metadata) holds only once the core confirms
+        the method (a key's signature verified): a query's or a failed signature's never."""
+        metadata = self.metadata
         if decision.ok and decision.metadata is not None:
-            self.metadata = self.metadata.merged(decision.metadata)
+            metadata = metadata.merged(decision.metadata)
         after = [*self.passed, method]
         chains = self._policy.chains_for(request.username)
         complete = chains.complete(after)
         if decision.ok and final and complete:
-            decision = await self._finish(request, decision)
+            decision, metadata = await self._finish(request, decision, metadata)
         if not decision.ok:
             await self._reject(decision.reason, final=final)
             return
         self._pending_grant = decision.grant
+        self._pending_metadata = metadata
         self.log_fields = dict(decision.log)
         self._conn.accept_auth(remaining=() if complete else chains.next_methods(after))
 
@@ -218,26 +224,26 @@ class LoginConversation:
             return Decision(False, f"the auth webhook's {NAME_REFUSED}")
         return None
 
-    async def _finish(self, request: LoginRequest, decision: Decision) -> Decision:
+    async def _finish(
+        self, request: LoginRequest, decision: Decision, metadata: Metadata
+    ) -> tuple[Decision, Metadata]:
         """The chain is complete: a name a webhook verified passes the rule too, then
         ``/authz`` and the configuration server (the policy's ``finish``)."""
         granted = self.grant.merged(decision.grant)
         if (refused := self._webhook_name_refused(granted.username)) is not None:
-            return refused
-        finish = await self._policy.finish(
-            dataclasses.replace(request, metadata=self.metadata), granted
-        )
+            return refused, metadata
+        finish = await self._policy.finish(dataclasses.replace(request, metadata=metadata), granted)
         if not finish.ok:
-            return finish
+            return finish, metadata
         if (refused := self._webhook_name_refused(finish.grant.username)) is not None:
-            return refused
+            return refused, metadata
         # Every answer's metadata, merged in order (authentication, /authz, the
         # configuration server): its environment and files reach the programs.
         if finish.metadata is not None:
-            self.metadata = self.metadata.merged(finish.metadata)
-        webhooks = metadata_grant(self.metadata, expose_metadata=finish.expose_metadata)
+            metadata = metadata.merged(finish.metadata)
+        webhooks = metadata_grant(metadata, expose_metadata=finish.expose_metadata)
         grant = decision.grant.merged(finish.grant).merged(webhooks)
-        return dataclasses.replace(decision, grant=grant)
+        return dataclasses.replace(decision, grant=grant), metadata
 
     def confirmed(self, event: AuthPartiallySucceeded | Authenticated) -> None:
         """The core confirmed ``event.method`` (its proof checked): the chain advances."""
@@ -245,6 +251,8 @@ class LoginConversation:
         if self._pending_grant is not None:
             self.grant = self.grant.merged(self._pending_grant)
             self._pending_grant = None
+        if self._pending_metadata is not None:
+            self.metadata, self._pending_metadata = self._pending_metadata, None
 
 
 async def _kerberos_decision(
