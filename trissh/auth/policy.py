@@ -91,6 +91,36 @@ class _User:
     own_keys: bool = False
 
 
+def _ca_line(
+    request: LoginRequest,
+    cert: Certificate,
+    candidates: Sequence[AuthorizedKey],
+    now: float,
+    refusal: str,
+) -> tuple[AuthorizedKey | None, str | None]:
+    """The ``cert-authority`` line that lets ``cert`` in (its ``principals=`` replace the
+    user name), or why none does; as sshd, a line whose ``from=`` or expiry refuses gives way
+    to a later one for the same CA."""
+    for candidate in candidates:
+        options = candidate.options
+        if not options.cert_authority or candidate.blob != cert.signature_key.blob:
+            continue
+        results = [
+            check_user_certificate(
+                cert, username=name, now=int(now), source_ip=request.remote_ip,
+                trusted_cas=(candidate.blob,),
+            )
+            for name in options.principals or (request.username,)
+        ]  # fmt: skip
+        if None not in results:
+            refusal = results[0] or refusal
+            continue
+        if options.allows_source(request.remote_ip) and not options.expired(now):
+            return candidate, None
+        refusal = "CA key not allowed from this address or expired"
+    return None, refusal
+
+
 def _grant(key: AuthorizedKey) -> Grant:
     options = key.options
     return Grant(
@@ -307,25 +337,7 @@ class AuthPolicy:
         )
         entry: AuthorizedKey | None = None
         if reason is not None:
-            for candidate in candidates:
-                options = candidate.options
-                if not options.cert_authority or candidate.blob != cert.signature_key.blob:
-                    continue
-                names = options.principals or (request.username,)
-                results = [
-                    check_user_certificate(
-                        cert, username=name, now=int(now), source_ip=request.remote_ip,
-                        trusted_cas=(candidate.blob,),
-                    )
-                    for name in names
-                ]  # fmt: skip
-                reason = next((r for r in results if r is None), results[0])
-                if reason is None:
-                    if not options.allows_source(request.remote_ip) or options.expired(now):
-                        reason = "CA key not allowed from this address or expired"
-                        continue  # as sshd: a later line for the CA may still allow it
-                    entry = candidate
-                    break
+            entry, reason = _ca_line(request, cert, candidates, now, reason)
         if reason is not None:
             return Decision(False, f"{reason} ({where})")
         grant = Grant(

@@ -18,9 +18,9 @@ what it consumed through ``acknowledge``, and a WINDOW_ADJUST goes out once half
 window is consumed (h2's heuristic), so a slow consumer throttles the client instead of
 growing our buffers. Sending is limited by the peer's window and maximum packet size.
 
-Replies to ``want_reply`` requests must leave in request order (RFC 4254 §5.4) even though
-some are answered later (a session's start, after its container started). Each channel
-keeps a queue of reply slots; a resolved slot is sent once every earlier slot is.
+Replies to ``want_reply`` requests leave in request order (RFC 4254 §5.4), some answered
+later (a session's start, after its container started): each channel keeps a queue of
+reply slots, and a resolved slot is sent once every earlier slot is.
 """
 
 from __future__ import annotations
@@ -118,18 +118,15 @@ class ChannelRules(Protocol):
         ...
 
     def allow_again(self) -> None:
-        """The driver refused the request it was left without starting anything (an
-        unknown subsystem): the channel may ask again, as sshd's larval session."""
+        """A deferred request refused before anything ran: the channel may ask again."""
+        return
 
 
-class NoRequests:
+class NoRequests(ChannelRules):
     """Rules of channels that take no requests (forwarded streams, the agent)."""
 
     def on_request(self, request_type: str, data: Reader) -> RequestOutcome:
         return "not supported"
-
-    def allow_again(self) -> None:
-        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,8 +504,7 @@ class ChannelTable:
         return local_id
 
     def reply_request(self, channel_id: ChannelId, ok: bool, *, again: bool = False) -> None:
-        """Answer the request the rules deferred (a session's start); ``again``: refused
-        before anything started, so the channel may ask again."""
+        """Answer the request the rules deferred (a session's start; ``again``: see rules)."""
         channel = self._channels.get(channel_id)
         if channel is None or channel.deferred is None:
             return  # already closed: nobody is waiting for the answer
