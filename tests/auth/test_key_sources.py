@@ -1,5 +1,8 @@
 """Every place trissh reads a public key takes OpenSSH lines and RFC 4716 blocks alike:
-users' key lists, the trusted CA list and file; and a bad one is named precisely."""
+users' key lists, the trusted CA list and file; and a bad one is named precisely. Which
+authorized_keys line decides, as sshd: a line whose ``from=`` or ``expiry-time`` refuses the
+connection gives way to a later line for the same key; a key's ``command=`` and its
+certificate's ``force-command`` must agree."""
 
 from __future__ import annotations
 
@@ -83,3 +86,58 @@ def test_bad_entries_name_the_file_or_key_and_line(made: Path, tmp_path: Path) -
         match=r"^users\.alice\.authorized_keys\[2\]: line 3: RFC 4716 key: invalid base64$",
     ):
         context(tmp_path, users=users)
+
+
+# -- which line decides, as sshd -----------------------------------------------------------
+
+
+def with_key_lines(tmp_path: Path, keys: list[str], **settings: Any) -> ServerContext:
+    """``keys`` as the global authorized_keys file, read before the user's own list."""
+    path = tmp_path / "authorized_keys"
+    path.write_text("".join(line + "\n" for line in keys))
+    config = load_config(
+        None, {"host_keys": [str(tmp_path / "host_key")], "authorized_keys": str(path), **settings}
+    )
+    return build_context(config, MemoryBackend())
+
+
+def line(path: Path, options: str = "") -> str:
+    return f"{options} {path.read_text().strip()}".strip()
+
+
+async def test_a_line_refusing_the_address_gives_way_to_a_later_line(
+    made: Path, tmp_path: Path
+) -> None:
+    key = parse_public_key(blob(made / "user.pub"))
+    restricted = line(made / "user.pub", 'from="10.0.0.0/8"')
+    own = {"alice": {"authorized_keys": [line(made / "user.pub")]}}
+    ctx = with_key_lines(tmp_path, [restricted], users=own)
+    decision = await ctx.auth.publickey(REQUEST, key)
+    assert decision.ok, decision.reason
+    expired = line(made / "user.pub", 'expiry-time="20000101"')
+    ctx = with_key_lines(tmp_path, [expired, line(made / "user.pub", 'command="echo later"')])
+    decision = await ctx.auth.publickey(REQUEST, key)
+    assert decision.ok, decision.reason
+    assert decision.grant.forced_command == "echo later"
+    ctx = with_key_lines(tmp_path, [restricted])  # no other line: the first refusal says why
+    decision = await ctx.auth.publickey(REQUEST, key)
+    assert (decision.ok, decision.reason) == (False, "key not allowed from this address")
+
+
+async def test_a_cas_command_and_its_certificates_force_command_must_agree(
+    made: Path, tmp_path: Path
+) -> None:
+    public = tmp_path / "shell.pub"
+    public.write_text((made / "user.pub").read_text())
+    keygen("-s", str(made / "ca"), "-I", "shell", "-n", "alice", "-O", "force-command=/bin/sh",
+           str(public))  # fmt: skip
+    cert = parse_certificate(blob(tmp_path / "shell-cert.pub"))
+    ca = (made / "ca.pub").read_text().strip()
+    ctx = with_key_lines(tmp_path, [f'cert-authority,command="/usr/bin/backup" {ca}'])
+    decision = await ctx.auth.publickey(REQUEST, cert.public_key, cert)
+    assert not decision.ok
+    assert "forced command options do not match" in decision.reason
+    ctx = with_key_lines(tmp_path, [f'cert-authority,command="/bin/sh" {ca}'])
+    decision = await ctx.auth.publickey(REQUEST, cert.public_key, cert)
+    assert decision.ok, decision.reason
+    assert decision.grant.forced_command == "/bin/sh"
