@@ -200,3 +200,38 @@ async def test_unknown_user_is_treated_like_a_known_one(
     result = await login(server, "nobody-here", askpass, *NO_KEYS)
     assert result.returncode == 255
     assert b"Permission denied (publickey,password,keyboard-interactive)" in result.stderr
+
+
+@pytest.mark.parametrize(("second", "ok"), [("echo one", True), ("echo two", False)])
+async def test_a_publickey_chain_whose_keys_force_different_commands_is_refused(
+    nursery: trio.Nursery, tmp_path: Path, client_key: ClientKey, askpass: Path,
+    second: str, ok: bool,
+) -> None:  # fmt: skip
+    """``publickey,publickey`` with two keys: their ``command=`` must agree, as sshd's
+    sshauthopt_merge ('forced command options do not match'); the same one runs."""
+    other = tmp_path / "other"
+    await trio.run_process(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], capture_stdout=True
+    )
+    other_line = other.with_suffix(".pub").read_text().strip()
+    users = {
+        "dana": {
+            "authorized_keys": [
+                f'command="echo one" {client_key.public_line}',
+                f'command="{second}" {other_line}',
+            ],
+            "authentication_methods": ["publickey,publickey"],
+        }
+    }
+    ctx = make_context(
+        MemoryBackend(), Path(os.devnull), tmp_path / "host_key", users=users,
+        **{"auth.failure_delay": 0},
+    )  # fmt: skip
+    server = await start_server(nursery, ctx)
+    result = await login(
+        server, "dana", askpass, "-o", "IdentitiesOnly=yes",
+        "-i", str(client_key.path), "-i", str(other),
+    )  # fmt: skip
+    assert result.returncode == (0 if ok else 255), result.stderr
+    assert result.stdout == (b"one\n" if ok else b"")
+    await server.stop()

@@ -70,6 +70,9 @@ class LoginConversation:
         self._pending_grant: Grant | None = None
         #: The metadata the method being answered would add, once the core confirms it.
         self._pending_metadata: Metadata | None = None
+        #: Keys that passed a step of the chain, and the one being answered.
+        self._used_keys: set[bytes] = set()
+        self._pending_key: bytes | None = None
         #: Extra fields for the log line of the last accepted method.
         self.log_fields: dict[str, str] = {}
         #: Webhook metadata so far, passed on with every later webhook call.
@@ -98,9 +101,14 @@ class LoginConversation:
         request = self._request(event.username, self.metadata)
         match event:
             case PublicKeyAuthRequested():
+                blob = event.public_key.blob
+                if blob in self._used_keys:  # as sshd: one key counts once in a chain
+                    await self._reject("key already used", final=event.signed)
+                    return
                 decision = await self._policy.publickey(
                     request, event.public_key, event.certificate, event.security_key
                 )
+                self._pending_key = blob
                 await self._answer(request, decision, method, final=event.signed)
             case PasswordAuthRequested():
                 decision = await self._policy.password(request, event.password)
@@ -201,6 +209,8 @@ class LoginConversation:
         """``final`` is False for a publickey query: PK_OK, no chain step, no webhooks.
         What the answer gives (grant, webhook metadata) holds only once the core confirms
         the method (a key's signature verified): a query's or a failed signature's never."""
+        if decision.ok and (conflict := self.grant.conflict(decision.grant)):
+            decision = Decision(False, conflict)  # as sshd's sshauthopt_merge
         metadata = self.metadata
         if decision.ok and decision.metadata is not None:
             metadata = metadata.merged(decision.metadata)
@@ -253,6 +263,8 @@ class LoginConversation:
             self._pending_grant = None
         if self._pending_metadata is not None:
             self.metadata, self._pending_metadata = self._pending_metadata, None
+        if event.method == "publickey" and self._pending_key is not None:
+            self._used_keys.add(self._pending_key)
 
 
 async def _kerberos_decision(
