@@ -9,7 +9,11 @@ import pytest
 
 from trissh.auth.chains import MethodChains
 from trissh.auth.passwords import check_hash, hash_password, verify_password
+from trissh.auth.policy import LoginRequest
 from trissh.auth.totp import TotpError, TotpVerifier, load_secret
+from trissh.backend.memory import MemoryBackend
+from trissh.config import load_config
+from trissh.server.build import build_context
 
 
 async def test_password_round_trip_and_unknown_user() -> None:
@@ -60,3 +64,25 @@ def test_chains_offer_only_what_comes_next() -> None:
     assert chains.complete(["publickey", "password"])
     assert chains.complete(["password"])
     assert chains.next_methods(["password"]) == ()
+
+
+async def test_a_reload_keeps_totp_replay_protection(tmp_path: Path) -> None:
+    """A code used before a SIGHUP is not taken again after it (nor by the old policy,
+    which serves logins already under way): both use one verifier per unchanged secret."""
+    secret = pyotp.random_base32()
+    path = tmp_path / "totp"
+    path.write_text(secret)
+    settings = load_config(
+        None,
+        {
+            "host_keys": [str(tmp_path / "host_key")],
+            "users": {"tess": {"totp_secret_file": str(path)}},
+        },
+    )
+    old = build_context(settings, MemoryBackend())
+    request = LoginRequest("tess", "192.0.2.7")
+    code = pyotp.TOTP(secret).now()
+    assert (await old.auth.answers(request, [], [code])).ok
+    new = build_context(settings, MemoryBackend(), previous=old)
+    assert not (await new.auth.answers(request, [], [code])).ok
+    assert not (await old.auth.answers(request, [], [code])).ok

@@ -254,6 +254,15 @@ class AuthPolicy:
             chains = MethodChains([method] for method in single)
         return _User(keys, section.password_hash, totp, chains, section.publickey_subsystem)
 
+    def share_totp(self, previous: AuthPolicy) -> None:
+        """After a reload: a user whose TOTP secret did not change keeps the verifier the
+        old policy has (which serves logins already under way), so a code used before the
+        reload, or on either policy, is never taken twice."""
+        for name, user in self._users.items():
+            old = previous._users.get(name)
+            if user.totp and old is not None and old.totp and user.totp.same_secret(old.totp):
+                user.totp = old.totp
+
     def chains_for(self, username: str | None) -> MethodChains:
         """``username``'s method chains; ``None``: those of a user without a table (for a
         name the rule refused, never looked up)."""

@@ -39,6 +39,9 @@ class TotpVerifier:
         self._totp = pyotp.TOTP(secret)
         self._last_step = -1
 
+    def same_secret(self, other: TotpVerifier) -> bool:
+        return pyotp.utils.strings_equal(self._totp.secret, other._totp.secret)
+
     def verify(self, code: str, now: float) -> bool:
         code = code.strip()
         if len(code) != self._totp.digits or not code.isdigit():

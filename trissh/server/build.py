@@ -74,6 +74,8 @@ def build_context(
     """Everything connections share. With ``previous`` (a reload), the backend, instance
     and live state carry over; only what the configuration says is rebuilt."""
     policy = _auth_policy(settings)
+    if previous is not None:
+        policy.share_totp(previous.auth)
     host_keys = load_host_keys(settings)
     try:
         protocol = ProtocolConfig(
