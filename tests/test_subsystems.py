@@ -106,21 +106,30 @@ async def test_the_deprecated_sftp_server_still_runs_sftp(
     ]
 
 
-async def test_a_forced_command_runs_whatever_subsystem_was_asked(
+async def test_a_forced_command_replaces_a_known_subsystem_only(
     memory_backend: MemoryBackend, tmp_path: Path
 ) -> None:
-    """As sshd: command= replaces the request, an unknown subsystem included."""
-    ctx = _context(memory_backend, tmp_path, key_options='command="echo forced"')
+    """As sshd (session_subsystem_req, do_exec): an unknown subsystem is refused even with
+    command=; a known one runs the forced command, SSH_ORIGINAL_COMMAND its command."""
+    ctx = _context(
+        memory_backend, tmp_path, key_options='command="echo forced"',
+        **{"session.subsystems": {"sftp": "/opt/sftp-server -l INFO"}},
+    )  # fmt: skip
     with trio.fail_after(20):
         async with connected(ctx) as peer:
             await peer.login()
+            assert isinstance(await _subsystem(peer, "x"), conn.ChannelFailure)
             channel = await peer.open_session()
-            peer.client.channel_request(channel, "subsystem", conn.SubsystemData(name="x").encode())
+            peer.client.channel_request(
+                channel, "subsystem", conn.SubsystemData(name="sftp").encode()
+            )
             await peer.flush()
             messages = await peer.until_close(channel)
             await peer.stream.aclose()
     assert isinstance(messages[0], conn.ChannelSuccess)
     assert exit_status_of(messages) == 0
+    [spec] = memory_backend.process_specs
+    assert spec.env["SSH_ORIGINAL_COMMAND"] == "/opt/sftp-server -l INFO"
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shlex
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -146,8 +147,12 @@ def build_process_spec(
     grant = ctx.grant
     original = None
     if grant.forced_command is not None:
-        # As sshd's command=: whatever was asked runs the forced command instead.
+        # As sshd's command=: whatever was asked runs the forced command instead; for a
+        # subsystem, SSH_ORIGINAL_COMMAND is the subsystem's command.
         original = request.command
+        if request.kind is SessionKind.SUBSYSTEM:
+            asked = subsystem_argv(ctx, request.subsystem or "")
+            original = shlex.join(asked) if asked is not None else None
         argv = [*shell, "-c", grant.forced_command]
     elif request.kind is SessionKind.SHELL:
         argv = [*shell, "-l"]

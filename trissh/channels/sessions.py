@@ -72,10 +72,9 @@ class SessionChannels:
         return True
 
     def _unknown_subsystem(self, event: SessionRequested) -> bool:
-        """A subsystem not configured (a forced command runs whatever was asked, as sshd)."""
+        """A subsystem not configured: refused even with a forced command, as sshd."""
         return (
             event.kind is SessionKind.SUBSYSTEM
-            and self._ctx.grant.forced_command is None
             and subsystem_argv(self._ctx, event.subsystem or "") is None
         )
 
