@@ -18,7 +18,7 @@ Nursery tree (in the connection nursery)::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -79,10 +79,7 @@ class AgentForwarding:
         """A session asked for the agent: make the connection's socket, once."""
         if self._shared is None and not self._per_session:
             self._shared = _Socket()
-            self._nursery.start_soon(self._listen, self._shared, self._connection_sandbox)
-
-    async def _connection_sandbox(self) -> Sandbox:
-        return await sandbox_for_forwards(self._ctx)
+            self._nursery.start_soon(self._listen, self._shared, None)
 
     @asynccontextmanager
     async def socket_in(self, sandbox: Sandbox) -> AsyncIterator[str | None]:
@@ -92,11 +89,8 @@ class AgentForwarding:
             yield await self._wait(self._shared)
             return
 
-        async def own() -> Sandbox:
-            return sandbox
-
         socket = _Socket()
-        self._nursery.start_soon(self._listen, socket, own)
+        self._nursery.start_soon(self._listen, socket, sandbox)
         try:
             yield await self._wait(socket)
         finally:
@@ -109,11 +103,12 @@ class AgentForwarding:
             await socket.ready.wait()
         return self.path if socket.listening else None
 
-    async def _listen(self, socket: _Socket, sandbox: Callable[[], Awaitable[Sandbox]]) -> None:
+    async def _listen(self, socket: _Socket, sandbox: Sandbox | None) -> None:
+        """``sandbox``: the session's own; ``None``: the connection's (started if need be)."""
         target = SocketPath(path=self.path)
         try:
             with socket.scope:
-                listening_in = await sandbox()
+                listening_in = sandbox or await sandbox_for_forwards(self._ctx)
                 async with listening_in.listen(SocketAddress(path=self.path)) as listener:
                     socket.listening = True
                     socket.ready.set()

@@ -225,8 +225,9 @@ class Workspaces:
                 self._metrics.workspace_attached("refused")
                 log.warning("workspace_refused", user=user, limit=limit)
                 raise BackendError(f"the server holds its maximum of {limit} workspaces")
-            made = Workspace(user=user, spec=full, ttl=ttl, start_timeout=start_timeout)
-            workspace = self._start(dataclasses.replace(made, adopt=adopt))
+            workspace = self._start(
+                Workspace(user, full, ttl, start_timeout=start_timeout, adopt=adopt)
+            )
         workspace.attached += 1
         workspace.ttl = ttl  # the latest login's settings
         workspace.changed.set()
