@@ -41,7 +41,8 @@
  * session with those three as fds 0..2 and the agent's environment plus ENV (less the
  * HOSTNAME podman gives only a main process, so both ways of starting agree); on its socket
  * trissh may send "kill N\n", and the agent answers with the status line once the program
- * has ended ("exit N" / "signal N core C"). trissh closing a program's socket kills it.
+ * has ended ("exit N" / "signal N core C"); the signal goes to the program's process
+ * group, as sshd's killpg. trissh closing a program's socket kills it.
  * "spawnpty\0" ROWS "\0" COLS "\0" ARG... "\0" ENV... with only the program's socket asks
  * for a terminal instead of pipes: the agent opens a pty in the container (ROWS x COLS),
  * makes its slave the program's controlling terminal and fds 0..2, and sends the master
@@ -374,7 +375,9 @@ static void agent_program_message(struct program *program) {
     line[n] = '\0';
     int number = 0;
     if (sscanf(line, "kill %d", &number) == 1 && number > 0 && number < 65) {
-        kill(program->pid, number);
+        /* The program's process group, as sshd's killpg: a shell waiting for its child
+         * must not hold the signal back until the child ends. (setsid made pid its id.) */
+        kill(-program->pid, number);
     }
 }
 

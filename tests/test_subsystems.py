@@ -149,3 +149,23 @@ def _program(argv: Sequence[str]) -> str:
     """What a subsystem's ``sh -c`` line finally executes (after going home)."""
     assert argv[:2] == ["/bin/sh", "-c"], argv
     return argv[2].rsplit("; ", 1)[-1]
+
+
+async def test_a_forced_command_session_takes_no_signals(
+    memory_backend: MemoryBackend, tmp_path: Path
+) -> None:
+    """sshd's session_signal_req refuses signals to a forced-command session: TERM is
+    refused (CHANNEL_FAILURE) and the program runs on until it ends by itself."""
+    ctx = _context(memory_backend, tmp_path, key_options='command="sleep 1"')
+    with trio.fail_after(20):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session()
+            await peer.exec(channel, "anything")
+            signal = conn.SignalData(name="TERM").encode()
+            peer.client.channel_request(channel, "signal", signal)
+            await peer.flush()
+            messages = await peer.until_close(channel)
+            await peer.stream.aclose()
+    assert conn.ChannelFailure(recipient_channel=0) in messages
+    assert exit_status_of(messages) == 0

@@ -125,6 +125,23 @@ async def test_signals_reach_the_program_and_closing_its_line_kills_it(tmp_path:
         await _gone(pid)  # left while it ran: the session's teardown killed it
 
 
+async def test_a_signal_reaches_the_programs_process_group(tmp_path: Path) -> None:
+    """As sshd's killpg: a shell waiting for its child does not hold TERM back until the
+    child ends; both get it."""
+    async with host_agent(tmp_path) as (agent, _):
+        script = "sleep 1000 & echo $!; wait"
+        async with started(agent, ["sh", "-c", script]) as process:
+            child = int(await process.stdout.receive_some(100))
+            try:
+                await process.send_signal("TERM")
+                with trio.fail_after(10):
+                    assert await process.wait() == ExitStatus(signal="TERM")
+                await _gone(child)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, 9)
+
+
 async def test_the_agent_outlives_trissh_but_not_its_programs(tmp_path: Path) -> None:
     """trissh gone: what the agent started is killed; the agent stays as the container's
     keepalive (podman exec must keep working)."""

@@ -177,3 +177,34 @@ def test_a_start_refused_before_anything_ran_lets_the_channel_ask_again() -> Non
         conn.ChannelFailure(recipient_channel=PEER),
         conn.ChannelSuccess(recipient_channel=PEER),
     ]
+
+
+def test_signals_are_refused_for_a_subsystem_as_sshd() -> None:
+    """sshd's session_signal_req: "refusing to send signal ... to subsystem session"."""
+    pair, cid = session()
+    pair.client.channel_request(
+        cid, "subsystem", conn.SubsystemData(name="sftp").encode(), want_reply=False
+    )
+    pair.transfer()
+    pair.client.channel_request(cid, "signal", conn.SignalData(name="TERM").encode())
+    assert pair.transfer() == [
+        RequestRefused(
+            request="signal",
+            reason="signals are refused for subsystem and forced-command sessions",
+            channel_id=cid,
+        )
+    ]
+    assert pair.client.take_all() == [conn.ChannelFailure(recipient_channel=PEER)]
+
+
+def test_signals_are_refused_when_the_login_runs_a_forced_command() -> None:
+    """A forced command (authorized_keys command=, a certificate's force-command) is the
+    operator's program: the user may end the session, not signal it (sshd)."""
+    pair, cid = session()
+    pair.server.refuse_signals()
+    pair.client.channel_request(cid, "exec", conn.ExecData(command="x").encode(), want_reply=False)
+    pair.transfer()
+    pair.client.channel_request(cid, "signal", conn.SignalData(name="INT").encode())
+    [refusal] = pair.transfer()
+    assert isinstance(refusal, RequestRefused)
+    assert refusal.reason == "signals are refused for subsystem and forced-command sessions"

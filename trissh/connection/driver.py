@@ -386,6 +386,8 @@ class ConnectionDriver:
         grant = self._login.grant
         if not grant.allow_pty:
             self.conn.forbid_pty()
+        if grant.forced_command is not None:
+            self.conn.refuse_signals()
         login = self.login = handshake.login_of(self.ctx.settings, event.username, grant)
         self._grace.deadline = math.inf
         structlog.contextvars.bind_contextvars(user=login.username)

@@ -338,6 +338,10 @@ class ServerConnection:
         """Refuse every later ``pty-req`` (a ``no-pty`` restriction on the login)."""
         self._sessions.pty_allowed = False
 
+    def refuse_signals(self) -> None:
+        """Refuse ``signal`` requests: the login runs a forced command (as sshd)."""
+        self._sessions.signals_allowed = False
+
     def send_keepalive(self) -> None:
         """Probe the client with ``keepalive@openssh.com``; every client answers it."""
         if not self.authenticated or self.closed:

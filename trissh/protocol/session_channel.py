@@ -72,6 +72,8 @@ class SessionPolicy:
     no_more_sessions: bool = False
     #: Whether ``auth-agent-req@openssh.com`` is granted (off until the login allows it).
     agent_forwarding: bool = False
+    #: False when the login runs a forced command: the user may end it, not signal it.
+    signals_allowed: bool = True
 
 
 def _terminal_size(request: PtyRequestData | WindowChangeData) -> TerminalSize:
@@ -92,12 +94,15 @@ class SessionRules:
     policy: SessionPolicy
     emit: Callable[[Event], None]
     started: bool = False
+    #: What the session runs, once started.
+    kind: SessionKind | None = None
     pty: PtyRequest | None = None
     env: dict[str, str] = field(default_factory=dict)
     agent: bool = False
 
     def allow_again(self) -> None:
         self.started = False
+        self.kind = None
 
     def on_request(self, request_type: str, data: Reader) -> RequestOutcome:
         if request_type == "pty-req":
@@ -128,6 +133,8 @@ class SessionRules:
             signal = SignalData.decode(data)
             if not self.started:
                 return "no program to signal yet"
+            if self.kind is SessionKind.SUBSYSTEM or not self.policy.signals_allowed:
+                return "signals are refused for subsystem and forced-command sessions"
             self.emit(SignalReceived(channel_id=self.channel_id, signal=signal.name))
             return True
         return "not supported"
@@ -177,6 +184,7 @@ class SessionRules:
         if self.started:
             return "the channel already runs a session"
         self.started = True
+        self.kind = kind
         self.emit(
             SessionRequested(
                 channel_id=self.channel_id,
