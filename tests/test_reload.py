@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
+from structlog.testing import capture_logs
 
 from trissh.auth.policy import LoginRequest
 from trissh.backend.memory import MemoryBackend
@@ -87,3 +88,25 @@ async def test_shutdown_closes_a_retiring_context_at_once(
     with trio.move_on_after(GRACE / 5):
         await retire_context(ctx)
     await until_closed(webhook, 1)
+
+
+def test_a_reload_with_unreadable_webhook_tls_files_keeps_the_running_configuration(
+    tmp_path: Path,
+) -> None:
+    """A mistyped or rotated CA path is a refused reload (one log line), never an exception
+    out of the signal handler, which would end the server and every session."""
+    host_key = tmp_path / "host_key"
+    write_ed25519_key(host_key)
+    ctx = build_context(webhook_settings("http://127.0.0.1:9/", host_key), MemoryBackend())
+
+    def load() -> ServerConfig:
+        webhook = {"url": "https://127.0.0.1:9/", "ca_file": str(tmp_path / "missing-ca.pem")}
+        overrides = {"listen": ["127.0.0.1:0"], "host_keys": [str(host_key)]}
+        return load_config(None, {**overrides, "auth": {"webhook": webhook}})
+
+    with capture_logs() as logs:
+        reload_context(ctx, load)
+    [failed] = [entry for entry in logs if entry["event"] == "config_reload_failed"]
+    assert "auth.webhook" in failed["error"]
+    assert "missing-ca.pem" in failed["error"]
+    assert ctx.state.context is None

@@ -179,8 +179,8 @@ class AuthPolicy:
             settings.auth.user_keys_directory or default_state_dir() / "user-keys",
             settings.auth.max_user_keys,
         )
-        self._webhook = _client(settings.auth.webhook)
-        self._config_webhook = _client(settings.auth.config_webhook)
+        self._webhook = _client(settings.auth.webhook, "webhook")
+        self._config_webhook = _client(settings.auth.config_webhook, "config_webhook")
         self._webhook_kbdint = bool(
             settings.auth.webhook and settings.auth.webhook.keyboard_interactive
         )
@@ -520,9 +520,21 @@ def _check_security_key(decision: Decision, assertion: SecurityKeyAssertion | No
     return dataclasses.replace(decision, log={**decision.log, **fields})
 
 
-def _client(section: WebhookSection | None) -> WebhookClient | None:
+def _client(section: WebhookSection | None, name: str) -> WebhookClient | None:
+    """The client of ``[auth.NAME]``.
+
+    Raises:
+        PolicyError: its TLS files cannot be read or used.
+    """
     if section is None:
         return None
+    try:
+        return _webhook_client(section)
+    except ValueError as exc:
+        raise PolicyError(f"auth.{name}: {exc}") from None
+
+
+def _webhook_client(section: WebhookSection) -> WebhookClient:
     return WebhookClient(
         section.url,
         timeout=section.timeout,

@@ -302,7 +302,8 @@ def _ssl_context(
         if client_cert is not None:
             context.load_cert_chain(client_cert, client_key)
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"webhook TLS files: {exc}") from None
+        files = ", ".join(path for path in (ca_file, client_cert, client_key) if path)
+        raise ValueError(f"cannot use the TLS files {files}: {exc}") from None
     return context
 
 
