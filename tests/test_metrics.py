@@ -89,16 +89,30 @@ def test_auth_sessions_containers() -> None:
 def test_label_cardinality_is_bounded() -> None:
     metrics = Metrics()
     for n in range(100):
-        metrics.auth_attempt(f"method-{n}", "failure")
-    metrics.auth_attempt("x" * 200, "failure")
-    methods = {
-        dict(labels)["method"]
+        metrics.session_started(f"kind-{n}").ended()
+    metrics.session_started("x" * 200).ended()
+    kinds = {
+        dict(labels)["kind"]
         for (name, labels) in samples(metrics)
-        if name == "trissh_auth_attempts_total"
+        if name == "trissh_sessions_total"
     }
-    assert len(methods) == 33
-    assert OTHER in methods
-    assert value(metrics, "trissh_auth_attempts_total", method=OTHER, result="failure") == 69
+    assert len(kinds) == 33
+    assert OTHER in kinds
+    assert value(metrics, "trissh_sessions_total", kind=OTHER) == 69
+
+
+def test_method_names_a_client_makes_up_never_crowd_out_the_real_ones() -> None:
+    """The method of a failed attempt is whatever the client sent: before authentication,
+    junk names must not take the label slots that ``password`` and ``publickey`` need
+    (an alert on password guessing would go blind)."""
+    metrics = Metrics()
+    for n in range(100):
+        metrics.auth_attempt(f"method-{n}", "failure")
+    metrics.auth_attempt("password", "failure")
+    metrics.auth_attempt("publickey", "success")
+    assert value(metrics, "trissh_auth_attempts_total", method=OTHER, result="failure") == 100
+    assert value(metrics, "trissh_auth_attempts_total", method="password", result="failure") == 1
+    assert value(metrics, "trissh_auth_attempts_total", method="publickey", result="success") == 1
 
 
 # -- HTTP over a real loopback socket -----------------------------------------------------

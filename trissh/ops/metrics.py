@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from trissh.addresses import join_host_port
+from trissh.config.auth import AUTH_METHODS
 from trissh.ops.forward_metrics import ForwardMetrics
 
 log = structlog.get_logger("trissh.ops.metrics")
@@ -44,6 +45,9 @@ CONTAINER_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 #: Past this many distinct values a label's new values are reported as ``"other"``.
 MAX_LABEL_VALUES: Final = 32
 OTHER: Final = "other"
+#: Method labels of ``trissh_auth_attempts_total``: the methods a server may offer, and the
+#: ``none`` and ``hostbased`` requests clients send (refused); any other name is ``other``.
+AUTH_METHOD_LABELS: Final = frozenset((*AUTH_METHODS, "none", "hostbased"))
 
 ReadyCheck = Callable[[], Awaitable[tuple[bool, str]]]
 
@@ -130,7 +134,6 @@ class Metrics:
         self._define_server_metrics(self.registry)
         self._guard_result = _LabelGuard()
         self._guard_kex = _LabelGuard()
-        self._guard_method = _LabelGuard()
         self._guard_auth_result = _LabelGuard()
         self._guard_kind = _LabelGuard()
         self._guard_operation = _LabelGuard()
@@ -292,10 +295,12 @@ class Metrics:
         self.handshakes_total.labels(kex=self._guard_kex(kex or "none"), result="failed").inc()
 
     def auth_attempt(self, method: str, result: str) -> None:
-        """One userauth request: ``method`` as on the wire, ``result`` success/failure/partial."""
-        self.auth_attempts_total.labels(
-            method=self._guard_method(method), result=self._guard_auth_result(result)
-        ).inc()
+        """One userauth request: ``method`` as on the wire, ``result`` success/failure/partial.
+
+        A method name is the client's, before authentication: only those a server knows
+        become labels, so made-up ones cannot crowd them out."""
+        label = method if method in AUTH_METHOD_LABELS else OTHER
+        self.auth_attempts_total.labels(method=label, result=self._guard_auth_result(result)).inc()
 
     def session_started(self, kind: str) -> SessionMetrics:
         """A session channel started a program; call ``ended()`` on the result."""
