@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import trio
 
+from trissh.admin.client import format_sessions
 from trissh.admin.live import LiveSessions
 
 
@@ -61,3 +64,25 @@ async def test_next_frames_waits_for_output() -> None:
             assert got == []
             live.output(b"late")
         assert got == [("out", b"late")]
+
+
+def test_the_listing_never_passes_a_clients_control_characters_to_the_terminal() -> None:
+    """TERM and the client's version are the client's text: an escape sequence in them
+    must not reach the operator's terminal (erase lines, retitle the window)."""
+    now = time.time()
+    evil = "xterm\x1b[2A\x1b[2K\x1b]0;pwned\x07"
+    session = {
+        "channel": 0, "kind": "shell", "command": None, "term": evil, "size": [80, 24],
+        "container": "c" * 12, "started_at": now, "idle_s": 0, "bytes_in": 0, "bytes_out": 0,
+        "watchers": 0,
+    }  # fmt: skip
+    connection = {
+        "conn_id": "a" * 12, "user": "mallory", "remote": "192.0.2.5:5555", "connected_at": now,
+        "idle_s": 0, "bytes_in": 1, "bytes_out": 1, "client_version": "SSH-2.0-x\x1b[2K",
+        "sessions": [session],
+    }  # fmt: skip
+    answer = {"instance": "i", "ready": True, "why": "", "connections": [connection]}
+    listing = format_sessions(answer, now)
+    assert "\x1b" not in listing
+    assert "\x07" not in listing
+    assert "xterm\\x1b[2A" in listing

@@ -85,6 +85,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def _printable(text: str) -> str:
+    """A client's text (TERM, its version) as the operator's terminal may show it: control
+    characters escaped, never interpreted."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def format_sessions(answer: dict[str, Any], now: float | None = None) -> str:
     """The listing ``trissh sessions`` prints: one line per connection, one indented
     line per session under it."""
@@ -99,13 +107,13 @@ def format_sessions(answer: dict[str, Any], now: float | None = None) -> str:
             f"{conn['conn_id']}  {who}{conn['remote']}  "
             f"up {_duration(now - conn['connected_at'])}  idle {_duration(conn['idle_s'])}  "
             f"in {_size(conn['bytes_in'])}  out {_size(conn['bytes_out'])}  "
-            f"{(conn['client_version'] or '').removeprefix('SSH-2.0-')}".rstrip()
+            f"{_printable((conn['client_version'] or '').removeprefix('SSH-2.0-'))}".rstrip()
         )
         for session in conn["sessions"]:
             what = session["kind"] + (f" {session['command']!r}" if session["command"] else "")
             if session["term"]:
                 columns, rows = session["size"]
-                what += f" ({session['term']} {columns}x{rows})"
+                what += f" ({_printable(session['term'])} {columns}x{rows})"
             container = (session["container"] or "-")[:12]
             watched = f"  watched by {session['watchers']}" if session["watchers"] else ""
             lines.append(
@@ -128,7 +136,7 @@ def watch(path: str, session: str, *, notify: bool, out: IO[bytes], err: IO[str]
         header = _answer(lines)
         what = header["kind"] + (f" {header['command']!r}" if header["command"] else "")
         if header["term"]:
-            what += f", {header['term']} {header['size'][0]}x{header['size'][1]}"
+            what += f", {_printable(header['term'])} {header['size'][0]}x{header['size'][1]}"
         err.write(
             f"trissh: watching {header['user']}@{header['remote']}, session {session} "
             f"({what}); read-only, Ctrl-C to stop\r\n"
