@@ -3,6 +3,8 @@ through real sockets, with the in-process backend."""
 
 from __future__ import annotations
 
+import base64
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -12,9 +14,12 @@ import httpx
 import pytest
 import trio
 
+from tests.sshpeer import USER_KEY, ed25519_blob
 from trissh.backend import ContainerSettings
 from trissh.backend.memory import MemoryBackend
 from trissh.backend.podman.health import host_checks
+from trissh.server import process
+from trissh.server.build import StartupError
 
 from .support import ClientKey, RunningServer, free_port, make_context, start_server
 
@@ -166,3 +171,25 @@ async def test_trissh_drain_drains_like_sigterm(make_server: ServerFactory, tmp_
         assert await _status(http, url) == (503, "draining")
     with trio.fail_after(10):
         await server.done.wait()
+
+
+async def test_a_metrics_port_in_use_is_a_clear_start_up_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for the SSH port: one line saying which address, not a traceback out of the
+    server's nursery after it started."""
+    monkeypatch.setattr(process, "metered_backend", lambda settings, metrics: MemoryBackend())
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    taken = f"127.0.0.1:{busy.getsockname()[1]}"
+    keys = tmp_path / "authorized_keys"
+    keys.write_text("ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode() + "\n")
+    settings = make_context(
+        MemoryBackend(), keys, tmp_path / "host_key", **{"metrics.listen": taken}
+    ).settings
+    try:
+        with pytest.raises(StartupError, match=f"cannot listen on \\[metrics\\] listen {taken}"):
+            await process.run_server(settings, lambda: settings)
+    finally:
+        busy.close()

@@ -71,9 +71,11 @@ async def serve(
     listeners: list[trio.SocketListener],
     *,
     shutdown: trio.Event,
+    health: list[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept connections on ``listeners`` until ``shutdown`` is set.
+    """Accept connections on ``listeners`` until ``shutdown`` is set; ``health``: the
+    ``[metrics] listen`` sockets if the caller opened them (else they are opened here).
 
     Cancellation: cancels every connection; their cleanup is bounded and shielded.
     """
@@ -86,13 +88,14 @@ async def serve(
 
     ctx.state.context = ctx
 
-    await _run(ctx, listeners, shutdown, task_status)
+    await _run(ctx, listeners, health, shutdown, task_status)
     log.info("server_stopped")
 
 
 async def _run(
     ctx: ServerContext,
     listeners: list[trio.SocketListener],
+    health: list[trio.SocketListener] | None,
     shutdown: trio.Event,
     task_status: trio.TaskStatus[None],
 ) -> None:
@@ -110,7 +113,7 @@ async def _run(
         if ctx.settings.metrics.listen or ctx.settings.admin.socket:
             await upkeep.start(keep_ready, ctx)
         if ctx.settings.metrics.listen:
-            await upkeep.start(serve_health, ctx)
+            await upkeep.start(serve_health, ctx, health)
         if ctx.settings.admin.socket:
             await upkeep.start(serve_admin, ctx, ctx.settings.admin.socket, shutdown)
         # Workspaces end (kept or removed) before the backend's upkeep does.

@@ -17,6 +17,7 @@ from trissh.ops.metrics import Metrics
 from trissh.ops.rlimits import raise_open_files
 from trissh.server.build import StartupError, build_context, reload_context, retire_context
 from trissh.server.listener import open_listeners, serve
+from trissh.server.readiness import open_health_listeners
 from trissh.server.state import ServerContext
 
 log = structlog.get_logger("trissh")
@@ -48,6 +49,16 @@ async def run_server(settings: ServerConfig, load: Callable[[], ServerConfig]) -
         raise StartupError(
             f"cannot listen on {', '.join(settings.listen)}: {exc.strerror}"
         ) from None
+    health = None
+    if settings.metrics.listen:
+        try:
+            health = await open_health_listeners(settings.metrics.listen)
+        except OSError as exc:
+            for listener in listeners:
+                await listener.aclose()
+            raise StartupError(
+                f"cannot listen on [metrics] listen {settings.metrics.listen}: {exc.strerror}"
+            ) from None
     shutdown = trio.Event()
     try:
         async with trio.open_nursery() as nursery:
@@ -61,7 +72,7 @@ async def run_server(settings: ServerConfig, load: Callable[[], ServerConfig]) -
                 nursery.cancel_scope,
                 lambda: reload_context(ctx, load, retire),
             )
-            await serve(ctx, listeners, shutdown=shutdown)
+            await serve(ctx, listeners, shutdown=shutdown, health=health)
             nursery.cancel_scope.cancel()  # retired contexts close now, in their finally
     finally:
         await (ctx.state.context or ctx).auth.aclose()

@@ -75,17 +75,27 @@ async def keep_ready(
         await check_backend(ctx)
 
 
+async def open_health_listeners(listen: str) -> list[trio.SocketListener]:
+    """The sockets of ``[metrics] listen``, opened before serving starts so that a port in
+    use stops the start with a clear message (OSError), as the SSH port does."""
+    host, port = parse_listen(listen)
+    return await trio.open_tcp_listeners(port, host=host)
+
+
 async def serve_health(
-    ctx: ServerContext, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
+    ctx: ServerContext,
+    listeners: list[trio.SocketListener] | None = None,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]],
 ) -> None:
-    """``/metrics``, ``/healthz`` and ``/readyz`` on ``[metrics] listen``; ``/readyz``
-    answers from what ``keep_ready`` keeps current.
+    """``/metrics``, ``/healthz`` and ``/readyz`` on ``listeners``, or on ``[metrics]
+    listen`` opened here; ``/readyz`` answers from what ``keep_ready`` keeps current.
 
     Cancellation: stops serving; nothing to clean up.
     """
     assert ctx.settings.metrics.listen is not None
-    host, port = parse_listen(ctx.settings.metrics.listen)
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if listeners is None:
+        listeners = await open_health_listeners(ctx.settings.metrics.listen)
     ctx.metrics.watch_server(
         ready=lambda: readiness(ctx)[0],
         draining=lambda: ctx.state.draining,
