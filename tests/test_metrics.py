@@ -293,3 +293,29 @@ async def test_health_still_answers_while_a_client_stalls(server: Server) -> Non
         await stalled.send_all(b"GET /metr")
         reply = await request(server.port, "/healthz")
         assert reply.status == 200
+
+
+async def test_idle_connections_filling_every_slot_do_not_keep_readyz_from_a_probe(
+    nursery: trio.Nursery,
+) -> None:
+    """Connections that send nothing take every client slot (the real bounds: 32 clients,
+    10 s each); a balancer's probe still gets its answer, in the slot of the one that has
+    waited longest, instead of being closed unanswered until they time out."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+
+    async def ready() -> tuple[bool, str]:
+        return True, ""
+
+    await nursery.start(
+        lambda task_status: serve_http(Metrics(), listeners, ready=ready, task_status=task_status)
+    )
+    port = listeners[0].socket.getsockname()[1]
+    idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(HttpLimits().max_clients)]
+    try:
+        await trio.sleep(0.2)  # every one of them accepted and holding a slot
+        with trio.fail_after(5):
+            for _ in range(3):
+                assert (await request(port, "/readyz")).status == 200
+    finally:
+        for stream in idle:
+            await stream.aclose()

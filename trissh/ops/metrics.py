@@ -21,8 +21,9 @@ is cut off), and ``Connection: close``. A ``CapacityLimiter`` bounds concurrent 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, final
 
@@ -333,6 +334,10 @@ class Metrics:
 # -- HTTP --------------------------------------------------------------------------------
 
 
+#: Seconds a client waits for a slot when no slot can be taken from an idle client.
+SLOT_WAIT: Final = 1.0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpLimits:
     """Per-client bounds of the metrics endpoint (defaults suit a Prometheus scraper)."""
@@ -343,7 +348,7 @@ class HttpLimits:
     ready_timeout: float = 5.0
     #: Request line plus headers; past it 431.
     max_request_bytes: int = 8192
-    #: Clients served at once; more are closed without an answer.
+    #: Clients served at once; see ``_ClientSlots`` for who gets a slot when all are taken.
     max_clients: int = 32
 
 
@@ -377,32 +382,72 @@ async def serve_http(
     Cancellation: stops accepting and cancels every client; nothing to clean up.
     """
     limits = limits or HttpLimits()
-    limiter = trio.CapacityLimiter(limits.max_clients)
+    slots = _ClientSlots(limits.max_clients)
 
     async def handler(stream: trio.SocketStream) -> None:
-        try:
-            limiter.acquire_nowait()
-        except trio.WouldBlock:
+        if not await slots.acquire():
             await stream.aclose()
             return
         try:
-            await _serve_client(stream, metrics, ready, limits)
+            await _serve_client(stream, metrics, ready, limits, slots)
         finally:
-            limiter.release()
+            slots.release()
 
     addresses = [join_host_port(*listener.socket.getsockname()[:2]) for listener in listeners]
     log.info("metrics_http_started", listen=addresses)
     await trio.serve_listeners(handler, list(listeners), task_status=task_status)
 
 
+class _ClientSlots:
+    """At most ``limit`` clients at once. When every slot is taken, a new client gets the
+    slot of the one that has waited longest without sending a whole request: connections
+    that send nothing (anyone who can reach the port may open them) must not keep a
+    balancer's probe from ``/readyz`` until they time out."""
+
+    def __init__(self, limit: int) -> None:
+        self._limiter = trio.CapacityLimiter(limit)
+        #: The request reads in progress, oldest first.
+        self._reading: dict[trio.CancelScope, None] = {}
+
+    async def acquire(self) -> bool:
+        """Whether the calling task got a slot (within ``SLOT_WAIT`` seconds)."""
+        if not self._limiter.available_tokens and self._reading:
+            oldest = next(iter(self._reading))
+            del self._reading[oldest]
+            oldest.cancel()
+        with trio.move_on_after(SLOT_WAIT):
+            await self._limiter.acquire()
+            return True
+        return False
+
+    def release(self) -> None:
+        self._limiter.release()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[trio.CancelScope]:
+        """A scope around one request's read, cancelled if a new client needs its slot."""
+        with trio.CancelScope() as scope:
+            self._reading[scope] = None
+            try:
+                yield scope
+            finally:
+                self._reading.pop(scope, None)
+
+
 async def _serve_client(
-    stream: trio.SocketStream, metrics: Metrics, ready: ReadyCheck, limits: HttpLimits
+    stream: trio.SocketStream,
+    metrics: Metrics,
+    ready: ReadyCheck,
+    limits: HttpLimits,
+    slots: _ClientSlots,
 ) -> None:
     """One request, one response, then close; never raises but ``Cancelled``."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_request_bytes)
     with trio.move_on_after(limits.request_timeout) as scope:
         try:
-            request = await _receive_request(stream, conn, limits.max_request_bytes)
+            request = None
+            with slots.reading():
+                request = await _receive_request(stream, conn, limits.max_request_bytes)
             if request is not None:
                 reply = await _route(request, metrics, ready, limits)
                 await _send(stream, conn, reply, head=request.method == b"HEAD")
