@@ -110,3 +110,33 @@ def test_a_reload_with_unreadable_webhook_tls_files_keeps_the_running_configurat
     assert "auth.webhook" in failed["error"]
     assert "missing-ca.pem" in failed["error"]
     assert ctx.state.context is None
+
+
+def test_a_reload_says_which_changed_settings_wait_for_a_restart(tmp_path: Path) -> None:
+    """The backend, the metrics address and the admin socket are made once, at start: a
+    reload that changes them applies the rest and says these did not change."""
+    host_key = tmp_path / "host_key"
+    write_ed25519_key(host_key)
+    ctx = build_context(webhook_settings("http://127.0.0.1:9/", host_key), MemoryBackend())
+
+    def load() -> ServerConfig:
+        return load_config(
+            None,
+            {
+                "listen": ["127.0.0.1:0"],
+                "host_keys": [str(host_key)],
+                "auth": {"webhook": {"url": "http://127.0.0.1:9/"}},
+                "podman.warm_pool": 3,
+                "metrics.listen": "127.0.0.1:9100",
+                "admin.socket": str(tmp_path / "admin.sock"),
+                "session.motd": "changed",
+            },
+        )
+
+    with capture_logs() as logs:
+        reload_context(ctx, load)
+    [ignored] = [entry for entry in logs if entry["event"] == "config_reload_ignored"]
+    assert ignored["keys"] == ["podman", "metrics.listen", "admin.socket"]
+    assert ignored["log_level"] == "warning"
+    assert ctx.state.context is not None
+    assert ctx.state.context.settings.session.motd == "changed"

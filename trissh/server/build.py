@@ -7,6 +7,7 @@ import dataclasses
 import secrets
 import time
 from collections.abc import Callable
+from typing import Final
 
 import structlog
 import trio
@@ -137,6 +138,23 @@ def _auth_policy(settings: ServerConfig) -> AuthPolicy:
         raise StartupError(str(exc)) from None
 
 
+#: Settings used only while the server starts (the backend, the metrics and admin sockets).
+_START_ONLY: Final = ("backend", "podman", "metrics.listen", "admin.socket")
+
+
+def _changed_at_start_only(running: ServerConfig, loaded: ServerConfig) -> list[str]:
+    """Which of ``_START_ONLY`` a reload would change: it cannot, so it says so."""
+    changed = []
+    for key in _START_ONLY:
+        old: object = running
+        new: object = loaded
+        for name in key.split("."):
+            old, new = getattr(old, name), getattr(new, name)
+        if old != new:
+            changed.append(key)
+    return changed
+
+
 def reload_context(
     ctx: ServerContext,
     load: Callable[[], ServerConfig],
@@ -153,6 +171,8 @@ def reload_context(
         return
     if settings.listen != ctx.settings.listen:
         log.warning("config_reload_listen_ignored", detail="listen addresses change on restart")
+    if ignored := _changed_at_start_only(ctx.settings, settings):
+        log.warning("config_reload_ignored", keys=ignored, detail="these change on restart")
     configure_logging(settings.log_format, settings.log_level)
     ctx.backend.keep_warm(container_settings(settings.container), ctx.instance)
     ctx.state.context = new
