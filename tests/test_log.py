@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import structlog
 
-from trissh.ops.log import configure_logging
+from trissh.ops.log import configure_logging, set_log_level
 
 
 @pytest.fixture(autouse=True)
@@ -54,3 +54,23 @@ def test_json_lines(monkeypatch: pytest.MonkeyPatch, has_buffer: bool) -> None:
     assert str(first["timestamp"]).endswith("Z")
     assert second["event"] == "protocol_error"
     assert second["description"] == 'bad \u00e9 "quote"\n'
+
+
+def test_a_reload_changes_the_level_of_loggers_already_in_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Module loggers are cached on first use; SIGHUP's ``set_log_level`` must still reach
+    them (turning debug on for a while without a restart, or the noise down)."""
+    stderr, written = _captured(True)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    configure_logging("json", "info")
+    log = structlog.get_logger("trissh")
+    log.info("first")  # cached from here on
+    log.debug("hidden")
+    set_log_level("debug")
+    log.debug("shown")
+    set_log_level("error")
+    log.warning("quiet")
+    log.error("loud")
+    events = [json.loads(line)["event"] for line in written().splitlines()]
+    assert events == ["first", "shown", "loud"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, MutableMapping
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import structlog
@@ -42,7 +42,48 @@ def _json_text(event_dict: Any, **options: Any) -> str:
     return orjson.dumps(event_dict, **options).decode()
 
 
+#: Each logging method's level (``exception`` logs at error).
+_METHOD_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
+class _LevelFilter:
+    """The first processor: drops events below the configured level.
+
+    structlog's own filtering bakes the level into the logger class, and module loggers
+    are cached on first use, so a level set later (SIGHUP) would never reach them; this
+    filter is shared by every logger and changed in place."""
+
+    def __init__(self) -> None:
+        self.level = logging.INFO
+
+    def __call__(
+        self, _: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if _METHOD_LEVELS.get(method_name, logging.CRITICAL) < self.level:
+            raise structlog.DropEvent
+        return event_dict
+
+
+_level_filter: Final = _LevelFilter()
+
+
+def set_log_level(level: str) -> None:
+    """Apply ``level`` to every logger, those already in use included."""
+    _level_filter.level = logging.getLevelNamesMapping()[level.upper()]
+
+
 def configure_logging(fmt: str = "json", level: str = "info") -> None:
+    """Set up structlog (at start; a reload changes only the level: ``set_log_level``)."""
+    set_log_level(level)
     renderer: Any
     if fmt == "json":
         serializer, factory = _json_output()
@@ -52,6 +93,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
         factory = structlog.PrintLoggerFactory(sys.stderr)
     structlog.configure(
         processors=[
+            _level_filter,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -59,9 +101,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )

@@ -16,7 +16,7 @@ from trissh.auth.authorized_keys import AuthorizedKey
 from trissh.auth.policy import AuthPolicy, PolicyError, load_key_file
 from trissh.backend import Backend
 from trissh.config import ConfigError, ServerConfig, container_settings
-from trissh.ops.log import configure_logging
+from trissh.ops.log import set_log_level
 from trissh.ops.metrics import Metrics
 from trissh.ops.recording import Recorder
 from trissh.protocol import HostKey, ProtocolConfig
@@ -138,8 +138,8 @@ def _auth_policy(settings: ServerConfig) -> AuthPolicy:
         raise StartupError(str(exc)) from None
 
 
-#: Settings used only while the server starts (the backend, the metrics and admin sockets).
-_START_ONLY: Final = ("backend", "podman", "metrics.listen", "admin.socket")
+#: Settings used only while the server starts (log format, backend, metrics and admin sockets).
+_START_ONLY: Final = ("log_format", "backend", "podman", "metrics.listen", "admin.socket")
 
 
 def _changed_at_start_only(running: ServerConfig, loaded: ServerConfig) -> list[str]:
@@ -173,7 +173,7 @@ def reload_context(
         log.warning("config_reload_listen_ignored", detail="listen addresses change on restart")
     if ignored := _changed_at_start_only(ctx.settings, settings):
         log.warning("config_reload_ignored", keys=ignored, detail="these change on restart")
-    configure_logging(settings.log_format, settings.log_level)
+    set_log_level(settings.log_level)
     ctx.backend.keep_warm(container_settings(settings.container), ctx.instance)
     ctx.state.context = new
     retire(old)
