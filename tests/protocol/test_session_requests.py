@@ -208,3 +208,17 @@ def test_signals_are_refused_when_the_login_runs_a_forced_command() -> None:
     [refusal] = pair.transfer()
     assert isinstance(refusal, RequestRefused)
     assert refusal.reason == "signals are refused for subsystem and forced-command sessions"
+
+
+def test_break_is_refused_where_signals_are() -> None:
+    """A BREAK is an interrupt here (RFC 4335 leaves it to the server): the sessions that
+    take no ``signal`` (forced command, subsystem) take no BREAK either."""
+    pair, cid = session()
+    pair.server.refuse_signals()
+    pty(pair, cid)
+    pair.client.channel_request(cid, "shell", want_reply=False)
+    pair.transfer()
+    pair.client.channel_request(cid, "break", BreakData(length_ms=500).encode())
+    [refusal] = pair.transfer()
+    assert isinstance(refusal, RequestRefused)
+    assert refusal.reason == "signals are refused for subsystem and forced-command sessions"

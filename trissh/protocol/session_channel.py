@@ -127,17 +127,20 @@ class SessionRules:
             BreakData.decode(data)
             if self.pty is None or not self.started:
                 return "no terminal session to interrupt"
-            self.emit(SignalReceived(channel_id=self.channel_id, signal="INT"))
-            return True
+            return self._signal("INT")
         if request_type == "signal":
             signal = SignalData.decode(data)
             if not self.started:
                 return "no program to signal yet"
-            if self.kind is SessionKind.SUBSYSTEM or not self.policy.signals_allowed:
-                return "signals are refused for subsystem and forced-command sessions"
-            self.emit(SignalReceived(channel_id=self.channel_id, signal=signal.name))
-            return True
+            return self._signal(signal.name)
         return "not supported"
+
+    def _signal(self, name: str) -> RequestOutcome:
+        """As sshd: the user may end a subsystem or a forced command, not signal it."""
+        if self.kind is SessionKind.SUBSYSTEM or not self.policy.signals_allowed:
+            return "signals are refused for subsystem and forced-command sessions"
+        self.emit(SignalReceived(channel_id=self.channel_id, signal=name))
+        return True
 
     def _pty(self, data: Reader) -> RequestOutcome:
         if not self.policy.pty_allowed:
