@@ -106,7 +106,7 @@ async def test_krl_refuses_a_key_and_a_certificate_and_a_reload_reads_a_new_one(
     nursery: trio.Nursery, pki: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A reload applies the configuration's logging; the suite's own must stay in force.
-    monkeypatch.setattr("trissh.server.build.configure_logging", lambda *_: None)
+    monkeypatch.setattr("trissh.server.build.set_log_level", lambda *_: None)
     make_krl(pki, f"key: {(pki / 'alice.pub').read_text()}serial: 7\n")
     load = revocation_settings(pki)
     ctx = build_context(load(), MemoryBackend())
