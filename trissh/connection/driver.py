@@ -91,6 +91,10 @@ log = structlog.get_logger("trissh.connection.driver")
 
 #: Bytes asked of the socket per read.
 RECEIVE_SIZE = 256 * 1024
+#: Reading stops while more than this much output is unsent: before login, and after it
+#: (above what bulk channel output queues, OUTPUT_HIGH_WATER plus one chunk).
+UNSENT_BEFORE_LOGIN = 64 * 1024
+UNSENT_BEFORE_READING = 4 * 1024 * 1024
 SHUTDOWN_MESSAGE = "server shutting down"
 #: Why a connection ended when the client ended it (its DISCONNECT, or its socket closed).
 PEER_ENDED = frozenset({"client_disconnected", "connection_lost"})
@@ -239,6 +243,11 @@ class ConnectionDriver:
             sessions=self.live.views(),
         )
 
+    @property
+    def unsent_output(self) -> int:
+        """Bytes of output not yet taken by the socket."""
+        return self._writer.unsent
+
     def end_by_operator(self) -> None:
         """``trissh kill``: as a disconnect, sessions and containers go with it."""
         self._end(DisconnectReason.BY_APPLICATION, "ended by the operator", "ended_by_operator")
@@ -273,6 +282,11 @@ class ConnectionDriver:
             await self._process_events()
             if self._ended or conn.closed:
                 return
+            # A client that does not read our answers is not read either (sshd waits for
+            # its output before reading on, before login): its answers would pile up here.
+            await self._writer.wait_unsent_at_most(
+                UNSENT_BEFORE_READING if self.login is not None else UNSENT_BEFORE_LOGIN
+            )
             try:
                 data = await self._reader.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, OSError):

@@ -77,6 +77,19 @@ class OutputWriter:
         queued = self._conn.pending_output_size + self._backlog_size
         return max(0, min(window, OUTPUT_HIGH_WATER - queued))
 
+    @property
+    def unsent(self) -> int:
+        """Output bytes queued in the core or held here, not yet taken by the socket."""
+        return self._conn.pending_output_size + self._backlog_size
+
+    async def wait_unsent_at_most(self, limit: int) -> None:
+        """Until no more than ``limit`` bytes are unsent (returns at once, without a
+        checkpoint, if that is already so)."""
+        while self.unsent > limit:
+            space = self.space_changed
+            self.ring()
+            await space.wait()
+
     def flush_now(self) -> None:
         """Write queued output from the calling task as far as the socket takes it now.
 
