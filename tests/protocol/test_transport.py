@@ -625,3 +625,28 @@ def test_statistics_count_the_identification_line_both_ways() -> None:
     assert server.statistics().bytes_sent == len(first_flight)
     server.receive_data(b"SSH-2.0-peer\r\n")
     assert server.statistics().bytes_received == len(b"SSH-2.0-peer\r\n")
+
+
+def test_one_client_rekey_before_authentication_and_no_more() -> None:
+    """A key exchange costs the server tens of ms of CPU (group18 DH: ~100), in the one
+    event loop every user shares; before login nobody is accountable for them, so a
+    client gets the first exchange and one more, then is disconnected."""
+    pair = ConnectionPair()
+    pair.handshake()
+    pair.client.start_kex()
+    events = pair.transfer()
+    assert isinstance(events[-1], KeyExchangeCompleted)
+    assert events[-1].is_rekey
+    pair.client.start_kex()
+    with pytest.raises(RemoteProtocolError, match="key exchanges before authentication"):
+        pair.transfer()
+    message = pair.expect_disconnect(DisconnectReason.PROTOCOL_ERROR)
+    assert "key exchanges before authentication" in message.description
+
+
+def test_client_rekeys_after_authentication_are_not_limited() -> None:
+    pair = established_pair()
+    for _ in range(4):
+        pair.client.start_kex()
+        [completed] = pair.transfer()
+        assert isinstance(completed, KeyExchangeCompleted)

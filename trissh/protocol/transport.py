@@ -94,6 +94,9 @@ _KEX_TRANSITIONS: Final = {
 
 #: Rekey before a sequence number could wrap (OpenSSH's MAX_PACKETS; strict kex relies on it).
 MAX_PACKETS_PER_KEY: Final = 1 << 31
+#: Key re-exchanges a client may start before login: each costs the server up to ~100 ms
+#: of CPU in the event loop everyone shares, and nobody is accountable for them yet.
+MAX_CLIENT_REKEYS_BEFORE_AUTH: Final = 1
 
 #: Messages allowed from the peer at any time (RFC 4253 §7.1), unless strict kex applies.
 _GENERIC = frozenset(
@@ -156,6 +159,7 @@ class Transport:
         self._method: KexMethod | None = None
         self._exchange: KexExchange | None = None
         self._after_auth = False
+        self._rekeys_before_auth = 0
         self._out_compression = "none"
         self._in_compression = "none"
         self._our_kexinit = b""
@@ -380,8 +384,12 @@ class Transport:
     def _on_kexinit(self, payload: bytes, sequence: int) -> None:
         if self.kex_state in (KexState.KEX_RUNNING, KexState.AWAIT_NEWKEYS):
             raise UnexpectedMessage("KEXINIT during key exchange")
-        if self.kex_state is KexState.IDLE:
-            self._start_kex()  # the peer started a re-exchange
+        if self.kex_state is KexState.IDLE:  # the peer started a re-exchange
+            if not self._after_auth:
+                self._rekeys_before_auth += 1
+                if self._rekeys_before_auth > MAX_CLIENT_REKEYS_BEFORE_AUTH:
+                    raise UnexpectedMessage("too many key exchanges before authentication")
+            self._start_kex()
         client = KexInit.decode(Reader(payload, 1))
         ours = self._our_kexinit_message
         assert ours is not None  # _start_kex ran: the state is AWAIT_KEXINIT
