@@ -372,6 +372,8 @@ def _dh_values(prime: int) -> list[tuple[str, bytes]]:
         ("p", wire.mpint(prime)[4:]),
         ("p+1", wire.mpint(prime + 1)[4:]),
         ("negative", wire.mpint(-5)[4:]),
+        ("one bit set", wire.mpint(8)[4:]),
+        ("three bits set", wire.mpint(2**1000 + 2**500 + 2)[4:]),
         ("non-minimal", b"\x00\x05"),
         ("too-long", b"\x01" * 600),
     ]
@@ -379,7 +381,9 @@ def _dh_values(prime: int) -> list[tuple[str, bytes]]:
 
 @pytest.mark.parametrize(("name", "value"), _dh_values(MODP_2048), ids=lambda v: str(v)[:12])
 def test_dh_e_outside_the_group_is_refused(name: str, value: bytes) -> None:
-    """RFC 4253 §8: e must be in [2, p-2] and a well-formed mpint (KEY_EXCHANGE_FAILED)."""
+    """RFC 4253 §8: e must be in [2, p-2] and a well-formed mpint (KEY_EXCHANGE_FAILED); as
+    OpenSSH's dh_pub_is_valid, with at least four bits set (for g = 2, log_g of a value
+    with one bit set is its bit position)."""
     with pytest.raises(KeyExchangeFailed):
         DhAgreement(GROUP14).respond(value, SeededRng(1))
     message = _first_kex_message_fails(

@@ -155,13 +155,16 @@ class DhGroup:
         return self.prime.bit_length()
 
     def check_public(self, value: int, what: str = "e") -> None:
-        """RFC 4253 §8: 1 < value < p - 1.
+        """RFC 4253 §8: 1 < value < p - 1; and, as OpenSSH's dh_pub_is_valid, at least
+        four bits set (with g = 2, a value with one bit set has a trivial logarithm).
 
         Raises:
-            KeyExchangeFailed: outside that range.
+            KeyExchangeFailed: outside that range, or too few bits set.
         """
         if not 1 < value < self.prime - 1:
             raise KeyExchangeFailed(f"DH {what} is outside [2, p-2]")
+        if value.bit_count() < 4:
+            raise KeyExchangeFailed(f"DH {what} has fewer than four bits set")
 
     def exponent(self, rng: Callable[[int], bytes]) -> int:
         bits = self.exponent_bits
