@@ -15,7 +15,12 @@ from trissh.protocol import (
     PasswordAuthRequested,
     PublicKeyAuthRequested,
 )
-from trissh.protocol.errors import LocalProtocolError, RemoteProtocolError, UnexpectedMessage
+from trissh.protocol.errors import (
+    LocalProtocolError,
+    RemoteProtocolError,
+    TooManyAuthAttempts,
+    UnexpectedMessage,
+)
 from trissh.protocol.messages import userauth as ua
 from trissh.protocol.wire import Reader
 
@@ -173,7 +178,30 @@ def test_new_request_abandons_a_conversation() -> None:
     pair.transfer()
     info_request(pair)
     password(pair, "instead")
-    assert pair.transfer() == [PasswordAuthRequested(username="alice", password="instead")]
+    assert pair.transfer() == [
+        AuthFailed(
+            username="alice", method="keyboard-interactive", reason="conversation abandoned"
+        ),
+        PasswordAuthRequested(username="alice", password="instead"),
+    ]
+
+
+def test_an_abandoned_conversation_counts_as_a_failed_attempt() -> None:
+    """Each keyboard-interactive start is a decision (with a webhook, a remote call): a
+    client restarting it without ever answering must still run out of attempts."""
+    pair = pair_with()
+
+    def restarts() -> None:
+        for _ in range(20):
+            keyboard_interactive(pair)
+            for event in pair.transfer():
+                assert isinstance(event, KeyboardInteractiveAuthRequested | AuthFailed)
+                if isinstance(event, KeyboardInteractiveAuthRequested):
+                    pair.server.send_auth_prompts("", "", [("Code: ", False)])
+
+    with pytest.raises(TooManyAuthAttempts):
+        restarts()
+    pair.expect_disconnect(DisconnectReason.NO_MORE_AUTH_METHODS_AVAILABLE)
 
 
 def test_prompts_only_answer_keyboard_interactive() -> None:

@@ -228,9 +228,14 @@ class UserAuthServer:
         if number != MessageNumber.USERAUTH_REQUEST:
             raise UnexpectedMessage(f"message {number} is not a client userauth message")
         if self.state in _CONVERSATIONS:
-            # RFC 4256 §3.3, RFC 4462 §3.4: a new request ends the conversation.
+            # RFC 4256 §3.3, RFC 4462 §3.4: a new request ends the conversation. It counts
+            # as a failed attempt: each start is a decision (a webhook call, say), and a
+            # client restarting without answering must still run out of attempts.
+            abandoned, self._pending = self._pending, None
             self._move("abandon")
-            self._pending = None
+            if abandoned is not None:
+                self._fail(abandoned.request, "conversation abandoned", reply=False)
+                self.check_limit()
         request = UserauthRequest.decode(Reader(payload, 1))
         if self._first_username is None:
             self._first_username = request.username
