@@ -3,10 +3,13 @@ once however busy the event loop is, through real sockets, with the in-process b
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import time
 from pathlib import Path
 
+import pytest
 import trio
 
 from trissh.backend.memory import MemoryBackend
@@ -116,5 +119,49 @@ async def test_a_connection_whose_hand_over_fails_is_closed_and_the_server_goes_
                     await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     assert first == b"SSH-2.0-test\r\n"  # greeted, then closed
+    for conn in delivered:
+        conn.close()
+
+
+class _FailingOnce:
+    """The listening socket, whose first ``accept`` fails with ``number``."""
+
+    def __init__(self, sock: socket.socket, number: int) -> None:
+        self._sock = sock
+        self._number: int | None = number
+
+    def accept(self) -> tuple[socket.socket, Address]:
+        if self._number is not None:
+            number, self._number = self._number, None
+            raise OSError(number, os.strerror(number))
+        return self._sock.accept()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+@pytest.mark.parametrize(
+    "number", [errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETDOWN, errno.ETIMEDOUT]
+)
+async def test_a_network_error_from_accept_costs_that_connection_only(number: int) -> None:
+    """accept(2): Linux passes a pending network error of the new connection on as the
+    error of accept (ENETDOWN, EHOSTUNREACH, ENETUNREACH...), to be treated as EAGAIN. It
+    ended every accept loop, so the whole server, with every session."""
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listener.socket.getsockname()[1]
+    delivered: list[socket.socket] = []
+    acceptor = Acceptor(
+        listener,
+        greeting=lambda conn, address: b"",
+        deliver=lambda conn, address, greeted: delivered.append(conn),
+    )
+    acceptor._sock = _FailingOnce(acceptor._sock, number)  # type: ignore[assignment]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(acceptor.run)
+        with trio.fail_after(10):
+            with socket.create_connection(("127.0.0.1", port), timeout=10):
+                while not delivered:
+                    await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
     for conn in delivered:
         conn.close()

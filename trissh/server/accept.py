@@ -46,8 +46,16 @@ ACCEPT_BATCH: Final = 512
 #: trio.serve_listeners does, pause instead of dying; a connection ending frees one).
 CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 CAPACITY_PAUSE: Final = 0.1
-#: The client left between the kernel's handshake and our accept: nothing to serve.
-GONE_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+#: The client left between the kernel's handshake and our accept, or its connection has a
+#: network error that Linux's accept passes on (accept(2): treat them as EAGAIN): nothing
+#: to serve, the next one may be fine.
+GONE_ERRNOS: Final = frozenset(
+    {
+        errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET, errno.ETIMEDOUT,
+        errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENONET,
+        errno.ENOPROTOOPT, errno.EOPNOTSUPP,
+    }
+)  # fmt: skip
 #: How long a refused connection stays open for its client to read why, and how many may.
 REFUSAL_LINGER: Final = 2.0
 MAX_LINGERING: Final = 256
