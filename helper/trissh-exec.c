@@ -213,7 +213,7 @@ static void report_status(int sock, int status) {
 
 /* ---------------------------------------------------------------------- agent mode */
 
-#define AGENT_MESSAGE 65536 /* the largest request; trissh refuses to send more */
+#define AGENT_MESSAGE (400 * 1024) /* the largest request; trissh refuses to send more */
 #define AGENT_PROGRAMS 1024 /* programs running at once (the container's pids limit first) */
 #define AGENT_ARGS 4096     /* argv + environment entries of one request */
 #define AGENT_SOCKET_CHILDREN 64 /* socket requests being served at once */
@@ -221,6 +221,8 @@ static void report_status(int sock, int status) {
 struct program {
     pid_t pid;
     int sock; /* -1 once trissh closed it (the program was killed) */
+    char line[16]; /* a request whose newline has not arrived yet */
+    size_t line_length; /* sizeof line: too long, ignored up to its newline */
 };
 
 static struct program programs[AGENT_PROGRAMS];
@@ -283,9 +285,12 @@ static void agent_spawn(char *message, size_t length, int *fds, int nfds,
     } else if (strcmp(message, "spawnpty") == 0 && nfds == 1) {
         pty = 1;
         word = message + sizeof "spawnpty";
-        if (word < end && sscanf(word, "%5u", &rows) == 1) word += strlen(word) + 1;
-        if (word < end && sscanf(word, "%5u", &cols) == 1) word += strlen(word) + 1;
-        if (rows == 0 || cols == 0 || rows > 65535 || cols > 65535) word = end;
+        /* 0x0 is a size too: OpenSSH's client asks for it when its stdin is no terminal. */
+        int sized = word < end && sscanf(word, "%5u", &rows) == 1;
+        if (sized) word += strlen(word) + 1;
+        sized = sized && word < end && sscanf(word, "%5u", &cols) == 1;
+        if (sized) word += strlen(word) + 1;
+        if (!sized || rows > 65535 || cols > 65535) word = end;
     } else {
         close_all(fds, (size_t)nfds);
         return;
@@ -358,13 +363,16 @@ static void agent_spawn(char *message, size_t length, int *fds, int nfds,
     }
     programs[program_count].pid = pid;
     programs[program_count].sock = sock;
+    programs[program_count].line_length = 0;
     program_count++;
 }
 
-/* A request on one program's socket: "kill N"; EOF means kill it, trissh is done with it. */
+/* Requests on one program's socket, a line each: "kill N". Several may come in one read
+ * (signals queued back to back), and one may be split across reads. EOF means kill it,
+ * trissh is done with it. */
 static void agent_program_message(struct program *program) {
-    char line[32];
-    ssize_t n = recv(program->sock, line, sizeof line - 1, MSG_DONTWAIT);
+    char data[256];
+    ssize_t n = recv(program->sock, data, sizeof data, MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
     if (n <= 0) {
         kill(program->pid, SIGKILL);
@@ -372,12 +380,26 @@ static void agent_program_message(struct program *program) {
         program->sock = -1;
         return;
     }
-    line[n] = '\0';
-    int number = 0;
-    if (sscanf(line, "kill %d", &number) == 1 && number > 0 && number < 65) {
-        /* The program's process group, as sshd's killpg: a shell waiting for its child
-         * must not hold the signal back until the child ends. (setsid made pid its id.) */
-        kill(-program->pid, number);
+    for (ssize_t i = 0; i < n; i++) {
+        if (data[i] != '\n') {
+            if (program->line_length < sizeof program->line - 1) {
+                program->line[program->line_length++] = data[i];
+            } else {
+                program->line_length = sizeof program->line;
+            }
+            continue;
+        }
+        int number = 0;
+        if (program->line_length < sizeof program->line) {
+            program->line[program->line_length] = '\0';
+            if (sscanf(program->line, "kill %d", &number) != 1) number = 0;
+        }
+        program->line_length = 0;
+        if (number > 0 && number < 65) {
+            /* The program's process group, as sshd's killpg: a shell waiting for its child
+             * must not hold the signal back until the child ends. (setsid made pid its id.) */
+            kill(-program->pid, number);
+        }
     }
 }
 

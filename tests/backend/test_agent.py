@@ -142,6 +142,50 @@ async def test_a_signal_reaches_the_programs_process_group(tmp_path: Path) -> No
                     os.kill(child, 9)
 
 
+async def test_signals_sent_together_all_arrive(tmp_path: Path) -> None:
+    """Queued signals go out back to back and may reach the agent in one read: each one is
+    delivered (the agent read only the first request of a read)."""
+    script = "trap 'echo usr1' USR1; trap 'echo usr2' USR2; echo ready; while :; do sleep 1; done"
+    async with host_agent(tmp_path) as (agent, _), started(agent, ["sh", "-c", script]) as process:
+        assert await process.stdout.receive_some(100) == b"ready\n"
+        # Both requests in one write, as two quick send_signal calls often arrive.
+        await process._line.send(b"kill 10\nkill 12\n")
+        seen = b""
+        with trio.fail_after(10):
+            while not (b"usr1" in seen and b"usr2" in seen):
+                seen += await process.stdout.receive_some(100)
+        await process.send_signal("KILL")
+
+
+async def test_a_terminal_of_no_size_stays_of_no_size(tmp_path: Path) -> None:
+    """``ssh -tt`` with stdin not a terminal asks for 0x0 (OpenSSH's client), as sshd
+    sets it: programs then use their defaults (80 columns), not a 1x1 screen."""
+    pty = PtySpec(term="xterm", size=TerminalSize(columns=0, rows=0))
+    program = ["sh", "-c", "stty size"]
+    async with host_agent(tmp_path) as (agent, _), started(agent, program, pty=pty) as process:
+        with trio.fail_after(10):
+            output = await read_all(process.stdout)
+            assert await process.wait() == ExitStatus(code=0)
+    assert output.split() == [b"0", b"0"]
+
+
+async def test_a_command_as_long_as_the_protocol_allows_runs_through_the_agent(
+    tmp_path: Path,
+) -> None:
+    """An exec command may be 128 KiB (execve's limit for one argument); the agent took
+    requests of 60 KiB at most and the session failed."""
+    command = "echo " + "x" * (127 * 1024)
+    environment = {"BIG": "y" * 4000}
+    async with (
+        host_agent(tmp_path) as (agent, _),
+        started(agent, ["sh", "-c", command], environment) as process,
+    ):
+        with trio.fail_after(10):
+            output = await read_all(process.stdout)
+            assert await process.wait() == ExitStatus(code=0)
+    assert output == b"x" * (127 * 1024) + b"\n"
+
+
 async def test_the_agent_outlives_trissh_but_not_its_programs(tmp_path: Path) -> None:
     """trissh gone: what the agent started is killed; the agent stays as the container's
     keepalive (podman exec must keep working)."""
@@ -194,7 +238,7 @@ async def test_requests_are_checked_before_they_are_sent(tmp_path: Path) -> None
         with pytest.raises(BackendError, match="NUL"):
             await agent.spawn(["sh", "-c", "echo a\0b"], {})
         with pytest.raises(BackendError, match="exceed"):
-            await agent.spawn(["true"], {"BIG": "x" * 70_000})
+            await agent.spawn(["true"], {"BIG": "x" * 400_000})
         assert not agent.broken
         async with started(agent, ["true"]) as process:
             assert (await run(process))[2] == ExitStatus(code=0)

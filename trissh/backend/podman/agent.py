@@ -81,8 +81,14 @@ log = structlog.get_logger("trissh.backend.podman")
 SOCKET_NAME: Final = "agent.sock"
 #: How long a started container's agent has to connect and prove itself.
 CONNECT_TIMEOUT: Final = 10.0
-#: The largest spawn request (the agent's buffer is 64 KiB).
-MAX_REQUEST: Final = 60 * 1024
+#: The largest spawn request (the agent's buffer is 400 KiB): a 128 KiB command (execve's
+#: limit for one argument, the protocol's for a command), a forced command's copy of it in
+#: SSH_ORIGINAL_COMMAND, and the environment.
+MAX_REQUEST: Final = 384 * 1024
+#: Send buffer asked for the agent's connection: a request is one SOCK_SEQPACKET message,
+#: which must fit in it (Linux doubles the value, within net.core.wmem_max; its default
+#: still gives 416 KiB).
+SEND_BUFFER: Final = 512 * 1024
 #: How long the agent may take to open a pty and send its master.
 PTY_TIMEOUT: Final = 10.0
 #: After the program ended, a quiet terminal this long is the end of its output.
@@ -127,6 +133,8 @@ class Agent:
 
     def __init__(self, conn: trio.socket.SocketType) -> None:
         self._conn = conn
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self._sending = trio.Lock()
         #: Set once a request could not be sent: the container gets ``podman exec``.
         self.broken = False
@@ -146,8 +154,8 @@ class Agent:
             raise BackendError("the command or its environment contains a NUL byte")
         head = [b"spawn"]
         if pty is not None:
-            rows, columns = max(1, pty.size.rows), max(1, pty.size.columns)
-            head = [b"spawnpty", b"%d" % rows, b"%d" % columns]
+            # 0x0 as asked (OpenSSH's client with stdin not a terminal), as sshd.
+            head = [b"spawnpty", b"%d" % pty.size.rows, b"%d" % pty.size.columns]
         request = b"\0".join([*head, *(word.encode() for word in words)]) + b"\0"
         if len(request) > MAX_REQUEST:
             raise BackendError(f"the command and its environment exceed {MAX_REQUEST} bytes")
@@ -281,7 +289,7 @@ class AgentProcess:
     async def resize(self, size: TerminalSize) -> None:
         """Resize the pty (the kernel tells the program with SIGWINCH); no-op without."""
         await trio.lowlevel.checkpoint()
-        if self._terminal is None or size.rows <= 0 or size.columns <= 0:
+        if self._terminal is None:
             return
         winsize = struct.pack("HHHH", size.rows, size.columns, size.width_px, size.height_px)
         with contextlib.suppress(OSError):  # closed: the session is going
