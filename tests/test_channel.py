@@ -40,7 +40,12 @@ class _Port:
         pass
 
     def finish(
-        self, channel_id: ChannelId, *, exit_code: int | None = None, signal: str | None = None
+        self,
+        channel_id: ChannelId,
+        *,
+        exit_code: int | None = None,
+        signal: str | None = None,
+        core_dumped: bool = False,
     ) -> None:
         pass
 

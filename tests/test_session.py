@@ -7,11 +7,15 @@ against the narrow port, and the driver only routes to it.
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import trio
 
 from trissh.auth.policy import Grant
-from trissh.backend import SandboxSpec
+from trissh.backend import ExitStatus, SandboxSpec
 from trissh.backend.memory import MemoryBackend
+from trissh.backend.memory.backend import MemoryProcess
 from trissh.channels.session import SessionContext, run_session
 from trissh.config import ContainerSection, SessionSection, container_settings
 from trissh.connection.channel import ChannelHandle
@@ -25,6 +29,7 @@ class RecordingPort:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
+        self.core_dumped = False
         self.output = bytearray()
         self.space_changed = trio.Event()
 
@@ -48,9 +53,15 @@ class RecordingPort:
         self.calls.append(("reply", ok))
 
     def finish(
-        self, channel_id: ChannelId, *, exit_code: int | None = None, signal: str | None = None
+        self,
+        channel_id: ChannelId,
+        *,
+        exit_code: int | None = None,
+        signal: str | None = None,
+        core_dumped: bool = False,
     ) -> None:
         self.calls.append(("finish", (exit_code, signal)))
+        self.core_dumped = core_dumped
 
 
 def context(backend: MemoryBackend, **grant: object) -> SessionContext:
@@ -90,6 +101,20 @@ async def test_an_exec_answers_runs_and_finishes_with_its_status() -> None:
     assert port.calls[0] == ("reply", True)
     assert port.calls[-1] == ("finish", (3, None))
     assert (backend.live_sandboxes, backend.live_processes) == (0, 0)
+
+
+async def test_a_core_dump_is_told_to_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """exit-signal carries "core dumped" as sshd's (WCOREDUMP): the backend's status had it,
+    and the session dropped it."""
+    wait = MemoryProcess.wait
+
+    async def dumped(process: MemoryProcess) -> ExitStatus:
+        return dataclasses.replace(await wait(process), core_dumped=True)
+
+    monkeypatch.setattr(MemoryProcess, "wait", dumped)
+    port = await run(context(MemoryBackend()), "kill -SEGV $$")
+    assert port.calls[-1] == ("finish", (None, "SEGV"))
+    assert port.core_dumped
 
 
 async def test_a_forced_command_runs_instead_of_the_one_asked() -> None:

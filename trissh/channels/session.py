@@ -193,18 +193,22 @@ async def run_session(
 
     Cancellation: kills the process and closes the channel; never raises otherwise.
     """
-    code: int | None = None
-    signal: str | None = None
+    outcome = ExitStatus()
     finished = False
 
     def finish(status: ExitStatus | None) -> None:
         """Exit status, EOF, CLOSE: once, as soon as the outcome is known."""
-        nonlocal finished, code, signal
+        nonlocal finished, outcome
         if status is not None:
-            code, signal = status.code, status.signal
+            outcome = status
         if not finished:
             finished = True
-            handle.port.finish(handle.id, exit_code=code, signal=signal)
+            handle.port.finish(
+                handle.id,
+                exit_code=outcome.code,
+                signal=outcome.signal,
+                core_dumped=outcome.core_dumped,
+            )
 
     tracked = ctx.metrics.session_started(request.kind.value)
     with structlog.contextvars.bound_contextvars(channel=int(handle.id)):
@@ -223,7 +227,7 @@ async def run_session(
             if not finished:
                 handle.port.reply_request(handle.id, True)
                 await tell_user(handle, f"trissh: {exc}\r\n" if request.pty else f"trissh: {exc}\n")
-                code = SESSION_FAILED_EXIT_CODE
+                outcome = ExitStatus(code=SESSION_FAILED_EXIT_CODE)
         except* Exception:
             log.exception("session_crashed")
         finally:
@@ -231,7 +235,7 @@ async def run_session(
             tracked.ended()
             if recording is not None and ctx.marks is not None:
                 ctx.marks.discard(recording)
-            tap.close(code, signal)
+            tap.close(outcome.code, outcome.signal)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -55,10 +55,15 @@ class ChannelPort(Protocol):
         ...
 
     def finish(
-        self, channel_id: ChannelId, *, exit_code: int | None = None, signal: str | None = None
+        self,
+        channel_id: ChannelId,
+        *,
+        exit_code: int | None = None,
+        signal: str | None = None,
+        core_dumped: bool = False,
     ) -> None:
-        """End the channel as sshd does: exit status or signal (sessions), EOF, CLOSE;
-        then forget its handle."""
+        """End the channel as sshd does: exit status or signal (sessions, with whether it
+        dumped core), EOF, CLOSE; then forget its handle."""
         ...
 
 

@@ -101,7 +101,12 @@ class ConnectionPort:
         self._writer.flush_now()
 
     def finish(
-        self, channel_id: ChannelId, *, exit_code: int | None = None, signal: str | None = None
+        self,
+        channel_id: ChannelId,
+        *,
+        exit_code: int | None = None,
+        signal: str | None = None,
+        core_dumped: bool = False,
     ) -> None:
         """Exit status, EOF and CLOSE, in sshd's order; then forget the handle.
 
@@ -109,7 +114,7 @@ class ConnectionPort:
         """
         conn = self._conn
         if signal is not None:
-            conn.send_exit_signal(channel_id, signal)
+            conn.send_exit_signal(channel_id, signal, core_dumped=core_dumped)
         elif exit_code is not None:
             conn.send_exit_status(channel_id, exit_code)
         conn.send_channel_eof(channel_id)
