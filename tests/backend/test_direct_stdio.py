@@ -33,7 +33,7 @@ from trissh.backend.podman.direct_stdio import (
     _default_parent,
     parse_status_line,
 )
-from trissh.backend.podman.exec import PodmanProcess
+from trissh.backend.podman.exec import ExecTarget, PodmanProcess
 from trissh.backend.podman.fd_pipes import FdPipeReader, FdPipeWriter
 from trissh.backend.podman.launch import PipeLauncher
 from trissh.ops.doctor import try_session
@@ -449,3 +449,28 @@ async def test_doctor_warns_when_podman_cannot_mount_the_stdio_dir(podman_availa
         assert "podman could not mount the stdio directory" in check.detail, check.detail
     finally:
         shutil.rmtree(unreachable)
+
+
+class _NoStatusFile:
+    """The API as ``trissh-exec --read-status`` answers when the helper left no record:
+    it was killed itself (SIGKILL reaches no handler), or the program chose its code."""
+
+    async def exec_output(self, container_id: str, argv: list[str]) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return b""
+
+
+@pytest.mark.parametrize(
+    ("sent", "status"),
+    [({9}, ExitStatus(signal="KILL")), (set(), ExitStatus(code=137))],
+    ids=["kill-sent", "nothing-sent"],
+)
+async def test_a_helper_killed_by_our_kill_reports_the_signal(
+    sent: set[int], status: ExitStatus
+) -> None:
+    """``signal KILL`` on a podman exec kills the helper (its pid is the exec's), which then
+    writes no record: code 137 is our KILL when we sent one, else the program's own code."""
+    target = ExecTarget(api=_NoStatusFile(), container_id="c" * 64, shell=("/bin/sh",))  # type: ignore[arg-type]
+    process = PodmanProcess(target, "e" * 64, ProcessSpec(argv=["sleep", "9"]), status_path="/x")
+    process._signals_sent.update(sent)
+    assert await process._classify(137) == status

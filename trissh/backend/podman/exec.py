@@ -373,14 +373,15 @@ class PodmanProcess:
                 )
             except BackendError:
                 record = None  # the container is gone: killed from outside
-            if record is not None:
-                match record.split():
-                    case [b"signal", number, b"core", core] if number.isdigit():
-                        return ExitStatus(signal=signal_name(int(number)), core_dumped=core == b"1")
-                    case _:
-                        return ExitStatus(code=code)
-            if code == 128 + 9:
-                return ExitStatus(signal="KILL")
+            match None if record is None else record.split():
+                case [b"signal", number, b"core", core] if number.isdigit():
+                    return ExitStatus(signal=signal_name(int(number)), core_dumped=core == b"1")
+                case None if code == 128 + 9:
+                    return ExitStatus(signal="KILL")  # the container is gone: killed
+                case None | []:
+                    pass  # no record: the helper itself was killed (our KILL?), or not
+                case _:
+                    return ExitStatus(code=code)
         if code - 128 in self._signals_sent:
             return ExitStatus(signal=signal_name(code - 128))
         return ExitStatus(code=code)
