@@ -323,6 +323,26 @@ def test_hostbound_to_another_server_is_refused() -> None:
     assert "another server" in failed.reason
 
 
+def test_hostbound_to_our_other_host_key_is_refused() -> None:
+    """As sshd (auth2-pubkey.c): the signature must bind the host key of the first key
+    exchange, not any key this server has."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.sshpeer import HOST_KEY
+    from trissh.protocol import HostKey
+
+    other = HostKey(ec.generate_private_key(ec.SECP256R1()))
+    pair = ConnectionPair(make_config(auth_methods=ALL, host_keys=(HOST_KEY, other)))
+    pair.handshake()
+    pair.client.request_service()
+    pair.transfer()
+    pair.client.take_all()
+    hostbound(pair, other.public_blob)
+    [failed] = pair.transfer()
+    assert isinstance(failed, AuthFailed)
+    assert "another server" in failed.reason
+
+
 def test_client_sent_userauth_success_ends_the_connection() -> None:
     """Only servers send USERAUTH_SUCCESS; from a client it is a protocol violation."""
     pair = pair_with()

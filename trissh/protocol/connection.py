@@ -72,6 +72,7 @@ class ServerConnection:
             self._events.append,
             self._session_id,
             self._transport.send_auth_success,
+            lambda: self._transport.initial_host_key_blobs,
         )
         self._sessions = SessionPolicy()
         kinds = {

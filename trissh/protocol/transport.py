@@ -144,6 +144,9 @@ class Transport:
         self.client_version: bytes | None = None
         self._pre_version_lines = 0
         self.session_id: bytes | None = None
+        #: Every K_S of the host key the first exchange used (plain and certificate): what a
+        #: publickey-hostbound signature must bind.
+        self.initial_host_key_blobs: tuple[bytes, ...] = ()
         self.kex_state = KexState.IDLE
         self.established = False
         self.strict_kex = False
@@ -434,6 +437,8 @@ class Transport:
         if host_key is None:
             raise LocalProtocolError(f"negotiated host key {negotiated.host_key} is not configured")
         algorithm = negotiated.host_key
+        if not self.initial_host_key_blobs:
+            self.initial_host_key_blobs = host_key.blobs
         self._method = KEX_METHODS[negotiated.kex]
         self._exchange = self._method.start(
             KexContext(

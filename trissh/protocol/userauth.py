@@ -179,8 +179,11 @@ class UserAuthServer:
         emit: Callable[[Event], None],
         session_id: Callable[[], bytes],
         send_success: Callable[[bytes], None],
+        host_key_blobs: Callable[[], tuple[bytes, ...]],
     ) -> None:
         self._config = config
+        #: K_S of the first key exchange, all its forms: what hostbound signatures bind.
+        self._host_key_blobs = host_key_blobs
         self._send = send
         #: USERAUTH_SUCCESS goes through its own call: delayed compression starts after it.
         self._send_success = send_success
@@ -280,8 +283,8 @@ class UserAuthServer:
         host_key_blob = None
         if request.method == PUBLICKEY_HOSTBOUND:
             bound = HostboundPublicKeyMethod.decode(Reader(request.method_data))
-            ours = {blob for key in self._config.host_keys for blob in key.blobs}
-            if bound.host_key_blob not in ours:
+            # As sshd: the host key of the first exchange, not any key of this server.
+            if bound.host_key_blob not in self._host_key_blobs():
                 self._fail(request, "signature bound to another server's host key")
                 return
             host_key_blob = bound.host_key_blob
