@@ -397,8 +397,9 @@ static void agent_program_message(struct program *program) {
         program->line_length = 0;
         if (number > 0 && number < 65) {
             /* The program's process group, as sshd's killpg: a shell waiting for its child
-             * must not hold the signal back until the child ends. (setsid made pid its id.) */
-            kill(-program->pid, number);
+             * must not hold the signal back until the child ends. (setsid makes pid its id;
+             * a child that has not got that far yet is alone: signal it.) */
+            if (kill(-program->pid, number) < 0 && errno == ESRCH) kill(program->pid, number);
         }
     }
 }
