@@ -22,6 +22,10 @@ from trissh.protocol import ChannelId, TerminalSize
 
 #: Control items (resizes, signals) a handle queues before dropping the oldest.
 MAX_CONTROL_ITEMS = 16
+#: Data packets below this size are joined as they arrive (``ChannelHandle.feed``), into
+#: buffers of up to about this size.
+SMALL_PACKET = 4096
+JOINED_BUFFER = 64 * 1024
 
 
 class ChannelPort(Protocol):
@@ -73,7 +77,7 @@ class ChannelHandle:
     def __init__(self, port: ChannelPort, channel_id: ChannelId) -> None:
         self.port = port
         self.id = channel_id
-        self._inbound: deque[bytes | memoryview] = deque()
+        self._inbound: deque[bytes | bytearray | memoryview] = deque()
         self._input_changed = trio.Event()
         self.eof_received = False
         self.peer_closed = False
@@ -97,7 +101,18 @@ class ChannelHandle:
     # -- fed by the driver (sync, never blocks) --------------------------------------------
 
     def feed(self, data: bytes | memoryview) -> None:
-        self._inbound.append(data)
+        """Queue what arrived. Small packets are copied into a shared buffer: queued one by
+        one, each would keep its view and decrypted packet (~320 bytes for one byte of
+        data), and the window bounds bytes, not packets."""
+        inbound = self._inbound
+        if len(data) < SMALL_PACKET:
+            tail = inbound[-1] if inbound else None
+            if isinstance(tail, bytearray) and len(tail) < JOINED_BUFFER:
+                tail += data
+            else:
+                inbound.append(bytearray(data))
+        else:
+            inbound.append(data)
         self._input_arrived()
 
     def feed_eof(self) -> None:
@@ -134,8 +149,8 @@ class ChannelHandle:
         self.last_activity = trio.current_time()
 
     def take_data(self, max_bytes: int | None) -> bytes:
-        """Queued data, up to ``max_bytes``: whole packets joined, so a reader gets all
-        that arrived in one go (one wakeup per socket read, not one per 32 KiB packet)."""
+        """Queued data, up to ``max_bytes``: all that arrived in one go, joined (one
+        wakeup per socket read, not one per 32 KiB packet)."""
         self.touch()
         inbound = self._inbound
         chunk = inbound.popleft()
