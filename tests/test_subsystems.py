@@ -169,3 +169,23 @@ async def test_a_forced_command_session_takes_no_signals(
             await peer.stream.aclose()
     assert conn.ChannelFailure(recipient_channel=0) in messages
     assert exit_status_of(messages) == 0
+
+
+async def test_an_empty_forced_command_still_forces(
+    memory_backend: MemoryBackend, tmp_path: Path
+) -> None:
+    """``command=""`` (keys meant for forwarding only) runs ``sh -c ""``, as sshd: never the
+    client's command. An empty string was merged away as if there were no forced command."""
+    ctx = _context(memory_backend, tmp_path, key_options='command=""')
+    with trio.fail_after(20):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session()
+            await peer.exec(channel, "echo chosen by the client")
+            messages = await peer.until_close(channel)
+            await peer.stream.aclose()
+    assert exit_status_of(messages) == 0
+    [spec] = memory_backend.process_specs
+    assert spec.argv[-2] == "-c"
+    assert "chosen" not in spec.argv[-1]
+    assert spec.env["SSH_ORIGINAL_COMMAND"] == "echo chosen by the client"

@@ -49,7 +49,9 @@ class Grant:
     def merged(self, other: Grant) -> Grant:
         """Both at once: restrictions narrow, never widen; later facts add to earlier."""
         return Grant(
-            forced_command=self.forced_command or other.forced_command,
+            forced_command=(
+                self.forced_command if self.forced_command is not None else other.forced_command
+            ),  # "" forces too: sshd runs ``sh -c ""``
             allow_pty=self.allow_pty and other.allow_pty,
             environment={**self.environment, **other.environment},
             username=other.username or self.username,
