@@ -46,7 +46,15 @@ def test_restrict_then_pty_reenables_the_terminal() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ['environment="no equals"', 'expiry-time="2030"', "frobnicate", 'command="open']
+    "bad",
+    [
+        'environment="no equals"',
+        'expiry-time="2030"',
+        'expiry-time="20250230"',  # digits, but no such day: a refused line, not a crash
+        'expiry-time="00000101"',
+        "frobnicate",
+        'command="open',
+    ],
 )
 def test_unknown_or_malformed_options_are_errors(bad: str) -> None:
     with pytest.raises(OptionError):

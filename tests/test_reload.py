@@ -140,3 +140,20 @@ def test_a_reload_says_which_changed_settings_wait_for_a_restart(tmp_path: Path)
     assert ignored["log_level"] == "warning"
     assert ctx.state.context is not None
     assert ctx.state.context.settings.session.motd == "changed"
+
+
+def test_no_error_while_reloading_ends_the_server(tmp_path: Path) -> None:
+    """Whatever goes wrong building the new configuration (a bug, an unforeseen file),
+    the running one stays: one log line, never an exception out of the SIGHUP handler."""
+    host_key = tmp_path / "host_key"
+    write_ed25519_key(host_key)
+    ctx = build_context(webhook_settings("http://127.0.0.1:9/", host_key), MemoryBackend())
+
+    def load() -> ServerConfig:
+        raise RuntimeError("day is out of range for month")
+
+    with capture_logs() as logs:
+        reload_context(ctx, load)
+    [failed] = [entry for entry in logs if entry["event"] == "config_reload_failed"]
+    assert "out of range" in failed["error"]
+    assert ctx.state.context is None

@@ -146,7 +146,10 @@ def _expiry(value: str) -> int:
     formats = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
     if len(value) not in formats or not value.isdigit():
         raise OptionError(f"expiry-time {value!r} is not YYYYMMDD[HHMM[SS]]")
-    return calendar.timegm(time.strptime(value, formats[len(value)]))
+    try:
+        return calendar.timegm(time.strptime(value, formats[len(value)]))
+    except ValueError:
+        raise OptionError(f"expiry-time {value!r} is no date") from None
 
 
 def parse_options(text: str) -> KeyOptions:

@@ -169,6 +169,9 @@ def reload_context(
     except (ConfigError, StartupError) as exc:
         log.error("config_reload_failed", error=str(exc))
         return
+    except Exception as exc:  # a reload must never end the server and its sessions
+        log.exception("config_reload_failed", error=str(exc))
+        return
     if settings.listen != ctx.settings.listen:
         log.warning("config_reload_listen_ignored", detail="listen addresses change on restart")
     if ignored := _changed_at_start_only(ctx.settings, settings):
