@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import pytest
 
@@ -54,11 +55,28 @@ def test_restrict_then_pty_reenables_the_terminal() -> None:
         'expiry-time="00000101"',
         "frobnicate",
         'command="open',
+        # As sshd's addr_match_list (-2, the key is refused): empty entries, a network
+        # with host bits, an invalid one even negated; an empty principals= matches nobody.
+        'from=""',
+        'from=","',
+        'from="192.168.1.5/24"',
+        'from="!10.0.0.0/33,*"',
+        'principals=""',
+        # sshd refuses these twice on one line
+        'command="a",command="b"',
+        'from="10.0.0.0/8",from="*"',
+        'principals="a",principals="b"',
     ],
 )
 def test_unknown_or_malformed_options_are_errors(bad: str) -> None:
     with pytest.raises(OptionError):
         parse_options(bad)
+
+
+def test_the_earliest_expiry_time_holds() -> None:
+    """As sshd: of several expiry-time options, the earliest."""
+    options = parse_options('expiry-time="20200101",expiry-time="20991231"')
+    assert options.expired(time.time())
 
 
 def test_a_line_with_bad_options_is_skipped_not_half_applied(client_key: ClientKey) -> None:

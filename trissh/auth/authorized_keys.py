@@ -22,6 +22,7 @@ import ipaddress
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from trissh.config.forwarding import parse_permit
 from trissh.protocol import parse_public_key
@@ -167,6 +168,27 @@ def parse_options(text: str) -> KeyOptions:
     return options.build()
 
 
+#: Options sshd refuses a line for when they come twice.
+_ONCE_PER_LINE: Final = frozenset(("command", "from", "principals"))
+
+
+def _from_patterns(value: str) -> list[str]:
+    """The patterns of ``from=``. As sshd's addr_match_list, which refuses the key: an
+    empty entry, or a network that is none (host bits set, a mask too long), negated or
+    not, is an error, never a pattern that matches nothing or everything."""
+    patterns = value.split(",")
+    for pattern in patterns:
+        bare = pattern.removeprefix("!")
+        if not bare:
+            raise OptionError(f"from={value!r} has an empty entry")
+        if "/" in bare:
+            try:
+                ipaddress.ip_network(bare)
+            except ValueError:
+                raise OptionError(f"from= entry {pattern!r} is not a network") from None
+    return patterns
+
+
 @dataclass(slots=True)
 class _OptionsBuilder:
     from_patterns: list[str] = field(default_factory=list)
@@ -182,6 +204,8 @@ class _OptionsBuilder:
     cert_authority: bool = False
     touch_required: bool = True
     verify_required: bool = False
+    #: The once-per-line options seen so far.
+    given: set[str] = field(default_factory=set)
 
     def flag(self, name: str) -> bool:
         """Apply a flag; False when it is unknown."""
@@ -205,8 +229,12 @@ class _OptionsBuilder:
 
     def value(self, name: str, value: str) -> bool:
         """Apply a ``name=value`` option; False when it is unknown."""
+        if name in _ONCE_PER_LINE:
+            if name in self.given:
+                raise OptionError(f"{name}= given twice")
+            self.given.add(name)
         if name == "from":
-            self.from_patterns += [item for item in value.split(",") if item]
+            self.from_patterns = _from_patterns(value)
         elif name == "command":
             self.command = value
         elif name == "environment":
@@ -215,9 +243,13 @@ class _OptionsBuilder:
                 raise OptionError(f"environment {value!r} is not NAME=value")
             self.environment.append((key, env_value))
         elif name == "principals":
-            self.principals = tuple(item for item in value.split(",") if item)
-        elif name == "expiry-time":
-            self.expires_at = _expiry(value)
+            self.principals = tuple(value.split(","))
+            if not all(self.principals):  # sshd: an empty list matches nobody
+                raise OptionError(f"principals={value!r} has an empty entry")
+        elif name == "expiry-time":  # as sshd, the earliest of several
+            expires = _expiry(value)
+            if self.expires_at is None or expires < self.expires_at:
+                self.expires_at = expires
         elif name in ("permitopen", "permitlisten"):
             listen = name == "permitlisten"
             try:
