@@ -88,6 +88,24 @@ def test_bad_entries_name_the_file_or_key_and_line(made: Path, tmp_path: Path) -
         context(tmp_path, users=users)
 
 
+@pytest.mark.parametrize(
+    "options", ['from="10.0.0.0/8"', 'principals="bob"', 'restrict,command="/bin/false"']
+)
+def test_options_on_a_trusted_ca_are_refused_not_ignored(
+    made: Path, tmp_path: Path, options: str
+) -> None:
+    """TrustedUserCAKeys takes bare keys (sshd does not trust a line with options); a
+    restriction written there must stop the start, not be dropped while the CA is trusted.
+    Restricted CAs are ``cert-authority`` lines in authorized_keys."""
+    line = f"{options} {(made / 'ca.pub').read_text()}"
+    ca_file = tmp_path / "cas"
+    ca_file.write_text(line)
+    with pytest.raises(StartupError, match="cert-authority"):
+        context(tmp_path, **{"auth.trusted_user_ca_keys_file": str(ca_file)})
+    with pytest.raises(StartupError, match="cert-authority"):
+        context(tmp_path, **{"auth.trusted_user_ca_keys": [line]})
+
+
 # -- which line decides, as sshd -----------------------------------------------------------
 
 

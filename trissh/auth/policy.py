@@ -25,6 +25,7 @@ from trissh.auth.authorized_keys import (
     load_authorized_keys,
     parse_entry,
 )
+from trissh.auth.ca_keys import CaKeysError, load_trusted_cas
 from trissh.auth.chains import MethodChains
 from trissh.auth.decisions import Decision, Grant, LoginRequest, Prompts, metadata_grant
 from trissh.auth.gssapi import Kerberos, KerberosError
@@ -168,7 +169,12 @@ class AuthPolicy:
         self._users: dict[str, _User] = {
             name: self._load_user(name, section) for name, section in settings.users.items()
         }
-        self._user_cas = _load_cas(settings)
+        try:
+            self._user_cas = load_trusted_cas(
+                settings.auth.trusted_user_ca_keys, settings.auth.trusted_user_ca_keys_file
+            )
+        except CaKeysError as exc:
+            raise PolicyError(str(exc)) from None
         self._revoked = None
         if settings.auth.revoked_keys is not None:
             try:
@@ -545,27 +551,6 @@ def _webhook_client(section: WebhookSection) -> WebhookClient:
         client_cert=str(section.client_cert) if section.client_cert else None,
         client_key=str(section.client_key) if section.client_key else None,
     )
-
-
-def _load_cas(settings: ServerConfig) -> set[bytes]:
-    """Blobs of the CA keys in ``[auth] trusted_user_ca_keys`` and its file (OpenSSH lines
-    or RFC 4716 blocks); unlike an authorized_keys file, any bad entry stops the start."""
-    cas: set[bytes] = set()
-    for number, entry in enumerate(settings.auth.trusted_user_ca_keys, start=1):
-        try:
-            cas.add(parse_entry(entry).blob)
-        except OptionError as exc:
-            raise PolicyError(f"auth.trusted_user_ca_keys[{number}]: {exc}") from None
-    path = settings.auth.trusted_user_ca_keys_file
-    if path is not None:
-        try:
-            keys, problems = load_authorized_keys(path)
-        except OSError as exc:
-            raise PolicyError(f"{path}: {exc.strerror}") from None
-        if problems:
-            raise PolicyError(f"{path}:{problems[0].line_number}: {problems[0].problem}")
-        cas.update(key.blob for key in keys)
-    return cas
 
 
 def load_key_file(path: Path) -> list[AuthorizedKey]:
