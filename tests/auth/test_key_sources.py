@@ -159,3 +159,30 @@ async def test_a_cas_command_and_its_certificates_force_command_must_agree(
     decision = await ctx.auth.publickey(REQUEST, cert.public_key, cert)
     assert decision.ok, decision.reason
     assert decision.grant.forced_command == "/bin/sh"
+
+
+async def test_a_cert_authority_line_restricts_a_ca_that_is_also_trusted(
+    made: Path, tmp_path: Path
+) -> None:
+    """sshd reads authorized_keys before TrustedUserCAKeys: a ``cert-authority`` line that
+    lets the certificate in brings its restrictions, even when the CA is trusted too."""
+    cert = parse_certificate(blob(made / "user-cert.pub"))
+    ca = (made / "ca.pub").read_text().strip()
+    ctx = with_key_lines(
+        tmp_path,
+        [f'cert-authority,restrict,command="/bin/false" {ca}'],
+        **{"auth.trusted_user_ca_keys": [ca]},
+    )
+    decision = await ctx.auth.publickey(REQUEST, cert.public_key, cert)
+    assert decision.ok, decision.reason
+    assert decision.grant.forced_command == "/bin/false"
+    assert not decision.grant.allow_pty
+    # A line that refuses (from= elsewhere) gives way to the trusted CA, as in sshd.
+    ctx = with_key_lines(
+        tmp_path,
+        [f'cert-authority,from="10.0.0.0/8",command="/bin/false" {ca}'],
+        **{"auth.trusted_user_ca_keys": [ca]},
+    )
+    decision = await ctx.auth.publickey(REQUEST, cert.public_key, cert)
+    assert decision.ok, decision.reason
+    assert decision.grant.forced_command is None

@@ -340,21 +340,22 @@ class AuthPolicy:
         candidates: Sequence[AuthorizedKey],
         now: float,
     ) -> Decision:
-        """sshd's rules: a trusted CA ([auth] or a ``cert-authority`` line, whose
-        ``principals=`` then replace the user name), validity, principals, options."""
+        """sshd's rules: a trusted CA (a ``cert-authority`` line, whose ``principals=``
+        then replace the user name and whose options apply, else [auth]), validity,
+        principals, options."""
         where = f"key id {cert.key_id!r}, CA {cert.signature_key.fingerprint}"
-        reason = check_user_certificate(
-            cert,
-            username=request.username,
-            now=int(now),
-            source_ip=request.remote_ip,
-            trusted_cas=self._user_cas,
-        )
-        entry: AuthorizedKey | None = None
-        if reason is not None:
-            entry, reason = _ca_line(request, cert, candidates, now, reason)
-        if reason is not None:
-            return Decision(False, f"{reason} ({where})")
+        # As sshd: authorized_keys before TrustedUserCAKeys.
+        entry, reason = _ca_line(request, cert, candidates, now, "")
+        if entry is None:
+            trusted = check_user_certificate(
+                cert,
+                username=request.username,
+                now=int(now),
+                source_ip=request.remote_ip,
+                trusted_cas=self._user_cas,
+            )
+            if trusted is not None:
+                return Decision(False, f"{reason or trusted} ({where})")
         grant = Grant(
             forced_command=cert.force_command,
             allow_pty=cert.permits("permit-pty"),
