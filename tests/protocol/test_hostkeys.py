@@ -276,3 +276,15 @@ def test_negative_rsa_modulus_is_a_decode_error() -> None:
     blob = wire.string("ssh-rsa") + wire.mpint(65537) + wire.mpint(-n)
     with pytest.raises(DecodeError, match="RSA modulus is not positive"):
         parse_public_key(blob)
+
+
+def test_a_compressed_ecdsa_point_is_refused() -> None:
+    """As sshd's get_ec: only uncompressed points. A compressed one is the same key under
+    another blob, which a KRL or an authorized_keys line made from the .pub would miss."""
+    public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    compressed = public.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+    )
+    blob = wire.string("ecdsa-sha2-nistp256") + wire.string("nistp256") + wire.string(compressed)
+    with pytest.raises(DecodeError, match="uncompressed"):
+        parse_public_key(blob)

@@ -219,7 +219,10 @@ def _key_fields(
         curve_name, curve, _ = _ECDSA_CURVES[key_type]
         if r.ascii(64) != curve_name:
             raise DecodeError("ECDSA curve does not match key type")
-        return ec.EllipticCurvePublicKey.from_encoded_point(curve, r.string(256))
+        point = r.string(256)
+        if point[:1] != b"\x04":  # as sshd: one encoding per key, hence one blob
+            raise DecodeError("ECDSA point is not uncompressed")
+        return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
     raise DecodeError(f"unsupported key type {key_type!r}")
 
 
