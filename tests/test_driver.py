@@ -655,3 +655,21 @@ async def test_shutdown_tells_running_sessions_and_refuses_new_ones(ctx: ServerC
             refused = await peer.expect(conn.ChannelOpenFailure)
             assert refused.description == "server shutting down"
             await peer.stream.aclose()
+
+
+async def test_key_exchanges_a_client_starts_come_at_most_one_a_second(ctx: ServerContext) -> None:
+    """Each exchange costs the one event loop up to ~100 ms (group18); a logged-in client
+    re-keying in a loop held everyone's round trips at ~100 ms. Past the first, a client's
+    exchanges wait their turn: at most one a second."""
+    with trio.fail_after(20):
+        async with connected(ctx) as peer:
+            await peer.login()
+            started = trio.current_time()
+            for _ in range(3):
+                done = peer.client.completed_kex
+                peer.client.start_kex()
+                while peer.client.completed_kex == done:
+                    assert await peer._read(), "the server hung up"
+            elapsed = trio.current_time() - started
+            await peer.stream.aclose()
+    assert elapsed >= 1.9, elapsed
