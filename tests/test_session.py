@@ -20,6 +20,7 @@ from trissh.channels.session import SessionContext, run_session
 from trissh.config import ContainerSection, SessionSection, container_settings
 from trissh.connection.channel import ChannelHandle
 from trissh.connection.sandboxes import SessionSandboxes
+from trissh.ops.log_quota import LogQuota
 from trissh.ops.metrics import Metrics
 from trissh.protocol import ChannelId, SessionKind, SessionRequested
 
@@ -81,6 +82,7 @@ def context(backend: MemoryBackend, **grant: object) -> SessionContext:
         grant=Grant(**grant),  # type: ignore[arg-type]
         sandboxes=SessionSandboxes(backend, spec),
         metrics=Metrics(),
+        lines=LogQuota(100),
     )
 
 

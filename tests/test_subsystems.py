@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from structlog.testing import capture_logs
 
 from tests.sshpeer import USER_KEY, ed25519_blob
 from trissh.backend.memory import MemoryBackend
 from trissh.config import ConfigError, load_config
+from trissh.connection.driver import MAX_CLIENT_LINES
 from trissh.protocol.messages import connection as conn
 from trissh.server.state import ServerContext
 
@@ -189,3 +191,30 @@ async def test_an_empty_forced_command_still_forces(
     assert spec.argv[-2] == "-c"
     assert "chosen" not in spec.argv[-1]
     assert spec.env["SSH_ORIGINAL_COMMAND"] == "echo chosen by the client"
+
+
+async def test_a_client_looping_on_refusals_writes_a_bounded_number_of_lines(
+    memory_backend: MemoryBackend, tmp_path: Path
+) -> None:
+    """An unknown subsystem is refused and the channel may ask again (as sshd): a client
+    asking in a loop got one log line per request (12k lines a second, the operator's
+    disk and a slow log pipe the event loop writes to). Past the connection's quota the
+    lines are only counted, and connection_closed says how many were left out."""
+    ctx = _context(memory_backend, tmp_path)
+    with capture_logs() as logs, trio.fail_after(20):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session()
+            for _ in range(300):
+                peer.client.channel_request(
+                    channel, "subsystem", conn.SubsystemData(name="nope").encode()
+                )
+            await peer.flush()
+            for _ in range(300):
+                assert isinstance(await peer.next_message(), conn.ChannelFailure)
+            await peer.stream.aclose()
+        await trio.sleep(0.1)
+    refused = [entry for entry in logs if entry["event"] == "subsystem_refused"]
+    assert len(refused) == MAX_CLIENT_LINES
+    [closed] = [entry for entry in logs if entry["event"] == "connection_closed"]
+    assert closed["lines_suppressed"] == 300 - MAX_CLIENT_LINES

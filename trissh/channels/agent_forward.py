@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
+from trissh.auth.names import escaped
 from trissh.backend import BackendError, ForwardError, Sandbox, SocketAddress
 from trissh.channels.forwards import (
     ConnectFailed,
@@ -146,8 +147,10 @@ class AgentForwarding:
                 return
             if not await handle.opened():
                 ctx.metrics.failed("client_refused")
-                log.info("forward_failed", kind="agent", target=self.path, reason="client_refused",
-                         error=handle.refusal or "", originator="")  # fmt: skip
+                if ctx.lines.take():
+                    log.info("forward_failed", kind="agent", target=self.path,
+                             reason="client_refused", error=escaped(handle.refusal or ""),
+                             originator="")  # fmt: skip
                 await trio.aclose_forcefully(stream)
                 return
             await carry(ctx, self._port, handle, stream, kind="agent", target=target)

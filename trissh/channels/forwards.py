@@ -21,12 +21,14 @@ from dataclasses import dataclass
 import structlog
 import trio
 
+from trissh.auth.names import escaped
 from trissh.backend import BackendError, ForwardError, Sandbox, SocketAddress
 from trissh.channels.forward_policy import ForwardPolicy
 from trissh.channels.splice import Transferred, splice
 from trissh.connection.channel import ChannelHandle
 from trissh.connection.port import ConnectionPort, Refusal
 from trissh.ops.forward_metrics import ForwardMetrics
+from trissh.ops.log_quota import LogQuota
 from trissh.protocol import (
     ChannelLimitReached,
     ChannelOpenFailureReason,
@@ -71,6 +73,8 @@ class ForwardContext:
     count: ForwardCount
     #: The connection's log of refused requests (bounded per connection).
     note_refused: Callable[[str, str, str], None]
+    #: The bound on the connection's other client-caused lines (forward_failed).
+    lines: LogQuota
     #: Notes a forward in the recordings of the connection's running sessions.
     mark: Callable[[str], None] = lambda text: None
 
@@ -219,10 +223,12 @@ class LocalForwards:
                 except ConnectFailed as failed:
                     self._port.reject(event.channel_id, failed.refusal)
                     self._ctx.metrics.failed(failed.reason)
-                    log.info(
-                        "forward_failed", kind=kind, target=str(target), reason=failed.reason,
-                        error=failed.refusal.text, originator=str(event.originator or ""),
-                    )  # fmt: skip
+                    if self._ctx.lines.take():
+                        log.info(
+                            "forward_failed", kind=kind, target=str(target),
+                            reason=failed.reason, error=failed.refusal.text,
+                            originator=escaped(str(event.originator or "")),
+                        )  # fmt: skip
                     return
                 handle = self._port.accept(event.channel_id)
                 await carry(self._ctx, self._port, handle, stream, kind=kind, target=target)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import structlog
 import trio
 
+from trissh.auth.names import escaped
 from trissh.backend import BackendError, ForwardError, SandboxListener, SocketAddress
 from trissh.channels.forwards import (
     ConnectFailed,
@@ -164,8 +165,10 @@ class RemoteForwards:
                 return
             if not await handle.opened():
                 ctx.metrics.failed("client_refused")
-                log.info("forward_failed", kind=kind, target=str(bound), reason="client_refused",
-                         error=handle.refusal or "", originator=peer)  # fmt: skip
+                if ctx.lines.take():
+                    log.info("forward_failed", kind=kind, target=str(bound),
+                             reason="client_refused", error=escaped(handle.refusal or ""),
+                             originator=peer)  # fmt: skip
                 await trio.aclose_forcefully(stream)
                 return
             await carry(ctx, self._port, handle, stream, kind=kind, target=bound)

@@ -47,6 +47,7 @@ from trissh.channels.files import ContainerFiles
 from trissh.config import ContainerSection, SessionSection, subsystem_command
 from trissh.connection.channel import ChannelHandle, ChannelStream
 from trissh.connection.sandboxes import SandboxSource
+from trissh.ops.log_quota import LogQuota
 from trissh.ops.metrics import Metrics
 from trissh.ops.recording import Recorder, SessionRecording
 from trissh.protocol import SessionKind, SessionRequested, TerminalSize
@@ -97,6 +98,8 @@ class SessionContext:
     grant: Grant
     sandboxes: SandboxSource
     metrics: Metrics
+    #: The bound on the connection's client-caused lines (signals, subsystem refusals).
+    lines: LogQuota
     #: Where this user's sessions are recorded; ``None`` when they are not.
     recorder: Recorder | None = None
     #: The forwarded agent's socket (``ssh -A``) for a session in a given container, while
@@ -337,7 +340,7 @@ async def _serve(
         await _show_motd(channel, ctx.settings.motd, tap)
     async with trio.open_nursery() as stdio:
         stdio.start_soon(_pump_input, channel, process.stdin, tap)
-        handle.on_control = _ControlForwarder(handle, process, tap, stdio).wake
+        handle.on_control = _ControlForwarder(handle, process, tap, stdio, ctx.lines).wake
         try:
             if handle.control:  # a resize that came before the program started
                 handle.on_control()
@@ -532,12 +535,18 @@ class _ControlForwarder:
     """
 
     def __init__(
-        self, handle: ChannelHandle, process: Process, tap: _Tap, nursery: trio.Nursery
+        self,
+        handle: ChannelHandle,
+        process: Process,
+        tap: _Tap,
+        nursery: trio.Nursery,
+        lines: LogQuota,
     ) -> None:
         self._handle = handle
         self._process = process
         self._tap = tap
         self._nursery = nursery
+        self._lines = lines
         self._running = False
 
     def wake(self) -> None:
@@ -555,8 +564,10 @@ class _ControlForwarder:
                         await self._process.resize(backend_size(item))
                     else:
                         await self._process.send_signal(item)
-                        log.info("signal_forwarded", signal=item)
+                        if self._lines.take():
+                            log.info("signal_forwarded", signal=item)
                 except BackendError as exc:
-                    log.warning("control_failed", error=str(exc))
+                    if self._lines.take():
+                        log.warning("control_failed", error=str(exc))
         finally:
             self._running = False

@@ -61,10 +61,11 @@ class SessionChannels:
                 return False
             run = publickey.run_publickey_subsystem
         elif self._unknown_subsystem(event):
-            log.info(
-                "subsystem_refused", channel=int(event.channel_id),
-                subsystem=escaped(event.subsystem or ""),
-            )  # fmt: skip
+            if self._ctx.lines.take():
+                log.info(
+                    "subsystem_refused", channel=int(event.channel_id),
+                    subsystem=escaped(event.subsystem or ""),
+                )  # fmt: skip
             self._port.reply_request(event.channel_id, False, again=True)  # exec may follow
             return True
         handle.started = True

@@ -55,6 +55,7 @@ from trissh.connection.kinds import ChannelKinds, Connection, channel_kinds
 from trissh.connection.port import ConnectionPort, Refusal
 from trissh.connection.socket_reads import SocketReader
 from trissh.connection.writer import OutputWriter
+from trissh.ops.log_quota import LogQuota
 from trissh.protocol import (
     AgentForwardingRequested,
     AuthDecisionRequested,
@@ -104,6 +105,8 @@ PEER_ENDED = frozenset({"client_disconnected", "connection_lost"})
 #: Refused requests logged per connection: a client looping on them cannot flood the log
 #: (``connection_closed`` counts them all).
 MAX_REFUSALS_LOGGED = 10
+#: Other lines a client's requests cause (forward_failed, subsystem_refused, signals).
+MAX_CLIENT_LINES = 100
 
 
 class ConnectionDriver:
@@ -128,6 +131,7 @@ class ConnectionDriver:
         self.conn = ServerConnection(ctx.protocol, greeted=greeted)
         self.close_reason = "closed"
         self.requests_refused = 0
+        self.client_lines = LogQuota(MAX_CLIENT_LINES)
         self.login: Login | None = None
         #: Its running sessions as operators see them (``trissh sessions``, ``watch``).
         self.live = LiveSessions()
@@ -451,6 +455,7 @@ class ConnectionDriver:
             note_refused=lambda request, reason, target: self._note_refused(
                 request, reason, target=target
             ),
+            lines=self.client_lines,
             live=self.live,
         )
         self._kinds = channel_kinds(self.ctx, connection)
@@ -570,4 +575,5 @@ async def serve_driver(driver: ConnectionDriver) -> None:
                 bytes_in=stats.bytes_received,
                 bytes_out=stats.bytes_sent,
                 requests_refused=driver.requests_refused,
+                lines_suppressed=driver.client_lines.suppressed,
             )

@@ -26,6 +26,7 @@ from trissh.config import container_settings
 from trissh.connection.handshake import Login
 from trissh.connection.port import ConnectionPort
 from trissh.connection.sandboxes import ConnectionSandbox, SandboxSource, SessionSandboxes
+from trissh.ops.log_quota import LogQuota
 from trissh.server.state import ServerContext
 
 
@@ -52,6 +53,8 @@ class Connection:
     nursery: trio.Nursery
     #: The driver's bounded log of refused requests: (request, reason, target).
     note_refused: Callable[[str, str, str], None]
+    #: The bound on other lines its client's requests cause.
+    lines: LogQuota
     #: Its running sessions as operators see them (``trissh sessions``, ``watch``).
     live: LiveSessions | None = None
 
@@ -75,6 +78,7 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
         metrics=ctx.metrics.forwards,
         count=ForwardCount(forwarding.max_channels),
         note_refused=connection.note_refused,
+        lines=connection.lines,
         mark=marks.mark,
     )
     port, nursery = connection.port, connection.nursery
@@ -96,6 +100,7 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
         remote=connection.remote,
         local=connection.local,
         home=_workspace_home(ctx, login),
+        lines=connection.lines,
     )
     return ChannelKinds(
         sessions=SessionChannels(session_ctx, port, nursery),
