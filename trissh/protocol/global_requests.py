@@ -29,6 +29,9 @@ NO_MORE_SESSIONS: Final = "no-more-sessions@openssh.com"
 HOSTKEYS_PROVE: Final = "hostkeys-prove-00@openssh.com"
 #: Bound on unanswered global requests (each forwarding request is a pending listen).
 MAX_PENDING_REPLIES: Final = 32
+#: Host key proofs one connection gets: OpenSSH asks once; each is a signature per key
+#: (1.7 ms with RSA-4096) in the event loop every user shares.
+MAX_HOSTKEY_PROOFS: Final = 4
 
 
 @dataclass(slots=True)
@@ -53,6 +56,7 @@ class GlobalRequests:
         self._slots: deque[_Slot] = deque()
         self._pending: dict[int, _Slot | None] = {}
         self._ids = itertools.count(1)
+        self._proofs = 0
 
     def handle(self, payload: bytes) -> None:
         request = GlobalRequest.decode(Reader(payload, 1))
@@ -75,6 +79,9 @@ class GlobalRequests:
             self._policy.no_more_sessions = True
             return False, b""  # sshd answers it with failure too; the note is what counts
         if request.name == HOSTKEYS_PROVE:
+            if not request.want_reply or self._proofs >= MAX_HOSTKEY_PROOFS:
+                return False, b""  # a proof nobody would read, or one too many
+            self._proofs += 1
             signatures = self._prove_host_keys(request.data)
             return signatures is not None, signatures or b""
         if request.name not in PROBES:
