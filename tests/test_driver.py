@@ -8,6 +8,7 @@ every way a connection or channel can end leaves no sandbox or process behind.
 from __future__ import annotations
 
 import base64
+import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,9 +21,9 @@ import trio.testing
 from tests.sshpeer import USER_KEY, ed25519_blob
 from trissh.backend import BackendUnavailable
 from trissh.backend.memory import MemoryBackend
-from trissh.connection.driver import serve_connection
+from trissh.connection.driver import REKEY_PACING, serve_connection
 from trissh.connection.port import ConnectionPort
-from trissh.protocol import DisconnectReason
+from trissh.protocol import DisconnectReason, transport
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.messages import transport as tr
 from trissh.protocol.wire import Reader
@@ -657,10 +658,15 @@ async def test_shutdown_tells_running_sessions_and_refuses_new_ones(ctx: ServerC
             await peer.stream.aclose()
 
 
-async def test_key_exchanges_a_client_starts_come_at_most_one_a_second(ctx: ServerContext) -> None:
+async def test_a_clients_key_exchanges_are_paced_by_what_they_cost(
+    ctx: ServerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each exchange costs the one event loop up to ~100 ms (group18); a logged-in client
-    re-keying in a loop held everyone's round trips at ~100 ms. Past the first, a client's
-    exchanges wait their turn: at most one a second."""
+    re-keying in a loop held everyone's round trips at ~100 ms. After a re-exchange the
+    client started, its connection waits REKEY_PACING times what it cost. The core's clock
+    is made to say each exchange step cost 0.25 s."""
+    ticks = itertools.count()
+    monkeypatch.setattr(transport, "_kex_clock", lambda: next(ticks) * 0.125)
     with trio.fail_after(20):
         async with connected(ctx) as peer:
             await peer.login()
@@ -672,4 +678,6 @@ async def test_key_exchanges_a_client_starts_come_at_most_one_a_second(ctx: Serv
                     assert await peer._read(), "the server hung up"
             elapsed = trio.current_time() - started
             await peer.stream.aclose()
-    assert elapsed >= 1.9, elapsed
+    # Two steps a re-exchange (start, then the client's key), 0.125 s each: 0.25 s, so
+    # each of the first two re-exchanges holds the connection for REKEY_PACING * 0.25.
+    assert elapsed >= 2 * REKEY_PACING * 0.25 - 0.05, elapsed

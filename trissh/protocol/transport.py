@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import time
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -97,6 +98,8 @@ MAX_PACKETS_PER_KEY: Final = 1 << 31
 #: Key re-exchanges a client may start before login: each costs the server up to ~100 ms
 #: of CPU in the event loop everyone shares, and nobody is accountable for them yet.
 MAX_CLIENT_REKEYS_BEFORE_AUTH: Final = 1
+#: What the CPU cost of an exchange is measured with (replaced in tests).
+_kex_clock = time.perf_counter
 
 #: Messages allowed from the peer at any time (RFC 4253 §7.1), unless strict kex applies.
 _GENERIC = frozenset(
@@ -163,6 +166,9 @@ class Transport:
         self._exchange: KexExchange | None = None
         self._after_auth = False
         self._rekeys_before_auth = 0
+        self._kex_by_client = False
+        #: Seconds spent computing the running exchange (the driver paces a client's).
+        self._kex_seconds = 0.0
         self._out_compression = "none"
         self._in_compression = "none"
         self._our_kexinit = b""
@@ -387,7 +393,8 @@ class Transport:
     def _on_kexinit(self, payload: bytes, sequence: int) -> None:
         if self.kex_state in (KexState.KEX_RUNNING, KexState.AWAIT_NEWKEYS):
             raise UnexpectedMessage("KEXINIT during key exchange")
-        if self.kex_state is KexState.IDLE:  # the peer started a re-exchange
+        self._kex_by_client = self.kex_state is KexState.IDLE
+        if self._kex_by_client:  # the peer started a re-exchange
             if not self._after_auth:
                 self._rekeys_before_auth += 1
                 if self._rekeys_before_auth > MAX_CLIENT_REKEYS_BEFORE_AUTH:
@@ -423,7 +430,9 @@ class Transport:
             self._ignore_guessed_packet = False  # RFC 4253 §7: a wrong guess is dropped
             return
         assert self._exchange is not None
+        started = _kex_clock()
         step = self._exchange.receive(number, payload)
+        self._kex_seconds += _kex_clock() - started
         if isinstance(step, KexReply):
             self._send_now(step.payload)
             return
@@ -440,6 +449,7 @@ class Transport:
         if not self.initial_host_key_blobs:
             self.initial_host_key_blobs = host_key.blobs
         self._method = KEX_METHODS[negotiated.kex]
+        started = _kex_clock()
         self._exchange = self._method.start(
             KexContext(
                 transcript=KexTranscript(
@@ -453,6 +463,7 @@ class Transport:
                 rng=self._config.rng,
             )
         )
+        self._kex_seconds += _kex_clock() - started
 
     def _finish_kex(self, result: KexResult) -> None:
         """Send the signed reply and NEWKEYS; switch our output to the new keys."""
@@ -516,7 +527,15 @@ class Transport:
             self._negotiated, strict_kex=self.strict_kex, ext_info=self.ext_info_requested
         )
         self.algorithms = algorithms
-        self._emit(KeyExchangeCompleted(algorithms=algorithms, is_rekey=is_rekey))
+        self._emit(
+            KeyExchangeCompleted(
+                algorithms=algorithms,
+                is_rekey=is_rekey,
+                by_client=is_rekey and self._kex_by_client,
+                compute_seconds=self._kex_seconds,
+            )
+        )
+        self._kex_seconds = 0.0
 
 
 def _build_cipher(
