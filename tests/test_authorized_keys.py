@@ -55,10 +55,9 @@ def test_restrict_then_pty_reenables_the_terminal() -> None:
         'expiry-time="00000101"',
         "frobnicate",
         'command="open',
-        # As sshd's addr_match_list (-2, the key is refused): empty entries, a network
-        # with host bits, an invalid one even negated; an empty principals= matches nobody.
-        'from=""',
-        'from=","',
+        # As sshd's addr_match_list (-2, the key is refused): a network with host bits set;
+        # a negated entry that is no network (what it excludes is unknown: fail closed);
+        # an empty principals= matches nobody.
         'from="192.168.1.5/24"',
         'from="!10.0.0.0/33,*"',
         'principals=""',
@@ -71,6 +70,24 @@ def test_restrict_then_pty_reenables_the_terminal() -> None:
 def test_unknown_or_malformed_options_are_errors(bad: str) -> None:
     with pytest.raises(OptionError):
         parse_options(bad)
+
+
+@pytest.mark.parametrize(
+    ("patterns", "address", "allowed"),
+    [
+        ("", "10.1.2.3", False),  # no entry matches: refused, never "no restriction"
+        (",", "10.1.2.3", False),
+        ("127.0.0.0/8, 10.0.0.0/8", "127.0.0.1", True),  # a spaced entry matches nothing
+        ("127.0.0.0/8, 10.0.0.0/8", "10.0.0.1", False),
+        ("/129,10.0.0.0/8", "10.0.0.1", True),
+    ],
+)
+def test_from_entries_that_match_nothing_do_not_lift_the_restriction(
+    patterns: str, address: str, allowed: bool
+) -> None:
+    """As sshd: an entry that is neither a network nor a match for the address (a space
+    after the comma, an empty list) matches nothing; the line stays usable."""
+    assert parse_options(f'from="{patterns}"').allows_source(address) is allowed
 
 
 def test_the_earliest_expiry_time_holds() -> None:

@@ -173,19 +173,24 @@ _ONCE_PER_LINE: Final = frozenset(("command", "from", "principals"))
 
 
 def _from_patterns(value: str) -> list[str]:
-    """The patterns of ``from=``. As sshd's addr_match_list, which refuses the key: an
-    empty entry, or a network that is none (host bits set, a mask too long), negated or
-    not, is an error, never a pattern that matches nothing or everything."""
+    """The patterns of ``from=``, every entry kept: one that is no network and no match
+    for an address (empty, a space after the comma) matches nothing, as in sshd, and an
+    empty list lets nobody in.
+
+    Raises:
+        OptionError: a network with host bits set (sshd's addr_match_list refuses the key
+            then), or a negated entry that is no network (what it excludes is unknown).
+    """
     patterns = value.split(",")
     for pattern in patterns:
         bare = pattern.removeprefix("!")
-        if not bare:
-            raise OptionError(f"from={value!r} has an empty entry")
-        if "/" in bare:
-            try:
-                ipaddress.ip_network(bare)
-            except ValueError:
-                raise OptionError(f"from= entry {pattern!r} is not a network") from None
+        if "/" not in bare:
+            continue
+        try:
+            ipaddress.ip_network(bare)
+        except ValueError as exc:
+            if pattern.startswith("!") or "has host bits set" in str(exc):
+                raise OptionError(f"from= entry {pattern!r}: {exc}") from None
     return patterns
 
 
