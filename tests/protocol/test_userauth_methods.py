@@ -178,12 +178,8 @@ def test_new_request_abandons_a_conversation() -> None:
     pair.transfer()
     info_request(pair)
     password(pair, "instead")
-    assert pair.transfer() == [
-        AuthFailed(
-            username="alice", method="keyboard-interactive", reason="conversation abandoned"
-        ),
-        PasswordAuthRequested(username="alice", password="instead"),
-    ]
+    # The first abandoned conversation is free (asyncssh leaves one it cannot answer).
+    assert pair.transfer() == [PasswordAuthRequested(username="alice", password="instead")]
 
 
 def test_an_abandoned_conversation_counts_as_a_failed_attempt() -> None:

@@ -198,6 +198,7 @@ class UserAuthServer:
         self._first_username: str | None = None
         self.username: str | None = None
         self._gssapi_refusals = 0
+        self._abandoned = 0
 
     @property
     def decision_pending(self) -> bool:
@@ -231,12 +232,14 @@ class UserAuthServer:
         if number != MessageNumber.USERAUTH_REQUEST:
             raise UnexpectedMessage(f"message {number} is not a client userauth message")
         if self.state in _CONVERSATIONS:
-            # RFC 4256 §3.3, RFC 4462 §3.4: a new request ends the conversation. It counts
-            # as a failed attempt: each start is a decision (a webhook call, say), and a
-            # client restarting without answering must still run out of attempts.
+            # RFC 4256 §3.3, RFC 4462 §3.4: a new request ends the conversation. Past the
+            # first (asyncssh leaves one it has no answers for and tries a password), each
+            # counts as a failed attempt: every start is a decision (a webhook call, say),
+            # and a client restarting without answering must still run out of attempts.
             abandoned, self._pending = self._pending, None
             self._move("abandon")
-            if abandoned is not None:
+            self._abandoned += 1
+            if abandoned is not None and self._abandoned > 1:
                 self._fail(abandoned.request, "conversation abandoned", reply=False)
                 self.check_limit()
         request = UserauthRequest.decode(Reader(payload, 1))
