@@ -148,8 +148,9 @@ def open_or_refuse(
         return port.open(channel_type, data)
     except ChannelLimitReached as exc:
         ctx.metrics.failed("limit")
-        log.warning("forward_failed", kind=kind, target=str(target), reason="limit",
-                    error=str(exc), originator="")  # fmt: skip
+        if ctx.lines.take():
+            log.warning("forward_failed", kind=kind, target=str(target), reason="limit",
+                        error=str(exc), originator="")  # fmt: skip
         return None
 
 
