@@ -662,9 +662,9 @@ async def test_a_clients_key_exchanges_are_paced_by_what_they_cost(
     ctx: ServerContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each exchange costs the one event loop up to ~100 ms (group18); a logged-in client
-    re-keying in a loop held everyone's round trips at ~100 ms. After a re-exchange the
-    client started, its connection waits REKEY_PACING times what it cost. The core's clock
-    is made to say each exchange step cost 0.25 s."""
+    re-keying in a loop held everyone's round trips at ~100 ms. After a re-exchange, its
+    connection waits REKEY_PACING times what it cost (whoever started it: a client's bytes
+    start the server's). The core's clock is made to say each exchange step cost 0.125 s."""
     ticks = itertools.count()
     monkeypatch.setattr(transport, "_kex_clock", lambda: next(ticks) * 0.125)
     with trio.fail_after(20):

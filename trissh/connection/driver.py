@@ -95,11 +95,12 @@ RECEIVE_SIZE = 256 * 1024
 #: Reading stops while more than this much output is unsent: before login, and after it
 #: (above what bulk channel output queues, OUTPUT_HIGH_WATER plus one chunk).
 UNSENT_BEFORE_LOGIN = 64 * 1024
-#: After a key re-exchange the client started, the connection waits this many times the
-#: CPU it cost (up to ~100 ms with diffie-hellman-group18, in the one event loop): a
-#: client's re-exchanges take at most a fifth of it. The server's own (rekey_bytes) are
-#: not paced, and a cheap exchange (curve25519: ~1 ms) barely waits.
+#: After a key re-exchange the connection waits this many times the CPU it cost (up to
+#: ~100 ms with diffie-hellman-group18, in the one event loop), at most REKEY_PAUSE_MAX:
+#: a connection's re-exchanges take at most a fifth of the loop, whoever started them (the
+#: client's bytes start the server's, with rekey_bytes); curve25519 (~1 ms) barely waits.
 REKEY_PACING = 4.0
+REKEY_PAUSE_MAX = 2.0
 UNSENT_BEFORE_READING = 4 * 1024 * 1024
 SHUTDOWN_MESSAGE = "server shutting down"
 #: Why a connection ended when the client ended it (its DISCONNECT, or its socket closed).
@@ -153,7 +154,7 @@ class ConnectionDriver:
         self._quickack = True
         self._accepted_at = trio.current_time()
         self._handshake_done = False
-        #: Until when the client's last re-exchange holds the connection (REKEY_PACING).
+        #: Until when the last re-exchange holds the connection (REKEY_PACING).
         self._paused_until = 0.0
         self._metrics = ctx.metrics.connection_opened()
         self._login = LoginConversation(ctx.auth, self.conn, self._login_request)
@@ -345,8 +346,8 @@ class ConnectionDriver:
         self._writer.flush_now()
 
     async def _pause(self) -> None:
-        """The client's re-exchange is paid for: this connection waits (what is already read
-        too, so a pipelined next exchange waits as well); nobody else does."""
+        """A re-exchange is paid for: this connection waits (packets already read too, but
+        for the rest of the batch being decoded); nobody else does."""
         self._writer.flush_now()
         await trio.sleep_until(self._paused_until)
         self._paused_until = 0.0
@@ -409,8 +410,9 @@ class ConnectionDriver:
 
     def _on_kex_completed(self, event: KeyExchangeCompleted) -> None:
         self._clock.keys_changed()
-        if event.by_client and event.compute_seconds > 0:
-            self._paused_until = trio.current_time() + REKEY_PACING * event.compute_seconds
+        if event.is_rekey and event.compute_seconds > 0:
+            pause = min(REKEY_PACING * event.compute_seconds, REKEY_PAUSE_MAX)
+            self._paused_until = trio.current_time() + pause
         if not event.is_rekey:
             self._handshake_done = True
         handshake.kex_completed(event, self.ctx.metrics, trio.current_time() - self._accepted_at)

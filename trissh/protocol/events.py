@@ -63,10 +63,9 @@ class VersionReceived:
 class KeyExchangeCompleted:
     algorithms: NegotiatedAlgorithms
     is_rekey: bool
-    #: The client started it (a re-exchange; the first one is both sides').
-    by_client: bool = False
-    #: Seconds the server spent computing it (key generation, agreement, signature).
-    compute_seconds: float = 0.0
+    #: CPU seconds the server spent computing it (key generation, agreement, signature);
+    #: a measurement, so left out of comparisons.
+    compute_seconds: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
