@@ -55,11 +55,15 @@ def test_restrict_then_pty_reenables_the_terminal() -> None:
         'expiry-time="00000101"',
         "frobnicate",
         'command="open',
-        # As sshd's addr_match_list (-2, the key is refused): a network with host bits set;
-        # a negated entry that is no network (what it excludes is unknown: fail closed);
+        # As sshd's addr_match_list, whose -2 refuses the key: an empty entry (a bare
+        # "!" too), a network with host bits set, a mask too long for its family;
         # an empty principals= matches nobody.
+        'from=""',
+        'from="10.0.0.0/8,"',
+        'from="!,*"',
         'from="192.168.1.5/24"',
         'from="!10.0.0.0/33,*"',
+        'from="10.0.0.0/33,192.168.0.0/16"',
         'principals=""',
         # sshd refuses these twice on one line
         'command="a",command="b"',
@@ -75,11 +79,18 @@ def test_unknown_or_malformed_options_are_errors(bad: str) -> None:
 @pytest.mark.parametrize(
     ("patterns", "address", "allowed"),
     [
-        ("", "10.1.2.3", False),  # no entry matches: refused, never "no restriction"
-        (",", "10.1.2.3", False),
         ("127.0.0.0/8, 10.0.0.0/8", "127.0.0.1", True),  # a spaced entry matches nothing
         ("127.0.0.0/8, 10.0.0.0/8", "10.0.0.1", False),
         ("/129,10.0.0.0/8", "10.0.0.1", True),
+        # Not a prefix length: no network, only a (failing) wildcard match, as sshd's
+        ("10.0.0.0/255.0.0.0", "10.9.9.9", False),
+        # sshd's wildcards are * and ? only: brackets are characters
+        ("10.0.0.[0-9]", "10.0.0.5", False),
+        ("10.0.0.?", "10.0.0.5", True),
+        ("10.*", "10.0.0.5", True),
+        ("!10.0.0.5,10.*", "10.0.0.5", False),
+        ("10.0.0.5", "10.0.0.5", True),
+        ("2001:db8::/32", "2001:db8::1", True),
     ],
 )
 def test_from_entries_that_match_nothing_do_not_lift_the_restriction(

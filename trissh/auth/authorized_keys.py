@@ -17,8 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
-import fnmatch
 import ipaddress
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +76,8 @@ class KeyOptions:
     permit_listen: tuple[str, ...] = ()
 
     def allows_source(self, address: str) -> bool:
-        """``from=``: the connecting IP matches a pattern and no negated one (IPs only)."""
+        """``from=``: the connecting IP matches an entry and no negated one, as sshd's
+        addr_match_list (networks, else ``*``/``?`` wildcards on the address text)."""
         if not self.from_patterns:
             return True
         allowed = False
@@ -92,13 +93,37 @@ class KeyOptions:
         return self.expires_at is not None and now >= self.expires_at
 
 
+def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """``entry`` as sshd's addr_pton_cidr reads it: an address, with a decimal prefix
+    length or without one; ``None`` when it is no network (then it is a wildcard pattern).
+
+    Raises:
+        ValueError: a network sshd calls inconsistent (host bits set, a prefix too long).
+    """
+    text, slash, length = entry.partition("/")
+    if slash and not (length.isascii() and length.isdigit() and int(length) <= 128):
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return ipaddress.ip_network(f"{address}/{length or address.max_prefixlen}")
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    """sshd's match_pattern: ``*`` and ``?`` only; every other character is itself."""
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts), re.DOTALL)
+
+
 def _address_matches(address: str, pattern: str) -> bool:
-    if "/" in pattern:
+    network = _network(pattern)
+    if network is not None:
         try:
-            return ipaddress.ip_address(address) in ipaddress.ip_network(pattern, strict=False)
+            return ipaddress.ip_address(address) in network
         except ValueError:
             return False
-    return fnmatch.fnmatchcase(address, pattern)
+    return _wildcard(pattern).fullmatch(address) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,24 +198,22 @@ _ONCE_PER_LINE: Final = frozenset(("command", "from", "principals"))
 
 
 def _from_patterns(value: str) -> list[str]:
-    """The patterns of ``from=``, every entry kept: one that is no network and no match
-    for an address (empty, a space after the comma) matches nothing, as in sshd, and an
-    empty list lets nobody in.
+    """The entries of ``from=``. One that is no network (a space after the comma, a mask
+    that is not a prefix length) is a wildcard pattern that matches nothing, as in sshd.
 
     Raises:
-        OptionError: a network with host bits set (sshd's addr_match_list refuses the key
-            then), or a negated entry that is no network (what it excludes is unknown).
+        OptionError: what sshd's addr_match_list refuses the key for: an empty entry (a
+            bare ``!`` too), a network with host bits set or a prefix too long.
     """
     patterns = value.split(",")
     for pattern in patterns:
         bare = pattern.removeprefix("!")
-        if "/" not in bare:
-            continue
+        if not bare:
+            raise OptionError(f"from={value!r} has an empty entry")
         try:
-            ipaddress.ip_network(bare)
+            _network(bare)
         except ValueError as exc:
-            if pattern.startswith("!") or "has host bits set" in str(exc):
-                raise OptionError(f"from= entry {pattern!r}: {exc}") from None
+            raise OptionError(f"from= entry {pattern!r}: {exc}") from None
     return patterns
 
 
