@@ -200,6 +200,26 @@ def test_an_abandoned_conversation_counts_as_a_failed_attempt() -> None:
     pair.expect_disconnect(DisconnectReason.NO_MORE_AUTH_METHODS_AVAILABLE)
 
 
+def test_a_conversation_answered_in_part_is_never_free() -> None:
+    """Password then a code: a client that answers the first round and leaves at the
+    second has had its password checked; that costs an attempt even the first time."""
+    pair = pair_with()
+    keyboard_interactive(pair)
+    pair.transfer()
+    pair.server.send_auth_prompts("", "", [("Password: ", False)])
+    pair.transfer()
+    info_request(pair)
+    pair.client.send(ua.UserauthInfoResponse(responses=("guess",)))
+    pair.transfer()
+    pair.server.send_auth_prompts("", "", [("Code: ", False)])
+    pair.transfer()
+    info_request(pair)
+    password(pair, "instead")
+    assert pair.transfer()[0] == AuthFailed(
+        username="alice", method="keyboard-interactive", reason="conversation abandoned"
+    )
+
+
 def test_prompts_only_answer_keyboard_interactive() -> None:
     pair = pair_with()
     password(pair, "x")

@@ -198,7 +198,10 @@ class UserAuthServer:
         self._first_username: str | None = None
         self.username: str | None = None
         self._gssapi_refusals = 0
-        self._abandoned = 0
+        #: The one keyboard-interactive conversation left unanswered without a failure.
+        self._free_abandon_used = False
+        #: Whether the running keyboard-interactive conversation got responses.
+        self._answered = False
 
     @property
     def decision_pending(self) -> bool:
@@ -232,14 +235,17 @@ class UserAuthServer:
         if number != MessageNumber.USERAUTH_REQUEST:
             raise UnexpectedMessage(f"message {number} is not a client userauth message")
         if self.state in _CONVERSATIONS:
-            # RFC 4256 §3.3, RFC 4462 §3.4: a new request ends the conversation. Past the
-            # first (asyncssh leaves one it has no answers for and tries a password), each
-            # counts as a failed attempt: every start is a decision (a webhook call, say),
-            # and a client restarting without answering must still run out of attempts.
+            # RFC 4256 §3.3, RFC 4462 §3.4: a new request ends the conversation, and counts
+            # as a failed attempt: every start is a decision (a webhook call, say), and a
+            # client restarting without answering must still run out of attempts. Once,
+            # prompts left unanswered are free (asyncssh leaves prompts it has no answers
+            # for and tries a password); a conversation answered in part never is.
             abandoned, self._pending = self._pending, None
+            unanswered = self.state is AuthState.AWAITING_RESPONSES and not self._answered
             self._move("abandon")
-            self._abandoned += 1
-            if abandoned is not None and self._abandoned > 1:
+            if unanswered and not self._free_abandon_used:
+                self._free_abandon_used = True  # prompts it had no answers for: once
+            elif abandoned is not None:
                 self._fail(abandoned.request, "conversation abandoned", reply=False)
                 self.check_limit()
         request = UserauthRequest.decode(Reader(payload, 1))
@@ -269,6 +275,7 @@ class UserAuthServer:
             self._gssapi(request)
         elif request.method == KEYBOARD_INTERACTIVE:
             method = KeyboardInteractiveMethod.decode(Reader(request.method_data))
+            self._answered = False
             self._ask(_Pending(request))
             self._emit(
                 KeyboardInteractiveAuthRequested(
@@ -399,6 +406,7 @@ class UserAuthServer:
             raise RemoteProtocolError(
                 f"{len(response.responses)} responses to {self._pending.prompts} prompts"
             )
+        self._answered = True
         self._move("ask")
         self._emit(
             KeyboardInteractiveResponsesReceived(
