@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from trissh.backend import BackendUnavailable
 from trissh.backend.memory import MemoryBackend
 from trissh.connection.driver import REKEY_PACING, serve_connection
 from trissh.connection.port import ConnectionPort
-from trissh.protocol import DisconnectReason, transport
+from trissh.protocol import DisconnectReason
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.messages import transport as tr
 from trissh.protocol.wire import Reader
@@ -666,7 +667,7 @@ async def test_a_clients_key_exchanges_are_paced_by_what_they_cost(
     connection waits REKEY_PACING times what it cost (whoever started it: a client's bytes
     start the server's). The core's clock is made to say each exchange step cost 0.125 s."""
     ticks = itertools.count()
-    monkeypatch.setattr(transport, "_kex_clock", lambda: next(ticks) * 0.125)
+    monkeypatch.setattr(time, "thread_time", lambda: next(ticks) * 0.125)
     with trio.fail_after(20):
         async with connected(ctx) as peer:
             await peer.login()

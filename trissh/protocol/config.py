@@ -67,6 +67,9 @@ class ProtocolConfig:
     #: Send ``hostkeys-00@openssh.com`` after authentication (OpenSSH PROTOCOL §2.5).
     announce_host_keys: bool = True
     rng: Callable[[int], bytes] = field(default=os.urandom, repr=False)
+    #: CPU seconds so far, to measure what a key exchange cost (the core reads no clock
+    #: itself); without one every exchange costs 0 and none is paced.
+    cpu_clock: Callable[[], float] = field(default=lambda: 0.0, repr=False)
     #: The configured host key algorithms that some configured key can serve (derived).
     offered_host_key_algorithms: tuple[str, ...] = field(init=False, repr=False)
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import time
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -98,9 +97,6 @@ MAX_PACKETS_PER_KEY: Final = 1 << 31
 #: Key re-exchanges a client may start before login: each costs the server up to ~100 ms
 #: of CPU in the event loop everyone shares, and nobody is accountable for them yet.
 MAX_CLIENT_REKEYS_BEFORE_AUTH: Final = 1
-#: What the CPU cost of an exchange is measured with: this thread's CPU time, so a host
-#: that stalls the process does not count (replaced in tests).
-_kex_clock = time.thread_time
 
 #: Messages allowed from the peer at any time (RFC 4253 §7.1), unless strict kex applies.
 _GENERIC = frozenset(
@@ -429,9 +425,9 @@ class Transport:
             self._ignore_guessed_packet = False  # RFC 4253 §7: a wrong guess is dropped
             return
         assert self._exchange is not None
-        started = _kex_clock()
+        started = self._config.cpu_clock()
         step = self._exchange.receive(number, payload)
-        self._kex_seconds += _kex_clock() - started
+        self._kex_seconds += self._config.cpu_clock() - started
         if isinstance(step, KexReply):
             self._send_now(step.payload)
             return
@@ -448,7 +444,7 @@ class Transport:
         if not self.initial_host_key_blobs:
             self.initial_host_key_blobs = host_key.blobs
         self._method = KEX_METHODS[negotiated.kex]
-        started = _kex_clock()
+        started = self._config.cpu_clock()
         self._exchange = self._method.start(
             KexContext(
                 transcript=KexTranscript(
@@ -462,7 +458,7 @@ class Transport:
                 rng=self._config.rng,
             )
         )
-        self._kex_seconds += _kex_clock() - started
+        self._kex_seconds += self._config.cpu_clock() - started
 
     def _finish_kex(self, result: KexResult) -> None:
         """Send the signed reply and NEWKEYS; switch our output to the new keys."""

@@ -235,19 +235,7 @@ class UserAuthServer:
         if number != MessageNumber.USERAUTH_REQUEST:
             raise UnexpectedMessage(f"message {number} is not a client userauth message")
         if self.state in _CONVERSATIONS:
-            # RFC 4256 §3.3, RFC 4462 §3.4: a new request ends the conversation, and counts
-            # as a failed attempt: every start is a decision (a webhook call, say), and a
-            # client restarting without answering must still run out of attempts. Once,
-            # prompts left unanswered are free (asyncssh leaves prompts it has no answers
-            # for and tries a password); a conversation answered in part never is.
-            abandoned, self._pending = self._pending, None
-            unanswered = self.state is AuthState.AWAITING_RESPONSES and not self._answered
-            self._move("abandon")
-            if unanswered and not self._free_abandon_used:
-                self._free_abandon_used = True  # prompts it had no answers for: once
-            elif abandoned is not None:
-                self._fail(abandoned.request, "conversation abandoned", reply=False)
-                self.check_limit()
+            self._abandon_conversation()
         request = UserauthRequest.decode(Reader(payload, 1))
         if self._first_username is None:
             self._first_username = request.username
@@ -284,6 +272,21 @@ class UserAuthServer:
             )
         else:
             self._fail(request, f"method {request.method} not available")
+
+    def _abandon_conversation(self) -> None:
+        """RFC 4256 §3.3, RFC 4462 §3.4: a new request ends the conversation, and counts as
+        a failed attempt: every start is a decision (a webhook call, say), and a client
+        restarting without answering must still run out of attempts. Once, prompts left
+        unanswered are free (asyncssh leaves prompts it has no answers for and tries a
+        password); a conversation answered in part never is."""
+        abandoned, self._pending = self._pending, None
+        unanswered = self.state is AuthState.AWAITING_RESPONSES and not self._answered
+        self._move("abandon")
+        if unanswered and not self._free_abandon_used:
+            self._free_abandon_used = True
+        elif abandoned is not None:
+            self._fail(abandoned.request, "conversation abandoned", reply=False)
+            self.check_limit()
 
     def _ask(self, pending: _Pending) -> None:
         self._pending = pending

@@ -86,6 +86,8 @@ def build_context(
             auth_methods=policy.methods,
             banner=settings.auth.banner,
             max_channels=settings.channel_limit(),
+            # this thread's CPU: a host that stalls the process does not count
+            cpu_clock=lambda: time.thread_time(),
             **settings.ssh.protocol_options(),
         )
     except ValueError as exc:
