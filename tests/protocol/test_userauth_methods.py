@@ -62,6 +62,21 @@ def info_request(pair: ConnectionPair) -> ua.UserauthInfoRequest:
     return ua.UserauthInfoRequest.decode(Reader(payload, 1))
 
 
+def password_then_code_prompt(pair: ConnectionPair, secret: str, *, echo: bool) -> None:
+    """keyboard-interactive: a password round answered with ``secret``, then a code
+    prompt received and not answered yet."""
+    keyboard_interactive(pair)
+    pair.transfer()
+    pair.server.send_auth_prompts("", "", [("Password: ", False)])
+    pair.transfer()
+    info_request(pair)
+    pair.client.send(ua.UserauthInfoResponse(responses=(secret,)))
+    pair.transfer()
+    pair.server.send_auth_prompts("", "", [("Code: ", echo)])
+    pair.transfer()
+    info_request(pair)
+
+
 def test_password_accepted() -> None:
     """password → PasswordAuthRequested; accept_auth() → SUCCESS and Authenticated."""
     pair = pair_with()
@@ -129,16 +144,7 @@ def test_keyboard_interactive_conversation() -> None:
 
 def test_keyboard_interactive_several_rounds_then_rejection() -> None:
     pair = pair_with()
-    keyboard_interactive(pair)
-    pair.transfer()
-    pair.server.send_auth_prompts("", "", [("Password: ", False)])
-    pair.transfer()
-    info_request(pair)
-    pair.client.send(ua.UserauthInfoResponse(responses=("pw",)))
-    pair.transfer()
-    pair.server.send_auth_prompts("", "", [("Code: ", True)])
-    pair.transfer()
-    info_request(pair)
+    password_then_code_prompt(pair, "pw", echo=True)
     pair.client.send(ua.UserauthInfoResponse(responses=("000000",)))
     pair.transfer()
     pair.server.reject_auth("wrong code")
@@ -204,16 +210,7 @@ def test_a_conversation_answered_in_part_is_never_free() -> None:
     """Password then a code: a client that answers the first round and leaves at the
     second has had its password checked; that costs an attempt even the first time."""
     pair = pair_with()
-    keyboard_interactive(pair)
-    pair.transfer()
-    pair.server.send_auth_prompts("", "", [("Password: ", False)])
-    pair.transfer()
-    info_request(pair)
-    pair.client.send(ua.UserauthInfoResponse(responses=("guess",)))
-    pair.transfer()
-    pair.server.send_auth_prompts("", "", [("Code: ", False)])
-    pair.transfer()
-    info_request(pair)
+    password_then_code_prompt(pair, "guess", echo=False)
     password(pair, "instead")
     assert pair.transfer()[0] == AuthFailed(
         username="alice", method="keyboard-interactive", reason="conversation abandoned"
