@@ -117,3 +117,52 @@ async def test_removals_yield_to_waiting_logins_but_not_forever(
         for _ in range(6):
             nursery.start_soon(remove)
     assert most == 6  # nobody waits for a start: no limit
+
+
+async def test_one_user_with_many_logins_does_not_hold_the_queue_for_others(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Slots go round the users who wait, each user's own logins in their order: one user
+    opening many connections at once (a container each) must not make a second user wait
+    behind all of them."""
+    starts, _ = _queue(1)
+    order: list[str] = []
+
+    async def login(user: str, conn_id: str) -> None:
+        async with starts.turn(conn_id, user):
+            order.append(conn_id)
+            await trio.sleep(1)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(6):
+            nursery.start_soon(login, "mallory", f"m{n}")
+            await trio.sleep(0.01)
+        nursery.start_soon(login, "alice", "a0")
+        await trio.sleep(0.01)
+        nursery.start_soon(login, "bob", "b0")
+    assert order == ["m0", "m1", "a0", "b0", "m2", "m3", "m4", "m5"]
+    assert (starts.running, starts.waiting) == (0, 0)
+
+
+async def test_a_slot_handed_to_a_login_that_just_gave_up_goes_on_to_the_next(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    starts, _ = _queue(1)
+    got: list[str] = []
+    giving_up = trio.CancelScope()
+
+    async def login(conn_id: str, user: str, scope: trio.CancelScope | None = None) -> None:
+        with scope or trio.CancelScope():
+            async with starts.turn(conn_id, user):
+                got.append(conn_id)
+
+    with trio.fail_after(60):  # a slot lost with "quitter" would leave "next" waiting
+        async with trio.open_nursery() as nursery, starts.turn("holder", "u"):
+            nursery.start_soon(login, "quitter", "v", giving_up)
+            nursery.start_soon(login, "next", "w")
+            await trio.sleep(1)
+            # In one step: "quitter" gives up, then the slot is handed to it before it
+            # has run to leave the queue.
+            giving_up.cancel()
+    assert got == ["next"]
+    assert (starts.running, starts.waiting) == (0, 0)

@@ -305,7 +305,7 @@ class PodmanBackend:
         return await self._start_in_turn(spec)
 
     async def _start_in_turn(self, spec: SandboxSpec) -> str:
-        async with self._starts.turn(spec.conn_id) as queued:
+        async with self._starts.turn(spec.conn_id, spec.username) as queued:
             return await self._start_container(spec, queued=queued)
 
     async def _start_container(self, spec: SandboxSpec, *, queued: float = 0.0) -> str:

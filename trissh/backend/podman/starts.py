@@ -5,8 +5,10 @@ Theory of operation
 A container start is ~100 ms of CPU for the podman service, conmon and runc; a login storm
 asks for hundreds at once. Past a few concurrent starts podman gets no faster, only slower
 per start, until its requests time out. So every start (a login's, or the warm pool's
-refill) takes a slot of one FIFO ``trio.CapacityLimiter`` first: logins are served in
-the order they asked, podman works at its best rate, and the wait is visible —
+refill) takes one of a few slots first (:class:`_FairSlots`): a freed slot goes round the
+users who wait, each user's logins in the order they asked, so one user opening many
+connections at once cannot make everyone else wait behind them; podman works at its best
+rate, and the wait is visible —
 ``waiting``/``running`` are gauges on ``/metrics``, a start that has to wait logs
 ``container_start_queued`` with its place, and its ``container_created`` line says how
 long it queued. A login that gives up while queued (its client left, its start timeout
@@ -24,6 +26,7 @@ session ended is not waiting for them); none waits longer than :data:`REMOVAL_PA
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
@@ -43,9 +46,64 @@ BUSY_REMOVALS: Final = 2
 REMOVAL_PATIENCE: Final = 60.0
 
 
+class _FairSlots:
+    """``slots`` slots; a freed one goes to the next user who waits, round the users in
+    the order they started waiting, each user's requests first come first served."""
+
+    def __init__(self, slots: int) -> None:
+        self.total = slots
+        self.available_tokens = slots
+        #: Waiters per user, oldest user first; a served user moves to the back.
+        self._queues: dict[str, deque[trio.Event]] = {}
+
+    @property
+    def borrowed_tokens(self) -> int:
+        return self.total - self.available_tokens
+
+    def acquire_nowait(self) -> None:
+        if not self.available_tokens or self._queues:
+            raise trio.WouldBlock
+        self.available_tokens -= 1
+
+    async def acquire(self, user: str) -> None:
+        """Cancellation: leaves the queue (a slot already handed over is passed on)."""
+        if self.available_tokens and not self._queues:
+            self.available_tokens -= 1
+            await trio.lowlevel.checkpoint()
+            return
+        granted = trio.Event()
+        self._queues.setdefault(user, deque()).append(granted)
+        try:
+            await granted.wait()
+        except BaseException:
+            if granted.is_set():
+                self.release()
+            else:
+                self._forget(user, granted)
+            raise
+
+    def release(self) -> None:
+        if not self._queues:
+            self.available_tokens += 1
+            return
+        user = next(iter(self._queues))
+        queue = self._queues.pop(user)
+        granted = queue.popleft()
+        if queue:
+            self._queues[user] = queue  # to the back: the next slot is another user's
+        granted.set()
+
+    def _forget(self, user: str, granted: trio.Event) -> None:
+        queue = self._queues.get(user)
+        if queue is not None and granted in queue:
+            queue.remove(granted)
+            if not queue:
+                del self._queues[user]
+
+
 class StartQueue:
     def __init__(self, slots: int, observe: Observe) -> None:
-        self._limiter = trio.CapacityLimiter(slots)
+        self._limiter = _FairSlots(slots)
         self._observe = observe
         #: Logins waiting for a slot now.
         self.waiting = 0
@@ -57,9 +115,9 @@ class StartQueue:
         return int(self._limiter.borrowed_tokens)
 
     @asynccontextmanager
-    async def turn(self, conn_id: str) -> AsyncIterator[float]:
-        """A start slot for a login, in the order logins asked; yields the seconds it
-        waited.
+    async def turn(self, conn_id: str, user: str = "") -> AsyncIterator[float]:
+        """A start slot for a login of ``user`` (in turn with other users' logins, see the
+        module docstring); yields the seconds it waited.
 
         Cancellation: leaves the queue (logged when it had to wait).
         """
@@ -74,7 +132,7 @@ class StartQueue:
             )
         self.waiting += 1
         try:
-            await self._limiter.acquire()
+            await self._limiter.acquire(user)
         except BaseException:
             if queued:
                 log.warning("container_start_abandoned", conn_id=conn_id, queued_ms=_ms(started))
