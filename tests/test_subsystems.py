@@ -153,22 +153,28 @@ def _program(argv: Sequence[str]) -> str:
     return argv[2].rsplit("; ", 1)[-1]
 
 
+async def _exec(ctx: ServerContext, command: str, *requests: tuple[str, bytes]) -> list[object]:
+    """Log in, exec ``command``, send ``requests`` on its channel: the messages until CLOSE."""
+    with trio.fail_after(20):
+        async with connected(ctx) as peer:
+            await peer.login()
+            channel = await peer.open_session()
+            await peer.exec(channel, command)
+            for request_type, data in requests:
+                peer.client.channel_request(channel, request_type, data)
+            await peer.flush()
+            messages = await peer.until_close(channel)
+            await peer.stream.aclose()
+    return messages
+
+
 async def test_a_forced_command_session_takes_no_signals(
     memory_backend: MemoryBackend, tmp_path: Path
 ) -> None:
     """sshd's session_signal_req refuses signals to a forced-command session: TERM is
     refused (CHANNEL_FAILURE) and the program runs on until it ends by itself."""
     ctx = _context(memory_backend, tmp_path, key_options='command="sleep 1"')
-    with trio.fail_after(20):
-        async with connected(ctx) as peer:
-            await peer.login()
-            channel = await peer.open_session()
-            await peer.exec(channel, "anything")
-            signal = conn.SignalData(name="TERM").encode()
-            peer.client.channel_request(channel, "signal", signal)
-            await peer.flush()
-            messages = await peer.until_close(channel)
-            await peer.stream.aclose()
+    messages = await _exec(ctx, "anything", ("signal", conn.SignalData(name="TERM").encode()))
     assert conn.ChannelFailure(recipient_channel=0) in messages
     assert exit_status_of(messages) == 0
 
@@ -179,13 +185,7 @@ async def test_an_empty_forced_command_still_forces(
     """``command=""`` (keys meant for forwarding only) runs ``sh -c ""``, as sshd: never the
     client's command. An empty string was merged away as if there were no forced command."""
     ctx = _context(memory_backend, tmp_path, key_options='command=""')
-    with trio.fail_after(20):
-        async with connected(ctx) as peer:
-            await peer.login()
-            channel = await peer.open_session()
-            await peer.exec(channel, "echo chosen by the client")
-            messages = await peer.until_close(channel)
-            await peer.stream.aclose()
+    messages = await _exec(ctx, "echo chosen by the client")
     assert exit_status_of(messages) == 0
     [spec] = memory_backend.process_specs
     assert spec.argv[-2] == "-c"

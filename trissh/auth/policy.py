@@ -97,11 +97,11 @@ def _ca_line(
     cert: Certificate,
     candidates: Sequence[AuthorizedKey],
     now: float,
-    refusal: str,
 ) -> tuple[AuthorizedKey | None, str | None]:
     """The ``cert-authority`` line that lets ``cert`` in (its ``principals=`` replace the
     user name), or why none does; as sshd, a line whose ``from=`` or expiry refuses gives way
     to a later one for the same CA."""
+    refusal = None
     for candidate in candidates:
         options = candidate.options
         if not options.cert_authority or candidate.blob != cert.signature_key.blob:
@@ -345,7 +345,7 @@ class AuthPolicy:
         principals, options."""
         where = f"key id {cert.key_id!r}, CA {cert.signature_key.fingerprint}"
         # As sshd: authorized_keys before TrustedUserCAKeys.
-        entry, reason = _ca_line(request, cert, candidates, now, "")
+        entry, reason = _ca_line(request, cert, candidates, now)
         if entry is None:
             trusted = check_user_certificate(
                 cert,

@@ -25,13 +25,11 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
-from trissh.auth.names import escaped
 from trissh.backend import BackendError, ForwardError, Sandbox, SocketAddress
 from trissh.channels.forwards import (
     ConnectFailed,
     ForwardContext,
-    carry,
-    open_or_refuse,
+    carry_accepted,
     sandbox_for_forwards,
 )
 from trissh.connection.port import ConnectionPort
@@ -134,25 +132,7 @@ class AgentForwarding:
             socket.ready.set()
 
     async def _carry(self, stream: trio.abc.HalfCloseableStream, target: SocketPath) -> None:
-        ctx = self._ctx
-        if ctx.count.full:
-            ctx.metrics.failed("limit")
-            await trio.aclose_forcefully(stream)
-            return
-        ctx.count.open += 1
-        try:
-            handle = open_or_refuse(self._port, AUTH_AGENT, b"", ctx, "agent", target)
-            if handle is None:
-                await trio.aclose_forcefully(stream)
-                return
-            if not await handle.opened():
-                ctx.metrics.failed("client_refused")
-                if ctx.lines.take():
-                    log.info("forward_failed", kind="agent", target=self.path,
-                             reason="client_refused", error=escaped(handle.refusal or ""),
-                             originator="")  # fmt: skip
-                await trio.aclose_forcefully(stream)
-                return
-            await carry(ctx, self._port, handle, stream, kind="agent", target=target)
-        finally:
-            ctx.count.open -= 1
+        await carry_accepted(
+            self._ctx, self._port, stream, (AUTH_AGENT, b""),
+            kind="agent", target=target, originator="",
+        )  # fmt: skip

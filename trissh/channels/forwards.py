@@ -133,19 +133,53 @@ async def connect_inside(
         raise ConnectFailed(Refusal(code, text), exc.reason) from None
 
 
-def open_or_refuse(
-    port: ConnectionPort,
-    channel_type: str,
-    data: bytes,
+async def carry_accepted(
     ctx: ForwardContext,
+    port: ConnectionPort,
+    stream: trio.abc.HalfCloseableStream,
+    channel: tuple[str, bytes],
+    *,
+    kind: str,
+    target: ForwardTarget,
+    originator: str,
+) -> None:
+    """A connection accepted by a listener in the container (``-R``, the agent): open the
+    client's ``channel`` (type and data) for it and carry it. When the connection's limits
+    are reached or the client refuses, that one connection is closed (counted, logged);
+    the others go on."""
+    if ctx.count.full:
+        ctx.metrics.failed("limit")
+        await trio.aclose_forcefully(stream)
+        return
+    ctx.count.open += 1
+    try:
+        handle = _open_or_refuse(ctx, port, channel, kind, target)
+        if handle is not None and not await handle.opened():
+            ctx.metrics.failed("client_refused")
+            if ctx.lines.take():
+                log.info("forward_failed", kind=kind, target=str(target),
+                         reason="client_refused", error=escaped(handle.refusal or ""),
+                         originator=originator)  # fmt: skip
+            handle = None
+        if handle is None:
+            await trio.aclose_forcefully(stream)
+            return
+        await carry(ctx, port, handle, stream, kind=kind, target=target)
+    finally:
+        ctx.count.open -= 1
+
+
+def _open_or_refuse(
+    ctx: ForwardContext,
+    port: ConnectionPort,
+    channel: tuple[str, bytes],
     kind: str,
     target: ForwardTarget,
 ) -> ChannelHandle | None:
-    """Open a channel to the client for a connection made to a listener, or ``None`` (logged,
-    counted) when the connection has its maximum of channels open: that connection is closed,
-    the others go on."""
+    """The client's channel, or ``None`` (logged, counted) when the connection has its
+    maximum of channels open."""
     try:
-        return port.open(channel_type, data)
+        return port.open(*channel)
     except ChannelLimitReached as exc:
         ctx.metrics.failed("limit")
         if ctx.lines.take():

@@ -19,14 +19,12 @@ from __future__ import annotations
 import structlog
 import trio
 
-from trissh.auth.names import escaped
 from trissh.backend import BackendError, ForwardError, SandboxListener, SocketAddress
 from trissh.channels.forwards import (
     ConnectFailed,
     ForwardContext,
-    carry,
+    carry_accepted,
     kind_of,
-    open_or_refuse,
     sandbox_for_forwards,
 )
 from trissh.connection.port import ConnectionPort
@@ -144,33 +142,13 @@ class RemoteForwards:
         self, stream: trio.abc.HalfCloseableStream, peer: str, bound: ForwardTarget
     ) -> None:
         """Open the client's channel for one accepted connection and carry it."""
-        ctx = self._ctx
-        kind = kind_of(bound, remote=True)
-        if ctx.count.full:
-            ctx.metrics.failed("limit")
-            await trio.aclose_forcefully(stream)
-            return
-        ctx.count.open += 1
-        try:
-            if isinstance(bound, SocketPath):
-                channel_type = "forwarded-streamlocal@openssh.com"
-                data = forwarded_streamlocal(bound.path)
-            else:
-                host, _, port = peer.rpartition(":")
-                originator = TcpAddress(host=host.strip("[]") or LOOPBACK, port=int(port or 0))
-                channel_type, data = "forwarded-tcpip", forwarded_tcpip(bound, originator)
-            handle = open_or_refuse(self._port, channel_type, data, ctx, kind, bound)
-            if handle is None:
-                await trio.aclose_forcefully(stream)
-                return
-            if not await handle.opened():
-                ctx.metrics.failed("client_refused")
-                if ctx.lines.take():
-                    log.info("forward_failed", kind=kind, target=str(bound),
-                             reason="client_refused", error=escaped(handle.refusal or ""),
-                             originator=peer)  # fmt: skip
-                await trio.aclose_forcefully(stream)
-                return
-            await carry(ctx, self._port, handle, stream, kind=kind, target=bound)
-        finally:
-            ctx.count.open -= 1
+        if isinstance(bound, SocketPath):
+            channel = ("forwarded-streamlocal@openssh.com", forwarded_streamlocal(bound.path))
+        else:
+            host, _, port = peer.rpartition(":")
+            originator = TcpAddress(host=host.strip("[]") or LOOPBACK, port=int(port or 0))
+            channel = ("forwarded-tcpip", forwarded_tcpip(bound, originator))
+        await carry_accepted(
+            self._ctx, self._port, stream, channel,
+            kind=kind_of(bound, remote=True), target=bound, originator=peer,
+        )  # fmt: skip

@@ -95,13 +95,13 @@ RECEIVE_SIZE = 256 * 1024
 #: Reading stops while more than this much output is unsent: before login, and after it
 #: (above what bulk channel output queues, OUTPUT_HIGH_WATER plus one chunk).
 UNSENT_BEFORE_LOGIN = 64 * 1024
+UNSENT_BEFORE_READING = 4 * 1024 * 1024
 #: After a key re-exchange the connection waits this many times the CPU it cost (up to
 #: ~100 ms with diffie-hellman-group18, in the one event loop), at most REKEY_PAUSE_MAX:
 #: a connection's re-exchanges take at most a fifth of the loop, whoever started them (the
 #: client's bytes start the server's, with rekey_bytes); curve25519 (~1 ms) barely waits.
 REKEY_PACING = 4.0
 REKEY_PAUSE_MAX = 2.0
-UNSENT_BEFORE_READING = 4 * 1024 * 1024
 SHUTDOWN_MESSAGE = "server shutting down"
 #: Why a connection ended when the client ended it (its DISCONNECT, or its socket closed).
 PEER_ENDED = frozenset({"client_disconnected", "connection_lost"})
@@ -133,7 +133,8 @@ class ConnectionDriver:
         self.remote_ip = host_of(remote)
         self.conn = ServerConnection(ctx.protocol, greeted=greeted)
         self.close_reason = "closed"
-        self.requests_refused = 0
+        #: Refused requests: the first MAX_REFUSALS_LOGGED logged, all counted.
+        self.refusals = LogQuota(MAX_REFUSALS_LOGGED)
         self.client_lines = LogQuota(MAX_CLIENT_LINES)
         self.login: Login | None = None
         #: Its running sessions as operators see them (``trissh sessions``, ``watch``).
@@ -473,8 +474,7 @@ class ConnectionDriver:
     ) -> None:
         """One line per refused request (port forwarding is what operators look for), up to
         a bound per connection."""
-        self.requests_refused += 1
-        if self.requests_refused <= MAX_REFUSALS_LOGGED:
+        if self.refusals.take():
             log.info(
                 "request_refused", request=request, reason=reason, channel=channel, target=target
             )
@@ -575,6 +575,6 @@ async def serve_driver(driver: ConnectionDriver) -> None:
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
                 bytes_in=stats.bytes_received,
                 bytes_out=stats.bytes_sent,
-                requests_refused=driver.requests_refused,
+                requests_refused=driver.refusals.used,
                 lines_suppressed=driver.client_lines.suppressed,
             )

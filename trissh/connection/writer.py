@@ -74,8 +74,7 @@ class OutputWriter:
         window = self._conn.send_window(channel_id)
         if window is None:
             return -1
-        queued = self._conn.pending_output_size + self._backlog_size
-        return max(0, min(window, OUTPUT_HIGH_WATER - queued))
+        return max(0, min(window, OUTPUT_HIGH_WATER - self.unsent))
 
     @property
     def unsent(self) -> int:

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import orjson
 import structlog
+from structlog.processors import NAME_TO_LEVEL
 
 #: Keys that must never reach a log line, whatever a caller passes.
 _SECRET_KEYS = frozenset(("password", "passphrase", "private_key", "secret", "token", "session_id"))
@@ -42,19 +43,6 @@ def _json_text(event_dict: Any, **options: Any) -> str:
     return orjson.dumps(event_dict, **options).decode()
 
 
-#: Each logging method's level (``exception`` logs at error).
-_METHOD_LEVELS: Final = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "warn": logging.WARNING,
-    "error": logging.ERROR,
-    "exception": logging.ERROR,
-    "critical": logging.CRITICAL,
-    "fatal": logging.CRITICAL,
-}
-
-
 class _LevelFilter:
     """The first processor: drops events below the configured level.
 
@@ -68,7 +56,7 @@ class _LevelFilter:
     def __call__(
         self, _: Any, method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        if _METHOD_LEVELS.get(method_name, logging.CRITICAL) < self.level:
+        if NAME_TO_LEVEL.get(method_name, logging.CRITICAL) < self.level:
             raise structlog.DropEvent
         return event_dict
 

@@ -33,7 +33,7 @@ import dataclasses
 import enum
 import zlib
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Final, TypeVar
 
 from trissh.protocol.algorithms import ZLIB_OPENSSH, negotiate, server_kexinit
 from trissh.protocol.ciphers import CIPHERS, MACS, PacketCipher
@@ -91,6 +91,8 @@ _KEX_TRANSITIONS: Final = {
     (KexState.KEX_RUNNING, "kex_done"): KexState.AWAIT_NEWKEYS,
     (KexState.AWAIT_NEWKEYS, "recv_newkeys"): KexState.IDLE,
 }
+
+_T = TypeVar("_T")
 
 #: Rekey before a sequence number could wrap (OpenSSH's MAX_PACKETS; strict kex relies on it).
 MAX_PACKETS_PER_KEY: Final = 1 << 31
@@ -424,10 +426,9 @@ class Transport:
         if self._ignore_guessed_packet:
             self._ignore_guessed_packet = False  # RFC 4253 §7: a wrong guess is dropped
             return
-        assert self._exchange is not None
-        started = self._config.cpu_clock()
-        step = self._exchange.receive(number, payload)
-        self._kex_seconds += self._config.cpu_clock() - started
+        exchange = self._exchange
+        assert exchange is not None
+        step = self._costed(lambda: exchange.receive(number, payload))
         if isinstance(step, KexReply):
             self._send_now(step.payload)
             return
@@ -443,22 +444,26 @@ class Transport:
         algorithm = negotiated.host_key
         if not self.initial_host_key_blobs:
             self.initial_host_key_blobs = host_key.blobs
-        self._method = KEX_METHODS[negotiated.kex]
-        started = self._config.cpu_clock()
-        self._exchange = self._method.start(
-            KexContext(
-                transcript=KexTranscript(
-                    client_version=self.client_version,
-                    server_version=self._config.server_version,
-                    client_kexinit=self._peer_kexinit,
-                    server_kexinit=self._our_kexinit,
-                    host_key=host_key.public_blob_for(algorithm),
-                ),
-                sign=lambda data: host_key.sign(data, algorithm),
-                rng=self._config.rng,
-            )
+        method = self._method = KEX_METHODS[negotiated.kex]
+        context = KexContext(
+            transcript=KexTranscript(
+                client_version=self.client_version,
+                server_version=self._config.server_version,
+                client_kexinit=self._peer_kexinit,
+                server_kexinit=self._our_kexinit,
+                host_key=host_key.public_blob_for(algorithm),
+            ),
+            sign=lambda data: host_key.sign(data, algorithm),
+            rng=self._config.rng,
         )
+        self._exchange = self._costed(lambda: method.start(context))
+
+    def _costed(self, compute: Callable[[], _T]) -> _T:
+        """``compute()``, its CPU time added to the running exchange's cost."""
+        started = self._config.cpu_clock()
+        result = compute()
         self._kex_seconds += self._config.cpu_clock() - started
+        return result
 
     def _finish_kex(self, result: KexResult) -> None:
         """Send the signed reply and NEWKEYS; switch our output to the new keys."""

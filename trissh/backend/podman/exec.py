@@ -50,7 +50,7 @@ from trissh.backend._pipe import open_task_nursery
 from trissh.backend.base import ExitStatus, Observe, ProcessSpec, TerminalSize
 from trissh.backend.errors import BackendError
 from trissh.backend.podman.api import PodmanApi
-from trissh.backend.podman.direct_stdio import DirectStdio
+from trissh.backend.podman.direct_stdio import DirectStdio, parse_status_line
 from trissh.backend.podman.exec_stdio import ExecStdio
 
 __all__ = [
@@ -373,15 +373,10 @@ class PodmanProcess:
                 )
             except BackendError:
                 record = None  # the container is gone: killed from outside
-            match None if record is None else record.split():
-                case [b"signal", number, b"core", core] if number.isdigit():
-                    return ExitStatus(signal=signal_name(int(number)), core_dumped=core == b"1")
-                case None if code == 128 + 9:
-                    return ExitStatus(signal="KILL")  # the container is gone: killed
-                case None | []:
-                    pass  # no record: the helper itself was killed (our KILL?), or not
-                case _:
-                    return ExitStatus(code=code)
+            if record is None and code == 128 + 9:
+                return ExitStatus(signal="KILL")  # the container is gone: killed
+            if record and record.strip():  # none: the helper itself was killed (our KILL?)
+                return parse_status_line(record) or ExitStatus(code=code)
         if code - 128 in self._signals_sent:
             return ExitStatus(signal=signal_name(code - 128))
         return ExitStatus(code=code)
