@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import struct
+import subprocess
+
+import pytest
 
 from trissh.channels.environment import program_argv
-from trissh.channels.termmodes import stty_arguments
+from trissh.channels.termmodes import stty_settings
+
+from .support import needs
+
+
+def stty_arguments(modes: bytes) -> list[str]:
+    return [word for setting in stty_settings(modes) for word in setting]
 
 
 def encode(*pairs: tuple[int, int]) -> bytes:
@@ -34,13 +45,47 @@ def test_unknown_defined_opcodes_are_skipped() -> None:
     assert stty_arguments(encode((11, 25), (53, 0))) == ["-echo"]
 
 
+#: Every opcode OpenSSH's client sends (its ttymodes.h), VDSUSP..VSTATUS included.
+OPENSSH_OPCODES = (*range(1, 19), *range(30, 43), *range(50, 63), *range(70, 76), 90, 91, 92, 93)
+
+
+@needs("stty")
+@pytest.mark.parametrize("value", [0, 1, 3])
+def test_a_real_stty_on_a_pty_takes_every_setting_openssh_sends(value: int) -> None:
+    """``stty`` refuses all its arguments for one it does not take, so the client's whole
+    terminal set-up was lost: GNU stty refuses ``-pendin`` and (on a pty) ``-cs8``."""
+    words = stty_arguments(encode(*((op, value) for op in OPENSSH_OPCODES)))
+    assert "intr" in words
+    assert "echo" in words or "-echo" in words
+    controller, terminal = os.openpty()
+    try:
+        done = subprocess.run(
+            [shutil.which("stty") or "stty", *words],
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert done.returncode == 0, done.stderr
+
+
+def test_each_setting_again_on_its_own_when_stty_refuses_a_word() -> None:
+    """An image whose stty lacks one name still gets every other setting."""
+    wrapped = program_argv(["/bin/sh"], ["/bin/sh"], modes=encode((1, 3), (53, 0)), home=False)
+    assert "{ stty intr '^C' -echo || { stty intr '^C'; stty -echo; }; } 2>/dev/null" in wrapped[2]
+
+
 def test_command_is_quoted_and_execs_the_program() -> None:
     """SSH_TTY exported, stty applied, then the original argv exec'd, each word quoted."""
     argv = ["/bin/sh", "-c", "echo 'it''s'; rm -rf $HOME"]
     wrapped = program_argv(["/bin/sh"], argv, modes=encode((53, 0)), home=False)
     assert wrapped[:2] == ["/bin/sh", "-c"]
     assert wrapped[2].startswith(
-        "SSH_TTY=$(tty) && export SSH_TTY; stty -echo 2>/dev/null; exec /bin/sh -c "
+        "SSH_TTY=$(tty) && export SSH_TTY; { stty -echo || { stty -echo; }; } 2>/dev/null; "
+        "exec /bin/sh -c "
     )
     assert "'echo '\"'\"'it'\"'\"''\"'\"'s'\"'\"'; rm -rf $HOME'" in wrapped[2]
 

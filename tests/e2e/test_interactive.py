@@ -61,3 +61,22 @@ async def test_interactive_shell_with_resize(
         assert "screen" in screen or "tmux" in screen  # TERM came through from the client
     finally:
         tmux.kill()
+
+
+async def test_the_client_terminal_settings_reach_the_container(
+    podman_server: RunningServer, client_key: ClientKey
+) -> None:
+    """OpenSSH sends every terminal mode (VDISCARD and PENDIN too); busybox's stty refused
+    the whole set for one name, so the user's own interrupt and erase keys were lost."""
+    tmux = Tmux()
+    ssh = " ".join([*ssh_argv(podman_server.port, client_key.path, "-tt"), "'stty -a'"])
+    command = f"stty intr '^X' erase '^H' -ixon; {ssh}; echo SSH-DONE-$?; sleep 30"
+    try:
+        tmux("new-session", "-d", "-s", "t", "-x", "200", "-y", "40", command)
+        screen = await tmux.wait_for("SSH-DONE-")
+        assert "SSH-DONE-0" in screen
+        assert "intr = ^X" in screen, screen
+        assert "erase = ^H" in screen, screen
+        assert "-ixon" in screen.split(), screen
+    finally:
+        tmux.kill()

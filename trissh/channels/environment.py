@@ -28,7 +28,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 
 from trissh.addresses import host_of, port_of
-from trissh.channels.termmodes import stty_arguments
+from trissh.channels.termmodes import stty_settings
 
 
 def connection_environment(remote: str, local: str) -> dict[str, str]:
@@ -70,6 +70,18 @@ def session_environment(
 GO_HOME = "cd ~ 2>/dev/null"
 
 
+def _stty_command(settings: list[tuple[str, ...]]) -> str:
+    """All settings in one ``stty``; if that ``stty`` refuses any word (it then applies
+    none), each setting on its own, so one unknown name costs only itself."""
+
+    def stty(words: tuple[str, ...]) -> str:
+        return " ".join(shlex.quote(word) for word in ("stty", *words))
+
+    each = "; ".join(stty(setting) for setting in settings)
+    every = tuple(word for setting in settings for word in setting)
+    return f"{{ {stty(every)} || {{ {each}; }}; }} 2>/dev/null"
+
+
 def program_argv(
     shell: Sequence[str], argv: Sequence[str], *, modes: bytes | None, home: bool
 ) -> list[str]:
@@ -81,9 +93,9 @@ def program_argv(
         parts.append("SSH_TTY=$(tty) && export SSH_TTY")
     if home:
         parts.append(GO_HOME)
-    arguments = stty_arguments(modes or b"")
-    if arguments:
-        parts.append(" ".join(shlex.quote(item) for item in ("stty", *arguments)) + " 2>/dev/null")
+    settings = stty_settings(modes or b"")
+    if settings:
+        parts.append(_stty_command(settings))
     if not parts:
         return list(argv)
     own = len(shell) + 2
