@@ -26,7 +26,8 @@ def pty(pair: ConnectionPair, cid: ChannelId) -> None:
 
 @pytest.mark.parametrize(
     "name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "PATH", "BASH_ENV", "PYTHONPATH", "GIT_DIR",
-             "GIT_SSH_COMMAND", "GIT_PROTOCOLX"]
+             "GIT_SSH_COMMAND", "GIT_PROTOCOLX", "ZDOTDIR", "GLIBC_TUNABLES", "NLSPATH",
+             "OPENSSL_CONF", "LESSOPEN"]
 )  # fmt: skip
 def test_dangerous_env_is_refused_even_when_everything_is_allowed(name: str) -> None:
     """accept_env = ("*",) still never lets a client set how programs load or start."""
@@ -50,12 +51,15 @@ def test_dangerous_env_is_refused_even_when_everything_is_allowed(name: str) -> 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("PATH=/tmp/evil:/usr/bin:", ""), ("", "x"), ("LANG\0LD_PRELOAD", "x"), ("LANG", "C\0x")],
-)
+    [("PATH=/tmp/evil:/usr/bin:", ""), ("", "x"), ("LANG\0LD_PRELOAD", "x"), ("LANG", "C\0x"),
+     ("BASH_FUNC_cd%%", "() { echo bypassed; }"), ("BASH_FUNC_cd()", "() { :; }"),
+     ("1LANG", "x"), ("LANG-X", "x"), ("LÄNG", "x")],
+)  # fmt: skip
 def test_what_is_no_environment_variable_is_refused(name: str, value: str) -> None:
-    """As sshd's child_set_env: a name with ``=`` would set another variable (PATH here,
-    past the guard: ``PATH=...`` matches no pattern of it), and an empty name or a NUL is
-    none at all."""
+    """Only a shell's portable names: a name with ``=`` would set another variable (PATH
+    here, past the guard: ``PATH=...`` matches no pattern of it), an empty name or a NUL is
+    none at all, and bash turns ``BASH_FUNC_cd%%`` into a function that replaces ``cd`` in
+    the command line trissh runs, forced commands included."""
     pair, cid = session(accept_env=("*",))
     pair.client.channel_request(cid, "env", EnvData(name=name, value=value).encode())
     pair.client.channel_request(
@@ -87,6 +91,30 @@ def test_git_protocol_passes_the_guard_when_accept_env_lists_it(
     assert [r.reason for r in refusals if isinstance(r, RequestRefused)] == (
         [] if accepted else ["GIT_PROTOCOL is not in accept_env"]
     )
+
+
+@pytest.mark.parametrize("request_type", ["pty-req", "signal"])
+def test_a_name_that_is_not_ascii_fails_its_request_not_the_connection(
+    request_type: str,
+) -> None:
+    """A Latin-1 TERM or signal name is refused as a Latin-1 exec command is; it was a
+    protocol error that ended every session of the connection."""
+    pair, cid = session()
+    if request_type == "signal":
+        pair.client.channel_request(cid, "shell", want_reply=False)
+        pair.transfer()
+        data = wire.string(b"T\xc9RM")
+    else:
+        data = wire.string(b"xt\xe9rm") + wire.uint32(80) + wire.uint32(24) + bytes(8)
+        data += wire.string(b"\0")
+    pair.client.channel_request(cid, request_type, data)
+    (refusal,) = pair.transfer()
+    assert isinstance(refusal, RequestRefused)
+    assert refusal.request == request_type
+    assert pair.client.take_all() == [conn.ChannelFailure(recipient_channel=PEER)]
+    pair.client.channel_request(cid, "window-change", bytes(16), want_reply=False)
+    pair.transfer()
+    assert not pair.server.closed
 
 
 def test_break_on_a_pty_session_is_an_interrupt() -> None:

@@ -43,7 +43,8 @@ class SessionSection(Model):
     #: /etc/motd (not for commands, subsystems or shells without a terminal).
     motd: str = Field("", max_length=65536)
     #: Environment names accepted from clients (``fnmatch`` patterns, like sshd's AcceptEnv).
-    #: Names like LD_*, PATH or BASH_ENV are refused whatever this says.
+    #: Names like LD_*, PATH or BASH_ENV, and any name that is not a shell's portable
+    #: name ([A-Za-z_][A-Za-z0-9_]*, so no BASH_FUNC_x%%), are refused whatever this says.
     accept_env: tuple[str, ...] = ("LANG", "LC_*")
     max_sessions_per_connection: int = Field(10, ge=1, le=1000)
     # As in sshd, 0 turns a limit or timer off (TOML has no null).

@@ -10,6 +10,7 @@ reason for the operator's log.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -56,7 +57,11 @@ NEVER_ACCEPTED_ENV: Final = (
     "PROMPT_COMMAND", "HOME", "SHELL", "USER", "LOGNAME", "MAIL", "TMPDIR", "GCONV_PATH",
     "LOCPATH", "MALLOC_*", "NODE_OPTIONS", "PYTHON*", "PERL5*", "PERLLIB", "RUBYOPT", "RUBYLIB",
     "JAVA_TOOL_OPTIONS", "GIT_*", "TERMINFO*", "HOSTALIASES", "RES_OPTIONS", "LOCALDOMAIN",
+    "ZDOTDIR", "GLIBC_TUNABLES", "NLSPATH", "OPENSSL_*", "LESSOPEN", "LESSCLOSE",
 )  # fmt: skip
+#: The only names accepted at all: a shell's portable names. bash turns ``BASH_FUNC_x%%``
+#: into a function that overrides a command (``cd``) in the command line trissh runs.
+_PORTABLE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Names the guard lets through when ``accept_env`` lists them: git's wire protocol
 #: version (``version=2``), which changes no program's loading, only what git speaks.
 GUARD_EXCEPTIONS: Final = ("GIT_PROTOCOL",)
@@ -105,9 +110,11 @@ class SessionRules:
         self.kind = None
 
     def on_request(self, request_type: str, data: Reader) -> RequestOutcome:
-        if request_type == "pty-req":
-            return self._pty(data)
         try:
+            if request_type == "pty-req":
+                return self._pty(data)
+            if request_type == "signal":
+                return self._signal_request(SignalData.decode(data))
             if request_type == "env":
                 return self._env(EnvData.decode(data))
             if request_type in ("shell", "exec", "subsystem"):
@@ -128,12 +135,12 @@ class SessionRules:
             if self.pty is None or not self.started:
                 return "no terminal session to interrupt"
             return self._signal("INT")
-        if request_type == "signal":
-            signal = SignalData.decode(data)
-            if not self.started:
-                return "no program to signal yet"
-            return self._signal(signal.name)
         return "not supported"
+
+    def _signal_request(self, signal: SignalData) -> RequestOutcome:
+        if not self.started:
+            return "no program to signal yet"
+        return self._signal(signal.name)
 
     def _signal(self, name: str) -> RequestOutcome:
         """As sshd: the user may end a subsystem or a forced command, not signal it."""
@@ -165,8 +172,8 @@ class SessionRules:
     def _env(self, env: EnvData) -> RequestOutcome:
         if self.started or len(self.env) >= self.config.max_env_vars:
             return "too many variables, or the session has started"
-        if not env.name or "=" in env.name or "\0" in env.name or "\0" in env.value:
-            return "not an environment variable name and value"  # as sshd's child_set_env
+        if not _PORTABLE_NAME.fullmatch(env.name) or "\0" in env.value:
+            return "not an environment variable name and value"
         if not any(fnmatch.fnmatchcase(env.name, p) for p in self.config.accept_env):
             return f"{env.name} is not in accept_env"
         if env.name not in GUARD_EXCEPTIONS and any(
