@@ -353,3 +353,34 @@ async def test_users_without_the_subsystem_and_restricted_logins(
     with pytest.raises(paramiko.SSHException):
         await subsystem(server.port, "nora", try_it, key_filename=str(client_key.path))
     assert not (tmp_path / "user-keys").exists()
+
+
+@pytest.mark.parametrize(
+    "options",
+    ["no-port-forwarding", "no-pty", 'from="127.0.0.0/8"', 'permitopen="localhost:80"',
+     "no-agent-forwarding", 'expiry-time="29991231"', 'environment="A=b"'],
+)  # fmt: skip
+async def test_a_restricted_key_s_login_may_not_add_keys(
+    nursery: trio.Nursery, tmp_path: Path, client_key: ClientKey, options: str
+) -> None:
+    """Any restriction, not only a forced command: a key it added would carry none of it
+    (a no-port-forwarding login could add a key that forwards)."""
+    users = {
+        "rita": {
+            "authorized_keys": [f"{options} {client_key.public_line}"],
+            "publickey_subsystem": True,
+        }
+    }
+    ctx = make_context(
+        MemoryBackend(), Path(os.devnull), tmp_path / "host_key", users=users,
+        **{"auth.failure_delay": 0, "auth.user_keys_directory": str(tmp_path / "user-keys")},
+    )  # fmt: skip
+    running = await start_server(nursery, ctx)
+    try:
+        with pytest.raises(paramiko.SSHException):
+            await subsystem(
+                running.port, "rita", lambda c: c.version(), key_filename=str(client_key.path)
+            )
+        assert not (tmp_path / "user-keys").exists()
+    finally:
+        await running.stop()

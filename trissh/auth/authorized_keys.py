@@ -92,6 +92,21 @@ class KeyOptions:
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
 
+    def restricts(self) -> bool:
+        """Does this line limit what its logins may do, where they may come from, or until
+        when? (A security key's touch and verify options limit only how it signs.)"""
+        return bool(
+            self.from_patterns
+            or self.command is not None
+            or not self.allow_pty
+            or self.environment
+            or self.expires_at is not None
+            or not self.allow_port_forwarding
+            or not self.allow_agent_forwarding
+            or self.permit_open
+            or self.permit_listen
+        )
+
 
 def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     """``entry`` as sshd's addr_pton_cidr reads it: an address, with a decimal prefix

@@ -38,6 +38,9 @@ class Grant:
     secret_files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     #: Where the user's own keys are, when they may manage them (RFC 4819 subsystem).
     user_keys: UserKeyStore | None = None
+    #: The login's key or certificate carried restrictions (options, critical options,
+    #: missing permit-* extensions): it may not add keys without them (RFC 4819 §3.1).
+    restricted: bool = False
 
     def conflict(self, other: Grant) -> str | None:
         """Why both cannot hold at once (sshd refuses the login then), or ``None``."""
@@ -63,6 +66,7 @@ class Grant:
             files={**self.files, **other.files},
             secret_files={**self.secret_files, **other.secret_files},
             user_keys=other.user_keys or self.user_keys,
+            restricted=self.restricted or other.restricted,
         )
 
 

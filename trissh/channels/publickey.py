@@ -51,8 +51,9 @@ def serves(ctx: SessionContext, request: SessionRequested) -> bool:
 
 
 def allowed(ctx: SessionContext) -> bool:
-    """May this login manage its keys? Not after a restricted key's login (§3.1)."""
-    return ctx.grant.forced_command is None
+    """May this login manage its keys? Not after a restricted key's login (§3.1): a key
+    it added would carry none of its restrictions."""
+    return not ctx.grant.restricted and ctx.grant.forced_command is None
 
 
 async def run_publickey_subsystem(
