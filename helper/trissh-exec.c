@@ -462,6 +462,14 @@ static void drop_podman_hostname(void) {
 }
 
 static int agent(const char *path, const char *token) {
+    /* The session's programs run as our user: without this they could ptrace us, or take
+     * a pty master we send trissh (pidfd_getfd) and clear its O_NONBLOCK, so that trissh's
+     * read of it blocks the whole server. Our socket children inherit it; exec resets it
+     * for the programs. */
+    if (prctl(PR_SET_DUMPABLE, 0) != 0) {
+        dprintf(2, "trissh-exec: cannot make the agent undumpable: %s\n", strerror(errno));
+        return 1;
+    }
     drop_podman_hostname();
     int control = connect_with_token(path, token, SOCK_SEQPACKET);
     if (control < 0) {

@@ -180,3 +180,20 @@ async def test_no_privileges_inside(contained_server: RunningServer, client_key:
     assert result.returncode == 0, result.stderr
     fields = dict(line.split(":\t") for line in result.stdout.decode().splitlines())
     assert fields == {"CapEff": "0000000000000000", "NoNewPrivs": "1", "Seccomp": "2"}
+
+
+async def test_a_session_cannot_reach_into_the_agent_that_started_it(
+    contained_server: RunningServer, client_key: ClientKey
+) -> None:
+    """The in-container agent (the program's parent) runs as the session's user. Were it
+    dumpable, the session could ptrace it or copy the pty master it sends trissh and make
+    trissh's reads of it block the server: its descriptors must be out of reach."""
+    command = (
+        "tr '\\0' ' ' </proc/$PPID/cmdline; echo; "
+        "readlink /proc/$PPID/fd/0 >/dev/null 2>&1 && echo FD-REACHED || echo FD-DENIED"
+    )
+    result = await run_ssh(contained_server.port, client_key.path, command)
+    assert result.returncode == 0, result.stderr
+    parent, access = result.stdout.decode().splitlines()
+    assert "trissh-exec --agent" in parent
+    assert access == "FD-DENIED"

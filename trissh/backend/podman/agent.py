@@ -36,7 +36,9 @@ both know when the program ended. Teardown is synchronous (close the line and th
 Trust: the agent runs as the container's user and takes orders only from trissh; what it
 sends back (the token, status lines, a pty master) is read with bounds and checked: the
 one descriptor ever taken from a container must be a pty master (a character device
-answering ``TIOCGPTN``), which a non-blocking read never stalls on.
+answering ``TIOCGPTN``), read without blocking. The agent makes itself undumpable, so the
+programs (same user) cannot ptrace it or copy that master and clear its ``O_NONBLOCK``,
+which would make a read of it block the whole server.
 """
 
 from __future__ import annotations
