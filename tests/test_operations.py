@@ -149,6 +149,28 @@ async def test_proxy_header_from_a_trusted_balancer(
     assert remote == "203.0.113.7:55555"
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_a_dual_stack_balancer_s_ipv4_client_is_its_ipv4_address(
+    make_server: ServerFactory, version: str
+) -> None:
+    """HAProxy bound to ``:::22`` sends IPv4 clients as IPv4-mapped IPv6. Kept as
+    ``::ffff:...``, they matched no IPv4 network of ``from=``: ``from="!addr,*"`` let
+    ``addr`` in (v2), and the dotted text was refused as no IPv6 address at all (v1)."""
+    server = await make_server(**{"proxy.trusted_networks": ["127.0.0.0/8"]})
+    if version == "v1":
+        header = b"PROXY TCP6 ::ffff:203.0.113.7 ::ffff:127.0.0.1 55555 2222\r\n"
+    else:
+        body = (
+            socket.inet_pton(socket.AF_INET6, "::ffff:203.0.113.7")
+            + socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1")
+            + struct.pack(">HH", 55555, 2222)
+        )
+        header = b"\r\n\r\n\x00\r\nQUIT\n" + bytes((0x21, 0x21)) + struct.pack(">H", 36) + body
+    remote, output = await login_after(server, header)
+    assert output == b"via-proxy\n"
+    assert remote == "203.0.113.7:55555"
+
+
 async def test_proxy_header_from_an_untrusted_peer_is_not_honoured(
     make_server: ServerFactory,
 ) -> None:

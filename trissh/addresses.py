@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 
 def parse_listen(value: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[V6]:PORT`` into a host and port."""
@@ -22,6 +24,19 @@ def join_host_port(host: str, port: int) -> str:
     """``HOST:PORT``, with an IPv6 host in brackets (Go's JoinHostPort; ``parse_listen``'s
     inverse)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def unmapped(host: str) -> str:
+    """An IPv4-mapped IPv6 address (``::ffff:a.b.c.d``, from a dual-stack socket or a
+    balancer's header) as the IPv4 address it is, as sshd's ipv64_normalise_mapped: the
+    ``from=`` lists, source-address and per-source limits compare IPv4 networks."""
+    if ":" not in host:
+        return host
+    try:
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+    except ValueError:
+        return host
+    return host if mapped is None else str(mapped)
 
 
 def host_of(remote: str) -> str:

@@ -34,7 +34,7 @@ from typing import Final
 import structlog
 import trio
 
-from trissh.addresses import host_of, join_host_port
+from trissh.addresses import host_of, join_host_port, unmapped
 from trissh.admin.server import serve_admin
 from trissh.config import container_settings, parse_max_startups
 from trissh.connection.driver import open_connection, serve_connection, serve_driver
@@ -63,7 +63,7 @@ def _local_end(stream: trio.SocketStream) -> str:
         address = stream.socket.getsockname()
     except OSError:
         return "unknown"
-    return join_host_port(address[0], address[1])
+    return join_host_port(unmapped(address[0]), address[1])
 
 
 async def serve(
@@ -145,7 +145,7 @@ def _accepted(ctx: ServerContext, sock: socket.socket, address: Address, greeted
     nursery = ctx.state.connections_nursery
     assert nursery is not None
     conn_id = secrets.token_hex(6)
-    remote, local = join_host_port(address[0], address[1]), _local_end(stream)
+    remote, local = join_host_port(unmapped(address[0]), address[1]), _local_end(stream)
     if not greeted:  # a trusted balancer: the client's address (its header) decides
         nursery.start_soon(_serve_proxied, stream, current, conn_id, remote, local)
         return

@@ -56,7 +56,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal, final
 
@@ -71,7 +71,8 @@ MAX_V2_LENGTH: Final = 4096
 
 _V1_PROTOCOLS: Final = (b"TCP4 ", b"TCP6 ", b"UNKNOWN")
 _IPV4_PART: Final = re.compile(rb"(0|[1-9][0-9]{0,2})")
-_IPV6_TEXT: Final = re.compile(rb"[0-9A-Fa-f:]{2,39}")
+#: Hex groups, or hex groups ending in a dotted IPv4 (``::ffff:1.2.3.4``, RFC 4291 §2.2).
+_IPV6_TEXT: Final = re.compile(rb"[0-9A-Fa-f:]{2,39}|[0-9A-Fa-f:]{2,29}[0-9.]{7,15}")
 _PORT: Final = re.compile(rb"(0|[1-9][0-9]{0,4})")
 _FAMILY_INET: Final = 0x1
 _FAMILY_INET6: Final = 0x2
@@ -232,9 +233,15 @@ def _v1_address(text: bytes, version: int) -> IPAddress:
     if not _IPV6_TEXT.fullmatch(text):
         raise ProxyProtocolError(f"PROXY v1 bad IPv6 address {text[:40]!r}")
     try:
-        return ipaddress.IPv6Address(text.decode("ascii"))
+        return _unmapped(ipaddress.IPv6Address(text.decode("ascii")))
     except ValueError:
         raise ProxyProtocolError(f"PROXY v1 bad IPv6 address {text[:40]!r}") from None
+
+
+def _unmapped(address: ipaddress.IPv6Address) -> IPAddress:
+    """A dual-stack balancer (HAProxy's ``bind :::22``) sends IPv4 clients as IPv4-mapped
+    IPv6: they are the IPv4 address, for ``from=`` and every per-source rule."""
+    return address.ipv4_mapped or address
 
 
 def _v1_port(text: bytes) -> int:
@@ -301,7 +308,11 @@ def _v2_proxy(family_transport: int, block: bytes, consumed: int) -> ProxyResult
             tlvs=tlvs,
         )
     size = 4 if family == _FAMILY_INET else 16
-    make = ipaddress.IPv4Address if family == _FAMILY_INET else ipaddress.IPv6Address
+    make: Callable[[bytes], IPAddress] = (
+        ipaddress.IPv4Address
+        if family == _FAMILY_INET
+        else lambda packed: _unmapped(ipaddress.IPv6Address(packed))
+    )
     ports = block[2 * size : 2 * size + 4]
     return ProxyResult(
         version=2,
