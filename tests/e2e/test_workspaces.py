@@ -150,3 +150,29 @@ async def test_the_home_volume_outlives_the_workspace(
         "echo $HOME; cat ~/f; cat /tmp/g 2>/dev/null || echo no-tmp; test -f ~/.bashrc && echo rc",
     )  # fmt: skip
     assert after == "/root\nmine\nno-tmp\nrc\n"
+
+
+async def test_the_home_volume_stays_its_user_s_in_a_new_id_range(
+    make_server: ServerFactory, client_key: ClientKey, users: list[str], podman_url: str
+) -> None:
+    """Each container has its own range of host ids, and the next workspace rarely gets
+    the last one's (another container took it meanwhile): the volume's files belonged to
+    the old range, so the user could not even enter their home (``drwx------ 65534``)."""
+    alice, bob = users
+    server = await make_server(**{"session.workspace_ttl": 0, "workspaces.home_volume": True})
+    first = await ssh(server, client_key, alice, "echo mine > ~/f; head -1 /proc/self/uid_map")
+    with trio.fail_after(30):
+        while await workspaces_of(podman_url, alice):
+            await trio.sleep(0.2)
+    async with trio.open_nursery() as nursery:  # bob's workspace takes the freed range
+        nursery.start_soon(ssh, server, client_key, bob, "sleep 8")
+        with trio.fail_after(30):
+            while not await workspaces_of(podman_url, bob):
+                await trio.sleep(0.2)
+        again = await ssh(
+            server, client_key, alice,
+            "head -1 /proc/self/uid_map; cat ~/f; echo more >> ~/f && touch ~/g && echo writable",
+        )  # fmt: skip
+    mapped, *rest = again.splitlines()
+    assert mapped != first.strip()  # the test made the case it is about
+    assert rest == ["mine", "writable"]

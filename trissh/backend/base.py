@@ -95,6 +95,10 @@ class Volume:
     destination: str
     read_only: bool = True
     named: bool = False
+    #: Its files are handed to the container's own ids at every start (podman's ``U``): for
+    #: a volume one container at a time uses (a home), as each container gets its own id
+    #: range and the files of the last one would belong to nobody here.
+    owned: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

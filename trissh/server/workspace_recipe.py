@@ -45,7 +45,11 @@ def workspace_spec(
     container = spec.settings
     if section.home_volume:
         home = Volume(
-            source=home_volume_name(user), destination=section.home, read_only=False, named=True
+            source=home_volume_name(user),
+            destination=section.home,
+            read_only=False,
+            named=True,
+            owned=True,
         )
         container = dataclasses.replace(container, volumes=(*container.volumes, home))
     made = dataclasses.replace(

@@ -90,7 +90,11 @@ class ContainerSpecs:
         if all_mounts:
             kwargs["mounts"] = all_mounts
         named = {
-            volume.source: {"bind": volume.destination, "mode": "ro" if volume.read_only else "rw"}
+            volume.source: {
+                "bind": volume.destination,
+                "mode": "ro" if volume.read_only else "rw",
+                "extended_mode": ["U"] if volume.owned else [],
+            }
             for volume in settings.volumes
             if volume.named
         }
