@@ -4,6 +4,8 @@ user never sees it; the TTL removes it; a restart adopts it; home volumes outliv
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 
@@ -176,3 +178,34 @@ async def test_the_home_volume_stays_its_user_s_in_a_new_id_range(
     mapped, *rest = again.splitlines()
     assert mapped != first.strip()  # the test made the case it is about
     assert rest == ["mine", "writable"]
+
+
+async def test_a_second_server_leaves_a_running_server_s_workspaces_alone(
+    make_server: ServerFactory,
+    client_key: ClientKey,
+    users: list[str],
+    podman_url: str,
+    tmp_path: Path,
+) -> None:
+    """Two servers with their own state files on one podman service: the second adopted
+    the first's live workspace at its start and removed it after its own TTL, under the
+    user's running session."""
+    alice = users[0]
+    first = await make_server()
+    async with trio.open_nursery() as nursery:
+        outcome: dict[str, str] = {}
+
+        async def session() -> None:
+            outcome["out"] = await ssh(first, client_key, alice, "sleep 6; echo survived")
+
+        nursery.start_soon(session)
+        with trio.fail_after(30):
+            while not (held := await workspaces_of(podman_url, alice)):
+                await trio.sleep(0.2)
+        second = await make_server(
+            **{"workspaces.state_file": str(tmp_path / "other.json"), "session.workspace_ttl": 1}
+        )
+        await trio.sleep(3)  # past the second server's TTL
+        assert await workspaces_of(podman_url, alice) == held
+        await second.stop()
+    assert outcome["out"] == "survived\n"

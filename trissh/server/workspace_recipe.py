@@ -14,6 +14,15 @@ from trissh.config import ServerConfig, container_settings
 
 #: Label of home volumes: whose it is.
 LABEL_HOME: Final = "trissh.home"
+#: Label of workspace containers: which state file (so which deployment) they belong to;
+#: the lock on that file makes one live server their owner.
+LABEL_STATE: Final = "trissh.workspace-state"
+
+
+def state_label(settings: ServerConfig) -> str:
+    """The value of :data:`LABEL_STATE` for this configuration's state file."""
+    path = str(settings.workspace_state_file().absolute())
+    return hashlib.sha256(path.encode()).hexdigest()[:16]
 
 
 def home_volume_name(user: str) -> str:
@@ -42,7 +51,9 @@ def workspace_spec(
             settings=container_settings(settings.container_for(user)),
         )
     section = settings.workspaces
-    container = spec.settings
+    container = dataclasses.replace(
+        spec.settings, labels={**spec.settings.labels, LABEL_STATE: state_label(settings)}
+    )
     if section.home_volume:
         home = Volume(
             source=home_volume_name(user),

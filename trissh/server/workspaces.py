@@ -65,7 +65,9 @@ from trissh.config import ServerConfig, WorkspacesSection
 from trissh.ops.metrics import Metrics
 from trissh.server.workspace_recipe import (
     LABEL_HOME,
+    LABEL_STATE,
     home_volume_of,
+    state_label,
     workspace_mode_used,
     workspace_spec,
 )
@@ -396,8 +398,12 @@ class Workspaces:
         docstring)."""
         assert self._nursery is not None
         per_login = settings.auth.config_webhook is not None
+        ours = state_label(settings)
         for found in await self._backend.find_sandboxes({LABEL_WORKSPACE: None}):
             user = found.labels[LABEL_WORKSPACE]
+            if found.labels.get(LABEL_STATE, ours) != ours:  # another state file's server
+                log.info("workspace_not_ours", user=user, container=found.container_id[:12])
+                continue
             session = settings.session_for(user)  # [users] entries were checked at load
             spec = workspace_spec(settings, user, self._instance)
             same = found.labels.get(LABEL_RECIPE) == spec.recipe
