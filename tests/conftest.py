@@ -7,7 +7,7 @@ for determinism, and every wait is bounded so a hang fails instead of stalling C
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 
 import pytest
@@ -38,6 +38,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if slow:
         config.hook.pytest_deselected(items=slow)
         items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    """pytest-timeout (pyproject's ``timeout``) ends a hung test with a signal, which may
+    land inside ``trio.run`` and leave that run's state behind: every later trio test
+    would then fail with "run() from inside a run()" instead of only the hung one."""
+    try:
+        return (yield)
+    finally:
+        context = trio._core._run.GLOBAL_RUN_CONTEXT
+        for name in ("runner", "task"):
+            context.__dict__.pop(name, None)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -171,6 +171,7 @@ async def test_a_storm_past_the_servers_limits_tells_each_client_why(
         await assert_nothing_left(server, containers)
 
 
+@pytest.mark.timeout(1800)
 @pytest.mark.slow  # 1,000 containers for ~4 minutes: TRISSH_SLOW=1 (or the bench's storm rows)
 async def test_a_storm_of_a_thousand_logins(
     nursery: trio.Nursery,
