@@ -310,6 +310,20 @@ def test_malformed_forwarding_requests_are_refused() -> None:
     assert pair.client.take_all() == [conn.RequestFailure()]
 
 
+def test_a_client_s_remote_forwards_all_wait_for_their_listeners() -> None:
+    """OpenSSH sends every -R at once after login; they are answered once the container
+    is up. The 33rd was a protocol error that dropped the connection (sshd takes them all)."""
+    pair = established_pair()
+    for port in range(1024):
+        forward_request(pair, 2000 + port)
+    received = [e for e in pair.transfer() if isinstance(e, GlobalRequestReceived)]
+    assert len(received) == 1024
+    for event in reversed(received):
+        pair.server.reply_global_request(event.request_id, False)
+    pair.transfer()
+    assert pair.client.take_all() == [conn.RequestFailure()] * 1024
+
+
 def test_pending_global_requests_are_bounded() -> None:
     pair = established_pair()
     for port in range(MAX_PENDING_REPLIES + 1):

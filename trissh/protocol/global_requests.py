@@ -27,8 +27,10 @@ from trissh.protocol.wire import Reader
 NO_MORE_SESSIONS: Final = "no-more-sessions@openssh.com"
 #: OpenSSH PROTOCOL §2.5: host key rotation.
 HOSTKEYS_PROVE: Final = "hostkeys-prove-00@openssh.com"
-#: Bound on unanswered global requests (each forwarding request is a pending listen).
-MAX_PENDING_REPLIES: Final = 32
+#: Bound on unanswered global requests (each forwarding request is a pending listen): the
+#: OpenSSH client sends all its RemoteForwards at once after login, answered only when the
+#: container is up, and ``[forwarding] max_listeners`` may be up to 1024 (a slot is ~100 B).
+MAX_PENDING_REPLIES: Final = 4096
 #: Host key proofs one connection gets: OpenSSH asks once; each is a signature per key
 #: (1.7 ms with RSA-4096) in the event loop every user shares.
 MAX_HOSTKEY_PROOFS: Final = 4
