@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from trissh.backend import SandboxSpec, SocketAddress
+from trissh.backend import ForwardError, SandboxSpec, SocketAddress
 from trissh.backend.memory import MemoryBackend, MemorySandbox
 
 from ..support import (
@@ -385,6 +385,44 @@ async def test_remote_forward_carries_as_many_connections_as_forwarding_allows(
                     inside.start_soon(round_trip_inside, index, stream)
         assert received == {index: b"%d" % index for index in range(24)}
         assert client.poll() is None  # the connection is still there
+
+
+async def test_cancelling_a_remote_forward_leaves_its_open_connections(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey,
+) -> None:  # fmt: skip
+    """``ssh -O cancel -R`` closes the listener, as sshd: a connection made through it
+    before goes on (it was cut with the listener), a new one is refused."""
+    running = await server(nursery, authorized_keys, tmp_path)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(serve_echo, listeners[0])
+    spec = f"9000:127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    control = tmp_path / "ctl"
+    async with ssh_running(
+        running.port, client_key.path, "-M", "-S", str(control),
+        "-o", "ExitOnForwardFailure=yes", "-R", spec, "sleep 60",
+    ):  # fmt: skip
+        await wait_until(lambda: bool(backend.sandboxes) and control.exists())
+        sandbox = backend.sandboxes[0]
+        target = SocketAddress(host="localhost", port=9000)
+        stream = await connect_inside(sandbox, target)
+        with trio.fail_after(30):
+            await stream.send_all(b"before\n")
+            assert await stream.receive_some(100) == b"before\n"
+            cancel = await trio.run_process(
+                ssh_argv(running.port, client_key.path, "-S", str(control),
+                         "-O", "cancel", "-R", spec),
+                capture_stdout=True, capture_stderr=True, check=False,
+            )  # fmt: skip
+            assert cancel.returncode == 0, cancel.stderr
+            registry = running.ctx.metrics.registry
+            while registry.get_sample_value("trissh_forward_listeners_active"):
+                await trio.sleep(0.05)  # the listener is gone
+            await stream.send_all(b"after\n")
+            assert await stream.receive_some(100) == b"after\n"
+        with pytest.raises(ForwardError, match="refused"):
+            await sandbox.connect(target)
+        await stream.aclose()
 
 
 async def test_a_listener_closed_under_its_forward_ends_that_forward_only(

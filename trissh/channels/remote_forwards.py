@@ -10,8 +10,9 @@ removes a unix socket file).
 Nursery tree (in the connection nursery)::
 
     RemoteForwards._listen      one per listener: listen, answer, accept until cancelled
-    └─ accept nursery
-       └─ _carry_accepted       one per accepted connection: open a channel, splice
+    RemoteForwards._carry_accepted   one per accepted connection: open a channel, splice
+
+An accepted connection outlives its listener, as with sshd: a cancel stops only new ones.
 """
 
 from __future__ import annotations
@@ -125,14 +126,13 @@ class RemoteForwards:
         log.info("forward_listening", target=str(bound))
         try:
             with scope:
-                async with trio.open_nursery() as accepted:
-                    while True:
-                        try:
-                            stream, peer = await listener.accept()
-                        except trio.ClosedResourceError:  # its container's side went away
-                            log.warning("forward_listener_closed", target=str(bound))
-                            return
-                        accepted.start_soon(self._carry_accepted, stream, peer, bound)
+                while True:
+                    try:
+                        stream, peer = await listener.accept()
+                    except trio.ClosedResourceError:  # its container's side went away
+                        log.warning("forward_listener_closed", target=str(bound))
+                        return
+                    self._nursery.start_soon(self._carry_accepted, stream, peer, bound)
         finally:
             self._listeners.pop(_key(bound), None)
             self._ctx.metrics.listeners_active.dec()
