@@ -83,13 +83,16 @@ async def _watch_signals(
     shutdown: trio.Event, everything: trio.CancelScope, reload: Callable[[], None]
 ) -> None:
     """SIGHUP: reload. First SIGTERM/SIGINT: graceful stop. Second: cancel at once (the
-    cleanup of every container still runs, bounded)."""
+    cleanup of every container still runs, bounded). An operator's ``trissh drain`` is no
+    signal: the ``systemctl stop`` after it still waits for the sessions."""
+    stops = 0
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("signal_received", signal=signal.Signals(signum).name)
             if signum == signal.SIGHUP:
                 reload()
                 continue
-            if shutdown.is_set():
+            stops += 1
+            if stops > 1:
                 everything.cancel()
             shutdown.set()
