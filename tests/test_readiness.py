@@ -193,3 +193,31 @@ async def test_a_metrics_port_in_use_is_a_clear_start_up_error(
             await process.run_server(settings, lambda: settings)
     finally:
         busy.close()
+
+
+async def test_every_admin_slot_taken_is_an_answer_not_a_traceback(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Watchers hold their admin slot while their session runs; with all 16 held, the next
+    ``trissh sessions`` died with ConnectionResetError's traceback and nothing was logged."""
+    admin = tmp_path / "admin.sock"
+    await make_server(CountingBackend(), **{"admin.socket": str(admin)})
+    argv = [sys.executable, "-m", "trissh", "sessions", "--admin-socket", str(admin)]
+    held = []
+    try:
+        for _ in range(16):
+            held.append(await trio.open_unix_socket(str(admin)))
+        await trio.sleep(0.2)  # each is in its slot, waiting for a request
+        with trio.fail_after(30):
+            busy = await trio.run_process(
+                argv, capture_stdout=True, capture_stderr=True, check=False
+            )
+        assert busy.returncode != 0
+        assert b"too many admin clients" in busy.stderr, busy.stderr
+        assert b"Traceback" not in busy.stderr
+    finally:
+        for stream in held:
+            await stream.aclose()
+    with trio.fail_after(30):
+        free = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    assert free.returncode == 0, free.stderr

@@ -40,9 +40,12 @@ def _connected(
             raise AdminError(f"{path}: permission denied (run as trissh's user or root)") from None
         except OSError as exc:
             raise AdminError(f"{path}: {exc.strerror or exc}") from None
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        with sock.makefile("rb") as lines:
-            yield sock, lines
+        try:
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            with sock.makefile("rb") as lines:
+                yield sock, lines
+        except OSError as exc:  # reset, timed out: the server stopped or is stuck
+            raise AdminError(f"{path}: {exc.strerror or exc or type(exc).__name__}") from None
     finally:
         sock.close()
 

@@ -84,6 +84,7 @@ async def serve_admin(
         try:
             limiter.acquire_nowait()
         except trio.WouldBlock:
+            await _busy(stream)
             return
         try:
             await _serve_client(ctx, shutdown, stream)
@@ -195,6 +196,16 @@ async def _read_request(stream: trio.SocketStream) -> dict[str, Any] | None:
     return request if isinstance(request, dict) else None
 
 
+async def _busy(stream: trio.SocketStream) -> None:
+    """Every slot taken (watchers hold theirs): say so, after taking the request, which
+    closing unread would turn into a reset the client reports as a traceback."""
+    log.warning("admin_busy", clients=MAX_CLIENTS)
+    with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
+        await stream.receive_some(65536)
+    error = f"too many admin clients at once ({MAX_CLIENTS}; each watch holds one): try again"
+    await _send(stream, {"ok": False, "error": error})
+
+
 async def _send(stream: trio.SocketStream, message: dict[str, Any]) -> None:
     """One JSON line; a client that is gone or stalls past the bound just misses it."""
     with trio.move_on_after(WRITE_TIMEOUT):
@@ -240,7 +251,7 @@ def _connection(ctx: ServerContext, conn_id: str) -> LiveConnection:
 def _session(ctx: ServerContext, session_id: str) -> tuple[LiveConnection, LiveSession]:
     conn_id, _, channel = session_id.partition(":")
     connection = _connection(ctx, conn_id)
-    valid = channel.isdigit() and len(channel) <= 10  # channel numbers are uint32
+    valid = channel.isascii() and channel.isdigit() and len(channel) <= 10  # uint32s
     live = connection.live_session(int(channel)) if valid else None
     if live is None:
         raise _Refused(f"no session {session_id!r} (see trissh sessions)")
