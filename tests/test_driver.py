@@ -625,8 +625,12 @@ async def test_keys_are_renewed_every_rekey_interval(
         await peer.stream.aclose()
 
 
-async def test_shutdown_ends_idle_connections_at_once(ctx: ServerContext) -> None:
-    """An idle connection gets DISCONNECT "server shutting down" at once."""
+async def test_shutdown_ends_idle_connections_at_once(
+    ctx: ServerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle connection gets DISCONNECT "server shutting down" at once; the log line
+    (written from the stopping task, outside the connection's context) says whose."""
+    lines = capture_module_log(monkeypatch, "trissh.connection.driver")
     with trio.fail_after(10):
         async with connected(ctx) as peer:
             await peer.login()
@@ -638,6 +642,10 @@ async def test_shutdown_ends_idle_connections_at_once(ctx: ServerContext) -> Non
             message = await peer.next_message()
             assert isinstance(message, tr.Disconnect)
             assert message.description == "server shutting down"
+    [ended] = [line for line in lines if line["event"] == "connection_ended_by_server"]
+    assert ended["reason"] == "server_shutdown"
+    assert (ended["conn_id"], ended["remote"]) == ("test", "memory")
+    assert ended["user"]
 
 
 async def test_shutdown_tells_running_sessions_and_refuses_new_ones(ctx: ServerContext) -> None:

@@ -269,8 +269,16 @@ class ConnectionDriver:
         return self.live.get(channel)
 
     def _end(self, reason: DisconnectReason, description: str, close_reason: str) -> None:
-        """Disconnect on our own initiative: queue DISCONNECT, stop reading, cancel tasks."""
-        log.info("connection_ended_by_server", reason=close_reason, description=description)
+        """Disconnect on our own initiative: queue DISCONNECT, stop reading, cancel tasks.
+        (Also called from other tasks, the admin's and the stop's: the keys are explicit.)"""
+        log.info(
+            "connection_ended_by_server",
+            reason=close_reason,
+            description=description,
+            conn_id=self.conn_id,
+            remote=self.remote,
+            user=self.login.username if self.login is not None else None,
+        )
         self.close_reason = close_reason
         self.conn.disconnect(reason, description)
         self._ended = True
