@@ -19,6 +19,7 @@ from trissh.backend.memory import MemoryBackend
 from trissh.backend.memory.backend import MemorySandbox
 from trissh.config import load_config
 from trissh.ops.metrics import Metrics
+from trissh.server import workspaces
 from trissh.server.workspace_recipe import home_volume_name
 from trissh.server.workspace_state import WorkspaceState, server_running
 from trissh.server.workspaces import Workspaces
@@ -415,3 +416,37 @@ async def test_a_connection_retrying_a_failed_workspace_start_holds_one_attachme
             assert registry.live["alice"].attached == 1
             connection.cancel_scope.cancel()
         upkeep.cancel_scope.cancel()
+
+
+async def test_a_second_server_serves_workspaces_once_the_first_is_gone(
+    make_server: ServerFactory, client_key: ClientKey
+) -> None:
+    """The lock on the state file was tried once: a server that started beside another
+    refused workspace logins for its whole life, even after the other stopped."""
+    first = await make_server(MemoryBackend())
+    await run_ssh(first.port, client_key.path, "true")
+    second = await make_server(MemoryBackend())
+    refused = await run_ssh(second.port, client_key.path, "true")
+    assert b"workspaces are unavailable" in refused.stderr
+    await first.stop()
+    served = await run_ssh(second.port, client_key.path, "echo served")
+    assert served.stdout == b"served\n", served.stderr
+
+
+async def test_kept_workspaces_are_adopted_once_podman_answers_again(
+    make_server: ServerFactory, client_key: ClientKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """podman unreachable while a restarted server looked for kept workspaces: the kept
+    one was neither adopted nor removed and ran on, uncounted, beside the user's next."""
+    backend = MemoryBackend()
+    first = await make_server(backend, **{"session.workspace_ttl": 1.0})
+    await run_ssh(first.port, client_key.path, "true")
+    await first.stop()
+    assert len(workspaces_of(backend, "alice")) == 1
+    monkeypatch.setattr(workspaces, "ADOPTION_RETRY", 0.2)
+    backend.unavailable = True
+    await make_server(backend, **{"session.workspace_ttl": 1.0})
+    backend.unavailable = False
+    with trio.fail_after(30):
+        while workspaces_of(backend, "alice"):  # adopted, then its TTL ends it
+            await trio.sleep(0.1)

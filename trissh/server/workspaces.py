@@ -28,8 +28,8 @@ settings give now (its TTL then starts over); otherwise it **removes** it, sayin
 With a configuration server (``[auth.config_webhook]``) the start-up cannot know a user's
 settings, so a kept workspace whose hash differs from the configuration's is held
 *unclaimed*: the user's next login adopts it if its settings give the same hash, replaces it
-otherwise, and one nobody claims within the TTL is removed (``unclaimed``).
-The state file's lock makes sure only one live server adopts a deployment's workspaces.
+otherwise, and one nobody claims within the TTL is removed (``unclaimed``). The state
+file's lock (tried at each login while held) makes one live server their owner.
 
 Nursery tree::
 
@@ -60,7 +60,7 @@ from trissh.backend import (
     Sandbox,
     SandboxSpec,
 )
-from trissh.backend.base import LABEL_RECIPE, LABEL_WORKSPACE
+from trissh.backend.base import LABEL_INSTANCE, LABEL_RECIPE, LABEL_WORKSPACE
 from trissh.config import ServerConfig, WorkspacesSection
 from trissh.ops.metrics import Metrics
 from trissh.server.workspace_recipe import (
@@ -77,6 +77,8 @@ log = structlog.get_logger("trissh.server.workspaces")
 
 #: How often home volumes are checked for expiry.
 EXPIRY_INTERVAL: Final = 3600.0
+#: Seconds between attempts to adopt kept workspaces while podman cannot be reached.
+ADOPTION_RETRY: Final = 10.0
 #: Bound on waiting to remove an unclaimed workspace's container (a request already sent
 #: is bounded by the podman API's own request timeout).
 DISCARD_BOUND: Final = 30.0
@@ -164,8 +166,7 @@ class Workspaces:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if workspace_mode_used(settings) and self._lock():
-                    with contextlib.suppress(BackendError):  # podman down: sessions say so
-                        await self._adopt_leftovers(settings)
+                    await self._adopt_or_defer()
                 task_status.started()
                 await self._expire_volumes()
         finally:
@@ -174,18 +175,35 @@ class Workspaces:
                 self._state.unlock()
 
     def _lock(self) -> bool:
-        """Take the state file's lock (once); False, and workspaces unavailable, if not."""
-        if self._state is not None or self.unavailable is not None:
-            return self._state is not None
+        """Take the state file's lock; False (workspaces unavailable) while another server
+        holds it. Tried at each login: once that server is gone, its workspaces are adopted
+        in the background (a login meanwhile gets a new one; the old is a duplicate)."""
+        if self._state is not None:
+            return True
         state = WorkspaceState(self._settings().workspace_state_file())
         try:
             state.lock()
         except (StateLocked, OSError) as exc:
+            if self.unavailable is None:
+                log.error("workspaces_unavailable", error=str(exc))
             self.unavailable = str(exc)
-            log.error("workspaces_unavailable", error=str(exc))
             return False
         self._state = state
+        if self.unavailable is not None and self._nursery is not None:
+            self.unavailable = None
+            log.info("workspaces_available")
+            self._nursery.start_soon(self._adopt_or_defer)
         return True
+
+    async def _adopt_or_defer(self, delay: float = 0.0) -> None:
+        """:meth:`_adopt_leftovers`, retried while podman is unreachable (kept ones count)."""
+        await trio.sleep(delay)
+        try:
+            await self._adopt_leftovers(self._settings())
+        except BackendError as exc:
+            log.warning("workspace_adoption_deferred", error=str(exc), retry_in_s=ADOPTION_RETRY)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._adopt_or_defer, ADOPTION_RETRY)
 
     def stop(self) -> None:
         """The server stops: with ``on_shutdown = "keep"`` the containers stay running
@@ -401,6 +419,8 @@ class Workspaces:
         ours = state_label(settings)
         for found in await self._backend.find_sandboxes({LABEL_WORKSPACE: None}):
             user = found.labels[LABEL_WORKSPACE]
+            if found.labels.get(LABEL_INSTANCE) == self._instance:
+                continue  # made by this server since (a late adoption): live, not left
             if found.labels.get(LABEL_STATE, ours) != ours:  # another state file's server
                 log.info("workspace_not_ours", user=user, container=found.container_id[:12])
                 continue
