@@ -10,6 +10,7 @@ from typing import Any
 
 from trissh.backend import BackendError, ContainerSettings
 from trissh.backend.podman.containment import HostCaps, containment, containment_check, explained
+from trissh.backend.podman.limits import subids_check
 
 MIB = 1024 * 1024
 V1 = HostCaps(controllers=frozenset(), cgroup_version="v1", subordinate_ids=1024 * 65536)
@@ -72,6 +73,23 @@ def test_the_check_counts_how_many_containers_fit() -> None:
     check = containment_check(settings, none)
     assert not check.ok
     assert "subordinate IDs" in check.fix
+
+
+def test_doctor_s_two_lines_on_subordinate_ids_agree() -> None:
+    """The ceilings' line divided by a fixed 1,024 ids: 65,536 containers, where the
+    containment line (and the truth, with userns_size's 65,536) said 1,024."""
+    settings = ContainerSettings()
+    info = {"host": {"idMappings": {"uidmap": [
+        {"container_id": 0, "host_id": 999, "size": 1},
+        {"container_id": 1, "host_id": 100000, "size": 1024 * 65536},
+    ]}}}  # fmt: skip
+    check, allows = subids_check(info, settings.userns_size)
+    assert allows == 1024
+    assert "1,024 containers" in check.detail
+    assert "room for 1024 such containers" in containment_check(settings, V2).detail
+    shared, unbounded = subids_check(info, 0)
+    assert unbounded is None
+    assert "shared by every container" in shared.detail
 
 
 def test_host_caps_read_podman_info() -> None:

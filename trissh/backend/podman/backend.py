@@ -21,6 +21,7 @@ retry loop of deferred removals; every other call runs in its caller's task.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -456,7 +457,8 @@ class PodmanBackend:
             instance=f"doctor-{secrets.token_hex(4)}",
             settings=settings,
         )
-        return await host_limits(info, self._api.path, lambda: self.open_sandbox(spec))
+        probe = functools.partial(self.open_sandbox, spec)
+        return await host_limits(info, self._api.path, probe, settings.userns_size)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the warm pool full and retry removals that failed, with backoff, for as

@@ -39,8 +39,6 @@ PODMAN_LOCKS: Final = 2048
 SESSION_MEMORY: Final = 3.5 * 1024 * 1024
 #: Descriptors trissh holds per container session (socket, agent, pipes, a spare).
 FDS_PER_SESSION: Final = 8
-#: Subordinate ids one container's user namespace takes (``--userns=auto:size=``).
-USERNS_SIZE: Final = 1024
 #: Processes one container costs when the probe cannot tell (conmon, init, agent).
 TASKS_GUESS: Final = 3
 #: Fewer containers than this left under a ceiling: doctor warns.
@@ -69,8 +67,11 @@ Probe = Callable[[], AbstractAsyncContextManager[object]]
 Ceiling = tuple[HealthCheck, int | None]
 
 
-async def host_limits(info: dict[str, Any], socket_path: str, probe: Probe) -> list[HealthCheck]:
-    """The ceilings; ``info`` is podman's ``GET /info``, ``probe`` runs one container."""
+async def host_limits(
+    info: dict[str, Any], socket_path: str, probe: Probe, userns_size: int
+) -> list[HealthCheck]:
+    """The ceilings; ``info`` is podman's ``GET /info``, ``probe`` runs one container,
+    ``userns_size`` is the ids each container's own user namespace takes (0: none)."""
     uid = podman_uid(info)
     before = usage(uid)
     async with probe():
@@ -78,7 +79,7 @@ async def host_limits(info: dict[str, Any], socket_path: str, probe: Probe) -> l
     service = service_limits(socket_path)
     ceilings = [
         keyring_check(uid, before, during),
-        subids_check(info),
+        subids_check(info, userns_size),
         processes_check(uid, before, during, service),
         locks_check(info),
         memory_check(info),
@@ -195,16 +196,19 @@ def keyring_check(uid: int | None, before: Usage, during: Usage) -> Ceiling:
     return check, left
 
 
-def subids_check(info: dict[str, Any]) -> Ceiling:
+def subids_check(info: dict[str, Any], userns_size: int) -> Ceiling:
     ranges = (info.get("host") or {}).get("idMappings", {}).get("uidmap") or ()
     subids = sum(int(e.get("size", 0)) for e in ranges if e.get("container_id", 0) > 0)
-    namespaces = subids // USERNS_SIZE
+    if userns_size <= 0:  # containers share the podman user's own mapping
+        detail = f"{subids:,} subordinate uids, shared by every container (userns_size = 0)"
+        return HealthCheck(name="subordinate ids", ok=subids > 0, detail=detail), None
+    namespaces = subids // userns_size
     check = HealthCheck(
         name="subordinate ids",
         ok=subids > 0,
         warning=namespaces < FEW,
         detail=f"{subids:,} subordinate uids: {namespaces:,} containers with a user"
-        f" namespace of {USERNS_SIZE:,} ids each",
+        f" namespace of {userns_size:,} ids each (userns_size)",
         fix="usermod --add-subuids FIRST-LAST --add-subgids FIRST-LAST <podman user>, then"
         " `podman system migrate` as that user",
     )
