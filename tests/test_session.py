@@ -8,6 +8,8 @@ against the narrow port, and the driver only routes to it.
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import trio
@@ -22,7 +24,10 @@ from trissh.connection.channel import ChannelHandle
 from trissh.connection.sandboxes import SessionSandboxes
 from trissh.ops.log_quota import LogQuota
 from trissh.ops.metrics import Metrics
+from trissh.ops.recording import Recorder
 from trissh.protocol import ChannelId, SessionKind, SessionRequested
+
+from .support import capture_module_log
 
 
 class RecordingPort:
@@ -119,8 +124,23 @@ async def test_a_core_dump_is_told_to_the_client(monkeypatch: pytest.MonkeyPatch
     assert port.core_dumped
 
 
-async def test_a_forced_command_runs_instead_of_the_one_asked() -> None:
+def _recorded_command(directory: Path) -> object:
+    [recording] = directory.glob("*.cast")
+    return json.loads(recording.read_text().splitlines()[0])["trissh"]["command"]
+
+
+async def test_a_forced_command_runs_instead_of_the_one_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The log line names both, what was asked and what ran, and the recording what ran
+    (both named only what the client asked)."""
+    logs = capture_module_log(monkeypatch, "trissh.channels.session")
     backend = MemoryBackend()
-    port = await run(context(backend, forced_command="echo forced"), "echo asked")
+    recorder = Recorder(tmp_path, max_bytes=0, record_input=False)
+    ctx = dataclasses.replace(context(backend, forced_command="echo forced"), recorder=recorder)
+    port = await run(ctx, "echo asked")
     assert bytes(port.output) == b"forced\n"
     assert port.calls[-1] == ("finish", (0, None))
+    [started] = [line for line in logs if line["event"] == "session_started"]
+    assert (started["command"], started["forced_command"]) == ("echo asked", "echo forced")
+    assert _recorded_command(tmp_path) == "echo forced"

@@ -331,6 +331,7 @@ async def _serve(
         "session_started",
         kind=request.kind.value,
         command=request.command,
+        forced_command=ctx.grant.forced_command,
         subsystem=request.subsystem,
         pty=request.pty is not None,
         start_ms=round((time.monotonic() - started) * 1000, 1),
@@ -455,6 +456,12 @@ class _Tap:
             self._live.end()
 
 
+def _what_runs(ctx: SessionContext, request: SessionRequested) -> str | None:
+    """The command the session runs: a forced command whatever the client asked."""
+    forced = ctx.grant.forced_command
+    return request.command if forced is None else forced
+
+
 def _open_recording(
     ctx: SessionContext, handle: ChannelHandle, request: SessionRequested
 ) -> SessionRecording | None:
@@ -462,8 +469,8 @@ def _open_recording(
     recorder = ctx.recorder
     if recorder is None:
         return None
-    command = request.command
-    if request.kind is SessionKind.SUBSYSTEM:
+    command = _what_runs(ctx, request)
+    if request.kind is SessionKind.SUBSYSTEM and ctx.grant.forced_command is None:
         command = f"subsystem {request.subsystem}"
     return recorder.open_session(
         ctx.conn_id,
@@ -486,7 +493,9 @@ def _open_live(
     return ctx.live.open(
         int(handle.id),
         kind=request.kind.value,
-        command=request.subsystem if request.kind is SessionKind.SUBSYSTEM else request.command,
+        command=request.subsystem
+        if request.kind is SessionKind.SUBSYSTEM and ctx.grant.forced_command is None
+        else _what_runs(ctx, request),
         pty=(pty.term, pty.size.columns, pty.size.rows) if pty is not None else None,
         notify=lambda message: tell_user(handle, message),
     )
