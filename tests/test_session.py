@@ -25,7 +25,7 @@ from trissh.connection.sandboxes import SessionSandboxes
 from trissh.ops.log_quota import LogQuota
 from trissh.ops.metrics import Metrics
 from trissh.ops.recording import Recorder
-from trissh.protocol import ChannelId, SessionKind, SessionRequested
+from trissh.protocol import ChannelId, PtyRequest, SessionKind, SessionRequested, TerminalSize
 
 from .support import capture_module_log
 
@@ -144,3 +144,32 @@ async def test_a_forced_command_runs_instead_of_the_one_asked(
     [started] = [line for line in logs if line["event"] == "session_started"]
     assert (started["command"], started["forced_command"]) == ("echo asked", "echo forced")
     assert _recorded_command(tmp_path) == "echo forced"
+
+
+async def test_a_huge_terminal_is_recorded_at_the_size_the_terminal_took(
+    tmp_path: Path,
+) -> None:
+    """SSH sizes are uint32 and a terminal holds 16 bits: the recording said 4294967295
+    columns where the program saw 65535."""
+    recorder = Recorder(tmp_path, max_bytes=0, record_input=False)
+    ctx = dataclasses.replace(context(MemoryBackend()), recorder=recorder)
+    port = RecordingPort()
+    handle = ChannelHandle(port, ChannelId(3))
+    handle.feed_eof()
+    huge = TerminalSize(columns=0xFFFFFFFF, rows=0xFFFFFFFF)
+    request = SessionRequested(
+        channel_id=ChannelId(3),
+        kind=SessionKind.EXEC,
+        command="stty size",
+        pty=PtyRequest(term="xterm", size=huge),
+    )
+    with trio.fail_after(10):
+        await run_session(ctx, handle, request)
+    assert bytes(port.output) == b"65535 65535\r\n"
+    assert _recorded_size(tmp_path) == (65535, 65535)
+
+
+def _recorded_size(directory: Path) -> tuple[int, int]:
+    [recording] = directory.glob("*.cast")
+    header = json.loads(recording.read_text().splitlines()[0])
+    return header["width"], header["height"]

@@ -132,6 +132,11 @@ def backend_size(size: TerminalSize) -> BackendTerminalSize:
     )
 
 
+def _columns_rows(size: TerminalSize) -> tuple[int, int]:
+    clamped = backend_size(size)
+    return clamped.columns, clamped.rows
+
+
 def subsystem_argv(ctx: SessionContext, name: str) -> list[str] | None:
     """What ``ssh -s NAME`` runs: ``[session] subsystems`` (the deprecated ``[container]
     sftp_server`` first, for ``sftp``); ``None``: no such subsystem."""
@@ -435,7 +440,7 @@ class _Tap:
         if self._live is not None:
             self._live.output(data)
 
-    def resize(self, size: TerminalSize) -> None:
+    def resize(self, size: BackendTerminalSize) -> None:
         if self._recording is not None:
             self._recording.resize(size.columns, size.rows)
         if self._live is not None:
@@ -476,7 +481,7 @@ def _open_recording(
         ctx.conn_id,
         int(handle.id),
         user=ctx.username,
-        pty=request.pty.size if request.pty is not None else None,
+        pty=backend_size(request.pty.size) if request.pty is not None else None,
         term=request.pty.term if request.pty is not None else "",
         command=command,
         shell=ctx.container.shell[0],
@@ -496,7 +501,7 @@ def _open_live(
         command=request.subsystem
         if request.kind is SessionKind.SUBSYSTEM and ctx.grant.forced_command is None
         else _what_runs(ctx, request),
-        pty=(pty.term, pty.size.columns, pty.size.rows) if pty is not None else None,
+        pty=(pty.term, *_columns_rows(pty.size)) if pty is not None else None,
         notify=lambda message: tell_user(handle, message),
     )
 
@@ -569,8 +574,9 @@ class _ControlForwarder:
                 item = self._handle.control.popleft()
                 try:
                     if isinstance(item, TerminalSize):
-                        self._tap.resize(item)
-                        await self._process.resize(backend_size(item))
+                        size = backend_size(item)  # what the terminal holds, recorded too
+                        self._tap.resize(size)
+                        await self._process.resize(size)
                     else:
                         await self._process.send_signal(item)
                         if self._lines.take():
