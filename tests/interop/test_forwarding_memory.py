@@ -425,24 +425,37 @@ async def test_cancelling_a_remote_forward_leaves_its_open_connections(
         await stream.aclose()
 
 
+@pytest.mark.parametrize("option", ["-R", "-A"])
 async def test_a_listener_closed_under_its_forward_ends_that_forward_only(
     nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
-    tmp_path: Path, client_key: ClientKey,
+    tmp_path: Path, client_key: ClientKey, agent_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch, option: str,
 ) -> None:  # fmt: skip
-    """The container's side closes an ``-R`` listener (its agent went away, the workspace
-    was removed under it): that forward ends, the connection and its session go on."""
+    """The container's side closes an ``-R`` (or ``-A``) listener (its agent went away, the
+    workspace was removed under it): that forward ends (logged, its gauge back to 0), the
+    connection and its session go on."""
+    module = "agent_forward" if option == "-A" else "remote_forwards"
+    logs = capture_module_log(monkeypatch, f"trissh.channels.{module}")
+    env = agent_env if option == "-A" else None
+    forward = ["-A"] if option == "-A" else ["-R", "9000:127.0.0.1:9"]
     running = await server(nursery, authorized_keys, tmp_path)
-    async with ssh_running(
-        running.port, client_key.path, "-o", "ExitOnForwardFailure=yes",
-        "-R", "9000:127.0.0.1:9", "sleep 30",
-    ) as client:  # fmt: skip
-        await wait_until(lambda: bool(backend.sandboxes))
-        sandbox = backend.sandboxes[0]
-        target = SocketAddress(host="localhost", port=9000)
-        await (await connect_inside(sandbox, target)).aclose()
-        sandbox.network.close()
-        await trio.sleep(1)
+    argv = ssh_argv(running.port, client_key.path, "-o", "ExitOnForwardFailure=yes", *forward,
+                    "sleep 30")  # fmt: skip
+    client = await trio.lowlevel.open_process(argv, env=env)
+    registry = running.ctx.metrics.registry
+    try:
+        with trio.fail_after(30):
+            while registry.get_sample_value("trissh_forward_listeners_active") != 1:
+                await trio.sleep(0.05)
+            backend.sandboxes[0].network.close()
+            while registry.get_sample_value("trissh_forward_listeners_active") != 0:
+                await trio.sleep(0.05)  # the forward ended
+        assert "forward_listener_closed" in [line["event"] for line in logs]
+        await trio.sleep(0.5)
         assert client.poll() is None  # the connection is still there
+    finally:
+        client.kill()
+        await client.wait()
 
 
 @pytest.mark.parametrize("mode", ["connection", "session"])
