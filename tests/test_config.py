@@ -31,14 +31,25 @@ def _fields(model: type[BaseModel], prefix: str = "") -> list[str]:
     return names
 
 
+def _example_keys(text: str) -> set[str]:
+    """The dotted names the example sets or shows (commented out too), by section."""
+    keys: set[str] = set()
+    section = ""
+    for line in text.splitlines():
+        if header := re.match(r"^#?\s*\[([a-z_.]+?)\.?(?:\"[^\"]*\")?\]", line):
+            section = header.group(1) + "."
+            keys.add(header.group(1))
+        elif key := re.match(r"^#?\s*([a-z_]+)\s*=", line):
+            keys.add(section + key.group(1))
+    return keys
+
+
 def test_example_config_names_every_key() -> None:
-    """A new setting without a line in the example fails here (docs never drift)."""
-    text = default_config_text()
-    keys = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, re.MULTILINE))
-    keys |= {name.rsplit(".", 1)[-1] for name in re.findall(r"^#?\s*\[([a-z_.]+)\]", text, re.M)}
-    missing = [name for name in _fields(ServerConfig) if name.rsplit(".", 1)[-1] not in keys]
-    missing = [name for name in missing if name.rsplit(".", 1)[-1] not in ("users",)]
-    assert missing == []
+    """A new setting without a line in the example, in its own section, fails here (docs
+    never drift); a key of the same name in another section does not count for it."""
+    keys = _example_keys(default_config_text())
+    missing = [name for name in _fields(ServerConfig) if name not in keys]
+    assert [name for name in missing if not name.startswith("users")] == []
 
 
 BAD: list[tuple[str, str]] = [
