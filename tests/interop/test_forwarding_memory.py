@@ -425,6 +425,36 @@ async def test_cancelling_a_remote_forward_leaves_its_open_connections(
         await stream.aclose()
 
 
+async def test_a_connection_that_only_forwards_gets_the_shutdown_grace(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey,
+) -> None:  # fmt: skip
+    """``ssh -N -R`` carrying a connection when the server stops: it goes on through the
+    grace as a session would (it was ended at once, its tunnel cut)."""
+    running = await server(nursery, authorized_keys, tmp_path)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(serve_echo, listeners[0])
+    spec = f"9000:127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    async with ssh_running(
+        running.port, client_key.path, "-N", "-o", "ExitOnForwardFailure=yes", "-R", spec
+    ) as client:  # fmt: skip
+        await wait_until(lambda: bool(backend.sandboxes))
+        stream = await connect_inside(
+            backend.sandboxes[0], SocketAddress(host="localhost", port=9000)
+        )
+        with trio.fail_after(30):
+            await stream.send_all(b"before\n")
+            assert await stream.receive_some(100) == b"before\n"
+            running.ctx.state.shutting_down = True
+            for driver in list(running.ctx.state.connections):
+                driver.shutting_down()
+            await trio.sleep(0.5)
+            await stream.send_all(b"after\n")
+            assert await stream.receive_some(100) == b"after\n"
+        assert client.poll() is None
+        await stream.aclose()
+
+
 @pytest.mark.parametrize("option", ["-R", "-A"])
 async def test_a_listener_closed_under_its_forward_ends_that_forward_only(
     nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,

@@ -61,6 +61,10 @@ class RemoteForwards:
         self._listeners: dict[tuple[str, int] | str, trio.CancelScope] = {}
         self._starting = 0
 
+    @property
+    def listening(self) -> bool:
+        return bool(self._listeners)
+
     def request(self, event: GlobalRequestReceived) -> None:
         if event.name in (CANCEL_TCPIP_FORWARD, CANCEL_STREAMLOCAL_FORWARD):
             scope = self._listeners.pop(_key(event.target), None)

@@ -236,8 +236,9 @@ class ConnectionDriver:
 
     def shutting_down(self) -> None:
         """The server stops: idle connections end now; users of sessions are told, and
-        their sessions get the shutdown grace (the connections nursery's deadline)."""
-        if self._kinds is None or not self._kinds.sessions.tell_busy_users(SHUTDOWN_MESSAGE):
+        their sessions and forwards get the shutdown grace (the connections nursery's
+        deadline)."""
+        if self._kinds is None or not self._kinds.busy(SHUTDOWN_MESSAGE):
             self._end(DisconnectReason.BY_APPLICATION, SHUTDOWN_MESSAGE, "server_shutdown")
 
     # -- what an operator may see and do (trissh sessions, kill, watch) -------------------

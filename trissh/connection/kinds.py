@@ -38,6 +38,14 @@ class ChannelKinds:
     agent: AgentForwarding
     #: Whether the core may grant ``auth-agent-req@openssh.com``.
     agent_allowed: bool
+    #: The connection's forwarded connections open now.
+    forward_count: ForwardCount
+
+    def busy(self, message: str) -> bool:
+        """Does the connection carry anything a stop should give its grace to? Its
+        sessions' users read ``message``; forwards and listeners count too."""
+        told = self.sessions.tell_busy_users(message)
+        return told or self.forward_count.open > 0 or self.remote_forwards.listening
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,6 +116,7 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
         remote_forwards=RemoteForwards(forward_ctx, port, nursery, forwarding.max_listeners),
         agent=agent,
         agent_allowed=forward_ctx.policy.refuse_agent() is None,
+        forward_count=forward_ctx.count,
     )
 
 
