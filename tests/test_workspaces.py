@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,15 @@ from trissh.server.workspace_state import WorkspaceState, server_running
 from trissh.server.workspaces import Workspaces
 
 from .auth.http_server import Received, start
-from .support import ClientKey, RunningServer, make_context, needs_ssh, run_ssh, start_server
+from .support import (
+    ClientKey,
+    RunningServer,
+    make_context,
+    needs_ssh,
+    run_ssh,
+    ssh_argv,
+    start_server,
+)
 
 pytestmark = needs_ssh
 
@@ -450,3 +459,36 @@ async def test_kept_workspaces_are_adopted_once_podman_answers_again(
     with trio.fail_after(30):
         while workspaces_of(backend, "alice"):  # adopted, then its TTL ends it
             await trio.sleep(0.1)
+
+
+async def test_a_master_connection_recovers_from_its_workspace_going_away(
+    make_server: ServerFactory, client_key: ClientKey, tmp_path: Path
+) -> None:
+    """A workspace removed under a ControlMaster connection (an operator, the OOM killer):
+    the session that finds it gone fails, the next one gets a new workspace (every later
+    session of that connection failed until another connection replaced it)."""
+    backend = MemoryBackend()
+    server = await make_server(backend)
+    control = str(tmp_path / "mux")
+
+    async def over_master(command: str) -> tuple[int, bytes]:
+        argv = ssh_argv(server.port, client_key.path, "-S", control, command)
+        with trio.fail_after(30):
+            done = await trio.run_process(
+                argv, capture_stdout=True, capture_stderr=True, check=False
+            )
+        return done.returncode, done.stdout
+
+    master = ssh_argv(server.port, client_key.path, "-M", "-S", control, "-N")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(trio.run_process, master, check=False, capture_stderr=True))
+        with trio.fail_after(30):
+            while not await trio.Path(control).exists():
+                await trio.sleep(0.05)
+        assert await over_master("echo one") == (0, b"one\n")
+        [gone] = workspaces_of(backend, "alice")
+        await backend.remove_sandbox(gone)
+        await over_master("echo two")  # finds it gone
+        assert await over_master("echo three") == (0, b"three\n")
+        assert workspaces_of(backend, "alice") != [gone]
+        nursery.cancel_scope.cancel()  # ends the master

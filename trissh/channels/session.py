@@ -283,7 +283,11 @@ async def _run(
         spec = build_process_spec(ctx, request, extra_env)
         await ctx.container_files.provide(sandbox, ctx.grant.secret_files, ctx.container.shell[0])
         tap.attached(sandbox.container_id)
-        process = await owned.enter_async_context(sandbox.open_process(spec))
+        try:
+            process = await owned.enter_async_context(sandbox.open_process(spec))
+        except BackendError:
+            ctx.sandboxes.lost()
+            raise
         await _serve(ctx, handle, request, process, started, tap, finish)
 
 

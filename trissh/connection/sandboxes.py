@@ -37,6 +37,9 @@ class SandboxSource(Protocol):
         """
         ...
 
+    def lost(self) -> None:
+        """A program could not start in the container ``acquire`` gave (it may be gone)."""
+
 
 class SessionSandboxes:
     """``session`` mode: each session owns its own container."""
@@ -47,6 +50,9 @@ class SessionSandboxes:
 
     def prepare(self, start_timeout: float) -> None:
         pass  # the container is the session's own, started by its request
+
+    def lost(self) -> None:
+        pass  # the next session gets a container of its own anyway
 
     async def acquire(self, owned: contextlib.AsyncExitStack) -> Sandbox:
         return await owned.enter_async_context(self._backend.open_sandbox(self._spec))
@@ -80,6 +86,9 @@ class ConnectionSandbox:
 
     async def acquire(self, owned: contextlib.AsyncExitStack) -> Sandbox:
         return await self.get()
+
+    def lost(self) -> None:
+        pass  # the connection's own container: it has no other to give
 
     async def get(self) -> Sandbox:
         """The connection's sandbox, created on first use.

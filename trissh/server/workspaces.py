@@ -253,10 +253,7 @@ class Workspaces:
         workspace.changed.set()
         self._metrics.workspace_attached("reattached" if reattached else "new")
         log.info(
-            "workspace_attached",
-            user=user,
-            reattached=reattached,
-            connections=workspace.attached,
+            "workspace_attached", user=user, reattached=reattached, connections=workspace.attached
         )
         return workspace
 
@@ -278,11 +275,9 @@ class Workspaces:
         workspace.attached -= 1
         workspace.changed.set()
         log.info(
-            "workspace_detached",
-            user=workspace.user,
-            connections=workspace.attached,
+            "workspace_detached", user=workspace.user, connections=workspace.attached,
             ttl_s=workspace.ttl,
-        )
+        )  # fmt: skip
 
     def _start(self, workspace: Workspace) -> Workspace:
         assert self._nursery is not None
@@ -565,6 +560,10 @@ class WorkspaceSource:
     async def acquire(self, owned: contextlib.AsyncExitStack) -> Sandbox:
         """The user's workspace's container (never entered into ``owned``: not ours)."""
         return await self.get()
+
+    def lost(self) -> None:
+        """A session's program could not start there: check the container at the next."""
+        self._check = True
 
     async def get(self) -> Sandbox:
         """The user's workspace's container (the container forwards reach, too).
