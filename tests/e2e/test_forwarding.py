@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 import trio
+from podman import PodmanClient
+
+from trissh.backend.base import LABEL_INSTANCE
 
 from ..support import (
     ClientKey,
@@ -280,3 +283,28 @@ async def _try_to_reach(
                 capture_stdout=True, capture_stderr=True, check=False,
             )  # fmt: skip
         assert result.returncode != 0
+
+
+async def test_a_container_that_dies_closes_its_remote_forwards(
+    podman_server: RunningServer, client_key: ClientKey, podman_url: str
+) -> None:
+    """The -R listener is trissh's socket, made in the container's namespace: a container
+    killed from outside left it open (and counted) until the client disconnected."""
+    registry = podman_server.ctx.metrics.registry
+    async with ssh_background(
+        podman_server.port, client_key.path, "-N", "-o", "ExitOnForwardFailure=yes",
+        "-R", "9000:127.0.0.1:9",
+    ):  # fmt: skip
+        with trio.fail_after(60):
+            while registry.get_sample_value("trissh_forward_listeners_active") != 1:
+                await trio.sleep(0.1)
+        await trio.to_thread.run_sync(_kill_all, podman_url, podman_server.ctx.instance)
+        with trio.fail_after(30):
+            while registry.get_sample_value("trissh_forward_listeners_active") != 0:
+                await trio.sleep(0.1)
+
+
+def _kill_all(url: str, instance: str) -> None:
+    with PodmanClient(base_url=url) as client:
+        for container in client.containers.list(filters={"label": f"{LABEL_INSTANCE}={instance}"}):
+            container.kill("KILL")

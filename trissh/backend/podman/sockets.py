@@ -34,7 +34,7 @@ import array
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final, Protocol
 
@@ -55,6 +55,8 @@ log = structlog.get_logger("trissh.backend.podman")
 ANSWER_TIMEOUT: Final = SOCKET_TIMEOUT + 5.0
 #: How long leaving a unix listener waits for its file to be removed.
 UNLINK_TIMEOUT: Final = 5.0
+#: Seconds between a waiting listener's checks that its container is still there.
+LIVENESS_POLL: Final = 2.0
 #: An error line is short; more is not one.
 ERROR_LINE_LIMIT: Final = 512
 NO_AGENT: Final = "port forwarding needs the in-container agent ([podman] exec_agent)"
@@ -103,25 +105,38 @@ class _Refused(AbstractAsyncContextManager["PodmanListener"]):
 
 
 class PodmanListener:
-    """A listening socket the agent made; :meth:`accept` yields connections from inside."""
+    """A listening socket the agent made; :meth:`accept` yields connections from inside.
 
-    def __init__(self, sock: socket.socket) -> None:
+    The socket lives in trissh, so a container that dies leaves it listening: while it
+    waits, :meth:`accept` asks ``alive`` (the agent's connection, no podman request) every
+    :data:`LIVENESS_POLL` seconds and closes it when the container is gone.
+    """
+
+    def __init__(self, sock: socket.socket, alive: Callable[[], bool]) -> None:
         self._family = sock.family
         self._port = int(sock.getsockname()[1]) if sock.family in _INET else 0
         self._listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        self._alive = alive
 
     @property
     def port(self) -> int:
         return self._port
 
     async def accept(self) -> tuple[trio.abc.HalfCloseableStream, str]:
-        """Raises: trio.ClosedResourceError: closed; ForwardError: accept failed."""
-        try:
-            stream = await self._listener.accept()
-        except trio.ClosedResourceError:
-            raise
-        except OSError as exc:
-            raise ForwardError("failed", f"cannot accept a connection: {exc}") from exc
+        """Raises: trio.ClosedResourceError: closed, or its container is gone;
+        ForwardError: accept failed."""
+        while True:
+            with trio.move_on_after(LIVENESS_POLL):
+                try:
+                    stream = await self._listener.accept()
+                except trio.ClosedResourceError:
+                    raise
+                except OSError as exc:
+                    raise ForwardError("failed", f"cannot accept a connection: {exc}") from exc
+                break
+            if not self._alive():
+                self.close()
+                raise trio.ClosedResourceError("its container went away")
         try:
             peer = peer_text(self._family, stream.socket.getpeername())
         except OSError:
@@ -161,7 +176,7 @@ class AgentSockets:
             words = [b"listen", _word(address.host), b"%d" % address.port]
             sock = await self._request(words, _INET, True)
         try:
-            listener = PodmanListener(sock)
+            listener = PodmanListener(sock, self._agent.connected)
         except BaseException:
             sock.close()
             raise
