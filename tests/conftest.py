@@ -6,6 +6,7 @@ for determinism, and every wait is bounded so a hang fails instead of stalling C
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import AsyncIterator, Generator
 from pathlib import Path
@@ -40,6 +41,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
+#: A test that pytest-timeout ended inside ``trio.run`` (see below).
+_ABANDONED_RUN = pytest.StashKey[bool]()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     """pytest-timeout (pyproject's ``timeout``) ends a hung test with a signal, which may
@@ -49,8 +54,18 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
         return (yield)
     finally:
         context = trio._core._run.GLOBAL_RUN_CONTEXT
-        for name in ("runner", "task"):
-            context.__dict__.pop(name, None)
+        if "runner" in context.__dict__:
+            item.stash[_ABANDONED_RUN] = True
+            for name in ("runner", "task"):
+                context.__dict__.pop(name, None)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """The abandoned run's generator is garbage in cycles; its ``finally`` clears trio's
+    run state, so it must be collected now, not during a later test's run."""
+    if item.stash.get(_ABANDONED_RUN, False):
+        gc.collect()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from trissh.backend.base import LABEL_WORKSPACE, FoundSandbox, SandboxSpec
-from trissh.backend.errors import BackendError
+from trissh.backend.errors import BackendError, BackendUnavailable
 from trissh.backend.memory import MemoryBackend
 from trissh.backend.memory.backend import MemorySandbox
 from trissh.config import load_config
@@ -448,17 +448,20 @@ async def test_kept_workspaces_are_adopted_once_podman_answers_again(
     """podman unreachable while a restarted server looked for kept workspaces: the kept
     one was neither adopted nor removed and ran on, uncounted, beside the user's next."""
     backend = MemoryBackend()
-    first = await make_server(backend, **{"session.workspace_ttl": 1.0})
+    first = await make_server(backend)
     await run_ssh(first.port, client_key.path, "true")
     await first.stop()
-    assert len(workspaces_of(backend, "alice")) == 1
+    [kept] = workspaces_of(backend, "alice")
     monkeypatch.setattr(workspaces, "ADOPTION_RETRY", 0.2)
     backend.unavailable = True
-    await make_server(backend, **{"session.workspace_ttl": 1.0})
+    second = await make_server(backend)
     backend.unavailable = False
+    registry = second.ctx.state.workspaces
+    assert registry is not None
     with trio.fail_after(30):
-        while workspaces_of(backend, "alice"):  # adopted, then its TTL ends it
-            await trio.sleep(0.1)
+        while "alice" not in registry.live:  # adopted (counted), not removed
+            await trio.sleep(0.05)
+    assert workspaces_of(backend, "alice") == [kept]
 
 
 async def test_a_master_connection_recovers_from_its_workspace_going_away(
@@ -492,3 +495,58 @@ async def test_a_master_connection_recovers_from_its_workspace_going_away(
         assert await over_master("echo three") == (0, b"three\n")
         assert workspaces_of(backend, "alice") != [gone]
         nursery.cancel_scope.cancel()  # ends the master
+
+
+class OneRemovalDropped(MemoryBackend):
+    """podman dropping one removal request (a restart), below the registry under test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop: set[str] = set()
+
+    async def remove_sandbox(self, container_id: str) -> bool:
+        if container_id in self.drop:
+            self.drop.discard(container_id)
+            await trio.lowlevel.checkpoint()
+            raise BackendUnavailable("podman: connection refused")
+        return await super().remove_sandbox(container_id)
+
+
+async def test_a_retried_adoption_keeps_what_the_first_try_adopted(
+    make_server: ServerFactory, client_key: ClientKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first try adopted alice's kept workspace, then failed on bob's stopped one; the
+    retry took alice's (still labelled with the old server's instance) for a duplicate of
+    the live one and removed the container her workspace held."""
+    monkeypatch.setattr(workspaces, "ADOPTION_RETRY", 0.2)
+    backend = OneRemovalDropped()
+    first = await make_server(backend)
+    await run_ssh(first.port, client_key.path, "true")
+    await run_ssh(first.port, client_key.path, "true", user="bob")
+    await first.stop()
+    [alice], [bob] = workspaces_of(backend, "alice"), workspaces_of(backend, "bob")
+    del backend.kept[bob]  # stopped meanwhile: to be removed at the adoption...
+    backend.drop.add(bob)  # ...whose request podman drops once
+    second = await make_server(backend)
+    with trio.fail_after(30):
+        while workspaces_of(backend, "bob"):  # the retry removed it
+            await trio.sleep(0.05)
+    assert workspaces_of(backend, "alice") == [alice]
+    assert (await run_ssh(second.port, client_key.path, "echo back")).stdout == b"back\n"
+    assert workspaces_of(backend, "alice") == [alice]
+
+
+async def test_the_login_that_takes_the_lock_late_gets_its_kept_workspace(
+    make_server: ServerFactory, client_key: ClientKey
+) -> None:
+    """A standby server takes over once the first stopped (keeping its workspaces): its
+    first login made a new workspace and its own kept one was removed as a duplicate."""
+    backend = MemoryBackend()
+    first = await make_server(backend)
+    await run_ssh(first.port, client_key.path, "true")
+    [alice] = workspaces_of(backend, "alice")
+    second = await make_server(backend)
+    await first.stop()
+    result = await run_ssh(second.port, client_key.path, "echo taken over")
+    assert result.stdout == b"taken over\n", result.stderr
+    assert workspaces_of(backend, "alice") == [alice]

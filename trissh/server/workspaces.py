@@ -44,7 +44,6 @@ Nursery tree::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from collections.abc import Callable
 from typing import Final
@@ -63,6 +62,7 @@ from trissh.backend import (
 from trissh.backend.base import LABEL_INSTANCE, LABEL_RECIPE, LABEL_WORKSPACE
 from trissh.config import ServerConfig, WorkspacesSection
 from trissh.ops.metrics import Metrics
+from trissh.server.workspace_entries import Unclaimed, Workspace
 from trissh.server.workspace_recipe import (
     LABEL_HOME,
     LABEL_STATE,
@@ -84,45 +84,8 @@ ADOPTION_RETRY: Final = 10.0
 DISCARD_BOUND: Final = 30.0
 
 
-@dataclasses.dataclass(eq=False)
-class Workspace:
-    """One user's workspace while the registry holds it."""
-
-    user: str
-    spec: SandboxSpec
-    ttl: float
-    #: Bound on starting (or adopting) its container: the first login's ``start_timeout``.
-    start_timeout: float
-    #: The kept container to take over instead of making one (start-up adoption).
-    adopt: FoundSandbox | None = None
-    attached: int = 0
-    sandbox: Sandbox | None = None
-    failure: BackendError | None = None
-    ready: trio.Event = dataclasses.field(default_factory=trio.Event)
-    changed: trio.Event = dataclasses.field(default_factory=trio.Event)
-    #: Out of the registry: no new attach may have it (it is being removed).
-    closing: bool = False
-    #: The keeper's scope: cancelled when the container turned out gone.
-    scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
-
-    async def sandbox_or_failure(self) -> Sandbox:
-        await self.ready.wait()
-        if self.sandbox is None:
-            raise self.failure or BackendError(f"workspace of {self.user} is gone")
-        return self.sandbox
-
-
-@dataclasses.dataclass(eq=False)
-class Unclaimed:
-    """A kept workspace waiting for its user's next login to say whether its settings are
-    still theirs (module docstring)."""
-
-    found: FoundSandbox
-    ttl: float
-    #: Cancelled by the login that claims it.
-    scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
-    #: Why it is to go, or None once a login adopted it.
-    outcome: str | None = "unclaimed"
+class AdoptionPending(Exception):
+    """Kept workspaces are being taken over: attach once that is done."""
 
 
 class Workspaces:
@@ -148,6 +111,8 @@ class Workspaces:
         self._state: WorkspaceState | None = None
         #: Why this server holds no workspaces (the state is another server's), if so.
         self.unavailable: str | None = None
+        #: Set once a late lock's adoption had its first try (None: no late lock).
+        self._adopting: trio.Event | None = None
 
     @property
     def live(self) -> dict[str, Workspace]:
@@ -176,8 +141,8 @@ class Workspaces:
 
     def _lock(self) -> bool:
         """Take the state file's lock; False (workspaces unavailable) while another server
-        holds it. Tried at each login: once that server is gone, its workspaces are adopted
-        in the background (a login meanwhile gets a new one; the old is a duplicate)."""
+        holds it. Tried at each login: once that server is gone, its kept workspaces are
+        adopted, and logins wait for that (:meth:`adoption_settled`) before attaching."""
         if self._state is not None:
             return True
         state = WorkspaceState(self._settings().workspace_state_file())
@@ -192,8 +157,14 @@ class Workspaces:
         if self.unavailable is not None and self._nursery is not None:
             self.unavailable = None
             log.info("workspaces_available")
+            self._adopting = trio.Event()
             self._nursery.start_soon(self._adopt_or_defer)
         return True
+
+    async def adoption_settled(self) -> None:
+        """Until a late lock's adoption has had its first try."""
+        if self._adopting is not None:
+            await self._adopting.wait()
 
     async def _adopt_or_defer(self, delay: float = 0.0) -> None:
         """:meth:`_adopt_leftovers`, retried while podman is unreachable (kept ones count)."""
@@ -204,6 +175,9 @@ class Workspaces:
             log.warning("workspace_adoption_deferred", error=str(exc), retry_in_s=ADOPTION_RETRY)
             assert self._nursery is not None
             self._nursery.start_soon(self._adopt_or_defer, ADOPTION_RETRY)
+        finally:
+            if self._adopting is not None:
+                self._adopting.set()
 
     def stop(self) -> None:
         """The server stops: with ``on_shutdown = "keep"`` the containers stay running
@@ -233,6 +207,8 @@ class Workspaces:
         user = spec.username
         if self._nursery is None or not self._lock():
             raise BackendError(f"workspaces are unavailable: {self.unavailable or 'stopping'}")
+        if self._adopting is not None and not self._adopting.is_set():
+            raise AdoptionPending
         workspace = self._live.get(user)
         reattached = workspace is not None
         if workspace is None:
@@ -398,6 +374,13 @@ class Workspaces:
         workspace.scope.cancel()
         return False
 
+    def _holds(self, found: FoundSandbox) -> bool:
+        """Is ``found`` a workspace this server adopted or holds unclaimed already?"""
+        held = {w.adopt.container_id for w in self._live.values() if w.adopt is not None}
+        held |= {w.sandbox.container_id for w in self._live.values() if w.sandbox is not None}
+        held |= {u.found.container_id for u in self._unclaimed.values()}
+        return found.container_id in held
+
     def _drop(self, workspace: Workspace) -> None:
         workspace.closing = True
         if self._live.get(workspace.user) is workspace:
@@ -414,8 +397,8 @@ class Workspaces:
         ours = state_label(settings)
         for found in await self._backend.find_sandboxes({LABEL_WORKSPACE: None}):
             user = found.labels[LABEL_WORKSPACE]
-            if found.labels.get(LABEL_INSTANCE) == self._instance:
-                continue  # made by this server since (a late adoption): live, not left
+            if found.labels.get(LABEL_INSTANCE) == self._instance or self._holds(found):
+                continue  # made or adopted by this server (a later try): live, not left
             if found.labels.get(LABEL_STATE, ours) != ours:  # another state file's server
                 log.info("workspace_not_ours", user=user, container=found.container_id[:12])
                 continue
@@ -549,6 +532,8 @@ class WorkspaceSource:
             self._check = self._spec.username in self._registry.live
             try:
                 self._workspace = self._registry.attach(self._spec, self._ttl, self._start_timeout)
+            except AdoptionPending:
+                return  # get() waits for it, then attaches
             except BackendError as exc:
                 self._refusal = exc
                 return
@@ -576,6 +561,9 @@ class WorkspaceSource:
             if self._workspace is not None and self._workspace.closing:
                 self._workspace = None  # it failed or ended: attach to a new one
             self.prepare(self._start_timeout)
+            if self._workspace is None and self._refusal is None:  # being adopted
+                await self._registry.adoption_settled()
+                self.prepare(self._start_timeout)
             if self._refusal is not None:
                 refusal, self._refusal = self._refusal, None
                 raise refusal
