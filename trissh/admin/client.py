@@ -40,12 +40,9 @@ def _connected(
             raise AdminError(f"{path}: permission denied (run as trissh's user or root)") from None
         except OSError as exc:
             raise AdminError(f"{path}: {exc.strerror or exc}") from None
-        try:
-            sock.sendall(json.dumps(request).encode() + b"\n")
-            with sock.makefile("rb") as lines:
-                yield sock, lines
-        except OSError as exc:  # reset, timed out: the server stopped or is stuck
-            raise AdminError(f"{path}: {exc.strerror or exc or type(exc).__name__}") from None
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        with sock.makefile("rb") as lines:
+            yield sock, lines
     finally:
         sock.close()
 
@@ -66,8 +63,11 @@ def call(path: str, request: dict[str, Any], timeout: float = 10) -> dict[str, A
     Raises:
         AdminError: no server, no permission, or the server refused.
     """
-    with _connected(path, request, timeout) as (_sock, lines):
-        return _answer(lines)
+    try:
+        with _connected(path, request, timeout) as (_sock, lines):
+            return _answer(lines)
+    except OSError as exc:  # reset, timed out: the server stopped or is stuck
+        raise AdminError(f"{path}: {exc.strerror or exc or type(exc).__name__}") from None
 
 
 def _size(count: int) -> str:
