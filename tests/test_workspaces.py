@@ -175,16 +175,22 @@ async def test_a_restart_adopts_kept_workspaces_and_discards_changed_ones(
 
 
 class StuckRemovals(MemoryBackend):
-    """podman refusing to remove some containers (below what is tested: the workspaces)."""
+    """podman refusing to remove some containers (``stuck``), or dropping one request for
+    others (``dropped_once``: a restart), below what is tested: the workspaces."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stuck: set[str] = set()
+        self.dropped_once: set[str] = set()
 
     async def remove_sandbox(self, container_id: str) -> bool:
         if container_id in self.stuck:
             await trio.lowlevel.checkpoint()
             raise BackendError("podman: container is busy")
+        if container_id in self.dropped_once:
+            self.dropped_once.discard(container_id)
+            await trio.lowlevel.checkpoint()
+            raise BackendUnavailable("podman: connection refused")
         return await super().remove_sandbox(container_id)
 
 
@@ -497,21 +503,6 @@ async def test_a_master_connection_recovers_from_its_workspace_going_away(
         nursery.cancel_scope.cancel()  # ends the master
 
 
-class OneRemovalDropped(MemoryBackend):
-    """podman dropping one removal request (a restart), below the registry under test."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.drop: set[str] = set()
-
-    async def remove_sandbox(self, container_id: str) -> bool:
-        if container_id in self.drop:
-            self.drop.discard(container_id)
-            await trio.lowlevel.checkpoint()
-            raise BackendUnavailable("podman: connection refused")
-        return await super().remove_sandbox(container_id)
-
-
 async def test_a_retried_adoption_keeps_what_the_first_try_adopted(
     make_server: ServerFactory, client_key: ClientKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -519,14 +510,14 @@ async def test_a_retried_adoption_keeps_what_the_first_try_adopted(
     retry took alice's (still labelled with the old server's instance) for a duplicate of
     the live one and removed the container her workspace held."""
     monkeypatch.setattr(workspaces, "ADOPTION_RETRY", 0.2)
-    backend = OneRemovalDropped()
+    backend = StuckRemovals()
     first = await make_server(backend)
     await run_ssh(first.port, client_key.path, "true")
     await run_ssh(first.port, client_key.path, "true", user="bob")
     await first.stop()
     [alice], [bob] = workspaces_of(backend, "alice"), workspaces_of(backend, "bob")
     del backend.kept[bob]  # stopped meanwhile: to be removed at the adoption...
-    backend.drop.add(bob)  # ...whose request podman drops once
+    backend.dropped_once.add(bob)  # ...whose request podman drops once
     second = await make_server(backend)
     with trio.fail_after(30):
         while workspaces_of(backend, "bob"):  # the retry removed it
