@@ -465,10 +465,15 @@ class _Tap:
             self._live.end()
 
 
-def _what_runs(ctx: SessionContext, request: SessionRequested) -> str | None:
-    """The command the session runs: a forced command whatever the client asked."""
+def _what_runs(ctx: SessionContext, request: SessionRequested) -> tuple[str, str | None]:
+    """What the session runs, as (``"subsystem"`` or ``"command"``, its name or line): a
+    forced command whatever the client asked."""
     forced = ctx.grant.forced_command
-    return request.command if forced is None else forced
+    if forced is not None:
+        return "command", forced
+    if request.kind is SessionKind.SUBSYSTEM:
+        return "subsystem", request.subsystem
+    return "command", request.command
 
 
 def _open_recording(
@@ -478,9 +483,9 @@ def _open_recording(
     recorder = ctx.recorder
     if recorder is None:
         return None
-    command = _what_runs(ctx, request)
-    if request.kind is SessionKind.SUBSYSTEM and ctx.grant.forced_command is None:
-        command = f"subsystem {request.subsystem}"
+    what, command = _what_runs(ctx, request)
+    if what == "subsystem":
+        command = f"subsystem {command}"
     return recorder.open_session(
         ctx.conn_id,
         int(handle.id),
@@ -502,9 +507,7 @@ def _open_live(
     return ctx.live.open(
         int(handle.id),
         kind=request.kind.value,
-        command=request.subsystem
-        if request.kind is SessionKind.SUBSYSTEM and ctx.grant.forced_command is None
-        else _what_runs(ctx, request),
+        command=_what_runs(ctx, request)[1],
         pty=(pty.term, *_columns_rows(pty.size)) if pty is not None else None,
         notify=lambda message: tell_user(handle, message),
     )

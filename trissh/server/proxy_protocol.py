@@ -56,7 +56,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal, final
 
@@ -238,10 +238,12 @@ def _v1_address(text: bytes, version: int) -> IPAddress:
         raise ProxyProtocolError(f"PROXY v1 bad IPv6 address {text[:40]!r}") from None
 
 
-def _unmapped(address: ipaddress.IPv6Address) -> IPAddress:
-    """A dual-stack balancer (HAProxy's ``bind :::22``) sends IPv4 clients as IPv4-mapped
-    IPv6: they are the IPv4 address, for ``from=`` and every per-source rule."""
-    return address.ipv4_mapped or address
+def _unmapped(address: IPAddress) -> IPAddress:
+    """A dual-stack balancer (HAProxy's ``bind :::22``) or socket sees IPv4 clients as
+    IPv4-mapped IPv6: they are the IPv4 address, for ``from=`` and every per-source rule."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _v1_port(text: bytes) -> int:
@@ -308,19 +310,14 @@ def _v2_proxy(family_transport: int, block: bytes, consumed: int) -> ProxyResult
             tlvs=tlvs,
         )
     size = 4 if family == _FAMILY_INET else 16
-    make: Callable[[bytes], IPAddress] = (
-        ipaddress.IPv4Address
-        if family == _FAMILY_INET
-        else lambda packed: _unmapped(ipaddress.IPv6Address(packed))
-    )
+    make = ipaddress.IPv4Address if family == _FAMILY_INET else ipaddress.IPv6Address
+    source, destination = _unmapped(make(block[:size])), _unmapped(make(block[size : 2 * size]))
     ports = block[2 * size : 2 * size + 4]
     return ProxyResult(
         version=2,
         command=ProxyCommand.PROXY,
-        source=Endpoint(address=make(block[:size]), port=int.from_bytes(ports[:2], "big")),
-        destination=Endpoint(
-            address=make(block[size : 2 * size]), port=int.from_bytes(ports[2:], "big")
-        ),
+        source=Endpoint(address=source, port=int.from_bytes(ports[:2], "big")),
+        destination=Endpoint(address=destination, port=int.from_bytes(ports[2:], "big")),
         consumed=consumed,
         tlvs=tlvs,
     )
@@ -394,9 +391,6 @@ def _as_address(ip: object) -> IPAddress | None:
             return None
     else:
         return None
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.scope_id is not None:
-            address = ipaddress.IPv6Address(str(address).split("%", 1)[0])
-        if address.ipv4_mapped is not None:
-            return address.ipv4_mapped
-    return address
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        address = ipaddress.IPv6Address(str(address).split("%", 1)[0])
+    return _unmapped(address)

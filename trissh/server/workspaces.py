@@ -229,7 +229,10 @@ class Workspaces:
         workspace.changed.set()
         self._metrics.workspace_attached("reattached" if reattached else "new")
         log.info(
-            "workspace_attached", user=user, reattached=reattached, connections=workspace.attached
+            "workspace_attached",
+            user=user,
+            reattached=reattached,
+            connections=workspace.attached,
         )
         return workspace
 
@@ -251,9 +254,11 @@ class Workspaces:
         workspace.attached -= 1
         workspace.changed.set()
         log.info(
-            "workspace_detached", user=workspace.user, connections=workspace.attached,
+            "workspace_detached",
+            user=workspace.user,
+            connections=workspace.attached,
             ttl_s=workspace.ttl,
-        )  # fmt: skip
+        )
 
     def _start(self, workspace: Workspace) -> Workspace:
         assert self._nursery is not None
@@ -374,12 +379,11 @@ class Workspaces:
         workspace.scope.cancel()
         return False
 
-    def _holds(self, found: FoundSandbox) -> bool:
-        """Is ``found`` a workspace this server adopted or holds unclaimed already?"""
+    def _held(self) -> set[str]:
+        """The containers of workspaces this server adopted, runs or holds unclaimed."""
         held = {w.adopt.container_id for w in self._live.values() if w.adopt is not None}
         held |= {w.sandbox.container_id for w in self._live.values() if w.sandbox is not None}
-        held |= {u.found.container_id for u in self._unclaimed.values()}
-        return found.container_id in held
+        return held | {u.found.container_id for u in self._unclaimed.values()}
 
     def _drop(self, workspace: Workspace) -> None:
         workspace.closing = True
@@ -395,9 +399,11 @@ class Workspaces:
         assert self._nursery is not None
         per_login = settings.auth.config_webhook is not None
         ours = state_label(settings)
-        for found in await self._backend.find_sandboxes({LABEL_WORKSPACE: None}):
+        found_now = await self._backend.find_sandboxes({LABEL_WORKSPACE: None})
+        held = self._held()  # as the listing was taken: what the loop adopts is not in it
+        for found in found_now:
             user = found.labels[LABEL_WORKSPACE]
-            if found.labels.get(LABEL_INSTANCE) == self._instance or self._holds(found):
+            if found.labels.get(LABEL_INSTANCE) == self._instance or found.container_id in held:
                 continue  # made or adopted by this server (a later try): live, not left
             if found.labels.get(LABEL_STATE, ours) != ours:  # another state file's server
                 log.info("workspace_not_ours", user=user, container=found.container_id[:12])

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from trissh.backend.base import HealthCheck
+from trissh.backend.podman.containment import HostCaps
 from trissh.ops.rlimits import open_files_target
 
 __all__ = ["host_limits"]
@@ -197,12 +198,13 @@ def keyring_check(uid: int | None, before: Usage, during: Usage) -> Ceiling:
 
 
 def subids_check(info: dict[str, Any], userns_size: int) -> Ceiling:
-    ranges = (info.get("host") or {}).get("idMappings", {}).get("uidmap") or ()
-    subids = sum(int(e.get("size", 0)) for e in ranges if e.get("container_id", 0) > 0)
+    """The same count as the containment line's (:meth:`HostCaps.capacity`)."""
+    caps = HostCaps.from_info(info)
+    subids = caps.subordinate_ids
     if userns_size <= 0:  # containers share the podman user's own mapping
         detail = f"{subids:,} subordinate uids, shared by every container (userns_size = 0)"
         return HealthCheck(name="subordinate ids", ok=subids > 0, detail=detail), None
-    namespaces = subids // userns_size
+    namespaces = caps.capacity(userns_size)
     check = HealthCheck(
         name="subordinate ids",
         ok=subids > 0,
