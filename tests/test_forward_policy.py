@@ -7,7 +7,7 @@ import pytest
 from trissh.auth.authorized_keys import OptionError, parse_options
 from trissh.auth.policy import Grant
 from trissh.channels.forward_policy import ForwardPolicy
-from trissh.config import ConfigError, ForwardingSection, load_config
+from trissh.config import ConfigError, DirectionGrant, ForwardingSection, load_config
 from trissh.protocol import SocketPath, TcpAddress
 
 
@@ -179,3 +179,20 @@ def test_a_connection_may_open_its_sessions_and_forwards_channels() -> None:
         },
     )
     assert settings.channel_limit() == 4 + 500
+
+
+def test_a_configuration_servers_directions_go_over_the_users_settings() -> None:
+    settings = load_config(
+        None,
+        {
+            "forwarding.allow_streamlocal_forwarding": "no",
+            "users": {"alice": {"forwarding": {"allow_tcp_forwarding": "local"}}},
+        },
+    )
+    grants = {
+        "allow_tcp_forwarding": DirectionGrant(local=False, remote=True),
+        "allow_streamlocal_forwarding": DirectionGrant(remote=True),
+    }
+    alice = settings.with_forwarding_grants("alice", grants)
+    assert (alice.allow_tcp_forwarding, alice.allow_streamlocal_forwarding) == ("remote", "remote")
+    assert settings.with_forwarding_grants("bob", {}) == settings.forwarding_for("bob")

@@ -28,6 +28,7 @@ from trissh.auth.webhook import (
     AuthorizationRequest,
     ConfigRefused,
     ConfigRequest,
+    ConfigResult,
     FileValue,
     KeyboardInteractiveRequest,
     Metadata,
@@ -38,9 +39,10 @@ from trissh.auth.webhook import (
     WebhookClient,
     WebhookError,
     authorized_key,
-    container_overrides,
+    mapped_config,
     remote_address,
 )
+from trissh.config import Direction, DirectionGrant
 from trissh.protocol import parse_public_key
 
 from .http_server import Answer, Received, answer, sequence, start
@@ -691,20 +693,70 @@ def test_what_trissh_cannot_apply_is_refused_naming_the_field(
     for key, value in change.items():
         execution[key] = {**execution.get(key, {}), **value}
     with pytest.raises(ConfigRefused, match=f"^config\\.{re.escape(field)}"):
-        container_overrides({"docker": {"execution": execution}})
+        mapped_config({"docker": {"execution": execution}})
 
 
 @pytest.mark.parametrize(
     ("config", "field"),
     [
         ({"backend": "kubernetes"}, "config.backend"),
-        ({"security": {"forwarding": {"reverseForwardingMode": "disable"}}}, "config.security"),
+        ({"security": {"env": {"mode": "disable"}}}, "config.security.env.mode"),
+        ({"security": {"defaultMode": "disable"}}, "config.security.defaultMode"),
+        ({"security": {"forwarding": {"x11ForwardingMode": "enable"}}}, "x11ForwardingMode"),
         ({"docker": {"execution": {"imagePullPolicy": "Sometimes"}}}, "imagePullPolicy"),
     ],
 )
 def test_outside_the_container_too(config: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigRefused, match=re.escape(field)):
-        container_overrides(config)
+        mapped_config(config)
+
+
+async def test_security_forwarding_modes_become_the_logins_forwarding_directions() -> None:
+    """ContainerSSH's four forwarding switches, each one direction of trissh's two settings;
+    an unset switch leaves that direction to trissh's own settings, ``filter`` refuses
+    (ContainerSSH has no forwarding filters and refuses then too)."""
+    result = mapped_config(
+        {
+            "security": {
+                "forwarding": {
+                    "forwardingMode": "enable",
+                    "reverseForwardingMode": "filter",
+                    "socketListenMode": "disable",
+                    "x11ForwardingMode": "disable",
+                }
+            }
+        }
+    )
+    assert result.forwarding == {
+        "allow_tcp_forwarding": DirectionGrant(local=True, remote=False),
+        "allow_streamlocal_forwarding": DirectionGrant(local=None, remote=False),
+    }
+    assert (result.container, result.ignored) == ({}, ())
+    assert mapped_config({"Security": {"Forwarding": {"SocketForwardingMode": "enable"}}}) == (
+        ConfigResult(
+            container={},
+            forwarding={"allow_streamlocal_forwarding": DirectionGrant(local=True)},
+        )
+    )
+    with pytest.raises(ValueError, match=r"config\.security\.forwarding\.forwardingMode: "):
+        mapped_config({"security": {"forwarding": {"forwardingMode": "sometimes"}}})
+
+
+@pytest.mark.parametrize(
+    ("base", "grant", "result"),
+    [
+        ("yes", DirectionGrant(), "yes"),
+        ("yes", DirectionGrant(local=False), "remote"),
+        ("no", DirectionGrant(local=True), "local"),
+        ("local", DirectionGrant(remote=True), "yes"),
+        ("remote", DirectionGrant(local=True, remote=False), "local"),
+        ("yes", DirectionGrant(local=False, remote=False), "no"),
+    ],
+)
+def test_a_direction_grant_changes_only_the_directions_it_names(
+    base: Direction, grant: DirectionGrant, result: Direction
+) -> None:
+    assert grant.applied(base) == result
 
 
 async def test_config_server_wrong_types_are_errors(nursery: trio.Nursery) -> None:
@@ -723,7 +775,7 @@ async def test_config_server_wrong_types_are_errors(nursery: trio.Nursery) -> No
 
 def test_config_mapping_details() -> None:
     # Go matches field names case-insensitively; YAML-style host.resources.* works too.
-    mapped, ignored, expose = container_overrides(
+    result = mapped_config(
         {
             "Docker": {
                 "Execution": {
@@ -735,8 +787,13 @@ def test_config_mapping_details() -> None:
             }
         }
     )
-    assert mapped == {"image": "a", "network": "none", "memory_limit_mb": 100, "start_timeout": 90}
-    assert (ignored, expose) == ((), True)
+    assert result.container == {
+        "image": "a",
+        "network": "none",
+        "memory_limit_mb": 100,
+        "start_timeout": 90,
+    }
+    assert (result.ignored, result.expose_metadata) == ((), True)
 
 
 def test_metadata_merge_newer_wins() -> None:

@@ -83,14 +83,18 @@ async def make_server(
 ) -> AsyncIterator[ServerFactory]:
     servers: list[RunningServer] = []
 
-    async def make(users: dict[str, Any] | None = None, **auth: Any) -> RunningServer:
+    async def make(
+        users: dict[str, Any] | None = None,
+        forwarding: dict[str, Any] | None = None,
+        **auth: Any,
+    ) -> RunningServer:
         ctx = make_context(
             MemoryBackend(images={"localhost/trissh-base:latest"}), Path(os.devnull),
             tmp_path / "host_key",
             auth={"failure_delay": 0, "webhook": {"url": webhook.url, "retries": 0,
                                                   "timeout": 2, **auth},
                   "config_webhook": {"url": webhook.url + "/config"}},
-            users=users or {},
+            users=users or {}, forwarding=forwarding or {},
         )  # fmt: skip
         server = await start_server(nursery, ctx)
         servers.append(server)
@@ -212,6 +216,36 @@ async def test_config_server_overrides_the_container(
         server, "alice", askpass, *NO_KEYS, "-o", "PreferredAuthentications=password"
     )
     assert b"localhost/from-config-server:1" in result.stderr, result.stderr
+
+
+PROHIBITED = b"open failed: administratively prohibited: TCP forwarding (local) is not allowed"
+#: Nothing listens on the in-process sandbox's port 9: a forward that was let through.
+REACHED = b"open failed: connect failed: Connection refused"
+
+
+@pytest.mark.parametrize(
+    ("configured", "modes", "shown"),
+    [
+        ("yes", {"forwardingMode": "disable"}, PROHIBITED),
+        ("yes", {"forwardingMode": "filter"}, PROHIBITED),
+        ("no", {"forwardingMode": "enable"}, REACHED),
+        ("remote", {"reverseForwardingMode": "disable"}, PROHIBITED),  # local left as set
+        ("local", {"reverseForwardingMode": "disable"}, REACHED),
+    ],
+)
+async def test_the_configuration_server_sets_the_logins_forwarding(
+    make_server: ServerFactory, askpass: Path, hooks: Hooks,
+    configured: str, modes: dict[str, str], shown: bytes,
+) -> None:  # fmt: skip
+    """ContainerSSH's ``security.forwarding`` switches grant or refuse forwarding for this
+    login over trissh's ``[forwarding]``: ``ssh -W`` shows which."""
+    hooks.config = {"security": {"forwarding": modes}}
+    server = await make_server(forwarding={"allow_tcp_forwarding": configured})
+    result = await login(
+        server, "alice", askpass, *NO_KEYS, "-o", "PreferredAuthentications=password",
+        "-v", "-W", "localhost:9", command="",
+    )  # fmt: skip
+    assert shown in result.stderr, result.stderr[-2000:]
 
 
 async def test_failing_webhook_fails_the_login_and_the_server_goes_on(

@@ -10,6 +10,7 @@ from typing import Any
 
 from trissh.auth.user_keys import UserKeyStore
 from trissh.auth.webhook import Metadata
+from trissh.config.forwarding import DirectionGrant
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,9 @@ class Grant:
     username: str | None = None
     #: ``[container]`` overrides from the configuration server, already validated.
     container: Mapping[str, Any] = field(default_factory=dict)
+    #: The ways ``[forwarding]`` allows by the configuration server (it may grant or
+    #: refuse; key options below still narrow what results).
+    forwarding: Mapping[str, DirectionGrant] = field(default_factory=dict)
     #: ``no-port-forwarding`` (key or certificate): no -L/-D/-W/-R, TCP or unix socket.
     allow_port_forwarding: bool = True
     allow_agent_forwarding: bool = True
@@ -59,6 +63,7 @@ class Grant:
             environment={**self.environment, **other.environment},
             username=other.username or self.username,
             container={**self.container, **other.container},
+            forwarding={**self.forwarding, **other.forwarding},
             allow_port_forwarding=self.allow_port_forwarding and other.allow_port_forwarding,
             allow_agent_forwarding=self.allow_agent_forwarding and other.allow_agent_forwarding,
             permit_open=self.permit_open + other.permit_open,

@@ -479,7 +479,12 @@ class AuthPolicy:
         except ValueError as exc:
             log.error("config_webhook_rejected", error=str(exc))
             return Decision(False, "the configuration server sent invalid settings")
-        grant = Grant(username=username, container=config.container, user_keys=own_keys)
+        grant = Grant(
+            username=username,
+            container=config.container,
+            forwarding=config.forwarding,
+            user_keys=own_keys,
+        )
         return Decision(
             True,
             grant=grant,

@@ -11,7 +11,7 @@ from trissh.config.auth import (
 )
 from trissh.config.base import ConfigError
 from trissh.config.container import ContainerSection, container_settings, parse_volume
-from trissh.config.forwarding import ForwardingSection, parse_permit
+from trissh.config.forwarding import Direction, DirectionGrant, ForwardingSection, parse_permit
 from trissh.config.server import ServerConfig, default_state_dir, load_config
 from trissh.config.service import (
     SETUP_HOST_SOCKET,
@@ -38,6 +38,8 @@ __all__ = [
     "BackendSection",
     "ConfigError",
     "ContainerSection",
+    "Direction",
+    "DirectionGrant",
     "ForwardingSection",
     "KerberosSection",
     "LimitSettings",

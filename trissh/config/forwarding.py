@@ -6,6 +6,7 @@ namespace, its file system. The settings are sshd's, per user too (``[users.NAME
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -14,6 +15,27 @@ from trissh.config.base import Model
 
 #: sshd's AllowTcpForwarding / AllowStreamLocalForwarding values.
 Direction = Literal["yes", "local", "remote", "no"]
+_DIRECTIONS: dict[tuple[bool, bool], Direction] = {
+    (True, True): "yes",
+    (True, False): "local",
+    (False, True): "remote",
+    (False, False): "no",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DirectionGrant:
+    """A configuration server's say on one kind of forwarding, each way: ``local`` (-L, -D,
+    -W) and ``remote`` (-R); ``None`` leaves that way to the settings."""
+
+    local: bool | None = None
+    remote: bool | None = None
+
+    def applied(self, setting: Direction) -> Direction:
+        """``setting`` with the ways this grant names changed."""
+        local = setting in ("yes", "local") if self.local is None else self.local
+        remote = setting in ("yes", "remote") if self.remote is None else self.remote
+        return _DIRECTIONS[local, remote]
 
 
 def parse_permit(entry: str, *, listen: bool) -> tuple[str, str]:

@@ -10,7 +10,7 @@ import structlog
 
 from trissh.auth.names import escaped
 from trissh.auth.policy import Grant
-from trissh.config import ContainerSection, ServerConfig, SessionSection
+from trissh.config import ContainerSection, ForwardingSection, ServerConfig, SessionSection
 from trissh.ops.metrics import Metrics
 from trissh.protocol import AuthFailed, AuthPartiallySucceeded, KeyExchangeCompleted
 
@@ -64,6 +64,8 @@ class Login:
     #: The server-wide ``[container]`` and ``[session]`` merged with the user's own.
     container: ContainerSection
     session: SessionSection
+    #: ``[forwarding]`` merged with the user's own and the configuration server's answer.
+    forwarding: ForwardingSection
 
 
 def login_of(settings: ServerConfig, authenticated_as: str, grant: Grant) -> Login:
@@ -75,4 +77,5 @@ def login_of(settings: ServerConfig, authenticated_as: str, grant: Grant) -> Log
         grant=grant,
         container=settings.with_container_overrides(username, grant.container),
         session=settings.session_for(username),
+        forwarding=settings.with_forwarding_grants(username, grant.forwarding),
     )

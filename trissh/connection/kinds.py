@@ -77,7 +77,7 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
         settings=container_settings(login.container),
     )
     sessions_source, forwards_sandbox = _sources(ctx, connection, spec)
-    forwarding = ctx.settings.forwarding_for(login.username)
+    forwarding = login.forwarding
     marks = RecordingMarks()
     forward_ctx = ForwardContext(
         policy=ForwardPolicy(forwarding, login.grant),

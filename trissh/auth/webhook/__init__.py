@@ -3,11 +3,12 @@
 ContainerSSH users point trissh at the auth and config servers they already run; the wire
 format, what trissh applies and where it differs from ContainerSSH are in docs/webhooks.md.
 ``wire`` has the messages (one pydantic model each), ``client`` the HTTP client (retries,
-timeouts, TLS), ``containerssh`` what a configuration server's answer means for containers.
+timeouts, TLS), ``containerssh`` what a configuration server's answer means for containers
+and forwarding.
 """
 
 from trissh.auth.webhook.client import MAX_RESPONSE_BYTES, WebhookClient, WebhookError
-from trissh.auth.webhook.containerssh import ConfigRefused, ConfigResult, container_overrides
+from trissh.auth.webhook.containerssh import ConfigRefused, ConfigResult, mapped_config
 from trissh.auth.webhook.wire import (
     MAX_ENTRIES,
     MAX_PROMPTS,
@@ -52,6 +53,6 @@ __all__ = [
     "WebhookClient",
     "WebhookError",
     "authorized_key",
-    "container_overrides",
+    "mapped_config",
     "remote_address",
 ]

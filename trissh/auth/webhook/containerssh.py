@@ -1,13 +1,15 @@
-"""A ContainerSSH configuration server's answer as trissh ``[container]`` overrides.
+"""A ContainerSSH configuration server's answer as trissh ``[container]`` overrides and the
+login's forwarding directions.
 
 ContainerSSH's ``config.docker`` (Docker Engine API field names, matched case-insensitively
 like Go's decoder; ``host.resources.*`` as in its YAML is accepted too) becomes a ``dict`` of
-trissh ``[container]`` keys; docs/webhooks.md has the table. Every field that asks for
-something (a non-empty, non-zero value) is one of three things:
+trissh ``[container]`` keys, and ``config.security.forwarding`` the ways ``[forwarding]``
+allows; docs/webhooks.md has the table. Every field that asks for something (a non-empty,
+non-zero value) is one of three things:
 
 * **applied**: mapped onto a trissh setting (image, env, user, working directory, labels,
   network, binds, memory, CPU shares, pids, read-only root, pull policy, start timeout,
-  shell, the sftp subsystem);
+  shell, the sftp subsystem, the forwarding switches);
 * **plumbing**: how ContainerSSH itself reaches Docker or keeps its container alive
   (``docker.connection``, ``execution.mode``, ``idleCommand``, the container's ``Cmd``,
   ``Tty``...), or other backends' sections; trissh has its own, so these are noted and
@@ -21,11 +23,13 @@ A mapped field of the wrong type is an error too.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from trissh.auth.webhook.wire import ConfigResponse, Metadata
+from trissh.config.forwarding import DirectionGrant
 
 _MIB: Final = 1 << 20
 _NANOSECONDS: Final = 1e9
@@ -41,6 +45,9 @@ class ConfigResult:
 
     #: Overrides of trissh ``[container]`` keys, ready to merge over the user's settings.
     container: dict[str, Any]
+    #: The ways ``[forwarding]``'s ``allow_tcp_forwarding`` / ``allow_streamlocal_forwarding``
+    #: allow for this login, where the answer says (it may grant as well as refuse).
+    forwarding: Mapping[str, DirectionGrant] = field(default_factory=dict)
     #: ContainerSSH's own plumbing the answer set, one note per field (nothing to apply).
     ignored: tuple[str, ...] = ()
     metadata: Metadata = field(default_factory=Metadata)
@@ -49,16 +56,13 @@ class ConfigResult:
 
 
 def config_result(answer: ConfigResponse) -> ConfigResult:
-    """The overrides and notes of ``answer``.
+    """What ``answer`` means, its metadata included.
 
     Raises:
         ConfigRefused: it asks for something trissh cannot apply.
         ValueError: a mapped field of the wrong type.
     """
-    container, ignored, expose = container_overrides(answer.config)
-    return ConfigResult(
-        container=container, ignored=ignored, metadata=answer.metadata, expose_metadata=expose
-    )
+    return dataclasses.replace(mapped_config(answer.config), metadata=answer.metadata)
 
 
 _NETWORK_MODES: Final = frozenset({"none", "slirp4netns", "pasta"})
@@ -171,13 +175,8 @@ def _refuse(where: str, why: str) -> ConfigRefused:
     return ConfigRefused(f"config.{where}: {why}")
 
 
-def container_overrides(
-    config: Mapping[str, Any],
-) -> tuple[dict[str, Any], tuple[str, ...], bool]:
-    """Map a ContainerSSH ``config`` object onto trissh ``[container]`` keys.
-
-    Returns:
-        The overrides, one note per plumbing field set, and ``exposeAuthMetadataAsEnv``.
+def mapped_config(config: Mapping[str, Any]) -> ConfigResult:
+    """Map a ContainerSSH ``config`` object onto trissh settings (no metadata).
 
     Raises:
         ConfigRefused: a field asks for what trissh cannot apply (the first one found).
@@ -205,13 +204,50 @@ def container_overrides(
     expose = bool(
         _typed(w.get(*execution, "exposeauthmetadataasenv"), bool, "exposeAuthMetadataAsEnv")
     )
+    forwarding = _map_forwarding(w)
     notes = []
     for path in w.leftovers(config):
         where = ".".join(path)
         if not _plumbing(path):
             raise _refuse(where, "not supported by trissh")
         notes.append(f"{where}: ContainerSSH's own plumbing, not needed by trissh")
-    return out, tuple(notes), expose
+    return ConfigResult(
+        container=out, forwarding=forwarding, ignored=tuple(notes), expose_metadata=expose
+    )
+
+
+#: ContainerSSH's forwarding switches: the trissh setting and the way each one decides.
+_FORWARDING_SWITCHES: Final = {
+    "forwardingMode": ("allow_tcp_forwarding", "local"),
+    "reverseForwardingMode": ("allow_tcp_forwarding", "remote"),
+    "socketForwardingMode": ("allow_streamlocal_forwarding", "local"),
+    "socketListenMode": ("allow_streamlocal_forwarding", "remote"),
+}
+#: ContainerSSH's execution policies; it has no forwarding filters and refuses on
+#: ``filter``, so trissh does too.
+_POLICIES: Final = {"enable": True, "filter": False, "disable": False}
+
+
+def _map_forwarding(w: _Walker) -> dict[str, DirectionGrant]:
+    """``security.forwarding``: an unset switch leaves its way to ``[forwarding]``."""
+    ways: dict[str, dict[str, bool]] = {}
+    for switch, (setting, way) in _FORWARDING_SWITCHES.items():
+        allowed = _switch(w, switch)
+        if allowed is not None:
+            ways.setdefault(setting, {})[way] = allowed
+    if _switch(w, "x11ForwardingMode"):
+        raise _refuse("security.forwarding.x11ForwardingMode", "X11 forwarding is not supported")
+    return {setting: DirectionGrant(**named) for setting, named in ways.items()}
+
+
+def _switch(w: _Walker, name: str) -> bool | None:
+    where = f"security.forwarding.{name}"
+    mode = _typed(w.get("security", "forwarding", name), str, where)
+    if not mode:
+        return None
+    if mode not in _POLICIES:
+        raise ValueError(f"config.{where}: {mode!r} is not enable, filter or disable")
+    return _POLICIES[mode]
 
 
 def _map_env(entries: list[str], out: dict[str, Any]) -> None:
