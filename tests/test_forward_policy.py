@@ -7,7 +7,13 @@ import pytest
 from trissh.auth.authorized_keys import OptionError, parse_options
 from trissh.auth.policy import Grant
 from trissh.channels.forward_policy import ForwardPolicy
-from trissh.config import ConfigError, DirectionGrant, ForwardingSection, load_config
+from trissh.config import (
+    ConfigError,
+    DirectionGrant,
+    ForwardingGrant,
+    ForwardingSection,
+    load_config,
+)
 from trissh.protocol import SocketPath, TcpAddress
 
 
@@ -189,10 +195,14 @@ def test_a_configuration_servers_directions_go_over_the_users_settings() -> None
             "users": {"alice": {"forwarding": {"allow_tcp_forwarding": "local"}}},
         },
     )
-    grants = {
-        "allow_tcp_forwarding": DirectionGrant(local=False, remote=True),
-        "allow_streamlocal_forwarding": DirectionGrant(remote=True),
-    }
-    alice = settings.with_forwarding_grants("alice", grants)
+    grant = ForwardingGrant(
+        ways={
+            "allow_tcp_forwarding": DirectionGrant(local=False, remote=True),
+            "allow_streamlocal_forwarding": DirectionGrant(remote=True),
+        }
+    )
+    alice = settings.with_forwarding_grant("alice", grant)
     assert (alice.allow_tcp_forwarding, alice.allow_streamlocal_forwarding) == ("remote", "remote")
-    assert settings.with_forwarding_grants("bob", {}) == settings.forwarding_for("bob")
+    assert settings.with_forwarding_grant("bob", ForwardingGrant()) == settings.forwarding_for(
+        "bob"
+    )

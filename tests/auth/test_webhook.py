@@ -42,7 +42,7 @@ from trissh.auth.webhook import (
     mapped_config,
     remote_address,
 )
-from trissh.config import Direction, DirectionGrant
+from trissh.config import Direction, DirectionGrant, ForwardingGrant, load_config
 from trissh.protocol import parse_public_key
 
 from .http_server import Answer, Received, answer, sequence, start
@@ -727,19 +727,48 @@ async def test_security_forwarding_modes_become_the_logins_forwarding_directions
             }
         }
     )
-    assert result.forwarding == {
-        "allow_tcp_forwarding": DirectionGrant(local=True, remote=False),
-        "allow_streamlocal_forwarding": DirectionGrant(local=None, remote=False),
-    }
+    assert result.forwarding == ForwardingGrant(
+        ways={
+            "allow_tcp_forwarding": DirectionGrant(local=True, remote=False),
+            "allow_streamlocal_forwarding": DirectionGrant(local=None, remote=False),
+        }
+    )
     assert (result.container, result.ignored) == ({}, ())
     assert mapped_config({"Security": {"Forwarding": {"SocketForwardingMode": "enable"}}}) == (
         ConfigResult(
             container={},
-            forwarding={"allow_streamlocal_forwarding": DirectionGrant(local=True)},
+            forwarding=ForwardingGrant(
+                ways={"allow_streamlocal_forwarding": DirectionGrant(local=True)}
+            ),
         )
     )
     with pytest.raises(ValueError, match=r"config\.security\.forwarding\.forwardingMode: "):
         mapped_config({"security": {"forwarding": {"forwardingMode": "sometimes"}}})
+
+
+def test_trissh_forwarding_keys_of_an_answer_set_the_logins_policy() -> None:
+    """trissh's own ``config.trissh.forwarding``: the policy keys, checked as the file's are
+    (when the login applies them), under ContainerSSH's switches; the limits stay the
+    server's."""
+    own = {
+        "allow_agent_forwarding": False,
+        "permit_open": ["db:5432"],
+        "allow_tcp_forwarding": "no",
+    }
+    result = mapped_config(
+        {"trissh": {"forwarding": own}, "security": {"forwarding": {"forwardingMode": "enable"}}}
+    )
+    settings = load_config(None, {"users": {"alice": {"forwarding": {"permit_listen": ["8000"]}}}})
+    alice = settings.with_forwarding_grant("alice", result.forwarding)
+    assert (alice.allow_agent_forwarding, alice.permit_open, alice.permit_listen) == (
+        False, ("db:5432",), ("8000",),
+    )  # fmt: skip
+    assert alice.allow_tcp_forwarding == "local"  # "no", then the switch's local way
+    with pytest.raises(ConfigRefused, match=r"config\.trissh\.forwarding\.max_channels: "):
+        mapped_config({"trissh": {"forwarding": {"max_channels": 4096}}})
+    bad = mapped_config({"trissh": {"forwarding": {"permit_open": ["db"]}}})
+    with pytest.raises(ValueError, match=r"config_webhook\.trissh\.forwarding\.permit_open"):
+        settings.with_forwarding_grant("alice", bad.forwarding)
 
 
 @pytest.mark.parametrize(

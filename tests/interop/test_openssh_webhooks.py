@@ -223,23 +223,29 @@ PROHIBITED = b"open failed: administratively prohibited: TCP forwarding (local) 
 REACHED = b"open failed: connect failed: Connection refused"
 
 
+def switches(**modes: str) -> dict[str, Any]:
+    return {"security": {"forwarding": modes}}
+
+
 @pytest.mark.parametrize(
-    ("configured", "modes", "shown"),
+    ("configured", "config", "shown"),
     [
-        ("yes", {"forwardingMode": "disable"}, PROHIBITED),
-        ("yes", {"forwardingMode": "filter"}, PROHIBITED),
-        ("no", {"forwardingMode": "enable"}, REACHED),
-        ("remote", {"reverseForwardingMode": "disable"}, PROHIBITED),  # local left as set
-        ("local", {"reverseForwardingMode": "disable"}, REACHED),
+        ("yes", switches(forwardingMode="disable"), PROHIBITED),
+        ("yes", switches(forwardingMode="filter"), PROHIBITED),
+        ("no", switches(forwardingMode="enable"), REACHED),
+        ("remote", switches(reverseForwardingMode="disable"), PROHIBITED),  # local as set
+        ("local", switches(reverseForwardingMode="disable"), REACHED),
+        ("yes", {"trissh": {"forwarding": {"allow_tcp_forwarding": "remote"}}}, PROHIBITED),
+        ("no", {"trissh": {"forwarding": {"allow_tcp_forwarding": "yes"}}}, REACHED),
     ],
 )
 async def test_the_configuration_server_sets_the_logins_forwarding(
     make_server: ServerFactory, askpass: Path, hooks: Hooks,
-    configured: str, modes: dict[str, str], shown: bytes,
+    configured: str, config: dict[str, Any], shown: bytes,
 ) -> None:  # fmt: skip
-    """ContainerSSH's ``security.forwarding`` switches grant or refuse forwarding for this
-    login over trissh's ``[forwarding]``: ``ssh -W`` shows which."""
-    hooks.config = {"security": {"forwarding": modes}}
+    """ContainerSSH's ``security.forwarding`` switches, or trissh's own keys, grant or refuse
+    forwarding for this login over trissh's ``[forwarding]``: ``ssh -W`` shows which."""
+    hooks.config = config
     server = await make_server(forwarding={"allow_tcp_forwarding": configured})
     result = await login(
         server, "alice", askpass, *NO_KEYS, "-o", "PreferredAuthentications=password",

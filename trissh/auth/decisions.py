@@ -10,7 +10,7 @@ from typing import Any
 
 from trissh.auth.user_keys import UserKeyStore
 from trissh.auth.webhook import Metadata
-from trissh.config.forwarding import DirectionGrant
+from trissh.config.forwarding import ForwardingGrant
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,9 +24,9 @@ class Grant:
     username: str | None = None
     #: ``[container]`` overrides from the configuration server, already validated.
     container: Mapping[str, Any] = field(default_factory=dict)
-    #: The ways ``[forwarding]`` allows by the configuration server (it may grant or
-    #: refuse; key options below still narrow what results).
-    forwarding: Mapping[str, DirectionGrant] = field(default_factory=dict)
+    #: ``[forwarding]`` as the configuration server set it (it may grant or refuse; the
+    #: key options below still narrow what results).
+    forwarding: ForwardingGrant = field(default_factory=ForwardingGrant)
     #: ``no-port-forwarding`` (key or certificate): no -L/-D/-W/-R, TCP or unix socket.
     allow_port_forwarding: bool = True
     allow_agent_forwarding: bool = True
@@ -63,7 +63,7 @@ class Grant:
             environment={**self.environment, **other.environment},
             username=other.username or self.username,
             container={**self.container, **other.container},
-            forwarding={**self.forwarding, **other.forwarding},
+            forwarding=self.forwarding.merged(other.forwarding),
             allow_port_forwarding=self.allow_port_forwarding and other.allow_port_forwarding,
             allow_agent_forwarding=self.allow_agent_forwarding and other.allow_agent_forwarding,
             permit_open=self.permit_open + other.permit_open,

@@ -476,6 +476,7 @@ class AuthPolicy:
             log.info("config_webhook_field_ignored", note=note)
         try:
             self._settings.with_container_overrides(username, config.container)
+            self._settings.with_forwarding_grant(username, config.forwarding)
         except ValueError as exc:
             log.error("config_webhook_rejected", error=str(exc))
             return Decision(False, "the configuration server sent invalid settings")

@@ -11,7 +11,13 @@ from trissh.config.auth import (
 )
 from trissh.config.base import ConfigError
 from trissh.config.container import ContainerSection, container_settings, parse_volume
-from trissh.config.forwarding import Direction, DirectionGrant, ForwardingSection, parse_permit
+from trissh.config.forwarding import (
+    Direction,
+    DirectionGrant,
+    ForwardingGrant,
+    ForwardingSection,
+    parse_permit,
+)
 from trissh.config.server import ServerConfig, default_state_dir, load_config
 from trissh.config.service import (
     SETUP_HOST_SOCKET,
@@ -40,6 +46,7 @@ __all__ = [
     "ContainerSection",
     "Direction",
     "DirectionGrant",
+    "ForwardingGrant",
     "ForwardingSection",
     "KerberosSection",
     "LimitSettings",

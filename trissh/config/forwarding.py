@@ -6,12 +6,13 @@ namespace, its file system. The settings are sshd's, per user too (``[users.NAME
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from trissh.config.base import Model
+from trissh.config.base import Model, merged
 
 #: sshd's AllowTcpForwarding / AllowStreamLocalForwarding values.
 Direction = Literal["yes", "local", "remote", "no"]
@@ -94,3 +95,39 @@ class ForwardingSection(Model):
     @classmethod
     def _check_listen(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _check_permits(value, listen=True)
+
+
+#: The ``[forwarding]`` keys a configuration server may set for a login; the limits stay
+#: the server's (its channel table is sized from them before anyone logs in).
+GRANTABLE: frozenset[str] = frozenset(
+    {
+        "allow_tcp_forwarding",
+        "allow_streamlocal_forwarding",
+        "allow_agent_forwarding",
+        "permit_open",
+        "permit_listen",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardingGrant:
+    """What a configuration server said about a login's forwarding: trissh's own keys
+    (``settings``), then ContainerSSH's switches, each one way of a setting (``ways``)."""
+
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    ways: Mapping[str, DirectionGrant] = field(default_factory=dict)
+
+    def merged(self, newer: ForwardingGrant) -> ForwardingGrant:
+        """Both answers' say, the newer one's winning key by key."""
+        return ForwardingGrant({**self.settings, **newer.settings}, {**self.ways, **newer.ways})
+
+    def applied(self, section: ForwardingSection) -> ForwardingSection:
+        """``section`` as this grant changes it.
+
+        Raises:
+            ValueError: ``settings`` are not valid ``[forwarding]`` values.
+        """
+        section = merged(section, self.settings, "config_webhook.trissh.forwarding")
+        update = {key: way.applied(getattr(section, key)) for key, way in self.ways.items()}
+        return section.model_copy(update=update)

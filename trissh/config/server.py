@@ -19,7 +19,7 @@ from trissh.addresses import parse_listen
 from trissh.config.auth import AuthSection, UserSection
 from trissh.config.base import ConfigError, Model, merged
 from trissh.config.container import ContainerSection
-from trissh.config.forwarding import DirectionGrant, ForwardingSection
+from trissh.config.forwarding import ForwardingGrant, ForwardingSection
 from trissh.config.service import (
     SETUP_HOST_SOCKET,
     AdminSection,
@@ -115,14 +115,13 @@ class ServerConfig(Model):
         override = self.users[username].forwarding if username in self.users else {}
         return merged(self.forwarding, override, f"users.{username}.forwarding")
 
-    def with_forwarding_grants(
-        self, username: str, grants: Mapping[str, DirectionGrant]
-    ) -> ForwardingSection:
-        """``forwarding_for(username)`` with a configuration server's directions on top."""
-        settings = self.forwarding_for(username)
-        return settings.model_copy(
-            update={key: grant.applied(getattr(settings, key)) for key, grant in grants.items()}
-        )
+    def with_forwarding_grant(self, username: str, grant: ForwardingGrant) -> ForwardingSection:
+        """``forwarding_for(username)`` as a configuration server's answer changes it.
+
+        Raises:
+            ValueError: the answer's values are not valid settings (names the keys).
+        """
+        return grant.applied(self.forwarding_for(username))
 
     def channel_limit(self) -> int:
         """The most channels one connection may have open: its sessions plus its forwards,

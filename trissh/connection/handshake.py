@@ -77,5 +77,5 @@ def login_of(settings: ServerConfig, authenticated_as: str, grant: Grant) -> Log
         grant=grant,
         container=settings.with_container_overrides(username, grant.container),
         session=settings.session_for(username),
-        forwarding=settings.with_forwarding_grants(username, grant.forwarding),
+        forwarding=settings.with_forwarding_grant(username, grant.forwarding),
     )

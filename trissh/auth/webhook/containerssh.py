@@ -1,10 +1,11 @@
 """A ContainerSSH configuration server's answer as trissh ``[container]`` overrides and the
-login's forwarding directions.
+login's ``[forwarding]``.
 
 ContainerSSH's ``config.docker`` (Docker Engine API field names, matched case-insensitively
 like Go's decoder; ``host.resources.*`` as in its YAML is accepted too) becomes a ``dict`` of
-trissh ``[container]`` keys, and ``config.security.forwarding`` the ways ``[forwarding]``
-allows; docs/webhooks.md has the table. Every field that asks for something (a non-empty,
+trissh ``[container]`` keys; ``config.security.forwarding``'s switches and trissh's own
+``config.trissh.forwarding`` keys become the login's ``[forwarding]``; docs/webhooks.md has
+the tables. Every field that asks for something (a non-empty,
 non-zero value) is one of three things:
 
 * **applied**: mapped onto a trissh setting (image, env, user, working directory, labels,
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from trissh.auth.webhook.wire import ConfigResponse, Metadata
-from trissh.config.forwarding import DirectionGrant
+from trissh.config.forwarding import GRANTABLE, DirectionGrant, ForwardingGrant
 
 _MIB: Final = 1 << 20
 _NANOSECONDS: Final = 1e9
@@ -45,9 +46,8 @@ class ConfigResult:
 
     #: Overrides of trissh ``[container]`` keys, ready to merge over the user's settings.
     container: dict[str, Any]
-    #: The ways ``[forwarding]``'s ``allow_tcp_forwarding`` / ``allow_streamlocal_forwarding``
-    #: allow for this login, where the answer says (it may grant as well as refuse).
-    forwarding: Mapping[str, DirectionGrant] = field(default_factory=dict)
+    #: ``[forwarding]`` for this login, where the answer says (it may grant or refuse).
+    forwarding: ForwardingGrant = field(default_factory=ForwardingGrant)
     #: ContainerSSH's own plumbing the answer set, one note per field (nothing to apply).
     ignored: tuple[str, ...] = ()
     metadata: Metadata = field(default_factory=Metadata)
@@ -228,8 +228,12 @@ _FORWARDING_SWITCHES: Final = {
 _POLICIES: Final = {"enable": True, "filter": False, "disable": False}
 
 
-def _map_forwarding(w: _Walker) -> dict[str, DirectionGrant]:
-    """``security.forwarding``: an unset switch leaves its way to ``[forwarding]``."""
+def _map_forwarding(w: _Walker) -> ForwardingGrant:
+    """``trissh.forwarding``'s keys, then ``security.forwarding``'s switches (an unset switch
+    leaves its way to the settings)."""
+    own = _typed(w.get("trissh", "forwarding"), dict, "trissh.forwarding") or {}
+    if refused := sorted(set(own) - GRANTABLE):
+        raise _refuse(f"trissh.forwarding.{refused[0]}", "not a setting an answer may change")
     ways: dict[str, dict[str, bool]] = {}
     for switch, (setting, way) in _FORWARDING_SWITCHES.items():
         allowed = _switch(w, switch)
@@ -237,7 +241,8 @@ def _map_forwarding(w: _Walker) -> dict[str, DirectionGrant]:
             ways.setdefault(setting, {})[way] = allowed
     if _switch(w, "x11ForwardingMode"):
         raise _refuse("security.forwarding.x11ForwardingMode", "X11 forwarding is not supported")
-    return {setting: DirectionGrant(**named) for setting, named in ways.items()}
+    grants = {setting: DirectionGrant(**named) for setting, named in ways.items()}
+    return ForwardingGrant(own, grants)
 
 
 def _switch(w: _Walker, name: str) -> bool | None:
