@@ -154,7 +154,7 @@ async def carry_accepted(
     ctx.count.open += 1
     try:
         handle = _open_or_refuse(ctx, port, channel, kind, target)
-        if handle is not None and not await handle.opened():
+        if handle is not None and not await _answered(port, handle):
             ctx.metrics.failed("client_refused")
             if ctx.lines.take():
                 log.info("forward_failed", kind=kind, target=str(target),
@@ -167,6 +167,18 @@ async def carry_accepted(
         await carry(ctx, port, handle, stream, kind=kind, target=target)
     finally:
         ctx.count.open -= 1
+
+
+async def _answered(port: ConnectionPort, handle: ChannelHandle) -> bool:
+    """Whether the client confirmed the channel we opened.
+
+    Cancellation: the port closes the channel once the client confirms it.
+    """
+    try:
+        return await handle.opened()
+    except BaseException:
+        port.abandon(handle)
+        raise
 
 
 def _open_or_refuse(

@@ -93,6 +93,8 @@ class ChannelHandle:
         #: A channel we opened: set once the peer answered; ``refusal`` says if it refused.
         self._answered = trio.Event()
         self.refusal: str | None = None
+        #: A channel we opened whose opener left before the answer: closed once confirmed.
+        self.abandoned = False
 
     def _input_arrived(self) -> None:
         self._input_changed.set()
@@ -135,6 +137,10 @@ class ChannelHandle:
         self._answered.set()
 
     # -- used by the handler task ----------------------------------------------------------
+
+    @property
+    def answered(self) -> bool:
+        return self._answered.is_set()
 
     async def opened(self) -> bool:
         """Whether the peer accepted the channel we opened (waits for its answer)."""

@@ -58,12 +58,24 @@ class ConnectionPort:
         return set(self._handles)
 
     def answer_open(self, channel_id: ChannelId, refusal: str | None) -> None:
-        """The peer answered a channel we opened; a refused one is forgotten."""
+        """The peer answered a channel we opened; a refused one is forgotten, an abandoned
+        one closed."""
         handle = self._handles.get(channel_id)
         if refusal is not None:
             self._handles.pop(channel_id, None)
         if handle is not None:
             handle.answer_open(refusal)
+            if refusal is None and handle.abandoned:
+                self.finish(channel_id)
+
+    def abandon(self, handle: ChannelHandle) -> None:
+        """The task that opened ``handle``'s channel is gone before using it: the channel is
+        closed once the peer confirms it (now, if it has), not left open until the
+        connection ends."""
+        if not handle.answered:
+            handle.abandoned = True
+        elif handle.refusal is None:
+            self.finish(handle.id)
 
     def reply_global_request(self, request_id: int, ok: bool, *, port: int | None = None) -> None:
         self._conn.reply_global_request(request_id, ok, port=port)

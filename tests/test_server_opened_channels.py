@@ -1,0 +1,86 @@
+"""Channels the server opens to the client (the agent's, ``-R``'s): what happens when the
+task that opened one is gone before the client answered. The sans-IO test client over
+memory streams, so the test decides when the client answers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from trissh.backend import SandboxSpec, SocketAddress
+from trissh.backend.memory import MemoryBackend, MemorySandbox
+from trissh.connection.driver import serve_connection
+from trissh.protocol.messages import connection as conn
+
+from .peer import Peer
+from .support import make_context
+from .test_driver import user_keys
+
+AGENT_SOCKET = "/tmp/trissh-agent-test.sock"  # the connection's id is "test"
+
+
+class KeptBackend(MemoryBackend):
+    """Remembers its sandboxes, so the test can connect inside them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sandboxes: list[MemorySandbox] = []
+
+    @asynccontextmanager
+    async def open_sandbox(self, spec: SandboxSpec) -> AsyncIterator[MemorySandbox]:
+        async with super().open_sandbox(spec) as sandbox:
+            self.sandboxes.append(sandbox)
+            yield sandbox
+
+
+async def test_a_channel_whose_opener_left_is_closed_when_the_client_confirms_it(
+    tmp_path: Path,
+) -> None:
+    """Session mode with ``-A``: a program connects to the session's agent socket, so the
+    server opens an agent channel; the session ends before the client confirms it. Once
+    the client confirms, the server closes that channel (nothing is left to carry it)
+    instead of keeping it open until the connection ends."""
+    backend = KeptBackend()
+    ctx = make_context(
+        backend, user_keys(tmp_path), tmp_path / "host_key", **{"session.execution_mode": "session"}
+    )
+    server_end, client_end = trio.testing.memory_stream_pair()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: serve_connection(server_end, ctx, conn_id="test", remote="memory")
+            )
+            peer = Peer(client_end)
+            await peer.login()
+            session = await peer.open_session(0)
+            peer.client.channel_request(session, "auth-agent-req@openssh.com", b"")
+            await peer.exec(session, "sleep 1000")
+            await peer.expect(conn.ChannelSuccess)  # the agent request
+            await peer.expect(conn.ChannelSuccess)  # the exec
+            [sandbox] = backend.sandboxes
+            nursery.start_soon(sandbox.connect, SocketAddress(path=AGENT_SOCKET))
+            opening = await peer.expect(conn.ChannelOpen)
+            assert opening.channel_type == "auth-agent@openssh.com"
+
+            peer.client.channel_close(session)  # the session, and its agent socket, end
+            await peer.flush()
+            assert isinstance(await peer.next_message(), conn.ChannelClose)
+            peer.client.send(
+                conn.ChannelOpenConfirmation(
+                    recipient_channel=opening.sender_channel,
+                    sender_channel=7,
+                    initial_window=1 << 20,
+                    max_packet=32768,
+                )
+            )
+            await peer.flush()
+            message = await peer.next_message()
+            while isinstance(message, conn.ChannelEof):
+                message = await peer.next_message()
+            assert isinstance(message, conn.ChannelClose), message
+            assert message.recipient_channel == 7
+            await peer.stream.aclose()
