@@ -111,3 +111,38 @@ async def test_without_delegation_enabled_nothing_is_written(
     finally:
         await server.stop()
     assert (result.returncode, result.stdout) == (0, b"cc=\n0\n"), result.stderr
+
+
+#: Waits (bounded) until one ccache of trissh's is left in /tmp, then prints the count and
+#: the names left.
+ONE_CCACHE_LEFT = (
+    "for i in $(seq 50); do n=$(ls /tmp | grep -c ^krb5cc_trissh_); "
+    '[ "$n" = 1 ] && break; sleep 0.2; done; echo "$n"; ls /tmp | grep ^krb5cc_trissh_'
+)
+
+
+@pytest.mark.usefixtures("kerberos_env")
+async def test_a_workspace_keeps_no_ccache_of_a_connection_that_ended(
+    nursery: trio.Nursery, podman_url: str, tmp_path: Path, kdc: Kdc
+) -> None:
+    """A workspace outlives its connections; their delegated tickets do not (sshd's
+    GSSAPICleanupCredentials): the next login finds only its own ccache there."""
+    server = await serve(
+        nursery, podman_url, tmp_path, kdc,
+        kerberos={"delegate_credentials": True},
+        **{"session.execution_mode": "workspace", "session.workspace_ttl": 120,
+           "workspaces.state_file": str(tmp_path / "workspaces.json"),
+           "workspaces.on_shutdown": "remove"},
+    )  # fmt: skip
+    try:
+        first = await delegating_ssh(
+            server, kdc, 'f="${KRB5CCNAME#FILE:}"; test -f "$f" && echo "$f"'
+        )
+        second = await delegating_ssh(server, kdc, f'echo "$KRB5CCNAME"; {ONE_CCACHE_LEFT}')
+    finally:
+        await server.stop()
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    own, count, *left = second.stdout.decode().split()
+    assert first.stdout.decode().strip() != own.removeprefix("FILE:")
+    assert (count, left) == ("1", [own.removeprefix("FILE:/tmp/")])

@@ -4,7 +4,9 @@ contract like any session's, so every backend and image with a POSIX ``sh`` work
 
 The content goes through the program's stdin into a temporary file (mode 0600, as the
 container's user), renamed into place, so a session never sees half a file. A file that
-cannot be written is logged and the session goes on without it.
+cannot be written is logged and the session goes on without it. A container that outlives
+the connection (a workspace) loses the connection's secret files when the connection ends,
+as sshd's GSSAPICleanupCredentials removes the ccache at logout.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class ContainerFiles:
     def __init__(self) -> None:
         self._done: set[tuple[str, str]] = set()
         self._lock = trio.Lock()
+        #: Where secret files went: the container, their paths, its shell.
+        self._secrets: list[tuple[Sandbox, tuple[str, ...], str]] = []
 
     async def once(self, kind: str, sandbox: Sandbox, write: Callable[[], Awaitable[None]]) -> None:
         """Run ``write`` unless ``kind`` went into ``sandbox`` before; a concurrent session
@@ -47,8 +51,30 @@ class ContainerFiles:
 
     async def provide(self, sandbox: Sandbox, files: Mapping[str, bytes], shell: str) -> None:
         """Write the login's secret ``files`` into ``sandbox`` once."""
+
+        async def write() -> None:
+            self._secrets.append((sandbox, tuple(files), shell))
+            await _write_each(sandbox, files, shell)
+
         if files:
-            await self.once("secret", sandbox, lambda: _write_each(sandbox, files, shell))
+            await self.once("secret", sandbox, write)
+
+    async def remove_secrets(self) -> None:
+        """Remove the secret files from the containers they went into (each bounded; a
+        failure is logged). For a container that outlives the connection."""
+        secrets, self._secrets = self._secrets, []
+        for sandbox, paths, shell in secrets:
+            self._done.discard(("secret", sandbox.container_id))
+            try:
+                with trio.fail_after(WRITE_TIMEOUT):
+                    argv = [shell, "-c", 'rm -f -- "$@"', "sh", *paths]
+                    await _run(sandbox, argv, f"removing {', '.join(paths)}")
+            except (BackendError, OSError, trio.TooSlowError) as exc:
+                log.warning(
+                    "container_file_remove_failed", paths=paths, error=str(exc) or "timeout"
+                )
+            else:
+                log.info("container_file_removed", paths=paths)
 
 
 async def _write_each(sandbox: Sandbox, files: Mapping[str, bytes], shell: str) -> None:
@@ -68,8 +94,18 @@ async def write_file(sandbox: Sandbox, path: str, data: bytes, shell: str) -> No
     Raises:
         BackendError: the program could not run, or exited with an error.
     """
-    spec = ProcessSpec(argv=[shell, "-c", _SCRIPT, "sh", path])
-    async with sandbox.open_process(spec) as process:
+    await _run(sandbox, [shell, "-c", _SCRIPT, "sh", path], f"writing {path}", data)
+
+
+async def _run(sandbox: Sandbox, argv: list[str], what: str, stdin: bytes = b"") -> None:
+    """Run ``argv`` in the container with ``stdin`` until it exits; ``what`` it does names
+    a failure.
+
+    Raises:
+        BackendError: the program could not run, or exited with an error (its output says
+        why).
+    """
+    async with sandbox.open_process(ProcessSpec(argv=argv)) as process:
         output = bytearray()
 
         async def drain(stream: trio.abc.ReceiveStream | None) -> None:
@@ -79,9 +115,9 @@ async def write_file(sandbox: Sandbox, path: str, data: bytes, shell: str) -> No
         async with trio.open_nursery() as nursery:
             nursery.start_soon(drain, process.stdout)
             nursery.start_soon(drain, process.stderr)
-            await process.stdin.send_all(data)
+            await process.stdin.send_all(stdin)
             await process.stdin.aclose()
         status = await process.wait()
     if status.code != 0:
         message = output.decode("utf-8", "replace").strip()
-        raise BackendError(f"writing {path} failed ({status.code}): {message}")
+        raise BackendError(f"{what} failed ({status.code}): {message}")

@@ -17,6 +17,7 @@ import trio
 from trissh.admin.live import LiveSessions
 from trissh.backend import Sandbox, SandboxSpec
 from trissh.channels.agent_forward import AgentForwarding
+from trissh.channels.files import ContainerFiles
 from trissh.channels.forward_policy import ForwardPolicy
 from trissh.channels.forwards import ForwardContext, ForwardCount, LocalForwards
 from trissh.channels.remote_forwards import RemoteForwards
@@ -76,7 +77,8 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
         instance=ctx.instance,
         settings=container_settings(login.container),
     )
-    sessions_source, forwards_sandbox = _sources(ctx, connection, spec)
+    files = ContainerFiles()
+    sessions_source, forwards_sandbox = _sources(ctx, connection, spec, files.remove_secrets)
     forwarding = login.forwarding
     marks = RecordingMarks()
     forward_ctx = ForwardContext(
@@ -109,6 +111,7 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
         local=connection.local,
         home=_workspace_home(ctx, login),
         lines=connection.lines,
+        container_files=files,
     )
     return ChannelKinds(
         sessions=SessionChannels(session_ctx, port, nursery),
@@ -121,14 +124,19 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
 
 
 def _sources(
-    ctx: ServerContext, connection: Connection, spec: SandboxSpec
+    ctx: ServerContext,
+    connection: Connection,
+    spec: SandboxSpec,
+    remove_secrets: Callable[[], Awaitable[None]],
 ) -> tuple[SandboxSource, Callable[[], Awaitable[Sandbox]]]:
-    """Where the sessions get their container, and the container forwards reach."""
+    """Where the sessions get their container, and the container forwards reach. A
+    workspace outlives the connection: ``remove_secrets`` runs there as it leaves."""
     session = connection.login.session
     workspaces = ctx.state.workspaces
     if session.execution_mode == "workspace" and workspaces is not None:
         start_timeout = connection.login.container.start_timeout
         source = workspaces.source(spec, session.workspace_ttl, start_timeout, connection.nursery)
+        source.on_leave = remove_secrets
         return source, source.get
     # (no registry: a driver run outside ``serve``, as its own tests do)
     shared = ConnectionSandbox(ctx.backend, spec, connection.nursery)

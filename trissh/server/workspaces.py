@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import structlog
@@ -82,6 +82,8 @@ ADOPTION_RETRY: Final = 10.0
 #: Bound on waiting to remove an unclaimed workspace's container (a request already sent
 #: is bounded by the podman API's own request timeout).
 DISCARD_BOUND: Final = 30.0
+#: Bound on what a connection does in its workspace as it leaves (removing its secrets).
+LEAVE_TIMEOUT: Final = 15.0
 
 
 class AdoptionPending(Exception):
@@ -520,6 +522,8 @@ class WorkspaceSource:
         nursery: trio.Nursery,
     ) -> None:
         self._registry = registry
+        #: Runs (bounded) before the connection leaves a workspace, while still attached.
+        self.on_leave: Callable[[], Awaitable[None]] | None = None
         self._spec = spec
         self._ttl = ttl
         self._start_timeout = start_timeout
@@ -590,4 +594,7 @@ class WorkspaceSource:
             with scope:
                 await trio.sleep_forever()
         finally:
+            if self.on_leave is not None:
+                with trio.move_on_after(LEAVE_TIMEOUT, shield=True):
+                    await self.on_leave()
             self._registry.detach(workspace)
