@@ -5,6 +5,7 @@ volumes and their expiry. (tests/e2e/test_workspaces.py does the same on real po
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import trio
 
+from trissh.backend import SocketAddress
 from trissh.backend.base import LABEL_WORKSPACE, FoundSandbox, SandboxSpec
 from trissh.backend.errors import BackendError, BackendUnavailable
 from trissh.backend.memory import MemoryBackend
@@ -31,6 +33,7 @@ from .support import (
     RunningServer,
     make_context,
     needs_ssh,
+    require_binary,
     run_ssh,
     ssh_argv,
     start_server,
@@ -501,6 +504,71 @@ async def test_a_master_connection_recovers_from_its_workspace_going_away(
         assert await over_master("echo three") == (0, b"three\n")
         assert workspaces_of(backend, "alice") != [gone]
         nursery.cancel_scope.cancel()  # ends the master
+
+
+async def test_agent_forwarding_follows_a_master_connection_into_its_new_workspace(
+    make_server: ServerFactory, client_key: ClientKey, tmp_path: Path
+) -> None:
+    """``ssh -A`` over a ControlMaster whose workspace was removed: sessions in the new
+    workspace get an agent socket there too (they got no SSH_AUTH_SOCK: the connection's
+    socket had gone with the old container and was never made again)."""
+    backend = KeptSandboxes()
+    server = await make_server(backend)
+    control = str(tmp_path / "mux")
+    agent_sock = tmp_path / "agent.sock"
+    agent = await trio.lowlevel.open_process(
+        [require_binary("ssh-agent"), "-D", "-a", str(agent_sock)]
+    )
+    env = {**os.environ, "SSH_AUTH_SOCK": str(agent_sock)}
+
+    async def over_master(command: str) -> tuple[int, bytes]:
+        argv = ssh_argv(server.port, client_key.path, "-A", "-S", control, command)
+        with trio.fail_after(30):
+            done = await trio.run_process(
+                argv, capture_stdout=True, capture_stderr=True, check=False, env=env
+            )
+        return done.returncode, done.stdout
+
+    master = ssh_argv(server.port, client_key.path, "-A", "-M", "-S", control, "-N")
+    try:
+        with trio.fail_after(10):
+            while not agent_sock.exists():
+                await trio.sleep(0.02)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(trio.run_process, master, check=False, capture_stderr=True, env=env)
+            )
+            with trio.fail_after(30):
+                while not await trio.Path(control).exists():
+                    await trio.sleep(0.05)
+            status, path = await over_master("printenv SSH_AUTH_SOCK")
+            assert status == 0
+            assert path.startswith(b"/tmp/trissh-agent-")
+            [gone] = workspaces_of(backend, "alice")
+            await backend.remove_sandbox(gone)
+            await over_master("true")  # finds it gone
+            assert await over_master("printenv SSH_AUTH_SOCK") == (0, path)
+            [now] = workspaces_of(backend, "alice")
+            stream = await backend.sandboxes[now].connect(SocketAddress(path=path.decode().strip()))
+            await stream.aclose()  # the socket is there, in the new workspace
+            nursery.cancel_scope.cancel()  # ends the master
+    finally:
+        agent.kill()
+        await agent.wait()
+
+
+class KeptSandboxes(MemoryBackend):
+    """Remembers its sandboxes by container id, so a test can connect inside them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sandboxes: dict[str, MemorySandbox] = {}
+
+    @contextlib.asynccontextmanager
+    async def open_sandbox(self, spec: SandboxSpec) -> AsyncIterator[MemorySandbox]:
+        async with super().open_sandbox(spec) as sandbox:
+            self.sandboxes[sandbox.container_id] = sandbox
+            yield sandbox
 
 
 async def test_a_retried_adoption_keeps_what_the_first_try_adopted(

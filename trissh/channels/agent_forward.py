@@ -5,9 +5,10 @@ connection's container whose every connection is carried to the client's agent o
 The socket is made once per connection, when its first session asks
 (``auth-agent-req@openssh.com``), at a path named after the connection, and the sessions
 that asked get ``SSH_AUTH_SOCK``; sessions of other connections are never told of it.
-It goes away with the connection. In ``session`` execution mode, where each session has a
-container of its own, each session that asked gets the socket in its own container, and it
-goes away with the session.
+It goes away with the connection; a session whose container is not the one it was made in
+(the connection's workspace was replaced) makes it again there. In ``session`` execution
+mode, where each session has a container of its own, each session that asked gets the
+socket in its own container, and it goes away with the session.
 
 Nursery tree (in the connection nursery)::
 
@@ -50,6 +51,8 @@ class _Socket:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     ready: trio.Event = field(default_factory=trio.Event)
     listening: bool = False
+    #: The container it was made in, once it listens.
+    container: str | None = None
 
 
 class AgentForwarding:
@@ -75,16 +78,27 @@ class AgentForwarding:
         self._shared: _Socket | None = None
 
     def requested(self) -> None:
-        """A session asked for the agent: make the connection's socket, once."""
+        """A session asked for the agent: make the connection's socket, if it has none."""
         if self._shared is None and not self._per_session:
-            self._shared = _Socket()
-            self._nursery.start_soon(self._listen, self._shared, None)
+            self._share()
+
+    def _share(self) -> None:
+        self._shared = _Socket()
+        self._nursery.start_soon(self._listen, self._shared, None)
 
     @asynccontextmanager
     async def socket_in(self, sandbox: Sandbox) -> AsyncIterator[str | None]:
         """``SSH_AUTH_SOCK`` for a session that asked and runs in ``sandbox``, once the
         socket exists; ``None`` when it could not be made (the session runs without it)."""
         if not self._per_session:
+            shared = self._shared
+            if (
+                shared is not None
+                and shared.ready.is_set()
+                and shared.container != sandbox.container_id
+            ):
+                shared.scope.cancel()  # not made in the session's container: a replaced
+                self._share()  # workspace, or a failed try
             yield await self._wait(self._shared)
             return
 
@@ -109,7 +123,7 @@ class AgentForwarding:
             with socket.scope:
                 listening_in = sandbox or await sandbox_for_forwards(self._ctx)
                 async with listening_in.listen(SocketAddress(path=self.path)) as listener:
-                    socket.listening = True
+                    socket.listening, socket.container = True, listening_in.container_id
                     socket.ready.set()
                     self._ctx.metrics.listeners_active.inc()
                     log.info("forward_listening", target=self.path, kind="agent")
