@@ -59,10 +59,11 @@ class ContainerFiles:
         if files:
             await self.once("secret", sandbox, write)
 
-    async def remove_secrets(self) -> None:
-        """Remove the secret files from the containers they went into (each bounded; a
-        failure is logged). For a container that outlives the connection."""
-        secrets, self._secrets = self._secrets, []
+    async def remove_secrets(self, left: Sandbox) -> None:
+        """Remove the secret files from ``left``, a container that outlives the connection
+        (bounded; a failure is logged)."""
+        secrets = [entry for entry in self._secrets if entry[0].container_id == left.container_id]
+        self._secrets = [entry for entry in self._secrets if entry not in secrets]
         for sandbox, paths, shell in secrets:
             self._done.discard(("secret", sandbox.container_id))
             try:

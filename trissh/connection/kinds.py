@@ -127,7 +127,7 @@ def _sources(
     ctx: ServerContext,
     connection: Connection,
     spec: SandboxSpec,
-    remove_secrets: Callable[[], Awaitable[None]],
+    remove_secrets: Callable[[Sandbox], Awaitable[None]],
 ) -> tuple[SandboxSource, Callable[[], Awaitable[Sandbox]]]:
     """Where the sessions get their container, and the container forwards reach. A
     workspace outlives the connection: ``remove_secrets`` runs there as it leaves."""

@@ -522,8 +522,8 @@ class WorkspaceSource:
         nursery: trio.Nursery,
     ) -> None:
         self._registry = registry
-        #: Runs (bounded) before the connection leaves a workspace, while still attached.
-        self.on_leave: Callable[[], Awaitable[None]] | None = None
+        #: Runs (bounded) before the connection leaves a workspace's container.
+        self.on_leave: Callable[[Sandbox], Awaitable[None]] | None = None
         self._spec = spec
         self._ttl = ttl
         self._start_timeout = start_timeout
@@ -594,7 +594,7 @@ class WorkspaceSource:
             with scope:
                 await trio.sleep_forever()
         finally:
-            if self.on_leave is not None:
+            if self.on_leave is not None and workspace.sandbox is not None:
                 with trio.move_on_after(LEAVE_TIMEOUT, shield=True):
-                    await self.on_leave()
+                    await self.on_leave(workspace.sandbox)
             self._registry.detach(workspace)
