@@ -1,6 +1,7 @@
 """Channels the server opens to the client (the agent's, ``-R``'s): what happens when the
-task that opened one is gone before the client answered. The sans-IO test client over
-memory streams, so the test decides when the client answers."""
+task that opened one is gone before the client answered, or the client closes one before
+that task ran. The sans-IO test client over memory streams, so the test decides when the
+client answers."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from trissh.backend.memory import MemoryBackend, MemorySandbox
 from trissh.connection.driver import serve_connection
 from trissh.protocol.messages import connection as conn
 
-from .peer import Peer
+from .peer import Peer, exit_status_of, output_of
 from .support import make_context
 from .test_driver import user_keys
 
@@ -37,16 +38,16 @@ class KeptBackend(MemoryBackend):
             yield sandbox
 
 
-async def test_a_channel_whose_opener_left_is_closed_when_the_client_confirms_it(
-    tmp_path: Path,
-) -> None:
-    """Session mode with ``-A``: a program connects to the session's agent socket, so the
-    server opens an agent channel; the session ends before the client confirms it. Once
-    the client confirms, the server closes that channel (nothing is left to carry it)
-    instead of keeping it open until the connection ends."""
+@asynccontextmanager
+async def agent_channel_opening(
+    tmp_path: Path, mode: str
+) -> AsyncIterator[tuple[Peer, int, conn.ChannelOpen]]:
+    """A connection whose session (``sleep 1000``) asked for the agent, and a program that
+    connected to the agent socket: the client, its session and the server's agent open,
+    not answered yet."""
     backend = KeptBackend()
     ctx = make_context(
-        backend, user_keys(tmp_path), tmp_path / "host_key", **{"session.execution_mode": "session"}
+        backend, user_keys(tmp_path), tmp_path / "host_key", **{"session.execution_mode": mode}
     )
     server_end, client_end = trio.testing.memory_stream_pair()
     with trio.fail_after(20):
@@ -54,7 +55,7 @@ async def test_a_channel_whose_opener_left_is_closed_when_the_client_confirms_it
             nursery.start_soon(
                 lambda: serve_connection(server_end, ctx, conn_id="test", remote="memory")
             )
-            peer = Peer(client_end)
+            peer = Peer(client_end, answer_keepalives=mode == "connection")
             await peer.login()
             session = await peer.open_session(0)
             peer.client.channel_request(session, "auth-agent-req@openssh.com", b"")
@@ -65,22 +66,56 @@ async def test_a_channel_whose_opener_left_is_closed_when_the_client_confirms_it
             nursery.start_soon(sandbox.connect, SocketAddress(path=AGENT_SOCKET))
             opening = await peer.expect(conn.ChannelOpen)
             assert opening.channel_type == "auth-agent@openssh.com"
-
-            peer.client.channel_close(session)  # the session, and its agent socket, end
-            await peer.flush()
-            assert isinstance(await peer.next_message(), conn.ChannelClose)
-            peer.client.send(
-                conn.ChannelOpenConfirmation(
-                    recipient_channel=opening.sender_channel,
-                    sender_channel=7,
-                    initial_window=1 << 20,
-                    max_packet=32768,
-                )
-            )
-            await peer.flush()
-            message = await peer.next_message()
-            while isinstance(message, conn.ChannelEof):
-                message = await peer.next_message()
-            assert isinstance(message, conn.ChannelClose), message
-            assert message.recipient_channel == 7
+            yield peer, session, opening
             await peer.stream.aclose()
+
+
+def confirm(peer: Peer, opening: conn.ChannelOpen, ours: int) -> None:
+    peer.client.send(
+        conn.ChannelOpenConfirmation(
+            recipient_channel=opening.sender_channel,
+            sender_channel=ours,
+            initial_window=1 << 20,
+            max_packet=32768,
+        )
+    )
+
+
+async def test_a_channel_whose_opener_left_is_closed_when_the_client_confirms_it(
+    tmp_path: Path,
+) -> None:
+    """Session mode: the session ends before the client confirms its agent channel. Once
+    the client confirms, the server closes that channel (nothing is left to carry it)
+    instead of keeping it open until the connection ends."""
+    async with agent_channel_opening(tmp_path, "session") as (peer, session, opening):
+        peer.client.channel_close(session)  # the session, and its agent socket, end
+        await peer.flush()
+        assert isinstance(await peer.next_message(), conn.ChannelClose)
+        confirm(peer, opening, 7)
+        await peer.flush()
+        message = await peer.next_message()
+        while isinstance(message, conn.ChannelEof):
+            message = await peer.next_message()
+        assert isinstance(message, conn.ChannelClose), message
+        assert message.recipient_channel == 7
+
+
+async def test_a_channel_closed_before_its_opener_ran_leaves_its_reused_id_alone(
+    tmp_path: Path,
+) -> None:
+    """The client confirms the agent channel and closes it in one flight, then opens a
+    session, which gets the freed id. The agent channel's task, running after, must not
+    end that session (it closed it: its finish went by the id)."""
+    async with agent_channel_opening(tmp_path, "connection") as (peer, _, opening):
+        confirm(peer, opening, 7)
+        peer.client.channel_close(opening.sender_channel)
+        peer.client.open_channel(5, window=1 << 20)
+        await peer.flush()
+        closed = await peer.expect(conn.ChannelClose)  # the answer to the client's
+        assert closed.recipient_channel == 7
+        fresh = (await peer.expect(conn.ChannelOpenConfirmation)).sender_channel
+        assert fresh == opening.sender_channel  # the freed id, reused
+        await peer.exec(fresh, "echo still here")
+        events = await peer.until_close(fresh)
+        assert output_of(events) == b"still here\n"
+        assert exit_status_of(events) == 0

@@ -161,7 +161,9 @@ async def carry_accepted(
                          reason="client_refused", error=escaped(handle.refusal or ""),
                          originator=originator)  # fmt: skip
             handle = None
-        if handle is None:
+        if handle is None or handle.peer_closed:
+            # Refused, or closed by the client before this task ran: the driver ended it,
+            # and its id may be another channel's by now.
             await trio.aclose_forcefully(stream)
             return
         await carry(ctx, port, handle, stream, kind=kind, target=target)

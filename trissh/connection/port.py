@@ -74,7 +74,7 @@ class ConnectionPort:
         connection ends."""
         if not handle.answered:
             handle.abandoned = True
-        elif handle.refusal is None:
+        elif handle.refusal is None and not handle.peer_closed:  # (else the driver ended it)
             self.finish(handle.id)
 
     def reply_global_request(self, request_id: int, ok: bool, *, port: int | None = None) -> None:
