@@ -24,6 +24,7 @@ from trissh.config import load_config
 from trissh.ops.metrics import Metrics
 from trissh.server import workspaces
 from trissh.server.workspace_recipe import home_volume_name
+from trissh.server.workspace_source import WorkspaceSource
 from trissh.server.workspace_state import WorkspaceState, server_running
 from trissh.server.workspaces import Workspaces
 
@@ -424,7 +425,7 @@ async def test_a_connection_retrying_a_failed_workspace_start_holds_one_attachme
     async with trio.open_nursery() as upkeep:
         await upkeep.start(registry.run)
         async with trio.open_nursery() as connection:
-            source = registry.source(spec, 30, 60, connection)
+            source = WorkspaceSource(registry, spec, 30, 60, connection)
             for _ in range(3):
                 backend.fail_next_sandbox = BackendError("podman said no")
                 with pytest.raises(BackendError, match="podman said no"):

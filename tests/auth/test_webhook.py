@@ -742,7 +742,7 @@ async def test_security_forwarding_modes_become_the_logins_forwarding_directions
             ),
         )
     )
-    with pytest.raises(ValueError, match=r"config\.security\.forwarding\.forwardingMode: "):
+    with pytest.raises(ConfigRefused, match=r"config\.security\.forwarding\.forwardingMode: "):
         mapped_config({"security": {"forwarding": {"forwardingMode": "sometimes"}}})
 
 

@@ -23,6 +23,8 @@ log = structlog.get_logger("trissh.channels.files")
 #: Bound on writing one file (a container's exec, a few KiB through stdin).
 WRITE_TIMEOUT = 10.0
 _SCRIPT = 'umask 077 && mkdir -p "${1%/*}" && cat > "$1.trissh-new" && mv -f "$1.trissh-new" "$1"'
+#: Each file, and what a write cut short may have left beside it.
+_REMOVE_SCRIPT = 'for f; do rm -f -- "$f" "$f.trissh-new"; done'
 #: What a failing write may print (its reason) before the rest is dropped.
 _MAX_MESSAGE = 4096
 
@@ -68,7 +70,7 @@ class ContainerFiles:
             self._done.discard(("secret", sandbox.container_id))
             try:
                 with trio.fail_after(WRITE_TIMEOUT):
-                    argv = [shell, "-c", 'rm -f -- "$@"', "sh", *paths]
+                    argv = [shell, "-c", _REMOVE_SCRIPT, "sh", *paths]
                     await _run(sandbox, argv, f"removing {', '.join(paths)}")
             except (BackendError, OSError, trio.TooSlowError) as exc:
                 log.warning(
@@ -106,6 +108,7 @@ async def _run(sandbox: Sandbox, argv: list[str], what: str, stdin: bytes = b"")
         BackendError: the program could not run, or exited with an error (its output says
         why).
     """
+    broken: Exception | None = None
     async with sandbox.open_process(ProcessSpec(argv=argv)) as process:
         output = bytearray()
 
@@ -113,12 +116,23 @@ async def _run(sandbox: Sandbox, argv: list[str], what: str, stdin: bytes = b"")
             while stream is not None and (chunk := await stream.receive_some(_MAX_MESSAGE)):
                 output.extend(chunk[: max(0, _MAX_MESSAGE - len(output))])
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(drain, process.stdout)
-            nursery.start_soon(drain, process.stderr)
-            await process.stdin.send_all(stdin)
-            await process.stdin.aclose()
-        status = await process.wait()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain, process.stdout)
+                nursery.start_soon(drain, process.stderr)
+                await process.stdin.send_all(stdin)
+                await process.stdin.aclose()
+        except* (
+            BackendError,
+            OSError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ) as group:
+            broken = group.exceptions[0]
+        if broken is None:
+            status = await process.wait()
+    if broken is not None:
+        raise BackendError(f"{what} failed: {broken}")
     if status.code != 0:
         message = output.decode("utf-8", "replace").strip()
         raise BackendError(f"{what} failed ({status.code}): {message}")

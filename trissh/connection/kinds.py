@@ -29,6 +29,7 @@ from trissh.connection.port import ConnectionPort
 from trissh.connection.sandboxes import ConnectionSandbox, SandboxSource, SessionSandboxes
 from trissh.ops.log_quota import LogQuota
 from trissh.server.state import ServerContext
+from trissh.server.workspace_source import WorkspaceSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +136,8 @@ def _sources(
     workspaces = ctx.state.workspaces
     if session.execution_mode == "workspace" and workspaces is not None:
         start_timeout = connection.login.container.start_timeout
-        source = workspaces.source(spec, session.workspace_ttl, start_timeout, connection.nursery)
+        ttl, nursery = session.workspace_ttl, connection.nursery
+        source = WorkspaceSource(workspaces, spec, ttl, start_timeout, nursery)
         source.on_leave = remove_secrets
         return source, source.get
     # (no registry: a driver run outside ``serve``, as its own tests do)

@@ -3,7 +3,8 @@ sessions, kept ``[session] workspace_ttl`` seconds after the last connection end
 
 Theory of operation
 -------------------
-A connection in ``workspace`` mode gets a :class:`WorkspaceSource` (its ``SandboxSource``).
+A connection in ``workspace`` mode gets a :class:`~.workspace_source.WorkspaceSource` (its
+``SandboxSource``).
 At its first session channel the source *attaches* to the user's :class:`Workspace` from
 the :class:`Workspaces` registry, which lives in the server's upkeep nursery and so
 outlives every connection; a holder task in the connection's nursery detaches it when the
@@ -39,13 +40,14 @@ Nursery tree::
        ├─ _keep (one each)        the sandbox context and the TTL of one workspace
        └─ _await_claim (each)     an unclaimed kept workspace: its TTL, then its removal
     WorkspaceSource._hold         in each connection's nursery: attached while it runs
+                                  (:mod:`.workspace_source`)
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Final
 
 import structlog
@@ -82,8 +84,6 @@ ADOPTION_RETRY: Final = 10.0
 #: Bound on waiting to remove an unclaimed workspace's container (a request already sent
 #: is bounded by the podman API's own request timeout).
 DISCARD_BOUND: Final = 30.0
-#: Bound on what a connection does in its workspace as it leaves (removing its secrets).
-LEAVE_TIMEOUT: Final = 15.0
 
 
 class AdoptionPending(Exception):
@@ -190,12 +190,6 @@ class Workspaces:
             if keep and workspace.sandbox is not None:
                 workspace.sandbox.keep()
                 log.info("workspace_kept", user=workspace.user)
-
-    def source(
-        self, spec: SandboxSpec, ttl: float, start_timeout: float, nursery: trio.Nursery
-    ) -> WorkspaceSource:
-        """What a connection of ``spec.username`` in workspace mode takes its container from."""
-        return WorkspaceSource(self, spec, ttl, start_timeout, nursery)
 
     # -- attach and detach ---------------------------------------------------------------
 
@@ -507,94 +501,3 @@ class Workspaces:
             removed += 1
             log.info("workspace_volume_expired", volume=volume.name, idle_days=round(idle_days, 1))
         return removed
-
-
-class WorkspaceSource:
-    """A connection's ``SandboxSource`` in workspace mode: attached from its first session
-    channel until the connection ends (a holder task in the connection's nursery)."""
-
-    def __init__(
-        self,
-        registry: Workspaces,
-        spec: SandboxSpec,
-        ttl: float,
-        start_timeout: float,
-        nursery: trio.Nursery,
-    ) -> None:
-        self._registry = registry
-        #: Runs (bounded) before the connection leaves a workspace's container.
-        self.on_leave: Callable[[Sandbox], Awaitable[None]] | None = None
-        self._spec = spec
-        self._ttl = ttl
-        self._start_timeout = start_timeout
-        self._nursery = nursery
-        self._workspace: Workspace | None = None
-        #: The holder task's scope: cancelled (detaching) when a failed workspace is left.
-        self._holding: trio.CancelScope | None = None
-        self._refusal: BackendError | None = None
-        #: Reattached to a workspace made earlier: check once that its container is there.
-        self._check = False
-
-    def prepare(self, start_timeout: float) -> None:
-        """Attach now: the workspace's start (if any) overlaps the client's round trip.
-        (``start_timeout`` is the login's, which the source was made with.)"""
-        if self._workspace is None and self._refusal is None:
-            self._check = self._spec.username in self._registry.live
-            try:
-                self._workspace = self._registry.attach(self._spec, self._ttl, self._start_timeout)
-            except AdoptionPending:
-                return  # get() waits for it, then attaches
-            except BackendError as exc:
-                self._refusal = exc
-                return
-            if self._holding is not None:
-                self._holding.cancel()  # attached to one that failed or ended
-            self._holding = trio.CancelScope()
-            self._nursery.start_soon(self._hold, self._workspace, self._holding)
-
-    async def acquire(self, owned: contextlib.AsyncExitStack) -> Sandbox:
-        """The user's workspace's container (never entered into ``owned``: not ours)."""
-        return await self.get()
-
-    def lost(self) -> None:
-        """A session's program could not start there: check the container at the next."""
-        self._check = True
-
-    async def get(self) -> Sandbox:
-        """The user's workspace's container (the container forwards reach, too).
-
-        Raises:
-            BackendError: the limit was reached, or it could not start (a later session
-            of this connection tries again).
-        """
-        for _ in range(2):  # a workspace found gone is replaced once
-            if self._workspace is not None and self._workspace.closing:
-                self._workspace = None  # it failed or ended: attach to a new one
-            self.prepare(self._start_timeout)
-            if self._workspace is None and self._refusal is None:  # being adopted
-                await self._registry.adoption_settled()
-                self.prepare(self._start_timeout)
-            if self._refusal is not None:
-                refusal, self._refusal = self._refusal, None
-                raise refusal
-            assert self._workspace is not None
-            sandbox = await self._workspace.sandbox_or_failure()
-            if not self._check:
-                return sandbox
-            self._check = False
-            if await self._registry.still_there(self._workspace, sandbox):
-                return sandbox
-        raise BackendError("the workspace's container is gone")
-
-    async def _hold(self, workspace: Workspace, scope: trio.CancelScope) -> None:
-        """Attached while the connection runs (cancelled with its nursery), or until the
-        connection attaches to a new workspace."""
-        structlog.contextvars.unbind_contextvars("channel", "container")
-        try:
-            with scope:
-                await trio.sleep_forever()
-        finally:
-            if self.on_leave is not None and workspace.sandbox is not None:
-                with trio.move_on_after(LEAVE_TIMEOUT, shield=True):
-                    await self.on_leave(workspace.sandbox)
-            self._registry.detach(workspace)

@@ -251,7 +251,7 @@ def _switch(w: _Walker, name: str) -> bool | None:
     if not mode:
         return None
     if mode not in _POLICIES:
-        raise ValueError(f"config.{where}: {mode!r} is not enable, filter or disable")
+        raise _refuse(where, f"{mode!r} is not enable, filter or disable")
     return _POLICIES[mode]
 
 
