@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -11,6 +12,7 @@ from trissh.auth.policy import LoginRequest
 from trissh.backend.memory import MemoryBackend
 from trissh.config import ServerConfig, load_config
 from trissh.server.build import build_context, reload_context, retire_context
+from trissh.server.listener import serve
 from trissh.server.state import ServerContext
 
 from .auth.http_server import Server, answer, start
@@ -160,3 +162,55 @@ def test_no_error_while_reloading_ends_the_server(tmp_path: Path) -> None:
     [failed] = [entry for entry in logs if entry["event"] == "config_reload_failed"]
     assert "out of range" in failed["error"]
     assert ctx.state.context is None
+
+
+class SlowSweep(MemoryBackend):
+    """A start-up sweep that waits for the test (many leftovers after a crash)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sweeping = trio.Event()
+        self.release = trio.Event()
+
+    async def sweep(self, *, keep_instance: str) -> int:
+        self.sweeping.set()
+        await self.release.wait()
+        return await super().sweep(keep_instance=keep_instance)
+
+
+async def test_a_reload_during_the_start_up_sweep_is_the_configuration_served(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A SIGHUP while the start-up sweep runs: the reloaded configuration is what the
+    server then serves, and the one it replaced is the one retired (the start overwrote
+    the new one with the start-up one, which it had just retired)."""
+    host_key = tmp_path / "host_key"
+    write_ed25519_key(host_key)
+
+    def settings(banner: str) -> ServerConfig:
+        return load_config(
+            None,
+            {
+                "listen": ["127.0.0.1:0"],
+                "host_keys": [str(host_key)],
+                "auth": {"banner": banner, "webhook": {"url": "http://127.0.0.1:9/"}},
+            },
+        )
+
+    backend = SlowSweep()
+    ctx = build_context(settings("before"), backend)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    shutdown = trio.Event()
+    nursery.start_soon(partial(serve, ctx, listeners, shutdown=shutdown))
+    with trio.fail_after(10):
+        await backend.sweeping.wait()
+    retired: list[ServerContext] = []
+    reload_context(ctx, lambda: settings("after"), retired.append)
+    backend.release.set()
+    with trio.fail_after(10):
+        while ctx.state.connections_nursery is None:
+            await trio.sleep(0.01)
+    assert ctx.state.context is not None
+    assert ctx.state.context.settings.auth.banner == "after"
+    assert retired == [ctx]
+    shutdown.set()

@@ -86,7 +86,8 @@ async def serve(
     except Exception as exc:  # the server is still useful; sessions will report the cause
         log.warning("sweep_failed", error=str(exc))
 
-    ctx.state.context = ctx
+    if ctx.state.context is None:  # (a reload during the sweep set the one to serve)
+        ctx.state.context = ctx
 
     await _run(ctx, listeners, health, shutdown, task_status)
     log.info("server_stopped")
