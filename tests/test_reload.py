@@ -16,7 +16,14 @@ from trissh.server.listener import serve
 from trissh.server.state import ServerContext
 
 from .auth.http_server import Server, answer, start
-from .support import write_ed25519_key
+from .support import (
+    ClientKey,
+    make_context,
+    needs_ssh,
+    run_ssh,
+    start_server,
+    write_ed25519_key,
+)
 
 GRACE = 0.5
 
@@ -214,3 +221,21 @@ async def test_a_reload_during_the_start_up_sweep_is_the_configuration_served(
     assert ctx.state.context.settings.auth.banner == "after"
     assert retired == [ctx]
     shutdown.set()
+
+
+@needs_ssh
+async def test_emptying_authorized_keys_and_reloading_lets_that_key_in_no_more(
+    nursery: trio.Nursery, tmp_path: Path, client_key: ClientKey
+) -> None:
+    """Removing the last key and sending SIGHUP revokes it, as emptying sshd's file does
+    (the reload was refused as "nobody could log in", and the key kept working)."""
+    keys = tmp_path / "authorized_keys"
+    keys.write_text(client_key.public_line + "\n")
+    ctx = make_context(MemoryBackend(), keys, tmp_path / "host_key")
+    server = await start_server(nursery, ctx)
+    assert (await run_ssh(server.port, client_key.path, "echo in")).stdout == b"in\n"
+    keys.write_text("# nobody any more\n")
+    reload_context(ctx, lambda: ctx.settings)
+    result = await run_ssh(server.port, client_key.path, "echo in")
+    assert result.returncode == 255
+    assert b"Permission denied" in result.stderr

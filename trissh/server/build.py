@@ -113,16 +113,19 @@ def build_context(
 
 
 def _auth_policy(settings: ServerConfig) -> AuthPolicy:
-    """Who may log in; refuses a configuration that lets nobody in."""
+    """Who may log in; refuses a configuration with no way in at all. An authorized_keys
+    file counts even when empty: emptying it (and a SIGHUP) is how its last key is revoked."""
     global_keys: list[AuthorizedKey] = []
     if settings.authorized_keys is not None:
         try:
             global_keys = load_key_file(settings.authorized_keys)
         except PolicyError as exc:
             raise StartupError(str(exc)) from None
+        if not global_keys:
+            log.warning("authorized_keys_empty", path=str(settings.authorized_keys))
     auth = settings.auth
     ways_in = (
-        global_keys,
+        settings.authorized_keys,
         settings.users,
         auth.webhook,
         auth.trusted_user_ca_keys,
