@@ -126,3 +126,32 @@ def test_doctor_tries_each_distinct_per_user_container_once() -> None:
     ]
     assert [section.image for _, section in variants][1] == "other:1"
     assert variants[2][1].shell == ("/bin/bash",)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('[podman]\nurl = "tcp://127.0.0.1:8080"\n', "only unix sockets are supported"),
+        (
+            '[podman.registries."r.example"]\nusername = "u"\npassword_file = "/nonexistent/pw"\n',
+            "podman.registries.r.example.password_file: No such file or directory",
+        ),
+    ],
+)
+def test_unusable_backend_settings_are_told_by_check_config_and_the_start(
+    tmp_path: Path, authorized_keys: Path, config: str, message: str
+) -> None:
+    """What the backend cannot use is a clear one-line error from `check-config` and from
+    the start (check-config said OK, then the start printed a traceback)."""
+    path = tmp_path / "trissh.toml"
+    path.write_text(config)
+    common = ("--config", str(path), "--authorized-keys", str(authorized_keys),
+              "--host-key", str(tmp_path / "host_key"))  # fmt: skip
+    checked = run_module("check-config", *common)
+    assert (checked.returncode, checked.stdout) == (2, "")
+    assert message in checked.stderr
+    started = run_module("--listen", "127.0.0.1:0", *common)
+    assert started.returncode == 1
+    assert "\ntrissh: " in started.stderr
+    assert message in started.stderr
+    assert "Traceback" not in started.stderr

@@ -165,11 +165,14 @@ def default_config_text() -> str:
 
 
 def check_config(settings: ServerConfig) -> int:
-    """Everything a start would check but the ports and podman: keys, users, algorithms."""
+    """Everything a start would check but the ports and reaching podman: keys, users,
+    algorithms, the backend's own settings."""
     from trissh.backend.memory import MemoryBackend
+    from trissh.server.process import checked_backend
 
     try:
         build_context(settings, MemoryBackend())
+        checked_backend(settings)
     except StartupError as exc:
         print(f"trissh: {exc}", file=sys.stderr)
         return 2

@@ -23,10 +23,26 @@ from trissh.server.state import ServerContext
 log = structlog.get_logger("trissh")
 
 
+def checked_backend(settings: ServerConfig, metrics: Metrics | None = None) -> Backend:
+    """The configured backend (not contacted yet), its operations timed by ``metrics``.
+
+    Raises:
+        StartupError: its own settings are unusable (a URL, a password file).
+    """
+    try:
+        return make_backend(settings, metrics.container_operation if metrics else None)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def metered_backend(settings: ServerConfig, metrics: Metrics) -> Backend:
     """The configured backend, its container operations timed, its warm pool and its start
-    queue counted."""
-    backend = make_backend(settings, metrics.container_operation)
+    queue counted.
+
+    Raises:
+        StartupError: its own settings are unusable.
+    """
+    backend = checked_backend(settings, metrics)
     metrics.warm_containers.set_function(lambda: backend.warm_containers)
     metrics.starts_waiting.set_function(lambda: backend.starts_waiting)
     metrics.starts_running.set_function(lambda: backend.starts_running)
