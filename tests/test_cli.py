@@ -155,3 +155,26 @@ def test_unusable_backend_settings_are_told_by_check_config_and_the_start(
     assert "\ntrissh: " in started.stderr
     assert message in started.stderr
     assert "Traceback" not in started.stderr
+
+
+def test_the_state_directory_is_systemds_when_the_unit_has_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Under ``StateDirectory=`` (docs/deployment.md's unit) the generated host key goes
+    there: the service user's home is read-only under ``ProtectSystem=strict``."""
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/state:{tmp_path}/other")
+    settings = load_config(None, {})
+    assert settings.host_key_paths() == (tmp_path / "state" / "ssh_host_ed25519_key",)
+    assert settings.workspace_state_file() == tmp_path / "state" / "workspaces.json"
+
+
+def test_a_host_key_that_cannot_be_created_is_named(tmp_path: Path, authorized_keys: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = run_module(
+        "check-config", "--authorized-keys", str(authorized_keys),
+        "--host-key", str(blocker / "host_key"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"trissh: host key {blocker}/host_key: cannot create it: " in result.stderr
+    assert "Traceback" not in result.stderr

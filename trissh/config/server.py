@@ -156,7 +156,12 @@ class ServerConfig(Model):
 
 
 def default_state_dir() -> Path:
-    """Where generated host keys live when none are configured."""
+    """Where generated host keys (and the workspace state, users' added keys) live when
+    none are configured: systemd's ``StateDirectory=`` if the unit has one (the home of a
+    service user is read-only under ``ProtectSystem=strict``), else /var/lib/trissh for
+    root, else the user's data directory."""
+    if systemd := os.environ.get("STATE_DIRECTORY"):
+        return Path(systemd.split(":")[0])
     if os.geteuid() == 0:
         return Path("/var/lib/trissh")
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")

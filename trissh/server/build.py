@@ -47,8 +47,10 @@ def load_host_keys(settings: ServerConfig) -> tuple[HostKey, ...]:
     for path in settings.host_key_paths():
         try:
             key, created = load_or_create_host_key(path)
-        except (HostKeyError, OSError) as exc:
+        except HostKeyError as exc:
             raise StartupError(str(exc)) from None
+        except OSError as exc:
+            raise StartupError(f"host key {path}: cannot create it: {exc.strerror}") from None
         if created:
             log.info("host_key_created", path=str(path), fingerprint=key.fingerprint)
         keys.append(key)
