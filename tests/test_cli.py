@@ -178,3 +178,18 @@ def test_a_host_key_that_cannot_be_created_is_named(tmp_path: Path, authorized_k
     assert result.returncode == 2
     assert f"trissh: host key {blocker}/host_key: cannot create it: " in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_odd_config_files_are_config_errors(tmp_path: Path) -> None:
+    """A file that is not UTF-8, a key where a flag needs a table, and a MaxStartups of 0
+    (which would refuse everyone) are errors naming the problem, not tracebacks."""
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('[auth]\nbanner = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(latin1, {})
+    scalar = tmp_path / "scalar.toml"
+    scalar.write_text('container = "x"\n')
+    with pytest.raises(ConfigError, match=r"container: a table is needed \(for container\.image\)"):
+        load_config(scalar, {"container.image": "alpine"})
+    with pytest.raises(ConfigError, match="0 would refuse every connection"):
+        load_config(None, {"limits.max_startups": "0"})

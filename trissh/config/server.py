@@ -180,6 +180,10 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> ServerConfig
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{path}: not UTF-8 (byte {exc.start}): TOML files are UTF-8"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     for dotted, value in overrides.items():
@@ -187,8 +191,11 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> ServerConfig
             continue
         section = data
         *parents, leaf = dotted.split(".")
-        for parent in parents:
+        for depth, parent in enumerate(parents, 1):
             section = section.setdefault(parent, {})
+            if not isinstance(section, dict):
+                where = ".".join(parents[:depth])
+                raise ConfigError(f"{path or 'flags'}: {where}: a table is needed (for {dotted})")
         section[leaf] = value
     try:
         return ServerConfig.model_validate(data)

@@ -124,6 +124,8 @@ def parse_max_startups(value: str) -> tuple[int, int, int]:
     parts = value.split(":")
     if len(parts) == 1 and parts[0].isdigit():
         start = int(parts[0])
+        if start == 0:
+            raise ValueError(f"max_startups {value!r}: 0 would refuse every connection")
         return start, 100, start
     if len(parts) != 3 or not all(part.isdigit() for part in parts):
         raise ValueError(f"max_startups {value!r} is not START:RATE:FULL")
