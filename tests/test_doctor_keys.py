@@ -6,7 +6,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from trissh.config import load_config
+from trissh.ops import doctor
 from trissh.ops.doctor import _check_certificates, _check_revoked_keys
 
 from .support import needs
@@ -66,3 +69,19 @@ def test_revoked_keys(tmp_path: Path) -> None:
     assert not result.ok
     assert result.detail.endswith(":1: not a public key (KEYTYPE BASE64 [COMMENT])")
     assert _check_revoked_keys(load_config(None, {})) == []
+
+
+def test_a_host_key_in_directories_the_start_will_make_is_not_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh user's ~/.local/share/trissh does not exist yet, and the start makes it:
+    doctor looks at the nearest directory that exists (it looked two levels up only, and
+    said FAIL). ``os.access`` answers as for a user who may write only ``tmp_path``: the
+    suite runs as root, who may write anywhere."""
+    monkeypatch.setattr("trissh.ops.doctor.os.access", lambda path, mode: Path(path) == tmp_path)
+    deep = tmp_path / "home" / ".local" / "share" / "trissh" / "ssh_host_ed25519_key"
+    [check] = doctor._check_host_keys(load_config(None, {"host_keys": [str(deep)]}))
+    assert (check.ok, check.detail) == (True, "missing; will be generated at start")
+    monkeypatch.setattr("trissh.ops.doctor.os.access", lambda path, mode: False)
+    [check] = doctor._check_host_keys(load_config(None, {"host_keys": [str(deep)]}))
+    assert (check.ok, check.detail) == (False, "missing and cannot be created")

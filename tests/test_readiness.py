@@ -221,3 +221,16 @@ async def test_every_admin_slot_taken_is_an_answer_not_a_traceback(
     with trio.fail_after(30):
         free = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
     assert free.returncode == 0, free.stderr
+
+
+def test_a_rootful_podman_fails_doctor() -> None:
+    """Containers must be rootless (docs/deployment.md): a rootful service is a failure
+    with its fix, not an "ok" line that says ROOTFUL."""
+    runtime = {"ociRuntime": {"name": "crun", "version": "crun 1.8"}}
+    rootful = {"host": {**runtime, "security": {"rootless": False}}}
+    rootless = {"host": {**runtime, "security": {"rootless": True}}}
+    first, *_ = host_checks(rootful, ContainerSettings())
+    assert (first.name, first.ok) == ("runtime", False)
+    assert "unprivileged" in first.fix
+    first, *_ = host_checks(rootless, ContainerSettings())
+    assert (first.name, first.ok, first.fix) == ("runtime", True, "")

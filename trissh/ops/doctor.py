@@ -54,9 +54,8 @@ def _check_host_keys(settings: ServerConfig) -> list[HealthCheck]:
     checks = []
     for path in settings.host_key_paths():
         if not path.exists():
-            writable = os.access(
-                path.parent if path.parent.exists() else path.parent.parent, os.W_OK
-            )
+            nearest = next(parent for parent in path.parents if parent.exists())
+            writable = os.access(nearest, os.W_OK)  # the start makes the directories
             checks.append(
                 HealthCheck(
                     name=f"host key {path}",

@@ -77,7 +77,7 @@ def host_checks(info: dict[str, Any], settings: ContainerSettings) -> list[Healt
     return [
         HealthCheck(
             name="runtime",
-            ok=bool(runtime.get("name")),
+            ok=bool(runtime.get("name")) and rootless,
             detail=f"{runtime.get('name', '?')} ({' '.join(runtime_version) or '?'}), "
             f"{'rootless' if rootless else 'ROOTFUL'}",
             fix="" if rootless else "run the podman service as an unprivileged user",
