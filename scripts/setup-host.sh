@@ -37,6 +37,11 @@ SOCK=$RUNDIR/podman.sock
 LOG=$RUNDIR/service.log
 PIDFILE=$RUNDIR/service.pid
 LOCKFILE=/run/lock/trissh-setup-host.lock
+# Work that must follow a change even if this run dies before it (a failed self-test, a Ctrl-C):
+# the next run finds the change already made and would not redo it, so these markers remember.
+SELFTEST_PENDING=$PHOME/.trissh-selftest-pending
+DEBIAN_SELFTEST_PENDING=$PHOME/.trissh-debian-selftest-pending
+RESTART_PENDING=$RUNDIR/restart-pending
 # Every container gets a user namespace of its own ([container] userns_size in trissh's
 # configuration), so the podman user needs that many subordinate IDs per container at once.
 MAX_CONTAINERS=${TRISSH_MAX_CONTAINERS:-1024}
@@ -139,6 +144,7 @@ done
 if ((${#missing[@]})); then
     log "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    dpkg --configure -a >&2 # an install cut short earlier (Ctrl-C) would make apt refuse
     apt-get update -qq >&2
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
     # docker-registry is for the tests, which start their own on loopback: never a system one.
@@ -258,6 +264,7 @@ if [[ $state != overlay* ]]; then
     done
     [[ $state == overlay* ]] || die "podman storage for $PUSER does not work with overlay; see: runuser -u $PUSER -- podman info"
     storage_changed=1
+    touch "$RESTART_PENDING"
 fi
 read -r graph_driver native_diff <<<"$state"
 
@@ -266,6 +273,7 @@ read -r graph_driver native_diff <<<"$state"
 source "$HERE/build-image.sh"
 image_result=$(image_import "$TRISSH_IMAGE")
 if [[ $image_result == built ]]; then
+    touch "$SELFTEST_PENDING"
     log "built image $TRISSH_IMAGE (recipe $(image_recipe_hash))"
 else
     log "image $TRISSH_IMAGE is up to date"
@@ -337,11 +345,14 @@ fi
 if write_user_file "$CONTAINERS_CONF" < <(containers_conf "$runtime"); then
     log "wrote $CONTAINERS_CONF (runtime $runtime, exit_command_delay $EXIT_COMMAND_DELAY)"
     engine_changed=1
+    touch "$RESTART_PENDING"
 fi
 log "OCI runtime: $runtime ($runtime_note)"
 
-if [[ $image_result == built || -n ${runtime_changed:-} ]]; then
+[[ -z ${runtime_changed:-} ]] || touch "$SELFTEST_PENDING"
+if [[ -f $SELFTEST_PENDING ]]; then
     image_selftest "$TRISSH_IMAGE" || die "the image $TRISSH_IMAGE fails its self-test"
+    rm -f "$SELFTEST_PENDING"
     log "image self-test passed (sh exit codes, cat, head -c, sleep, kill, stty under a tty, sftp-server)"
 fi
 
@@ -349,9 +360,11 @@ fi
 # A real distribution for users and for the tests of git, rsync, sftp resume and tmux
 # (scripts/build-image.sh import-debian); rebuilt only when its recipe hash changes.
 if debian_result=$(debian_import "$TRISSH_DEBIAN_IMAGE"); then
-    if [[ $debian_result == built ]]; then
+    [[ $debian_result != built ]] || touch "$DEBIAN_SELFTEST_PENDING"
+    if [[ -f $DEBIAN_SELFTEST_PENDING ]]; then
         debian_selftest "$TRISSH_DEBIAN_IMAGE" || die "the image $TRISSH_DEBIAN_IMAGE fails its self-test"
-        log "built image $TRISSH_DEBIAN_IMAGE (recipe $(debian_recipe_hash)) ($(elapsed) s)"
+        rm -f "$DEBIAN_SELFTEST_PENDING"
+        log "image $TRISSH_DEBIAN_IMAGE built or pending, self-tested (recipe $(debian_recipe_hash)) ($(elapsed) s)"
     else
         log "image $TRISSH_DEBIAN_IMAGE is up to date"
     fi
@@ -361,7 +374,7 @@ else
 fi
 
 # ---------------------------------------------------------------------------- 5. API service
-if [[ -n ${storage_changed:-}${engine_changed:-} ]] && ping_socket "$SOCK"; then
+if [[ -f $RESTART_PENDING ]] && ping_socket "$SOCK"; then
     stop_service   # it runs with the old configuration
 fi
 if ping_socket "$SOCK"; then
@@ -386,6 +399,7 @@ else
 $(tail -n 20 "$LOG" 2>/dev/null)"
     log "podman service answers on $SOCK (pid $(service_pid || echo '?'))"
 fi
+rm -f "$RESTART_PENDING"
 
 # ---------------------------------------------------------------------------- report
 version=$(curl -sS --max-time 3 --unix-socket "$SOCK" http://d/v4.0.0/libpod/version 2>/dev/null \
