@@ -193,3 +193,15 @@ def test_odd_config_files_are_config_errors(tmp_path: Path) -> None:
         load_config(scalar, {"container.image": "alpine"})
     with pytest.raises(ConfigError, match="0 would refuse every connection"):
         load_config(None, {"limits.max_startups": "0"})
+
+
+def test_check_config_writes_no_host_key(tmp_path: Path, authorized_keys: Path) -> None:
+    """`check-config` validates; it reports a missing host key instead of making one (a
+    root-owned key appeared where the service would later look)."""
+    key = tmp_path / "new" / "host_key"
+    result = run_module(
+        "check-config", "--authorized-keys", str(authorized_keys), "--host-key", str(key)
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"host key {key}: missing; the start generates it" in result.stdout
+    assert not (tmp_path / "new").exists()

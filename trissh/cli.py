@@ -166,16 +166,20 @@ def default_config_text() -> str:
 
 def check_config(settings: ServerConfig) -> int:
     """Everything a start would check but the ports and reaching podman: keys, users,
-    algorithms, the backend's own settings."""
+    algorithms, the backend's own settings. Writes nothing (a missing host key is only
+    reported)."""
     from trissh.backend.memory import MemoryBackend
     from trissh.server.process import checked_backend
 
     try:
-        build_context(settings, MemoryBackend())
+        build_context(settings, MemoryBackend(), create_host_keys=False)
         checked_backend(settings)
     except StartupError as exc:
         print(f"trissh: {exc}", file=sys.stderr)
         return 2
+    for path in settings.host_key_paths():
+        if not path.exists():
+            print(f"host key {path}: missing; the start generates it")
     print("configuration OK")
     return 0
 

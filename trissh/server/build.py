@@ -4,6 +4,7 @@ authentication policy, protocol settings, recorder), and its rebuild on SIGHUP."
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Final
 
 import structlog
 import trio
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from trissh.auth.authorized_keys import AuthorizedKey
 from trissh.auth.policy import AuthPolicy, PolicyError, load_key_file
@@ -42,9 +44,19 @@ def make_recorder(settings: ServerConfig, metrics: Metrics) -> Recorder | None:
     )
 
 
-def load_host_keys(settings: ServerConfig) -> tuple[HostKey, ...]:
+def load_host_keys(settings: ServerConfig, *, create: bool = True) -> tuple[HostKey, ...]:
+    """The host keys, a missing one generated and written (``create``), or only generated
+    in memory (``trissh check-config``, which writes nothing)."""
     keys = []
     for path in settings.host_key_paths():
+        if not create and not path.exists():
+            nearest = next(parent for parent in path.parents if parent.exists())
+            if not (nearest.is_dir() and os.access(nearest, os.W_OK)):
+                raise StartupError(
+                    f"host key {path}: cannot create it: {nearest} is not a writable directory"
+                )
+            keys.append(HostKey(ed25519.Ed25519PrivateKey.generate()))
+            continue
         try:
             key, created = load_or_create_host_key(path)
         except HostKeyError as exc:
@@ -73,13 +85,14 @@ def build_context(
     *,
     previous: ServerContext | None = None,
     metrics: Metrics | None = None,
+    create_host_keys: bool = True,
 ) -> ServerContext:
     """Everything connections share. With ``previous`` (a reload), the backend, instance
     and live state carry over; only what the configuration says is rebuilt."""
     policy = _auth_policy(settings)
     if previous is not None:
         policy.share_totp(previous.auth)
-    host_keys = load_host_keys(settings)
+    host_keys = load_host_keys(settings, create=create_host_keys)
     try:
         protocol = ProtocolConfig(
             host_keys=host_keys,
