@@ -60,7 +60,8 @@ async def check_podman(
             detail=f"{image} {'present' if found else 'not found'}",
             fix=""
             if found
-            else "build it with scripts/setup-host.sh, or `podman pull` it as the podman user",
+            else "as the podman user: scripts/build-image.sh import for localhost/ images"
+            " (scripts/setup-host.sh does it for trissh-podman), else `podman pull` it",
         )
     )
     return checks
