@@ -39,9 +39,11 @@ PIDFILE=$RUNDIR/service.pid
 LOCKFILE=/run/lock/trissh-setup-host.lock
 # Work that must follow a change even if this run dies before it (a failed self-test, a Ctrl-C):
 # the next run finds the change already made and would not redo it, so these markers remember.
-SELFTEST_PENDING=$PHOME/.trissh-selftest-pending
-DEBIAN_SELFTEST_PENDING=$PHOME/.trissh-debian-selftest-pending
-RESTART_PENDING=$RUNDIR/restart-pending
+# Root's own directory: root never follows the podman user's symlinks.
+SETUP_STATE=/var/lib/trissh-setup
+SELFTEST_PENDING=$SETUP_STATE/selftest-pending
+DEBIAN_SELFTEST_PENDING=$SETUP_STATE/debian-selftest-pending
+RESTART_PENDING=$SETUP_STATE/restart-pending
 # Every container gets a user namespace of its own ([container] userns_size in trissh's
 # configuration), so the podman user needs that many subordinate IDs per container at once.
 MAX_CONTAINERS=${TRISSH_MAX_CONTAINERS:-1024}
@@ -91,6 +93,7 @@ fi
 mkdir -p "$(dirname "$LOCKFILE")"
 exec 9>"$LOCKFILE"
 flock -w 600 9 || die "another setup-host.sh holds $LOCKFILE"
+install -d -m 0700 -o root -g root "$SETUP_STATE"
 
 # ---------------------------------------------------------------------------- helpers
 # Everything that touches the user's files or podman runs AS the user, with a clean environment
