@@ -79,6 +79,18 @@ class Harness(abc.ABC):
         """How many ``program`` processes run in the container (as `ps` would count)."""
 
 
+#: How long a killed program may take to be gone: the kill is sent as the context is left
+#: (the agent kills on its line closing), not waited for.
+KILL_BOUND = 5.0
+
+
+async def until_gone(harness: Harness, container_id: str, program: str) -> None:
+    """Until no ``program`` runs in the container; fails after ``KILL_BOUND``."""
+    with trio.fail_after(KILL_BOUND):
+        while await harness.running(container_id, program):
+            await trio.sleep(0.05)
+
+
 async def read_all(stream: trio.abc.ReceiveStream | None) -> bytes:
     assert stream is not None
     chunks = []
@@ -288,7 +300,7 @@ class BackendConformance:
                     # the shell forks sleep after the echo: wait until it is there
                     while await harness.running(sandbox.container_id, "sleep") != 1:
                         await trio.sleep(0.05)
-                assert await harness.running(sandbox.container_id, "sleep") == 0
+                await until_gone(harness, sandbox.container_id, "sleep")
                 # The sandbox is still usable afterwards.
                 spec = ProcessSpec(argv=harness.sh("echo still-here"))
                 async with sandbox.open_process(spec) as process:

@@ -34,7 +34,7 @@ from trissh.channels.session import backend_size
 from trissh.ops.doctor import try_session
 from trissh.protocol import TerminalSize as ProtocolTerminalSize
 
-from .conformance import read_all, run
+from .conformance import read_all, run, until_gone
 from .conftest import exec_helper, open_podman_harness
 
 
@@ -296,7 +296,7 @@ async def test_sessions_in_an_agent_container_make_no_podman_exec(podman_availab
                     while await h.running(sandbox.container_id, "sleep") != 1:
                         await trio.sleep(0.05)
                 # left while it ran: the teardown killed it (podman top: no exec)
-                assert await h.running(sandbox.container_id, "sleep") == 0
+                await until_gone(h, sandbox.container_id, "sleep")
                 info = await h.podman._api.request(
                     "GET", f"/containers/{sandbox.container_id}/json"
                 )
