@@ -169,15 +169,19 @@ def test_the_state_directory_is_systemds_when_the_unit_has_one(
 
 
 def test_a_host_key_that_cannot_be_created_is_named(tmp_path: Path, authorized_keys: Path) -> None:
+    """By the start (which creates it) and by check-config (which only checks it can)."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = run_module(
-        "check-config", "--authorized-keys", str(authorized_keys),
-        "--host-key", str(blocker / "host_key"),
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert f"trissh: host key {blocker}/host_key: cannot create it: " in result.stderr
-    assert "Traceback" not in result.stderr
+    key = ("--authorized-keys", str(authorized_keys), "--host-key", str(blocker / "host_key"))
+    started = run_module("--listen", "127.0.0.1:0", *key)
+    assert started.returncode == 1
+    assert f"trissh: host key {blocker}/host_key: cannot create it: " in started.stderr
+    checked = run_module("check-config", *key)
+    assert checked.returncode == 2
+    assert f"host key {blocker}/host_key: cannot create it: {blocker} is not writable" in (
+        checked.stderr
+    )
+    assert "Traceback" not in started.stderr + checked.stderr
 
 
 def test_odd_config_files_are_config_errors(tmp_path: Path) -> None:

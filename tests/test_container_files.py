@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from trissh.backend import ProcessSpec, Sandbox
+from trissh.backend import BackendError, ProcessSpec, Sandbox
 from trissh.channels import files as files_module
 from trissh.channels.files import ContainerFiles
 from trissh.server.workspace_source import WorkspaceSource
@@ -84,8 +84,13 @@ class BrokenStream(trio.abc.ReceiveStream):
 
 
 class Sink(trio.abc.SendStream):
+    def __init__(self, broken: bool = False) -> None:
+        self.broken = broken
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint()
+        if self.broken:  # as trio's pipes break: no text, the OSError as the cause
+            raise trio.BrokenResourceError from BrokenPipeError(32, "Broken pipe")
 
     async def wait_send_all_might_not_block(self) -> None:
         pass
@@ -173,3 +178,20 @@ async def test_leaving_a_workspace_detaches_even_when_the_leave_fails() -> None:
         scope.cancel()
     assert [str(exc) for exc in raised] == ["leave failed"]
     assert registry.detached == [workspace]
+
+
+async def test_a_broken_stdin_pipe_is_told_with_its_cause() -> None:
+    """trio's BrokenResourceError carries no text of its own: the reason is its cause."""
+
+    class PipeBreaks:
+        container_id = "c1"
+
+        @asynccontextmanager
+        async def open_process(self, spec: ProcessSpec) -> AsyncIterator[SimpleNamespace]:
+            async def wait() -> SimpleNamespace:
+                return SimpleNamespace(code=0)
+
+            yield SimpleNamespace(stdin=Sink(broken=True), stdout=None, stderr=None, wait=wait)
+
+    with pytest.raises(BackendError, match=r"^writing /tmp/f failed: \[Errno 32\] Broken pipe$"):
+        await files_module.write_file(cast("Sandbox", PipeBreaks()), "/tmp/f", b"x", "/bin/sh")

@@ -82,6 +82,10 @@ def test_a_host_key_in_directories_the_start_will_make_is_not_a_failure(
     deep = tmp_path / "home" / ".local" / "share" / "trissh" / "ssh_host_ed25519_key"
     [check] = doctor._check_host_keys(load_config(None, {"host_keys": [str(deep)]}))
     assert (check.ok, check.detail) == (True, "missing; will be generated at start")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    [check] = doctor._check_host_keys(load_config(None, {"host_keys": [f"{blocker}/key"]}))
+    assert (check.ok, check.detail) == (False, "missing and cannot be created")
     monkeypatch.setattr("trissh.ops.doctor.os.access", lambda path, mode: False)
     [check] = doctor._check_host_keys(load_config(None, {"host_keys": [str(deep)]}))
     assert (check.ok, check.detail) == (False, "missing and cannot be created")

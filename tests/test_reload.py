@@ -5,10 +5,12 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
 from structlog.testing import capture_logs
 
 from trissh.auth.policy import LoginRequest
+from trissh.backend import ContainerSettings
 from trissh.backend.memory import MemoryBackend
 from trissh.config import ServerConfig, load_config
 from trissh.server.build import build_context, reload_context, retire_context
@@ -178,6 +180,11 @@ class SlowSweep(MemoryBackend):
         super().__init__()
         self.sweeping = trio.Event()
         self.release = trio.Event()
+        #: The image of each ``keep_warm``, in order: the last is what the pool holds.
+        self.warm: list[str] = []
+
+    def keep_warm(self, settings: ContainerSettings, instance: str) -> None:
+        self.warm.append(settings.image)
 
     async def sweep(self, *, keep_instance: str) -> int:
         self.sweeping.set()
@@ -201,6 +208,7 @@ async def test_a_reload_during_the_start_up_sweep_is_the_configuration_served(
                 "listen": ["127.0.0.1:0"],
                 "host_keys": [str(host_key)],
                 "auth": {"banner": banner, "webhook": {"url": "http://127.0.0.1:9/"}},
+                "container.image": f"localhost/{banner}:1",
             },
         )
 
@@ -220,21 +228,27 @@ async def test_a_reload_during_the_start_up_sweep_is_the_configuration_served(
     assert ctx.state.context is not None
     assert ctx.state.context.settings.auth.banner == "after"
     assert retired == [ctx]
+    assert backend.warm[-1] == "localhost/after:1"  # the pool too
     shutdown.set()
 
 
 @needs_ssh
+@pytest.mark.parametrize("revoke", ["empty", "delete"])
 async def test_emptying_authorized_keys_and_reloading_lets_that_key_in_no_more(
-    nursery: trio.Nursery, tmp_path: Path, client_key: ClientKey
+    nursery: trio.Nursery, tmp_path: Path, client_key: ClientKey, revoke: str
 ) -> None:
-    """Removing the last key and sending SIGHUP revokes it, as emptying sshd's file does
-    (the reload was refused as "nobody could log in", and the key kept working)."""
+    """Removing the last key (or the file) and sending SIGHUP revokes it, as with sshd's
+    file (the reload was refused, as "nobody could log in" or as a missing file, and the
+    key kept working)."""
     keys = tmp_path / "authorized_keys"
     keys.write_text(client_key.public_line + "\n")
     ctx = make_context(MemoryBackend(), keys, tmp_path / "host_key")
     server = await start_server(nursery, ctx)
     assert (await run_ssh(server.port, client_key.path, "echo in")).stdout == b"in\n"
-    keys.write_text("# nobody any more\n")
+    if revoke == "empty":
+        keys.write_text("# nobody any more\n")
+    else:
+        keys.unlink()
     reload_context(ctx, lambda: ctx.settings)
     result = await run_ssh(server.port, client_key.path, "echo in")
     assert result.returncode == 255

@@ -132,7 +132,8 @@ async def _run(sandbox: Sandbox, argv: list[str], what: str, stdin: bytes = b"")
         if broken is None:
             status = await process.wait()
     if broken is not None:
-        raise BackendError(f"{what} failed: {broken}")
+        why = str(broken) or str(broken.__cause__ or "") or type(broken).__name__
+        raise BackendError(f"{what} failed: {why}")
     if status.code != 0:
         message = output.decode("utf-8", "replace").strip()
         raise BackendError(f"{what} failed ({status.code}): {message}")

@@ -55,7 +55,7 @@ def _check_host_keys(settings: ServerConfig) -> list[HealthCheck]:
     for path in settings.host_key_paths():
         if not path.exists():
             nearest = next(parent for parent in path.parents if parent.exists())
-            writable = os.access(nearest, os.W_OK)  # the start makes the directories
+            writable = nearest.is_dir() and os.access(nearest, os.W_OK)  # the start makes dirs
             checks.append(
                 HealthCheck(
                     name=f"host key {path}",

@@ -8,6 +8,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final
 
 import structlog
@@ -49,20 +50,15 @@ def load_host_keys(settings: ServerConfig, *, create: bool = True) -> tuple[Host
     in memory (``trissh check-config``, which writes nothing)."""
     keys = []
     for path in settings.host_key_paths():
-        if not create and not path.exists():
-            nearest = next(parent for parent in path.parents if parent.exists())
-            if not (nearest.is_dir() and os.access(nearest, os.W_OK)):
-                raise StartupError(
-                    f"host key {path}: cannot create it: {nearest} is not a writable directory"
-                )
-            keys.append(HostKey(ed25519.Ed25519PrivateKey.generate()))
-            continue
         try:
+            if not create and not path.exists():
+                keys.append(_generated_in_memory(path))
+                continue
             key, created = load_or_create_host_key(path)
         except HostKeyError as exc:
             raise StartupError(str(exc)) from None
         except OSError as exc:
-            raise StartupError(f"host key {path}: cannot create it: {exc.strerror}") from None
+            raise StartupError(f"host key {path}: {exc.strerror}") from None
         if created:
             log.info("host_key_created", path=str(path), fingerprint=key.fingerprint)
         keys.append(key)
@@ -79,6 +75,18 @@ def load_host_keys(settings: ServerConfig, *, create: bool = True) -> tuple[Host
     return certified
 
 
+def _generated_in_memory(path: Path) -> HostKey:
+    """A stand-in for a missing host key the start will generate at ``path``.
+
+    Raises:
+        StartupError: the start could not write it there.
+    """
+    nearest = next(parent for parent in path.parents if parent.exists())
+    if not (nearest.is_dir() and os.access(nearest, os.W_OK)):
+        raise StartupError(f"host key {path}: cannot create it: {nearest} is not writable")
+    return HostKey(ed25519.Ed25519PrivateKey.generate())
+
+
 def build_context(
     settings: ServerConfig,
     backend: Backend,
@@ -89,7 +97,7 @@ def build_context(
 ) -> ServerContext:
     """Everything connections share. With ``previous`` (a reload), the backend, instance
     and live state carry over; only what the configuration says is rebuilt."""
-    policy = _auth_policy(settings)
+    policy = _auth_policy(settings, reloading=previous is not None)
     if previous is not None:
         policy.share_totp(previous.auth)
     host_keys = load_host_keys(settings, create=create_host_keys)
@@ -127,17 +135,19 @@ def build_context(
     )
 
 
-def _auth_policy(settings: ServerConfig) -> AuthPolicy:
+def _auth_policy(settings: ServerConfig, *, reloading: bool = False) -> AuthPolicy:
     """Who may log in; refuses a configuration with no way in at all. An authorized_keys
-    file counts even when empty: emptying it (and a SIGHUP) is how its last key is revoked."""
+    file counts even when empty: emptying it and sending SIGHUP is how its last key is
+    revoked, and so is deleting it (at the start a missing file is a typo to report)."""
     global_keys: list[AuthorizedKey] = []
-    if settings.authorized_keys is not None:
+    if (keys_file := settings.authorized_keys) is not None:
+        missing = reloading and not keys_file.exists()
         try:
-            global_keys = load_key_file(settings.authorized_keys)
+            global_keys = [] if missing else load_key_file(keys_file)
         except PolicyError as exc:
             raise StartupError(str(exc)) from None
         if not global_keys:
-            log.warning("authorized_keys_empty", path=str(settings.authorized_keys))
+            log.warning("authorized_keys_empty", path=str(keys_file), missing=missing)
     auth = settings.auth
     ways_in = (
         settings.authorized_keys,

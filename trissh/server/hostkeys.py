@@ -34,7 +34,10 @@ class HostKeyError(Exception):
 def load_or_create_host_key(path: Path) -> tuple[HostKey, bool]:
     """Return the key at ``path`` and whether it was just created (mode 0600, ``.pub`` beside)."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HostKeyError(f"host key {path}: cannot create it: {exc.strerror}") from None
         private = ed25519.Ed25519PrivateKey.generate()
         pem = private.private_bytes(
             serialization.Encoding.PEM,

@@ -109,7 +109,8 @@ async def _run(
     )
     ctx.state.workspaces = workspaces
     async with trio.open_nursery() as upkeep:
-        ctx.backend.keep_warm(container_settings(ctx.settings.container), ctx.instance)
+        current = (ctx.state.context or ctx).settings  # (a reload during the sweep)
+        ctx.backend.keep_warm(container_settings(current.container), ctx.instance)
         await upkeep.start(ctx.backend.run)
         if ctx.settings.metrics.listen or ctx.settings.admin.socket:
             await upkeep.start(keep_ready, ctx)
