@@ -691,3 +691,35 @@ async def test_a_clients_key_exchanges_are_paced_by_what_they_cost(
     # Two steps a re-exchange (start, then the client's key), 0.125 s each: 0.25 s, so
     # each of the first two re-exchanges holds the connection for REKEY_PACING * 0.25.
     assert elapsed >= 2 * REKEY_PACING * 0.25 - 0.05, elapsed
+
+
+async def test_every_session_started_gets_one_session_ended_with_its_reason(
+    memory_backend: MemoryBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Log pipelines pair the two lines by connection and channel, and channel numbers are
+    reused: a session the client closes (or the connection ends) logs its end too (it
+    logged nothing, so the next session's end paired with the wrong start)."""
+    lines = capture_module_log(monkeypatch, "trissh.channels.session")
+    ctx = limited_ctx(memory_backend, tmp_path)
+    with trio.fail_after(10):
+        async with connected(ctx) as peer:
+            await peer.login()
+            first = await peer.open_session(0)
+            await peer.exec(first, "sleep 1000")
+            await peer.expect(conn.ChannelSuccess)
+            peer.client.channel_close(first)
+            await peer.flush()
+            await peer.expect(conn.ChannelClose)
+            second = await peer.open_session(1)
+            await peer.exec(second, "exit 5")
+            assert exit_status_of(await peer.until_close(second)) == 5
+            third = await peer.open_session(2)
+            await peer.exec(third, "sleep 1000")
+            await peer.expect(conn.ChannelSuccess)
+            await peer.stream.aclose()  # the connection ends under it
+            while memory_backend.live_sandboxes:
+                await trio.sleep(0.01)
+    ends = [
+        (line["exit_code"], line["reason"]) for line in lines if line["event"] == "session_ended"
+    ]
+    assert ends == [(None, "channel_closed"), (5, "exited"), (None, "cancelled")]

@@ -81,7 +81,7 @@ async def run_publickey_subsystem(
             log.exception("session_crashed")
             code = 1
         finally:
-            log.info("session_ended", exit_code=code, signal=None)
+            log.info("session_ended", exit_code=code, signal=None, reason="exited")
             handle.port.finish(handle.id, exit_code=code)
 
 

@@ -203,14 +203,20 @@ async def run_session(
     """
     outcome = ExitStatus()
     finished = False
+    ending = "cancelled"
 
     def finish(status: ExitStatus | None) -> None:
-        """Exit status, EOF, CLOSE: once, as soon as the outcome is known."""
+        """``session_ended``, then exit status, EOF, CLOSE: once, as soon as the outcome is
+        known (logged first: an ``ssh`` that hangs up at CLOSE cancels this task)."""
         nonlocal finished, outcome
         if status is not None:
             outcome = status
         if not finished:
             finished = True
+            reason = "exited" if status is not None else ending
+            if reason == "cancelled" and handle.peer_closed:
+                reason = "channel_closed"
+            log.info("session_ended", exit_code=outcome.code, signal=outcome.signal, reason=reason)
             handle.port.finish(
                 handle.id,
                 exit_code=outcome.code,
@@ -232,12 +238,14 @@ async def run_session(
             # request is granted and the reason printed, with ssh's own "did not run" code.
             exc = _first(group)
             log.warning("session_failed", kind=request.kind.value, error=str(exc))
+            ending = "failed"
             if not finished:
                 handle.port.reply_request(handle.id, True)
                 await tell_user(handle, f"trissh: {exc}\r\n" if request.pty else f"trissh: {exc}\n")
                 outcome = ExitStatus(code=SESSION_FAILED_EXIT_CODE)
         except* Exception:
             log.exception("session_crashed")
+            ending = "crashed"
         finally:
             finish(None)
             tracked.ended()
@@ -366,9 +374,6 @@ async def _serve(
             if stderr_done is not None:
                 await stderr_done.wait()
             status = await process.wait()
-            # Logged before the client is told: an ``ssh`` that hangs up at CLOSE
-            # cancels this task, and a line after the unwinding would be lost.
-            log.info("session_ended", exit_code=status.code, signal=status.signal)
             finish(status)
             stdio.cancel_scope.cancel()
         finally:
