@@ -723,3 +723,25 @@ async def test_every_session_started_gets_one_session_ended_with_its_reason(
         (line["exit_code"], line["reason"]) for line in lines if line["event"] == "session_ended"
     ]
     assert ends == [(None, "channel_closed"), (5, "exited"), (None, "cancelled")]
+
+
+async def test_a_busy_connections_bytes_reach_the_metric_before_it_closes(
+    memory_backend: MemoryBackend, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``trissh_bytes_total`` moves while a long transfer runs, not in one jump at its
+    close (a rate() over it was 0 for the whole transfer)."""
+    ctx = limited_ctx(memory_backend, tmp_path, client_alive_interval=0)
+    received = ctx.metrics.bytes_total.labels(direction="in")
+    before = received._value.get()
+    async with connected(ctx) as peer:
+        await peer.login()
+        channel = await peer.open_session(0)
+        await peer.exec(channel, "cat > /dev/null")
+        await peer.expect(conn.ChannelSuccess)
+        for _ in range(3):
+            await trio.sleep(3)
+            peer.client.channel_data(channel, b"x" * 1000)
+            await peer.flush()
+        await trio.sleep(1)
+        assert received._value.get() - before > 1000  # the connection is still open
+        await peer.stream.aclose()

@@ -92,6 +92,8 @@ log = structlog.get_logger("trissh.connection.driver")
 
 #: Bytes asked of the socket per read.
 RECEIVE_SIZE = 256 * 1024
+#: Seconds between reports of a busy connection's bytes to ``trissh_bytes_total``.
+BYTES_REPORT_INTERVAL = 5.0
 #: Reading stops while more than this much output is unsent: before login, and after it
 #: (above what bulk channel output queues, OUTPUT_HIGH_WATER plus one chunk).
 UNSENT_BEFORE_LOGIN = 64 * 1024
@@ -158,6 +160,7 @@ class ConnectionDriver:
         #: Until when the last re-exchange holds the connection (REKEY_PACING).
         self._paused_until = 0.0
         self._metrics = ctx.metrics.connection_opened()
+        self._bytes_reported_at = trio.current_time()
         self._login = LoginConversation(ctx.auth, self.conn, self._login_request)
         ctx.state.claim_startup(self.remote_ip)
         self._startup_claimed = True
@@ -315,7 +318,11 @@ class ConnectionDriver:
                 data = b""
             if self._quickack and data:
                 self._rearm_quickack()
-            self._clock.last_received = trio.current_time()
+            self._clock.last_received = now = trio.current_time()
+            if now >= self._bytes_reported_at + BYTES_REPORT_INTERVAL:  # not only at close
+                self._bytes_reported_at = now
+                stats = conn.statistics()
+                self._metrics.transferred(stats.bytes_received, stats.bytes_sent)
             conn.receive_data(data)
 
     def _rearm_quickack(self) -> None:
