@@ -74,3 +74,17 @@ def test_a_reload_changes_the_level_of_loggers_already_in_use(
     log.error("loud")
     events = [json.loads(line)["event"] for line in written().splitlines()]
     assert events == ["first", "shown", "loud"]
+
+
+def test_the_console_shows_a_clients_control_characters_as_escapes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--log-format console` on an operator's terminal: a method name a client sent with
+    ESC sequences (window title, clear screen) is printed escaped, not obeyed."""
+    stderr, written = _captured(has_buffer=False)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    configure_logging("console", "info")
+    structlog.get_logger("test").info("auth_failed", method="\x1b]0;owned\x07\x1b[2J", user="a")
+    text = written()
+    assert "\x1b]0;owned" not in text
+    assert "\\x1b]0;owned\\x07\\x1b[2J" in text

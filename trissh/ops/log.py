@@ -8,6 +8,7 @@ context into child tasks, so every line of a connection carries its ``conn_id``.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable, MutableMapping
 from typing import Any, Final
@@ -69,16 +70,32 @@ def set_log_level(level: str) -> None:
     _level_filter.level = logging.getLevelNamesMapping()[level.upper()]
 
 
+#: Control characters (C0, DEL, C1): a client's string may carry terminal escapes.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _defang(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """For the console: control characters in string values as escapes (``\x1b``), so a
+    client's method name, command or target cannot drive the operator's terminal. (JSON
+    escapes them itself.)"""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and _CONTROL.search(value) and key != "exception":
+            event_dict[key] = _CONTROL.sub(lambda found: f"\\x{ord(found[0]):02x}", value)
+    return event_dict
+
+
 def configure_logging(fmt: str = "json", level: str = "info") -> None:
     """Set up structlog (at start; a reload changes only the level: ``set_log_level``)."""
     set_log_level(level)
     renderer: Any
+    console: list[Any] = []
     if fmt == "json":
         serializer, factory = _json_output()
         renderer = structlog.processors.JSONRenderer(serializer=serializer)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         factory = structlog.PrintLoggerFactory(sys.stderr)
+        console = [_defang]
     structlog.configure(
         processors=[
             _level_filter,
@@ -87,6 +104,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
             structlog.processors.format_exc_info,
+            *console,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
