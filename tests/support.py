@@ -238,7 +238,7 @@ def capture_module_log(
     capture = structlog.testing.LogCapture()
     logger = structlog.wrap_logger(
         None,
-        processors=[capture],
+        processors=[structlog.contextvars.merge_contextvars, capture],  # as the real ones
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
     )
     monkeypatch.setattr(f"{module}.log", logger)

@@ -519,6 +519,13 @@ async def test_connections_per_user_are_limited(
         async with connected(ctx) as third:
             await third.login()
             await third.stream.aclose()
+    # The results of trissh_connections_total partition TCP connections: the refused login
+    # was accepted (it logged in); its end is a disconnect reason.
+    connections = ctx.metrics.connections_total
+    assert connections.labels(result="accepted")._value.get() == 3
+    assert connections.labels(result="rejected_limit")._value.get() == 0
+    ends = ctx.metrics.disconnects_total.labels(reason="user_connection_limit")
+    assert ends._value.get() == 1
 
 
 async def test_session_mode_gives_each_session_its_own_container(

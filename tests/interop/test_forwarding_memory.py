@@ -331,10 +331,12 @@ async def test_agent_forwarding_refused_gives_no_socket(
 
 async def test_remote_forward_reaches_the_clients_side(
     nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
-    tmp_path: Path, client_key: ClientKey,
+    tmp_path: Path, client_key: ClientKey, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """``ssh -R 9000:127.0.0.1:PORT``: a program in the container connecting to its own
-    localhost:9000 reaches the client's local server."""
+    localhost:9000 reaches the client's local server; the forward's lines name its channel
+    as a -L's do."""
+    logs = capture_module_log(monkeypatch, "trissh.channels.forwards")
     running = await server(nursery, authorized_keys, tmp_path)
     async with forwarding_to_an_echo(nursery, backend, running, client_key, "sleep 30") as (
         _,
@@ -349,6 +351,9 @@ async def test_remote_forward_reaches_the_clients_side(
                 while data := await stream.receive_some(1024):
                     received += data
     assert received == b"from inside\n"
+    [opened] = [line for line in logs if line["event"] == "forward_opened"]
+    assert opened["kind"] == "forwarded-tcpip"
+    assert isinstance(opened["channel"], int)
 
 
 async def test_remote_forward_carries_as_many_connections_as_forwarding_allows(

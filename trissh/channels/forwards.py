@@ -220,22 +220,23 @@ async def carry(
     counts = Transferred()
     handle.started = True  # a peer's CLOSE now cancels this task, which finishes the channel
     ctx.metrics.opened(kind)
-    log.info("forward_opened", kind=kind, target=str(target))
-    ctx.mark(f"forward {kind} {target} opened")
-    try:
-        await splice(handle, stream, counts)
-    finally:
-        port.finish(handle.id)
-        ctx.metrics.closed(kind, counts.into, counts.out)
-        ctx.mark(f"forward {kind} {target} closed: {counts.into} bytes in, {counts.out} out")
-        log.info(
-            "forward_closed",
-            kind=kind,
-            target=str(target),
-            bytes_in=counts.into,
-            bytes_out=counts.out,
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
-        )
+    with structlog.contextvars.bound_contextvars(channel=int(handle.id)):  # (-R, agent too)
+        log.info("forward_opened", kind=kind, target=str(target))
+        ctx.mark(f"forward {kind} {target} opened")
+        try:
+            await splice(handle, stream, counts)
+        finally:
+            port.finish(handle.id)
+            ctx.metrics.closed(kind, counts.into, counts.out)
+            ctx.mark(f"forward {kind} {target} closed: {counts.into} bytes in, {counts.out} out")
+            log.info(
+                "forward_closed",
+                kind=kind,
+                target=str(target),
+                bytes_in=counts.into,
+                bytes_out=counts.out,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+            )
 
 
 class LocalForwards:

@@ -454,7 +454,7 @@ class ConnectionDriver:
         )
         limit = login.session.max_connections_per_user
         if not self.ctx.state.claim_user(login.username, limit):
-            self.ctx.metrics.connection_rejected("rejected_limit")
+            # (an accepted connection: trissh_disconnects_total counts this end)
             self._end(
                 DisconnectReason.TOO_MANY_CONNECTIONS,
                 f"too many connections for user {login.username}",
