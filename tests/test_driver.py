@@ -24,7 +24,7 @@ from trissh.backend import BackendUnavailable
 from trissh.backend.memory import MemoryBackend
 from trissh.connection.driver import REKEY_PACING, serve_connection
 from trissh.connection.port import ConnectionPort
-from trissh.protocol import DisconnectReason
+from trissh.protocol import DisconnectReason, wire
 from trissh.protocol.messages import connection as conn
 from trissh.protocol.messages import transport as tr
 from trissh.protocol.wire import Reader
@@ -752,3 +752,46 @@ async def test_a_busy_connections_bytes_reach_the_metric_before_it_closes(
         await trio.sleep(1)
         assert received._value.get() - before > 1000  # the connection is still open
         await peer.stream.aclose()
+
+
+async def test_a_client_listening_and_cancelling_in_a_loop_writes_a_bounded_log(
+    memory_backend: MemoryBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tcpip-forward`` and its cancel, 120 times: the listener lines count against the
+    connection's quota of client-caused lines (they were two lines per cycle, unbounded)."""
+    lines = capture_module_log(monkeypatch, "trissh.channels.remote_forwards")
+    ctx = limited_ctx(memory_backend, tmp_path)
+    address = wire.string("localhost") + wire.uint32(9000)
+    with trio.fail_after(30):
+        async with connected(ctx) as peer:
+            await peer.login()
+            for _ in range(120):
+                peer.client.global_request("tcpip-forward", want_reply=True, data=address)
+                await peer.expect(conn.RequestSuccess)
+                peer.client.global_request("cancel-tcpip-forward", want_reply=True, data=address)
+                await peer.expect(conn.RequestSuccess)
+            await peer.stream.aclose()
+    events = [line["event"] for line in lines]
+    listening, stopped = events.count("forward_listening"), events.count("forward_listen_stopped")
+    assert listening == stopped  # whole pairs
+    assert 0 < listening <= 100
+
+
+async def test_a_client_re_keying_in_a_loop_writes_a_bounded_log(
+    ctx: ServerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """110 re-exchanges after login: their ``kex_completed`` lines count against the
+    connection's quota (sshd logs re-keys at debug; each was one more info line)."""
+    lines = capture_module_log(monkeypatch, "trissh.connection.handshake")
+    monkeypatch.setattr(time, "thread_time", lambda: 0.0)  # no pacing: as fast as it goes
+    with trio.fail_after(60):
+        async with connected(ctx) as peer:
+            await peer.login()
+            for _ in range(110):
+                done = peer.client.completed_kex
+                peer.client.start_kex()
+                while peer.client.completed_kex == done:
+                    assert await peer._read(), "the server hung up"
+            await peer.stream.aclose()
+    rekeys = [line for line in lines if line["event"] == "kex_completed" and line["rekey"]]
+    assert 0 < len(rekeys) <= 100

@@ -127,7 +127,9 @@ class RemoteForwards:
         self, listener: SandboxListener, bound: ForwardTarget, scope: trio.CancelScope
     ) -> None:
         self._ctx.metrics.listeners_active.inc()
-        log.info("forward_listening", target=str(bound))
+        shown = self._ctx.lines.take()  # a client may listen and cancel in a loop
+        if shown:
+            log.info("forward_listening", target=str(bound))
         try:
             with scope:
                 while True:
@@ -140,7 +142,8 @@ class RemoteForwards:
         finally:
             self._listeners.pop(_key(bound), None)
             self._ctx.metrics.listeners_active.dec()
-            log.info("forward_listen_stopped", target=str(bound))
+            if shown:
+                log.info("forward_listen_stopped", target=str(bound))
 
     async def _carry_accepted(
         self, stream: trio.abc.HalfCloseableStream, peer: str, bound: ForwardTarget
