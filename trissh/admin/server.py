@@ -162,6 +162,7 @@ async def _serve_client(
         return
     action = str(request.get("action", ""))
     target = request.get("conn") or request.get("session")
+    target = None if target is None else str(target)  # a string in every log line
     fields = {"action": action, "target": target, "peer_uid": uid, "peer_pid": pid}
     try:
         if action == "watch":

@@ -215,7 +215,7 @@ class Workspaces:
             limit = self._settings().workspaces.max_workspaces
             if not claimed and len(self._live) + len(self._unclaimed) >= limit:
                 self._metrics.workspace_attached("refused")
-                log.warning("workspace_refused", user=user, limit=limit)
+                log.warning("workspace_refused", user=user, max_workspaces=limit)
                 raise BackendError(f"the server holds its maximum of {limit} workspaces")
             workspace = self._start(
                 Workspace(user, full, ttl, start_timeout=start_timeout, adopt=adopt)

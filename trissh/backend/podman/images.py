@@ -176,7 +176,7 @@ class Images:
 
         def progress(line: str) -> None:
             trio.from_thread.run_sync(
-                lambda: log.info("image_pull_progress", image=image, line=line),
+                lambda: log.info("image_pull_progress", image=image, progress=line),
                 trio_token=token,
             )
 

@@ -165,7 +165,7 @@ class WarmPool:
         target = self.target
         surplus = len(self._ready) - target
         if surplus > 0:
-            log.info("warm_pool_shrunk", removed=surplus, target=target)
+            log.info("warm_pool_shrunk", removed=surplus, pool_target=target)
             for _ in range(surplus):
                 self._retired.append(self._ready.pop())
         while self._retired:
