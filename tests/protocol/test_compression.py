@@ -9,10 +9,17 @@ import zlib
 import pytest
 
 from tests.sshpeer import ConnectionPair, established_pair, make_config
-from trissh.protocol import ChannelDataReceived, DisconnectReason, KeyExchangeCompleted
-from trissh.protocol.constants import MAX_PAYLOAD_LENGTH
+from tests.sshpeer.pair import transfer
+from trissh.protocol import (
+    ChannelDataReceived,
+    DisconnectReason,
+    InputPaused,
+    KeyExchangeCompleted,
+)
+from trissh.protocol.constants import INFLATE_SLICE, MAX_PAYLOAD_LENGTH
 from trissh.protocol.errors import DecodeError
 from trissh.protocol.messages import connection as conn
+from trissh.protocol.messages import transport as tr
 
 ZLIB = ("zlib@openssh.com", "none")
 
@@ -93,3 +100,20 @@ def test_garbage_compressed_data_is_refused() -> None:
     with pytest.raises(DecodeError, match="invalid compressed data"):
         pair.transfer()
     pair.expect_disconnect(DisconnectReason.COMPRESSION_ERROR)
+
+
+def test_a_flood_of_inflating_packets_is_decoded_in_slices() -> None:
+    """A logged-in client's IGNOREs of 200 KB of zeros each arrive as ~200 wire bytes: one
+    read held ~900x its size in inflating work, done in one go while every other
+    connection waited. The core now stops after INFLATE_SLICE inflated bytes with
+    InputPaused (the driver lets others run), and goes on at the next call."""
+    pair = _zlib_pair()
+    for _ in range(40):
+        pair.client.send(tr.Ignore(data=bytes(200_000)))
+    assert transfer(pair.client, pair.server) < 100_000
+    slices = 0
+    while (event := pair.server.next_event()) is not None:
+        assert isinstance(event, InputPaused), event
+        slices += 1
+    assert slices >= 40 * 200_000 // INFLATE_SLICE - 1
+    assert pair.server._transport._decoder.buffered == 0  # all of it, in the end

@@ -37,7 +37,6 @@ and shielded. Then a last flush sends any queued DISCONNECT and the socket is cl
 from __future__ import annotations
 
 import math
-import socket
 import time
 from typing import assert_never
 
@@ -53,7 +52,7 @@ from trissh.connection.clock import ConnectionClock, TimerAction
 from trissh.connection.handshake import Login
 from trissh.connection.kinds import ChannelKinds, Connection, channel_kinds
 from trissh.connection.port import ConnectionPort, Refusal
-from trissh.connection.socket_reads import SocketReader
+from trissh.connection.socket_reads import SocketReader, ask_quick_acks
 from trissh.connection.writer import OutputWriter
 from trissh.ops.log_quota import LogQuota
 from trissh.protocol import (
@@ -75,6 +74,7 @@ from trissh.protocol import (
     DisconnectReceived,
     Event,
     GlobalRequestReceived,
+    InputPaused,
     KeyExchangeCompleted,
     RemoteProtocolError,
     RequestRefused,
@@ -317,24 +317,13 @@ class ConnectionDriver:
             except (trio.BrokenResourceError, OSError):
                 data = b""
             if self._quickack and data:
-                self._rearm_quickack()
+                self._quickack = ask_quick_acks(self._stream)
             self._clock.last_received = now = trio.current_time()
             if now >= self._bytes_reported_at + BYTES_REPORT_INTERVAL:  # not only at close
                 self._bytes_reported_at = now
                 stats = conn.statistics()
                 self._metrics.transferred(stats.bytes_received, stats.bytes_sent)
             conn.receive_data(data)
-
-    def _rearm_quickack(self) -> None:
-        """Delayed ACKs stall handshake round trips by ~40 ms; ask for quick ones meanwhile."""
-        sock = getattr(self._stream, "socket", None)
-        if sock is None or not hasattr(socket, "TCP_QUICKACK"):
-            self._quickack = False
-            return
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        except OSError:
-            self._quickack = False
 
     def _on_timers(self) -> None:
         """The clock's deadline passed: rekey, probe or give up on the client, as due."""
@@ -363,8 +352,8 @@ class ConnectionDriver:
         self._writer.flush_now()
 
     async def _pause(self) -> None:
-        """A re-exchange is paid for: this connection waits (packets already read too, but
-        for the rest of the batch being decoded); nobody else does."""
+        """This connection waits (a re-exchange paid for, or others' turn while it inflates
+        much input), packets already read too; nobody else does."""
         self._writer.flush_now()
         await trio.sleep_until(self._paused_until)
         self._paused_until = 0.0
@@ -421,6 +410,8 @@ class ConnectionDriver:
             case ConnectionLost():
                 self._ended = True
                 self.close_reason = "connection_lost"
+            case InputPaused():  # _pause: a checkpoint, then the rest of the input
+                self._paused_until = max(self._paused_until, trio.current_time())
             case _:
                 assert not isinstance(event, AuthDecisionRequested), "answered by _process_events"
                 assert_never(event)

@@ -20,6 +20,19 @@ import trio
 BULK_READ: Final = 16 * 1024
 
 
+def ask_quick_acks(stream: trio.abc.Stream) -> bool:
+    """Delayed ACKs stall handshake round trips by ~40 ms: ask for quick ones (again: Linux
+    drops the request after a while). False once the socket cannot."""
+    sock = getattr(stream, "socket", None)
+    if sock is None or not hasattr(socket, "TCP_QUICKACK"):
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+    except OSError:
+        return False
+    return True
+
+
 class SocketReader:
     """``receive_some`` for a plain socket stream; other streams go through theirs."""
 

@@ -26,7 +26,13 @@ from trissh.protocol.channels import ChannelTable
 from trissh.protocol.config import ProtocolConfig
 from trissh.protocol.constants import ChannelOpenFailureReason, DisconnectReason, MessageNumber
 from trissh.protocol.errors import LocalProtocolError, RemoteProtocolError, UnexpectedMessage
-from trissh.protocol.events import ChannelId, ConnectionLost, Event, NegotiatedAlgorithms
+from trissh.protocol.events import (
+    ChannelId,
+    ConnectionLost,
+    Event,
+    InputPaused,
+    NegotiatedAlgorithms,
+)
 from trissh.protocol.forwarding import forwarding_kinds
 from trissh.protocol.global_requests import HOSTKEYS_PROVE, GlobalRequests
 from trissh.protocol.messages.connection import GlobalRequest
@@ -173,6 +179,9 @@ class ServerConnection:
             self._dispatch(*item)
         if self._events:
             return self._events.popleft()
+        if self._transport.input_paused:
+            self._transport.input_paused = False
+            return InputPaused()
         if self._eof and not self._lost_reported:
             self._lost_reported = True
             return ConnectionLost()

@@ -98,6 +98,10 @@ MAX_PRE_VERSION_LINES = 20
 MAX_PACKET_LENGTH = 256 * 1024
 #: RFC 4253 §6.1: we must accept 32768-byte payloads; we accept what fits in a packet.
 MAX_PAYLOAD_LENGTH = MAX_PACKET_LENGTH - 64
+#: Inflated bytes (zlib@openssh.com) one ``next_event`` call decodes before it returns
+#: ``InputPaused``: a few hundred wire bytes inflate to a whole packet, so one read could
+#: hold ~900 times its size in work for the event loop every connection shares.
+INFLATE_SLICE = 1024 * 1024
 #: Bound on any name-list we parse (KEXINIT lists are the longest legitimate ones).
 MAX_NAME_LIST_LENGTH = 64 * 1024
 #: Bound on the number of names in one list.

@@ -333,6 +333,12 @@ class ConnectionLost:
     """The byte stream ended (``receive_data(b"")``)."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputPaused:
+    """Decoding stopped after ``INFLATE_SLICE`` inflated bytes with more buffered: let
+    other connections run, then ask for the next event again (not for more input)."""
+
+
 #: Events that wait for the driver's answer (``accept_auth``, ``reject_auth``,
 #: ``send_auth_prompts``, ``accept_gssapi_mechanism``, ``continue_gssapi``) before the core
 #: reads on.
@@ -368,4 +374,5 @@ Event = (
     | ChannelWindowAdjusted
     | DisconnectReceived
     | ConnectionLost
+    | InputPaused
 )

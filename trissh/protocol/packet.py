@@ -42,6 +42,7 @@ class PacketDecoder:
         "_start",
         "cipher",
         "decompressor",
+        "inflated",
         "max_packet_length",
         "packets",
         "sequence",
@@ -54,6 +55,8 @@ class PacketDecoder:
         self.cipher: PacketCipher = PlainCipher()
         #: A zlib inflater while compression is on in this direction.
         self.decompressor: zlib._Decompress | None = None
+        #: Bytes inflated so far (what the work of decompression is measured in).
+        self.inflated = 0
         self.sequence = 0
         self.packets = 0
         self.max_packet_length = max_packet_length
@@ -116,7 +119,8 @@ class PacketDecoder:
         self.packets += 1
         payload = plain[1 : length - padding_length]
         if self.decompressor is not None:
-            return _inflate(self.decompressor, payload)
+            payload = _inflate(self.decompressor, payload)
+            self.inflated += len(payload)
         return payload
 
 

@@ -39,6 +39,7 @@ from trissh.protocol.algorithms import ZLIB_OPENSSH, negotiate, server_kexinit
 from trissh.protocol.ciphers import CIPHERS, MACS, PacketCipher
 from trissh.protocol.config import ProtocolConfig
 from trissh.protocol.constants import (
+    INFLATE_SLICE,
     MAX_PRE_VERSION_LINES,
     MAX_VERSION_LINE,
     DisconnectReason,
@@ -176,6 +177,9 @@ class Transport:
         self._pending_input_cipher: PacketCipher | None = None
         self._ignore_guessed_packet = False
         self._bytes_received = 0
+        #: ``next_payload`` stopped after ``INFLATE_SLICE`` inflated bytes (the connection
+        #: reports it once, as ``InputPaused``, and clears it).
+        self.input_paused = False
         if not greeted:
             self._queue(version_line(config))
         self._start_kex()
@@ -313,11 +317,15 @@ class Transport:
         Raises:
             RemoteProtocolError: the peer broke the protocol.
         """
+        slice_end = self._decoder.inflated + INFLATE_SLICE
         while not self.closed:
             if self.client_version is None:
                 if not self._read_version():
                     return None
                 continue
+            if self._decoder.inflated >= slice_end:
+                self.input_paused = True  # more may be buffered: decoded at the next call
+                return None
             sequence = self._decoder.sequence
             payload = self._decoder.next_payload()
             if payload is None:
