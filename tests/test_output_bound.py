@@ -10,9 +10,13 @@ import trio
 
 from tests.sshpeer import ClientConnection, SeededRng
 from trissh.backend.memory import MemoryBackend
-from trissh.connection.driver import ConnectionDriver
+from trissh.connection.driver import ConnectionDriver, serve_driver
+from trissh.protocol.messages import connection as conn
+from trissh.protocol.messages import transport as tr
 
+from .peer import Peer
 from .support import make_context, start_server
+from .test_driver import user_keys
 
 #: Messages the client sends without reading; each one gets an UNIMPLEMENTED back.
 MESSAGES = 60_000
@@ -48,3 +52,34 @@ async def test_a_client_that_never_reads_stops_being_read_before_login(
     assert driver.unsent_output < 1024 * 1024
     await stream.aclose()
     await server.stop()
+
+
+async def test_a_connection_ended_while_its_socket_is_full_still_says_why(
+    tmp_path: Path,
+) -> None:
+    """`trissh kill` (or a shutdown) while a download has filled the socket: the client
+    reads what was under way, then DISCONNECT with the reason (the write in progress was
+    dropped with everything after it, and the client only saw the socket close)."""
+    ctx = make_context(MemoryBackend(), user_keys(tmp_path), tmp_path / "host_key")
+    ours, theirs = trio.socket.socketpair()
+    for sock in (ours, theirs):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    driver = ConnectionDriver(trio.SocketStream(ours), ctx, conn_id="full", remote="test")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_driver, driver)
+            peer = Peer(trio.SocketStream(theirs))
+            await peer.login()
+            channel = await peer.open_session(window=(1 << 32) - 1)
+            await peer.exec(channel, "head -c 100000000 /dev/zero")
+            await peer.expect(conn.ChannelSuccess)
+            while not driver._writer._writing:  # the send loop waits for the full socket
+                await trio.sleep(0.01)
+            driver.end_by_operator()
+            last = None
+            while (message := await peer.next_message()) is not None:
+                if not isinstance(message, conn.ChannelData):
+                    last = message
+    assert isinstance(last, tr.Disconnect), last
+    assert last.description == "ended by the operator"

@@ -5,7 +5,8 @@
 once the socket is writable again. Readers only ring the doorbell, so the small replies
 of a batch of events (window adjusts, acks) leave in one write, not one each. Only the
 send loop ever awaits a write, so a write is never cancelled half-way except when the whole
-connection is going down (a half-written packet leaves an encrypted stream unusable).
+connection is going down; its rest is then sent before the last words (a DISCONNECT), since
+a half-written packet leaves an encrypted stream unusable.
 The send loop starts at the first ring: most connections never fill their socket.
 """
 
@@ -53,6 +54,8 @@ class OutputWriter:
         #: Output taken from the core that the socket did not accept yet (``flush_now``).
         self._backlog: list[Chunk] = []
         self._backlog_size = 0
+        #: What the send loop's write has still to send (what a cancelled one left).
+        self._in_flight: list[Chunk] = []
 
     def attach(self, nursery: trio.Nursery) -> None:
         """The nursery the send loop starts in, when first needed."""
@@ -114,10 +117,10 @@ class OutputWriter:
     async def _send_loop(self) -> None:
         while True:
             await self._doorbell.wait()
-            chunks = self._take_unsent()
-            if chunks:
+            self._in_flight = self._take_unsent()
+            if self._in_flight:
                 self._writing = True
-                await send_chunks(self._stream, chunks)
+                await send_chunks(self._stream, self._in_flight)
                 self._writing = False
                 self.space_freed()
 
@@ -145,8 +148,10 @@ class OutputWriter:
         """
         self._started = True  # the nursery is closed: nothing may start in it
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-            chunks = self._take_unsent()
-            if chunks and not self._writing:
+            # The rest of a write the end cancelled goes first, so the stream stays whole (on
+            # a socket that rest is exact; on another stream nothing more can be sent).
+            chunks = [*self._in_flight, *self._take_unsent()]
+            if chunks and (self._fd is not None or not self._writing):
                 with contextlib.suppress(
                     trio.BrokenResourceError, trio.ClosedResourceError, OSError
                 ):
