@@ -12,6 +12,7 @@ from tests.sshpeer import ConnectionPair, established_pair, make_config
 from tests.sshpeer.pair import transfer
 from trissh.protocol import (
     ChannelDataReceived,
+    ChannelOpenRequested,
     DisconnectReason,
     InputPaused,
     KeyExchangeCompleted,
@@ -117,3 +118,23 @@ def test_a_flood_of_inflating_packets_is_decoded_in_slices() -> None:
         slices += 1
     assert slices >= 40 * 200_000 // INFLATE_SLICE - 1
     assert pair.server._transport._decoder.buffered == 0  # all of it, in the end
+
+
+def test_the_server_starts_no_re_exchange_before_authentication() -> None:
+    """Past ``rekey_bytes`` before login (a client's IGNOREs here; large prompts or GSSAPI
+    tokens in life), the server waits for the login to re-key, as sshd does ("client can't
+    cope with rekeying pre-auth"). With compression a re-exchange under way at
+    USERAUTH_SUCCESS switched inflating on before the client's uncompressed NEWKEYS, and
+    the login ended in a protocol error."""
+    pair = ConnectionPair(make_config(compression=ZLIB, rekey_bytes=65536), compression=ZLIB)
+    pair.handshake()
+    for _ in range(20):
+        pair.client.send(tr.Ignore(data=bytes(5000)))
+    pair.transfer()
+    assert pair.client.completed_kex == 1  # no second exchange yet
+    pair.authenticate()
+    assert _compressing(pair)
+    pair.client.open_channel(0)  # the client's next message: now the server re-keys
+    events = pair.transfer()
+    assert pair.client.completed_kex == 2
+    assert {type(event) for event in events} == {KeyExchangeCompleted, ChannelOpenRequested}

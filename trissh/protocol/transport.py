@@ -260,7 +260,9 @@ class Transport:
         self._rekey_if_due()
 
     def _rekey_if_due(self) -> None:
-        if self.kex_state is KexState.IDLE and (
+        """Past the volume limits a re-exchange starts, never before authentication (as
+        sshd: a held USERAUTH_SUCCESS would start compression mid-exchange)."""
+        if self.kex_state is KexState.IDLE and self._after_auth and (
             self._encoder.bytes_sent - self._sent_at_kex > self._rekey_limit_out
             or self._encoder.packets - self._packets_sent_at_kex > MAX_PACKETS_PER_KEY
         ):
@@ -389,7 +391,7 @@ class Transport:
             raise UnexpectedMessage(f"message {number} before key exchange completed")
         if self.kex_state in (KexState.KEX_RUNNING, KexState.AWAIT_NEWKEYS):
             raise UnexpectedMessage(f"message {number} during key exchange")
-        if (
+        if self._after_auth and (
             self._bytes_received - self._received_at_kex > self._rekey_limit_in
             or self._decoder.packets - self._packets_received_at_kex > MAX_PACKETS_PER_KEY
         ):
