@@ -4,6 +4,7 @@ negotiation failures and the gating of upper-layer messages."""
 from __future__ import annotations
 
 import struct
+from collections import deque
 from typing import Any
 
 import pytest
@@ -105,6 +106,7 @@ def test_ext_info_follows_the_first_newkeys_only_when_requested() -> None:
     assert dict(ext.extensions) == {
         "server-sig-algs": ",".join(USER_SIGNATURE_ALGORITHMS).encode(),
         "publickey-hostbound@openssh.com": b"0",
+        "ping@openssh.com": b"0",
     }
     assert b"ssh-rsa" not in ext.extensions[0][1].split(b",")
     pair.client.start_kex()
@@ -195,7 +197,7 @@ def test_unknown_message_gets_unimplemented_with_its_sequence_number(strict: boo
     before_newkeys = 3  # KEXINIT, ECDH_INIT, NEWKEYS
     sequence = pair.client.encoder.sequence
     assert sequence == pair.client.encoder.packets - (before_newkeys if strict else 0)
-    for number in (0, 8, 19, 128, 192, 255):
+    for number in (0, 8, 19, 128, 194, 255):  # (192 is PING: ping@openssh.com)
         pair.client.send(bytes((number,)) + b"junk")
         assert pair.transfer() == []
         assert pair.client.take_all() == [tr.Unimplemented(sequence_number=sequence)]
@@ -650,3 +652,23 @@ def test_client_rekeys_after_authentication_are_not_limited() -> None:
         pair.client.start_kex()
         [completed] = pair.transfer()
         assert isinstance(completed, KeyExchangeCompleted)
+
+
+def test_ping_is_answered_with_pong_once_logged_in() -> None:
+    """OpenSSH PROTOCOL §1.9: OpenSSH 9.5+ clients send keystroke-timing chaff as PINGs only
+    to a server that says it answers them (they got UNIMPLEMENTED, so the chaff was off).
+    As sshd: before login (or while re-keying) a PING gets no answer."""
+    ping = bytes((192,)) + wire.string(b"chaff")
+    pair = ConnectionPair()
+    pair.handshake()
+    pair.client.take_all()
+    pair.client.send_now(ping)
+    pair.transfer()
+    assert pair.client.inbox == deque()  # before login: nothing, not UNIMPLEMENTED
+    pair.authenticate()
+    pair.client.send_now(ping)
+    pair.transfer()
+    assert list(pair.client.inbox) == [bytes((193,)) + wire.string(b"chaff")]
+    pair.client.send_now(bytes((192,)) + b"\x00\x00")  # no string in it
+    with pytest.raises(DecodeError):
+        pair.transfer()

@@ -52,6 +52,9 @@ class MessageNumber(enum.IntEnum):
     CHANNEL_REQUEST = 98
     CHANNEL_SUCCESS = 99
     CHANNEL_FAILURE = 100
+    #: OpenSSH PROTOCOL §1.9 (ping@openssh.com): the client's keystroke-timing chaff.
+    PING = 192
+    PONG = 193
 
 
 class DisconnectReason(enum.IntEnum):

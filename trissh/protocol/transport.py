@@ -391,6 +391,13 @@ class Transport:
             raise UnexpectedMessage(f"message {number} before key exchange completed")
         if self.kex_state in (KexState.KEX_RUNNING, KexState.AWAIT_NEWKEYS):
             raise UnexpectedMessage(f"message {number} during key exchange")
+        if number == MessageNumber.PING:  # answered as sshd: only logged in, not re-keying
+            reader = Reader(payload, 1)
+            reader.string()
+            reader.check_end()
+            if self._after_auth and self.kex_state is KexState.IDLE:
+                self.send(bytes((MessageNumber.PONG,)) + payload[1:])
+            return True
         if self._after_auth and (
             self._bytes_received - self._received_at_kex > self._rekey_limit_in
             or self._decoder.packets - self._packets_received_at_kex > MAX_PACKETS_PER_KEY
@@ -563,12 +570,13 @@ def _build_cipher(
 
 
 def _server_sig_algs() -> bytes:
-    """EXT_INFO: the signature algorithms we verify (RFC 8308 §3.1), and that we accept
-    host-bound public key signatures (OpenSSH PROTOCOL §1.10)."""
+    """EXT_INFO: the signature algorithms we verify (RFC 8308 §3.1), that we accept
+    host-bound public key signatures (OpenSSH PROTOCOL §1.10) and answer PING (§1.9)."""
     value = ",".join(USER_SIGNATURE_ALGORITHMS).encode("ascii")
     return ExtInfo(
         extensions=(
             ("server-sig-algs", value),
             ("publickey-hostbound@openssh.com", b"0"),
+            ("ping@openssh.com", b"0"),
         )
     ).encode()
