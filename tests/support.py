@@ -230,15 +230,17 @@ def run_module(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
 
 
 def capture_module_log(
-    monkeypatch: pytest.MonkeyPatch, module: str
+    monkeypatch: pytest.MonkeyPatch, module: str, *, bound: bool = False
 ) -> list[MutableMapping[str, Any]]:
-    """A module's log lines from info up, as dicts. The suite logs at warning, and a
-    structlog logger keeps the configuration it was first used with, so ``capture_logs``
-    alone misses them: the module's ``log`` is swapped for a capturing one."""
+    """A module's log lines from info up, as dicts (``bound``: with the context bound to
+    them, as the real loggers have it). The suite logs at warning, and a structlog logger
+    keeps the configuration it was first used with, so ``capture_logs`` alone misses them:
+    the module's ``log`` is swapped for a capturing one."""
     capture = structlog.testing.LogCapture()
+    context = [structlog.contextvars.merge_contextvars] if bound else []
     logger = structlog.wrap_logger(
         None,
-        processors=[structlog.contextvars.merge_contextvars, capture],  # as the real ones
+        processors=[*context, capture],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
     )
     monkeypatch.setattr(f"{module}.log", logger)

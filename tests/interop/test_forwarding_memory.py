@@ -336,7 +336,7 @@ async def test_remote_forward_reaches_the_clients_side(
     """``ssh -R 9000:127.0.0.1:PORT``: a program in the container connecting to its own
     localhost:9000 reaches the client's local server; the forward's lines name its channel
     as a -L's do."""
-    logs = capture_module_log(monkeypatch, "trissh.channels.forwards")
+    logs = capture_module_log(monkeypatch, "trissh.channels.forwards", bound=True)
     running = await server(nursery, authorized_keys, tmp_path)
     async with forwarding_to_an_echo(nursery, backend, running, client_key, "sleep 30") as (
         _,
