@@ -63,17 +63,18 @@ def write_now(fd: int, chunks: Sequence[Chunk]) -> list[Chunk]:
 async def send_chunks(stream: trio.abc.Stream, pending: list[Chunk]) -> None:
     """Send every byte of ``pending`` in order, as few system calls as the kernel allows.
 
-    On a socket, ``pending`` is kept to what is not sent yet: a cancelled call leaves in it
-    exactly what the peer still needs (a trio send that is cancelled sent nothing). On
-    another stream it is emptied first (how much a cancelled ``send_all`` sent is unknown).
+    On a socket, ``pending`` is kept to what is not sent yet, even a single chunk: a
+    cancelled call leaves in it exactly what the peer still needs (a trio send that is
+    cancelled sent nothing). On another stream it is emptied first (how much a cancelled
+    ``send_all`` sent is unknown).
     """
     pending[:] = [chunk for chunk in pending if chunk]
-    sock = stream.socket if isinstance(stream, trio.SocketStream) else None
-    if sock is None or len(pending) <= 1:
-        whole = pending[0] if len(pending) == 1 else b"".join(pending)
+    if not isinstance(stream, trio.SocketStream):
+        whole = b"".join(pending)
         pending.clear()
         await stream.send_all(whole)
         return
+    sock = stream.socket
     while pending:
         sent = await sock.sendmsg(pending[:MAX_BUFFERS_PER_CALL])
         pending[:] = _drop_sent(pending, sent)
