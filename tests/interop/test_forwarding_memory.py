@@ -755,3 +755,40 @@ async def test_recordings_of_the_connection_note_its_forwards(
     markers = [line for line in cast.read_text().splitlines() if '"m"' in line]
     assert any("forward direct-tcpip localhost:8080 opened" in line for line in markers)
     assert any("closed: 5 bytes in, 5 out" in line for line in markers)
+
+
+async def test_a_session_starts_after_the_listeners_asked_for_before_it(
+    nursery: trio.Nursery, backend: CapturingBackend, authorized_keys: Path,
+    tmp_path: Path, client_key: ClientKey, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """``ssh -R 9000:... host 'curl localhost:9000'``: sshd listens before it reads the
+    session's request, so the command finds the listener. A listen inside the container
+    takes a moment (here 0.5 s): the session's program waits for it (it ran first, and
+    wget in the podman test found nothing on port 9000 now and then)."""
+    order: list[str] = []
+    real_listen, real_open = MemorySandbox.listen, MemorySandbox.open_process
+
+    @asynccontextmanager
+    async def slow_listen(self: MemorySandbox, address: SocketAddress) -> AsyncIterator[Any]:
+        await trio.sleep(0.5)
+        async with real_listen(self, address) as listener:
+            order.append("listening")
+            yield listener
+
+    def recorded_open(self: MemorySandbox, spec: Any) -> Any:
+        order.append(f"run {spec.argv[-1]}")
+        return real_open(self, spec)
+
+    monkeypatch.setattr(MemorySandbox, "listen", slow_listen)
+    monkeypatch.setattr(MemorySandbox, "open_process", recorded_open)
+    running = await server(nursery, authorized_keys, tmp_path)
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            ssh_argv(running.port, client_key.path, "-o", "ExitOnForwardFailure=yes",
+                     "-R", "9000:127.0.0.1:9", "echo ran"),
+            capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+    assert result.stdout == b"ran\n", result.stderr
+    runs = [item for item in order if item.startswith("run ")]
+    assert runs, order
+    assert order.index("listening") < order.index(runs[-1]), order

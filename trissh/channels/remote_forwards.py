@@ -60,6 +60,20 @@ class RemoteForwards:
         #: Live listeners by what the client would cancel: (host, bound port) or path.
         self._listeners: dict[tuple[str, int] | str, trio.CancelScope] = {}
         self._starting = 0
+        #: Set (and replaced) each time a listen being set up is answered.
+        self._answered = trio.Event()
+
+    async def settled(self) -> None:
+        """Until every listen asked for so far is answered (listening or refused): sshd
+        listens before it reads the next request, so a session asked for after ``-R``
+        finds its listener."""
+        while self._starting:
+            await self._answered.wait()
+
+    def _one_answered(self) -> None:
+        self._starting -= 1
+        self._answered.set()
+        self._answered = trio.Event()
 
     @property
     def listening(self) -> bool:
@@ -103,7 +117,7 @@ class RemoteForwards:
                 if isinstance(target, TcpAddress):
                     bound = TcpAddress(host=target.host, port=listener.port)
                 self._listeners[_key(bound)] = scope
-                self._starting -= 1
+                self._one_answered()
                 answered = True
                 zero = isinstance(target, TcpAddress) and target.port == 0
                 port = listener.port if zero else None
@@ -121,7 +135,7 @@ class RemoteForwards:
                 log.warning("forward_listen_failed", target=str(target), error=str(exc))
         finally:
             if not answered:
-                self._starting -= 1
+                self._one_answered()
 
     async def _serve(
         self, listener: SandboxListener, bound: ForwardTarget, scope: trio.CancelScope

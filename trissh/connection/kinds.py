@@ -26,7 +26,12 @@ from trissh.channels.sessions import SessionChannels
 from trissh.config import container_settings
 from trissh.connection.handshake import Login
 from trissh.connection.port import ConnectionPort
-from trissh.connection.sandboxes import ConnectionSandbox, SandboxSource, SessionSandboxes
+from trissh.connection.sandboxes import (
+    AfterListens,
+    ConnectionSandbox,
+    SandboxSource,
+    SessionSandboxes,
+)
 from trissh.ops.log_quota import LogQuota
 from trissh.server.state import ServerContext
 from trissh.server.workspace_source import WorkspaceSource
@@ -95,6 +100,7 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
     port, nursery = connection.port, connection.nursery
     per_session = isinstance(sessions_source, SessionSandboxes)  # a container per session
     agent = AgentForwarding(forward_ctx, port, nursery, connection.conn_id, per_session=per_session)
+    remote_forwards = RemoteForwards(forward_ctx, port, nursery, forwarding.max_listeners)
     wanted = ctx.settings.recording.users
     session_ctx = SessionContext(
         conn_id=connection.conn_id,
@@ -102,7 +108,7 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
         container=login.container,
         settings=login.session,
         grant=login.grant,
-        sandboxes=sessions_source,
+        sandboxes=AfterListens(sessions_source, remote_forwards.settled),
         metrics=ctx.metrics,
         recorder=ctx.recorder if not wanted or login.username in wanted else None,
         agent_socket=agent.socket_in,
@@ -117,7 +123,7 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
     return ChannelKinds(
         sessions=SessionChannels(session_ctx, port, nursery),
         local_forwards=LocalForwards(forward_ctx, port, nursery),
-        remote_forwards=RemoteForwards(forward_ctx, port, nursery, forwarding.max_listeners),
+        remote_forwards=remote_forwards,
         agent=agent,
         agent_allowed=forward_ctx.policy.refuse_agent() is None,
         forward_count=forward_ctx.count,

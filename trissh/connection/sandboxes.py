@@ -15,6 +15,7 @@ reports that failure, and the next one starts a container itself, under its own 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import structlog
@@ -23,6 +24,9 @@ import trio
 from trissh.backend import Backend, BackendError, Sandbox, SandboxSpec
 
 log = structlog.get_logger("trissh.connection.sandboxes")
+
+#: Bound on a session's wait for the listens asked for before it (each is bounded too).
+LISTENS_WAIT = 30.0
 
 
 class SandboxSource(Protocol):
@@ -150,3 +154,25 @@ class ConnectionSandbox:
                 await trio.sleep_forever()
         finally:
             self._sandbox = None
+
+
+class AfterListens:
+    """A source whose sessions run their programs only once the listens (``ssh -R``) the
+    connection asked for before them are answered (bounded), as with sshd, which listens
+    before it reads the next request: ``ssh -R 9000:... host 'curl localhost:9000'``."""
+
+    def __init__(self, source: SandboxSource, settled: Callable[[], Awaitable[None]]) -> None:
+        self._source = source
+        self._settled = settled
+
+    def prepare(self, start_timeout: float) -> None:
+        self._source.prepare(start_timeout)
+
+    async def acquire(self, owned: contextlib.AsyncExitStack) -> Sandbox:
+        sandbox = await self._source.acquire(owned)
+        with trio.move_on_after(LISTENS_WAIT):
+            await self._settled()
+        return sandbox
+
+    def lost(self) -> None:
+        self._source.lost()

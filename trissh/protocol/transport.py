@@ -262,9 +262,13 @@ class Transport:
     def _rekey_if_due(self) -> None:
         """Past the volume limits a re-exchange starts, never before authentication (as
         sshd: a held USERAUTH_SUCCESS would start compression mid-exchange)."""
-        if self.kex_state is KexState.IDLE and self._after_auth and (
-            self._encoder.bytes_sent - self._sent_at_kex > self._rekey_limit_out
-            or self._encoder.packets - self._packets_sent_at_kex > MAX_PACKETS_PER_KEY
+        if (
+            self.kex_state is KexState.IDLE
+            and self._after_auth
+            and (
+                self._encoder.bytes_sent - self._sent_at_kex > self._rekey_limit_out
+                or self._encoder.packets - self._packets_sent_at_kex > MAX_PACKETS_PER_KEY
+            )
         ):
             self._start_kex()
 
