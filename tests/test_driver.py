@@ -708,9 +708,13 @@ async def test_every_session_started_gets_one_session_ended_with_its_reason(
     logged nothing, so the next session's end paired with the wrong start)."""
     lines = capture_module_log(monkeypatch, "trissh.channels.session")
     ctx = limited_ctx(memory_backend, tmp_path)
+    memory_backend.fail_next_sandbox = BackendUnavailable("podman is down")
     with trio.fail_after(10):
         async with connected(ctx) as peer:
             await peer.login()
+            never = await peer.open_session(3)  # its container fails: it never starts
+            await peer.exec(never, "true")
+            assert exit_status_of(await peer.until_close(never)) is not None
             first = await peer.open_session(0)
             await peer.exec(first, "sleep 1000")
             await peer.expect(conn.ChannelSuccess)
@@ -730,6 +734,9 @@ async def test_every_session_started_gets_one_session_ended_with_its_reason(
         (line["exit_code"], line["reason"]) for line in lines if line["event"] == "session_ended"
     ]
     assert ends == [(None, "channel_closed"), (5, "exited"), (None, "cancelled")]
+    events = [line["event"] for line in lines]
+    assert events.count("session_started") == 3  # and the failed one logged only that
+    assert events.count("session_failed") == 1
 
 
 async def test_a_busy_connections_bytes_reach_the_metric_before_it_closes(

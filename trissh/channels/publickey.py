@@ -65,23 +65,26 @@ async def run_publickey_subsystem(
     """
     store = ctx.grant.user_keys
     assert store is not None
-    code = 0
+    code, reason = 0, "cancelled"
     with structlog.contextvars.bound_contextvars(channel=int(handle.id)):
         handle.port.reply_request(handle.id, True)
         log.info("session_started", kind="subsystem", subsystem=request.subsystem)
         try:
             with handle.cancel_scope:
                 await _Server(ctx.username, store, ChannelStream(handle)).serve()
+                reason = "exited"
         except DecodeError as exc:
             log.warning("publickey_subsystem_failed", error=exc.description)
-            code = 1
+            code, reason = 1, "failed"
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
             log.exception("session_crashed")
-            code = 1
+            code, reason = 1, "crashed"
         finally:
-            log.info("session_ended", exit_code=code, signal=None, reason="exited")
+            if reason == "cancelled" and handle.peer_closed:
+                reason = "channel_closed"
+            log.info("session_ended", exit_code=code, signal=None, reason=reason)
             handle.port.finish(handle.id, exit_code=code)
 
 

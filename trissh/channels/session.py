@@ -44,6 +44,7 @@ from trissh.backend import BackendError, ExitStatus, Process, ProcessSpec, PtySp
 from trissh.backend import TerminalSize as BackendTerminalSize
 from trissh.channels.environment import program_argv, session_environment
 from trissh.channels.files import ContainerFiles
+from trissh.channels.session_tap import SessionTap
 from trissh.config import ContainerSection, SessionSection, subsystem_command
 from trissh.connection.channel import ChannelHandle, ChannelStream
 from trissh.connection.sandboxes import SandboxSource
@@ -54,8 +55,6 @@ from trissh.protocol import SessionKind, SessionRequested, TerminalSize
 
 log = structlog.get_logger("trissh.channels.session")
 
-#: A recording's buffered bytes are written out (in a thread) beyond this.
-RECORDING_FLUSH_AT = 64 * 1024
 #: Bytes moved per read on each stdio pump.
 PUMP_CHUNK = 256 * 1024
 #: Exit status of a session whose program never started (what ssh uses for its own errors).
@@ -201,33 +200,11 @@ async def run_session(
 
     Cancellation: kills the process and closes the channel; never raises otherwise.
     """
-    outcome = ExitStatus()
-    finished = False
-    ending = "cancelled"
-
-    def finish(status: ExitStatus | None) -> None:
-        """``session_ended``, then exit status, EOF, CLOSE: once, as soon as the outcome is
-        known (logged first: an ``ssh`` that hangs up at CLOSE cancels this task)."""
-        nonlocal finished, outcome
-        if status is not None:
-            outcome = status
-        if not finished:
-            finished = True
-            reason = "exited" if status is not None else ending
-            if reason == "cancelled" and handle.peer_closed:
-                reason = "channel_closed"
-            log.info("session_ended", exit_code=outcome.code, signal=outcome.signal, reason=reason)
-            handle.port.finish(
-                handle.id,
-                exit_code=outcome.code,
-                signal=outcome.signal,
-                core_dumped=outcome.core_dumped,
-            )
-
+    finish = _Ending(handle)
     tracked = ctx.metrics.session_started(request.kind.value)
     with structlog.contextvars.bound_contextvars(channel=int(handle.id)):
         recording = _open_recording(ctx, handle, request)
-        tap = _Tap(recording, _open_live(ctx, handle, request))
+        tap = SessionTap(recording, _open_live(ctx, handle, request))
         if recording is not None and ctx.marks is not None:
             ctx.marks.add(recording)
         try:
@@ -238,20 +215,54 @@ async def run_session(
             # request is granted and the reason printed, with ssh's own "did not run" code.
             exc = _first(group)
             log.warning("session_failed", kind=request.kind.value, error=str(exc))
-            ending = "failed"
-            if not finished:
+            finish.reason = "failed"
+            if not finish.done:
                 handle.port.reply_request(handle.id, True)
                 await tell_user(handle, f"trissh: {exc}\r\n" if request.pty else f"trissh: {exc}\n")
-                outcome = ExitStatus(code=SESSION_FAILED_EXIT_CODE)
+                finish.outcome = ExitStatus(code=SESSION_FAILED_EXIT_CODE)
         except* Exception:
             log.exception("session_crashed")
-            ending = "crashed"
+            finish.reason = "crashed"
         finally:
             finish(None)
             tracked.ended()
             if recording is not None and ctx.marks is not None:
                 ctx.marks.discard(recording)
-            tap.close(outcome.code, outcome.signal)
+            tap.close(finish.outcome.code, finish.outcome.signal)
+
+
+class _Ending:
+    """How a session ends, said once, as soon as the outcome is known: ``session_ended``
+    (only after its ``session_started``), then exit status, EOF, CLOSE. Logged first: an
+    ``ssh`` that hangs up at CLOSE cancels the session's task."""
+
+    def __init__(self, handle: ChannelHandle) -> None:
+        self._handle = handle
+        self.outcome = ExitStatus()
+        #: Why, if it ends without a status (``failed``, ``crashed``; else ``cancelled``).
+        self.reason = "cancelled"
+        #: ``session_started`` was logged.
+        self.started = False
+        self.done = False
+
+    def __call__(self, status: ExitStatus | None) -> None:
+        if status is not None:
+            self.outcome = status
+        if self.done:
+            return
+        self.done = True
+        handle, outcome = self._handle, self.outcome
+        reason = "exited" if status is not None else self.reason
+        if reason == "cancelled" and handle.peer_closed:
+            reason = "channel_closed"
+        if self.started:
+            log.info("session_ended", exit_code=outcome.code, signal=outcome.signal, reason=reason)
+        handle.port.finish(
+            handle.id,
+            exit_code=outcome.code,
+            signal=outcome.signal,
+            core_dumped=outcome.core_dumped,
+        )
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -273,8 +284,8 @@ async def _run(
     ctx: SessionContext,
     handle: ChannelHandle,
     request: SessionRequested,
-    tap: _Tap,
-    finish: Callable[[ExitStatus], None],
+    tap: SessionTap,
+    finish: _Ending,
 ) -> None:
     """Serve the session, then ``finish`` it *before* the process (and, in ``session``
     mode, the container) is torn down: ``ssh host cmd`` does not wait for podman to
@@ -337,8 +348,8 @@ async def _serve(
     request: SessionRequested,
     process: Process,
     started: float,
-    tap: _Tap,
-    finish: Callable[[ExitStatus], None],
+    tap: SessionTap,
+    finish: _Ending,
 ) -> None:
     """Answer the request, pump stdio and control until the program ends, then ``finish``
     the channel at once: the client's wait ends there, not after this task's own
@@ -353,6 +364,7 @@ async def _serve(
         pty=request.pty is not None,
         start_ms=round((time.monotonic() - started) * 1000, 1),
     )
+    finish.started = True
     channel = ChannelStream(handle)
     if request.kind is SessionKind.SHELL and request.pty is not None and ctx.settings.motd:
         await _show_motd(channel, ctx.settings.motd, tap)
@@ -380,7 +392,7 @@ async def _serve(
             handle.on_control = None  # the nursery is closing: nothing may start in it
 
 
-async def _show_motd(channel: ChannelStream, motd: str, tap: _Tap) -> None:
+async def _show_motd(channel: ChannelStream, motd: str, tap: SessionTap) -> None:
     """The message of the day on the terminal before the shell's first output (sshd's
     PrintMotd); written by us, so lines end in CRLF as a terminal's would. Bounded."""
     text = ("\r\n".join(motd.splitlines()) + "\r\n").encode()
@@ -416,58 +428,6 @@ async def _enforce_limits(handle: ChannelHandle, settings: SessionSection, pty: 
         await tell_user(handle, f"{newline}trissh: {message}, closing{newline}")
         handle.cancel_scope.cancel()
         return
-
-
-class _Tap:
-    """Where a session's stdio is copied besides the channel: its recording, if any, and
-    its live view for operators (admin/live.py).
-
-    Recording calls are synchronous and never raise (recording.py); the buffered bytes
-    are written from a worker thread now and then, so a slow disk never stalls a pump.
-    The live view never waits either: a watcher that falls behind is dropped.
-    """
-
-    def __init__(self, recording: SessionRecording | None, live: LiveSession | None) -> None:
-        self._recording = recording
-        self._live = live
-
-    def stdin(self, data: bytes | bytearray) -> None:
-        if self._recording is not None:
-            self._recording.stdin(bytes(data))
-        if self._live is not None:
-            self._live.input(data)
-
-    def stdout(self, data: bytes | bytearray) -> None:
-        if self._recording is not None:
-            self._recording.stdout(bytes(data))
-        if self._live is not None:
-            self._live.output(data)
-
-    def stderr(self, data: bytes | bytearray) -> None:
-        if self._recording is not None:
-            self._recording.stderr(bytes(data))
-        if self._live is not None:
-            self._live.output(data)
-
-    def resize(self, size: BackendTerminalSize) -> None:
-        if self._recording is not None:
-            self._recording.resize(size.columns, size.rows)
-        if self._live is not None:
-            self._live.resize(size.columns, size.rows)
-
-    def attached(self, container_id: str) -> None:
-        if self._live is not None:
-            self._live.container = container_id
-
-    async def flush_now_and_then(self) -> None:
-        if self._recording is not None and self._recording.pending_bytes > RECORDING_FLUSH_AT:
-            await self._recording.flush()
-
-    def close(self, code: int | None, signal: str | None) -> None:
-        if self._recording is not None:
-            self._recording.close(code, signal=signal)
-        if self._live is not None:
-            self._live.end()
 
 
 def _what_runs(ctx: SessionContext, request: SessionRequested) -> tuple[str, str | None]:
@@ -518,7 +478,7 @@ def _open_live(
     )
 
 
-async def _pump_input(channel: ChannelStream, stdin: trio.abc.SendStream, tap: _Tap) -> None:
+async def _pump_input(channel: ChannelStream, stdin: trio.abc.SendStream, tap: SessionTap) -> None:
     try:
         while data := await channel.receive_some(PUMP_CHUNK):
             tap.stdin(data)
@@ -531,7 +491,7 @@ async def _pump_input(channel: ChannelStream, stdin: trio.abc.SendStream, tap: _
 async def _pump_output(
     source: trio.abc.ReceiveStream,
     channel: ChannelStream,
-    tap: _Tap,
+    tap: SessionTap,
     record: Callable[[bytes | bytearray], None],
 ) -> None:
     try:
@@ -544,7 +504,7 @@ async def _pump_output(
 
 
 async def _pump_stderr(
-    source: trio.abc.ReceiveStream, channel: ChannelStream, tap: _Tap, done: trio.Event
+    source: trio.abc.ReceiveStream, channel: ChannelStream, tap: SessionTap, done: trio.Event
 ) -> None:
     """stderr's pump, a task beside the session's own stdout pump; ``done`` at its EOF."""
     try:
@@ -564,7 +524,7 @@ class _ControlForwarder:
         self,
         handle: ChannelHandle,
         process: Process,
-        tap: _Tap,
+        tap: SessionTap,
         nursery: trio.Nursery,
         lines: LogQuota,
     ) -> None:
