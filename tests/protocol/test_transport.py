@@ -672,3 +672,15 @@ def test_ping_is_answered_with_pong_once_logged_in() -> None:
     pair.client.send_now(bytes((192,)) + b"\x00\x00")  # no string in it
     with pytest.raises(DecodeError):
         pair.transfer()
+
+
+def test_a_re_exchange_says_who_started_it() -> None:
+    """The driver counts client-started re-keys against the connection's quota of log
+    lines, never the server's own (hourly, by volume): the event says which it was."""
+    pair = established_pair()
+    pair.client.start_kex()
+    [by_client] = [e for e in pair.transfer() if isinstance(e, KeyExchangeCompleted)]
+    pair.server.request_rekey()
+    [by_server] = [e for e in pair.transfer() if isinstance(e, KeyExchangeCompleted)]
+    assert (by_client.is_rekey, by_client.by_client) == (True, True)
+    assert (by_server.is_rekey, by_server.by_client) == (True, False)

@@ -423,7 +423,7 @@ class ConnectionDriver:
             self._paused_until = trio.current_time() + pause
         if not event.is_rekey:
             self._handshake_done = True
-        if not event.is_rekey or self.client_lines.take():  # a client may re-key in a loop
+        if not event.by_client or self.client_lines.take():  # a client may re-key in a loop
             handshake.kex_completed(
                 event, self.ctx.metrics, trio.current_time() - self._accepted_at
             )

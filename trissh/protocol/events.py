@@ -63,6 +63,8 @@ class VersionReceived:
 class KeyExchangeCompleted:
     algorithms: NegotiatedAlgorithms
     is_rekey: bool
+    #: The client's KEXINIT came first (it asked for this exchange; we did not).
+    by_client: bool = False
     #: CPU seconds the server spent computing it (key generation, agreement, signature);
     #: a measurement, so left out of comparisons.
     compute_seconds: float = field(default=0.0, compare=False)

@@ -180,6 +180,8 @@ class Transport:
         #: ``next_payload`` stopped after ``INFLATE_SLICE`` inflated bytes (the connection
         #: reports it once, as ``InputPaused``, and clears it).
         self.input_paused = False
+        #: The exchange under way was started by the client's KEXINIT.
+        self._kex_by_client = False
         if not greeted:
             self._queue(version_line(config))
         self._start_kex()
@@ -412,7 +414,8 @@ class Transport:
     def _on_kexinit(self, payload: bytes, sequence: int) -> None:
         if self.kex_state in (KexState.KEX_RUNNING, KexState.AWAIT_NEWKEYS):
             raise UnexpectedMessage("KEXINIT during key exchange")
-        if self.kex_state is KexState.IDLE:  # the peer started a re-exchange
+        self._kex_by_client = self.kex_state is KexState.IDLE
+        if self._kex_by_client:  # the peer started a re-exchange
             if not self._after_auth:
                 self._rekeys_before_auth += 1
                 if self._rekeys_before_auth > MAX_CLIENT_REKEYS_BEFORE_AUTH:
@@ -552,6 +555,7 @@ class Transport:
             KeyExchangeCompleted(
                 algorithms=algorithms,
                 is_rekey=is_rekey,
+                by_client=self._kex_by_client,
                 compute_seconds=self._kex_seconds,
             )
         )
