@@ -84,7 +84,13 @@ def test_the_console_shows_a_clients_control_characters_as_escapes(
     stderr, written = _captured(has_buffer=False)
     monkeypatch.setattr(sys, "stderr", stderr)
     configure_logging("console", "info")
-    structlog.get_logger("test").info("auth_failed", method="\x1b]0;owned\x07\x1b[2J", user="a")
+    log = structlog.get_logger("test")
+    log.info("auth_failed", method="\x1b]0;owned\x07\x1b[2J", user="a")
+    try:
+        raise ValueError("bad name \x1b[2J")
+    except ValueError:
+        log.exception("session_crashed")
     text = written()
-    assert "\x1b]0;owned" not in text
+    assert "\x1b" not in text
     assert "\\x1b]0;owned\\x07\\x1b[2J" in text
+    assert "ValueError: bad name \\x1b[2J\n" in text  # a traceback keeps its lines

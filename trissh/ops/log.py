@@ -71,16 +71,20 @@ def set_log_level(level: str) -> None:
 
 
 #: Control characters (C0, DEL, C1): a client's string may carry terminal escapes.
-_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: The same for a traceback, whose lines stay lines.
+_CONTROL_IN_TRACEBACK: Final = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 
 
 def _defang(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """For the console: control characters in string values as escapes (``\x1b``), so a
-    client's method name, command or target cannot drive the operator's terminal. (JSON
-    escapes them itself.)"""
+    """For the console: control characters in string values as escapes (``\\x1b``), so a
+    client's method name, command or target (or an error quoting them) cannot drive the
+    operator's terminal. (JSON escapes them itself.)"""
     for key, value in event_dict.items():
-        if isinstance(value, str) and _CONTROL.search(value) and key != "exception":
-            event_dict[key] = _CONTROL.sub(lambda found: f"\\x{ord(found[0]):02x}", value)
+        if isinstance(value, str):
+            control = _CONTROL_IN_TRACEBACK if key == "exception" else _CONTROL
+            if control.search(value):
+                event_dict[key] = control.sub(lambda found: f"\\x{ord(found[0]):02x}", value)
     return event_dict
 
 
