@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from trissh.channels.splice import Transferred, splice
+from trissh.channels.splice import REPORT_INTERVAL, Transferred, splice
 from trissh.connection.channel import ChannelHandle
 from trissh.protocol import ChannelId
 
@@ -42,3 +42,27 @@ async def test_a_socket_that_breaks_ends_both_directions() -> None:
     handle.feed(b"to nobody")
     with trio.fail_after(10):
         await splice(handle, ours, Transferred())
+
+
+async def test_a_long_forwards_bytes_are_reported_while_it_runs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``trissh_forward_bytes_total`` moves while a tunnel carries data, not in one jump
+    when it closes (a day-long -L showed nothing until it ended): the counts report what
+    moved since the last report, at most every REPORT_INTERVAL seconds, and at the end."""
+    reports: list[tuple[int, int]] = []
+    port = RecordingPort()
+    handle = ChannelHandle(port, ChannelId(1))
+    ours, theirs = trio.testing.memory_stream_pair()
+    counts = Transferred(report=lambda into, out: reports.append((into, out)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(splice, handle, ours, counts)
+        for _ in range(3):
+            handle.feed(b"x" * 1000)
+            assert await theirs.receive_some(4096) == b"x" * 1000
+            await trio.sleep(REPORT_INTERVAL)
+        assert sum(into for into, _ in reports) >= 2000  # the forward still runs
+        handle.feed_eof()
+        await theirs.send_eof()
+    counts.flush()
+    assert sum(into for into, _ in reports) == 3000

@@ -217,7 +217,7 @@ async def carry(
     Cancellation: closes the stream and the channel.
     """
     started = time.monotonic()
-    counts = Transferred()
+    counts = Transferred(report=ctx.metrics.moved)
     handle.started = True  # a peer's CLOSE now cancels this task, which finishes the channel
     ctx.metrics.opened(kind)
     with structlog.contextvars.bound_contextvars(channel=int(handle.id)):  # (-R, agent too)
@@ -227,7 +227,8 @@ async def carry(
             await splice(handle, stream, counts)
         finally:
             port.finish(handle.id)
-            ctx.metrics.closed(kind, counts.into, counts.out)
+            counts.flush()
+            ctx.metrics.closed(kind)
             ctx.mark(f"forward {kind} {target} closed: {counts.into} bytes in, {counts.out} out")
             log.info(
                 "forward_closed",

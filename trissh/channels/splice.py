@@ -9,6 +9,7 @@ the peer closes the channel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -19,6 +20,8 @@ from trissh.connection.channel import ChannelHandle, ChannelStream
 CHUNK = 1024 * 1024
 #: Seconds data the peer sent before its CLOSE may take to reach the socket.
 DRAIN_AFTER_CLOSE = 10.0
+#: Seconds between reports of a busy forward's bytes (the metrics).
+REPORT_INTERVAL = 5.0
 
 
 @dataclass(slots=True)
@@ -27,6 +30,25 @@ class Transferred:
     out: int = 0
     #: From the client (written to the socket).
     into: int = 0
+    #: Told the bytes moved since its last call (in, out): at most every REPORT_INTERVAL
+    #: seconds while data moves, and at ``flush``.
+    report: Callable[[int, int], None] | None = None
+    _reported_into: int = 0
+    _reported_out: int = 0
+    _due: float = 0.0
+
+    def moved(self, *, into: int = 0, out: int = 0) -> None:
+        self.into += into
+        self.out += out
+        if self.report is not None and trio.current_time() >= self._due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Report what moved since the last report (the end of a forward calls it)."""
+        if self.report is not None:
+            self.report(self.into - self._reported_into, self.out - self._reported_out)
+            self._reported_into, self._reported_out = self.into, self.out
+            self._due = trio.current_time() + REPORT_INTERVAL
 
 
 async def _copy_to_socket(
@@ -34,7 +56,7 @@ async def _copy_to_socket(
 ) -> None:
     while data := await channel.receive_some(CHUNK):
         await stream.send_all(data)
-        counts.into += len(data)
+        counts.moved(into=len(data))
     await stream.send_eof()
 
 
@@ -43,7 +65,7 @@ async def _copy_to_channel(
 ) -> None:
     while data := await stream.receive_some(CHUNK):
         await channel.send_all(data)
-        counts.out += len(data)
+        counts.moved(out=len(data))
     await channel.send_eof()
 
 

@@ -47,10 +47,13 @@ class ForwardMetrics:
     def opened(self, kind: str) -> None:
         self.active.labels(kind=kind if kind in KINDS else "direct-tcpip").inc()
 
-    def closed(self, kind: str, bytes_in: int, bytes_out: int) -> None:
-        self.active.labels(kind=kind if kind in KINDS else "direct-tcpip").dec()
+    def moved(self, bytes_in: int, bytes_out: int) -> None:
+        """Bytes a forward carried since its last report (while it runs, and at its end)."""
         self.bytes_total.labels(direction="in").inc(bytes_in)
         self.bytes_total.labels(direction="out").inc(bytes_out)
+
+    def closed(self, kind: str) -> None:
+        self.active.labels(kind=kind if kind in KINDS else "direct-tcpip").dec()
 
     def failed(self, reason: str) -> None:
         self.failures_total.labels(reason=reason if reason in REASONS else "failed").inc()
