@@ -23,6 +23,7 @@ from trissh.backend.memory.backend import MemorySandbox
 from trissh.config import load_config
 from trissh.ops.metrics import Metrics
 from trissh.server import workspaces
+from trissh.server.build import reload_context
 from trissh.server.workspace_recipe import home_volume_name
 from trissh.server.workspace_source import WorkspaceSource
 from trissh.server.workspace_state import WorkspaceState, server_running
@@ -610,3 +611,35 @@ async def test_the_login_that_takes_the_lock_late_gets_its_kept_workspace(
     result = await run_ssh(second.port, client_key.path, "echo taken over")
     assert result.stdout == b"taken over\n", result.stderr
     assert workspaces_of(backend, "alice") == [alice]
+
+
+async def test_a_sessions_home_is_its_workspaces_home_volume_after_a_reload(
+    make_server: ServerFactory, client_key: ClientKey, tmp_path: Path
+) -> None:
+    """A reload between a login and its first session turned the home volume off: the
+    workspace made then has none, so HOME is not set to where it would have been (HOME
+    came from the login's configuration, the mounts from the newest: the user wrote to a
+    HOME that was not kept)."""
+    backend = MemoryBackend()
+    server = await make_server(
+        backend, **{"workspaces.home_volume": True, "workspaces.home": "/home/ws"}
+    )
+    control = str(tmp_path / "mux")
+    master = ssh_argv(server.port, client_key.path, "-M", "-S", control, "-N")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(trio.run_process, master, check=False, capture_stderr=True))
+        with trio.fail_after(30):
+            while not await trio.Path(control).exists():
+                await trio.sleep(0.05)
+        settings = server.ctx.settings
+        reloaded = settings.model_copy(
+            update={"workspaces": settings.workspaces.model_copy(update={"home_volume": False})}
+        )
+        reload_context(server.ctx, lambda: reloaded)
+        argv = ssh_argv(server.port, client_key.path, "-S", control, "printenv HOME")
+        with trio.fail_after(30):
+            done = await trio.run_process(argv, capture_stdout=True, check=False)
+        [spec] = [s for s in backend.sandbox_specs if s.workspace == "alice"]
+        assert spec.settings.volumes == ()  # made after the reload: no home volume
+        assert done.stdout != b"/home/ws\n"
+        nursery.cancel_scope.cancel()  # ends the master

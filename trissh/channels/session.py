@@ -113,8 +113,6 @@ class SessionContext:
     #: The client's and the server's ``HOST:PORT`` (``SSH_CONNECTION``).
     remote: str = ""
     local: str = ""
-    #: ``HOME`` when trissh decides it (a workspace's home volume); else the container's.
-    home: str | None = None
 
 
 #: The most a terminal's ``struct winsize`` holds in each field (SSH sends uint32).
@@ -146,7 +144,10 @@ def subsystem_argv(ctx: SessionContext, name: str) -> list[str] | None:
 
 
 def build_process_spec(
-    ctx: SessionContext, request: SessionRequested, extra_env: Mapping[str, str] | None = None
+    ctx: SessionContext,
+    request: SessionRequested,
+    extra_env: Mapping[str, str] | None = None,
+    home: str | None = None,
 ) -> ProcessSpec:
     """Turn a shell/exec/subsystem request into the argv and environment to run."""
     container = ctx.container
@@ -173,7 +174,7 @@ def build_process_spec(
     env = session_environment(
         username=ctx.username,
         shell=shell[0],
-        home=ctx.home,
+        home=home,
         client=request.env,
         granted=grant.environment,
         remote=ctx.remote,
@@ -299,7 +300,7 @@ async def _run(
             agent_socket = await owned.enter_async_context(ctx.agent_socket(sandbox))
             if agent_socket is not None:
                 extra_env["SSH_AUTH_SOCK"] = agent_socket
-        spec = build_process_spec(ctx, request, extra_env)
+        spec = build_process_spec(ctx, request, extra_env, ctx.sandboxes.home())
         await ctx.container_files.provide(sandbox, ctx.grant.secret_files, ctx.container.shell[0])
         tap.attached(sandbox.container_id)
         try:

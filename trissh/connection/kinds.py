@@ -116,7 +116,6 @@ def channel_kinds(ctx: ServerContext, connection: Connection) -> ChannelKinds:
         live=connection.live,
         remote=connection.remote,
         local=connection.local,
-        home=_workspace_home(ctx, login),
         lines=connection.lines,
         container_files=files,
     )
@@ -151,11 +150,3 @@ def _sources(
     if session.execution_mode == "session":
         return SessionSandboxes(ctx.backend, spec), shared.get
     return shared, shared.get
-
-
-def _workspace_home(ctx: ServerContext, login: Login) -> str | None:
-    """HOME of a workspace with a home volume: the volume's mount point."""
-    section = ctx.settings.workspaces
-    if login.session.execution_mode == "workspace" and section.home_volume:
-        return section.home
-    return None

@@ -44,6 +44,10 @@ class SandboxSource(Protocol):
     def lost(self) -> None:
         """A program could not start in the container ``acquire`` gave (it may be gone)."""
 
+    def home(self) -> str | None:
+        """HOME for programs in the container ``acquire`` gave, when trissh decides it (a
+        workspace's home volume); ``None``: the image's."""
+
 
 class SessionSandboxes:
     """``session`` mode: each session owns its own container."""
@@ -60,6 +64,9 @@ class SessionSandboxes:
 
     async def acquire(self, owned: contextlib.AsyncExitStack) -> Sandbox:
         return await owned.enter_async_context(self._backend.open_sandbox(self._spec))
+
+    def home(self) -> str | None:
+        return None
 
 
 class ConnectionSandbox:
@@ -155,6 +162,9 @@ class ConnectionSandbox:
         finally:
             self._sandbox = None
 
+    def home(self) -> str | None:
+        return None
+
 
 class AfterListens:
     """A source whose sessions run their programs only once the listens (``ssh -R``) the
@@ -176,3 +186,6 @@ class AfterListens:
 
     def lost(self) -> None:
         self._source.lost()
+
+    def home(self) -> str | None:
+        return self._source.home()

@@ -13,6 +13,7 @@ import trio
 
 from trissh.backend import BackendError, Sandbox, SandboxSpec
 from trissh.server.workspace_entries import Workspace
+from trissh.server.workspace_recipe import home_volume_name
 from trissh.server.workspaces import AdoptionPending, Workspaces
 
 #: Bound on what a connection does in its workspace as it leaves (removing its secrets).
@@ -65,6 +66,16 @@ class WorkspaceSource:
     async def acquire(self, owned: contextlib.AsyncExitStack) -> Sandbox:
         """The user's workspace's container (never entered into ``owned``: not ours)."""
         return await self.get()
+
+    def home(self) -> str | None:
+        """Where the workspace's own home volume is mounted, if it has one: HOME for its
+        programs (the settings it was made with, whatever a reload changed since)."""
+        workspace = self._workspace
+        if workspace is None:
+            return None
+        name = home_volume_name(self._spec.username)
+        volumes = workspace.spec.settings.volumes
+        return next((v.destination for v in volumes if v.named and v.source == name), None)
 
     def lost(self) -> None:
         """A session's program could not start there: check the container at the next."""
