@@ -77,6 +77,16 @@ def workspaces_of(backend: MemoryBackend, user: str) -> list[str]:
     ]
 
 
+async def start_master(
+    nursery: trio.Nursery, argv: list[str], control: str, env: dict[str, str] | None = None
+) -> None:
+    """Start an ``ssh -M -S control -N`` master in ``nursery``; return once it listens."""
+    nursery.start_soon(partial(trio.run_process, argv, check=False, capture_stderr=True, env=env))
+    with trio.fail_after(30):
+        while not await trio.Path(control).exists():
+            await trio.sleep(0.05)
+
+
 async def test_connections_of_one_user_share_one_container(
     make_server: ServerFactory, client_key: ClientKey
 ) -> None:
@@ -495,10 +505,7 @@ async def test_a_master_connection_recovers_from_its_workspace_going_away(
 
     master = ssh_argv(server.port, client_key.path, "-M", "-S", control, "-N")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(trio.run_process, master, check=False, capture_stderr=True))
-        with trio.fail_after(30):
-            while not await trio.Path(control).exists():
-                await trio.sleep(0.05)
+        await start_master(nursery, master, control)
         assert await over_master("echo one") == (0, b"one\n")
         [gone] = workspaces_of(backend, "alice")
         await backend.remove_sandbox(gone)
@@ -537,12 +544,7 @@ async def test_agent_forwarding_follows_a_master_connection_into_its_new_workspa
             while not agent_sock.exists():
                 await trio.sleep(0.02)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                partial(trio.run_process, master, check=False, capture_stderr=True, env=env)
-            )
-            with trio.fail_after(30):
-                while not await trio.Path(control).exists():
-                    await trio.sleep(0.05)
+            await start_master(nursery, master, control, env)
             status, path = await over_master("printenv SSH_AUTH_SOCK")
             assert status == 0
             assert path.startswith(b"/tmp/trissh-agent-")
@@ -627,10 +629,7 @@ async def test_a_sessions_home_is_its_workspaces_home_volume_after_a_reload(
     control = str(tmp_path / "mux")
     master = ssh_argv(server.port, client_key.path, "-M", "-S", control, "-N")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(trio.run_process, master, check=False, capture_stderr=True))
-        with trio.fail_after(30):
-            while not await trio.Path(control).exists():
-                await trio.sleep(0.05)
+        await start_master(nursery, master, control)
         settings = server.ctx.settings
         reloaded = settings.model_copy(
             update={"workspaces": settings.workspaces.model_copy(update={"home_volume": False})}
