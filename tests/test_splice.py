@@ -5,8 +5,9 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from trissh.channels.splice import REPORT_INTERVAL, Transferred, splice
+from trissh.channels.splice import Transferred, splice
 from trissh.connection.channel import ChannelHandle
+from trissh.ops.metrics import BYTES_REPORT_INTERVAL
 from trissh.protocol import ChannelId
 
 from .test_session import RecordingPort
@@ -49,7 +50,7 @@ async def test_a_long_forwards_bytes_are_reported_while_it_runs(
 ) -> None:
     """``trissh_forward_bytes_total`` moves while a tunnel carries data, not in one jump
     when it closes (a day-long -L showed nothing until it ended): the counts report what
-    moved since the last report, at most every REPORT_INTERVAL seconds, and at the end."""
+    moved since the last report, at most every BYTES_REPORT_INTERVAL s, and at the end."""
     reports: list[tuple[int, int]] = []
     port = RecordingPort()
     handle = ChannelHandle(port, ChannelId(1))
@@ -60,7 +61,7 @@ async def test_a_long_forwards_bytes_are_reported_while_it_runs(
         for _ in range(3):
             handle.feed(b"x" * 1000)
             assert await theirs.receive_some(4096) == b"x" * 1000
-            await trio.sleep(REPORT_INTERVAL)
+            await trio.sleep(BYTES_REPORT_INTERVAL)
         assert sum(into for into, _ in reports) >= 2000  # the forward still runs
         handle.feed_eof()
         await theirs.send_eof()

@@ -36,8 +36,8 @@ class ContainerFiles:
     def __init__(self) -> None:
         self._done: set[tuple[str, str]] = set()
         self._lock = trio.Lock()
-        #: Where secret files went: the container, their paths, its shell.
-        self._secrets: list[tuple[Sandbox, tuple[str, ...], str]] = []
+        #: Where secret files went, by container id: the container, their paths, its shell.
+        self._secrets: dict[str, tuple[Sandbox, tuple[str, ...], str]] = {}
 
     async def once(self, kind: str, sandbox: Sandbox, write: Callable[[], Awaitable[None]]) -> None:
         """Run ``write`` unless ``kind`` went into ``sandbox`` before; a concurrent session
@@ -55,7 +55,7 @@ class ContainerFiles:
         """Write the login's secret ``files`` into ``sandbox`` once."""
 
         async def write() -> None:
-            self._secrets.append((sandbox, tuple(files), shell))
+            self._secrets[sandbox.container_id] = (sandbox, tuple(files), shell)
             await _write_each(sandbox, files, shell)
 
         if files:
@@ -64,20 +64,19 @@ class ContainerFiles:
     async def remove_secrets(self, left: Sandbox) -> None:
         """Remove the secret files from ``left``, a container that outlives the connection
         (bounded; a failure is logged)."""
-        secrets = [entry for entry in self._secrets if entry[0].container_id == left.container_id]
-        self._secrets = [entry for entry in self._secrets if entry not in secrets]
-        for sandbox, paths, shell in secrets:
-            self._done.discard(("secret", sandbox.container_id))
-            try:
-                with trio.fail_after(WRITE_TIMEOUT):
-                    argv = [shell, "-c", _REMOVE_SCRIPT, "sh", *paths]
-                    await _run(sandbox, argv, f"removing {', '.join(paths)}")
-            except (BackendError, OSError, trio.TooSlowError) as exc:
-                log.warning(
-                    "container_file_remove_failed", paths=paths, error=str(exc) or "timeout"
-                )
-            else:
-                log.info("container_file_removed", paths=paths)
+        entry = self._secrets.pop(left.container_id, None)
+        if entry is None:
+            return
+        sandbox, paths, shell = entry
+        self._done.discard(("secret", sandbox.container_id))
+        try:
+            with trio.fail_after(WRITE_TIMEOUT):
+                argv = [shell, "-c", _REMOVE_SCRIPT, "sh", *paths]
+                await _run(sandbox, argv, f"removing {', '.join(paths)}")
+        except (BackendError, OSError, trio.TooSlowError) as exc:
+            log.warning("container_file_remove_failed", paths=paths, error=str(exc) or "timeout")
+        else:
+            log.info("container_file_removed", paths=paths)
 
 
 async def _write_each(sandbox: Sandbox, files: Mapping[str, bytes], shell: str) -> None:

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 import trio
 
 from trissh.connection.channel import ChannelHandle, ChannelStream
+from trissh.ops.metrics import BYTES_REPORT_INTERVAL
 
 #: Bytes moved per read, each way.
 CHUNK = 1024 * 1024
 #: Seconds data the peer sent before its CLOSE may take to reach the socket.
 DRAIN_AFTER_CLOSE = 10.0
-#: Seconds between reports of a busy forward's bytes (the metrics).
-REPORT_INTERVAL = 5.0
 
 
 @dataclass(slots=True)
@@ -30,8 +29,8 @@ class Transferred:
     out: int = 0
     #: From the client (written to the socket).
     into: int = 0
-    #: Told the bytes moved since its last call (in, out): at most every REPORT_INTERVAL
-    #: seconds while data moves, and at ``flush``.
+    #: Told the bytes moved since its last call (in, out): at most every
+    #: BYTES_REPORT_INTERVAL seconds while data moves, and at ``flush``.
     report: Callable[[int, int], None] | None = None
     _reported_into: int = 0
     _reported_out: int = 0
@@ -48,7 +47,7 @@ class Transferred:
         if self.report is not None:
             self.report(self.into - self._reported_into, self.out - self._reported_out)
             self._reported_into, self._reported_out = self.into, self.out
-            self._due = trio.current_time() + REPORT_INTERVAL
+            self._due = trio.current_time() + BYTES_REPORT_INTERVAL
 
 
 async def _copy_to_socket(

@@ -55,6 +55,7 @@ from trissh.connection.port import ConnectionPort, Refusal
 from trissh.connection.socket_reads import SocketReader, ask_quick_acks
 from trissh.connection.writer import OutputWriter
 from trissh.ops.log_quota import LogQuota
+from trissh.ops.metrics import BYTES_REPORT_INTERVAL
 from trissh.protocol import (
     AgentForwardingRequested,
     AuthDecisionRequested,
@@ -92,8 +93,6 @@ log = structlog.get_logger("trissh.connection.driver")
 
 #: Bytes asked of the socket per read.
 RECEIVE_SIZE = 256 * 1024
-#: Seconds between reports of a busy connection's bytes to ``trissh_bytes_total``.
-BYTES_REPORT_INTERVAL = 5.0
 #: Reading stops while more than this much output is unsent: before login, and after it
 #: (above what bulk channel output queues, OUTPUT_HIGH_WATER plus one chunk).
 UNSENT_BEFORE_LOGIN = 64 * 1024

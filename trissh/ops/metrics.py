@@ -69,6 +69,10 @@ class _LabelGuard:
         return value
 
 
+#: Seconds between reports of a busy connection's or forward's bytes (not only at its end).
+BYTES_REPORT_INTERVAL = 5.0
+
+
 @final
 class ConnectionMetrics:
     """One connection's share of the metrics; built by :meth:`Metrics.connection_opened`."""
