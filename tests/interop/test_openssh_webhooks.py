@@ -14,7 +14,15 @@ import trio
 from trissh.backend.memory import MemoryBackend
 
 from ..auth.http_server import Answer, Received, Server, start
-from ..support import ClientKey, RunningServer, make_context, needs_ssh, start_server
+from ..support import (
+    ClientKey,
+    RunningServer,
+    capture_module_log,
+    make_context,
+    needs_ssh,
+    start_server,
+    write_ed25519_key,
+)
 from .test_openssh_auth import NO_KEYS, login, make_askpass
 
 pytestmark = [needs_ssh, pytest.mark.interop]
@@ -31,6 +39,8 @@ class Hooks:
         self.authz = True
         self.config: dict[str, Any] = {}
         self.status = 200
+        #: Paths answered with HTTP 500 (an outage of that endpoint alone).
+        self.failing: set[str] = set()
         self.kbd_rounds: list[dict[str, Any]] = []
         #: The authenticatedUsername a right password gets.
         self.mapped = "mapped"
@@ -42,6 +52,8 @@ class Hooks:
             return self.status, b"{}"
         body = request.body
         path = request.path.removeprefix("/hooks")
+        if path in self.failing:
+            return 500, b"{}"
         if path == "/password":
             password = base64.b64decode(body["passwordBase64"]).decode()
             ok = self.accept_password and password == PASSWORD
@@ -86,14 +98,15 @@ async def make_server(
     async def make(
         users: dict[str, Any] | None = None,
         forwarding: dict[str, Any] | None = None,
+        authorized_keys: Path = Path(os.devnull),
         **auth: Any,
     ) -> RunningServer:
         ctx = make_context(
-            MemoryBackend(images={"localhost/trissh-base:latest"}), Path(os.devnull),
+            MemoryBackend(images={"localhost/trissh-base:latest"}), authorized_keys,
             tmp_path / "host_key",
             auth={"failure_delay": 0, "webhook": {"url": webhook.url, "retries": 0,
                                                   "timeout": 2, **auth},
-                  "config_webhook": {"url": webhook.url + "/config"}},
+                  "config_webhook": {"url": webhook.url + "/config", "retries": 0}},
             users=users or {}, forwarding=forwarding or {},
         )  # fmt: skip
         server = await start_server(nursery, ctx)
@@ -267,6 +280,59 @@ async def test_failing_webhook_fails_the_login_and_the_server_goes_on(
     again = await login(
         server, "alice", askpass, *NO_KEYS, "-o", "PreferredAuthentications=password"
     )
+    assert again.stdout == b"in\n", again.stderr
+
+
+async def test_a_failing_webhook_costs_only_the_key_it_was_asked_about(
+    make_server: ServerFactory, askpass: Path, hooks: Hooks, client_key: ClientKey,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """/pubkey failing refuses the key it was asked about, as sshd treats a failing
+    AuthorizedKeysCommand; the client's next key, which the local file accepts, logs in,
+    and the operator reads one warning naming the endpoint (not a crashed connection)."""
+    logged = capture_module_log(monkeypatch, "trissh.auth.webhook_calls")
+    hooks.failing = {"/pubkey"}
+    keys = tmp_path / "authorized_keys"
+    keys.write_text(client_key.public_line + "\n")
+    unknown = write_ed25519_key(tmp_path / "unknown_key")
+    server = await make_server(authorized_keys=keys)
+    result = await login(
+        server, "alice", askpass, "-o", "IdentitiesOnly=yes", "-i", str(unknown.path),
+        "-i", str(client_key.path), "-o", "PreferredAuthentications=publickey",
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, b"in\n"), result.stderr
+    failed = [(e["log_level"], e["endpoint"]) for e in logged if "webhook" in e["event"]]
+    assert failed == [("warning", "pubkey")]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "method", "auth", "event"),
+    [
+        ("/password", "password", {}, "auth_webhook_failed"),
+        ("/keyboard-interactive", "keyboard-interactive", {"keyboard_interactive": True},
+         "auth_webhook_failed"),
+        ("/authz", "password", {"authz": True}, "auth_webhook_failed"),
+        ("/config", "password", {}, "config_webhook_failed"),
+    ],
+)  # fmt: skip
+async def test_a_failing_webhook_refuses_the_login_with_one_log_line(
+    make_server: ServerFactory, askpass: Path, hooks: Hooks, monkeypatch: pytest.MonkeyPatch,
+    endpoint: str, method: str, auth: dict[str, Any], event: str,
+) -> None:  # fmt: skip
+    """An endpoint that fails refuses the login as a "no" would (the client reads
+    "Permission denied", not "internal server error"), the operator reads one line saying
+    which service failed, and the server goes on."""
+    modules = ("trissh.auth.webhook_calls", "trissh.auth.policy")
+    logs = [capture_module_log(monkeypatch, module) for module in modules]
+    hooks.failing = {endpoint}
+    server = await make_server(**auth)
+    preferred = ("-o", f"PreferredAuthentications={method}")
+    result = await login(server, "alice", askpass, *NO_KEYS, *preferred)
+    assert result.returncode == 255
+    assert b"Permission denied" in result.stderr, result.stderr
+    assert [e["event"] for log in logs for e in log if "webhook" in e["event"]] == [event]
+    hooks.failing = set()
+    again = await login(server, "alice", askpass, *NO_KEYS, *preferred)
     assert again.stdout == b"in\n", again.stderr
 
 

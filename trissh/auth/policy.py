@@ -7,6 +7,9 @@ unknown user meets the same methods, the same prompts and a dummy password check
 
 A successful method yields a ``Grant``: the restrictions its key carried (forced
 command, no pty, environment) that the user's sessions must honour.
+
+The webhooks are asked through :mod:`trissh.auth.webhook_calls`, which says what a
+webhook that gives no answer means.
 """
 
 from __future__ import annotations
@@ -35,23 +38,24 @@ from trissh.auth.totp import TotpVerifier, load_secret
 from trissh.auth.user_keys import UserKeyStore
 from trissh.auth.webhook import (
     AuthorizationRequest,
-    AuthResponse,
     ConfigRefused,
     ConfigRequest,
     KeyboardInteractiveRequest,
-    KeyboardInteractiveResponse,
     Metadata,
     PasswordRequest,
     PublicKeyRequest,
     WebhookClient,
+    WebhookError,
     authorized_key,
 )
+from trissh.auth.webhook_calls import webhook_answer, webhook_client, webhook_decision
 from trissh.config import ServerConfig, UserSection, WebhookSection, default_state_dir
 from trissh.protocol import PublicKey
 from trissh.protocol.certificates import Certificate, check_user_certificate
 from trissh.protocol.keys import SecurityKeyAssertion
 
 log = structlog.get_logger("trissh.auth")
+
 
 #: The decision values (decisions.py) are imported from here too.
 __all__ = [
@@ -71,15 +75,6 @@ CODE_PROMPT = ("Verification code: ", True)
 
 class PolicyError(Exception):
     """The configuration's credentials cannot be loaded; the message names the file."""
-
-
-def _webhook_decision(response: AuthResponse | KeyboardInteractiveResponse, what: str) -> Decision:
-    """A webhook's answer as a decision; its metadata joins the login's (whose environment
-    and files reach the sessions once the login completes: ``metadata_grant``)."""
-    if not response.success:
-        return Decision(False, f"{what} rejected by the auth webhook")
-    grant = Grant(username=response.authenticated_username)
-    return Decision(True, grant=grant, log={"via": "webhook"}, metadata=response.metadata)
 
 
 @dataclass(slots=True)
@@ -312,10 +307,13 @@ class AuthPolicy:
             decision = self._local_key(request, key, candidates, now)
         if not decision.ok and self._webhook is not None:
             blob = certificate.blob if certificate is not None else key.blob
-            response = await self._webhook.pubkey(
-                PublicKeyRequest(public_key=authorized_key(blob), **request.connection())
+            response = await webhook_answer(
+                self._webhook.pubkey(
+                    PublicKeyRequest(public_key=authorized_key(blob), **request.connection())
+                ),
+                "pubkey",
             )
-            decision = _webhook_decision(response, "key")
+            decision = webhook_decision(response, "key")
         return _check_security_key(decision, security_key)
 
     def _local_key(
@@ -396,10 +394,11 @@ class AuthPolicy:
         user = self._users.get(request.username)
         stored = user.password_hash if user is not None else None
         if stored is None and self._webhook is not None:
-            response = await self._webhook.password(
-                PasswordRequest(password=password, **request.connection())
+            response = await webhook_answer(
+                self._webhook.password(PasswordRequest(password=password, **request.connection())),
+                "password",
             )
-            return _webhook_decision(response, "password")
+            return webhook_decision(response, "password")
         if await verify_password(stored, password):
             return Decision(True)
         return Decision(False, "wrong password" if stored else "no password for this user")
@@ -438,11 +437,12 @@ class AuthPolicy:
             asked = previous.next_round(last, tuple(responses or ()))
         else:
             asked = KeyboardInteractiveRequest(submethods=submethods, **request.connection())
-        answer = await self._webhook.keyboard_interactive(asked)
-        if answer.success is None:
+        question = self._webhook.keyboard_interactive(asked)
+        answer = await webhook_answer(question, "keyboard-interactive")
+        if answer is not None and answer.success is None:
             prompts = [(prompt.prompt, prompt.echo) for prompt in answer.prompts]
             return Prompts(prompts, answer.name, answer.instruction, (asked, answer))
-        return _webhook_decision(answer, "answers")
+        return webhook_decision(answer, "answers")
 
     async def finish(self, request: LoginRequest, grant: Grant) -> Decision:
         """The chain is complete: ``/authz`` and the configuration server, if configured,
@@ -452,9 +452,14 @@ class AuthPolicy:
         username = grant.username or request.username
         gathered = Metadata()
         if self._webhook is not None and self._webhook_authz:
-            response = await self._webhook.authz(
-                AuthorizationRequest(authenticated_username=username, **request.connection())
+            response = await webhook_answer(
+                self._webhook.authz(
+                    AuthorizationRequest(authenticated_username=username, **request.connection())
+                ),
+                "authz",
             )
+            if response is None:
+                return Decision(False, "the auth webhook did not answer /authz")
             if not response.success:
                 return Decision(False, "not authorized by the auth webhook")
             username = response.authenticated_username or username
@@ -472,6 +477,9 @@ class AuthPolicy:
         except ConfigRefused as exc:
             log.error("config_webhook_rejected", error=str(exc))
             return Decision(False, "the configuration server asked for what trissh cannot do")
+        except WebhookError as exc:
+            log.error("config_webhook_failed", error=str(exc))
+            return Decision(False, "the configuration server did not answer")
         for note in config.ignored:
             log.info("config_webhook_field_ignored", note=note)
         try:
@@ -553,22 +561,9 @@ def _client(section: WebhookSection | None, name: str) -> WebhookClient | None:
     if section is None:
         return None
     try:
-        return _webhook_client(section)
+        return webhook_client(section)
     except ValueError as exc:
         raise PolicyError(f"auth.{name}: {exc}") from None
-
-
-def _webhook_client(section: WebhookSection) -> WebhookClient:
-    return WebhookClient(
-        section.url,
-        timeout=section.timeout,
-        retries=section.retries,
-        auth_timeout=section.auth_timeout,
-        retry_interval=section.retry_interval,
-        ca_file=str(section.ca_file) if section.ca_file else None,
-        client_cert=str(section.client_cert) if section.client_cert else None,
-        client_key=str(section.client_key) if section.client_key else None,
-    )
 
 
 def load_key_file(path: Path) -> list[AuthorizedKey]:
