@@ -168,13 +168,19 @@ def test_no_keepalive_before_authentication() -> None:
         ("exec", wire.string(b"cat \xe9.txt")),
         ("subsystem", wire.string(b"sftp\xff")),
         ("env", wire.string(b"LANG") + wire.string(b"fr_FR.ISO-8859-1 \xe9")),
+        ("env", wire.string(b"LANG") + wire.string(b"x" * (conn.MAX_ENV_VALUE + 1))),
+        ("env", wire.string(b"L" * (conn.MAX_ENV_NAME + 1)) + wire.string(b"C")),
+        ("exec", wire.string(b"x" * (conn.MAX_COMMAND + 1))),
+        ("subsystem", wire.string(b"s" * (conn.MAX_NAME + 1))),
     ],
 )
-def test_a_request_that_is_not_utf8_is_refused_and_the_connection_goes_on(
+def test_a_request_that_is_not_utf8_or_too_long_is_refused_and_the_connection_goes_on(
     request_type: str, data: bytes
 ) -> None:
-    """A Latin-1 file name in an exec command (or an env value, a subsystem name) gets a
-    channel failure; the connection and its other channels are not torn down for it."""
+    """A Latin-1 file name in an exec command (or an env value, a subsystem name), or one
+    longer than trissh takes, gets a channel failure, as sshd refuses that request alone;
+    the connection and its other channels are not torn down for it (with ControlMaster,
+    that is every session of the user's connection)."""
     pair, cid = session(accept_env=("LANG",))
     pair.client.channel_request(cid, request_type, data)
     [refusal] = pair.transfer()

@@ -44,6 +44,11 @@ class NotText(DecodeError):
     """A string field that must be UTF-8 (or a US-ASCII name) holds other bytes."""
 
 
+class TooLong(DecodeError):
+    """A well-framed string field longer than trissh takes there: a refusal of that request
+    where the field is a request's (an env value, a command), a protocol error elsewhere."""
+
+
 class UnexpectedMessage(RemoteProtocolError):
     """A message arrived in a state that does not allow it."""
 

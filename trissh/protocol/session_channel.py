@@ -22,7 +22,7 @@ from trissh.protocol.channels import (
     no_open_data,
 )
 from trissh.protocol.config import ProtocolConfig
-from trissh.protocol.errors import NotText
+from trissh.protocol.errors import NotText, TooLong
 from trissh.protocol.events import (
     AgentForwardingRequested,
     ChannelId,
@@ -119,7 +119,7 @@ class SessionRules:
                 return self._env(EnvData.decode(data))
             if request_type in ("shell", "exec", "subsystem"):
                 return self._start(SessionKind(request_type), data)
-        except NotText as exc:  # a Latin-1 file name, say: this request fails, not the link
+        except (NotText, TooLong) as exc:  # a Latin-1 file name: this request fails, not the link
             return f"{request_type}: {exc}"
         if request_type == "auth-agent-req@openssh.com":
             return self._agent(data)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 from trissh.protocol.constants import MAX_NAME_LIST_LENGTH, MAX_NAMES
-from trissh.protocol.errors import DecodeError, NotText
+from trissh.protocol.errors import DecodeError, NotText, TooLong
 
 _U32: Final = struct.Struct(">I")
 _U64: Final = struct.Struct(">Q")
@@ -69,7 +69,9 @@ class Reader:
     def string(self, max_length: int | None = None) -> bytes:
         length = self.uint32()
         if max_length is not None and length > max_length:
-            raise DecodeError(f"string of {length} bytes exceeds the limit of {max_length}")
+            if self._pos + length > len(self._data):
+                raise DecodeError("message truncated")
+            raise TooLong(f"string of {length} bytes exceeds the limit of {max_length}")
         return self._take(length)
 
     def text(self, max_length: int | None = None) -> str:
