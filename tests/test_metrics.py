@@ -11,6 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trissh.ops.metrics import OTHER, HttpLimits, Metrics, serve_http
 
+from .support import capture_module_log
+
 
 def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Parse the exposition back with Prometheus' own parser."""
@@ -215,6 +217,44 @@ async def test_openmetrics_on_request(server: Server) -> None:
             data += chunk
     assert b"application/openmetrics-text" in data
     assert data.endswith(b"# EOF\n")
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        b"text/plain; version=x",
+        b"application/openmetrics-text; version=a",
+        b"application/openmetrics-text; version=2.\xe9",
+    ],
+)
+async def test_an_accept_header_the_library_cannot_parse_gets_the_text_format(
+    server: Server, accept: bytes
+) -> None:
+    """Anyone who can reach the port chooses the Accept header: one prometheus_client's
+    parser raises on (or copies into a non-ASCII Content-Type) gets the text format; it
+    ended the server's process, every session with it (reviewer)."""
+    data = await raw_exchange(
+        server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: " + accept + b"\r\n\r\n"
+    )
+    assert data.startswith(b"HTTP/1.1 200 "), data[:200]
+    assert b"content-type: text/plain; version=0.0.4" in data.lower()
+    assert (await request(server.port, "/healthz")).status == 200
+
+
+async def test_a_bug_while_answering_costs_that_client_only(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception while answering is one log line with its traceback and a 500; the
+    server answers the next client."""
+    logged = capture_module_log(monkeypatch, "trissh.ops.metrics")
+
+    def broken(accept: str = "") -> tuple[bytes, str]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server.metrics, "exposition", broken)
+    assert (await request(server.port)).status == 500
+    assert [e["event"] for e in logged] == ["metrics_client_failed"]
+    assert (await request(server.port, "/healthz")).status == 200
 
 
 async def test_head_has_no_body(server: Server) -> None:

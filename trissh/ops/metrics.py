@@ -331,7 +331,11 @@ class Metrics:
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The registry in the format ``accept`` asks for: (body, content type)."""
-        encoder, content_type = choose_encoder(accept)
+        try:
+            encoder, content_type = choose_encoder(accept)
+            content_type.encode("ascii")  # the library copies the client's version into it
+        except Exception:  # its parser raises several kinds on a client's header
+            encoder, content_type = choose_encoder("")
         return encoder(self.registry), content_type
 
 
@@ -340,6 +344,8 @@ class Metrics:
 
 #: Seconds a client waits for a slot when no slot can be taken from an idle client.
 SLOT_WAIT: Final = 1.0
+#: A client that went away while being answered.
+_GONE: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -362,6 +368,9 @@ class _Reply:
     body: bytes
     content_type: str = "text/plain; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = ()
+
+
+_INTERNAL_ERROR: Final = _Reply(status=500, body=b"internal error\n")
 
 
 async def serve_http(
@@ -460,8 +469,13 @@ async def _serve_client(
                 status = exc.error_status_hint
                 body = f"{_reason(status)}\n".encode()
                 await _send(stream, conn, _Reply(status=status, body=body), head=False)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        except _GONE:
             pass
+        except Exception:  # a bug here costs this client, never the server (nor its sessions)
+            log.exception("metrics_client_failed")
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                with contextlib.suppress(*_GONE):
+                    await _send(stream, conn, _INTERNAL_ERROR, head=False)
     if scope.cancelled_caught:
         log.debug("metrics_client_timed_out")
     with trio.move_on_after(1, shield=True):
