@@ -193,6 +193,68 @@ async def test_keyboard_interactive_asks_a_refused_name_as_an_unknown_user(
     assert memory_backend.sandbox_specs == []
 
 
+async def test_an_unknown_user_meets_what_a_user_with_a_password_meets(
+    memory_backend: MemoryBackend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With the default method chains, password and keyboard-interactive (offered to
+    everyone, since a user has a password) answer an unknown name as they answer a user
+    with a password: the "Password: " prompt, a check against the dummy hash, the failure
+    delay. Before, the unknown name's answer came at once, without a prompt: one request
+    told which names have a password to guess (reviewer)."""
+    checked: list[tuple[str | None, str]] = []
+
+    async def recording_verify(stored: str | None, password: str) -> bool:
+        """No argon2 (its worker thread and the mock clock do not mix): which hash."""
+        checked.append((stored, password))
+        return False
+
+    monkeypatch.setattr("trissh.auth.login.verify_password", recording_verify)
+    monkeypatch.setattr("trissh.auth.policy.verify_password", recording_verify)
+    stored = hash_password("right")
+    ctx = make_context(
+        memory_backend, _key_file(tmp_path), tmp_path / "host_key",
+        auth={"failure_delay": FAILURE_DELAY}, users={"bob": {"password_hash": stored}},
+    )  # fmt: skip
+    seen: dict[str, list[object]] = {}
+    with trio.fail_after(60):
+        for name in ("bob", "nobody-here"):
+            async with authenticating(ctx) as peer:
+                peer.client.send(
+                    ua.UserauthRequest(
+                        username=name, service="ssh-connection", method="keyboard-interactive",
+                        method_data=ua.KeyboardInteractiveMethod().encode(),
+                    )
+                )  # fmt: skip
+                while not peer.client.inbox:  # raw: 60 is also PK_OK to the decoder
+                    await peer._read()
+                payload = peer.client.inbox.popleft()
+                prompts = payload[0] == 60 and ua.UserauthInfoRequest.decode(Reader(payload, 1))
+                started = trio.current_time()
+                peer.client.send(ua.UserauthInfoResponse(responses=("guess",)))
+                await peer.expect(ua.UserauthFailure)
+                answered = trio.current_time() - started
+                started = trio.current_time()
+                peer.client.send(
+                    ua.UserauthRequest(
+                        username=name, service="ssh-connection", method="password",
+                        method_data=ua.PasswordMethod(password="guess").encode(),
+                    )
+                )  # fmt: skip
+                await peer.expect(ua.UserauthFailure)
+                password_took = trio.current_time() - started
+                seen[name] = [
+                    prompts,
+                    answered > FAILURE_DELAY / 2,
+                    password_took > FAILURE_DELAY / 2,
+                ]
+    assert seen["nobody-here"] == seen["bob"]
+    assert seen["bob"][0].prompts == (("Password: ", False),)  # type: ignore[attr-defined]
+    assert checked == [(stored, "guess")] * 2 + [(None, "guess")] * 2
+
+
 def test_the_rule_can_be_configured() -> None:
     strict = UserNameRule(r"[a-z_][a-z0-9_-]*", max_bytes=32)
     assert strict.problem("alice") is None

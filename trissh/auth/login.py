@@ -93,10 +93,10 @@ class LoginConversation:
         refused = self._name_refused(event.username)
         chains = self._policy.chains_for(None if refused else event.username)
         if method not in chains.next_methods(self.passed):
-            self._conn.reject_auth(f"{method} not allowed at this point for this user")
+            await self._fail_as_unknown(event, f"{method} not allowed at this point for this user")
             return
         if refused:
-            await self._refuse_name(event)
+            await self._fail_as_unknown(event, NAME_REFUSED)
             return
         request = self._request(event.username, self.metadata)
         match event:
@@ -172,23 +172,24 @@ class LoginConversation:
                 log.info("user_name_refused", user=escaped(username), reason=self._name_problem)
         return bool(self._name_problem)
 
-    async def _refuse_name(self, event: AuthDecisionRequested) -> None:
-        """Fail as an unknown user without a webhook would: same prompts, same dummy
-        password check, same delay."""
+    async def _fail_as_unknown(self, event: AuthDecisionRequested, reason: str) -> None:
+        """Fail as a wrong password of a user with one would (a refused name, a method
+        offered but not in this user's chains): same prompts, same dummy password check,
+        same delay, so the answer does not tell which names exist or have a password."""
         match event:
             case PublicKeyAuthRequested():
-                await self._reject(NAME_REFUSED, final=event.signed)
+                await self._reject(reason, final=event.signed)
             case PasswordAuthRequested():
                 await verify_password(None, event.password)
-                await self._reject(NAME_REFUSED, final=True)
+                await self._reject(reason, final=True)
             case KeyboardInteractiveAuthRequested():
                 self._conn.send_auth_prompts("", "", self._policy.prompts(None, self.passed))
             case KeyboardInteractiveResponsesReceived():
                 for response in event.responses[:1]:
                     await verify_password(None, response)
-                await self._reject(NAME_REFUSED, final=True)
+                await self._reject(reason, final=True)
             case GssapiAuthRequested() | GssapiTokenReceived() | GssapiMicReceived():
-                await self._reject(NAME_REFUSED, final=True)
+                await self._reject(reason, final=True)
 
     async def _reject(self, reason: str, *, final: bool) -> None:
         """No, after the failure delay unless this was only a key query."""
