@@ -24,7 +24,7 @@ from trissh.config import load_config
 from trissh.ops.metrics import Metrics
 from trissh.server import workspaces
 from trissh.server.build import reload_context
-from trissh.server.workspace_recipe import home_volume_name
+from trissh.server.workspace_recipe import LABEL_HOME, LABEL_STATE, home_volume_name, state_label
 from trissh.server.workspace_source import WorkspaceSource
 from trissh.server.workspace_state import WorkspaceState, server_running
 from trissh.server.workspaces import Workspaces
@@ -257,12 +257,13 @@ async def test_home_volumes_are_made_mounted_and_expire(
     )
     result = await run_ssh(server.port, client_key.path, "printenv HOME")
     assert result.stdout == b"/home/me\n"
-    name = home_volume_name("alice")
+    scope = state_label(server.ctx.settings)
+    name = home_volume_name("alice", scope)
     [spec] = backend.sandbox_specs
     assert [(v.source, v.destination, v.named) for v in spec.settings.volumes] == [
         (name, "/home/me", True)
     ]
-    assert backend.volumes[name][0] == {"trissh.home": "alice"}
+    assert backend.volumes[name][0] == {LABEL_HOME: "alice", LABEL_STATE: scope}
     registry = server.ctx.state.workspaces
     assert registry is not None
     section = server.ctx.settings.workspaces
@@ -282,6 +283,53 @@ async def test_home_volumes_are_made_mounted_and_expire(
     assert await registry.expire_volumes(section, now=time.time() + 29 * 86400) == 0
     assert await registry.expire_volumes(section, now=far_future) == 1
     assert name not in backend.volumes
+
+
+async def test_each_user_and_deployment_gets_a_home_volume_of_its_own(
+    make_server: ServerFactory, client_key: ClientKey, tmp_path: Path
+) -> None:
+    """A name that reads like another's (``alice@`` is ``alice`` once made safe for podman)
+    and the same name under another state file (another deployment on the same podman)
+    each get their own home: before, the name's hash was 32 bits of the user name alone,
+    and an existing volume was mounted whoever it was made for (reviewer: a found
+    collision read alice's files)."""
+    backend = MemoryBackend()
+    home = {"workspaces.home_volume": True}
+    first = await make_server(backend, **home)
+    other = await make_server(
+        backend, **home, **{"workspaces.state_file": str(tmp_path / "other.json")}
+    )
+    for server, user in ((first, "alice"), (first, "alice@"), (other, "alice")):
+        result = await run_ssh(server.port, client_key.path, "true", user=user)
+        assert result.returncode == 0, result.stderr
+    homes = [s.settings.volumes[0].source for s in backend.sandbox_specs]
+    assert len(set(homes)) == 3, homes
+    scopes = {state_label(first.ctx.settings), state_label(other.ctx.settings)}
+    assert {labels[LABEL_STATE] for labels, _ in backend.volumes.values()} == scopes
+    assert sorted(labels[LABEL_HOME] for labels, _ in backend.volumes.values()) == [
+        "alice", "alice", "alice@"
+    ]  # fmt: skip
+
+
+async def test_expiry_leaves_other_deployments_volumes_and_unrecorded_ones_alone(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A server expires only its own deployment's home volumes, and one its state file has
+    no record of (the file was lost) counts as used now, not as used when it was made:
+    before, a workspace server removed every deployment's homes 30 days after creation."""
+    backend = MemoryBackend()
+    server = await make_server(backend, **{"workspaces.home_volume": True})
+    ours, theirs = state_label(server.ctx.settings), "0123456789abcdef"
+    long_ago = time.time() - 400 * 86400
+    backend.volumes["trissh-home-theirs"] = ({LABEL_HOME: "bob", LABEL_STATE: theirs}, long_ago)
+    backend.volumes["trissh-home-unrecorded"] = ({LABEL_HOME: "carol", LABEL_STATE: ours}, long_ago)
+    registry = server.ctx.state.workspaces
+    assert registry is not None
+    section = server.ctx.settings.workspaces
+    assert await registry.expire_volumes(section) == 0
+    assert await registry.expire_volumes(section, now=time.time() + 29 * 86400) == 0
+    assert await registry.expire_volumes(section, now=time.time() + 31 * 86400) == 1
+    assert list(backend.volumes) == ["trissh-home-theirs"]
 
 
 class ConfigServer:

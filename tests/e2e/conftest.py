@@ -168,6 +168,7 @@ async def make_server(
             await server.stop()
     backend = podman_backend(podman_url)
     for user in users:
-        await remove_workspace(backend, user, volume=True)
+        for settings in {id(s.ctx.settings): s.ctx.settings for s in started}.values():
+            await remove_workspace(backend, settings, user, volume=True)
         assert await workspaces_of(podman_url, user) == []
     backend.close()

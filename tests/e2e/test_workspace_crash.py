@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from trissh.config import load_config
 from trissh.ops.workspaces_cli import remove_workspace
 
 from ..support import ClientKey, free_port, needs, run_ssh
@@ -126,6 +127,6 @@ async def test_a_killed_server_s_workspace_is_adopted_with_its_tmux(
         await first.stop()
         await second.stop()
         backend = podman_backend(podman_url)
-        await remove_workspace(backend, user, volume=False)
+        await remove_workspace(backend, load_config(path, {}), user, volume=False)
         backend.close()
     assert await workspaces_of(podman_url, user) == []

@@ -19,7 +19,7 @@ from trissh.backend import Backend, BackendError
 from trissh.backend.base import LABEL_RECIPE, LABEL_WORKSPACE
 from trissh.backend.registry import make_backend
 from trissh.config import ServerConfig
-from trissh.server.workspace_recipe import LABEL_HOME, home_volume_name
+from trissh.server.workspace_recipe import LABEL_HOME, LABEL_STATE, home_volume_name, state_label
 from trissh.server.workspace_state import server_running
 
 USAGE = "usage: trissh workspaces [list] | remove [--volume] USER"
@@ -41,8 +41,9 @@ async def list_workspaces(backend: Backend, settings: ServerConfig) -> list[str]
     state = settings.workspace_state_file()
     held = "a running server holds them" if server_running(state) else "no server holds them"
     lines = [f"workspaces ({held}; state {state}):"]
+    scope = state_label(settings)
     found = sorted(
-        await backend.find_sandboxes({LABEL_WORKSPACE: None}),
+        await backend.find_sandboxes({LABEL_WORKSPACE: None, LABEL_STATE: scope}),
         key=lambda f: f.labels[LABEL_WORKSPACE],
     )
     for item in found:
@@ -53,7 +54,9 @@ async def list_workspaces(backend: Backend, settings: ServerConfig) -> list[str]
         )
     if not found:
         lines.append("  (none)")
-    volumes = sorted(await backend.find_volumes({LABEL_HOME: None}), key=lambda v: v.name)
+    volumes = sorted(
+        await backend.find_volumes({LABEL_HOME: None, LABEL_STATE: scope}), key=lambda v: v.name
+    )
     lines.append("home volumes:")
     for volume in volumes:
         lines.append(
@@ -65,18 +68,22 @@ async def list_workspaces(backend: Backend, settings: ServerConfig) -> list[str]
     return lines
 
 
-async def remove_workspace(backend: Backend, user: str, *, volume: bool) -> list[str]:
-    """Remove ``user``'s workspace container (and home volume); the lines to print.
+async def remove_workspace(
+    backend: Backend, settings: ServerConfig, user: str, *, volume: bool
+) -> list[str]:
+    """Remove ``user``'s workspace container (and home volume) of this configuration's
+    deployment (its state file); the lines to print.
 
     Raises:
         BackendError: podman failed (a volume still in use, for one).
     """
     lines = []
-    for item in await backend.find_sandboxes({LABEL_WORKSPACE: user}):
+    scope = state_label(settings)
+    for item in await backend.find_sandboxes({LABEL_WORKSPACE: user, LABEL_STATE: scope}):
         if await backend.remove_sandbox(item.container_id):
             lines.append(f"removed workspace container {item.container_id[:12]} of {user}")
     if volume:
-        name = home_volume_name(user)
+        name = home_volume_name(user, scope)
         if await backend.remove_volume(name):
             lines.append(f"removed home volume {name}")
     return lines or [f"nothing to remove for {user}"]
@@ -98,7 +105,7 @@ async def workspaces_command(settings: ServerConfig, args: Sequence[str], volume
         if run_list:
             lines = await list_workspaces(backend, settings)
         else:
-            lines = await remove_workspace(backend, words[1], volume=volume)
+            lines = await remove_workspace(backend, settings, words[1], volume=volume)
     except BackendError as exc:
         print(f"trissh: {exc}")
         return 1

@@ -25,10 +25,13 @@ def state_label(settings: ServerConfig) -> str:
     return hashlib.sha256(path.encode()).hexdigest()[:16]
 
 
-def home_volume_name(user: str) -> str:
-    """``trissh-home-NAME-HASH``: readable, valid for podman, unique per user name."""
+def home_volume_name(user: str, scope: str) -> str:
+    """``trissh-home-NAME-HASH``: readable, valid for podman, unique per user name and
+    deployment (``scope``: its :func:`state_label`). NAME is the name made safe, which
+    several names share, so HASH (128 bits of both) alone tells them apart."""
     safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", user)[:40].strip("-.") or "user"
-    return f"trissh-home-{safe}-{hashlib.sha256(user.encode()).hexdigest()[:8]}"
+    digest = hashlib.sha256(f"{scope}\0{user}".encode()).hexdigest()[:32]
+    return f"trissh-home-{safe}-{digest}"
 
 
 def recipe_of(spec: SandboxSpec) -> str:
@@ -51,12 +54,13 @@ def workspace_spec(
             settings=container_settings(settings.container_for(user)),
         )
     section = settings.workspaces
+    scope = state_label(settings)
     container = dataclasses.replace(
-        spec.settings, labels={**spec.settings.labels, LABEL_STATE: state_label(settings)}
+        spec.settings, labels={**spec.settings.labels, LABEL_STATE: scope}
     )
     if section.home_volume:
         home = Volume(
-            source=home_volume_name(user),
+            source=home_volume_name(user, scope),
             destination=section.home,
             read_only=False,
             named=True,

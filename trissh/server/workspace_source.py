@@ -13,7 +13,7 @@ import trio
 
 from trissh.backend import BackendError, Sandbox, SandboxSpec
 from trissh.server.workspace_entries import Workspace
-from trissh.server.workspace_recipe import home_volume_name
+from trissh.server.workspace_recipe import home_volume_of
 from trissh.server.workspaces import AdoptionPending, Workspaces
 
 #: Bound on what a connection does in its workspace as it leaves (removing its secrets).
@@ -73,7 +73,7 @@ class WorkspaceSource:
         workspace = self._workspace
         if workspace is None:
             return None
-        name = home_volume_name(self._spec.username)
+        name = home_volume_of(workspace.spec)
         volumes = workspace.spec.settings.volumes
         return next((v.destination for v in volumes if v.named and v.source == name), None)
 

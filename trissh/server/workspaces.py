@@ -310,7 +310,11 @@ class Workspaces:
                 if sandbox is None:
                     home = home_volume_of(spec)
                     if home is not None:
-                        await self._backend.create_volume(home, {LABEL_HOME: workspace.user})
+                        labels = {
+                            LABEL_HOME: workspace.user,
+                            LABEL_STATE: state_label(self._settings()),
+                        }
+                        await self._backend.create_volume(home, labels)
                     sandbox = await held.enter_async_context(self._backend.open_sandbox(spec))
             except BackendError as exc:
                 workspace.failure = exc
@@ -487,8 +491,12 @@ class Workspaces:
         now = time.time() if now is None else now
         live = {home_volume_of(w.spec) for w in self._live.values()}
         removed = 0
-        for volume in await self._backend.find_volumes({LABEL_HOME: None}):
-            last = self._state.volumes.get(volume.name, volume.created)
+        ours = {LABEL_HOME: None, LABEL_STATE: state_label(self._settings())}
+        for volume in await self._backend.find_volumes(ours):
+            last = self._state.volumes.get(volume.name)
+            if last is None:  # made before the state file was (lost, replaced): used now
+                self._state.used(volume.name, now)
+                continue
             idle_days = (now - last) / 86400
             if volume.in_use or volume.name in live or idle_days < section.home_volume_expiry_days:
                 continue
