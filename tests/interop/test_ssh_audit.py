@@ -79,7 +79,6 @@ async def test_defaults_have_no_failure_and_only_post_quantum_warnings(
         "curve25519-sha256",
         "curve25519-sha256@libssh.org",
         "diffie-hellman-group16-sha512",
-        "diffie-hellman-group18-sha512",
     }, report
     assert code in (0, 2), report  # 2: warnings present
 

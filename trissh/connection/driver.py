@@ -302,8 +302,16 @@ class ConnectionDriver:
 
     async def _receive_until_end(self) -> None:
         conn = self.conn
+        budget = self.ctx.state.kex_budget
+        charged = 0.0
         while True:
-            await self._process_events()
+            if self.login is None:  # before login: key exchanges take turns (kex_budget)
+                await budget.wait_turn()
+                await self._process_events()
+                budget.charge(conn.kex_cpu_seconds - charged)
+                charged = conn.kex_cpu_seconds
+            else:
+                await self._process_events()
             if self._ended or conn.closed:
                 return
             # A client that does not read our answers is not read either (sshd waits for

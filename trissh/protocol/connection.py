@@ -119,6 +119,11 @@ class ServerConnection:
     def data_to_send(self) -> bytes:
         return self._transport.data_to_send()
 
+    @property
+    def kex_cpu_seconds(self) -> float:
+        """CPU seconds this connection's key exchanges took so far."""
+        return self._transport.kex_cpu_seconds
+
     def take_output(self) -> list[bytes]:
         """``data_to_send`` as separate wire chunks, for a scatter-gather write."""
         return self._transport.take_output()

@@ -168,6 +168,8 @@ class Transport:
         self._rekeys_before_auth = 0
         #: CPU seconds spent computing the running exchange (the driver paces re-exchanges).
         self._kex_seconds = 0.0
+        #: CPU seconds of every exchange so far (the connection's budget is charged with it).
+        self.kex_cpu_seconds = 0.0
         self._out_compression = "none"
         self._in_compression = "none"
         self._our_kexinit = b""
@@ -486,7 +488,9 @@ class Transport:
         """``compute()``, its CPU time added to the running exchange's cost."""
         started = self._config.cpu_clock()
         result = compute()
-        self._kex_seconds += self._config.cpu_clock() - started
+        spent = self._config.cpu_clock() - started
+        self._kex_seconds += spent
+        self.kex_cpu_seconds += spent
         return result
 
     def _finish_kex(self, result: KexResult) -> None:

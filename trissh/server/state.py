@@ -18,6 +18,7 @@ from trissh.admin.live import ConnectionView, LiveSession
 from trissh.auth.policy import AuthPolicy
 from trissh.backend import Backend
 from trissh.config import ServerConfig
+from trissh.connection.kex_budget import KexBudget
 from trissh.ops.metrics import Metrics
 from trissh.ops.recording import Recorder
 from trissh.protocol import ProtocolConfig
@@ -82,6 +83,8 @@ class ServerState:
     workspaces: Workspaces | None = None
     #: Refused connections still being told why.
     refusals: Refusals = field(default_factory=Refusals)
+    #: The loop's time that key exchanges before login may take, all together.
+    kex_budget: KexBudget = field(default_factory=KexBudget)
 
     @property
     def live_connections(self) -> int:
