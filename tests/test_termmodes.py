@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import struct
 import subprocess
@@ -110,3 +111,16 @@ def test_home_first_rides_on_an_exec_s_own_shell() -> None:
         "SSH_TTY=$(tty) && export SSH_TTY; cd ~ 2>/dev/null; exec /bin/bash --noprofile -c "
     )
     assert program_argv(shell, command, modes=None, home=False) == command
+
+
+def test_a_shell_that_does_not_read_sh_gets_its_set_up_from_bin_sh() -> None:
+    """rbash, git-shell, fish, tcsh: trissh's set-up is sh, so /bin/sh runs it and then
+    execs the program, whose own shell gets the client's command untouched."""
+    for shell in (["/bin/rbash"], ["/usr/bin/git-shell"], ["/usr/bin/fish", "-l"]):
+        command = [*shell, "-c", "git-upload-pack 'repo'"]
+        wrapped = program_argv(shell, command, modes=None, home=True)
+        quoted = " ".join(shlex.quote(word) for word in command)
+        assert wrapped == ["/bin/sh", "-c", f"cd ~ 2>/dev/null; exec {quoted}"]
+        terminal = program_argv(shell, [shell[0]], modes=b"", home=True)
+        assert terminal[:2] == ["/bin/sh", "-c"]
+        assert terminal[2].endswith(f"; exec {shell[0]}")

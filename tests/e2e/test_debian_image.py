@@ -51,3 +51,37 @@ async def test_the_tools_users_expect_run(
     assert result.stdout.decode().splitlines() == [
         "/bin/bash 5", "git version", "rsync", "42", "tmux", "agent=2"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("shell", "command", "expected"),
+    [
+        (["/bin/rbash"], "echo hi; pwd", "hi\n/root\n"),
+        (
+            ["/usr/bin/git-shell"],
+            "git-upload-pack '/tmp'",
+            "'/tmp' does not appear to be a git repository",
+        ),
+    ],
+)
+async def test_a_shell_that_does_not_read_sh_runs_the_command_as_sshd_would(
+    nursery: trio.Nursery, podman_url: str, authorized_keys: Path, tmp_path: Path,
+    debian_image: str, client_key: ClientKey, shell: list[str], command: str, expected: str,
+) -> None:  # fmt: skip
+    """rbash (a CTF's jail) and git-shell (a git host's account) get the client's command
+    as sshd passes it, in the home directory: trissh's own set-up (``cd ~``) runs in
+    /bin/sh, not in them (before: rbash said "restricted: cannot redirect output" and ran
+    in /, git-shell said "unrecognized command 'cd ~ 2>/dev/null; ...'")."""
+    ctx = make_context(
+        podman_backend(podman_url), authorized_keys, tmp_path / "host_key",
+        **{"container.image": debian_image, "container.shell": shell},
+    )  # fmt: skip
+    server = await start_server(nursery, ctx)
+    try:
+        result = await run_ssh(server.port, client_key.path, command)
+    finally:
+        await server.stop()
+    output = (result.stdout + result.stderr).decode()
+    assert expected in output, output
+    assert "restricted" not in output, output
+    assert "unrecognized" not in output, output

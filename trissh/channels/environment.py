@@ -19,13 +19,18 @@ the client's terminal modes before it ``exec``s the program.
 Like sshd, programs start in the home directory (``cd ~``, which is ``$HOME``) unless the
 operator set ``[container] workdir``: rsync, scp and sftp paths without a leading ``/``
 are relative to it. An ``exec`` command gets the ``cd`` in front of its own shell's
-command line (no extra process); other programs are started through the shell.
+command line (no extra process); other programs are started through the shell. That set-up
+is sh: a configured shell that does not read sh (rbash's jail, git-shell, fish, tcsh)
+gets it from ``/bin/sh``, which then ``exec``s the program, so the client's command
+reaches that shell as sshd passes it.
 """
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 from trissh.addresses import host_of, port_of
 from trissh.channels.termmodes import stty_settings
@@ -68,6 +73,10 @@ def session_environment(
 
 #: How a program moves to its home directory first (sshd's chdir to the user's home).
 GO_HOME = "cd ~ 2>/dev/null"
+#: Shells that read sh's language, by name: the set-up runs in the configured shell itself.
+_READS_SH: Final = frozenset({"sh", "bash", "dash", "ash", "ksh", "mksh", "pdksh", "zsh", "yash"})
+#: Where the set-up runs for any other shell.
+SETUP_SHELL: Final = "/bin/sh"
 
 
 def _stty_command(settings: list[tuple[str, ...]]) -> str:
@@ -98,8 +107,9 @@ def program_argv(
         parts.append(_stty_command(settings))
     if not parts:
         return list(argv)
+    reads_sh = posixpath.basename(shell[0]) in _READS_SH
     own = len(shell) + 2
-    if modes is None and len(argv) == own and list(argv[: own - 1]) == [*shell, "-c"]:
+    if reads_sh and modes is None and len(argv) == own and list(argv[: own - 1]) == [*shell, "-c"]:
         return [*argv[:-1], "; ".join([*parts, argv[-1]])]  # the command's own shell
     parts.append("exec " + " ".join(shlex.quote(item) for item in argv))
-    return [shell[0], "-c", "; ".join(parts)]
+    return [shell[0] if reads_sh else SETUP_SHELL, "-c", "; ".join(parts)]
