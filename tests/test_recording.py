@@ -435,3 +435,38 @@ async def test_buffer_bound_while_the_worker_is_stuck(
         assert "storage too slow" in logs[0]["error"]
         release.set()
     rec.close(0)  # no effect, no exception
+
+
+async def test_a_sessions_output_is_written_from_a_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the session's tap, the output is written by worker threads, never by the
+    trio thread, which every connection shares: before, every 64 KiB went out from the
+    trio thread (the tap's threaded flush never had anything left to do), so a stalled
+    disk held every session (reviewer). The header and the exit line stay inline."""
+    from trissh.channels.session_tap import SessionTap
+
+    trio_thread = threading.get_ident()
+    inline: list[int] = []
+    threaded: list[int] = []
+    write_all = trissh.ops.recording._write_all
+
+    def spy(fd: int, data: bytes) -> None:
+        (inline if threading.get_ident() == trio_thread else threaded).append(len(data))
+        write_all(fd, data)
+
+    monkeypatch.setattr(trissh.ops.recording, "_write_all", spy)
+    recorder = Recorder(tmp_path, max_bytes=0, record_input=False)
+    recording = recorder.open_session("c1", 0, user="u", pty=None)
+    tap = SessionTap(recording, None)
+    header = len(inline)
+    for size in (1000, 32 * 1024, 256 * 1024, 256 * 1024, 100_000):
+        for _ in range(4):
+            tap.stdout(b"x" * size)
+            await tap.flush_now_and_then()
+    assert len(inline) == header
+    tap.close(0, None)
+    assert sum(threaded) > 2_000_000
+    assert recording.path is not None
+    _, events = read_cast(recording.path)
+    assert len(text_of(events, "o")) == 4 * (1000 + 32 * 1024 + 2 * 256 * 1024 + 100_000)

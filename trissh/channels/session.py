@@ -484,6 +484,7 @@ async def _pump_input(channel: ChannelStream, stdin: trio.abc.SendStream, tap: S
         while data := await channel.receive_some(PUMP_CHUNK):
             tap.stdin(data)
             await stdin.send_all(data)
+            await tap.flush_now_and_then()
         await stdin.aclose()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the process stopped reading; its exit ends the session

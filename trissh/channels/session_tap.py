@@ -7,22 +7,22 @@ from trissh.admin.live import LiveSession
 from trissh.backend import TerminalSize as BackendTerminalSize
 from trissh.ops.recording import SessionRecording
 
-#: A recording's buffered bytes are written out (in a thread) beyond this.
-RECORDING_FLUSH_AT = 64 * 1024
-
 
 class SessionTap:
     """Where a session's stdio is copied besides the channel: its recording, if any, and
     its live view for operators (admin/live.py).
 
     Recording calls are synchronous and never raise (recording.py); the buffered bytes
-    are written from a worker thread now and then, so a slow disk never stalls a pump.
+    are written from a worker thread whenever due (``flush_now_and_then``, which the pumps
+    await), so a slow disk never stalls the event loop.
     The live view never waits either: a watcher that falls behind is dropped.
     """
 
     def __init__(self, recording: SessionRecording | None, live: LiveSession | None) -> None:
         self._recording = recording
         self._live = live
+        if recording is not None:
+            recording.defer_writes()
 
     def stdin(self, data: bytes | bytearray) -> None:
         if self._recording is not None:
@@ -53,7 +53,7 @@ class SessionTap:
             self._live.container = container_id
 
     async def flush_now_and_then(self) -> None:
-        if self._recording is not None and self._recording.pending_bytes > RECORDING_FLUSH_AT:
+        if self._recording is not None and self._recording.due:
             await self._recording.flush()
 
     def close(self, code: int | None, signal: str | None) -> None:

@@ -44,12 +44,13 @@ reserved, so a file never exceeds the cap.
 Blocking: those writes are ordinary ``write(2)`` calls of at most ``buffer_bytes`` plus
 one line, made from the calling (trio) thread. On a local disk they land in the page
 cache in microseconds, but they can block for long when storage stalls (writeback
-throttling on a saturated disk, NFS, a failing device). To keep even that off the trio
-thread, call ``await recording.flush()`` from the session task (e.g. whenever
-``recording.pending_bytes`` passes a few KiB, or every second): it writes the buffer from a
-worker thread (``trio.to_thread``), and while it runs the synchronous methods only buffer
-(up to ``max_pending`` bytes, past which the recording stops as failed rather than grow).
-Opening (mkdir, open, the header) is also synchronous: a few small metadata operations.
+throttling on a saturated disk, NFS, a failing device). To keep that off the trio thread,
+a session calls ``defer_writes()`` and then ``await recording.flush()`` whenever
+``recording.due``: the buffer goes out from a worker thread (``trio.to_thread``), and
+while it runs the synchronous methods only buffer (up to ``max_pending`` bytes, past
+which the recording stops as failed rather than grow). Opening (mkdir, open, the header)
+and ``close()`` (the rest of the buffer, the exit line) stay synchronous: a few small
+operations.
 """
 
 from __future__ import annotations
@@ -285,6 +286,8 @@ class SessionRecording:
         self._size = 0
         self._inflight = False
         self._close_pending = False
+        #: Writes only through ``flush()`` (the session's tap), never from the calls.
+        self._deferred = False
         self._decoders = {
             code: codecs.getincrementaldecoder("utf-8")(errors="replace") for code in "ioe"
         }
@@ -352,6 +355,20 @@ class SessionRecording:
         """Bytes buffered and not yet handed to the kernel."""
         return self._buffered
 
+    def defer_writes(self) -> None:
+        """From now on the synchronous calls only buffer: the caller awaits ``flush()``
+        whenever ``due`` says so, and the buffer goes out from a worker thread."""
+        self._deferred = True
+
+    @property
+    def due(self) -> bool:
+        """The buffer should go out: ``buffer_bytes`` of it, or ``flush_interval`` since
+        the last write."""
+        return self._buffered >= self._recorder.buffer_bytes or (
+            self._buffered > 0
+            and self._recorder.clock() - self._last_flush >= self._recorder.flush_interval
+        )
+
     def statistics(self) -> dict[str, object]:
         return {"state": self.state.value, "bytes": self._size, "pending": self._buffered}
 
@@ -368,6 +385,7 @@ class SessionRecording:
         if not start:
             await trio.lowlevel.checkpoint()
             return
+        self._last_flush = self._recorder.clock()
         await trio.to_thread.run_sync(self._drain, abandon_on_cancel=True)
 
     # -- internals ------------------------------------------------------------------------------
@@ -431,11 +449,8 @@ class SessionRecording:
             raise OSError(f"storage too slow: {self._buffered} bytes waiting to be written")
 
     def _maybe_write(self) -> None:
-        now = self._recorder.clock()
-        if self._buffered >= self._recorder.buffer_bytes or (
-            self._buffered and now - self._last_flush >= self._recorder.flush_interval
-        ):
-            self._last_flush = now
+        if not self._deferred and self.due:
+            self._last_flush = self._recorder.clock()
             self._write_now()
 
     def _write_now(self) -> None:
