@@ -146,6 +146,16 @@ async def test_a_forced_command_runs_instead_of_the_one_asked(
     assert _recorded_command(tmp_path) == "echo forced"
 
 
+async def test_a_long_command_is_cut_in_the_log_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client may send a 128 KiB command each session: its session_started line carries
+    the first 4096 characters and the length, not all of it (before: 131 KB lines)."""
+    logs = capture_module_log(monkeypatch, "trissh.channels.session")
+    command = "true " + "x" * 100_000
+    await run(context(MemoryBackend()), command)
+    [started] = [line for line in logs if line["event"] == "session_started"]
+    assert started["command"] == command[:4096] + "... (100005 characters)"
+
+
 async def test_a_huge_terminal_is_recorded_at_the_size_the_terminal_took(
     tmp_path: Path,
 ) -> None:

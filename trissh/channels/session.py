@@ -57,6 +57,8 @@ log = structlog.get_logger("trissh.channels.session")
 
 #: Bytes moved per read on each stdio pump.
 PUMP_CHUNK = 256 * 1024
+#: The most of a client's command a log line carries (a command may be 128 KiB).
+LOGGED_COMMAND = 4096
 #: Exit status of a session whose program never started (what ssh uses for its own errors).
 SESSION_FAILED_EXIT_CODE = 255
 #: Bound on writing the last error message to a client that may be gone.
@@ -266,6 +268,13 @@ class _Ending:
         )
 
 
+def _logged(command: str | None) -> str | None:
+    """A client's command as a log line carries it: cut past LOGGED_COMMAND characters."""
+    if command is None or len(command) <= LOGGED_COMMAND:
+        return command
+    return f"{command[:LOGGED_COMMAND]}... ({len(command)} characters)"
+
+
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first leaf of an exception group (nurseries nest them)."""
     first: BaseException = group
@@ -359,7 +368,7 @@ async def _serve(
     log.info(
         "session_started",
         kind=request.kind.value,
-        command=request.command,
+        command=_logged(request.command),
         forced_command=ctx.grant.forced_command,
         subsystem=request.subsystem,
         pty=request.pty is not None,
