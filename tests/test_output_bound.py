@@ -16,7 +16,7 @@ from trissh.protocol.messages import connection as conn
 from trissh.protocol.messages import transport as tr
 
 from .peer import Peer
-from .support import make_context, start_server
+from .support import capture_module_log, make_context, start_server
 from .test_driver import user_keys
 
 #: Messages the client sends without reading; each one gets an UNIMPLEMENTED back.
@@ -87,3 +87,28 @@ async def test_a_connection_ended_while_its_socket_is_full_still_says_why(
                     last = message
     assert isinstance(last, tr.Disconnect), last
     assert last.description == "ended by the operator"
+
+
+async def test_a_second_kill_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ``trissh kill`` at once, or one while the connection already ends: one
+    ``connection_ended_by_server`` line and the first reason stay (before: two lines, and
+    a kill during a client's own disconnect turned client_disconnected into
+    ended_by_operator in connection_closed and the metric)."""
+    logged = capture_module_log(monkeypatch, "trissh.connection.driver")
+    ctx = make_context(MemoryBackend(), user_keys(tmp_path), tmp_path / "host_key")
+    ours, theirs = trio.socket.socketpair()
+    driver = ConnectionDriver(trio.SocketStream(ours), ctx, conn_id="twice", remote="test")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_driver, driver)
+            peer = Peer(trio.SocketStream(theirs))
+            await peer.login()
+            driver.end_by_operator()
+            driver.end_by_operator()
+            while await peer.next_message() is not None:
+                pass
+    ended = [e for e in logged if e["event"] == "connection_ended_by_server"]
+    assert len(ended) == 1
+    assert driver.close_reason == "ended_by_operator"

@@ -259,3 +259,28 @@ async def test_the_admin_socket_is_its_owners_alone(
     assert refused.stdout.strip() in (b"answer b''", b"answer 32", b"answer 104")  # no answer
     [refusal] = [e for e in logs if e["event"] == "admin_refused"]
     assert refusal["peer_uid"] == 65534
+
+
+@pytest.mark.parametrize(
+    ("request_line", "error"),
+    [
+        (b"[" * 4000 + b"\n", "malformed request: not a JSON object"),
+        (b"not json\n", "malformed request: not a JSON object"),
+        (b"[1, 2]\n", "malformed request: not a JSON object"),
+    ],
+)
+async def test_a_malformed_request_is_answered_and_logged_once(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch, request_line: bytes, error: str
+) -> None:
+    """A request that is not one JSON object gets an answer saying so and one
+    ``admin_request`` line (before: nothing at all, or, nested 4000 deep, a traceback)."""
+    logged = capture_module_log(monkeypatch, "trissh.admin.server")
+    with trio.fail_after(10):
+        stream = await trio.open_unix_socket(server.ctx.settings.admin.socket)
+        async with stream:
+            await stream.send_all(request_line)
+            answer = b""
+            while chunk := await stream.receive_some(4096):
+                answer += chunk
+    assert json.loads(answer) == {"ok": False, "error": error}
+    assert [(e["event"], e["result"]) for e in logged] == [("admin_request", "refused")]

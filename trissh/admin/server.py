@@ -155,10 +155,16 @@ async def _serve_client(
         log.warning("admin_refused", peer_uid=uid, peer_pid=pid)
         ctx.metrics.admin_request("connect", "refused")
         return
-    request: dict[str, Any] | None = None
+    request: dict[str, Any] | str | None = None
     with trio.move_on_after(REQUEST_TIMEOUT):
         request = await _read_request(stream)
     if request is None:
+        return
+    if isinstance(request, str):
+        log.info("admin_request", action="", peer_uid=uid, peer_pid=pid, result="refused",
+                 error=request)  # fmt: skip
+        ctx.metrics.admin_request("", "refused")
+        await _send(stream, {"ok": False, "error": request})
         return
     action = str(request.get("action", ""))
     target = request.get("conn") or request.get("session")
@@ -179,8 +185,9 @@ async def _serve_client(
     await _send(stream, {"ok": True, **answer})
 
 
-async def _read_request(stream: trio.SocketStream) -> dict[str, Any] | None:
-    """One JSON object on one line, bounded; None if there is none."""
+async def _read_request(stream: trio.SocketStream) -> dict[str, Any] | str | None:
+    """One JSON object on one line, bounded; None if there is none (the client went, or
+    sent more than MAX_REQUEST bytes), why as a string if the line is not one."""
     data = bytearray()
     while b"\n" not in data:
         try:
@@ -192,9 +199,9 @@ async def _read_request(stream: trio.SocketStream) -> dict[str, Any] | None:
         data += chunk
     try:
         request = json.loads(data.split(b"\n", 1)[0])
-    except ValueError:
-        return None
-    return request if isinstance(request, dict) else None
+    except (ValueError, RecursionError):  # RecursionError: nested thousands deep
+        request = None
+    return request if isinstance(request, dict) else "malformed request: not a JSON object"
 
 
 async def _busy(stream: trio.SocketStream) -> None:

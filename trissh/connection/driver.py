@@ -273,7 +273,12 @@ class ConnectionDriver:
 
     def _end(self, reason: DisconnectReason, description: str, close_reason: str) -> None:
         """Disconnect on our own initiative: queue DISCONNECT, stop reading, cancel tasks.
-        (Also called from other tasks, the admin's and the stop's: the keys are explicit.)"""
+        (Also called from other tasks, the admin's and the stop's: the keys are explicit.)
+        A connection already ending keeps its reason: only its tasks are cancelled."""
+        if self._ended:
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+            return
         log.info(
             "connection_ended_by_server",
             reason=close_reason,
@@ -302,14 +307,12 @@ class ConnectionDriver:
 
     async def _receive_until_end(self) -> None:
         conn = self.conn
-        budget = self.ctx.state.kex_budget
-        charged = 0.0
+        kex = self.ctx.state.kex_budget.account()
         while True:
             if self.login is None:  # before login: key exchanges take turns (kex_budget)
-                await budget.wait_turn()
+                await kex.wait_turn()
                 await self._process_events()
-                budget.charge(conn.kex_cpu_seconds - charged)
-                charged = conn.kex_cpu_seconds
+                kex.spent(conn.kex_cpu_seconds)
             else:
                 await self._process_events()
             if self._ended or conn.closed:

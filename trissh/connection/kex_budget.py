@@ -16,7 +16,7 @@ from typing import Final
 
 import trio
 
-__all__ = ["BURST", "SHARE", "KexBudget"]
+__all__ = ["BURST", "SHARE", "KexAccount", "KexBudget"]
 
 #: The share of the loop's time key exchanges before login may take, over time.
 SHARE: Final = 0.5
@@ -51,3 +51,23 @@ class KexBudget:
         charged before the next looks at the debt (nothing awaits in between)."""
         while (debt := self._settle()) > self._burst:  # noqa: ASYNC110 - a debt, not an event
             await trio.sleep((debt - self._burst) / self._share)
+
+    def account(self) -> KexAccount:
+        """One connection's account: it reports its running total, the budget the growth."""
+        return KexAccount(self)
+
+
+class KexAccount:
+    """One connection's side of the budget."""
+
+    def __init__(self, budget: KexBudget) -> None:
+        self._budget = budget
+        self._total = 0.0
+
+    async def wait_turn(self) -> None:
+        await self._budget.wait_turn()
+
+    def spent(self, total: float) -> None:
+        """The connection's exchanges have cost ``total`` CPU seconds so far."""
+        self._budget.charge(total - self._total)
+        self._total = total
