@@ -27,7 +27,9 @@ def pty(pair: ConnectionPair, cid: ChannelId) -> None:
 @pytest.mark.parametrize(
     "name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "PATH", "BASH_ENV", "PYTHONPATH", "GIT_DIR",
              "GIT_SSH_COMMAND", "GIT_PROTOCOLX", "ZDOTDIR", "GLIBC_TUNABLES", "NLSPATH",
-             "OPENSSL_CONF", "LESSOPEN"]
+             "OPENSSL_CONF", "LESSOPEN", "SSH_ORIGINAL_COMMAND", "SSH_AUTH_SOCK", "SSH_TTY",
+             "KRB5CCNAME", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "LUA_INIT", "LUA_INIT_5_4",
+             "PHPRC", "VIMINIT", "EXINIT", "CDPATH", "GLOBIGNORE"]
 )  # fmt: skip
 def test_dangerous_env_is_refused_even_when_everything_is_allowed(name: str) -> None:
     """accept_env = ("*",) still never lets a client set how programs load or start."""

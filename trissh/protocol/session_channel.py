@@ -58,6 +58,8 @@ NEVER_ACCEPTED_ENV: Final = (
     "LOCPATH", "MALLOC_*", "NODE_OPTIONS", "PYTHON*", "PERL5*", "PERLLIB", "RUBYOPT", "RUBYLIB",
     "JAVA_TOOL_OPTIONS", "GIT_*", "TERMINFO*", "HOSTALIASES", "RES_OPTIONS", "LOCALDOMAIN",
     "ZDOTDIR", "GLIBC_TUNABLES", "NLSPATH", "OPENSSL_*", "LESSOPEN", "LESSCLOSE",
+    "SSH_*", "KRB5CCNAME", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "LUA_INIT*", "PHPRC",
+    "VIMINIT", "EXINIT", "CDPATH", "GLOBIGNORE",
 )  # fmt: skip
 #: The only names accepted at all: a shell's portable names. bash turns ``BASH_FUNC_x%%``
 #: into a function that overrides a command (``cd``) in the command line trissh runs.
