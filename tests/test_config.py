@@ -141,3 +141,13 @@ def test_podman_url_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     own.parent.mkdir(parents=True)
     own.touch()
     assert settings.podman_url() == f"unix://{own}"
+
+
+@pytest.mark.parametrize("length", [98, 107])
+def test_an_admin_socket_path_trissh_cannot_bind_is_refused_at_check(length: int) -> None:
+    """The socket is bound under a temporary name 10 bytes longer, then renamed: a path of
+    98 to 107 bytes passed check-config and failed at the start (reviewer)."""
+    path = "/" + "a" * (length - 1)
+    with pytest.raises(ConfigError, match="97 bytes"):
+        load_config(None, {"admin.socket": path})
+    assert load_config(None, {"admin.socket": "/" + "a" * 96}).admin.socket

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
@@ -152,6 +152,10 @@ class MetricsSection(Model):
         return value
 
 
+#: sun_path's 107 bytes, less the temporary name's ``.NAME.XXXXXXXX`` (admin/server.py).
+MAX_ADMIN_SOCKET_PATH: Final = 107 - 10
+
+
 class AdminSection(Model):
     """``[admin]``: the local socket of ``trissh sessions``, ``kill``, ``watch``, ``drain``."""
 
@@ -167,8 +171,11 @@ class AdminSection(Model):
     def _check_socket(cls, value: str) -> str:
         if value and not value.startswith("/"):
             raise ValueError("socket must be an absolute path")
-        if len(value.encode()) > 107:  # sun_path
-            raise ValueError("socket path is longer than a unix socket allows (107 bytes)")
+        if len(value.encode()) > MAX_ADMIN_SOCKET_PATH:
+            raise ValueError(
+                f"socket path is longer than {MAX_ADMIN_SOCKET_PATH} bytes (a unix socket's"
+                " path holds 107, and trissh binds a name 10 bytes longer first, then renames)"
+            )
         return value
 
 
