@@ -470,3 +470,24 @@ async def test_a_sessions_output_is_written_from_a_worker_thread(
     assert recording.path is not None
     _, events = read_cast(recording.path)
     assert len(text_of(events, "o")) == 4 * (1000 + 32 * 1024 + 2 * 256 * 1024 + 100_000)
+
+
+def test_recording_stops_where_the_disk_would_fill(tmp_path: Path) -> None:
+    """min_free_bytes: no recording starts, and a running one stops (the session goes on),
+    once the file system holding them has less free: one user's output could otherwise
+    fill the disk that also holds the state file and host keys (reviewer: 3 x 100 MiB from
+    3 x 20 MB of NULs, without end)."""
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    starved = Recorder(tmp_path, max_bytes=0, record_input=False, min_free_bytes=free * 2)
+    refused = starved.open_session("c1", 0, user="u", pty=None)
+    assert refused.state is RecordingState.FAILED
+    assert list(tmp_path.glob("*.cast")) == []
+    recorder = Recorder(tmp_path, max_bytes=0, record_input=False, min_free_bytes=1)
+    running = recorder.open_session("c2", 0, user="u", pty=None)
+    running.stdout(b"first")
+    assert running.state is RecordingState.RECORDING
+    recorder.min_free_bytes = free * 2  # the disk filled meanwhile
+    running.stdout(b"x" * 70_000)
+    assert running.statistics()["state"] == RecordingState.FAILED.value
+    running.close(0)
+    assert recorder.statistics() == {"opened": 1, "failed": 1}

@@ -186,6 +186,9 @@ class RecordingSection(Model):
     directory: Path = Path("/var/lib/trissh/recordings")
     #: A recording stops (cleanly, with a marker) at this size; 0 for no cap.
     max_bytes: int = Field(100 * 1024 * 1024, ge=0)
+    #: No recording starts, and running ones stop, where the file system holding them has
+    #: less free than this (MiB): one user's output must not fill the server's disk.
+    min_free_mb: int = Field(256, ge=0)
     #: Also record what users type (passwords typed at prompts included!).
     record_input: bool = False
     #: Only these users; empty: everyone.

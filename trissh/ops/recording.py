@@ -58,6 +58,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import enum
+import errno
 import json
 import os
 import re
@@ -143,6 +144,8 @@ class Recorder:
         flush_interval: and at least this often (seconds of ``clock``) while events arrive.
         max_pending: buffer bound while a threaded ``flush()`` is still writing.
         on_failure: called once per recording that storage stops (e.g. a metrics counter).
+        min_free_bytes: no recording starts, and a running one stops as failed, where the
+            file system holding them has less free (checked before each write); 0: none.
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class Recorder:
         flush_interval: float = 1.0,
         max_pending: int = 4 * 1024 * 1024,
         on_failure: Callable[[], None] | None = None,
+        min_free_bytes: int = 0,
     ) -> None:
         if max_bytes < 0 or 0 < max_bytes < MIN_MAX_BYTES:
             raise ValueError(f"max_bytes must be 0 (no cap) or at least {MIN_MAX_BYTES}")
@@ -169,8 +173,15 @@ class Recorder:
         self.flush_interval = flush_interval
         self.max_pending = max(max_pending, buffer_bytes)
         self.on_failure = on_failure
+        self.min_free_bytes = min_free_bytes
         self.opened = 0
         self.failed = 0
+
+    def check_room(self, free: os.statvfs_result) -> None:
+        """Raises OSError (ENOSPC) when ``free`` (its file system) is below the bound."""
+        if self.min_free_bytes and free.f_bavail * free.f_frsize < self.min_free_bytes:
+            mib = self.min_free_bytes / 2**20
+            raise OSError(errno.ENOSPC, f"less than {mib:g} MiB free for recordings (min_free_mb)")
 
     def statistics(self) -> dict[str, int]:
         """Recordings opened and recordings stopped by a storage error so far."""
@@ -245,6 +256,7 @@ class Recorder:
                 directory.chmod(0o700)  # mkdir's mode is filtered by the umask
             except FileExistsError:
                 pass
+        self.check_room(os.statvfs(directory))
         for attempt in range(10):
             path = directory / (stem + (f"-{attempt}" if attempt else "") + suffix)
             try:
@@ -460,6 +472,7 @@ class SessionRecording:
                 return
             data = self._take_buffer()
         try:
+            self._recorder.check_room(os.fstatvfs(self._fd))
             _write_all(self._fd, data)
         except OSError as exc:
             self._fail(exc, self.path)
@@ -475,6 +488,7 @@ class SessionRecording:
                     break
                 data = self._take_buffer()
             try:
+                self._recorder.check_room(os.fstatvfs(fd))
                 _write_all(fd, data)
             except OSError as exc:
                 self._fail(exc, self.path, closing=False)

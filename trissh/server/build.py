@@ -42,6 +42,7 @@ def make_recorder(settings: ServerConfig, metrics: Metrics) -> Recorder | None:
         max_bytes=section.max_bytes,
         record_input=section.record_input,
         on_failure=metrics.recording_failed,
+        min_free_bytes=section.min_free_mb * 2**20,
     )
 
 
