@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from tests.sshpeer import USER_KEY, ed25519_blob
+from trissh.admin.client import call
 from trissh.backend import ContainerSettings
 from trissh.backend.memory import MemoryBackend
 from trissh.backend.podman.health import host_checks
@@ -160,7 +161,7 @@ async def test_trissh_drain_drains_like_sigterm(make_server: ServerFactory, tmp_
     """``trissh drain`` through the admin socket: /readyz 503 at once, then the server
     stops once drain_time has passed."""
     admin = tmp_path / "admin.sock"
-    overrides = {"limits.drain_time": 1.0, "admin.socket": str(admin)}
+    overrides = {"limits.drain_time": 2.0, "admin.socket": str(admin)}
     server, url = await make_server(CountingBackend(), **overrides)
     argv = [sys.executable, "-m", "trissh", "drain", "--admin-socket", str(admin)]
     with trio.fail_after(30):
@@ -169,6 +170,9 @@ async def test_trissh_drain_drains_like_sigterm(make_server: ServerFactory, tmp_
     assert b"draining" in done.stdout
     async with httpx.AsyncClient() as http:
         assert await _status(http, url) == (503, "draining")
+    # A second drain says the first is under way (before: "new logins served for N s").
+    again = await trio.to_thread.run_sync(call, str(admin), {"action": "drain"})
+    assert again["already"] == "draining"
     with trio.fail_after(10):
         await server.done.wait()
 

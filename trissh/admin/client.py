@@ -171,7 +171,12 @@ def run(command: str, path: str, target: str | None, *, as_json: bool, notify: b
             print(f"connection {target} ended")
         elif command == "drain":
             answer = call(path, {"action": "drain"})
-            print(f"draining: /readyz answers 503, new logins served for {answer['drain_s']:g} s")
+            if answer.get("already"):
+                print(f"already {answer['already']} (an earlier drain or stop)")
+            else:
+                print(
+                    f"draining: /readyz answers 503, new logins served for {answer['drain_s']:g} s"
+                )
     except AdminError as exc:
         print(f"trissh: {exc}", file=sys.stderr)
         return 1

@@ -244,8 +244,9 @@ def _answer(
         _connection(ctx, str(request.get("conn", ""))).end_by_operator()
         return {}
     if action == "drain":
+        already = "stopping" if state.shutting_down else "draining" if shutdown.is_set() else ""
         shutdown.set()
-        return {"drain_s": (state.context or ctx).settings.limits.drain_time}
+        return {"drain_s": (state.context or ctx).settings.limits.drain_time, "already": already}
     raise _Refused(f"unknown action {action!r}")
 
 
