@@ -15,7 +15,7 @@ from .conftest import podman_backend
 
 pytestmark = [pytest.mark.podman, needs_ssh]
 
-VARIABLES = ("USER", "LOGNAME", "HOME", "SHELL", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY")
+VARIABLES = ("USER", "LOGNAME", "HOME", "SHELL", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "TERM")
 #: Prints each variable as NAME=value|, "unset" when it is not in the environment; the
 #: terminal's name is checked against the terminal the program really has (`tty`).
 PROBE = (
@@ -68,6 +68,7 @@ async def test_without_a_terminal_there_is_no_ssh_tty(
     result = await run_ssh(podman_server.port, client_key.path, PROBE, user="carol")
     env = parse(result.stdout)
     assert env["SSH_TTY"] == "unset"
+    assert env["TERM"] == "unset"  # as sshd: a terminal's name only with a terminal
     assert env["USER"] == "carol"
     assert env["SSH_CONNECTION"].startswith("127.0.0.1 ")
 

@@ -293,14 +293,21 @@ class PodmanApi:
         return sock, leftover
 
 
+#: Left out of every container's environment: podman's own ``TERM=xterm`` default. As
+#: sshd, a program has TERM only with a terminal (the client's, set per session).
+UNSET_ENV: Final = ("TERM",)
+
+
 def create_body(image: str, kwargs: Mapping[str, Any]) -> bytes:
     """The body of ``POST /containers/create`` for podman-py's ``containers.create`` keyword
-    arguments, as podman-py renders it; sent by :meth:`PodmanApi.request`, which reads the
-    new id from the answer where podman-py would inspect the container once more."""
+    arguments, as podman-py renders it (plus ``unsetenv``, which podman-py does not know);
+    sent by :meth:`PodmanApi.request`, which reads the new id from the answer where
+    podman-py would inspect the container once more."""
     from podman.api import prepare_body
     from podman.domain.containers_create import CreateMixin
 
     payload = CreateMixin._render_payload({"image": image, "command": None, **kwargs})
+    payload["unsetenv"] = [name for name in UNSET_ENV if name not in kwargs.get("environment", {})]
     return str(prepare_body(payload)).encode()
 
 
