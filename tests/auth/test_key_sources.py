@@ -188,17 +188,18 @@ async def test_a_cert_authority_line_restricts_a_ca_that_is_also_trusted(
     assert decision.grant.forced_command is None
 
 
-async def test_a_certificate_with_less_than_the_default_permits_is_restricted(
-    made: Path, tmp_path: Path
-) -> None:
+async def test_every_certificate_login_is_restricted(made: Path, tmp_path: Path) -> None:
     """What a restricted login may not do (add keys without its restrictions, RFC 4819
-    §3.1) holds for certificates too: a critical option or a permit-* left out."""
+    §3.1) holds for every certificate: a key it added would outlive the certificate's
+    validity and its revocation by serial or key id (before, a plain certificate valid
+    for an hour could store a key that never expires; reviewer), as it holds for a
+    critical option or a permit-* left out."""
     ca = (made / "ca.pub").read_text().strip()
     ctx = with_key_lines(tmp_path, [f"cert-authority {ca}"])
     plain = parse_certificate(blob(made / "user-cert.pub"))
     decision = await ctx.auth.publickey(REQUEST, plain.public_key, plain)
     assert decision.ok, decision.reason
-    assert not decision.grant.restricted
+    assert decision.grant.restricted
     public = tmp_path / "narrow.pub"
     public.write_text((made / "user.pub").read_text())
     keygen("-s", str(made / "ca"), "-I", "narrow", "-n", "alice", "-O", "no-port-forwarding",

@@ -131,15 +131,6 @@ def _grant(key: AuthorizedKey) -> Grant:
     )
 
 
-#: A certificate without one of these limits its logins (OpenSSH's default extensions).
-_PERMITS = ("permit-pty", "permit-port-forwarding", "permit-agent-forwarding")
-
-
-def _certificate_restricts(cert: Certificate) -> bool:
-    """Critical options (force-command, source-address...) or a permit-* left out."""
-    return bool(cert.critical_options) or not all(cert.permits(name) for name in _PERMITS)
-
-
 def _load_kerberos(settings: ServerConfig) -> Kerberos | None:
     if settings.auth.kerberos is None:
         return None
@@ -369,7 +360,8 @@ class AuthPolicy:
             allow_pty=cert.permits("permit-pty"),
             allow_port_forwarding=cert.permits("permit-port-forwarding"),
             allow_agent_forwarding=cert.permits("permit-agent-forwarding"),
-            restricted=_certificate_restricts(cert),
+            # Always: a key it added (RFC 4819) would outlive its validity and revocation.
+            restricted=True,
         )
         # As sshd merges them: no touch only if both allow it; verify if either asks.
         touch, verify = not cert.permits("no-touch-required"), cert.verify_required
