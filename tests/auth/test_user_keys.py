@@ -4,6 +4,7 @@ for users who opted in, from the next decision on, never a broken file's keys.""
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,38 @@ async def test_concurrent_changes_are_not_lost(tmp_path: Path) -> None:
         for key in keys:
             nursery.start_soon(add, key)
     assert {k.blob for k in await store.keys("kim")} == {k.blob for k in keys}
+
+
+async def test_changes_through_the_stores_of_two_reloads_are_not_lost(tmp_path: Path) -> None:
+    """A SIGHUP makes a new store while sessions of the old one still add keys: both
+    serialise on the file (before: each store had its own locks, and every writer the same
+    temporary file, so adds reported "added" were lost or failed; reviewer)."""
+    before, after = UserKeyStore(tmp_path, max_keys=50), UserKeyStore(tmp_path, max_keys=50)
+    keys = [new_key() for _ in range(16)]
+
+    async def add(store: UserKeyStore, key: StoredKey) -> None:
+        assert await store.add("kim", key, overwrite=False) == "added"
+
+    async with trio.open_nursery() as nursery:
+        for number, key in enumerate(keys):
+            nursery.start_soon(add, before if number % 2 else after, key)
+    assert {k.blob for k in await after.keys("kim")} == {k.blob for k in keys}
+    assert sorted(os.listdir(tmp_path)) == ["kim.json"]
+
+
+async def test_a_file_that_would_grow_past_what_is_read_is_full(tmp_path: Path) -> None:
+    """Long comments and commands (escaped, they grow) would make a file over the 2 MiB
+    that is read back, and the user's keys would all stop working: the add that would
+    cross it is answered "full" and the file stays usable (reviewer)."""
+    store = UserKeyStore(tmp_path, max_keys=1000)
+    answers = []
+    for _ in range(200):
+        key = new_key()
+        long = StoredKey(key.algorithm, key.blob, "\u0001" * 1000, "\u0002" * 4000)
+        answers.append(await store.add("kim", long, overwrite=False))
+    assert answers[0] == "added"
+    assert answers[-1] == "full"
+    assert len(await store.keys("kim")) == answers.count("added")
 
 
 @pytest.mark.parametrize(

@@ -20,11 +20,12 @@ import base64
 import binascii
 import json
 import os
+import secrets
 import urllib.parse
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 import trio
@@ -116,11 +117,22 @@ def _from_entry(entry: Any) -> StoredKey:
     return StoredKey(algorithm, raw, comment, command)
 
 
+class _TooLarge(Exception):
+    """The file would be larger than is read back."""
+
+
+#: One lock per file, shared by every store: a reload (SIGHUP) makes a new store while
+#: sessions of the old one still change keys.
+_LOCKS: Final[defaultdict[str, trio.Lock]] = defaultdict(trio.Lock)
+
+
 class UserKeyStore:
     def __init__(self, directory: Path, max_keys: int) -> None:
         self.directory = directory
         self.max_keys = max_keys
-        self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+
+    def _lock(self, username: str) -> trio.Lock:
+        return _LOCKS[str(self.path_for(username).absolute())]
 
     def path_for(self, username: str) -> Path:
         return self.directory / (urllib.parse.quote(username, safe="") + ".json")
@@ -142,14 +154,22 @@ class UserKeyStore:
     def _write(self, username: str, keys: list[StoredKey]) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.path_for(username)
-        temporary = path.with_name(path.name + ".tmp")
         data = json.dumps({"version": 1, "keys": [_entry(key) for key in keys]}, indent=1)
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(data + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        encoded = (data + "\n").encode()
+        if len(encoded) > MAX_FILE_BYTES:
+            raise _TooLarge
+        # A name of its own: other instances may share the directory (docs/keys.md).
+        temporary = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(encoded)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
 
     async def keys(self, username: str) -> list[StoredKey]:
         """The user's keys; none (and a log line) when the file is unusable."""
@@ -165,7 +185,7 @@ class UserKeyStore:
         Raises:
             OSError, ValueError: the file cannot be read or written.
         """
-        async with self._locks[username]:
+        async with self._lock(username):
             keys = await trio.to_thread.run_sync(self._read, username)
             index = next((i for i, k in enumerate(keys) if k.blob == key.blob), None)
             if index is not None and not overwrite:
@@ -176,7 +196,10 @@ class UserKeyStore:
                 keys.append(key)
             else:
                 keys[index] = key
-            await trio.to_thread.run_sync(self._write, username, keys)
+            try:
+                await trio.to_thread.run_sync(self._write, username, keys)
+            except _TooLarge:  # it would not be read back: every key of the user lost
+                return "full"
             return "added" if index is None else "replaced"
 
     async def remove(self, username: str, blob: bytes) -> StoredKey | None:
@@ -185,7 +208,7 @@ class UserKeyStore:
         Raises:
             OSError, ValueError: the file cannot be read or written.
         """
-        async with self._locks[username]:
+        async with self._lock(username):
             keys = await trio.to_thread.run_sync(self._read, username)
             found = next((k for k in keys if k.blob == blob), None)
             if found is not None:
