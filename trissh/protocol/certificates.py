@@ -49,6 +49,8 @@ HOST_CERTIFICATE: Final = 2
 
 #: ``valid_before`` of a certificate that never expires.
 FOREVER: Final = (1 << 64) - 1
+#: The start of a signature blob made with SHA-1 RSA (a string "ssh-rsa").
+_SHA1_RSA: Final = wire.string("ssh-rsa")
 
 #: Certificate key types we parse, and the plain key type each certifies.
 CERTIFICATE_KEY_TYPES: Final[dict[str, str]] = {
@@ -153,6 +155,14 @@ class Certificate:
     def permits(self, extension: str) -> bool:
         """Whether an extension such as ``permit-pty`` is granted."""
         return extension in self.extensions
+
+    def ca_signature_problem(self) -> str | None:
+        """Why the CA's signature is refused, or ``None`` if it verifies."""
+        if self.verify_ca_signature():
+            return None
+        if self.signature.startswith(_SHA1_RSA):
+            return "CA signature made with SHA-1 (ssh-rsa), which OpenSSH 8.2+ refuses too"
+        return "bad CA signature"
 
     def verify_ca_signature(self) -> bool:
         """Check the CA's signature over ``signed_data``; never raises for bad input.
@@ -319,8 +329,8 @@ def check_user_certificate(
         return "not a user certificate"
     if cert.signature_key.blob not in trusted_cas:
         return "CA not trusted"
-    if not cert.verify_ca_signature():
-        return "bad CA signature"
+    if (problem := cert.ca_signature_problem()) is not None:
+        return problem
     if now < cert.valid_after:
         return "certificate not yet valid"
     if now >= cert.valid_before:
@@ -353,8 +363,8 @@ def check_host_certificate(cert: Certificate, *, host_key: bytes, now: int) -> s
         return "not a host certificate (it is a user certificate)"
     if cert.public_key.blob != host_key:
         return f"certifies another key ({cert.public_key.fingerprint})"
-    if not cert.verify_ca_signature():
-        return "bad CA signature"
+    if (problem := cert.ca_signature_problem()) is not None:
+        return problem
     if cert.critical_options:
         return f"critical option {next(iter(cert.critical_options))!r} in a host certificate"
     if now < cert.valid_after:
