@@ -45,9 +45,14 @@ def test_totp_accepts_drift_and_refuses_replays() -> None:
 def test_totp_secret_files(tmp_path: Path) -> None:
     good = tmp_path / "good"
     good.write_text("jbsw y3dp ehpk 3pxp\n")
+    good.chmod(0o600)
     assert load_secret(good) == "JBSWY3DPEHPK3PXP"
+    good.chmod(0o644)  # as sshd wants of private keys (before: loaded silently; reviewer)
+    with pytest.raises(TotpError, match=r"readable or writable by others \(mode 0644\)"):
+        load_secret(good)
     short = tmp_path / "short"
     short.write_text("JBSWY3DP")
+    short.chmod(0o600)
     with pytest.raises(TotpError, match="80 bits"):
         load_secret(short)
     with pytest.raises(TotpError, match="cannot read"):
@@ -72,6 +77,7 @@ async def test_a_reload_keeps_totp_replay_protection(tmp_path: Path) -> None:
     secret = pyotp.random_base32()
     path = tmp_path / "totp"
     path.write_text(secret)
+    path.chmod(0o600)
     settings = load_config(
         None,
         {

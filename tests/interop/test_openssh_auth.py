@@ -62,6 +62,7 @@ async def server(
 ) -> AsyncIterator[RunningServer]:
     totp = tmp_path / "totp"
     totp.write_text(SECRET)
+    totp.chmod(0o600)
     users = {
         "pat": {"password_hash": hash_password(PASSWORD)},
         "tess": {"password_hash": hash_password(PASSWORD), "totp_secret_file": str(totp)},

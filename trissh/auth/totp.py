@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import stat
 from pathlib import Path
 
 import pyotp
@@ -19,11 +20,15 @@ class TotpError(ValueError):
 
 
 def load_secret(path: Path) -> str:
-    """Read a base32 secret (as authenticator apps show it) from ``path``."""
+    """Read a base32 secret (as authenticator apps show it) from ``path``, which no one
+    but its owner may read or write (as sshd wants of private keys)."""
     try:
+        mode = stat.S_IMODE(path.stat().st_mode)
         secret = path.read_text(encoding="ascii").strip().replace(" ", "").upper()
     except (OSError, UnicodeDecodeError) as exc:
         raise TotpError(f"{path}: cannot read TOTP secret ({exc})") from None
+    if mode & 0o077:
+        raise TotpError(f"{path}: readable or writable by others (mode {mode:04o}): chmod 600 it")
     try:
         if len(base64.b32decode(secret + "=" * (-len(secret) % 8))) < 10:
             raise TotpError(f"{path}: TOTP secret shorter than 80 bits")
