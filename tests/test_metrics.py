@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 from dataclasses import dataclass
 
 import h11
@@ -238,6 +240,19 @@ async def test_an_accept_header_the_library_cannot_parse_gets_the_text_format(
     )
     assert data.startswith(b"HTTP/1.1 200 "), data[:200]
     assert b"content-type: text/plain; version=0.0.4" in data.lower()
+    assert (await request(server.port, "/healthz")).status == 200
+
+
+async def test_garbage_from_a_client_that_resets_costs_nothing(server: Server) -> None:
+    """The 400 to a malformed head, written to a client that already reset: before, the
+    write's error left the handler and ended the server's process (second reader)."""
+    for _ in range(20):
+        sock = trio.socket.socket()
+        await sock.connect(("127.0.0.1", server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await sock.send(b"GARBAGE \x00\r\n\r\n" + b"x" * 100_000)
+        sock.close()
+        await trio.sleep(0.01)
     assert (await request(server.port, "/healthz")).status == 200
 
 

@@ -468,7 +468,8 @@ async def _serve_client(
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 status = exc.error_status_hint
                 body = f"{_reason(status)}\n".encode()
-                await _send(stream, conn, _Reply(status=status, body=body), head=False)
+                with contextlib.suppress(*_GONE):  # a client that sent garbage and reset
+                    await _send(stream, conn, _Reply(status=status, body=body), head=False)
         except _GONE:
             pass
         except Exception:  # a bug here costs this client, never the server (nor its sessions)
