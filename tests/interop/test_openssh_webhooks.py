@@ -336,6 +336,21 @@ async def test_a_failing_webhook_refuses_the_login_with_one_log_line(
     assert again.stdout == b"in\n", again.stderr
 
 
+async def test_a_webhook_password_user_types_the_password_once(
+    make_server: ServerFactory, askpass: Path
+) -> None:
+    """Stock OpenSSH tries keyboard-interactive before password: with a webhook that checks
+    passwords only, that attempt fails at once and the one password prompt logs in (second
+    reader: a change against name probing sent this user prompts that could never succeed,
+    three of them, and with three keys in an agent max_auth_attempts came first)."""
+    server = await make_server()
+    result = await login(server, "alice", askpass, *NO_KEYS)
+    assert result.stdout == b"in\n", result.stderr
+    asked = (askpass.parent / "asked").read_text().splitlines()
+    assert len(asked) == 1, asked
+    assert "password" in asked[0], asked
+
+
 async def test_keyboard_interactive_driven_by_the_webhook(
     make_server: ServerFactory, askpass: Path, hooks: Hooks
 ) -> None:

@@ -93,7 +93,7 @@ class LoginConversation:
         refused = self._name_refused(event.username)
         chains = self._policy.chains_for(None if refused else event.username)
         if method not in chains.next_methods(self.passed):
-            await self._fail_as_unknown(event, f"{method} not allowed at this point for this user")
+            await self._not_in_chains(event, f"{method} not allowed at this point for this user")
             return
         if refused:
             await self._fail_as_unknown(event, NAME_REFUSED)
@@ -172,10 +172,25 @@ class LoginConversation:
                 log.info("user_name_refused", user=escaped(username), reason=self._name_problem)
         return bool(self._name_problem)
 
+    async def _not_in_chains(self, event: AuthDecisionRequested, reason: str) -> None:
+        """A method offered to someone but not next for this user: a password fails as a
+        wrong one would (dummy check, delay); keyboard-interactive at once and without
+        prompts, so OpenSSH's client, which tries it before password, goes on to that."""
+        match event:
+            case PublicKeyAuthRequested():
+                await self._reject(reason, final=event.signed)
+            case PasswordAuthRequested():
+                await verify_password(None, event.password)
+                await self._reject(reason, final=True)
+            case KeyboardInteractiveAuthRequested():
+                self._conn.reject_auth(reason)
+            case _:
+                await self._reject(reason, final=True)
+
     async def _fail_as_unknown(self, event: AuthDecisionRequested, reason: str) -> None:
-        """Fail as a wrong password of a user with one would (a refused name, a method
-        offered but not in this user's chains): same prompts, same dummy password check,
-        same delay, so the answer does not tell which names exist or have a password."""
+        """Fail as a wrong password of an unknown user would (a refused name): same
+        prompts, same dummy password check, same delay, so the answer does not tell which
+        names the rule refused."""
         match event:
             case PublicKeyAuthRequested():
                 await self._reject(reason, final=event.signed)

@@ -194,10 +194,18 @@ class AuthPolicy:
             else ("publickey",)
         ) + self._kerberos_methods()
         #: Users without a ``[users.NAME]`` section.
-        self._unknown_chains = self._default_chains or MethodChains(
-            [method]
-            for method in ("publickey", *self._webhook_methods(), *self._kerberos_methods())
-        )
+        self._unknown_chains = self._default_chains or self._unknown_user_chains(has_secrets)
+
+    def _unknown_user_chains(self, has_secrets: bool) -> MethodChains:
+        """Publickey and, with a webhook, what it checks; else, where some user has a
+        password, what that user meets (as sshd, an unknown name is asked the same and
+        checked against a dummy hash: no answer tells it apart)."""
+        if self._webhook is not None:
+            others = self._webhook_methods()
+        else:
+            others = ("password", "keyboard-interactive") if has_secrets else ()
+        methods = ("publickey", *others, *self._kerberos_methods())
+        return MethodChains([method] for method in methods)
 
     def _webhook_methods(self) -> tuple[str, ...]:
         """What the auth webhook checks for a user without local secrets: passwords, and
