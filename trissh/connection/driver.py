@@ -156,6 +156,7 @@ class ConnectionDriver:
         self._quickack = True
         self._accepted_at = trio.current_time()
         self._handshake_done = False
+        self._kex = ctx.state.kex_budget.account()
         #: Until when the last re-exchange holds the connection (REKEY_PACING).
         self._paused_until = 0.0
         self._metrics = ctx.metrics.connection_opened()
@@ -307,14 +308,13 @@ class ConnectionDriver:
 
     async def _receive_until_end(self) -> None:
         conn = self.conn
-        kex = self.ctx.state.kex_budget.account()
+        data: bytes | bytearray = b""
         while True:
-            if self.login is None:  # before login: key exchanges take turns (kex_budget)
-                await kex.wait_turn()
-                await self._process_events()
-                kex.spent(conn.kex_cpu_seconds)
-            else:
-                await self._process_events()
+            if data and not self._kex.spent_any:  # the first key exchange takes its turn
+                await self._kex.wait_turn()
+            await self._process_events()
+            if self.login is None:  # its cost (and a re-exchange's before login) is charged
+                self._kex.spent(conn.kex_cpu_seconds)
             if self._ended or conn.closed:
                 return
             # A client that does not read our answers is not read either (sshd waits for

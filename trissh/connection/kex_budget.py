@@ -32,6 +32,7 @@ class KexBudget:
         self._burst = burst
         self._debt = 0.0
         self._at = 0.0
+        self._queue = trio.Lock()
 
     def _settle(self) -> float:
         now = trio.current_time()
@@ -47,10 +48,13 @@ class KexBudget:
     async def wait_turn(self) -> None:
         """Return once a connection before login may compute (no checkpoint if at once).
 
-        Waiters woken together go one at a time: each one's exchange is computed and
-        charged before the next looks at the debt (nothing awaits in between)."""
-        while (debt := self._settle()) > self._burst:  # noqa: ASYNC110 - a debt, not an event
-            await trio.sleep((debt - self._burst) / self._share)
+        Waiters queue in order (a trio.Lock is fair) and go one at a time: each one's
+        exchange is computed and charged before the next looks at the debt."""
+        if self._settle() <= self._burst and not self._queue.locked():
+            return
+        async with self._queue:
+            while (debt := self._settle()) > self._burst:  # noqa: ASYNC110 - a debt, not an event
+                await trio.sleep((debt - self._burst) / self._share)
 
     def account(self) -> KexAccount:
         """One connection's account: it reports its running total, the budget the growth."""
@@ -66,6 +70,11 @@ class KexAccount:
 
     async def wait_turn(self) -> None:
         await self._budget.wait_turn()
+
+    @property
+    def spent_any(self) -> bool:
+        """Its first exchange was computed: what it does from then on takes no turn."""
+        return self._total > 0
 
     def spent(self, total: float) -> None:
         """The connection's exchanges have cost ``total`` CPU seconds so far."""
