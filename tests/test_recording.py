@@ -491,3 +491,37 @@ def test_recording_stops_where_the_disk_would_fill(tmp_path: Path) -> None:
     assert running.statistics()["state"] == RecordingState.FAILED.value
     running.close(0)
     assert recorder.statistics() == {"opened": 1, "failed": 1}
+
+
+async def test_stalled_recording_writes_leave_trios_threads_to_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 recorded sessions on a stalled disk hold only the recordings' own writer threads:
+    a name lookup (a forward's, a webhook's) still gets a thread (before: trio's 40 shared
+    ones were all taken, and it waited for the disk; second reader)."""
+    from trissh.channels.session_tap import SessionTap
+
+    stall = threading.Event()
+    write_all = trissh.ops.recording._write_all
+    trio_thread = threading.get_ident()
+
+    def stalled(fd: int, data: bytes) -> None:
+        if threading.get_ident() != trio_thread:  # the headers go out inline
+            stall.wait(20)
+        write_all(fd, data)
+
+    monkeypatch.setattr(trissh.ops.recording, "_write_all", stalled)
+    recorder = Recorder(tmp_path, max_bytes=0, record_input=False)
+    try:
+        async with trio.open_nursery() as nursery:
+            for number in range(40):
+                recording = recorder.open_session(f"c{number}", 0, user="u", pty=None)
+                tap = SessionTap(recording, None)
+                tap.stdout(b"x" * 70_000)
+                nursery.start_soon(tap.flush_now_and_then)
+            await trio.sleep(0.2)
+            with trio.fail_after(5):
+                await trio.to_thread.run_sync(lambda: None)
+            stall.set()
+    finally:
+        stall.set()

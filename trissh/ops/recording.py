@@ -130,6 +130,10 @@ def _line(*items: object) -> bytes:
     return json.dumps(list(items), ensure_ascii=False).encode() + b"\n"
 
 
+#: Threads writing recordings at once, for all sessions.
+WRITER_THREADS: Final = 4
+
+
 @final
 class Recorder:
     """Creates one recording file per session in ``directory`` (created mode 0700).
@@ -174,6 +178,10 @@ class Recorder:
         self.max_pending = max(max_pending, buffer_bytes)
         self.on_failure = on_failure
         self.min_free_bytes = min_free_bytes
+        #: Worker threads writing recordings: their own few, so writes stalled on a slow
+        #: disk (abandoned threads keep their slots) never take trio's shared ones, which
+        #: name lookups, key files and podman's checks need.
+        self.writers = trio.CapacityLimiter(WRITER_THREADS)
         self.opened = 0
         self.failed = 0
 
@@ -398,7 +406,9 @@ class SessionRecording:
             await trio.lowlevel.checkpoint()
             return
         self._last_flush = self._recorder.clock()
-        await trio.to_thread.run_sync(self._drain, abandon_on_cancel=True)
+        await trio.to_thread.run_sync(
+            self._drain, abandon_on_cancel=True, limiter=self._recorder.writers
+        )
 
     # -- internals ------------------------------------------------------------------------------
 
