@@ -40,6 +40,8 @@ class Server:
     url: str = ""
     #: Send bodies in 1 KiB chunks without Content-Length (chunked transfer encoding).
     chunked: bool = False
+    #: Headers added to every answer (a proxy's, say).
+    extra_headers: list[tuple[str, str]] = field(default_factory=list)
 
     async def serve(self, stream: trio.SocketStream) -> None:
         self.connections += 1
@@ -95,6 +97,7 @@ class Server:
             headers = [("Content-Type", "application/json")]
             if not self.chunked:
                 headers.append(("Content-Length", str(len(payload))))
+            headers += self.extra_headers
             await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
             size = 1024 if self.chunked else max(len(payload), 1)
             for offset in range(0, len(payload), size):

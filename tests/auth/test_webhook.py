@@ -250,6 +250,19 @@ async def test_every_other_status_is_retried_too(nursery: trio.Nursery, status: 
             await hook.password(PasswordRequest(**INFO, password=PASSWORD))
 
 
+async def test_an_answer_that_does_not_decode_is_a_webhook_failure(
+    nursery: trio.Nursery,
+) -> None:
+    """A 200 marked gzip whose body is not (a misconfigured proxy): a failure like any
+    other, retried, then WebhookError; before, httpx's DecodingError escaped and crashed
+    the connection (second reader)."""
+    server = await start(nursery, answer({"success": True}))
+    server.extra_headers = [("Content-Encoding", "gzip")]
+    async with client(server.url, retries=1) as hook:
+        with pytest.raises(WebhookError, match=r"DecodingError.*\(after 2 attempts\)$"):
+            await hook.password(PasswordRequest(**INFO, password=PASSWORD))
+
+
 async def test_connection_refused_is_retried() -> None:
     with trio.socket.socket() as sock:
         await sock.bind(("127.0.0.1", 0))

@@ -246,7 +246,7 @@ class WebhookClient:
                     data = await self._read(response)
                 finally:
                     await response.aclose()
-            except httpx.TransportError as exc:
+            except httpx.HTTPError as exc:  # transport, and a body that does not decode
                 prefix = "TLS: " if _is_tls_failure(exc) else ""
                 raise _Retriable(prefix + _describe(exc)) from None
         if data is None:
@@ -316,7 +316,7 @@ def _is_tls_failure(exc: BaseException) -> bool:
     return False
 
 
-def _describe(exc: httpx.TransportError) -> str:
+def _describe(exc: httpx.HTTPError) -> str:
     """The exception's name and the first non-empty message along its cause chain."""
     seen: BaseException | None = exc
     while seen is not None and not str(seen).strip():
