@@ -22,9 +22,16 @@ from trissh.backend.memory import MemoryBackend
 from trissh.backend.memory.backend import MemorySandbox
 from trissh.config import load_config
 from trissh.ops.metrics import Metrics
+from trissh.ops.workspaces_cli import list_workspaces, remove_workspace
 from trissh.server import workspaces
 from trissh.server.build import reload_context
-from trissh.server.workspace_recipe import LABEL_HOME, LABEL_STATE, home_volume_name, state_label
+from trissh.server.workspace_recipe import (
+    LABEL_HOME,
+    LABEL_STATE,
+    home_volume_name,
+    legacy_home_volume_name,
+    state_label,
+)
 from trissh.server.workspace_source import WorkspaceSource
 from trissh.server.workspace_state import WorkspaceState, server_running
 from trissh.server.workspaces import Workspaces
@@ -690,3 +697,23 @@ async def test_a_sessions_home_is_its_workspaces_home_volume_after_a_reload(
         assert spec.settings.volumes == ()  # made after the reload: no home volume
         assert done.stdout != b"/home/ws\n"
         nursery.cancel_scope.cancel()  # ends the master
+
+
+async def test_home_volumes_of_an_earlier_version_are_listed_and_removable(
+    tmp_path: Path,
+) -> None:
+    """A home made before homes were a deployment's own (no state label, an 8-digit hash of
+    the name) is shown by ``trissh workspaces`` as such, and ``remove --volume USER``
+    removes it too (before: invisible, and "nothing to remove"; second reader)."""
+    backend = MemoryBackend()
+    settings = load_config(None, {"workspaces.state_file": str(tmp_path / "w.json")})
+    old = legacy_home_volume_name("alice")
+    backend.volumes[old] = ({LABEL_HOME: "alice"}, time.time())
+    listing = "\n".join(await list_workspaces(backend, settings))
+    assert (
+        "home volumes of an earlier version (not mounted; README, Workspaces):\n  alice" in listing
+    )
+    assert listing.endswith(old), listing
+    removed = await remove_workspace(backend, settings, "alice", volume=True)
+    assert removed == [f"removed home volume {old}"]
+    assert backend.volumes == {}

@@ -19,7 +19,13 @@ from trissh.backend import Backend, BackendError
 from trissh.backend.base import LABEL_RECIPE, LABEL_WORKSPACE
 from trissh.backend.registry import make_backend
 from trissh.config import ServerConfig
-from trissh.server.workspace_recipe import LABEL_HOME, LABEL_STATE, home_volume_name, state_label
+from trissh.server.workspace_recipe import (
+    LABEL_HOME,
+    LABEL_STATE,
+    home_volume_name,
+    legacy_home_volume_name,
+    state_label,
+)
 from trissh.server.workspace_state import server_running
 
 USAGE = "usage: trissh workspaces [list] | remove [--volume] USER"
@@ -65,6 +71,15 @@ async def list_workspaces(backend: Backend, settings: ServerConfig) -> list[str]
         )
     if not volumes:
         lines.append("  (none)")
+    legacy = [
+        volume
+        for volume in await backend.find_volumes({LABEL_HOME: None})
+        if LABEL_STATE not in volume.labels
+    ]
+    if legacy:
+        lines.append("home volumes of an earlier version (not mounted; README, Workspaces):")
+    for volume in sorted(legacy, key=lambda v: v.name):
+        lines.append(f"  {volume.labels.get(LABEL_HOME, '?'):<20} {volume.name}")
     return lines
 
 
@@ -83,9 +98,9 @@ async def remove_workspace(
         if await backend.remove_sandbox(item.container_id):
             lines.append(f"removed workspace container {item.container_id[:12]} of {user}")
     if volume:
-        name = home_volume_name(user, scope)
-        if await backend.remove_volume(name):
-            lines.append(f"removed home volume {name}")
+        for name in (home_volume_name(user, scope), legacy_home_volume_name(user)):
+            if await backend.remove_volume(name):
+                lines.append(f"removed home volume {name}")
     return lines or [f"nothing to remove for {user}"]
 
 

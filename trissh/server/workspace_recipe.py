@@ -25,13 +25,23 @@ def state_label(settings: ServerConfig) -> str:
     return hashlib.sha256(path.encode()).hexdigest()[:16]
 
 
+def _safe(user: str) -> str:
+    """The user name with what podman refuses in a volume name replaced, shortened."""
+    return re.sub(r"[^a-zA-Z0-9_.-]", "-", user)[:40].strip("-.") or "user"
+
+
 def home_volume_name(user: str, scope: str) -> str:
     """``trissh-home-NAME-HASH``: readable, valid for podman, unique per user name and
     deployment (``scope``: its :func:`state_label`). NAME is the name made safe, which
     several names share, so HASH (128 bits of both) alone tells them apart."""
-    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", user)[:40].strip("-.") or "user"
     digest = hashlib.sha256(f"{scope}\0{user}".encode()).hexdigest()[:32]
-    return f"trissh-home-{safe}-{digest}"
+    return f"trissh-home-{_safe(user)}-{digest}"
+
+
+def legacy_home_volume_name(user: str) -> str:
+    """The name a home volume had before homes were a deployment's own (an 8-digit hash of
+    the user name alone, no :data:`LABEL_STATE`): listed and removed, never mounted."""
+    return f"trissh-home-{_safe(user)}-{hashlib.sha256(user.encode()).hexdigest()[:8]}"
 
 
 def recipe_of(spec: SandboxSpec) -> str:
