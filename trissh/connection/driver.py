@@ -1,5 +1,4 @@
-"""serve_connection: one nursery per TCP connection, one reader, one writer, one task per
-channel.
+"""serve_connection: one nursery per TCP connection, one reader, one writer, a task each.
 
 Theory of operation
 -------------------
@@ -24,8 +23,7 @@ Nursery tree::
           ├─ _receive_loop      socket → core → events; after authentication also the
           │                     timers (time-based rekeying, ClientAlive)
           ├─ writer's send loop what flush_now left → socket (writer.py; from the first ring)
-          ├─ sandbox keeper     starts and holds the connection's container (sandboxes.py)
-          │                     from the first session channel's opening
+          ├─ sandbox keeper     the connection's container, from the first session (sandboxes.py)
           ├─ tell_user          shutdown notice to a busy session (bounded)
           └─ run_session (one each)    one per session channel (channels/session.py)
 
@@ -310,11 +308,13 @@ class ConnectionDriver:
         conn = self.conn
         data: bytes | bytearray = b""
         while True:
-            if data and not self._kex.spent_any:  # the first key exchange takes its turn
+            if data and not self._handshake_done:  # the first key exchange takes turns
                 await self._kex.wait_turn()
-            await self._process_events()
-            if self.login is None:  # its cost (and a re-exchange's before login) is charged
-                self._kex.spent(conn.kex_cpu_seconds)
+            try:
+                await self._process_events()
+            finally:  # its cost (a re-exchange's before login too), a bad packet after it or not
+                if self.login is None:
+                    self._kex.spent(conn.kex_cpu_seconds)
             if self._ended or conn.closed:
                 return
             # A client that does not read our answers is not read either (sshd waits for

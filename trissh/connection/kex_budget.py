@@ -71,11 +71,6 @@ class KexAccount:
     async def wait_turn(self) -> None:
         await self._budget.wait_turn()
 
-    @property
-    def spent_any(self) -> bool:
-        """Its first exchange was computed: what it does from then on takes no turn."""
-        return self._total > 0
-
     def spent(self, total: float) -> None:
         """The connection's exchanges have cost ``total`` CPU seconds so far."""
         self._budget.charge(total - self._total)
