@@ -525,3 +525,30 @@ async def test_stalled_recording_writes_leave_trios_threads_to_others(
             stall.set()
     finally:
         stall.set()
+
+
+async def test_a_flush_cancelled_waiting_for_a_writer_still_ends_the_recording(
+    tmp_path: Path,
+) -> None:
+    """The session ends while its flush waits for one of the writer threads (stalled
+    writes hold them): the buffered output and the exit line are still written and the
+    file closed, by a thread of its own (before: never written nor closed; third reader)."""
+    recorder = Recorder(tmp_path, max_bytes=0, record_input=False)
+    recording = recorder.open_session("c1", 0, user="alice", pty=None, command="echo hi")
+    recording.defer_writes()
+    recording.stdout(b"hello " * 20_000)
+    holders = [object() for _ in range(trissh.ops.recording.WRITER_THREADS)]
+    for holder in holders:
+        await recorder.writers.acquire_on_behalf_of(holder)
+    with trio.move_on_after(0.2):
+        await recording.flush()
+    recording.close(0)
+    for holder in holders:
+        recorder.writers.release_on_behalf_of(holder)
+    with trio.fail_after(5):
+        while recording.statistics()["state"] != RecordingState.CLOSED.value:
+            await trio.sleep(0.01)
+    assert recording.path is not None
+    _, events = read_cast(recording.path)
+    assert len(text_of(events, "o")) == 6 * 20_000
+    assert events[-1][1] == "x"

@@ -396,7 +396,8 @@ class SessionRecording:
         """Write the buffer from a worker thread, so a stalled disk cannot stall trio.
 
         Cancellation: returns at once; the write goes on in its thread and completes
-        (including a ``close()`` made meanwhile), so nothing is lost or torn.
+        (including a ``close()`` made meanwhile), so nothing is lost or torn. Cancelled
+        while waiting for a writer thread, it starts a thread of its own for that.
         """
         with self._lock:
             start = bool(self._buffer) and not self._inflight and self._fd is not None
@@ -406,9 +407,23 @@ class SessionRecording:
             await trio.lowlevel.checkpoint()
             return
         self._last_flush = self._recorder.clock()
-        await trio.to_thread.run_sync(
-            self._drain, abandon_on_cancel=True, limiter=self._recorder.writers
-        )
+        claimed = threading.Event()  # whichever thread sets it first drains
+
+        def drain_once() -> None:
+            with self._lock:
+                if claimed.is_set():
+                    return
+                claimed.set()
+            self._drain()
+
+        try:
+            await trio.to_thread.run_sync(
+                drain_once, abandon_on_cancel=True, limiter=self._recorder.writers
+            )
+        except trio.Cancelled:
+            if not claimed.is_set():
+                threading.Thread(target=drain_once, name="trissh-recording", daemon=True).start()
+            raise
 
     # -- internals ------------------------------------------------------------------------------
 
