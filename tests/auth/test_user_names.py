@@ -216,11 +216,12 @@ async def test_an_unknown_user_meets_what_a_user_with_a_password_meets(
     stored = hash_password("right")
     ctx = make_context(
         memory_backend, _key_file(tmp_path), tmp_path / "host_key",
-        auth={"failure_delay": FAILURE_DELAY}, users={"bob": {"password_hash": stored}},
+        auth={"failure_delay": FAILURE_DELAY},
+        users={"bob": {"password_hash": stored}, "kay": {"session": {"idle_timeout": 60}}},
     )  # fmt: skip
     seen: dict[str, list[object]] = {}
     with trio.fail_after(60):
-        for name in ("bob", "nobody-here"):
+        for name in ("bob", "nobody-here", "kay"):
             async with authenticating(ctx) as peer:
                 peer.client.send(
                     ua.UserauthRequest(
@@ -251,8 +252,9 @@ async def test_an_unknown_user_meets_what_a_user_with_a_password_meets(
                     password_took > FAILURE_DELAY / 2,
                 ]
     assert seen["nobody-here"] == seen["bob"]
+    assert seen["kay"] == seen["bob"]  # a table without a password (third reader)
     assert seen["bob"][0].prompts == (("Password: ", False),)  # type: ignore[attr-defined]
-    assert checked == [(stored, "guess")] * 2 + [(None, "guess")] * 2
+    assert checked == [(stored, "guess")] * 2 + [(None, "guess")] * 4
 
 
 def test_the_rule_can_be_configured() -> None:

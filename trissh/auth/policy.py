@@ -162,6 +162,10 @@ class AuthPolicy:
         default_methods = settings.auth.authentication_methods
         self._default_chains = MethodChains.parse(default_methods) if default_methods else None
         self.kerberos = _load_kerberos(settings)
+        self._webhook = _client(settings.auth.webhook, "webhook")
+        has_secrets = any(u.password_hash or u.totp_secret_file for u in settings.users.values())
+        #: Users without a ``[users.NAME]`` section, or whose table sets no credential.
+        self._unknown_chains = self._default_chains or self._unknown_user_chains(has_secrets)
         self._users: dict[str, _User] = {
             name: self._load_user(name, section) for name, section in settings.users.items()
         }
@@ -181,20 +185,16 @@ class AuthPolicy:
             settings.auth.user_keys_directory or default_state_dir() / "user-keys",
             settings.auth.max_user_keys,
         )
-        self._webhook = _client(settings.auth.webhook, "webhook")
         self._config_webhook = _client(settings.auth.config_webhook, "config_webhook")
         self._webhook_kbdint = bool(
             settings.auth.webhook and settings.auth.webhook.keyboard_interactive
         )
         self._webhook_authz = bool(settings.auth.webhook and settings.auth.webhook.authz)
-        has_secrets = any(u.password_hash or u.totp for u in self._users.values())
         self.methods: tuple[str, ...] = (
             ("publickey", "password", "keyboard-interactive")
             if has_secrets or self._webhook is not None
             else ("publickey",)
         ) + self._kerberos_methods()
-        #: Users without a ``[users.NAME]`` section.
-        self._unknown_chains = self._default_chains or self._unknown_user_chains(has_secrets)
 
     def _unknown_user_chains(self, has_secrets: bool) -> MethodChains:
         """Publickey and, with a webhook, what it checks; else, where some user has a
@@ -259,8 +259,8 @@ class AuthPolicy:
                 single.append("keyboard-interactive")  # password (if any) and a code
             elif section.password_hash:
                 single += ["password", "keyboard-interactive"]
-            else:  # a table that only sets other things: the webhook's, as for anyone
-                single += self._webhook_methods()
+            else:  # a table that only sets other things: as for anyone
+                return _User(keys, None, None, self._unknown_chains, section.publickey_subsystem)
             chains = MethodChains([method] for method in single)
         return _User(keys, section.password_hash, totp, chains, section.publickey_subsystem)
 
