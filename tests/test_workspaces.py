@@ -714,6 +714,10 @@ async def test_home_volumes_of_an_earlier_version_are_listed_and_removable(
         "home volumes of an earlier version (not mounted; README, Workspaces):\n  alice" in listing
     )
     assert listing.endswith(old), listing
+    someone_elses = legacy_home_volume_name("mallory")
+    backend.volumes[someone_elses] = ({LABEL_HOME: "alice"}, time.time())
+    removed = await remove_workspace(backend, settings, "mallory", volume=True)
+    assert removed == ["nothing to remove for mallory"]  # the name alone is not enough
     removed = await remove_workspace(backend, settings, "alice", volume=True)
     assert removed == [f"removed home volume {old}"]
-    assert backend.volumes == {}
+    assert list(backend.volumes) == [someone_elses]

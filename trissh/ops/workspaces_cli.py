@@ -98,7 +98,14 @@ async def remove_workspace(
         if await backend.remove_sandbox(item.container_id):
             lines.append(f"removed workspace container {item.container_id[:12]} of {user}")
     if volume:
-        for name in (home_volume_name(user, scope), legacy_home_volume_name(user)):
+        names = [home_volume_name(user, scope)]
+        old = legacy_home_volume_name(user)  # an earlier version's: only if it says whose
+        names += [
+            found.name
+            for found in await backend.find_volumes({LABEL_HOME: user})
+            if found.name == old and LABEL_STATE not in found.labels
+        ]
+        for name in names:
             if await backend.remove_volume(name):
                 lines.append(f"removed home volume {name}")
     return lines or [f"nothing to remove for {user}"]
