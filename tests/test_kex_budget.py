@@ -4,7 +4,6 @@ waits its turn instead of holding every established session's traffic."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import itertools
 from collections.abc import Callable
@@ -15,14 +14,15 @@ import trio
 import trio.testing
 
 from tests.peer import Peer
-from tests.sshpeer import USER_KEY, ClientConnection, SeededRng, ed25519_blob
+from tests.sshpeer import ClientConnection, SeededRng
 from trissh.backend.memory import MemoryBackend
 from trissh.connection.driver import serve_connection
 from trissh.connection.kex_budget import BURST, SHARE, KexBudget
 from trissh.protocol import kex_dh
-from trissh.protocol.messages import transport as tr
 from trissh.protocol.messages import userauth as ua
 
+from .auth.test_user_names import authenticating
+from .auth.test_user_names import key_file as user_key_file
 from .support import make_context
 
 #: What each exchange costs in the test (its CPU, as the transport measures it).
@@ -97,22 +97,11 @@ async def test_a_connection_past_its_key_exchange_does_not_wait(
     """Turns are for key exchanges: a client that has its keys and is logging in (or only
     closing) is not held behind a flood's debt (before: every read until login waited;
     second reader: logins took 3.0 s instead of 0.8 s under a flood)."""
-    keys = tmp_path / "authorized_keys"
-    keys.write_text("ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode() + "\n")
-    ctx = make_context(memory_backend, keys, tmp_path / "host_key")
-    server_end, client_end = trio.testing.memory_stream_pair()
+    ctx = make_context(memory_backend, user_key_file(tmp_path), tmp_path / "host_key")
     with trio.fail_after(600):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: serve_connection(server_end, ctx, conn_id="k", remote="m"))
-            peer = Peer(client_end)
-            while not peer.client.established:
-                await peer._read()
-            peer.client.request_service()
-            await peer.expect(tr.ExtInfo)
-            await peer.expect(tr.ServiceAccept)
+        async with authenticating(ctx) as peer:
             ctx.state.kex_budget.charge(100.0)  # a flood's exchanges since
             started = trio.current_time()
             peer.client.auth_publickey()
             await peer.expect(ua.UserauthSuccess)
             assert trio.current_time() - started < 1
-            nursery.cancel_scope.cancel()

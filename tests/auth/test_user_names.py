@@ -53,7 +53,7 @@ ACCEPTED = ["a" * 64, "o'brien", "$(id)", "DOMAIN\\user", "émile", "ops.team-1_
 FAILURE_DELAY = 1.0
 
 
-def _key_file(tmp_path: Path) -> Path:
+def key_file(tmp_path: Path) -> Path:
     keys = tmp_path / "authorized_keys"  # any user name with this key
     keys.write_text("ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode() + "\n")
     return keys
@@ -62,7 +62,7 @@ def _key_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def ctx(memory_backend: MemoryBackend, tmp_path: Path) -> ServerContext:
     return make_context(
-        memory_backend, _key_file(tmp_path), tmp_path / "host_key",
+        memory_backend, key_file(tmp_path), tmp_path / "host_key",
         auth={"failure_delay": FAILURE_DELAY},
     )  # fmt: skip
 
@@ -89,6 +89,20 @@ async def _attempt(peer: Peer, username: str, *, sign: bool = True) -> tuple[obj
     peer.client.auth_publickey(username=username, sign=sign)
     answer = await peer.next_message()
     return answer, trio.current_time() - started
+
+
+async def _ask_keyboard_interactive(peer: Peer, username: str) -> bytes:
+    """Start keyboard-interactive as ``username``; the raw answer (60 is also PK_OK to the
+    decoder: an INFO_REQUEST is read as such by the caller)."""
+    peer.client.send(
+        ua.UserauthRequest(
+            username=username, service="ssh-connection", method="keyboard-interactive",
+            method_data=ua.KeyboardInteractiveMethod().encode(),
+        )
+    )  # fmt: skip
+    while not peer.client.inbox:
+        await peer._read()
+    return bytes(peer.client.inbox.popleft())
 
 
 def _logs(monkeypatch: pytest.MonkeyPatch) -> tuple[list[MutableMapping[str, Any]], ...]:
@@ -167,7 +181,7 @@ async def test_keyboard_interactive_asks_a_refused_name_as_an_unknown_user(
     monkeypatch.setattr("trissh.auth.login.verify_password", recording_verify)
     monkeypatch.setattr("trissh.auth.policy.verify_password", recording_verify)
     ctx = make_context(
-        memory_backend, _key_file(tmp_path), tmp_path / "host_key",
+        memory_backend, key_file(tmp_path), tmp_path / "host_key",
         auth={"failure_delay": 0, "authentication_methods": ["publickey", "keyboard-interactive"]},
         users={"bob": {"password_hash": hash_password("right")}},
     )  # fmt: skip
@@ -175,15 +189,7 @@ async def test_keyboard_interactive_asks_a_refused_name_as_an_unknown_user(
     with trio.fail_after(30):
         for name in ("nobody-here", "a b"):
             async with authenticating(ctx) as peer:
-                peer.client.send(
-                    ua.UserauthRequest(
-                        username=name, service="ssh-connection", method="keyboard-interactive",
-                        method_data=ua.KeyboardInteractiveMethod().encode(),
-                    )
-                )  # fmt: skip
-                while not peer.client.inbox:  # raw: 60 is also PK_OK to the decoder
-                    await peer._read()
-                payload = peer.client.inbox.popleft()
+                payload = await _ask_keyboard_interactive(peer, name)
                 prompts.append(ua.UserauthInfoRequest.decode(Reader(payload, 1)))
                 peer.client.send(ua.UserauthInfoResponse(responses=("guess",)))
                 await peer.expect(ua.UserauthFailure)
@@ -215,7 +221,7 @@ async def test_an_unknown_user_meets_what_a_user_with_a_password_meets(
     monkeypatch.setattr("trissh.auth.policy.verify_password", recording_verify)
     stored = hash_password("right")
     ctx = make_context(
-        memory_backend, _key_file(tmp_path), tmp_path / "host_key",
+        memory_backend, key_file(tmp_path), tmp_path / "host_key",
         auth={"failure_delay": FAILURE_DELAY},
         users={"bob": {"password_hash": stored}, "kay": {"session": {"idle_timeout": 60}}},
     )  # fmt: skip
@@ -223,15 +229,7 @@ async def test_an_unknown_user_meets_what_a_user_with_a_password_meets(
     with trio.fail_after(60):
         for name in ("bob", "nobody-here", "kay"):
             async with authenticating(ctx) as peer:
-                peer.client.send(
-                    ua.UserauthRequest(
-                        username=name, service="ssh-connection", method="keyboard-interactive",
-                        method_data=ua.KeyboardInteractiveMethod().encode(),
-                    )
-                )  # fmt: skip
-                while not peer.client.inbox:  # raw: 60 is also PK_OK to the decoder
-                    await peer._read()
-                payload = peer.client.inbox.popleft()
+                payload = await _ask_keyboard_interactive(peer, name)
                 prompts = payload[0] == 60 and ua.UserauthInfoRequest.decode(Reader(payload, 1))
                 started = trio.current_time()
                 peer.client.send(ua.UserauthInfoResponse(responses=("guess",)))

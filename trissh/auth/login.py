@@ -173,19 +173,13 @@ class LoginConversation:
         return bool(self._name_problem)
 
     async def _not_in_chains(self, event: AuthDecisionRequested, reason: str) -> None:
-        """A method offered to someone but not next for this user: a password fails as a
-        wrong one would (dummy check, delay); keyboard-interactive at once and without
-        prompts, so OpenSSH's client, which tries it before password, goes on to that."""
-        match event:
-            case PublicKeyAuthRequested():
-                await self._reject(reason, final=event.signed)
-            case PasswordAuthRequested():
-                await verify_password(None, event.password)
-                await self._reject(reason, final=True)
-            case KeyboardInteractiveAuthRequested():
-                self._conn.reject_auth(reason)
-            case _:
-                await self._reject(reason, final=True)
+        """A method offered to someone but not next for this user: keyboard-interactive
+        fails at once and without prompts, so OpenSSH's client, which tries it before
+        password, goes on to that; anything else as for an unknown name."""
+        if isinstance(event, KeyboardInteractiveAuthRequested):
+            self._conn.reject_auth(reason)
+        else:
+            await self._fail_as_unknown(event, reason)
 
     async def _fail_as_unknown(self, event: AuthDecisionRequested, reason: str) -> None:
         """Fail as a wrong password of an unknown user would (a refused name): same
