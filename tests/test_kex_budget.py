@@ -105,3 +105,43 @@ async def test_a_connection_past_its_key_exchange_does_not_wait(
             peer.client.auth_publickey()
             await peer.expect(ua.UserauthSuccess)
             assert trio.current_time() - started < 1
+
+
+@pytest.mark.parametrize("via_proxy_header", [True, False])
+async def test_an_exchange_waits_its_turn_however_its_bytes_came(
+    memory_backend: MemoryBackend,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    via_proxy_header: bool,
+) -> None:
+    """Bytes read past a PROXY header in the same segment (AWS NLB sends them so) are
+    processed as the first read's and wait their turn too (fourth reader: they skipped it,
+    so behind such a balancer a flood was not paced at all)."""
+    computed: list[float] = []
+    respond = kex_dh.DhGroup.respond
+
+    def spy(group: kex_dh.DhGroup, e: int, rng: Callable[[int], bytes]) -> tuple[int, int]:
+        computed.append(trio.current_time())
+        return respond(group, e, rng)
+
+    monkeypatch.setattr(kex_dh.DhGroup, "respond", spy)
+    ctx = make_context(memory_backend, Path("/dev/null"), tmp_path / "host_key")
+    ctx.state.kex_budget.charge(100.0)  # a flood's debt: a paced exchange waits ~200 s
+    client = ClientConnection(rng=SeededRng(1), kex_algorithms=(GROUP16,))
+    client.send_ecdh_init(GROUP16)  # KEXDH_INIT right after KEXINIT
+    sent = client.data_to_send()
+    server_end, client_end = trio.testing.memory_stream_pair()
+    initial = sent if via_proxy_header else b""
+    with trio.move_on_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: serve_connection(
+                    server_end, ctx, conn_id="p", remote="m", initial_data=initial
+                )
+            )
+            if not via_proxy_header:
+                await client_end.send_all(sent)
+            await trio.sleep(5)
+            nursery.cancel_scope.cancel()
+    assert computed == []

@@ -648,6 +648,7 @@ def test_session_id_survives_rekey_while_exchange_hash_changes() -> None:
     pair = ConnectionPair()
     pair.handshake()
     first_h = pair.client.exchange_hash
+    pair.authenticate()  # (no re-exchange before login)
     pair.client.start_kex()
     [completed] = pair.transfer()
     assert isinstance(completed, KeyExchangeCompleted)

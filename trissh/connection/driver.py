@@ -163,8 +163,9 @@ class ConnectionDriver:
         ctx.state.claim_startup(self.remote_ip)
         self._startup_claimed = True
         self._counted_user: str | None = None
-        if initial_data:  # bytes read past a PROXY header belong to SSH
+        if initial_data:  # bytes read past a PROXY header belong to SSH: the first read's
             self.conn.receive_data(initial_data)
+        self._initial_data = initial_data
 
     def _login_request(self, username: str, metadata: object) -> LoginRequest:
         return LoginRequest(
@@ -295,8 +296,7 @@ class ConnectionDriver:
     # -- reading ----------------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
-        """Read and process until the connection ends, running its timers when they are due
-        (why here: the module docstring)."""
+        """Read and process until the connection ends, running its timers when due."""
         while not self._ended:
             with trio.CancelScope(deadline=self._clock.next_deadline()) as scope:
                 self._clock.scope = scope
@@ -306,10 +306,10 @@ class ConnectionDriver:
 
     async def _receive_until_end(self) -> None:
         conn = self.conn
-        data: bytes | bytearray = b""
+        data: bytes | bytearray = self._initial_data  # (re-entered only after login)
         while True:
             if data and not self._handshake_done:  # the first key exchange takes turns
-                await self._kex.wait_turn()
+                await self._kex.wait_turn()  # (and the only one before login: transport.py)
             try:
                 await self._process_events()
             finally:  # its cost (a re-exchange's before login too), a bad packet after it or not

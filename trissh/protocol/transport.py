@@ -97,9 +97,11 @@ _T = TypeVar("_T")
 
 #: Rekey before a sequence number could wrap (OpenSSH's MAX_PACKETS; strict kex relies on it).
 MAX_PACKETS_PER_KEY: Final = 1 << 31
-#: Key re-exchanges a client may start before login: each costs the server up to ~100 ms
-#: of CPU in the event loop everyone shares, and nobody is accountable for them yet.
-MAX_CLIENT_REKEYS_BEFORE_AUTH: Final = 1
+#: Key re-exchanges a client may start before login: each costs the server tens of ms of
+#: CPU in the event loop everyone shares, nobody is accountable for them yet, and the
+#: first exchange's turn (connection/kex_budget.py) would not pace them. No client
+#: re-keys that early (their limits are a GiB of data or an hour).
+MAX_CLIENT_REKEYS_BEFORE_AUTH: Final = 0
 
 #: Messages allowed from the peer at any time (RFC 4253 §7.1), unless strict kex applies.
 _GENERIC = frozenset(
