@@ -365,10 +365,14 @@ class SessionRecording:
                 self._close_pending = True
                 if self._inflight:
                     return  # the worker thread writes the rest and closes
-            self._write_now()
-            self._close_fd()
+            self._finish_close()
 
         self._guarded(finish)
+
+    def _finish_close(self) -> None:
+        """Write what is buffered (the exit line last) and close the file, from this thread."""
+        self._write_now()
+        self._close_fd()
 
     @property
     def pending_bytes(self) -> int:
@@ -397,7 +401,8 @@ class SessionRecording:
 
         Cancellation: returns at once; the write goes on in its thread and completes
         (including a ``close()`` made meanwhile), so nothing is lost or torn. Cancelled
-        while waiting for a writer thread, it starts a thread of its own for that.
+        while still waiting for a writer thread, the buffer stays for ``close()``, which
+        writes the rest as it always does (a close made meanwhile is finished here).
         """
         with self._lock:
             start = bool(self._buffer) and not self._inflight and self._fd is not None
@@ -407,12 +412,12 @@ class SessionRecording:
             await trio.lowlevel.checkpoint()
             return
         self._last_flush = self._recorder.clock()
-        claimed = threading.Event()  # whichever thread sets it first drains
+        claimed = threading.Event()  # by the worker as it starts, or by a cancellation
 
         def drain_once() -> None:
             with self._lock:
                 if claimed.is_set():
-                    return
+                    return  # cancelled before it started: the buffer is close()'s
                 claimed.set()
             self._drain()
 
@@ -421,8 +426,14 @@ class SessionRecording:
                 drain_once, abandon_on_cancel=True, limiter=self._recorder.writers
             )
         except trio.Cancelled:
-            if not claimed.is_set():
-                threading.Thread(target=drain_once, name="trissh-recording", daemon=True).start()
+            with self._lock:
+                waiting = not claimed.is_set()
+                claimed.set()
+                if waiting:
+                    self._inflight = False
+                closing = waiting and self._close_pending
+            if closing:  # close() left the rest to this write
+                self._guarded(self._finish_close)
             raise
 
     # -- internals ------------------------------------------------------------------------------

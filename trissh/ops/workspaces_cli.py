@@ -60,9 +60,8 @@ async def list_workspaces(backend: Backend, settings: ServerConfig) -> list[str]
         )
     if not found:
         lines.append("  (none)")
-    volumes = sorted(
-        await backend.find_volumes({LABEL_HOME: None, LABEL_STATE: scope}), key=lambda v: v.name
-    )
+    homes = sorted(await backend.find_volumes({LABEL_HOME: None}), key=lambda v: v.name)
+    volumes = [volume for volume in homes if volume.labels.get(LABEL_STATE) == scope]
     lines.append("home volumes:")
     for volume in volumes:
         lines.append(
@@ -71,14 +70,10 @@ async def list_workspaces(backend: Backend, settings: ServerConfig) -> list[str]
         )
     if not volumes:
         lines.append("  (none)")
-    legacy = [
-        volume
-        for volume in await backend.find_volumes({LABEL_HOME: None})
-        if LABEL_STATE not in volume.labels
-    ]
+    legacy = [volume for volume in homes if LABEL_STATE not in volume.labels]
     if legacy:
         lines.append("home volumes of an earlier version (not mounted; README, Workspaces):")
-    for volume in sorted(legacy, key=lambda v: v.name):
+    for volume in legacy:
         lines.append(f"  {volume.labels.get(LABEL_HOME, '?'):<20} {volume.name}")
     return lines
 
