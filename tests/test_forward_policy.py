@@ -206,3 +206,34 @@ def test_a_configuration_servers_directions_go_over_the_users_settings() -> None
     assert settings.with_forwarding_grant("bob", ForwardingGrant()) == settings.forwarding_for(
         "bob"
     )
+
+
+@pytest.mark.parametrize(
+    ("entry", "host", "allowed"),
+    [
+        ("localhost:8080", "LOCALHOST", True),  # sshd lowercases the requested host
+        ("127.0.0.*:8080", "127.0.0.1", True),  # sshd's match_pattern: * and ?
+        ("127.0.0.?:8080", "127.0.0.5", True),
+        ("127.0.0.?:8080", "127.0.0.10", False),
+        ("*.internal:8080", "web.internal", True),
+        ("*.internal:8080", "internal", False),
+        ("[12]7.0.0.1:8080", "127.0.0.1", False),  # no character classes in ssh patterns
+    ],
+)
+def test_permit_listen_hosts_are_ssh_patterns(entry: str, host: str, allowed: bool) -> None:
+    """sshd matches a PermitListen (and a key's permitlisten=) host as a pattern."""
+    target = TcpAddress(host=host, port=8080)
+    assert (policy(permit_listen=(entry,)).refuse_listen(target) is None) is allowed
+    key = policy(grant_of(f'permitlisten="{entry}"'))
+    assert (key.refuse_listen(target) is None) is allowed
+
+
+@pytest.mark.parametrize("host", ["LOCALHOST", "127.0.0.1"])
+def test_permit_open_hosts_stay_exact(host: str) -> None:
+    """sshd's PermitOpen compares hosts as written: no pattern, no case folding."""
+    assert (
+        policy(permit_open=("localhost:8080", "127.0.0.*:8080")).refuse_open(
+            TcpAddress(host=host, port=8080)
+        )
+        is not None
+    )

@@ -18,12 +18,12 @@ import base64
 import binascii
 import calendar
 import ipaddress
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from trissh.auth.patterns import wildcard_matches
 from trissh.config.forwarding import parse_permit
 from trissh.protocol import parse_public_key
 from trissh.protocol.errors import DecodeError
@@ -125,12 +125,6 @@ def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None
     return ipaddress.ip_network(f"{address}/{length or address.max_prefixlen}")
 
 
-def _wildcard(pattern: str) -> re.Pattern[str]:
-    """sshd's match_pattern: ``*`` and ``?`` only; every other character is itself."""
-    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile("".join(parts), re.DOTALL)
-
-
 def _address_matches(address: str, pattern: str) -> bool:
     network = _network(pattern)
     if network is not None:
@@ -138,7 +132,7 @@ def _address_matches(address: str, pattern: str) -> bool:
             return ipaddress.ip_address(address) in network
         except ValueError:
             return False
-    return _wildcard(pattern).fullmatch(address) is not None
+    return wildcard_matches(pattern, address)
 
 
 @dataclass(frozen=True, slots=True)

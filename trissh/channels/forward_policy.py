@@ -1,8 +1,9 @@
 """ForwardPolicy: may this login forward there? sshd's rules, from ``[forwarding]`` (with
 the user's overrides) narrowed by the login's key or certificate options.
 
-Matching is textual, as sshd's PermitOpen: the host the client wrote against the entry's
-host (``*`` matches any), no name resolution; what a name means is decided inside the
+Matching is textual, as sshd's: PermitOpen compares the host the client wrote with the
+entry's (``*`` matches any), PermitListen matches the lowercased host against the entry's
+as a pattern (``*``, ``?``); no name resolution: what a name means is decided inside the
 container, which is the only place a forward can reach anyway.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from trissh.auth.patterns import wildcard_matches
 from trissh.auth.policy import Grant
 from trissh.config import ForwardingSection, parse_permit
 from trissh.protocol import ForwardTarget, SocketPath, TcpAddress
@@ -27,7 +29,11 @@ def _matches(entries: tuple[str, ...], target: ForwardTarget, *, listen: bool) -
         if isinstance(target, SocketPath):
             if port == "*" and host in ("*", target.path):
                 return True
-        elif host in ("*", target.host) and port in ("*", str(target.port)):
+        elif port in ("*", str(target.port)) and (
+            wildcard_matches(host.lower(), target.host.lower())
+            if listen
+            else host in ("*", target.host)
+        ):
             return True
     return False
 
