@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -552,3 +553,48 @@ async def test_a_flush_cancelled_waiting_for_a_writer_still_ends_the_recording(
     _, events = read_cast(recording.path)
     assert len(text_of(events, "o")) == 6 * 20_000
     assert events[-1][1] == "x"
+
+
+_EXIT_DURING_A_WRITE = """
+import sys, threading, time
+import trio
+import trissh.ops.recording as recording
+
+real = recording._write_all
+
+def slow(fd, data):
+    time.sleep(0.5)  # a slow disk: the write is still going when the server's run ends
+    real(fd, data)
+
+recording._write_all = slow
+
+async def main():
+    recorder = recording.Recorder(sys.argv[1], max_bytes=0, record_input=False)
+    rec = recorder.open_session("c1", 0, user="alice", pty=None, command="echo hi")
+    rec.defer_writes()
+    rec.stdout(b"first ")
+    with trio.move_on_after(0.1):
+        await rec.flush()  # cancelled: its thread goes on writing
+    rec.stdout(b"second")
+    rec.close(3)  # left to the writing thread
+    if sys.argv[2] == "wait":
+        from trissh.ops.recording_writes import finish_writes
+        await finish_writes(10)
+
+trio.run(main)
+"""
+
+
+def test_the_end_of_a_recording_outlives_the_server_run(tmp_path: Path) -> None:
+    """The server's run ends (shutdown) while a worker thread writes a recording: trio's
+    worker threads are daemons, so the interpreter's exit cut the write short and the
+    recording lost all of it (seen with "-" for "wait"); the server now waits for them."""
+    subprocess.run(
+        [sys.executable, "-c", _EXIT_DURING_A_WRITE, str(tmp_path), "wait"],
+        check=True,
+        timeout=60,
+    )
+    (path,) = tmp_path.glob("*.cast")
+    _, events = read_cast(path)
+    assert text_of(events, "o") == "first second"
+    assert events[-1][1:] == ["x", "3"]

@@ -72,6 +72,8 @@ from typing import Final, Protocol, final
 import structlog
 import trio
 
+from trissh.ops.recording_writes import WRITES
+
 log = structlog.get_logger("trissh.ops.recording")
 
 #: Bytes of input turned into one event at most (bounds the size of one JSON line).
@@ -419,7 +421,11 @@ class SessionRecording:
                 if claimed.is_set():
                     return  # cancelled before it started: the buffer is close()'s
                 claimed.set()
-            self._drain()
+                WRITES.begin()
+            try:
+                self._drain()
+            finally:
+                WRITES.end()
 
         try:
             await trio.to_thread.run_sync(

@@ -38,6 +38,7 @@ from trissh.addresses import host_of, join_host_port, unmapped
 from trissh.admin.server import serve_admin
 from trissh.config import container_settings, parse_max_startups
 from trissh.connection.driver import open_connection, serve_connection, serve_driver
+from trissh.ops.recording_writes import finish_writes
 from trissh.protocol import DisconnectReason, version_line
 from trissh.protocol import refusal as protocol_refusal
 from trissh.server.accept import Acceptor, Address
@@ -50,6 +51,8 @@ log = structlog.get_logger("trissh.server.listener")
 #: For random early drop: unpredictable, so a flood cannot aim at the slots it frees.
 _random = random.SystemRandom()
 TOO_MANY: Final = DisconnectReason.TOO_MANY_CONNECTIONS
+#: Seconds the end of the run waits for recordings still being written (a slow disk).
+RECORDING_WRITES_WAIT: Final = 10.0
 #: What a refused client's user reads ("Received disconnect from ...: <this>").
 REFUSALS: Final = {
     "max_startups": "server busy: too many connections are logging in; try again shortly",
@@ -90,6 +93,7 @@ async def serve(
         ctx.state.context = ctx
 
     await _run(ctx, listeners, health, shutdown, task_status)
+    await finish_writes(RECORDING_WRITES_WAIT)
     log.info("server_stopped")
 
 
