@@ -784,6 +784,42 @@ async def test_a_client_listening_and_cancelling_in_a_loop_writes_a_bounded_log(
     assert 0 < listening <= 100
 
 
+async def test_a_unix_path_listened_on_again_is_refused_while_its_listener_lives(
+    tmp_path: Path,
+) -> None:
+    """``-R /tmp/a.sock``, the file removed inside the container (``rm``), the same request
+    again: the path binds anew, and each listener replaced the one before in the
+    connection's table, so max_listeners counted one however many lived, and the replaced
+    ones could never be cancelled (fwd reviewer: 10 live with a limit of 2)."""
+    from .test_server_opened_channels import KeptBackend
+
+    backend = KeptBackend()
+    ctx = make_context(
+        backend, user_keys(tmp_path), tmp_path / "host_key", **{"forwarding.max_listeners": 2}
+    )
+    path = wire.string("/tmp/a.sock")
+    with trio.fail_after(30):
+        async with connected(ctx) as peer:
+            await peer.login()
+            answers = []
+            for _ in range(4):
+                peer.client.global_request(
+                    "streamlocal-forward@openssh.com", want_reply=True, data=path
+                )
+                answers.append(type(await peer.next_message()))
+                backend.sandboxes[0].network._unix.pop("/tmp/a.sock", None)  # rm /tmp/a.sock
+            assert answers == [conn.RequestSuccess] + [conn.RequestFailure] * 3, answers
+            live = ctx.metrics.forwards.listeners_active._value.get()
+            assert live == 1
+            peer.client.global_request(
+                "cancel-streamlocal-forward@openssh.com", want_reply=True, data=path
+            )
+            await peer.expect(conn.RequestSuccess)
+            await trio.sleep(0.1)
+            assert ctx.metrics.forwards.listeners_active._value.get() == 0
+            await peer.stream.aclose()
+
+
 async def test_a_client_re_keying_in_a_loop_writes_a_bounded_log(
     ctx: ServerContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:

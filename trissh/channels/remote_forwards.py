@@ -116,6 +116,11 @@ class RemoteForwards:
                 bound: ForwardTarget = target
                 if isinstance(target, TcpAddress):
                     bound = TcpAddress(host=target.host, port=listener.port)
+                if _key(bound) in self._listeners:  # a unix path bound anew after an rm
+                    self._refuse(event, f"{bound} is already forwarded", "failed")
+                    answered = True
+                    self._one_answered()
+                    return
                 self._listeners[_key(bound)] = scope
                 self._one_answered()
                 answered = True
@@ -154,7 +159,8 @@ class RemoteForwards:
                         return
                     self._nursery.start_soon(self._carry_accepted, stream, peer, bound)
         finally:
-            self._listeners.pop(_key(bound), None)
+            if self._listeners.get(_key(bound)) is scope:  # a cancel may have taken it
+                del self._listeners[_key(bound)]
             self._ctx.metrics.listeners_active.dec()
             if shown:
                 log.info("forward_listen_stopped", target=str(bound))
