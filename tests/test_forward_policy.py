@@ -237,3 +237,11 @@ def test_permit_open_hosts_stay_exact(host: str) -> None:
         )
         is not None
     )
+
+
+def test_a_port_written_with_leading_zeros_is_its_number() -> None:
+    """sshd reads PermitOpen's port as a number (a2port): ``db:080`` is port 80."""
+    target = TcpAddress(host="db", port=80)
+    assert policy(permit_open=("db:080",)).refuse_open(target) is None
+    assert policy(grant_of('permitopen="db:080"')).refuse_open(target) is None
+    assert policy(permit_listen=("080",)).refuse_listen(target) is None

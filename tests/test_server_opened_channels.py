@@ -9,12 +9,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
 from trissh.backend import SandboxSpec, SocketAddress
+from trissh.backend.errors import ForwardError
 from trissh.backend.memory import MemoryBackend, MemorySandbox
+from trissh.backend.memory.network import MemoryListener
 from trissh.connection.driver import serve_connection
+from trissh.protocol import wire
 from trissh.protocol.messages import connection as conn
 
 from .peer import Peer, exit_status_of, output_of
@@ -119,3 +123,41 @@ async def test_a_channel_closed_before_its_opener_ran_leaves_its_reused_id_alone
         events = await peer.until_close(fresh)
         assert output_of(events) == b"still here\n"
         assert exit_status_of(events) == 0
+
+
+@pytest.mark.parametrize("listener", ["agent", "remote"])
+async def test_a_listener_failing_to_accept_leaves_the_connection_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listener: str
+) -> None:
+    """accept() on a listener fails (the process out of fds: EMFILE, which trio raises):
+    that listener stops, the connection and its session go on (the agent's ended the
+    whole connection: its nursery's ExceptionGroup escaped; fwd reviewer)."""
+
+    async def failing_accept(self: MemoryListener) -> object:
+        await trio.sleep(0.2)
+        raise ForwardError("failed", "cannot accept a connection: [Errno 24] Too many open files")
+
+    monkeypatch.setattr(MemoryListener, "accept", failing_accept)
+    ctx = make_context(KeptBackend(), user_keys(tmp_path), tmp_path / "host_key")
+    server_end, client_end = trio.testing.memory_stream_pair()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: serve_connection(server_end, ctx, conn_id="test", remote="memory")
+            )
+            peer = Peer(client_end, answer_keepalives=True)
+            await peer.login()
+            session = await peer.open_session(0)
+            if listener == "agent":
+                peer.client.channel_request(session, "auth-agent-req@openssh.com", b"")
+            else:
+                peer.client.global_request(
+                    "tcpip-forward",
+                    want_reply=True,
+                    data=wire.string("localhost") + wire.uint32(9000),
+                )
+            await peer.exec(session, "sleep 1; echo alive")
+            messages = await peer.until_close(session)
+            assert output_of(messages) == b"alive\n"
+            assert exit_status_of(messages) == 0
+            await peer.stream.aclose()

@@ -135,15 +135,21 @@ class AgentForwarding:
                                 except trio.ClosedResourceError:  # the container's side went
                                     log.warning("forward_listener_closed", target=self.path)
                                     return
+                                except ForwardError as exc:  # out of fds: this listener ends,
+                                    self._listen_failed(exc)  # not the connection (the
+                                    return  # nursery would wrap it in a group)
                                 accepted.start_soon(self._carry, stream, target)
                     finally:
                         self._ctx.metrics.listeners_active.dec()
         except (ConnectFailed, ForwardError, BackendError) as exc:
-            self._ctx.metrics.failed("failed")
-            log.warning("forward_listen_failed", target=self.path, kind="agent", error=str(exc))
+            self._listen_failed(exc)
         finally:
             socket.listening = False
             socket.ready.set()
+
+    def _listen_failed(self, exc: Exception) -> None:
+        self._ctx.metrics.failed("failed")
+        log.warning("forward_listen_failed", target=self.path, kind="agent", error=str(exc))
 
     async def _carry(self, stream: trio.abc.HalfCloseableStream, target: SocketPath) -> None:
         await carry_accepted(

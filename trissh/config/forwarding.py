@@ -56,7 +56,7 @@ def parse_permit(entry: str, *, listen: bool) -> tuple[str, str]:
     if not host or (port != "*" and not (port.isdigit() and 0 < int(port) <= 65535)):
         kind = "permit_listen" if listen else "permit_open"
         raise ValueError(f"{kind} entry {entry!r}: a host and a port from 1 to 65535, or *")
-    return host, port
+    return host, port if port == "*" else str(int(port))
 
 
 def _check_permits(value: tuple[str, ...], *, listen: bool) -> tuple[str, ...]:
