@@ -13,6 +13,8 @@ from trissh.auth.policy import LoginRequest
 from trissh.backend import ContainerSettings
 from trissh.backend.memory import MemoryBackend
 from trissh.config import ServerConfig, load_config
+from trissh.protocol.messages import transport as tr
+from trissh.protocol.messages import userauth as ua
 from trissh.server.build import build_context, reload_context, retire_context
 from trissh.server.listener import serve
 from trissh.server.state import ServerContext
@@ -253,3 +255,31 @@ async def test_emptying_authorized_keys_and_reloading_lets_that_key_in_no_more(
     result = await run_ssh(server.port, client_key.path, "echo in")
     assert result.returncode == 255
     assert b"Permission denied" in result.stderr
+
+
+async def test_a_key_revoked_by_a_reload_is_refused_on_a_connection_opened_before_it(
+    tmp_path: Path,
+) -> None:
+    """A connection keeps the context it was accepted with, but its login asks the newest
+    policy: as sshd reads authorized_keys at each attempt, a key removed and SIGHUP'd no
+    longer logs in on a connection held open, unauthenticated, since before (cfg reviewer:
+    it did, for up to login_grace_time)."""
+    from .peer import Peer
+    from .test_driver import connected, user_keys
+
+    keys = user_keys(tmp_path)
+    ctx = make_context(MemoryBackend(), keys, tmp_path / "host_key")
+    with trio.fail_after(20):
+        async with connected(ctx) as peer:
+            assert isinstance(peer, Peer)
+            while not peer.client.established:
+                assert await peer._read()
+            keys.write_text("# revoked\n")
+            reload_context(ctx, lambda: ctx.settings)
+            assert ctx.state.context is not ctx
+            peer.client.request_service()
+            peer.client.auth_publickey()
+            await peer.expect(tr.ExtInfo)
+            await peer.expect(tr.ServiceAccept)
+            await peer.expect(ua.UserauthFailure)
+            await peer.stream.aclose()

@@ -49,18 +49,23 @@ log = structlog.get_logger("trissh.auth.login")
 
 #: Why a login with a refused name failed (the client sees only the failure).
 NAME_REFUSED = "user name refused"
+#: Decision events that go on with a method begun earlier.
+_CONTINUATIONS = (KeyboardInteractiveResponsesReceived, GssapiTokenReceived, GssapiMicReceived)
 
 
 class LoginConversation:
     def __init__(
         self,
-        policy: AuthPolicy,
+        policy: Callable[[], AuthPolicy],
         conn: ServerConnection,
         request: Callable[[str, Metadata], LoginRequest],
         *,
         rng: random.Random | None = None,
     ) -> None:
-        self._policy = policy
+        #: The policy now served (a reload's): each new attempt asks it, as sshd reads its
+        #: key files at each attempt; a method's later steps stay with the one that began it.
+        self._latest = policy
+        self._policy = policy()
         self._conn = conn
         self._request = request
         self._rng = rng or random.SystemRandom()
@@ -90,6 +95,8 @@ class LoginConversation:
             TooManyAuthAttempts: the answer used up the client's attempts.
         """
         method = _method_of(event)
+        if not isinstance(event, _CONTINUATIONS):
+            self._policy = self._latest()
         refused = self._name_refused(event.username)
         chains = self._policy.chains_for(None if refused else event.username)
         if method not in chains.next_methods(self.passed):
@@ -135,8 +142,10 @@ class LoginConversation:
     ) -> None:
         """One step of gssapi-with-mic (the module docstring)."""
         kerberos = self._policy.kerberos
-        assert kerberos is not None, "the core offers gssapi-with-mic only when configured"
         if isinstance(event, GssapiAuthRequested):
+            if kerberos is None:  # a reload turned it off; the core still offers it
+                self._conn.reject_auth("Kerberos is not configured")
+                return
             mechanism = kerberos.choose(event.mechanisms)
             if mechanism is None:
                 self._conn.reject_auth("no GSS-API mechanism in common (trissh speaks Kerberos)")
@@ -160,6 +169,7 @@ class LoginConversation:
         if not await exchange.verify_mic(event.signed_data, event.mic):
             decision = Decision(False, f"MIC of {exchange.principal} does not verify")
         else:
+            assert kerberos is not None, "its exchange began under this policy"
             decision = await _kerberos_decision(kerberos, request, exchange)
         await self._answer(request, decision, method)
 

@@ -159,7 +159,7 @@ class ConnectionDriver:
         self._paused_until = 0.0
         self._metrics = ctx.metrics.connection_opened()
         self._bytes_reported_at = trio.current_time()
-        self._login = LoginConversation(ctx.auth, self.conn, self._login_request)
+        self._login = LoginConversation(lambda: ctx.latest.auth, self.conn, self._login_request)
         ctx.state.claim_startup(self.remote_ip)
         self._startup_claimed = True
         self._counted_user: str | None = None

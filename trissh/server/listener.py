@@ -108,12 +108,12 @@ async def _run(
     workspaces = Workspaces(
         ctx.backend,
         ctx.metrics,
-        lambda: (ctx.state.context or ctx).settings,
+        lambda: ctx.latest.settings,
         instance=ctx.instance,
     )
     ctx.state.workspaces = workspaces
     async with trio.open_nursery() as upkeep:
-        current = (ctx.state.context or ctx).settings  # (a reload during the sweep)
+        current = ctx.latest.settings  # (a reload during the sweep)
         ctx.backend.keep_warm(container_settings(current.container), ctx.instance)
         await upkeep.start(ctx.backend.run)
         if ctx.settings.metrics.listen or ctx.settings.admin.socket:
@@ -136,7 +136,7 @@ async def _run(
 def _greeting(ctx: ServerContext, sock: socket.socket, address: Address) -> bytes:
     """In the accept thread: our version line, at once; nothing for a trusted balancer,
     whose PROXY header comes first. Reads only the configuration (thread-safe)."""
-    current = ctx.state.context or ctx  # the latest configuration (SIGHUP)
+    current = ctx.latest  # the latest configuration (SIGHUP)
     trusted = _trusted_networks(current.settings.proxy.trusted_networks)
     if trusted and str(address[0]) in trusted:
         return b""
@@ -147,7 +147,7 @@ def _accepted(ctx: ServerContext, sock: socket.socket, address: Address, greeted
     """In trio, right after the accept thread handed ``sock`` over: refuse it or start its
     task (why a thread greets first: server/accept.py). Must not raise."""
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-    current = ctx.state.context or ctx  # the latest configuration (SIGHUP)
+    current = ctx.latest  # the latest configuration (SIGHUP)
     nursery = ctx.state.connections_nursery
     assert nursery is not None
     conn_id = secrets.token_hex(6)
@@ -293,7 +293,7 @@ async def _serve_connections(
         task_status.started()
         await shutdown.wait()
         await _drain(ctx)
-        grace = (ctx.state.context or ctx).settings.limits.shutdown_grace
+        grace = ctx.latest.settings.limits.shutdown_grace
         log.info("server_stopping", grace_s=grace, connections=ctx.state.live_connections)
         listening.cancel()
         ctx.state.shutting_down = True
@@ -306,7 +306,7 @@ async def _drain(ctx: ServerContext) -> None:
     """``/readyz`` turns 503 at once, and new connections are still served for
     ``drain_time``: a balancer notices before the listener closes (its lame-duck time)."""
     ctx.state.draining = True
-    drain = (ctx.state.context or ctx).settings.limits.drain_time
+    drain = ctx.latest.settings.limits.drain_time
     log.info("server_draining", drain_s=drain, connections=ctx.state.live_connections)
     await trio.sleep(drain)
 

@@ -91,7 +91,7 @@ async def run_server(settings: ServerConfig, load: Callable[[], ServerConfig]) -
             await serve(ctx, listeners, shutdown=shutdown, health=health)
             nursery.cancel_scope.cancel()  # retired contexts close now, in their finally
     finally:
-        await (ctx.state.context or ctx).auth.aclose()
+        await ctx.latest.auth.aclose()
     return 0
 
 

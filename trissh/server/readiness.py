@@ -34,7 +34,7 @@ READY_CHECK_TIMEOUT: Final = 5.0
 def readiness(ctx: ServerContext) -> tuple[bool, str]:
     """(ready, why) from the state alone: no await, microseconds."""
     state = ctx.state
-    current = state.context or ctx
+    current = ctx.latest
     if state.draining:
         return False, "draining"
     if state.backend_problem is not None:
@@ -47,7 +47,7 @@ def readiness(ctx: ServerContext) -> tuple[bool, str]:
 
 async def check_backend(ctx: ServerContext) -> None:
     """Ask the backend once, bounded, and record the answer; log a change."""
-    current = ctx.state.context or ctx
+    current = ctx.latest
     problem: str | None = f"backend did not answer within {READY_CHECK_TIMEOUT:g} s"
     with trio.move_on_after(READY_CHECK_TIMEOUT):
         problem = await current.backend.ready(current.settings.container.image)
@@ -71,7 +71,7 @@ async def keep_ready(
     await check_backend(ctx)
     task_status.started()
     while True:
-        await trio.sleep((ctx.state.context or ctx).settings.metrics.ready_check_interval)
+        await trio.sleep(ctx.latest.settings.metrics.ready_check_interval)
         await check_backend(ctx)
 
 

@@ -141,3 +141,8 @@ class ServerContext:
     #: Session recordings, when ``[recording] enabled``.
     recorder: Recorder | None = None
     state: ServerState = field(default_factory=ServerState)
+
+    @property
+    def latest(self) -> ServerContext:
+        """The configuration now served: the last reload's (SIGHUP), else this one."""
+        return self.state.context or self
