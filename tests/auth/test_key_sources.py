@@ -208,3 +208,37 @@ async def test_every_certificate_login_is_restricted(made: Path, tmp_path: Path)
     decision = await ctx.auth.publickey(REQUEST, narrow.public_key, narrow)
     assert decision.ok, decision.reason
     assert decision.grant.restricted
+
+
+# -- a file deleted and SIGHUP'd ----------------------------------------------------------
+
+
+async def test_deleting_a_users_keys_file_or_the_ca_file_and_reloading_revokes_them(
+    made: Path, tmp_path: Path
+) -> None:
+    """As with the global authorized_keys file (and sshd's files): deleting a user's
+    authorized_keys_file, or the trusted CA file, then SIGHUP revokes what it held. The
+    reload was refused as a missing file, and the old policy kept trusting both (cfg
+    reviewer). At the start a missing file is still a typo that stops it."""
+    from trissh.server.build import reload_context
+
+    keys, cas = tmp_path / "alice_keys", tmp_path / "cas"
+    keys.write_text((made / "user.pub").read_text())
+    cas.write_text((made / "ca.pub").read_text())
+    ctx = context(
+        tmp_path,
+        users={"alice": {"authorized_keys_file": str(keys)}},
+        **{"auth.trusted_user_ca_keys_file": str(cas)},
+    )
+    key = parse_public_key(blob(made / "user.pub"))
+    cert = parse_certificate(blob(made / "user-cert.pub"))
+    assert (await ctx.auth.publickey(REQUEST, key)).ok
+    assert (await ctx.auth.publickey(REQUEST, cert.public_key, cert)).ok
+    keys.unlink()
+    cas.unlink()
+    reload_context(ctx, lambda: ctx.settings)
+    assert ctx.latest is not ctx, "the reload was refused"
+    assert not (await ctx.latest.auth.publickey(REQUEST, key)).ok
+    assert not (await ctx.latest.auth.publickey(REQUEST, cert.public_key, cert)).ok
+    with pytest.raises(StartupError, match="No such file"):
+        context(tmp_path, users={"alice": {"authorized_keys_file": str(keys)}})

@@ -32,6 +32,7 @@ from trissh.auth.ca_keys import CaKeysError, load_trusted_cas
 from trissh.auth.chains import MethodChains
 from trissh.auth.decisions import Decision, Grant, LoginRequest, Prompts, metadata_grant
 from trissh.auth.gssapi import Kerberos, KerberosError
+from trissh.auth.key_files import deleted_since_start
 from trissh.auth.passwords import verify_password
 from trissh.auth.revocation import RevocationError, load_revoked_keys
 from trissh.auth.totp import TotpVerifier, load_secret
@@ -146,6 +147,7 @@ class AuthPolicy:
         settings: ServerConfig,
         global_keys: Sequence[AuthorizedKey] = (),
         *,
+        reloading: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """Load every credential now, so a broken file fails at start-up, not at login.
@@ -166,13 +168,15 @@ class AuthPolicy:
         has_secrets = any(u.password_hash or u.totp_secret_file for u in settings.users.values())
         #: Users without a ``[users.NAME]`` section, or whose table sets no credential.
         self._unknown_chains = self._default_chains or self._unknown_user_chains(has_secrets)
+        self._reloading = reloading
         self._users: dict[str, _User] = {
             name: self._load_user(name, section) for name, section in settings.users.items()
         }
+        ca_file = settings.auth.trusted_user_ca_keys_file
+        if ca_file is not None and deleted_since_start(ca_file, reloading=reloading):
+            ca_file = None
         try:
-            self._user_cas = load_trusted_cas(
-                settings.auth.trusted_user_ca_keys, settings.auth.trusted_user_ca_keys_file
-            )
+            self._user_cas = load_trusted_cas(settings.auth.trusted_user_ca_keys, ca_file)
         except CaKeysError as exc:
             raise PolicyError(str(exc)) from None
         self._revoked = None
@@ -241,8 +245,9 @@ class AuthPolicy:
                 keys.append(parse_entry(entry))
             except OptionError as exc:
                 raise PolicyError(f"users.{name}.authorized_keys[{number}]: {exc}") from None
-        if section.authorized_keys_file is not None:
-            keys += load_key_file(section.authorized_keys_file)
+        keys_file = section.authorized_keys_file
+        if keys_file is not None and not deleted_since_start(keys_file, reloading=self._reloading):
+            keys += load_key_file(keys_file)
         totp = None
         if section.totp_secret_file is not None:
             try:

@@ -164,7 +164,7 @@ def _auth_policy(settings: ServerConfig, *, reloading: bool = False) -> AuthPoli
             " [auth] trusted_user_ca_keys, [auth.webhook] or [auth.kerberos]"
         )
     try:
-        return AuthPolicy(settings, global_keys)
+        return AuthPolicy(settings, global_keys, reloading=reloading)
     except PolicyError as exc:
         raise StartupError(str(exc)) from None
 
