@@ -223,6 +223,7 @@ def _write(path: Path, key: object, fmt: serialization.PrivateFormat) -> Path:
     path.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
     )
+    path.chmod(0o600)
     return path
 
 
@@ -253,6 +254,7 @@ def test_key_file_problems_name_the_file(tmp_path: Path) -> None:
         load_or_create_host_key(small)
     garbage = tmp_path / "garbage"
     garbage.write_bytes(b"not a key")
+    garbage.chmod(0o600)
     with pytest.raises(HostKeyError, match="garbage: not an unencrypted OpenSSH or PEM"):
         load_or_create_host_key(garbage)
     encrypted = tmp_path / "encrypted"
@@ -263,6 +265,7 @@ def test_key_file_problems_name_the_file(tmp_path: Path) -> None:
             serialization.BestAvailableEncryption(b"secret"),
         )
     )
+    encrypted.chmod(0o600)
     with pytest.raises(HostKeyError, match="encrypted: not an unencrypted"):
         load_or_create_host_key(encrypted)
     created, was_created = load_or_create_host_key(tmp_path / "new" / "key")
@@ -298,3 +301,18 @@ def test_a_connection_gets_a_few_proofs_not_one_per_request() -> None:
     answers = [_prove(pair, [HOST_KEY.public_blob]) for _ in range(MAX_HOSTKEY_PROOFS + 3)]
     assert all(isinstance(a, conn.RequestSuccess) for [a] in answers[:MAX_HOSTKEY_PROOFS])
     assert all(a == [conn.RequestFailure()] for a in answers[MAX_HOSTKEY_PROOFS:])
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_host_key_others_may_read_or_write_is_refused(tmp_path: Path, mode: int) -> None:
+    """As sshd ("UNPROTECTED PRIVATE KEY FILE"): a host key another local user can read
+    lets them impersonate the server (cfg reviewer: a 0644 key loaded without a word)."""
+    key = _write(
+        tmp_path / "key", ed25519.Ed25519PrivateKey.generate(), serialization.PrivateFormat.OpenSSH
+    )
+    key.chmod(mode)
+    problem = rf"key: readable or writable by others \(mode 0{mode:o}\)"
+    with pytest.raises(HostKeyError, match=problem):
+        load_or_create_host_key(key)
+    key.chmod(0o600)
+    assert load_or_create_host_key(key)[0].key_type == "ssh-ed25519"

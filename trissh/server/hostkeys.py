@@ -14,6 +14,7 @@ import base64
 import datetime
 import hashlib
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,8 +64,13 @@ def load_host_key(path: Path) -> HostKey:
     """
     try:
         data = path.read_bytes()
+        mode = stat.S_IMODE(path.stat().st_mode)
     except OSError as exc:
         raise HostKeyError(f"{path}: cannot read host key: {exc.strerror}") from None
+    if mode & 0o077:  # as sshd: another user could impersonate this server
+        raise HostKeyError(
+            f"{path}: readable or writable by others (mode {mode:04o}): chmod 600 it"
+        )
     loaded: object
     try:
         if data.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
