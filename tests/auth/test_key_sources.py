@@ -242,3 +242,28 @@ async def test_deleting_a_users_keys_file_or_the_ca_file_and_reloading_revokes_t
     assert not (await ctx.latest.auth.publickey(REQUEST, cert.public_key, cert)).ok
     with pytest.raises(StartupError, match="No such file"):
         context(tmp_path, users={"alice": {"authorized_keys_file": str(keys)}})
+
+
+@pytest.mark.parametrize("loose", ["file", "directory"])
+@pytest.mark.parametrize("which", ["global", "user", "ca"])
+def test_a_key_file_others_may_write_stops_the_start(
+    made: Path, tmp_path: Path, loose: str, which: str
+) -> None:
+    """As sshd's StrictModes: a key file (or its directory) another local user may write
+    lets them add a key, and the global file admits any user name (cfg reviewer: a 0666
+    file in a 0777 directory loaded without a word). Readable by others is fine."""
+    directory = tmp_path / "keys"
+    directory.mkdir(mode=0o755)
+    path = directory / "file"
+    path.write_text((made / ("ca.pub" if which == "ca" else "user.pub")).read_text())
+    path.chmod(0o644)
+    every: dict[str, dict[str, Any]] = {
+        "global": {"authorized_keys": str(path)},
+        "user": {"users": {"alice": {"authorized_keys_file": str(path)}}},
+        "ca": {"auth.trusted_user_ca_keys_file": str(path)},
+    }
+    settings = every[which]
+    context(tmp_path, **settings)
+    (path if loose == "file" else directory).chmod(0o666 if loose == "file" else 0o777)
+    with pytest.raises(StartupError, match="writable by others"):
+        context(tmp_path, **settings)

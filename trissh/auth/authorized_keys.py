@@ -17,7 +17,10 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
+import errno
 import ipaddress
+import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,4 +394,20 @@ def parse_entry(text: str) -> AuthorizedKey:
 
 
 def load_authorized_keys(path: Path) -> tuple[list[AuthorizedKey], list[ParseProblem]]:
+    """Raises: OSError, also when another user may write the file or its directory."""
+    _check_modes(path)
     return parse_authorized_keys(path.read_text(encoding="utf-8", errors="replace"))
+
+
+def _check_modes(path: Path) -> None:
+    """sshd's StrictModes: a key file, and its directory, that only root or trissh's own
+    user may write (another user could add a key)."""
+    for item in (path, path.parent):
+        info = item.stat()
+        if info.st_uid not in (0, os.getuid()) or info.st_mode & 0o022:
+            mode = stat.S_IMODE(info.st_mode)
+            raise PermissionError(
+                errno.EPERM,
+                f"{item} is writable by others (mode {mode:04o}, uid {info.st_uid}): only"
+                " root or trissh's user may write a key file and its directory",
+            )
