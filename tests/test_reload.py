@@ -146,16 +146,24 @@ def test_a_reload_says_which_changed_settings_wait_for_a_restart(tmp_path: Path)
                 "metrics.listen": "127.0.0.1:9100",
                 "admin.socket": str(tmp_path / "admin.sock"),
                 "session.motd": "changed",
+                "workspaces.state_file": str(tmp_path / "elsewhere.json"),
             },
         )
 
     with capture_logs() as logs:
         reload_context(ctx, load)
     [ignored] = [entry for entry in logs if entry["event"] == "config_reload_ignored"]
-    assert ignored["keys"] == ["podman", "metrics.listen", "admin.socket"]
+    assert ignored["keys"] == ["podman", "metrics.listen", "admin.socket", "workspaces.state_file"]
     assert ignored["log_level"] == "warning"
     assert ctx.state.context is not None
     assert ctx.state.context.settings.session.motd == "changed"
+    # what runs keeps the values read at start: the workspace registry holds the first
+    # state file's lock, so new workspaces must not be labelled with another's (ws reviewer:
+    # a second instance of a fleet then took the new file and removed live workspaces)
+    running = ctx.state.context.settings
+    assert running.workspaces.state_file == ctx.settings.workspaces.state_file
+    assert running.podman == ctx.settings.podman
+    assert running.admin.socket == ctx.settings.admin.socket
 
 
 def test_no_error_while_reloading_ends_the_server(tmp_path: Path) -> None:

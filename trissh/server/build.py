@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import structlog
 import trio
@@ -169,8 +169,11 @@ def _auth_policy(settings: ServerConfig, *, reloading: bool = False) -> AuthPoli
         raise StartupError(str(exc)) from None
 
 
-#: Settings used only while the server starts (log format, backend, metrics and admin sockets).
-_START_ONLY: Final = ("log_format", "backend", "podman", "metrics.listen", "admin.socket")
+#: Settings used only while the server starts (log format, backend, metrics and admin
+#: sockets, the workspace state file whose lock it took).
+_START_ONLY: Final = (
+    "log_format", "backend", "podman", "metrics.listen", "admin.socket", "workspaces.state_file",
+)  # fmt: skip
 
 
 def _changed_at_start_only(running: ServerConfig, loaded: ServerConfig) -> list[str]:
@@ -186,6 +189,15 @@ def _changed_at_start_only(running: ServerConfig, loaded: ServerConfig) -> list[
     return changed
 
 
+def _with_running(loaded: Any, running: Any, key: str) -> Any:
+    """``loaded`` with ``key`` (dotted) as ``running`` has it."""
+    head, _, rest = key.partition(".")
+    value = getattr(running, head)
+    if rest:
+        value = _with_running(getattr(loaded, head), value, rest)
+    return loaded.model_copy(update={head: value})
+
+
 def reload_context(
     ctx: ServerContext,
     load: Callable[[], ServerConfig],
@@ -193,9 +205,12 @@ def reload_context(
 ) -> None:
     """SIGHUP: read the configuration again; new connections get it, live ones keep theirs.
     A bad file changes nothing but a log line. ``retire`` gets the replaced context."""
-    old = ctx.state.context or ctx
+    old = ctx.latest
     try:
         settings = load()
+        ignored = _changed_at_start_only(ctx.settings, settings)
+        for key in ignored:  # what runs keeps what was read at start
+            settings = _with_running(settings, ctx.settings, key)
         new = build_context(settings, ctx.backend, previous=old)
     except (ConfigError, StartupError) as exc:
         log.error("config_reload_failed", error=str(exc))
@@ -205,7 +220,7 @@ def reload_context(
         return
     if settings.listen != ctx.settings.listen:
         log.warning("config_reload_listen_ignored", detail="listen addresses change on restart")
-    if ignored := _changed_at_start_only(ctx.settings, settings):
+    if ignored:
         log.warning("config_reload_ignored", keys=ignored, detail="these change on restart")
     set_log_level(settings.log_level)
     ctx.backend.keep_warm(container_settings(settings.container), ctx.instance)
