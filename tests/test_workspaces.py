@@ -7,16 +7,17 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from trissh.backend import SocketAddress
-from trissh.backend.base import LABEL_WORKSPACE, FoundSandbox, SandboxSpec
+from trissh.backend.base import LABEL_WORKSPACE, FoundSandbox, FoundVolume, SandboxSpec
 from trissh.backend.errors import BackendError, BackendUnavailable
 from trissh.backend.memory import MemoryBackend
 from trissh.backend.memory.backend import MemorySandbox
@@ -721,3 +722,82 @@ async def test_home_volumes_of_an_earlier_version_are_listed_and_removable(
     removed = await remove_workspace(backend, settings, "alice", volume=True)
     assert removed == [f"removed home volume {old}"]
     assert list(backend.volumes) == [someone_elses]
+
+
+class ExpiryRacingBackend(MemoryBackend):
+    """Holds the expiry pass after its listing and a login before its start, in the order
+    podman's latency can put them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listed = trio.Event()
+        self.go = trio.Event()
+        self.start_gate = trio.Event()
+        self.starting = trio.Event()
+        self.gate_on = False
+
+    async def find_volumes(self, labels: Mapping[str, str | None]) -> list[FoundVolume]:
+        out = await super().find_volumes(labels)
+        if self.gate_on:
+            self.listed.set()
+            await self.go.wait()  # e.g. podman answering the per-volume in-use queries
+        return out
+
+    @contextlib.asynccontextmanager
+    async def open_sandbox(self, spec: SandboxSpec) -> AsyncIterator[MemorySandbox]:
+        if self.gate_on:
+            self.starting.set()
+            await self.start_gate.wait()  # a start slot's queue / image check
+        async with super().open_sandbox(spec) as sandbox:
+            yield sandbox
+
+
+async def test_a_home_expiring_as_its_user_logs_in_stays(tmp_path: Path) -> None:
+    """The hourly pass listed alice's idle home; alice logs in before it removes it. It
+    removed it under her starting workspace, and podman made an empty volume of that name
+    with no labels, never expired nor listed (ws reviewer). The pass now looks at the live
+    workspaces as it removes, not as it listed."""
+    backend = ExpiryRacingBackend()
+    settings = load_config(
+        None,
+        {
+            "session.execution_mode": "workspace",
+            "workspaces.state_file": str(tmp_path / "w.json"),
+            "workspaces.home_volume": True,
+        },
+    )
+    registry = Workspaces(backend, Metrics(), lambda: settings, instance="test")
+    name = home_volume_name("alice", state_label(settings))
+    spec = SandboxSpec(conn_id="c1", username="alice", remote="", instance="test")
+    async with trio.open_nursery() as upkeep:
+        await upkeep.start(registry.run)
+        await trio.testing.wait_all_tasks_blocked()  # its first expiry pass is over
+        # alice's home exists, labelled, last used 31 days ago
+        labels = {LABEL_HOME: "alice", "trissh.workspace-state": state_label(settings)}
+        backend.volumes[name] = (labels, time.time() - 40 * 86400)
+        assert registry._state is not None
+        registry._state.used(name, time.time() - 31 * 86400)
+        backend.gate_on = True
+        expired: list[int] = []
+
+        async def expire() -> None:
+            expired.append(await registry.expire_volumes(settings.workspaces))
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as n:
+                n.start_soon(expire)
+                await backend.listed.wait()
+                async with trio.open_nursery() as connection:
+                    source = WorkspaceSource(registry, spec, 30, 60, connection)
+                    source.prepare(60)  # alice logs in now
+                    await backend.starting.wait()  # her home is there, her start queued
+                    backend.go.set()
+                    while not expired:  # the pass goes on
+                        await trio.sleep(0.01)
+                    backend.start_gate.set()
+                    sandbox = await source.get()
+                    assert sandbox.container_id
+                    connection.cancel_scope.cancel()
+        upkeep.cancel_scope.cancel()
+    assert expired == [0]
+    assert backend.volumes[name][0] == labels, "the home was replaced by an unlabelled one"

@@ -489,7 +489,6 @@ class Workspaces:
         if not section.home_volume_expiry_days or self._state is None:
             return 0
         now = time.time() if now is None else now
-        live = {home_volume_of(w.spec) for w in self._live.values()}
         removed = 0
         ours = {LABEL_HOME: None, LABEL_STATE: state_label(self._settings())}
         for volume in await self._backend.find_volumes(ours):
@@ -498,7 +497,10 @@ class Workspaces:
                 self._state.used(volume.name, now)
                 continue
             idle_days = (now - last) / 86400
-            if volume.in_use or volume.name in live or idle_days < section.home_volume_expiry_days:
+            if volume.in_use or idle_days < section.home_volume_expiry_days:
+                continue
+            # as it goes (a login may have started since the listing): no await in between
+            if volume.name in {home_volume_of(w.spec) for w in self._live.values()}:
                 continue
             try:
                 await self._backend.remove_volume(volume.name)
