@@ -801,3 +801,24 @@ async def test_a_home_expiring_as_its_user_logs_in_stays(tmp_path: Path) -> None
         upkeep.cancel_scope.cancel()
     assert expired == [0]
     assert backend.volumes[name][0] == labels, "the home was replaced by an unlabelled one"
+
+
+async def test_a_login_while_the_adoption_waits_for_podman_gets_the_kept_workspace(
+    make_server: ServerFactory, client_key: ClientKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """podman not answering at the start defers the adoption (retried); a login meanwhile
+    waits for it as after a late lock, and then finds its kept workspace. It made a second
+    one, and the retry removed the kept one, tmux and all, as a duplicate (ws reviewer)."""
+    backend = MemoryBackend()
+    first = await make_server(backend)
+    await run_ssh(first.port, client_key.path, "true")
+    await first.stop()  # kept
+    [kept] = workspaces_of(backend, "alice")
+    monkeypatch.setattr(workspaces, "ADOPTION_RETRY", 1.0)
+    backend.unavailable = True  # podman still starting at boot
+    second = await make_server(backend)
+    backend.unavailable = False  # podman answers before the retry
+    result = await run_ssh(second.port, client_key.path, "echo hi")
+    assert (result.returncode, result.stdout) == (0, b"hi\n")
+    await trio.sleep(1.5)  # past the retry
+    assert workspaces_of(backend, "alice") == [kept]

@@ -164,21 +164,27 @@ class Workspaces:
         return True
 
     async def adoption_settled(self) -> None:
-        """Until a late lock's adoption has had its first try."""
+        """Until the adoption of kept workspaces (at the start, or a late lock's) is done."""
         if self._adopting is not None:
             await self._adopting.wait()
 
     async def _adopt_or_defer(self, delay: float = 0.0) -> None:
-        """:meth:`_adopt_leftovers`, retried while podman is unreachable (kept ones count)."""
+        """:meth:`_adopt_leftovers`, retried while podman is unreachable (kept ones count).
+        Logins wait meanwhile: one attached now would make a second workspace, and the
+        adoption would then remove the kept one as a duplicate."""
         await trio.sleep(delay)
+        deferred = False
         try:
             await self._adopt_leftovers(self._settings())
         except BackendError as exc:
             log.warning("workspace_adoption_deferred", error=str(exc), retry_in_s=ADOPTION_RETRY)
             assert self._nursery is not None
+            if self._adopting is None or self._adopting.is_set():
+                self._adopting = trio.Event()
+            deferred = True
             self._nursery.start_soon(self._adopt_or_defer, ADOPTION_RETRY)
         finally:
-            if self._adopting is not None:
+            if not deferred and self._adopting is not None:
                 self._adopting.set()
 
     def stop(self) -> None:
