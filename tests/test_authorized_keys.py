@@ -41,6 +41,15 @@ def test_from_patterns(address: str, allowed: bool) -> None:
     assert parse_options('from="192.168.1.*"').allows_source("192.168.1.77")
 
 
+def test_from_wildcards_ignore_case() -> None:
+    """sshd also matches a from= entry as a host name, lowercased: an IPv6 negation written
+    in capitals denies (cfg reviewer: it let 2001:db8::5 in)."""
+    options = parse_options('from="*,!2001:DB8:*"')
+    assert not options.allows_source("2001:db8::5")
+    assert options.allows_source("2001:db9::5")
+    assert parse_options('from="FE80::*"').allows_source("fe80::1")
+
+
 def test_restrict_then_pty_reenables_the_terminal() -> None:
     assert not parse_options("restrict").allow_pty
     assert parse_options("restrict,pty").allow_pty
@@ -162,3 +171,27 @@ def test_a_list_entry_is_one_key_in_either_format(client_key: ClientKey) -> None
         parse_entry("# nothing")
     with pytest.raises(OptionError, match="line 3: RFC 4716 key: invalid base64"):
         parse_entry(_rfc4716(client_key.public_line).replace("AAAA", "A*AA", 1))
+
+
+@pytest.mark.parametrize(
+    ("value", "expires_at"),
+    [
+        ("20300101", 1893456000 - 9 * 3600),  # local time, as sshd's parse_absolute_time
+        ("203001010000", 1893456000 - 9 * 3600),
+        ("20300101Z", 1893456000),  # UTC when it says so
+        ("20300101utc", 1893456000),
+        ("20300101000000Z", 1893456000),
+    ],
+)
+def test_expiry_time_is_local_unless_it_says_utc(
+    monkeypatch: pytest.MonkeyPatch, value: str, expires_at: int
+) -> None:
+    """sshd reads expiry-time in the server's time zone, or UTC with a Z/UTC suffix (cfg
+    reviewer: read as UTC, a key lived 9 h longer in Tokyo, and the suffixes were refused)."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert parse_options(f'expiry-time="{value}"').expires_at == expires_at
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -151,3 +151,13 @@ def test_an_admin_socket_path_trissh_cannot_bind_is_refused_at_check(length: int
     with pytest.raises(ConfigError, match="97 bytes"):
         load_config(None, {"admin.socket": path})
     assert load_config(None, {"admin.socket": "/" + "a" * 96}).admin.socket
+
+
+@pytest.mark.parametrize("key", ["session.client_alive_interval", "ssh.rekey_interval"])
+def test_timers_are_off_or_at_least_a_second(key: str) -> None:
+    """As sshd's whole seconds: 0.001 was taken, and one idle connection then cost a
+    quarter of a core in keepalives (cfg reviewer)."""
+    for ok in (0, 1, 2.5):
+        load_config(None, {key: ok})
+    with pytest.raises(ConfigError, match=key.split(".")[1]):
+        load_config(None, {key: 0.001})

@@ -135,7 +135,7 @@ def _address_matches(address: str, pattern: str) -> bool:
             return ipaddress.ip_address(address) in network
         except ValueError:
             return False
-    return wildcard_matches(pattern, address)
+    return wildcard_matches(pattern.lower(), address.lower())  # sshd: as a host name too
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,13 +180,20 @@ def _split_options(text: str) -> list[str]:
 
 
 def _expiry(value: str) -> int:
-    """``YYYYMMDD[HHMM[SS]]`` (UTC, as we read it; sshd uses local time) to epoch seconds."""
+    """``YYYYMMDD[HHMM[SS]]`` to epoch seconds, as sshd's parse_absolute_time: in the
+    server's time zone, or UTC with a ``Z`` or ``UTC`` suffix (either case)."""
     formats = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
-    if len(value) not in formats or not value.isdigit():
-        raise OptionError(f"expiry-time {value!r} is not YYYYMMDD[HHMM[SS]]")
+    digits = value
+    for suffix in ("Z", "UTC"):
+        if len(value) > len(suffix) and value.upper().endswith(suffix):
+            digits = value[: -len(suffix)]
+            break
+    if len(digits) not in formats or not digits.isdigit():
+        raise OptionError(f"expiry-time {value!r} is not YYYYMMDD[HHMM[SS]][Z|UTC]")
     try:
-        return calendar.timegm(time.strptime(value, formats[len(value)]))
-    except ValueError:
+        parsed = time.strptime(digits, formats[len(digits)])
+        return calendar.timegm(parsed) if digits != value else int(time.mktime(parsed))
+    except (ValueError, OverflowError):
         raise OptionError(f"expiry-time {value!r} is no date") from None
 
 

@@ -4,9 +4,9 @@ names each bad key."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 
 class ConfigError(Exception):
@@ -18,6 +18,17 @@ class Model(BaseModel):
 
 
 _Section = TypeVar("_Section", bound=Model)
+
+
+def _off_or_a_second(value: float) -> float:
+    if 0 < value < 1:
+        raise ValueError("0 (off) or at least 1 second, as sshd's whole seconds")
+    return value
+
+
+#: A timer's period: 0 turns it off, else at least a second (a typo of 0.001 would make
+#: each connection's timer fire a thousand times a second).
+TimerSeconds = Annotated[float, Field(ge=0), AfterValidator(_off_or_a_second)]
 
 
 def merged(base: _Section, override: Mapping[str, Any], where: str) -> _Section:

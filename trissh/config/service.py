@@ -9,7 +9,7 @@ from typing import Any, Final, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from trissh.addresses import parse_listen
-from trissh.config.base import Model
+from trissh.config.base import Model, TimerSeconds
 from trissh.protocol.ciphers import CIPHERS, MACS
 from trissh.protocol.config import DEFAULT_HOST_KEY_ALGORITHMS, check_algorithm_names
 from trissh.protocol.kex import KEX_METHODS
@@ -236,7 +236,7 @@ class SshSettings(Model):
     #: Bytes under one key in either direction before the server rekeys (RFC 4253 §9).
     rekey_bytes: int = Field(1 << 30, ge=1 << 16)
     #: Seconds under one key before the server rekeys; 0 turns the timer off.
-    rekey_interval: float = Field(3600.0, ge=0)
+    rekey_interval: TimerSeconds = 3600.0
     #: Offer ``zlib@openssh.com`` (compression after authentication) besides ``none``.
     compression: bool = False
 

@@ -8,7 +8,7 @@ from typing import Final, Literal
 
 from pydantic import Field, field_validator
 
-from trissh.config.base import Model
+from trissh.config.base import Model, TimerSeconds
 
 #: What OpenSSH and RFC 4250 allow in a subsystem name (``sftp``, ``netconf``,
 #: ``name@domain``).
@@ -55,7 +55,7 @@ class SessionSection(Model):
     #: End a session after this many seconds whatever it does.
     max_session_duration: float = Field(0, ge=0)
     #: Probe a client silent for this many seconds (sshd's ClientAliveInterval).
-    client_alive_interval: float = Field(15.0, ge=0)
+    client_alive_interval: TimerSeconds = 15.0
     #: Unanswered probes before the connection is dropped (ClientAliveCountMax).
     client_alive_count_max: int = Field(3, ge=1, le=100)
     #: ``ssh -s NAME``: the command each subsystem runs in the container (split into
