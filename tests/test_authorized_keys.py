@@ -195,3 +195,17 @@ def test_expiry_time_is_local_unless_it_says_utc(
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_forced_command_keeps_its_blanks_and_may_name_a_key_type(client_key: ClientKey) -> None:
+    """sshd finds the end of the options by scanning quotes, and keeps a command= byte for
+    byte (cfg reviewer: blanks were collapsed, changing the operator's command, and a key
+    type word inside the quotes made the whole line refused)."""
+    key = parse_line(f"command=\"printf 'a   b\tc'\" {client_key.public_line}")
+    assert key.options.command == "printf 'a   b\tc'"
+    key = parse_line(f'command="/bin/echo ssh-ed25519 hi" {client_key.public_line}')
+    assert key.options.command == "/bin/echo ssh-ed25519 hi"
+    key = parse_line(f'no-pty,command="say \\"x  y\\"" {client_key.public_line}')
+    assert key.options.command == 'say "x  y"'
+    with pytest.raises(OptionError):
+        parse_line(f'command="unterminated {client_key.public_line}')

@@ -326,12 +326,23 @@ class _OptionsBuilder:
         )
 
 
-def _key_field_index(fields: list[str]) -> int | None:
-    """Where the key type is: options come first and may contain spaces inside quotes."""
-    for index, item in enumerate(fields):
-        if item in _KEY_TYPES:
-            return index
-    return None
+def _options_and_fields(line: str) -> tuple[str, list[str]]:
+    """The options text, byte for byte, and the fields after it (key type, data, comment):
+    as sshd, a line that does not start with a key type has options, which end at the
+    first blank outside double quotes (``\\"`` is a quote inside them)."""
+    line = line.strip()
+    if not line or line.split(None, 1)[0] in _KEY_TYPES:
+        return "", line.split()
+    quoted, index = False, 0
+    while index < len(line) and (quoted or line[index] not in " \t"):
+        if line.startswith('\\"', index):
+            index += 1
+        elif line[index] == '"':
+            quoted = not quoted
+        index += 1
+    if quoted:
+        raise OptionError("unterminated quote in the options")
+    return line[:index], line[index:].split()
 
 
 def parse_line(line: str, number: int = 0) -> AuthorizedKey:
@@ -340,20 +351,19 @@ def parse_line(line: str, number: int = 0) -> AuthorizedKey:
     Raises:
         OptionError: bad options, an unknown key type, or invalid key data.
     """
-    fields = line.split()
-    index = _key_field_index(fields)
-    if index is None or index + 1 >= len(fields):
+    options_text, fields = _options_and_fields(line)
+    if len(fields) < 2 or fields[0] not in _KEY_TYPES:
         raise OptionError("no supported key type found")
-    options = parse_options(" ".join(fields[:index])) if index else KeyOptions()
+    options = parse_options(options_text) if options_text else KeyOptions()
     try:
-        blob = base64.b64decode(fields[index + 1], validate=True)
+        blob = base64.b64decode(fields[1], validate=True)
         key = parse_public_key(blob)
     except (binascii.Error, DecodeError) as exc:
         raise OptionError(f"invalid key: {exc}") from None
-    if key.key_type != fields[index]:
+    if key.key_type != fields[0]:
         raise OptionError("key type does not match the key data")
-    comment = " ".join(fields[index + 2 :])
-    return AuthorizedKey(fields[index], blob, comment, options, number)
+    comment = " ".join(fields[2:])
+    return AuthorizedKey(fields[0], blob, comment, options, number)
 
 
 def _from_rfc4716(block: Rfc4716Key) -> AuthorizedKey:
