@@ -209,3 +209,12 @@ def test_a_forced_command_keeps_its_blanks_and_may_name_a_key_type(client_key: C
     assert key.options.command == 'say "x  y"'
     with pytest.raises(OptionError):
         parse_line(f'command="unterminated {client_key.public_line}')
+
+
+def test_option_names_ignore_case_and_the_first_environment_wins() -> None:
+    """sshd compares option names with strncasecmp and keeps the first environment= of a
+    name (cfg reviewer: NO-PTY refused the line; the last environment= won)."""
+    options = parse_options('NO-PTY,Command="x",environment="A=1",environment="A=2"')
+    assert not options.allow_pty
+    assert options.command == "x"
+    assert options.environment == (("A", "1"),)

@@ -206,6 +206,7 @@ def parse_options(text: str) -> KeyOptions:
     options = _OptionsBuilder()
     for option in _split_options(text):
         name, equals, value = option.partition("=")
+        name = name.lower()  # as sshd's strncasecmp
         known = options.value(name, value) if equals else options.flag(name)
         if not known:
             raise OptionError(f"unsupported option {name!r}")
@@ -288,7 +289,8 @@ class _OptionsBuilder:
             key, _, env_value = value.partition("=")
             if not key or not key.replace("_", "a").isalnum():
                 raise OptionError(f"environment {value!r} is not NAME=value")
-            self.environment.append((key, env_value))
+            if all(key != given for given, _ in self.environment):  # sshd keeps the first
+                self.environment.append((key, env_value))
         elif name == "principals":
             self.principals = tuple(value.split(","))
             if not all(self.principals):  # sshd: an empty list matches nobody
