@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -291,3 +292,57 @@ async def test_a_key_revoked_by_a_reload_is_refused_on_a_connection_opened_befor
             await peer.expect(tr.ServiceAccept)
             await peer.expect(ua.UserauthFailure)
             await peer.stream.aclose()
+
+
+async def test_a_user_a_reload_added_gets_their_settings_on_a_connection_opened_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The login's limits come from the configuration whose policy let it in: a user a
+    SIGHUP added, logging in on a connection opened before it, got the old file's
+    defaults instead of their [users.NAME] restrictions (second reader)."""
+    import base64
+
+    from tests.sshpeer import USER_KEY, ed25519_blob
+    from trissh.connection import handshake
+
+    from .test_driver import connected
+
+    host_key, nobody = tmp_path / "host_key", tmp_path / "authorized_keys"
+    nobody.write_text("# nobody yet\n")
+    line = "ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode()
+    base = {
+        "listen": ["127.0.0.1:0"],
+        "authorized_keys": str(nobody),
+        "host_keys": [str(host_key)],
+        "limits.shutdown_grace": 0,
+        "auth.failure_delay": 0,
+    }
+    ctx = build_context(load_config(None, base), MemoryBackend())
+    alice = {
+        "authorized_keys": [line],
+        "forwarding": {"allow_tcp_forwarding": "no"},
+        "session": {"max_sessions_per_connection": 1},
+    }
+    reloaded = load_config(None, {**base, "users": {"alice": alice}})
+    logins: list[handshake.Login] = []
+    real = handshake.login_of
+
+    def recording(*args: Any) -> handshake.Login:
+        logins.append(real(*args))
+        return logins[-1]
+
+    monkeypatch.setattr(handshake, "login_of", recording)
+    with trio.fail_after(20):
+        async with connected(ctx) as peer:
+            while not peer.client.established:
+                assert await peer._read()
+            reload_context(ctx, lambda: reloaded)
+            peer.client.request_service()
+            peer.client.auth_publickey()
+            await peer.expect(tr.ExtInfo)
+            await peer.expect(tr.ServiceAccept)
+            await peer.expect(ua.UserauthSuccess)
+            await peer.stream.aclose()
+    [login] = logins
+    assert login.forwarding.allow_tcp_forwarding == "no"
+    assert login.session.max_sessions_per_connection == 1

@@ -31,6 +31,7 @@ from trissh.auth.names import escaped
 from trissh.auth.passwords import verify_password
 from trissh.auth.policy import AuthPolicy, Decision, Grant, LoginRequest, Prompts, metadata_grant
 from trissh.auth.webhook import Metadata
+from trissh.config import ServerConfig
 from trissh.protocol import (
     AuthDecisionRequested,
     Authenticated,
@@ -87,6 +88,11 @@ class LoginConversation:
         #: Why the rule refused the connection's user name ("" once it passed).
         self._name_problem: str | None = None
         self._gss: GssExchange | None = None
+
+    @property
+    def settings(self) -> ServerConfig:
+        """The configuration of the policy that answered last: the login's limits."""
+        return self._policy.settings
 
     async def decide(self, event: AuthDecisionRequested) -> None:
         """Answer one decision event through the core's commands.

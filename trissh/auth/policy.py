@@ -156,7 +156,8 @@ class AuthPolicy:
             PolicyError: a key, key file or TOTP secret cannot be used.
         """
         self._clock = clock
-        self._settings = settings
+        #: The configuration these credentials are from: a login it accepts gets its limits.
+        self.settings = settings
         self._global_keys = list(global_keys)
         #: The rule every user name passes before any decision looks at it.
         self.user_names = settings.auth.user_names()
@@ -214,7 +215,7 @@ class AuthPolicy:
     def _webhook_methods(self) -> tuple[str, ...]:
         """What the auth webhook checks for a user without local secrets: passwords, and
         keyboard-interactive only when it answers that too (else every answer would fail)."""
-        webhook = self._settings.auth.webhook
+        webhook = self.settings.auth.webhook
         if webhook is None:
             return ()
         return (
@@ -488,8 +489,8 @@ class AuthPolicy:
         for note in config.ignored:
             log.info("config_webhook_field_ignored", note=note)
         try:
-            self._settings.with_container_overrides(username, config.container)
-            self._settings.with_forwarding_grant(username, config.forwarding)
+            self.settings.with_container_overrides(username, config.container)
+            self.settings.with_forwarding_grant(username, config.forwarding)
         except ValueError as exc:
             log.error("config_webhook_rejected", error=str(exc))
             return Decision(False, "the configuration server sent invalid settings")

@@ -447,7 +447,7 @@ class ConnectionDriver:
             self.conn.forbid_pty()
         if grant.forced_command is not None:
             self.conn.refuse_signals()
-        login = self.login = handshake.login_of(self.ctx.settings, event.username, grant)
+        login = self.login = handshake.login_of(self._login.settings, event.username, grant)
         self._grace.deadline = math.inf
         structlog.contextvars.bind_contextvars(user=login.username)
         log.info(
