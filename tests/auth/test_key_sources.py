@@ -265,5 +265,24 @@ def test_a_key_file_others_may_write_stops_the_start(
     settings = every[which]
     context(tmp_path, **settings)
     (path if loose == "file" else directory).chmod(0o666 if loose == "file" else 0o777)
-    with pytest.raises(StartupError, match="writable by others"):
+    with pytest.raises(StartupError, match=r"writable by group or others .* StrictModes"):
         context(tmp_path, **settings)
+
+
+def test_group_write_is_fine_in_the_owners_private_group(made: Path, tmp_path: Path) -> None:
+    """umask 002 (Ubuntu's and Fedora's for users): 0664 files in 0775 directories, the
+    group the owner's own; Debian's sshd accepts them, so does trissh (second reader)."""
+    import grp
+    import os
+    import pwd
+
+    me = pwd.getpwuid(os.getuid())
+    if grp.getgrgid(me.pw_gid).gr_name != me.pw_name or grp.getgrgid(me.pw_gid).gr_mem:
+        pytest.skip("this user's group is not a private group")
+    directory = tmp_path / "keys"
+    directory.mkdir(mode=0o775)
+    directory.chmod(0o775)
+    path = directory / "file"
+    path.write_text((made / "user.pub").read_text())
+    path.chmod(0o664)
+    context(tmp_path, authorized_keys=str(path))

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from trissh.backend.memory import MemoryBackend
+from trissh.server.build import build_context
 
 from ..support import (
     ClientKey,
@@ -72,13 +73,17 @@ async def test_upload_is_exact_while_the_server_clock_keeps_firing(
 ) -> None:
     """The connection's timers cancel its socket reads when due (driver.py): with a
     keepalive interval of a millisecond they fire all through a 20 MB round trip, which
-    must still arrive byte for byte, keepalives answered."""
-    ctx = make_context(
+    must still arrive byte for byte, keepalives answered. (A configuration may not say
+    less than a second: the test sets it past validation.)"""
+    settings = make_context(
         memory_backend,
         authorized_keys,
         tmp_path / "host_key",
-        **{"session.client_alive_interval": 0.001, "session.client_alive_count_max": 100},
-    )
+        **{"session.client_alive_count_max": 100},
+    ).settings
+    session = settings.session.model_copy(update={"client_alive_interval": 0.001})
+    ctx = build_context(settings.model_copy(update={"session": session}), memory_backend)
+    assert ctx.settings.session_for("test").client_alive_interval == 0.001
     server = await start_server(nursery, ctx)
     data = os.urandom(20_000_000)
     result = await run_ssh(server.port, client_key.path, "cat", stdin=data)

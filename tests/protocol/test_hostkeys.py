@@ -311,7 +311,7 @@ def test_a_host_key_others_may_read_or_write_is_refused(tmp_path: Path, mode: in
         tmp_path / "key", ed25519.Ed25519PrivateKey.generate(), serialization.PrivateFormat.OpenSSH
     )
     key.chmod(mode)
-    problem = rf"key: readable or writable by others \(mode 0{mode:o}\)"
+    problem = rf"key: readable or writable by group or others \(mode 0{mode:o}\)"
     with pytest.raises(HostKeyError, match=problem):
         load_or_create_host_key(key)
     key.chmod(0o600)

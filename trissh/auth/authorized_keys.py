@@ -18,8 +18,10 @@ import base64
 import binascii
 import calendar
 import errno
+import grp
 import ipaddress
 import os
+import pwd
 import stat
 import time
 from dataclasses import dataclass, field
@@ -420,13 +422,26 @@ def load_authorized_keys(path: Path) -> tuple[list[AuthorizedKey], list[ParsePro
 
 def _check_modes(path: Path) -> None:
     """sshd's StrictModes: a key file, and its directory, that only root or trissh's own
-    user may write (another user could add a key)."""
-    for item in (path, path.parent):
+    user may write (another user could add a key). As Debian's sshd, group write is
+    fine when the group is the owner's private group (umask 002)."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        return  # /dev/null (no keys), a pipe: nothing anyone could add to
+    for item, what in ((path, "it"), (path.parent, f"its directory {path.parent}")):
         info = item.stat()
-        if info.st_uid not in (0, os.getuid()) or info.st_mode & 0o022:
-            mode = stat.S_IMODE(info.st_mode)
-            raise PermissionError(
-                errno.EPERM,
-                f"{item} is writable by others (mode {mode:04o}, uid {info.st_uid}): only"
-                " root or trissh's user may write a key file and its directory",
-            )
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid not in (0, os.getuid()):
+            problem = f"{what} is owned by uid {info.st_uid}, not root or trissh's user"
+        elif mode & 0o002 or (mode & 0o020 and not _private_group(info)):
+            problem = f"{what} is writable by group or others (mode {mode:04o}): chmod go-w"
+        else:
+            continue
+        raise PermissionError(errno.EPERM, f"{problem}, as sshd's StrictModes wants")
+
+
+def _private_group(info: os.stat_result) -> bool:
+    """Whether the file's group is its owner's own: named as the owner, no other member."""
+    try:
+        owner, group = pwd.getpwuid(info.st_uid), grp.getgrgid(info.st_gid)
+    except KeyError:
+        return False
+    return owner.pw_gid == info.st_gid and group.gr_name == owner.pw_name and not group.gr_mem

@@ -10,6 +10,7 @@ trial's container a listener and a connection to it prove forwarding works insid
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import sys
@@ -142,7 +143,9 @@ def _check_authorized_keys(settings: ServerConfig) -> HealthCheck:
             name=f"authorized keys {path}",
             ok=False,
             detail=str(exc.strerror),
-            fix="create the file with one OpenSSH public key per line",
+            fix="chmod go-w the file and its directory"
+            if exc.errno == errno.EPERM
+            else "create the file with one OpenSSH public key per line",
         )
     detail = f"{len(keys)} key(s)" + (f", {len(problems)} line(s) skipped" if problems else "")
     return HealthCheck(

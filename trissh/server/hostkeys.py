@@ -64,12 +64,15 @@ def load_host_key(path: Path) -> HostKey:
     """
     try:
         data = path.read_bytes()
-        mode = stat.S_IMODE(path.stat().st_mode)
+        info = path.stat()
     except OSError as exc:
         raise HostKeyError(f"{path}: cannot read host key: {exc.strerror}") from None
-    if mode & 0o077:  # as sshd: another user could impersonate this server
+    mode = stat.S_IMODE(info.st_mode)
+    # as sshd's sshkey_perm_ok: our own key must be ours alone (another user could
+    # impersonate this server); one another user owns (root:trissh 0640) is their choice
+    if info.st_uid == os.getuid() and mode & 0o077:
         raise HostKeyError(
-            f"{path}: readable or writable by others (mode {mode:04o}): chmod 600 it"
+            f"{path}: readable or writable by group or others (mode {mode:04o}): chmod 600 it"
         )
     loaded: object
     try:
