@@ -735,6 +735,15 @@ class ExpiryRacingBackend(MemoryBackend):
         self.start_gate = trio.Event()
         self.starting = trio.Event()
         self.gate_on = False
+        #: Hold each volume's removal (its DELETE on the way to podman) until set.
+        self.remove_go: trio.Event | None = None
+        self.removing = trio.Event()
+
+    async def remove_volume(self, name: str) -> bool:
+        if self.remove_go is not None:
+            self.removing.set()
+            await self.remove_go.wait()
+        return await super().remove_volume(name)
 
     async def find_volumes(self, labels: Mapping[str, str | None]) -> list[FoundVolume]:
         out = await super().find_volumes(labels)
@@ -822,3 +831,56 @@ async def test_a_login_while_the_adoption_waits_for_podman_gets_the_kept_workspa
     assert (result.returncode, result.stdout) == (0, b"hi\n")
     await trio.sleep(1.5)  # past the retry
     assert workspaces_of(backend, "alice") == [kept]
+
+
+async def test_a_login_during_a_homes_removal_waits_and_gets_it_made_anew(
+    tmp_path: Path,
+) -> None:
+    """The expiry pass's DELETE of alice's idle home is on its way when she logs in: her
+    start waits for it, then makes her home anew with its labels (second reader: the
+    start saw the volume still there, and podman then made it unlabelled)."""
+    backend = ExpiryRacingBackend()
+    settings = load_config(
+        None,
+        {
+            "session.execution_mode": "workspace",
+            "workspaces.state_file": str(tmp_path / "w.json"),
+            "workspaces.home_volume": True,
+        },
+    )
+    registry = Workspaces(backend, Metrics(), lambda: settings, instance="test")
+    name = home_volume_name("alice", state_label(settings))
+    spec = SandboxSpec(conn_id="c1", username="alice", remote="", instance="test")
+    async with trio.open_nursery() as upkeep:
+        await upkeep.start(registry.run)
+        await trio.testing.wait_all_tasks_blocked()
+        labels = {LABEL_HOME: "alice", LABEL_STATE: state_label(settings)}
+        backend.volumes[name] = (labels, time.time() - 40 * 86400)
+        assert registry._state is not None
+        registry._state.used(name, time.time() - 31 * 86400)
+        backend.remove_go = trio.Event()
+        backend.gate_on = True  # container starts wait in the queue until start_gate
+        backend.go.set()  # the listing is not held here
+        expired: list[int] = []
+
+        async def expire() -> None:
+            expired.append(await registry.expire_volumes(settings.workspaces))
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as n:
+                n.start_soon(expire)
+                await backend.removing.wait()  # the live check passed; the DELETE goes
+                async with trio.open_nursery() as connection:
+                    source = WorkspaceSource(registry, spec, 30, 60, connection)
+                    source.prepare(60)  # alice logs in now
+                    await trio.testing.wait_all_tasks_blocked()
+                    backend.remove_go.set()  # podman removes it
+                    while not expired:
+                        await trio.sleep(0.01)
+                    backend.start_gate.set()
+                    sandbox = await source.get()
+                    assert sandbox.container_id
+                    connection.cancel_scope.cancel()
+        upkeep.cancel_scope.cancel()
+    assert expired == [1]
+    assert backend.volumes[name][0] == labels, "the home was replaced by an unlabelled one"

@@ -107,6 +107,9 @@ class Workspaces:
         self._instance = instance
         self._live: dict[str, Workspace] = {}
         self._unclaimed: dict[str, Unclaimed] = {}
+        #: Home volumes the expiry pass is removing, each set once its removal is over: a
+        #: start waits for its home's, then makes it anew (podman would, unlabelled).
+        self._removing: dict[str, trio.Event] = {}
         #: The server stops with ``on_shutdown = "keep"``.
         self._keeping = False
         self._nursery: trio.Nursery | None = None
@@ -316,6 +319,8 @@ class Workspaces:
                 if sandbox is None:
                     home = home_volume_of(spec)
                     if home is not None:
+                        if home in self._removing:
+                            await self._removing[home].wait()
                         labels = {
                             LABEL_HOME: workspace.user,
                             LABEL_STATE: state_label(self._settings()),
@@ -508,11 +513,15 @@ class Workspaces:
             # as it goes (a login may have started since the listing): no await in between
             if volume.name in {home_volume_of(w.spec) for w in self._live.values()}:
                 continue
+            removed_now = self._removing[volume.name] = trio.Event()
             try:
                 await self._backend.remove_volume(volume.name)
             except BackendError as exc:
                 log.warning("workspace_volume_remove_failed", volume=volume.name, error=str(exc))
                 continue
+            finally:
+                del self._removing[volume.name]
+                removed_now.set()
             self._state.forget(volume.name)
             removed += 1
             log.info("workspace_volume_expired", volume=volume.name, idle_days=round(idle_days, 1))
