@@ -884,3 +884,24 @@ async def test_a_login_during_a_homes_removal_waits_and_gets_it_made_anew(
         upkeep.cancel_scope.cancel()
     assert expired == [1]
     assert backend.volumes[name][0] == labels, "the home was replaced by an unlabelled one"
+
+
+async def test_a_login_while_podman_stays_away_is_told_so_after_the_next_try(
+    make_server: ServerFactory, client_key: ClientKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """podman still not answering at the deferred adoption's next try: the waiting login
+    is refused with podman's error then, not after the session's whole start_timeout
+    (300 s by default) as "did not start" (second reader)."""
+    backend = MemoryBackend()
+    first = await make_server(backend)
+    await run_ssh(first.port, client_key.path, "true")
+    await first.stop()  # kept
+    monkeypatch.setattr(workspaces, "ADOPTION_RETRY", 0.5)
+    monkeypatch.setattr(workspaces, "DEFERRED_WAIT_MARGIN", 0.5)
+    backend.unavailable = True
+    second = await make_server(backend, **{"container.start_timeout": 120})
+    started = trio.current_time()
+    result = await run_ssh(second.port, client_key.path, "echo hi")
+    assert result.returncode != 0
+    assert b"workspaces are unavailable" in result.stderr, result.stderr
+    assert trio.current_time() - started < 60

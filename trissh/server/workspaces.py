@@ -81,6 +81,8 @@ log = structlog.get_logger("trissh.server.workspaces")
 EXPIRY_INTERVAL: Final = 3600.0
 #: Seconds between attempts to adopt kept workspaces while podman cannot be reached.
 ADOPTION_RETRY: Final = 10.0
+#: A login waits for a deferred adoption's next try, and this much more.
+DEFERRED_WAIT_MARGIN: Final = 5.0
 #: Bound on waiting to remove an unclaimed workspace's container (a request already sent
 #: is bounded by the podman API's own request timeout).
 DISCARD_BOUND: Final = 30.0
@@ -110,6 +112,8 @@ class Workspaces:
         #: Home volumes the expiry pass is removing, each set once its removal is over: a
         #: start waits for its home's, then makes it anew (podman would, unlabelled).
         self._removing: dict[str, trio.Event] = {}
+        #: Why the adoption of kept workspaces is being retried (podman's error).
+        self._deferred: str | None = None
         #: The server stops with ``on_shutdown = "keep"``.
         self._keeping = False
         self._nursery: trio.Nursery | None = None
@@ -167,9 +171,18 @@ class Workspaces:
         return True
 
     async def adoption_settled(self) -> None:
-        """Until the adoption of kept workspaces (at the start, or a late lock's) is done."""
-        if self._adopting is not None:
+        """Until the adoption of kept workspaces (at the start, or a late lock's) is done;
+        while it is deferred (podman not answering), at most until its next try.
+
+        Raises:
+            BackendError: still deferred after that try.
+        """
+        if self._adopting is None:
+            return
+        with trio.move_on_after(ADOPTION_RETRY + DEFERRED_WAIT_MARGIN):
             await self._adopting.wait()
+        if not self._adopting.is_set():
+            raise BackendError(f"workspaces are unavailable: {self._deferred or 'adopting'}")
 
     async def _adopt_or_defer(self, delay: float = 0.0) -> None:
         """:meth:`_adopt_leftovers`, retried while podman is unreachable (kept ones count).
@@ -181,6 +194,7 @@ class Workspaces:
             await self._adopt_leftovers(self._settings())
         except BackendError as exc:
             log.warning("workspace_adoption_deferred", error=str(exc), retry_in_s=ADOPTION_RETRY)
+            self._deferred = str(exc)
             assert self._nursery is not None
             if self._adopting is None or self._adopting.is_set():
                 self._adopting = trio.Event()
