@@ -286,3 +286,15 @@ def test_group_write_is_fine_in_the_owners_private_group(made: Path, tmp_path: P
     path.write_text((made / "user.pub").read_text())
     path.chmod(0o664)
     context(tmp_path, authorized_keys=str(path))
+
+
+def test_a_key_file_that_is_a_pipe_is_refused_and_dev_null_holds_no_key(tmp_path: Path) -> None:
+    """sshd reads only regular files: a FIFO others may write would hand them the keys
+    (second reader); /dev/null is the usual 'no keys here'."""
+    import os
+
+    fifo = tmp_path / "keys"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(StartupError, match="not a regular file"):
+        context(tmp_path, authorized_keys=str(fifo))
+    assert context(tmp_path, authorized_keys="/dev/null").auth is not None

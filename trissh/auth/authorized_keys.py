@@ -424,8 +424,11 @@ def _check_modes(path: Path) -> None:
     """sshd's StrictModes: a key file, and its directory, that only root or trissh's own
     user may write (another user could add a key). As Debian's sshd, group write is
     fine when the group is the owner's private group (umask 002)."""
-    if not stat.S_ISREG(path.stat().st_mode):
-        return  # /dev/null (no keys), a pipe: nothing anyone could add to
+    kind = path.stat().st_mode
+    if stat.S_ISCHR(kind):
+        return  # /dev/null: no keys, and nothing anyone could add
+    if not stat.S_ISREG(kind):
+        raise PermissionError(errno.EPERM, "it is not a regular file, as sshd wants")
     for item, what in ((path, "it"), (path.parent, f"its directory {path.parent}")):
         info = item.stat()
         mode = stat.S_IMODE(info.st_mode)
@@ -439,9 +442,12 @@ def _check_modes(path: Path) -> None:
 
 
 def _private_group(info: os.stat_result) -> bool:
-    """Whether the file's group is its owner's own: named as the owner, no other member."""
+    """Whether the file's group is its owner's own: named as the owner, no other member
+    (listed, or another account's primary group)."""
     try:
         owner, group = pwd.getpwuid(info.st_uid), grp.getgrgid(info.st_gid)
     except KeyError:
         return False
-    return owner.pw_gid == info.st_gid and group.gr_name == owner.pw_name and not group.gr_mem
+    if owner.pw_gid != info.st_gid or group.gr_name != owner.pw_name or group.gr_mem:
+        return False
+    return all(user.pw_gid != info.st_gid or user.pw_uid == owner.pw_uid for user in pwd.getpwall())
