@@ -905,3 +905,41 @@ async def test_a_login_while_podman_stays_away_is_told_so_after_the_next_try(
     assert result.returncode != 0
     assert b"workspaces are unavailable" in result.stderr, result.stderr
     assert trio.current_time() - started < 60
+
+
+async def test_a_login_waits_out_a_slow_adoption_after_a_late_lock(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Failover: the lock's holder went, and taking its kept workspaces over takes 20 s
+    (podman busy). A login waits for that and gets its workspace; only a deferred
+    adoption (podman not answering) bounds the wait (second reader: 54c61c0 refused it
+    after 15 s)."""
+
+    class SlowListing(MemoryBackend):
+        slow = False
+
+        async def find_sandboxes(self, labels: Mapping[str, str | None]) -> list[FoundSandbox]:
+            if self.slow:
+                await trio.sleep(20)
+            return await super().find_sandboxes(labels)
+
+    path = tmp_path / "w.json"
+    holder = WorkspaceState(path)
+    holder.lock()
+    backend = SlowListing()
+    settings = load_config(
+        None, {"session.execution_mode": "workspace", "workspaces.state_file": str(path)}
+    )
+    registry = Workspaces(backend, Metrics(), lambda: settings, instance="t")
+    spec = SandboxSpec(conn_id="c", username="alice", remote="", instance="t")
+    async with trio.open_nursery() as upkeep:
+        await upkeep.start(registry.run)
+        holder.unlock()  # the other server is gone
+        backend.slow = True
+        async with trio.open_nursery() as connection:
+            source = WorkspaceSource(registry, spec, 30, 300, connection)
+            with trio.fail_after(300):
+                source.prepare(300)
+                assert (await source.get()).container_id
+            connection.cancel_scope.cancel()
+        upkeep.cancel_scope.cancel()

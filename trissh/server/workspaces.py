@@ -177,12 +177,16 @@ class Workspaces:
         Raises:
             BackendError: still deferred after that try.
         """
-        if self._adopting is None:
+        adopting = self._adopting
+        if adopting is None:
+            return
+        if self._deferred is None:  # under way (a slow podman takes its time)
+            await adopting.wait()
             return
         with trio.move_on_after(ADOPTION_RETRY + DEFERRED_WAIT_MARGIN):
-            await self._adopting.wait()
-        if not self._adopting.is_set():
-            raise BackendError(f"workspaces are unavailable: {self._deferred or 'adopting'}")
+            await adopting.wait()
+        if not adopting.is_set():
+            raise BackendError(f"workspaces are unavailable: {self._deferred}")
 
     async def _adopt_or_defer(self, delay: float = 0.0) -> None:
         """:meth:`_adopt_leftovers`, retried while podman is unreachable (kept ones count).
@@ -201,8 +205,10 @@ class Workspaces:
             deferred = True
             self._nursery.start_soon(self._adopt_or_defer, ADOPTION_RETRY)
         finally:
-            if not deferred and self._adopting is not None:
-                self._adopting.set()
+            if not deferred:
+                self._deferred = None
+                if self._adopting is not None:
+                    self._adopting.set()
 
     def stop(self) -> None:
         """The server stops: with ``on_shutdown = "keep"`` the containers stay running
