@@ -298,3 +298,18 @@ def test_a_key_file_that_is_a_pipe_is_refused_and_dev_null_holds_no_key(tmp_path
     with pytest.raises(StartupError, match="not a regular file"):
         context(tmp_path, authorized_keys=str(fifo))
     assert context(tmp_path, authorized_keys="/dev/null").auth is not None
+
+
+def test_a_linked_key_file_is_checked_where_it_lives(made: Path, tmp_path: Path) -> None:
+    """A symbolic link to a key file in a directory others may write: the target's
+    directory counts (second reader: only the link's was checked)."""
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    (loose / "keys").write_text((made / "user.pub").read_text())
+    (loose / "keys").chmod(0o644)
+    safe = tmp_path / "safe"
+    safe.mkdir(mode=0o755)
+    (safe / "keys").symlink_to(loose / "keys")
+    with pytest.raises(StartupError, match="writable by group or others"):
+        context(tmp_path, authorized_keys=str(safe / "keys"))

@@ -5,6 +5,7 @@ RFC 5656), several keys at once, and OpenSSH's hostkeys-00 / hostkeys-prove-00 (
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import pytest
@@ -316,3 +317,19 @@ def test_a_host_key_others_may_read_or_write_is_refused(tmp_path: Path, mode: in
         load_or_create_host_key(key)
     key.chmod(0o600)
     assert load_or_create_host_key(key)[0].key_type == "ssh-ed25519"
+
+
+def test_a_host_key_another_user_owns_may_be_group_readable_not_world_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trissh as its own user reading root's key: root:trissh 0640 is root's choice (as
+    Fedora ships sshd's keys), 0644 lets every local user read it (second readers)."""
+    key = _write(
+        tmp_path / "key", ed25519.Ed25519PrivateKey.generate(), serialization.PrivateFormat.OpenSSH
+    )
+    monkeypatch.setattr(os, "getuid", lambda: 4242)  # trissh runs as another user than the owner
+    key.chmod(0o640)
+    assert load_or_create_host_key(key)[0].key_type == "ssh-ed25519"
+    key.chmod(0o644)
+    with pytest.raises(HostKeyError, match="readable or writable by group or others"):
+        load_or_create_host_key(key)

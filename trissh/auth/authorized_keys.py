@@ -429,7 +429,11 @@ def _check_modes(path: Path) -> None:
         return  # /dev/null: no keys, and nothing anyone could add
     if not stat.S_ISREG(kind):
         raise PermissionError(errno.EPERM, "it is not a regular file, as sshd wants")
-    for item, what in ((path, "it"), (path.parent, f"its directory {path.parent}")):
+    real = path.resolve()  # a link's target and its directory count, and the link's own
+    checked = [(real, "it"), (real.parent, f"its directory {real.parent}")]
+    if path.parent.resolve() != real.parent:
+        checked.append((path.parent, f"the directory of its link {path.parent}"))
+    for item, what in checked:
         info = item.stat()
         mode = stat.S_IMODE(info.st_mode)
         if info.st_uid not in (0, os.getuid()):

@@ -69,8 +69,9 @@ def load_host_key(path: Path) -> HostKey:
         raise HostKeyError(f"{path}: cannot read host key: {exc.strerror}") from None
     mode = stat.S_IMODE(info.st_mode)
     # as sshd's sshkey_perm_ok: our own key must be ours alone (another user could
-    # impersonate this server); one another user owns (root:trissh 0640) is their choice
-    if info.st_uid == os.getuid() and mode & 0o077:
+    # impersonate this server); one another user owns may let a group read it
+    # (root:trissh 0640), never everyone
+    if mode & (0o077 if info.st_uid == os.getuid() else 0o007):
         raise HostKeyError(
             f"{path}: readable or writable by group or others (mode {mode:04o}): chmod 600 it"
         )
