@@ -346,3 +346,50 @@ async def test_a_user_a_reload_added_gets_their_settings_on_a_connection_opened_
     [login] = logins
     assert login.forwarding.allow_tcp_forwarding == "no"
     assert login.session.max_sessions_per_connection == 1
+
+
+async def test_a_user_a_reload_added_is_recorded_as_the_new_file_says(tmp_path: Path) -> None:
+    """The configuration that let a login in serves all of it: a user a SIGHUP added,
+    and whom it also named for recording, logging in on a connection opened before it,
+    had sessions recorded (or not) as the old file said (second reader)."""
+    import base64
+
+    from tests.sshpeer import USER_KEY, ed25519_blob
+
+    from .peer import output_of
+    from .test_driver import connected
+
+    host_key, nobody, recordings = (
+        tmp_path / "host_key",
+        tmp_path / "authorized_keys",
+        tmp_path / "rec",
+    )
+    nobody.write_text("# nobody yet\n")
+    line = "ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode()
+    base = {
+        "listen": ["127.0.0.1:0"],
+        "authorized_keys": str(nobody),
+        "host_keys": [str(host_key)],
+        "limits.shutdown_grace": 0,
+        "auth.failure_delay": 0,
+    }
+    ctx = build_context(load_config(None, base), MemoryBackend())
+    reloaded = load_config(
+        None,
+        {
+            **base,
+            "users": {"alice": {"authorized_keys": [line]}},
+            "recording": {"enabled": True, "directory": str(recordings)},
+        },
+    )
+    with trio.fail_after(20):
+        async with connected(ctx) as peer:
+            while not peer.client.established:
+                assert await peer._read()
+            reload_context(ctx, lambda: reloaded)
+            await peer.login()
+            channel = await peer.open_session()
+            await peer.exec(channel, "echo hi")
+            assert output_of(await peer.until_close(channel)) == b"hi\n"
+            await peer.stream.aclose()
+    assert len(list(recordings.glob("*.cast"))) == 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 import structlog
 import trio
@@ -31,7 +32,6 @@ from trissh.auth.names import escaped
 from trissh.auth.passwords import verify_password
 from trissh.auth.policy import AuthPolicy, Decision, Grant, LoginRequest, Prompts, metadata_grant
 from trissh.auth.webhook import Metadata
-from trissh.config import ServerConfig
 from trissh.protocol import (
     AuthDecisionRequested,
     Authenticated,
@@ -54,19 +54,31 @@ NAME_REFUSED = "user name refused"
 _CONTINUATIONS = (KeyboardInteractiveResponsesReceived, GssapiTokenReceived, GssapiMicReceived)
 
 
-class LoginConversation:
+class PolicySource(Protocol):
+    """What holds a policy: the server's configuration (its context)."""
+
+    @property
+    def auth(self) -> AuthPolicy: ...
+
+
+Source = TypeVar("Source", bound=PolicySource)
+
+
+class LoginConversation(Generic[Source]):
     def __init__(
         self,
-        policy: Callable[[], AuthPolicy],
+        latest: Callable[[], Source],
         conn: ServerConnection,
         request: Callable[[str, Metadata], LoginRequest],
         *,
         rng: random.Random | None = None,
     ) -> None:
-        #: The policy now served (a reload's): each new attempt asks it, as sshd reads its
-        #: key files at each attempt; a method's later steps stay with the one that began it.
-        self._latest = policy
-        self._policy = policy()
+        #: The configuration now served (a reload's): each new attempt asks its policy, as
+        #: sshd reads its key files at each attempt; a method's later steps stay with the
+        #: one that began it, and a login is served by the one that let it in.
+        self._latest = latest
+        self.source = latest()
+        self._policy = self.source.auth
         self._conn = conn
         self._request = request
         self._rng = rng or random.SystemRandom()
@@ -89,11 +101,6 @@ class LoginConversation:
         self._name_problem: str | None = None
         self._gss: GssExchange | None = None
 
-    @property
-    def settings(self) -> ServerConfig:
-        """The configuration of the policy that answered last: the login's limits."""
-        return self._policy.settings
-
     async def decide(self, event: AuthDecisionRequested) -> None:
         """Answer one decision event through the core's commands.
 
@@ -102,7 +109,8 @@ class LoginConversation:
         """
         method = _method_of(event)
         if not isinstance(event, _CONTINUATIONS):
-            self._policy = self._latest()
+            self.source = self._latest()
+            self._policy = self.source.auth
         refused = self._name_refused(event.username)
         chains = self._policy.chains_for(None if refused else event.username)
         if method not in chains.next_methods(self.passed):

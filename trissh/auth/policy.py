@@ -156,7 +156,7 @@ class AuthPolicy:
             PolicyError: a key, key file or TOTP secret cannot be used.
         """
         self._clock = clock
-        #: The configuration these credentials are from: a login it accepts gets its limits.
+        #: The configuration these credentials are from.
         self.settings = settings
         self._global_keys = list(global_keys)
         #: The rule every user name passes before any decision looks at it.

@@ -159,7 +159,7 @@ class ConnectionDriver:
         self._paused_until = 0.0
         self._metrics = ctx.metrics.connection_opened()
         self._bytes_reported_at = trio.current_time()
-        self._login = LoginConversation(lambda: ctx.latest.auth, self.conn, self._login_request)
+        self._login = LoginConversation(lambda: ctx.latest, self.conn, self._login_request)
         ctx.state.claim_startup(self.remote_ip)
         self._startup_claimed = True
         self._counted_user: str | None = None
@@ -402,7 +402,7 @@ class ConnectionDriver:
                 if self._kinds is not None:
                     self._kinds.agent.requested()
             case RequestRefused():
-                self._note_refused(event.request, event.reason, event.channel_id)
+                self._note_refused(event.request, event.reason, channel=event.channel_id)
             case VersionReceived():
                 structlog.contextvars.bind_contextvars(client_version=event.version)
             case KeyExchangeCompleted():
@@ -447,7 +447,8 @@ class ConnectionDriver:
             self.conn.forbid_pty()
         if grant.forced_command is not None:
             self.conn.refuse_signals()
-        login = self.login = handshake.login_of(self._login.settings, event.username, grant)
+        self.ctx = self._login.source  # the configuration that let it in serves it
+        login = self.login = handshake.login_of(self.ctx.settings, event.username, grant)
         self._grace.deadline = math.inf
         structlog.contextvars.bind_contextvars(user=login.username)
         log.info(
@@ -474,9 +475,7 @@ class ConnectionDriver:
             login=login,
             port=self._port,
             nursery=self._nursery,
-            note_refused=lambda request, reason, target: self._note_refused(
-                request, reason, target=target
-            ),
+            note_refused=self._note_refused,
             lines=self.client_lines,
             live=self.live,
         )
@@ -490,7 +489,7 @@ class ConnectionDriver:
         )
 
     def _note_refused(
-        self, request: str, reason: str, channel: int | None = None, target: str | None = None
+        self, request: str, reason: str, target: str | None = None, channel: int | None = None
     ) -> None:
         """One line per refused request (port forwarding is what operators look for), up to
         a bound per connection."""
