@@ -300,30 +300,15 @@ async def test_a_user_a_reload_added_gets_their_settings_on_a_connection_opened_
     """The login's limits come from the configuration whose policy let it in: a user a
     SIGHUP added, logging in on a connection opened before it, got the old file's
     defaults instead of their [users.NAME] restrictions (second reader)."""
-    import base64
-
-    from tests.sshpeer import USER_KEY, ed25519_blob
     from trissh.connection import handshake
 
     from .test_driver import connected
 
-    host_key, nobody = tmp_path / "host_key", tmp_path / "authorized_keys"
-    nobody.write_text("# nobody yet\n")
-    line = "ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode()
-    base = {
-        "listen": ["127.0.0.1:0"],
-        "authorized_keys": str(nobody),
-        "host_keys": [str(host_key)],
-        "limits.shutdown_grace": 0,
-        "auth.failure_delay": 0,
-    }
-    ctx = build_context(load_config(None, base), MemoryBackend())
     alice = {
-        "authorized_keys": [line],
         "forwarding": {"allow_tcp_forwarding": "no"},
         "session": {"max_sessions_per_connection": 1},
     }
-    reloaded = load_config(None, {**base, "users": {"alice": alice}})
+    ctx, reloaded = _nobody_then_alice(tmp_path, alice=alice)
     logins: list[handshake.Login] = []
     real = handshake.login_of
 
@@ -352,35 +337,12 @@ async def test_a_user_a_reload_added_is_recorded_as_the_new_file_says(tmp_path: 
     """The configuration that let a login in serves all of it: a user a SIGHUP added,
     and whom it also named for recording, logging in on a connection opened before it,
     had sessions recorded (or not) as the old file said (second reader)."""
-    import base64
-
-    from tests.sshpeer import USER_KEY, ed25519_blob
-
     from .peer import output_of
     from .test_driver import connected
 
-    host_key, nobody, recordings = (
-        tmp_path / "host_key",
-        tmp_path / "authorized_keys",
-        tmp_path / "rec",
-    )
-    nobody.write_text("# nobody yet\n")
-    line = "ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode()
-    base = {
-        "listen": ["127.0.0.1:0"],
-        "authorized_keys": str(nobody),
-        "host_keys": [str(host_key)],
-        "limits.shutdown_grace": 0,
-        "auth.failure_delay": 0,
-    }
-    ctx = build_context(load_config(None, base), MemoryBackend())
-    reloaded = load_config(
-        None,
-        {
-            **base,
-            "users": {"alice": {"authorized_keys": [line]}},
-            "recording": {"enabled": True, "directory": str(recordings)},
-        },
+    recordings = tmp_path / "rec"
+    ctx, reloaded = _nobody_then_alice(
+        tmp_path, recording={"enabled": True, "directory": str(recordings)}
     )
     with trio.fail_after(20):
         async with connected(ctx) as peer:
@@ -393,3 +355,25 @@ async def test_a_user_a_reload_added_is_recorded_as_the_new_file_says(tmp_path: 
             assert output_of(await peer.until_close(channel)) == b"hi\n"
             await peer.stream.aclose()
     assert len(list(recordings.glob("*.cast"))) == 1
+
+
+def _nobody_then_alice(tmp_path: Path, **more: Any) -> tuple[ServerContext, ServerConfig]:
+    """A server no one may log in to yet, and the configuration a SIGHUP will read: alice
+    added (her ``[users.alice]`` table takes ``alice``'s keys), with ``more`` on top."""
+    import base64
+
+    from tests.sshpeer import USER_KEY, ed25519_blob
+
+    host_key, nobody = tmp_path / "host_key", tmp_path / "authorized_keys"
+    nobody.write_text("# nobody yet\n")
+    line = "ssh-ed25519 " + base64.b64encode(ed25519_blob(USER_KEY)).decode()
+    base = {
+        "listen": ["127.0.0.1:0"],
+        "authorized_keys": str(nobody),
+        "host_keys": [str(host_key)],
+        "limits.shutdown_grace": 0,
+        "auth.failure_delay": 0,
+    }
+    alice = {"authorized_keys": [line], **more.pop("alice", {})}
+    ctx = build_context(load_config(None, base), MemoryBackend())
+    return ctx, load_config(None, {**base, "users": {"alice": alice}, **more})

@@ -5,6 +5,7 @@ volumes and their expiry. (tests/e2e/test_workspaces.py does the same on real po
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -21,7 +22,7 @@ from trissh.backend.base import LABEL_WORKSPACE, FoundSandbox, FoundVolume, Sand
 from trissh.backend.errors import BackendError, BackendUnavailable
 from trissh.backend.memory import MemoryBackend
 from trissh.backend.memory.backend import MemorySandbox
-from trissh.config import load_config
+from trissh.config import ServerConfig, load_config
 from trissh.ops.metrics import Metrics
 from trissh.ops.workspaces_cli import list_workspaces, remove_workspace
 from trissh.server import workspaces
@@ -761,12 +762,29 @@ class ExpiryRacingBackend(MemoryBackend):
             yield sandbox
 
 
-async def test_a_home_expiring_as_its_user_logs_in_stays(tmp_path: Path) -> None:
-    """The hourly pass listed alice's idle home; alice logs in before it removes it. It
-    removed it under her starting workspace, and podman made an empty volume of that name
-    with no labels, never expired nor listed (ws reviewer). The pass now looks at the live
-    workspaces as it removes, not as it listed."""
-    backend = ExpiryRacingBackend()
+@dataclasses.dataclass
+class IdleHome:
+    """alice's home, labelled, last used 31 days ago; the registry holding the state."""
+
+    registry: Workspaces
+    settings: ServerConfig
+    name: str
+    labels: dict[str, str]
+    expired: list[int]
+
+    async def expire(self) -> None:
+        """One expiry pass, its count appended to ``expired``."""
+        self.expired.append(await self.registry.expire_volumes(self.settings.workspaces))
+
+    def alice_logs_in(self, nursery: trio.Nursery) -> WorkspaceSource:
+        spec = SandboxSpec(conn_id="c1", username="alice", remote="", instance="test")
+        source = WorkspaceSource(self.registry, spec, 30, 60, nursery)
+        source.prepare(60)
+        return source
+
+
+@contextlib.asynccontextmanager
+async def idle_home(tmp_path: Path, backend: MemoryBackend) -> AsyncIterator[IdleHome]:
     settings = load_config(
         None,
         {
@@ -777,39 +795,40 @@ async def test_a_home_expiring_as_its_user_logs_in_stays(tmp_path: Path) -> None
     )
     registry = Workspaces(backend, Metrics(), lambda: settings, instance="test")
     name = home_volume_name("alice", state_label(settings))
-    spec = SandboxSpec(conn_id="c1", username="alice", remote="", instance="test")
     async with trio.open_nursery() as upkeep:
         await upkeep.start(registry.run)
         await trio.testing.wait_all_tasks_blocked()  # its first expiry pass is over
-        # alice's home exists, labelled, last used 31 days ago
-        labels = {LABEL_HOME: "alice", "trissh.workspace-state": state_label(settings)}
+        labels = {LABEL_HOME: "alice", LABEL_STATE: state_label(settings)}
         backend.volumes[name] = (labels, time.time() - 40 * 86400)
         assert registry._state is not None
         registry._state.used(name, time.time() - 31 * 86400)
+        yield IdleHome(registry, settings, name, labels, [])
+        upkeep.cancel_scope.cancel()
+
+
+async def test_a_home_expiring_as_its_user_logs_in_stays(tmp_path: Path) -> None:
+    """The hourly pass listed alice's idle home; alice logs in before it removes it. It
+    removed it under her starting workspace, and podman made an empty volume of that name
+    with no labels, never expired nor listed (ws reviewer). The pass now looks at the live
+    workspaces as it removes, not as it listed."""
+    backend = ExpiryRacingBackend()
+    async with idle_home(tmp_path, backend) as home:
         backend.gate_on = True
-        expired: list[int] = []
-
-        async def expire() -> None:
-            expired.append(await registry.expire_volumes(settings.workspaces))
-
         with trio.fail_after(10):
             async with trio.open_nursery() as n:
-                n.start_soon(expire)
+                n.start_soon(home.expire)
                 await backend.listed.wait()
                 async with trio.open_nursery() as connection:
-                    source = WorkspaceSource(registry, spec, 30, 60, connection)
-                    source.prepare(60)  # alice logs in now
+                    source = home.alice_logs_in(connection)
                     await backend.starting.wait()  # her home is there, her start queued
                     backend.go.set()
-                    while not expired:  # the pass goes on
+                    while not home.expired:  # the pass goes on
                         await trio.sleep(0.01)
                     backend.start_gate.set()
-                    sandbox = await source.get()
-                    assert sandbox.container_id
+                    assert (await source.get()).container_id
                     connection.cancel_scope.cancel()
-        upkeep.cancel_scope.cancel()
-    assert expired == [0]
-    assert backend.volumes[name][0] == labels, "the home was replaced by an unlabelled one"
+    assert home.expired == [0]
+    assert backend.volumes[home.name][0] == home.labels, "the home was replaced, unlabelled"
 
 
 async def test_a_login_while_the_adoption_waits_for_podman_gets_the_kept_workspace(
@@ -840,50 +859,25 @@ async def test_a_login_during_a_homes_removal_waits_and_gets_it_made_anew(
     start waits for it, then makes her home anew with its labels (second reader: the
     start saw the volume still there, and podman then made it unlabelled)."""
     backend = ExpiryRacingBackend()
-    settings = load_config(
-        None,
-        {
-            "session.execution_mode": "workspace",
-            "workspaces.state_file": str(tmp_path / "w.json"),
-            "workspaces.home_volume": True,
-        },
-    )
-    registry = Workspaces(backend, Metrics(), lambda: settings, instance="test")
-    name = home_volume_name("alice", state_label(settings))
-    spec = SandboxSpec(conn_id="c1", username="alice", remote="", instance="test")
-    async with trio.open_nursery() as upkeep:
-        await upkeep.start(registry.run)
-        await trio.testing.wait_all_tasks_blocked()
-        labels = {LABEL_HOME: "alice", LABEL_STATE: state_label(settings)}
-        backend.volumes[name] = (labels, time.time() - 40 * 86400)
-        assert registry._state is not None
-        registry._state.used(name, time.time() - 31 * 86400)
+    async with idle_home(tmp_path, backend) as home:
         backend.remove_go = trio.Event()
         backend.gate_on = True  # container starts wait in the queue until start_gate
         backend.go.set()  # the listing is not held here
-        expired: list[int] = []
-
-        async def expire() -> None:
-            expired.append(await registry.expire_volumes(settings.workspaces))
-
         with trio.fail_after(10):
             async with trio.open_nursery() as n:
-                n.start_soon(expire)
+                n.start_soon(home.expire)
                 await backend.removing.wait()  # the live check passed; the DELETE goes
                 async with trio.open_nursery() as connection:
-                    source = WorkspaceSource(registry, spec, 30, 60, connection)
-                    source.prepare(60)  # alice logs in now
+                    source = home.alice_logs_in(connection)
                     await trio.testing.wait_all_tasks_blocked()
                     backend.remove_go.set()  # podman removes it
-                    while not expired:
+                    while not home.expired:
                         await trio.sleep(0.01)
                     backend.start_gate.set()
-                    sandbox = await source.get()
-                    assert sandbox.container_id
+                    assert (await source.get()).container_id
                     connection.cancel_scope.cancel()
-        upkeep.cancel_scope.cancel()
-    assert expired == [1]
-    assert backend.volumes[name][0] == labels, "the home was replaced by an unlabelled one"
+    assert home.expired == [1]
+    assert backend.volumes[home.name][0] == home.labels, "the home was replaced, unlabelled"
 
 
 async def test_a_login_while_podman_stays_away_is_told_so_after_the_next_try(
