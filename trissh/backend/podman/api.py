@@ -143,7 +143,8 @@ class PodmanApi:
             max_pool_size=max(10, limiter_capacity),
         )
         self.limiter = trio.CapacityLimiter(limiter_capacity)
-        self._timeout = request_timeout
+        #: Seconds one request may take before it is given up.
+        self.timeout = request_timeout
         self._http = PodmanHttp(self.path, keep=limiter_capacity)
 
     def close(self) -> None:
@@ -202,7 +203,7 @@ class PodmanApi:
                 trio.CancelScope(shield=not abandon_on_cancel),
                 map_podman_errors(image=image, where=self.path),
             ):
-                with trio.move_on_after(exchange_bound or self._timeout) as bound:
+                with trio.move_on_after(exchange_bound or self.timeout) as bound:
                     response = await self._http.request(method, target, data)
                 if bound.cancelled_caught:
                     raise BackendError("podman: request timed out")

@@ -362,6 +362,8 @@ class PodmanBackend:
         except BaseException:
             if container_id is not None or maybe_created:
                 await self._remove_at_exit(container_id or name, spec)
+            if container_id is None and maybe_created:  # podman may still make it
+                self._removals.watch(name, spec.conn_id, window=2 * self._api.timeout)
             raise
         finally:
             launch.close()

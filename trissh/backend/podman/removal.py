@@ -24,7 +24,7 @@ import trio
 
 from trissh.backend._common import ms_since
 from trissh.backend.base import Observe
-from trissh.backend.errors import BackendError
+from trissh.backend.errors import BackendError, BackendUnavailable
 from trissh.backend.podman.api import PodmanApi
 
 __all__ = ["REMOVE_BOUND", "Removals", "short"]
@@ -51,6 +51,9 @@ class Removals:
         self._observe = observe
         #: Containers whose removal failed, by id or name -> conn_id; ``run`` retries them.
         self._orphans: dict[str, str] = {}
+        #: Names of containers whose create request timed out -> (conn_id, until when to
+        #: look): podman may still make them after a removal found nothing.
+        self._uncertain: dict[str, tuple[str, float]] = {}
         self._orphans_changed = trio.Event()
 
     async def remove_now(self, ref: str) -> bool:
@@ -93,11 +96,11 @@ class Removals:
             with trio.move_on_after(delay):
                 await self._orphans_changed.wait()
             self._orphans_changed = trio.Event()
-            if not self._orphans:
+            if not self._orphans and not self._uncertain:
                 delay = ORPHAN_RETRY_MIN
                 continue
             await trio.sleep(delay)
-            removed_all = await self._remove_orphans()
+            removed_all = await self._remove_orphans() and not self._uncertain
             delay = ORPHAN_RETRY_MIN if removed_all else min(delay * 2, ORPHAN_RETRY_MAX)
 
     async def finish(self) -> None:
@@ -111,6 +114,12 @@ class Removals:
         for ref, conn_id in self._orphans.items():
             log.error("container_leaked", container=short(ref), conn_id=conn_id)
 
+    def watch(self, name: str, conn_id: str, *, window: float) -> None:
+        """A create request for ``name`` timed out: for ``window`` seconds keep removing
+        it should a stalled podman make it after all (``run`` does, with the deferred)."""
+        self._uncertain[name] = (conn_id, trio.current_time() + window)
+        self._orphans_changed.set()
+
     def _defer(self, ref: str, conn_id: str, error: str) -> None:
         """Podman could not remove it now (service restarting?): ``run`` keeps trying."""
         self._orphans[ref] = conn_id
@@ -118,15 +127,27 @@ class Removals:
         self._orphans_changed.set()
 
     async def _remove_orphans(self) -> bool:
-        """Try each deferred removal once; True when none is left."""
+        """Try each deferred removal once, then each watched name; True when no deferred
+        removal is left. One podman refuses does not hold up the others."""
         for ref, conn_id in list(self._orphans.items()):
             try:
                 await self._force_remove(ref)
+            except BackendUnavailable:
+                return False  # podman unreachable: try them all later
             except BackendError:
-                return False  # still unreachable: try the rest later too
+                continue  # refused (logged when deferred; leaked at the end if still so)
             del self._orphans[ref]
             log.info("container_removed", container=short(ref), conn_id=conn_id, deferred=True)
-        return True
+        for name, (conn_id, until) in list(self._uncertain.items()):
+            try:
+                removed = await self._force_remove(name)
+            except BackendError:
+                continue
+            if removed:
+                log.info("container_removed", container=name, conn_id=conn_id, deferred=True)
+            if removed or trio.current_time() >= until:
+                del self._uncertain[name]
+        return not self._orphans
 
     async def _force_remove(
         self, ref: str, *, abandon_on_cancel: bool = True, bound: float | None = None
