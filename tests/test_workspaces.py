@@ -937,3 +937,77 @@ async def test_a_login_waits_out_a_slow_adoption_after_a_late_lock(
                 assert (await source.get()).container_id
             connection.cancel_scope.cancel()
         upkeep.cancel_scope.cancel()
+
+
+class StalledListing(MemoryBackend):
+    """podman hanging: the adoption's listing times out after podman's request timeout."""
+
+    stalled = False
+
+    async def find_sandboxes(self, labels: Mapping[str, str | None]) -> list[FoundSandbox]:
+        if self.stalled:
+            await trio.sleep(60)
+            raise BackendUnavailable("podman: request timed out")
+        return await super().find_sandboxes(labels)
+
+
+async def test_a_login_during_a_try_that_gets_deferred_is_told_after_the_next(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A late lock's first try is under way when alice logs in, and podman hangs: that
+    try times out and is deferred, and so does the next. She is refused when the next
+    try has failed too (third reader: she waited out the session's start_timeout)."""
+    path = tmp_path / "w.json"
+    holder = WorkspaceState(path)
+    holder.lock()
+    backend = StalledListing()
+    settings = load_config(
+        None, {"session.execution_mode": "workspace", "workspaces.state_file": str(path)}
+    )
+    registry = Workspaces(backend, Metrics(), lambda: settings, instance="t")
+    spec = SandboxSpec(conn_id="c", username="alice", remote="", instance="t")
+    async with trio.open_nursery() as upkeep:
+        await upkeep.start(registry.run)
+        holder.unlock()
+        backend.stalled = True
+        started = trio.current_time()
+        async with trio.open_nursery() as connection:
+            source = WorkspaceSource(registry, spec, 30, 300, connection)
+            source.prepare(300)
+            with trio.fail_after(300):  # as channels/session.py's _sandbox_for
+                with pytest.raises(BackendError, match="workspaces are unavailable: podman"):
+                    await source.get()
+            connection.cancel_scope.cancel()
+        assert trio.current_time() - started <= 60 + workspaces.ADOPTION_RETRY + 60 + 1
+        upkeep.cancel_scope.cancel()
+
+
+async def test_a_login_during_a_slow_retry_that_succeeds_gets_its_workspace(
+    make_server: ServerFactory, client_key: ClientKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """podman is back, and the deferred adoption's retry takes longer than the wait's
+    margin: a login waiting meanwhile gets its kept workspace when that try ends (second
+    reader: it was refused with the old 'backend is down' error)."""
+
+    class SlowListing(MemoryBackend):
+        slow = 0.0
+
+        async def find_sandboxes(self, labels: Mapping[str, str | None]) -> list[FoundSandbox]:
+            found = await super().find_sandboxes(labels)
+            await trio.sleep(self.slow)
+            return found
+
+    backend = SlowListing()
+    first = await make_server(backend)
+    await run_ssh(first.port, client_key.path, "true")
+    await first.stop()  # kept
+    [kept] = workspaces_of(backend, "alice")
+    monkeypatch.setattr(workspaces, "ADOPTION_RETRY", 0.5)
+    monkeypatch.setattr(workspaces, "DEFERRED_WAIT_MARGIN", 0.5)
+    backend.unavailable = True
+    second = await make_server(backend, **{"container.start_timeout": 60})
+    backend.unavailable = False  # podman answers again, before the retry
+    backend.slow = 3.0  # but the retry's work takes 3 s
+    result = await run_ssh(second.port, client_key.path, "echo hi")
+    assert (result.returncode, result.stdout) == (0, b"hi\n")
+    assert workspaces_of(backend, "alice") == [kept]

@@ -46,6 +46,7 @@ Nursery tree::
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from typing import Final
@@ -83,6 +84,8 @@ EXPIRY_INTERVAL: Final = 3600.0
 ADOPTION_RETRY: Final = 10.0
 #: A login waits for a deferred adoption's next try, and this much more.
 DEFERRED_WAIT_MARGIN: Final = 5.0
+#: How often a waiting login looks whether the adoption was deferred meanwhile.
+ADOPTION_POLL: Final = 0.5
 #: Bound on waiting to remove an unclaimed workspace's container (a request already sent
 #: is bounded by the podman API's own request timeout).
 DISCARD_BOUND: Final = 30.0
@@ -112,8 +115,10 @@ class Workspaces:
         #: Home volumes the expiry pass is removing, each set once its removal is over: a
         #: start waits for its home's, then makes it anew (podman would, unlabelled).
         self._removing: dict[str, trio.Event] = {}
-        #: Why the adoption of kept workspaces is being retried (podman's error).
+        #: Why the adoption of kept workspaces is being retried (podman's error), and
+        #: whether a try is under way.
         self._deferred: str | None = None
+        self._trying = False
         #: The server stops with ``on_shutdown = "keep"``.
         self._keeping = False
         self._nursery: trio.Nursery | None = None
@@ -171,22 +176,24 @@ class Workspaces:
         return True
 
     async def adoption_settled(self) -> None:
-        """Until the adoption of kept workspaces (at the start, or a late lock's) is done;
-        while it is deferred (podman not answering), at most until its next try.
+        """Until the adoption of kept workspaces (at the start, or a late lock's) is done.
+        A try under way is waited for however slow (podman answering slowly); once a try
+        was deferred (podman not answering), the wait ends at most one retry (and a
+        margin) later.
 
         Raises:
-            BackendError: still deferred after that try.
+            BackendError: still deferred then.
         """
         adopting = self._adopting
-        if adopting is None:
-            return
-        if self._deferred is None:  # under way (a slow podman takes its time)
-            await adopting.wait()
-            return
-        with trio.move_on_after(ADOPTION_RETRY + DEFERRED_WAIT_MARGIN):
-            await adopting.wait()
-        if not adopting.is_set():
-            raise BackendError(f"workspaces are unavailable: {self._deferred}")
+        deadline = math.inf
+        while adopting is not None and not adopting.is_set():
+            now = trio.current_time()
+            if self._deferred is not None and not self._trying:
+                deadline = min(deadline, now + ADOPTION_RETRY + DEFERRED_WAIT_MARGIN)
+                if now >= deadline:
+                    raise BackendError(f"workspaces are unavailable: {self._deferred}")
+            with trio.move_on_after(ADOPTION_POLL):
+                await adopting.wait()
 
     async def _adopt_or_defer(self, delay: float = 0.0) -> None:
         """:meth:`_adopt_leftovers`, retried while podman is unreachable (kept ones count).
@@ -194,6 +201,7 @@ class Workspaces:
         adoption would then remove the kept one as a duplicate."""
         await trio.sleep(delay)
         deferred = False
+        self._trying = True
         try:
             await self._adopt_leftovers(self._settings())
         except BackendError as exc:
@@ -205,6 +213,7 @@ class Workspaces:
             deferred = True
             self._nursery.start_soon(self._adopt_or_defer, ADOPTION_RETRY)
         finally:
+            self._trying = False
             if not deferred:
                 self._deferred = None
                 if self._adopting is not None:
