@@ -52,8 +52,9 @@ class Removals:
         #: Containers whose removal failed, by id or name -> conn_id; ``run`` retries them.
         self._orphans: dict[str, str] = {}
         #: Names of containers whose create request timed out -> (conn_id, until when to
-        #: look): podman may still make them after a removal found nothing.
-        self._uncertain: dict[str, tuple[str, float]] = {}
+        #: look, how long after podman last failed to answer): podman may still make them
+        #: after a removal found nothing.
+        self._uncertain: dict[str, tuple[str, float, float]] = {}
         self._orphans_changed = trio.Event()
 
     async def remove_now(self, ref: str) -> bool:
@@ -113,11 +114,13 @@ class Removals:
             await self._remove_orphans()
         for ref, conn_id in self._orphans.items():
             log.error("container_leaked", container=short(ref), conn_id=conn_id)
+        for name, (conn_id, *_) in self._uncertain.items():  # podman may still make it
+            log.warning("container_maybe_leaked", container=name, conn_id=conn_id)
 
     def watch(self, name: str, conn_id: str, *, window: float) -> None:
         """A create request for ``name`` timed out: for ``window`` seconds keep removing
         it should a stalled podman make it after all (``run`` does, with the deferred)."""
-        self._uncertain[name] = (conn_id, trio.current_time() + window)
+        self._uncertain[name] = (conn_id, trio.current_time() + window, window)
         self._orphans_changed.set()
 
     def _defer(self, ref: str, conn_id: str, error: str) -> None:
@@ -138,10 +141,11 @@ class Removals:
                 continue  # refused (logged when deferred; leaked at the end if still so)
             del self._orphans[ref]
             log.info("container_removed", container=short(ref), conn_id=conn_id, deferred=True)
-        for name, (conn_id, until) in list(self._uncertain.items()):
+        for name, (conn_id, until, window) in list(self._uncertain.items()):
             try:
                 removed = await self._force_remove(name)
-            except BackendError:
+            except BackendError:  # podman still stalled: look on once it answers again
+                self._uncertain[name] = (conn_id, trio.current_time() + window, window)
                 continue
             if removed:
                 log.info("container_removed", container=name, conn_id=conn_id, deferred=True)
