@@ -78,7 +78,6 @@ class LoginConversation(Generic[Source]):
         #: one that began it, and a login is served by the one that let it in.
         self._latest = latest
         self.source = latest()
-        self._policy = self.source.auth
         self._conn = conn
         self._request = request
         self._rng = rng or random.SystemRandom()
@@ -101,6 +100,11 @@ class LoginConversation(Generic[Source]):
         self._name_problem: str | None = None
         self._gss: GssExchange | None = None
 
+    @property
+    def _policy(self) -> AuthPolicy:
+        """The policy of the configuration asked last."""
+        return self.source.auth
+
     async def decide(self, event: AuthDecisionRequested) -> None:
         """Answer one decision event through the core's commands.
 
@@ -110,7 +114,6 @@ class LoginConversation(Generic[Source]):
         method = _method_of(event)
         if not isinstance(event, _CONTINUATIONS):
             self.source = self._latest()
-            self._policy = self.source.auth
         refused = self._name_refused(event.username)
         chains = self._policy.chains_for(None if refused else event.username)
         if method not in chains.next_methods(self.passed):

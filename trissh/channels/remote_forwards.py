@@ -118,9 +118,7 @@ class RemoteForwards:
                     bound = TcpAddress(host=target.host, port=listener.port)
                 if _key(bound) in self._listeners:  # a unix path bound anew after an rm
                     self._refuse(event, f"{bound} is already forwarded", "failed")
-                    answered = True
-                    self._one_answered()
-                    return
+                    return  # (answered: the finally counts it)
                 self._listeners[_key(bound)] = scope
                 self._one_answered()
                 answered = True
